@@ -1,0 +1,19 @@
+//! Schema migrations for `orchestrator`, run idempotently at the start of every command.
+//!
+//! Each migration is one file, applied in order and recorded in `seaql_migrations`. A migration
+//! never edits an earlier one: schema changes are new files. This crate knows nothing of the
+//! queue or the lease; it only shapes the tables they live in.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_core;
+
+/// The ordered list of migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_core::Migration)]
+    }
+}

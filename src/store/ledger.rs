@@ -1,0 +1,73 @@
+//! The tick ledger: a row opened when a tick starts and closed when it ends.
+//!
+//! A row is inserted as `FAIL` with "did not finish" notes and updated at the end, so a tick
+//! whose process dies leaves an honest record instead of none.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ActiveValue::{NotSet, Set}, EntityTrait, QueryOrder, QuerySelect};
+
+use super::entities::{self, tick_ledger};
+use super::{Context, Store, StoreError};
+use crate::model::{self, TickRow, TickStatus};
+
+/// The notes an unfinished tick keeps.
+pub const UNFINISHED_NOTE: &str = "tick did not finish (the process stopped or lost the database mid-tick)";
+
+/// The closing figures of a tick.
+#[derive(Clone, Debug)]
+pub struct TickClose {
+    pub status: TickStatus,
+    pub attempted: i32,
+    pub succeeded: i32,
+    pub notes: Option<String>,
+}
+
+impl Store {
+    /// Opens a ledger row for a tick run by `owner` at `epoch`; returns its id.
+    pub async fn open_tick(&self, owner: &str, epoch: i64, started_at: DateTime<Utc>) -> Result<i64, StoreError> {
+        let row = tick_ledger::ActiveModel {
+            id: NotSet,
+            started_at: Set(started_at),
+            finished_at: Set(None),
+            status: Set(TickStatus::Fail.as_str().to_string()),
+            owner: Set(owner.to_string()),
+            epoch: Set(epoch),
+            actions_attempted: Set(0),
+            actions_succeeded: Set(0),
+            notes: Set(Some(UNFINISHED_NOTE.to_string())),
+        };
+        let res = tick_ledger::Entity::insert(row).exec(&self.db).await.doing("opening a tick ledger row")?;
+        Ok(res.last_insert_id)
+    }
+
+    /// Closes a tick's ledger row with its figures.
+    pub async fn close_tick(&self, id: i64, close: &TickClose) -> Result<(), StoreError> {
+        let row = tick_ledger::ActiveModel {
+            id: Set(id),
+            finished_at: Set(Some(model::now())),
+            status: Set(close.status.as_str().to_string()),
+            actions_attempted: Set(close.attempted),
+            actions_succeeded: Set(close.succeeded),
+            notes: Set(close.notes.clone()),
+            ..Default::default()
+        };
+        tick_ledger::Entity::update(row).exec(&self.db).await.doing("closing a tick ledger row")?;
+        Ok(())
+    }
+
+    /// The last `limit` ticks, newest first.
+    pub async fn recent_ticks(&self, limit: u64) -> Result<Vec<TickRow>, StoreError> {
+        let rows = tick_ledger::Entity::find()
+            .order_by_desc(tick_ledger::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .doing("reading the tick ledger")?;
+        entities::convert_all(rows)
+    }
+
+    pub async fn tick(&self, id: i64) -> Result<Option<TickRow>, StoreError> {
+        let row = tick_ledger::Entity::find_by_id(id).one(&self.db).await.doing("reading a tick")?;
+        row.map(TickRow::try_from).transpose()
+    }
+}

@@ -1,0 +1,286 @@
+//! The store: the one module that speaks to the database, through sea-orm.
+//!
+//! It owns the connection (SQLite pragmas, PostgreSQL pool), the migrations, the entities and
+//! every query. Hand-written SQL lives here only where the ORM cannot say it: the atomic lease
+//! upsert, the `FOR UPDATE SKIP LOCKED` claim, fenced completions and partial-index counts.
+//! It decides nothing: which action to retry or when is the caller's business.
+//!
+//! Architecture invariant: no other module imports `sea_orm`.
+
+mod actions;
+mod entities;
+mod flags;
+pub use flags::FlagChange;
+pub use lease::Acquired;
+mod ledger;
+pub use ledger::{TickClose, UNFINISHED_NOTE};
+mod lease;
+mod logs;
+
+use std::time::Duration;
+
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+};
+
+pub use actions::{
+    ActionFilter, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction,
+    Rescued,
+};
+
+/// Which database engine a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Errors from the store. The message always names what the store was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL '{url}': {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot open database {target}: {source}")]
+    Connect { target: String, source: DbErr },
+    #[error("database error while {doing}: {source}")]
+    Db { doing: &'static str, source: DbErr },
+    #[error("{0}")]
+    Refused(String),
+    #[error("action {0} not found")]
+    NotFound(i64),
+    #[error("row {table}#{id} holds an invalid value: {reason}")]
+    Corrupt { table: &'static str, id: i64, reason: String },
+}
+
+impl StoreError {
+    /// True when the error says the database could not be reached or answered (as opposed to a
+    /// refused request): the daemon backs off and retries these.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Connect { .. })
+            || matches!(self, StoreError::Db { source, .. } if matches!(source, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)))
+    }
+}
+
+trait Context<T> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, DbErr> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Db { doing, source })
+    }
+}
+
+/// Settings that shape the connection.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// SQLite `synchronous`: `true` for FULL (the default: a commit survives power loss),
+    /// `false` for NORMAL.
+    pub sqlite_synchronous_full: bool,
+    /// How long a SQLite writer waits for the lock before giving up.
+    pub busy_timeout: Duration,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sqlite_synchronous_full: true,
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 8,
+        }
+    }
+}
+
+/// A connected, migrated database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+    backend: Backend,
+}
+
+/// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
+pub fn normalize_url(raw: &str) -> Result<(Backend, String), StoreError> {
+    let bad = |reason: &str| StoreError::BadUrl { url: redact_url(raw), reason: reason.to_string() };
+    let url = raw.trim();
+    if url.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, url.to_string()));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite:") {
+        let rest = rest.trim_start_matches("//");
+        if rest.is_empty() || rest.starts_with('?') {
+            return Err(bad("no SQLite file named (use sqlite:PATH, e.g. sqlite:orchestrator.db)"));
+        }
+        let sep = if rest.contains('?') { '&' } else { '?' };
+        let url = if rest.contains("mode=") { format!("sqlite://{rest}") } else { format!("sqlite://{rest}{sep}mode=rwc") };
+        return Ok((Backend::Sqlite, url));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(bad(&format!(
+            "unsupported scheme '{scheme}' (use sqlite:PATH or postgres://USER@HOST/DB)"
+        )));
+    }
+    if url.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    Ok((Backend::Sqlite, format!("sqlite://{url}?mode=rwc")))
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if missing) and applies pending migrations.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let store = Store::connect(url, options).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects without migrating.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        let (backend, url) = normalize_url(url)?;
+        let target = redact_url(&url);
+        let mut opt = ConnectOptions::new(url);
+        opt.sqlx_logging(false)
+            .max_connections(options.max_connections)
+            .min_connections(0)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(300));
+        match backend {
+            Backend::Sqlite => {
+                let sync = if options.sqlite_synchronous_full {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                };
+                let busy = options.busy_timeout;
+                opt.map_sqlx_sqlite_opts(move |o| {
+                    o.create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(sync)
+                        .busy_timeout(busy)
+                        .foreign_keys(true)
+                        .statement_cache_capacity(256)
+                });
+            }
+            Backend::Postgres => {
+                opt.map_sqlx_postgres_opts(|o| o.application_name("orchestrator"));
+            }
+        }
+        let db = Database::connect(opt)
+            .await
+            .map_err(|source| StoreError::Connect { target, source })?;
+        Ok(Store { db, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations under a lock, so concurrent starts do not race each other.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        if let Ok(pending) = Migrator::get_pending_migrations_read_only(&self.db).await
+            && pending.is_empty()
+        {
+            return Ok(());
+        }
+        let txn = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            // Any constant works; it only has to be the same for every instance.
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7243901)")
+                .await
+                .doing("locking for migrations")?;
+        }
+        Migrator::up(&txn, None).await.doing("applying migrations")?;
+        txn.commit().await.doing("committing migrations")
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.doing("checking the connection")
+    }
+
+    /// Closes the pool (lets SQLite checkpoint its WAL).
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.doing("closing the connection")
+    }
+
+    /// A read-then-write transaction: `BEGIN IMMEDIATE` on SQLite, so that the write lock is
+    /// taken up front and a busy timeout can cure contention.
+    async fn begin_write(&self) -> Result<DatabaseTransaction, StoreError> {
+        self.db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+            .doing("starting a write transaction")
+    }
+
+    fn stmt(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+        Statement::from_sql_and_values(self.db_backend(), sql, values)
+    }
+
+    fn db_backend(&self) -> DbBackend {
+        match self.backend {
+            Backend::Sqlite => DbBackend::Sqlite,
+            Backend::Postgres => DbBackend::Postgres,
+        }
+    }
+
+    /// Runs raw SQL with no results; for tests and fault injection tools, never for user input.
+    pub async fn execute_unprepared(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(self.db.execute_unprepared(sql).await.doing("running SQL")?.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_paths_and_sqlite_urls_mean_sqlite() {
+        assert_eq!(normalize_url("orchestrator.db").unwrap(), (Backend::Sqlite, "sqlite://orchestrator.db?mode=rwc".into()));
+        assert_eq!(normalize_url("sqlite:x.db").unwrap().1, "sqlite://x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite:///tmp/x.db").unwrap().1, "sqlite:///tmp/x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite://x.db?mode=ro").unwrap().1, "sqlite://x.db?mode=ro");
+        assert_eq!(normalize_url("postgres://u@h/db").unwrap().0, Backend::Postgres);
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        let e = normalize_url("mysql://root@h/db").unwrap_err().to_string();
+        assert!(e.contains("unsupported scheme 'mysql'"), "{e}");
+        assert!(normalize_url("  ").unwrap_err().to_string().contains("empty"));
+        assert!(normalize_url("sqlite:").unwrap_err().to_string().contains("no SQLite file"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}
