@@ -1,6 +1,20 @@
 //! `orchestrator`: a monitor–decide–execute rule engine over a durable action queue.
 //!
-//! See `ARCHITECTURE.md` for the code map and the path of one tick through it.
+//! One tick (see [`tick::Engine::tick`]) runs the loop: [`lease`] → [`snapshot`] (monitor) →
+//! decide → [`executor`] with [`adapters`] (execute) → the tick ledger (record). [`store`] is
+//! the only module that talks to the database. `ARCHITECTURE.md` has the code map and the
+//! invariants.
 
+pub mod adapters;
+pub mod artifacts;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod executor;
+pub mod lease;
 pub mod model;
+pub mod queue;
+pub mod snapshot;
+pub mod status;
 pub mod store;
+pub mod tick;

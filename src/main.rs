@@ -1,1 +1,33 @@
-fn main(){}
+//! The `orchestrator` binary: parse the command line, set up logging, run the command, and turn
+//! the result into an exit code and (on failure) one line on stderr.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orchestrator::cli::{self, Cli, Command, Failure};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn,sea_orm=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::exit::ERROR);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(cli::exit::ERROR, |f| f.code);
+            let line: String = format!("{e:#}").chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
+            eprintln!("error: {line}");
+            ExitCode::from(code)
+        }
+    }
+}

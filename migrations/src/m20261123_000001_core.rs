@@ -157,13 +157,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Actions::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Actions::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Actions::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(Actions::IdempotencyKey).string().not_null().unique_key())
                     .col(ColumnDef::new(Actions::ActionType).string().not_null())
                     .col(ColumnDef::new(Actions::PayloadJson).text().not_null())
@@ -218,13 +212,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(TickLedger::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(TickLedger::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(TickLedger::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(TickLedger::StartedAt).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(TickLedger::FinishedAt).timestamp_with_time_zone().null())
                     .col(
@@ -257,13 +245,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(ExecutionLogs::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(ExecutionLogs::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(ExecutionLogs::Id).big_integer().not_null().auto_increment().primary_key())
                     .col(ColumnDef::new(ExecutionLogs::ActionId).big_integer().not_null())
                     .col(ColumnDef::new(ExecutionLogs::TickId).big_integer().null())
                     .col(ColumnDef::new(ExecutionLogs::Ts).timestamp_with_time_zone().not_null())
@@ -286,10 +268,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for (name, col) in [
-            ("ix_execution_logs_action", ExecutionLogs::ActionId),
-            ("ix_execution_logs_tick", ExecutionLogs::TickId),
-        ] {
+        for (name, col) in
+            [("ix_execution_logs_action", ExecutionLogs::ActionId), ("ix_execution_logs_tick", ExecutionLogs::TickId)]
+        {
             manager
                 .create_index(
                     Index::create()

@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
 };
 
 use super::entities::{self, actions, execution_logs};
@@ -63,8 +62,13 @@ pub struct Completion {
 #[derive(Clone, Debug)]
 pub enum CompletionOutcome {
     Success,
-    Retry { not_before: DateTime<Utc>, error: String },
-    Dlq { error: String },
+    Retry {
+        not_before: DateTime<Utc>,
+        error: String,
+    },
+    Dlq {
+        error: String,
+    },
     /// Never started (the tick deadline came first): back to `PENDING`, the attempt uncounted.
     Unstarted,
 }
@@ -136,8 +140,11 @@ impl Store {
             .one(&self.db)
             .await
             .doing("reading the enqueued action")?
-            .ok_or_else(|| StoreError::Refused(format!("action with key '{}' vanished after insert", new.idempotency_key)))?;
-        let status = row.status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id: row.id, reason })?;
+            .ok_or_else(|| {
+                StoreError::Refused(format!("action with key '{}' vanished after insert", new.idempotency_key))
+            })?;
+        let status =
+            row.status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id: row.id, reason })?;
         Ok(EnqueueOutcome { id: row.id, duplicate: inserted == 0, status })
     }
 
@@ -175,12 +182,8 @@ impl Store {
         if let Some(t) = &filter.action_type {
             q = q.filter(actions::Column::ActionType.eq(t.as_str()));
         }
-        let rows = q
-            .order_by_desc(actions::Column::Id)
-            .limit(filter.limit)
-            .all(&self.db)
-            .await
-            .doing("listing actions")?;
+        let rows =
+            q.order_by_desc(actions::Column::Id).limit(filter.limit).all(&self.db).await.doing("listing actions")?;
         entities::convert_all(rows)
     }
 
@@ -193,10 +196,9 @@ impl Store {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let stmt = match self.backend {
             Backend::Postgres => self.stmt(CLAIM_PG, [epoch.into(), n.into(), lease_name.into(), owner.into()]),
-            Backend::Sqlite => self.stmt(
-                CLAIM_SQLITE,
-                [epoch.into(), n.into(), lease_name.into(), owner.into(), model::now().into()],
-            ),
+            Backend::Sqlite => {
+                self.stmt(CLAIM_SQLITE, [epoch.into(), n.into(), lease_name.into(), owner.into(), model::now().into()])
+            }
         };
         let rows = actions::Entity::find().from_raw_sql(stmt).all(&self.db).await.doing("claiming actions")?;
         let mut claimed: Vec<Claimed> = entities::convert_all::<_, Action>(rows)?
@@ -204,7 +206,9 @@ impl Store {
             .map(|action| Claimed { epoch, attempt: action.attempts, action })
             .collect();
         claimed.sort_by(|a, b| {
-            b.action.priority.cmp(&a.action.priority)
+            b.action
+                .priority
+                .cmp(&a.action.priority)
                 .then(a.action.not_before.cmp(&b.action.not_before))
                 .then(a.action.id.cmp(&b.action.id))
         });
@@ -212,7 +216,12 @@ impl Store {
     }
 
     /// Writes a batch of completions and their log rows in one transaction, each fenced.
-    pub async fn complete(&self, lease_name: &str, tick_id: Option<i64>, batch: &[Completion]) -> Result<CompletionReport, StoreError> {
+    pub async fn complete(
+        &self,
+        lease_name: &str,
+        tick_id: Option<i64>,
+        batch: &[Completion],
+    ) -> Result<CompletionReport, StoreError> {
         let mut report = CompletionReport::default();
         if batch.is_empty() {
             return Ok(report);
@@ -223,10 +232,9 @@ impl Store {
         for c in batch {
             let fence = [c.action_id.into(), c.epoch.into(), c.attempt.into(), lease_name.into()];
             let (sql, extra): (String, Vec<Value>) = match &c.outcome {
-                CompletionOutcome::Success => (
-                    finish_sql("status = 'SUCCESS', updated_at = $5, finished_at = $5"),
-                    vec![now.into()],
-                ),
+                CompletionOutcome::Success => {
+                    (finish_sql("status = 'SUCCESS', updated_at = $5, finished_at = $5"), vec![now.into()])
+                }
                 CompletionOutcome::Retry { not_before, error } => (
                     finish_sql("status = 'RETRY', not_before = $6, last_error = $7, updated_at = $5"),
                     vec![now.into(), (*not_before).into(), error.as_str().into()],
@@ -346,7 +354,10 @@ impl Store {
             drop(txn);
             return Err(self.explain_refusal(id, "requeue", "only DLQ actions can be requeued").await);
         }
-        let logs: Vec<NewLog> = ids.iter().map(|&i| NewLog::new(i, LogLevel::Info, "requeued by operator: DLQ -> PENDING, attempts reset")).collect();
+        let logs: Vec<NewLog> = ids
+            .iter()
+            .map(|&i| NewLog::new(i, LogLevel::Info, "requeued by operator: DLQ -> PENDING, attempts reset"))
+            .collect();
         insert_logs(&txn, None, &logs, now).await?;
         txn.commit().await.doing("committing the requeue")?;
         Ok(ids)
@@ -362,7 +373,11 @@ impl Store {
         if ids.is_empty() {
             drop(txn);
             return Err(self
-                .explain_refusal(id, "cancel", "only PENDING, RETRY or DLQ actions can be cancelled; a RUNNING one must finish its attempt first")
+                .explain_refusal(
+                    id,
+                    "cancel",
+                    "only PENDING, RETRY or DLQ actions can be cancelled; a RUNNING one must finish its attempt first",
+                )
                 .await);
         }
         insert_logs(&txn, None, &[NewLog::new(id, LogLevel::Info, "cancelled by operator")], now).await?;
@@ -386,14 +401,8 @@ impl Store {
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
+            // Their execution logs go by ON DELETE CASCADE.
             let txn = self.begin_write().await?;
-            txn.execute_raw(self.stmt(
-                "DELETE FROM execution_logs WHERE action_id IN (SELECT id FROM actions \
-                 WHERE status IN ('SUCCESS', 'CANCELLED') AND finished_at < $1 LIMIT $2)",
-                [before.into(), batch.into()],
-            ))
-            .await
-            .doing("purging execution logs")?;
             let n = txn
                 .execute_raw(self.stmt(sql, [before.into(), batch.into()]))
                 .await
@@ -415,8 +424,7 @@ impl Store {
     /// Counts of the open statuses only, served by the partial index: cost independent of
     /// finished history.
     pub async fn open_counts(&self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
-        self.grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN} GROUP BY status"))
-            .await
+        self.grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN} GROUP BY status")).await
     }
 
     async fn grouped_counts(&self, sql: &str) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
@@ -473,7 +481,11 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
     }
 }
 
-async fn returned_ids(txn: &DatabaseTransaction, stmt: sea_orm::Statement, doing: &'static str) -> Result<Vec<i64>, StoreError> {
+async fn returned_ids(
+    txn: &DatabaseTransaction,
+    stmt: sea_orm::Statement,
+    doing: &'static str,
+) -> Result<Vec<i64>, StoreError> {
     let rows = txn.query_all_raw(stmt).await.doing(doing)?;
     rows.iter().map(|r| r.try_get::<i64>("", "id").doing(doing)).collect()
 }

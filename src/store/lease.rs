@@ -56,10 +56,7 @@ impl Store {
     /// Acquires or renews the named lease for `owner`, in one atomic statement.
     pub async fn acquire_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<Acquired, StoreError> {
         let stmt = match self.backend {
-            Backend::Postgres => self.stmt(
-                ACQUIRE_PG,
-                [name.into(), owner.into(), Value::from(ttl.as_secs_f64())],
-            ),
+            Backend::Postgres => self.stmt(ACQUIRE_PG, [name.into(), owner.into(), Value::from(ttl.as_secs_f64())]),
             Backend::Sqlite => {
                 let now = model::now();
                 let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
@@ -99,10 +96,7 @@ impl Store {
 
     /// The lease row, if one was ever taken.
     pub async fn lease(&self, name: &str) -> Result<Option<LeaseRow>, StoreError> {
-        let row = leases::Entity::find_by_id(name.to_string())
-            .one(&self.db)
-            .await
-            .doing("reading the lease")?;
+        let row = leases::Entity::find_by_id(name.to_string()).one(&self.db).await.doing("reading the lease")?;
         Ok(row.map(Into::into))
     }
 

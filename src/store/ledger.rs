@@ -4,7 +4,10 @@
 //! whose process dies leaves an honest record instead of none.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ActiveValue::{NotSet, Set}, EntityTrait, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    EntityTrait, QueryOrder, QuerySelect,
+};
 
 use super::entities::{self, tick_ledger};
 use super::{Context, Store, StoreError};

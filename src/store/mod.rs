@@ -22,13 +22,12 @@ use std::time::Duration;
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 
 pub use actions::{
-    ActionFilter, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction,
-    Rescued,
+    ActionFilter, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Rescued,
 };
 
 /// Which database engine a store talks to.
@@ -88,11 +87,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            sqlite_synchronous_full: true,
-            busy_timeout: Duration::from_secs(5),
-            max_connections: 8,
-        }
+        StoreOptions { sqlite_synchronous_full: true, busy_timeout: Duration::from_secs(5), max_connections: 8 }
     }
 }
 
@@ -119,13 +114,12 @@ pub fn normalize_url(raw: &str) -> Result<(Backend, String), StoreError> {
             return Err(bad("no SQLite file named (use sqlite:PATH, e.g. sqlite:orchestrator.db)"));
         }
         let sep = if rest.contains('?') { '&' } else { '?' };
-        let url = if rest.contains("mode=") { format!("sqlite://{rest}") } else { format!("sqlite://{rest}{sep}mode=rwc") };
+        let url =
+            if rest.contains("mode=") { format!("sqlite://{rest}") } else { format!("sqlite://{rest}{sep}mode=rwc") };
         return Ok((Backend::Sqlite, url));
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        return Err(bad(&format!(
-            "unsupported scheme '{scheme}' (use sqlite:PATH or postgres://USER@HOST/DB)"
-        )));
+        return Err(bad(&format!("unsupported scheme '{scheme}' (use sqlite:PATH or postgres://USER@HOST/DB)")));
     }
     if url.contains('\0') {
         return Err(bad("it contains a NUL byte"));
@@ -170,11 +164,8 @@ impl Store {
             .idle_timeout(Duration::from_secs(300));
         match backend {
             Backend::Sqlite => {
-                let sync = if options.sqlite_synchronous_full {
-                    SqliteSynchronous::Full
-                } else {
-                    SqliteSynchronous::Normal
-                };
+                let sync =
+                    if options.sqlite_synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
                 let busy = options.busy_timeout;
                 opt.map_sqlx_sqlite_opts(move |o| {
                     o.create_if_missing(true)
@@ -189,9 +180,7 @@ impl Store {
                 opt.map_sqlx_postgres_opts(|o| o.application_name("orchestrator"));
             }
         }
-        let db = Database::connect(opt)
-            .await
-            .map_err(|source| StoreError::Connect { target, source })?;
+        let db = Database::connect(opt).await.map_err(|source| StoreError::Connect { target, source })?;
         Ok(Store { db, backend })
     }
 
@@ -209,9 +198,7 @@ impl Store {
         let txn = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             // Any constant works; it only has to be the same for every instance.
-            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7243901)")
-                .await
-                .doing("locking for migrations")?;
+            txn.execute_unprepared("SELECT pg_advisory_xact_lock(7243901)").await.doing("locking for migrations")?;
         }
         Migrator::up(&txn, None).await.doing("applying migrations")?;
         txn.commit().await.doing("committing migrations")
@@ -262,7 +249,10 @@ mod tests {
 
     #[test]
     fn bare_paths_and_sqlite_urls_mean_sqlite() {
-        assert_eq!(normalize_url("orchestrator.db").unwrap(), (Backend::Sqlite, "sqlite://orchestrator.db?mode=rwc".into()));
+        assert_eq!(
+            normalize_url("orchestrator.db").unwrap(),
+            (Backend::Sqlite, "sqlite://orchestrator.db?mode=rwc".into())
+        );
         assert_eq!(normalize_url("sqlite:x.db").unwrap().1, "sqlite://x.db?mode=rwc");
         assert_eq!(normalize_url("sqlite:///tmp/x.db").unwrap().1, "sqlite:///tmp/x.db?mode=rwc");
         assert_eq!(normalize_url("sqlite://x.db?mode=ro").unwrap().1, "sqlite://x.db?mode=ro");

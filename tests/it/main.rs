@@ -1,1 +1,12 @@
-fn main(){}
+//! The one integration-test binary: store, queue, lease and tick tests against SQLite and
+//! PostgreSQL, and the main flows through the real `orchestrator` binary.
+
+// A test that unwraps fails loudly, which is what a test should do.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod cli;
+mod lease;
+mod queue;
+mod tick;

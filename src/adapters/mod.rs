@@ -1,0 +1,119 @@
+//! EXECUTE, the outside edge: one adapter per action type behind one [`Adapter`] trait, and
+//! the registry that maps a type to its adapter.
+//!
+//! An adapter says what it would do ([`Adapter::render_proof`], pure, no I/O) and does it
+//! ([`Adapter::execute`]). Proof mode is enforced by the executor, which in proof mode calls
+//! only `render_proof`; an adapter never decides whether it may touch the outside world.
+//! Adapters know nothing of the queue, the lease or the store.
+
+mod noop;
+mod social;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use noop::Noop;
+pub use social::PostSocial;
+
+use crate::model::Action;
+
+/// Why an attempt failed, and whether trying again can help.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AdapterError {
+    /// Transient: retried with backoff (or after `retry_after`, when the peer said so).
+    #[error("{message}")]
+    Retryable { message: String, retry_after: Option<Duration> },
+    /// Retrying cannot help (bad payload, refused request): the action goes to DLQ at once.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl AdapterError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        AdapterError::Retryable { message: message.into(), retry_after: None }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        AdapterError::Permanent { message: message.into() }
+    }
+}
+
+/// A successful attempt, in a sentence for the execution log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub message: String,
+}
+
+/// What an adapter would do, written as a proof artifact in proof mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    /// Directory under the artifacts directory.
+    pub subdir: String,
+    /// File extension.
+    pub extension: String,
+    /// The artifact's bytes: exactly what would be sent or run, secrets redacted.
+    pub body: Vec<u8>,
+}
+
+/// What an adapter is told about the attempt it runs.
+#[derive(Clone, Debug)]
+pub struct ExecContext {
+    pub tick_id: Option<i64>,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+}
+
+/// One action type's executor.
+#[async_trait::async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// The action type this adapter serves, e.g. `POST_SOCIAL`.
+    fn action_type(&self) -> &str;
+
+    /// Validates the payload and describes what `execute` would do. `Ok(None)` means there is
+    /// nothing worth an artifact (a no-op). Must not perform I/O.
+    fn render_proof(&self, action: &Action) -> Result<Option<Proof>, AdapterError>;
+
+    /// Performs the action for real.
+    async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError>;
+}
+
+/// Adapters by action type.
+#[derive(Clone, Default)]
+pub struct Registry {
+    adapters: BTreeMap<String, Arc<dyn Adapter>>,
+}
+
+impl Registry {
+    pub fn empty() -> Self {
+        Registry::default()
+    }
+
+    /// The adapters that ship with the binary.
+    pub fn builtin() -> Self {
+        let mut r = Registry::empty();
+        r.register(Noop);
+        r.register(PostSocial);
+        r
+    }
+
+    /// Adds (or replaces) the adapter for its action type.
+    pub fn register(&mut self, adapter: impl Adapter) -> &mut Self {
+        self.adapters.insert(adapter.action_type().to_string(), Arc::new(adapter));
+        self
+    }
+
+    pub fn get(&self, action_type: &str) -> Option<Arc<dyn Adapter>> {
+        self.adapters.get(action_type).cloned()
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.adapters.keys().map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.adapters.keys()).finish()
+    }
+}

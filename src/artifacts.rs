@@ -1,0 +1,110 @@
+//! Proof artifacts: where they go, how they are named, how they are written.
+//!
+//! A name is built from the UTC time, a sanitized form of the idempotency key and a short hash
+//! of the raw key, so that no key (`../../etc/passwd`, an absolute path, NUL, 10,000
+//! characters, unicode) can leave the artifacts directory, and distinct keys never collide.
+//! Files are written to a temporary name, synced, then renamed into place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+/// Longest sanitized key kept in a file name.
+pub const MAX_KEY_CHARS: usize = 64;
+
+/// A written artifact: where, and the sha256 of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// The key reduced to `[A-Za-z0-9._-]`, at most [`MAX_KEY_CHARS`] long, never `.` or `..`.
+pub fn sanitize_key(key: &str) -> String {
+    let mut s: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '_' })
+        .take(MAX_KEY_CHARS)
+        .collect();
+    if s.chars().all(|c| c == '.') {
+        s = s.replace('.', "_");
+    }
+    if s.is_empty() { "_".to_string() } else { s }
+}
+
+/// A directory component from a name (an action type): lower case, sanitized.
+pub fn sanitize_dir(name: &str) -> String {
+    sanitize_key(&name.to_ascii_lowercase())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `<dir>/<subdir>/<UTC timestamp>_<sanitized key>-<short hash>.<ext>`.
+pub fn artifact_path(dir: &Path, subdir: &str, key: &str, ext: &str, at: DateTime<Utc>) -> PathBuf {
+    let short = &sha256_hex(key.as_bytes())[..12];
+    let name = format!("{}_{}-{short}.{}", at.format("%Y%m%dT%H%M%S%.3fZ"), sanitize_key(key), sanitize_key(ext));
+    dir.join(sanitize_dir(subdir)).join(name)
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename) and returns its sha256.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Artifact> {
+    let parent = path.parent().ok_or_else(|| std::io::Error::other("artifact path has no parent directory"))?;
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".tmp-{:016x}", fastrand::u64(..)));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| Artifact { path: path.to_path_buf(), sha256: sha256_hex(bytes) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_keys_stay_inside_the_directory() {
+        let dir = Path::new("/srv/artifacts");
+        let at = Utc::now();
+        let long = "k".repeat(10_000);
+        for key in ["../../etc/passwd", "/etc/passwd", "a\0b", "..", ".", "ключ/✓", long.as_str(), ""] {
+            let p = artifact_path(dir, "proof_social", key, "txt", at);
+            assert_eq!(p.parent(), Some(dir.join("proof_social").as_path()), "{key:?} -> {p:?}");
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{name}");
+            assert!(name.len() < 120, "{name}");
+        }
+    }
+
+    #[test]
+    fn distinct_keys_do_not_collide() {
+        let at = Utc::now();
+        let a = artifact_path(Path::new("d"), "t", "a/b", "txt", at);
+        let b = artifact_path(Path::new("d"), "t", "a_b", "txt", at);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn written_bytes_match_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x").join("a.txt");
+        let art = write_atomic(&p, b"hello").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello");
+        assert_eq!(art.sha256, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        let leftovers: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+}

@@ -1,0 +1,422 @@
+//! The `orchestrator` command line: clap types, one function per command, and the only place
+//! that prints to stdout.
+//!
+//! Raw flags become a validated [`Config`] in one step; commands then call into the library.
+//! Failures carry the exit code they deserve ([`Failure`]); `main` turns them into one line on
+//! stderr.
+
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::adapters::Registry;
+use crate::config::{self, Config, Overrides};
+use crate::model::{self, ActionStatus};
+use crate::queue::{self, EnqueueRequest};
+use crate::status::{self, Health, HealthPolicy};
+use crate::store::{ActionFilter, FlagChange, Store, StoreOptions};
+use crate::tick::{Engine, TickOutcome};
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LEASE_HELD: u8 = 3;
+    pub const UNHEALTHY: u8 = 4;
+}
+
+/// An error that carries its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Failure { code, message: message.into() }.into()
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about = "Monitor-decide-execute rule engine over a durable action queue")]
+pub struct Cli {
+    /// Database URL: sqlite:PATH (default sqlite:orchestrator.db) or postgres://USER@HOST/DB.
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Config file (default: ./orchestrator.yaml if present).
+    #[arg(long, global = true, value_name = "FILE", env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print machine-readable JSON (field names are stable; see the README).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending schema migrations (every command also does this first).
+    Migrate,
+    /// Run the daemon: tick at the configured interval until killed, signalled or --ticks done.
+    Run {
+        /// Stop after N ticks.
+        #[arg(long, value_name = "N")]
+        ticks: Option<u64>,
+        /// Seconds between ticks (0: back to back while work is due).
+        #[arg(long, value_name = "SECS")]
+        interval: Option<f64>,
+    },
+    /// Run exactly one tick and exit (for cron).
+    RunOnce,
+    /// Add an action to the queue (or many, from JSON Lines with --file).
+    Enqueue(EnqueueArgs),
+    /// Health, flags, lease, queue counts and the last tick. Exit 4 when unhealthy.
+    Status,
+    /// Set the paused flag: ticks dispatch nothing.
+    Pause,
+    /// Clear the paused and killed flags.
+    Resume,
+    /// Set the killed flag: the running instance records a KILLED tick, releases the lease and exits.
+    Kill,
+    /// Turn proof mode on (artifacts only) or off (real side effects).
+    Proof {
+        #[arg(value_enum)]
+        mode: OnOff,
+    },
+    /// Inspect and edit actions.
+    #[command(subcommand)]
+    Actions(ActionsCommand),
+    /// Inspect or release the lease.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// The tick ledger, newest first.
+    Ticks {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
+    /// Execution logs, newest first.
+    Logs {
+        #[arg(long, value_name = "ID")]
+        action: Option<i64>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Action type, e.g. POST_SOCIAL.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub action_type: Option<String>,
+    /// Payload: a JSON object.
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub payload: String,
+    /// Idempotency key (default: sha256 of the type and canonical payload).
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Not before now + this (e.g. 30s, 5m).
+    #[arg(long, conflicts_with = "not_before", value_parser = parse_delay)]
+    pub delay: Option<Duration>,
+    /// Not before this RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Attempts before DLQ (default: config max_attempts).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: Option<u32>,
+    /// JSON Lines file of actions (`-` for stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "delay", "not_before", "max_attempts"])]
+    pub file: Option<PathBuf>,
+}
+
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("'{s}' is not an RFC 3339 time like 2026-01-02T03:04:05Z ({e})"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActionsCommand {
+    /// List actions, newest first.
+    List {
+        #[arg(long, value_parser = parse_status)]
+        status: Option<ActionStatus>,
+        #[arg(long = "type", value_name = "TYPE")]
+        action_type: Option<String>,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
+    },
+    /// One action with its logs.
+    Show { id: i64 },
+    /// Move DLQ actions back to PENDING with attempts reset.
+    Requeue {
+        #[arg(required_unless_present = "all_dlq", conflicts_with = "all_dlq")]
+        id: Option<i64>,
+        /// Requeue every DLQ action.
+        #[arg(long)]
+        all_dlq: bool,
+    },
+    /// Cancel a PENDING, RETRY or DLQ action.
+    Cancel { id: i64 },
+    /// Delete SUCCESS and CANCELLED actions older than the retention (DLQ is kept).
+    Purge {
+        /// e.g. 7d, 12h (default: retention_days).
+        #[arg(long, value_parser = parse_delay)]
+        older_than: Option<Duration>,
+    },
+}
+
+fn parse_status(s: &str) -> Result<ActionStatus, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Who holds the lease, its epoch and expiry.
+    Show,
+    /// Release the lease. A live lease needs --force (its holder's writes are then fenced).
+    Release {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let interval = match &cli.command {
+        Command::Run { interval, .. } => *interval,
+        _ => None,
+    };
+    let config = Config::load(
+        cli.config.as_deref(),
+        Overrides { database_url: cli.database_url.clone(), tick_interval_seconds: interval },
+    )?;
+    let store = open_store(&config).await?;
+    let out = output::Out { json: cli.json };
+    let code = dispatch(cli.command, &config, &store, &out).await;
+    if let Err(e) = store.close().await {
+        tracing::debug!(error = %e, "closing the database");
+    }
+    code
+}
+
+/// Connects and migrates, naming the database on failure.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let options = StoreOptions { sqlite_synchronous_full: config.sqlite_synchronous_full, ..StoreOptions::default() };
+    Ok(Store::open(&config.database_url, &options).await?)
+}
+
+async fn dispatch(command: Command, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<u8> {
+    match command {
+        Command::Migrate => {
+            out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
+        }
+        Command::Run { ticks, .. } => {
+            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received: finishing the current tick, then releasing the lease");
+                let _ = tx.send(true);
+            });
+            tracing::info!(
+                owner = engine.lease().owner(),
+                interval_s = config.tick_interval.as_secs_f64(),
+                "orchestrator running"
+            );
+            let summary = crate::daemon::run(&engine, ticks, rx).await;
+            out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
+        }
+        Command::RunOnce => {
+            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let outcome = engine.tick().await;
+            if let Err(e) = engine.release().await {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+            }
+            match outcome? {
+                TickOutcome::Ran(report) => out.tick(&report),
+                TickOutcome::NotLeader { owner, epoch, expires_at } => {
+                    return Err(fail(
+                        exit::LEASE_HELD,
+                        format!(
+                            "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
+                            config.lease_name,
+                            expires_at.to_rfc3339()
+                        ),
+                    ));
+                }
+            }
+        }
+        Command::Enqueue(args) => enqueue(args, config, store, out).await?,
+        Command::Status => {
+            let report =
+                status::read(store, &config.lease_name, &HealthPolicy::from_interval(config.tick_interval)).await?;
+            out.status(&report);
+            if report.health == Health::Unhealthy {
+                return Ok(exit::UNHEALTHY);
+            }
+        }
+        Command::Pause => out.flags(&store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?),
+        Command::Resume => out.flags(
+            &store.set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() }).await?,
+        ),
+        Command::Kill => out.flags(&store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await?),
+        Command::Proof { mode } => {
+            let on = matches!(mode, OnOff::On);
+            out.flags(&store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await?)
+        }
+        Command::Actions(cmd) => actions(cmd, config, store, out).await?,
+        Command::Lease(cmd) => match cmd {
+            LeaseCommand::Show => {
+                let report =
+                    status::read(store, &config.lease_name, &HealthPolicy::from_interval(config.tick_interval)).await?;
+                out.lease(report.lease.as_ref());
+            }
+            LeaseCommand::Release { force } => {
+                let lease = store.lease(&config.lease_name).await?;
+                let now = store.db_now().await?;
+                match lease {
+                    Some(l) if l.expires_at > now && !force => {
+                        return Err(fail(
+                            exit::ERROR,
+                            format!(
+                                "lease '{}' is live, held by {} (epoch {}) until {}; use --force to release it (that instance's later writes will be fenced)",
+                                l.name,
+                                l.owner,
+                                l.epoch,
+                                l.expires_at.to_rfc3339()
+                            ),
+                        ));
+                    }
+                    _ => {
+                        let released = store.release_lease(&config.lease_name, None).await?;
+                        let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
+                        out.message(&serde_json::json!({"released": released}), msg);
+                    }
+                }
+            }
+        },
+        Command::Ticks { limit } => out.ticks(&store.recent_ticks(limit).await?),
+        Command::Logs { action, limit } => out.logs(&store.logs(action, limit).await?),
+    }
+    Ok(exit::OK)
+}
+
+async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
+    if let Some(file) = args.file {
+        let report = if file.as_os_str() == "-" {
+            let stdin = std::io::stdin();
+            queue::enqueue_jsonl(store, stdin.lock(), config.max_attempts).await
+        } else {
+            let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            queue::enqueue_jsonl(store, std::io::BufReader::new(f), config.max_attempts).await
+        };
+        let report = report.map_err(|e| match &file {
+            f if f.as_os_str() == "-" => fail(exit::ERROR, format!("stdin: {e}")),
+            f => fail(exit::ERROR, format!("{}: {e}", f.display())),
+        })?;
+        out.message(
+            &report,
+            &format!("{} line(s): {} created, {} duplicate(s)", report.lines, report.created, report.duplicates),
+        );
+        return Ok(());
+    }
+    let Some(action_type) = args.action_type else {
+        return Err(fail(exit::USAGE, "enqueue needs an action TYPE or --file"));
+    };
+    let payload = queue::parse_payload(&args.payload).map_err(|e| fail(exit::ERROR, format!("--payload: {e}")))?;
+    let not_before = match (args.delay, args.not_before) {
+        (Some(d), _) => {
+            Some(model::now() + chrono::Duration::from_std(d).map_err(|_| fail(exit::ERROR, "--delay is too long"))?)
+        }
+        (None, t) => t,
+    };
+    let req = EnqueueRequest {
+        action_type,
+        payload,
+        idempotency_key: args.key,
+        priority: args.priority,
+        not_before,
+        max_attempts: args.max_attempts,
+    };
+    let outcome = queue::enqueue(store, &req, config.max_attempts).await?;
+    let text = if outcome.duplicate {
+        format!("duplicate: action {} already exists ({}); nothing created", outcome.id, outcome.status)
+    } else {
+        format!("enqueued action {} ({})", outcome.id, outcome.status)
+    };
+    out.message(&outcome, &text);
+    Ok(())
+}
+
+async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
+    match cmd {
+        ActionsCommand::List { status, action_type, limit } => {
+            out.actions(&store.list_actions(&ActionFilter { status, action_type, limit }).await?);
+        }
+        ActionsCommand::Show { id } => {
+            let action = store.action(id).await?.ok_or_else(|| fail(exit::ERROR, format!("action {id} not found")))?;
+            let logs = store.logs(Some(id), 1000).await?;
+            out.action(&action, &logs);
+        }
+        ActionsCommand::Requeue { id, .. } => {
+            let ids = store.requeue(id).await?;
+            out.message(&serde_json::json!({"requeued": ids}), &format!("requeued {} action(s): {:?}", ids.len(), ids));
+        }
+        ActionsCommand::Cancel { id } => {
+            store.cancel(id).await?;
+            out.message(&serde_json::json!({"cancelled": id}), &format!("cancelled action {id}"));
+        }
+        ActionsCommand::Purge { older_than } => {
+            let age = older_than.unwrap_or_else(|| config.retention());
+            let cutoff = model::now()
+                - chrono::Duration::from_std(age).map_err(|_| fail(exit::ERROR, "--older-than is too long"))?;
+            let n = store.purge(cutoff, 500).await?;
+            out.message(
+                &serde_json::json!({"purged": n, "before": cutoff}),
+                &format!("purged {n} SUCCESS/CANCELLED action(s) finished before {}", cutoff.to_rfc3339()),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

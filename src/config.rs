@@ -1,0 +1,507 @@
+//! Configuration: defaults, then `orchestrator.yaml`, then `ORCHESTRATOR_<KEY>` environment
+//! variables, then command-line flags, folded into one validated [`Config`].
+//!
+//! Every error names the key and where its value came from: the file with line and column, the
+//! environment variable, or the flag. Unknown keys are errors. Nothing else in the crate reads
+//! the environment or the config file.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file read when `--config` / `ORCHESTRATOR_CONFIG` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "orchestrator.yaml";
+/// The SQLite database used when no URL is configured.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:orchestrator.db";
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// The validated settings every command runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub database_url: String,
+    pub tick_interval: Duration,
+    pub max_actions_per_tick: u32,
+    pub max_tick: Duration,
+    pub dispatch_concurrency: u32,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub lease_name: String,
+    pub lease_ttl: Duration,
+    pub heartbeat: Duration,
+    pub action_timeout: Duration,
+    pub rules_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+    pub retention_days: u32,
+    pub sqlite_synchronous_full: bool,
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: usize, column: usize },
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("the default"),
+            Source::File { path, line, column } => write!(f, "{}:{line}:{column}", path.display()),
+            Source::Env(name) => write!(f, "environment variable {name}"),
+            Source::Flag(name) => write!(f, "flag {name}"),
+        }
+    }
+}
+
+/// A configuration error; its message names the key and the source of the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{source_}: {message}")]
+    Value { source_: Source, message: String },
+}
+
+/// The raw layer shape: every key optional, unknown keys refused.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layer {
+    database_url: Option<String>,
+    tick_interval_seconds: Option<f64>,
+    max_actions_per_tick: Option<u32>,
+    max_tick_seconds: Option<f64>,
+    dispatch_concurrency: Option<u32>,
+    max_attempts: Option<u32>,
+    backoff_base_seconds: Option<f64>,
+    backoff_max_seconds: Option<f64>,
+    lease_name: Option<String>,
+    lease_ttl_seconds: Option<f64>,
+    heartbeat_seconds: Option<f64>,
+    action_timeout_seconds: Option<f64>,
+    rules_dir: Option<PathBuf>,
+    artifacts_dir: Option<PathBuf>,
+    retention_days: Option<u32>,
+    sqlite_synchronous: Option<String>,
+}
+
+/// Every key, and whether its value is text (taken verbatim from the environment) or a YAML
+/// scalar (parsed, so `ORCHESTRATOR_MAX_ATTEMPTS=five` fails like `max_attempts: five`).
+const KEYS: &[(&str, bool)] = &[
+    ("database_url", true),
+    ("tick_interval_seconds", false),
+    ("max_actions_per_tick", false),
+    ("max_tick_seconds", false),
+    ("dispatch_concurrency", false),
+    ("max_attempts", false),
+    ("backoff_base_seconds", false),
+    ("backoff_max_seconds", false),
+    ("lease_name", true),
+    ("lease_ttl_seconds", false),
+    ("heartbeat_seconds", false),
+    ("action_timeout_seconds", false),
+    ("rules_dir", true),
+    ("artifacts_dir", true),
+    ("retention_days", false),
+    ("sqlite_synchronous", true),
+];
+
+/// Flags that override the other layers.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub tick_interval_seconds: Option<f64>,
+}
+
+/// Where to read from: the config file (if any) and the environment.
+pub struct Inputs<'a> {
+    /// An explicit file: it must exist. `None` reads `orchestrator.yaml` if present.
+    pub config_file: Option<&'a Path>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub overrides: Overrides,
+}
+
+impl Config {
+    /// Loads from the process environment and the given file and flags.
+    pub fn load(config_file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok();
+        Config::load_from(Inputs { config_file, env: &env, overrides })
+    }
+
+    /// Loads from explicit inputs (tests pass their own environment).
+    pub fn load_from(inputs: Inputs<'_>) -> Result<Config, ConfigError> {
+        let mut layers: Vec<(Layer, LayerOrigin)> = Vec::new();
+
+        let file = match inputs.config_file {
+            Some(p) => read_file(p, true)?,
+            None => read_file(Path::new(DEFAULT_CONFIG_FILE), false)?,
+        };
+        if let Some((path, text)) = file {
+            let layer = parse_file(&path, &text)?;
+            layers.push((layer, LayerOrigin::File { path, text }));
+        }
+
+        for (key, is_text) in KEYS {
+            let var = format!("ORCHESTRATOR_{}", key.to_ascii_uppercase());
+            let value =
+                (inputs.env)(&var).or_else(|| (*key == "database_url").then(|| (inputs.env)("DATABASE_URL")).flatten());
+            let Some(value) = value else { continue };
+            let name = if (inputs.env)(&var).is_some() { var } else { "DATABASE_URL".to_string() };
+            let yaml_value = if *is_text {
+                serde_yaml::Value::String(value)
+            } else {
+                serde_yaml::from_str(&value).map_err(|e| ConfigError::Value {
+                    source_: Source::Env(name.clone()),
+                    message: format!("{key}: {e}"),
+                })?
+            };
+            let mut map = serde_yaml::Mapping::new();
+            map.insert(serde_yaml::Value::String((*key).to_string()), yaml_value);
+            let layer: Layer = serde_yaml::from_value(serde_yaml::Value::Mapping(map)).map_err(|e| {
+                ConfigError::Value { source_: Source::Env(name.clone()), message: format!("{key}: {e}") }
+            })?;
+            layers.push((layer, LayerOrigin::Env(name)));
+        }
+
+        let o = inputs.overrides;
+        if o.database_url.is_some() {
+            let layer = Layer { database_url: o.database_url, ..Default::default() };
+            layers.push((layer, LayerOrigin::Flag("--database-url")));
+        }
+        if o.tick_interval_seconds.is_some() {
+            let layer = Layer { tick_interval_seconds: o.tick_interval_seconds, ..Default::default() };
+            layers.push((layer, LayerOrigin::Flag("--interval")));
+        }
+
+        Resolver::new(layers).resolve()
+    }
+
+    /// The built-in defaults (what an empty config file gives).
+    pub fn defaults() -> Config {
+        Resolver::new(Vec::new())
+            .resolve()
+            .unwrap_or_else(|e| unreachable!("the built-in defaults are valid (unit-tested): {e}"))
+    }
+
+    /// The retention as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
+}
+
+enum LayerOrigin {
+    File { path: PathBuf, text: String },
+    Env(String),
+    Flag(&'static str),
+}
+
+impl LayerOrigin {
+    fn source_for(&self, key: &str) -> Source {
+        match self {
+            LayerOrigin::File { path, text } => {
+                let (line, column) = locate_key(text, key).unwrap_or((1, 1));
+                Source::File { path: path.clone(), line, column }
+            }
+            LayerOrigin::Env(name) => Source::Env(name.clone()),
+            LayerOrigin::Flag(name) => Source::Flag((*name).to_string()),
+        }
+    }
+}
+
+fn read_file(path: &Path, required: bool) -> Result<Option<(PathBuf, String)>, ConfigError> {
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => Ok(Some((path.to_path_buf(), text))),
+            Err(e) => Err(ConfigError::File {
+                path: path.to_path_buf(),
+                message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+        Err(e) => Err(ConfigError::File { path: path.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Layer::default());
+    }
+    serde_yaml::from_str::<Layer>(text).map_err(|e| {
+        let message = e.to_string();
+        match e.location() {
+            Some(loc) => ConfigError::Value {
+                source_: Source::File { path: path.to_path_buf(), line: loc.line(), column: loc.column() },
+                message: strip_location(&message),
+            },
+            None => ConfigError::File { path: path.to_path_buf(), message },
+        }
+    })
+}
+
+/// serde_yaml appends " at line L column C"; the source already says where.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// The line and column of a top-level `key:` in YAML text (1-based), pointing at the value.
+fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?;
+        let after = rest.trim_start();
+        let colon = after.strip_prefix(':')?;
+        let value_col = line.len() - colon.trim_start().len() + 1;
+        Some((i + 1, value_col))
+    })
+}
+
+/// Folds the layers in order, remembering where each value came from.
+struct Resolver {
+    layers: Vec<(Layer, LayerOrigin)>,
+}
+
+macro_rules! pick {
+    ($self:ident, $field:ident, $default:expr) => {{
+        let mut value = $default;
+        let mut source = Source::Default;
+        for (layer, origin) in &$self.layers {
+            if let Some(v) = &layer.$field {
+                value = v.clone();
+                source = origin.source_for(stringify!($field));
+            }
+        }
+        (value, source)
+    }};
+}
+
+impl Resolver {
+    fn new(layers: Vec<(Layer, LayerOrigin)>) -> Self {
+        Resolver { layers }
+    }
+
+    fn resolve(self) -> Result<Config, ConfigError> {
+        let (database_url, src) = pick!(self, database_url, DEFAULT_DATABASE_URL.to_string());
+        check(!database_url.trim().is_empty(), &src, "database_url must not be empty")?;
+
+        let tick_interval = seconds(pick!(self, tick_interval_seconds, 30.0), "tick_interval_seconds", true)?;
+        let max_tick = seconds(pick!(self, max_tick_seconds, 20.0), "max_tick_seconds", false)?;
+        let (backoff_base_s, base_src) = pick!(self, backoff_base_seconds, 10.0);
+        let backoff_base = seconds((backoff_base_s, base_src), "backoff_base_seconds", true)?;
+        let (backoff_max_s, max_src) = pick!(self, backoff_max_seconds, 3600.0);
+        let backoff_max = seconds((backoff_max_s, max_src.clone()), "backoff_max_seconds", true)?;
+        check(
+            backoff_max >= backoff_base,
+            &max_src,
+            &format!("backoff_max_seconds ({backoff_max_s}) must be at least backoff_base_seconds ({backoff_base_s})"),
+        )?;
+        let (hb_s, hb_src) = pick!(self, heartbeat_seconds, 5.0);
+        let heartbeat = seconds((hb_s, hb_src), "heartbeat_seconds", false)?;
+        let (ttl_s, ttl_src) = pick!(self, lease_ttl_seconds, 30.0);
+        let lease_ttl = seconds((ttl_s, ttl_src.clone()), "lease_ttl_seconds", false)?;
+        check(
+            lease_ttl > heartbeat,
+            &ttl_src,
+            &format!(
+                "lease_ttl_seconds ({ttl_s}) must be longer than heartbeat_seconds ({hb_s}), or the lease lapses between renewals"
+            ),
+        )?;
+        let action_timeout = seconds(pick!(self, action_timeout_seconds, 60.0), "action_timeout_seconds", false)?;
+
+        let max_actions_per_tick = range(pick!(self, max_actions_per_tick, 3), "max_actions_per_tick", 1, 1_000_000)?;
+        let dispatch_concurrency = range(pick!(self, dispatch_concurrency, 4), "dispatch_concurrency", 1, 1024)?;
+        let max_attempts = range(pick!(self, max_attempts, 3), "max_attempts", 1, 1000)?;
+        let retention_days = range(pick!(self, retention_days, 7), "retention_days", 1, 36_500)?;
+
+        let (lease_name, src) = pick!(self, lease_name, "orchestrator".to_string());
+        check(
+            !lease_name.is_empty() && lease_name.len() <= 200 && !lease_name.chars().any(char::is_control),
+            &src,
+            "lease_name must be 1 to 200 printable characters",
+        )?;
+        let (rules_dir, src) = pick!(self, rules_dir, PathBuf::from("rules"));
+        check(!rules_dir.as_os_str().is_empty(), &src, "rules_dir must not be empty")?;
+        let (artifacts_dir, src) = pick!(self, artifacts_dir, PathBuf::from("artifacts"));
+        check(!artifacts_dir.as_os_str().is_empty(), &src, "artifacts_dir must not be empty")?;
+        let (sync, src) = pick!(self, sqlite_synchronous, "full".to_string());
+        let sqlite_synchronous_full = match sync.to_ascii_lowercase().as_str() {
+            "full" => true,
+            "normal" => false,
+            other => {
+                return Err(ConfigError::Value {
+                    source_: src,
+                    message: format!("sqlite_synchronous must be 'full' or 'normal', not '{other}'"),
+                });
+            }
+        };
+
+        Ok(Config {
+            database_url,
+            tick_interval,
+            max_actions_per_tick,
+            max_tick,
+            dispatch_concurrency,
+            max_attempts,
+            backoff_base,
+            backoff_max,
+            lease_name,
+            lease_ttl,
+            heartbeat,
+            action_timeout,
+            rules_dir,
+            artifacts_dir,
+            retention_days,
+            sqlite_synchronous_full,
+        })
+    }
+}
+
+fn check(ok: bool, source: &Source, message: &str) -> Result<(), ConfigError> {
+    if ok { Ok(()) } else { Err(ConfigError::Value { source_: source.clone(), message: message.to_string() }) }
+}
+
+fn seconds((value, source): (f64, Source), key: &str, zero_ok: bool) -> Result<Duration, ConfigError> {
+    let bad = |why: String| ConfigError::Value { source_: source.clone(), message: format!("{key} {why}") };
+    if !value.is_finite() {
+        return Err(bad(format!("must be a finite number of seconds, not {value}")));
+    }
+    if value < 0.0 {
+        return Err(bad(format!("must not be negative (got {value})")));
+    }
+    if value == 0.0 && !zero_ok {
+        return Err(bad("must be greater than 0".to_string()));
+    }
+    if value > MAX_SECONDS {
+        return Err(bad(format!("must be at most {MAX_SECONDS} seconds (one year), got {value}")));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn range((value, source): (u32, Source), key: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Value {
+            source_: source,
+            message: format!("{key} must be between {min} and {max}, got {value}"),
+        });
+    }
+    Ok(value)
+}
+
+/// Every key with its default, for `orchestrator.example.yaml` drift checks.
+pub fn known_keys() -> BTreeMap<&'static str, bool> {
+    KEYS.iter().copied().collect()
+}
+
+/// Parses a human duration such as `30s`, `5m`, `7d` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 7d ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.yaml");
+        if let Some(y) = yaml {
+            std::fs::write(&path, y).unwrap();
+        }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let file = yaml.map(|_| path.as_path());
+        Config::load_from(Inputs { config_file: file, env: &lookup, overrides: Overrides::default() })
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.tick_interval, Duration::from_secs(30));
+        assert_eq!(c.max_actions_per_tick, 3);
+        assert_eq!(c.max_tick, Duration::from_secs(20));
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.backoff_base, Duration::from_secs(10));
+        assert_eq!(c.backoff_max, Duration::from_secs(3600));
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        assert_eq!(c.retention_days, 7);
+        assert!(c.sqlite_synchronous_full);
+    }
+
+    #[test]
+    fn env_beats_file_and_flags_beat_env() {
+        let c =
+            load(Some("max_attempts: 5\ntick_interval_seconds: 2\n"), &[("ORCHESTRATOR_MAX_ATTEMPTS", "7")]).unwrap();
+        assert_eq!(c.max_attempts, 7);
+        assert_eq!(c.tick_interval, Duration::from_secs(2));
+        let lookup = |k: &str| (k == "ORCHESTRATOR_TICK_INTERVAL_SECONDS").then(|| "9".to_string());
+        let c = Config::load_from(Inputs {
+            config_file: None,
+            env: &lookup,
+            overrides: Overrides { tick_interval_seconds: Some(0.0), database_url: None },
+        })
+        .unwrap();
+        assert_eq!(c.tick_interval, Duration::ZERO, "tick_interval_seconds 0 is allowed");
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let e = load(Some("max_attempts: 3\nmax_atempts: 4\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:2:1"), "{e}");
+        assert!(e.contains("unknown field `max_atempts`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = load(Some("\n\nmax_attempts: lots\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:3:"), "{e}");
+        assert!(e.contains("max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_refused_with_their_line() {
+        let e = load(Some("heartbeat_seconds: 10\nlease_ttl_seconds: 10\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:2:20") && e.contains("must be longer than heartbeat_seconds"), "{e}");
+        let e = load(Some("max_tick_seconds: -1\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("max_tick_seconds must not be negative"), "{e}");
+        let e = load(Some("backoff_max_seconds: 1e300\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+        let e = load(Some("max_attempts: -3\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("max_attempts"), "{e}");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let e = load(None, &[("ORCHESTRATOR_MAX_ATTEMPTS", "five")]).unwrap_err().to_string();
+        assert!(e.contains("ORCHESTRATOR_MAX_ATTEMPTS") && e.contains("max_attempts"), "{e}");
+        let e = load(None, &[("ORCHESTRATOR_HEARTBEAT_SECONDS", "0")]).unwrap_err().to_string();
+        assert!(e.contains("ORCHESTRATOR_HEARTBEAT_SECONDS") && e.contains("greater than 0"), "{e}");
+    }
+
+    #[test]
+    fn database_url_env_is_honoured() {
+        let c = load(None, &[("DATABASE_URL", "postgres://x@h/db")]).unwrap();
+        assert_eq!(c.database_url, "postgres://x@h/db");
+        let c = load(None, &[("DATABASE_URL", "a.db"), ("ORCHESTRATOR_DATABASE_URL", "b.db")]).unwrap();
+        assert_eq!(c.database_url, "b.db");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The `run` loop: ticks back to back at the configured interval until told to stop.
+//!
+//! It stops after `--ticks N`, when a tick finds the `killed` flag (that tick released the
+//! lease), or on SIGTERM/SIGINT after the current tick finishes; every exit releases the lease.
+//! A failing database is logged once per change of state and retried with a backoff from 1 s
+//! doubling to 30 s, without a restart. It never busy-loops.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::model::TickStatus;
+use crate::tick::{Engine, TickOutcome};
+
+/// How long an idle daemon with `tick_interval_seconds: 0` waits before looking again.
+pub const IDLE_POLL: Duration = Duration::from_millis(500);
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why the loop stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    TicksDone,
+    Killed,
+    Signal,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunSummary {
+    pub ticks: u64,
+    pub stopped_by: StopReason,
+}
+
+/// Runs ticks until a stop condition; `shutdown` turning true asks for a clean stop.
+pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::Receiver<bool>) -> RunSummary {
+    let interval = engine.interval();
+    let mut ticks = 0u64;
+    let mut failing: Option<Duration> = None;
+    let mut following: Option<String> = None;
+    let stopped_by = loop {
+        if *shutdown.borrow() {
+            break StopReason::Signal;
+        }
+        let outcome = engine.tick().await;
+        ticks += 1;
+        let mut wait = interval;
+        match outcome {
+            Ok(TickOutcome::Ran(r)) => {
+                if failing.take().is_some() {
+                    tracing::info!("database reachable again; ticking resumed");
+                }
+                if following.take().is_some() {
+                    tracing::info!(epoch = r.epoch, "acquired the lease; now the active instance");
+                }
+                tracing::info!(
+                    tick_id = r.tick_id,
+                    status = %r.status,
+                    duration_ms = r.duration_ms,
+                    attempted = r.attempted,
+                    succeeded = r.succeeded,
+                    failed = r.failed,
+                    notes = %r.notes,
+                    "tick"
+                );
+                if r.status == TickStatus::Killed {
+                    break StopReason::Killed;
+                }
+                if interval.is_zero() && r.attempted == 0 {
+                    wait = IDLE_POLL;
+                }
+            }
+            Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => {
+                if failing.take().is_some() {
+                    tracing::info!("database reachable again");
+                }
+                if following.as_deref() != Some(owner.as_str()) {
+                    tracing::info!(holder = %owner, until = %expires_at.to_rfc3339(), "lease held by another instance; following");
+                    following = Some(owner);
+                }
+                if interval.is_zero() {
+                    wait = IDLE_POLL;
+                }
+            }
+            Err(e) => {
+                let next = match failing {
+                    None => {
+                        tracing::error!(error = %e, "tick failed; retrying with backoff until the database answers");
+                        BACKOFF_START
+                    }
+                    Some(prev) => (prev * 2).min(BACKOFF_MAX),
+                };
+                failing = Some(next);
+                wait = next;
+            }
+        }
+        if max_ticks.is_some_and(|n| ticks >= n) {
+            break StopReason::TicksDone;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    };
+    match engine.release().await {
+        Ok(true) => tracing::info!("lease released"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not release the lease; it expires by itself"),
+    }
+    RunSummary { ticks, stopped_by }
+}

@@ -1,0 +1,302 @@
+//! EXECUTE: runs claimed actions through their adapters and records each outcome, fenced.
+//!
+//! Up to `dispatch_concurrency` actions run at once, each in its own task so that a panic is
+//! caught and a timeout cancels it. Proof mode is enforced here: the adapter's `render_proof`
+//! is the only thing called, and its bytes become a sha256-stamped artifact. Outcomes are
+//! written by one writer as they arrive, grouped into one transaction per batch (group commit),
+//! so a crash loses at most the attempts in flight. Past the tick deadline, or once the lease is
+//! lost, nothing new starts: unstarted claims go back to `PENDING` with no attempt counted.
+//!
+//! The executor never decides what should run; it runs what was claimed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::adapters::{AdapterError, ExecContext, Registry};
+use crate::artifacts::{self, Artifact};
+use crate::lease::Term;
+use crate::model::{self, Action, LogLevel, NewLog};
+use crate::queue;
+use crate::store::{Claimed, Completion, CompletionOutcome, Store};
+
+/// How the executor runs actions.
+#[derive(Clone, Debug)]
+pub struct ExecSettings {
+    pub concurrency: usize,
+    pub action_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub artifacts_dir: PathBuf,
+}
+
+/// What one dispatch did.
+#[derive(Clone, Debug, Default)]
+pub struct DispatchReport {
+    /// Attempts started.
+    pub attempted: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    /// Claims returned to `PENDING` unstarted (deadline or lost lease).
+    pub unstarted: u32,
+    /// Outcome writes the fence refused (this instance was no longer the holder).
+    pub rejected: Vec<i64>,
+    /// The first store error met while recording outcomes, if any.
+    pub store_error: Option<String>,
+}
+
+/// Runs claimed actions.
+#[derive(Clone, Debug)]
+pub struct Executor {
+    registry: Arc<Registry>,
+    settings: ExecSettings,
+}
+
+/// The tick a dispatch belongs to.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    pub store: &'a Store,
+    pub term: &'a Term,
+    pub tick_id: i64,
+    pub proof_mode: bool,
+    /// Nothing starts after this instant.
+    pub deadline: Instant,
+    /// Turns true when the lease is lost: nothing starts after that either.
+    pub lost: &'a AtomicBool,
+}
+
+enum Kind {
+    Succeeded,
+    Failed,
+    Unstarted,
+}
+
+impl Executor {
+    pub fn new(registry: Arc<Registry>, settings: ExecSettings) -> Self {
+        Executor { registry, settings }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Runs `claimed` (already in dispatch order) and records every outcome.
+    pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
+        let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind)>();
+        let semaphore = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+
+        let launcher = async {
+            for claim in claimed {
+                let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+                if Instant::now() >= deadline || lost.load(Ordering::SeqCst) {
+                    let _ = tx.send((unstarted(&claim), Kind::Unstarted));
+                    continue;
+                }
+                let tx = tx.clone();
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let done = this.attempt(claim, tick_id, proof_mode).await;
+                    let _ = tx.send(done);
+                    drop(permit);
+                });
+            }
+            drop(tx);
+        };
+
+        let writer = async {
+            let mut report = DispatchReport::default();
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 1000 {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let completions: Vec<Completion> = batch
+                    .into_iter()
+                    .map(|(c, kind)| {
+                        match kind {
+                            Kind::Succeeded => report.succeeded += 1,
+                            Kind::Failed => report.failed += 1,
+                            Kind::Unstarted => report.unstarted += 1,
+                        }
+                        c
+                    })
+                    .collect();
+                match store.complete(&term.lease_name, Some(tick_id), &completions).await {
+                    Ok(r) => {
+                        for id in &r.rejected {
+                            tracing::warn!(
+                                action_id = id,
+                                epoch = term.epoch,
+                                "fenced write rejected: this instance no longer holds the claim"
+                            );
+                        }
+                        report.rejected.extend(r.rejected);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, count = completions.len(), "could not record outcomes; the claims will be rescued");
+                        report.store_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            report.attempted = report.succeeded + report.failed;
+            report
+        };
+
+        let ((), report) = tokio::join!(launcher, writer);
+        report
+    }
+
+    /// One attempt, start to completion record. Never panics, never hangs past the timeout.
+    async fn attempt(&self, claim: Claimed, tick_id: i64, proof_mode: bool) -> (Completion, Kind) {
+        let started = Instant::now();
+        let action = Arc::new(claim.action.clone());
+        let registry = self.registry.clone();
+        let artifacts_dir = self.settings.artifacts_dir.clone();
+        let ctx = ExecContext { tick_id: Some(tick_id), attempt: claim.attempt };
+        let task_action = action.clone();
+        let inner =
+            tokio::spawn(async move { run_adapter(&registry, &ctx, &task_action, proof_mode, &artifacts_dir).await });
+        let abort = inner.abort_handle();
+        let result = match tokio::time::timeout(self.settings.action_timeout, inner).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) if join.is_panic() => {
+                Err(AdapterError::retryable(format!("adapter panicked: {}", panic_message(join.into_panic()))))
+            }
+            Ok(Err(_)) => Err(AdapterError::retryable("adapter task was cancelled")),
+            Err(_) => {
+                abort.abort();
+                Err(AdapterError::retryable(format!(
+                    "timed out after {:.1}s (action_timeout_seconds)",
+                    self.settings.action_timeout.as_secs_f64()
+                )))
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis();
+        self.completion(&claim, &action, result, proof_mode, elapsed_ms)
+    }
+
+    fn completion(
+        &self,
+        claim: &Claimed,
+        action: &Action,
+        result: Result<(String, Option<Artifact>), AdapterError>,
+        proof_mode: bool,
+        elapsed_ms: u128,
+    ) -> (Completion, Kind) {
+        let mode = if proof_mode { "proof" } else { "real" };
+        let attempt = claim.attempt;
+        let max = action.max_attempts;
+        let (outcome, log, kind) = match result {
+            Ok((message, artifact)) => {
+                let mut log = NewLog::new(
+                    action.id,
+                    LogLevel::Info,
+                    format!(
+                        "{} succeeded ({mode}, attempt {attempt}/{max}, {elapsed_ms} ms): {message}",
+                        action.action_type
+                    ),
+                );
+                if let Some(a) = artifact {
+                    log.artifact_ref = Some(a.path.display().to_string());
+                    log.artifact_sha256 = Some(a.sha256);
+                }
+                (CompletionOutcome::Success, log, Kind::Succeeded)
+            }
+            Err(AdapterError::Retryable { message, retry_after }) if attempt < max => {
+                let delay = retry_after
+                    .unwrap_or_else(|| queue::backoff(attempt, self.settings.backoff_base, self.settings.backoff_max));
+                let not_before = model::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let log = NewLog::new(
+                    action.id,
+                    LogLevel::Warning,
+                    format!(
+                        "attempt {attempt}/{max} failed ({mode}, retryable): {message}; retry at {}",
+                        not_before.to_rfc3339()
+                    ),
+                );
+                (CompletionOutcome::Retry { not_before, error: message }, log, Kind::Failed)
+            }
+            Err(AdapterError::Retryable { message, .. }) => {
+                let log = NewLog::new(
+                    action.id,
+                    LogLevel::Error,
+                    format!("attempt {attempt}/{max} failed ({mode}, retryable): {message}; out of attempts -> DLQ"),
+                );
+                (CompletionOutcome::Dlq { error: message }, log, Kind::Failed)
+            }
+            Err(AdapterError::Permanent { message }) => {
+                let log = NewLog::new(
+                    action.id,
+                    LogLevel::Error,
+                    format!("attempt {attempt}/{max} failed ({mode}, permanent): {message} -> DLQ"),
+                );
+                (CompletionOutcome::Dlq { error: message }, log, Kind::Failed)
+            }
+        };
+        let completion = Completion { action_id: action.id, epoch: claim.epoch, attempt, outcome, logs: vec![log] };
+        (completion, kind)
+    }
+}
+
+async fn run_adapter(
+    registry: &Registry,
+    ctx: &ExecContext,
+    action: &Action,
+    proof_mode: bool,
+    artifacts_dir: &std::path::Path,
+) -> Result<(String, Option<Artifact>), AdapterError> {
+    let Some(adapter) = registry.get(&action.action_type) else {
+        return Err(AdapterError::permanent(format!("no adapter for action type {}", action.action_type)));
+    };
+    if !proof_mode {
+        return adapter.execute(ctx, action).await.map(|o| (o.message, None));
+    }
+    match adapter.render_proof(action)? {
+        None => Ok(("proof mode: nothing to record".to_string(), None)),
+        Some(proof) => {
+            let path = artifacts::artifact_path(
+                artifacts_dir,
+                &proof.subdir,
+                &action.idempotency_key,
+                &proof.extension,
+                model::now(),
+            );
+            let written = tokio::task::spawn_blocking(move || artifacts::write_atomic(&path, &proof.body))
+                .await
+                .map_err(|e| AdapterError::retryable(format!("artifact writer failed: {e}")))?
+                .map_err(|e| AdapterError::retryable(format!("cannot write proof artifact: {e}")))?;
+            Ok((format!("proof artifact written: {}", written.path.display()), Some(written)))
+        }
+    }
+}
+
+fn unstarted(claim: &Claimed) -> Completion {
+    Completion {
+        action_id: claim.action.id,
+        epoch: claim.epoch,
+        attempt: claim.attempt,
+        outcome: CompletionOutcome::Unstarted,
+        logs: vec![NewLog::new(
+            claim.action.id,
+            LogLevel::Warning,
+            "not started: the tick deadline passed or the lease was lost; back to PENDING, attempt not counted",
+        )],
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,148 @@
+//! The lease that lets one instance act at a time: acquire or renew, heartbeat, release, and
+//! the fencing epoch that every write about a claimed action carries.
+//!
+//! The atomicity lives in one conditional statement in the store; this module decides when to
+//! call it and what a lost renewal means (stop dispatching at once). It does not touch actions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::model::LeaseRow;
+use crate::store::{Acquired, Store, StoreError};
+
+/// A new owner id: `hostname:pid:<random>`, unique per process start.
+pub fn new_owner_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host = if host.is_empty() { "unknown-host".to_string() } else { host };
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// This instance's term as the holder: the fencing token its writes carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub lease_name: String,
+    pub owner: String,
+    pub epoch: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What an acquire attempt found.
+#[derive(Clone, Debug)]
+pub enum LeaseState {
+    Held(Term),
+    HeldByOther(LeaseRow),
+}
+
+/// One instance's handle on the named lease.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    store: Store,
+    name: String,
+    owner: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(store: Store, name: impl Into<String>, owner: impl Into<String>, ttl: Duration) -> Self {
+        Lease { store, name: name.into(), owner: owner.into(), ttl }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Acquires or renews, in one atomic statement.
+    pub async fn acquire(&self) -> Result<LeaseState, StoreError> {
+        Ok(match self.store.acquire_lease(&self.name, &self.owner, self.ttl).await? {
+            Acquired::Held(row) => LeaseState::Held(Term {
+                lease_name: row.name,
+                owner: row.owner,
+                epoch: row.epoch,
+                expires_at: row.expires_at,
+            }),
+            Acquired::HeldByOther(row) => LeaseState::HeldByOther(row),
+        })
+    }
+
+    /// Gives the lease up now, if this instance holds it.
+    pub async fn release(&self) -> Result<bool, StoreError> {
+        self.store.release_lease(&self.name, Some(&self.owner)).await
+    }
+
+    /// Starts renewing every `every` while a tick runs. The returned guard's flag turns true,
+    /// and stays true, as soon as the term is lost: another epoch or owner took over, or
+    /// renewals failed for so long that the lease may have lapsed. Dropping the guard stops it.
+    pub fn heartbeat(&self, term: &Term, every: Duration) -> Heartbeat {
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = lost.clone();
+        let lease = self.clone();
+        let epoch = term.epoch;
+        let task = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            let grace = lease.ttl.saturating_sub(every);
+            loop {
+                tokio::time::sleep(every).await;
+                match lease.acquire().await {
+                    Ok(LeaseState::Held(t)) if t.epoch == epoch => last_ok = Instant::now(),
+                    Ok(LeaseState::Held(t)) => {
+                        tracing::warn!(
+                            old_epoch = epoch,
+                            new_epoch = t.epoch,
+                            "lease lapsed and was re-taken under a new epoch; stopping dispatch for this tick"
+                        );
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(LeaseState::HeldByOther(row)) => {
+                        tracing::warn!(epoch, holder = %row.owner, holder_epoch = row.epoch, "lease lost to another instance; stopping dispatch");
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                        if last_ok.elapsed() >= grace {
+                            tracing::warn!(epoch, "no renewal within the lease TTL; stopping dispatch");
+                            flag.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Heartbeat { lost, task }
+    }
+}
+
+/// A running heartbeat; see [`Lease::heartbeat`].
+pub struct Heartbeat {
+    lost: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    /// The flag that turns true once the term is lost.
+    pub fn lost_flag(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

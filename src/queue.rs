@@ -1,0 +1,344 @@
+//! The queue's rules, above the store's queries: what a valid action is, how its idempotency
+//! key is derived, bulk enqueue from JSON Lines, and the retry backoff.
+//!
+//! It validates every input from outside (type, payload, key, priority, schedule) before the
+//! store sees it; it never talks SQL.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::model;
+use crate::store::{EnqueueOutcome, NewAction, Store, StoreError};
+
+/// Largest payload accepted, in bytes of JSON text.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 200;
+/// Longest action type accepted.
+pub const MAX_TYPE_LEN: usize = 64;
+/// Priorities are bounded so that arithmetic on them (boosts, bumps) cannot overflow.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1_000_000..=1_000_000;
+/// Lines per transaction in bulk enqueue.
+pub const BULK_BATCH: usize = 2000;
+
+/// A queue error: a refused input (naming what was wrong) or a store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An enqueue request as it arrives from the CLI, the API or a rule.
+#[derive(Clone, Debug)]
+pub struct EnqueueRequest {
+    pub action_type: String,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub priority: i32,
+    pub not_before: Option<DateTime<Utc>>,
+    pub max_attempts: Option<u32>,
+}
+
+/// Parses payload text, bounded in size and depth, into a JSON object.
+pub fn parse_payload(text: &str) -> Result<serde_json::Value, String> {
+    if text.len() > MAX_PAYLOAD_BYTES {
+        return Err(format!("payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}", text.len()));
+    }
+    // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot overflow.
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("payload is not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err(format!("payload must be a JSON object, got {}", json_kind(&value)));
+    }
+    Ok(value)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// JSON text with object keys sorted at every level: the same payload always has the same text.
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sort(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+/// The key of an action enqueued without one: sha256 of its type and canonical payload.
+pub fn derive_key(action_type: &str, canonical_payload: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(action_type.as_bytes());
+    h.update(b"\n");
+    h.update(canonical_payload.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Checks an action type: 1 to 64 of `[A-Za-z0-9_.:-]`.
+pub fn validate_type(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TYPE_LEN {
+        return Err(format!("action type must be 1 to {MAX_TYPE_LEN} characters, got {}", t.len()));
+    }
+    if let Some(c) = t.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:-".contains(*c))) {
+        return Err(format!("action type {t:?} contains {c:?}; use letters, digits and _ . : -"));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key: 1 to 200 bytes, no control characters, no path separators.
+pub fn validate_key(k: &str) -> Result<(), String> {
+    if k.is_empty() {
+        return Err("idempotency key must not be empty".into());
+    }
+    if k.len() > MAX_KEY_BYTES {
+        return Err(format!("idempotency key is {} bytes; the limit is {MAX_KEY_BYTES}", k.len()));
+    }
+    if let Some(c) = k.chars().find(|c| c.is_control()) {
+        return Err(format!("idempotency key contains the control character {:?}", c));
+    }
+    if k.contains('/') || k.contains('\\') || k == "." || k == ".." {
+        return Err(format!("idempotency key {k:?} looks like a path; '/', '\\\\', '.' and '..' are not allowed"));
+    }
+    Ok(())
+}
+
+/// Validates a request and fills in its defaults.
+pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAction, String> {
+    validate_type(&req.action_type)?;
+    if !req.payload.is_object() {
+        return Err(format!("payload must be a JSON object, got {}", json_kind(&req.payload)));
+    }
+    let payload_json = canonical_json(&req.payload);
+    if payload_json.len() > MAX_PAYLOAD_BYTES {
+        return Err(format!("payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}", payload_json.len()));
+    }
+    let idempotency_key = match &req.idempotency_key {
+        Some(k) => {
+            validate_key(k)?;
+            k.clone()
+        }
+        None => derive_key(&req.action_type, &payload_json),
+    };
+    if !PRIORITY_RANGE.contains(&req.priority) {
+        return Err(format!(
+            "priority {} is out of range {}..={}",
+            req.priority,
+            PRIORITY_RANGE.start(),
+            PRIORITY_RANGE.end()
+        ));
+    }
+    let max_attempts = req.max_attempts.unwrap_or(default_max_attempts);
+    if !(1..=1000).contains(&max_attempts) {
+        return Err(format!("max_attempts must be between 1 and 1000, got {max_attempts}"));
+    }
+    Ok(NewAction {
+        action_type: req.action_type.clone(),
+        payload_json,
+        idempotency_key,
+        priority: req.priority,
+        not_before: req.not_before.unwrap_or_else(model::now),
+        max_attempts: max_attempts as i32,
+    })
+}
+
+/// Enqueues one action. A duplicate key returns the existing action with `duplicate: true`.
+pub async fn enqueue(
+    store: &Store,
+    req: &EnqueueRequest,
+    default_max_attempts: u32,
+) -> Result<EnqueueOutcome, QueueError> {
+    let new = prepare(req, default_max_attempts).map_err(QueueError::Invalid)?;
+    Ok(store.insert_action(&new).await?)
+}
+
+/// One line of a bulk file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkLine {
+    action_type: String,
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    not_before: Option<DateTime<Utc>>,
+    max_attempts: Option<u32>,
+}
+
+/// What a bulk enqueue did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BulkReport {
+    pub lines: u64,
+    pub created: u64,
+    pub duplicates: u64,
+}
+
+/// Enqueues JSON Lines in transactions of [`BULK_BATCH`] lines. Blank lines are skipped. On the
+/// first bad line it stops: earlier batches stay committed, and nothing of the bad line's batch
+/// is written. The error names the line.
+pub async fn enqueue_jsonl(
+    store: &Store,
+    mut input: impl BufRead,
+    default_max_attempts: u32,
+) -> Result<BulkReport, QueueError> {
+    let mut report = BulkReport::default();
+    let mut batch: Vec<NewAction> = Vec::with_capacity(BULK_BATCH);
+    let mut batch_first_line = 1u64;
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let n = std::io::Read::take(&mut input, (MAX_PAYLOAD_BYTES + 4096) as u64)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| QueueError::Invalid(format!("reading line {}: {e}", line_no + 1)))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
+            return Err(bad_line(line_no, "line is longer than the payload limit allows", &report, batch_first_line));
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| {
+            bad_line(line_no, &format!("not valid UTF-8 (at byte {})", e.valid_up_to()), &report, batch_first_line)
+        })?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed: BulkLine = serde_json::from_str(text)
+            .map_err(|e| bad_line(line_no, &format!("not a valid action: {e}"), &report, batch_first_line))?;
+        let req = EnqueueRequest {
+            action_type: parsed.action_type,
+            payload: parsed.payload,
+            idempotency_key: parsed.idempotency_key,
+            priority: parsed.priority,
+            not_before: parsed.not_before,
+            max_attempts: parsed.max_attempts,
+        };
+        let new = prepare(&req, default_max_attempts).map_err(|e| bad_line(line_no, &e, &report, batch_first_line))?;
+        batch.push(new);
+        report.lines += 1;
+        if batch.len() >= BULK_BATCH {
+            flush(store, &mut batch, &mut report).await?;
+            batch_first_line = line_no + 1;
+        }
+    }
+    flush(store, &mut batch, &mut report).await?;
+    Ok(report)
+}
+
+async fn flush(store: &Store, batch: &mut Vec<NewAction>, report: &mut BulkReport) -> Result<(), QueueError> {
+    let created = store.insert_actions(batch).await?;
+    report.created += created;
+    report.duplicates += batch.len() as u64 - created;
+    batch.clear();
+    Ok(())
+}
+
+fn bad_line(line: u64, why: &str, report: &BulkReport, batch_first_line: u64) -> QueueError {
+    let committed = report.created + report.duplicates;
+    QueueError::Invalid(format!(
+        "line {line}: {why} (nothing from lines {batch_first_line}-{line} was written; \
+         {committed} earlier lines were committed: {} created, {} duplicates)",
+        report.created, report.duplicates
+    ))
+}
+
+/// The delay before retry number `attempt` (1-based): exponential from `base`, capped at
+/// `max`, with jitter in the upper half so that a burst of failures does not retry in step.
+pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).clamp(0, 62) as u32;
+    let full = base.saturating_mul(2u32.saturating_pow(exp.min(31))).min(max);
+    let half = full / 2;
+    half + full.saturating_sub(half).mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(payload: serde_json::Value) -> EnqueueRequest {
+        EnqueueRequest {
+            action_type: "NOOP".into(),
+            payload,
+            idempotency_key: None,
+            priority: 0,
+            not_before: None,
+            max_attempts: None,
+        }
+    }
+
+    #[test]
+    fn derived_keys_ignore_key_order() {
+        let a = prepare(&req(json!({"a": 1, "b": {"y": 2, "x": 1}})), 3).unwrap();
+        let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), 3).unwrap();
+        assert_eq!(a.idempotency_key, b.idempotency_key);
+        assert_eq!(a.payload_json, r#"{"a":1,"b":{"x":1,"y":2}}"#);
+        let c =
+            prepare(&EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) }, 3)
+                .unwrap();
+        assert_ne!(a.idempotency_key, c.idempotency_key, "the type is part of the key");
+    }
+
+    #[test]
+    fn payloads_must_be_bounded_objects() {
+        assert!(parse_payload("[1]").unwrap_err().contains("must be a JSON object, got an array"));
+        assert!(parse_payload("{").unwrap_err().contains("not valid JSON"));
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert!(parse_payload(&format!("{{\"a\":{deep}}}")).unwrap_err().contains("recursion limit"));
+        let huge = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_PAYLOAD_BYTES));
+        assert!(parse_payload(&huge).unwrap_err().contains("the limit is"));
+    }
+
+    #[test]
+    fn hostile_keys_are_refused() {
+        for (k, why) in [
+            ("../../etc/passwd", "looks like a path"),
+            ("/etc/passwd", "looks like a path"),
+            ("..", "looks like a path"),
+            ("a\0b", "control character"),
+            ("a\nb", "control character"),
+            ("", "must not be empty"),
+        ] {
+            let e = validate_key(k).unwrap_err();
+            assert!(e.contains(why), "{k:?}: {e}");
+        }
+        assert!(validate_key(&"k".repeat(10_000)).unwrap_err().contains("the limit is 200"));
+        assert!(validate_key("post-42:v1").is_ok());
+        assert!(validate_key("émoji-✓").is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(3600);
+        for _ in 0..100 {
+            let d1 = backoff(1, base, max);
+            assert!(d1 >= Duration::from_secs(5) && d1 <= base, "{d1:?}");
+            let d3 = backoff(3, base, max);
+            assert!(d3 >= Duration::from_secs(20) && d3 <= Duration::from_secs(40), "{d3:?}");
+            let d30 = backoff(30, base, max);
+            assert!(d30 >= Duration::from_secs(1800) && d30 <= max, "{d30:?}");
+        }
+        assert_eq!(backoff(5, Duration::ZERO, max), Duration::ZERO);
+    }
+}

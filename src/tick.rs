@@ -1,0 +1,277 @@
+//! One tick, start to ledger row: lease, flags, rescue, snapshot, decide, dispatch, record.
+//!
+//! `run-once` is exactly one call of [`Engine::tick`]; the daemon loops it. A tick that finds
+//! the lease held by another instance does nothing and says who holds it. Every tick this
+//! instance runs as the holder leaves one ledger row, opened first and closed last, so a tick
+//! that dies mid-way still shows as `FAIL` with "did not finish".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::adapters::Registry;
+use crate::config::Config;
+use crate::executor::{ExecSettings, Executor, Scope};
+use crate::lease::{Lease, LeaseState, Term};
+use crate::model::{self, TickStatus};
+use crate::snapshot::{self, Snapshot};
+use crate::store::{Store, StoreError, TickClose};
+
+/// Rows claimed per claim statement; a tick loops claims up to `max_actions_per_tick`.
+const CLAIM_BATCH: u32 = 512;
+
+/// What a tick run as the holder did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TickReport {
+    pub tick_id: i64,
+    pub status: TickStatus,
+    pub attempted: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub duration_ms: u64,
+    pub notes: String,
+    #[serde(skip)]
+    pub epoch: i64,
+    #[serde(skip)]
+    pub rejected_writes: usize,
+    #[serde(skip)]
+    pub snapshot: Option<Snapshot>,
+}
+
+/// How a tick ended.
+#[derive(Clone, Debug)]
+pub enum TickOutcome {
+    Ran(TickReport),
+    /// Another instance holds the lease; nothing was done.
+    NotLeader {
+        owner: String,
+        epoch: i64,
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// Everything a tick needs, owned by `run-once` or the daemon.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    store: Store,
+    config: Arc<Config>,
+    lease: Lease,
+    executor: Executor,
+}
+
+impl Engine {
+    /// An engine with a fresh owner id.
+    pub fn new(store: Store, config: Config, registry: Registry) -> Self {
+        let owner = crate::lease::new_owner_id();
+        Engine::with_owner(store, config, registry, owner)
+    }
+
+    pub fn with_owner(store: Store, config: Config, registry: Registry, owner: String) -> Self {
+        let lease = Lease::new(store.clone(), config.lease_name.clone(), owner, config.lease_ttl);
+        let executor = Executor::new(
+            Arc::new(registry),
+            ExecSettings {
+                concurrency: config.dispatch_concurrency as usize,
+                action_timeout: config.action_timeout,
+                backoff_base: config.backoff_base,
+                backoff_max: config.backoff_max,
+                artifacts_dir: config.artifacts_dir.clone(),
+            },
+        );
+        Engine { store, config: Arc::new(config), lease, executor }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Runs one tick.
+    pub async fn tick(&self) -> Result<TickOutcome, StoreError> {
+        let started = Instant::now();
+        let started_at = model::now();
+        let term = match self.lease.acquire().await? {
+            LeaseState::Held(term) => term,
+            LeaseState::HeldByOther(row) => {
+                return Ok(TickOutcome::NotLeader { owner: row.owner, epoch: row.epoch, expires_at: row.expires_at });
+            }
+        };
+        let heartbeat = self.lease.heartbeat(&term, self.config.heartbeat);
+        let tick_id = self.store.open_tick(&term.owner, term.epoch, started_at).await?;
+        let span = tracing::info_span!("tick", tick_id, epoch = term.epoch);
+        let _enter = span.enter();
+
+        match self.body(&term, tick_id, &heartbeat, started).await {
+            Ok((close, report_extra)) => {
+                self.store.close_tick(tick_id, &close).await?;
+                if close.status == TickStatus::Killed {
+                    drop(heartbeat);
+                    self.lease.release().await?;
+                }
+                Ok(TickOutcome::Ran(TickReport {
+                    tick_id,
+                    status: close.status,
+                    attempted: close.attempted as u32,
+                    succeeded: close.succeeded as u32,
+                    failed: (close.attempted - close.succeeded) as u32,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    notes: close.notes.unwrap_or_default(),
+                    epoch: term.epoch,
+                    rejected_writes: report_extra.rejected_writes,
+                    snapshot: report_extra.snapshot,
+                }))
+            }
+            Err(e) => {
+                let close = TickClose {
+                    status: TickStatus::Fail,
+                    attempted: 0,
+                    succeeded: 0,
+                    notes: Some(format!("tick failed: {e}")),
+                };
+                if let Err(close_err) = self.store.close_tick(tick_id, &close).await {
+                    tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn body(
+        &self,
+        term: &Term,
+        tick_id: i64,
+        heartbeat: &crate::lease::Heartbeat,
+        started: Instant,
+    ) -> Result<(TickClose, Extra), StoreError> {
+        let mut notes: Vec<String> = Vec::new();
+        let mut extra = Extra::default();
+
+        let flags = self.store.flags().await?;
+        if flags.killed {
+            let close = TickClose {
+                status: TickStatus::Killed,
+                attempted: 0,
+                succeeded: 0,
+                notes: Some("killed flag set: nothing dispatched, lease released, stopping".into()),
+            };
+            return Ok((close, extra));
+        }
+        if flags.paused {
+            let close = TickClose {
+                status: TickStatus::Paused,
+                attempted: 0,
+                succeeded: 0,
+                notes: Some("paused flag set: nothing dispatched".into()),
+            };
+            return Ok((close, extra));
+        }
+
+        let rescued = self
+            .store
+            .rescue(&term.lease_name, &term.owner, term.epoch, self.config.action_timeout, Some(tick_id))
+            .await?;
+        if !rescued.is_empty() {
+            tracing::warn!(count = rescued.len(), "rescued orphaned RUNNING actions");
+            notes.push(format!("rescued {} orphaned action(s)", rescued.len()));
+        }
+
+        let snap = snapshot::build(&self.store, term, flags, Some(tick_id)).await?;
+
+        // DECIDE: the rule engine plugs in here, between the snapshot and dispatch. No rules
+        // are evaluated yet; dispatch runs what is due.
+
+        let deadline = started + self.config.max_tick;
+        let lost = heartbeat.lost_flag();
+        let mut remaining = self.config.max_actions_per_tick;
+        let (mut attempted, mut succeeded, mut unstarted) = (0u32, 0u32, 0u32);
+        let mut store_error = None;
+        if snap.queue.due_now > 0 {
+            while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
+                let want = remaining.min(CLAIM_BATCH);
+                let claimed = self.store.claim(&term.lease_name, &term.owner, term.epoch, u64::from(want)).await?;
+                if claimed.is_empty() {
+                    break;
+                }
+                remaining -= claimed.len() as u32;
+                // A short batch means nothing else was due; claiming again would only re-take
+                // what this tick just failed and made due again.
+                let drained = (claimed.len() as u32) < want;
+                let scope =
+                    Scope { store: &self.store, term, tick_id, proof_mode: flags.proof_mode, deadline, lost: &lost };
+                let r = self.executor.dispatch(&scope, claimed).await;
+                attempted += r.attempted;
+                succeeded += r.succeeded;
+                unstarted += r.unstarted;
+                extra.rejected_writes += r.rejected.len();
+                if let Some(e) = r.store_error {
+                    store_error = Some(e);
+                    break;
+                }
+                if drained {
+                    break;
+                }
+            }
+        }
+        extra.snapshot = Some(snap);
+
+        if unstarted > 0 {
+            notes.push(format!("{unstarted} claimed action(s) returned to PENDING unstarted"));
+        }
+        if Instant::now() >= deadline {
+            notes.push(format!("max_tick_seconds ({:.1}s) reached", self.config.max_tick.as_secs_f64()));
+        }
+        if heartbeat.is_lost() {
+            notes.push("lease lost mid-tick: stopped starting actions".into());
+        }
+        if extra.rejected_writes > 0 {
+            notes.push(format!("{} fenced write(s) rejected", extra.rejected_writes));
+        }
+        let status = if let Some(e) = &store_error {
+            notes.push(format!("could not record outcomes: {e}"));
+            TickStatus::Fail
+        } else if attempted == 0 {
+            TickStatus::Idle
+        } else if succeeded == attempted {
+            TickStatus::Success
+        } else {
+            TickStatus::Partial
+        };
+        if attempted > 0 {
+            notes.insert(0, format!("{attempted} attempted, {succeeded} succeeded, {} failed", attempted - succeeded));
+        } else if status == TickStatus::Idle {
+            notes.insert(0, "nothing due".into());
+        }
+        let close = TickClose {
+            status,
+            attempted: attempted as i32,
+            succeeded: succeeded as i32,
+            notes: Some(notes.join("; ")),
+        };
+        Ok((close, extra))
+    }
+
+    /// Releases the lease if this engine holds it (clean exit).
+    pub async fn release(&self) -> Result<bool, StoreError> {
+        self.lease.release().await
+    }
+
+    /// The interval the daemon waits between ticks.
+    pub fn interval(&self) -> Duration {
+        self.config.tick_interval
+    }
+}
+
+#[derive(Default)]
+struct Extra {
+    rejected_writes: usize,
+    snapshot: Option<Snapshot>,
+}

@@ -1,0 +1,231 @@
+//! The queue against real databases: idempotent enqueue, the atomic claim, bulk enqueue,
+//! operator edits and counts.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use orchestrator::lease::{Lease, LeaseState, Term};
+use orchestrator::model::ActionStatus;
+use orchestrator::queue::{self, EnqueueRequest, QueueError};
+use orchestrator::store::{ActionFilter, Completion, CompletionOutcome, Store};
+use serde_json::json;
+
+use crate::backend_tests;
+use crate::support::TestDb;
+
+pub fn noop(key: &str) -> EnqueueRequest {
+    EnqueueRequest {
+        action_type: "NOOP".into(),
+        payload: json!({"n": key}),
+        idempotency_key: Some(key.into()),
+        priority: 0,
+        not_before: None,
+        max_attempts: None,
+    }
+}
+
+pub async fn hold(store: &Store, owner: &str) -> Term {
+    match Lease::new(store.clone(), "orchestrator", owner, Duration::from_secs(30)).acquire().await.unwrap() {
+        LeaseState::Held(t) => t,
+        LeaseState::HeldByOther(row) => panic!("lease held by {}", row.owner),
+    }
+}
+
+backend_tests!(
+    enqueue_is_idempotent,
+    derived_keys_dedupe_equal_payloads,
+    claim_orders_by_priority_then_age,
+    two_claimers_over_1000_actions_never_share_one,
+    bulk_enqueue_reports_bad_line_and_writes_nothing_of_its_batch,
+    requeue_cancel_and_purge,
+    not_before_is_honoured,
+);
+
+async fn enqueue_is_idempotent(db: &TestDb) {
+    let first = queue::enqueue(&db.store, &noop("k1"), 3).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.status, ActionStatus::Pending);
+    let again = queue::enqueue(&db.store, &noop("k1"), 3).await.unwrap();
+    assert!(again.duplicate, "the same key is a duplicate");
+    assert_eq!(again.id, first.id);
+    let all = db.store.list_actions(&ActionFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1, "a duplicate creates nothing");
+    let a = &all[0];
+    assert_eq!((a.attempts, a.max_attempts, a.priority), (0, 3, 0));
+    assert_eq!(a.payload, json!({"n": "k1"}));
+}
+
+async fn derived_keys_dedupe_equal_payloads(db: &TestDb) {
+    let mut r = noop("x");
+    r.idempotency_key = None;
+    r.payload = json!({"b": 1, "a": [1, 2]});
+    let one = queue::enqueue(&db.store, &r, 3).await.unwrap();
+    r.payload = json!({"a": [1, 2], "b": 1});
+    let two = queue::enqueue(&db.store, &r, 3).await.unwrap();
+    assert_eq!(one.id, two.id);
+    assert!(two.duplicate);
+    let a = db.store.action(one.id).await.unwrap().unwrap();
+    assert_eq!(a.idempotency_key.len(), 64, "sha256 hex key: {}", a.idempotency_key);
+}
+
+async fn claim_orders_by_priority_then_age(db: &TestDb) {
+    let term = hold(&db.store, "me").await;
+    for (key, prio) in [("low", 0), ("high", 5), ("mid", 2), ("high2", 5)] {
+        let mut r = noop(key);
+        r.priority = prio;
+        queue::enqueue(&db.store, &r, 3).await.unwrap();
+    }
+    let claimed = db.store.claim("orchestrator", "me", term.epoch, 3).await.unwrap();
+    let keys: Vec<_> = claimed.iter().map(|c| c.action.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["high", "high2", "mid"]);
+    for c in &claimed {
+        assert_eq!(c.action.status, ActionStatus::Running);
+        assert_eq!(c.attempt, 1);
+        assert_eq!(c.action.claimed_epoch, Some(term.epoch));
+        assert!(c.action.claimed_at.is_some());
+    }
+    let rest = db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap().is_empty());
+    // A non-holder claims nothing, even with due work.
+    queue::enqueue(&db.store, &noop("later"), 3).await.unwrap();
+    assert!(db.store.claim("orchestrator", "intruder", term.epoch, 10).await.unwrap().is_empty());
+    assert!(db.store.claim("orchestrator", "me", term.epoch + 1, 10).await.unwrap().is_empty());
+}
+
+async fn two_claimers_over_1000_actions_never_share_one(db: &TestDb) {
+    let lines: String =
+        (0..1000).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+    let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await.unwrap();
+    assert_eq!(report.created, 1000);
+    let term = hold(&db.store, "me").await;
+    let other = db.another_store().await;
+    let claimer = |store: Store| {
+        let epoch = term.epoch;
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let batch = store.claim("orchestrator", "me", epoch, 7).await.expect("claim");
+                if batch.is_empty() {
+                    return ids;
+                }
+                ids.extend(batch.into_iter().map(|c| c.action.id));
+            }
+        })
+    };
+    let (a, b) = tokio::join!(claimer(db.store.clone()), claimer(other));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(!a.is_empty() && !b.is_empty(), "both claimers took part: {} / {}", a.len(), b.len());
+    let all: HashSet<i64> = a.iter().chain(&b).copied().collect();
+    assert_eq!(a.len() + b.len(), 1000, "every action claimed exactly once");
+    assert_eq!(all.len(), 1000, "no action claimed twice");
+    let counts = db.store.count_by_status().await.unwrap();
+    assert_eq!(counts[&ActionStatus::Running], 1000);
+}
+
+async fn bulk_enqueue_reports_bad_line_and_writes_nothing_of_its_batch(db: &TestDb) {
+    let text = "{\"action_type\":\"NOOP\",\"payload\":{\"i\":1}}\n\n\
+                {\"action_type\":\"NOOP\",\"payload\":{\"i\":2},\"priority\":3,\"idempotency_key\":\"two\"}\n\
+                {\"action_type\":\"NOOP\",\"payload\":[]}\n";
+    let err = queue::enqueue_jsonl(&db.store, text.as_bytes(), 3).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, QueueError::Invalid(_)), "{msg}");
+    assert!(msg.starts_with("line 4: payload must be a JSON object"), "{msg}");
+    assert!(msg.contains("nothing from lines 1-4 was written"), "{msg}");
+    assert!(db.store.list_actions(&ActionFilter { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+
+    // A bad line in the second batch: the first batch stays, nothing of the second is written.
+    let n = queue::BULK_BATCH + 50;
+    let mut lines: Vec<String> =
+        (0..n).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}")).collect();
+    lines[queue::BULK_BATCH + 9] = "{\"action_type\":\"NOOP\",\"payload\":{},\"bogus\":1}".into();
+    let err = queue::enqueue_jsonl(&db.store, lines.join("\n").as_bytes(), 3).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("line {}: not a valid action: unknown field `bogus`", queue::BULK_BATCH + 10)),
+        "{err}"
+    );
+    let counts = db.store.count_by_status().await.unwrap();
+    assert_eq!(counts[&ActionStatus::Pending], queue::BULK_BATCH as i64);
+
+    // Invalid UTF-8 is named by line too.
+    let mut bytes = b"{\"action_type\":\"NOOP\",\"payload\":{\"u\":\"".to_vec();
+    bytes.extend([0xff, 0xfe]);
+    bytes.extend(b"\"}}\n");
+    let err = queue::enqueue_jsonl(&db.store, bytes.as_slice(), 3).await.unwrap_err().to_string();
+    assert!(err.starts_with("line 1: not valid UTF-8"), "{err}");
+}
+
+async fn requeue_cancel_and_purge(db: &TestDb) {
+    let term = hold(&db.store, "me").await;
+    let a = queue::enqueue(&db.store, &noop("a"), 3).await.unwrap().id;
+    let b = queue::enqueue(&db.store, &noop("b"), 3).await.unwrap().id;
+    let claimed = db.store.claim("orchestrator", "me", term.epoch, 2).await.unwrap();
+    let done = |id: i64, outcome: CompletionOutcome| Completion {
+        action_id: id,
+        epoch: term.epoch,
+        attempt: 1,
+        outcome,
+        logs: vec![],
+    };
+    assert_eq!(claimed.len(), 2);
+    let r = db
+        .store
+        .complete(
+            "orchestrator",
+            None,
+            &[done(a, CompletionOutcome::Dlq { error: "boom".into() }), done(b, CompletionOutcome::Success)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.applied.len(), 2);
+
+    // Only DLQ requeues; attempts reset; last_error kept for history.
+    let e = db.store.requeue(Some(b)).await.unwrap_err().to_string();
+    assert!(e.contains("it is SUCCESS; only DLQ actions can be requeued"), "{e}");
+    assert!(db.store.requeue(Some(999_999)).await.unwrap_err().to_string().contains("not found"));
+    assert_eq!(db.store.requeue(Some(a)).await.unwrap(), vec![a]);
+    let ra = db.store.action(a).await.unwrap().unwrap();
+    assert_eq!((ra.status, ra.attempts), (ActionStatus::Pending, 0));
+    assert_eq!(ra.last_error.as_deref(), Some("boom"));
+    let logs = db.store.logs(Some(a), 10).await.unwrap();
+    assert!(logs[0].message.contains("requeued by operator"));
+
+    db.store.cancel(a).await.unwrap();
+    assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Cancelled);
+    assert!(db.store.cancel(a).await.unwrap_err().to_string().contains("it is CANCELLED"));
+
+    let dlq = queue::enqueue(&db.store, &noop("c"), 3).await.unwrap().id;
+    let term = hold(&db.store, "me").await;
+    db.store.claim("orchestrator", "me", term.epoch, 1).await.unwrap();
+    db.store
+        .complete(
+            "orchestrator",
+            None,
+            &[Completion {
+                action_id: dlq,
+                epoch: term.epoch,
+                attempt: 1,
+                outcome: CompletionOutcome::Dlq { error: "x".into() },
+                logs: vec![],
+            }],
+        )
+        .await
+        .unwrap();
+
+    // Purge removes finished SUCCESS/CANCELLED history older than the cutoff, never DLQ.
+    assert_eq!(db.store.purge(orchestrator::model::now() - chrono::Duration::days(1), 500).await.unwrap(), 0);
+    let purged = db.store.purge(orchestrator::model::now() + chrono::Duration::seconds(1), 1).await.unwrap();
+    assert_eq!(purged, 2, "the SUCCESS and the CANCELLED one, one batch at a time");
+    assert!(db.store.action(a).await.unwrap().is_none());
+    assert!(db.store.logs(Some(a), 10).await.unwrap().is_empty(), "their logs go with them");
+    assert_eq!(db.store.action(dlq).await.unwrap().unwrap().status, ActionStatus::Dlq);
+}
+
+async fn not_before_is_honoured(db: &TestDb) {
+    let term = hold(&db.store, "me").await;
+    let mut r = noop("later");
+    r.not_before = Some(orchestrator::model::now() + chrono::Duration::hours(1));
+    queue::enqueue(&db.store, &r, 3).await.unwrap();
+    assert_eq!(db.store.due_count().await.unwrap(), 0);
+    assert!(db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap().is_empty());
+}

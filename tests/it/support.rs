@@ -1,0 +1,141 @@
+//! Test support: a fresh database per test on SQLite (a temp file) and on PostgreSQL (a schema
+//! of its own in `ORCHESTRATOR_TEST_PG_URL`), and helpers to drive the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use orchestrator::adapters::Registry;
+use orchestrator::config::Config;
+use orchestrator::store::{Store, StoreOptions};
+use orchestrator::tick::Engine;
+
+pub const PG_ENV: &str = "ORCHESTRATOR_TEST_PG_URL";
+
+/// One isolated database and a scratch directory.
+pub struct TestDb {
+    pub url: String,
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        let store = Store::open(&url, &StoreOptions::default()).await.expect("open sqlite");
+        TestDb { url, store, dir, pg: None }
+    }
+
+    /// `None` (after printing why) when no PostgreSQL is configured for tests.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(base) = std::env::var(PG_ENV) else {
+            eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
+            return None;
+        };
+        let schema = format!("it_{:016x}", fastrand::u64(..));
+        let admin = Store::connect(&base, &StoreOptions::default()).await.expect("connect to PostgreSQL");
+        admin.execute_unprepared(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
+        admin.close().await.ok();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options[search_path]={schema}");
+        let store = Store::open(&url, &StoreOptions::default()).await.expect("open postgres");
+        let dir = tempfile::tempdir().expect("tempdir");
+        Some(TestDb { url, store, dir, pg: Some((base, schema)) })
+    }
+
+    /// Config for this database with fast timings for tests.
+    pub fn config(&self) -> Config {
+        let mut c = Config::defaults();
+        c.database_url = self.url.clone();
+        c.artifacts_dir = self.dir.path().join("artifacts");
+        c.backoff_base = Duration::ZERO;
+        c.backoff_max = Duration::ZERO;
+        c.max_actions_per_tick = 100;
+        c
+    }
+
+    pub fn engine(&self, config: Config) -> Engine {
+        Engine::new(self.store.clone(), config, Registry::builtin())
+    }
+
+    /// A second, independent connection pool to the same database.
+    pub async fn another_store(&self) -> Store {
+        Store::open(&self.url, &StoreOptions::default()).await.expect("second connection")
+    }
+
+    pub async fn cleanup(self) {
+        self.store.close().await.ok();
+        if let Some((base, schema)) = self.pg
+            && let Ok(admin) = Store::connect(&base, &StoreOptions::default()).await
+        {
+            admin.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.ok();
+            admin.close().await.ok();
+        }
+    }
+}
+
+/// Generates `mod NAME { sqlite(), postgres() }` tests that run `async fn NAME(TestDb)`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = $crate::support::TestDb::sqlite().await;
+                super::$name(&db).await;
+                db.cleanup().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::support::TestDb::postgres().await else { return };
+                super::$name(&db).await;
+                db.cleanup().await;
+            }
+        }
+    )+};
+}
+
+/// The real binary, run in `cwd` with a clean environment (no ORCHESTRATOR_* or DATABASE_URL).
+pub fn bin(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    cmd.current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ORCHESTRATOR_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run the orchestrator binary")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+pub fn artifacts_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() { stack.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}

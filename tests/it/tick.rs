@@ -1,0 +1,272 @@
+//! Whole ticks against real databases: dispatch, proof artifacts, real-mode retry to DLQ,
+//! flags set by SQL, kill, deadlines, panics and timeouts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use orchestrator::adapters::{Adapter, AdapterError, ExecContext, Outcome, Proof, Registry};
+use orchestrator::artifacts::sha256_hex;
+use orchestrator::daemon::{self, StopReason};
+use orchestrator::model::{Action, ActionStatus, LogLevel, TickStatus};
+use orchestrator::queue::{self, EnqueueRequest};
+use orchestrator::store::FlagChange;
+use orchestrator::tick::{Engine, TickOutcome, TickReport};
+use serde_json::json;
+
+use crate::backend_tests;
+use crate::queue::noop;
+use crate::support::TestDb;
+
+backend_tests!(
+    enqueue_then_tick_succeeds_and_records_everything,
+    proof_artifact_sha256_matches_its_bytes,
+    real_mode_retries_then_dlq_with_error_kept,
+    pause_set_by_sql_is_honoured,
+    kill_stops_run_and_releases_the_lease,
+    unknown_type_goes_to_dlq,
+    panics_and_timeouts_are_retryable_failures,
+    deadline_returns_unstarted_claims_uncounted,
+    follower_does_nothing,
+);
+
+pub async fn ran(engine: &Engine) -> TickReport {
+    match engine.tick().await.expect("tick") {
+        TickOutcome::Ran(r) => r,
+        TickOutcome::NotLeader { owner, .. } => panic!("not leader: {owner} holds the lease"),
+    }
+}
+
+fn social(key: &str) -> EnqueueRequest {
+    EnqueueRequest {
+        action_type: "POST_SOCIAL".into(),
+        payload: json!({"platform": "mastodon", "content": "hello world", "audience": "all"}),
+        idempotency_key: Some(key.into()),
+        priority: 0,
+        not_before: None,
+        max_attempts: None,
+    }
+}
+
+async fn enqueue_then_tick_succeeds_and_records_everything(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let idle = ran(&engine).await;
+    assert_eq!(idle.status, TickStatus::Idle);
+    let id = queue::enqueue(&db.store, &noop("one"), 3).await.unwrap().id;
+    let r = ran(&engine).await;
+    assert_eq!((r.status, r.attempted, r.succeeded, r.failed), (TickStatus::Success, 1, 1, 0));
+    let a = db.store.action(id).await.unwrap().unwrap();
+    assert_eq!(a.status, ActionStatus::Success);
+    assert_eq!(a.attempts, 1);
+    assert!(a.finished_at.is_some());
+    let ticks = db.store.recent_ticks(10).await.unwrap();
+    assert_eq!(ticks.len(), 2, "one ledger row per tick");
+    let t = &ticks[0];
+    assert_eq!((t.id, t.status, t.actions_attempted, t.actions_succeeded), (r.tick_id, TickStatus::Success, 1, 1));
+    assert!(t.finished_at.is_some());
+    assert_eq!(t.owner, engine.lease().owner());
+    let logs = db.store.logs(Some(id), 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].tick_id, Some(r.tick_id));
+    assert_eq!(logs[0].level, LogLevel::Info);
+    let snap = r.snapshot.expect("snapshot");
+    assert_eq!(snap.queue.pending, 1);
+    assert_eq!(snap.queue.due_now, 1);
+    assert_eq!(snap.last_tick.map(|t| t.status), Some(TickStatus::Idle));
+}
+
+async fn proof_artifact_sha256_matches_its_bytes(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let id = queue::enqueue(&db.store, &social("../../etc/passwd"), 3).await;
+    assert!(id.is_err(), "a path-like key is refused at enqueue");
+    let id = queue::enqueue(&db.store, &social("post:42 ✓"), 3).await.unwrap().id;
+    let mut missing = social("bad");
+    missing.payload = json!({"platform": "x", "content": "y"});
+    let bad = queue::enqueue(&db.store, &missing, 3).await.unwrap().id;
+    let r = ran(&engine).await;
+    assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Partial, 2, 1));
+
+    let log = &db.store.logs(Some(id), 10).await.unwrap()[0];
+    let path = std::path::PathBuf::from(log.artifact_ref.as_deref().expect("artifact recorded"));
+    assert!(path.starts_with(db.dir.path().join("artifacts").join("proof_social")), "{path:?}");
+    let bytes = std::fs::read(&path).expect("artifact exists");
+    assert_eq!(log.artifact_sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.contains("hello world") && text.contains("mastodon"), "{text}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(name.contains("_post_42__-"), "sanitized key in the name: {name}");
+
+    let b = db.store.action(bad).await.unwrap().unwrap();
+    assert_eq!(b.status, ActionStatus::Dlq, "a missing field is permanent");
+    assert_eq!(b.last_error.as_deref(), Some("POST_SOCIAL payload is missing the field 'audience'"));
+    assert_eq!(b.attempts, 1);
+}
+
+async fn real_mode_retries_then_dlq_with_error_kept(db: &TestDb) {
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let engine = db.engine(db.config());
+    let id = queue::enqueue(&db.store, &social("real"), 3).await.unwrap().id;
+    for attempt in 1..=3 {
+        let r = ran(&engine).await;
+        assert_eq!((r.status, r.attempted, r.failed), (TickStatus::Partial, 1, 1), "attempt {attempt}");
+        let a = db.store.action(id).await.unwrap().unwrap();
+        assert_eq!(a.attempts, attempt);
+        let expected = if attempt < 3 { ActionStatus::Retry } else { ActionStatus::Dlq };
+        assert_eq!(a.status, expected);
+        assert!(a.last_error.as_deref().unwrap().starts_with("real run unconfigured"), "{:?}", a.last_error);
+    }
+    assert_eq!(ran(&engine).await.status, TickStatus::Idle, "DLQ is not retried");
+    let logs = db.store.logs(Some(id), 10).await.unwrap();
+    assert_eq!(logs.len(), 3);
+    assert_eq!(logs[0].level, LogLevel::Error);
+    assert!(logs[0].message.contains("out of attempts -> DLQ"), "{}", logs[0].message);
+    assert!(orchestrator::artifacts::sha256_hex(b"").len() == 64);
+    assert!(super::support::artifacts_under(&db.dir.path().join("artifacts")).is_empty(), "real mode writes no proof");
+}
+
+async fn pause_set_by_sql_is_honoured(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let id = queue::enqueue(&db.store, &noop("p"), 3).await.unwrap().id;
+    db.store.execute_unprepared("UPDATE control_flags SET paused = true WHERE id = 1").await.unwrap();
+    let r = ran(&engine).await;
+    assert_eq!((r.status, r.attempted), (TickStatus::Paused, 0));
+    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Pending);
+    db.store.execute_unprepared("UPDATE control_flags SET paused = false WHERE id = 1").await.unwrap();
+    assert_eq!(ran(&engine).await.status, TickStatus::Success);
+}
+
+async fn kill_stops_run_and_releases_the_lease(db: &TestDb) {
+    let mut config = db.config();
+    config.tick_interval = Duration::from_millis(50);
+    let engine = db.engine(config);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn({
+        let engine = engine.clone();
+        async move { daemon::run(&engine, None, rx).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    db.store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(10), runner).await.expect("run stops").unwrap();
+    assert_eq!(summary.stopped_by, StopReason::Killed);
+    assert!(summary.ticks >= 2);
+    let last = &db.store.recent_ticks(1).await.unwrap()[0];
+    assert_eq!(last.status, TickStatus::Killed);
+    let lease = db.store.lease("orchestrator").await.unwrap().unwrap();
+    assert!(lease.expires_at <= orchestrator::model::now(), "the lease was released");
+}
+
+async fn unknown_type_goes_to_dlq(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let mut r = noop("u");
+    r.action_type = "TELEPORT".into();
+    let id = queue::enqueue(&db.store, &r, 3).await.unwrap().id;
+    ran(&engine).await;
+    let a = db.store.action(id).await.unwrap().unwrap();
+    assert_eq!(a.status, ActionStatus::Dlq);
+    assert_eq!(a.last_error.as_deref(), Some("no adapter for action type TELEPORT"));
+}
+
+struct Flaky {
+    calls: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl Adapter for Flaky {
+    fn action_type(&self) -> &str {
+        "FLAKY"
+    }
+    fn render_proof(&self, _a: &Action) -> Result<Option<Proof>, AdapterError> {
+        Ok(None)
+    }
+    async fn execute(&self, _ctx: &ExecContext, a: &Action) -> Result<Outcome, AdapterError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        match a.payload["mode"].as_str() {
+            Some("panic") => panic!("flaky adapter exploded"),
+            Some("hang") => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Outcome { message: "never".into() })
+            }
+            _ => Ok(Outcome { message: "fine".into() }),
+        }
+    }
+}
+
+async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let mut config = db.config();
+    config.action_timeout = Duration::from_millis(200);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::builtin();
+    registry.register(Flaky { calls: calls.clone() });
+    let engine = Engine::new(db.store.clone(), config, registry);
+    let enq = |key: &str, mode: &str| EnqueueRequest {
+        action_type: "FLAKY".into(),
+        payload: json!({"mode": mode}),
+        idempotency_key: Some(key.into()),
+        priority: 0,
+        not_before: None,
+        max_attempts: None,
+    };
+    let p = queue::enqueue(&db.store, &enq("p", "panic"), 3).await.unwrap().id;
+    let h = queue::enqueue(&db.store, &enq("h", "hang"), 3).await.unwrap().id;
+    let f = queue::enqueue(&db.store, &enq("f", "fine"), 3).await.unwrap().id;
+    let r = ran(&engine).await;
+    assert_eq!((r.status, r.attempted, r.succeeded, r.failed), (TickStatus::Partial, 3, 1, 2));
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the panic stopped neither the tick nor the others");
+    let pa = db.store.action(p).await.unwrap().unwrap();
+    assert_eq!(pa.status, ActionStatus::Retry);
+    assert_eq!(pa.last_error.as_deref(), Some("adapter panicked: flaky adapter exploded"));
+    let ha = db.store.action(h).await.unwrap().unwrap();
+    assert_eq!(ha.status, ActionStatus::Retry);
+    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 0.2s"), "{:?}", ha.last_error);
+    assert_eq!(db.store.action(f).await.unwrap().unwrap().status, ActionStatus::Success);
+}
+
+async fn deadline_returns_unstarted_claims_uncounted(db: &TestDb) {
+    // Real mode: NOOP's sleep_ms only runs in execute (proof mode calls render_proof alone).
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let mut config = db.config();
+    config.max_tick = Duration::from_millis(300);
+    config.dispatch_concurrency = 1;
+    let engine = db.engine(config);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut r = noop(&format!("slow{i}"));
+        r.payload = json!({"sleep_ms": 200, "i": i});
+        ids.push(queue::enqueue(&db.store, &r, 3).await.unwrap().id);
+    }
+    let r = ran(&engine).await;
+    assert_eq!(r.status, TickStatus::Success);
+    assert!(r.attempted >= 1 && r.attempted <= 3, "only what fits before the deadline starts: {}", r.attempted);
+    assert!(r.notes.contains("returned to PENDING unstarted"), "{}", r.notes);
+    let mut pending = 0;
+    for id in ids {
+        let a = db.store.action(id).await.unwrap().unwrap();
+        match a.status {
+            ActionStatus::Success => assert_eq!(a.attempts, 1),
+            ActionStatus::Pending => {
+                assert_eq!(a.attempts, 0, "an unstarted claim costs no attempt");
+                assert!(a.claimed_epoch.is_none());
+                pending += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(pending as u32, 5 - r.attempted);
+}
+
+async fn follower_does_nothing(db: &TestDb) {
+    let leader = db.engine(db.config());
+    let follower = db.engine(db.config());
+    ran(&leader).await;
+    queue::enqueue(&db.store, &noop("f"), 3).await.unwrap();
+    match follower.tick().await.unwrap() {
+        TickOutcome::NotLeader { owner, epoch, .. } => {
+            assert_eq!(owner, leader.lease().owner());
+            assert_eq!(epoch, 1);
+        }
+        TickOutcome::Ran(_) => panic!("the follower ran a tick"),
+    }
+    assert_eq!(db.store.recent_ticks(10).await.unwrap().len(), 1, "a follower writes no ledger row");
+    assert_eq!(db.store.due_count().await.unwrap(), 1);
+}
