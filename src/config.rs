@@ -498,6 +498,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_every_key_with_its_default() {
+        let text = include_str!("../orchestrator.example.yaml");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("example.yaml");
+        std::fs::write(&path, text).unwrap();
+        let none = |_: &str| None;
+        let c = Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })
+            .unwrap();
+        assert_eq!(c, Config::defaults(), "the example's values are the defaults");
+        for key in known_keys().keys() {
+            assert!(locate_key(text, key).is_some(), "orchestrator.example.yaml lacks {key}");
+        }
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::adapters::{AdapterError, ExecContext, Registry};
 use crate::artifacts::{self, Artifact};
 use crate::lease::Term;
+use crate::metrics::Metrics;
 use crate::model::{self, Action, LogLevel, NewLog};
 use crate::queue;
 use crate::store::{Claimed, Completion, CompletionOutcome, Store};
@@ -53,6 +54,7 @@ pub struct DispatchReport {
 pub struct Executor {
     registry: Arc<Registry>,
     settings: ExecSettings,
+    metrics: Arc<Metrics>,
 }
 
 /// The tick a dispatch belongs to.
@@ -75,8 +77,8 @@ enum Kind {
 }
 
 impl Executor {
-    pub fn new(registry: Arc<Registry>, settings: ExecSettings) -> Self {
-        Executor { registry, settings }
+    pub fn new(registry: Arc<Registry>, settings: ExecSettings, metrics: Arc<Metrics>) -> Self {
+        Executor { registry, settings, metrics }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -93,6 +95,10 @@ impl Executor {
             for claim in claimed {
                 let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
                 if Instant::now() >= deadline || lost.load(Ordering::SeqCst) {
+                    self.metrics
+                        .actions_total
+                        .with_label_values(&[claim.action.action_type.as_str(), "unstarted"])
+                        .inc();
                     let _ = tx.send((unstarted(&claim), Kind::Unstarted));
                     continue;
                 }
@@ -130,6 +136,7 @@ impl Executor {
                     .collect();
                 match store.complete(&term.lease_name, Some(tick_id), &completions).await {
                     Ok(r) => {
+                        self.metrics.fenced_writes_rejected_total.inc_by(r.rejected.len() as u64);
                         for id in &r.rejected {
                             tracing::warn!(
                                 action_id = id,
@@ -178,8 +185,20 @@ impl Executor {
                 )))
             }
         };
-        let elapsed_ms = started.elapsed().as_millis();
-        self.completion(&claim, &action, result, proof_mode, elapsed_ms)
+        let elapsed = started.elapsed();
+        self.metrics
+            .action_duration_seconds
+            .with_label_values(&[action.action_type.as_str()])
+            .observe(elapsed.as_secs_f64());
+        let done = self.completion(&claim, &action, result, proof_mode, elapsed.as_millis());
+        let outcome = match &done.0.outcome {
+            CompletionOutcome::Success => "success",
+            CompletionOutcome::Retry { .. } => "retry",
+            CompletionOutcome::Dlq { .. } => "dlq",
+            CompletionOutcome::Unstarted => "unstarted",
+        };
+        self.metrics.actions_total.with_label_values(&[action.action_type.as_str(), outcome]).inc();
+        done
     }
 
     fn completion(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod executor;
 pub mod lease;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod snapshot;

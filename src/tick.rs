@@ -15,6 +15,7 @@ use crate::adapters::Registry;
 use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
 use crate::lease::{Lease, LeaseState, Term};
+use crate::metrics::Metrics;
 use crate::model::{self, TickStatus};
 use crate::snapshot::{self, Snapshot};
 use crate::store::{Store, StoreError, TickClose};
@@ -59,6 +60,7 @@ pub struct Engine {
     config: Arc<Config>,
     lease: Lease,
     executor: Executor,
+    metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -69,6 +71,7 @@ impl Engine {
     }
 
     pub fn with_owner(store: Store, config: Config, registry: Registry, owner: String) -> Self {
+        let metrics = Arc::new(Metrics::new());
         let lease = Lease::new(store.clone(), config.lease_name.clone(), owner, config.lease_ttl);
         let executor = Executor::new(
             Arc::new(registry),
@@ -79,8 +82,9 @@ impl Engine {
                 backoff_max: config.backoff_max,
                 artifacts_dir: config.artifacts_dir.clone(),
             },
+            metrics.clone(),
         );
-        Engine { store, config: Arc::new(config), lease, executor }
+        Engine { store, config: Arc::new(config), lease, executor, metrics }
     }
 
     pub fn store(&self) -> &Store {
@@ -95,8 +99,26 @@ impl Engine {
         &self.lease
     }
 
+    /// This process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Runs one tick.
     pub async fn tick(&self) -> Result<TickOutcome, StoreError> {
+        let result = self.tick_inner().await;
+        match &result {
+            Ok(TickOutcome::Ran(r)) => {
+                self.metrics.ticks_total.with_label_values(&[r.status.as_str()]).inc();
+                self.metrics.tick_duration_seconds.observe(r.duration_ms as f64 / 1000.0);
+            }
+            Ok(TickOutcome::NotLeader { .. }) => {}
+            Err(_) => self.metrics.tick_errors_total.inc(),
+        }
+        result
+    }
+
+    async fn tick_inner(&self) -> Result<TickOutcome, StoreError> {
         let started = Instant::now();
         let started_at = model::now();
         let term = match self.lease.acquire().await? {
@@ -180,6 +202,7 @@ impl Engine {
             .rescue(&term.lease_name, &term.owner, term.epoch, self.config.action_timeout, Some(tick_id))
             .await?;
         if !rescued.is_empty() {
+            self.metrics.rescued_actions_total.inc_by(rescued.len() as u64);
             tracing::warn!(count = rescued.len(), "rescued orphaned RUNNING actions");
             notes.push(format!("rescued {} orphaned action(s)", rescued.len()));
         }

@@ -69,6 +69,10 @@ async fn enqueue_then_tick_succeeds_and_records_everything(db: &TestDb) {
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].tick_id, Some(r.tick_id));
     assert_eq!(logs[0].level, LogLevel::Info);
+    let metrics = engine.metrics().render();
+    assert!(metrics.contains("orchestrator_ticks_total{status=\"SUCCESS\"} 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_ticks_total{status=\"IDLE\"} 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_actions_total{outcome=\"success\",type=\"NOOP\"} 1"), "{metrics}");
     let snap = r.snapshot.expect("snapshot");
     assert_eq!(snap.queue.pending, 1);
     assert_eq!(snap.queue.due_now, 1);
