@@ -15,7 +15,7 @@ use sea_orm::{
 };
 
 use super::entities::{self, actions, execution_logs};
-use super::{Backend, Context, Store, StoreError};
+use super::{Backend, Binder, Context, Store, StoreError};
 use crate::model::{self, Action, ActionStatus, LogLevel, NewLog};
 
 /// A validated action ready to insert (see `queue::enqueue` for the validation).
@@ -253,9 +253,7 @@ impl Store {
             Backend::Postgres => ["BIGINT", "BIGINT", "INTEGER", "TEXT", "TIMESTAMPTZ", "TEXT", "INTEGER"],
             Backend::Sqlite => ["", "", "", "", "", "", ""],
         };
-        let mut values: Vec<Value> = Vec::with_capacity(2 + chunk.len() * 7);
-        values.push(now.into());
-        values.push(lease_name.into());
+        let mut b = Binder::new(self.backend, 2 + chunk.len() * 7);
         let mut rows = Vec::with_capacity(chunk.len());
         for c in chunk {
             let (status, not_before, error, unstart): (&str, Option<DateTime<Utc>>, Option<&str>, i32) = match &c
@@ -266,16 +264,7 @@ impl Store {
                 CompletionOutcome::Dlq { error } => ("DLQ", None, Some(error.as_str()), 0),
                 CompletionOutcome::Unstarted => ("PENDING", None, None, 1),
             };
-            let first = values.len() + 1;
-            let cells: Vec<String> = casts
-                .iter()
-                .enumerate()
-                .map(|(i, cast)| {
-                    if cast.is_empty() { format!("${}", first + i) } else { format!("CAST(${} AS {cast})", first + i) }
-                })
-                .collect();
-            rows.push(format!("({})", cells.join(", ")));
-            values.extend([
+            let cells: [Value; 7] = [
                 c.action_id.into(),
                 c.epoch.into(),
                 c.attempt.into(),
@@ -283,8 +272,19 @@ impl Store {
                 not_before.into(),
                 error.map(str::to_string).into(),
                 unstart.into(),
-            ]);
+            ];
+            let cells: Vec<String> = cells
+                .into_iter()
+                .zip(casts)
+                .map(|(v, cast)| {
+                    let p = b.push(v);
+                    if cast.is_empty() { p } else { format!("CAST({p} AS {cast})") }
+                })
+                .collect();
+            rows.push(format!("({})", cells.join(", ")));
         }
+        // Pushed in the order they appear in the SQL below (SQLite binds `?` by position).
+        let (now1, now2, lease) = (b.push(now), b.push(now), b.push(lease_name));
         let sql = format!(
             "WITH v (id, epoch, attempt, status, not_before, err, unstart) AS (VALUES {rows}) \
              UPDATE actions SET status = v.status, attempts = actions.attempts - v.unstart, \
@@ -292,16 +292,16 @@ impl Store {
                last_error = COALESCE(v.err, actions.last_error), \
                claimed_epoch = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_epoch END, \
                claimed_at = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_at END, \
-               updated_at = $1, \
-               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN $1 ELSE actions.finished_at END \
+               updated_at = {now1}, \
+               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN {now2} ELSE actions.finished_at END \
              FROM v \
              WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claimed_epoch = v.epoch \
                AND actions.attempts = v.attempt \
-               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = $2 AND leases.epoch = v.epoch) \
+               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = {lease} AND leases.epoch = v.epoch) \
              RETURNING actions.id",
             rows = rows.join(", ")
         );
-        self.stmt(&sql, values)
+        self.stmt(&sql, b.values)
     }
 
     /// Returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action claimed under

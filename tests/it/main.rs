@@ -9,4 +9,5 @@ mod support;
 mod cli;
 mod lease;
 mod queue;
+mod store;
 mod tick;
