@@ -28,6 +28,7 @@ backend_tests!(
     panics_and_timeouts_are_retryable_failures,
     deadline_returns_unstarted_claims_uncounted,
     follower_does_nothing,
+    daemon_prunes_history_past_retention,
 );
 
 pub async fn ran(engine: &Engine) -> TickReport {
@@ -274,4 +275,28 @@ async fn follower_does_nothing(db: &TestDb) {
     }
     assert_eq!(db.store.recent_ticks(10).await.unwrap().len(), 1, "a follower writes no ledger row");
     assert_eq!(db.store.due_count().await.unwrap(), 1);
+}
+
+async fn daemon_prunes_history_past_retention(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let old = queue::enqueue(&db.store, &noop("old"), 3).await.unwrap().id;
+    let recent = queue::enqueue(&db.store, &noop("recent"), 3).await.unwrap().id;
+    ran(&engine).await;
+    let long_ago = match db.store.backend() {
+        orchestrator::store::Backend::Sqlite => "'2020-01-01T00:00:00+00:00'",
+        orchestrator::store::Backend::Postgres => "TIMESTAMPTZ '2020-01-01 00:00:00+00'",
+    };
+    db.store
+        .execute_unprepared(&format!("UPDATE actions SET finished_at = {long_ago} WHERE id = {old}"))
+        .await
+        .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let summary = daemon::run(&engine, Some(1), rx).await;
+    assert_eq!(summary.stopped_by, StopReason::TicksDone);
+    assert!(db.store.action(old).await.unwrap().is_none(), "finished past the retention: purged");
+    assert_eq!(
+        db.store.action(recent).await.unwrap().unwrap().status,
+        ActionStatus::Success,
+        "within the retention: kept"
+    );
 }
