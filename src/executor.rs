@@ -1,6 +1,7 @@
 //! EXECUTE: runs claimed actions through their adapters and records each outcome, fenced.
 //!
-//! Up to `dispatch_concurrency` actions run at once, each in its own task so that a panic is
+//! Up to `dispatch_concurrency` actions are in flight at once (running, or finished and not
+//! yet recorded), each in its own task so that a panic is
 //! caught and a timeout cancels it. Proof mode is enforced here: the adapter's `render_proof`
 //! is the only thing called, and its bytes become a sha256-stamped artifact. Outcomes are
 //! written by one writer as they arrive, grouped into one transaction per batch (group commit),
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::adapters::{AdapterError, ExecContext, Registry};
 use crate::artifacts::{self, Artifact};
@@ -88,7 +89,10 @@ impl Executor {
     /// Runs `claimed` (already in dispatch order) and records every outcome.
     pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
         let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind)>();
+        // A permit travels with its completion and is released only once the outcome is
+        // durable: at most `concurrency` actions are ever in flight (run or not yet recorded),
+        // which bounds what a crash can make run twice.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind, OwnedSemaphorePermit)>();
         let semaphore = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
 
         let launcher = async {
@@ -99,15 +103,14 @@ impl Executor {
                         .actions_total
                         .with_label_values(&[claim.action.action_type.as_str(), "unstarted"])
                         .inc();
-                    let _ = tx.send((unstarted(&claim), Kind::Unstarted));
+                    let _ = tx.send((unstarted(&claim), Kind::Unstarted, permit));
                     continue;
                 }
                 let tx = tx.clone();
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let done = this.attempt(claim, tick_id, proof_mode).await;
-                    let _ = tx.send(done);
-                    drop(permit);
+                    let (completion, kind) = this.attempt(claim, tick_id, proof_mode).await;
+                    let _ = tx.send((completion, kind, permit));
                 });
             }
             drop(tx);
@@ -123,14 +126,16 @@ impl Executor {
                         Err(_) => break,
                     }
                 }
+                let mut permits = Vec::with_capacity(batch.len());
                 let completions: Vec<Completion> = batch
                     .into_iter()
-                    .map(|(c, kind)| {
+                    .map(|(c, kind, permit)| {
                         match kind {
                             Kind::Succeeded => report.succeeded += 1,
                             Kind::Failed => report.failed += 1,
                             Kind::Unstarted => report.unstarted += 1,
                         }
+                        permits.push(permit);
                         c
                     })
                     .collect();
@@ -151,6 +156,7 @@ impl Executor {
                         report.store_error.get_or_insert_with(|| e.to_string());
                     }
                 }
+                drop(permits);
             }
             report.attempted = report.succeeded + report.failed;
             report
