@@ -6,6 +6,7 @@
 
 mod support;
 
+mod chaos;
 mod cli;
 mod lease;
 mod queue;
