@@ -33,6 +33,16 @@ struct Args {
     out: PathBuf,
 }
 
+/// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
+static SQLITE_FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn store_options() -> StoreOptions {
+    StoreOptions {
+        sqlite_synchronous_full: SQLITE_FULL.load(std::sync::atomic::Ordering::Relaxed),
+        ..StoreOptions::default()
+    }
+}
+
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         runs: 5,
@@ -49,7 +59,14 @@ fn args() -> anyhow::Result<Args> {
             "--only" => a.only = it.next(),
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
             "--no-pg" => a.pg = None,
-            other => anyhow::bail!("unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg)"),
+            "--sqlite-sync" => match it.next().as_deref() {
+                Some("full") => SQLITE_FULL.store(true, std::sync::atomic::Ordering::Relaxed),
+                Some("normal") => SQLITE_FULL.store(false, std::sync::atomic::Ordering::Relaxed),
+                _ => anyhow::bail!("--sqlite-sync takes full or normal"),
+            },
+            other => anyhow::bail!(
+                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal)"
+            ),
         }
     }
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
@@ -111,7 +128,7 @@ impl Db {
                 (format!("{base}{sep}options[search_path]={schema}"), Some((base.to_string(), schema)))
             }
         };
-        let store = Store::open(&url, &StoreOptions::default()).await?;
+        let store = Store::open(&url, &store_options()).await?;
         Ok(Db { url, store, _dir: dir, pg })
     }
 
@@ -119,6 +136,7 @@ impl Db {
         let mut c = Config::defaults();
         c.database_url = self.url.clone();
         c.artifacts_dir = self._dir.path().join("artifacts");
+        c.sqlite_synchronous_full = SQLITE_FULL.load(std::sync::atomic::Ordering::Relaxed);
         c
     }
 

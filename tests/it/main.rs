@@ -8,6 +8,7 @@ mod support;
 
 mod chaos;
 mod cli;
+mod hostile;
 mod lease;
 mod queue;
 mod store;
