@@ -7,6 +7,10 @@
 mod support;
 
 mod cli;
+mod command;
+mod execute;
 mod lease;
+mod peer;
 mod queue;
 mod tick;
+mod verify;
