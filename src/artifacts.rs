@@ -161,6 +161,42 @@ mod tests {
     }
 
     #[test]
+    fn hostile_subdirs_and_extensions_stay_inside_too() {
+        let dir = Path::new("/srv/artifacts");
+        for sub in ["..", "../../etc", "/abs", "a\0b", "PROOF_SOCIAL"] {
+            let p = artifact_path(dir, sub, "k", "../../x", Utc::now());
+            assert_eq!(p.parent().and_then(Path::parent), Some(dir), "{sub:?} -> {p:?}");
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('/') && name.ends_with(".._.._x"), "{name}");
+        }
+    }
+
+    #[test]
+    fn verify_finds_changed_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |id: i64, path: &Path, sha: &str| crate::model::LogRow {
+            id,
+            action_id: id,
+            tick_id: None,
+            ts: Utc::now(),
+            level: crate::model::LogLevel::Info,
+            message: String::new(),
+            artifact_ref: Some(path.display().to_string()),
+            artifact_sha256: Some(sha.to_string()),
+        };
+        let good = write_atomic(&dir.path().join("a/good.txt"), b"good").unwrap();
+        let bad = write_atomic(&dir.path().join("a/bad.txt"), b"bad").unwrap();
+        std::fs::write(&bad.path, b"changed").unwrap();
+        let gone = dir.path().join("a/gone.txt");
+        let r = verify(&[row(1, &good.path, &good.sha256), row(2, &bad.path, &bad.sha256), row(3, &gone, "00")]);
+        assert_eq!((r.checked, r.ok), (3, 1));
+        assert_eq!(r.mismatched.iter().map(|b| b.log_id).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.mismatched[0].actual_sha256.as_deref(), Some(sha256_hex(b"changed").as_str()));
+        assert_eq!((r.missing[0].log_id, r.missing[0].problem.as_str()), (3, "missing"));
+        assert!(!r.all_ok());
+    }
+
+    #[test]
     fn distinct_keys_do_not_collide() {
         let at = Utc::now();
         let a = artifact_path(Path::new("d"), "t", "a/b", "txt", at);

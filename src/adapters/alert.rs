@@ -73,9 +73,9 @@ impl Adapter for Alert {
         let (severity, message) = parse(action)?;
         let key = action.idempotency_key.as_str();
         match severity {
-            "critical" => tracing::error!(action_id = action.id, key, severity, message, "ALERT"),
-            "warning" => tracing::warn!(action_id = action.id, key, severity, message, "ALERT"),
-            _ => tracing::info!(action_id = action.id, key, severity, message, "ALERT"),
+            "critical" => tracing::error!(action_id = action.id, key, severity, alert = message, "ALERT"),
+            "warning" => tracing::warn!(action_id = action.id, key, severity, alert = message, "ALERT"),
+            _ => tracing::info!(action_id = action.id, key, severity, alert = message, "ALERT"),
         }
         match &self.target {
             None => Ok(Outcome { message: format!("alert ({severity}) logged") }),

@@ -135,6 +135,15 @@ impl Registry {
         let http =
             Arc::new(http::Http::new().map_err(|e| RegistryError(format!("cannot set up the HTTP client: {e}")))?);
         let adapters = &config.adapters;
+        for t in adapters.webhook.targets.values() {
+            if let (Some(var), None) = (&t.secret_env, &t.secret) {
+                tracing::warn!(
+                    webhook_target = t.name.as_str(),
+                    variable = var.as_str(),
+                    "secret_env names an unset variable: real requests to this target fail (retryably) until it is set"
+                );
+            }
+        }
         let mut r = Registry::empty();
         r.register(Noop);
         r.register(PostSocial::new(adapters, http.clone()));
