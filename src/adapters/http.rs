@@ -92,31 +92,19 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
         let mut head = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = RESPONSE_LOG_BYTES.saturating_sub(head.len());
-                    head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if head.len() >= RESPONSE_LOG_BYTES {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if e.is_timeout() && !status.is_success() => break,
-                Err(e) if e.is_timeout() => {
-                    return Err(AdapterError::retryable(format!(
-                        "{shown}: {status}, then timed out after {:.1}s reading the response",
-                        timeout.as_secs_f64()
-                    )));
-                }
-                Err(_) => break,
+        // The status is the peer's answer; a body cut short (or failing) only shortens the log.
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let room = RESPONSE_LOG_BYTES.saturating_sub(head.len());
+            head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if head.len() >= RESPONSE_LOG_BYTES {
+                break;
             }
         }
         let summary = format!(
             "{shown} (target '{}') -> {status} in {} ms; response: {}",
             target.name,
             started.elapsed().as_millis(),
-            printable(&head)
+            redact(&printable(&head), target)
         );
         classify(status.as_u16(), summary, retry_after)
     }
@@ -166,12 +154,21 @@ pub fn loggable_url(url: &str) -> String {
     }
 }
 
-/// The URL with any password replaced, for proof artifacts.
+/// The URL with any password, and the values of query parameters named like secrets, replaced:
+/// for proof artifacts.
 fn proof_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("REDACTED"));
+            }
+            let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            if pairs.iter().any(|(k, _)| sensitive_header(k)) {
+                let mut q = u.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    q.append_pair(k, if sensitive_header(k) { "REDACTED" } else { v });
+                }
             }
             u.to_string()
         }
@@ -214,6 +211,23 @@ pub fn render_request(target: &WebhookTarget, key: &str, body: &[u8]) -> String 
     let _ = writeln!(out);
     out.push_str(&String::from_utf8_lossy(body));
     out.push('\n');
+    out
+}
+
+/// `text` with the target's secret and sensitive header values blanked out, in case the peer
+/// echoes what it received.
+fn redact(text: &str, target: &WebhookTarget) -> String {
+    let mut out = text.to_string();
+    let secrets = target
+        .secret
+        .iter()
+        .map(|s| s.expose())
+        .chain(target.headers.iter().filter(|(k, _)| sensitive_header(k)).map(|(_, v)| v.as_str()));
+    for s in secrets {
+        if !s.is_empty() {
+            out = out.replace(s, "<redacted>");
+        }
+    }
     out
 }
 
@@ -281,5 +295,6 @@ mod tests {
     fn logged_urls_lose_credentials_and_query() {
         assert_eq!(loggable_url("https://u:pw@h.example/p?token=abc#f"), "https://h.example/p");
         assert_eq!(proof_url("https://u:pw@h.example/p"), "https://u:REDACTED@h.example/p");
+        assert_eq!(proof_url("https://h.example/p?a=1&api_key=k"), "https://h.example/p?a=1&api_key=REDACTED");
     }
 }

@@ -116,7 +116,9 @@ async fn assert_no_secrets(db: &TestDb) {
 
 async fn webhook_body_and_signature_arrive_as_sent(db: &TestDb) {
     real_mode(db).await;
-    let peer = Peer::start(vec![Reply::status(201).body("{\"accepted\":true}")]).await;
+    // A peer that echoes what it got must not get a secret into the log.
+    let echo = format!("{{\"accepted\":true}} echo: Bearer {TOKEN} {SECRET}");
+    let peer = Peer::start(vec![Reply::status(201).body(&echo)]).await;
     let engine = engine(db, with_target(target("hook", peer.url("/hook?x=1"))));
     let body = json!({"text": "héllo ✓", "n": [1, 2, {"deep": null}]});
     let id = queue::enqueue(&db.store, &req("WEBHOOK", "wh-1", json!({"target": "hook", "body": body})), 3)
@@ -138,6 +140,7 @@ async fn webhook_body_and_signature_arrive_as_sent(db: &TestDb) {
     let log = &db.store.logs(Some(id), 10).await.unwrap()[0];
     assert!(log.message.contains("201") && log.message.contains("{\"accepted\":true}"), "{}", log.message);
     assert!(!log.message.contains("x=1"), "the query string is not logged: {}", log.message);
+    assert!(log.message.contains("echo: <redacted> <redacted>"), "{}", log.message);
     assert_no_secrets(db).await;
 }
 
@@ -198,7 +201,8 @@ async fn webhook_retry_after_sets_not_before(db: &TestDb) {
 
 async fn webhook_4xx_goes_to_dlq_at_once(db: &TestDb) {
     real_mode(db).await;
-    let peer = Peer::start(vec![Reply::status(404).body("no such hook")]).await;
+    let long = format!("no such hook {}", "x".repeat(5000));
+    let peer = Peer::start(vec![Reply::status(404).body(&long)]).await;
     let engine = engine(db, with_target(target("hook", peer.url("/missing"))));
     let id = queue::enqueue(&db.store, &req("WEBHOOK", "wh-404", json!({"target": "hook", "body": {}})), 5)
         .await
@@ -209,6 +213,7 @@ async fn webhook_4xx_goes_to_dlq_at_once(db: &TestDb) {
     assert_eq!((a.status, a.attempts), (ActionStatus::Dlq, 1), "a 404 is not retried");
     let err = a.last_error.unwrap();
     assert!(err.contains("404") && err.contains("no such hook"), "{err}");
+    assert!(err.len() < 1024 + 200, "only the first KB of the response is kept: {} bytes", err.len());
     assert_eq!(ran(&engine).await.status, TickStatus::Idle);
     assert_eq!(peer.requests().len(), 1);
 }
