@@ -88,7 +88,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids");
     let script = "sleep 30 & echo $! > \"$0\"; echo $$ >> \"$0\"; wait";
-    let a = adapter(vec![spec("hang", "/bin/sh", &["-c", script, "{pidfile}"], Some(Duration::from_millis(300)))]);
+    let a = adapter(vec![spec("hang", "/bin/sh", &["-c", script, "{pidfile}"], Some(Duration::from_secs(1)))]);
     let started = Instant::now();
     let r = a
         .execute(&ExecContext::new(None, 1), &action("h", json!({"command": "hang", "args": {"pidfile": pidfile}})))
@@ -96,7 +96,7 @@ async fn a_timeout_kills_the_whole_process_group() {
     assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for the sleep");
     match r {
         Err(AdapterError::Retryable { message, .. }) => {
-            assert!(message.contains("timed out after 0.3s; its process group was killed"), "{message}")
+            assert!(message.contains("timed out after 1.0s; its process group was killed"), "{message}")
         }
         other => panic!("expected a retryable timeout, got {other:?}"),
     }

@@ -450,7 +450,8 @@ async fn command_output_is_recorded_and_nonzero_exit_classified(db: &TestDb) {
 async fn executor_enforces_the_type_timeout(db: &TestDb) {
     real_mode(db).await;
     let mut adapters = AdaptersConfig::default();
-    adapters.command.timeout = Duration::from_millis(300);
+    // Room for the shell to start and write its pids even on a loaded machine.
+    adapters.command.timeout = Duration::from_secs(1);
     let pidfile = db.dir.path().join("pids");
     adapters.command.allow.insert(
         "hang".into(),
@@ -473,6 +474,6 @@ async fn executor_enforces_the_type_timeout(db: &TestDb) {
     ran(&engine).await;
     let a = db.store.action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry);
-    assert_eq!(a.last_error.as_deref(), Some("timed out after 0.3s (adapters.command.timeout_seconds)"));
+    assert_eq!(a.last_error.as_deref(), Some("timed out after 1.0s (adapters.command.timeout_seconds)"));
     crate::command::assert_pids_gone(&pidfile).await;
 }
