@@ -10,6 +10,7 @@
 //!
 //! The executor never decides what should run; it runs what was claimed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,9 @@ pub struct ExecSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub artifacts_dir: PathBuf,
+    /// Per action type timeouts (`adapters.<type>.timeout_seconds`); the smaller of this and
+    /// `action_timeout` bounds an attempt of that type.
+    pub type_timeouts: BTreeMap<String, Duration>,
 }
 
 /// What one dispatch did.
@@ -172,12 +176,16 @@ impl Executor {
         let action = Arc::new(claim.action.clone());
         let registry = self.registry.clone();
         let artifacts_dir = self.settings.artifacts_dir.clone();
-        let ctx = ExecContext { tick_id: Some(tick_id), attempt: claim.attempt };
+        let ctx = ExecContext::new(Some(tick_id), claim.attempt);
+        let task_ctx = ctx.clone();
         let task_action = action.clone();
         let inner =
-            tokio::spawn(async move { run_adapter(&registry, &ctx, &task_action, proof_mode, &artifacts_dir).await });
+            tokio::spawn(
+                async move { run_adapter(&registry, &task_ctx, &task_action, proof_mode, &artifacts_dir).await },
+            );
         let abort = inner.abort_handle();
-        let result = match tokio::time::timeout(self.settings.action_timeout, inner).await {
+        let (timeout, timeout_key) = self.timeout_for(&action.action_type);
+        let result = match tokio::time::timeout(timeout, inner).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) if join.is_panic() => {
                 Err(AdapterError::retryable(format!("adapter panicked: {}", panic_message(join.into_panic()))))
@@ -185,18 +193,19 @@ impl Executor {
             Ok(Err(_)) => Err(AdapterError::retryable("adapter task was cancelled")),
             Err(_) => {
                 abort.abort();
-                Err(AdapterError::retryable(format!(
-                    "timed out after {:.1}s (action_timeout_seconds)",
-                    self.settings.action_timeout.as_secs_f64()
-                )))
+                Err(AdapterError::retryable(format!("timed out after {:.1}s ({timeout_key})", timeout.as_secs_f64())))
             }
+        };
+        let record = match ctx.take_attached() {
+            Some(proof) if !proof_mode => self.write_record(&action, proof).await,
+            _ => None,
         };
         let elapsed = started.elapsed();
         self.metrics
             .action_duration_seconds
             .with_label_values(&[action.action_type.as_str()])
             .observe(elapsed.as_secs_f64());
-        let done = self.completion(&claim, &action, result, proof_mode, elapsed.as_millis());
+        let done = self.completion(&claim, &action, result, record, proof_mode, elapsed.as_millis());
         let outcome = match &done.0.outcome {
             CompletionOutcome::Success => "success",
             CompletionOutcome::Retry { .. } => "retry",
@@ -212,6 +221,7 @@ impl Executor {
         claim: &Claimed,
         action: &Action,
         result: Result<(String, Option<Artifact>), AdapterError>,
+        record: Option<Artifact>,
         proof_mode: bool,
         elapsed_ms: u128,
     ) -> (Completion, Kind) {
@@ -265,8 +275,53 @@ impl Executor {
                 (CompletionOutcome::Dlq { error: message }, log, Kind::Failed)
             }
         };
+        let mut log = log;
+        if let (None, Some(r)) = (&log.artifact_ref, record) {
+            log.artifact_ref = Some(r.path.display().to_string());
+            log.artifact_sha256 = Some(r.sha256);
+        }
         let completion = Completion { action_id: action.id, epoch: claim.epoch, attempt, outcome, logs: vec![log] };
         (completion, kind)
+    }
+}
+
+impl Executor {
+    /// The timeout of an attempt of `action_type` and the setting it comes from.
+    fn timeout_for(&self, action_type: &str) -> (Duration, String) {
+        let global = self.settings.action_timeout;
+        match self.settings.type_timeouts.get(action_type) {
+            Some(t) if *t < global => {
+                let section = match action_type {
+                    "POST_SOCIAL" => "social".to_string(),
+                    other => other.to_ascii_lowercase(),
+                };
+                (*t, format!("adapters.{section}.timeout_seconds"))
+            }
+            _ => (global, "action_timeout_seconds".to_string()),
+        }
+    }
+
+    /// Writes what a real attempt attached (see [`ExecContext::attach`]); a failure to write
+    /// is logged, never turned into the attempt's outcome.
+    async fn write_record(&self, action: &Action, record: crate::adapters::Proof) -> Option<Artifact> {
+        let path = artifacts::artifact_path(
+            &self.settings.artifacts_dir,
+            &record.subdir,
+            &action.idempotency_key,
+            &record.extension,
+            model::now(),
+        );
+        match tokio::task::spawn_blocking(move || artifacts::write_atomic(&path, &record.body)).await {
+            Ok(Ok(a)) => Some(a),
+            Ok(Err(e)) => {
+                tracing::warn!(action_id = action.id, error = %e, "cannot write the attempt's record");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(action_id = action.id, error = %e, "the record writer failed");
+                None
+            }
+        }
     }
 }
 

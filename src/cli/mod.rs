@@ -100,6 +100,9 @@ pub enum Command {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
     },
+    /// Check proof and run artifacts against the sha256 recorded in the execution logs.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
     /// Execution logs, newest first.
     Logs {
         #[arg(long, value_name = "ID")]
@@ -189,6 +192,12 @@ fn parse_status(s: &str) -> Result<ActionStatus, String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Recompute every recorded artifact's sha256; report missing or changed files. Exit 1 if any.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LeaseCommand {
     /// Who holds the lease, its epoch and expiry.
     Show,
@@ -230,7 +239,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
         Command::Run { ticks, .. } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -246,7 +255,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::RunOnce => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             let outcome = engine.tick().await;
             if let Err(e) = engine.release().await {
                 tracing::warn!(error = %e, "could not release the lease; it expires by itself");
@@ -316,6 +325,14 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         },
         Command::Ticks { limit } => out.ticks(&store.recent_ticks(limit).await?),
         Command::Logs { action, limit } => out.logs(&store.logs(action, limit).await?),
+        Command::Artifacts(ArtifactsCommand::Verify) => {
+            let rows = store.artifact_logs().await?;
+            let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows)).await?;
+            out.verify(&report);
+            if !report.all_ok() {
+                return Ok(exit::ERROR);
+            }
+        }
     }
     Ok(exit::OK)
 }

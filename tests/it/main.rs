@@ -8,8 +8,12 @@ mod support;
 
 mod chaos;
 mod cli;
+mod command;
+mod execute;
 mod hostile;
 mod lease;
+mod peer;
 mod queue;
 mod store;
 mod tick;
+mod verify;

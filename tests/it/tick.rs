@@ -199,8 +199,8 @@ impl Adapter for Flaky {
 async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
-    // Long enough for a panic to unwind and print a backtrace on a loaded machine.
-    config.action_timeout = Duration::from_millis(1500);
+    // Long enough for a panic hook that prints a backtrace (RUST_BACKTRACE=1) to finish.
+    config.action_timeout = Duration::from_secs(2);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::builtin();
     registry.register(Flaky { calls: calls.clone() });
@@ -224,7 +224,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     assert_eq!(pa.last_error.as_deref(), Some("adapter panicked: flaky adapter exploded"));
     let ha = db.store.action(h).await.unwrap().unwrap();
     assert_eq!(ha.status, ActionStatus::Retry);
-    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 1.5s"), "{:?}", ha.last_error);
+    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 2.0s"), "{:?}", ha.last_error);
     assert_eq!(db.store.action(f).await.unwrap().unwrap().status, ActionStatus::Success);
 }
 
