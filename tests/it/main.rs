@@ -10,3 +10,8 @@ mod cli;
 mod lease;
 mod queue;
 mod tick;
+
+mod browser;
+mod http_api;
+mod http_client;
+mod http_live;
