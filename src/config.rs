@@ -639,6 +639,13 @@ mod tests {
         assert!(e.contains("o.yaml:1:") && e.contains("http.listen 'nowhere'"), "{e}");
         let e = load(Some("http:\n  lisen: x\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `lisen`"), "{e}");
+        let c = load(Some("http:\n  stale_tick_intervals: 5\n"), &[("ORCHESTRATOR_HTTP", "{listen: '0.0.0.0:1'}")])
+            .unwrap();
+        assert_eq!(
+            (c.http.listen.to_string().as_str(), c.http.stale_tick_intervals),
+            ("0.0.0.0:1", 5),
+            "folded per sub-key"
+        );
         let c = load(None, &[(ADMIN_TOKEN_ENV, "alice:0123456789abcdef, fedcba9876543210fedc")]).unwrap();
         let names: Vec<&str> = c.admin_tokens.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["alice", "admin"]);
