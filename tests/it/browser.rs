@@ -1,6 +1,7 @@
 //! The operator page in a real browser: headless Chromium driven through WebDriver
 //! (chromedriver), against the real daemon. It loads the page, checks the numbers shown match
-//! `/status`, clicks Pause with a token and sees the flag in the database, and saves
+//! `/status`, clicks Pause with a token and sees the flag in the database, requeues a DLQ row,
+//! and saves
 //! screenshots at 1280 px and at phone width under `target/`. Skips, saying why, when Chromium
 //! or chromedriver is absent.
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orchestrator::model::ActionStatus;
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
@@ -32,13 +34,17 @@ struct Driver {
 }
 
 impl Driver {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let path = format!("/session/{}{path}", self.session);
         let body = body.map(|b| b.to_string());
         let r = request(self.addr, method, &path, &[], body.as_deref()).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let v = r.json();
-        assert_eq!(r.status, 200, "WebDriver {method} {path}: {v}");
-        v["value"].clone()
+        (r.status, r.json()["value"].clone())
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.try_call(method, path, body);
+        assert_eq!(status, 200, "WebDriver {method} {path}: {v}");
+        v
     }
 
     fn find(&self, css: &str) -> String {
@@ -46,24 +52,37 @@ impl Driver {
         v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
     }
 
+    /// Runs `script` with `css` as `arguments[0]` in one step (the page re-renders every few
+    /// seconds, so a found element can go stale before a second call reads it).
+    fn script(&self, script: &str, css: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": [css]})))
+    }
+
     fn count(&self, css: &str) -> usize {
-        let v = self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})));
-        v.as_array().map_or(0, Vec::len)
+        self.script("return document.querySelectorAll(arguments[0]).length", css).as_u64().unwrap_or(0) as usize
     }
 
     fn text(&self, css: &str) -> String {
-        let id = self.find(css);
-        self.call("GET", &format!("/element/{id}/text"), None).as_str().unwrap_or("").to_string()
+        let v = self.script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css);
+        v.as_str().unwrap_or_else(|| panic!("no element {css}")).trim().to_string()
     }
 
     fn enabled(&self, css: &str) -> bool {
-        let id = self.find(css);
-        self.call("GET", &format!("/element/{id}/enabled"), None).as_bool().unwrap_or(false)
+        let v = self.script("const e = document.querySelector(arguments[0]); return e ? !e.disabled : null", css);
+        v.as_bool().unwrap_or_else(|| panic!("no element {css}"))
     }
 
+    /// A real WebDriver click, found afresh if the element went stale in between.
     fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for _ in 0..10 {
+            let id = self.find(css);
+            let (status, v) = self.try_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+            if status == 200 {
+                return;
+            }
+            assert_eq!(v["error"], "stale element reference", "click {css}: {v}");
+        }
+        panic!("{css} kept going stale");
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -212,6 +231,11 @@ async fn operator_page_in_headless_chromium() {
         drv.click("#btn-pause");
         drv.wait_text("#flag-paused", |t| t == "true");
         assert_eq!(drv.text("#message"), "paused");
+        // Paused, a requeued action stays PENDING: the page's count follows the database.
+        drv.click("#dlq button.requeue");
+        drv.wait_text("#q-DLQ b", |t| t == "1");
+        drv.wait_text("#q-PENDING b", |t| t == "1");
+        assert!(drv.text("#message").starts_with("requeued action "), "{}", drv.text("#message"));
         let narrow = drv.screenshot(390, 844, "operator-page-390.png");
         (wide, narrow)
     })
@@ -220,6 +244,8 @@ async fn operator_page_in_headless_chromium() {
 
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
     assert!(store.flags().await.unwrap().paused, "the click set the flag in the database");
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts[&ActionStatus::Dlq], counts[&ActionStatus::Pending]), (1, 1), "Requeue moved one DLQ row");
     store.close().await.ok();
     logs.wait_for("admin API: flags changed", Duration::from_secs(10));
     eprintln!("screenshots: {} and {}", checks.0.display(), checks.1.display());

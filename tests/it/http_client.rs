@@ -154,10 +154,35 @@ impl LogLines {
     }
 }
 
+/// A child process killed on drop, so a failing test leaves no daemon behind.
+pub struct Server(pub Child);
+
+impl std::ops::Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `cmd` (an `orchestrator run|serve --log-format json --listen 127.0.0.1:0 ...`) and
 /// returns the child, its log lines and the address it bound.
-pub fn spawn_server(cmd: &mut std::process::Command) -> (Child, LogLines, SocketAddr) {
-    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().expect("spawn orchestrator");
+pub fn spawn_server(cmd: &mut std::process::Command) -> (Server, LogLines, SocketAddr) {
+    let mut child = Server(cmd.stderr(std::process::Stdio::piped()).spawn().expect("spawn orchestrator"));
     let mut logs = LogLines::new(child.stderr.take().expect("stderr piped"));
     let line = logs.wait_for("HTTP server listening", Duration::from_secs(60));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("JSON log line ({e}): {line}"));
@@ -166,7 +191,7 @@ pub fn spawn_server(cmd: &mut std::process::Command) -> (Child, LogLines, Socket
 }
 
 /// SIGTERM, then the exit status (or a kill and a panic after `limit`).
-pub fn terminate(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub fn terminate(child: &mut Server, limit: Duration) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let start = Instant::now();

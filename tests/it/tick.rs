@@ -198,7 +198,8 @@ impl Adapter for Flaky {
 async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
-    config.action_timeout = Duration::from_millis(200);
+    // Long enough for the panic hook's backtrace on a loaded machine, short enough to wait out.
+    config.action_timeout = Duration::from_secs(1);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::builtin();
     registry.register(Flaky { calls: calls.clone() });
@@ -222,7 +223,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     assert_eq!(pa.last_error.as_deref(), Some("adapter panicked: flaky adapter exploded"));
     let ha = db.store.action(h).await.unwrap().unwrap();
     assert_eq!(ha.status, ActionStatus::Retry);
-    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 0.2s"), "{:?}", ha.last_error);
+    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 1.0s"), "{:?}", ha.last_error);
     assert_eq!(db.store.action(f).await.unwrap().unwrap().status, ActionStatus::Success);
 }
 
