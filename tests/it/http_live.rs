@@ -232,3 +232,31 @@ fn promtool_accepts_the_shipped_files_and_a_live_metrics_page() {
     assert!(out.trim().is_empty(), "promtool check metrics reports nothing: {out}");
     assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0), "{}", logs.drain().join("\n"));
 }
+
+#[test]
+fn the_systemd_unit_restarts_always_is_hardened_and_verifies() {
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/orchestrator.service"))
+            .unwrap();
+    for line in [
+        "Restart=always",
+        "KillSignal=SIGTERM",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+        "ExecStart=/usr/local/bin/orchestrator --log-format json run",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit has {line}");
+    }
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze is not installed, so the unit was not verified");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orchestrator.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/orchestrator", env!("CARGO_BIN_EXE_orchestrator"))).unwrap();
+    let o = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && out.trim().is_empty(), "systemd-analyze verify: {out}");
+}
