@@ -43,6 +43,85 @@ pub struct Config {
     pub sqlite_synchronous_full: bool,
     /// The `adapters:` section (file only).
     pub adapters: AdaptersConfig,
+    /// The HTTP server (`http:` in the file).
+    pub http: HttpConfig,
+    /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
+    /// admin API is disabled.
+    pub admin_tokens: AdminTokens,
+}
+
+/// The default HTTP listen address: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
+/// The environment variable that holds the admin API token(s).
+pub const ADMIN_TOKEN_ENV: &str = "ORCHESTRATOR_ADMIN_TOKEN";
+/// The shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// `http:` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpConfig {
+    /// Where `run` and `serve` listen.
+    pub listen: std::net::SocketAddr,
+    /// `/health` calls the last tick stale after this many tick intervals (and at least 10 s).
+    pub stale_tick_intervals: u32,
+}
+
+/// Named admin tokens. `Debug` never shows a token.
+#[derive(Clone, Default, PartialEq)]
+pub struct AdminTokens(Vec<(String, String)>);
+
+impl fmt::Debug for AdminTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "AdminTokens({names:?})")
+    }
+}
+
+impl AdminTokens {
+    /// Parses `ORCHESTRATOR_ADMIN_TOKEN`: comma-separated entries, each `NAME:TOKEN` (NAME of
+    /// letters, digits, `_.-`, up to 64) or a bare `TOKEN` (named `admin`). Tokens are at least
+    /// [`MIN_ADMIN_TOKEN_LEN`] characters with no whitespace.
+    pub fn parse(text: &str) -> Result<AdminTokens, String> {
+        let mut tokens = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, token) = match entry.split_once(':') {
+                Some((n, t))
+                    if !n.is_empty()
+                        && n.len() <= 64
+                        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
+                {
+                    (n.to_string(), t.to_string())
+                }
+                _ => ("admin".to_string(), entry.to_string()),
+            };
+            if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "the token named '{name}' must be at least {MIN_ADMIN_TOKEN_LEN} characters with no whitespace"
+                ));
+            }
+            tokens.push((name, token));
+        }
+        if tokens.is_empty() {
+            return Err("no token given (unset the variable to disable the admin API)".to_string());
+        }
+        Ok(AdminTokens(tokens))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `(name, token)` pairs.
+    pub fn entries(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpLayer {
+    listen: Option<String>,
+    stale_tick_intervals: Option<u32>,
 }
 
 /// Where a setting's value came from, for error messages.
@@ -95,6 +174,7 @@ struct Layer {
     retention_days: Option<u32>,
     sqlite_synchronous: Option<String>,
     adapters: Option<adapters::AdaptersLayer>,
+    http: Option<HttpLayer>,
 }
 
 /// Every key, and whether its value is text (taken verbatim from the environment) or a YAML
@@ -116,6 +196,7 @@ const KEYS: &[(&str, bool)] = &[
     ("artifacts_dir", true),
     ("retention_days", false),
     ("sqlite_synchronous", true),
+    ("http", false),
 ];
 
 /// Flags that override the other layers.
@@ -123,6 +204,8 @@ const KEYS: &[(&str, bool)] = &[
 pub struct Overrides {
     pub database_url: Option<String>,
     pub tick_interval_seconds: Option<f64>,
+    /// `--listen` (http.listen).
+    pub http_listen: Option<String>,
 }
 
 /// Where to read from: the config file (if any) and the environment.
@@ -186,11 +269,19 @@ impl Config {
             let layer = Layer { tick_interval_seconds: o.tick_interval_seconds, ..Default::default() };
             layers.push((layer, LayerOrigin::Flag("--interval")));
         }
+        if o.http_listen.is_some() {
+            let http = HttpLayer { listen: o.http_listen, ..Default::default() };
+            layers.push((Layer { http: Some(http), ..Default::default() }, LayerOrigin::Flag("--listen")));
+        }
 
         let mut config = Resolver::new(layers).resolve()?;
         if let Some((layer, path, text)) = adapters_file {
             let file = adapters::FileText { path: &path, text: &text };
             config.adapters = adapters::resolve(layer, Some(file), inputs.env)?;
+        }
+        if let Some(text) = (inputs.env)(ADMIN_TOKEN_ENV) {
+            config.admin_tokens = AdminTokens::parse(&text)
+                .map_err(|message| ConfigError::Value { source_: Source::Env(ADMIN_TOKEN_ENV.to_string()), message })?;
         }
         Ok(config)
     }
@@ -354,6 +445,7 @@ impl Resolver {
                 });
             }
         };
+        let http = self.resolve_http()?;
 
         Ok(Config {
             database_url,
@@ -373,7 +465,31 @@ impl Resolver {
             retention_days,
             sqlite_synchronous_full,
             adapters: AdaptersConfig::default(),
+            http,
+            admin_tokens: AdminTokens::default(),
         })
+    }
+
+    /// `http:` sub-keys are folded one by one, so a layer that sets only `listen` keeps the
+    /// file's `stale_tick_intervals`.
+    fn resolve_http(&self) -> Result<HttpConfig, ConfigError> {
+        let mut listen = (DEFAULT_HTTP_LISTEN.to_string(), Source::Default);
+        let mut stale = (3u32, Source::Default);
+        for (layer, origin) in &self.layers {
+            let Some(http) = &layer.http else { continue };
+            if let Some(v) = &http.listen {
+                listen = (v.clone(), origin.source_for("http"));
+            }
+            if let Some(v) = http.stale_tick_intervals {
+                stale = (v, origin.source_for("http"));
+            }
+        }
+        let addr = listen.0.trim().parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Value {
+            source_: listen.1.clone(),
+            message: format!("http.listen '{}' is not an address like 127.0.0.1:9464 ({e})", listen.0),
+        })?;
+        let stale_tick_intervals = range(stale, "http.stale_tick_intervals", 1, 1000)?;
+        Ok(HttpConfig { listen: addr, stale_tick_intervals })
     }
 }
 
@@ -464,7 +580,7 @@ mod tests {
         let c = Config::load_from(Inputs {
             config_file: None,
             env: &lookup,
-            overrides: Overrides { tick_interval_seconds: Some(0.0), database_url: None },
+            overrides: Overrides { tick_interval_seconds: Some(0.0), ..Default::default() },
         })
         .unwrap();
         assert_eq!(c.tick_interval, Duration::ZERO, "tick_interval_seconds 0 is allowed");
@@ -594,6 +710,31 @@ adapters:
         assert!(e.contains("o.yaml:9:") && e.contains("unknown field `secret_envv`"), "{e}");
         let e = load(Some(&ADAPTERS.replace("  social:", "  socal:")), &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `socal`"), "{e}");
+    }
+
+    #[test]
+    fn http_settings_and_admin_tokens() {
+        let c = load(Some("http:\n  stale_tick_intervals: 5\n"), &[]).unwrap();
+        assert_eq!(c.http.listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(c.http.stale_tick_intervals, 5);
+        assert!(c.admin_tokens.is_empty(), "no token: admin API disabled");
+        let e = load(Some("http:\n  listen: nowhere\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:1:") && e.contains("http.listen 'nowhere'"), "{e}");
+        let e = load(Some("http:\n  lisen: x\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let c = load(Some("http:\n  stale_tick_intervals: 5\n"), &[("ORCHESTRATOR_HTTP", "{listen: '0.0.0.0:1'}")])
+            .unwrap();
+        assert_eq!(
+            (c.http.listen.to_string().as_str(), c.http.stale_tick_intervals),
+            ("0.0.0.0:1", 5),
+            "folded per sub-key"
+        );
+        let c = load(None, &[(ADMIN_TOKEN_ENV, "alice:0123456789abcdef, fedcba9876543210fedc")]).unwrap();
+        let names: Vec<&str> = c.admin_tokens.entries().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["alice", "admin"]);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug never shows a token");
+        let e = load(None, &[(ADMIN_TOKEN_ENV, "short")]).unwrap_err().to_string();
+        assert!(e.contains(ADMIN_TOKEN_ENV) && e.contains("at least 16"), "{e}");
     }
 
     #[test]

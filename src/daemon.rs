@@ -110,6 +110,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
             Err(e) => {
                 let next = match failing {
                     None => {
+                        engine.metrics().database_outages_total.inc();
                         tracing::error!(error = %e, "tick failed; retrying with backoff until the database answers");
                         BACKOFF_START
                     }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod executor;
+pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod model;

@@ -4,15 +4,21 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orchestrator::cli::{self, Cli, Command, Failure};
+use orchestrator::cli::{self, Cli, Command, Failure, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let default_level =
+        if matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn,sea_orm=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Json => {
+            tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

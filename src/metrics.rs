@@ -18,6 +18,35 @@ pub mod names {
     pub const RESCUED_ACTIONS_TOTAL: &str = "orchestrator_rescued_actions_total";
     pub const TICK_ERRORS_TOTAL: &str = "orchestrator_tick_errors_total";
     pub const BUILD_INFO: &str = "orchestrator_build_info";
+    pub const DATABASE_OUTAGES_TOTAL: &str = "orchestrator_database_outages_total";
+
+    // Gauges of database state, computed on every scrape (see [`super::DbGauges`]).
+    pub const QUEUE_ACTIONS: &str = "orchestrator_queue_actions";
+    pub const QUEUE_OLDEST_PENDING_AGE_SECONDS: &str = "orchestrator_queue_oldest_pending_age_seconds";
+    pub const LEASE_HELD: &str = "orchestrator_lease_held";
+    pub const LEASE_EPOCH: &str = "orchestrator_lease_epoch";
+    pub const LEASE_TTL_SECONDS: &str = "orchestrator_lease_ttl_seconds";
+    pub const FLAG: &str = "orchestrator_flag";
+    pub const HEALTH_SCORE: &str = "orchestrator_health_score";
+    pub const LAST_TICK_TIMESTAMP_SECONDS: &str = "orchestrator_last_tick_timestamp_seconds";
+    pub const DATABASE_UP: &str = "orchestrator_database_up";
+}
+
+/// Database state for the scrape-time gauges. `None` fields are left out of the output.
+#[derive(Clone, Debug, Default)]
+pub struct DbGauges {
+    /// Open statuses only (PENDING, RUNNING, RETRY, DLQ): finished history is not counted on a
+    /// scrape.
+    pub queue: Vec<(String, i64)>,
+    pub oldest_pending_age_seconds: f64,
+    /// 1 when some instance holds a live lease.
+    pub lease_held: bool,
+    pub lease_epoch: Option<i64>,
+    pub lease_ttl_seconds: f64,
+    pub flags: Vec<(&'static str, bool)>,
+    /// 1 healthy, 0.5 degraded, 0 unhealthy.
+    pub health_score: f64,
+    pub last_tick_timestamp_seconds: Option<f64>,
 }
 
 /// This process's metrics.
@@ -34,6 +63,8 @@ pub struct Metrics {
     pub rescued_actions_total: IntCounter,
     /// Ticks that failed with an error (database unreachable and the like).
     pub tick_errors_total: IntCounter,
+    /// Times the daemon found the database unreachable after it had been reachable.
+    pub database_outages_total: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -80,6 +111,11 @@ impl Metrics {
                 .expect("valid metric");
         let tick_errors_total =
             IntCounter::new(names::TICK_ERRORS_TOTAL, "Ticks that failed with an error.").expect("valid metric");
+        let database_outages_total = IntCounter::new(
+            names::DATABASE_OUTAGES_TOTAL,
+            "Times the daemon lost the database (counted once per outage, not per failed tick).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new(names::BUILD_INFO, "Build information; always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -91,6 +127,7 @@ impl Metrics {
             Box::new(fenced_writes_rejected_total.clone()),
             Box::new(rescued_actions_total.clone()),
             Box::new(tick_errors_total.clone()),
+            Box::new(database_outages_total.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -104,6 +141,7 @@ impl Metrics {
             fenced_writes_rejected_total,
             rescued_actions_total,
             tick_errors_total,
+            database_outages_total,
         }
     }
 
@@ -114,12 +152,75 @@ impl Metrics {
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        encode(&self.registry.gather())
     }
+
+    /// The registry plus the database gauges (`None`: the database did not answer, and
+    /// `orchestrator_database_up` says 0), in Prometheus text format.
+    pub fn render_with_db(&self, db: Option<&DbGauges>) -> String {
+        let scrape = Registry::new();
+        if let Err(e) = register_db_gauges(&scrape, db) {
+            tracing::warn!(error = %e, "cannot build the database gauges");
+        }
+        let mut families = self.registry.gather();
+        families.extend(scrape.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        encode(&families)
+    }
+}
+
+fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result<()> {
+    use prometheus::{Gauge, GaugeVec, IntGauge};
+    let up = IntGauge::new(names::DATABASE_UP, "1 when the database answered this scrape.")?;
+    r.register(Box::new(up.clone()))?;
+    let Some(db) = db else {
+        up.set(0);
+        return Ok(());
+    };
+    up.set(1);
+    let queue =
+        IntGaugeVec::new(Opts::new(names::QUEUE_ACTIONS, "Actions by open status, from the database."), &["status"])?;
+    for (status, n) in &db.queue {
+        queue.with_label_values(&[status.as_str()]).set(*n);
+    }
+    r.register(Box::new(queue))?;
+    let oldest = Gauge::new(names::QUEUE_OLDEST_PENDING_AGE_SECONDS, "Age of the oldest PENDING action; 0 when none.")?;
+    oldest.set(db.oldest_pending_age_seconds);
+    r.register(Box::new(oldest))?;
+    let held = IntGauge::new(names::LEASE_HELD, "1 when some instance holds a live lease.")?;
+    held.set(i64::from(db.lease_held));
+    r.register(Box::new(held))?;
+    if let Some(epoch) = db.lease_epoch {
+        let g = IntGauge::new(names::LEASE_EPOCH, "The lease's fencing epoch; it rises on every takeover.")?;
+        g.set(epoch);
+        r.register(Box::new(g))?;
+    }
+    let ttl = Gauge::new(names::LEASE_TTL_SECONDS, "Seconds until the lease expires; 0 when expired or never taken.")?;
+    ttl.set(db.lease_ttl_seconds);
+    r.register(Box::new(ttl))?;
+    let flags = GaugeVec::new(Opts::new(names::FLAG, "Control flags: 1 set, 0 clear."), &["flag"])?;
+    for (name, on) in &db.flags {
+        flags.with_label_values(&[*name]).set(if *on { 1.0 } else { 0.0 });
+    }
+    r.register(Box::new(flags))?;
+    let score = Gauge::new(names::HEALTH_SCORE, "Health as judged by /health: 1 healthy, 0.5 degraded, 0 unhealthy.")?;
+    score.set(db.health_score);
+    r.register(Box::new(score))?;
+    if let Some(t) = db.last_tick_timestamp_seconds {
+        let g =
+            Gauge::new(names::LAST_TICK_TIMESTAMP_SECONDS, "Unix time the last recorded tick finished (or started).")?;
+        g.set(t);
+        r.register(Box::new(g))?;
+    }
+    Ok(())
+}
+
+fn encode(families: &[prometheus::proto::MetricFamily]) -> String {
+    let mut buf = Vec::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode(families, &mut buf) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 #[cfg(test)]

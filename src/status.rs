@@ -1,7 +1,8 @@
 //! The operator's view of the whole system: health with its reasons, flags, lease, queue
 //! counts and the last tick, read from the database (another instance may be the leader).
 //!
-//! Shared by `orchestrator status` and, later, the HTTP endpoints. It reads; it never writes.
+//! Shared by `orchestrator status` and the HTTP endpoints (`/health`, `/status`, `/metrics`).
+//! It reads; it never writes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,13 +60,36 @@ pub struct StatusReport {
 pub struct HealthPolicy {
     /// A last tick older than this is stale.
     pub stale_after: Duration,
+    /// No live lease while not paused is unhealthy (the daemon's `/health`) rather than
+    /// degraded (`orchestrator status`, often run while no daemon is up).
+    pub lease_required: bool,
 }
 
 impl HealthPolicy {
     /// Stale after three intervals (at least 10 s, so that back-to-back ticking is not judged
     /// by a zero interval).
     pub fn from_interval(interval: Duration) -> Self {
-        HealthPolicy { stale_after: (interval * 3).max(Duration::from_secs(10)) }
+        HealthPolicy { stale_after: (interval * 3).max(Duration::from_secs(10)), lease_required: false }
+    }
+
+    /// The policy of `/health`: stale after `http.stale_tick_intervals` intervals (at least
+    /// 10 s), and a live lease required unless paused.
+    pub fn for_http(interval: Duration, stale_tick_intervals: u32) -> Self {
+        HealthPolicy {
+            stale_after: (interval * stale_tick_intervals).max(Duration::from_secs(10)),
+            lease_required: true,
+        }
+    }
+}
+
+impl Health {
+    /// `orchestrator_health_score`: 1 healthy, 0.5 degraded, 0 unhealthy.
+    pub fn score(self) -> f64 {
+        match self {
+            Health::Healthy => 1.0,
+            Health::Degraded => 0.5,
+            Health::Unhealthy => 0.0,
+        }
     }
 }
 
@@ -116,8 +140,10 @@ pub fn judge(
                     policy.stale_after.as_secs_f64()
                 ));
             }
+            // A row still open is a tick in flight (it reads FAIL until closed); a tick that
+            // died open is caught by the staleness rule above.
             match t.status {
-                TickStatus::Fail => {
+                TickStatus::Fail if t.finished_at.is_some() => {
                     unhealthy.push(format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or("")))
                 }
                 TickStatus::Partial => degraded.push(format!("last tick #{} had failures", t.id)),
@@ -129,7 +155,8 @@ pub fn judge(
         degraded.push("paused flag is set".to_string());
     }
     if !lease.is_some_and(|l| l.live) && !flags.paused && !flags.killed {
-        degraded.push("no instance holds a live lease".to_string());
+        let reason = "no instance holds a live lease".to_string();
+        if policy.lease_required { unhealthy.push(reason) } else { degraded.push(reason) }
     }
     let dlq = queue.get(&ActionStatus::Dlq).copied().unwrap_or(0);
     if dlq > 0 {
@@ -185,6 +212,13 @@ mod tests {
         let now = model::now();
         let fresh = tick(TickStatus::Success, 5);
         assert_eq!(judge(&OK_FLAGS, Some(&lease(true)), &q, Some(&fresh), &p, now).0, Health::Healthy);
+        let mut in_flight = tick(TickStatus::Fail, 1);
+        in_flight.finished_at = None;
+        assert_eq!(judge(&OK_FLAGS, Some(&lease(true)), &q, Some(&in_flight), &p, now).0, Health::Healthy);
+        assert_eq!(
+            judge(&OK_FLAGS, Some(&lease(true)), &q, Some(&tick(TickStatus::Fail, 1)), &p, now).0,
+            Health::Unhealthy
+        );
         let (h, r) = judge(&OK_FLAGS, Some(&lease(true)), &q, Some(&tick(TickStatus::Success, 200)), &p, now);
         assert_eq!(h, Health::Unhealthy);
         assert!(r[0].contains("stale after 90s"), "{r:?}");
@@ -197,5 +231,10 @@ mod tests {
         let (h, r) = judge(&OK_FLAGS, Some(&lease(true)), &dlq, Some(&fresh), &p, now);
         assert_eq!(h, Health::Degraded);
         assert_eq!(r, vec!["2 action(s) in DLQ".to_string()]);
+        let http = HealthPolicy::for_http(Duration::from_secs(30), 2);
+        assert_eq!(http.stale_after, Duration::from_secs(60));
+        let (h, r) = judge(&OK_FLAGS, Some(&lease(false)), &q, Some(&fresh), &http, now);
+        assert_eq!((h, r[0].as_str()), (Health::Unhealthy, "no instance holds a live lease"));
+        assert_eq!(judge(&paused, None, &q, Some(&fresh), &http, now).0, Health::Degraded, "paused needs no lease");
     }
 }

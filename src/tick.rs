@@ -61,6 +61,9 @@ pub struct Engine {
     lease: Lease,
     executor: Executor,
     metrics: Arc<Metrics>,
+    /// Held for the length of a tick, so that the daemon's ticks and an API `run-once` on the
+    /// same engine never overlap.
+    tick_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -85,7 +88,7 @@ impl Engine {
             },
             metrics.clone(),
         );
-        Engine { store, config: Arc::new(config), lease, executor, metrics }
+        Engine { store, config: Arc::new(config), lease, executor, metrics, tick_gate: Arc::default() }
     }
 
     pub fn store(&self) -> &Store {
@@ -107,6 +110,7 @@ impl Engine {
 
     /// Runs one tick.
     pub async fn tick(&self) -> Result<TickOutcome, StoreError> {
+        let _gate = self.tick_gate.lock().await;
         let result = self.tick_inner().await;
         match &result {
             Ok(TickOutcome::Ran(r)) => {

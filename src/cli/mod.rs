@@ -55,6 +55,9 @@ pub struct Cli {
     /// Print machine-readable JSON (field names are stable; see the README).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines on stderr as text or as JSON objects (filtered by RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -71,6 +74,19 @@ pub enum Command {
         /// Seconds between ticks (0: back to back while work is due).
         #[arg(long, value_name = "SECS")]
         interval: Option<f64>,
+        /// Serve HTTP (/metrics, /health, /status, the page, the admin API) here
+        /// (default: http.listen, 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+        listen: Option<String>,
+        /// Do not serve HTTP.
+        #[arg(long)]
+        no_http: bool,
+    },
+    /// Serve the HTTP endpoints without ticking (a dashboard for another instance's work).
+    Serve {
+        /// Listen here (default: http.listen, 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Run exactly one tick and exit (for cron).
     RunOnce,
@@ -110,6 +126,12 @@ pub enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -214,9 +236,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run { interval, .. } => *interval,
         _ => None,
     };
+    let http_listen = match &cli.command {
+        Command::Run { listen, .. } | Command::Serve { listen } => listen.clone(),
+        _ => None,
+    };
     let config = Config::load(
         cli.config.as_deref(),
-        Overrides { database_url: cli.database_url.clone(), tick_interval_seconds: interval },
+        Overrides { database_url: cli.database_url.clone(), tick_interval_seconds: interval, http_listen },
     )?;
     let store = open_store(&config).await?;
     let out = output::Out { json: cli.json };
@@ -238,8 +264,9 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Migrate => {
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
-        Command::Run { ticks, .. } => {
+        Command::Run { ticks, no_http, .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
@@ -252,7 +279,18 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
                 "orchestrator running"
             );
             let summary = crate::daemon::run(&engine, ticks, rx).await;
+            if let Some(server) = server {
+                server.stop().await;
+            }
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
+        }
+        Command::Serve { .. } => {
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            let server = start_http(&engine, config, false).await?;
+            wait_for_signal().await;
+            tracing::info!("signal received: stopping the HTTP server");
+            server.stop().await;
+            out.message(&serde_json::json!({"stopped": true}), "HTTP server stopped");
         }
         Command::RunOnce => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
@@ -414,6 +452,46 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
         }
     }
     Ok(())
+}
+
+/// A running HTTP server and the switch that stops it.
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Stops accepting, lets open requests finish (up to 5 s), and logs how it ended.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("HTTP server stopped"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("HTTP server did not stop within 5 s; leaving it"),
+        }
+    }
+}
+
+/// Checks the address is safe to bind, binds it and serves in the background.
+async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::Result<HttpServer> {
+    let addr = config.http.listen;
+    crate::http::check_bind(addr, &config.admin_tokens).map_err(|m| fail(exit::ERROR, m))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (http.listen / --listen): {e}")))?;
+    let bound = listener.local_addr().map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
+    tracing::info!(
+        addr = %bound,
+        admin_api = !config.admin_tokens.is_empty(),
+        "HTTP server listening: /, /metrics, /health, /status, /api/"
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = crate::http::AppState::new(engine.clone(), ticking);
+    let task = tokio::spawn(crate::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Ok(HttpServer { stop, task })
 }
 
 async fn wait_for_signal() {

@@ -245,6 +245,11 @@ impl Store {
         txn.commit().await.doing("committing migrations")
     }
 
+    /// How many migrations are not applied yet (0: the schema is current).
+    pub async fn pending_migrations(&self) -> Result<usize, StoreError> {
+        Ok(Migrator::get_pending_migrations_read_only(&self.db).await.doing("reading applied migrations")?.len())
+    }
+
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.doing("checking the connection")

@@ -30,7 +30,7 @@ const CONFIG: &str = "tick_interval_seconds: 0\nmax_actions_per_tick: 1\nlease_t
 
 fn spawn_run(dir: &std::path::Path, url: &str) -> Child {
     bin(dir)
-        .args(["--database-url", url, "run"])
+        .args(["--database-url", url, "run", "--no-http"])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,6 +58,9 @@ async fn drain(db: &TestDb, mut child: Child, limit: Duration) -> Duration {
             break;
         }
         assert!(start.elapsed() < limit, "not drained within {limit:?}: {open:?}");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon exited before the queue drained: {status}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = start.elapsed();

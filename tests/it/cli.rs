@@ -269,7 +269,8 @@ fn kill_stops_a_running_daemon_and_sigterm_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     assert_eq!(run(bin(d).arg("migrate")).status.code(), Some(0));
-    let mut daemon = bin(d).args(["run", "--interval", "0.1"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut daemon =
+        bin(d).args(["run", "--interval", "0.1", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(run(bin(d).arg("kill")).status.code(), Some(0));
     let status = wait_exit(&mut daemon, Duration::from_secs(10)).expect("the daemon exits after kill");
@@ -279,7 +280,8 @@ fn kill_stops_a_running_daemon_and_sigterm_exits_cleanly() {
 
     // SIGTERM: finish the tick, release the lease, exit 0.
     run(bin(d).arg("resume"));
-    let mut daemon = bin(d).args(["run", "--interval", "0.1"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut daemon =
+        bin(d).args(["run", "--interval", "0.1", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let pid = daemon.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

@@ -17,3 +17,8 @@ mod queue;
 mod store;
 mod tick;
 mod verify;
+
+mod browser;
+mod http_api;
+mod http_client;
+mod http_live;

@@ -1,0 +1,291 @@
+//! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel, ticks.
+//!
+//! Every route, reads included (actions carry payloads, which can hold secrets), needs
+//! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
+//! compared in constant time; with no token configured every route answers 403 "admin API
+//! disabled". Bodies are size-limited JSON; unknown fields, wrong types and missing fields are
+//! 400 naming the field. Every change is logged with the token's name and the time. Validation
+//! of actions is the queue's (`queue::enqueue`), not repeated here.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppState};
+use crate::model::{self, ActionStatus};
+use crate::queue::{self, EnqueueRequest, QueueError};
+use crate::store::{ActionFilter, FlagChange};
+use crate::tick::TickOutcome;
+
+/// The name of the token a request was authorised by.
+#[derive(Clone, Debug)]
+struct Who(String);
+
+pub(super) fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/flags", post(flags))
+        .route("/api/run-once", post(run_once))
+        .route("/api/actions", post(enqueue).get(list_actions))
+        .route("/api/actions/{id}/requeue", post(requeue))
+        .route("/api/actions/{id}/cancel", post(cancel))
+        .route("/api/ticks", get(ticks))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    match authorise(&st, req.headers()) {
+        Ok(who) => {
+            req.extensions_mut().insert(who);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Which token the request carries; 403 when the API is disabled, 401 (with a `Bearer`
+/// challenge) when the token is missing or wrong.
+fn authorise(st: &AppState, headers: &HeaderMap) -> Result<Who, ApiError> {
+    if st.tokens.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("admin API disabled: set {} to enable it", crate::config::ADMIN_TOKEN_ENV),
+        ));
+    }
+    let unauthorised = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorised("missing Authorization: Bearer <token>"));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(given) = given else {
+        return Err(unauthorised("the Authorization header must be 'Bearer <token>'"));
+    };
+    // Hashing first makes the comparison fixed-length; every token is compared, match or not.
+    let given = Sha256::digest(given.as_bytes());
+    let mut found: Option<&str> = None;
+    for (name, token) in st.tokens.entries() {
+        let expected = Sha256::digest(token.as_bytes());
+        if bool::from(expected[..].ct_eq(&given[..])) && found.is_none() {
+            found = Some(name);
+        }
+    }
+    match found {
+        Some(name) => Ok(Who(name.to_string())),
+        None => {
+            tracing::warn!("admin API: request with an invalid token refused");
+            Err(unauthorised("invalid token"))
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, naming the field that is wrong.
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| ApiError::new(e.status(), format!("body: {}", e.body_text())))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("body: expected a JSON object, got nothing"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: not valid JSON: {e}")))?;
+    if !value.is_object() {
+        let kind = match value {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(ApiError::bad_request(format!("body: expected a JSON object, got {kind}")));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("body: {}", e.inner()))
+        } else {
+            ApiError::bad_request(format!("body field `{path}`: {}", e.inner()))
+        }
+    })
+}
+
+fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("path: action id must be a positive integer, got '{text}'")))
+}
+
+fn parse_limit(q: &HashMap<String, String>, default: u64, max: u64) -> Result<u64, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            ApiError::bad_request(format!("query parameter limit must be an integer from 1 to {max}, got '{v}'"))
+        }),
+    }
+}
+
+fn only_params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = q.keys().map(String::as_str).filter(|k| !allowed.contains(k)).collect();
+    unknown.sort_unstable();
+    match unknown.first() {
+        None => Ok(()),
+        Some(k) => {
+            Err(ApiError::bad_request(format!("unknown query parameter '{k}' (expected: {})", allowed.join(", "))))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagsBody {
+    paused: Option<bool>,
+    killed: Option<bool>,
+    proof_mode: Option<bool>,
+}
+
+async fn flags(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let b: FlagsBody = parse_body(body)?;
+    if b.paused.is_none() && b.killed.is_none() && b.proof_mode.is_none() {
+        return Err(ApiError::bad_request("body: give at least one of `paused`, `killed`, `proof_mode`"));
+    }
+    let flags = st.store.set_flags(FlagChange { paused: b.paused, killed: b.killed, proof_mode: b.proof_mode }).await?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        paused = ?b.paused,
+        killed = ?b.killed,
+        proof_mode = ?b.proof_mode,
+        "admin API: flags changed"
+    );
+    Ok(axum::Json(flags).into_response())
+}
+
+async fn run_once(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+) -> Result<Response, ApiError> {
+    tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), "admin API: run-once requested");
+    match st.engine.tick().await? {
+        TickOutcome::Ran(report) => {
+            if !st.ticking
+                && let Err(e) = st.engine.release().await
+            {
+                tracing::warn!(error = %e, "could not release the lease after run-once; it expires by itself");
+            }
+            Ok(axum::Json(report).into_response())
+        }
+        TickOutcome::NotLeader { owner, epoch, expires_at } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
+                st.config.lease_name,
+                expires_at.to_rfc3339()
+            ),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    action_type: String,
+    payload: serde_json::Value,
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    not_before: Option<DateTime<Utc>>,
+    max_attempts: Option<u32>,
+}
+
+async fn enqueue(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let b: EnqueueBody = parse_body(body)?;
+    let req = EnqueueRequest {
+        action_type: b.action_type,
+        payload: b.payload,
+        idempotency_key: b.idempotency_key,
+        priority: b.priority,
+        not_before: b.not_before,
+        max_attempts: b.max_attempts,
+    };
+    let outcome = queue::enqueue(&st.store, &req, st.config.max_attempts).await.map_err(|e| match e {
+        QueueError::Invalid(m) => ApiError::bad_request(m),
+        QueueError::Store(e) => e.into(),
+    })?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        action_id = outcome.id,
+        action_type = %req.action_type,
+        duplicate = outcome.duplicate,
+        "admin API: action enqueued"
+    );
+    let code = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, axum::Json(outcome)).into_response())
+}
+
+async fn list_actions(
+    State(st): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only_params(&q, &["status", "type", "limit"])?;
+    let status = match q.get("status").filter(|s| !s.is_empty()) {
+        Some(s) => {
+            Some(s.parse::<ActionStatus>().map_err(|e| ApiError::bad_request(format!("query parameter status: {e}")))?)
+        }
+        None => None,
+    };
+    let action_type = q.get("type").filter(|s| !s.is_empty()).cloned();
+    let limit = parse_limit(&q, 50, 1000)?;
+    let list = st.store.list_actions(&ActionFilter { status, action_type, limit }).await?;
+    Ok(axum::Json(list).into_response())
+}
+
+async fn requeue(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let ids = st.store.requeue(Some(id)).await?;
+    tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action requeued");
+    Ok(axum::Json(serde_json::json!({ "requeued": ids })).into_response())
+}
+
+async fn cancel(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    st.store.cancel(id).await?;
+    tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action cancelled");
+    Ok(axum::Json(serde_json::json!({ "cancelled": id })).into_response())
+}
+
+async fn ticks(State(st): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    only_params(&q, &["limit"])?;
+    let limit = parse_limit(&q, 20, 1000)?;
+    Ok(axum::Json(st.store.recent_ticks(limit).await?).into_response())
+}

@@ -1,0 +1,322 @@
+//! The HTTP face of an instance: `/metrics`, `/health` (and `/live`, `/ready`), `/status`, the
+//! operator page at `/` and the admin API under `/api/` (see [`admin`]).
+//!
+//! [`router`] builds the whole thing from an [`AppState`], so tests drive it with
+//! `tower::ServiceExt::oneshot` and no socket. Everything shown is read from the database on
+//! each request (another instance may be the leader); health is judged by [`crate::status`],
+//! the same code as `orchestrator status`. This module decides nothing about the queue and
+//! never imports `sea_orm`: it calls the store and the queue like the CLI does.
+
+mod admin;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::config::{AdminTokens, Config};
+use crate::metrics::DbGauges;
+use crate::model::{self, ActionStatus, LogRow, TickRow};
+use crate::snapshot::seconds_between;
+use crate::status::{self, Health, HealthPolicy, StatusReport};
+use crate::store::{ActionFilter, Store, StoreError};
+use crate::tick::Engine;
+
+/// The largest request body accepted: an action's payload limit plus room for its fields.
+pub const MAX_BODY_BYTES: usize = crate::queue::MAX_PAYLOAD_BYTES + 16 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    store: Store,
+    config: Arc<Config>,
+    /// This instance's engine: its metrics, and `run-once` (which shares the daemon's tick gate).
+    engine: Engine,
+    tokens: Arc<AdminTokens>,
+    /// True under `run` (this process ticks), false under `serve`.
+    ticking: bool,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, ticking: bool) -> Self {
+        let config = Arc::new(engine.config().clone());
+        AppState {
+            store: engine.store().clone(),
+            tokens: Arc::new(config.admin_tokens.clone()),
+            config,
+            engine,
+            ticking,
+        }
+    }
+
+    fn policy(&self) -> HealthPolicy {
+        HealthPolicy::for_http(self.config.tick_interval, self.config.http.stale_tick_intervals)
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/status", get(status_page))
+        .merge(admin::routes(state.clone()))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Refuses to expose an instance beyond this machine without an admin token.
+pub fn check_bind(addr: SocketAddr, tokens: &AdminTokens) -> Result<(), String> {
+    if addr.ip().is_loopback() || !tokens.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to listen on {addr} without an admin token: a non-loopback address lets the network read \
+         /status and the operator page, and the admin API must then be guarded. Set {} (at least {} characters), \
+         or listen on 127.0.0.1",
+        crate::config::ADMIN_TOKEN_ENV,
+        crate::config::MIN_ADMIN_TOKEN_LEN
+    ))
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` completes, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// An error answer: a short message for the client (`{"error": ...}`); the cause, if any, was
+/// logged once when the error was made.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Refused(m) => ApiError::new(StatusCode::CONFLICT, m.clone()),
+            _ if e.is_unavailable() => {
+                tracing::warn!(error = %e, "HTTP request: database unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+            }
+            _ => {
+                tracing::error!(error = %e, "HTTP request: database error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "database error (see the server log)")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+const PAGE: &str = include_str!("page.html");
+
+/// Inline script and style only; no other origin.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                        connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+async fn page() -> Response {
+    let mut r = Html(PAGE).into_response();
+    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let gauges = match db_gauges(&st).await {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(error = %e, "/metrics: database gauges unavailable");
+            None
+        }
+    };
+    let text = st.engine.metrics().render_with_db(gauges.as_ref());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
+    let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
+    let open = st.store.open_counts().await?;
+    let oldest = st.store.oldest_pending().await?;
+    let now = st.store.db_now().await?;
+    let open_statuses = [ActionStatus::Pending, ActionStatus::Running, ActionStatus::Retry, ActionStatus::Dlq];
+    Ok(DbGauges {
+        queue: open_statuses.iter().map(|s| (s.as_str().to_string(), open.get(s).copied().unwrap_or(0))).collect(),
+        oldest_pending_age_seconds: oldest.map_or(0.0, |t| seconds_between(t, now).max(0.0)),
+        lease_held: report.lease.as_ref().is_some_and(|l| l.live),
+        lease_epoch: report.lease.as_ref().map(|l| l.epoch),
+        lease_ttl_seconds: report.lease.as_ref().map_or(0.0, |l| l.ttl_seconds),
+        flags: vec![
+            ("paused", report.flags.paused),
+            ("killed", report.flags.killed),
+            ("proof_mode", report.flags.proof_mode),
+        ],
+        health_score: report.health.score(),
+        last_tick_timestamp_seconds: report
+            .last_tick
+            .as_ref()
+            .map(|t| t.finished_at.unwrap_or(t.started_at).timestamp_millis() as f64 / 1000.0),
+    })
+}
+
+#[derive(Serialize)]
+struct HealthBody {
+    status: Health,
+    reasons: Vec<String>,
+    checked_at: chrono::DateTime<chrono::Utc>,
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    let checked_at = model::now();
+    let (status, reasons) = match status::read(&st.store, &st.config.lease_name, &st.policy()).await {
+        Ok(r) => (r.health, r.reasons),
+        Err(e) => {
+            tracing::warn!(error = %e, "/health: database unreachable");
+            (Health::Unhealthy, vec!["database unreachable".to_string()])
+        }
+    };
+    let code = if status == Health::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, axum::Json(HealthBody { status, reasons, checked_at })).into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(serde_json::json!({ "status": "live" })).into_response()
+}
+
+async fn ready(State(st): State<AppState>) -> Response {
+    let not_ready = |why: &str| {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "not ready", "reason": why })))
+            .into_response()
+    };
+    if let Err(e) = st.store.ping().await {
+        tracing::warn!(error = %e, "/health/ready: database unreachable");
+        return not_ready("database unreachable");
+    }
+    match st.store.pending_migrations().await {
+        Ok(0) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(n) => not_ready(&format!("{n} migration(s) not applied (run `orchestrator migrate`)")),
+        Err(e) => {
+            tracing::warn!(error = %e, "/health/ready: cannot read migrations");
+            not_ready("cannot read the applied migrations")
+        }
+    }
+}
+
+/// A DLQ row as the page shows it: no payload (payloads can hold secrets; the admin API has it).
+#[derive(Serialize)]
+struct DlqRow {
+    id: i64,
+    action_type: String,
+    attempts: i32,
+    max_attempts: i32,
+    last_error: Option<String>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /status`.
+#[derive(Serialize)]
+struct StatusBody {
+    #[serde(flatten)]
+    report: StatusReport,
+    /// `PROOF` or `REAL`.
+    mode: &'static str,
+    ticks: Vec<TickRow>,
+    logs: Vec<LogRow>,
+    dlq: Vec<DlqRow>,
+    server: ServerInfo,
+}
+
+#[derive(Serialize)]
+struct ServerInfo {
+    version: &'static str,
+    owner: String,
+    ticking: bool,
+    tick_interval_seconds: f64,
+    admin_api: bool,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    ticks: Option<u64>,
+}
+
+async fn status_page(
+    State(st): State<AppState>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::bad_request(format!("query: {} (the only parameter is ticks=N, 1 to 200)", e.body_text()))
+    })?;
+    let n_ticks = q.ticks.unwrap_or(10);
+    if !(1..=200).contains(&n_ticks) {
+        return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
+    }
+    let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
+    let ticks = st.store.recent_ticks(n_ticks).await?;
+    let logs = st.store.logs(None, 10).await?;
+    let dlq = st
+        .store
+        .list_actions(&ActionFilter { status: Some(ActionStatus::Dlq), action_type: None, limit: 50 })
+        .await?
+        .into_iter()
+        .map(|a| DlqRow {
+            id: a.id,
+            action_type: a.action_type,
+            attempts: a.attempts,
+            max_attempts: a.max_attempts,
+            last_error: a.last_error,
+            updated_at: a.updated_at,
+        })
+        .collect();
+    let mode = if report.flags.proof_mode { "PROOF" } else { "REAL" };
+    let server = ServerInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        owner: st.engine.lease().owner().to_string(),
+        ticking: st.ticking,
+        tick_interval_seconds: st.config.tick_interval.as_secs_f64(),
+        admin_api: !st.tokens.is_empty(),
+        now: st.store.db_now().await?,
+    };
+    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server }).into_response())
+}

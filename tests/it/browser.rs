@@ -1,0 +1,253 @@
+//! The operator page in a real browser: headless Chromium driven through WebDriver
+//! (chromedriver), against the real daemon. It loads the page, checks the numbers shown match
+//! `/status`, clicks Pause with a token and sees the flag in the database, requeues a DLQ row,
+//! and saves
+//! screenshots at 1280 px and at phone width under `target/`. Skips, saying why, when Chromium
+//! or chromedriver is absent.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestrator::model::ActionStatus;
+use orchestrator::store::{Store, StoreOptions};
+use serde_json::{Value, json};
+
+use crate::http_client::{get, request, spawn_server, terminate, wait_for};
+use crate::http_live::{TOKEN, daemon};
+use crate::support::{bin, run};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// The first of `names` found on PATH, as an absolute path.
+fn find_tool(names: &[&str]) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|n| {
+        std::env::split_paths(&path).map(|d| d.join(n)).find(|p| p.is_file()).map(|p| p.display().to_string())
+    })
+}
+
+struct Driver {
+    addr: SocketAddr,
+    session: String,
+    process: Child,
+}
+
+impl Driver {
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let path = format!("/session/{}{path}", self.session);
+        let body = body.map(|b| b.to_string());
+        let r = request(self.addr, method, &path, &[], body.as_deref()).unwrap_or_else(|e| panic!("{path}: {e}"));
+        (r.status, r.json()["value"].clone())
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.try_call(method, path, body);
+        assert_eq!(status, 200, "WebDriver {method} {path}: {v}");
+        v
+    }
+
+    fn find(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", Some(json!({"using": "css selector", "value": css})));
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {v}")).to_string()
+    }
+
+    /// Runs `script` with `css` as `arguments[0]` in one step (the page re-renders every few
+    /// seconds, so a found element can go stale before a second call reads it).
+    fn script(&self, script: &str, css: &str) -> Value {
+        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": [css]})))
+    }
+
+    fn count(&self, css: &str) -> usize {
+        self.script("return document.querySelectorAll(arguments[0]).length", css).as_u64().unwrap_or(0) as usize
+    }
+
+    fn text(&self, css: &str) -> String {
+        let v = self.script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css);
+        v.as_str().unwrap_or_else(|| panic!("no element {css}")).trim().to_string()
+    }
+
+    fn enabled(&self, css: &str) -> bool {
+        let v = self.script("const e = document.querySelector(arguments[0]); return e ? !e.disabled : null", css);
+        v.as_bool().unwrap_or_else(|| panic!("no element {css}"))
+    }
+
+    /// A real WebDriver click, found afresh if the element went stale in between.
+    fn click(&self, css: &str) {
+        for _ in 0..10 {
+            let id = self.find(css);
+            let (status, v) = self.try_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+            if status == 200 {
+                return;
+            }
+            assert_eq!(v["error"], "stale element reference", "click {css}: {v}");
+        }
+        panic!("{css} kept going stale");
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css);
+        self.call("POST", &format!("/element/{id}/value"), Some(json!({"text": text})));
+    }
+
+    fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let t = self.text(css);
+            if ok(&t) {
+                return t;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "{css} still shows {t:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn screenshot(&self, width: u32, height: u32, name: &str) -> std::path::PathBuf {
+        self.call("POST", "/window/rect", Some(json!({"width": width, "height": height})));
+        std::thread::sleep(Duration::from_millis(500));
+        let png = base64_decode(self.call("GET", "/screenshot", None).as_str().expect("base64 screenshot"));
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = request(self.addr, "DELETE", &format!("/session/{}", self.session), &[], None);
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn start_driver(chromium: &str, driver: &str, profile: &std::path::Path) -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let process = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(addr, "/status", Duration::from_secs(30), |r| r.status == 200);
+    let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+        "binary": chromium,
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display()),
+                 "--window-size=1280,1000"]
+    }}}});
+    let r = request(addr, "POST", "/session", &[], Some(&caps.to_string())).expect("new WebDriver session");
+    let v = r.json();
+    let session = v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {v}")).to_string();
+    Driver { addr, session, process }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_page_in_headless_chromium() {
+    let (Some(chromium), Some(chromedriver)) =
+        (find_tool(&["chromium", "chromium-browser"]), find_tool(&["chromedriver"]))
+    else {
+        eprintln!(
+            "skipped: chromium and chromedriver are needed (Debian packages chromium, chromium-driver), so the browser test did not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite:{}", d.join("o.db").display());
+    let social = r#"{"platform":"mastodon","content":"hello","audience":"all"}"#;
+    for (t, key, payload) in
+        [("TELEPORT", "dead-1", "{}"), ("WORMHOLE", "dead-2", "{}"), ("POST_SOCIAL", "ok-1", social)]
+    {
+        let o = run(bin(d).args(["--database-url", &url, "enqueue", t, "--payload", payload, "--key", key]));
+        assert_eq!(o.status.code(), Some(0));
+    }
+    let (mut server, mut logs, addr) =
+        spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
+    wait_for(addr, "/status", Duration::from_secs(30), |r| r.status == 200 && r.json()["queue"]["DLQ"] == 2);
+
+    let profile = tempfile::tempdir().unwrap();
+    let page = format!("http://{addr}/");
+    let checks = tokio::task::spawn_blocking(move || {
+        let drv = start_driver(&chromium, &chromedriver, profile.path());
+        drv.call("POST", "/url", Some(json!({"url": page})));
+        drv.wait_text("#mode", |t| t == "PROOF");
+        drv.wait_text("#q-DLQ b", |t| t == "2");
+
+        // The numbers shown are /status's.
+        let s = get(addr, "/status").json();
+        for status in ["PENDING", "RUNNING", "SUCCESS", "RETRY", "DLQ", "CANCELLED"] {
+            assert_eq!(drv.text(&format!("#q-{status} b")), s["queue"][status].to_string(), "{status}");
+        }
+        assert_eq!(drv.text("#lease-owner"), s["lease"]["owner"].as_str().unwrap());
+        assert_eq!(drv.text("#lease-epoch"), s["lease"]["epoch"].to_string());
+        assert!(drv.text("#lease-ttl").ends_with(" s"), "TTL counts down in seconds");
+        assert_eq!(drv.text("#flag-paused"), "false");
+        assert_eq!(drv.text("#health"), s["health"].as_str().unwrap().to_uppercase());
+        assert_eq!(drv.count("#dlq tbody tr"), 2);
+        assert!(drv.text("#dlq").contains("no adapter for action type TELEPORT"));
+        assert!(drv.count("#ticks tbody tr") >= 1);
+        assert!(drv.count("#chart-duration polyline") == 1, "the tick duration chart is drawn");
+        let sha =
+            s["logs"].as_array().unwrap().iter().find_map(|l| l["artifact_sha256"].as_str()).expect("a proof artifact");
+        assert!(drv.text("#logs").contains(sha), "the artifact sha256 is shown");
+
+        // No token: the buttons are disabled, with the reason.
+        assert!(!drv.enabled("#btn-pause"));
+        assert!(drv.text("#why").contains("enter the admin token"), "{}", drv.text("#why"));
+        let wide = drv.screenshot(1280, 1000, "operator-page-1280.png");
+
+        drv.type_into("#token", TOKEN.split_once(':').unwrap().1);
+        drv.click("#token-save");
+        let start = Instant::now();
+        while !drv.enabled("#btn-pause") {
+            assert!(start.elapsed() < Duration::from_secs(20), "Pause never enabled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drv.click("#btn-pause");
+        drv.wait_text("#flag-paused", |t| t == "true");
+        assert_eq!(drv.text("#message"), "paused");
+        // Paused, a requeued action stays PENDING: the page's count follows the database.
+        drv.click("#dlq button.requeue");
+        drv.wait_text("#q-DLQ b", |t| t == "1");
+        drv.wait_text("#q-PENDING b", |t| t == "1");
+        assert!(drv.text("#message").starts_with("requeued action "), "{}", drv.text("#message"));
+        let narrow = drv.screenshot(390, 844, "operator-page-390.png");
+        (wide, narrow)
+    })
+    .await
+    .unwrap();
+
+    let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+    assert!(store.flags().await.unwrap().paused, "the click set the flag in the database");
+    let counts = store.count_by_status().await.unwrap();
+    assert_eq!((counts[&ActionStatus::Dlq], counts[&ActionStatus::Pending]), (1, 1), "Requeue moved one DLQ row");
+    store.close().await.ok();
+    logs.wait_for("admin API: flags changed", Duration::from_secs(10));
+    eprintln!("screenshots: {} and {}", checks.0.display(), checks.1.display());
+    assert_eq!(terminate(&mut server, Duration::from_secs(25)).code(), Some(0));
+}

@@ -1,0 +1,383 @@
+//! The HTTP router through `tower::ServiceExt::oneshot` (no socket), on SQLite and PostgreSQL:
+//! every endpoint, and every error the admin API can answer.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use orchestrator::config::{AdminTokens, Config};
+use orchestrator::http::{AppState, router};
+use orchestrator::model::{ActionStatus, TickStatus};
+use orchestrator::queue;
+use orchestrator::store::FlagChange;
+use orchestrator::tick::Engine;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::backend_tests;
+use crate::queue::noop;
+use crate::support::TestDb;
+use crate::tick::ran;
+
+backend_tests!(
+    read_endpoints_show_the_database,
+    health_turns_503_for_each_reason,
+    admin_api_refuses_without_a_valid_token,
+    admin_api_changes_state_and_validates_input,
+    database_loss_is_503_not_a_panic,
+);
+
+const TOKEN: &str = "0123456789abcdef-test";
+
+fn config(db: &TestDb, tokens: bool) -> Config {
+    let mut c = db.config();
+    if tokens {
+        c.admin_tokens = AdminTokens::parse(&format!("tester:{TOKEN}")).unwrap();
+    }
+    c
+}
+
+fn state(engine: &Engine) -> AppState {
+    AppState::new(engine.clone(), true)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.body)).to_string()
+    }
+}
+
+async fn call(st: &AppState, method: &str, uri: &str, auth: Option<&str>, body: Option<&str>) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+    let res = router(st.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 10 << 20).await.unwrap();
+    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn get(st: &AppState, uri: &str) -> Answer {
+    call(st, "GET", uri, None, None).await
+}
+
+const BEARER: &str = "Bearer 0123456789abcdef-test";
+
+async fn admin(st: &AppState, method: &str, uri: &str, body: Option<&str>) -> Answer {
+    call(st, method, uri, Some(BEARER), body).await
+}
+
+/// The value of an unlabelled sample (or one with exactly these labels) in Prometheus text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn read_endpoints_show_the_database(db: &TestDb) {
+    let engine = db.engine(config(db, false));
+    let st = state(&engine);
+
+    let page = get(&st, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("<title>orchestrator</title>") && !page.body.contains("http://cdn"), "self-contained");
+    assert!(page.headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+
+    assert_eq!(get(&st, "/health/live").await.json()["status"], "live");
+    let ready = get(&st, "/health/ready").await;
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (StatusCode::OK, Some("ready")));
+
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE, "no tick yet: {}", h.body);
+    assert!(h.json()["reasons"].to_string().contains("no tick recorded yet"), "{}", h.body);
+
+    let mut social = noop("a");
+    social.action_type = "POST_SOCIAL".into();
+    social.payload = serde_json::json!({"platform": "mastodon", "content": "hi", "audience": "all"});
+    queue::enqueue(&db.store, &social, 3).await.unwrap();
+    let mut bad = noop("dead");
+    bad.action_type = "TELEPORT".into();
+    let dead = queue::enqueue(&db.store, &bad, 3).await.unwrap().id;
+    let r = ran(&engine).await;
+    assert_eq!(r.status, TickStatus::Partial);
+    queue::enqueue(&db.store, &noop("b"), 3).await.unwrap();
+
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::OK, "{}", h.body);
+    assert_eq!(h.json()["status"], "degraded", "a DLQ row degrades but does not fail health: {}", h.body);
+
+    let s = get(&st, "/status").await;
+    assert_eq!(s.status, StatusCode::OK);
+    let s = s.json();
+    assert_eq!(s["mode"], "PROOF");
+    assert_eq!(s["flags"]["paused"], false);
+    assert_eq!(s["lease"]["owner"], engine.lease().owner());
+    assert_eq!(s["lease"]["live"], true);
+    assert_eq!((s["queue"]["PENDING"].as_i64(), s["queue"]["SUCCESS"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(s["ticks"].as_array().unwrap().len(), 1);
+    assert_eq!(s["ticks"][0]["id"].as_i64(), Some(r.tick_id));
+    assert_eq!(s["last_tick"]["id"].as_i64(), Some(r.tick_id));
+    assert_eq!(s["logs"].as_array().unwrap().len(), 2);
+    let shas: Vec<&str> = s["logs"].as_array().unwrap().iter().filter_map(|l| l["artifact_sha256"].as_str()).collect();
+    assert_eq!(shas.len(), 1, "the proof artifact's sha256 is listed: {}", s["logs"]);
+    assert_eq!(shas[0].len(), 64);
+    assert_eq!(s["dlq"][0]["id"].as_i64(), Some(dead));
+    assert_eq!(s["dlq"][0]["last_error"], "no adapter for action type TELEPORT");
+    assert!(s["dlq"][0].get("payload").is_none(), "the page's DLQ rows carry no payload");
+    assert_eq!(s["server"]["admin_api"], false);
+    assert_eq!(s["health"], "degraded");
+
+    assert_eq!(get(&st, "/status?ticks=0").await.status, StatusCode::BAD_REQUEST);
+    let e = get(&st, "/status?tick=3").await;
+    assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    assert!(e.error().contains("tick"), "{}", e.body);
+    let nf = get(&st, "/nope").await;
+    assert_eq!((nf.status, nf.error().as_str()), (StatusCode::NOT_FOUND, "no such endpoint"));
+
+    let m = get(&st, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let t = &m.body;
+    assert_eq!(sample(t, "orchestrator_queue_actions{status=\"PENDING\"}"), 1.0);
+    assert_eq!(sample(t, "orchestrator_queue_actions{status=\"DLQ\"}"), 1.0);
+    assert!(!t.contains("orchestrator_queue_actions{status=\"SUCCESS\"}"), "finished history is not counted on scrape");
+    assert!(sample(t, "orchestrator_queue_oldest_pending_age_seconds") >= 0.0);
+    assert_eq!(sample(t, "orchestrator_lease_held"), 1.0);
+    assert_eq!(sample(t, "orchestrator_lease_epoch"), 1.0);
+    assert!(sample(t, "orchestrator_lease_ttl_seconds") > 0.0);
+    assert_eq!(sample(t, "orchestrator_flag{flag=\"proof_mode\"}"), 1.0);
+    assert_eq!(sample(t, "orchestrator_flag{flag=\"paused\"}"), 0.0);
+    assert_eq!(sample(t, "orchestrator_health_score"), 0.5);
+    let last = sample(t, "orchestrator_last_tick_timestamp_seconds");
+    assert!((chrono::Utc::now().timestamp() as f64 - last).abs() < 60.0, "{last}");
+    assert_eq!(sample(t, "orchestrator_database_up"), 1.0);
+    assert_eq!(sample(t, "orchestrator_ticks_total{status=\"PARTIAL\"}"), 1.0);
+    assert!(t.contains("orchestrator_tick_duration_seconds_bucket"));
+    assert!(t.contains("orchestrator_actions_total{outcome=\"dlq\",type=\"TELEPORT\"} 1"), "{t}");
+    assert!(t.contains("orchestrator_action_duration_seconds_bucket{type=\"POST_SOCIAL\""));
+    assert_eq!(sample(t, "orchestrator_fenced_writes_rejected_total"), 0.0);
+    assert!(t.contains(&format!("orchestrator_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+
+    // Another instance's state shows too: flags flipped by SQL appear on the next scrape.
+    db.store.execute_unprepared("UPDATE control_flags SET paused = true WHERE id = 1").await.unwrap();
+    assert_eq!(sample(&get(&st, "/metrics").await.body, "orchestrator_flag{flag=\"paused\"}"), 1.0);
+}
+
+async fn health_turns_503_for_each_reason(db: &TestDb) {
+    let engine = db.engine(config(db, false));
+    let st = state(&engine);
+    ran(&engine).await;
+    assert_eq!(get(&st, "/health").await.status, StatusCode::OK);
+
+    // No live lease while not paused.
+    engine.release().await.unwrap();
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.json()["reasons"][0], "no instance holds a live lease");
+    // Paused: no lease needed; degraded but serving.
+    db.store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await.unwrap();
+    let h = get(&st, "/health").await;
+    assert_eq!((h.status, h.json()["status"].as_str()), (StatusCode::OK, Some("degraded")));
+    // Killed.
+    db.store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.body.contains("killed flag is set"), "{}", h.body);
+    db.store.set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() }).await.unwrap();
+    // A stale last tick: older than stale_tick_intervals x interval (at least 10 s).
+    ran(&engine).await;
+    db.store
+        .execute_unprepared(
+            "UPDATE tick_ledger SET started_at = '2020-01-01T00:00:00Z', finished_at = '2020-01-01T00:00:01Z'",
+        )
+        .await
+        .unwrap();
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.body.contains("stale after 90s"), "{}", h.body);
+    assert_eq!(sample(&get(&st, "/metrics").await.body, "orchestrator_health_score"), 0.0);
+}
+
+async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {
+    let disabled = state(&db.engine(config(db, false)));
+    let enabled = state(&db.engine(config(db, true)));
+    let endpoints = [
+        ("POST", "/api/flags"),
+        ("POST", "/api/run-once"),
+        ("POST", "/api/actions"),
+        ("GET", "/api/actions"),
+        ("POST", "/api/actions/1/requeue"),
+        ("POST", "/api/actions/1/cancel"),
+        ("GET", "/api/ticks"),
+    ];
+    for (method, uri) in endpoints {
+        let a = call(&disabled, method, uri, Some(BEARER), Some("{}")).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {uri}");
+        assert!(a.error().starts_with("admin API disabled"), "{method} {uri}: {}", a.body);
+
+        let a = call(&enabled, method, uri, None, Some("{}")).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert_eq!(a.headers["www-authenticate"], "Bearer");
+        assert!(a.error().contains("missing Authorization"), "{}", a.body);
+        let a = call(&enabled, method, uri, Some("Bearer 0123456789abcdef-tesT"), Some("{}")).await;
+        assert_eq!((a.status, a.error().as_str()), (StatusCode::UNAUTHORIZED, "invalid token"), "{method} {uri}");
+        let a = call(&enabled, method, uri, Some("Basic dGVzdGVyOnRlc3Q="), Some("{}")).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+    }
+    assert!(!db.store.flags().await.unwrap().paused, "nothing changed");
+}
+
+async fn admin_api_changes_state_and_validates_input(db: &TestDb) {
+    let engine = db.engine(config(db, true));
+    let st = state(&engine);
+
+    // Flags.
+    let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": true}"#)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.json()["paused"], true);
+    assert!(db.store.flags().await.unwrap().paused, "the flag is set in the database");
+    let cases: &[(&str, StatusCode, &str)] = &[
+        (
+            r#"{"paused": "yes"}"#,
+            StatusCode::BAD_REQUEST,
+            "body field `paused`: invalid type: string \"yes\", expected a boolean",
+        ),
+        (r#"{"pause": true}"#, StatusCode::BAD_REQUEST, "unknown field `pause`"),
+        ("{}", StatusCode::BAD_REQUEST, "at least one of `paused`, `killed`, `proof_mode`"),
+        ("", StatusCode::BAD_REQUEST, "expected a JSON object"),
+        ("[true, null, null]", StatusCode::BAD_REQUEST, "body: expected a JSON object, got an array"),
+        ("{\"paused\": tru", StatusCode::BAD_REQUEST, "body: not valid JSON"),
+    ];
+    for (body, code, needle) in cases {
+        let a = admin(&st, "POST", "/api/flags", Some(body)).await;
+        assert_eq!(a.status, *code, "{body}: {}", a.body);
+        assert!(a.error().contains(needle), "{body}: expected {needle:?} in {}", a.body);
+    }
+    let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": false, "proof_mode": true}"#)).await;
+    assert_eq!(a.json()["paused"], false);
+
+    // Enqueue.
+    let body = r#"{"action_type": "NOOP", "payload": {"n": 1}, "idempotency_key": "api-1", "priority": 5}"#;
+    let a = admin(&st, "POST", "/api/actions", Some(body)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.json()["id"].as_i64().unwrap();
+    assert_eq!(a.json()["duplicate"], false);
+    let a = admin(&st, "POST", "/api/actions", Some(body)).await;
+    assert_eq!((a.status, a.json()["duplicate"].as_bool()), (StatusCode::OK, Some(true)));
+    let cases: &[(&str, &str)] = &[
+        (r#"{"payload": {}}"#, "missing field `action_type`"),
+        (r#"{"action_type": "NOOP", "payload": {}, "colour": 1}"#, "unknown field `colour`"),
+        (r#"{"action_type": "NOOP", "payload": {}, "priority": "high"}"#, "body field `priority`: invalid type"),
+        (r#"{"action_type": "NOOP", "payload": {}, "not_before": "soon"}"#, "body field `not_before`"),
+        (r#"{"action_type": "NOOP", "payload": [1]}"#, "payload"),
+        (r#"{"action_type": "", "payload": {}}"#, "action type"),
+    ];
+    for (body, needle) in cases {
+        let a = admin(&st, "POST", "/api/actions", Some(body)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+        assert!(a.error().to_lowercase().contains(&needle.to_lowercase()), "{body}: expected {needle:?} in {}", a.body);
+    }
+    let huge = format!(r#"{{"action_type": "NOOP", "payload": {{"x": "{}"}}}}"#, "a".repeat(2 << 20));
+    let a = admin(&st, "POST", "/api/actions", Some(&huge)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", a.body);
+    assert!(a.error().starts_with("body:"), "{}", a.body);
+
+    // List.
+    let a = admin(&st, "GET", "/api/actions?status=pending&type=NOOP&limit=5", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let list = a.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!((list[0]["id"].as_i64(), list[0]["payload"]["n"].as_i64()), (Some(id), Some(1)));
+    for (uri, needle) in [
+        ("/api/actions?status=DONE", "unknown ActionStatus 'DONE'"),
+        ("/api/actions?limit=0", "limit must be an integer from 1 to 1000"),
+        ("/api/actions?limit=many", "limit"),
+        ("/api/actions?colour=red", "unknown query parameter 'colour'"),
+        ("/api/ticks?limit=100000", "limit"),
+    ] {
+        let a = admin(&st, "GET", uri, None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(a.error().contains(needle), "{uri}: {}", a.body);
+    }
+
+    // Requeue and cancel: refusals first.
+    let a = admin(&st, "POST", &format!("/api/actions/{id}/requeue"), None).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.error().contains("only DLQ actions can be requeued"), "{}", a.body);
+    let a = admin(&st, "POST", "/api/actions/999999/requeue", None).await;
+    assert_eq!((a.status, a.error().as_str()), (StatusCode::NOT_FOUND, "action 999999 not found"));
+    let a = admin(&st, "POST", "/api/actions/abc/cancel", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(a.error().contains("positive integer, got 'abc'"), "{}", a.body);
+    let a = admin(&st, "POST", &format!("/api/actions/{id}/cancel"), None).await;
+    assert_eq!((a.status, a.json()["cancelled"].as_i64()), (StatusCode::OK, Some(id)));
+    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Cancelled);
+    let a = admin(&st, "POST", &format!("/api/actions/{id}/cancel"), None).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+
+    // A DLQ action is requeued.
+    let dead = admin(&st, "POST", "/api/actions", Some(r#"{"action_type": "TELEPORT", "payload": {}}"#)).await;
+    let dead = dead.json()["id"].as_i64().unwrap();
+
+    // Run-once.
+    let a = admin(&st, "POST", "/api/run-once", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let t = a.json();
+    assert_eq!((t["status"].as_str(), t["attempted"].as_u64()), (Some("PARTIAL"), Some(1)));
+    assert_eq!(db.store.action(dead).await.unwrap().unwrap().status, ActionStatus::Dlq);
+    let a = admin(&st, "POST", &format!("/api/actions/{dead}/requeue"), None).await;
+    assert_eq!((a.status, a.json()["requeued"][0].as_i64()), (StatusCode::OK, Some(dead)));
+    assert_eq!(db.store.action(dead).await.unwrap().unwrap().status, ActionStatus::Pending);
+
+    // Ticks.
+    let a = admin(&st, "GET", "/api/ticks?limit=1", None).await;
+    assert_eq!(a.json()[0]["id"], t["tick_id"]);
+
+    // Another instance holds the lease: run-once is refused and says who.
+    let other = state(&db.engine(config(db, true)));
+    let a = admin(&other, "POST", "/api/run-once", None).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert!(a.error().contains(engine.lease().owner()), "{}", a.body);
+}
+
+async fn database_loss_is_503_not_a_panic(db: &TestDb) {
+    // A store of its own, closed under the router: every query now fails.
+    let store = db.another_store().await;
+    let engine = Engine::new(store.clone(), config(db, true), orchestrator::adapters::Registry::builtin());
+    let st = state(&engine);
+    ran(&engine).await;
+    assert_eq!(get(&st, "/health/ready").await.status, StatusCode::OK);
+    store.close().await.unwrap();
+
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.json()["reasons"][0], "database unreachable");
+    let r = get(&st, "/health/ready").await;
+    assert_eq!(
+        (r.status, r.json()["reason"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("database unreachable"))
+    );
+    assert_eq!(get(&st, "/health/live").await.status, StatusCode::OK, "the process is still live");
+    let m = get(&st, "/metrics").await;
+    assert_eq!(m.status, StatusCode::OK, "a scrape still answers with the process metrics");
+    assert_eq!(sample(&m.body, "orchestrator_database_up"), 0.0);
+    assert!(!m.body.contains("orchestrator_health_score"));
+    let s = get(&st, "/status").await;
+    assert!(s.status.is_server_error(), "{}", s.status);
+    assert!(!s.error().is_empty());
+    let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": true}"#)).await;
+    assert!(a.status.is_server_error(), "{}", a.status);
+}
