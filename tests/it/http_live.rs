@@ -43,8 +43,10 @@ fn the_daemon_serves_http_and_the_admin_api_on_a_socket() {
     assert_eq!(s["server"]["admin_api"], true);
     assert_eq!(s["lease"]["live"], true);
     assert!(get(addr, "/").body.contains("id=\"btn-pause\""));
-    let m = get(addr, "/metrics");
-    assert!(m.body.contains("orchestrator_ticks_total{status=\"IDLE\"}"));
+    // The tick counter is incremented just after the ledger row that made /health healthy.
+    let m = wait_for(addr, "/metrics", Duration::from_secs(10), |r| {
+        r.body.contains("orchestrator_ticks_total{status=\"IDLE\"}")
+    });
     assert_eq!(m.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
 
     let r = request(addr, "POST", "/api/flags", &[], Some(r#"{"paused":true}"#)).unwrap();
