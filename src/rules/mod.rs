@@ -223,7 +223,12 @@ impl RuleSet {
         for (path, text) in &sources {
             let name = stem(path);
             digest_input.push((name.clone(), text.clone()));
-            let scope = base_scope(Dynamic::from_map(Map::new()), Dynamic::from_map(Map::new()), Dynamic::UNIT);
+            // Plain variables, not constants: constants would be folded into the AST at compile
+            // time. Strict variables only needs the names to exist.
+            let mut scope = Scope::new();
+            for name in ["snap", "state", "params"] {
+                scope.push_dynamic(name, Dynamic::from_map(Map::new()));
+            }
             match engine.compile_with_scope(&scope, text) {
                 Ok(ast) => rules.push(Rule { name, path: path.clone(), ast }),
                 Err(e) => diags.push(Diagnostic {

@@ -7,6 +7,7 @@
 mod support;
 
 mod cli;
+mod decide;
 mod lease;
 mod queue;
 mod tick;
