@@ -177,7 +177,7 @@ async fn apply(
     d: &Decision,
     out: &mut Decided,
 ) -> Result<Result<(), String>, StoreError> {
-    use ActionStatus::{Dlq, Pending, Retry};
+    use ActionStatus::{Dlq, Pending, Retry, Running};
     let by = format!("rule {}: {}", d.rule, d.reason);
     match &d.kind {
         Kind::Retry { id } => {
@@ -185,12 +185,20 @@ async fn apply(
                 .decide_update_action(
                     fence,
                     *id,
-                    &[Retry, Dlq],
-                    "not_before = $4, updated_at = $4, finished_at = NULL, \
+                    &[Retry, Dlq, Running],
+                    // A RUNNING action (timed out; its attempt was counted at the claim) goes
+                    // back to RETRY, or to DLQ when out of attempts, like a rescue; its late
+                    // completion, if any, is then refused by the completion fence.
+                    "not_before = $4, updated_at = $4, \
+                     finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN $4 ELSE NULL END, \
+                     last_error = CASE WHEN status = 'RUNNING' THEN $5 ELSE last_error END, \
+                     claimed_epoch = CASE WHEN status = 'RUNNING' THEN NULL ELSE claimed_epoch END, \
                      attempts = CASE WHEN status = 'DLQ' THEN 0 ELSE attempts END, \
-                     status = CASE WHEN status = 'DLQ' THEN 'PENDING' ELSE status END",
-                    vec![],
-                    &format!("retry decided ({by}): due now (a DLQ action is requeued)"),
+                     status = CASE WHEN status = 'DLQ' THEN 'PENDING' \
+                                   WHEN status = 'RUNNING' AND attempts >= max_attempts THEN 'DLQ' \
+                                   WHEN status = 'RUNNING' THEN 'RETRY' ELSE status END",
+                    vec![format!("running too long: returned by {by}").into()],
+                    &format!("retry decided ({by}): due now (DLQ is requeued, RUNNING returned to RETRY)"),
                 )
                 .await
         }
@@ -298,4 +306,28 @@ pub fn bench(rules: &RuleSet, snap: &Snapshot, iterations: u32) -> Duration {
         let _ = pipeline::plan(decisions, 10, &BTreeSet::new(), false);
     }
     started.elapsed() / iterations.max(1)
+}
+
+/// A snapshot with full samples, for benchmarks.
+pub fn bench_snapshot() -> Snapshot {
+    let mut s = Snapshot::example();
+    s.queue.pending = 60;
+    s.recent.failures_1h = 3;
+    s.recent.successes_1h = 30;
+    let sample = |id: i64, status: crate::model::ActionStatus| crate::snapshot::Sample {
+        id,
+        action_type: "NOOP".into(),
+        status,
+        attempts: (id % 4) as i32,
+        max_attempts: 5,
+        age_seconds: 100.0 * id as f64,
+        last_error: Some("upstream timed out".into()),
+        priority: 0,
+    };
+    use crate::model::ActionStatus as S;
+    s.samples.stuck_pending = (1..=20).map(|i| sample(i, S::Pending)).collect();
+    s.samples.retry = (21..=40).map(|i| sample(i, S::Retry)).collect();
+    s.samples.dlq = (41..=60).map(|i| sample(i, S::Dlq)).collect();
+    s.samples.running_too_long = (61..=80).map(|i| sample(i, S::Running)).collect();
+    s
 }

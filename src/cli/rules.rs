@@ -13,7 +13,6 @@ use serde_json::Value;
 use super::{exit, fail, output::Out};
 use crate::config::Config;
 use crate::rules::{self, RuleSet, RulesError, fixtures};
-use crate::snapshot::Snapshot;
 use crate::store::Store;
 use crate::tick::{DryRunReport, Engine};
 
@@ -171,7 +170,7 @@ pub fn bench(dir: &Path, config: &Config, iterations: u32, synthetic: usize, out
         Ok(s) => s,
         Err(d) => return Err(fail(exit::ERROR, format!("{} rule error(s): {}", d.len(), d[0]))),
     };
-    let snap = busy_snapshot();
+    let snap = crate::decide::bench_snapshot();
     let shipped = crate::decide::bench(&set, &snap, iterations);
     let sources: Vec<(std::path::PathBuf, String)> = (0..synthetic)
         .map(|i| {
@@ -206,30 +205,6 @@ pub fn bench(dir: &Path, config: &Config, iterations: u32, synthetic: usize, out
         );
     }
     Ok(exit::OK)
-}
-
-/// A snapshot with full samples, for benchmarks.
-pub fn busy_snapshot() -> Snapshot {
-    let mut s = Snapshot::example();
-    s.queue.pending = 60;
-    s.recent.failures_1h = 3;
-    s.recent.successes_1h = 30;
-    let sample = |id: i64, status: crate::model::ActionStatus| crate::snapshot::Sample {
-        id,
-        action_type: "NOOP".into(),
-        status,
-        attempts: (id % 4) as i32,
-        max_attempts: 5,
-        age_seconds: 100.0 * id as f64,
-        last_error: Some("upstream timed out".into()),
-        priority: 0,
-    };
-    use crate::model::ActionStatus as S;
-    s.samples.stuck_pending = (1..=20).map(|i| sample(i, S::Pending)).collect();
-    s.samples.retry = (21..=40).map(|i| sample(i, S::Retry)).collect();
-    s.samples.dlq = (41..=60).map(|i| sample(i, S::Dlq)).collect();
-    s.samples.running_too_long = (61..=80).map(|i| sample(i, S::Running)).collect();
-    s
 }
 
 /// `explain --tick N`.

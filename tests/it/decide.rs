@@ -62,6 +62,7 @@ if state.phase == 1 {
         dlq(params.d, "poison", 7),
         retry(params.e, "transient", 6),
         retry(params.f, "requeue from DLQ", 6),
+        retry(params.h, "running too long", 6),
         rebalance("saturated", 3),
         throttle(1, "go slow", 2),
         enqueue("NOOP", #{made: true}, "made-by-rule", "follow-up", 2),
@@ -77,6 +78,7 @@ if state.phase == 1 {
 "#;
 
 async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
+    let h = id(db, "h").await;
     let (a, b, c, d, e, f, g) = (
         id(db, "a").await,
         id(db, "b").await,
@@ -96,8 +98,17 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
         .execute_unprepared(&format!("UPDATE actions SET status = 'DLQ', attempts = 3 WHERE id = {f}"))
         .await
         .unwrap();
+    // Claimed under the epoch the engine is about to take, with a claim time rescue will not
+    // call old: only the rule returns it.
+    db.store
+        .execute_unprepared(&format!(
+            "UPDATE actions SET status = 'RUNNING', attempts = 1, claimed_epoch = 1, \
+             claimed_at = '9999-01-01T00:00:00Z' WHERE id = {h}"
+        ))
+        .await
+        .unwrap();
     let mut config = db.config();
-    config.rules.params.insert("all".into(), json!({"a": a, "b": b, "c": c, "d": d, "e": e, "f": f}));
+    config.rules.params.insert("all".into(), json!({"a": a, "b": b, "c": c, "d": d, "e": e, "f": f, "h": h}));
     config.rules.max_decisions_per_tick = 20;
     config.rules.rebalance_age = Duration::ZERO;
     let engine = db.engine(config.clone());
@@ -130,7 +141,15 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
         .unwrap();
     assert!(made.iter().any(|x| x.idempotency_key == "made-by-rule"), "enqueue created the action");
     let rows = db.store.decisions(r.tick_id).await.unwrap();
-    assert_eq!(rows.len(), 10);
+    let h_row = act(h).await;
+    assert_eq!(
+        (h_row.status, h_row.claimed_epoch),
+        (ActionStatus::Retry, None),
+        "a RUNNING action is returned: {h_row:?} {:?}",
+        db.store.logs(Some(h), 10).await.unwrap()
+    );
+    assert!(h_row.last_error.unwrap_or_default().contains("running too long"));
+    assert_eq!(rows.len(), 11);
     assert!(rows.iter().all(|x| x.outcome == "applied"), "{rows:#?}");
     let kinds: Vec<&str> = rows.iter().map(|x| x.kind.as_str()).collect();
     for k in ["force_run", "reprioritize", "cancel", "dlq", "retry", "rebalance", "throttle", "enqueue", "alert"] {
