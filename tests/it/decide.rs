@@ -444,3 +444,64 @@ fn rules_check_and_test_report_failures_with_exit_1() {
     assert!(text.contains("+ unexpected (rebalance must be absent): rebalance target=queue priority=9"), "{text}");
     assert!(text.contains("1 passed, 1 failed"), "{text}");
 }
+
+/// The latest tick's decisions, through the binary.
+fn latest_decisions(d: &Path) -> Vec<Value> {
+    let o = support::run(support::bin(d).args(["ticks", "--limit", "1", "--json"]));
+    if !o.status.success() {
+        return Vec::new(); // the daemon may still be creating the database
+    }
+    let t = support::json(&o);
+    let Some(id) = t[0]["id"].as_i64() else { return Vec::new() };
+    let id = id.to_string();
+    let e = support::json(&support::run(support::bin(d).args(["--json", "explain", "--tick", &id])));
+    e["decisions"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn run_reloads_rules_on_change_and_sighup_and_keeps_the_old_set_when_the_new_one_is_bad() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_rules(d, &[("say", "[alert(\"info\", \"v1\")]")]);
+    let mut daemon =
+        support::bin(d).args(["run", "--interval", "0.1"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let says = |m: &str| latest_decisions(d).iter().any(|x| x["reason"] == m);
+    assert!(wait_for(Duration::from_secs(10), || says("v1")), "the daemon runs the rules");
+    write_rules(d, &[("say", "[alert(\"info\", \"v2\")]")]);
+    assert!(wait_for(Duration::from_secs(10), || says("v2")), "a changed file is reloaded");
+    std::fs::write(d.join("rules/broken.rhai"), "let x = (1 +;").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(says("v2"), "a bad set is rejected whole; the old one keeps deciding");
+    std::fs::write(d.join("rules/broken.rhai"), "[alert(\"info\", \"v3\")]").unwrap();
+    let pid = daemon.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(wait_for(Duration::from_secs(10), || says("v3")), "SIGHUP (or the change) reloaded the fixed set");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(10), || {
+        status = daemon.try_wait().unwrap();
+        status.is_some()
+    }));
+    let mut err = String::new();
+    daemon.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("rules rejected; the previous rule set stays active"), "{err}");
+    assert!(err.contains("broken.rhai:1:"), "the diagnostics are logged: {err}");
+    assert!(err.contains("rules reloaded"), "{err}");
+    assert!(err.contains("\"SIGHUP\""), "a SIGHUP alone reloads: {err}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
