@@ -288,6 +288,19 @@ async fn everything(store: &Store) -> String {
     out.join("\n")
 }
 
+/// `sqlite3 DB .dump` of a SQLite test database; `None` on PostgreSQL, or (saying so) when the
+/// sqlite3 tool is missing.
+fn sqlite_dump(url: &str) -> Option<String> {
+    let path = url.strip_prefix("sqlite:")?;
+    match std::process::Command::new("sqlite3").arg(path).arg(".dump").output() {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        _ => {
+            eprintln!("skipped the byte-for-byte dump comparison: the sqlite3 tool is not available");
+            None
+        }
+    }
+}
+
 async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &TestDb) {
     let a = id(db, "a").await;
     id(db, "b").await;
@@ -302,6 +315,7 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     ran(&holder).await; // records state, cooldowns, decisions, runs a and b; keeps the lease
     let c = id(db, "c").await;
     let before = everything(&db.store).await;
+    let dump_before = sqlite_dump(&db.url);
     let o = orch(db.dir.path(), &db.url, &rules_dir, &["run-once", "--dry-run"]);
     assert!(o.status.success(), "dry run works while the lease is held: {}", support::stderr(&o));
     let text = support::stdout(&o);
@@ -314,6 +328,7 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     assert_eq!(j["dry_run"], true);
     assert!(j["decisions"].as_array().unwrap().iter().any(|d| d["outcome"] == "would apply"), "{j}");
     assert_eq!(everything(&db.store).await, before, "the dry run wrote nothing");
+    assert_eq!(sqlite_dump(&db.url), dump_before, "byte for byte, per the sqlite3 dump");
 }
 
 async fn backtest_replays_recorded_history_with_edited_rules(db: &TestDb) {
