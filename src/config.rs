@@ -381,6 +381,7 @@ impl Resolver {
             }
             over!(max_decisions_per_tick, cooldown_seconds, budget_ms, max_operations, max_call_depth);
             over!(max_string_size, max_array_size, max_map_size, rebalance_age_seconds, rebalance_defer_seconds);
+            over!(alert_action_type);
             if let Some(h) = &r.health {
                 macro_rules! over_h {
                     ($($f:ident),+) => {$( if h.$f.is_some() { health.$f = h.$f; } )+};
@@ -422,7 +423,11 @@ impl Resolver {
                 "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
             )));
         }
+        if let Some(t) = &merged.alert_action_type {
+            crate::queue::validate_type(t).map_err(|e| bad(format!("rules.alert_action_type: {e}")))?;
+        }
         Ok(RulesConfig {
+            alert_action_type: merged.alert_action_type,
             params,
             max_decisions_per_tick: within(merged.max_decisions_per_tick, "max_decisions_per_tick", 10, 1, 10_000)?
                 as u32,
@@ -470,6 +475,7 @@ struct RulesLayer {
     max_map_size: Option<u64>,
     rebalance_age_seconds: Option<f64>,
     rebalance_defer_seconds: Option<f64>,
+    alert_action_type: Option<String>,
     health: Option<HealthLayer>,
 }
 
@@ -502,6 +508,9 @@ pub struct RulesConfig {
     pub rebalance_age: Duration,
     /// `rebalance` on a saturated queue defers work of priority 0 or less by this long.
     pub rebalance_defer: Duration,
+    /// When set, every applied `alert` is also enqueued as an action of this type (payload
+    /// `{severity, message, rule, tick_id}`), for the adapter that handles it to deliver.
+    pub alert_action_type: Option<String>,
     pub health: HealthThresholds,
 }
 
@@ -532,6 +541,7 @@ impl Default for RulesConfig {
             max_map_size: 10_000,
             rebalance_age: Duration::from_secs(600),
             rebalance_defer: Duration::from_secs(60),
+            alert_action_type: None,
             health: HealthThresholds {
                 saturated_pending: 50,
                 old_pending: Duration::from_secs(1800),

@@ -290,7 +290,24 @@ async fn apply(
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");
             out.notes.push(format!("ALERT [{severity}] {message} (rule {})", d.rule));
-            Ok(Ok(()))
+            let Some(action_type) = &config.rules.alert_action_type else { return Ok(Ok(())) };
+            let payload = serde_json::json!({
+                "severity": severity, "message": message, "rule": d.rule, "tick_id": fence.tick_id,
+            });
+            let new = NewAction {
+                action_type: action_type.clone(),
+                idempotency_key: format!(
+                    "alert-{}-{}-{}",
+                    fence.tick_id.unwrap_or(0),
+                    d.rule,
+                    &queue::derive_key(severity, message)[..16]
+                ),
+                payload_json: queue::canonical_json(&payload),
+                priority: i32::from(d.priority),
+                not_before: model::now(),
+                max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+            };
+            Ok(store.decide_enqueue(fence, &new).await?.map(|_| ()))
         }
     }
 }

@@ -111,6 +111,7 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     config.rules.params.insert("all".into(), json!({"a": a, "b": b, "c": c, "d": d, "e": e, "f": f, "h": h}));
     config.rules.max_decisions_per_tick = 20;
     config.rules.rebalance_age = Duration::ZERO;
+    config.rules.alert_action_type = Some("ALERT_SINK".into());
     let engine = db.engine(config.clone());
     engine.set_rules(rule_set(&config, &[("all", ALL_KINDS)]));
 
@@ -140,6 +141,14 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
         .await
         .unwrap();
     assert!(made.iter().any(|x| x.idempotency_key == "made-by-rule"), "enqueue created the action");
+    let sent = db
+        .store
+        .list_actions(&ActionFilter { action_type: Some("ALERT_SINK".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 1, "the alert went to the configured alert action type");
+    assert_eq!(sent[0].payload["message"], "something to look at");
+    assert_eq!(sent[0].payload["severity"], "warning");
     let rows = db.store.decisions(r.tick_id).await.unwrap();
     let h_row = act(h).await;
     assert_eq!(
