@@ -101,8 +101,7 @@ pub async fn decide(
     let cooling: BTreeSet<(String, String, String)> = if config.rules.cooldown.is_zero() {
         BTreeSet::new()
     } else {
-        let since = snap.now - chrono::Duration::from_std(config.rules.cooldown).unwrap_or(chrono::Duration::MAX);
-        store.cooldowns_since(since).await?.into_keys().collect()
+        store.cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
     };
     let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
 
@@ -162,6 +161,7 @@ pub async fn decide(
             })
             .collect();
         store.record_decide(fence, &record).await?;
+        store.prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
     }
     Ok(out)
 }
@@ -252,13 +252,15 @@ async fn apply(
         }
         Kind::Rebalance => {
             let now = model::now();
-            let age = chrono::Duration::from_std(config.rules.rebalance_age).unwrap_or(chrono::Duration::MAX);
             let saturated =
                 snap.queue.pending > i64::try_from(config.rules.health.saturated_pending).unwrap_or(i64::MAX);
             let defer = saturated.then(|| {
-                now + chrono::Duration::from_std(config.rules.rebalance_defer).unwrap_or(chrono::Duration::zero())
+                chrono::Duration::from_std(config.rules.rebalance_defer)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .unwrap_or(now)
             });
-            Ok(store.decide_rebalance(fence, now - age, defer).await?.map(|(boosted, deferred)| {
+            Ok(store.decide_rebalance(fence, ago(now, config.rules.rebalance_age), defer).await?.map(|(boosted, deferred)| {
                 out.notes.push(format!("rebalance: {boosted} boosted, {deferred} deferred"));
             }))
         }
@@ -310,6 +312,14 @@ async fn apply(
             Ok(store.decide_enqueue(fence, &new).await?.map(|_| ()))
         }
     }
+}
+
+/// `now - d`, saturating at the earliest time instead of overflowing.
+fn ago(now: chrono::DateTime<chrono::Utc>, d: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
 }
 
 /// A rough per-call figure for `rules bench`: evaluates `rules` `iterations` times on `snap`.

@@ -55,7 +55,9 @@ enum TickLedger {
 
 /// Windowed counts of the snapshot: finished rows by finish time (served by the core's
 /// `ix_actions_finished (status, finished_at)`), retries by their last update, open rows by type.
-const INDEXES: [&str; 3] = [
+const INDEXES: [&str; 4] = [
+    // Live cooldowns are read, and expired ones pruned, by time.
+    "CREATE INDEX IF NOT EXISTS ix_rule_cooldowns_applied ON rule_cooldowns (applied_at)",
     "CREATE INDEX IF NOT EXISTS ix_actions_retry_updated ON actions (updated_at) WHERE status = 'RETRY'",
     "CREATE INDEX IF NOT EXISTS ix_actions_open_type ON actions (status, action_type) \
      WHERE status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')",

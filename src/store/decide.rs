@@ -233,6 +233,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes cooldowns that started before `before` (expired), so the table stays small.
+    pub async fn prune_cooldowns(&self, fence: &Fence, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let sql = format!("DELETE FROM rule_cooldowns WHERE applied_at < $1 AND {}", fence_sql(2, 3));
+        let res = self
+            .db
+            .execute_raw(self.stmt(&sql, [before.into(), fence.lease_name.as_str().into(), fence.epoch.into()]))
+            .await
+            .doing("pruning expired cooldowns")?;
+        Ok(res.rows_affected())
+    }
+
     /// Writes a tick's decisions, cooldowns, rule states and ledger snapshot in one transaction.
     /// Cooldowns and states are fenced by the lease epoch; a deposed writer leaves them as they
     /// were (the decisions and the ledger row, being the record of what happened, are kept).
