@@ -350,6 +350,7 @@ pub fn bench_snapshot() -> Snapshot {
         age_seconds: 100.0 * id as f64,
         last_error: Some("upstream timed out".into()),
         priority: 0,
+        due_in_seconds: 0.0,
     };
     use crate::model::ActionStatus as S;
     s.samples.stuck_pending = (1..=20).map(|i| sample(i, S::Pending)).collect();

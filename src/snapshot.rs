@@ -130,6 +130,9 @@ pub struct Sample {
     pub age_seconds: f64,
     pub last_error: Option<String>,
     pub priority: i32,
+    /// Seconds until `not_before` (0 or less: due). A delayed action is not stuck.
+    #[serde(default)]
+    pub due_in_seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,6 +229,7 @@ pub async fn build_with(
                     now,
                 )
                 .max(0.0),
+                due_in_seconds: seconds_between(now, a.not_before),
                 action_type: a.action_type,
                 status: a.status,
                 attempts: a.attempts,
