@@ -703,6 +703,22 @@ mod tests {
     }
 
     #[test]
+    fn rules_section_parses_and_refuses_unknown_keys() {
+        let yaml = "rules:\n  max_decisions_per_tick: 4\n  params:\n    breaker: {hold_ticks: 5}\n  health:\n    healthy_at: 90\n";
+        let c = load(Some(yaml), &[]).unwrap();
+        assert_eq!(c.rules.max_decisions_per_tick, 4);
+        assert_eq!(c.rules.params["breaker"], serde_json::json!({"hold_ticks": 5}));
+        assert_eq!((c.rules.health.healthy_at, c.rules.health.degraded_at), (90, 50));
+        assert_eq!(c.rules.cooldown, Duration::from_secs(300));
+        let e = load(Some("rules:\n  cooldown: 5\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:2:") && e.contains("unknown field `cooldown`"), "{e}");
+        let e = load(Some("rules:\n  health: {healthy_at: 40, degraded_at: 60}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:1:") && e.contains("rules.health.degraded_at (60)"), "{e}");
+        let e = load(None, &[("ORCHESTRATOR_RULES", "{budget_ms: 0}")]).unwrap_err().to_string();
+        assert!(e.contains("ORCHESTRATOR_RULES") && e.contains("rules.budget_ms"), "{e}");
+    }
+
+    #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
