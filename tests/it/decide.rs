@@ -25,6 +25,7 @@ backend_tests!(
     dry_run_changes_nothing_while_another_instance_holds_the_lease,
     backtest_replays_recorded_history_with_edited_rules,
     snapshot_counts_by_type_windows_and_samples,
+    cooldowns_expire_and_are_pruned,
 );
 
 fn rule_set(config: &Config, rules: &[(&str, &str)]) -> RuleSet {
@@ -528,4 +529,27 @@ fn run_reloads_rules_on_change_and_sighup_and_keeps_the_old_set_when_the_new_one
     assert!(err.contains("rules reloaded"), "{err}");
     assert!(err.contains("\"SIGHUP\""), "a SIGHUP alone reloads: {err}");
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
+    let mut config = db.config();
+    config.rules.cooldown = Duration::from_millis(300);
+    let engine = db.engine(config.clone());
+    engine.set_rules(rule_set(
+        &config,
+        &[("nag", "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", \"again\"), alert(\"info\", `m${state.n}`)]")],
+    ));
+    let outcome = |id: i64| {
+        let store = db.store.clone();
+        async move { store.decisions(id).await.unwrap()[0].outcome.clone() }
+    };
+    let t1 = ran(&engine).await.tick_id;
+    let t2 = ran(&engine).await.tick_id;
+    assert_eq!((outcome(t1).await, outcome(t2).await), ("applied".into(), "suppressed:cooldown".into()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t3 = ran(&engine).await.tick_id;
+    assert_eq!(outcome(t3).await, "applied", "the cooldown expired");
+    let live = db.store.cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap();
+    let targets: Vec<&str> = live.keys().map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(targets, vec!["again", "m3"], "m1 and m2 expired and were pruned");
 }
