@@ -246,12 +246,9 @@ fn run_case(
             diff.push(format!("+ unexpected ({p} must be absent): {}", show(d)));
         }
     }
-    if !diff.iter().any(|l| l.starts_with("- ") || l.starts_with("+ ")) || diff.is_empty() {
-        // nothing to add
-    } else {
-        for d in &got {
-            diff.push(format!("  got: {}", show(d)));
-        }
+    // A mismatch shows everything the rules decided, to read the diff against.
+    if diff.iter().any(|l| l.starts_with("- ") || l.starts_with("+ ")) {
+        diff.extend(got.iter().map(|d| format!("  got: {}", show(d))));
         if got.is_empty() {
             diff.push("  got: no decisions".into());
         }
