@@ -3,7 +3,8 @@
 //! A name is built from the UTC time, a sanitized form of the idempotency key and a short hash
 //! of the raw key, so that no key (`../../etc/passwd`, an absolute path, NUL, 10,000
 //! characters, unicode) can leave the artifacts directory, and distinct keys never collide.
-//! Files are written to a temporary name, synced, then renamed into place.
+//! Files are written to a temporary name, synced, then renamed into place. [`verify`] reads them
+//! back and checks each against the sha256 the execution log recorded.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,76 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Artifact> {
     result.map(|()| Artifact { path: path.to_path_buf(), sha256: sha256_hex(bytes) })
 }
 
+/// One recorded artifact that is missing or whose bytes no longer match.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BadArtifact {
+    pub log_id: i64,
+    pub action_id: i64,
+    pub path: String,
+    pub expected_sha256: String,
+    /// `None` when the file could not be read.
+    pub actual_sha256: Option<String>,
+    /// Why it is bad: `missing`, `mismatch` or the read error.
+    pub problem: String,
+}
+
+/// What `artifacts verify` found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub ok: usize,
+    pub missing: Vec<BadArtifact>,
+    pub mismatched: Vec<BadArtifact>,
+}
+
+impl VerifyReport {
+    pub fn all_ok(&self) -> bool {
+        self.missing.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// Recomputes the sha256 of every artifact the log rows name (relative paths resolve against
+/// the current directory, as they were written).
+pub fn verify(rows: &[crate::model::LogRow]) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    for row in rows {
+        let Some(path) = &row.artifact_ref else { continue };
+        report.checked += 1;
+        let expected = row.artifact_sha256.clone().unwrap_or_default();
+        let bad = |actual: Option<String>, problem: String| BadArtifact {
+            log_id: row.id,
+            action_id: row.action_id,
+            path: path.clone(),
+            expected_sha256: expected.clone(),
+            actual_sha256: actual,
+            problem,
+        };
+        match sha256_file(Path::new(path)) {
+            Ok(actual) if actual == expected => report.ok += 1,
+            Ok(actual) => report.mismatched.push(bad(Some(actual), "mismatch".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing.push(bad(None, "missing".into())),
+            Err(e) => report.missing.push(bad(None, format!("unreadable: {e}"))),
+        }
+    }
+    report
+}
+
+/// The sha256 of a file's bytes, read in blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +158,42 @@ mod tests {
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)), "{name}");
             assert!(name.len() < 120, "{name}");
         }
+    }
+
+    #[test]
+    fn hostile_subdirs_and_extensions_stay_inside_too() {
+        let dir = Path::new("/srv/artifacts");
+        for sub in ["..", "../../etc", "/abs", "a\0b", "PROOF_SOCIAL"] {
+            let p = artifact_path(dir, sub, "k", "../../x", Utc::now());
+            assert_eq!(p.parent().and_then(Path::parent), Some(dir), "{sub:?} -> {p:?}");
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(!name.contains('/') && name.ends_with(".._.._x"), "{name}");
+        }
+    }
+
+    #[test]
+    fn verify_finds_changed_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |id: i64, path: &Path, sha: &str| crate::model::LogRow {
+            id,
+            action_id: id,
+            tick_id: None,
+            ts: Utc::now(),
+            level: crate::model::LogLevel::Info,
+            message: String::new(),
+            artifact_ref: Some(path.display().to_string()),
+            artifact_sha256: Some(sha.to_string()),
+        };
+        let good = write_atomic(&dir.path().join("a/good.txt"), b"good").unwrap();
+        let bad = write_atomic(&dir.path().join("a/bad.txt"), b"bad").unwrap();
+        std::fs::write(&bad.path, b"changed").unwrap();
+        let gone = dir.path().join("a/gone.txt");
+        let r = verify(&[row(1, &good.path, &good.sha256), row(2, &bad.path, &bad.sha256), row(3, &gone, "00")]);
+        assert_eq!((r.checked, r.ok), (3, 1));
+        assert_eq!(r.mismatched.iter().map(|b| b.log_id).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.mismatched[0].actual_sha256.as_deref(), Some(sha256_hex(b"changed").as_str()));
+        assert_eq!((r.missing[0].log_id, r.missing[0].problem.as_str()), (3, "missing"));
+        assert!(!r.all_ok());
     }
 
     #[test]

@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod adapters;
+
+pub use adapters::AdaptersConfig;
+
 /// The file read when `--config` / `ORCHESTRATOR_CONFIG` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "orchestrator.yaml";
 /// The SQLite database used when no URL is configured.
@@ -38,6 +42,8 @@ pub struct Config {
     pub retention_days: u32,
     pub sqlite_synchronous_full: bool,
     pub rules: RulesConfig,
+    /// The `adapters:` section (file only).
+    pub adapters: AdaptersConfig,
 }
 
 /// Where a setting's value came from, for error messages.
@@ -90,6 +96,7 @@ struct Layer {
     retention_days: Option<u32>,
     sqlite_synchronous: Option<String>,
     rules: Option<RulesLayer>,
+    adapters: Option<adapters::AdaptersLayer>,
 }
 
 /// Every key, and whether its value is text (taken verbatim from the environment) or a YAML
@@ -144,8 +151,10 @@ impl Config {
             Some(p) => read_file(p, true)?,
             None => read_file(Path::new(DEFAULT_CONFIG_FILE), false)?,
         };
+        let mut adapters_file = None;
         if let Some((path, text)) = file {
             let layer = parse_file(&path, &text)?;
+            adapters_file = Some((layer.adapters.clone(), path.clone(), text.clone()));
             layers.push((layer, LayerOrigin::File { path, text }));
         }
 
@@ -181,7 +190,12 @@ impl Config {
             layers.push((layer, LayerOrigin::Flag("--interval")));
         }
 
-        Resolver::new(layers).resolve()
+        let mut config = Resolver::new(layers).resolve()?;
+        if let Some((layer, path, text)) = adapters_file {
+            let file = adapters::FileText { path: &path, text: &text };
+            config.adapters = adapters::resolve(layer, Some(file), inputs.env)?;
+        }
+        Ok(config)
     }
 
     /// The built-in defaults (what an empty config file gives).
@@ -364,6 +378,7 @@ impl Resolver {
             retention_days,
             sqlite_synchronous_full,
             rules,
+            adapters: AdaptersConfig::default(),
         })
     }
 
@@ -700,6 +715,75 @@ mod tests {
         for key in known_keys().keys() {
             assert!(locate_key(text, key).is_some(), "orchestrator.example.yaml lacks {key}");
         }
+    }
+
+    const ADAPTERS: &str = "\
+adapters:
+  webhook:
+    allow_raw_urls: true
+    targets:
+      hook:
+        url: https://example.com/hook
+        method: put
+        headers: {X-Team: ops}
+        secret_env: HOOK_SECRET
+        timeout_seconds: 5
+      unsigned:
+        url: http://127.0.0.1:9/x
+  command:
+    timeout_seconds: 12
+    allow:
+      greet:
+        program: /bin/echo
+        args: [\"hello\", \"{name}\"]
+        nonzero_exit: permanent
+        env: {LANG: C}
+  social:
+    platforms: {mastodon: hook}
+  alert:
+    target: unsigned
+";
+
+    #[test]
+    fn adapters_section_is_read_and_secrets_come_from_the_environment() {
+        let c = load(Some(ADAPTERS), &[("HOOK_SECRET", "s3cret")]).unwrap();
+        let a = &c.adapters;
+        let hook = &a.webhook.targets["hook"];
+        assert_eq!((hook.method.as_str(), hook.timeout), ("PUT", Some(Duration::from_secs(5))));
+        assert_eq!(hook.secret.as_ref().map(|s| s.expose()), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug never shows a secret");
+        assert_eq!(a.webhook.targets["unsigned"].method, "POST");
+        assert!(a.webhook.allow_raw_urls);
+        assert_eq!(a.command.timeout, Duration::from_secs(12));
+        let greet = &a.command.allow["greet"];
+        assert_eq!(greet.args, vec!["hello", "{name}"]);
+        assert_eq!(greet.nonzero_exit, adapters::NonzeroExit::Permanent);
+        assert_eq!(a.social.platforms["mastodon"], "hook");
+        assert_eq!(a.social.timeout, Duration::from_secs(30), "the per-type default");
+        assert_eq!(a.alert.target.as_deref(), Some("unsigned"));
+        let unset = load(Some(ADAPTERS), &[]).unwrap();
+        assert!(unset.adapters.webhook.targets["hook"].secret.is_none(), "an unset variable is not an error");
+    }
+
+    #[test]
+    fn adapter_errors_name_the_full_key_and_its_line() {
+        let cases = [
+            ("url: https://example.com/hook", "url: ftp://example.com", "adapters.webhook.targets.hook.url", 6),
+            ("method: put", "method: YELL", "adapters.webhook.targets.hook.method", 7),
+            ("platforms: {mastodon: hook}", "platforms: {mastodon: nope}", "adapters.social.platforms.mastodon", 22),
+            ("target: unsigned", "target: ghost", "adapters.alert.target", 24),
+            ("program: /bin/echo", "program: echo", "adapters.command.allow.greet.program", 17),
+            ("timeout_seconds: 12", "timeout_seconds: -1", "adapters.command.timeout_seconds", 14),
+        ];
+        for (good, bad, key, line) in cases {
+            let e = load(Some(&ADAPTERS.replace(good, bad)), &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+            assert!(e.contains(&format!("o.yaml:{line}:")), "{key} at line {line}: {e}");
+        }
+        let e = load(Some(&ADAPTERS.replace("secret_env:", "secret_envv:")), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:9:") && e.contains("unknown field `secret_envv`"), "{e}");
+        let e = load(Some(&ADAPTERS.replace("  social:", "  socal:")), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `socal`"), "{e}");
     }
 
     #[test]

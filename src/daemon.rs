@@ -3,7 +3,8 @@
 //! It stops after `--ticks N`, when a tick finds the `killed` flag (that tick released the
 //! lease), or on SIGTERM/SIGINT after the current tick finishes; every exit releases the lease.
 //! A failing database is logged once per change of state and retried with a backoff from 1 s
-//! doubling to 30 s, without a restart. It never busy-loops.
+//! doubling to 30 s, without a restart. It never busy-loops. Once an hour, after a tick it ran as
+//! the holder, it prunes finished history past `retention_days` in small batches.
 
 use std::time::Duration;
 
@@ -14,6 +15,11 @@ use crate::tick::{Engine, TickOutcome};
 
 /// How long an idle daemon with `tick_interval_seconds: 0` waits before looking again.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often the holder prunes finished history past the retention.
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Rows per purge transaction: small, so pruning never holds the write lock long enough to
+/// stall a tick.
+pub const PURGE_BATCH: u64 = 500;
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -33,12 +39,26 @@ pub struct RunSummary {
     pub stopped_by: StopReason,
 }
 
+/// Deletes SUCCESS and CANCELLED actions older than the retention, in small batches.
+async fn purge(engine: &Engine) {
+    let retention = chrono::Duration::from_std(engine.config().retention()).unwrap_or(chrono::Duration::MAX);
+    let cutoff = crate::model::now() - retention;
+    match engine.store().purge(cutoff, PURGE_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "purged finished actions past the retention")
+        }
+        Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
+    }
+}
+
 /// Runs ticks until a stop condition; `shutdown` turning true asks for a clean stop.
 pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::Receiver<bool>) -> RunSummary {
     let interval = engine.interval();
     let mut ticks = 0u64;
     let mut failing: Option<Duration> = None;
     let mut following: Option<String> = None;
+    let mut last_purge: Option<std::time::Instant> = None;
     let stopped_by = loop {
         if *shutdown.borrow() {
             break StopReason::Signal;
@@ -66,6 +86,10 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 );
                 if r.status == TickStatus::Killed {
                     break StopReason::Killed;
+                }
+                if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                    last_purge = Some(std::time::Instant::now());
+                    purge(engine).await;
                 }
                 if interval.is_zero() && r.attempted == 0 {
                     wait = IDLE_POLL;

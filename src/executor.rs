@@ -1,6 +1,7 @@
 //! EXECUTE: runs claimed actions through their adapters and records each outcome, fenced.
 //!
-//! Up to `dispatch_concurrency` actions run at once, each in its own task so that a panic is
+//! Up to `dispatch_concurrency` actions are in flight at once (running, or finished and not
+//! yet recorded), each in its own task so that a panic is
 //! caught and a timeout cancels it. Proof mode is enforced here: the adapter's `render_proof`
 //! is the only thing called, and its bytes become a sha256-stamped artifact. Outcomes are
 //! written by one writer as they arrive, grouped into one transaction per batch (group commit),
@@ -9,12 +10,13 @@
 //!
 //! The executor never decides what should run; it runs what was claimed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::adapters::{AdapterError, ExecContext, Registry};
 use crate::artifacts::{self, Artifact};
@@ -32,6 +34,9 @@ pub struct ExecSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub artifacts_dir: PathBuf,
+    /// Per action type timeouts (`adapters.<type>.timeout_seconds`); the smaller of this and
+    /// `action_timeout` bounds an attempt of that type.
+    pub type_timeouts: BTreeMap<String, Duration>,
 }
 
 /// What one dispatch did.
@@ -88,7 +93,10 @@ impl Executor {
     /// Runs `claimed` (already in dispatch order) and records every outcome.
     pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
         let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind)>();
+        // A permit travels with its completion and is released only once the outcome is
+        // durable: at most `concurrency` actions are ever in flight (run or not yet recorded),
+        // which bounds what a crash can make run twice.
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind, OwnedSemaphorePermit)>();
         let semaphore = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
 
         let launcher = async {
@@ -99,15 +107,14 @@ impl Executor {
                         .actions_total
                         .with_label_values(&[claim.action.action_type.as_str(), "unstarted"])
                         .inc();
-                    let _ = tx.send((unstarted(&claim), Kind::Unstarted));
+                    let _ = tx.send((unstarted(&claim), Kind::Unstarted, permit));
                     continue;
                 }
                 let tx = tx.clone();
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let done = this.attempt(claim, tick_id, proof_mode).await;
-                    let _ = tx.send(done);
-                    drop(permit);
+                    let (completion, kind) = this.attempt(claim, tick_id, proof_mode).await;
+                    let _ = tx.send((completion, kind, permit));
                 });
             }
             drop(tx);
@@ -123,14 +130,16 @@ impl Executor {
                         Err(_) => break,
                     }
                 }
+                let mut permits = Vec::with_capacity(batch.len());
                 let completions: Vec<Completion> = batch
                     .into_iter()
-                    .map(|(c, kind)| {
+                    .map(|(c, kind, permit)| {
                         match kind {
                             Kind::Succeeded => report.succeeded += 1,
                             Kind::Failed => report.failed += 1,
                             Kind::Unstarted => report.unstarted += 1,
                         }
+                        permits.push(permit);
                         c
                     })
                     .collect();
@@ -151,6 +160,7 @@ impl Executor {
                         report.store_error.get_or_insert_with(|| e.to_string());
                     }
                 }
+                drop(permits);
             }
             report.attempted = report.succeeded + report.failed;
             report
@@ -166,12 +176,16 @@ impl Executor {
         let action = Arc::new(claim.action.clone());
         let registry = self.registry.clone();
         let artifacts_dir = self.settings.artifacts_dir.clone();
-        let ctx = ExecContext { tick_id: Some(tick_id), attempt: claim.attempt };
+        let ctx = ExecContext::new(Some(tick_id), claim.attempt);
+        let task_ctx = ctx.clone();
         let task_action = action.clone();
         let inner =
-            tokio::spawn(async move { run_adapter(&registry, &ctx, &task_action, proof_mode, &artifacts_dir).await });
+            tokio::spawn(
+                async move { run_adapter(&registry, &task_ctx, &task_action, proof_mode, &artifacts_dir).await },
+            );
         let abort = inner.abort_handle();
-        let result = match tokio::time::timeout(self.settings.action_timeout, inner).await {
+        let (timeout, timeout_key) = self.timeout_for(&action.action_type);
+        let result = match tokio::time::timeout(timeout, inner).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) if join.is_panic() => {
                 Err(AdapterError::retryable(format!("adapter panicked: {}", panic_message(join.into_panic()))))
@@ -179,18 +193,19 @@ impl Executor {
             Ok(Err(_)) => Err(AdapterError::retryable("adapter task was cancelled")),
             Err(_) => {
                 abort.abort();
-                Err(AdapterError::retryable(format!(
-                    "timed out after {:.1}s (action_timeout_seconds)",
-                    self.settings.action_timeout.as_secs_f64()
-                )))
+                Err(AdapterError::retryable(format!("timed out after {:.1}s ({timeout_key})", timeout.as_secs_f64())))
             }
+        };
+        let record = match ctx.take_attached() {
+            Some(proof) if !proof_mode => self.write_record(&action, proof).await,
+            _ => None,
         };
         let elapsed = started.elapsed();
         self.metrics
             .action_duration_seconds
             .with_label_values(&[action.action_type.as_str()])
             .observe(elapsed.as_secs_f64());
-        let done = self.completion(&claim, &action, result, proof_mode, elapsed.as_millis());
+        let done = self.completion(&claim, &action, result, record, proof_mode, elapsed.as_millis());
         let outcome = match &done.0.outcome {
             CompletionOutcome::Success => "success",
             CompletionOutcome::Retry { .. } => "retry",
@@ -206,6 +221,7 @@ impl Executor {
         claim: &Claimed,
         action: &Action,
         result: Result<(String, Option<Artifact>), AdapterError>,
+        record: Option<Artifact>,
         proof_mode: bool,
         elapsed_ms: u128,
     ) -> (Completion, Kind) {
@@ -259,8 +275,53 @@ impl Executor {
                 (CompletionOutcome::Dlq { error: message }, log, Kind::Failed)
             }
         };
+        let mut log = log;
+        if let (None, Some(r)) = (&log.artifact_ref, record) {
+            log.artifact_ref = Some(r.path.display().to_string());
+            log.artifact_sha256 = Some(r.sha256);
+        }
         let completion = Completion { action_id: action.id, epoch: claim.epoch, attempt, outcome, logs: vec![log] };
         (completion, kind)
+    }
+}
+
+impl Executor {
+    /// The timeout of an attempt of `action_type` and the setting it comes from.
+    fn timeout_for(&self, action_type: &str) -> (Duration, String) {
+        let global = self.settings.action_timeout;
+        match self.settings.type_timeouts.get(action_type) {
+            Some(t) if *t < global => {
+                let section = match action_type {
+                    "POST_SOCIAL" => "social".to_string(),
+                    other => other.to_ascii_lowercase(),
+                };
+                (*t, format!("adapters.{section}.timeout_seconds"))
+            }
+            _ => (global, "action_timeout_seconds".to_string()),
+        }
+    }
+
+    /// Writes what a real attempt attached (see [`ExecContext::attach`]); a failure to write
+    /// is logged, never turned into the attempt's outcome.
+    async fn write_record(&self, action: &Action, record: crate::adapters::Proof) -> Option<Artifact> {
+        let path = artifacts::artifact_path(
+            &self.settings.artifacts_dir,
+            &record.subdir,
+            &action.idempotency_key,
+            &record.extension,
+            model::now(),
+        );
+        match tokio::task::spawn_blocking(move || artifacts::write_atomic(&path, &record.body)).await {
+            Ok(Ok(a)) => Some(a),
+            Ok(Err(e)) => {
+                tracing::warn!(action_id = action.id, error = %e, "cannot write the attempt's record");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(action_id = action.id, error = %e, "the record writer failed");
+                None
+            }
+        }
     }
 }
 

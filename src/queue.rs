@@ -70,19 +70,12 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 /// JSON text with object keys sorted at every level: the same payload always has the same text.
+///
+/// `serde_json::Map` is a `BTreeMap` unless serde_json's `preserve_order` feature is on, so the
+/// plain serialization is already sorted; the unit test `derived_keys_ignore_key_order` fails if
+/// a dependency ever turns that feature on.
 pub fn canonical_json(v: &serde_json::Value) -> String {
-    fn sort(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let mut entries: Vec<_> = m.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sort(v))).collect())
-            }
-            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(v).to_string()
+    v.to_string()
 }
 
 /// The key of an action enqueued without one: sha256 of its type and canonical payload.
@@ -201,6 +194,7 @@ pub async fn enqueue_jsonl(
     default_max_attempts: u32,
 ) -> Result<BulkReport, QueueError> {
     let mut report = BulkReport::default();
+    let mut in_flight: Option<Insert> = None;
     let mut batch: Vec<NewAction> = Vec::with_capacity(BULK_BATCH);
     let mut batch_first_line = 1u64;
     let mut buf = Vec::new();
@@ -214,42 +208,68 @@ pub async fn enqueue_jsonl(
             break;
         }
         line_no += 1;
-        if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
-            return Err(bad_line(line_no, "line is longer than the payload limit allows", &report, batch_first_line));
-        }
-        let text = std::str::from_utf8(&buf).map_err(|e| {
-            bad_line(line_no, &format!("not valid UTF-8 (at byte {})", e.valid_up_to()), &report, batch_first_line)
-        })?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let parsed: BulkLine = serde_json::from_str(text)
-            .map_err(|e| bad_line(line_no, &format!("not a valid action: {e}"), &report, batch_first_line))?;
-        let req = EnqueueRequest {
-            action_type: parsed.action_type,
-            payload: parsed.payload,
-            idempotency_key: parsed.idempotency_key,
-            priority: parsed.priority,
-            not_before: parsed.not_before,
-            max_attempts: parsed.max_attempts,
+        let new = match parse_line(&buf, n, default_max_attempts) {
+            Ok(Some(new)) => new,
+            Ok(None) => continue,
+            Err(why) => {
+                // Let the batch being written land (or fail) first, so the report is exact.
+                settle(&mut in_flight, &mut report).await?;
+                return Err(bad_line(line_no, &why, &report, batch_first_line));
+            }
         };
-        let new = prepare(&req, default_max_attempts).map_err(|e| bad_line(line_no, &e, &report, batch_first_line))?;
         batch.push(new);
         report.lines += 1;
         if batch.len() >= BULK_BATCH {
-            flush(store, &mut batch, &mut report).await?;
+            // Parse the next batch while this one is written.
+            settle(&mut in_flight, &mut report).await?;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BULK_BATCH));
+            in_flight = Some(spawn_insert(store, full));
             batch_first_line = line_no + 1;
         }
     }
-    flush(store, &mut batch, &mut report).await?;
+    settle(&mut in_flight, &mut report).await?;
+    if !batch.is_empty() {
+        in_flight = Some(spawn_insert(store, batch));
+        settle(&mut in_flight, &mut report).await?;
+    }
     Ok(report)
 }
 
-async fn flush(store: &Store, batch: &mut Vec<NewAction>, report: &mut BulkReport) -> Result<(), QueueError> {
-    let created = store.insert_actions(batch).await?;
+/// One line to a validated action; `None` for a blank line.
+fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32) -> Result<Option<NewAction>, String> {
+    if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
+        return Err("line is longer than the payload limit allows".into());
+    }
+    let text = std::str::from_utf8(buf).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let parsed: BulkLine = serde_json::from_str(text).map_err(|e| format!("not a valid action: {e}"))?;
+    let req = EnqueueRequest {
+        action_type: parsed.action_type,
+        payload: parsed.payload,
+        idempotency_key: parsed.idempotency_key,
+        priority: parsed.priority,
+        not_before: parsed.not_before,
+        max_attempts: parsed.max_attempts,
+    };
+    prepare(&req, default_max_attempts).map(Some)
+}
+
+type Insert = tokio::task::JoinHandle<(u64, Result<u64, StoreError>)>;
+
+fn spawn_insert(store: &Store, batch: Vec<NewAction>) -> Insert {
+    let store = store.clone();
+    tokio::spawn(async move { (batch.len() as u64, store.insert_actions(&batch).await) })
+}
+
+/// Waits for the batch being written, if any, and counts it.
+async fn settle(in_flight: &mut Option<Insert>, report: &mut BulkReport) -> Result<(), QueueError> {
+    let Some(task) = in_flight.take() else { return Ok(()) };
+    let (len, result) = task.await.map_err(|e| QueueError::Invalid(format!("bulk insert task failed: {e}")))?;
+    let created = result?;
     report.created += created;
-    report.duplicates += batch.len() as u64 - created;
-    batch.clear();
+    report.duplicates += len - created;
     Ok(())
 }
 

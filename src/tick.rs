@@ -85,6 +85,7 @@ impl Engine {
                 backoff_base: config.backoff_base,
                 backoff_max: config.backoff_max,
                 artifacts_dir: config.artifacts_dir.clone(),
+                type_timeouts: config.adapters.type_timeouts(),
             },
             metrics.clone(),
         );

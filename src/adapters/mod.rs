@@ -6,16 +6,24 @@
 //! only `render_proof`; an adapter never decides whether it may touch the outside world.
 //! Adapters know nothing of the queue, the lease or the store.
 
+mod alert;
+mod command;
+pub mod http;
 mod noop;
 mod social;
+mod webhook;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+pub use alert::Alert;
+pub use command::Command;
 pub use noop::Noop;
-pub use social::PostSocial;
+pub use social::{PostSocial, REAL_RUN_UNCONFIGURED};
+pub use webhook::Webhook;
 
+use crate::config::Config;
 use crate::model::Action;
 
 /// Why an attempt failed, and whether trying again can help.
@@ -56,12 +64,31 @@ pub struct Proof {
     pub body: Vec<u8>,
 }
 
-/// What an adapter is told about the attempt it runs.
+/// What an adapter is told about the attempt it runs, and where it leaves a record of it.
 #[derive(Clone, Debug)]
 pub struct ExecContext {
     pub tick_id: Option<i64>,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    record: Arc<Mutex<Option<Proof>>>,
+}
+
+impl ExecContext {
+    pub fn new(tick_id: Option<i64>, attempt: i32) -> Self {
+        ExecContext { tick_id, attempt, record: Arc::default() }
+    }
+
+    /// Leaves a record of what a real attempt did (a command's output, say). The executor writes
+    /// it as an artifact, atomically and sha256-stamped, and names it in the attempt's log row,
+    /// whether the attempt succeeded or failed. A later call replaces an earlier one.
+    pub fn attach(&self, record: Proof) {
+        *self.record.lock().unwrap_or_else(PoisonError::into_inner) = Some(record);
+    }
+
+    /// The record attached by the adapter, if any (taken once).
+    pub fn take_attached(&self) -> Option<Proof> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
 }
 
 /// One action type's executor.
@@ -78,6 +105,11 @@ pub trait Adapter: Send + Sync + 'static {
     async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError>;
 }
 
+/// The registry could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistryError(String);
+
 /// Adapters by action type.
 #[derive(Clone, Default)]
 pub struct Registry {
@@ -89,12 +121,36 @@ impl Registry {
         Registry::default()
     }
 
-    /// The adapters that ship with the binary.
+    /// `NOOP` and an unconfigured `POST_SOCIAL`: what needs no configuration.
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register(Noop);
-        r.register(PostSocial);
+        r.register(PostSocial::unconfigured());
         r
+    }
+
+    /// Every adapter that ships with the binary, set up from the config's `adapters:` section:
+    /// `NOOP`, `POST_SOCIAL`, `WEBHOOK`, `COMMAND` and `ALERT`.
+    pub fn from_config(config: &Config) -> Result<Self, RegistryError> {
+        let http =
+            Arc::new(http::Http::new().map_err(|e| RegistryError(format!("cannot set up the HTTP client: {e}")))?);
+        let adapters = &config.adapters;
+        for t in adapters.webhook.targets.values() {
+            if let (Some(var), None) = (&t.secret_env, &t.secret) {
+                tracing::warn!(
+                    webhook_target = t.name.as_str(),
+                    variable = var.as_str(),
+                    "secret_env names an unset variable: real requests to this target fail (retryably) until it is set"
+                );
+            }
+        }
+        let mut r = Registry::empty();
+        r.register(Noop);
+        r.register(PostSocial::new(adapters, http.clone()));
+        r.register(Webhook::new(&adapters.webhook, http.clone()));
+        r.register(Command::new(&adapters.command));
+        r.register(Alert::new(adapters, http));
+        Ok(r)
     }
 
     /// Adds (or replaces) the adapter for its action type.

@@ -2,13 +2,27 @@
 //!
 //! The payload needs `platform`, `content` and `audience` (strings); a missing or mistyped one
 //! is a permanent error naming the field. The proof is a text artifact under `proof_social/`
-//! holding exactly what would be posted. Real delivery is not configured in this build, so
-//! real mode fails retryably with "real run unconfigured": retried, then DLQ.
+//! holding exactly what would be posted (the directory the operators' runbooks name). Real mode
+//! delivers through the webhook target configured for the platform
+//! (`adapters.social.platforms.<platform>: <target>`), as the JSON body
+//! `{"platform", "audience", "content"}`; a platform with no target fails retryably with
+//! "real run unconfigured": retried, then DLQ.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::http::{self, Http};
 use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
+use crate::config::adapters::{AdaptersConfig, DEFAULT_TYPE_TIMEOUT_SECONDS, WebhookTarget};
 use crate::model::Action;
 
-pub struct PostSocial;
+/// Delivery per platform; none configured means every real run fails as unconfigured.
+pub struct PostSocial {
+    routes: BTreeMap<String, WebhookTarget>,
+    http: Option<Arc<Http>>,
+    timeout: Duration,
+}
 
 /// The message real mode fails with while no delivery is configured.
 pub const REAL_RUN_UNCONFIGURED: &str = "real run unconfigured";
@@ -31,6 +45,34 @@ fn parse(action: &Action) -> Result<Post<'_>, AdapterError> {
     Ok(Post { platform: field("platform")?, content: field("content")?, audience: field("audience")? })
 }
 
+fn body(post: &Post<'_>) -> Vec<u8> {
+    serde_json::json!({"platform": post.platform, "audience": post.audience, "content": post.content})
+        .to_string()
+        .into_bytes()
+}
+
+impl PostSocial {
+    /// No platform configured: real mode always fails as unconfigured.
+    pub fn unconfigured() -> Self {
+        PostSocial {
+            routes: BTreeMap::new(),
+            http: None,
+            timeout: Duration::from_secs_f64(DEFAULT_TYPE_TIMEOUT_SECONDS),
+        }
+    }
+
+    /// Platforms routed to the webhook targets the config names for them.
+    pub fn new(config: &AdaptersConfig, http: Arc<Http>) -> Self {
+        let routes = config
+            .social
+            .platforms
+            .iter()
+            .filter_map(|(platform, target)| config.webhook.targets.get(target).map(|t| (platform.clone(), t.clone())))
+            .collect();
+        PostSocial { routes, http: Some(http), timeout: config.social.timeout }
+    }
+}
+
 #[async_trait::async_trait]
 impl Adapter for PostSocial {
     fn action_type(&self) -> &str {
@@ -39,18 +81,32 @@ impl Adapter for PostSocial {
 
     fn render_proof(&self, action: &Action) -> Result<Option<Proof>, AdapterError> {
         let post = parse(action)?;
-        let body = format!(
+        let mut text = format!(
             "PROOF POST_SOCIAL\nidempotency_key: {}\naction_id: {}\nplatform: {}\naudience: {}\n\n{}\n",
             action.idempotency_key, action.id, post.platform, post.audience, post.content
         );
-        Ok(Some(Proof { subdir: "proof_social".into(), extension: "txt".into(), body: body.into_bytes() }))
+        match self.routes.get(post.platform) {
+            Some(target) => {
+                text.push_str(&format!("\n--- delivery: webhook target '{}' ---\n", target.name));
+                text.push_str(&http::render_request(target, &action.idempotency_key, &body(&post)));
+            }
+            None => text.push_str(&format!(
+                "\n--- delivery: none configured for '{}' (a real run fails: {REAL_RUN_UNCONFIGURED}) ---\n",
+                post.platform
+            )),
+        }
+        Ok(Some(Proof { subdir: "proof_social".into(), extension: "txt".into(), body: text.into_bytes() }))
     }
 
     async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
         let post = parse(action)?;
-        Err(AdapterError::retryable(format!(
-            "{REAL_RUN_UNCONFIGURED}: no delivery is configured for platform '{}'",
-            post.platform
-        )))
+        let (Some(target), Some(http)) = (self.routes.get(post.platform), &self.http) else {
+            return Err(AdapterError::retryable(format!(
+                "{REAL_RUN_UNCONFIGURED}: no delivery is configured for platform '{}'",
+                post.platform
+            )));
+        };
+        let message = http.send(target, &action.idempotency_key, body(&post), self.timeout).await?;
+        Ok(Outcome { message })
     }
 }

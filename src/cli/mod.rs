@@ -105,6 +105,9 @@ pub enum Command {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
     },
+    /// Check proof and run artifacts against the sha256 recorded in the execution logs.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
     /// Execution logs, newest first.
     Logs {
         #[arg(long, value_name = "ID")]
@@ -232,6 +235,12 @@ fn parse_status(s: &str) -> Result<ActionStatus, String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Recompute every recorded artifact's sha256; report missing or changed files. Exit 1 if any.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum LeaseCommand {
     /// Who holds the lease, its epoch and expiry.
     Show,
@@ -286,7 +295,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
         Command::Run { ticks, .. } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -304,12 +313,12 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::RunOnce { dry_run: true } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
             rules::print_dry_run(&engine.dry_run().await?, out);
         }
         Command::RunOnce { dry_run: false } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::builtin());
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
             let outcome = engine.tick().await;
             if let Err(e) = engine.release().await {
@@ -385,6 +394,14 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         }
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
+        Command::Artifacts(ArtifactsCommand::Verify) => {
+            let rows = store.artifact_logs().await?;
+            let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows)).await?;
+            out.verify(&report);
+            if !report.all_ok() {
+                return Ok(exit::ERROR);
+            }
+        }
     }
     Ok(exit::OK)
 }

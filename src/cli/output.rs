@@ -209,6 +209,30 @@ impl Out {
         }
     }
 
+    pub fn verify(&self, r: &crate::artifacts::VerifyReport) {
+        if self.json {
+            return print_json(r);
+        }
+        for b in r.missing.iter().chain(&r.mismatched) {
+            println!(
+                "{}: {} (log {}, action {}; recorded sha256 {}{})",
+                b.problem,
+                b.path,
+                b.log_id,
+                b.action_id,
+                b.expected_sha256,
+                b.actual_sha256.as_deref().map_or(String::new(), |a| format!(", now {a}"))
+            );
+        }
+        println!(
+            "{} artifact(s) checked: {} ok, {} missing, {} changed",
+            r.checked,
+            r.ok,
+            r.missing.len(),
+            r.mismatched.len()
+        );
+    }
+
     pub fn logs(&self, logs: &[LogRow]) {
         if self.json { print_json(&logs) } else { self.log_lines(logs) }
     }

@@ -15,7 +15,7 @@ use sea_orm::{
 };
 
 use super::entities::{self, actions, execution_logs};
-use super::{Backend, Context, Store, StoreError};
+use super::{Backend, Binder, Context, Store, StoreError};
 use crate::model::{self, Action, ActionStatus, LogLevel, NewLog};
 
 /// A validated action ready to insert (see `queue::enqueue` for the validation).
@@ -119,12 +119,8 @@ WHERE id IN (SELECT id FROM actions
   AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > $5)
 RETURNING *";
 
-const FENCE: &str = "WHERE id = $1 AND status = 'RUNNING' AND claimed_epoch = $2 AND attempts = $3 \
-     AND EXISTS (SELECT 1 FROM leases WHERE name = $4 AND epoch = $2)";
-
-fn finish_sql(set: &str) -> String {
-    format!("UPDATE actions SET {set} {FENCE}")
-}
+/// Completions per fenced UPDATE statement (7 bound values a row; both backends' limits allow it).
+const COMPLETE_CHUNK: usize = 1000;
 
 impl Store {
     /// Inserts one action unless its key exists; either way returns the row's id and status.
@@ -215,7 +211,9 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Writes a batch of completions and their log rows in one transaction, each fenced.
+    /// Writes a batch of completions and their log rows in one transaction: one fenced UPDATE
+    /// per chunk of rows (each row checked against its own epoch and attempt), then the log
+    /// rows of the ones that landed.
     pub async fn complete(
         &self,
         lease_name: &str,
@@ -228,34 +226,16 @@ impl Store {
         }
         let now = model::now();
         let txn = self.begin_write().await?;
+        let mut applied = std::collections::HashSet::new();
+        for chunk in batch.chunks(COMPLETE_CHUNK) {
+            let stmt = self.complete_stmt(lease_name, now, chunk);
+            for id in returned_ids(&txn, stmt, "recording action outcomes").await? {
+                applied.insert(id);
+            }
+        }
         let mut logs = Vec::new();
         for c in batch {
-            let fence = [c.action_id.into(), c.epoch.into(), c.attempt.into(), lease_name.into()];
-            let (sql, extra): (String, Vec<Value>) = match &c.outcome {
-                CompletionOutcome::Success => {
-                    (finish_sql("status = 'SUCCESS', updated_at = $5, finished_at = $5"), vec![now.into()])
-                }
-                CompletionOutcome::Retry { not_before, error } => (
-                    finish_sql("status = 'RETRY', not_before = $6, last_error = $7, updated_at = $5"),
-                    vec![now.into(), (*not_before).into(), error.as_str().into()],
-                ),
-                CompletionOutcome::Dlq { error } => (
-                    finish_sql("status = 'DLQ', last_error = $6, updated_at = $5, finished_at = $5"),
-                    vec![now.into(), error.as_str().into()],
-                ),
-                CompletionOutcome::Unstarted => (
-                    finish_sql(
-                        "status = 'PENDING', attempts = attempts - 1, claimed_epoch = NULL, \
-                         claimed_at = NULL, updated_at = $5",
-                    ),
-                    vec![now.into()],
-                ),
-            };
-            let res = txn
-                .execute_raw(self.stmt(&sql, fence.into_iter().chain(extra)))
-                .await
-                .doing("recording an action's outcome")?;
-            if res.rows_affected() == 1 {
+            if applied.contains(&c.action_id) {
                 report.applied.push(c.action_id);
                 logs.extend(c.logs.iter().cloned());
             } else {
@@ -265,6 +245,63 @@ impl Store {
         insert_logs(&txn, tick_id, &logs, now).await?;
         txn.commit().await.doing("committing action outcomes")?;
         Ok(report)
+    }
+
+    fn complete_stmt(&self, lease_name: &str, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
+        // PostgreSQL takes the VALUES column types from the first row; cast so NULLs are typed.
+        let casts: [&str; 7] = match self.backend {
+            Backend::Postgres => ["BIGINT", "BIGINT", "INTEGER", "TEXT", "TIMESTAMPTZ", "TEXT", "INTEGER"],
+            Backend::Sqlite => ["", "", "", "", "", "", ""],
+        };
+        let mut b = Binder::new(self.backend, 2 + chunk.len() * 7);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for c in chunk {
+            let (status, not_before, error, unstart): (&str, Option<DateTime<Utc>>, Option<&str>, i32) = match &c
+                .outcome
+            {
+                CompletionOutcome::Success => ("SUCCESS", None, None, 0),
+                CompletionOutcome::Retry { not_before, error } => ("RETRY", Some(*not_before), Some(error.as_str()), 0),
+                CompletionOutcome::Dlq { error } => ("DLQ", None, Some(error.as_str()), 0),
+                CompletionOutcome::Unstarted => ("PENDING", None, None, 1),
+            };
+            let cells: [Value; 7] = [
+                c.action_id.into(),
+                c.epoch.into(),
+                c.attempt.into(),
+                status.into(),
+                not_before.into(),
+                error.map(str::to_string).into(),
+                unstart.into(),
+            ];
+            let cells: Vec<String> = cells
+                .into_iter()
+                .zip(casts)
+                .map(|(v, cast)| {
+                    let p = b.push(v);
+                    if cast.is_empty() { p } else { format!("CAST({p} AS {cast})") }
+                })
+                .collect();
+            rows.push(format!("({})", cells.join(", ")));
+        }
+        // Pushed in the order they appear in the SQL below (SQLite binds `?` by position).
+        let (now1, now2, lease) = (b.push(now), b.push(now), b.push(lease_name));
+        let sql = format!(
+            "WITH v (id, epoch, attempt, status, not_before, err, unstart) AS (VALUES {rows}) \
+             UPDATE actions SET status = v.status, attempts = actions.attempts - v.unstart, \
+               not_before = COALESCE(v.not_before, actions.not_before), \
+               last_error = COALESCE(v.err, actions.last_error), \
+               claimed_epoch = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_epoch END, \
+               claimed_at = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_at END, \
+               updated_at = {now1}, \
+               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN {now2} ELSE actions.finished_at END \
+             FROM v \
+             WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claimed_epoch = v.epoch \
+               AND actions.attempts = v.attempt \
+               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = {lease} AND leases.epoch = v.epoch) \
+             RETURNING actions.id",
+            rows = rows.join(", ")
+        );
+        self.stmt(&sql, b.values)
     }
 
     /// Returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action claimed under

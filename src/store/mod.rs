@@ -44,10 +44,12 @@ pub enum Backend {
 pub enum StoreError {
     #[error("invalid database URL '{url}': {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot open database {target}: {source}")]
-    Connect { target: String, source: DbErr },
-    #[error("database error while {doing}: {source}")]
-    Db { doing: &'static str, source: DbErr },
+    // The cause is part of the message and deliberately not a `source`, so that `{:#}` chains
+    // print it once.
+    #[error("cannot open database {target}: {cause}")]
+    Connect { target: String, cause: DbErr },
+    #[error("database error while {doing}: {cause}")]
+    Db { doing: &'static str, cause: DbErr },
     #[error("{0}")]
     Refused(String),
     #[error("action {0} not found")]
@@ -61,7 +63,7 @@ impl StoreError {
     /// refused request): the daemon backs off and retries these.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Connect { .. })
-            || matches!(self, StoreError::Db { source, .. } if matches!(source, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)))
+            || matches!(self, StoreError::Db { cause, .. } if matches!(cause, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)))
     }
 }
 
@@ -71,7 +73,7 @@ trait Context<T> {
 
 impl<T> Context<T> for Result<T, DbErr> {
     fn doing(self, doing: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Db { doing, source })
+        self.map_err(|cause| StoreError::Db { doing, cause })
     }
 }
 
@@ -145,6 +147,44 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Opens one connection directly, so that an unreachable database fails at once with its real
+/// cause ("connection refused", "unable to open database file") instead of a pool timeout.
+async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreError> {
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
+        target: target.to_string(),
+        cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
+    };
+    let attempt = async {
+        match backend {
+            Backend::Sqlite => {
+                let opts = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_url(
+                    &url.parse().map_err(|e| StoreError::BadUrl { url: target.to_string(), reason: format!("{e}") })?,
+                )
+                .map_err(fail)?
+                .create_if_missing(true);
+                let conn = sea_orm::sqlx::SqliteConnection::connect_with(&opts).await.map_err(fail)?;
+                conn.close().await.map_err(fail)
+            }
+            Backend::Postgres => {
+                let opts = sea_orm::sqlx::postgres::PgConnectOptions::from_url(
+                    &url.parse().map_err(|e| StoreError::BadUrl { url: target.to_string(), reason: format!("{e}") })?,
+                )
+                .map_err(fail)?;
+                let conn = sea_orm::sqlx::PgConnection::connect_with(&opts).await.map_err(fail)?;
+                conn.close().await.map_err(fail)
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Connect {
+            target: target.to_string(),
+            cause: DbErr::Conn(sea_orm::RuntimeErr::Internal("no answer within 10 s".into())),
+        }),
+    }
+}
+
 impl Store {
     /// Connects (creating a SQLite file if missing) and applies pending migrations.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
@@ -157,7 +197,7 @@ impl Store {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         let (backend, url) = normalize_url(url)?;
         let target = redact_url(&url);
-        let mut opt = ConnectOptions::new(url);
+        let mut opt = ConnectOptions::new(url.clone());
         opt.sqlx_logging(false)
             .max_connections(options.max_connections)
             .min_connections(0)
@@ -182,7 +222,8 @@ impl Store {
                 opt.map_sqlx_postgres_opts(|o| o.application_name("orchestrator"));
             }
         }
-        let db = Database::connect(opt).await.map_err(|source| StoreError::Connect { target, source })?;
+        probe(backend, &url, &target).await?;
+        let db = Database::connect(opt).await.map_err(|cause| StoreError::Connect { target, cause })?;
         Ok(Store { db, backend })
     }
 
@@ -239,9 +280,46 @@ impl Store {
         }
     }
 
+    /// The value of a SQLite pragma as this store's connections see it (`None` on PostgreSQL).
+    pub async fn sqlite_pragma(&self, name: &str) -> Result<Option<String>, StoreError> {
+        if self.backend != Backend::Sqlite || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Ok(None);
+        }
+        let row = self.db.query_one_raw(self.stmt(&format!("PRAGMA {name}"), [])).await.doing("reading a pragma")?;
+        Ok(match row {
+            Some(r) => {
+                r.try_get_by_index::<String>(0).or_else(|_| r.try_get_by_index::<i64>(0).map(|v| v.to_string())).ok()
+            }
+            None => None,
+        })
+    }
+
     /// Runs raw SQL with no results; for tests and fault injection tools, never for user input.
     pub async fn execute_unprepared(&self, sql: &str) -> Result<u64, StoreError> {
         Ok(self.db.execute_unprepared(sql).await.doing("running SQL")?.rows_affected())
+    }
+}
+
+/// Collects bound values for a generated statement and names their placeholders: `$n` on
+/// PostgreSQL, anonymous `?` on SQLite (whose named-parameter lookup is linear in the number
+/// of parameters, which made a 7,000-parameter statement spend most of its time binding).
+/// Placeholders must appear in the SQL in the order they were pushed.
+pub(crate) struct Binder {
+    backend: Backend,
+    pub(crate) values: Vec<Value>,
+}
+
+impl Binder {
+    pub(crate) fn new(backend: Backend, capacity: usize) -> Self {
+        Binder { backend, values: Vec::with_capacity(capacity) }
+    }
+
+    pub(crate) fn push(&mut self, v: impl Into<Value>) -> String {
+        self.values.push(v.into());
+        match self.backend {
+            Backend::Postgres => format!("${}", self.values.len()),
+            Backend::Sqlite => "?".to_string(),
+        }
     }
 }
 

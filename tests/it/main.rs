@@ -6,8 +6,15 @@
 
 mod support;
 
+mod chaos;
 mod cli;
+mod command;
 mod decide;
+mod execute;
+mod hostile;
 mod lease;
+mod peer;
 mod queue;
+mod store;
 mod tick;
+mod verify;

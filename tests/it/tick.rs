@@ -28,6 +28,7 @@ backend_tests!(
     panics_and_timeouts_are_retryable_failures,
     deadline_returns_unstarted_claims_uncounted,
     follower_does_nothing,
+    daemon_prunes_history_past_retention,
 );
 
 pub async fn ran(engine: &Engine) -> TickReport {
@@ -198,7 +199,8 @@ impl Adapter for Flaky {
 async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
-    config.action_timeout = Duration::from_millis(200);
+    // Long enough for a panic hook that prints a backtrace (RUST_BACKTRACE=1) to finish.
+    config.action_timeout = Duration::from_secs(2);
     let calls = Arc::new(AtomicUsize::new(0));
     let mut registry = Registry::builtin();
     registry.register(Flaky { calls: calls.clone() });
@@ -222,7 +224,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     assert_eq!(pa.last_error.as_deref(), Some("adapter panicked: flaky adapter exploded"));
     let ha = db.store.action(h).await.unwrap().unwrap();
     assert_eq!(ha.status, ActionStatus::Retry);
-    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 0.2s"), "{:?}", ha.last_error);
+    assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 2.0s"), "{:?}", ha.last_error);
     assert_eq!(db.store.action(f).await.unwrap().unwrap().status, ActionStatus::Success);
 }
 
@@ -273,4 +275,28 @@ async fn follower_does_nothing(db: &TestDb) {
     }
     assert_eq!(db.store.recent_ticks(10).await.unwrap().len(), 1, "a follower writes no ledger row");
     assert_eq!(db.store.due_count().await.unwrap(), 1);
+}
+
+async fn daemon_prunes_history_past_retention(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let old = queue::enqueue(&db.store, &noop("old"), 3).await.unwrap().id;
+    let recent = queue::enqueue(&db.store, &noop("recent"), 3).await.unwrap().id;
+    ran(&engine).await;
+    let long_ago = match db.store.backend() {
+        orchestrator::store::Backend::Sqlite => "'2020-01-01T00:00:00+00:00'",
+        orchestrator::store::Backend::Postgres => "TIMESTAMPTZ '2020-01-01 00:00:00+00'",
+    };
+    db.store
+        .execute_unprepared(&format!("UPDATE actions SET finished_at = {long_ago} WHERE id = {old}"))
+        .await
+        .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let summary = daemon::run(&engine, Some(1), rx).await;
+    assert_eq!(summary.stopped_by, StopReason::TicksDone);
+    assert!(db.store.action(old).await.unwrap().is_none(), "finished past the retention: purged");
+    assert_eq!(
+        db.store.action(recent).await.unwrap().unwrap().status,
+        ActionStatus::Success,
+        "within the retention: kept"
+    );
 }

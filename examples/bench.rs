@@ -1,0 +1,599 @@
+//! The benchmark suite: prints a table and one JSON line per figure, and writes SVG charts.
+//!
+//! ```text
+//! cargo build --release && cargo run --release --example bench -- [--runs 5] [--quick] [--only NAME]
+//! ```
+//!
+//! Figures: `cold_run_once` (the whole release binary, start to exit, wall time and peak RSS),
+//! `tick_overhead` (a tick with nothing due, against 1k..1M rows of history, SQLite and
+//! PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
+//! completion fenced, durable and logged), `drain_concurrency` (drain rate against
+//! concurrency), `bulk_enqueue` (JSON Lines into SQLite) and `memory` (RSS of `run` over
+//! 10,000 ticks). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
+//! `ORCHESTRATOR_TEST_PG_URL`); each run uses a fresh schema. Timings are medians over `--runs`.
+//! This is a measuring tool, not a test: it asserts only that the work it timed was done.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orchestrator::adapters::Registry;
+use orchestrator::config::Config;
+use orchestrator::model::ActionStatus;
+use orchestrator::queue;
+use orchestrator::store::{Backend, FlagChange, Store, StoreOptions};
+use orchestrator::tick::{Engine, TickOutcome};
+
+struct Args {
+    runs: usize,
+    quick: bool,
+    only: Option<String>,
+    pg: Option<String>,
+    out: PathBuf,
+}
+
+/// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
+static SQLITE_FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+fn store_options() -> StoreOptions {
+    StoreOptions {
+        sqlite_synchronous_full: SQLITE_FULL.load(std::sync::atomic::Ordering::Relaxed),
+        ..StoreOptions::default()
+    }
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        runs: 5,
+        quick: false,
+        only: None,
+        pg: std::env::var("ORCHESTRATOR_BENCH_PG_URL").or_else(|_| std::env::var("ORCHESTRATOR_TEST_PG_URL")).ok(),
+        out: PathBuf::from("target/bench"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => a.runs = it.next().ok_or_else(|| anyhow::anyhow!("--runs needs N"))?.parse()?,
+            "--quick" => a.quick = true,
+            "--only" => a.only = it.next(),
+            "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
+            "--no-pg" => a.pg = None,
+            "--sqlite-sync" => match it.next().as_deref() {
+                Some("full") => SQLITE_FULL.store(true, std::sync::atomic::Ordering::Relaxed),
+                Some("normal") => SQLITE_FULL.store(false, std::sync::atomic::Ordering::Relaxed),
+                _ => anyhow::bail!("--sqlite-sync takes full or normal"),
+            },
+            other => anyhow::bail!(
+                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal)"
+            ),
+        }
+    }
+    anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    Ok(a)
+}
+
+/// One printed figure.
+struct Figure {
+    name: String,
+    backend: String,
+    param: String,
+    value: f64,
+    unit: &'static str,
+    runs: Vec<f64>,
+}
+
+fn emit(f: &Figure) {
+    println!(
+        "{:<18} {:<9} {:<14} {:>12.3} {:<8} (runs: {})",
+        f.name,
+        f.backend,
+        f.param,
+        f.value,
+        f.unit,
+        f.runs.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "{}",
+        serde_json::json!({"figure": f.name, "backend": f.backend, "param": f.param, "value": f.value, "unit": f.unit, "runs": f.runs})
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// A fresh database: a SQLite file in a temp dir, or a fresh PostgreSQL schema.
+struct Db {
+    url: String,
+    store: Store,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    async fn new(backend: &str, pg: Option<&str>) -> anyhow::Result<Db> {
+        let dir = tempfile::tempdir()?;
+        let (url, pg) = match backend {
+            "sqlite" => (format!("sqlite:{}", dir.path().join("bench.db").display()), None),
+            _ => {
+                let base = pg.ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL"))?;
+                let schema = format!("bench_{:016x}", fastrand::u64(..));
+                let admin = Store::connect(base, &StoreOptions::default()).await?;
+                admin.execute_unprepared(&format!("CREATE SCHEMA {schema}")).await?;
+                admin.close().await?;
+                let sep = if base.contains('?') { '&' } else { '?' };
+                (format!("{base}{sep}options[search_path]={schema}"), Some((base.to_string(), schema)))
+            }
+        };
+        let store = Store::open(&url, &store_options()).await?;
+        Ok(Db { url, store, _dir: dir, pg })
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::defaults();
+        c.database_url = self.url.clone();
+        c.artifacts_dir = self._dir.path().join("artifacts");
+        c.sqlite_synchronous_full = SQLITE_FULL.load(std::sync::atomic::Ordering::Relaxed);
+        c
+    }
+
+    async fn drop_schema(self) {
+        self.store.close().await.ok();
+        if let Some((base, schema)) = self.pg
+            && let Ok(admin) = Store::connect(&base, &StoreOptions::default()).await
+        {
+            admin.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.ok();
+            admin.close().await.ok();
+        }
+    }
+
+    /// `n` rows of finished history (90 % SUCCESS, 10 % CANCELLED) plus 100 open rows that are
+    /// not due, written with one INSERT … SELECT per chunk.
+    async fn history(&self, n: u64) -> anyhow::Result<()> {
+        let ts = "'2026-01-01T00:00:00+00:00'";
+        let far = "'2100-01-01T00:00:00+00:00'";
+        let chunk = 200_000u64;
+        let mut start = 1u64;
+        while start <= n {
+            let end = (start + chunk - 1).min(n);
+            let status = "CASE WHEN i % 10 = 0 THEN 'CANCELLED' ELSE 'SUCCESS' END";
+            let sql = match self.store.backend() {
+                Backend::Sqlite => format!(
+                    "WITH RECURSIVE seq(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM seq WHERE i < {end}) \
+                     INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at, finished_at) \
+                     SELECT 'hist-' || i, 'NOOP', '{{}}', {status}, 0, {ts}, 1, 3, {ts}, {ts}, {ts} FROM seq"
+                ),
+                Backend::Postgres => format!(
+                    "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at, finished_at) \
+                     SELECT 'hist-' || i, 'NOOP', '{{}}', {status}, 0, {ts}, 1, 3, {ts}, {ts}, {ts} FROM generate_series({start}, {end}) AS i"
+                ),
+            };
+            self.store.execute_unprepared(&sql).await?;
+            start = end + 1;
+        }
+        let open = match self.store.backend() {
+            Backend::Sqlite => format!(
+                "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 100) \
+                 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
+                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {ts}, {ts} FROM seq"
+            ),
+            Backend::Postgres => format!(
+                "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
+                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {ts}, {ts} FROM generate_series(1, 100) AS i"
+            ),
+        };
+        self.store.execute_unprepared(&open).await?;
+        let analyze = match self.store.backend() {
+            Backend::Sqlite => "ANALYZE",
+            Backend::Postgres => "ANALYZE actions",
+        };
+        self.store.execute_unprepared(analyze).await?;
+        Ok(())
+    }
+
+    /// `n` due NOOP actions, through the real bulk path.
+    async fn due_noops(&self, n: usize) -> anyhow::Result<()> {
+        let lines: String =
+            (0..n).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+        let report = queue::enqueue_jsonl(&self.store, lines.as_bytes(), 3).await?;
+        anyhow::ensure!(report.created == n as u64, "created {} of {n}", report.created);
+        Ok(())
+    }
+}
+
+fn backends(a: &Args) -> Vec<&'static str> {
+    if a.pg.is_some() { vec!["sqlite", "postgres"] } else { vec!["sqlite"] }
+}
+
+fn wanted(a: &Args, name: &str) -> bool {
+    a.only.as_deref().is_none_or(|o| o == name)
+}
+
+fn release_binary() -> anyhow::Result<PathBuf> {
+    let p = PathBuf::from("target/release/orchestrator");
+    anyhow::ensure!(p.exists(), "build the release binary first: cargo build --release");
+    Ok(std::fs::canonicalize(p)?)
+}
+
+/// Runs `cmd` under GNU time; returns (wall seconds, peak RSS in KiB).
+fn timed(bin: &Path, args: &[&str], cwd: &Path) -> anyhow::Result<(f64, f64)> {
+    let report = cwd.join(".time");
+    let start = Instant::now();
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(bin)
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    let wall = start.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "{} {:?} failed: {status}", bin.display(), args);
+    let rss: f64 = std::fs::read_to_string(&report)?.trim().lines().last().unwrap_or("0").parse()?;
+    Ok((wall, rss))
+}
+
+fn cold_run_once(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let bin = release_binary()?;
+    let (mut walls, mut rss) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs.max(5) {
+        let dir = tempfile::tempdir()?;
+        let (w, r) = timed(&bin, &["run-once"], dir.path())?;
+        anyhow::ensure!(dir.path().join("orchestrator.db").exists(), "run-once created no database");
+        walls.push(w * 1000.0);
+        rss.push(r / 1024.0);
+    }
+    Ok(vec![
+        Figure {
+            name: "cold_run_once".into(),
+            backend: "sqlite".into(),
+            param: "wall".into(),
+            value: median(&mut walls.clone()),
+            unit: "ms",
+            runs: walls,
+        },
+        Figure {
+            name: "cold_run_once".into(),
+            backend: "sqlite".into(),
+            param: "peak_rss".into(),
+            value: median(&mut rss.clone()),
+            unit: "MiB",
+            runs: rss,
+        },
+    ])
+}
+
+async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let sizes: &[u64] = if a.quick { &[1_000, 100_000] } else { &[1_000, 10_000, 100_000, 1_000_000] };
+    let ticks = if a.quick { 50 } else { 200 };
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        for &n in sizes {
+            let db = Db::new(backend, a.pg.as_deref()).await?;
+            db.history(n).await?;
+            let engine = Engine::new(db.store.clone(), db.config(), Registry::builtin());
+            let mut per_run = Vec::new();
+            for _ in 0..a.runs {
+                let mut samples = Vec::with_capacity(ticks);
+                for _ in 0..ticks {
+                    let t = Instant::now();
+                    match engine.tick().await? {
+                        TickOutcome::Ran(r) => anyhow::ensure!(r.attempted == 0, "something was due"),
+                        TickOutcome::NotLeader { .. } => anyhow::bail!("lost the lease"),
+                    }
+                    samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                per_run.push(median(&mut samples));
+            }
+            engine.release().await?;
+            out.push(Figure {
+                name: "tick_overhead".into(),
+                backend: backend.into(),
+                param: format!("rows={n}"),
+                value: median(&mut per_run.clone()),
+                unit: "ms",
+                runs: per_run,
+            });
+            emit(out.last().expect("just pushed"));
+            db.drop_schema().await;
+        }
+    }
+    Ok(out)
+}
+
+async fn drain_once(backend: &str, pg: Option<&str>, n: usize, concurrency: u32) -> anyhow::Result<f64> {
+    let db = Db::new(backend, pg).await?;
+    db.due_noops(n).await?;
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+    let mut config = db.config();
+    config.max_actions_per_tick = 1_000_000;
+    config.dispatch_concurrency = concurrency;
+    config.tick_interval = Duration::ZERO;
+    config.max_tick = Duration::from_secs(600);
+    let engine = Engine::new(db.store.clone(), config, Registry::builtin());
+    let start = Instant::now();
+    loop {
+        match engine.tick().await? {
+            TickOutcome::Ran(r) if r.attempted == 0 => break,
+            TickOutcome::Ran(_) => {}
+            TickOutcome::NotLeader { .. } => anyhow::bail!("lost the lease"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    engine.release().await?;
+    let counts = db.store.count_by_status().await?;
+    anyhow::ensure!(counts[&ActionStatus::Success] == n as i64, "not all succeeded: {counts:?}");
+    let logs = db.store.logs(None, 1).await?;
+    anyhow::ensure!(!logs.is_empty(), "no log rows");
+    db.drop_schema().await;
+    Ok(n as f64 / secs)
+}
+
+async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let n = if a.quick { 10_000 } else { 50_000 };
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        let mut rates = Vec::new();
+        for _ in 0..a.runs {
+            rates.push(drain_once(backend, a.pg.as_deref(), n, 16).await?);
+        }
+        out.push(Figure {
+            name: "drain".into(),
+            backend: backend.into(),
+            param: format!("n={n},c=16"),
+            value: median(&mut rates.clone()),
+            unit: "actions/s",
+            runs: rates,
+        });
+        emit(out.last().expect("just pushed"));
+    }
+    Ok(out)
+}
+
+async fn drain_concurrency(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let n = if a.quick { 5_000 } else { 20_000 };
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        for c in [1u32, 2, 4, 8, 16, 32, 64] {
+            let mut rates = Vec::new();
+            for _ in 0..a.runs.min(3) {
+                rates.push(drain_once(backend, a.pg.as_deref(), n, c).await?);
+            }
+            out.push(Figure {
+                name: "drain_concurrency".into(),
+                backend: backend.into(),
+                param: format!("c={c}"),
+                value: median(&mut rates.clone()),
+                unit: "actions/s",
+                runs: rates,
+            });
+            emit(out.last().expect("just pushed"));
+        }
+    }
+    Ok(out)
+}
+
+async fn bulk_enqueue(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let n = if a.quick { 20_000 } else { 100_000 };
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"action_type\":\"POST_SOCIAL\",\"payload\":{{\"platform\":\"x\",\"content\":\"post {i}\",\"audience\":\"all\"}},\"priority\":{}}}\n", i % 10))
+        .collect();
+    let mut rates = Vec::new();
+    for _ in 0..a.runs {
+        let db = Db::new("sqlite", None).await?;
+        let start = Instant::now();
+        let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(report.created == n as u64, "created {}", report.created);
+        rates.push(n as f64 / secs);
+        db.drop_schema().await;
+    }
+    let f = Figure {
+        name: "bulk_enqueue".into(),
+        backend: "sqlite".into(),
+        param: format!("n={n}"),
+        value: median(&mut rates.clone()),
+        unit: "actions/s",
+        runs: rates,
+    };
+    emit(&f);
+    Ok(vec![f])
+}
+
+fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+fn memory(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let bin = release_binary()?;
+    let ticks = if a.quick { 2_000 } else { 10_000 };
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(&bin)
+        .args(["run", "--ticks", &ticks.to_string(), "--interval", "0.001"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    while child.try_wait()?.is_none() {
+        if let Some(r) = rss_kib(child.id()) {
+            samples.push((start.elapsed().as_secs_f64(), r / 1024.0));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::ensure!(samples.len() >= 4, "the run was too short to sample");
+    let early = samples[samples.len() / 10].1;
+    let last = samples.last().map_or(0.0, |s| s.1);
+    let peak = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let figs = vec![
+        Figure {
+            name: "memory".into(),
+            backend: "sqlite".into(),
+            param: format!("ticks={ticks},rss@10%"),
+            value: early,
+            unit: "MiB",
+            runs: vec![early],
+        },
+        Figure {
+            name: "memory".into(),
+            backend: "sqlite".into(),
+            param: format!("ticks={ticks},rss@end"),
+            value: last,
+            unit: "MiB",
+            runs: vec![last],
+        },
+        Figure {
+            name: "memory".into(),
+            backend: "sqlite".into(),
+            param: format!("ticks={ticks},peak"),
+            value: peak,
+            unit: "MiB",
+            runs: vec![peak],
+        },
+        Figure {
+            name: "memory".into(),
+            backend: "sqlite".into(),
+            param: format!("ticks={ticks},seconds"),
+            value: start.elapsed().as_secs_f64(),
+            unit: "s",
+            runs: vec![],
+        },
+    ];
+    for f in &figs {
+        emit(f);
+    }
+    Ok(figs)
+}
+
+/// A minimal line chart: one polyline per series, log-scaled x when asked.
+fn svg_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &BTreeMap<String, Vec<(f64, f64)>>,
+    log_x: bool,
+) -> String {
+    let (w, h, l, r, t, b) = (640.0, 360.0, 70.0, 20.0, 40.0, 50.0);
+    let tx = |x: f64| if log_x { x.log10() } else { x };
+    let pts: Vec<(f64, f64)> = series.values().flatten().copied().collect();
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(tx(p.0)), b.max(tx(p.0))));
+    let y1 = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.1;
+    let sx = |x: f64| l + (tx(x) - x0) / (x1 - x0).max(1e-9) * (w - l - r);
+    let sy = |y: f64| h - b - y / y1.max(1e-9) * (h - t - b);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n\
+         <line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>\n<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{y_label}</text>\n",
+        w / 2.0,
+        h - b,
+        w - r,
+        h - b,
+        h - b,
+        (l + w - r) / 2.0,
+        h - 12.0,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    );
+    for i in 0..=4 {
+        let y = y1 * i as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.1}</text><line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#ddd\"/>\n",
+            l - 6.0,
+            sy(y) + 4.0,
+            y,
+            sy(y),
+            w - r,
+            sy(y)
+        );
+    }
+    let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.dedup();
+    for x in xs {
+        s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", sx(x), h - b + 16.0, x);
+    }
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let path: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1))).collect();
+        s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\n", path.join(" "));
+        for p in pts {
+            s += &format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>\n", sx(p.0), sy(p.1));
+        }
+        s += &format!("<text x=\"{}\" y=\"{}\" fill=\"{c}\">{name}</text>\n", l + 10.0, t + 14.0 + 16.0 * i as f64);
+    }
+    s + "</svg>\n"
+}
+
+fn param_num(p: &str) -> f64 {
+    p.rsplit('=').next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    std::fs::create_dir_all(&a.out)?;
+    println!("{:<18} {:<9} {:<14} {:>12} {:<8}", "FIGURE", "BACKEND", "PARAM", "MEDIAN", "UNIT");
+    let mut all = Vec::new();
+    if wanted(&a, "cold_run_once") {
+        for f in cold_run_once(&a)? {
+            emit(&f);
+            all.push(f);
+        }
+    }
+    if wanted(&a, "tick_overhead") {
+        all.extend(tick_overhead(&a).await?);
+    }
+    if wanted(&a, "drain") {
+        all.extend(drain(&a).await?);
+    }
+    if wanted(&a, "drain_concurrency") {
+        all.extend(drain_concurrency(&a).await?);
+    }
+    if wanted(&a, "bulk_enqueue") {
+        all.extend(bulk_enqueue(&a).await?);
+    }
+    if wanted(&a, "memory") {
+        all.extend(memory(&a)?);
+    }
+    for (figure, file, title, x, y, log_x) in [
+        (
+            "tick_overhead",
+            "tick_overhead.svg",
+            "Tick overhead against history size",
+            "rows in actions",
+            "ms per tick (median)",
+            true,
+        ),
+        (
+            "drain_concurrency",
+            "drain_concurrency.svg",
+            "Drain rate against dispatch concurrency",
+            "dispatch_concurrency",
+            "actions/s",
+            true,
+        ),
+    ] {
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for f in all.iter().filter(|f| f.name == figure) {
+            series.entry(f.backend.clone()).or_default().push((param_num(&f.param), f.value));
+        }
+        if !series.is_empty() {
+            let path = a.out.join(file);
+            std::fs::write(&path, svg_chart(title, x, y, &series, log_x))?;
+            println!("chart: {}", path.display());
+        }
+    }
+    Ok(())
+}

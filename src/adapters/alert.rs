@@ -1,0 +1,88 @@
+//! `ALERT`: the sink for alerts (the rules' `alert` decisions, or any enqueued `ALERT`).
+//!
+//! The payload is `{"severity": "info" | "warning" | "critical", "message": "...", ...}`
+//! (`severity` defaults to `warning`; other fields travel along). Real mode writes the alert to
+//! the log and, when `adapters.alert.target` names a webhook target, sends the whole payload
+//! there as JSON. The proof shows both under `alert/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::http::{self, Http};
+use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
+use crate::config::adapters::{AdaptersConfig, WebhookTarget};
+use crate::model::Action;
+
+pub const SEVERITIES: &[&str] = &["info", "warning", "critical"];
+
+pub struct Alert {
+    target: Option<WebhookTarget>,
+    http: Arc<Http>,
+    timeout: Duration,
+}
+
+impl Alert {
+    pub fn new(config: &AdaptersConfig, http: Arc<Http>) -> Self {
+        let target = config.alert.target.as_ref().and_then(|t| config.webhook.targets.get(t)).cloned();
+        Alert { target, http, timeout: config.alert.timeout }
+    }
+}
+
+fn parse(action: &Action) -> Result<(&str, &str), AdapterError> {
+    let p = &action.payload;
+    let message = p
+        .get("message")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| AdapterError::permanent("ALERT payload needs a string field 'message'"))?;
+    let severity = match p.get("severity") {
+        None => "warning",
+        Some(v) => v.as_str().filter(|s| SEVERITIES.contains(s)).ok_or_else(|| {
+            AdapterError::permanent(format!("ALERT payload field 'severity' must be one of {}", SEVERITIES.join(", ")))
+        })?,
+    };
+    Ok((severity, message))
+}
+
+fn body(action: &Action) -> Vec<u8> {
+    action.payload.to_string().into_bytes()
+}
+
+#[async_trait::async_trait]
+impl Adapter for Alert {
+    fn action_type(&self) -> &str {
+        "ALERT"
+    }
+
+    fn render_proof(&self, action: &Action) -> Result<Option<Proof>, AdapterError> {
+        let (severity, message) = parse(action)?;
+        let mut text = format!(
+            "PROOF ALERT\nidempotency_key: {}\naction_id: {}\nseverity: {severity}\n\n{message}\n\n--- would log it",
+            action.idempotency_key, action.id
+        );
+        match &self.target {
+            Some(t) => {
+                text.push_str(&format!(" and send it to webhook target '{}' ---\n", t.name));
+                text.push_str(&http::render_request(t, &action.idempotency_key, &body(action)));
+            }
+            None => text.push_str(" (no adapters.alert.target) ---\n"),
+        }
+        Ok(Some(Proof { subdir: "alert".into(), extension: "txt".into(), body: text.into_bytes() }))
+    }
+
+    async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
+        let (severity, message) = parse(action)?;
+        let key = action.idempotency_key.as_str();
+        match severity {
+            "critical" => tracing::error!(action_id = action.id, key, severity, alert = message, "ALERT"),
+            "warning" => tracing::warn!(action_id = action.id, key, severity, alert = message, "ALERT"),
+            _ => tracing::info!(action_id = action.id, key, severity, alert = message, "ALERT"),
+        }
+        match &self.target {
+            None => Ok(Outcome { message: format!("alert ({severity}) logged") }),
+            Some(t) => {
+                let sent = self.http.send(t, key, body(action), self.timeout).await?;
+                Ok(Outcome { message: format!("alert ({severity}) logged and sent: {sent}") })
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Outbound HTTP for `WEBHOOK`, `POST_SOCIAL` and `ALERT`: one request to a configured target,
+//! signed, bounded in time, and classified into success, retryable or permanent.
+//!
+//! Every request carries `X-Orchestrator-Idempotency-Key` and, when the target has a secret,
+//! `X-Orchestrator-Signature: sha256=<hex HMAC-SHA256 of the body>`. Redirects are not followed.
+//! What is logged (the method, the URL without credentials or query, the status and the first KB
+//! of the response) never includes a secret, a header value or the signature. This module sends
+//! what it is given; whether it may send at all is the executor's call.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::AdapterError;
+use crate::config::adapters::{Secret, WebhookTarget};
+
+/// The request header with the action's idempotency key.
+pub const IDEMPOTENCY_HEADER: &str = "X-Orchestrator-Idempotency-Key";
+/// The request header with the body's signature.
+pub const SIGNATURE_HEADER: &str = "X-Orchestrator-Signature";
+/// How much of a response body is kept for the log.
+pub const RESPONSE_LOG_BYTES: usize = 1024;
+/// The longest `Retry-After` honoured; a peer cannot park an action for longer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// A shared HTTP client (connection pool) for every adapter that sends.
+#[derive(Clone, Debug)]
+pub struct Http {
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new() -> Result<Http, reqwest::Error> {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+        Ok(Http { client })
+    }
+
+    /// Sends `body` to `target` for the action with idempotency key `key`. `timeout` applies
+    /// when the target sets none. Returns a one-line summary for the execution log.
+    pub async fn send(
+        &self,
+        target: &WebhookTarget,
+        key: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<String, AdapterError> {
+        let shown = format!("{} {}", target.method, loggable_url(&target.url));
+        let signature = match (&target.secret_env, &target.secret) {
+            (Some(var), None) => {
+                return Err(AdapterError::retryable(format!(
+                    "{shown}: the environment variable {var} (secret_env of target '{}') was not set when the config was loaded, so the body cannot be signed",
+                    target.name
+                )));
+            }
+            (_, Some(secret)) => Some(signature(secret, &body)),
+            (None, None) => None,
+        };
+        let method = reqwest::Method::from_bytes(target.method.as_bytes())
+            .map_err(|_| AdapterError::permanent(format!("{shown}: invalid method")))?;
+        let timeout = target.timeout.unwrap_or(timeout);
+        let mut req = self.client.request(method, &target.url).timeout(timeout);
+        if !target.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in &target.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let key_value = reqwest::header::HeaderValue::from_bytes(key.as_bytes()).map_err(|_| {
+            AdapterError::permanent(format!("{shown}: the idempotency key cannot be sent as a header value"))
+        })?;
+        req = req.header(IDEMPOTENCY_HEADER, key_value);
+        if let Some(sig) = signature {
+            req = req.header(SIGNATURE_HEADER, sig);
+        }
+
+        let started = Instant::now();
+        let mut resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return Err(AdapterError::retryable(format!("{shown}: timed out after {:.1}s", timeout.as_secs_f64())));
+            }
+            Err(e) => return Err(AdapterError::retryable(format!("{shown}: {}", error_chain(&e)))),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        let mut head = Vec::new();
+        // The status is the peer's answer; a body cut short (or failing) only shortens the log.
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let room = RESPONSE_LOG_BYTES.saturating_sub(head.len());
+            head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if head.len() >= RESPONSE_LOG_BYTES {
+                break;
+            }
+        }
+        let summary = format!(
+            "{shown} (target '{}') -> {status} in {} ms; response: {}",
+            target.name,
+            started.elapsed().as_millis(),
+            redact(&printable(&head), target)
+        );
+        classify(status.as_u16(), summary, retry_after)
+    }
+}
+
+/// 2xx success; 408, 429 and 5xx retryable (with the peer's `Retry-After`); the rest permanent.
+pub fn classify(status: u16, summary: String, retry_after: Option<Duration>) -> Result<String, AdapterError> {
+    match status {
+        200..=299 => Ok(summary),
+        408 | 429 | 500..=599 => Err(AdapterError::Retryable { message: summary, retry_after }),
+        300..=399 => Err(AdapterError::permanent(format!("{summary} (redirects are not followed)"))),
+        _ => Err(AdapterError::permanent(summary)),
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`, as GitHub signs webhooks.
+pub fn signature(secret: &Secret, body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) {
+        Ok(m) => m,
+        Err(e) => unreachable!("HMAC accepts keys of any length: {e}"),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`]; a past date is 0.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+}
+
+/// The URL without credentials, query or fragment: safe to log.
+pub fn loggable_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".to_string(),
+    }
+}
+
+/// The URL with any password, and the values of query parameters named like secrets, replaced:
+/// for proof artifacts.
+fn proof_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("REDACTED"));
+            }
+            let pairs: Vec<(String, String)> = u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+            if pairs.iter().any(|(k, _)| sensitive_header(k)) {
+                let mut q = u.query_pairs_mut();
+                q.clear();
+                for (k, v) in &pairs {
+                    q.append_pair(k, if sensitive_header(k) { "REDACTED" } else { v });
+                }
+            }
+            u.to_string()
+        }
+        Err(_) => "<invalid URL>".to_string(),
+    }
+}
+
+/// Whether a header's value is shown in proof artifacts.
+fn sensitive_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["authorization", "cookie", "token", "secret", "key", "auth", "signature", "password", "session"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+/// The request exactly as [`Http::send`] would make it, secrets redacted: for proof artifacts.
+pub fn render_request(target: &WebhookTarget, key: &str, body: &[u8]) -> String {
+    let mut out = format!("{} {}\n", target.method, proof_url(&target.url));
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    if !target.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+        headers.insert("Content-Type".into(), "application/json".into());
+    }
+    for (k, v) in &target.headers {
+        let shown = if sensitive_header(k) { "<redacted>".to_string() } else { v.clone() };
+        headers.insert(k.clone(), shown);
+    }
+    headers.insert(IDEMPOTENCY_HEADER.into(), key.to_string());
+    match (&target.secret_env, &target.secret) {
+        (Some(var), Some(_)) => {
+            headers.insert(SIGNATURE_HEADER.into(), format!("sha256=<redacted: HMAC-SHA256 keyed by ${var}>"));
+        }
+        (Some(var), None) => {
+            headers.insert(SIGNATURE_HEADER.into(), format!("<${var} is not set: a real run would fail>"));
+        }
+        (None, _) => {}
+    }
+    for (k, v) in &headers {
+        let _ = writeln!(out, "{k}: {v}");
+    }
+    let _ = writeln!(out);
+    out.push_str(&String::from_utf8_lossy(body));
+    out.push('\n');
+    out
+}
+
+/// `text` with the target's secret and sensitive header values blanked out, in case the peer
+/// echoes what it received.
+fn redact(text: &str, target: &WebhookTarget) -> String {
+    let mut out = text.to_string();
+    let secrets = target
+        .secret
+        .iter()
+        .map(|s| s.expose())
+        .chain(target.headers.iter().filter(|(k, _)| sensitive_header(k)).map(|(_, v)| v.as_str()));
+    for s in secrets {
+        if !s.is_empty() {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
+}
+
+/// Bytes as one printable line.
+pub fn printable(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let trimmed = flat.trim();
+    if trimmed.is_empty() { "(empty)".to_string() } else { trimmed.to_string() }
+}
+
+/// An error and its causes, without the URL (which may carry credentials).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = String::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+        cur = err.source();
+    }
+    if let Some(url) = e.url() {
+        out = out.replace(url.as_str(), &loggable_url(url.as_str()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_vector() {
+        // RFC 4231 test case 2.
+        let sig = signature(&Secret::new("Jefe"), b"what do ya want for nothing?");
+        assert_eq!(sig, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:30 GMT", now), Some(Duration::from_secs(90)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("99999999", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(classify(204, "s".into(), None).is_ok());
+        for s in [408, 429, 500, 503] {
+            assert!(matches!(classify(s, "s".into(), None), Err(AdapterError::Retryable { .. })), "{s}");
+        }
+        for s in [301, 400, 401, 404, 422] {
+            assert!(matches!(classify(s, "s".into(), None), Err(AdapterError::Permanent { .. })), "{s}");
+        }
+    }
+
+    #[test]
+    fn logged_urls_lose_credentials_and_query() {
+        assert_eq!(loggable_url("https://u:pw@h.example/p?token=abc#f"), "https://h.example/p");
+        assert_eq!(proof_url("https://u:pw@h.example/p"), "https://u:REDACTED@h.example/p");
+        assert_eq!(proof_url("https://h.example/p?a=1&api_key=k"), "https://h.example/p?a=1&api_key=REDACTED");
+    }
+}

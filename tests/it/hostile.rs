@@ -1,0 +1,150 @@
+//! The hostile-input corpus: cases kept as data in `tests/hostile/*.yaml`, each run through the
+//! real binary. Every case must exit with the expected non-zero code and a clear message, must
+//! not panic, and must leave the database exactly as it was.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use orchestrator::store::{ActionFilter, Store, StoreOptions};
+use serde::Deserialize;
+
+use crate::support::{bin, run, stderr};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    args: Vec<String>,
+    #[serde(default)]
+    config: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    stdin_hex: Option<String>,
+    exit: i32,
+    stderr: String,
+}
+
+/// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`.
+fn expand(text: &str) -> String {
+    let mut out = text.to_string();
+    for (tag, make) in [
+        ("@big:", (|n: usize| format!("{{\"a\":\"{}\"}}", "x".repeat(n))) as fn(usize) -> String),
+        ("@nested:", |n| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n))),
+        ("@long:", |n| "k".repeat(n)),
+    ] {
+        while let Some(start) = out.find(tag) {
+            let digits: String = out[start + tag.len()..].chars().take_while(char::is_ascii_digit).collect();
+            let n: usize = digits.parse().expect("a number after the generator tag");
+            out.replace_range(start..start + tag.len() + digits.len(), &make(n));
+        }
+    }
+    out
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+/// Everything an operator could see in the database, as one comparable value.
+async fn state(dir: &Path) -> serde_json::Value {
+    let url = format!("sqlite:{}", dir.join("orchestrator.db").display());
+    let store = Store::connect(&url, &StoreOptions::default()).await.unwrap();
+    let v = serde_json::json!({
+        "flags": store.flags().await.unwrap(),
+        "lease": store.lease("orchestrator").await.unwrap(),
+        "actions": store.list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
+        "ticks": store.recent_ticks(1_000_000).await.unwrap(),
+        "logs": store.logs(None, 1_000_000).await.unwrap(),
+    });
+    store.close().await.unwrap();
+    v
+}
+
+fn load_corpus() -> Vec<(String, Case)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut cases = Vec::new();
+    for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let list: Vec<Case> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let file = f.file_stem().unwrap().to_string_lossy().into_owned();
+        cases.extend(list.into_iter().map(|c| (file.clone(), c)));
+    }
+    cases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
+    let cases = load_corpus();
+    assert!(cases.len() >= 40, "the corpus holds {} cases", cases.len());
+    let mut failures = Vec::new();
+    for (file, case) in &cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert_eq!(run(bin(dir).arg("migrate")).status.code(), Some(0));
+        let before = state(dir).await;
+        if let Some(cfg) = &case.config {
+            std::fs::write(dir.join("orchestrator.yaml"), cfg).unwrap();
+        }
+        let mut cmd = bin(dir);
+        cmd.args(case.args.iter().map(|a| expand(a))).envs(&case.env);
+        let stdin: Option<Vec<u8>> = match (&case.stdin, &case.stdin_hex) {
+            (Some(s), _) => Some(expand(s).into_bytes()),
+            (None, Some(h)) => Some(hex(h)),
+            (None, None) => None,
+        };
+        let out = match stdin {
+            Some(bytes) => {
+                let mut child =
+                    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+                let mut pipe = child.stdin.take().unwrap();
+                // The binary may refuse and exit before reading everything: a broken pipe is fine.
+                let writer = std::thread::spawn(move || {
+                    let _ = pipe.write_all(&bytes);
+                });
+                let out = child.wait_with_output().unwrap();
+                writer.join().unwrap();
+                out
+            }
+            None => run(&mut cmd),
+        };
+        std::fs::remove_file(dir.join("orchestrator.yaml")).ok();
+        let err = stderr(&out);
+        let after = state(dir).await;
+        let mut problems = Vec::new();
+        if out.status.code() != Some(case.exit) {
+            problems.push(format!("exit {:?}, expected {}", out.status.code(), case.exit));
+        }
+        if !err.contains(&case.stderr) {
+            problems.push(format!("stderr lacks {:?}", case.stderr));
+        }
+        if err.contains("panicked") || out.status.code() == Some(101) {
+            problems.push("panicked".into());
+        }
+        if before != after {
+            problems.push("the database changed".into());
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{file}: {}: {}\n    stderr: {}",
+                case.name,
+                problems.join("; "),
+                err.chars().take(300).collect::<String>()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} hostile cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    eprintln!("hostile corpus: {} cases refused clearly, no panic, database unchanged", cases.len());
+}
