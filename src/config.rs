@@ -41,6 +41,7 @@ pub struct Config {
     pub artifacts_dir: PathBuf,
     pub retention_days: u32,
     pub sqlite_synchronous_full: bool,
+    pub rules: RulesConfig,
     /// The `adapters:` section (file only).
     pub adapters: AdaptersConfig,
     /// The HTTP server (`http:` in the file).
@@ -173,6 +174,7 @@ struct Layer {
     artifacts_dir: Option<PathBuf>,
     retention_days: Option<u32>,
     sqlite_synchronous: Option<String>,
+    rules: Option<RulesLayer>,
     adapters: Option<adapters::AdaptersLayer>,
     http: Option<HttpLayer>,
 }
@@ -197,6 +199,7 @@ const KEYS: &[(&str, bool)] = &[
     ("retention_days", false),
     ("sqlite_synchronous", true),
     ("http", false),
+    ("rules", false),
 ];
 
 /// Flags that override the other layers.
@@ -447,6 +450,8 @@ impl Resolver {
         };
         let http = self.resolve_http()?;
 
+        let rules = self.rules()?;
+
         Ok(Config {
             database_url,
             tick_interval,
@@ -464,6 +469,7 @@ impl Resolver {
             artifacts_dir,
             retention_days,
             sqlite_synchronous_full,
+            rules,
             adapters: AdaptersConfig::default(),
             http,
             admin_tokens: AdminTokens::default(),
@@ -490,6 +496,190 @@ impl Resolver {
         })?;
         let stale_tick_intervals = range(stale, "http.stale_tick_intervals", 1, 1000)?;
         Ok(HttpConfig { listen: addr, stale_tick_intervals })
+    }
+
+    /// The `rules:` section: later layers override earlier ones key by key.
+    fn rules(&self) -> Result<RulesConfig, ConfigError> {
+        let mut merged = RulesLayer::default();
+        let mut health = HealthLayer::default();
+        let mut source = Source::Default;
+        for (layer, origin) in &self.layers {
+            let Some(r) = &layer.rules else { continue };
+            source = origin.source_for("rules");
+            merged.params.extend(r.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+            macro_rules! over {
+                ($($f:ident),+) => {$( if r.$f.is_some() { merged.$f = r.$f.clone(); } )+};
+            }
+            over!(max_decisions_per_tick, cooldown_seconds, budget_ms, max_operations, max_call_depth);
+            over!(max_string_size, max_array_size, max_map_size, rebalance_age_seconds, rebalance_defer_seconds);
+            over!(alert_action_type);
+            if let Some(h) = &r.health {
+                macro_rules! over_h {
+                    ($($f:ident),+) => {$( if h.$f.is_some() { health.$f = h.$f; } )+};
+                }
+                over_h!(saturated_pending, old_pending_seconds, healthy_at, degraded_at);
+            }
+        }
+        let d = RulesConfig::default();
+        let bad = |message: String| ConfigError::Value { source_: source.clone(), message };
+        for (rule, p) in &merged.params {
+            if !p.is_mapping() && !p.is_null() {
+                return Err(bad(format!("rules.params.{rule} must be a map of settings")));
+            }
+        }
+        let params = merged
+            .params
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::to_value(&v).map(|j| (k.clone(), j)).map_err(|e| bad(format!("rules.params.{k}: {e}")))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let within = |v: Option<u64>, key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+            let v = v.unwrap_or(default);
+            if v < min || v > max {
+                return Err(bad(format!("rules.{key} must be between {min} and {max}, got {v}")));
+            }
+            Ok(v)
+        };
+        let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) => seconds((v, source.clone()), &format!("rules.{key}"), true),
+            }
+        };
+        let healthy_at = within(health.healthy_at, "health.healthy_at", d.health.healthy_at, 1, 100)?;
+        let degraded_at = within(health.degraded_at, "health.degraded_at", d.health.degraded_at, 0, 100)?;
+        if degraded_at > healthy_at {
+            return Err(bad(format!(
+                "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
+            )));
+        }
+        if let Some(t) = &merged.alert_action_type {
+            crate::queue::validate_type(t).map_err(|e| bad(format!("rules.alert_action_type: {e}")))?;
+        }
+        Ok(RulesConfig {
+            alert_action_type: merged.alert_action_type,
+            params,
+            max_decisions_per_tick: within(merged.max_decisions_per_tick, "max_decisions_per_tick", 10, 1, 10_000)?
+                as u32,
+            cooldown: secs(merged.cooldown_seconds, "cooldown_seconds", d.cooldown)?,
+            budget: Duration::from_millis(within(merged.budget_ms, "budget_ms", 50, 1, 60_000)?),
+            max_operations: within(merged.max_operations, "max_operations", d.max_operations, 1_000, 1_000_000_000)?,
+            max_call_depth: within(merged.max_call_depth, "max_call_depth", d.max_call_depth as u64, 1, 1_000)?
+                as usize,
+            max_string_size: within(merged.max_string_size, "max_string_size", d.max_string_size as u64, 64, 1 << 30)?
+                as usize,
+            max_array_size: within(merged.max_array_size, "max_array_size", d.max_array_size as u64, 16, 1 << 30)?
+                as usize,
+            max_map_size: within(merged.max_map_size, "max_map_size", d.max_map_size as u64, 16, 1 << 30)? as usize,
+            rebalance_age: secs(merged.rebalance_age_seconds, "rebalance_age_seconds", d.rebalance_age)?,
+            rebalance_defer: secs(merged.rebalance_defer_seconds, "rebalance_defer_seconds", d.rebalance_defer)?,
+            health: HealthThresholds {
+                saturated_pending: within(
+                    health.saturated_pending,
+                    "health.saturated_pending",
+                    d.health.saturated_pending,
+                    0,
+                    u64::from(u32::MAX),
+                )?,
+                old_pending: secs(health.old_pending_seconds, "health.old_pending_seconds", d.health.old_pending)?,
+                healthy_at,
+                degraded_at,
+            },
+        })
+    }
+}
+
+/// The `rules:` section as written (every key optional, unknown keys refused).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesLayer {
+    #[serde(default)]
+    params: BTreeMap<String, serde_yaml::Value>,
+    max_decisions_per_tick: Option<u64>,
+    cooldown_seconds: Option<f64>,
+    budget_ms: Option<u64>,
+    max_operations: Option<u64>,
+    max_call_depth: Option<u64>,
+    max_string_size: Option<u64>,
+    max_array_size: Option<u64>,
+    max_map_size: Option<u64>,
+    rebalance_age_seconds: Option<f64>,
+    rebalance_defer_seconds: Option<f64>,
+    alert_action_type: Option<String>,
+    health: Option<HealthLayer>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthLayer {
+    saturated_pending: Option<u64>,
+    old_pending_seconds: Option<f64>,
+    healthy_at: Option<u64>,
+    degraded_at: Option<u64>,
+}
+
+/// The DECIDE stage's settings (`rules:` in the config file).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RulesConfig {
+    /// `rules.params.<rule>`: each rule's settings, seen by the rule as `params`.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Decisions applied per tick at most, after dedupe (the rest: `suppressed:cap`).
+    pub max_decisions_per_tick: u32,
+    /// A (rule, kind, target) applied once is suppressed for this long (`suppressed:cooldown`).
+    pub cooldown: Duration,
+    /// Wall-clock budget of one rule's evaluation.
+    pub budget: Duration,
+    pub max_operations: u64,
+    pub max_call_depth: usize,
+    pub max_string_size: usize,
+    pub max_array_size: usize,
+    pub max_map_size: usize,
+    /// `rebalance` boosts pending actions older than this by one priority step.
+    pub rebalance_age: Duration,
+    /// `rebalance` on a saturated queue defers work of priority 0 or less by this long.
+    pub rebalance_defer: Duration,
+    /// When set, every applied `alert` is also enqueued as an action of this type (payload
+    /// `{severity, message, rule, tick_id}`), for the adapter that handles it to deliver.
+    pub alert_action_type: Option<String>,
+    pub health: HealthThresholds,
+}
+
+/// Thresholds of the snapshot's health score.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthThresholds {
+    /// The queue is saturated above this many pending actions (-20).
+    pub saturated_pending: u64,
+    /// The oldest pending action is too old past this (-15).
+    pub old_pending: Duration,
+    /// `healthy` at this score or more.
+    pub healthy_at: u64,
+    /// `degraded` at this score or more (below `healthy_at`); `critical` below.
+    pub degraded_at: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            params: BTreeMap::new(),
+            max_decisions_per_tick: 10,
+            cooldown: Duration::from_secs(300),
+            budget: Duration::from_millis(50),
+            max_operations: 1_000_000,
+            max_call_depth: 64,
+            max_string_size: 65_536,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            rebalance_age: Duration::from_secs(600),
+            rebalance_defer: Duration::from_secs(60),
+            alert_action_type: None,
+            health: HealthThresholds {
+                saturated_pending: 50,
+                old_pending: Duration::from_secs(1800),
+                healthy_at: 80,
+                degraded_at: 50,
+            },
+        }
     }
 }
 
@@ -735,6 +925,22 @@ adapters:
         assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug never shows a token");
         let e = load(None, &[(ADMIN_TOKEN_ENV, "short")]).unwrap_err().to_string();
         assert!(e.contains(ADMIN_TOKEN_ENV) && e.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn rules_section_parses_and_refuses_unknown_keys() {
+        let yaml = "rules:\n  max_decisions_per_tick: 4\n  params:\n    breaker: {hold_ticks: 5}\n  health:\n    healthy_at: 90\n";
+        let c = load(Some(yaml), &[]).unwrap();
+        assert_eq!(c.rules.max_decisions_per_tick, 4);
+        assert_eq!(c.rules.params["breaker"], serde_json::json!({"hold_ticks": 5}));
+        assert_eq!((c.rules.health.healthy_at, c.rules.health.degraded_at), (90, 50));
+        assert_eq!(c.rules.cooldown, Duration::from_secs(300));
+        let e = load(Some("rules:\n  cooldown: 5\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:2:") && e.contains("unknown field `cooldown`"), "{e}");
+        let e = load(Some("rules:\n  health: {healthy_at: 40, degraded_at: 60}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:1:") && e.contains("rules.health.degraded_at (60)"), "{e}");
+        let e = load(None, &[("ORCHESTRATOR_RULES", "{budget_ms: 0}")]).unwrap_err().to_string();
+        assert!(e.contains("ORCHESTRATOR_RULES") && e.contains("rules.budget_ms"), "{e}");
     }
 
     #[test]

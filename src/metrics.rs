@@ -30,6 +30,14 @@ pub mod names {
     pub const HEALTH_SCORE: &str = "orchestrator_health_score";
     pub const LAST_TICK_TIMESTAMP_SECONDS: &str = "orchestrator_last_tick_timestamp_seconds";
     pub const DATABASE_UP: &str = "orchestrator_database_up";
+
+    pub const RULE_EVALUATIONS_TOTAL: &str = "orchestrator_rule_evaluations_total";
+    pub const RULE_ERRORS_TOTAL: &str = "orchestrator_rule_errors_total";
+    pub const RULE_EVAL_DURATION_SECONDS: &str = "orchestrator_rule_eval_duration_seconds";
+    pub const DECISIONS_TOTAL: &str = "orchestrator_decisions_total";
+    pub const ALERTS_TOTAL: &str = "orchestrator_alerts_total";
+    pub const RULES_RELOAD_SUCCESS: &str = "orchestrator_rules_reload_success";
+    pub const RULES_LOADED: &str = "orchestrator_rules_loaded";
 }
 
 /// Database state for the scrape-time gauges. `None` fields are left out of the output.
@@ -47,6 +55,79 @@ pub struct DbGauges {
     /// 1 healthy, 0.5 degraded, 0 unhealthy.
     pub health_score: f64,
     pub last_tick_timestamp_seconds: Option<f64>,
+}
+
+/// The DECIDE stage's metrics, registered into a [`Metrics`] registry.
+#[derive(Clone, Debug)]
+pub struct RuleMetrics {
+    /// Evaluations by rule.
+    pub evaluations_total: IntCounterVec,
+    /// Failed or stopped evaluations by rule.
+    pub errors_total: IntCounterVec,
+    pub eval_duration_seconds: HistogramVec,
+    /// Decisions by rule, kind and outcome (`applied`, `suppressed:<why>`, `failed`).
+    pub decisions_total: IntCounterVec,
+    /// Alerts decided by rules and applied, by severity.
+    pub alerts_total: IntCounterVec,
+    /// 1 when the last (re)load of the rules succeeded, 0 when it was rejected.
+    pub reload_success: prometheus::IntGauge,
+    /// Rules in the active set.
+    pub loaded: prometheus::IntGauge,
+}
+
+impl RuleMetrics {
+    /// Creates the rule metrics and registers them in `metrics`' registry.
+    pub fn register(metrics: &Metrics) -> RuleMetrics {
+        let evaluations_total =
+            IntCounterVec::new(Opts::new(names::RULE_EVALUATIONS_TOTAL, "Rule evaluations, by rule."), &["rule"])
+                .expect("valid metric");
+        let errors_total = IntCounterVec::new(
+            Opts::new(names::RULE_ERRORS_TOTAL, "Rule evaluations that failed or ran out of budget, by rule."),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let eval_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(names::RULE_EVAL_DURATION_SECONDS, "Wall time of one rule's evaluation.")
+                .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1]),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let decisions_total = IntCounterVec::new(
+            Opts::new(names::DECISIONS_TOTAL, "Decisions by rule, kind and outcome."),
+            &["rule", "kind", "outcome"],
+        )
+        .expect("valid metric");
+        let alerts_total =
+            IntCounterVec::new(Opts::new(names::ALERTS_TOTAL, "Alerts raised by rules, by severity."), &["severity"])
+                .expect("valid metric");
+        let reload_success =
+            prometheus::IntGauge::new(names::RULES_RELOAD_SUCCESS, "1 if the last rules (re)load succeeded.")
+                .expect("valid metric");
+        let loaded =
+            prometheus::IntGauge::new(names::RULES_LOADED, "Rules in the active rule set.").expect("valid metric");
+        for c in [
+            Box::new(evaluations_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors_total.clone()),
+            Box::new(eval_duration_seconds.clone()),
+            Box::new(decisions_total.clone()),
+            Box::new(alerts_total.clone()),
+            Box::new(reload_success.clone()),
+            Box::new(loaded.clone()),
+        ] {
+            if let Err(e) = metrics.registry().register(c) {
+                tracing::warn!(error = %e, "rule metrics already registered");
+            }
+        }
+        RuleMetrics {
+            evaluations_total,
+            errors_total,
+            eval_duration_seconds,
+            decisions_total,
+            alerts_total,
+            reload_success,
+            loaded,
+        }
+    }
 }
 
 /// This process's metrics.

@@ -323,7 +323,7 @@ mod tests {
     fn payloads_must_be_bounded_objects() {
         assert!(parse_payload("[1]").unwrap_err().contains("must be a JSON object, got an array"));
         assert!(parse_payload("{").unwrap_err().contains("not valid JSON"));
-        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        let deep = "[".repeat(10_000) + "]".repeat(10_000).as_str();
         assert!(parse_payload(&format!("{{\"a\":{deep}}}")).unwrap_err().contains("recursion limit"));
         let huge = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_PAYLOAD_BYTES));
         assert!(parse_payload(&huge).unwrap_err().contains("the limit is"));

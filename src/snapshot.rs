@@ -1,18 +1,29 @@
 //! MONITOR: one immutable [`Snapshot`] of the queue, the lease, the flags and the ledger, built
-//! at the start of every tick with a fixed number of index-backed queries.
+//! at the start of every tick with a fixed number of index-backed queries (ten), plus the
+//! health score computed from it.
 //!
-//! Its cost does not grow with finished history: counts cover only the open statuses (a
-//! partial index), and the ledger is read by primary key from the top. It decides nothing.
+//! Its cost does not grow with finished history: counts of open states use a partial index,
+//! recent outcomes are counted inside a one-hour window (`finished_at`, indexed), the ledger is
+//! read from the top by primary key and in a window, and samples are `LIMIT 20` over partial
+//! indexes. It decides nothing, and it is what rules see as `snap`.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::config::HealthThresholds;
 use crate::lease::Term;
-use crate::model::{self, ActionStatus, Flags, TickStatus};
+use crate::model::{self, Action, ActionStatus, Flags, TickStatus};
 use crate::store::{Store, StoreError};
 
+/// Actions listed per sample.
+pub const SAMPLE_SIZE: u64 = 20;
+/// How many of the latest ticks are looked at for a failing streak.
+const STREAK_LOOKBACK: u64 = 100;
+
 /// The state a tick decides on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub now: DateTime<Utc>,
     pub tick_id: Option<i64>,
@@ -20,44 +31,271 @@ pub struct Snapshot {
     pub lease: LeaseView,
     pub queue: QueueView,
     pub last_tick: Option<LastTick>,
+    #[serde(default)]
+    pub recent: RecentView,
+    #[serde(default)]
+    pub ledger: LedgerView,
+    #[serde(default)]
+    pub health: HealthView,
+    #[serde(default)]
+    pub samples: Samples,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LeaseView {
     pub owner: String,
     pub epoch: i64,
     pub ttl_seconds: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct QueueView {
     pub pending: i64,
     pub running: i64,
     pub retry: i64,
     pub dlq: i64,
+    /// Finished with `SUCCESS` in the last hour (a window, so the cost stays bounded).
+    #[serde(default)]
+    pub success: i64,
+    /// Cancelled in the last hour.
+    #[serde(default)]
+    pub cancelled: i64,
     pub due_now: i64,
     pub oldest_pending_age_seconds: Option<f64>,
+    #[serde(default)]
+    pub by_type: BTreeMap<String, TypeView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TypeView {
+    pub pending: i64,
+    pub retry: i64,
+    pub dlq: i64,
+    pub failures_1h: i64,
+    pub successes_1h: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RecentView {
+    /// Attempts that failed in the last hour: actions now in `RETRY` updated in the window,
+    /// plus those moved to `DLQ` in it.
+    pub failures_1h: i64,
+    pub successes_1h: i64,
+    /// failures / (failures + successes), 0 when there were none.
+    pub error_rate_1h: f64,
+    pub failures_15m: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LedgerView {
+    pub last_tick_status: Option<TickStatus>,
+    pub consecutive_failed_ticks: i64,
+    pub failed_ticks_1h: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthView {
+    pub score: i64,
+    /// `healthy`, `degraded` or `critical`.
+    pub status: String,
+    /// What took points off, e.g. "queue saturated (-20)".
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+impl Default for HealthView {
+    fn default() -> Self {
+        HealthView { score: 100, status: "healthy".into(), reasons: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Samples {
+    pub stuck_pending: Vec<Sample>,
+    pub retry: Vec<Sample>,
+    pub dlq: Vec<Sample>,
+    pub running_too_long: Vec<Sample>,
+}
+
+/// One action as a rule sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub action_type: String,
+    pub status: ActionStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    /// Since creation (since the claim for `RUNNING`).
+    pub age_seconds: f64,
+    pub last_error: Option<String>,
+    pub priority: i32,
+    /// Seconds until `not_before` (0 or less: due). A delayed action is not stuck.
+    #[serde(default)]
+    pub due_in_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LastTick {
     pub id: i64,
     pub status: TickStatus,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Builds the snapshot for the tick `tick_id` run under `term`.
+impl<'de> Deserialize<'de> for ActionStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for TickStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Flags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            paused: bool,
+            #[serde(default)]
+            killed: bool,
+            #[serde(default = "yes")]
+            proof_mode: bool,
+        }
+        fn yes() -> bool {
+            true
+        }
+        let r = Raw::deserialize(d)?;
+        Ok(Flags { paused: r.paused, killed: r.killed, proof_mode: r.proof_mode })
+    }
+}
+
+impl Snapshot {
+    /// A quiet system: nothing queued, healthy. `rules check` evaluates rules against it, and
+    /// rule fixtures fill what they leave out from it.
+    pub fn example() -> Snapshot {
+        Snapshot {
+            now: model::now(),
+            tick_id: None,
+            flags: Flags { paused: false, killed: false, proof_mode: true },
+            lease: LeaseView { owner: "example".into(), epoch: 1, ttl_seconds: 30.0 },
+            queue: QueueView::default(),
+            last_tick: None,
+            recent: RecentView::default(),
+            ledger: LedgerView::default(),
+            health: HealthView::default(),
+            samples: Samples::default(),
+        }
+    }
+}
+
+/// Builds the snapshot for the tick `tick_id` run under `term`, with the default thresholds.
 pub async fn build(store: &Store, term: &Term, flags: Flags, tick_id: Option<i64>) -> Result<Snapshot, StoreError> {
+    build_with(store, term, flags, tick_id, &crate::config::RulesConfig::default().health).await
+}
+
+/// Builds the snapshot for the tick `tick_id` run under `term`.
+pub async fn build_with(
+    store: &Store,
+    term: &Term,
+    flags: Flags,
+    tick_id: Option<i64>,
+    thresholds: &HealthThresholds,
+) -> Result<Snapshot, StoreError> {
     let now = model::now();
-    let counts = store.open_counts().await?;
-    let count = |s: ActionStatus| counts.get(&s).copied().unwrap_or(0);
+    let hour_ago = now - chrono::Duration::hours(1);
+    let by_status_type = store.open_counts_by_type().await?;
+    let windowed = store.windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
     let oldest = store.oldest_pending().await?;
     let due_now = store.due_count().await?;
+    let stats = store.ledger_stats(tick_id, hour_ago, STREAK_LOOKBACK).await?;
     let last_tick = store.recent_ticks(2).await?.into_iter().find(|t| Some(t.id) != tick_id).map(|t| LastTick {
         id: t.id,
         status: t.status,
         finished_at: t.finished_at,
     });
+    let sample = |actions: Vec<Action>| -> Vec<Sample> {
+        actions
+            .into_iter()
+            .map(|a| Sample {
+                id: a.id,
+                age_seconds: seconds_between(
+                    if a.status == ActionStatus::Running { a.claimed_at.unwrap_or(a.created_at) } else { a.created_at },
+                    now,
+                )
+                .max(0.0),
+                due_in_seconds: seconds_between(now, a.not_before),
+                action_type: a.action_type,
+                status: a.status,
+                attempts: a.attempts,
+                max_attempts: a.max_attempts,
+                last_error: a.last_error,
+                priority: a.priority,
+            })
+            .collect()
+    };
+    let samples = Samples {
+        stuck_pending: sample(store.oldest_in(ActionStatus::Pending, SAMPLE_SIZE).await?),
+        retry: sample(store.oldest_in(ActionStatus::Retry, SAMPLE_SIZE).await?),
+        dlq: sample(store.oldest_in(ActionStatus::Dlq, SAMPLE_SIZE).await?),
+        running_too_long: sample(store.oldest_in(ActionStatus::Running, SAMPLE_SIZE).await?),
+    };
+
+    let mut queue = QueueView {
+        due_now,
+        oldest_pending_age_seconds: oldest.map(|t| seconds_between(t, now).max(0.0)),
+        ..QueueView::default()
+    };
+    for (t, status, n) in by_status_type {
+        let ty = queue.by_type.entry(t).or_default();
+        match status {
+            ActionStatus::Pending => {
+                queue.pending += n;
+                ty.pending += n;
+            }
+            ActionStatus::Running => queue.running += n,
+            ActionStatus::Retry => {
+                queue.retry += n;
+                ty.retry += n;
+            }
+            ActionStatus::Dlq => {
+                queue.dlq += n;
+                ty.dlq += n;
+            }
+            ActionStatus::Success | ActionStatus::Cancelled => {}
+        }
+    }
+    let mut recent = RecentView::default();
+    for w in windowed {
+        let ty = queue.by_type.entry(w.action_type).or_default();
+        match w.status {
+            ActionStatus::Success => {
+                queue.success += w.n_1h;
+                recent.successes_1h += w.n_1h;
+                ty.successes_1h += w.n_1h;
+            }
+            ActionStatus::Cancelled => queue.cancelled += w.n_1h,
+            ActionStatus::Retry | ActionStatus::Dlq => {
+                recent.failures_1h += w.n_1h;
+                recent.failures_15m += w.n_15m;
+                ty.failures_1h += w.n_1h;
+            }
+            ActionStatus::Pending | ActionStatus::Running => {}
+        }
+    }
+    let outcomes = recent.failures_1h + recent.successes_1h;
+    recent.error_rate_1h = if outcomes > 0 { recent.failures_1h as f64 / outcomes as f64 } else { 0.0 };
+    let ledger = LedgerView {
+        last_tick_status: stats.last_tick_status,
+        consecutive_failed_ticks: stats.consecutive_failed_ticks,
+        failed_ticks_1h: stats.failed_ticks_1h,
+    };
+    let health = health(&queue, &recent, &ledger, thresholds);
     Ok(Snapshot {
         now,
         tick_id,
@@ -67,19 +305,80 @@ pub async fn build(store: &Store, term: &Term, flags: Flags, tick_id: Option<i64
             epoch: term.epoch,
             ttl_seconds: seconds_between(now, term.expires_at).max(0.0),
         },
-        queue: QueueView {
-            pending: count(ActionStatus::Pending),
-            running: count(ActionStatus::Running),
-            retry: count(ActionStatus::Retry),
-            dlq: count(ActionStatus::Dlq),
-            due_now,
-            oldest_pending_age_seconds: oldest.map(|t| seconds_between(t, now).max(0.0)),
-        },
+        queue,
         last_tick,
+        recent,
+        ledger,
+        health,
+        samples,
     })
+}
+
+/// The health score: 100, less 20 for a saturated queue, 15 for an old pending action, 10 for
+/// failures in the last hour and 5 per failed tick in the last hour; never below 0.
+pub fn health(queue: &QueueView, recent: &RecentView, ledger: &LedgerView, t: &HealthThresholds) -> HealthView {
+    let mut score: i64 = 100;
+    let mut reasons = Vec::new();
+    if queue.pending > i64::try_from(t.saturated_pending).unwrap_or(i64::MAX) {
+        score -= 20;
+        reasons.push(format!("queue saturated: {} pending > {} (-20)", queue.pending, t.saturated_pending));
+    }
+    if queue.oldest_pending_age_seconds.is_some_and(|a| a > t.old_pending.as_secs_f64()) {
+        score -= 15;
+        reasons.push(format!("oldest pending older than {}s (-15)", t.old_pending.as_secs_f64()));
+    }
+    if recent.failures_1h > 0 {
+        score -= 10;
+        reasons.push(format!("{} failure(s) in the last hour (-10)", recent.failures_1h));
+    }
+    if ledger.failed_ticks_1h > 0 {
+        let cut = ledger.failed_ticks_1h.saturating_mul(5).min(100);
+        score -= cut;
+        reasons.push(format!("{} failed tick(s) in the last hour (-{cut})", ledger.failed_ticks_1h));
+    }
+    let score = score.max(0);
+    let status = if score >= t.healthy_at as i64 {
+        "healthy"
+    } else if score >= t.degraded_at as i64 {
+        "degraded"
+    } else {
+        "critical"
+    };
+    HealthView { score, status: status.into(), reasons }
 }
 
 /// `b - a` in seconds.
 pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RulesConfig;
+
+    #[test]
+    fn health_score_follows_the_seed() {
+        let t = RulesConfig::default().health;
+        let mut q = QueueView::default();
+        let mut r = RecentView::default();
+        let mut l = LedgerView::default();
+        assert_eq!(health(&q, &r, &l, &t).score, 100);
+        q.pending = 51;
+        q.oldest_pending_age_seconds = Some(1801.0);
+        let h = health(&q, &r, &l, &t);
+        assert_eq!((h.score, h.status.as_str()), (65, "degraded"));
+        r.failures_1h = 3;
+        l.failed_ticks_1h = 2;
+        let h = health(&q, &r, &l, &t);
+        assert_eq!((h.score, h.status.as_str()), (45, "critical"));
+        l.failed_ticks_1h = 40;
+        assert_eq!(health(&q, &r, &l, &t).score, 0, "never below 0");
+        q.pending = 50;
+        q.oldest_pending_age_seconds = Some(10.0);
+        r.failures_1h = 0;
+        l.failed_ticks_1h = 0;
+        let h = health(&q, &r, &l, &t);
+        assert_eq!((h.score, h.status.as_str()), (100, "healthy"), "50 pending is not above the threshold");
+    }
 }

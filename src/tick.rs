@@ -15,9 +15,11 @@ use crate::adapters::Registry;
 use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
 use crate::lease::{Lease, LeaseState, Term};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RuleMetrics};
 use crate::model::{self, TickStatus};
+use crate::rules::{RuleSet, RulesError};
 use crate::snapshot::{self, Snapshot};
+use crate::store::Fence;
 use crate::store::{Store, StoreError, TickClose};
 
 /// Rows claimed per claim statement; a tick loops claims up to `max_actions_per_tick`.
@@ -38,7 +40,7 @@ pub struct TickReport {
     #[serde(skip)]
     pub rejected_writes: usize,
     #[serde(skip)]
-    pub snapshot: Option<Snapshot>,
+    pub snapshot: Option<Box<Snapshot>>,
 }
 
 /// How a tick ended.
@@ -64,6 +66,8 @@ pub struct Engine {
     /// Held for the length of a tick, so that the daemon's ticks and an API `run-once` on the
     /// same engine never overlap.
     tick_gate: Arc<tokio::sync::Mutex<()>>,
+    rules: Arc<std::sync::RwLock<Arc<RuleSet>>>,
+    rule_metrics: Arc<RuleMetrics>,
 }
 
 impl Engine {
@@ -88,7 +92,18 @@ impl Engine {
             },
             metrics.clone(),
         );
-        Engine { store, config: Arc::new(config), lease, executor, metrics, tick_gate: Arc::default() }
+        let rule_metrics = Arc::new(RuleMetrics::register(&metrics));
+        let rules = Arc::new(std::sync::RwLock::new(Arc::new(RuleSet::empty(&config.rules))));
+        Engine {
+            store,
+            config: Arc::new(config),
+            lease,
+            executor,
+            metrics,
+            tick_gate: Arc::default(),
+            rules,
+            rule_metrics,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -106,6 +121,83 @@ impl Engine {
     /// This process's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The active rule set.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        match self.rules.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `rules` the active set.
+    pub fn set_rules(&self, rules: RuleSet) {
+        self.rule_metrics.loaded.set(rules.len() as i64);
+        self.rule_metrics.reload_success.set(1);
+        match self.rules.write() {
+            Ok(mut r) => *r = Arc::new(rules),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(rules),
+        }
+    }
+
+    /// Loads, compiles and checks `rules_dir`; on success it becomes the active set, on failure
+    /// the active set stays and the error carries every diagnostic. A missing directory is an
+    /// empty rule set.
+    pub fn load_rules(&self) -> Result<usize, RulesError> {
+        let loaded = match RuleSet::load(&self.config.rules_dir, &self.config.rules) {
+            Err(RulesError::Dir { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(dir = %self.config.rules_dir.display(), "no rules directory: no rules evaluated");
+                Ok(RuleSet::empty(&self.config.rules))
+            }
+            other => other,
+        }
+        .and_then(|set| {
+            let diags = set.check();
+            if diags.is_empty() { Ok(set) } else { Err(RulesError::Invalid(diags)) }
+        });
+        match loaded {
+            Ok(set) => {
+                let n = set.len();
+                self.set_rules(set);
+                Ok(n)
+            }
+            Err(e) => {
+                self.rule_metrics.reload_success.set(0);
+                Err(e)
+            }
+        }
+    }
+
+    /// The rule metrics.
+    pub fn rule_metrics(&self) -> &Arc<RuleMetrics> {
+        &self.rule_metrics
+    }
+
+    /// A whole tick that writes nothing: no lease taken (it works while another instance holds
+    /// it), no rescue, no decision applied, no action claimed.
+    pub async fn dry_run(&self) -> Result<DryRunReport, StoreError> {
+        let flags = self.store.flags().await?;
+        let term = match self.store.lease(&self.config.lease_name).await? {
+            Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
+            None => Term {
+                lease_name: self.config.lease_name.clone(),
+                owner: String::new(),
+                epoch: 0,
+                expires_at: model::now(),
+            },
+        };
+        let snap = snapshot::build_with(&self.store, &term, flags, None, &self.config.rules.health).await?;
+        let rules = self.rules();
+        let decided = crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, &snap, None).await?;
+        let would_dispatch = if flags.killed || flags.paused {
+            Vec::new()
+        } else {
+            let cap =
+                decided.throttle.map_or(self.config.max_actions_per_tick, |t| t.min(self.config.max_actions_per_tick));
+            self.store.peek_due(u64::from(cap)).await?
+        };
+        Ok(DryRunReport { snapshot: snap, rules_digest: rules.digest().to_string(), decided, would_dispatch })
     }
 
     /// Runs one tick.
@@ -193,12 +285,15 @@ impl Engine {
             return Ok((close, extra));
         }
         if flags.paused {
-            let close = TickClose {
-                status: TickStatus::Paused,
-                attempted: 0,
-                succeeded: 0,
-                notes: Some("paused flag set: nothing dispatched".into()),
-            };
+            // Rules still run while paused (a breaker must be able to resume); only pause,
+            // resume and alert act.
+            let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
+            let decided = self.decide(term, tick_id, &snap).await?;
+            let mut notes = vec!["paused flag set: nothing dispatched".to_string()];
+            notes.extend(decided.notes);
+            extra.snapshot = Some(Box::new(snap));
+            let close =
+                TickClose { status: TickStatus::Paused, attempted: 0, succeeded: 0, notes: Some(notes.join("; ")) };
             return Ok((close, extra));
         }
 
@@ -212,17 +307,29 @@ impl Engine {
             notes.push(format!("rescued {} orphaned action(s)", rescued.len()));
         }
 
-        let snap = snapshot::build(&self.store, term, flags, Some(tick_id)).await?;
+        let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
 
-        // DECIDE: the rule engine plugs in here, between the snapshot and dispatch. No rules
-        // are evaluated yet; dispatch runs what is due.
+        // DECIDE: the rules run on the snapshot; what they decide is applied (fenced) before
+        // dispatch, which a `throttle` caps and a `pause` stops.
+        let decided = self.decide(term, tick_id, &snap).await?;
+        notes.extend(decided.notes.iter().cloned());
+        if decided.paused {
+            extra.snapshot = Some(Box::new(snap));
+            notes.insert(0, "paused by a rule: nothing dispatched".into());
+            let close =
+                TickClose { status: TickStatus::Paused, attempted: 0, succeeded: 0, notes: Some(notes.join("; ")) };
+            return Ok((close, extra));
+        }
 
         let deadline = started + self.config.max_tick;
         let lost = heartbeat.lost_flag();
         let mut remaining = self.config.max_actions_per_tick;
+        if let Some(n) = decided.throttle {
+            remaining = remaining.min(n);
+        }
         let (mut attempted, mut succeeded, mut unstarted) = (0u32, 0u32, 0u32);
         let mut store_error = None;
-        if snap.queue.due_now > 0 {
+        if snap.queue.due_now > 0 || !decided.decisions.is_empty() {
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
                 let want = remaining.min(CLAIM_BATCH);
                 let claimed = self.store.claim(&term.lease_name, &term.owner, term.epoch, u64::from(want)).await?;
@@ -249,7 +356,7 @@ impl Engine {
                 }
             }
         }
-        extra.snapshot = Some(snap);
+        extra.snapshot = Some(Box::new(snap));
 
         if unstarted > 0 {
             notes.push(format!("{unstarted} claimed action(s) returned to PENDING unstarted"));
@@ -287,6 +394,12 @@ impl Engine {
         Ok((close, extra))
     }
 
+    async fn decide(&self, term: &Term, tick_id: i64, snap: &Snapshot) -> Result<crate::decide::Decided, StoreError> {
+        let fence = Fence { lease_name: term.lease_name.clone(), epoch: term.epoch, tick_id: Some(tick_id) };
+        let rules = self.rules();
+        crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, snap, Some(&fence)).await
+    }
+
     /// Releases the lease if this engine holds it (clean exit).
     pub async fn release(&self) -> Result<bool, StoreError> {
         self.lease.release().await
@@ -301,5 +414,15 @@ impl Engine {
 #[derive(Default)]
 struct Extra {
     rejected_writes: usize,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<Box<Snapshot>>,
+}
+
+/// What `run-once --dry-run` found: the snapshot, each decision with what would become of it,
+/// and the actions that would be dispatched.
+#[derive(Clone, Debug, Serialize)]
+pub struct DryRunReport {
+    pub snapshot: Snapshot,
+    pub rules_digest: String,
+    pub decided: crate::decide::Decided,
+    pub would_dispatch: Vec<crate::model::Action>,
 }

@@ -6,6 +6,7 @@
 //! stderr.
 
 mod output;
+mod rules;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -89,7 +90,11 @@ pub enum Command {
         listen: Option<String>,
     },
     /// Run exactly one tick and exit (for cron).
-    RunOnce,
+    RunOnce {
+        /// Evaluate and report, change nothing (works while another instance holds the lease).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Add an action to the queue (or many, from JSON Lines with --file).
     Enqueue(EnqueueArgs),
     /// Health, flags, lease, queue counts and the last tick. Exit 4 when unhealthy.
@@ -125,6 +130,44 @@ pub enum Command {
         action: Option<i64>,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+    },
+    /// Check, test, backtest and benchmark the rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Why a tick did what it did: its snapshot, each rule's decisions and their outcomes.
+    Explain {
+        #[arg(long, value_name = "N")]
+        tick: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Compile every rule and evaluate it on a default snapshot; exit 1 on any error.
+    Check {
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+    /// Run the fixtures in DIR/tests/*.yaml; exit 1 if any case fails.
+    Test {
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+    /// Evaluate the rules on disk against the recorded snapshots of the last N ticks.
+    Backtest {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        last: u64,
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+    },
+    /// Print the per-tick evaluation cost of the rules and of N synthetic rules.
+    Bench {
+        #[arg(long, value_name = "DIR")]
+        rules: Option<PathBuf>,
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        iterations: u32,
+        #[arg(long, default_value_t = 50)]
+        synthetic: usize,
     },
 }
 
@@ -244,8 +287,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         cli.config.as_deref(),
         Overrides { database_url: cli.database_url.clone(), tick_interval_seconds: interval, http_listen },
     )?;
-    let store = open_store(&config).await?;
     let out = output::Out { json: cli.json };
+    // Commands on rule files alone need no database.
+    match &cli.command {
+        Command::Rules(RulesCommand::Check { rules: dir }) => {
+            return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
+        }
+        Command::Rules(RulesCommand::Test { rules: dir }) => {
+            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
+        }
+        Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
+            return rules::bench(dir.as_ref().unwrap_or(&config.rules_dir), &config, *iterations, *synthetic, &out);
+        }
+        _ => {}
+    }
+    let store = open_store(&config).await?;
     let code = dispatch(cli.command, &config, &store, &out).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");
@@ -266,6 +322,8 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         }
         Command::Run { ticks, no_http, .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            load_rules(&engine)?;
+            rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -286,14 +344,21 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         }
         Command::Serve { .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            load_rules(&engine)?;
             let server = start_http(&engine, config, false).await?;
             wait_for_signal().await;
             tracing::info!("signal received: stopping the HTTP server");
             server.stop().await;
             out.message(&serde_json::json!({"stopped": true}), "HTTP server stopped");
         }
-        Command::RunOnce => {
+        Command::RunOnce { dry_run: true } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            load_rules(&engine)?;
+            rules::print_dry_run(&engine.dry_run().await?, out);
+        }
+        Command::RunOnce { dry_run: false } => {
+            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            load_rules(&engine)?;
             let outcome = engine.tick().await;
             if let Err(e) = engine.release().await {
                 tracing::warn!(error = %e, "could not release the lease; it expires by itself");
@@ -363,6 +428,11 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         },
         Command::Ticks { limit } => out.ticks(&store.recent_ticks(limit).await?),
         Command::Logs { action, limit } => out.logs(&store.logs(action, limit).await?),
+        Command::Rules(RulesCommand::Backtest { last, rules: dir }) => {
+            return rules::backtest(store, dir.as_ref().unwrap_or(&config.rules_dir), config, last, out).await;
+        }
+        Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
+        Command::Explain { tick } => return rules::explain(store, tick, out).await,
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
             let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows)).await?;
@@ -373,6 +443,11 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         }
     }
     Ok(exit::OK)
+}
+
+/// Loads the rules directory into the engine; a bad rule set stops the command.
+fn load_rules(engine: &Engine) -> anyhow::Result<()> {
+    engine.load_rules().map(|_| ()).map_err(|e| fail(exit::ERROR, e.to_string()))
 }
 
 async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {

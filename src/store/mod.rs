@@ -8,6 +8,8 @@
 //! Architecture invariant: no other module imports `sea_orm`.
 
 mod actions;
+mod decide;
+pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 mod entities;
 mod flags;
 pub use flags::FlagChange;

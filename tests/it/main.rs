@@ -9,6 +9,7 @@ mod support;
 mod chaos;
 mod cli;
 mod command;
+mod decide;
 mod execute;
 mod hostile;
 mod lease;

@@ -1,0 +1,112 @@
+//! The decision pipeline, after the rules ran: dedupe by (kind, target) keeping the highest
+//! priority, sort by priority (descending) then rule name, cap at `max_decisions_per_tick`,
+//! apply the cooldown, hold back what a paused system must not do. Every decision that does not
+//! survive is kept with the reason it was suppressed.
+//!
+//! Pure: the cooldowns come in as a set, nothing is read or written.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Decision;
+
+/// Why a decision was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suppressed {
+    Dedupe,
+    Cap,
+    Cooldown,
+    Paused,
+    DryRun,
+}
+
+impl Suppressed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suppressed::Dedupe => "dedupe",
+            Suppressed::Cap => "cap",
+            Suppressed::Cooldown => "cooldown",
+            Suppressed::Paused => "paused",
+            Suppressed::DryRun => "dry-run",
+        }
+    }
+}
+
+/// A decision and what the pipeline made of it.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub decision: Decision,
+    /// `None`: to be applied.
+    pub suppressed: Option<Suppressed>,
+}
+
+/// Runs the pipeline. `cooling` holds the (rule, kind, target) still in their cooldown.
+pub fn plan(
+    decisions: Vec<Decision>,
+    max: usize,
+    cooling: &BTreeSet<(String, String, String)>,
+    paused: bool,
+) -> Vec<Planned> {
+    let mut sorted = decisions;
+    sorted.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.rule.cmp(&b.rule)));
+    let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut out = Vec::with_capacity(sorted.len());
+    let mut kept = 0usize;
+    for d in sorted {
+        let key = (d.kind.name().to_string(), d.kind.target());
+        let suppressed = if seen.insert(key.clone(), ()).is_some() {
+            Some(Suppressed::Dedupe)
+        } else if kept >= max {
+            Some(Suppressed::Cap)
+        } else {
+            kept += 1;
+            if cooling.contains(&(d.rule.clone(), key.0, key.1)) {
+                Some(Suppressed::Cooldown)
+            } else if paused && !d.kind.allowed_while_paused() {
+                Some(Suppressed::Paused)
+            } else {
+                None
+            }
+        };
+        out.push(Planned { decision: d, suppressed });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Kind;
+
+    fn d(rule: &str, kind: Kind, priority: u8) -> Decision {
+        Decision { rule: rule.into(), kind, priority, reason: "r".into() }
+    }
+
+    #[test]
+    fn dedupe_sort_cap_cooldown_paused() {
+        let ds = vec![
+            d("b", Kind::Retry { id: 1 }, 3),
+            d("a", Kind::Retry { id: 1 }, 7),
+            d("c", Kind::Rebalance, 9),
+            d("a", Kind::Dlq { id: 2 }, 7),
+            d("z", Kind::Cancel { id: 3 }, 1),
+            d("y", Kind::Resume, 1),
+        ];
+        let cooling: BTreeSet<_> = [("a".to_string(), "dlq".to_string(), "2".to_string())].into();
+        let p = plan(ds, 3, &cooling, true);
+        let got: Vec<(String, &str, Option<&str>)> = p
+            .iter()
+            .map(|p| (p.decision.rule.clone(), p.decision.kind.name(), p.suppressed.map(|s| s.as_str())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("c".into(), "rebalance", Some("paused")),
+                ("a".into(), "retry", Some("paused")),
+                ("a".into(), "dlq", Some("cooldown")),
+                ("b".into(), "retry", Some("dedupe")),
+                ("y".into(), "resume", Some("cap")),
+                ("z".into(), "cancel", Some("cap")),
+            ]
+        );
+    }
+}

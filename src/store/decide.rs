@@ -1,0 +1,561 @@
+//! Queries of the DECIDE stage: the snapshot's aggregate counts and samples, rule state and
+//! cooldowns, the `decisions` table, the ledger's snapshot and digest, and the fenced writes
+//! that apply decisions.
+//!
+//! Every write that applies a decision is fenced like a completion: it lands only while the
+//! lease still carries the caller's epoch (`EXISTS (SELECT 1 FROM leases WHERE name = .. AND
+//! epoch = ..)`), so a deposed instance's decisions change nothing. The snapshot's reads touch
+//! only open rows (partial indexes) and rows finished inside a time window, never all history.
+//! Which decision to take is not decided here.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, EntityTrait, Value};
+
+use super::actions::insert_logs;
+use super::entities::{self, actions};
+use super::{Context, Store, StoreError};
+use crate::model::{self, Action, ActionStatus, LogLevel, NewLog, TickStatus};
+
+const OPEN: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
+
+/// Who is writing: the lease and the epoch every write is fenced by.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    pub lease_name: String,
+    pub epoch: i64,
+    pub tick_id: Option<i64>,
+}
+
+/// Counts of one action type in one status, over the last hour and the last 15 minutes
+/// (finished rows by `finished_at`, `RETRY` rows by their last update).
+#[derive(Clone, Debug)]
+pub struct WindowCount {
+    pub action_type: String,
+    pub status: ActionStatus,
+    pub n_1h: i64,
+    pub n_15m: i64,
+}
+
+/// The ledger's recent history, for the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerStats {
+    pub last_tick_status: Option<TickStatus>,
+    pub consecutive_failed_ticks: i64,
+    pub failed_ticks_1h: i64,
+}
+
+/// One row of the `decisions` table.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DecisionRow {
+    pub tick_id: i64,
+    pub rule: String,
+    pub kind: String,
+    pub target: String,
+    pub priority: i32,
+    pub reason: String,
+    pub outcome: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The decide-stage record of one tick, from the ledger.
+#[derive(Clone, Debug)]
+pub struct TickDecide {
+    pub tick_id: i64,
+    pub snapshot_json: Option<String>,
+    pub rules_digest: Option<String>,
+}
+
+/// What one tick's decide stage leaves behind, written in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct DecideRecord {
+    pub decisions: Vec<DecisionRow>,
+    /// (rule, kind, target) applied in this tick: their cooldown starts now.
+    pub cooldowns: Vec<(String, String, String)>,
+    /// Each rule's state after the tick (JSON text).
+    pub states: BTreeMap<String, String>,
+    pub snapshot_json: String,
+    pub rules_digest: String,
+}
+
+fn fence_sql(name: usize, epoch: usize) -> String {
+    format!("EXISTS (SELECT 1 FROM leases WHERE name = ${name} AND epoch = ${epoch})")
+}
+
+impl Store {
+    /// Open actions counted by type and status (partial index; no finished history).
+    pub async fn open_counts_by_type(&self) -> Result<Vec<(String, ActionStatus, i64)>, StoreError> {
+        let sql =
+            format!("SELECT action_type, status, COUNT(*) AS n FROM actions WHERE {OPEN} GROUP BY action_type, status");
+        let rows = self.db.query_all_raw(self.stmt(&sql, [])).await.doing("counting open actions by type")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let t: String = r.try_get("", "action_type").doing("counting open actions by type")?;
+            let s: String = r.try_get("", "status").doing("counting open actions by type")?;
+            let n: i64 = r.try_get("", "n").doing("counting open actions by type")?;
+            if let Ok(s) = s.parse() {
+                out.push((t, s, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Windowed counts of finished and retried actions since `since_1h` (and since `since_15m`).
+    pub async fn windowed_counts(
+        &self,
+        since_1h: DateTime<Utc>,
+        since_15m: DateTime<Utc>,
+    ) -> Result<Vec<WindowCount>, StoreError> {
+        let sql = "SELECT action_type, status, COUNT(*) AS n, \
+                   CAST(SUM(CASE WHEN COALESCE(finished_at, updated_at) >= $2 THEN 1 ELSE 0 END) AS BIGINT) AS n15 \
+                   FROM actions \
+                   WHERE (status IN ('SUCCESS', 'DLQ', 'CANCELLED') AND finished_at >= $1) \
+                      OR (status = 'RETRY' AND updated_at >= $1) \
+                   GROUP BY action_type, status";
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(sql, [since_1h.into(), since_15m.into()]))
+            .await
+            .doing("counting recent outcomes")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let action_type: String = r.try_get("", "action_type").doing("counting recent outcomes")?;
+            let s: String = r.try_get("", "status").doing("counting recent outcomes")?;
+            let n_1h: i64 = r.try_get("", "n").doing("counting recent outcomes")?;
+            let n_15m: Option<i64> = r.try_get("", "n15").doing("counting recent outcomes")?;
+            if let Ok(status) = s.parse() {
+                out.push(WindowCount { action_type, status, n_1h, n_15m: n_15m.unwrap_or(0) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ledger's last tick status, how many of the latest ticks in a row failed (looking
+    /// back at most `lookback`), and the failed ticks since `since`. `exclude` is the tick
+    /// being run (its row is still open).
+    pub async fn ledger_stats(
+        &self,
+        exclude: Option<i64>,
+        since: DateTime<Utc>,
+        lookback: u64,
+    ) -> Result<LedgerStats, StoreError> {
+        let exclude = exclude.unwrap_or(-1);
+        let lookback = i64::try_from(lookback).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT status FROM tick_ledger WHERE id <> $1 ORDER BY id DESC LIMIT $2",
+                [exclude.into(), lookback.into()],
+            ))
+            .await
+            .doing("reading recent ticks")?;
+        let mut stats = LedgerStats::default();
+        let mut streak = true;
+        for (i, r) in rows.iter().enumerate() {
+            let s: String = r.try_get("", "status").doing("reading recent ticks")?;
+            let status: Option<TickStatus> = s.parse().ok();
+            if i == 0 {
+                stats.last_tick_status = status;
+            }
+            if streak && status == Some(TickStatus::Fail) {
+                stats.consecutive_failed_ticks += 1;
+            } else {
+                streak = false;
+            }
+        }
+        let row = self
+            .db
+            .query_one_raw(self.stmt(
+                "SELECT COUNT(*) AS n FROM tick_ledger WHERE status = 'FAIL' AND started_at >= $1 AND id <> $2",
+                [since.into(), exclude.into()],
+            ))
+            .await
+            .doing("counting failed ticks")?;
+        if let Some(r) = row {
+            stats.failed_ticks_1h = r.try_get("", "n").doing("counting failed ticks")?;
+        }
+        Ok(stats)
+    }
+
+    /// Up to `limit` of the oldest actions in an open `status` (by `claimed_at` for `RUNNING`,
+    /// else by `created_at`).
+    pub async fn oldest_in(&self, status: ActionStatus, limit: u64) -> Result<Vec<Action>, StoreError> {
+        let order = if status == ActionStatus::Running { "claimed_at" } else { "created_at" };
+        let sql = format!("SELECT * FROM actions WHERE {OPEN} AND status = $1 ORDER BY {order}, id LIMIT $2");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = actions::Entity::find()
+            .from_raw_sql(self.stmt(&sql, [status.as_str().into(), limit.into()]))
+            .all(&self.db)
+            .await
+            .doing("sampling the oldest actions")?;
+        entities::convert_all(rows)
+    }
+
+    /// Every rule's persisted state (JSON text), by rule name.
+    pub async fn rule_states(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt("SELECT rule, state_json FROM rule_state", []))
+            .await
+            .doing("reading rule state")?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let rule: String = r.try_get("", "rule").doing("reading rule state")?;
+            let state: String = r.try_get("", "state_json").doing("reading rule state")?;
+            out.insert(rule, state);
+        }
+        Ok(out)
+    }
+
+    /// Cooldowns that started at or after `since`: (rule, kind, target) -> when.
+    pub async fn cooldowns_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<BTreeMap<(String, String, String), DateTime<Utc>>, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT rule, kind, target, applied_at FROM rule_cooldowns WHERE applied_at >= $1",
+                [since.into()],
+            ))
+            .await
+            .doing("reading rule cooldowns")?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let key = (
+                r.try_get("", "rule").doing("reading rule cooldowns")?,
+                r.try_get("", "kind").doing("reading rule cooldowns")?,
+                r.try_get("", "target").doing("reading rule cooldowns")?,
+            );
+            out.insert(key, r.try_get("", "applied_at").doing("reading rule cooldowns")?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes cooldowns that started before `before` (expired), so the table stays small.
+    pub async fn prune_cooldowns(&self, fence: &Fence, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let sql = format!("DELETE FROM rule_cooldowns WHERE applied_at < $1 AND {}", fence_sql(2, 3));
+        let res = self
+            .db
+            .execute_raw(self.stmt(&sql, [before.into(), fence.lease_name.as_str().into(), fence.epoch.into()]))
+            .await
+            .doing("pruning expired cooldowns")?;
+        Ok(res.rows_affected())
+    }
+
+    /// Writes a tick's decisions, cooldowns, rule states and ledger snapshot in one transaction.
+    /// Cooldowns and states are fenced by the lease epoch; a deposed writer leaves them as they
+    /// were (the decisions and the ledger row, being the record of what happened, are kept).
+    pub async fn record_decide(&self, fence: &Fence, rec: &DecideRecord) -> Result<(), StoreError> {
+        let now = model::now();
+        let txn = self.begin_write().await?;
+        for d in &rec.decisions {
+            txn.execute_raw(self.stmt(
+                "INSERT INTO decisions (tick_id, rule, kind, target, priority, reason, outcome, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [
+                    d.tick_id.into(),
+                    d.rule.as_str().into(),
+                    d.kind.as_str().into(),
+                    d.target.as_str().into(),
+                    d.priority.into(),
+                    d.reason.as_str().into(),
+                    d.outcome.as_str().into(),
+                    d.created_at.into(),
+                ],
+            ))
+            .await
+            .doing("recording decisions")?;
+        }
+        for (rule, kind, target) in &rec.cooldowns {
+            let sql = format!(
+                "INSERT INTO rule_cooldowns (rule, kind, target, applied_at) SELECT $1, $2, $3, $4 WHERE {} \
+                 ON CONFLICT (rule, kind, target) DO UPDATE SET applied_at = excluded.applied_at",
+                fence_sql(5, 6)
+            );
+            let values: [Value; 6] = [
+                rule.as_str().into(),
+                kind.as_str().into(),
+                target.as_str().into(),
+                now.into(),
+                fence.lease_name.as_str().into(),
+                fence.epoch.into(),
+            ];
+            txn.execute_raw(self.stmt(&sql, values)).await.doing("recording a cooldown")?;
+        }
+        for (rule, state) in &rec.states {
+            let sql = format!(
+                "INSERT INTO rule_state (rule, state_json, updated_at) SELECT $1, $2, $3 WHERE {} \
+                 ON CONFLICT (rule) DO UPDATE SET state_json = excluded.state_json, updated_at = excluded.updated_at",
+                fence_sql(4, 5)
+            );
+            let values: [Value; 5] = [
+                rule.as_str().into(),
+                state.as_str().into(),
+                now.into(),
+                fence.lease_name.as_str().into(),
+                fence.epoch.into(),
+            ];
+            txn.execute_raw(self.stmt(&sql, values)).await.doing("saving rule state")?;
+        }
+        if let Some(tick_id) = fence.tick_id {
+            txn.execute_raw(self.stmt(
+                "UPDATE tick_ledger SET snapshot_json = $1, rules_digest = $2 WHERE id = $3",
+                [rec.snapshot_json.as_str().into(), rec.rules_digest.as_str().into(), tick_id.into()],
+            ))
+            .await
+            .doing("recording the tick's snapshot")?;
+        }
+        txn.commit().await.doing("committing the tick's decisions")
+    }
+
+    /// The decisions recorded for a tick, in the order they were written.
+    pub async fn decisions(&self, tick_id: i64) -> Result<Vec<DecisionRow>, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT tick_id, rule, kind, target, priority, reason, outcome, created_at FROM decisions \
+                 WHERE tick_id = $1 ORDER BY id",
+                [tick_id.into()],
+            ))
+            .await
+            .doing("reading decisions")?;
+        rows.iter()
+            .map(|r| {
+                Ok(DecisionRow {
+                    tick_id: r.try_get("", "tick_id").doing("reading decisions")?,
+                    rule: r.try_get("", "rule").doing("reading decisions")?,
+                    kind: r.try_get("", "kind").doing("reading decisions")?,
+                    target: r.try_get("", "target").doing("reading decisions")?,
+                    priority: r.try_get("", "priority").doing("reading decisions")?,
+                    reason: r.try_get("", "reason").doing("reading decisions")?,
+                    outcome: r.try_get("", "outcome").doing("reading decisions")?,
+                    created_at: r.try_get("", "created_at").doing("reading decisions")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The snapshot and rules digest a tick recorded (None if the tick does not exist).
+    pub async fn tick_decide(&self, tick_id: i64) -> Result<Option<TickDecide>, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(
+                self.stmt("SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE id = $1", [tick_id.into()]),
+            )
+            .await
+            .doing("reading a tick's snapshot")?;
+        row.map(|r| {
+            Ok(TickDecide {
+                tick_id: r.try_get("", "id").doing("reading a tick's snapshot")?,
+                snapshot_json: r.try_get("", "snapshot_json").doing("reading a tick's snapshot")?,
+                rules_digest: r.try_get("", "rules_digest").doing("reading a tick's snapshot")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The last `limit` ticks that recorded a snapshot, newest first.
+    pub async fn recorded_ticks(&self, limit: u64) -> Result<Vec<TickDecide>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE snapshot_json IS NOT NULL \
+                 ORDER BY id DESC LIMIT $1",
+                [limit.into()],
+            ))
+            .await
+            .doing("reading recorded ticks")?;
+        rows.iter()
+            .map(|r| {
+                Ok(TickDecide {
+                    tick_id: r.try_get("", "id").doing("reading recorded ticks")?,
+                    snapshot_json: r.try_get("", "snapshot_json").doing("reading recorded ticks")?,
+                    rules_digest: r.try_get("", "rules_digest").doing("reading recorded ticks")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A fenced update of one action in one of `from` statuses, with a log row in the same
+    /// transaction. `set` must use `$4` (now; e.g. `updated_at = $4`) and `$5`.. for `extra`.
+    /// Returns why it did not
+    /// land, if it did not.
+    pub async fn decide_update_action(
+        &self,
+        fence: &Fence,
+        id: i64,
+        from: &[ActionStatus],
+        set: &str,
+        extra: Vec<Value>,
+        log: &str,
+    ) -> Result<Result<(), String>, StoreError> {
+        let now = model::now();
+        let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        let sql = format!(
+            "UPDATE actions SET {set} WHERE id = $1 AND status IN ({}) AND {} RETURNING id",
+            allowed.join(", "),
+            fence_sql(2, 3)
+        );
+        let values: Vec<Value> = [id.into(), fence.lease_name.as_str().into(), fence.epoch.into(), now.into()]
+            .into_iter()
+            .chain(extra)
+            .collect();
+        let txn = self.begin_write().await?;
+        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("applying a decision")?;
+        if rows.is_empty() {
+            drop(txn);
+            return Ok(Err(self.why_not(fence, id, from).await?));
+        }
+        insert_logs(&txn, fence.tick_id, &[NewLog::new(id, LogLevel::Info, log)], now).await?;
+        txn.commit().await.doing("committing a decision")?;
+        Ok(Ok(()))
+    }
+
+    async fn why_not(&self, fence: &Fence, id: i64, from: &[ActionStatus]) -> Result<String, StoreError> {
+        if !self.fence_holds(fence).await? {
+            return Ok(format!("fenced: the lease is no longer at epoch {}", fence.epoch));
+        }
+        let wanted: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        Ok(match self.action(id).await? {
+            None => format!("action {id} not found"),
+            Some(a) => format!("action {id} is {}; this needs {}", a.status, wanted.join(" or ")),
+        })
+    }
+
+    /// True while the lease still carries the fence's epoch.
+    pub async fn fence_holds(&self, fence: &Fence) -> Result<bool, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(self.stmt(
+                "SELECT COUNT(*) AS n FROM leases WHERE name = $1 AND epoch = $2",
+                [fence.lease_name.as_str().into(), fence.epoch.into()],
+            ))
+            .await
+            .doing("checking the lease")?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64>("", "n").doing("checking the lease")? > 0,
+            None => false,
+        })
+    }
+
+    /// `rebalance`: pending actions created before `old_before` gain one priority step; when
+    /// `defer_until` is given (a saturated queue), pending work of priority 0 or less that was
+    /// not boosted waits until then. Fenced; returns (boosted, deferred).
+    pub async fn decide_rebalance(
+        &self,
+        fence: &Fence,
+        old_before: DateTime<Utc>,
+        defer_until: Option<DateTime<Utc>>,
+    ) -> Result<Result<(u64, u64), String>, StoreError> {
+        let now = model::now();
+        let txn = self.begin_write().await?;
+        let boost = format!(
+            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {OPEN} AND status = 'PENDING' \
+             AND created_at < $2 AND priority < 1000000 AND {}",
+            fence_sql(3, 4)
+        );
+        let boosted = txn
+            .execute_raw(
+                self.stmt(
+                    &boost,
+                    [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                ),
+            )
+            .await
+            .doing("rebalancing: boosting old actions")?
+            .rows_affected();
+        let mut deferred = 0;
+        if let Some(until) = defer_until {
+            let defer = format!(
+                "UPDATE actions SET not_before = $1, updated_at = $2 WHERE {OPEN} AND status = 'PENDING' \
+                 AND priority <= 0 AND created_at >= $3 AND not_before < $1 AND {}",
+                fence_sql(4, 5)
+            );
+            deferred = txn
+                .execute_raw(self.stmt(
+                    &defer,
+                    [until.into(), now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                ))
+                .await
+                .doing("rebalancing: deferring low-priority work")?
+                .rows_affected();
+        }
+        txn.commit().await.doing("committing a rebalance")?;
+        if boosted == 0 && deferred == 0 && !self.fence_holds(fence).await? {
+            return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
+        }
+        Ok(Ok((boosted, deferred)))
+    }
+
+    /// `pause` / `resume`: sets the paused flag, fenced.
+    pub async fn decide_set_paused(&self, fence: &Fence, paused: bool) -> Result<Result<(), String>, StoreError> {
+        let sql = format!("UPDATE control_flags SET paused = $1, updated_at = $2 WHERE id = 1 AND {}", fence_sql(3, 4));
+        let n =
+            self.db
+                .execute_raw(self.stmt(
+                    &sql,
+                    [paused.into(), model::now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                ))
+                .await
+                .doing("setting the paused flag")?
+                .rows_affected();
+        if n == 1 {
+            Ok(Ok(()))
+        } else if !self.fence_holds(fence).await? {
+            Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)))
+        } else {
+            Ok(Err("the control_flags row is missing".into()))
+        }
+    }
+
+    /// `enqueue`: an idempotent, fenced insert. Ok(true) when created, Ok(false) when the key
+    /// existed already.
+    pub async fn decide_enqueue(
+        &self,
+        fence: &Fence,
+        new: &super::NewAction,
+    ) -> Result<Result<bool, String>, StoreError> {
+        let now = model::now();
+        let sql = format!(
+            "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, \
+             max_attempts, created_at, updated_at) SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7 WHERE {} \
+             ON CONFLICT (idempotency_key) DO NOTHING",
+            fence_sql(8, 9)
+        );
+        let values: [Value; 9] = [
+            new.idempotency_key.as_str().into(),
+            new.action_type.as_str().into(),
+            new.payload_json.as_str().into(),
+            new.priority.into(),
+            new.not_before.into(),
+            new.max_attempts.into(),
+            now.into(),
+            fence.lease_name.as_str().into(),
+            fence.epoch.into(),
+        ];
+        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
+        if n == 1 {
+            return Ok(Ok(true));
+        }
+        if !self.fence_holds(fence).await? {
+            return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
+        }
+        Ok(Ok(false))
+    }
+
+    /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
+    pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
+        let sql = "SELECT * FROM actions WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1 \
+                   ORDER BY priority DESC, not_before, id LIMIT $2";
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = actions::Entity::find()
+            .from_raw_sql(self.stmt(sql, [model::now().into(), limit.into()]))
+            .all(&self.db)
+            .await
+            .doing("listing due actions")?;
+        entities::convert_all(rows)
+    }
+}
