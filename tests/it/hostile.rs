@@ -25,8 +25,14 @@ struct Case {
     stdin: Option<String>,
     #[serde(default)]
     stdin_hex: Option<String>,
+    /// Files written (relative to the case's directory) before the run, e.g. rules.
+    #[serde(default)]
+    files: BTreeMap<String, String>,
     exit: i32,
+    /// Expected in stderr (or, with `in_stdout: true`, in stdout: `rules check` reports there).
     stderr: String,
+    #[serde(default)]
+    in_stdout: bool,
 }
 
 /// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`.
@@ -89,6 +95,11 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
         let dir = tmp.path();
         assert_eq!(run(bin(dir).arg("migrate")).status.code(), Some(0));
         let before = state(dir).await;
+        for (path, text) in &case.files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
         if let Some(cfg) = &case.config {
             std::fs::write(dir.join("orchestrator.yaml"), cfg).unwrap();
         }
@@ -116,13 +127,14 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
         };
         std::fs::remove_file(dir.join("orchestrator.yaml")).ok();
         let err = stderr(&out);
+        let shown = if case.in_stdout { String::from_utf8_lossy(&out.stdout).into_owned() } else { err.clone() };
         let after = state(dir).await;
         let mut problems = Vec::new();
         if out.status.code() != Some(case.exit) {
             problems.push(format!("exit {:?}, expected {}", out.status.code(), case.exit));
         }
-        if !err.contains(&case.stderr) {
-            problems.push(format!("stderr lacks {:?}", case.stderr));
+        if !shown.contains(&case.stderr) {
+            problems.push(format!("output lacks {:?}", case.stderr));
         }
         if err.contains("panicked") || out.status.code() == Some(101) {
             problems.push("panicked".into());
