@@ -5,8 +5,8 @@
 //! ```
 //!
 //! Figures: `cold_run_once` (the whole release binary, start to exit, wall time and peak RSS),
-//! `tick_overhead` (a tick with nothing due, against 1k..1M rows of history, SQLite and
-//! PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
+//! `tick_overhead` (a tick with nothing due, with the shipped rules, against 1k..1M rows of
+//! history, SQLite and PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
 //! completion fenced, durable and logged), `drain_concurrency` (drain rate against
 //! concurrency), `bulk_enqueue` (JSON Lines into SQLite) and `memory` (RSS of `run` over
 //! 10,000 ticks). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
@@ -151,10 +151,13 @@ impl Db {
     }
 
     /// `n` rows of finished history (90 % SUCCESS, 10 % CANCELLED) plus 100 open rows that are
-    /// not due, written with one INSERT … SELECT per chunk.
+    /// scheduled for later (created now, so no rule calls them stuck), written with one
+    /// INSERT … SELECT per chunk.
     async fn history(&self, n: u64) -> anyhow::Result<()> {
         let ts = "'2026-01-01T00:00:00+00:00'";
         let far = "'2100-01-01T00:00:00+00:00'";
+        let now_text = orchestrator::model::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+        let now = format!("'{now_text}'");
         let chunk = 200_000u64;
         let mut start = 1u64;
         while start <= n {
@@ -178,11 +181,11 @@ impl Db {
             Backend::Sqlite => format!(
                 "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 100) \
                  INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
-                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {ts}, {ts} FROM seq"
+                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {now}, {now} FROM seq"
             ),
             Backend::Postgres => format!(
                 "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
-                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {ts}, {ts} FROM generate_series(1, 100) AS i"
+                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, now(), now() FROM generate_series(1, 100) AS i"
             ),
         };
         self.store.execute_unprepared(&open).await?;
@@ -277,6 +280,9 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
             let db = Db::new(backend, a.pg.as_deref()).await?;
             db.history(n).await?;
             let engine = Engine::new(db.store.clone(), db.config(), Registry::builtin());
+            // The tick as it runs in production: snapshot, the shipped rules, ledger.
+            let rules = engine.load_rules()?;
+            anyhow::ensure!(rules > 0, "no rules loaded from rules/ (run the bench from the repository root)");
             let mut per_run = Vec::new();
             for _ in 0..a.runs {
                 let mut samples = Vec::with_capacity(ticks);
