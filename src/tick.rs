@@ -68,6 +68,17 @@ pub struct Engine {
     tick_gate: Arc<tokio::sync::Mutex<()>>,
     rules: Arc<std::sync::RwLock<Arc<RuleSet>>>,
     rule_metrics: Arc<RuleMetrics>,
+    rule_diagnostics: Arc<std::sync::Mutex<RuleDiagnostics>>,
+}
+
+/// What went wrong with this engine's rules lately, for `/status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RuleDiagnostics {
+    /// Why the last (re)load was rejected (the previous set stayed active); empty once a load
+    /// succeeds.
+    pub rejected_load: Vec<crate::rules::Diagnostic>,
+    /// Rule failures and invalid decisions of this engine's last tick.
+    pub last_tick: Vec<crate::rules::Diagnostic>,
 }
 
 impl Engine {
@@ -103,6 +114,7 @@ impl Engine {
             tick_gate: Arc::default(),
             rules,
             rule_metrics,
+            rule_diagnostics: Arc::default(),
         }
     }
 
@@ -160,12 +172,39 @@ impl Engine {
             Ok(set) => {
                 let n = set.len();
                 self.set_rules(set);
+                self.with_diagnostics(|d| d.rejected_load.clear());
                 Ok(n)
             }
             Err(e) => {
                 self.rule_metrics.reload_success.set(0);
+                let diags = match &e {
+                    RulesError::Invalid(diags) => diags.clone(),
+                    RulesError::Dir { dir, source } => vec![crate::rules::Diagnostic {
+                        file: dir.clone(),
+                        rule: String::new(),
+                        line: 0,
+                        column: 0,
+                        message: format!("cannot read the rules directory: {source}"),
+                    }],
+                };
+                self.with_diagnostics(|d| d.rejected_load = diags);
                 Err(e)
             }
+        }
+    }
+
+    /// The last load's rejection and the last tick's rule failures.
+    pub fn rule_diagnostics(&self) -> RuleDiagnostics {
+        match self.rule_diagnostics.lock() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn with_diagnostics(&self, change: impl FnOnce(&mut RuleDiagnostics)) {
+        match self.rule_diagnostics.lock() {
+            Ok(mut d) => change(&mut d),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
         }
     }
 
@@ -397,7 +436,11 @@ impl Engine {
     async fn decide(&self, term: &Term, tick_id: i64, snap: &Snapshot) -> Result<crate::decide::Decided, StoreError> {
         let fence = Fence { lease_name: term.lease_name.clone(), epoch: term.epoch, tick_id: Some(tick_id) };
         let rules = self.rules();
-        crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, snap, Some(&fence)).await
+        let decided =
+            crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, snap, Some(&fence)).await?;
+        let diags = decided.diagnostics.clone();
+        self.with_diagnostics(|d| d.last_tick = diags);
+        Ok(decided)
     }
 
     /// Releases the lease if this engine holds it (clean exit).

@@ -1,4 +1,5 @@
-//! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel, ticks.
+//! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel, ticks,
+//! decisions.
 //!
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
@@ -41,6 +42,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/actions/{id}/requeue", post(requeue))
         .route("/api/actions/{id}/cancel", post(cancel))
         .route("/api/ticks", get(ticks))
+        .route("/api/decisions", get(decisions))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -288,4 +290,24 @@ async fn ticks(State(st): State<AppState>, Query(q): Query<HashMap<String, Strin
     only_params(&q, &["limit"])?;
     let limit = parse_limit(&q, 20, 1000)?;
     Ok(axum::Json(st.store.recent_ticks(limit).await?).into_response())
+}
+
+/// `GET /api/decisions?tick=N`: that tick's decisions in the order written (404 if there is no
+/// such tick); without `tick`, the last `limit` decisions of any tick, newest first.
+async fn decisions(State(st): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    only_params(&q, &["tick", "limit"])?;
+    let Some(tick) = q.get("tick") else {
+        let limit = parse_limit(&q, 50, 1000)?;
+        return Ok(axum::Json(st.store.recent_decisions(limit).await?).into_response());
+    };
+    let tick_id = tick.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_request(format!("query parameter tick must be a positive integer (a tick id), got '{tick}'"))
+    })?;
+    let limit = parse_limit(&q, u64::MAX, 1000)?;
+    let mut rows = st.store.decisions(tick_id).await?;
+    if rows.is_empty() && st.store.tick_decide(tick_id).await?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no tick {tick_id} in the ledger")));
+    }
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(axum::Json(rows).into_response())
 }

@@ -26,8 +26,8 @@ use crate::metrics::DbGauges;
 use crate::model::{self, ActionStatus, LogRow, TickRow};
 use crate::snapshot::seconds_between;
 use crate::status::{self, Health, HealthPolicy, StatusReport};
-use crate::store::{ActionFilter, Store, StoreError};
-use crate::tick::Engine;
+use crate::store::{ActionFilter, DecisionRow, Store, StoreError};
+use crate::tick::{Engine, RuleDiagnostics};
 
 /// The largest request body accepted: an action's payload limit plus room for its fields.
 pub const MAX_BODY_BYTES: usize = crate::queue::MAX_PAYLOAD_BYTES + 16 * 1024;
@@ -263,6 +263,22 @@ struct StatusBody {
     logs: Vec<LogRow>,
     dlq: Vec<DlqRow>,
     server: ServerInfo,
+    /// This process's active rule set (under `serve`, the set it loaded at start; the leader's
+    /// may differ).
+    rules: RulesInfo,
+    /// The last decisions of any instance, newest first.
+    decisions: Vec<DecisionRow>,
+}
+
+/// How many recent decisions `/status` shows.
+const STATUS_DECISIONS: u64 = 20;
+
+#[derive(Serialize)]
+struct RulesInfo {
+    dir: String,
+    digest: String,
+    loaded: Vec<String>,
+    diagnostics: RuleDiagnostics,
 }
 
 #[derive(Serialize)]
@@ -318,5 +334,13 @@ async fn status_page(
         admin_api: !st.tokens.is_empty(),
         now: st.store.db_now().await?,
     };
-    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server }).into_response())
+    let active = st.engine.rules();
+    let rules = RulesInfo {
+        dir: st.config.rules_dir.display().to_string(),
+        digest: active.digest().to_string(),
+        loaded: active.names().into_iter().map(String::from).collect(),
+        diagnostics: st.engine.rule_diagnostics(),
+    };
+    let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
+    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions }).into_response())
 }

@@ -79,6 +79,19 @@ pub struct DecideRecord {
     pub rules_digest: String,
 }
 
+fn decision_row(r: &sea_orm::QueryResult) -> Result<DecisionRow, StoreError> {
+    Ok(DecisionRow {
+        tick_id: r.try_get("", "tick_id").doing("reading decisions")?,
+        rule: r.try_get("", "rule").doing("reading decisions")?,
+        kind: r.try_get("", "kind").doing("reading decisions")?,
+        target: r.try_get("", "target").doing("reading decisions")?,
+        priority: r.try_get("", "priority").doing("reading decisions")?,
+        reason: r.try_get("", "reason").doing("reading decisions")?,
+        outcome: r.try_get("", "outcome").doing("reading decisions")?,
+        created_at: r.try_get("", "created_at").doing("reading decisions")?,
+    })
+}
+
 fn fence_sql(name: usize, epoch: usize) -> String {
     format!("EXISTS (SELECT 1 FROM leases WHERE name = ${name} AND epoch = ${epoch})")
 }
@@ -321,20 +334,22 @@ impl Store {
             ))
             .await
             .doing("reading decisions")?;
-        rows.iter()
-            .map(|r| {
-                Ok(DecisionRow {
-                    tick_id: r.try_get("", "tick_id").doing("reading decisions")?,
-                    rule: r.try_get("", "rule").doing("reading decisions")?,
-                    kind: r.try_get("", "kind").doing("reading decisions")?,
-                    target: r.try_get("", "target").doing("reading decisions")?,
-                    priority: r.try_get("", "priority").doing("reading decisions")?,
-                    reason: r.try_get("", "reason").doing("reading decisions")?,
-                    outcome: r.try_get("", "outcome").doing("reading decisions")?,
-                    created_at: r.try_get("", "created_at").doing("reading decisions")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decision_row).collect()
+    }
+
+    /// The last `limit` decisions of any tick, newest first (by primary key: no scan).
+    pub async fn recent_decisions(&self, limit: u64) -> Result<Vec<DecisionRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(
+                "SELECT tick_id, rule, kind, target, priority, reason, outcome, created_at FROM decisions \
+                 ORDER BY id DESC LIMIT $1",
+                [limit.into()],
+            ))
+            .await
+            .doing("reading recent decisions")?;
+        rows.iter().map(decision_row).collect()
     }
 
     /// The snapshot and rules digest a tick recorded (None if the tick does not exist).

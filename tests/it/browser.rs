@@ -1,7 +1,7 @@
 //! The operator page in a real browser: headless Chromium driven through WebDriver
 //! (chromedriver), against the real daemon. It loads the page, checks the numbers shown match
-//! `/status`, clicks Pause with a token and sees the flag in the database, requeues a DLQ row,
-//! and saves
+//! `/status`, shows a decision a rule made, clicks Pause with a token and sees the flag in the
+//! database, requeues a DLQ row, and saves
 //! screenshots at 1280 px and at phone width under `target/`. Skips, saying why, when Chromium
 //! or chromedriver is absent.
 
@@ -186,6 +186,13 @@ async fn operator_page_in_headless_chromium() {
         let o = run(bin(d).args(["--database-url", &url, "enqueue", t, "--payload", payload, "--key", key]));
         assert_eq!(o.status.code(), Some(0));
     }
+    // A tiny rule that raises an alert every tick (a new message each time, so no cooldown).
+    std::fs::create_dir(d.join("rules")).unwrap();
+    std::fs::write(
+        d.join("rules").join("beacon.rhai"),
+        "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", `beacon ${state.n}`)]\n",
+    )
+    .unwrap();
     let (mut server, mut logs, addr) =
         spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
     wait_for(addr, "/status", Duration::from_secs(30), |r| r.status == 200 && r.json()["queue"]["DLQ"] == 2);
@@ -215,6 +222,27 @@ async fn operator_page_in_headless_chromium() {
         let sha =
             s["logs"].as_array().unwrap().iter().find_map(|l| l["artifact_sha256"].as_str()).expect("a proof artifact");
         assert!(drv.text("#logs").contains(sha), "the artifact sha256 is shown");
+        // The rule's decision, as /status lists it: tick, rule, kind, target, outcome, reason.
+        // The daemon ticks faster than the page refreshes, so the row is read in one step and
+        // looked up in /status by its tick.
+        drv.wait_text("#decisions tbody tr td:nth-child(2)", |t| t == "beacon");
+        let cells = drv.script(
+            "return Array.from(document.querySelectorAll(arguments[0])).map((td) => td.textContent)",
+            "#decisions tbody tr:first-child td",
+        );
+        let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+        assert_eq!((cells[1], cells[2], cells[4]), ("beacon", "alert", "applied"), "{cells:?}");
+        let s = get(addr, "/status").json();
+        assert_eq!(s["rules"]["loaded"], json!(["beacon"]), "the daemon loaded the rules directory");
+        let tick: i64 = cells[0].parse().unwrap_or_else(|e| panic!("tick cell {:?}: {e}", cells[0]));
+        let shown = s["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["tick_id"].as_i64() == Some(tick))
+            .unwrap_or_else(|| panic!("tick {tick} not among /status's decisions: {}", s["decisions"]));
+        assert_eq!((shown["rule"].as_str(), shown["target"].as_str()), (Some("beacon"), Some(cells[3])));
+        assert_eq!(shown["reason"].as_str(), Some(cells[5]), "the reason is shown");
 
         // No token: the buttons are disabled, with the reason.
         assert!(!drv.enabled("#btn-pause"));

@@ -500,8 +500,11 @@ fn run_reloads_rules_on_change_and_sighup_and_keeps_the_old_set_when_the_new_one
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_rules(d, &[("say", "[alert(\"info\", \"v1\")]")]);
-    let mut daemon =
-        support::bin(d).args(["run", "--interval", "0.1"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut daemon = support::bin(d)
+        .args(["run", "--no-http", "--interval", "0.1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let says = |m: &str| latest_decisions(d).iter().any(|x| x["reason"] == m);
     assert!(wait_for(Duration::from_secs(10), || says("v1")), "the daemon runs the rules");
     write_rules(d, &[("say", "[alert(\"info\", \"v2\")]")]);

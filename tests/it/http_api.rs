@@ -7,6 +7,7 @@ use orchestrator::config::{AdminTokens, Config};
 use orchestrator::http::{AppState, router};
 use orchestrator::model::{ActionStatus, TickStatus};
 use orchestrator::queue;
+use orchestrator::rules::RuleSet;
 use orchestrator::store::FlagChange;
 use orchestrator::tick::Engine;
 use serde_json::Value;
@@ -23,6 +24,7 @@ backend_tests!(
     admin_api_refuses_without_a_valid_token,
     admin_api_changes_state_and_validates_input,
     database_loss_is_503_not_a_panic,
+    decisions_are_listed_and_shown_on_status,
 );
 
 const TOKEN: &str = "0123456789abcdef-test";
@@ -222,6 +224,8 @@ async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {
         ("POST", "/api/actions/1/requeue"),
         ("POST", "/api/actions/1/cancel"),
         ("GET", "/api/ticks"),
+        ("GET", "/api/decisions"),
+        ("GET", "/api/decisions?tick=1"),
     ];
     for (method, uri) in endpoints {
         let a = call(&disabled, method, uri, Some(BEARER), Some("{}")).await;
@@ -380,4 +384,92 @@ async fn database_loss_is_503_not_a_panic(db: &TestDb) {
     assert!(!s.error().is_empty());
     let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": true}"#)).await;
     assert!(a.status.is_server_error(), "{}", a.status);
+}
+
+async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
+    let rules_dir = tempfile::tempdir().unwrap();
+    let mut c = config(db, true);
+    c.rules_dir = rules_dir.path().to_path_buf();
+    let sources = [
+        ("beacon", "state.n = (state.n ?? 0) + 1; [alert(\"info\", `beacon ${state.n}`)]"),
+        ("broken", "throw \"boom\";"),
+    ]
+    .iter()
+    .map(|(n, src)| (std::path::PathBuf::from(format!("rules/{n}.rhai")), src.to_string()))
+    .collect();
+    let set = RuleSet::from_sources(sources, &c.rules).unwrap_or_else(|d| panic!("rules do not compile: {d:?}"));
+    let engine = db.engine(c);
+    engine.set_rules(set);
+    let st = state(&engine);
+    let first = ran(&engine).await.tick_id;
+    let second = ran(&engine).await.tick_id;
+
+    // One tick's decisions, as written.
+    let a = admin(&st, "GET", &format!("/api/decisions?tick={first}"), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let rows = a.json();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let d = &rows[0];
+    assert_eq!(
+        (d["tick_id"].as_i64(), d["rule"].as_str(), d["kind"].as_str()),
+        (Some(first), Some("beacon"), Some("alert"))
+    );
+    assert_eq!((d["target"].as_str(), d["outcome"].as_str()), (Some("beacon 1"), Some("applied")));
+    assert!(d["priority"].is_i64() && d["reason"].is_string() && d["created_at"].is_string(), "{d}");
+
+    // The most recent, newest first, with a limit.
+    let all = admin(&st, "GET", "/api/decisions", None).await.json();
+    let targets: Vec<&str> = all.as_array().unwrap().iter().map(|d| d["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["beacon 2", "beacon 1"]);
+    assert_eq!(all[0]["tick_id"].as_i64(), Some(second));
+    let one = admin(&st, "GET", "/api/decisions?limit=1", None).await.json();
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["target"], "beacon 2");
+
+    // Errors name what was wrong.
+    let a = admin(&st, "GET", &format!("/api/decisions?tick={}", second + 1000), None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+    assert!(a.error().contains(&format!("no tick {}", second + 1000)), "{}", a.body);
+    for (uri, names) in [
+        ("/api/decisions?tick=abc", "tick"),
+        ("/api/decisions?tick=0", "tick"),
+        ("/api/decisions?tick=-3", "tick"),
+        ("/api/decisions?tick=", "tick"),
+        ("/api/decisions?limit=0", "limit"),
+        ("/api/decisions?tick=1&limit=x", "limit"),
+        ("/api/decisions?ticks=1", "ticks"),
+    ] {
+        let a = admin(&st, "GET", uri, None).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{uri}: {}", a.body);
+        assert!(a.error().contains(names), "{uri}: {}", a.body);
+    }
+
+    // /status: the loaded rules, the last tick's rule failure, the recent decisions.
+    let s = get(&st, "/status").await.json();
+    assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]));
+    assert_eq!(s["rules"]["digest"], engine.rules().digest());
+    assert_eq!(s["rules"]["dir"], rules_dir.path().display().to_string());
+    assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]));
+    let failed = &s["rules"]["diagnostics"]["last_tick"];
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["rule"], "broken");
+    assert!(failed[0]["message"].as_str().unwrap().contains("boom"), "{failed}");
+    assert_eq!(s["decisions"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (s["decisions"][0]["target"].as_str(), s["decisions"][0]["rule"].as_str()),
+        (Some("beacon 2"), Some("beacon"))
+    );
+
+    // A rejected reload keeps the active set and says why, in the file and line.
+    std::fs::write(rules_dir.path().join("typo.rhai"), "let x = ;\n").unwrap();
+    assert!(engine.load_rules().is_err());
+    let s = get(&st, "/status").await.json();
+    assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]), "the previous set stays active");
+    let rejected = &s["rules"]["diagnostics"]["rejected_load"];
+    assert_eq!((rejected[0]["rule"].as_str(), rejected[0]["line"].as_u64()), (Some("typo"), Some(1)), "{rejected}");
+    std::fs::remove_file(rules_dir.path().join("typo.rhai")).unwrap();
+    assert_eq!(engine.load_rules().unwrap(), 0);
+    let s = get(&st, "/status").await.json();
+    assert_eq!(s["rules"]["loaded"], serde_json::json!([]));
+    assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]), "a good load clears the rejection");
 }
