@@ -22,3 +22,4 @@ mod browser;
 mod http_api;
 mod http_client;
 mod http_live;
+mod instances;
