@@ -23,3 +23,4 @@ mod http_api;
 mod http_client;
 mod http_live;
 mod instances;
+mod model;
