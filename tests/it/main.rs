@@ -19,6 +19,7 @@ mod tick;
 mod verify;
 
 mod browser;
+mod faults;
 mod http_api;
 mod http_client;
 mod http_live;
