@@ -90,3 +90,143 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
     );
     db.cleanup().await;
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (after printing why) where this process may not mount.
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let o = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs(at.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs ({}), so the full-disk test did not run",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount ({e}), so the full-disk test did not run");
+                None
+            }
+        }
+    }
+
+    fn resize(&self, size: &str) {
+        let o = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "remount: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        std::process::Command::new("umount").arg("-l").arg(&self.0).output().ok();
+    }
+}
+
+/// One bulk line of a NOOP whose payload is about `bytes` long.
+fn big_line(key: &str, bytes: usize) -> String {
+    format!(
+        "{{\"action_type\":\"NOOP\",\"payload\":{{\"pad\":\"{}\"}},\"idempotency_key\":\"{key}\"}}\n",
+        "x".repeat(bytes)
+    )
+}
+
+fn enqueue_line(dir: &std::path::Path, url: &str, line: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = crate::support::bin(dir)
+        .args(["--database-url", url, "enqueue", "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// SQLite on a full disk (a small tmpfs, since `PRAGMA max_page_count` lasts only as long as
+/// the connection that sets it): enqueues fail with a clear error and write nothing, the daemon
+/// survives, and once the disk is grown it carries on without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&scratch.path().join("disk"), "16m") else { return };
+    let dir = scratch.path();
+    let url = format!("sqlite:{}", disk.0.join("o.db").display());
+    std::fs::write(dir.join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
+    let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let o = enqueue_line(dir, &url, &big_line("before", 100));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir, &url, &[]));
+    wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+
+    // Fill the disk to the last byte with another file.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(disk.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        filler.write_all(&[0u8; 1]).ok();
+    }
+    let rows_before = store.count_by_status().await.unwrap().values().sum::<i64>();
+    let mut refused = None;
+    for i in 0..10 {
+        let o = enqueue_line(dir, &url, &big_line(&format!("full-{i}"), 900_000));
+        if !o.status.success() {
+            refused = Some(String::from_utf8_lossy(&o.stderr).into_owned());
+            break;
+        }
+    }
+    let refused = refused.expect("an enqueue on a full disk fails");
+    assert!(refused.contains("full"), "the error says the disk is full: {refused}");
+    assert!(!refused.contains("panicked"), "{refused}");
+    let rows_full = store.count_by_status().await.unwrap().values().sum::<i64>();
+    // Let the daemon tick against the full disk for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.0.try_wait().unwrap().is_none(), "the daemon survived the full disk");
+    assert_eq!(get(addr, "/health/live").status, 200);
+
+    // Grow the disk: the same process carries on.
+    disk.resize("256m");
+    let o = enqueue_line(dir, &url, &big_line("after", 100));
+    assert!(o.status.success(), "enqueue works again: {}", String::from_utf8_lossy(&o.stderr));
+    let start = Instant::now();
+    loop {
+        let c = store.count_by_status().await.unwrap();
+        let open = c[&ActionStatus::Pending] + c[&ActionStatus::Running] + c[&ActionStatus::Retry];
+        if open == 0 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not drained after the disk grew: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    assert!(child.0.try_wait().unwrap().is_none(), "no restart");
+    assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0));
+    let lines = logs.drain().to_vec();
+    let all = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(all.iter().all(|a| a.status == ActionStatus::Success && a.attempts == 1), "{all:?}");
+    assert_eq!(store.sqlite_pragma("integrity_check").await.unwrap().as_deref(), Some("ok"));
+    let full_errors = lines.iter().filter(|l| l.contains("full")).count();
+    eprintln!(
+        "sqlite full disk: {} enqueue(s) landed before the disk filled, then refused with: {}; \
+         daemon survived ({full_errors} log line(s) about the full disk), {} action(s) all SUCCESS after the disk grew",
+        rows_full - rows_before,
+        refused.lines().next().unwrap_or(""),
+        all.len()
+    );
+    store.close().await.ok();
+}
