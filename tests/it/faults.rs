@@ -1,9 +1,15 @@
-//! Database faults under a running daemon (the real binary): a SQLite file held by another
-//! writer in `BEGIN IMMEDIATE` for 10 s. The daemon survives, logs the failed tick once, and
-//! recovers by itself when the lock goes; every action ends SUCCESS after exactly one attempt
-//! (nothing lost, nothing run twice).
+//! Database faults under a running daemon (the real binary), each ending with every action
+//! SUCCESS after exactly one attempt (nothing lost, nothing run twice) and the same process
+//! still running:
+//! - a SQLite file held by another writer in `BEGIN IMMEDIATE` for 10 s (the write that meets
+//!   the lock is logged and retried);
+//! - SQLite on a full disk (a 16 MB tmpfs filled by another file; skipped where mounting is not
+//!   allowed): enqueue fails saying the disk is full, and after the tmpfs is grown everything
+//!   carries on;
+//! - a private PostgreSQL cluster (the machine's binaries, run as `postgres` on a free port, so
+//!   the shared server is untouched) stopped for 20 s: /health is 503, the outage logged once.
 //!
-//! (The PostgreSQL outage made with `pg_terminate_backend` is in `http_live.rs`.)
+//! (Killing PostgreSQL backends with `pg_terminate_backend` is in `http_live.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -227,6 +233,146 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
         rows_full - rows_before,
         refused.lines().next().unwrap_or(""),
         all.len()
+    );
+    store.close().await.ok();
+}
+
+/// A private PostgreSQL cluster on its own port, run by the `postgres` user with the
+/// machine's binaries, so stopping it touches no other test. Stopped on drop.
+struct PrivateCluster {
+    bin: std::path::PathBuf,
+    data: std::path::PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// `None` (after printing why) without PostgreSQL's binaries or the rights to use them.
+    fn start() -> Option<PrivateCluster> {
+        let skip = |why: String| {
+            eprintln!("skipped: {why}, so the PostgreSQL stop/start test did not run");
+            None
+        };
+        let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("pg_ctl").exists()).max())
+        else {
+            return skip("no /usr/lib/postgresql/*/bin/pg_ctl".into());
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new("chown").args(["postgres:"]).arg(dir.path()).output();
+        if !o.as_ref().is_ok_and(|o| o.status.success()) {
+            return skip("cannot hand a directory to the postgres user (not root?)".into());
+        }
+        let data = dir.path().join("data");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = PrivateCluster { bin, data, port, _dir: dir };
+        let init = c.as_postgres("initdb", &["-D", &c.data.display().to_string(), "-A", "trust", "-U", "postgres"]);
+        if !init.status.success() {
+            return skip(format!("initdb failed: {}", String::from_utf8_lossy(&init.stderr).trim()));
+        }
+        c.ctl("start");
+        Some(c)
+    }
+
+    fn as_postgres(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(tool))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctl(&self, verb: &str) {
+        let data = self.data.display().to_string();
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self._dir.path().display());
+        let log = self._dir.path().join("pg.log").display().to_string();
+        let args: Vec<&str> = match verb {
+            "start" => vec!["-D", &data, "-o", &opts, "-l", &log, "-w", "start"],
+            _ => vec!["-D", &data, "-m", "fast", "-w", "stop"],
+        };
+        let o = self.as_postgres("pg_ctl", &args);
+        assert!(
+            o.status.success(),
+            "pg_ctl {verb}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data.display().to_string();
+        self.as_postgres("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// The PostgreSQL cluster stopped for 20 s under a working daemon: /health says 503 and the
+/// outage is logged once; when the cluster is back the same process carries on, and every
+/// action ends SUCCESS with nothing lost and nothing run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cluster_stopped_for_20s_is_survived() {
+    let Some(cluster) = PrivateCluster::start() else { return };
+    let url = cluster.url();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
+    let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let n = 150;
+    let lines: String = (0..n)
+        .map(|i| {
+            format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"sleep_ms\":40}},\"idempotency_key\":\"pg-{i}\"}}\n")
+        })
+        .collect();
+    orchestrator::queue::enqueue_jsonl(&store, lines.as_bytes(), 3).await.unwrap();
+    store.close().await.ok();
+
+    let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir.path(), &url, &[]));
+    wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    logs.wait_for("\"attempted\":4", Duration::from_secs(30));
+
+    cluster.ctl("stop");
+    let stopped_at = Instant::now();
+    let down = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 503);
+    assert!(down.body.contains("database unreachable"), "{}", down.body);
+    assert_eq!(get(addr, "/health/live").status, 200);
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(stopped_at.elapsed())).await;
+    cluster.ctl("start");
+    let outage = stopped_at.elapsed();
+
+    let up = wait_for(addr, "/health", Duration::from_secs(60), |r| r.status == 200);
+    let back_after = stopped_at.elapsed() - outage;
+    assert_eq!(up.json()["status"], "healthy", "{}", up.body);
+    let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
+    let start = Instant::now();
+    loop {
+        let c = store.count_by_status().await.unwrap();
+        if c[&ActionStatus::Success] == n {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "not drained after the outage: {c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the same process carried on");
+    assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0));
+    let lines = logs.drain().to_vec();
+    let outages = lines.iter().filter(|l| l.contains("retrying with backoff")).count();
+    assert!(outages <= 1, "the outage is logged once, not once per tick: {lines:#?}");
+    let all = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), n as usize, "nothing lost");
+    let reruns: Vec<_> = all.iter().filter(|a| a.attempts != 1).map(|a| (a.id, a.attempts)).collect();
+    assert!(reruns.is_empty(), "actions run more than once: {reruns:?}");
+    eprintln!(
+        "postgres stopped: cluster down {:.1}s; /health 503 during it; healthy {:.1}s after the restart; \
+         {n}/{n} SUCCESS, 0 run twice, {outages} outage log line(s)",
+        outage.as_secs_f64(),
+        back_after.as_secs_f64()
     );
     store.close().await.ok();
 }
