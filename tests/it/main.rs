@@ -20,6 +20,7 @@ mod verify;
 
 mod browser;
 mod faults;
+mod hostile_http;
 mod http_api;
 mod http_client;
 mod http_live;
