@@ -120,11 +120,17 @@ async fn wait_for_holder(store: &Store, not: Option<&str>, limit: Duration) -> L
     }
 }
 
-/// Enqueues two 200 ms NOOPs every 100 ms until stopped, so there is always work.
+/// Enqueues two 200 ms NOOPs every 100 ms while fewer than 20 wait, until stopped: there is
+/// always work, and never a backlog so long that a rescued action waits behind it for long.
 fn supply(store: Store, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
+            let open = store.open_counts().await.unwrap();
+            if open[&ActionStatus::Pending] + open[&ActionStatus::Retry] >= 20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let lines = format!(
                 "{{\"action_type\":\"NOOP\",\"payload\":{{\"sleep_ms\":200}},\"idempotency_key\":\"s-{n}\"}}\n\
                  {{\"action_type\":\"NOOP\",\"payload\":{{\"sleep_ms\":200}},\"idempotency_key\":\"s-{}\"}}\n",
