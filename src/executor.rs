@@ -26,6 +26,9 @@ use crate::model::{self, Action, LogLevel, NewLog};
 use crate::queue;
 use crate::store::{Claimed, Completion, CompletionOutcome, Store};
 
+/// The pause between two tries at writing a group of outcomes.
+const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// How the executor runs actions.
 #[derive(Clone, Debug)]
 pub struct ExecSettings {
@@ -143,7 +146,7 @@ impl Executor {
                         c
                     })
                     .collect();
-                match store.complete(&term.lease_name, Some(tick_id), &completions).await {
+                match self.record(store, &term.lease_name, tick_id, &completions, lost).await {
                     Ok(r) => {
                         self.metrics.fenced_writes_rejected_total.inc_by(r.rejected.len() as u64);
                         for id in &r.rejected {
@@ -168,6 +171,40 @@ impl Executor {
 
         let ((), report) = tokio::join!(launcher, writer);
         report
+    }
+
+    /// Writes a group of outcomes, retrying a failed write every [`RECORD_RETRY_PAUSE`] while
+    /// the lease holds and for at most `action_timeout` (after which the claims would be rescued
+    /// anyway). A database that is briefly locked or away must not turn attempts that ran into
+    /// attempts that run again. Retrying is safe: the write is one fenced transaction.
+    async fn record(
+        &self,
+        store: &Store,
+        lease_name: &str,
+        tick_id: i64,
+        completions: &[Completion],
+        lost: &AtomicBool,
+    ) -> Result<crate::store::CompletionReport, crate::store::StoreError> {
+        let started = Instant::now();
+        let mut retries = 0u32;
+        loop {
+            match store.complete(lease_name, Some(tick_id), completions).await {
+                Ok(r) => {
+                    if retries > 0 {
+                        tracing::info!(retries, count = completions.len(), "outcomes recorded after retrying");
+                    }
+                    return Ok(r);
+                }
+                Err(e) if !lost.load(Ordering::SeqCst) && started.elapsed() < self.settings.action_timeout => {
+                    if retries == 0 {
+                        tracing::warn!(error = %e, count = completions.len(), "could not record outcomes yet; retrying while the lease holds");
+                    }
+                    retries += 1;
+                    tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// One attempt, start to completion record. Never panics, never hangs past the timeout.

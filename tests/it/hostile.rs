@@ -36,7 +36,7 @@ struct Case {
 }
 
 /// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`.
-fn expand(text: &str) -> String {
+pub fn expand(text: &str) -> String {
     let mut out = text.to_string();
     for (tag, make) in [
         ("@big:", (|n: usize| format!("{{\"a\":\"{}\"}}", "x".repeat(n))) as fn(usize) -> String),
@@ -52,7 +52,7 @@ fn expand(text: &str) -> String {
     out
 }
 
-fn hex(s: &str) -> Vec<u8> {
+pub fn hex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 

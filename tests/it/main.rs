@@ -20,6 +20,10 @@ mod tick;
 mod verify;
 
 mod browser;
+mod faults;
+mod hostile_http;
 mod http_api;
 mod http_client;
 mod http_live;
+mod instances;
+mod model;
