@@ -107,7 +107,11 @@ impl Driver {
         std::thread::sleep(Duration::from_millis(500));
         let png = base64_decode(self.call("GET", "/screenshot", None).as_str().expect("base64 screenshot"));
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(name);
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
         std::fs::write(&path, png).unwrap();
         path
     }
