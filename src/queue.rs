@@ -34,12 +34,16 @@ pub enum QueueError {
     Store(#[from] StoreError),
 }
 
-/// An enqueue request as it arrives from the CLI, the API or a rule.
-#[derive(Clone, Debug)]
+/// An enqueue request as it arrives from the CLI, the API or a rule. Deserialized as is from a
+/// JSON Lines row or an API body: `{"action_type", "payload", "idempotency_key"?, "priority"?,
+/// "not_before"?, "max_attempts"?}`, unknown fields refused.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     pub action_type: String,
     pub payload: serde_json::Value,
     pub idempotency_key: Option<String>,
+    #[serde(default)]
     pub priority: i32,
     pub not_before: Option<DateTime<Utc>>,
     pub max_attempts: Option<u32>,
@@ -164,19 +168,6 @@ pub async fn enqueue(
     Ok(store.insert_action(&new).await?)
 }
 
-/// One line of a bulk file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BulkLine {
-    action_type: String,
-    payload: serde_json::Value,
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    priority: i32,
-    not_before: Option<DateTime<Utc>>,
-    max_attempts: Option<u32>,
-}
-
 /// What a bulk enqueue did.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BulkReport {
@@ -244,15 +235,7 @@ fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32) -> Result<Option<
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let parsed: BulkLine = serde_json::from_str(text).map_err(|e| format!("not a valid action: {e}"))?;
-    let req = EnqueueRequest {
-        action_type: parsed.action_type,
-        payload: parsed.payload,
-        idempotency_key: parsed.idempotency_key,
-        priority: parsed.priority,
-        not_before: parsed.not_before,
-        max_attempts: parsed.max_attempts,
-    };
+    let req: EnqueueRequest = serde_json::from_str(text).map_err(|e| format!("not a valid action: {e}"))?;
     prepare(&req, default_max_attempts).map(Some)
 }
 

@@ -18,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -205,32 +204,12 @@ async fn run_once(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnqueueBody {
-    action_type: String,
-    payload: serde_json::Value,
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    priority: i32,
-    not_before: Option<DateTime<Utc>>,
-    max_attempts: Option<u32>,
-}
-
 async fn enqueue(
     State(st): State<AppState>,
     axum::Extension(who): axum::Extension<Who>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let b: EnqueueBody = parse_body(body)?;
-    let req = EnqueueRequest {
-        action_type: b.action_type,
-        payload: b.payload,
-        idempotency_key: b.idempotency_key,
-        priority: b.priority,
-        not_before: b.not_before,
-        max_attempts: b.max_attempts,
-    };
+    let req: EnqueueRequest = parse_body(body)?;
     let outcome = queue::enqueue(&st.store, &req, st.config.max_attempts).await.map_err(|e| match e {
         QueueError::Invalid(m) => ApiError::bad_request(m),
         QueueError::Store(e) => e.into(),
