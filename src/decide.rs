@@ -50,6 +50,9 @@ pub struct Decided {
     pub notes: Vec<String>,
     pub rules_evaluated: usize,
     pub eval_seconds: f64,
+    /// The snapshot the rules saw (JSON) and the digest of their sources, for the ledger row.
+    pub snapshot_json: String,
+    pub rules_digest: String,
 }
 
 /// Evaluates `rules` on `snap` and applies the outcome under `fence` (`None`: dry run).
@@ -105,12 +108,9 @@ pub async fn decide(
     };
     let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
 
-    let mut record = DecideRecord {
-        snapshot_json: snap_json.to_string(),
-        rules_digest: rules.digest().to_string(),
-        states: new_states,
-        ..Default::default()
-    };
+    out.snapshot_json = snap_json.to_string();
+    out.rules_digest = rules.digest().to_string();
+    let mut record = DecideRecord { states: new_states, ..Default::default() };
     for p in planned {
         let d = &p.decision;
         let outcome = match (p.suppressed, fence) {

@@ -294,6 +294,7 @@ impl Engine {
                     attempted: 0,
                     succeeded: 0,
                     notes: Some(format!("tick failed: {e}")),
+                    snapshot: None,
                 };
                 if let Err(close_err) = self.store.close_tick(tick_id, &close).await {
                     tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
@@ -320,6 +321,7 @@ impl Engine {
                 attempted: 0,
                 succeeded: 0,
                 notes: Some("killed flag set: nothing dispatched, lease released, stopping".into()),
+                snapshot: None,
             };
             return Ok((close, extra));
         }
@@ -331,8 +333,13 @@ impl Engine {
             let mut notes = vec!["paused flag set: nothing dispatched".to_string()];
             notes.extend(decided.notes);
             extra.snapshot = Some(Box::new(snap));
-            let close =
-                TickClose { status: TickStatus::Paused, attempted: 0, succeeded: 0, notes: Some(notes.join("; ")) };
+            let close = TickClose {
+                status: TickStatus::Paused,
+                attempted: 0,
+                succeeded: 0,
+                notes: Some(notes.join("; ")),
+                snapshot: Some((decided.snapshot_json, decided.rules_digest)),
+            };
             return Ok((close, extra));
         }
 
@@ -355,8 +362,13 @@ impl Engine {
         if decided.paused {
             extra.snapshot = Some(Box::new(snap));
             notes.insert(0, "paused by a rule: nothing dispatched".into());
-            let close =
-                TickClose { status: TickStatus::Paused, attempted: 0, succeeded: 0, notes: Some(notes.join("; ")) };
+            let close = TickClose {
+                status: TickStatus::Paused,
+                attempted: 0,
+                succeeded: 0,
+                notes: Some(notes.join("; ")),
+                snapshot: Some((decided.snapshot_json, decided.rules_digest)),
+            };
             return Ok((close, extra));
         }
 
@@ -429,6 +441,7 @@ impl Engine {
             attempted: attempted as i32,
             succeeded: succeeded as i32,
             notes: Some(notes.join("; ")),
+            snapshot: Some((decided.snapshot_json, decided.rules_digest)),
         };
         Ok((close, extra))
     }

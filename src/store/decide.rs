@@ -75,8 +75,6 @@ pub struct DecideRecord {
     pub cooldowns: Vec<(String, String, String)>,
     /// Each rule's state after the tick (JSON text).
     pub states: BTreeMap<String, String>,
-    pub snapshot_json: String,
-    pub rules_digest: String,
 }
 
 fn decision_row(r: &sea_orm::QueryResult) -> Result<DecisionRow, StoreError> {
@@ -257,10 +255,15 @@ impl Store {
         Ok(res.rows_affected())
     }
 
-    /// Writes a tick's decisions, cooldowns, rule states and ledger snapshot in one transaction.
+    /// Writes a tick's decisions, cooldowns and rule states in one transaction (the snapshot and
+    /// rules digest go with the ledger row's close).
     /// Cooldowns and states are fenced by the lease epoch; a deposed writer leaves them as they
     /// were (the decisions and the ledger row, being the record of what happened, are kept).
     pub async fn record_decide(&self, fence: &Fence, rec: &DecideRecord) -> Result<(), StoreError> {
+        if rec.decisions.is_empty() && rec.cooldowns.is_empty() && rec.states.is_empty() {
+            // Nothing to write: an idle tick costs no transaction (and no fsync) here.
+            return Ok(());
+        }
         let now = model::now();
         let txn = self.begin_write().await?;
         for d in &rec.decisions {
@@ -311,14 +314,6 @@ impl Store {
                 fence.epoch.into(),
             ];
             txn.execute_raw(self.stmt(&sql, values)).await.doing("saving rule state")?;
-        }
-        if let Some(tick_id) = fence.tick_id {
-            txn.execute_raw(self.stmt(
-                "UPDATE tick_ledger SET snapshot_json = $1, rules_digest = $2 WHERE id = $3",
-                [rec.snapshot_json.as_str().into(), rec.rules_digest.as_str().into(), tick_id.into()],
-            ))
-            .await
-            .doing("recording the tick's snapshot")?;
         }
         txn.commit().await.doing("committing the tick's decisions")
     }
