@@ -22,9 +22,10 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::config::{AdminTokens, Config};
+use crate::lease::Term;
 use crate::metrics::DbGauges;
 use crate::model::{self, ActionStatus, LogRow, TickRow};
-use crate::snapshot::seconds_between;
+use crate::snapshot::{self, seconds_between};
 use crate::status::{self, Health, HealthPolicy, StatusReport};
 use crate::store::{ActionFilter, DecisionRow, Store, StoreError};
 use crate::tick::{Engine, RuleDiagnostics};
@@ -178,6 +179,15 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     let open = st.store.open_counts().await?;
     let oldest = st.store.oldest_pending().await?;
     let now = st.store.db_now().await?;
+    // The same 0-100 health score the rules see, computed from the database as it is now (the
+    // lease term is the current holder's, or none).
+    let term = Term {
+        lease_name: st.config.lease_name.clone(),
+        owner: report.lease.as_ref().map_or_else(String::new, |l| l.owner.clone()),
+        epoch: report.lease.as_ref().map_or(0, |l| l.epoch),
+        expires_at: report.lease.as_ref().map_or(now, |l| l.expires_at),
+    };
+    let snap = snapshot::build_with(&st.store, &term, report.flags, None, &st.config.rules.health).await?;
     let open_statuses = [ActionStatus::Pending, ActionStatus::Running, ActionStatus::Retry, ActionStatus::Dlq];
     Ok(DbGauges {
         queue: open_statuses.iter().map(|s| (s.as_str().to_string(), open.get(s).copied().unwrap_or(0))).collect(),
@@ -190,7 +200,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             ("killed", report.flags.killed),
             ("proof_mode", report.flags.proof_mode),
         ],
-        health_score: report.health.score(),
+        health_score: snap.health.score as f64,
         last_tick_timestamp_seconds: report
             .last_tick
             .as_ref()
