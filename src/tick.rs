@@ -331,16 +331,9 @@ impl Engine {
             let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
             let decided = self.decide(term, tick_id, &snap).await?;
             let mut notes = vec!["paused flag set: nothing dispatched".to_string()];
-            notes.extend(decided.notes);
+            notes.extend(decided.notes.iter().cloned());
             extra.snapshot = Some(Box::new(snap));
-            let close = TickClose {
-                status: TickStatus::Paused,
-                attempted: 0,
-                succeeded: 0,
-                notes: Some(notes.join("; ")),
-                snapshot: Some((decided.snapshot_json, decided.rules_digest)),
-            };
-            return Ok((close, extra));
+            return Ok((paused_close(&notes, decided), extra));
         }
 
         let rescued = self
@@ -362,14 +355,7 @@ impl Engine {
         if decided.paused {
             extra.snapshot = Some(Box::new(snap));
             notes.insert(0, "paused by a rule: nothing dispatched".into());
-            let close = TickClose {
-                status: TickStatus::Paused,
-                attempted: 0,
-                succeeded: 0,
-                notes: Some(notes.join("; ")),
-                snapshot: Some((decided.snapshot_json, decided.rules_digest)),
-            };
-            return Ok((close, extra));
+            return Ok((paused_close(&notes, decided), extra));
         }
 
         let deadline = started + self.config.max_tick;
@@ -464,6 +450,17 @@ impl Engine {
     /// The interval the daemon waits between ticks.
     pub fn interval(&self) -> Duration {
         self.config.tick_interval
+    }
+}
+
+/// The ledger close of a tick that dispatched nothing because it was paused.
+fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose {
+    TickClose {
+        status: TickStatus::Paused,
+        attempted: 0,
+        succeeded: 0,
+        notes: Some(notes.join("; ")),
+        snapshot: Some((decided.snapshot_json, decided.rules_digest)),
     }
 }
 

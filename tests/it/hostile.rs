@@ -71,18 +71,23 @@ async fn state(dir: &Path) -> serde_json::Value {
     v
 }
 
-fn load_corpus() -> Vec<(String, Case)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
+/// Every case of every `*.yaml` file in `tests/<dir>`, in file order, with its file's stem.
+pub fn load_cases<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(dir);
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut cases = Vec::new();
     for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
         let text = std::fs::read_to_string(&f).unwrap();
-        let list: Vec<Case> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let list: Vec<T> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         let file = f.file_stem().unwrap().to_string_lossy().into_owned();
         cases.extend(list.into_iter().map(|c| (file.clone(), c)));
     }
     cases
+}
+
+fn load_corpus() -> Vec<(String, Case)> {
+    load_cases("hostile")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

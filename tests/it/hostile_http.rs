@@ -3,8 +3,6 @@
 //! Every case must answer its 4xx status with a clear error, must not panic, and must leave the
 //! database exactly as it was.
 
-use std::path::Path;
-
 use axum::body::Body;
 use axum::http::Request;
 use orchestrator::config::AdminTokens;
@@ -36,16 +34,7 @@ struct Case {
 }
 
 fn load() -> Vec<Case> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile/http");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let mut cases = Vec::new();
-    for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let list: Vec<Case> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        cases.extend(list);
-    }
-    cases
+    crate::hostile::load_cases::<Case>("hostile/http").into_iter().map(|(_, c)| c).collect()
 }
 
 /// Everything an operator could see in the database, as one comparable value.
