@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use crate::model::LeaseRow;
-use crate::store::{Acquired, Store, StoreError};
+use crate::store::{Acquired, Begun, Store, StoreError};
 
 /// A new owner id: `hostname:pid:<random>`, unique per process start.
 pub fn new_owner_id() -> String {
@@ -27,6 +27,12 @@ pub struct Term {
     pub owner: String,
     pub epoch: i64,
     pub expires_at: DateTime<Utc>,
+}
+
+impl From<LeaseRow> for Term {
+    fn from(row: LeaseRow) -> Term {
+        Term { lease_name: row.name, owner: row.owner, epoch: row.epoch, expires_at: row.expires_at }
+    }
 }
 
 /// What an acquire attempt found.
@@ -65,13 +71,17 @@ impl Lease {
     /// Acquires or renews, in one atomic statement.
     pub async fn acquire(&self) -> Result<LeaseState, StoreError> {
         Ok(match self.store.acquire_lease(&self.name, &self.owner, self.ttl).await? {
-            Acquired::Held(row) => LeaseState::Held(Term {
-                lease_name: row.name,
-                owner: row.owner,
-                epoch: row.epoch,
-                expires_at: row.expires_at,
-            }),
+            Acquired::Held(row) => LeaseState::Held(row.into()),
             Acquired::HeldByOther(row) => LeaseState::HeldByOther(row),
+        })
+    }
+
+    /// Acquires or renews and, while held, opens a tick's ledger row in the same transaction.
+    /// Returns the term and the row's id.
+    pub async fn begin_tick(&self, started_at: DateTime<Utc>) -> Result<Result<(Term, i64), LeaseRow>, StoreError> {
+        Ok(match self.store.begin_tick(&self.name, &self.owner, self.ttl, started_at).await? {
+            Begun::Held { lease, tick_id } => Ok((lease.into(), tick_id)),
+            Begun::HeldByOther(row) => Err(row),
         })
     }
 

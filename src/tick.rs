@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::adapters::Registry;
 use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
-use crate::lease::{Lease, LeaseState, Term};
+use crate::lease::{Lease, Term};
 use crate::metrics::{Metrics, RuleMetrics};
 use crate::model::{self, TickStatus};
 use crate::rules::{RuleSet, RulesError};
@@ -95,6 +95,7 @@ impl Engine {
             Arc::new(registry),
             ExecSettings {
                 concurrency: config.dispatch_concurrency as usize,
+                max_unrecorded: config.max_unrecorded as usize,
                 action_timeout: config.action_timeout,
                 backoff_base: config.backoff_base,
                 backoff_max: config.backoff_max,
@@ -257,14 +258,13 @@ impl Engine {
     async fn tick_inner(&self) -> Result<TickOutcome, StoreError> {
         let started = Instant::now();
         let started_at = model::now();
-        let term = match self.lease.acquire().await? {
-            LeaseState::Held(term) => term,
-            LeaseState::HeldByOther(row) => {
+        let (term, tick_id) = match self.lease.begin_tick(started_at).await? {
+            Ok(held) => held,
+            Err(row) => {
                 return Ok(TickOutcome::NotLeader { owner: row.owner, epoch: row.epoch, expires_at: row.expires_at });
             }
         };
         let heartbeat = self.lease.heartbeat(&term, self.config.heartbeat);
-        let tick_id = self.store.open_tick(&term.owner, term.epoch, started_at).await?;
         let span = tracing::info_span!("tick", tick_id, epoch = term.epoch);
         let _enter = span.enter();
 
@@ -417,9 +417,8 @@ impl Engine {
         } else {
             TickStatus::Partial
         };
-        if attempted > 0 {
-            notes.insert(0, format!("{attempted} attempted, {succeeded} succeeded, {} failed", attempted - succeeded));
-        } else if status == TickStatus::Idle {
+        // The counts have columns of their own; the notes say what the counts cannot.
+        if status == TickStatus::Idle {
             notes.insert(0, "nothing due".into());
         }
         let close = TickClose {

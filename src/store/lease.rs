@@ -55,6 +55,18 @@ pub enum Acquired {
 impl Store {
     /// Acquires or renews the named lease for `owner`, in one atomic statement.
     pub async fn acquire_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<Acquired, StoreError> {
+        self.acquire_on(&self.db, name, owner, ttl).await
+    }
+
+    /// The acquire-or-renew statement, run on `conn` (the pool or a transaction); when another
+    /// owner holds the lease, its row is read on the same connection.
+    pub(super) async fn acquire_on(
+        &self,
+        conn: &impl ConnectionTrait,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Acquired, StoreError> {
         let stmt = match self.backend {
             Backend::Postgres => self.stmt(ACQUIRE_PG, [name.into(), owner.into(), Value::from(ttl.as_secs_f64())]),
             Backend::Sqlite => {
@@ -63,11 +75,11 @@ impl Store {
                 self.stmt(ACQUIRE_SQLITE, [name.into(), owner.into(), now.into(), expires.into()])
             }
         };
-        let row = leases::Entity::find().from_raw_sql(stmt).one(&self.db).await.doing("acquiring the lease")?;
+        let row = leases::Entity::find().from_raw_sql(stmt).one(conn).await.doing("acquiring the lease")?;
         match row {
             Some(row) => Ok(Acquired::Held(row.into())),
-            None => match self.lease(name).await? {
-                Some(row) => Ok(Acquired::HeldByOther(row)),
+            None => match leases::Entity::find_by_id(name.to_string()).one(conn).await.doing("reading the lease")? {
+                Some(row) => Ok(Acquired::HeldByOther(row.into())),
                 // Deleted between the two statements: report it as free-but-not-ours; the
                 // next tick acquires it.
                 None => Err(StoreError::Refused(format!("lease '{name}' vanished while acquiring it"))),

@@ -3,6 +3,8 @@
 //! A row is inserted as `FAIL` with "did not finish" notes and updated at the end, so a tick
 //! whose process dies leaves an honest record instead of none.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -10,8 +12,8 @@ use sea_orm::{
 };
 
 use super::entities::{self, tick_ledger};
-use super::{Context, Store, StoreError};
-use crate::model::{self, TickRow, TickStatus};
+use super::{Acquired, Context, Store, StoreError};
+use crate::model::{self, LeaseRow, TickRow, TickStatus};
 
 /// The notes an unfinished tick keeps.
 pub const UNFINISHED_NOTE: &str = "tick did not finish (the process stopped or lost the database mid-tick)";
@@ -28,22 +30,61 @@ pub struct TickClose {
     pub snapshot: Option<(String, String)>,
 }
 
+/// What beginning a tick found.
+#[derive(Clone, Debug)]
+pub enum Begun {
+    /// This owner holds the lease; the tick's ledger row is open.
+    Held { lease: LeaseRow, tick_id: i64 },
+    /// Another owner holds a live lease; nothing was written.
+    HeldByOther(LeaseRow),
+}
+
+async fn open_tick_on(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    epoch: i64,
+    started_at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let row = tick_ledger::ActiveModel {
+        id: NotSet,
+        started_at: Set(started_at),
+        finished_at: Set(None),
+        status: Set(TickStatus::Fail.as_str().to_string()),
+        owner: Set(owner.to_string()),
+        epoch: Set(epoch),
+        actions_attempted: Set(0),
+        actions_succeeded: Set(0),
+        notes: Set(Some(UNFINISHED_NOTE.to_string())),
+    };
+    let res = tick_ledger::Entity::insert(row).exec(conn).await.doing("opening a tick ledger row")?;
+    Ok(res.last_insert_id)
+}
+
 impl Store {
     /// Opens a ledger row for a tick run by `owner` at `epoch`; returns its id.
     pub async fn open_tick(&self, owner: &str, epoch: i64, started_at: DateTime<Utc>) -> Result<i64, StoreError> {
-        let row = tick_ledger::ActiveModel {
-            id: NotSet,
-            started_at: Set(started_at),
-            finished_at: Set(None),
-            status: Set(TickStatus::Fail.as_str().to_string()),
-            owner: Set(owner.to_string()),
-            epoch: Set(epoch),
-            actions_attempted: Set(0),
-            actions_succeeded: Set(0),
-            notes: Set(Some(UNFINISHED_NOTE.to_string())),
+        open_tick_on(&self.db, owner, epoch, started_at).await
+    }
+
+    /// Acquires or renews the lease and, if this owner holds it, opens the tick's ledger row, in
+    /// one transaction: one commit (one fsync on SQLite) where two separate writes took two.
+    pub async fn begin_tick(
+        &self,
+        lease_name: &str,
+        owner: &str,
+        ttl: Duration,
+        started_at: DateTime<Utc>,
+    ) -> Result<Begun, StoreError> {
+        let txn = self.begin_write().await?;
+        let begun = match self.acquire_on(&txn, lease_name, owner, ttl).await? {
+            Acquired::Held(lease) => {
+                let tick_id = open_tick_on(&txn, &lease.owner, lease.epoch, started_at).await?;
+                Begun::Held { lease, tick_id }
+            }
+            Acquired::HeldByOther(row) => Begun::HeldByOther(row),
         };
-        let res = tick_ledger::Entity::insert(row).exec(&self.db).await.doing("opening a tick ledger row")?;
-        Ok(res.last_insert_id)
+        txn.commit().await.doing("committing the lease renewal and the tick's ledger row")?;
+        Ok(begun)
     }
 
     /// Closes a tick's ledger row with its figures (one statement).
