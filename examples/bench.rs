@@ -319,6 +319,7 @@ async fn drain_once(backend: &str, pg: Option<&str>, n: usize, concurrency: u32)
     let mut config = db.config();
     config.max_actions_per_tick = 1_000_000;
     config.dispatch_concurrency = concurrency;
+    config.max_unrecorded = orchestrator::config::default_max_unrecorded(concurrency);
     config.tick_interval = Duration::ZERO;
     config.max_tick = Duration::from_secs(600);
     let engine = Engine::new(db.store.clone(), config, Registry::builtin());

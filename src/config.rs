@@ -30,6 +30,9 @@ pub struct Config {
     pub max_actions_per_tick: u32,
     pub max_tick: Duration,
     pub dispatch_concurrency: u32,
+    /// At most this many attempts are started and not yet durably recorded at once (at least
+    /// `dispatch_concurrency`): what one crash can make run twice.
+    pub max_unrecorded: u32,
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -163,6 +166,7 @@ struct Layer {
     max_actions_per_tick: Option<u32>,
     max_tick_seconds: Option<f64>,
     dispatch_concurrency: Option<u32>,
+    max_unrecorded: Option<u32>,
     max_attempts: Option<u32>,
     backoff_base_seconds: Option<f64>,
     backoff_max_seconds: Option<f64>,
@@ -187,6 +191,7 @@ const KEYS: &[(&str, bool)] = &[
     ("max_actions_per_tick", false),
     ("max_tick_seconds", false),
     ("dispatch_concurrency", false),
+    ("max_unrecorded", false),
     ("max_attempts", false),
     ("backoff_base_seconds", false),
     ("backoff_max_seconds", false),
@@ -424,6 +429,16 @@ impl Resolver {
 
         let max_actions_per_tick = range(pick!(self, max_actions_per_tick, 3), "max_actions_per_tick", 1, 1_000_000)?;
         let dispatch_concurrency = range(pick!(self, dispatch_concurrency, 4), "dispatch_concurrency", 1, 1024)?;
+        let (window, window_src) = pick!(self, max_unrecorded, default_max_unrecorded(dispatch_concurrency));
+        let max_unrecorded = range((window, window_src.clone()), "max_unrecorded", 1, 65_536)?;
+        check(
+            max_unrecorded >= dispatch_concurrency,
+            &window_src,
+            &format!(
+                "max_unrecorded ({max_unrecorded}) must be at least dispatch_concurrency ({dispatch_concurrency}): \
+                 every running attempt is one not yet recorded"
+            ),
+        )?;
         let max_attempts = range(pick!(self, max_attempts, 3), "max_attempts", 1, 1000)?;
         let retention_days = range(pick!(self, retention_days, 7), "retention_days", 1, 36_500)?;
 
@@ -458,6 +473,7 @@ impl Resolver {
             max_actions_per_tick,
             max_tick,
             dispatch_concurrency,
+            max_unrecorded,
             max_attempts,
             backoff_base,
             backoff_max,
@@ -683,6 +699,12 @@ impl Default for RulesConfig {
     }
 }
 
+/// `max_unrecorded` when it is not set: four times `dispatch_concurrency`, so that one commit
+/// records several rounds of attempts.
+pub fn default_max_unrecorded(dispatch_concurrency: u32) -> u32 {
+    dispatch_concurrency.saturating_mul(4).min(65_536)
+}
+
 fn check(ok: bool, source: &Source, message: &str) -> Result<(), ConfigError> {
     if ok { Ok(()) } else { Err(ConfigError::Value { source_: source.clone(), message: message.to_string() }) }
 }
@@ -757,6 +779,7 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert_eq!(c.heartbeat, Duration::from_secs(5));
         assert_eq!(c.retention_days, 7);
+        assert_eq!((c.dispatch_concurrency, c.max_unrecorded), (4, 16));
         assert!(c.sqlite_synchronous_full);
     }
 
@@ -800,6 +823,13 @@ mod tests {
         assert!(e.contains("at most"), "{e}");
         let e = load(Some("max_attempts: -3\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("max_attempts"), "{e}");
+        let e = load(Some("dispatch_concurrency: 8\nmax_unrecorded: 4\n"), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("o.yaml:2:17") && e.contains("max_unrecorded (4) must be at least dispatch_concurrency (8)"),
+            "{e}"
+        );
+        let c = load(Some("dispatch_concurrency: 8\n"), &[]).unwrap();
+        assert_eq!(c.max_unrecorded, 32, "the window defaults to 4 x dispatch_concurrency");
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! EXECUTE: runs claimed actions through their adapters and records each outcome, fenced.
 //!
-//! Up to `dispatch_concurrency` actions are in flight at once (running, or finished and not
-//! yet recorded), each in its own task so that a panic is
-//! caught and a timeout cancels it. Proof mode is enforced here: the adapter's `render_proof`
+//! Up to `dispatch_concurrency` actions run at once, each in its own task so that a panic is
+//! caught and a timeout cancels it, and at most `max_unrecorded` are started and not yet
+//! durably recorded (running, or finished and waiting for the writer's commit). Proof mode is enforced here: the adapter's `render_proof`
 //! is the only thing called, and its bytes become a sha256-stamped artifact. Outcomes are
 //! written by one writer as they arrive, grouped into one transaction per batch (group commit),
-//! so a crash loses at most the attempts in flight. Past the tick deadline, or once the lease is
+//! so a crash makes at most `max_unrecorded` attempts run again. Past the tick deadline, or once the lease is
 //! lost, nothing new starts: unstarted claims go back to `PENDING` with no attempt counted.
 //!
 //! The executor never decides what should run; it runs what was claimed.
@@ -33,6 +33,8 @@ const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 pub struct ExecSettings {
     pub concurrency: usize,
+    /// Attempts started and not yet durably recorded, at most (at least `concurrency`).
+    pub max_unrecorded: usize,
     pub action_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -96,28 +98,35 @@ impl Executor {
     /// Runs `claimed` (already in dispatch order) and records every outcome.
     pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
         let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;
-        // A permit travels with its completion and is released only once the outcome is
-        // durable: at most `concurrency` actions are ever in flight (run or not yet recorded),
-        // which bounds what a crash can make run twice.
+        // Two bounds. A run permit is held while the adapter runs: at most `concurrency` run at
+        // once. A window permit is taken before the attempt starts and travels with its
+        // completion until the outcome is durable: at most `max_unrecorded` attempts are ever
+        // started and unrecorded, which bounds what a crash can make run twice, while the
+        // writer commits many outcomes per fsync instead of one run permit's worth.
         let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind, OwnedSemaphorePermit)>();
-        let semaphore = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let concurrency = self.settings.concurrency.max(1);
+        let running = Arc::new(Semaphore::new(concurrency));
+        let window = Arc::new(Semaphore::new(self.settings.max_unrecorded.max(concurrency)));
 
         let launcher = async {
             for claim in claimed {
-                let Ok(permit) = semaphore.clone().acquire_owned().await else { break };
+                let Ok(unrecorded) = window.clone().acquire_owned().await else { break };
+                let Ok(run) = running.clone().acquire_owned().await else { break };
                 if Instant::now() >= deadline || lost.load(Ordering::SeqCst) {
                     self.metrics
                         .actions_total
                         .with_label_values(&[claim.action.action_type.as_str(), "unstarted"])
                         .inc();
-                    let _ = tx.send((unstarted(&claim), Kind::Unstarted, permit));
+                    drop(run);
+                    let _ = tx.send((unstarted(&claim), Kind::Unstarted, unrecorded));
                     continue;
                 }
                 let tx = tx.clone();
                 let this = self.clone();
                 tokio::spawn(async move {
                     let (completion, kind) = this.attempt(claim, tick_id, proof_mode).await;
-                    let _ = tx.send((completion, kind, permit));
+                    drop(run);
+                    let _ = tx.send((completion, kind, unrecorded));
                 });
             }
             drop(tx);

@@ -300,3 +300,85 @@ async fn daemon_prunes_history_past_retention(db: &TestDb) {
         "within the retention: kept"
     );
 }
+
+/// Counts its calls; every call waits until `go` is true.
+struct Gated {
+    started: Arc<AtomicUsize>,
+    go: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait::async_trait]
+impl Adapter for Gated {
+    fn action_type(&self) -> &str {
+        "GATED"
+    }
+    fn render_proof(&self, _a: &Action) -> Result<Option<Proof>, AdapterError> {
+        Ok(None)
+    }
+    async fn execute(&self, _ctx: &ExecContext, _a: &Action) -> Result<Outcome, AdapterError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let mut go = self.go.clone();
+        go.wait_for(|g| *g).await.map_err(|_| AdapterError::retryable("gate dropped"))?;
+        Ok(Outcome { message: "through the gate".into() })
+    }
+}
+
+async fn wait_for_count(n: &AtomicUsize, want: usize) {
+    let start = std::time::Instant::now();
+    while n.load(Ordering::SeqCst) < want {
+        assert!(start.elapsed() < Duration::from_secs(20), "only {} of {want} started", n.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// At most `dispatch_concurrency` attempts run at once, and at most `max_unrecorded` are started
+/// while their outcomes cannot be committed (another writer holds SQLite's write lock): that
+/// window is what one crash could make run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_runs_concurrency_at_once_and_starts_at_most_max_unrecorded_unrecorded() {
+    let db = TestDb::sqlite().await;
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let mut config = db.config();
+    config.dispatch_concurrency = 2;
+    config.max_unrecorded = 5;
+    config.max_actions_per_tick = 20;
+    let started = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let mut registry = Registry::builtin();
+    registry.register(Gated { started: started.clone(), go });
+    let engine = Engine::new(db.store.clone(), config, registry);
+    for i in 0..20 {
+        let mut r = noop(&format!("gated-{i}"));
+        r.action_type = "GATED".into();
+        queue::enqueue(&db.store, &r, 3).await.unwrap();
+    }
+    let tick = tokio::spawn({
+        let engine = engine.clone();
+        async move { ran(&engine).await }
+    });
+
+    wait_for_count(&started, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 2, "two run at once (dispatch_concurrency)");
+
+    // Nothing can be committed now; let the adapters finish and see how many more start.
+    let holder = orchestrator::store::Store::open(
+        &db.url,
+        &orchestrator::store::StoreOptions { max_connections: 1, ..Default::default() },
+    )
+    .await
+    .unwrap();
+    holder.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
+    go_tx.send(true).unwrap();
+    wait_for_count(&started, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 5, "no more than max_unrecorded start while nothing is recorded");
+    holder.execute_unprepared("COMMIT").await.unwrap();
+    holder.close().await.ok();
+
+    let r = tick.await.unwrap();
+    assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Success, 20, 20));
+    assert_eq!(started.load(Ordering::SeqCst), 20, "each ran once");
+    let counts = db.store.count_by_status().await.unwrap();
+    assert_eq!(counts[&ActionStatus::Success], 20);
+}
