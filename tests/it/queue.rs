@@ -37,6 +37,8 @@ backend_tests!(
     claim_orders_by_priority_then_age,
     two_claimers_over_1000_actions_never_share_one,
     bulk_enqueue_reports_bad_line_and_writes_nothing_of_its_batch,
+    bulk_enqueue_keeps_every_field_and_orders_not_before_like_single_enqueue,
+    bulk_enqueue_splits_batches_by_bytes,
     requeue_cancel_and_purge,
     not_before_is_honoured,
 );
@@ -153,6 +155,60 @@ async fn bulk_enqueue_reports_bad_line_and_writes_nothing_of_its_batch(db: &Test
     bytes.extend(b"\"}}\n");
     let err = queue::enqueue_jsonl(&db.store, bytes.as_slice(), 3).await.unwrap_err().to_string();
     assert!(err.starts_with("line 1: not valid UTF-8"), "{err}");
+}
+
+/// Bulk rows travel to the database as JSON; every field must land as a single enqueue writes
+/// it, timestamps included (SQLite compares them as text).
+async fn bulk_enqueue_keeps_every_field_and_orders_not_before_like_single_enqueue(db: &TestDb) {
+    let past = (orchestrator::model::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let future = (orchestrator::model::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let lines = format!(
+        "{{\"action_type\":\"NOOP\",\"payload\":{{\"text\":\"caf\u{e9} \\\"quoted\\\" \\\\ back\\nline\",\"ctl\":\"a\\u0001b\",\"n\":[1,2.5,null]}},\"idempotency_key\":\"b-1\",\"priority\":7,\"max_attempts\":9,\"not_before\":\"{past}\"}}\n\
+         {{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"b-2\",\"priority\":-3,\"not_before\":\"{future}\"}}\n\
+         {{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"b-1\"}}\n"
+    );
+    let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 4).await.unwrap();
+    assert_eq!(
+        (report.lines, report.created, report.duplicates),
+        (3, 2, 1),
+        "a key repeated in one batch is a duplicate"
+    );
+    let all = db.store.list_actions(&ActionFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let one = all.iter().find(|a| a.idempotency_key == "b-1").unwrap();
+    assert_eq!(
+        one.payload,
+        json!({"text": "caf\u{e9} \"quoted\" \\ back\nline", "ctl": "a\u{1}b", "n": [1, 2.5, null]})
+    );
+    assert_eq!((one.priority, one.max_attempts, one.attempts, one.status), (7, 9, 0, ActionStatus::Pending));
+    let two = all.iter().find(|a| a.idempotency_key == "b-2").unwrap();
+    assert_eq!((two.priority, two.max_attempts), (-3, 4), "the default max_attempts applies");
+    // The past one is due, the future one is not: the same answer a single enqueue gets.
+    let due: Vec<String> = db.store.peek_due(10).await.unwrap().into_iter().map(|a| a.idempotency_key).collect();
+    assert_eq!(due, vec!["b-1".to_string()]);
+    let single =
+        queue::enqueue(&db.store, &EnqueueRequest { not_before: Some(future.parse().unwrap()), ..noop("s-1") }, 3)
+            .await
+            .unwrap();
+    let s = db.store.action(single.id).await.unwrap().unwrap();
+    assert_eq!(s.not_before, two.not_before, "bulk and single enqueue store the same instant");
+    assert_eq!(db.store.due_count().await.unwrap(), 1);
+}
+
+/// Large payloads close a batch by bytes before it reaches BULK_BATCH lines, so memory stays
+/// bounded; a bad line then loses only its own batch.
+async fn bulk_enqueue_splits_batches_by_bytes(db: &TestDb) {
+    let big = "x".repeat(1_000_000);
+    let line = |i: usize| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i},\"blob\":\"{big}\"}}}}");
+    let per_line = line(10).len() + 1;
+    let per_batch = queue::BULK_BATCH_BYTES.div_ceil(per_line);
+    let bad = per_batch + 3;
+    let mut lines: Vec<String> = (0..bad - 1).map(line).collect();
+    lines.push("{\"action_type\":\"NOOP\",\"payload\":7}".into());
+    let err = queue::enqueue_jsonl(&db.store, lines.join("\n").as_bytes(), 3).await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!("line {bad}: payload must be a JSON object")), "{err}");
+    assert!(err.contains(&format!("nothing from lines {}-{bad} was written", per_batch + 1)), "{err}");
+    let counts = db.store.count_by_status().await.unwrap();
+    assert_eq!(counts[&ActionStatus::Pending], per_batch as i64, "the first batch closed at {per_batch} lines");
 }
 
 async fn requeue_cancel_and_purge(db: &TestDb) {
