@@ -11,11 +11,12 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Value,
 };
 
-use super::entities::{self, actions, execution_logs};
-use super::{Backend, Binder, Context, Store, StoreError};
+use super::entities::{self, actions};
+use super::{Backend, Context, Store, StoreError};
 use crate::model::{self, Action, ActionStatus, LogLevel, NewLog};
 
 /// A validated action ready to insert (see `queue::enqueue` for the validation).
@@ -139,8 +140,10 @@ SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::time
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
-/// Completions per fenced UPDATE statement (7 bound values a row; both backends' limits allow it).
+/// Completions per fenced UPDATE statement, and log rows per INSERT (each chunk is one JSON
+/// parameter).
 const COMPLETE_CHUNK: usize = 1000;
+const LOG_CHUNK: usize = 1000;
 
 impl Store {
     /// Inserts one action unless its key exists; either way returns the row's id and status.
@@ -190,9 +193,7 @@ impl Store {
                         n.action_type.as_str(),
                         n.payload_json.as_str(),
                         n.priority,
-                        // The text sqlx writes for a timestamp on SQLite, so that comparisons
-                        // with bound timestamps order correctly.
-                        n.not_before.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false),
+                        timestamp_text(n.not_before),
                         n.max_attempts,
                     )
                 })
@@ -293,60 +294,50 @@ impl Store {
     }
 
     fn complete_stmt(&self, lease_name: &str, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
-        // PostgreSQL takes the VALUES column types from the first row; cast so NULLs are typed.
-        let casts: [&str; 7] = match self.backend {
-            Backend::Postgres => ["BIGINT", "BIGINT", "INTEGER", "TEXT", "TIMESTAMPTZ", "TEXT", "INTEGER"],
-            Backend::Sqlite => ["", "", "", "", "", "", ""],
-        };
-        let mut b = Binder::new(self.backend, 2 + chunk.len() * 7);
-        let mut rows = Vec::with_capacity(chunk.len());
-        for c in chunk {
-            let (status, not_before, error, unstart): (&str, Option<DateTime<Utc>>, Option<&str>, i32) = match &c
-                .outcome
-            {
-                CompletionOutcome::Success => ("SUCCESS", None, None, 0),
-                CompletionOutcome::Retry { not_before, error } => ("RETRY", Some(*not_before), Some(error.as_str()), 0),
-                CompletionOutcome::Dlq { error } => ("DLQ", None, Some(error.as_str()), 0),
-                CompletionOutcome::Unstarted => ("PENDING", None, None, 1),
-            };
-            let cells: [Value; 7] = [
-                c.action_id.into(),
-                c.epoch.into(),
-                c.attempt.into(),
-                status.into(),
-                not_before.into(),
-                error.map(str::to_string).into(),
-                unstart.into(),
-            ];
-            let cells: Vec<String> = cells
-                .into_iter()
-                .zip(casts)
-                .map(|(v, cast)| {
-                    let p = b.push(v);
-                    if cast.is_empty() { p } else { format!("CAST({p} AS {cast})") }
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|c| {
+                let (status, not_before, error, unstart) = match &c.outcome {
+                    CompletionOutcome::Success => ("SUCCESS", None, None, 0),
+                    CompletionOutcome::Retry { not_before, error } => {
+                        ("RETRY", Some(timestamp_text(*not_before)), Some(db_text(error)), 0)
+                    }
+                    CompletionOutcome::Dlq { error } => ("DLQ", None, Some(db_text(error)), 0),
+                    CompletionOutcome::Unstarted => ("PENDING", None, None, 1),
+                };
+                serde_json::json!({
+                    "id": c.action_id, "epoch": c.epoch, "attempt": c.attempt, "status": status,
+                    "not_before": not_before, "err": error, "unstart": unstart,
                 })
-                .collect();
-            rows.push(format!("({})", cells.join(", ")));
-        }
-        // Pushed in the order they appear in the SQL below (SQLite binds `?` by position).
-        let (now1, now2, lease) = (b.push(now), b.push(now), b.push(lease_name));
+            })
+            .collect();
+        let v = match self.backend {
+            Backend::Sqlite => {
+                "SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'attempt' AS attempt, \
+                 value ->> 'status' AS status, value ->> 'not_before' AS not_before, value ->> 'err' AS err, \
+                 value ->> 'unstart' AS unstart FROM json_each($1)"
+            }
+            Backend::Postgres => {
+                "SELECT * FROM json_to_recordset($1::json) AS x(id BIGINT, epoch BIGINT, attempt INTEGER, \
+                 status TEXT, not_before TIMESTAMPTZ, err TEXT, unstart INTEGER)"
+            }
+        };
         let sql = format!(
-            "WITH v (id, epoch, attempt, status, not_before, err, unstart) AS (VALUES {rows}) \
+            "WITH v AS ({v}) \
              UPDATE actions SET status = v.status, attempts = actions.attempts - v.unstart, \
                not_before = COALESCE(v.not_before, actions.not_before), \
                last_error = COALESCE(v.err, actions.last_error), \
                claimed_epoch = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_epoch END, \
                claimed_at = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_at END, \
-               updated_at = {now1}, \
-               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN {now2} ELSE actions.finished_at END \
+               updated_at = $2, \
+               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN $2 ELSE actions.finished_at END \
              FROM v \
              WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claimed_epoch = v.epoch \
                AND actions.attempts = v.attempt \
-               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = {lease} AND leases.epoch = v.epoch) \
-             RETURNING actions.id",
-            rows = rows.join(", ")
+               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = $3 AND leases.epoch = v.epoch) \
+             RETURNING actions.id"
         );
-        self.stmt(&sql, b.values)
+        self.stmt(&sql, [serde_json::Value::Array(rows).to_string().into(), now.into(), lease_name.into()])
     }
 
     /// Returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action claimed under
@@ -579,21 +570,47 @@ pub(super) async fn insert_logs(
     logs: &[NewLog],
     ts: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    for chunk in logs.chunks(1000) {
-        let models = chunk.iter().map(|l| execution_logs::ActiveModel {
-            id: NotSet,
-            action_id: Set(l.action_id),
-            tick_id: Set(tick_id),
-            ts: Set(ts),
-            level: Set(l.level.as_str().to_string()),
-            message: Set(l.message.clone()),
-            artifact_ref: Set(l.artifact_ref.clone()),
-            artifact_sha256: Set(l.artifact_sha256.clone()),
-        });
-        execution_logs::Entity::insert_many(models)
-            .exec_without_returning(txn)
+    let rows_from = match txn.get_database_backend() {
+        DbBackend::Postgres => {
+            "json_to_recordset($1::json) AS x(action_id BIGINT, level TEXT, message TEXT, artifact_ref TEXT, \
+             artifact_sha256 TEXT)"
+        }
+        _ => {
+            "(SELECT value ->> 'action_id' AS action_id, value ->> 'level' AS level, value ->> 'message' AS message, \
+             value ->> 'artifact_ref' AS artifact_ref, value ->> 'artifact_sha256' AS artifact_sha256 FROM json_each($1))"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO execution_logs (action_id, tick_id, ts, level, message, artifact_ref, artifact_sha256) \
+         SELECT action_id, $2, $3, level, message, artifact_ref, artifact_sha256 FROM {rows_from}"
+    );
+    for chunk in logs.chunks(LOG_CHUNK) {
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "action_id": l.action_id, "level": l.level.as_str(), "message": db_text(&l.message),
+                    "artifact_ref": l.artifact_ref.as_deref().map(db_text),
+                    "artifact_sha256": l.artifact_sha256,
+                })
+            })
+            .collect();
+        let values: [Value; 3] = [serde_json::Value::Array(rows).to_string().into(), tick_id.into(), ts.into()];
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(txn.get_database_backend(), &sql, values))
             .await
             .doing("writing execution logs")?;
     }
     Ok(())
+}
+
+/// A timestamp as sqlx writes one to SQLite (which compares timestamps as text); PostgreSQL
+/// parses the same text.
+fn timestamp_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// Text as the database can store it: PostgreSQL text cannot hold NUL, and an adapter's output
+/// or error may carry one; it becomes U+FFFD rather than failing the write that records it.
+pub(super) fn db_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') { std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { std::borrow::Cow::Borrowed(s) }
 }

@@ -310,29 +310,6 @@ impl Store {
     }
 }
 
-/// Collects bound values for a generated statement and names their placeholders: `$n` on
-/// PostgreSQL, anonymous `?` on SQLite (whose named-parameter lookup is linear in the number
-/// of parameters, which made a 7,000-parameter statement spend most of its time binding).
-/// Placeholders must appear in the SQL in the order they were pushed.
-pub(crate) struct Binder {
-    backend: Backend,
-    pub(crate) values: Vec<Value>,
-}
-
-impl Binder {
-    pub(crate) fn new(backend: Backend, capacity: usize) -> Self {
-        Binder { backend, values: Vec::with_capacity(capacity) }
-    }
-
-    pub(crate) fn push(&mut self, v: impl Into<Value>) -> String {
-        self.values.push(v.into());
-        match self.backend {
-            Backend::Postgres => format!("${}", self.values.len()),
-            Backend::Sqlite => "?".to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

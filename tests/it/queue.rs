@@ -39,6 +39,7 @@ backend_tests!(
     bulk_enqueue_reports_bad_line_and_writes_nothing_of_its_batch,
     bulk_enqueue_keeps_every_field_and_orders_not_before_like_single_enqueue,
     bulk_enqueue_splits_batches_by_bytes,
+    completions_record_retry_times_errors_and_logs_exactly,
     requeue_cancel_and_purge,
     not_before_is_honoured,
 );
@@ -209,6 +210,42 @@ async fn bulk_enqueue_splits_batches_by_bytes(db: &TestDb) {
     assert!(err.contains(&format!("nothing from lines {}-{bad} was written", per_batch + 1)), "{err}");
     let counts = db.store.count_by_status().await.unwrap();
     assert_eq!(counts[&ActionStatus::Pending], per_batch as i64, "the first batch closed at {per_batch} lines");
+}
+
+/// Completions travel as JSON: a retry's time must order like any other timestamp, and errors
+/// and log lines must land as written, except NUL, which PostgreSQL text cannot hold.
+async fn completions_record_retry_times_errors_and_logs_exactly(db: &TestDb) {
+    use orchestrator::model::{LogLevel, NewLog};
+    let term = hold(&db.store, "me").await;
+    let soon = queue::enqueue(&db.store, &noop("soon"), 3).await.unwrap().id;
+    let later = queue::enqueue(&db.store, &noop("later"), 3).await.unwrap().id;
+    let claimed = db.store.claim("orchestrator", "me", term.epoch, 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let past = orchestrator::model::now() - chrono::Duration::milliseconds(1500);
+    let future = orchestrator::model::now() + chrono::Duration::hours(2);
+    let retry = |id: i64, at, error: &str| Completion {
+        action_id: id,
+        epoch: term.epoch,
+        attempt: 1,
+        outcome: CompletionOutcome::Retry { not_before: at, error: error.into() },
+        logs: vec![NewLog::new(id, LogLevel::Warning, format!("out: caf\u{e9} \"q\" a\0b {id}"))],
+    };
+    let r = db
+        .store
+        .complete("orchestrator", None, &[retry(soon, past, "bad\0byte"), retry(later, future, "later \\ \n x")])
+        .await
+        .unwrap();
+    assert_eq!((r.applied.len(), r.rejected.len()), (2, 0));
+    let s = db.store.action(soon).await.unwrap().unwrap();
+    assert_eq!((s.status, s.not_before), (ActionStatus::Retry, past));
+    assert_eq!(s.last_error.as_deref(), Some("bad\u{FFFD}byte"));
+    let l = db.store.action(later).await.unwrap().unwrap();
+    assert_eq!((l.not_before, l.last_error.as_deref()), (future, Some("later \\ \n x")));
+    let due: Vec<i64> = db.store.peek_due(10).await.unwrap().into_iter().map(|a| a.id).collect();
+    assert_eq!(due, vec![soon], "the past retry is due, the future one is not");
+    let logs = db.store.logs(Some(soon), 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].message, format!("out: caf\u{e9} \"q\" a\u{FFFD}b {soon}"));
 }
 
 async fn requeue_cancel_and_purge(db: &TestDb) {
