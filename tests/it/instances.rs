@@ -185,8 +185,10 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
         fleet.spawn(&dir, &db.url);
     }
 
-    // The zombie: freeze the leader while it has claims in flight, past its TTL.
-    let (zombie_lease, zombie_claims) = loop {
+    // The zombie: freeze the leader while it has claims in flight, past its TTL. Its claims are
+    // kept with the attempts each had when it froze: a claim it rescued from the last SIGKILLed
+    // leader already carries that leader's attempt too.
+    let (zombie_lease, zombie_attempts) = loop {
         let l = wait_for_holder(&db.store, None, Duration::from_secs(30)).await;
         let running = db
             .store
@@ -202,8 +204,8 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
                 .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
                 .await
                 .unwrap();
-            let claims: BTreeSet<i64> =
-                running.iter().filter(|a| a.claimed_epoch == Some(l.epoch)).map(|a| a.id).collect();
+            let claims: BTreeMap<i64, i32> =
+                running.iter().filter(|a| a.claimed_epoch == Some(l.epoch)).map(|a| (a.id, a.attempts)).collect();
             if claims.is_empty() {
                 // Its attempts finished just before the stop; try again.
                 signal(zombie.pid(), Signal::SIGCONT);
@@ -213,6 +215,7 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let zombie_claims: BTreeSet<i64> = zombie_attempts.keys().copied().collect();
     let heir = wait_for_holder(&db.store, Some(&zombie_lease.owner), Duration::from_secs(30)).await;
     assert!(heir.epoch > zombie_lease.epoch);
     // Wait until the heir has rescued and re-run the zombie's claims.
@@ -259,12 +262,13 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
     let supplied = supplier.await.unwrap();
     drop(fleet);
 
-    // The zombie's claims carry the heir's outcome: SUCCESS under a newer epoch, a second attempt.
-    for id in &zombie_claims {
+    // The zombie's claims carry the heir's outcome: SUCCESS under a newer epoch, one attempt
+    // more than the zombie's.
+    for (id, attempts) in &zombie_attempts {
         let a = db.store.action(*id).await.unwrap().unwrap();
         assert_eq!(a.status, ActionStatus::Success);
         assert!(a.claimed_epoch.unwrap() > zombie_lease.epoch, "action {id} finished under the zombie's epoch");
-        assert_eq!(a.attempts, 2, "action {id}: the zombie's attempt and the heir's");
+        assert_eq!(a.attempts, attempts + 1, "action {id}: the zombie's attempt {attempts}, then the heir's");
     }
 
     // The ledger: each epoch has one owner; the zombie ran no tick after it resumed.
