@@ -12,6 +12,13 @@
 //! the outbound actions become sha256-stamped proof artifacts under the artifacts directory
 //! instead of requests. The last life (the drain) is real.
 //!
+//! The kills are spread over the drain by progress, not by time (proof lives run faster): each
+//! killed life holds the lease and works until a random number of actions, drawn in its own
+//! slice of the first 60% of the queue, are done, then lives a random further 0-60 ms (about one
+//! action) and is killed. The uninterrupted run it is compared with does the same work in the
+//! same modes: the actions that finished for real, drained in real mode, then those that
+//! finished as proofs, drained in proof mode.
+//!
 //! At the end every action is SUCCESS, none is stuck RUNNING or over its attempts, ledger epochs
 //! never decrease, SQLite's integrity check passes, every outbound action left its side effect
 //! (a request the server recorded, or an artifact that `orchestrator artifacts verify` accepts),
@@ -52,9 +59,11 @@ const SINK: &str = "chaos-sink";
 /// How long the recording server takes to answer, and a NOOP to sleep.
 const SINK_DELAY: Duration = Duration::from_millis(30);
 const NOOP_SLEEP_MS: u64 = 30;
-/// The share of the uninterrupted drain time that the killed lives work through, spread over
-/// them at random; the last life drains the rest.
+/// The share of the queue the killed lives work through; the last life drains the rest.
 const KILLED_SHARE: f64 = 0.6;
+/// The longest a killed life goes on after its progress mark: about one action (a 30 ms
+/// attempt and the tick around it), so that the kill lands anywhere in it.
+const PAST_MARK_MS: u64 = 60;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
@@ -102,6 +111,11 @@ fn action_line(i: usize) -> String {
     format!("{{{payload},\"idempotency_key\":\"chaos-{i}\"}}\n")
 }
 
+/// The number of the action with idempotency key `chaos-<i>`.
+fn index_of(key: &str) -> usize {
+    key.strip_prefix("chaos-").and_then(|i| i.parse().ok()).unwrap_or_else(|| panic!("not a chaos key: {key}"))
+}
+
 /// The JSON body the recording server must see for an outbound action.
 fn expected_body(a: &Action) -> serde_json::Value {
     match Kind::of_type(&a.action_type) {
@@ -143,11 +157,11 @@ async fn set_proof_mode(db: &TestDb, on: bool) {
     db.store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await.unwrap();
 }
 
-async fn enqueue_all(db: &TestDb, n: usize) {
-    set_proof_mode(db, false).await;
-    let lines: String = (0..n).map(action_line).collect();
+/// Enqueues the actions numbered `indices`.
+async fn enqueue(db: &TestDb, indices: &[usize]) {
+    let lines: String = indices.iter().copied().map(action_line).collect();
     let r = orchestrator::queue::enqueue_jsonl(&db.store, lines.as_bytes(), 5).await.unwrap();
-    assert_eq!(r.created, n as u64);
+    assert_eq!(r.created, indices.len() as u64);
 }
 
 /// Waits until `child` holds the lease (its pid is in the owner id, `host:pid:random`).
@@ -166,6 +180,22 @@ async fn wait_until_holder(db: &TestDb, child: &mut Child) {
         }
         assert!(start.elapsed() < Duration::from_secs(30), "the restarted daemon did not take the lease in 30 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until at least `done` actions are finished (or nothing is left to do).
+async fn wait_for_progress(db: &TestDb, child: &mut Child, n: usize, done: usize) {
+    let start = Instant::now();
+    loop {
+        let open: i64 = db.store.open_counts().await.unwrap().values().sum();
+        if n as i64 - open >= done as i64 || open == 0 {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon exited mid-work: {status}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(600), "no progress to {done} done in 600 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -277,30 +307,44 @@ fn successes_and_rescues(logs: &[LogRow]) -> (BTreeMap<i64, Vec<&LogRow>>, BTree
     (successes, rescued)
 }
 
-/// The same work, uninterrupted and in real mode, on a fresh database of the same backend:
-/// the time to compare with, and a control (one request per outbound key, nothing repeated).
-async fn baseline(backend: Backend, n: usize) -> Duration {
+/// The same work, uninterrupted, on a fresh database of the same backend and with its own
+/// recording server: first the actions the chaos run finished for real, drained in real mode,
+/// then those it finished in proof mode, drained in proof mode. Returns the two drain times.
+/// Also a control: one attempt per action, one request per real outbound action and one
+/// artifact per proved one, nothing repeated.
+async fn baseline(backend: Backend, n: usize, proved: &BTreeSet<usize>) -> (Duration, Duration) {
     let base = match backend {
         Backend::Sqlite => TestDb::sqlite().await,
         Backend::Postgres => TestDb::postgres().await.expect("PostgreSQL is configured"),
     };
     let sink = Peer::answering(Reply::status(200).delay(SINK_DELAY)).await;
     let artifacts = write_config(base.dir.path(), &sink);
-    enqueue_all(&base, n).await;
-    let child = spawn_run(base.dir.path(), &base.url);
-    let took = drain(&base, child, Duration::from_secs(900)).await;
+    let (in_proof, in_real): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| proved.contains(i));
+    let mut took = Vec::new();
+    for (indices, proof) in [(in_real, false), (in_proof, true)] {
+        set_proof_mode(&base, proof).await;
+        enqueue(&base, &indices).await;
+        let child = spawn_run(base.dir.path(), &base.url);
+        took.push(drain(&base, child, Duration::from_secs(900)).await);
+    }
     let actions = actions_by_key(&base, n).await;
     assert!(
         actions.values().all(|a| a.status == ActionStatus::Success && a.attempts == 1),
         "baseline: one attempt each"
     );
     let requests = requests_by_key(&sink, &actions);
-    let outbound = actions.values().filter(|a| Kind::of_type(&a.action_type) != Kind::Noop).count();
-    assert_eq!(requests.len(), outbound, "baseline: every outbound action sent");
-    assert!(requests.values().all(|&c| c == 1), "baseline: no request repeated");
-    assert!(artifacts_under(&artifacts).is_empty(), "baseline: real mode writes no artifact");
+    let (proofs, temp) = artifacts_by_key(&artifacts, &actions);
+    for (i, a) in actions.values().map(|a| (index_of(&a.idempotency_key), a)) {
+        if Kind::of_type(&a.action_type) == Kind::Noop {
+            continue;
+        }
+        let (sent, written) = (requests.get(&a.idempotency_key), proofs.get(&a.idempotency_key).map(Vec::len));
+        let expected = if proved.contains(&i) { (None, Some(1)) } else { (Some(&1), None) };
+        assert_eq!((sent, written), expected, "baseline: {} sent once or proved once", a.idempotency_key);
+    }
+    assert_eq!(temp, 0, "baseline: no temporary file left");
     base.cleanup().await;
-    took
+    (took[0], took[1])
 }
 
 /// Duplicate side effects by kind.
@@ -329,13 +373,15 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     let n = env_num("CHAOS_ACTIONS", 120);
     let kills_wanted = env_num("CHAOS_KILLS", 4);
     let dir = db.dir.path();
-    let baseline = baseline(db.store.backend(), n).await;
-
     let sink = Peer::answering(Reply::status(200).delay(SINK_DELAY)).await;
     let artifacts = write_config(dir, &sink);
-    enqueue_all(db, n).await;
-    // Each killed life works, after it takes the lease, for a random time around this share.
-    let share_ms = (baseline.as_secs_f64() * 1000.0 * KILLED_SHARE / (kills_wanted + 1) as f64) as u64;
+    set_proof_mode(db, false).await;
+    enqueue(db, &(0..n).collect::<Vec<_>>()).await;
+    // Life k is killed once `marks[k]` actions are done: a random point in its own slice of the
+    // first KILLED_SHARE of the queue, away from the slice's edges so that every life works.
+    let slice = n as f64 * KILLED_SHARE / kills_wanted as f64;
+    let marks: Vec<usize> =
+        (0..kills_wanted).map(|k| (slice * (k as f64 + 0.2 + 0.6 * fastrand::f64())) as usize).collect();
     let start = Instant::now();
     let mut kills = 0;
     let mut proof_lives = 0;
@@ -349,7 +395,8 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
         let mut child = spawn_run(dir, &db.url);
         // A restarted daemon first waits out the dead one's lease; kill it while it works.
         wait_until_holder(db, &mut child).await;
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(share_ms / 4..=share_ms * 2))).await;
+        wait_for_progress(db, &mut child, n, marks[kills]).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=PAST_MARK_MS))).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
         kills += 1;
@@ -397,6 +444,8 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     assert_eq!(rescued, orphaned, "the attempts rescued are exactly those in flight at a kill");
     let mut dup = Duplicates::default();
     let (mut sent_real, mut proved) = (0usize, 0usize);
+    // The actions (by number) that finished in proof mode, for the uninterrupted run.
+    let mut in_proof_mode = BTreeSet::new();
     let mut by_kind: BTreeMap<Kind, usize> = BTreeMap::new();
     for a in actions.values() {
         let kind = Kind::of_type(&a.action_type);
@@ -407,6 +456,9 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
         let done = successes.get(&a.id).map_or(&[][..], Vec::as_slice);
         assert_eq!(done.len(), 1, "{key}: one success row: {done:?}");
         let proof_success = done[0].message.contains(" succeeded (proof,");
+        if proof_success {
+            in_proof_mode.insert(index_of(key));
+        }
         let dups = if kind == Kind::Noop {
             assert!(done[0].artifact_ref.is_none(), "{key}: a NOOP writes no artifact");
             dup.noop_reruns += rescues;
@@ -440,13 +492,15 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     let duplicates = dup.total();
     assert!(duplicates <= kills, "{duplicates} duplicate side effects for {kills} kills: {dup:?}");
 
+    let (base_real, base_proof) = baseline(db.store.backend(), n, &in_proof_mode).await;
+
     eprintln!(
         "chaos[{:?}]: {n} actions ({} NOOP, {} WEBHOOK, {} POST_SOCIAL), {kills} SIGKILLs ({} with an attempt in flight), \
          {proof_lives} of {} lives in proof mode; outbound: {sent_real} sent to the recording server, {proved} proof \
          artifacts (verified); duplicate side effects {duplicates} <= {kills} kills: {} repeated request(s), {} repeated \
          artifact(s), {} sent and also proved, {} NOOP re-run(s), each the attempt in flight at a kill and rescued \
          ({} rescues); {temp_files} temp file(s) left by kills mid-write; epochs 1..{epochs}; drained in {:.1}s \
-         (uninterrupted: {:.1}s)",
+         (uninterrupted, the same actions in the same modes: {:.1}s = {} real in {:.1}s + {} proof in {:.1}s)",
         db.store.backend(),
         by_kind.get(&Kind::Noop).copied().unwrap_or(0),
         by_kind.get(&Kind::Webhook).copied().unwrap_or(0),
@@ -459,6 +513,10 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
         dup.noop_reruns,
         rescued.len(),
         chaos_time.as_secs_f64(),
-        baseline.as_secs_f64(),
+        (base_real + base_proof).as_secs_f64(),
+        n - in_proof_mode.len(),
+        base_real.as_secs_f64(),
+        in_proof_mode.len(),
+        base_proof.as_secs_f64(),
     );
 }
