@@ -40,7 +40,7 @@ const CONFIG: &str = "tick_interval_seconds: 0.1\nlease_ttl_seconds: 2\nheartbea
 /// daemon aims a poll at the expiry. So the bound is TTL + INTERVAL + POLL from the kill, and
 /// INTERVAL + POLL from the expiry. The second is checked on its own because the first hides
 /// a slow follower whenever the kill came long after the last renewal (the lease then had
-/// well under TTL to run). Measured here, expiry -> takeover: at most 98 ms in 70 rounds
+/// well under TTL to run). Measured here, expiry -> takeover: at most 98 ms in 80 rounds
 /// alone, 102 ms beside the CI chaos suite, 90 ms beside a 1,000-action chaos run, 64 ms with
 /// both cores held by two spinning processes (RELIABILITY.md). The acquire is a write, so
 /// heavy fsync contention on the PostgreSQL disk stretches it further (451 ms was once seen
