@@ -1,5 +1,5 @@
-//! Crash chaos: `orchestrator run` (real mode, interval 0) is killed with SIGKILL at random
-//! moments of its work and restarted, over a queue that mixes three kinds of action:
+//! Crash chaos: `orchestrator run` (interval 0) is killed with SIGKILL at random moments of
+//! its work and restarted, over a queue that mixes three kinds of action:
 //!
 //! - `NOOP` with a 30 ms sleep, so that kills land mid-attempt;
 //! - `WEBHOOK` to a configured target, a recording HTTP server in this test process (so it
