@@ -1,7 +1,8 @@
 //! A real HTTP/1.1 server on 127.0.0.1:0 for the outbound adapters to talk to: it counts every
 //! connection, records every request as received (method, path, headers, body) and answers
-//! from a script (status, headers, body, delay). No network mock: the adapters' own client
-//! connects to it over TCP.
+//! from a script (status, headers, body, delay), then with a fixed reply. No network mock: the
+//! adapters' own client connects to it over TCP. It lives in the test process, so it outlives
+//! any daemon the test kills and sees every request each one sent.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -63,11 +64,12 @@ impl Reply {
     }
 }
 
-#[derive(Default)]
 struct State {
     connections: usize,
     requests: Vec<Received>,
     script: VecDeque<Reply>,
+    /// The answer once the script has run out.
+    otherwise: Reply,
 }
 
 pub struct Peer {
@@ -79,9 +81,20 @@ pub struct Peer {
 impl Peer {
     /// Starts a server that answers `script` in order, then 200 to anything else.
     pub async fn start(script: Vec<Reply>) -> Peer {
+        Peer::start_then(script, Reply::status(200)).await
+    }
+
+    /// Starts a server that answers every request with `reply`: a recorder.
+    pub async fn answering(reply: Reply) -> Peer {
+        Peer::start_then(Vec::new(), reply).await
+    }
+
+    /// Starts a server that answers `script` in order, then `otherwise` to anything else.
+    pub async fn start_then(script: Vec<Reply>, otherwise: Reply) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { script: script.into(), ..State::default() }));
+        let state =
+            Arc::new(Mutex::new(State { connections: 0, requests: Vec::new(), script: script.into(), otherwise }));
         let st = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
@@ -143,7 +156,7 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) {
     let reply = {
         let mut s = state.lock().unwrap();
         s.requests.push(Received { method, path, headers, body });
-        s.script.pop_front().unwrap_or_else(|| Reply::status(200))
+        s.script.pop_front().unwrap_or_else(|| s.otherwise.clone())
     };
     tokio::time::sleep(reply.delay).await;
     let mut out =
