@@ -183,6 +183,15 @@ impl Store {
             Backend::Postgres => INSERT_JSON_PG,
         };
         let txn = self.begin_write().await?;
+        if self.backend == Backend::Sqlite {
+            // A bulk import touches pages all over the key index (derived keys are hashes): a
+            // 64 MiB cache keeps them from spilling mid-transaction, and a longer WAL between
+            // checkpoints stops the import from copying the same pages back over and over.
+            // Per connection; only `enqueue --file`, a short-lived process, inserts in bulk.
+            for pragma in ["PRAGMA cache_size = -65536", "PRAGMA wal_autocheckpoint = 20000"] {
+                txn.execute_unprepared(pragma).await.doing("sizing the cache for a bulk insert")?;
+            }
+        }
         let mut created = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
             let rows: Vec<(&str, &str, &str, i32, String, i32)> = chunk
