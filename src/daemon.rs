@@ -20,6 +20,10 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows per purge transaction: small, so pruning never holds the write lock long enough to
 /// stall a tick.
 pub const PURGE_BATCH: u64 = 500;
+/// A follower never polls more often than this.
+const FOLLOWER_MIN_POLL: Duration = Duration::from_millis(50);
+/// How long after the holder's expiry a follower looks again.
+const FOLLOWER_MARGIN: Duration = Duration::from_millis(10);
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -66,6 +70,10 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
         let outcome = engine.tick().await;
         ticks += 1;
         let mut wait = interval;
+        // Renews the lease while the daemon waits for its next tick (dropped when the wait
+        // ends), so that an interval longer than the TTL does not hand leadership to another
+        // instance, or to a new epoch of this one, at every tick.
+        let mut _holding: Option<crate::lease::Heartbeat> = None;
         match outcome {
             Ok(TickOutcome::Ran(r)) => {
                 if failing.take().is_some() {
@@ -94,6 +102,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 if interval.is_zero() && r.attempted == 0 {
                     wait = IDLE_POLL;
                 }
+                _holding = Some(engine.hold_lease_between_ticks(r.epoch));
             }
             Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => {
                 if failing.take().is_some() {
@@ -106,6 +115,11 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 if interval.is_zero() {
                     wait = IDLE_POLL;
                 }
+                // Look again just after the holder's lease would expire, not up to a whole
+                // interval later. The floor keeps a clock far behind the database's from
+                // polling in a tight loop.
+                let until = (expires_at - crate::model::now()).to_std().unwrap_or_default();
+                wait = wait.min(until.max(FOLLOWER_MIN_POLL) + FOLLOWER_MARGIN);
             }
             Err(e) => {
                 let next = match failing {

@@ -441,6 +441,18 @@ impl Engine {
         Ok(decided)
     }
 
+    /// Keeps renewing the lease held at `epoch` until the returned guard is dropped (the daemon
+    /// holds one while it waits between ticks).
+    pub fn hold_lease_between_ticks(&self, epoch: i64) -> crate::lease::Heartbeat {
+        let term = Term {
+            lease_name: self.lease.name().to_string(),
+            owner: self.lease.owner().to_string(),
+            epoch,
+            expires_at: model::now(),
+        };
+        self.lease.heartbeat(&term, self.config.heartbeat)
+    }
+
     /// Releases the lease if this engine holds it (clean exit).
     pub async fn release(&self) -> Result<bool, StoreError> {
         self.lease.release().await

@@ -16,6 +16,7 @@ backend_tests!(
     takeover_fences_the_old_holders_late_writes,
     crashed_running_action_is_rescued,
     concurrent_acquirers_elect_one_holder,
+    the_daemon_keeps_its_lease_and_epoch_between_ticks_longer_than_the_ttl,
 );
 
 fn held(s: LeaseState) -> orchestrator::lease::Term {
@@ -148,4 +149,32 @@ async fn concurrent_acquirers_elect_one_holder(db: &TestDb) {
     }
     assert_eq!(holders.len(), 1, "exactly one of eight concurrent acquirers holds the lease");
     assert_eq!(holders[0].epoch, 1);
+}
+
+/// A tick interval longer than the lease TTL must not cost the daemon its lease between ticks:
+/// every tick runs under the first epoch, and another instance that tries in a gap is refused.
+async fn the_daemon_keeps_its_lease_and_epoch_between_ticks_longer_than_the_ttl(db: &TestDb) {
+    let mut config = db.config();
+    config.tick_interval = Duration::from_millis(700);
+    config.lease_ttl = Duration::from_millis(400);
+    config.heartbeat = Duration::from_millis(100);
+    let engine = db.engine(config);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn({
+        let engine = engine.clone();
+        async move { orchestrator::daemon::run(&engine, Some(4), rx).await }
+    });
+    // Mid-gap, well past the TTL after the first tick: another instance must be refused.
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let other = Lease::new(db.store.clone(), "orchestrator", "other", Duration::from_secs(5));
+    assert!(matches!(other.acquire().await.unwrap(), LeaseState::HeldByOther(_)), "the lease lapsed between ticks");
+    let summary = daemon.await.unwrap();
+    assert_eq!(summary.ticks, 4);
+    let ticks = db.store.recent_ticks(10).await.unwrap();
+    assert_eq!(ticks.len(), 4);
+    assert!(
+        ticks.iter().all(|t| t.epoch == ticks[0].epoch),
+        "one epoch for every tick: {:?}",
+        ticks.iter().map(|t| t.epoch).collect::<Vec<_>>()
+    );
 }
