@@ -99,6 +99,9 @@ impl Default for StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// SQLite with `synchronous=FULL` only: one connection with `synchronous=NORMAL` for the
+    /// writes whose durability a power cut cannot matter to (see [`Store::begin_tick`]).
+    relaxed: Option<DatabaseConnection>,
     backend: Backend,
 }
 
@@ -197,39 +200,52 @@ impl Store {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         let (backend, url) = normalize_url(url)?;
         let target = redact_url(&url);
-        let mut opt = ConnectOptions::new(url.clone());
-        opt.sqlx_logging(false)
-            .max_connections(options.max_connections)
-            .min_connections(0)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(10))
-            .idle_timeout(Duration::from_secs(300));
-        match backend {
-            Backend::Sqlite => {
-                let sync =
-                    if options.sqlite_synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
-                let busy = options.busy_timeout;
-                opt.map_sqlx_sqlite_opts(move |o| {
-                    o.create_if_missing(true)
-                        .journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(sync)
-                        .busy_timeout(busy)
-                        .foreign_keys(true)
-                        .statement_cache_capacity(256)
-                });
+        let connect_options = |full_sync: bool, max_connections: u32| {
+            let mut opt = ConnectOptions::new(url.clone());
+            opt.sqlx_logging(false)
+                .max_connections(max_connections)
+                .min_connections(0)
+                .connect_timeout(Duration::from_secs(5))
+                .acquire_timeout(Duration::from_secs(10))
+                .idle_timeout(Duration::from_secs(300));
+            match backend {
+                Backend::Sqlite => {
+                    let sync = if full_sync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
+                    let busy = options.busy_timeout;
+                    opt.map_sqlx_sqlite_opts(move |o| {
+                        o.create_if_missing(true)
+                            .journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(sync)
+                            .busy_timeout(busy)
+                            .foreign_keys(true)
+                            .statement_cache_capacity(256)
+                    });
+                }
+                Backend::Postgres => {
+                    // Every statement here is short. With 1M rows of history a cached generic
+                    // plan of the snapshot's windowed count went parallel and spent 12-16 ms
+                    // starting workers to scan nothing; no statement of ours gains from them.
+                    opt.map_sqlx_postgres_opts(|o| {
+                        o.application_name("orchestrator").options([("max_parallel_workers_per_gather", "0")])
+                    });
+                }
             }
-            Backend::Postgres => {
-                // Every statement here is short. With 1M rows of history a cached generic plan
-                // of the snapshot's windowed count went parallel and spent 12-16 ms starting
-                // workers to scan nothing; no statement of ours gains from parallel workers.
-                opt.map_sqlx_postgres_opts(|o| {
-                    o.application_name("orchestrator").options([("max_parallel_workers_per_gather", "0")])
-                });
-            }
-        }
+            opt
+        };
         probe(backend, &url, &target).await?;
-        let db = Database::connect(opt).await.map_err(|cause| StoreError::Connect { target, cause })?;
-        Ok(Store { db, backend })
+        let db = Database::connect(connect_options(options.sqlite_synchronous_full, options.max_connections))
+            .await
+            .map_err(|cause| StoreError::Connect { target: target.clone(), cause })?;
+        let relaxed = if backend == Backend::Sqlite && options.sqlite_synchronous_full {
+            Some(
+                Database::connect(connect_options(false, 1))
+                    .await
+                    .map_err(|cause| StoreError::Connect { target, cause })?,
+            )
+        } else {
+            None
+        };
+        Ok(Store { db, relaxed, backend })
     }
 
     pub fn backend(&self) -> Backend {
@@ -264,6 +280,9 @@ impl Store {
 
     /// Closes the pool (lets SQLite checkpoint its WAL).
     pub async fn close(self) -> Result<(), StoreError> {
+        if let Some(relaxed) = self.relaxed {
+            relaxed.close().await.doing("closing the connection")?;
+        }
         self.db.close().await.doing("closing the connection")
     }
 
