@@ -470,14 +470,16 @@ fn rules_check_and_test_report_failures_with_exit_1() {
     assert!(text.contains("1 passed, 1 failed"), "{text}");
 }
 
-/// The latest tick's decisions, through the binary.
+/// The latest finished tick's decisions, through the binary (the newest row may be a tick still
+/// running, whose decisions are not written yet).
 fn latest_decisions(d: &Path) -> Vec<Value> {
-    let o = support::run(support::bin(d).args(["ticks", "--limit", "1", "--json"]));
+    let o = support::run(support::bin(d).args(["ticks", "--limit", "3", "--json"]));
     if !o.status.success() {
         return Vec::new(); // the daemon may still be creating the database
     }
     let t = support::json(&o);
-    let Some(id) = t[0]["id"].as_i64() else { return Vec::new() };
+    let finished = t.as_array().and_then(|ticks| ticks.iter().find(|t| !t["finished_at"].is_null()));
+    let Some(id) = finished.and_then(|t| t["id"].as_i64()) else { return Vec::new() };
     let id = id.to_string();
     let e = support::json(&support::run(support::bin(d).args(["--json", "explain", "--tick", &id])));
     e["decisions"].as_array().cloned().unwrap_or_default()
