@@ -76,8 +76,9 @@ impl Lease {
         })
     }
 
-    /// Acquires or renews and, while held, opens a tick's ledger row in the same transaction.
-    /// Returns the term and the row's id.
+    /// Acquires or renews and, while held, opens a tick's ledger row (see
+    /// [`Store::begin_tick`] for how the two writes are committed). Returns the term and the
+    /// row's id, or the row of the owner who holds the lease.
     pub async fn begin_tick(&self, started_at: DateTime<Utc>) -> Result<Result<(Term, i64), LeaseRow>, StoreError> {
         Ok(match self.store.begin_tick(&self.name, &self.owner, self.ttl, started_at).await? {
             Begun::Held { lease, tick_id } => Ok((lease.into(), tick_id)),

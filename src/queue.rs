@@ -181,9 +181,9 @@ pub struct BulkReport {
     pub duplicates: u64,
 }
 
-/// Enqueues JSON Lines in transactions of [`BULK_BATCH`] lines (or [`BULK_BATCH_BYTES`]). Blank lines are skipped. On the
-/// first bad line it stops: earlier batches stay committed, and nothing of the bad line's batch
-/// is written. The error names the line.
+/// Enqueues JSON Lines in transactions of [`BULK_BATCH`] lines (or [`BULK_BATCH_BYTES`]). Blank
+/// lines are skipped. On the first bad line it stops: earlier batches stay committed, and
+/// nothing of the bad line's batch is written. The error names the line.
 pub async fn enqueue_jsonl(
     store: &Store,
     mut input: impl BufRead,
