@@ -49,6 +49,8 @@ pub struct Config {
     pub adapters: AdaptersConfig,
     /// The HTTP server (`http:` in the file).
     pub http: HttpConfig,
+    /// When the last tick's age makes liveness degraded, then unhealthy (`liveness:`).
+    pub liveness: crate::health::StaleThresholds,
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
@@ -66,8 +68,6 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub struct HttpConfig {
     /// Where `run` and `serve` listen.
     pub listen: std::net::SocketAddr,
-    /// `/health` calls the last tick stale after this many tick intervals (and at least 10 s).
-    pub stale_tick_intervals: u32,
 }
 
 /// Named admin tokens. `Debug` never shows a token.
@@ -125,7 +125,15 @@ impl AdminTokens {
 #[serde(deny_unknown_fields)]
 struct HttpLayer {
     listen: Option<String>,
-    stale_tick_intervals: Option<u32>,
+    /// Replaced by `liveness:`; refused with an error that names the new keys.
+    stale_tick_intervals: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LivenessLayer {
+    stale_degraded_seconds: Option<f64>,
+    stale_unhealthy_seconds: Option<f64>,
 }
 
 /// Where a setting's value came from, for error messages.
@@ -181,6 +189,7 @@ struct Layer {
     rules: Option<RulesLayer>,
     adapters: Option<adapters::AdaptersLayer>,
     http: Option<HttpLayer>,
+    liveness: Option<LivenessLayer>,
 }
 
 /// Every key, and whether its value is text (taken verbatim from the environment) or a YAML
@@ -204,6 +213,7 @@ const KEYS: &[(&str, bool)] = &[
     ("retention_days", false),
     ("sqlite_synchronous", true),
     ("http", false),
+    ("liveness", false),
     ("rules", false),
 ];
 
@@ -464,6 +474,7 @@ impl Resolver {
             }
         };
         let http = self.resolve_http()?;
+        let liveness = self.resolve_liveness()?;
 
         let rules = self.rules()?;
 
@@ -488,30 +499,60 @@ impl Resolver {
             rules,
             adapters: AdaptersConfig::default(),
             http,
+            liveness,
             admin_tokens: AdminTokens::default(),
         })
     }
 
+    /// `liveness:` sub-keys, folded one by one like `http:`.
+    fn resolve_liveness(&self) -> Result<crate::health::StaleThresholds, ConfigError> {
+        let d = crate::health::StaleThresholds::default();
+        let mut degraded = (d.degraded.as_secs_f64(), Source::Default);
+        let mut unhealthy = (d.unhealthy.as_secs_f64(), Source::Default);
+        for (layer, origin) in &self.layers {
+            let Some(l) = &layer.liveness else { continue };
+            if let Some(v) = l.stale_degraded_seconds {
+                degraded = (v, origin.source_for("liveness"));
+            }
+            if let Some(v) = l.stale_unhealthy_seconds {
+                unhealthy = (v, origin.source_for("liveness"));
+            }
+        }
+        let unhealthy_src = unhealthy.1.clone();
+        let degraded = seconds(degraded, "liveness.stale_degraded_seconds", false)?;
+        let unhealthy = seconds(unhealthy, "liveness.stale_unhealthy_seconds", false)?;
+        check(
+            unhealthy >= degraded,
+            &unhealthy_src,
+            "liveness.stale_unhealthy_seconds must be at least liveness.stale_degraded_seconds",
+        )?;
+        Ok(crate::health::StaleThresholds { degraded, unhealthy })
+    }
+
     /// `http:` sub-keys are folded one by one, so a layer that sets only `listen` keeps the
-    /// file's `stale_tick_intervals`.
+    /// file's others.
     fn resolve_http(&self) -> Result<HttpConfig, ConfigError> {
         let mut listen = (DEFAULT_HTTP_LISTEN.to_string(), Source::Default);
-        let mut stale = (3u32, Source::Default);
         for (layer, origin) in &self.layers {
             let Some(http) = &layer.http else { continue };
             if let Some(v) = &http.listen {
                 listen = (v.clone(), origin.source_for("http"));
             }
-            if let Some(v) = http.stale_tick_intervals {
-                stale = (v, origin.source_for("http"));
+            if http.stale_tick_intervals.is_some() {
+                return Err(ConfigError::Value {
+                    source_: origin.source_for("http"),
+                    message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
+                              liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
+                              intervals when those are longer); remove it"
+                        .to_string(),
+                });
             }
         }
         let addr = listen.0.trim().parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Value {
             source_: listen.1.clone(),
             message: format!("http.listen '{}' is not an address like 127.0.0.1:9464 ({e})", listen.0),
         })?;
-        let stale_tick_intervals = range(stale, "http.stale_tick_intervals", 1, 1000)?;
-        Ok(HttpConfig { listen: addr, stale_tick_intervals })
+        Ok(HttpConfig { listen: addr })
     }
 
     /// The `rules:` section: later layers override earlier ones key by key.
@@ -934,21 +975,28 @@ adapters:
 
     #[test]
     fn http_settings_and_admin_tokens() {
-        let c = load(Some("http:\n  stale_tick_intervals: 5\n"), &[]).unwrap();
-        assert_eq!(c.http.listen.to_string(), DEFAULT_HTTP_LISTEN);
-        assert_eq!(c.http.stale_tick_intervals, 5);
+        let c = load(Some("http:\n  listen: 127.0.0.1:9999\n"), &[]).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9999");
         assert!(c.admin_tokens.is_empty(), "no token: admin API disabled");
         let e = load(Some("http:\n  listen: nowhere\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("o.yaml:1:") && e.contains("http.listen 'nowhere'"), "{e}");
         let e = load(Some("http:\n  lisen: x\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `lisen`"), "{e}");
-        let c = load(Some("http:\n  stale_tick_intervals: 5\n"), &[("ORCHESTRATOR_HTTP", "{listen: '0.0.0.0:1'}")])
-            .unwrap();
+        let c = load(
+            Some("liveness:\n  stale_degraded_seconds: 5\n"),
+            &[("ORCHESTRATOR_LIVENESS", "{stale_unhealthy_seconds: 50}")],
+        )
+        .unwrap();
         assert_eq!(
-            (c.http.listen.to_string().as_str(), c.http.stale_tick_intervals),
-            ("0.0.0.0:1", 5),
+            (c.liveness.degraded, c.liveness.unhealthy),
+            (Duration::from_secs(5), Duration::from_secs(50)),
             "folded per sub-key"
         );
+        // The old single threshold is refused with an error that names its replacement.
+        let e = load(Some("http:\n  stale_tick_intervals: 5\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:1:") && e.contains("liveness.stale_unhealthy_seconds"), "{e}");
+        let e = load(Some("liveness: {stale_degraded_seconds: 100, stale_unhealthy_seconds: 50}\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("at least liveness.stale_degraded_seconds"), "{e}");
         let c = load(None, &[(ADMIN_TOKEN_ENV, "alice:0123456789abcdef, fedcba9876543210fedc")]).unwrap();
         let names: Vec<&str> = c.admin_tokens.entries().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["alice", "admin"]);

@@ -124,8 +124,14 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
             Err(e) => {
                 let next = match failing {
                     None => {
-                        engine.metrics().database_outages_total.inc();
-                        tracing::error!(error = %e, "tick failed; retrying with backoff until the database answers");
+                        // An outage is the database not answering; any other failed tick is
+                        // in the ledger and the logs, not counted as one.
+                        if e.is_unavailable() {
+                            engine.metrics().database_outages_total.inc();
+                            tracing::error!(error = %e, "tick failed: database unavailable; retrying with backoff until it answers");
+                        } else {
+                            tracing::error!(error = %e, "tick failed; retrying with backoff");
+                        }
                         BACKOFF_START
                     }
                     Some(prev) => (prev * 2).min(BACKOFF_MAX),

@@ -14,15 +14,56 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::metrics::RuleMetrics;
-use crate::model::{self, ActionStatus};
+use crate::model;
 use crate::queue;
 use crate::rules::pipeline::{self, Suppressed};
 use crate::rules::{Decision, Diagnostic, Kind, RuleSet};
 use crate::snapshot::Snapshot;
-use crate::store::{DecideRecord, DecisionRow, Fence, NewAction, Store, StoreError};
+use crate::store::{Authority, DecideRecord, DecisionRow, Fence, NewAction, Store, StoreError};
 
 /// Priority added to an action by `force_run`.
 pub const FORCE_RUN_BUMP: i32 = 10;
+
+/// What became of one decision. Stored and shown as text: `applied`, `suppressed:<why>` or
+/// `failed:<error>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    Applied,
+    Suppressed(Suppressed),
+    /// The decision was refused when applied: the state it found, or the fence.
+    Failed(String),
+}
+
+impl DecisionOutcome {
+    /// The `outcome` label of `orchestrator_decisions_total` (a failure's text is not a label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecisionOutcome::Applied => "applied",
+            DecisionOutcome::Suppressed(why) => why.label(),
+            DecisionOutcome::Failed(_) => "failed",
+        }
+    }
+
+    pub fn is_applied(&self) -> bool {
+        *self == DecisionOutcome::Applied
+    }
+}
+
+impl std::fmt::Display for DecisionOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecisionOutcome::Applied => f.write_str("applied"),
+            DecisionOutcome::Suppressed(why) => write!(f, "suppressed:{}", why.as_str()),
+            DecisionOutcome::Failed(why) => write!(f, "failed:{why}"),
+        }
+    }
+}
+
+impl Serialize for DecisionOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// One decision and what became of it.
 #[derive(Clone, Debug, Serialize)]
@@ -32,8 +73,7 @@ pub struct DecisionReport {
     pub target: String,
     pub priority: u8,
     pub reason: String,
-    /// `applied`, `suppressed:<why>` or `failed:<error>`.
-    pub outcome: String,
+    pub outcome: DecisionOutcome,
 }
 
 /// What the decide step did.
@@ -114,21 +154,20 @@ pub async fn decide(
     for p in planned {
         let d = &p.decision;
         let outcome = match (p.suppressed, fence) {
-            (Some(why), _) => format!("suppressed:{}", why.as_str()),
-            (None, None) => format!("suppressed:{}", Suppressed::DryRun.as_str()),
+            (Some(why), _) => DecisionOutcome::Suppressed(why),
+            (None, None) => DecisionOutcome::Suppressed(Suppressed::DryRun),
             (None, Some(fence)) => match apply(store, fence, config, metrics, snap, d, &mut out).await? {
                 Ok(()) => {
                     record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
-                    "applied".to_string()
+                    DecisionOutcome::Applied
                 }
-                Err(e) => format!("failed:{e}"),
+                Err(refusal) => DecisionOutcome::Failed(refusal),
             },
         };
-        let label = if outcome.starts_with("failed:") { "failed" } else { outcome.as_str() };
         if fence.is_some() {
-            metrics.decisions_total.with_label_values(&[d.rule.as_str(), d.kind.name(), label]).inc();
+            metrics.decisions_total.with_label_values(&[d.rule.as_str(), d.kind.name(), outcome.label()]).inc();
         }
-        if outcome.starts_with("failed:") {
+        if let DecisionOutcome::Failed(_) = &outcome {
             out.notes.push(format!("{} {} {} {outcome}", d.rule, d.kind.name(), d.kind.target()));
         }
         out.decisions.push(DecisionReport {
@@ -140,7 +179,7 @@ pub async fn decide(
             outcome,
         });
     }
-    let applied = out.decisions.iter().filter(|d| d.outcome == "applied").count();
+    let applied = out.decisions.iter().filter(|d| d.outcome.is_applied()).count();
     if !out.decisions.is_empty() {
         out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
     }
@@ -156,7 +195,7 @@ pub async fn decide(
                 target: d.target.clone(),
                 priority: i32::from(d.priority),
                 reason: d.reason.clone(),
-                outcome: d.outcome.clone(),
+                outcome: d.outcome.to_string(),
                 created_at: now,
             })
             .collect();
@@ -166,8 +205,9 @@ pub async fn decide(
     Ok(out)
 }
 
-/// Applies one decision. The outer error is the store failing; the inner one is the decision
-/// refused (wrong status, fenced, invalid).
+/// Applies one decision through the state machine's operation for its kind. `Ok(Err(_))` is the
+/// decision refused (the state it found, or the fence; its text is the outcome's); `Err` is the
+/// store failing.
 async fn apply(
     store: &Store,
     fence: &Fence,
@@ -177,79 +217,14 @@ async fn apply(
     d: &Decision,
     out: &mut Decided,
 ) -> Result<Result<(), String>, StoreError> {
-    use ActionStatus::{Dlq, Pending, Retry, Running};
     let by = format!("rule {}: {}", d.rule, d.reason);
-    match &d.kind {
-        Kind::Retry { id } => {
-            store
-                .decide_update_action(
-                    fence,
-                    *id,
-                    &[Retry, Dlq, Running],
-                    // A RUNNING action (timed out; its attempt was counted at the claim) goes
-                    // back to RETRY, or to DLQ when out of attempts, like a rescue; its late
-                    // completion, if any, is then refused by the completion fence.
-                    "not_before = $4, updated_at = $4, \
-                     finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN $4 ELSE NULL END, \
-                     last_error = CASE WHEN status = 'RUNNING' THEN $5 ELSE last_error END, \
-                     claimed_epoch = CASE WHEN status = 'RUNNING' THEN NULL ELSE claimed_epoch END, \
-                     attempts = CASE WHEN status = 'DLQ' THEN 0 ELSE attempts END, \
-                     status = CASE WHEN status = 'DLQ' THEN 'PENDING' \
-                                   WHEN status = 'RUNNING' AND attempts >= max_attempts THEN 'DLQ' \
-                                   WHEN status = 'RUNNING' THEN 'RETRY' ELSE status END",
-                    vec![format!("running too long: returned by {by}").into()],
-                    &format!("retry decided ({by}): due now (DLQ is requeued, RUNNING returned to RETRY)"),
-                )
-                .await
-        }
-        Kind::Dlq { id } => {
-            store
-                .decide_update_action(
-                    fence,
-                    *id,
-                    &[Pending, Retry],
-                    "status = 'DLQ', last_error = $5, finished_at = $4, updated_at = $4",
-                    vec![format!("moved to DLQ by {by}").into()],
-                    &format!("dlq decided ({by})"),
-                )
-                .await
-        }
-        Kind::Cancel { id } => {
-            store
-                .decide_update_action(
-                    fence,
-                    *id,
-                    &[Pending, Retry, Dlq],
-                    "status = 'CANCELLED', finished_at = $4, updated_at = $4",
-                    vec![],
-                    &format!("cancel decided ({by})"),
-                )
-                .await
-        }
-        Kind::ForceRun { id } => {
-            store
-                .decide_update_action(
-                    fence,
-                    *id,
-                    &[Pending, Retry],
-                    "not_before = $4, updated_at = $4, priority = CASE WHEN priority > 999000 THEN priority ELSE priority + $5 END",
-                    vec![FORCE_RUN_BUMP.into()],
-                    &format!("force_run decided ({by}): due now, priority +{FORCE_RUN_BUMP}"),
-                )
-                .await
-        }
-        Kind::Reprioritize { id, to } => {
-            store
-                .decide_update_action(
-                    fence,
-                    *id,
-                    &[Pending, Retry, Dlq],
-                    "priority = $5, updated_at = $4",
-                    vec![(*to).into()],
-                    &format!("reprioritize decided ({by}): priority {to}"),
-                )
-                .await
-        }
+    let auth = Authority::Lease(fence);
+    let applied = match &d.kind {
+        Kind::Retry { id } => store.retry_now(auth, *id, &by).await,
+        Kind::Dlq { id } => store.dlq(auth, *id, &by).await,
+        Kind::Cancel { id } => store.cancel(auth, *id, Some(&by)).await,
+        Kind::ForceRun { id } => store.force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
+        Kind::Reprioritize { id, to } => store.reprioritize(auth, *id, *to, &by).await,
         Kind::Rebalance => {
             let now = model::now();
             let saturated =
@@ -260,15 +235,15 @@ async fn apply(
                     .and_then(|d| now.checked_add_signed(d))
                     .unwrap_or(now)
             });
-            Ok(store.decide_rebalance(fence, ago(now, config.rules.rebalance_age), defer).await?.map(|(boosted, deferred)| {
-                out.notes.push(format!("rebalance: {boosted} boosted, {deferred} deferred"));
-            }))
+            store.boost(fence, ago(now, config.rules.rebalance_age), defer).await.map(|b| {
+                out.notes.push(format!("rebalance: {} boosted, {} deferred", b.boosted, b.deferred));
+            })
         }
-        Kind::Pause => Ok(store.decide_set_paused(fence, true).await?.map(|()| out.paused = true)),
-        Kind::Resume => store.decide_set_paused(fence, false).await,
+        Kind::Pause => store.set_paused_fenced(fence, true).await.map(|()| out.paused = true),
+        Kind::Resume => store.set_paused_fenced(fence, false).await,
         Kind::Throttle { n } => {
             out.throttle = Some(out.throttle.map_or(*n, |t| t.min(*n)));
-            Ok(Ok(()))
+            Ok(())
         }
         Kind::Enqueue { action_type, payload, key } => {
             let new = NewAction {
@@ -282,11 +257,11 @@ async fn apply(
             if new.payload_json.len() > queue::MAX_PAYLOAD_BYTES {
                 return Ok(Err(format!("payload is over {} bytes", queue::MAX_PAYLOAD_BYTES)));
             }
-            Ok(store.decide_enqueue(fence, &new).await?.map(|created| {
-                if !created {
+            store.enqueue(auth, &new).await.map(|done| {
+                if done.duplicate {
                     out.notes.push(format!("enqueue {key}: key exists, nothing created"));
                 }
-            }))
+            })
         }
         Kind::Alert { severity, message } => {
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
@@ -309,8 +284,13 @@ async fn apply(
                 not_before: model::now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
             };
-            Ok(store.decide_enqueue(fence, &new).await?.map(|_| ()))
+            store.enqueue(auth, &new).await.map(|_| ())
         }
+    };
+    match applied {
+        Ok(()) => Ok(Ok(())),
+        Err(StoreError::Refused(why)) => Ok(Err(why.to_string())),
+        Err(e) => Err(e),
     }
 }
 

@@ -111,6 +111,17 @@ impl Executor {
         let launcher = async {
             for claim in claimed {
                 let Ok(unrecorded) = window.clone().acquire_owned().await else { break };
+                if let Some(error) = &claim.action.decode_error {
+                    // A row no adapter could be given: straight to DLQ, fenced like any
+                    // completion, and the next claims carry on.
+                    tracing::error!(action_id = claim.action.id, error = %error, "undecodable action quarantined to DLQ");
+                    self.metrics
+                        .actions_total
+                        .with_label_values(&[claim.action.action_type.as_str(), "quarantined"])
+                        .inc();
+                    let _ = tx.send((crate::store::quarantine(&claim, error), Kind::Failed, unrecorded));
+                    continue;
+                }
                 let Ok(run) = running.clone().acquire_owned().await else { break };
                 if Instant::now() >= deadline || lost.load(Ordering::SeqCst) {
                     self.metrics

@@ -52,8 +52,8 @@ pub struct DbGauges {
     pub lease_epoch: Option<i64>,
     pub lease_ttl_seconds: f64,
     pub flags: Vec<(&'static str, bool)>,
-    /// 1 healthy, 0.5 degraded, 0 unhealthy.
-    pub health_score: f64,
+    /// The workload score, 0-100 (`health::workload`; not the service's liveness).
+    pub workload_score: f64,
     pub last_tick_timestamp_seconds: Option<f64>,
 }
 
@@ -137,7 +137,7 @@ pub struct Metrics {
     /// Ticks run as the holder, by ledger status.
     pub ticks_total: IntCounterVec,
     pub tick_duration_seconds: Histogram,
-    /// Attempts by action type and outcome (`success`, `retry`, `dlq`, `unstarted`).
+    /// Attempts by action type and outcome (`success`, `retry`, `dlq`, `unstarted`, `quarantined`).
     pub actions_total: IntCounterVec,
     pub action_duration_seconds: HistogramVec,
     pub fenced_writes_rejected_total: IntCounter,
@@ -284,8 +284,11 @@ fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result
         flags.with_label_values(&[*name]).set(if *on { 1.0 } else { 0.0 });
     }
     r.register(Box::new(flags))?;
-    let score = Gauge::new(names::HEALTH_SCORE, "Health as judged by /health: 1 healthy, 0.5 degraded, 0 unhealthy.")?;
-    score.set(db.health_score);
+    let score = Gauge::new(
+        names::HEALTH_SCORE,
+        "The workload score the rules see, 0-100 (queue pressure and failures; not the service's liveness, which /health shows).",
+    )?;
+    score.set(db.workload_score);
     r.register(Box::new(score))?;
     if let Some(t) = db.last_tick_timestamp_seconds {
         let g =

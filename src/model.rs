@@ -73,6 +73,13 @@ string_enum!(
     }
 );
 
+impl ActionStatus {
+    /// The statuses of actions still in the queue (everything but SUCCESS and CANCELLED): what
+    /// the tick's reads count, through partial indexes.
+    pub const OPEN: &'static [ActionStatus] =
+        &[ActionStatus::Pending, ActionStatus::Running, ActionStatus::Retry, ActionStatus::Dlq];
+}
+
 string_enum!(
     /// How a tick ended.
     TickStatus {
@@ -113,6 +120,10 @@ pub struct Action {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set when a stored value of this row cannot be read (its `payload` is then null): the
+    /// row is shown with its error instead of failing a listing, and quarantined if claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode_error: Option<String>,
 }
 
 /// The control flags row (`control_flags`, id = 1).

@@ -170,7 +170,7 @@ pub async fn enqueue(
     default_max_attempts: u32,
 ) -> Result<EnqueueOutcome, QueueError> {
     let new = prepare(req, default_max_attempts).map_err(QueueError::Invalid)?;
-    Ok(store.insert_action(&new).await?)
+    Ok(store.enqueue(crate::store::Authority::Operator, &new).await?)
 }
 
 /// What a bulk enqueue did.
@@ -251,7 +251,7 @@ type Insert = tokio::task::JoinHandle<(u64, Result<u64, StoreError>)>;
 
 fn spawn_insert(store: &Store, batch: Vec<NewAction>) -> Insert {
     let store = store.clone();
-    tokio::spawn(async move { (batch.len() as u64, store.insert_actions(&batch).await) })
+    tokio::spawn(async move { (batch.len() as u64, store.enqueue_many(&batch).await) })
 }
 
 /// Waits for the batch being written, if any, and counts it.

@@ -1,6 +1,6 @@
 //! MONITOR: one immutable [`Snapshot`] of the queue, the lease, the flags and the ledger, built
-//! at the start of every tick with a fixed number of index-backed queries (ten), plus the
-//! health score computed from it.
+//! at the start of every tick with a fixed number of index-backed queries (eleven), plus the
+//! workload score (`health::workload`) computed from it.
 //!
 //! Its cost does not grow with finished history: counts of open states use a partial index,
 //! recent outcomes are counted inside a one-hour window (`finished_at`, indexed), the ledger is
@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HealthThresholds;
+use crate::health::WorkloadHealth;
 use crate::lease::Term;
 use crate::model::{self, Action, ActionStatus, Flags, TickStatus};
 use crate::store::{Store, StoreError};
@@ -36,7 +37,7 @@ pub struct Snapshot {
     #[serde(default)]
     pub ledger: LedgerView,
     #[serde(default)]
-    pub health: HealthView,
+    pub health: WorkloadHealth,
     #[serde(default)]
     pub samples: Samples,
 }
@@ -91,22 +92,6 @@ pub struct LedgerView {
     pub last_tick_status: Option<TickStatus>,
     pub consecutive_failed_ticks: i64,
     pub failed_ticks_1h: i64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HealthView {
-    pub score: i64,
-    /// `healthy`, `degraded` or `critical`.
-    pub status: String,
-    /// What took points off, e.g. "queue saturated (-20)".
-    #[serde(default)]
-    pub reasons: Vec<String>,
-}
-
-impl Default for HealthView {
-    fn default() -> Self {
-        HealthView { score: 100, status: "healthy".into(), reasons: Vec::new() }
-    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -188,15 +173,10 @@ impl Snapshot {
             last_tick: None,
             recent: RecentView::default(),
             ledger: LedgerView::default(),
-            health: HealthView::default(),
+            health: WorkloadHealth::default(),
             samples: Samples::default(),
         }
     }
-}
-
-/// Builds the snapshot for the tick `tick_id` run under `term`, with the default thresholds.
-pub async fn build(store: &Store, term: &Term, flags: Flags, tick_id: Option<i64>) -> Result<Snapshot, StoreError> {
-    build_with(store, term, flags, tick_id, &crate::config::RulesConfig::default().health).await
 }
 
 /// Builds the snapshot for the tick `tick_id` run under `term`.
@@ -295,7 +275,7 @@ pub async fn build_with(
         consecutive_failed_ticks: stats.consecutive_failed_ticks,
         failed_ticks_1h: stats.failed_ticks_1h,
     };
-    let health = health(&queue, &recent, &ledger, thresholds);
+    let health = crate::health::workload(&queue, &recent, &ledger, thresholds);
     Ok(Snapshot {
         now,
         tick_id,
@@ -314,39 +294,6 @@ pub async fn build_with(
     })
 }
 
-/// The health score: 100, less 20 for a saturated queue, 15 for an old pending action, 10 for
-/// failures in the last hour and 5 per failed tick in the last hour; never below 0.
-pub fn health(queue: &QueueView, recent: &RecentView, ledger: &LedgerView, t: &HealthThresholds) -> HealthView {
-    let mut score: i64 = 100;
-    let mut reasons = Vec::new();
-    if queue.pending > i64::try_from(t.saturated_pending).unwrap_or(i64::MAX) {
-        score -= 20;
-        reasons.push(format!("queue saturated: {} pending > {} (-20)", queue.pending, t.saturated_pending));
-    }
-    if queue.oldest_pending_age_seconds.is_some_and(|a| a > t.old_pending.as_secs_f64()) {
-        score -= 15;
-        reasons.push(format!("oldest pending older than {}s (-15)", t.old_pending.as_secs_f64()));
-    }
-    if recent.failures_1h > 0 {
-        score -= 10;
-        reasons.push(format!("{} failure(s) in the last hour (-10)", recent.failures_1h));
-    }
-    if ledger.failed_ticks_1h > 0 {
-        let cut = ledger.failed_ticks_1h.saturating_mul(5).min(100);
-        score -= cut;
-        reasons.push(format!("{} failed tick(s) in the last hour (-{cut})", ledger.failed_ticks_1h));
-    }
-    let score = score.max(0);
-    let status = if score >= t.healthy_at as i64 {
-        "healthy"
-    } else if score >= t.degraded_at as i64 {
-        "degraded"
-    } else {
-        "critical"
-    };
-    HealthView { score, status: status.into(), reasons }
-}
-
 /// `b - a` in seconds.
 pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
     (b - a).num_milliseconds() as f64 / 1000.0
@@ -359,6 +306,7 @@ mod tests {
 
     #[test]
     fn health_score_follows_the_seed() {
+        use crate::health::workload as health;
         let t = RulesConfig::default().health;
         let mut q = QueueView::default();
         let mut r = RecentView::default();

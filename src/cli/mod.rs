@@ -17,10 +17,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::adapters::Registry;
 use crate::config::{self, Config, Overrides};
+use crate::health::{Liveness, LivenessPolicy};
 use crate::model::{self, ActionStatus};
 use crate::queue::{self, EnqueueRequest};
-use crate::status::{self, Health, HealthPolicy};
-use crate::store::{ActionFilter, FlagChange, Store, StoreOptions};
+use crate::status;
+use crate::store::{ActionFilter, Authority, FlagChange, Store, StoreOptions};
 use crate::tick::{Engine, TickOutcome};
 
 /// Exit codes.
@@ -379,10 +380,9 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         }
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
-            let report =
-                status::read(store, &config.lease_name, &HealthPolicy::from_interval(config.tick_interval)).await?;
+            let report = read_status(config, store).await?;
             out.status(&report);
-            if report.health == Health::Unhealthy {
+            if report.health == Liveness::Unhealthy {
                 return Ok(exit::UNHEALTHY);
             }
         }
@@ -398,8 +398,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
         Command::Lease(cmd) => match cmd {
             LeaseCommand::Show => {
-                let report =
-                    status::read(store, &config.lease_name, &HealthPolicy::from_interval(config.tick_interval)).await?;
+                let report = read_status(config, store).await?;
                 out.lease(report.lease.as_ref());
             }
             LeaseCommand::Release { force } => {
@@ -497,6 +496,13 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     Ok(())
 }
 
+/// `status` as an operator sees it: every count over all history; no live lease is degraded,
+/// not unhealthy (often no daemon runs where `status` is typed).
+async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
+    let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
+    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, status::Counts::AllHistory).await?)
+}
+
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
     match cmd {
         ActionsCommand::List { status, action_type, limit } => {
@@ -508,11 +514,14 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
             out.action(&action, &logs);
         }
         ActionsCommand::Requeue { id, .. } => {
-            let ids = store.requeue(id).await?;
+            let ids = match id {
+                Some(id) => store.requeue(Authority::Operator, id).await.map(|()| vec![id])?,
+                None => store.requeue_all().await?,
+            };
             out.message(&serde_json::json!({"requeued": ids}), &format!("requeued {} action(s): {:?}", ids.len(), ids));
         }
         ActionsCommand::Cancel { id } => {
-            store.cancel(id).await?;
+            store.cancel(Authority::Operator, id, None).await?;
             out.message(&serde_json::json!({"cancelled": id}), &format!("cancelled action {id}"));
         }
         ActionsCommand::Purge { older_than } => {

@@ -74,8 +74,12 @@ impl Out {
         if self.json {
             return print_json(s);
         }
-        println!("health:  {}", s.health);
+        println!("liveness: {}", s.health);
         for r in &s.reasons {
+            println!("  - {r}");
+        }
+        println!("workload: {} ({}/100)", s.workload.status, s.workload.score);
+        for r in &s.workload.reasons {
             println!("  - {r}");
         }
         println!(

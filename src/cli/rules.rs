@@ -12,6 +12,8 @@ use serde_json::Value;
 
 use super::{exit, fail, output::Out};
 use crate::config::Config;
+use crate::decide::DecisionOutcome;
+use crate::rules::pipeline::Suppressed;
 use crate::rules::{self, RuleSet, RulesError, fixtures};
 use crate::store::Store;
 use crate::tick::{DryRunReport, Engine};
@@ -290,7 +292,11 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
         .decisions
         .iter()
         .map(|d| {
-            let outcome = if d.outcome == "suppressed:dry-run" { "would apply".to_string() } else { d.outcome.clone() };
+            let outcome = if d.outcome == DecisionOutcome::Suppressed(Suppressed::DryRun) {
+                "would apply".to_string()
+            } else {
+                d.outcome.to_string()
+            };
             serde_json::json!({
                 "rule": d.rule, "kind": d.kind, "target": d.target, "priority": d.priority,
                 "reason": d.reason, "outcome": outcome,
@@ -330,10 +336,10 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
         println!("decisions: none");
     }
     for d in &r.decided.decisions {
-        let outcome = if d.outcome == "suppressed:dry-run" {
+        let outcome = if d.outcome == DecisionOutcome::Suppressed(Suppressed::DryRun) {
             "would apply".to_string()
         } else {
-            d.outcome.replacen(':', ": ", 1)
+            d.outcome.to_string().replacen(':', ": ", 1)
         };
         println!("  [{}] {} {} {}: {} -> {outcome}", d.priority, d.rule, d.kind, d.target, d.reason);
     }

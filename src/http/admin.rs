@@ -26,7 +26,7 @@ use subtle::ConstantTimeEq;
 use super::{ApiError, AppState};
 use crate::model::{self, ActionStatus};
 use crate::queue::{self, EnqueueRequest, QueueError};
-use crate::store::{ActionFilter, FlagChange};
+use crate::store::{ActionFilter, Authority, FlagChange};
 use crate::tick::TickOutcome;
 
 /// The name of the token a request was authorised by.
@@ -249,7 +249,8 @@ async fn requeue(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let ids = st.store.requeue(Some(id)).await?;
+    st.store.requeue(Authority::Operator, id).await?;
+    let ids = vec![id];
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action requeued");
     Ok(axum::Json(serde_json::json!({ "requeued": ids })).into_response())
 }
@@ -260,7 +261,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    st.store.cancel(id).await?;
+    st.store.cancel(Authority::Operator, id, None).await?;
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action cancelled");
     Ok(axum::Json(serde_json::json!({ "cancelled": id })).into_response())
 }

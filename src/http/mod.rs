@@ -22,12 +22,12 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::config::{AdminTokens, Config};
-use crate::lease::Term;
+use crate::health::{Liveness, LivenessPolicy};
 use crate::metrics::DbGauges;
 use crate::model::{self, ActionStatus, LogRow, TickRow};
-use crate::snapshot::{self, seconds_between};
-use crate::status::{self, Health, HealthPolicy, StatusReport};
-use crate::store::{ActionFilter, DecisionRow, Store, StoreError};
+use crate::snapshot::seconds_between;
+use crate::status::{self, Counts, StatusReport};
+use crate::store::{ActionFilter, DecisionRow, Refusal, Store, StoreError};
 use crate::tick::{Engine, RuleDiagnostics};
 
 /// The largest request body accepted: an action's payload limit plus room for its fields.
@@ -57,8 +57,13 @@ impl AppState {
         }
     }
 
-    fn policy(&self) -> HealthPolicy {
-        HealthPolicy::for_http(self.config.tick_interval, self.config.http.stale_tick_intervals)
+    fn policy(&self) -> LivenessPolicy {
+        LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
+    }
+
+    /// The liveness, workload score and counts; `counts` says whether to count all history.
+    async fn status(&self, counts: Counts) -> Result<StatusReport, StoreError> {
+        status::read(&self.store, &self.config.lease_name, &self.policy(), &self.config.rules.health, counts).await
     }
 }
 
@@ -121,8 +126,10 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            StoreError::Refused(m) => ApiError::new(StatusCode::CONFLICT, m.clone()),
+            StoreError::NotFound(_) | StoreError::Refused(Refusal::NotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            StoreError::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.to_string()),
             _ if e.is_unavailable() => {
                 tracing::warn!(error = %e, "HTTP request: database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
@@ -174,24 +181,17 @@ async fn metrics(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
+/// The database gauges of a scrape: open counts, the lease, flags, the last tick and the
+/// workload score, all from index-backed reads whose cost does not grow with history.
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
-    let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
-    let open = st.store.open_counts().await?;
-    let oldest = st.store.oldest_pending().await?;
+    let report = st.status(Counts::OpenOnly).await?;
     let now = st.store.db_now().await?;
-    // The same 0-100 health score the rules see, computed from the database as it is now (the
-    // lease term is the current holder's, or none).
-    let term = Term {
-        lease_name: st.config.lease_name.clone(),
-        owner: report.lease.as_ref().map_or_else(String::new, |l| l.owner.clone()),
-        epoch: report.lease.as_ref().map_or(0, |l| l.epoch),
-        expires_at: report.lease.as_ref().map_or(now, |l| l.expires_at),
-    };
-    let snap = snapshot::build_with(&st.store, &term, report.flags, None, &st.config.rules.health).await?;
-    let open_statuses = [ActionStatus::Pending, ActionStatus::Running, ActionStatus::Retry, ActionStatus::Dlq];
     Ok(DbGauges {
-        queue: open_statuses.iter().map(|s| (s.as_str().to_string(), open.get(s).copied().unwrap_or(0))).collect(),
-        oldest_pending_age_seconds: oldest.map_or(0.0, |t| seconds_between(t, now).max(0.0)),
+        queue: ActionStatus::OPEN
+            .iter()
+            .map(|s| (s.as_str().to_string(), report.queue.get(s).copied().unwrap_or(0)))
+            .collect(),
+        oldest_pending_age_seconds: report.oldest_pending.map_or(0.0, |t| seconds_between(t, now).max(0.0)),
         lease_held: report.lease.as_ref().is_some_and(|l| l.live),
         lease_epoch: report.lease.as_ref().map(|l| l.epoch),
         lease_ttl_seconds: report.lease.as_ref().map_or(0.0, |l| l.ttl_seconds),
@@ -200,7 +200,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             ("killed", report.flags.killed),
             ("proof_mode", report.flags.proof_mode),
         ],
-        health_score: snap.health.score as f64,
+        workload_score: report.workload.score as f64,
         last_tick_timestamp_seconds: report
             .last_tick
             .as_ref()
@@ -208,24 +208,26 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     })
 }
 
+/// `/health`: the service's liveness (not the workload score).
 #[derive(Serialize)]
 struct HealthBody {
-    status: Health,
+    of: &'static str,
+    status: Liveness,
     reasons: Vec<String>,
     checked_at: chrono::DateTime<chrono::Utc>,
 }
 
 async fn health(State(st): State<AppState>) -> Response {
     let checked_at = model::now();
-    let (status, reasons) = match status::read(&st.store, &st.config.lease_name, &st.policy()).await {
+    let (status, reasons) = match st.status(Counts::OpenOnly).await {
         Ok(r) => (r.health, r.reasons),
         Err(e) => {
             tracing::warn!(error = %e, "/health: database unreachable");
-            (Health::Unhealthy, vec!["database unreachable".to_string()])
+            (Liveness::Unhealthy, vec!["database unreachable".to_string()])
         }
     };
-    let code = if status == Health::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    (code, axum::Json(HealthBody { status, reasons, checked_at })).into_response()
+    let code = if status == Liveness::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, axum::Json(HealthBody { of: "liveness", status, reasons, checked_at })).into_response()
 }
 
 async fn live() -> Response {
@@ -318,7 +320,7 @@ async fn status_page(
     if !(1..=200).contains(&n_ticks) {
         return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
     }
-    let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
+    let report = st.status(Counts::AllHistory).await?;
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st

@@ -29,6 +29,17 @@ impl Suppressed {
             Suppressed::DryRun => "dry-run",
         }
     }
+
+    /// The metric label of a decision suppressed for this reason (`suppressed:<why>`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Suppressed::Dedupe => "suppressed:dedupe",
+            Suppressed::Cap => "suppressed:cap",
+            Suppressed::Cooldown => "suppressed:cooldown",
+            Suppressed::Paused => "suppressed:paused",
+            Suppressed::DryRun => "suppressed:dry-run",
+        }
+    }
 }
 
 /// A decision and what the pipeline made of it.

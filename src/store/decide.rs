@@ -1,10 +1,10 @@
 //! Queries of the DECIDE stage: the snapshot's aggregate counts and samples, rule state and
-//! cooldowns, the `decisions` table, the ledger's snapshot and digest, and the fenced writes
-//! that apply decisions.
+//! cooldowns, the `decisions` table, the ledger's snapshot and digest, and the fenced flag
+//! write of `pause`/`resume`. Decisions that move actions go through `machine`.
 //!
-//! Every write that applies a decision is fenced like a completion: it lands only while the
-//! lease still carries the caller's epoch (`EXISTS (SELECT 1 FROM leases WHERE name = .. AND
-//! epoch = ..)`), so a deposed instance's decisions change nothing. The snapshot's reads touch
+//! Every write here is fenced: it lands only while the lease still carries the caller's epoch
+//! (`EXISTS (SELECT 1 FROM leases WHERE name = .. AND epoch = ..)`), so a deposed instance's
+//! decisions change nothing. The snapshot's reads touch
 //! only open rows (partial indexes) and rows finished inside a time window, never all history.
 //! Which decision to take is not decided here.
 
@@ -13,12 +13,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, EntityTrait, Value};
 
-use super::actions::insert_logs;
 use super::entities::{self, actions};
-use super::{Context, Store, StoreError};
-use crate::model::{self, Action, ActionStatus, LogLevel, NewLog, TickStatus};
-
-const OPEN: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
+use super::{CLAIMABLE_SQL, Context, OPEN_SQL, Store, StoreError};
+use crate::model::{self, Action, ActionStatus, TickStatus};
 
 /// Who is writing: the lease and the epoch every write is fenced by.
 #[derive(Clone, Debug)]
@@ -97,8 +94,9 @@ fn fence_sql(name: usize, epoch: usize) -> String {
 impl Store {
     /// Open actions counted by type and status (partial index; no finished history).
     pub async fn open_counts_by_type(&self) -> Result<Vec<(String, ActionStatus, i64)>, StoreError> {
-        let sql =
-            format!("SELECT action_type, status, COUNT(*) AS n FROM actions WHERE {OPEN} GROUP BY action_type, status");
+        let sql = format!(
+            "SELECT action_type, status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY action_type, status"
+        );
         let rows = self.db.query_all_raw(self.stmt(&sql, [])).await.doing("counting open actions by type")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -193,7 +191,7 @@ impl Store {
     /// else by `created_at`).
     pub async fn oldest_in(&self, status: ActionStatus, limit: u64) -> Result<Vec<Action>, StoreError> {
         let order = if status == ActionStatus::Running { "claimed_at" } else { "created_at" };
-        let sql = format!("SELECT * FROM actions WHERE {OPEN} AND status = $1 ORDER BY {order}, id LIMIT $2");
+        let sql = format!("SELECT * FROM actions WHERE {OPEN_SQL} AND status = $1 ORDER BY {order}, id LIMIT $2");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = actions::Entity::find()
             .from_raw_sql(self.stmt(&sql, [status.as_str().into(), limit.into()]))
@@ -389,52 +387,6 @@ impl Store {
             .collect()
     }
 
-    /// A fenced update of one action in one of `from` statuses, with a log row in the same
-    /// transaction. `set` must use `$4` (now; e.g. `updated_at = $4`) and `$5`.. for `extra`.
-    /// Returns why it did not
-    /// land, if it did not.
-    pub async fn decide_update_action(
-        &self,
-        fence: &Fence,
-        id: i64,
-        from: &[ActionStatus],
-        set: &str,
-        extra: Vec<Value>,
-        log: &str,
-    ) -> Result<Result<(), String>, StoreError> {
-        let now = model::now();
-        let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
-        let sql = format!(
-            "UPDATE actions SET {set} WHERE id = $1 AND status IN ({}) AND {} RETURNING id",
-            allowed.join(", "),
-            fence_sql(2, 3)
-        );
-        let values: Vec<Value> = [id.into(), fence.lease_name.as_str().into(), fence.epoch.into(), now.into()]
-            .into_iter()
-            .chain(extra)
-            .collect();
-        let txn = self.begin_write().await?;
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("applying a decision")?;
-        if rows.is_empty() {
-            drop(txn);
-            return Ok(Err(self.why_not(fence, id, from).await?));
-        }
-        insert_logs(&txn, fence.tick_id, &[NewLog::new(id, LogLevel::Info, log)], now).await?;
-        txn.commit().await.doing("committing a decision")?;
-        Ok(Ok(()))
-    }
-
-    async fn why_not(&self, fence: &Fence, id: i64, from: &[ActionStatus]) -> Result<String, StoreError> {
-        if !self.fence_holds(fence).await? {
-            return Ok(format!("fenced: the lease is no longer at epoch {}", fence.epoch));
-        }
-        let wanted: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-        Ok(match self.action(id).await? {
-            None => format!("action {id} not found"),
-            Some(a) => format!("action {id} is {}; this needs {}", a.status, wanted.join(" or ")),
-        })
-    }
-
     /// True while the lease still carries the fence's epoch.
     pub async fn fence_holds(&self, fence: &Fence) -> Result<bool, StoreError> {
         let row = self
@@ -451,57 +403,8 @@ impl Store {
         })
     }
 
-    /// `rebalance`: pending actions created before `old_before` gain one priority step; when
-    /// `defer_until` is given (a saturated queue), pending work of priority 0 or less that was
-    /// not boosted waits until then. Fenced; returns (boosted, deferred).
-    pub async fn decide_rebalance(
-        &self,
-        fence: &Fence,
-        old_before: DateTime<Utc>,
-        defer_until: Option<DateTime<Utc>>,
-    ) -> Result<Result<(u64, u64), String>, StoreError> {
-        let now = model::now();
-        let txn = self.begin_write().await?;
-        let boost = format!(
-            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {OPEN} AND status = 'PENDING' \
-             AND created_at < $2 AND priority < 1000000 AND {}",
-            fence_sql(3, 4)
-        );
-        let boosted = txn
-            .execute_raw(
-                self.stmt(
-                    &boost,
-                    [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ),
-            )
-            .await
-            .doing("rebalancing: boosting old actions")?
-            .rows_affected();
-        let mut deferred = 0;
-        if let Some(until) = defer_until {
-            let defer = format!(
-                "UPDATE actions SET not_before = $1, updated_at = $2 WHERE {OPEN} AND status = 'PENDING' \
-                 AND priority <= 0 AND created_at >= $3 AND not_before < $1 AND {}",
-                fence_sql(4, 5)
-            );
-            deferred = txn
-                .execute_raw(self.stmt(
-                    &defer,
-                    [until.into(), now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ))
-                .await
-                .doing("rebalancing: deferring low-priority work")?
-                .rows_affected();
-        }
-        txn.commit().await.doing("committing a rebalance")?;
-        if boosted == 0 && deferred == 0 && !self.fence_holds(fence).await? {
-            return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
-        }
-        Ok(Ok((boosted, deferred)))
-    }
-
-    /// `pause` / `resume`: sets the paused flag, fenced.
-    pub async fn decide_set_paused(&self, fence: &Fence, paused: bool) -> Result<Result<(), String>, StoreError> {
+    /// `pause` / `resume` decided by a rule: sets the paused flag, fenced.
+    pub async fn set_paused_fenced(&self, fence: &Fence, paused: bool) -> Result<(), StoreError> {
         let sql = format!("UPDATE control_flags SET paused = $1, updated_at = $2 WHERE id = 1 AND {}", fence_sql(3, 4));
         let n =
             self.db
@@ -513,56 +416,22 @@ impl Store {
                 .doing("setting the paused flag")?
                 .rows_affected();
         if n == 1 {
-            Ok(Ok(()))
+            Ok(())
         } else if !self.fence_holds(fence).await? {
-            Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)))
+            Err(super::Refusal::Fenced(fence.epoch).into())
         } else {
-            Ok(Err("the control_flags row is missing".into()))
+            Err(StoreError::Internal("the control_flags row is missing".into()))
         }
-    }
-
-    /// `enqueue`: an idempotent, fenced insert. Ok(true) when created, Ok(false) when the key
-    /// existed already.
-    pub async fn decide_enqueue(
-        &self,
-        fence: &Fence,
-        new: &super::NewAction,
-    ) -> Result<Result<bool, String>, StoreError> {
-        let now = model::now();
-        let sql = format!(
-            "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, \
-             max_attempts, created_at, updated_at) SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7 WHERE {} \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-            fence_sql(8, 9)
-        );
-        let values: [Value; 9] = [
-            new.idempotency_key.as_str().into(),
-            new.action_type.as_str().into(),
-            new.payload_json.as_str().into(),
-            new.priority.into(),
-            new.not_before.into(),
-            new.max_attempts.into(),
-            now.into(),
-            fence.lease_name.as_str().into(),
-            fence.epoch.into(),
-        ];
-        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
-        if n == 1 {
-            return Ok(Ok(true));
-        }
-        if !self.fence_holds(fence).await? {
-            return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
-        }
-        Ok(Ok(false))
     }
 
     /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
     pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
-        let sql = "SELECT * FROM actions WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1 \
-                   ORDER BY priority DESC, not_before, id LIMIT $2";
+        let sql = format!(
+            "SELECT * FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 ORDER BY priority DESC, not_before, id LIMIT $2"
+        );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(sql, [model::now().into(), limit.into()]))
+            .from_raw_sql(self.stmt(&sql, [model::now().into(), limit.into()]))
             .all(&self.db)
             .await
             .doing("listing due actions")?;

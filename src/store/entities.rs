@@ -1,6 +1,8 @@
 //! sea-orm entities, one per table, and their conversion into the domain types of `model`.
 //!
-//! The schema itself is owned by the `migrations` crate; these mirror it column for column.
+//! The schema itself is owned by the `migrations` crate. These mirror, column for column, the
+//! tables read or written through the ORM; the others (`decisions`, `rule_state`,
+//! `rule_cooldowns`) are read and written with hand-written SQL only.
 
 use crate::model::{self, ActionStatus, LogLevel, TickStatus};
 
@@ -139,8 +141,12 @@ impl TryFrom<actions::Model> for model::Action {
 
     fn try_from(m: actions::Model) -> Result<Self, StoreError> {
         let status: ActionStatus = m.status.parse().map_err(|e| corrupt("actions", m.id, e))?;
-        let payload = serde_json::from_str(&m.payload_json)
-            .map_err(|e| corrupt("actions", m.id, format!("payload_json is not JSON: {e}")))?;
+        // A payload that cannot be read does not fail the listing, the snapshot or the claim
+        // that reads it: the row carries the error instead, and the executor quarantines it.
+        let (payload, decode_error) = match serde_json::from_str(&m.payload_json) {
+            Ok(v) => (v, None),
+            Err(e) => (serde_json::Value::Null, Some(format!("payload_json cannot be read: {e}"))),
+        };
         Ok(model::Action {
             id: m.id,
             idempotency_key: m.idempotency_key,
@@ -157,6 +163,7 @@ impl TryFrom<actions::Model> for model::Action {
             created_at: m.created_at,
             updated_at: m.updated_at,
             finished_at: m.finished_at,
+            decode_error,
         })
     }
 }

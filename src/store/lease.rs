@@ -82,7 +82,7 @@ impl Store {
                 Some(row) => Ok(Acquired::HeldByOther(row.into())),
                 // Deleted between the two statements: report it as free-but-not-ours; the
                 // next tick acquires it.
-                None => Err(StoreError::Refused(format!("lease '{name}' vanished while acquiring it"))),
+                None => Err(StoreError::Internal(format!("lease '{name}' vanished while acquiring it"))),
             },
         }
     }

@@ -61,11 +61,6 @@ async fn open_tick_on(
 }
 
 impl Store {
-    /// Opens a ledger row for a tick run by `owner` at `epoch`; returns its id.
-    pub async fn open_tick(&self, owner: &str, epoch: i64, started_at: DateTime<Utc>) -> Result<i64, StoreError> {
-        open_tick_on(&self.db, owner, epoch, started_at).await
-    }
-
     /// Acquires or renews the lease and, if this owner holds it, opens the tick's ledger row.
     ///
     /// On PostgreSQL (and SQLite with `synchronous=NORMAL`) both writes are one transaction. On

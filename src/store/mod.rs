@@ -9,7 +9,12 @@
 
 mod actions;
 mod decide;
+mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
+pub use machine::{
+    Authority, Boosted, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op,
+    RESCUED_ERROR, Refusal, Rescued, quarantine,
+};
 mod entities;
 mod flags;
 pub use flags::FlagChange;
@@ -28,9 +33,13 @@ use sea_orm::{
     SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 
-pub use actions::{
-    ActionFilter, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Rescued,
-};
+pub use actions::ActionFilter;
+
+/// The open statuses (`ActionStatus::OPEN`) as SQL: the predicate of the partial indexes the
+/// tick's reads use. The migrations cannot import it; a test checks that they say the same.
+pub(crate) const OPEN_SQL: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
+/// The statuses a claim takes from (`Op::Claim`), as SQL: the due index's predicate.
+pub(crate) const CLAIMABLE_SQL: &str = "status IN ('PENDING', 'RETRY')";
 
 /// Which database engine a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +59,12 @@ pub enum StoreError {
     Connect { target: String, cause: DbErr },
     #[error("database error while {doing}: {cause}")]
     Db { doing: &'static str, cause: DbErr },
+    /// The operation found a state that does not allow it (a conflict, not a fault).
     #[error("{0}")]
-    Refused(String),
+    Refused(Refusal),
+    /// Something that should not happen inside the store (not the caller's fault).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("action {0} not found")]
     NotFound(i64),
     #[error("row {table}#{id} holds an invalid value: {reason}")]
@@ -62,8 +75,28 @@ impl StoreError {
     /// True when the error says the database could not be reached or answered (as opposed to a
     /// refused request): the daemon backs off and retries these.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Connect { .. })
-            || matches!(self, StoreError::Db { cause, .. } if matches!(cause, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)))
+        match self {
+            StoreError::Connect { .. } => true,
+            StoreError::Db { cause, .. } => match cause {
+                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+                DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+                    sqlx_unavailable(e)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// A connection that broke or could not be had, or a server shutting down (SQLSTATE class
+/// 08, and 57P01-57P03), as opposed to a statement the database refused.
+fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
+        E::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -332,6 +365,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ActionStatus;
+
+    #[test]
+    fn status_lists_are_written_once() {
+        assert_eq!(OPEN_SQL, machine::status_in(ActionStatus::OPEN));
+        assert_eq!(CLAIMABLE_SQL, machine::status_in(Op::Claim.from()));
+        // The migrations' partial indexes must carry the same predicates, or the planner will
+        // not use them for the queries above.
+        let core = include_str!("../../migrations/src/m20261123_000001_core.rs");
+        let decide = include_str!("../../migrations/src/m20261123_000003_decide.rs");
+        assert!(core.contains(&format!("WHERE {OPEN_SQL}")), "core migration's open index");
+        assert!(core.contains(&format!("WHERE {CLAIMABLE_SQL}")), "core migration's due index");
+        assert!(decide.contains(&format!("WHERE {OPEN_SQL}")), "decide migration's open index");
+    }
 
     #[test]
     fn bare_paths_and_sqlite_urls_mean_sqlite() {

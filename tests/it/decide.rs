@@ -195,13 +195,9 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     // Another instance takes over between our lease acquire and our writes: bump the epoch
     // under our feet by rewriting the lease row after our acquire (the rule runs after it).
     let fence = orchestrator::store::Fence { lease_name: config.lease_name.clone(), epoch: 999, tick_id: None };
-    let res = db
-        .store
-        .decide_update_action(&fence, a, &[ActionStatus::Pending], "status = 'CANCELLED', updated_at = $4", vec![], "x")
-        .await
-        .unwrap();
-    assert!(res.unwrap_err().contains("fenced"), "a write under a stale epoch is refused");
-    assert!(db.store.decide_set_paused(&fence, true).await.unwrap().is_err());
+    let res = db.store.cancel(orchestrator::store::Authority::Lease(&fence), a, Some("x")).await;
+    assert!(res.unwrap_err().to_string().contains("fenced"), "a write under a stale epoch is refused");
+    assert!(db.store.set_paused_fenced(&fence, true).await.is_err());
     assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Pending);
     assert!(!db.store.flags().await.unwrap().paused);
     // Under the live epoch the same rule applies.

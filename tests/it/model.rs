@@ -313,14 +313,14 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
             }
             Step::Requeue { key } => {
                 if let Some(row) = before.get(&key) {
-                    let r = sut.rt.block_on(store.requeue(Some(row.id)));
+                    let r = sut.rt.block_on(store.requeue(orchestrator::store::Authority::Operator, row.id));
                     assert_eq!(r.is_ok(), row.status == ActionStatus::Dlq, "requeue of a {} action: {r:?}", row.status);
                     requeued = Some(key);
                 }
             }
             Step::Cancel { key } => {
                 if let Some(row) = before.get(&key) {
-                    let r = sut.rt.block_on(store.cancel(row.id));
+                    let r = sut.rt.block_on(store.cancel(orchestrator::store::Authority::Operator, row.id, None));
                     let allowed = matches!(row.status, ActionStatus::Pending | ActionStatus::Retry | ActionStatus::Dlq);
                     assert_eq!(r.is_ok(), allowed, "cancel of a {} action: {r:?}", row.status);
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use orchestrator::lease::{Lease, LeaseState, Term};
 use orchestrator::model::ActionStatus;
 use orchestrator::queue::{self, EnqueueRequest, QueueError};
+use orchestrator::store::Authority::Operator;
 use orchestrator::store::{ActionFilter, Completion, CompletionOutcome, Store};
 use serde_json::json;
 
@@ -273,19 +274,19 @@ async fn requeue_cancel_and_purge(db: &TestDb) {
     assert_eq!(r.applied.len(), 2);
 
     // Only DLQ requeues; attempts reset; last_error kept for history.
-    let e = db.store.requeue(Some(b)).await.unwrap_err().to_string();
+    let e = db.store.requeue(Operator, b).await.unwrap_err().to_string();
     assert!(e.contains("it is SUCCESS; only DLQ actions can be requeued"), "{e}");
-    assert!(db.store.requeue(Some(999_999)).await.unwrap_err().to_string().contains("not found"));
-    assert_eq!(db.store.requeue(Some(a)).await.unwrap(), vec![a]);
+    assert!(db.store.requeue(Operator, 999_999).await.unwrap_err().to_string().contains("not found"));
+    assert_eq!(db.store.requeue(Operator, a).await.map(|()| vec![a]).unwrap(), vec![a]);
     let ra = db.store.action(a).await.unwrap().unwrap();
     assert_eq!((ra.status, ra.attempts), (ActionStatus::Pending, 0));
     assert_eq!(ra.last_error.as_deref(), Some("boom"));
     let logs = db.store.logs(Some(a), 10).await.unwrap();
     assert!(logs[0].message.contains("requeued by operator"));
 
-    db.store.cancel(a).await.unwrap();
+    db.store.cancel(Operator, a, None).await.unwrap();
     assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Cancelled);
-    assert!(db.store.cancel(a).await.unwrap_err().to_string().contains("it is CANCELLED"));
+    assert!(db.store.cancel(Operator, a, None).await.unwrap_err().to_string().contains("it is CANCELLED"));
 
     let dlq = queue::enqueue(&db.store, &noop("c"), 3).await.unwrap().id;
     let term = hold(&db.store, "me").await;

@@ -1,0 +1,917 @@
+//! The action state machine: every change of an action's status, and every write that moves
+//! an action in the queue, is one named operation here. The CLI, the HTTP API, the rules and
+//! the executor all call these; nobody else writes to `actions`.
+//!
+//! Each operation names the statuses it may start from ([`Op::from`]), takes an [`Authority`]
+//! (an operator, or the lease holder's [`Fence`]) or the fence of one claimed attempt, and
+//! either applies or fails with [`StoreError::Refused`] carrying a typed [`Refusal`]: the
+//! state it found, a missing row, or a fence that no longer holds. ARCHITECTURE.md carries the
+//! table of every `from -> to`; `tests/it/machine.rs` walks every (operation, status) pair on
+//! both backends against that table.
+//!
+//! It does not decide which action to move or when: that is the rules' and the executor's
+//! business.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, Value,
+};
+
+use super::actions::{db_text, insert_logs, timestamp_text};
+use super::entities::{self, actions};
+use super::{Backend, Context, Fence, Store, StoreError};
+use crate::model::{self, Action, ActionStatus, LogLevel, NewLog};
+
+use ActionStatus::{Cancelled, Dlq, Pending, Retry, Running, Success};
+
+/// Every operation of the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    Enqueue,
+    Claim,
+    Unstart,
+    Complete,
+    Rescue,
+    Requeue,
+    RetryNow,
+    Dlq,
+    Cancel,
+    ForceRun,
+    Reprioritize,
+    Postpone,
+    Boost,
+    Purge,
+    Quarantine,
+}
+
+impl Op {
+    pub const ALL: &'static [Op] = &[
+        Op::Enqueue,
+        Op::Claim,
+        Op::Unstart,
+        Op::Complete,
+        Op::Rescue,
+        Op::Requeue,
+        Op::RetryNow,
+        Op::Dlq,
+        Op::Cancel,
+        Op::ForceRun,
+        Op::Reprioritize,
+        Op::Postpone,
+        Op::Boost,
+        Op::Purge,
+        Op::Quarantine,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Enqueue => "enqueue",
+            Op::Claim => "claim",
+            Op::Unstart => "unstart",
+            Op::Complete => "complete",
+            Op::Rescue => "rescue",
+            Op::Requeue => "requeue",
+            Op::RetryNow => "retry_now",
+            Op::Dlq => "dlq",
+            Op::Cancel => "cancel",
+            Op::ForceRun => "force_run",
+            Op::Reprioritize => "reprioritize",
+            Op::Postpone => "postpone",
+            Op::Boost => "boost",
+            Op::Purge => "purge",
+            Op::Quarantine => "quarantine",
+        }
+    }
+
+    /// The statuses this operation may start from (empty for `enqueue`, which makes a row).
+    pub fn from(self) -> &'static [ActionStatus] {
+        match self {
+            Op::Enqueue => &[],
+            Op::Claim => &[Pending, Retry],
+            Op::Unstart | Op::Complete | Op::Rescue | Op::Quarantine => &[Running],
+            Op::Requeue => &[Dlq],
+            Op::RetryNow => &[Retry, Dlq, Running],
+            Op::Dlq => &[Pending, Retry],
+            Op::Cancel => &[Pending, Retry, Dlq],
+            Op::ForceRun | Op::Postpone => &[Pending, Retry],
+            Op::Reprioritize => &[Pending, Retry, Dlq],
+            Op::Boost => &[Pending],
+            Op::Purge => &[Success, Cancelled],
+        }
+    }
+
+    /// The sentence a refusal quotes: what this operation needs.
+    fn needs(self) -> String {
+        match self {
+            Op::Requeue => "only DLQ actions can be requeued".to_string(),
+            Op::Cancel => {
+                "only PENDING, RETRY or DLQ actions can be cancelled; a RUNNING one must finish its attempt first"
+                    .to_string()
+            }
+            op => {
+                let from: Vec<&str> = op.from().iter().map(|s| s.as_str()).collect();
+                format!("{} needs {}", op.as_str(), from.join(" or "))
+            }
+        }
+    }
+
+    /// `status IN ('A', 'B')` for this operation's starting statuses.
+    fn status_in(self) -> String {
+        status_in(self.from())
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `status IN (...)` over `statuses`: the one place a status list becomes SQL.
+pub(super) fn status_in(statuses: &[ActionStatus]) -> String {
+    let list: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("status IN ({})", list.join(", "))
+}
+
+/// Who asks for a transition.
+#[derive(Clone, Copy, Debug)]
+pub enum Authority<'a> {
+    /// An operator, through the CLI or the admin API: no lease needed.
+    Operator,
+    /// The lease holder applying a rule's decision: the write lands only while the lease still
+    /// carries the fence's epoch.
+    Lease(&'a Fence),
+}
+
+impl Authority<'_> {
+    fn tick_id(&self) -> Option<i64> {
+        match self {
+            Authority::Operator => None,
+            Authority::Lease(f) => f.tick_id,
+        }
+    }
+}
+
+/// Why an operation did not apply: the state it found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("action {0} not found")]
+    NotFound(i64),
+    #[error("cannot {op} action {id}: it is {found}; {}", .op.needs())]
+    Status { op: Op, id: i64, found: ActionStatus },
+    #[error("fenced: the lease is no longer at epoch {0}")]
+    Fenced(i64),
+}
+
+impl From<Refusal> for StoreError {
+    fn from(r: Refusal) -> Self {
+        StoreError::Refused(r)
+    }
+}
+
+/// A validated action ready to insert (see `queue::enqueue` for the validation).
+#[derive(Clone, Debug)]
+pub struct NewAction {
+    pub action_type: String,
+    /// Canonical JSON text of an object.
+    pub payload_json: String,
+    pub idempotency_key: String,
+    pub priority: i32,
+    pub not_before: DateTime<Utc>,
+    pub max_attempts: i32,
+}
+
+/// What an enqueue did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EnqueueOutcome {
+    pub id: i64,
+    /// True when the key already existed: nothing was created.
+    pub duplicate: bool,
+    pub status: ActionStatus,
+}
+
+/// An action claimed by this instance: it is `RUNNING` under `epoch`, attempt `attempt`.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The row as claimed. Its `decode_error` is set when a stored value could not be read;
+    /// such a claim goes to [`Store::quarantine`] instead of an adapter.
+    pub action: Action,
+    pub epoch: i64,
+    /// The value of `attempts` after the claim: the attempt this run is.
+    pub attempt: i32,
+}
+
+/// The fenced end of one claimed attempt.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub action_id: i64,
+    pub epoch: i64,
+    pub attempt: i32,
+    pub outcome: CompletionOutcome,
+    pub logs: Vec<NewLog>,
+}
+
+/// Where a completed attempt leaves its action.
+#[derive(Clone, Debug)]
+pub enum CompletionOutcome {
+    Success,
+    Retry {
+        not_before: DateTime<Utc>,
+        error: String,
+    },
+    Dlq {
+        error: String,
+    },
+    /// `unstart`: never started (the tick deadline came first): back to `PENDING`, the attempt
+    /// uncounted.
+    Unstarted,
+}
+
+/// Which completions landed and which the fence rejected.
+#[derive(Clone, Debug, Default)]
+pub struct CompletionReport {
+    pub applied: Vec<i64>,
+    pub rejected: Vec<i64>,
+}
+
+/// An action returned to `RETRY` or `DLQ` by rescue.
+#[derive(Clone, Debug)]
+pub struct Rescued {
+    pub id: i64,
+    pub status: ActionStatus,
+    pub claimed_epoch: Option<i64>,
+    pub attempts: i32,
+}
+
+/// What `boost` did: old pending work gained a priority step; `deferred` counts young work
+/// pushed back by the old rebalance (zero unless asked for).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Boosted {
+    pub boosted: u64,
+    pub deferred: u64,
+}
+
+const CLAIM_PG: &str = "\
+UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
+       claimed_at = now(), updated_at = now()
+WHERE id IN (SELECT id FROM actions
+             WHERE {from} AND not_before <= now()
+             ORDER BY priority DESC, not_before, id
+             LIMIT $2 FOR UPDATE SKIP LOCKED)
+  AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > now())
+RETURNING *";
+
+const CLAIM_SQLITE: &str = "\
+UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
+       claimed_at = $5, updated_at = $5
+WHERE id IN (SELECT id FROM actions
+             WHERE {from} AND not_before <= $5
+             ORDER BY priority DESC, not_before, id
+             LIMIT $2)
+  AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > $5)
+RETURNING *";
+
+/// Rows per bulk INSERT statement.
+const INSERT_CHUNK: usize = 5000;
+
+// Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts]
+// rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
+const INSERT_JSON_SQLITE: &str = "\
+INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
+                     max_attempts, created_at, updated_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2
+FROM json_each(jsonb($1)) WHERE true
+ON CONFLICT (idempotency_key) DO NOTHING";
+
+const INSERT_JSON_PG: &str = "\
+INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
+                     max_attempts, created_at, updated_at)
+SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
+       (r ->> 5)::integer, $2, $2
+FROM json_array_elements($1::json) AS r
+ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// Completions per fenced UPDATE statement (each chunk is one JSON parameter).
+const COMPLETE_CHUNK: usize = 1000;
+
+/// `requeue`'s assignments (DLQ -> PENDING, attempts reset, the old claim forgotten); `{now}` is
+/// the statement's time. `retry_now` of a DLQ action makes the same change.
+const REQUEUE_SET: &str = "status = 'PENDING', attempts = 0, not_before = {now}, updated_at = {now}, \
+     finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL";
+
+/// The assignments that end an abandoned attempt in `rescue`: `RETRY` due now, or `DLQ` when
+/// out of attempts. The claim columns stay as evidence of what was rescued (the log row names
+/// the epoch); the attempt's late completion is refused anyway, since the row is no longer
+/// `RUNNING` under that claim. `retry_now` of a RUNNING action makes the same change and also
+/// clears the claim.
+const ABANDON_SET: &str = "status = CASE WHEN attempts >= max_attempts THEN 'DLQ' ELSE 'RETRY' END, \
+     last_error = {error}, \
+     finished_at = CASE WHEN attempts >= max_attempts THEN {now} ELSE NULL END, \
+     not_before = {now}, updated_at = {now}";
+
+/// The error a rescued attempt is left with.
+pub const RESCUED_ERROR: &str =
+    "rescued: the claim was orphaned (its instance stopped, or lost the lease, before finishing)";
+
+fn fence_sql(name: usize, epoch: usize) -> String {
+    format!("EXISTS (SELECT 1 FROM leases WHERE name = ${name} AND epoch = ${epoch})")
+}
+
+impl Store {
+    // ---- enqueue ---------------------------------------------------------------------------
+
+    /// `enqueue`: inserts one action unless its key exists; either way returns the row's id and
+    /// status. Under a lease fence (a rule's `enqueue`) nothing is written once the lease has
+    /// moved on.
+    pub async fn enqueue(&self, auth: Authority<'_>, new: &NewAction) -> Result<EnqueueOutcome, StoreError> {
+        let now = model::now();
+        let inserted = match auth {
+            Authority::Operator => actions::Entity::insert(active(new, now))
+                .on_conflict(OnConflict::column(actions::Column::IdempotencyKey).do_nothing().to_owned())
+                .exec_without_returning(&self.db)
+                .await
+                .doing("inserting an action")?,
+            Authority::Lease(fence) => {
+                let sql = format!(
+                    "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
+                     attempts, max_attempts, created_at, updated_at) \
+                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7 WHERE {} \
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                    fence_sql(8, 9)
+                );
+                let values: [Value; 9] = [
+                    new.idempotency_key.as_str().into(),
+                    new.action_type.as_str().into(),
+                    new.payload_json.as_str().into(),
+                    new.priority.into(),
+                    new.not_before.into(),
+                    new.max_attempts.into(),
+                    now.into(),
+                    fence.lease_name.as_str().into(),
+                    fence.epoch.into(),
+                ];
+                let n =
+                    self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
+                if n == 0 && !self.fence_holds(fence).await? {
+                    return Err(Refusal::Fenced(fence.epoch).into());
+                }
+                n
+            }
+        };
+        let row = actions::Entity::find()
+            .filter(actions::Column::IdempotencyKey.eq(&new.idempotency_key))
+            .one(&self.db)
+            .await
+            .doing("reading the enqueued action")?
+            .ok_or_else(|| {
+                StoreError::Internal(format!("action with key '{}' vanished after insert", new.idempotency_key))
+            })?;
+        let status =
+            row.status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id: row.id, reason })?;
+        Ok(EnqueueOutcome { id: row.id, duplicate: inserted == 0, status })
+    }
+
+    /// `enqueue` of a batch, by an operator, in one transaction; keys that exist are skipped.
+    /// Returns how many rows were created. Nothing of the batch is written if any statement
+    /// fails.
+    ///
+    /// The rows travel as one JSON array per statement, unpacked by the database
+    /// (`json_each`, `json_array_elements`): one bound value instead of ten per row, and one
+    /// statement text whatever the batch size, so it is prepared once.
+    pub async fn enqueue_many(&self, batch: &[NewAction]) -> Result<u64, StoreError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let now = model::now();
+        let sql = match self.backend {
+            Backend::Sqlite => INSERT_JSON_SQLITE,
+            Backend::Postgres => INSERT_JSON_PG,
+        };
+        let txn = self.begin_write().await?;
+        if self.backend == Backend::Sqlite {
+            // A bulk import touches pages all over the key index (derived keys are hashes): a
+            // 64 MiB cache keeps them from spilling mid-transaction, and a longer WAL between
+            // checkpoints stops the import from copying the same pages back over and over.
+            // Per connection; only `enqueue --file`, a short-lived process, inserts in bulk.
+            for pragma in ["PRAGMA cache_size = -65536", "PRAGMA wal_autocheckpoint = 20000"] {
+                txn.execute_unprepared(pragma).await.doing("sizing the cache for a bulk insert")?;
+            }
+        }
+        let mut created = 0;
+        for chunk in batch.chunks(INSERT_CHUNK) {
+            let rows: Vec<(&str, &str, &str, i32, String, i32)> = chunk
+                .iter()
+                .map(|n| {
+                    (
+                        n.idempotency_key.as_str(),
+                        n.action_type.as_str(),
+                        n.payload_json.as_str(),
+                        n.priority,
+                        timestamp_text(n.not_before),
+                        n.max_attempts,
+                    )
+                })
+                .collect();
+            let rows = serde_json::to_string(&rows)
+                .map_err(|e| StoreError::Internal(format!("cannot encode a batch of actions: {e}")))?;
+            created += txn
+                .execute_raw(self.stmt(sql, [rows.into(), now.into()]))
+                .await
+                .doing("inserting a batch of actions")?
+                .rows_affected();
+        }
+        txn.commit().await.doing("committing a batch of actions")?;
+        Ok(created)
+    }
+
+    // ---- claim, complete, unstart, quarantine, rescue ----------------------------------------
+
+    /// `claim`: up to `n` due actions for the live holder of `lease_name` at `epoch`, in one
+    /// statement, so two claimers can never take the same row. Returns them in dispatch order.
+    /// A row whose stored values cannot be read is claimed like any other, with its
+    /// `decode_error` set, so that the caller can quarantine it.
+    pub async fn claim(&self, lease_name: &str, owner: &str, epoch: i64, n: u64) -> Result<Vec<Claimed>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let from = Op::Claim.status_in();
+        let stmt = match self.backend {
+            Backend::Postgres => {
+                self.stmt(&CLAIM_PG.replace("{from}", &from), [epoch.into(), n.into(), lease_name.into(), owner.into()])
+            }
+            Backend::Sqlite => self.stmt(
+                &CLAIM_SQLITE.replace("{from}", &from),
+                [epoch.into(), n.into(), lease_name.into(), owner.into(), model::now().into()],
+            ),
+        };
+        let rows = actions::Entity::find().from_raw_sql(stmt).all(&self.db).await.doing("claiming actions")?;
+        let mut claimed: Vec<Claimed> = entities::convert_all::<_, Action>(rows)?
+            .into_iter()
+            .map(|action| Claimed { epoch, attempt: action.attempts, action })
+            .collect();
+        claimed.sort_by(|a, b| {
+            b.action
+                .priority
+                .cmp(&a.action.priority)
+                .then(a.action.not_before.cmp(&b.action.not_before))
+                .then(a.action.id.cmp(&b.action.id))
+        });
+        Ok(claimed)
+    }
+
+    /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
+    /// uncounted) of a batch of claimed attempts, with their log rows, in one transaction: one
+    /// fenced UPDATE per chunk of rows (each row checked against its own epoch and attempt, and
+    /// the lease still at that epoch), then the log rows of the ones that landed.
+    pub async fn complete(
+        &self,
+        lease_name: &str,
+        tick_id: Option<i64>,
+        batch: &[Completion],
+    ) -> Result<CompletionReport, StoreError> {
+        let mut report = CompletionReport::default();
+        if batch.is_empty() {
+            return Ok(report);
+        }
+        let now = model::now();
+        let txn = self.begin_write().await?;
+        let mut applied = HashSet::new();
+        for chunk in batch.chunks(COMPLETE_CHUNK) {
+            let stmt = self.complete_stmt(lease_name, now, chunk);
+            for id in returned_ids(&txn, stmt, "recording action outcomes").await? {
+                applied.insert(id);
+            }
+        }
+        let mut logs = Vec::new();
+        for c in batch {
+            if applied.contains(&c.action_id) {
+                report.applied.push(c.action_id);
+                logs.extend(c.logs.iter().cloned());
+            } else {
+                report.rejected.push(c.action_id);
+            }
+        }
+        insert_logs(&txn, tick_id, &logs, now).await?;
+        txn.commit().await.doing("committing action outcomes")?;
+        Ok(report)
+    }
+
+    fn complete_stmt(&self, lease_name: &str, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|c| {
+                let (status, not_before, error, unstart) = match &c.outcome {
+                    CompletionOutcome::Success => (Success, None, None, 0),
+                    CompletionOutcome::Retry { not_before, error } => {
+                        (Retry, Some(timestamp_text(*not_before)), Some(db_text(error)), 0)
+                    }
+                    CompletionOutcome::Dlq { error } => (Dlq, None, Some(db_text(error)), 0),
+                    CompletionOutcome::Unstarted => (Pending, None, None, 1),
+                };
+                serde_json::json!({
+                    "id": c.action_id, "epoch": c.epoch, "attempt": c.attempt, "status": status.as_str(),
+                    "not_before": not_before, "err": error, "unstart": unstart,
+                })
+            })
+            .collect();
+        let v = match self.backend {
+            Backend::Sqlite => {
+                "SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'attempt' AS attempt, \
+                 value ->> 'status' AS status, value ->> 'not_before' AS not_before, value ->> 'err' AS err, \
+                 value ->> 'unstart' AS unstart FROM json_each($1)"
+            }
+            Backend::Postgres => {
+                "SELECT * FROM json_to_recordset($1::json) AS x(id BIGINT, epoch BIGINT, attempt INTEGER, \
+                 status TEXT, not_before TIMESTAMPTZ, err TEXT, unstart INTEGER)"
+            }
+        };
+        let sql = format!(
+            "WITH v AS ({v}) \
+             UPDATE actions SET status = v.status, attempts = actions.attempts - v.unstart, \
+               not_before = COALESCE(v.not_before, actions.not_before), \
+               last_error = COALESCE(v.err, actions.last_error), \
+               claimed_epoch = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_epoch END, \
+               claimed_at = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_at END, \
+               updated_at = $2, \
+               finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN $2 ELSE actions.finished_at END \
+             FROM v \
+             WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claimed_epoch = v.epoch \
+               AND actions.attempts = v.attempt \
+               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = $3 AND leases.epoch = v.epoch) \
+             RETURNING actions.id"
+        );
+        self.stmt(&sql, [serde_json::Value::Array(rows).to_string().into(), now.into(), lease_name.into()])
+    }
+
+    /// `rescue`: returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action
+    /// claimed under an epoch older than `epoch`, or claimed before `timeout` ago, and logs
+    /// each. Only the live holder of `lease_name` at `epoch` can do this.
+    pub async fn rescue(
+        &self,
+        lease_name: &str,
+        owner: &str,
+        epoch: i64,
+        timeout: std::time::Duration,
+        tick_id: Option<i64>,
+    ) -> Result<Vec<Rescued>, StoreError> {
+        let cond = "WHERE status = 'RUNNING' AND (claimed_epoch IS NULL OR claimed_epoch < $1 OR claimed_at < {cutoff}) \
+                    AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND owner = $3 AND epoch = $1 AND expires_at > {now}) \
+                    RETURNING id, status, claimed_epoch, attempts";
+        let secs = timeout.as_secs_f64();
+        let set = ABANDON_SET.replace("{error}", &format!("'{RESCUED_ERROR}'"));
+        let (sql, values): (String, Vec<Value>) = match self.backend {
+            Backend::Postgres => (
+                format!("UPDATE actions SET {set} {cond}")
+                    .replace("{now}", "now()")
+                    .replace("{cutoff}", "now() - $4 * interval '1 second'"),
+                vec![epoch.into(), lease_name.into(), owner.into(), secs.into()],
+            ),
+            Backend::Sqlite => {
+                let now = model::now();
+                let cutoff = now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+                (
+                    format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{cutoff}", "$5"),
+                    vec![epoch.into(), lease_name.into(), owner.into(), now.into(), cutoff.into()],
+                )
+            }
+        };
+        let txn = self.begin_write().await?;
+        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("rescuing orphaned actions")?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.try_get("", "id").doing("reading rescued actions")?;
+            let status: String = r.try_get("", "status").doing("reading rescued actions")?;
+            let status = status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id, reason })?;
+            rescued.push(Rescued {
+                id,
+                status,
+                claimed_epoch: r.try_get("", "claimed_epoch").doing("reading rescued actions")?,
+                attempts: r.try_get("", "attempts").doing("reading rescued actions")?,
+            });
+        }
+        let logs: Vec<NewLog> = rescued
+            .iter()
+            .map(|r| {
+                let epoch_text = r.claimed_epoch.map_or("no epoch".to_string(), |e| format!("epoch {e}"));
+                NewLog::new(
+                    r.id,
+                    LogLevel::Warning,
+                    format!(
+                        "rescued orphaned claim (attempt {} under {epoch_text}; now epoch {epoch}) -> {}",
+                        r.attempts, r.status
+                    ),
+                )
+            })
+            .collect();
+        insert_logs(&txn, tick_id, &logs, model::now()).await?;
+        txn.commit().await.doing("committing rescued actions")?;
+        Ok(rescued)
+    }
+
+    // ---- operator and rule edits of one action ----------------------------------------------
+
+    /// `requeue`: DLQ -> PENDING with attempts reset and the old claim forgotten. Returns the
+    /// id requeued.
+    pub async fn requeue(&self, auth: Authority<'_>, id: i64) -> Result<(), StoreError> {
+        let log = match auth {
+            Authority::Operator => "requeued by operator: DLQ -> PENDING, attempts reset".to_string(),
+            Authority::Lease(_) => "requeued: DLQ -> PENDING, attempts reset".to_string(),
+        };
+        self.transition_one(auth, Op::Requeue, id, REQUEUE_SET, vec![], &log).await
+    }
+
+    /// `requeue` of every DLQ action, by an operator. Returns the ids requeued.
+    pub async fn requeue_all(&self) -> Result<Vec<i64>, StoreError> {
+        let now = model::now();
+        let sql = format!(
+            "UPDATE actions SET {} WHERE {} RETURNING id",
+            REQUEUE_SET.replace("{now}", "$1"),
+            Op::Requeue.status_in()
+        );
+        let txn = self.begin_write().await?;
+        let ids = returned_ids(&txn, self.stmt(&sql, [now.into()]), "requeueing actions").await?;
+        let logs: Vec<NewLog> = ids
+            .iter()
+            .map(|&i| NewLog::new(i, LogLevel::Info, "requeued by operator: DLQ -> PENDING, attempts reset"))
+            .collect();
+        insert_logs(&txn, None, &logs, now).await?;
+        txn.commit().await.doing("committing the requeue")?;
+        Ok(ids)
+    }
+
+    /// `retry_now`, one operation over three starting states, in one statement:
+    /// - RETRY: due now;
+    /// - DLQ: `requeue`'s change (PENDING, attempts reset, claim forgotten);
+    /// - RUNNING (a rule gave up on an attempt): the attempt is abandoned as a rescue would,
+    ///   to RETRY due now (or DLQ when out of attempts), the claim cleared so its late
+    ///   completion is refused.
+    pub async fn retry_now(&self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
+        // Every right-hand side reads the row as it was, on both backends.
+        let set = "status = CASE WHEN status = 'DLQ' THEN 'PENDING' \
+                        WHEN status = 'RUNNING' AND attempts >= max_attempts THEN 'DLQ' \
+                        WHEN status = 'RUNNING' THEN 'RETRY' ELSE status END, \
+                   attempts = CASE WHEN status = 'DLQ' THEN 0 ELSE attempts END, \
+                   last_error = CASE WHEN status = 'RUNNING' THEN $5 ELSE last_error END, \
+                   finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN {now} ELSE NULL END, \
+                   claimed_epoch = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_epoch END, \
+                   claimed_at = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_at END, \
+                   not_before = {now}, updated_at = {now}";
+        let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
+        let error = format!("running too long: returned by {why}");
+        self.transition_one(auth, Op::RetryNow, id, set, vec![error.into()], &log).await
+    }
+
+    /// `dlq`: PENDING or RETRY -> DLQ, its last error saying who moved it and why.
+    pub async fn dlq(&self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
+        let log = format!("dlq decided ({why})");
+        let error = format!("moved to DLQ by {why}");
+        self.transition_one(
+            auth,
+            Op::Dlq,
+            id,
+            "status = 'DLQ', last_error = $5, finished_at = {now}, updated_at = {now}",
+            vec![db_text(&error).into_owned().into()],
+            &log,
+        )
+        .await
+    }
+
+    /// `cancel`: PENDING, RETRY or DLQ -> CANCELLED.
+    pub async fn cancel(&self, auth: Authority<'_>, id: i64, why: Option<&str>) -> Result<(), StoreError> {
+        let log = match (auth, why) {
+            (_, Some(why)) => format!("cancel decided ({why})"),
+            (Authority::Operator, None) => "cancelled by operator".to_string(),
+            (Authority::Lease(_), None) => "cancelled".to_string(),
+        };
+        self.transition_one(
+            auth,
+            Op::Cancel,
+            id,
+            "status = 'CANCELLED', finished_at = {now}, updated_at = {now}",
+            vec![],
+            &log,
+        )
+        .await
+    }
+
+    /// `force_run`: a PENDING or RETRY action is due now, `bump` priority steps higher (never
+    /// past 1,000,000).
+    pub async fn force_run(&self, auth: Authority<'_>, id: i64, bump: i32, why: &str) -> Result<(), StoreError> {
+        let log = format!("force_run decided ({why}): due now, priority +{bump}");
+        self.transition_one(
+            auth,
+            Op::ForceRun,
+            id,
+            "not_before = {now}, updated_at = {now}, \
+             priority = CASE WHEN priority > 999000 THEN priority ELSE priority + $5 END",
+            vec![bump.into()],
+            &log,
+        )
+        .await
+    }
+
+    /// `reprioritize`: a PENDING, RETRY or DLQ action's priority becomes `to`.
+    pub async fn reprioritize(&self, auth: Authority<'_>, id: i64, to: i32, why: &str) -> Result<(), StoreError> {
+        let log = format!("reprioritize decided ({why}): priority {to}");
+        self.transition_one(auth, Op::Reprioritize, id, "priority = $5, updated_at = {now}", vec![to.into()], &log)
+            .await
+    }
+
+    /// `postpone`: a PENDING or RETRY action is not due before `until`.
+    pub async fn postpone(
+        &self,
+        auth: Authority<'_>,
+        id: i64,
+        until: DateTime<Utc>,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let log = format!("postpone decided ({why}): not before {}", until.to_rfc3339());
+        self.transition_one(auth, Op::Postpone, id, "not_before = $5, updated_at = {now}", vec![until.into()], &log)
+            .await
+    }
+
+    /// One fenced (or operator) update of one action in one of `op`'s starting statuses, with a
+    /// log row in the same transaction. `set` may use `{now}` and `$5`.. for `extra`.
+    async fn transition_one(
+        &self,
+        auth: Authority<'_>,
+        op: Op,
+        id: i64,
+        set: &str,
+        extra: Vec<Value>,
+        log: &str,
+    ) -> Result<(), StoreError> {
+        let now = model::now();
+        // One statement text for both authorities: an operator passes no lease name.
+        let (name, epoch) = match auth {
+            Authority::Operator => (String::new(), 0),
+            Authority::Lease(f) => (f.lease_name.clone(), f.epoch),
+        };
+        let sql = format!(
+            "UPDATE actions SET {} WHERE id = $1 AND {} AND ($2 = '' OR {}) RETURNING id",
+            set.replace("{now}", "$4"),
+            op.status_in(),
+            fence_sql(2, 3),
+        );
+        let values: Vec<Value> = [id.into(), name.into(), epoch.into(), now.into()].into_iter().chain(extra).collect();
+        let txn = self.begin_write().await?;
+        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("changing an action's state")?;
+        if rows.is_empty() {
+            drop(txn);
+            let fence = match auth {
+                Authority::Operator => None,
+                Authority::Lease(f) => Some(f),
+            };
+            return Err(self.refusal(op, id, fence).await?.into());
+        }
+        insert_logs(&txn, auth.tick_id(), &[NewLog::new(id, LogLevel::Info, log)], now).await?;
+        txn.commit().await.doing("committing an action's state change")
+    }
+
+    /// Why `op` on `id` did not land: the fence, a missing row, or the status it found.
+    async fn refusal(&self, op: Op, id: i64, fence: Option<&Fence>) -> Result<Refusal, StoreError> {
+        if let Some(fence) = fence
+            && !self.fence_holds(fence).await?
+        {
+            return Ok(Refusal::Fenced(fence.epoch));
+        }
+        let row = actions::Entity::find_by_id(id).one(&self.db).await.doing("reading an action")?;
+        Ok(match row {
+            None => Refusal::NotFound(id),
+            Some(r) => match r.status.parse() {
+                Ok(found) => Refusal::Status { op, id, found },
+                Err(reason) => return Err(StoreError::Corrupt { table: "actions", id, reason }),
+            },
+        })
+    }
+
+    // ---- the whole queue: boost, purge ------------------------------------------------------
+
+    /// `boost` (rebalance's aging): PENDING actions created before `old_before` gain one
+    /// priority step (never past 1,000,000). When `defer_until` is given, PENDING work of
+    /// priority 0 or less that was not boosted waits until then. Fenced.
+    pub async fn boost(
+        &self,
+        fence: &Fence,
+        old_before: DateTime<Utc>,
+        defer_until: Option<DateTime<Utc>>,
+    ) -> Result<Boosted, StoreError> {
+        let now = model::now();
+        let from = Op::Boost.status_in();
+        let txn = self.begin_write().await?;
+        let boost = format!(
+            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {open} AND {from} \
+             AND created_at < $2 AND priority < 1000000 AND {}",
+            fence_sql(3, 4),
+            open = super::OPEN_SQL,
+        );
+        let boosted = txn
+            .execute_raw(
+                self.stmt(
+                    &boost,
+                    [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                ),
+            )
+            .await
+            .doing("rebalancing: boosting old actions")?
+            .rows_affected();
+        let mut deferred = 0;
+        if let Some(until) = defer_until {
+            let defer = format!(
+                "UPDATE actions SET not_before = $1, updated_at = $2 WHERE {open} AND {from} \
+                 AND priority <= 0 AND created_at >= $3 AND not_before < $1 AND {}",
+                fence_sql(4, 5),
+                open = super::OPEN_SQL,
+            );
+            deferred = txn
+                .execute_raw(self.stmt(
+                    &defer,
+                    [until.into(), now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                ))
+                .await
+                .doing("rebalancing: deferring low-priority work")?
+                .rows_affected();
+        }
+        txn.commit().await.doing("committing a rebalance")?;
+        if boosted == 0 && deferred == 0 && !self.fence_holds(fence).await? {
+            return Err(Refusal::Fenced(fence.epoch).into());
+        }
+        Ok(Boosted { boosted, deferred })
+    }
+
+    /// `purge`: deletes `SUCCESS` and `CANCELLED` actions (and their logs) finished before
+    /// `before`, in small batches so that no transaction holds the write lock for long. `DLQ` is
+    /// never deleted. Returns how many were deleted.
+    pub async fn purge(&self, before: DateTime<Utc>, batch: u64) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE {} AND finished_at < $1 LIMIT $2)",
+            Op::Purge.status_in()
+        );
+        let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        let mut total = 0;
+        loop {
+            // Their execution logs go by ON DELETE CASCADE.
+            let txn = self.begin_write().await?;
+            let n = txn
+                .execute_raw(self.stmt(&sql, [before.into(), batch.into()]))
+                .await
+                .doing("purging finished actions")?
+                .rows_affected();
+            txn.commit().await.doing("committing a purge batch")?;
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// `quarantine`: the completion of a claimed attempt whose row cannot be decoded. It goes
+/// through [`Store::complete`]'s group commit like any completion, fenced by its claim: RUNNING
+/// -> DLQ, with an error naming what could not be read and a log row. The attempt was counted
+/// at the claim; nothing ran.
+pub fn quarantine(claim: &Claimed, error: &str) -> Completion {
+    let error = format!("quarantined: {error}");
+    Completion {
+        action_id: claim.action.id,
+        epoch: claim.epoch,
+        attempt: claim.attempt,
+        logs: vec![NewLog::new(claim.action.id, LogLevel::Error, format!("{error} -> DLQ (nothing ran)"))],
+        outcome: CompletionOutcome::Dlq { error },
+    }
+}
+
+fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
+    actions::ActiveModel {
+        id: NotSet,
+        idempotency_key: Set(n.idempotency_key.clone()),
+        action_type: Set(n.action_type.clone()),
+        payload_json: Set(n.payload_json.clone()),
+        status: Set(Pending.as_str().to_string()),
+        priority: Set(n.priority),
+        not_before: Set(n.not_before),
+        attempts: Set(0),
+        max_attempts: Set(n.max_attempts),
+        last_error: Set(None),
+        claimed_epoch: Set(None),
+        claimed_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        finished_at: Set(None),
+    }
+}
+
+async fn returned_ids(
+    txn: &DatabaseTransaction,
+    stmt: sea_orm::Statement,
+    doing: &'static str,
+) -> Result<Vec<i64>, StoreError> {
+    let rows = txn.query_all_raw(stmt).await.doing(doing)?;
+    rows.iter().map(|r| r.try_get::<i64>("", "id").doing(doing)).collect()
+}
