@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod decide;
 pub mod executor;
 pub mod http;
+pub mod input;
 pub mod lease;
 pub mod metrics;
 pub mod model;
