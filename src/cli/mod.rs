@@ -475,7 +475,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     let payload = queue::parse_payload(&args.payload).map_err(|e| fail(exit::ERROR, format!("--payload: {e}")))?;
     let not_before = match (args.delay, args.not_before) {
         (Some(d), _) => {
-            Some(model::now() + chrono::Duration::from_std(d).map_err(|_| fail(exit::ERROR, "--delay is too long"))?)
+            Some(model::later(model::now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?)
         }
         (None, t) => t,
     };
@@ -517,8 +517,7 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
         }
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());
-            let cutoff = model::now()
-                - chrono::Duration::from_std(age).map_err(|_| fail(exit::ERROR, "--older-than is too long"))?;
+            let cutoff = model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
             let n = store.purge(cutoff, 500).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff}),
