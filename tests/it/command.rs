@@ -40,6 +40,7 @@ fn spec(name: &str, program: &str, args: &[&str], timeout: Option<Duration>) -> 
         timeout,
         env: BTreeMap::new(),
         nonzero_exit: NonzeroExit::Retryable,
+        allow_dash: vec![],
     }
 }
 

@@ -324,6 +324,7 @@ fn touch_spec(dir: &Path) -> CommandSpec {
         timeout: None,
         env: BTreeMap::new(),
         nonzero_exit: NonzeroExit::Retryable,
+        allow_dash: vec![],
     }
 }
 
@@ -390,6 +391,7 @@ async fn command_output_is_recorded_and_nonzero_exit_classified(db: &TestDb) {
         timeout: None,
         env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
         nonzero_exit,
+        allow_dash: vec![],
     };
     let script = "echo \"$GREETING $0\"; echo oops >&2; exit \"$1\"";
     adapters
@@ -463,6 +465,7 @@ async fn executor_enforces_the_type_timeout(db: &TestDb) {
             timeout: Some(Duration::from_secs(60)),
             env: BTreeMap::new(),
             nonzero_exit: NonzeroExit::Retryable,
+            allow_dash: vec![],
         },
     );
     let engine = engine(db, adapters);
