@@ -166,8 +166,9 @@ pub enum RulesCommand {
         rules: Option<PathBuf>,
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         iterations: u32,
-        #[arg(long, default_value_t = 50)]
-        synthetic: usize,
+        /// Synthetic rules to time beside the real ones (at most 1,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+        synthetic: u64,
     },
 }
 
@@ -297,7 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
-            return rules::bench(dir.as_ref().unwrap_or(&config.rules_dir), &config, *iterations, *synthetic, &out);
+            return rules::bench(dir.as_ref().unwrap_or(&config.rules_dir), &config, *iterations, *synthetic as usize, &out);
         }
         _ => {}
     }

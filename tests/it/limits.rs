@@ -193,7 +193,7 @@ async fn a_decision_flood_is_bounded_per_rule_and_counted(db: &TestDb) {
     ));
     let r = ran(&engine).await;
     let rows = db.store.decisions(r.tick_id).await.unwrap();
-    assert_eq!(rows.len(), MAX_DECISIONS_PER_RULE, "one rule's decisions are bounded");
+    assert_eq!(rows.len(), MAX_DECISIONS_PER_RULE, "one rule's decisions are bounded: {}", r.notes);
     let notes: Vec<&str> = r.notes.split("; ").collect();
     let invalid = notes.iter().filter(|n| n.contains("invalid decision")).count();
     assert!(invalid <= MAX_INVALID_PER_RULE, "{invalid} invalid-decision notes");
@@ -210,4 +210,118 @@ async fn a_decision_flood_is_bounded_per_rule_and_counted(db: &TestDb) {
     assert!(r.notes.len() < 8_000, "the ledger note stays small: {} bytes", r.notes.len());
     let m = engine.metrics().render();
     assert!(m.contains(&format!("orchestrator_decisions_overflow_total{{rule=\"flood\"}} {}", 16_000 - MAX_DECISIONS_PER_RULE)), "{m}");
+}
+
+/// 200 clients that open a connection and send half a request head (and never the rest) do
+/// not keep `/health` from answering: it answers within the header read timeout plus a second,
+/// and the server closes the slow connections once the timeout passes. A request whose body
+/// never comes gets 408 after the body read timeout.
+#[test]
+fn health_answers_while_200_slow_clients_hold_connections() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite:{}", d.join("o.db").display());
+    let header_timeout = Duration::from_secs(2);
+    let mut cmd = crate::support::bin(d);
+    cmd.args(["--database-url", &url, "--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .env("ORCHESTRATOR_HTTP", "{header_read_timeout_seconds: 2, body_read_timeout_seconds: 2}");
+    let (mut child, mut logs, addr) = crate::http_client::spawn_server(&mut cmd);
+    crate::http_client::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
+
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: slow\r\n").expect("half a request head");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let r = crate::http_client::request(addr, "GET", "/health", &[], None).expect("/health answers");
+    let took = started.elapsed();
+    assert!(r.status == 200 || r.status == 503, "{}", r.status);
+    assert!(took <= header_timeout + Duration::from_secs(1), "/health took {took:?} beside 200 slow clients");
+
+    // The slow ones are closed by the server once the header timeout has passed.
+    let deadline = Instant::now() + header_timeout + Duration::from_secs(5);
+    let mut closed = 0;
+    for s in &mut slow {
+        s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        // EOF, a reset, or a 408 followed by EOF: anything but a timeout means the server let go.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) if Instant::now() < deadline => {
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) | Ok(0) => break,
+            }
+        }
+    }
+    assert_eq!(closed, 200, "every slow connection is closed after the header timeout");
+
+    // Headers, then a body that never comes: 408 after the body timeout.
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.write_all(b"POST /api/flags HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100\r\n\r\n{").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(
+        crate::http_client::terminate(&mut child, Duration::from_secs(15)).code(),
+        Some(0),
+        "{}",
+        logs.drain().join("\n")
+    );
+}
+
+/// A slot value cannot become an option of the program (`--output=FILE` made `sort` write a
+/// file) unless the entry opts in for that slot, and a value is never expanded as a template.
+#[tokio::test]
+async fn command_slot_values_are_neither_options_nor_templates() {
+    use orchestrator::adapters::{Adapter, AdapterError, ExecContext};
+    use crate::command::{action, adapter, spec};
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("written-by-sort");
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "b\na\n").unwrap();
+    let a = adapter(vec![
+        spec("sort", "/usr/bin/sort", &["{file}"], None),
+        spec("echo", "/bin/echo", &["{a}", "{b}"], None),
+        {
+            let mut s = spec("sort_opts", "/usr/bin/sort", &["{opt}", "--", "{file}"], None);
+            s.allow_dash = vec!["opt".into()];
+            s
+        },
+    ]);
+    let ctx = ExecContext::new(None, 1);
+    let hostile = json!({"command": "sort", "args": {"file": format!("--output={}", victim.display())}});
+    match a.execute(&ctx, &action("inject", hostile)).await {
+        Err(AdapterError::Permanent { message }) => {
+            assert!(message.contains("args.file begins with '-'") && message.contains("allow_dash"), "{message}")
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    assert!(!victim.exists(), "sort wrote the file named by the payload");
+
+    // Opted in for one slot: that slot may carry an option, the others still may not.
+    let ok = json!({"command": "sort_opts", "args": {"opt": "-r", "file": input}});
+    a.execute(&ctx, &action("opt", ok)).await.expect("an allowed option runs");
+    let bad = json!({"command": "sort_opts", "args": {"opt": "-r", "file": "-o/tmp/x"}});
+    assert!(matches!(a.execute(&ctx, &action("opt2", bad)).await, Err(AdapterError::Permanent { .. })));
+
+    // A value holding another slot's name is passed as is.
+    let out = a.execute(&ctx, &action("tpl", json!({"command": "echo", "args": {"a": "{b}", "b": "x"}}))).await.unwrap();
+    let record = ctx.take_attached().expect("the run is recorded");
+    let text = String::from_utf8_lossy(&record.body).into_owned();
+    assert!(text.contains("{b} x"), "{text} / {}", out.message);
 }
