@@ -70,7 +70,8 @@ pub fn check_rule_file(dir: &Path, path: &Path) -> Result<(), String> {
     if !meta.file_type().is_symlink() {
         return Err("refused: not a regular file".into());
     }
-    let target = std::fs::canonicalize(path).map_err(|e| format!("refused: a symlink that cannot be resolved ({})", e.kind()))?;
+    let target = std::fs::canonicalize(path)
+        .map_err(|e| format!("refused: a symlink that cannot be resolved ({})", e.kind()))?;
     let root = std::fs::canonicalize(dir).map_err(|e| format!("cannot resolve the rules directory ({})", e.kind()))?;
     if !target.starts_with(&root) {
         return Err("refused: a symlink that resolves outside rules_dir".into());

@@ -51,7 +51,8 @@ fn offset(t: DateTime<Utc>, d: std::time::Duration, forward: bool) -> Result<Dat
             MAX_DURATION.as_secs() / 86_400
         ));
     }
-    let delta = chrono::Duration::from_std(d).map_err(|_| format!("{} is out of range", humantime::format_duration(d)))?;
+    let delta =
+        chrono::Duration::from_std(d).map_err(|_| format!("{} is out of range", humantime::format_duration(d)))?;
     let result = if forward { t.checked_add_signed(delta) } else { t.checked_sub_signed(delta) };
     result.ok_or_else(|| {
         format!(
@@ -237,7 +238,9 @@ mod tests {
         assert!(e.contains("longer than the maximum of 365000 days"), "{e}");
         assert!(earlier(t, Duration::MAX).is_err());
         assert_eq!(later(t, Duration::from_secs(60)).unwrap(), t + chrono::Duration::seconds(60));
-        assert!(later(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)).unwrap_err().contains("not a representable time"));
+        assert!(
+            later(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)).unwrap_err().contains("not a representable time")
+        );
         assert_eq!(later_saturating(t, Duration::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(earlier_saturating(t, Duration::MAX), DateTime::<Utc>::MIN_UTC);
         assert!(later(t, MAX_DURATION).is_ok() && earlier(t, MAX_DURATION).is_ok());

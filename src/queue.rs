@@ -287,7 +287,9 @@ fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32, first: bool) -> R
     let text = std::str::from_utf8(buf).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
     let text = match text.strip_prefix(crate::input::BOM) {
         Some(rest) if first => rest,
-        Some(_) => return Err("starts with a UTF-8 byte order mark (U+FEFF), allowed only at the start of the file".into()),
+        Some(_) => {
+            return Err("starts with a UTF-8 byte order mark (U+FEFF), allowed only at the start of the file".into());
+        }
         None => text,
     };
     if text.trim().is_empty() {

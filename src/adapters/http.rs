@@ -380,7 +380,10 @@ mod tests {
         let r = redact_named("x-orchestrator-signature=sha256=00ff&a=1");
         assert_eq!(r, "x-orchestrator-signature=<redacted>&a=1");
         // Whole words only, and no separator, no redaction.
-        assert_eq!(redact_named("authorization_code=1; authorization required"), "authorization_code=1; authorization required");
+        assert_eq!(
+            redact_named("authorization_code=1; authorization required"),
+            "authorization_code=1; authorization required"
+        );
         assert_eq!(redact_named("AUTHORIZATION:"), "AUTHORIZATION:");
         assert_eq!(redact_named("é cookie: ü\nx"), "é cookie: <redacted>\nx");
     }

@@ -298,7 +298,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
-            return rules::bench(dir.as_ref().unwrap_or(&config.rules_dir), &config, *iterations, *synthetic as usize, &out);
+            return rules::bench(
+                dir.as_ref().unwrap_or(&config.rules_dir),
+                &config,
+                *iterations,
+                *synthetic as usize,
+                &out,
+            );
         }
         _ => {}
     }
@@ -475,9 +481,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     };
     let payload = queue::parse_payload(&args.payload).map_err(|e| fail(exit::ERROR, format!("--payload: {e}")))?;
     let not_before = match (args.delay, args.not_before) {
-        (Some(d), _) => {
-            Some(model::later(model::now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?)
-        }
+        (Some(d), _) => Some(model::later(model::now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?),
         (None, t) => t,
     };
     let req = EnqueueRequest {
@@ -518,7 +522,8 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
         }
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());
-            let cutoff = model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
+            let cutoff =
+                model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
             let n = store.purge(cutoff, 500).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff}),

@@ -76,10 +76,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(ready))
         .route(
             "/status",
-            get(status_page).route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                admin::require_token_once_set,
-            )),
+            get(status_page)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_token_once_set)),
         )
         .merge(admin::routes(state.clone()))
         .fallback(not_found)

@@ -361,11 +361,13 @@ impl RuleSet {
             }
         };
         let state_out = match scope.get("state").map(convert::to_json) {
-            Some(Ok(v @ Value::Object(_))) => match crate::queue::validate("state", &v, crate::queue::MAX_STATE_BYTES) {
-                Ok(_) => v,
-                // Refused here, with a diagnostic, rather than stored and unreadable next tick.
-                Err(e) => return failed(diag(None, None, format!("state cannot be saved: {e}"))),
-            },
+            Some(Ok(v @ Value::Object(_))) => {
+                match crate::queue::validate("state", &v, crate::queue::MAX_STATE_BYTES) {
+                    Ok(_) => v,
+                    // Refused here, with a diagnostic, rather than stored and unreadable next tick.
+                    Err(e) => return failed(diag(None, None, format!("state cannot be saved: {e}"))),
+                }
+            }
             Some(Ok(other)) => {
                 return failed(diag(None, None, format!("state must stay a map, the rule made it {other}")));
             }

@@ -45,12 +45,12 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
     let rules = [
         (
             "a_enqueue_at",
-            format!("{}\nif state.done == () {{ state.done = true; [enqueue(\"NOOP\", v, \"deep-at\", \"r\")] }}", rhai_nested(at)),
+            format!(
+                "{}\nif state.done == () {{ state.done = true; [enqueue(\"NOOP\", v, \"deep-at\", \"r\")] }}",
+                rhai_nested(at)
+            ),
         ),
-        (
-            "b_enqueue_over",
-            format!("{}\n[enqueue(\"NOOP\", v, \"deep-over\", \"r\")]", rhai_nested(over)),
-        ),
+        ("b_enqueue_over", format!("{}\n[enqueue(\"NOOP\", v, \"deep-over\", \"r\")]", rhai_nested(over))),
         // state itself is the top level, so a value nested `at - 1` deep inside it is at the limit.
         ("c_state_at", format!("{}\nstate.v = v;", rhai_nested(at - 1))),
         ("d_state_over", format!("{}\nstate.v = v;", rhai_nested(over - 1))),
@@ -62,7 +62,9 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
 
     let r = ran(&engine).await;
     assert!(
-        r.notes.contains("rule b_enqueue_over: invalid decision: decision #1: enqueue payload is nested more than 64 levels deep"),
+        r.notes.contains(
+            "rule b_enqueue_over: invalid decision: decision #1: enqueue payload is nested more than 64 levels deep"
+        ),
         "{}",
         r.notes
     );
@@ -214,7 +216,13 @@ async fn a_decision_flood_is_bounded_per_rule_and_counted(db: &TestDb) {
     );
     assert!(r.notes.len() < 8_000, "the ledger note stays small: {} bytes", r.notes.len());
     let m = engine.metrics().render();
-    assert!(m.contains(&format!("orchestrator_decisions_overflow_total{{rule=\"flood\"}} {}", 1_000 - MAX_DECISIONS_PER_RULE)), "{m}");
+    assert!(
+        m.contains(&format!(
+            "orchestrator_decisions_overflow_total{{rule=\"flood\"}} {}",
+            1_000 - MAX_DECISIONS_PER_RULE
+        )),
+        "{m}"
+    );
 }
 
 /// 200 clients that open a connection and send half a request head (and never the rest) do
@@ -260,12 +268,13 @@ fn health_answers_while_200_slow_clients_hold_connections() {
         // EOF, a reset, or a 408 followed by EOF: anything but a timeout means the server let go.
         loop {
             match s.read(&mut buf) {
-                Ok(0) | Err(_) if Instant::now() < deadline => {
-                    closed += 1;
+                Ok(0) | Err(_) => {
+                    if Instant::now() < deadline {
+                        closed += 1;
+                    }
                     break;
                 }
                 Ok(_) => continue,
-                Err(_) | Ok(0) => break,
             }
         }
     }
@@ -293,8 +302,8 @@ fn health_answers_while_200_slow_clients_hold_connections() {
 /// file) unless the entry opts in for that slot, and a value is never expanded as a template.
 #[tokio::test]
 async fn command_slot_values_are_neither_options_nor_templates() {
-    use orchestrator::adapters::{Adapter, AdapterError, ExecContext};
     use crate::command::{action, adapter, spec};
+    use orchestrator::adapters::{Adapter, AdapterError, ExecContext};
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("written-by-sort");
     let input = dir.path().join("in.txt");
@@ -325,7 +334,8 @@ async fn command_slot_values_are_neither_options_nor_templates() {
     assert!(matches!(a.execute(&ctx, &action("opt2", bad)).await, Err(AdapterError::Permanent { .. })));
 
     // A value holding another slot's name is passed as is.
-    let out = a.execute(&ctx, &action("tpl", json!({"command": "echo", "args": {"a": "{b}", "b": "x"}}))).await.unwrap();
+    let out =
+        a.execute(&ctx, &action("tpl", json!({"command": "echo", "args": {"a": "{b}", "b": "x"}}))).await.unwrap();
     let record = ctx.take_attached().expect("the run is recorded");
     let text = String::from_utf8_lossy(&record.body).into_owned();
     assert!(text.contains("{b} x"), "{text} / {}", out.message);
