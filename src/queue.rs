@@ -412,6 +412,14 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_bom_is_skipped_and_a_later_one_named() {
+        let line = "\u{feff}{\"action_type\":\"NOOP\",\"payload\":{}}\n";
+        assert!(parse_line(line.as_bytes(), line.len(), 3, true).unwrap().is_some());
+        let e = parse_line(line.as_bytes(), line.len(), 3, false).unwrap_err();
+        assert!(e.contains("byte order mark"), "{e}");
+    }
+
+    #[test]
     fn depth_of_a_huge_nesting_costs_no_stack() {
         let mut v = json!(0);
         for _ in 0..100_000 {

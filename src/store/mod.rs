@@ -365,6 +365,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unwritable_sqlite_directory_is_named_with_the_reason() {
+        // /proc refuses new files even to root, so this holds whoever runs the tests.
+        let e = sqlite_dir_writable(std::path::Path::new("/proc/orchestrator.db")).unwrap_err();
+        assert!(e.starts_with("the directory /proc is not writable ("), "{e}");
+        assert!(e.contains("-wal and -shm"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(sqlite_dir_writable(&dir.path().join("o.db")), Ok(()));
+        assert_eq!(sqlite_dir_writable(std::path::Path::new(":memory:")), Ok(()));
+    }
+
+    #[test]
     fn bare_paths_and_sqlite_urls_mean_sqlite() {
         assert_eq!(
             normalize_url("orchestrator.db").unwrap(),
