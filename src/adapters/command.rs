@@ -21,7 +21,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
-use super::http::printable;
+use super::http::{printable, redact_named};
 use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
 use crate::config::adapters::{CommandConfig, CommandSpec, NonzeroExit, fill, slots};
 use crate::model::Action;
@@ -174,9 +174,11 @@ fn section(out: &mut String, name: &str, (bytes, total): &(Vec<u8>, usize)) {
     }
 }
 
+/// The head of an output stream for the log, with header-named secrets redacted (a program
+/// that prints a request it made, say `curl -v`, quotes its Authorization header).
 fn quote(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(LOG_QUOTE_BYTES)];
-    printable(head)
+    printable(redact_named(&String::from_utf8_lossy(head)).as_bytes())
 }
 
 #[async_trait::async_trait]
