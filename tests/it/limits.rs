@@ -340,3 +340,43 @@ async fn command_slot_values_are_neither_options_nor_templates() {
     let text = String::from_utf8_lossy(&record.body).into_owned();
     assert!(text.contains("{b} x"), "{text} / {}", out.message);
 }
+
+/// With `http.max_connections` held by slow clients, a new client waits in the backlog (it is
+/// not refused) and is served once the header timeout frees a slot: within the header timeout
+/// plus a second.
+#[test]
+fn a_full_connection_cap_serves_the_next_client_after_the_header_timeout() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite:{}", d.join("o.db").display());
+    let mut cmd = crate::support::bin(d);
+    cmd.args(["--database-url", &url, "--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .env("ORCHESTRATOR_HTTP", "{header_read_timeout_seconds: 1.5, max_connections: 4}");
+    let (mut child, mut logs, addr) = crate::http_client::spawn_server(&mut cmd);
+    crate::http_client::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
+    // Let the poll's own connection close, so that the four below take every slot.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let _slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let r = crate::http_client::request(addr, "GET", "/health/live", &[], None).expect("served after the timeout");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(took >= Duration::from_millis(1000), "served after {took:?}: the cap did not hold");
+    assert!(took <= Duration::from_millis(2500), "served after {took:?}: more than the header timeout + 1 s");
+    assert_eq!(
+        crate::http_client::terminate(&mut child, Duration::from_secs(15)).code(),
+        Some(0),
+        "{}",
+        logs.drain().join("\n")
+    );
+}
