@@ -68,7 +68,21 @@ pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 pub struct HttpConfig {
     /// Where `run` and `serve` listen.
     pub listen: std::net::SocketAddr,
+    /// A connection that has not sent a request's headers within this is closed (an idle
+    /// keep-alive connection too).
+    pub header_read_timeout: Duration,
+    /// A request whose body has not arrived within this gets 408.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: u32,
 }
+
+/// `http.header_read_timeout_seconds` when not set.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: f64 = 10.0;
+/// `http.body_read_timeout_seconds` when not set.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECONDS: f64 = 30.0;
+/// `http.max_connections` when not set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
 
 /// Named admin tokens. `Debug` never shows a token.
 #[derive(Clone, Default, PartialEq)]
@@ -127,6 +141,9 @@ struct HttpLayer {
     listen: Option<String>,
     /// Replaced by `liveness:`; refused with an error that names the new keys.
     stale_tick_intervals: Option<serde_yaml::Value>,
+    header_read_timeout_seconds: Option<f64>,
+    body_read_timeout_seconds: Option<f64>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -337,15 +354,9 @@ impl LayerOrigin {
 }
 
 fn read_file(path: &Path, required: bool) -> Result<Option<(PathBuf, String)>, ConfigError> {
-    match std::fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => Ok(Some((path.to_path_buf(), text))),
-            Err(e) => Err(ConfigError::File {
-                path: path.to_path_buf(),
-                message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-            }),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+    match crate::input::read_text_capped(path, crate::input::MAX_CONFIG_BYTES, "a config file") {
+        Ok(text) => Ok(Some((path.to_path_buf(), text))),
+        Err(e) if e.is_not_found() && !required => Ok(None),
         Err(e) => Err(ConfigError::File { path: path.to_path_buf(), message: e.to_string() }),
     }
 }
@@ -533,6 +544,9 @@ impl Resolver {
     /// file's others.
     fn resolve_http(&self) -> Result<HttpConfig, ConfigError> {
         let mut listen = (DEFAULT_HTTP_LISTEN.to_string(), Source::Default);
+        let mut header_timeout = (DEFAULT_HEADER_READ_TIMEOUT_SECONDS, Source::Default);
+        let mut body_timeout = (DEFAULT_BODY_READ_TIMEOUT_SECONDS, Source::Default);
+        let mut max_connections = (DEFAULT_MAX_CONNECTIONS, Source::Default);
         for (layer, origin) in &self.layers {
             let Some(http) = &layer.http else { continue };
             if let Some(v) = &http.listen {
@@ -547,12 +561,24 @@ impl Resolver {
                         .to_string(),
                 });
             }
+            if let Some(v) = http.header_read_timeout_seconds {
+                header_timeout = (v, origin.source_for("http"));
+            }
+            if let Some(v) = http.body_read_timeout_seconds {
+                body_timeout = (v, origin.source_for("http"));
+            }
+            if let Some(v) = http.max_connections {
+                max_connections = (v, origin.source_for("http"));
+            }
         }
         let addr = listen.0.trim().parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Value {
             source_: listen.1.clone(),
             message: format!("http.listen '{}' is not an address like 127.0.0.1:9464 ({e})", listen.0),
         })?;
-        Ok(HttpConfig { listen: addr })
+        let header_read_timeout = seconds(header_timeout, "http.header_read_timeout_seconds", false)?;
+        let body_read_timeout = seconds(body_timeout, "http.body_read_timeout_seconds", false)?;
+        let max_connections = range(max_connections, "http.max_connections", 1, 65_536)?;
+        Ok(HttpConfig { listen: addr, header_read_timeout, body_read_timeout, max_connections })
     }
 
     /// The `rules:` section: later layers override earlier ones key by key.
@@ -782,13 +808,24 @@ pub fn known_keys() -> BTreeMap<&'static str, bool> {
     KEYS.iter().copied().collect()
 }
 
-/// Parses a human duration such as `30s`, `5m`, `7d` or `1h30m`.
+/// Parses a human duration such as `30s`, `5m`, `7d` or `1h30m`, at most
+/// [`model::MAX_DURATION`] (1,000 years), so that adding it to or taking it from any date the
+/// program meets cannot overflow.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match t.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|e| format!("'{}' is not a duration like 30s, 5m or 7d ({e})", t.escape_debug()))?,
+    };
+    if d > crate::model::MAX_DURATION {
+        return Err(format!(
+            "'{}' is longer than the maximum of {} days (1,000 years)",
+            t.escape_debug(),
+            crate::model::MAX_DURATION.as_secs() / 86_400
+        ));
     }
-    humantime::parse_duration(t).map_err(|e| format!("'{text}' is not a duration like 30s, 5m or 7d ({e})"))
+    Ok(d)
 }
 
 #[cfg(test)]

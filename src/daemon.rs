@@ -45,8 +45,7 @@ pub struct RunSummary {
 
 /// Deletes SUCCESS and CANCELLED actions older than the retention, in small batches.
 async fn purge(engine: &Engine) {
-    let retention = chrono::Duration::from_std(engine.config().retention()).unwrap_or(chrono::Duration::MAX);
-    let cutoff = crate::model::now() - retention;
+    let cutoff = crate::model::earlier_saturating(crate::model::now(), engine.config().retention());
     match engine.store().purge(cutoff, PURGE_BATCH).await {
         Ok(0) => {}
         Ok(n) => {

@@ -135,8 +135,24 @@ pub async fn decide(
             out.notes.push(format!("rule {}: invalid decision: {}", r.rule, d.message));
             out.diagnostics.push(d);
         }
+        if r.overflow > 0 {
+            metrics.decisions_overflow_total.with_label_values(&[r.rule.as_str()]).inc_by(r.overflow as u64);
+            out.notes.push(format!(
+                "rule {}: {} more decision(s) not considered (at most {} per rule per tick, {} invalid ones reported)",
+                r.rule,
+                r.overflow,
+                crate::rules::MAX_DECISIONS_PER_RULE,
+                crate::rules::MAX_INVALID_PER_RULE
+            ));
+        }
         if states.get(&r.rule) != Some(&r.state) {
-            new_states.insert(r.rule.clone(), r.state.to_string());
+            // The rule engine refuses a state over the limits already; this is the writer's check.
+            match queue::validate("state", &r.state, queue::MAX_STATE_BYTES) {
+                Ok(text) => {
+                    new_states.insert(r.rule.clone(), text);
+                }
+                Err(e) => out.notes.push(format!("rule {}: state not saved: {e}", r.rule)),
+            }
         }
         decisions.extend(r.decisions);
     }
@@ -229,12 +245,7 @@ async fn apply(
             let now = model::now();
             let saturated =
                 snap.queue.pending > i64::try_from(config.rules.health.saturated_pending).unwrap_or(i64::MAX);
-            let defer = saturated.then(|| {
-                chrono::Duration::from_std(config.rules.rebalance_defer)
-                    .ok()
-                    .and_then(|d| now.checked_add_signed(d))
-                    .unwrap_or(now)
-            });
+            let defer = saturated.then(|| model::later(now, config.rules.rebalance_defer).unwrap_or(now));
             store.boost(fence, ago(now, config.rules.rebalance_age), defer).await.map(|b| {
                 out.notes.push(format!("rebalance: {} boosted, {} deferred", b.boosted, b.deferred));
             })
@@ -246,17 +257,18 @@ async fn apply(
             Ok(())
         }
         Kind::Enqueue { action_type, payload, key } => {
+            let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {
+                Ok(text) => text,
+                Err(e) => return Ok(Err(e)),
+            };
             let new = NewAction {
                 action_type: action_type.clone(),
-                payload_json: queue::canonical_json(payload),
+                payload_json,
                 idempotency_key: key.clone(),
                 priority: 0,
                 not_before: model::now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
             };
-            if new.payload_json.len() > queue::MAX_PAYLOAD_BYTES {
-                return Ok(Err(format!("payload is over {} bytes", queue::MAX_PAYLOAD_BYTES)));
-            }
             store.enqueue(auth, &new).await.map(|done| {
                 if done.duplicate {
                     out.notes.push(format!("enqueue {key}: key exists, nothing created"));
@@ -279,7 +291,10 @@ async fn apply(
                     d.rule,
                     &queue::derive_key(severity, message)[..16]
                 ),
-                payload_json: queue::canonical_json(&payload),
+                payload_json: match queue::validate("alert payload", &payload, queue::MAX_PAYLOAD_BYTES) {
+                    Ok(text) => text,
+                    Err(e) => return Ok(Err(e)),
+                },
                 priority: i32::from(d.priority),
                 not_before: model::now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
@@ -296,10 +311,7 @@ async fn apply(
 
 /// `now - d`, saturating at the earliest time instead of overflowing.
 fn ago(now: chrono::DateTime<chrono::Utc>, d: Duration) -> chrono::DateTime<chrono::Utc> {
-    chrono::Duration::from_std(d)
-        .ok()
-        .and_then(|d| now.checked_sub_signed(d))
-        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    model::earlier_saturating(now, d)
 }
 
 /// A rough per-call figure for `rules bench`: evaluates `rules` `iterations` times on `snap`.

@@ -14,6 +14,7 @@ pub mod decide;
 pub mod executor;
 pub mod health;
 pub mod http;
+pub mod input;
 pub mod lease;
 pub mod metrics;
 pub mod model;

@@ -35,6 +35,7 @@ pub mod names {
     pub const RULE_ERRORS_TOTAL: &str = "orchestrator_rule_errors_total";
     pub const RULE_EVAL_DURATION_SECONDS: &str = "orchestrator_rule_eval_duration_seconds";
     pub const DECISIONS_TOTAL: &str = "orchestrator_decisions_total";
+    pub const DECISIONS_OVERFLOW_TOTAL: &str = "orchestrator_decisions_overflow_total";
     pub const ALERTS_TOTAL: &str = "orchestrator_alerts_total";
     pub const RULES_RELOAD_SUCCESS: &str = "orchestrator_rules_reload_success";
     pub const RULES_LOADED: &str = "orchestrator_rules_loaded";
@@ -67,6 +68,8 @@ pub struct RuleMetrics {
     pub eval_duration_seconds: HistogramVec,
     /// Decisions by rule, kind and outcome (`applied`, `suppressed:<why>`, `failed`).
     pub decisions_total: IntCounterVec,
+    /// Decisions a rule returned past the per-rule bound (not validated, not recorded), by rule.
+    pub decisions_overflow_total: IntCounterVec,
     /// Alerts decided by rules and applied, by severity.
     pub alerts_total: IntCounterVec,
     /// 1 when the last (re)load of the rules succeeded, 0 when it was rejected.
@@ -97,6 +100,14 @@ impl RuleMetrics {
             &["rule", "kind", "outcome"],
         )
         .expect("valid metric");
+        let decisions_overflow_total = IntCounterVec::new(
+            Opts::new(
+                names::DECISIONS_OVERFLOW_TOTAL,
+                "Decisions a rule returned beyond the per-rule bound of a tick (counted, not recorded), by rule.",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
         let alerts_total =
             IntCounterVec::new(Opts::new(names::ALERTS_TOTAL, "Alerts raised by rules, by severity."), &["severity"])
                 .expect("valid metric");
@@ -110,6 +121,7 @@ impl RuleMetrics {
             Box::new(errors_total.clone()),
             Box::new(eval_duration_seconds.clone()),
             Box::new(decisions_total.clone()),
+            Box::new(decisions_overflow_total.clone()),
             Box::new(alerts_total.clone()),
             Box::new(reload_success.clone()),
             Box::new(loaded.clone()),
@@ -123,6 +135,7 @@ impl RuleMetrics {
             errors_total,
             eval_duration_seconds,
             decisions_total,
+            decisions_overflow_total,
             alerts_total,
             reload_success,
             loaded,

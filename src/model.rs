@@ -16,6 +16,54 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
 
+/// The longest duration that any input (a delay, an age, a retention) may name: 1,000 years.
+/// Far inside what a `DateTime` holds, so that `now` ± any accepted duration is a valid time.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(1_000 * 365 * 86_400);
+
+/// `t + d`, or a clear error when `d` is longer than [`MAX_DURATION`] or the result is not a
+/// representable time. The one checked conversion from a duration to a date: every input
+/// duration goes through it (or [`earlier`]) instead of `chrono`'s panicking arithmetic.
+pub fn later(t: DateTime<Utc>, d: std::time::Duration) -> Result<DateTime<Utc>, String> {
+    offset(t, d, true)
+}
+
+/// `t - d`, or a clear error (see [`later`]).
+pub fn earlier(t: DateTime<Utc>, d: std::time::Duration) -> Result<DateTime<Utc>, String> {
+    offset(t, d, false)
+}
+
+/// `t + d`, saturating at the latest representable time: for durations the program computed
+/// itself (a backoff, a lease TTL), where an error would have nobody to tell.
+pub fn later_saturating(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    later(t, d).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the earliest representable time (see [`later_saturating`]).
+pub fn earlier_saturating(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    earlier(t, d).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn offset(t: DateTime<Utc>, d: std::time::Duration, forward: bool) -> Result<DateTime<Utc>, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{} is longer than the maximum of {} days (1,000 years)",
+            humantime::format_duration(d),
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    let delta =
+        chrono::Duration::from_std(d).map_err(|_| format!("{} is out of range", humantime::format_duration(d)))?;
+    let result = if forward { t.checked_add_signed(delta) } else { t.checked_sub_signed(delta) };
+    result.ok_or_else(|| {
+        format!(
+            "{} {} {} is not a representable time",
+            t.to_rfc3339(),
+            if forward { "+" } else { "-" },
+            humantime::format_duration(d)
+        )
+    })
+}
+
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -185,5 +233,66 @@ pub struct NewLog {
 impl NewLog {
     pub fn new(action_id: i64, level: LogLevel, message: impl Into<String>) -> Self {
         NewLog { action_id, level, message: message.into(), artifact_ref: None, artifact_sha256: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn overflowing_offsets_are_errors_not_panics() {
+        let t = now();
+        let e = later(t, Duration::from_secs(300_000 * 365 * 86_400)).unwrap_err();
+        assert!(e.contains("longer than the maximum of 365000 days"), "{e}");
+        assert!(earlier(t, Duration::MAX).is_err());
+        assert_eq!(later(t, Duration::from_secs(60)).unwrap(), t + chrono::Duration::seconds(60));
+        assert!(
+            later(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)).unwrap_err().contains("not a representable time")
+        );
+        assert_eq!(later_saturating(t, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(earlier_saturating(t, Duration::MAX), DateTime::<Utc>::MIN_UTC);
+        assert!(later(t, MAX_DURATION).is_ok() && earlier(t, MAX_DURATION).is_ok());
+    }
+
+    proptest! {
+        /// Any duration text, parsed and applied to any date, is a value or a clear error.
+        #[test]
+        fn any_duration_text_on_any_date_is_a_value_or_an_error(
+            text in prop_oneof![
+                "[0-9]{1,25}[a-z]{0,6}",
+                "[0-9]{1,12}(y|d|h|m|s|ms|us|ns|years|months|weeks)( [0-9]{1,12}[a-z]{1,3}){0,3}",
+                any::<String>(),
+            ],
+            secs in any::<i64>(),
+            forward in any::<bool>(),
+        ) {
+            let t = DateTime::<Utc>::from_timestamp(secs % 8_000_000_000_000, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            if let Ok(d) = crate::config::parse_duration(&text) {
+                prop_assert!(d <= MAX_DURATION);
+                let r = if forward { later(t, d) } else { earlier(t, d) };
+                if let Ok(r2) = r {
+                    prop_assert_eq!(if forward { r2 - t } else { t - r2 }, chrono::Duration::from_std(d).unwrap());
+                }
+            }
+        }
+
+        /// Any duration on any date: the checked forms never panic, and the saturating forms
+        /// agree with them where they succeed.
+        #[test]
+        fn any_duration_on_any_date_never_panics(secs in any::<u64>(), nanos in 0u32..1_000_000_000, at in any::<i64>()) {
+            let d = Duration::new(secs, nanos);
+            let t = DateTime::<Utc>::from_timestamp(at % 8_000_000_000_000, 0).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            match later(t, d) {
+                Ok(r) => prop_assert_eq!(later_saturating(t, d), r),
+                Err(_) => prop_assert_eq!(later_saturating(t, d), DateTime::<Utc>::MAX_UTC),
+            }
+            match earlier(t, d) {
+                Ok(r) => prop_assert_eq!(earlier_saturating(t, d), r),
+                Err(_) => prop_assert_eq!(earlier_saturating(t, d), DateTime::<Utc>::MIN_UTC),
+            }
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! key is derived, bulk enqueue from JSON Lines, and the retry backoff.
 //!
 //! It validates every input from outside (type, payload, key, priority, schedule) before the
-//! store sees it; it never talks SQL.
+//! store sees it; it never talks SQL. [`validate`] is the one check for every JSON value that
+//! enters the database (payloads from the CLI, bulk, the API and rules; rule state), so that
+//! what one writer stores every reader can read back.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -16,6 +18,12 @@ use crate::store::{EnqueueOutcome, NewAction, Store, StoreError};
 
 /// Largest payload accepted, in bytes of JSON text.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Largest rule state accepted, in bytes of JSON text: it is read and written every tick.
+pub const MAX_STATE_BYTES: usize = 256 << 10;
+/// Deepest nesting accepted in a stored JSON value (the top-level object is depth 1). Readers
+/// parse with serde_json, which refuses more than 127 levels; half of that leaves room for a
+/// reader that wraps a stored value (a snapshot sample, an API answer) in its own objects.
+pub const MAX_JSON_DEPTH: usize = 64;
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 200;
 /// Longest action type accepted.
@@ -61,10 +69,52 @@ pub fn parse_payload(text: &str) -> Result<serde_json::Value, String> {
     }
     // serde_json refuses nesting deeper than 128 levels, so hostile depth cannot overflow.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("payload is not valid JSON: {e}"))?;
-    if !value.is_object() {
-        return Err(format!("payload must be a JSON object, got {}", json_kind(&value)));
-    }
+    validate("payload", &value, MAX_PAYLOAD_BYTES)?;
     Ok(value)
+}
+
+/// The one check for a JSON value about to be stored (a payload, a rule's state): a JSON object,
+/// nested at most [`MAX_JSON_DEPTH`] levels, at most `max_bytes` of canonical text. Returns that
+/// text, which is what the writer stores. The error names `field`.
+///
+/// Every value it accepts is read back equal by the store's readers (a property test,
+/// `tests/it/queue.rs`, checks that on both backends).
+pub fn validate(field: &str, value: &serde_json::Value, max_bytes: usize) -> Result<String, String> {
+    if !value.is_object() {
+        return Err(format!("{field} must be a JSON object, got {}", json_kind(value)));
+    }
+    let depth = json_depth(value, MAX_JSON_DEPTH + 1);
+    if depth > MAX_JSON_DEPTH {
+        return Err(format!(
+            "{field} is nested more than {MAX_JSON_DEPTH} levels deep; the limit is {MAX_JSON_DEPTH} \
+             (objects and arrays count, the top level is 1)"
+        ));
+    }
+    let text = canonical_json(value);
+    if text.len() > max_bytes {
+        return Err(format!("{field} is {} bytes; the limit is {max_bytes}", text.len()));
+    }
+    Ok(text)
+}
+
+/// How deeply `v` nests objects and arrays (a scalar is 0, `{}` is 1), counting no further than
+/// `stop`. Iterative, so that no input can exhaust the stack.
+pub fn json_depth(v: &serde_json::Value, stop: usize) -> usize {
+    let mut deepest = 0;
+    let mut todo: Vec<(&serde_json::Value, usize)> = vec![(v, 1)];
+    while let Some((v, d)) = todo.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
+            serde_json::Value::Array(a) => Box::new(a.iter()),
+            serde_json::Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d);
+        if deepest >= stop {
+            return deepest;
+        }
+        todo.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -127,13 +177,7 @@ pub fn validate_key(k: &str) -> Result<(), String> {
 /// Validates a request and fills in its defaults.
 pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAction, String> {
     validate_type(&req.action_type)?;
-    if !req.payload.is_object() {
-        return Err(format!("payload must be a JSON object, got {}", json_kind(&req.payload)));
-    }
-    let payload_json = canonical_json(&req.payload);
-    if payload_json.len() > MAX_PAYLOAD_BYTES {
-        return Err(format!("payload is {} bytes; the limit is {MAX_PAYLOAD_BYTES}", payload_json.len()));
-    }
+    let payload_json = validate("payload", &req.payload, MAX_PAYLOAD_BYTES)?;
     let idempotency_key = match &req.idempotency_key {
         Some(k) => {
             validate_key(k)?;
@@ -205,7 +249,7 @@ pub async fn enqueue_jsonl(
             break;
         }
         line_no += 1;
-        let new = match parse_line(&buf, n, default_max_attempts) {
+        let new = match parse_line(&buf, n, default_max_attempts, line_no == 1) {
             Ok(Some(new)) => new,
             Ok(None) => continue,
             Err(why) => {
@@ -234,12 +278,20 @@ pub async fn enqueue_jsonl(
     Ok(report)
 }
 
-/// One line to a validated action; `None` for a blank line.
-fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32) -> Result<Option<NewAction>, String> {
+/// One line to a validated action; `None` for a blank line. The first line may start with a
+/// UTF-8 byte order mark, which is skipped; anywhere else it is named.
+fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32, first: bool) -> Result<Option<NewAction>, String> {
     if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
         return Err("line is longer than the payload limit allows".into());
     }
     let text = std::str::from_utf8(buf).map_err(|e| format!("not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    let text = match text.strip_prefix(crate::input::BOM) {
+        Some(rest) if first => rest,
+        Some(_) => {
+            return Err("starts with a UTF-8 byte order mark (U+FEFF), allowed only at the start of the file".into());
+        }
+        None => text,
+    };
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -318,6 +370,64 @@ mod tests {
         assert!(parse_payload(&format!("{{\"a\":{deep}}}")).unwrap_err().contains("recursion limit"));
         let huge = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_PAYLOAD_BYTES));
         assert!(parse_payload(&huge).unwrap_err().contains("the limit is"));
+    }
+
+    /// An object nested `depth` levels deep (the top level counts 1).
+    fn nested(depth: usize) -> serde_json::Value {
+        let mut v = json!({});
+        for _ in 1..depth {
+            v = serde_json::Value::Object([("a".to_string(), v)].into_iter().collect());
+        }
+        v
+    }
+
+    #[test]
+    fn validation_limits_hold_from_both_sides() {
+        // Depth: just under is stored and read back equal; just over is refused naming the field.
+        let ok = nested(MAX_JSON_DEPTH);
+        assert_eq!(json_depth(&ok, usize::MAX), MAX_JSON_DEPTH);
+        let text = validate("payload", &ok, MAX_PAYLOAD_BYTES).unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), ok);
+        let e = validate("payload", &nested(MAX_JSON_DEPTH + 1), MAX_PAYLOAD_BYTES).unwrap_err();
+        assert!(e.starts_with("payload is nested more than 64 levels deep"), "{e}");
+        let e = validate("state", &json!({"a": [[[[[[1]]]]]]}), 10).unwrap_err();
+        assert!(e.starts_with("state is 19 bytes; the limit is 10"), "{e}");
+        // Arrays count like objects.
+        let mut arr = json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            arr = json!([arr]);
+        }
+        assert!(validate("payload", &json!({ "a": arr }), MAX_PAYLOAD_BYTES).is_err());
+        // Size: exactly the limit is stored, one byte more is refused.
+        let at = |n: usize| json!({ "a": "x".repeat(n - 8) });
+        assert_eq!(validate("payload", &at(100), 100).unwrap().len(), 100);
+        assert!(validate("payload", &at(101), 100).unwrap_err().contains("101 bytes; the limit is 100"));
+        // Shape.
+        assert!(validate("state", &json!([1]), 100).unwrap_err().contains("state must be a JSON object, got an array"));
+        // The same check behind every entry point.
+        assert!(prepare(&req(nested(MAX_JSON_DEPTH + 1)), 3).unwrap_err().contains("payload is nested"));
+        let deep_text = canonical_json(&nested(MAX_JSON_DEPTH + 1));
+        assert!(parse_payload(&deep_text).unwrap_err().contains("payload is nested"));
+        assert!(parse_payload(&canonical_json(&nested(MAX_JSON_DEPTH))).is_ok());
+    }
+
+    #[test]
+    fn a_leading_bom_is_skipped_and_a_later_one_named() {
+        let line = "\u{feff}{\"action_type\":\"NOOP\",\"payload\":{}}\n";
+        assert!(parse_line(line.as_bytes(), line.len(), 3, true).unwrap().is_some());
+        let e = parse_line(line.as_bytes(), line.len(), 3, false).unwrap_err();
+        assert!(e.contains("byte order mark"), "{e}");
+    }
+
+    #[test]
+    fn depth_of_a_huge_nesting_costs_no_stack() {
+        let mut v = json!(0);
+        for _ in 0..100_000 {
+            v = serde_json::Value::Array(vec![v]);
+        }
+        assert_eq!(json_depth(&v, MAX_JSON_DEPTH + 1), MAX_JSON_DEPTH + 1);
+        // Dropping it recursively would overflow the stack; leak it instead (a test only).
+        std::mem::forget(v);
     }
 
     #[test]

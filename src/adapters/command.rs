@@ -2,7 +2,9 @@
 //!
 //! The payload is `{"command": "<allowlisted name>", "args": {"<slot>": "<value>", ...}}`; each
 //! `{slot}` in the configured arguments is replaced by its value, every slot must be filled and
-//! no undeclared one may be given. The program runs in its own process group with only the
+//! no undeclared one may be given. Each template is expanded once (a value is never a template),
+//! and a value beginning with `-` is refused unless the entry lists its slot under `allow_dash`
+//! (put `--` before such arguments in `args` when the program accepts it). The program runs in its own process group with only the
 //! configured environment and no stdin; stdout and stderr are captured, capped, and attached to
 //! the attempt as a `command/…log` artifact. A non-zero exit is retryable unless the entry says
 //! `nonzero_exit: permanent`. On timeout, or if the attempt is cancelled, the whole process
@@ -19,9 +21,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
-use super::http::printable;
+use super::http::{printable, redact_named};
 use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
-use crate::config::adapters::{CommandConfig, CommandSpec, NonzeroExit, slots};
+use crate::config::adapters::{CommandConfig, CommandSpec, NonzeroExit, fill, slots};
 use crate::model::Action;
 
 /// Bytes of stdout, and of stderr, kept in the artifact.
@@ -88,15 +90,18 @@ impl Command {
                 if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
             )));
         }
+        if let Some((slot, _)) = values.iter().find(|(k, v)| v.starts_with('-') && !spec.allow_dash.contains(k)) {
+            return Err(AdapterError::permanent(format!(
+                "COMMAND '{name}' args.{slot} begins with '-', which the program could read as an option; \
+                 list '{slot}' under allow_dash in its allowlist entry if it may"
+            )));
+        }
         let mut args = Vec::with_capacity(spec.args.len());
         for template in &spec.args {
-            let mut arg = template.clone();
-            for slot in slots(template) {
-                let value = values.get(slot).ok_or_else(|| {
-                    AdapterError::permanent(format!("COMMAND '{name}' needs args.{slot} for its argument '{template}'"))
-                })?;
-                arg = arg.replace(&format!("{{{slot}}}"), value);
-            }
+            // One pass: a value is never expanded again, whatever braces it holds.
+            let arg = fill(template, &values).map_err(|slot| {
+                AdapterError::permanent(format!("COMMAND '{name}' needs args.{slot} for its argument '{template}'"))
+            })?;
             args.push(arg);
         }
         let timeout = spec.timeout.unwrap_or(self.timeout);
@@ -169,9 +174,11 @@ fn section(out: &mut String, name: &str, (bytes, total): &(Vec<u8>, usize)) {
     }
 }
 
+/// The head of an output stream for the log, with header-named secrets redacted (a program
+/// that prints a request it made, say `curl -v`, quotes its Authorization header).
 fn quote(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(LOG_QUOTE_BYTES)];
-    printable(head)
+    printable(redact_named(&String::from_utf8_lossy(head)).as_bytes())
 }
 
 #[async_trait::async_trait]

@@ -83,7 +83,7 @@ impl Http {
             Err(e) if e.is_timeout() => {
                 return Err(AdapterError::retryable(format!("{shown}: timed out after {:.1}s", timeout.as_secs_f64())));
             }
-            Err(e) => return Err(AdapterError::retryable(format!("{shown}: {}", error_chain(&e)))),
+            Err(e) => return Err(AdapterError::retryable(format!("{shown}: {}", error_chain(&e.without_url())))),
         };
         let status = resp.status();
         let retry_after = resp
@@ -104,7 +104,7 @@ impl Http {
             "{shown} (target '{}') -> {status} in {} ms; response: {}",
             target.name,
             started.elapsed().as_millis(),
-            redact(&printable(&head), target)
+            printable(redact(&redact_named(&String::from_utf8_lossy(&head)), target).as_bytes())
         );
         classify(status.as_u16(), summary, retry_after)
     }
@@ -231,6 +231,80 @@ fn redact(text: &str, target: &WebhookTarget) -> String {
     out
 }
 
+/// Headers whose values are never quoted from a peer, whatever their value: an echoing peer
+/// puts them back into what it answers (`authorization: Basic …`).
+pub const REDACTED_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-orchestrator-signature"];
+
+/// `text` with the value after every [`REDACTED_HEADERS`] name replaced by `<redacted>`, in
+/// any of the shapes a peer quotes headers in: `Name: value` lines, JSON `"name": "value"`,
+/// `name=value`. Names match case-insensitively and as whole words; a quoted value ends at its
+/// closing quote, an unquoted one at the end of the line (or `,`, `}`, `&`).
+pub fn redact_named(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let name = REDACTED_HEADERS
+            .iter()
+            .filter(|n| lower.as_bytes()[i..].starts_with(n.as_bytes()))
+            .max_by_key(|n| n.len())
+            .filter(|n| (i == 0 || !word(bytes[i - 1])) && bytes.get(i + n.len()).is_none_or(|b| !word(*b)));
+        let Some(name) = name else {
+            i += 1;
+            continue;
+        };
+        let mut j = i + name.len();
+        let mut separated = false;
+        while let Some(&b) = bytes.get(j) {
+            match b {
+                b':' | b'=' => separated = true,
+                b'"' | b'\'' | b' ' | b'\t' => {}
+                _ => break,
+            }
+            // A quote after the separator opens the value.
+            if separated && (b == b'"' || b == b'\'') {
+                break;
+            }
+            j += 1;
+        }
+        if !separated {
+            i += 1;
+            continue;
+        }
+        let start = j;
+        let end = match bytes.get(j) {
+            Some(&q @ (b'"' | b'\'')) => {
+                let mut k = j + 1;
+                while k < bytes.len() && bytes[k] != q {
+                    k += if bytes[k] == b'\\' { 2 } else { 1 };
+                }
+                k.min(bytes.len())
+            }
+            _ => {
+                let mut k = j;
+                while k < bytes.len() && !matches!(bytes[k], b'\r' | b'\n' | b',' | b'}' | b'&') {
+                    k += 1;
+                }
+                k
+            }
+        };
+        // Keep an opening quote; replace what it quotes.
+        let value_start = if matches!(bytes.get(start), Some(b'"' | b'\'')) { start + 1 } else { start };
+        if end > value_start {
+            out.push_str(&text[copied..value_start]);
+            out.push_str("<redacted>");
+            copied = end;
+        }
+        i = end.max(i + 1);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
 /// Bytes as one printable line.
 pub fn printable(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
@@ -289,6 +363,29 @@ mod tests {
         for s in [301, 400, 401, 404, 422] {
             assert!(matches!(classify(s, "s".into(), None), Err(AdapterError::Permanent { .. })), "{s}");
         }
+    }
+
+    #[test]
+    fn header_values_are_redacted_by_name_in_every_shape() {
+        let echoed = "POST /h HTTP/1.1\r\nAuthorization: Basic dXNlcjpodW50ZXIy\r\nCookie: s=1; t=2\r\nAccept: */*\r\n";
+        let r = redact_named(echoed);
+        assert!(!r.contains("dXNlcjpodW50ZXIy") && !r.contains("s=1"), "{r}");
+        assert!(r.contains("Authorization: <redacted>\r\n") && r.contains("Accept: */*"), "{r}");
+        let json = r#"{"headers":{"authorization":"Bearer abc\"def","x-api-key":"k1","proxy-authorization": "p","set-cookie":"c","host":"h"}}"#;
+        let r = redact_named(json);
+        for secret in ["abc", "def", "k1", "\"p\"", "\"c\""] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+        assert!(r.contains(r#""host":"h""#), "{r}");
+        let r = redact_named("x-orchestrator-signature=sha256=00ff&a=1");
+        assert_eq!(r, "x-orchestrator-signature=<redacted>&a=1");
+        // Whole words only, and no separator, no redaction.
+        assert_eq!(
+            redact_named("authorization_code=1; authorization required"),
+            "authorization_code=1; authorization required"
+        );
+        assert_eq!(redact_named("AUTHORIZATION:"), "AUTHORIZATION:");
+        assert_eq!(redact_named("é cookie: ü\nx"), "é cookie: <redacted>\nx");
     }
 
     #[test]

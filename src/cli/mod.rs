@@ -167,8 +167,9 @@ pub enum RulesCommand {
         rules: Option<PathBuf>,
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         iterations: u32,
-        #[arg(long, default_value_t = 50)]
-        synthetic: usize,
+        /// Synthetic rules to time beside the real ones (at most 1,000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+        synthetic: u64,
     },
 }
 
@@ -298,7 +299,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
-            return rules::bench(dir.as_ref().unwrap_or(&config.rules_dir), &config, *iterations, *synthetic, &out);
+            return rules::bench(
+                dir.as_ref().unwrap_or(&config.rules_dir),
+                &config,
+                *iterations,
+                *synthetic as usize,
+                &out,
+            );
         }
         _ => {}
     }
@@ -473,9 +480,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     };
     let payload = queue::parse_payload(&args.payload).map_err(|e| fail(exit::ERROR, format!("--payload: {e}")))?;
     let not_before = match (args.delay, args.not_before) {
-        (Some(d), _) => {
-            Some(model::now() + chrono::Duration::from_std(d).map_err(|_| fail(exit::ERROR, "--delay is too long"))?)
-        }
+        (Some(d), _) => Some(model::later(model::now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?),
         (None, t) => t,
     };
     let req = EnqueueRequest {
@@ -526,8 +531,8 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
         }
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());
-            let cutoff = model::now()
-                - chrono::Duration::from_std(age).map_err(|_| fail(exit::ERROR, "--older-than is too long"))?;
+            let cutoff =
+                model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
             let n = store.purge(cutoff, 500).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff}),

@@ -101,6 +101,9 @@ pub struct CommandSpec {
     /// The program's whole environment (nothing is inherited).
     pub env: BTreeMap<String, String>,
     pub nonzero_exit: NonzeroExit,
+    /// Slots whose value may begin with `-` (`allow_dash`); any other slot refuses such a value,
+    /// so that a payload cannot turn an argument into an option of the program.
+    pub allow_dash: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,6 +145,30 @@ impl AdaptersConfig {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// `template` with each `{slot}` replaced by its value, in one pass: a value is never read as a
+/// template itself. `Err(slot)` names the first slot without a value.
+pub fn fill<'a>(template: &'a str, values: &BTreeMap<String, String>) -> Result<String, &'a str> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if is_slot_name(&after[..close]) => {
+                let slot = &after[..close];
+                out.push_str(values.get(slot).ok_or(slot)?);
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Where `args` slot names come from: `{name}` with `name` in `[A-Za-z_][A-Za-z0-9_]*`.
@@ -211,6 +238,7 @@ struct SpecLayer {
     timeout_seconds: Option<f64>,
     env: Option<BTreeMap<String, String>>,
     nonzero_exit: Option<NonzeroExit>,
+    allow_dash: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -343,6 +371,14 @@ pub(super) fn resolve(
             }
         }
         let timeout = file.timeout(s.timeout_seconds, &at("timeout_seconds"))?;
+        let allow_dash = s.allow_dash.unwrap_or_default();
+        let declared: Vec<&str> = args.iter().flat_map(|a| slots(a)).collect();
+        if let Some(unknown) = allow_dash.iter().find(|d| !declared.contains(&d.as_str())) {
+            return Err(file.err(
+                &at("allow_dash"),
+                format!("'{unknown}' is not one of the slots of args ({})", declared.join(", ")),
+            ));
+        }
         let spec = CommandSpec {
             name: name.clone(),
             program: s.program,
@@ -350,6 +386,7 @@ pub(super) fn resolve(
             timeout,
             env: env_vars,
             nonzero_exit: s.nonzero_exit.unwrap_or_default(),
+            allow_dash,
         };
         out.command.allow.insert(name, spec);
     }
@@ -386,14 +423,24 @@ fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// An absolute `http(s)` URL with a host.
+/// An absolute `http(s)` URL with a host and no credentials. Errors quote the URL only
+/// without its userinfo, query and fragment (or not at all when it does not parse), since a URL
+/// can carry secrets.
 pub fn check_url(url: &str) -> Result<(), String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a valid URL ({e})"))?;
+    let u = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+    let shown = crate::adapters::http::loggable_url(url);
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!(
+            "'{shown}' carries credentials (user:password@), which are refused: they would be sent as \
+             Basic auth and a peer could echo them into logs. Sign with secret_env, or send a header \
+             (e.g. Authorization) from the target's headers"
+        ));
+    }
     if u.scheme() != "http" && u.scheme() != "https" {
-        return Err(format!("'{url}' must use http or https, not {}", u.scheme()));
+        return Err(format!("'{shown}' must use http or https, not {}", u.scheme()));
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err(format!("'{url}' has no host"));
+        return Err(format!("'{shown}' has no host"));
     }
     Ok(())
 }
@@ -455,6 +502,10 @@ mod tests {
         assert_eq!(slots("--name={name}"), vec!["name"]);
         assert_eq!(slots("{a}{b_2} {not a slot} {}"), vec!["a", "b_2"]);
         assert!(slots("plain").is_empty());
+        let values: BTreeMap<String, String> =
+            [("a".to_string(), "{b}".to_string()), ("b".to_string(), "x".to_string())].into_iter().collect();
+        assert_eq!(fill("--a={a} {b} {not a slot} {}", &values).unwrap(), "--a={b} x {not a slot} {}");
+        assert_eq!(fill("{c}", &values).unwrap_err(), "c");
     }
 
     #[test]
@@ -462,6 +513,11 @@ mod tests {
         assert!(check_url("https://example.com/hook").is_ok());
         assert!(check_url("ftp://example.com").unwrap_err().contains("http or https"));
         assert!(check_url("not a url").unwrap_err().contains("not a valid URL"));
+        let e = check_url("https://user:hunter2@example.com/hook?token=abc").unwrap_err();
+        assert!(e.contains("carries credentials") && e.contains("secret_env"), "{e}");
+        assert!(e.starts_with("'https://example.com/hook' carries credentials"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("abc"), "{e}");
+        assert!(!check_url("ftp://u:hunter2@example.com").unwrap_err().contains("hunter2"));
     }
 
     #[test]

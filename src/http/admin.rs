@@ -55,6 +55,16 @@ async fn require_token(State(st): State<AppState>, mut req: Request, next: Next)
     }
 }
 
+/// The guard of reads that quote log text, errors, payloads or samples (`/status`): open while
+/// no token is configured (then only loopback can be served, see `check_bind`), else the same
+/// bearer token as the admin API.
+pub(super) async fn require_token_once_set(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    require_token(State(st), req, next).await
+}
+
 /// Which token the request carries; 403 when the API is disabled, 401 (with a `Bearer`
 /// challenge) when the token is missing or wrong.
 fn authorise(st: &AppState, headers: &HeaderMap) -> Result<Who, ApiError> {

@@ -1,6 +1,10 @@
 //! The HTTP face of an instance: `/metrics`, `/health` (and `/live`, `/ready`), `/status`, the
 //! operator page at `/` and the admin API under `/api/` (see [`admin`]).
 //!
+//! Access: `/health*`, `/metrics` and the page itself are public; `/status` (it quotes logs,
+//! errors and samples) needs the admin token once one is set, like `/api/*`. Without a token
+//! only loopback can be served, so reads stay open there.
+//!
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it with
 //! `tower::ServiceExt::oneshot` and no socket. Everything shown is read from the database on
 //! each request (another instance may be the leader); health is judged by [`crate::status`],
@@ -75,7 +79,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/status", get(status_page))
+        .route(
+            "/status",
+            get(status_page)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), admin::require_token_once_set)),
+        )
         .merge(admin::routes(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -96,13 +104,93 @@ pub fn check_bind(addr: SocketAddr, tokens: &AdminTokens) -> Result<(), String> 
     ))
 }
 
+/// How long open connections may take to finish after `shutdown`, before they are dropped.
+const DRAIN_SECONDS: u64 = 10;
+
 /// Serves `router(state)` on `listener` until `shutdown` completes, then drains open requests.
+///
+/// Our own accept loop on hyper's HTTP/1 connection builder rather than `axum::serve`, which sets
+/// no read timeouts: every connection must send its request headers within
+/// `http.header_read_timeout_seconds` (idle keep-alive connections too) and its body within
+/// `http.body_read_timeout_seconds`, and at most `http.max_connections` are served at once (the
+/// loop stops accepting until one closes, so the kernel's backlog holds the rest).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let limits = state.config.http.clone();
+    let app = router(state).layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_timeout));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection closed");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(DRAIN_SECONDS), graceful.shutdown()).await.is_err() {
+        tracing::warn!("HTTP connections still open {DRAIN_SECONDS}s after shutdown; dropping them");
+    }
+    Ok(())
+}
+
+/// Reads a request's body within `timeout` (and within [`MAX_BODY_BYTES`]), so that a client
+/// that sends its headers and then trickles or withholds the body cannot hold a handler.
+async fn body_timeout(
+    State(timeout): State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::body::Body;
+    let no_body = req.headers().get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0")
+        && req.headers().get(header::TRANSFER_ENCODING).is_none();
+    if no_body {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    // One byte over the limit is enough to let the handler's own limit answer 413.
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES + 1)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the limit of {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request body not received within {:.0}s", timeout.as_secs_f64()),
+        )
+        .into_response(),
+    }
 }
 
 /// An error answer: a short message for the client (`{"error": ...}`); the cause, if any, was

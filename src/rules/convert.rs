@@ -22,8 +22,20 @@ pub fn to_dynamic(v: &Value) -> Dynamic {
 }
 
 /// A Rhai value as JSON; values JSON cannot hold (functions, custom types) are an error
-/// naming their type.
+/// naming their type, and so is nesting deeper than any reader accepts (serde_json's 128
+/// levels; `queue::validate` then applies the stored values' own, lower limit with a field name).
 pub fn to_json(v: &Dynamic) -> Result<Value, String> {
+    to_json_at(v, 1)
+}
+
+/// Deeper than this, a value could not be read back by serde_json.
+const READABLE_DEPTH: usize = 127;
+
+fn to_json_at(v: &Dynamic, depth: usize) -> Result<Value, String> {
+    if (v.is_array() || v.is_map()) && depth > READABLE_DEPTH {
+        return Err(format!("a value nested more than {READABLE_DEPTH} levels deep cannot be stored as JSON"));
+    }
+    let to_json = |v: &Dynamic| to_json_at(v, depth + 1);
     if v.is_unit() {
         return Ok(Value::Null);
     }

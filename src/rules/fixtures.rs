@@ -117,9 +117,15 @@ pub fn run_dir(dir: &Path, cfg: &RulesConfig) -> Result<Vec<CaseResult>, super::
     let sources: Vec<(PathBuf, String)> = super::rule_files(dir)?
         .into_iter()
         .map(|p| {
-            std::fs::read_to_string(&p)
-                .map(|t| (p.clone(), t))
-                .map_err(|source| super::RulesError::Dir { dir: p, source })
+            super::read_rule_file(&p).map(|t| (p.clone(), t)).map_err(|e| {
+                super::RulesError::Invalid(vec![super::Diagnostic {
+                    rule: super::stem(&p),
+                    file: p.clone(),
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read: {e}"),
+                }])
+            })
         })
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
@@ -136,7 +142,7 @@ fn run_file(file: &Path, sources: &[(PathBuf, String)], cfg: &RulesConfig) -> Ve
         passed: false,
         diff: vec![why],
     };
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::input::read_text_capped(file, crate::input::MAX_FIXTURE_BYTES, "a rule fixture") {
         Ok(t) => t,
         Err(e) => return vec![broken("(file)", format!("cannot read: {e}"))],
     };

@@ -138,10 +138,20 @@ pub struct RuleRun {
     pub state: Value,
     /// The rule failed or ran out of budget: nothing it decided is kept.
     pub error: Option<Diagnostic>,
-    /// Decisions it returned that were not valid (unknown kind, missing target...).
+    /// Decisions it returned that were not valid (unknown kind, missing target...), at most
+    /// [`MAX_INVALID_PER_RULE`].
     pub invalid: Vec<Diagnostic>,
+    /// Decisions it returned beyond [`MAX_DECISIONS_PER_RULE`] (not validated), plus invalid
+    /// ones beyond [`MAX_INVALID_PER_RULE`] (not reported one by one): counted, nothing more.
+    pub overflow: usize,
     pub elapsed: Duration,
 }
+
+/// At most this many of one rule's decisions are validated and recorded per tick; a rule that
+/// returns thousands costs one ledger note, not thousands of rows.
+pub const MAX_DECISIONS_PER_RULE: usize = 100;
+/// At most this many invalid decisions of one rule become diagnostics (and ledger notes) per tick.
+pub const MAX_INVALID_PER_RULE: usize = 10;
 
 /// A compiled, checked set of rules, ready to evaluate every tick.
 #[derive(Clone)]
@@ -164,15 +174,37 @@ fn stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The `*.rhai` files of a directory, sorted by name.
+/// The `*.rhai` files of a directory, sorted by name. Each must be a regular file, or a symlink
+/// that resolves to one inside `dir` ([`crate::input::check_rule_file`]); any other `*.rhai`
+/// entry rejects the set with a one-line reason that quotes nothing of what it points to.
 pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesError> {
     let entries = std::fs::read_dir(dir).map_err(|source| RulesError::Dir { dir: dir.to_path_buf(), source })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "rhai"))
+        .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
         .collect();
     files.sort();
+    let refused: Vec<Diagnostic> = files
+        .iter()
+        .filter_map(|p| {
+            crate::input::check_rule_file(dir, p).err().map(|message| Diagnostic {
+                rule: stem(p),
+                file: p.clone(),
+                line: 1,
+                column: 1,
+                message,
+            })
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(RulesError::Invalid(refused));
+    }
     Ok(files)
+}
+
+/// Reads one rule file, bounded in size.
+pub fn read_rule_file(path: &Path) -> Result<String, crate::input::ReadError> {
+    crate::input::read_text_capped(path, crate::input::MAX_RULE_FILE_BYTES, "a rule file")
 }
 
 impl RuleSet {
@@ -193,7 +225,7 @@ impl RuleSet {
         let mut sources = Vec::new();
         let mut diags = Vec::new();
         for path in rule_files(dir)? {
-            match std::fs::read_to_string(&path) {
+            match read_rule_file(&path) {
                 Ok(text) => sources.push((path, text)),
                 Err(e) => diags.push(Diagnostic {
                     rule: stem(&path),
@@ -318,6 +350,7 @@ impl RuleSet {
             state: state_in.clone(),
             error: Some(error),
             invalid: Vec::new(),
+            overflow: 0,
             elapsed,
         };
         let value = match result {
@@ -328,15 +361,21 @@ impl RuleSet {
             }
         };
         let state_out = match scope.get("state").map(convert::to_json) {
-            Some(Ok(v @ Value::Object(_))) => v,
+            Some(Ok(v @ Value::Object(_))) => {
+                match crate::queue::validate("state", &v, crate::queue::MAX_STATE_BYTES) {
+                    Ok(_) => v,
+                    // Refused here, with a diagnostic, rather than stored and unreadable next tick.
+                    Err(e) => return failed(diag(None, None, format!("state cannot be saved: {e}"))),
+                }
+            }
             Some(Ok(other)) => {
                 return failed(diag(None, None, format!("state must stay a map, the rule made it {other}")));
             }
             Some(Err(e)) => return failed(diag(None, None, format!("state cannot be saved: {e}"))),
             None => state_in.clone(),
         };
-        let (decisions, invalid) = collect(&rule.name, &value, |m| diag(Some(0), Some(0), m));
-        RuleRun { rule: rule.name.clone(), decisions, state: state_out, error: None, invalid, elapsed }
+        let (decisions, invalid, overflow) = collect(&rule.name, &value, |m| diag(Some(0), Some(0), m));
+        RuleRun { rule: rule.name.clone(), decisions, state: state_out, error: None, invalid, overflow, elapsed }
     }
 }
 
@@ -360,31 +399,42 @@ fn digest(sources: &[(String, String)]) -> String {
 }
 
 /// Turns a rule's result into decisions; anything that is not a valid decision becomes a
-/// diagnostic (built by `diag`).
-fn collect(rule: &str, value: &Dynamic, diag: impl Fn(String) -> Diagnostic) -> (Vec<Decision>, Vec<Diagnostic>) {
+/// diagnostic (built by `diag`). Bounded: the first [`MAX_DECISIONS_PER_RULE`] items are
+/// validated and at most [`MAX_INVALID_PER_RULE`] diagnostics kept; the rest are counted (the
+/// third value).
+fn collect(
+    rule: &str,
+    value: &Dynamic,
+    diag: impl Fn(String) -> Diagnostic,
+) -> (Vec<Decision>, Vec<Diagnostic>, usize) {
     let mut decisions = Vec::new();
     let mut invalid = Vec::new();
     if value.is_unit() {
-        return (decisions, invalid);
+        return (decisions, invalid, 0);
     }
-    let items: Vec<Dynamic> = if value.is_array() {
-        value.read_lock::<rhai::Array>().map(|a| a.to_vec()).unwrap_or_default()
+    let (items, total): (Vec<Dynamic>, usize) = if value.is_array() {
+        value
+            .read_lock::<rhai::Array>()
+            .map(|a| (a.iter().take(MAX_DECISIONS_PER_RULE).cloned().collect(), a.len()))
+            .unwrap_or_default()
     } else if value.is_map() {
-        vec![value.clone()]
+        (vec![value.clone()], 1)
     } else {
         invalid.push(diag(format!(
             "a rule must end with an array of decisions or (), not a value of type {}",
             value.type_name()
         )));
-        return (decisions, invalid);
+        return (decisions, invalid, 0);
     };
+    let mut overflow = total - items.len();
     for (i, item) in items.iter().enumerate() {
         match convert::to_json(item).and_then(|j| decision_from_json(rule, &j)) {
             Ok(d) => decisions.push(d),
+            Err(_) if invalid.len() >= MAX_INVALID_PER_RULE => overflow += 1,
             Err(e) => invalid.push(diag(format!("decision #{}: {e}", i + 1))),
         }
     }
-    (decisions, invalid)
+    (decisions, invalid, overflow)
 }
 
 /// Validates one decision as a rule returned it (a map with `kind`).
@@ -433,6 +483,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             if !payload.is_object() {
                 return Err("enqueue needs a map `payload`".into());
             }
+            crate::queue::validate("enqueue payload", &payload, crate::queue::MAX_PAYLOAD_BYTES)?;
             Kind::Enqueue { action_type, payload, key }
         }
         "alert" => {

@@ -71,7 +71,7 @@ impl Store {
             Backend::Postgres => self.stmt(ACQUIRE_PG, [name.into(), owner.into(), Value::from(ttl.as_secs_f64())]),
             Backend::Sqlite => {
                 let now = model::now();
-                let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+                let expires = model::later_saturating(now, ttl);
                 self.stmt(ACQUIRE_SQLITE, [name.into(), owner.into(), now.into(), expires.into()])
             }
         };

@@ -574,7 +574,7 @@ impl Store {
             ),
             Backend::Sqlite => {
                 let now = model::now();
-                let cutoff = now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+                let cutoff = model::earlier_saturating(now, timeout);
                 (
                     format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{cutoff}", "$5"),
                     vec![epoch.into(), lease_name.into(), owner.into(), now.into(), cutoff.into()],

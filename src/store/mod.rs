@@ -185,6 +185,33 @@ pub fn redact_url(url: &str) -> String {
 
 /// Opens one connection directly, so that an unreachable database fails at once with its real
 /// cause ("connection refused", "unable to open database file") instead of a pool timeout.
+/// SQLite in WAL mode creates `<db>-wal` and `<db>-shm` next to the database, so its directory
+/// must be writable; otherwise the first write fails with a bare "attempt to write a readonly
+/// database". This says which directory and why, up front.
+fn sqlite_dir_writable(file: &std::path::Path) -> Result<(), String> {
+    let name = file.to_string_lossy();
+    if name.is_empty() || name == ":memory:" || name.starts_with("file::memory:") {
+        return Ok(());
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let probe = dir.join(format!(".orchestrator-write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!(
+            "the directory {} is not writable ({e}); SQLite writes its -wal and -shm files next to the \
+             database, so the directory must be writable by this user",
+            dir.display()
+        )),
+    }
+}
+
 async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreError> {
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
@@ -200,7 +227,11 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
                 .map_err(fail)?
                 .create_if_missing(true);
                 let conn = sea_orm::sqlx::SqliteConnection::connect_with(&opts).await.map_err(fail)?;
-                conn.close().await.map_err(fail)
+                conn.close().await.map_err(fail)?;
+                sqlite_dir_writable(opts.get_filename()).map_err(|why| StoreError::Connect {
+                    target: target.to_string(),
+                    cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(why)),
+                })
             }
             Backend::Postgres => {
                 let opts = sea_orm::sqlx::postgres::PgConnectOptions::from_url(
@@ -378,6 +409,17 @@ mod tests {
         assert!(core.contains(&format!("WHERE {OPEN_SQL}")), "core migration's open index");
         assert!(core.contains(&format!("WHERE {CLAIMABLE_SQL}")), "core migration's due index");
         assert!(decide.contains(&format!("WHERE {OPEN_SQL}")), "decide migration's open index");
+    }
+
+    #[test]
+    fn an_unwritable_sqlite_directory_is_named_with_the_reason() {
+        // /proc refuses new files even to root, so this holds whoever runs the tests.
+        let e = sqlite_dir_writable(std::path::Path::new("/proc/orchestrator.db")).unwrap_err();
+        assert!(e.starts_with("the directory /proc is not writable ("), "{e}");
+        assert!(e.contains("-wal and -shm"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(sqlite_dir_writable(&dir.path().join("o.db")), Ok(()));
+        assert_eq!(sqlite_dir_writable(std::path::Path::new(":memory:")), Ok(()));
     }
 
     #[test]

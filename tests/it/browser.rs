@@ -13,9 +13,15 @@ use orchestrator::model::ActionStatus;
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
-use crate::http_client::{get, request, spawn_server, terminate, wait_for};
-use crate::http_live::{TOKEN, daemon};
+use crate::http_client::{request, spawn_server, terminate, wait_for};
+use crate::http_live::{BEARER, TOKEN, daemon};
 use crate::support::{bin, run};
+
+/// `/status` with the admin token, as JSON (`None` unless 200).
+fn status(addr: SocketAddr) -> Option<Value> {
+    let r = request(addr, "GET", "/status", &[("Authorization", BEARER)], None).ok()?;
+    (r.status == 200).then(|| r.json())
+}
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -199,18 +205,30 @@ async fn operator_page_in_headless_chromium() {
     .unwrap();
     let (mut server, mut logs, addr) =
         spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
-    wait_for(addr, "/status", Duration::from_secs(30), |r| r.status == 200 && r.json()["queue"]["DLQ"] == 2);
+    // A token is set, so /status needs it (README, Security).
+    let start = Instant::now();
+    while !status(addr).is_some_and(|s| s["queue"]["DLQ"] == 2) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the two DLQ rows never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let profile = tempfile::tempdir().unwrap();
     let page = format!("http://{addr}/");
     let checks = tokio::task::spawn_blocking(move || {
         let drv = start_driver(&chromium, &chromedriver, profile.path());
         drv.call("POST", "/url", Some(json!({"url": page})));
+        // With a token set the page shows nothing until it is given the token; the buttons are
+        // disabled, with the reason.
+        drv.wait_text("#updated", |t| t.contains("enter the admin token"));
+        assert!(!drv.enabled("#btn-pause"));
+        assert!(drv.text("#why").contains("enter the admin token"), "{}", drv.text("#why"));
+        drv.type_into("#token", TOKEN.split_once(':').unwrap().1);
+        drv.click("#token-save");
         drv.wait_text("#mode", |t| t == "PROOF");
         drv.wait_text("#q-DLQ b", |t| t == "2");
 
         // The numbers shown are /status's.
-        let s = get(addr, "/status").json();
+        let s = status(addr).expect("/status with the token");
         for status in ["PENDING", "RUNNING", "SUCCESS", "RETRY", "DLQ", "CANCELLED"] {
             assert_eq!(drv.text(&format!("#q-{status} b")), s["queue"][status].to_string(), "{status}");
         }
@@ -236,7 +254,7 @@ async fn operator_page_in_headless_chromium() {
         );
         let cells: Vec<&str> = cells.as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
         assert_eq!((cells[1], cells[2], cells[4]), ("beacon", "alert", "applied"), "{cells:?}");
-        let s = get(addr, "/status").json();
+        let s = status(addr).expect("/status with the token");
         assert_eq!(s["rules"]["loaded"], json!(["beacon"]), "the daemon loaded the rules directory");
         let tick: i64 = cells[0].parse().unwrap_or_else(|e| panic!("tick cell {:?}: {e}", cells[0]));
         let shown = s["decisions"]
@@ -248,13 +266,8 @@ async fn operator_page_in_headless_chromium() {
         assert_eq!((shown["rule"].as_str(), shown["target"].as_str()), (Some("beacon"), Some(cells[3])));
         assert_eq!(shown["reason"].as_str(), Some(cells[5]), "the reason is shown");
 
-        // No token: the buttons are disabled, with the reason.
-        assert!(!drv.enabled("#btn-pause"));
-        assert!(drv.text("#why").contains("enter the admin token"), "{}", drv.text("#why"));
         let wide = drv.screenshot(1280, 1000, "operator-page-1280.png");
 
-        drv.type_into("#token", TOKEN.split_once(':').unwrap().1);
-        drv.click("#token-save");
         let start = Instant::now();
         while !drv.enabled("#btn-pause") {
             assert!(start.elapsed() < Duration::from_secs(20), "Pause never enabled");

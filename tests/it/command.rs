@@ -11,7 +11,7 @@ use orchestrator::config::adapters::{CommandConfig, CommandSpec, NonzeroExit};
 use orchestrator::model::{Action, ActionStatus};
 use serde_json::json;
 
-fn action(key: &str, payload: serde_json::Value) -> Action {
+pub fn action(key: &str, payload: serde_json::Value) -> Action {
     let now = orchestrator::model::now();
     Action {
         id: 1,
@@ -33,7 +33,7 @@ fn action(key: &str, payload: serde_json::Value) -> Action {
     }
 }
 
-fn spec(name: &str, program: &str, args: &[&str], timeout: Option<Duration>) -> CommandSpec {
+pub fn spec(name: &str, program: &str, args: &[&str], timeout: Option<Duration>) -> CommandSpec {
     CommandSpec {
         name: name.into(),
         program: program.into(),
@@ -41,10 +41,11 @@ fn spec(name: &str, program: &str, args: &[&str], timeout: Option<Duration>) -> 
         timeout,
         env: BTreeMap::new(),
         nonzero_exit: NonzeroExit::Retryable,
+        allow_dash: vec![],
     }
 }
 
-fn adapter(specs: Vec<CommandSpec>) -> Command {
+pub fn adapter(specs: Vec<CommandSpec>) -> Command {
     let allow = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
     Command::new(&CommandConfig { allow, timeout: Duration::from_secs(30) })
 }

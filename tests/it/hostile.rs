@@ -28,6 +28,9 @@ struct Case {
     /// Files written (relative to the case's directory) before the run, e.g. rules.
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// Symlinks made (relative to the case's directory) before the run: link -> target.
+    #[serde(default)]
+    symlinks: BTreeMap<String, String>,
     exit: i32,
     /// Expected in stderr (or, with `in_stdout: true`, in stdout: `rules check` reports there).
     stderr: String,
@@ -104,6 +107,11 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
             let p = dir.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
+        }
+        for (link, target) in &case.symlinks {
+            let p = dir.join(link);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
         }
         if let Some(cfg) = &case.config {
             std::fs::write(dir.join("orchestrator.yaml"), cfg).unwrap();

@@ -242,6 +242,21 @@ async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
     }
     assert!(!db.store.flags().await.unwrap().paused, "nothing changed");
+
+    // The access model (README, Security): once a token is set, /status (it quotes logs, errors
+    // and samples) needs it; /health*, /metrics and the page stay public. Without a token
+    // (loopback only) /status is open.
+    let a = call(&enabled, "GET", "/status", None, None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.body);
+    assert_eq!(a.headers["www-authenticate"], "Bearer");
+    let a = call(&enabled, "GET", "/status", Some("Bearer 0123456789abcdef-tesT"), None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&enabled, "GET", "/status", Some(BEARER), None).await.status, StatusCode::OK);
+    assert_eq!(call(&disabled, "GET", "/status", None, None).await.status, StatusCode::OK);
+    for public in ["/health", "/health/live", "/health/ready", "/metrics", "/"] {
+        let a = call(&enabled, "GET", public, None, None).await;
+        assert!(a.status != StatusCode::UNAUTHORIZED && a.status != StatusCode::FORBIDDEN, "{public}: {}", a.status);
+    }
 }
 
 async fn admin_api_changes_state_and_validates_input(db: &TestDb) {
@@ -379,7 +394,7 @@ async fn database_loss_is_503_not_a_panic(db: &TestDb) {
     assert_eq!(m.status, StatusCode::OK, "a scrape still answers with the process metrics");
     assert_eq!(sample(&m.body, "orchestrator_database_up"), 0.0);
     assert!(!m.body.contains("orchestrator_health_score"));
-    let s = get(&st, "/status").await;
+    let s = admin(&st, "GET", "/status", None).await;
     assert!(s.status.is_server_error(), "{}", s.status);
     assert!(!s.error().is_empty());
     let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": true}"#)).await;
@@ -445,7 +460,7 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     }
 
     // /status: the loaded rules, the last tick's rule failure, the recent decisions.
-    let s = get(&st, "/status").await.json();
+    let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]));
     assert_eq!(s["rules"]["digest"], engine.rules().digest());
     assert_eq!(s["rules"]["dir"], rules_dir.path().display().to_string());
@@ -463,13 +478,13 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     // A rejected reload keeps the active set and says why, in the file and line.
     std::fs::write(rules_dir.path().join("typo.rhai"), "let x = ;\n").unwrap();
     assert!(engine.load_rules().is_err());
-    let s = get(&st, "/status").await.json();
+    let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]), "the previous set stays active");
     let rejected = &s["rules"]["diagnostics"]["rejected_load"];
     assert_eq!((rejected[0]["rule"].as_str(), rejected[0]["line"].as_u64()), (Some("typo"), Some(1)), "{rejected}");
     std::fs::remove_file(rules_dir.path().join("typo.rhai")).unwrap();
     assert_eq!(engine.load_rules().unwrap(), 0);
-    let s = get(&st, "/status").await.json();
+    let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!([]));
     assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]), "a good load clears the rejection");
 }

@@ -38,7 +38,8 @@ fn the_daemon_serves_http_and_the_admin_api_on_a_socket() {
 
     let h = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
     assert_eq!(h.json()["status"], "healthy", "{}", h.body);
-    let s = get(addr, "/status").json();
+    assert_eq!(get(addr, "/status").status, 401, "a token is set, so /status needs it");
+    let s = request(addr, "GET", "/status", &[("Authorization", BEARER)], None).unwrap().json();
     assert_eq!(s["server"]["ticking"], true);
     assert_eq!(s["server"]["admin_api"], true);
     assert_eq!(s["lease"]["live"], true);

@@ -13,6 +13,7 @@ mod decide;
 mod execute;
 mod hostile;
 mod lease;
+mod limits;
 mod machine;
 mod peer;
 mod queue;
