@@ -63,13 +63,20 @@ pub struct HealthPolicy {
     /// No live lease while not paused is unhealthy (the daemon's `/health`) rather than
     /// degraded (`orchestrator status`, often run while no daemon is up).
     pub lease_required: bool,
+    /// A failed tick's reason quotes its ledger notes (`orchestrator status`); the public
+    /// `/health` says only that it failed, since notes can quote errors and rule output.
+    pub quote_notes: bool,
 }
 
 impl HealthPolicy {
     /// Stale after three intervals (at least 10 s, so that back-to-back ticking is not judged
     /// by a zero interval).
     pub fn from_interval(interval: Duration) -> Self {
-        HealthPolicy { stale_after: (interval * 3).max(Duration::from_secs(10)), lease_required: false }
+        HealthPolicy {
+            stale_after: (interval * 3).max(Duration::from_secs(10)),
+            lease_required: false,
+            quote_notes: true,
+        }
     }
 
     /// The policy of `/health`: stale after `http.stale_tick_intervals` intervals (at least
@@ -78,6 +85,7 @@ impl HealthPolicy {
         HealthPolicy {
             stale_after: (interval * stale_tick_intervals).max(Duration::from_secs(10)),
             lease_required: true,
+            quote_notes: false,
         }
     }
 }
@@ -143,9 +151,11 @@ pub fn judge(
             // A row still open is a tick in flight (it reads FAIL until closed); a tick that
             // died open is caught by the staleness rule above.
             match t.status {
-                TickStatus::Fail if t.finished_at.is_some() => {
-                    unhealthy.push(format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or("")))
-                }
+                TickStatus::Fail if t.finished_at.is_some() => unhealthy.push(if policy.quote_notes {
+                    format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or(""))
+                } else {
+                    format!("last tick #{} failed (its notes are in /status and the ledger)", t.id)
+                }),
                 TickStatus::Partial => degraded.push(format!("last tick #{} had failures", t.id)),
                 _ => {}
             }

@@ -406,7 +406,9 @@ async fn status_page(
     if !(1..=200).contains(&n_ticks) {
         return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
     }
-    let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
+    // Behind the token once one is set, so a failed tick's reason may quote its notes.
+    let policy = HealthPolicy { quote_notes: true, ..st.policy() };
+    let report = status::read(&st.store, &st.config.lease_name, &policy).await?;
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st
