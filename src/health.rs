@@ -143,6 +143,9 @@ pub struct LivenessPolicy {
     /// No live lease while not paused is unhealthy (the daemon's `/health`) rather than
     /// degraded (`orchestrator status`, often run while no daemon is up).
     pub lease_required: bool,
+    /// A failed tick's reason quotes its ledger notes (`orchestrator status`, `/status`); the
+    /// public `/health` says only that it failed, since notes can quote errors and rule output.
+    pub quote_notes: bool,
 }
 
 impl LivenessPolicy {
@@ -153,6 +156,7 @@ impl LivenessPolicy {
             stale_degraded: thresholds.degraded.max(interval * STALE_DEGRADED_INTERVALS),
             stale_unhealthy: thresholds.unhealthy.max(interval * STALE_UNHEALTHY_INTERVALS),
             lease_required,
+            quote_notes: true,
         }
     }
 }
@@ -197,9 +201,11 @@ pub fn liveness(
             // A row still open is a tick in flight (it reads FAIL until closed); a tick that
             // died open is caught by the staleness rule above.
             match t.status {
-                TickStatus::Fail if t.finished_at.is_some() => {
-                    unhealthy.push(format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or("")))
-                }
+                TickStatus::Fail if t.finished_at.is_some() => unhealthy.push(if policy.quote_notes {
+                    format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or(""))
+                } else {
+                    format!("last tick #{} failed (its notes are in /status and the ledger)", t.id)
+                }),
                 TickStatus::Partial => degraded.push(format!("last tick #{} had failures", t.id)),
                 _ => {}
             }

@@ -43,6 +43,19 @@ pub fn earlier_saturating(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<
     earlier(t, d).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// Checks a date given as input (`not_before`): years 0001 to 9999, the range RFC 3339 writes
+/// with four digits, so that every backend stores and orders it correctly (SQLite compares the
+/// text; PostgreSQL refuses dates before 4713 BC). chrono itself accepts signed years such as
+/// `+100000-01-01T00:00:00Z`.
+pub fn check_date(field: &str, t: DateTime<Utc>) -> Result<(), String> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&t.year()) {
+        Ok(())
+    } else {
+        Err(format!("{field} {} is outside the years 0001 to 9999", t.to_rfc3339()))
+    }
+}
+
 fn offset(t: DateTime<Utc>, d: std::time::Duration, forward: bool) -> Result<DateTime<Utc>, String> {
     if d > MAX_DURATION {
         return Err(format!(
@@ -255,6 +268,16 @@ mod tests {
         assert_eq!(later_saturating(t, Duration::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(earlier_saturating(t, Duration::MAX), DateTime::<Utc>::MIN_UTC);
         assert!(later(t, MAX_DURATION).is_ok() && earlier(t, MAX_DURATION).is_ok());
+    }
+
+    #[test]
+    fn input_dates_stay_within_four_digit_years() {
+        let far: DateTime<Utc> = serde_json::from_str("\"+100000-01-01T00:00:00Z\"").unwrap();
+        assert!(check_date("not_before", far).unwrap_err().contains("outside the years 0001 to 9999"));
+        let before: DateTime<Utc> = serde_json::from_str("\"-0001-01-01T00:00:00Z\"").unwrap();
+        assert!(check_date("not_before", before).is_err());
+        assert!(check_date("not_before", now()).is_ok());
+        assert!(check_date("not_before", later(now(), MAX_DURATION).unwrap()).is_ok());
     }
 
     proptest! {

@@ -193,6 +193,9 @@ pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAct
             PRIORITY_RANGE.end()
         ));
     }
+    if let Some(t) = req.not_before {
+        model::check_date("not_before", t)?;
+    }
     let max_attempts = req.max_attempts.unwrap_or(default_max_attempts);
     if !(1..=1000).contains(&max_attempts) {
         return Err(format!("max_attempts must be between 1 and 1000, got {max_attempts}"));

@@ -70,8 +70,8 @@ pub enum Command {
     Migrate,
     /// Run the daemon: tick at the configured interval until killed, signalled or --ticks done.
     Run {
-        /// Stop after N ticks.
-        #[arg(long, value_name = "N")]
+        /// Stop after N ticks (1 to 1,000,000,000).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
         ticks: Option<u64>,
         /// Seconds between ticks (0: back to back while work is due).
         #[arg(long, value_name = "SECS")]

@@ -61,13 +61,15 @@ impl AppState {
         }
     }
 
-    fn policy(&self) -> LivenessPolicy {
-        LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
-    }
-
-    /// The liveness, workload score and counts; `counts` says whether to count all history.
-    async fn status(&self, counts: Counts) -> Result<StatusReport, StoreError> {
-        status::read(&self.store, &self.config.lease_name, &self.policy(), &self.config.rules.health, counts).await
+    /// The liveness, workload score and counts; `counts` says whether to count all history,
+    /// `quote_notes` whether a failed tick's reason may quote its notes (only behind the
+    /// token: notes can quote errors and rule output).
+    async fn status(&self, counts: Counts, quote_notes: bool) -> Result<StatusReport, StoreError> {
+        let policy = LivenessPolicy {
+            quote_notes,
+            ..LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
+        };
+        status::read(&self.store, &self.config.lease_name, &policy, &self.config.rules.health, counts).await
     }
 }
 
@@ -272,7 +274,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 /// The database gauges of a scrape: open counts, the lease, flags, the last tick and the
 /// workload score, all from index-backed reads whose cost does not grow with history.
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
-    let report = st.status(Counts::OpenOnly).await?;
+    let report = st.status(Counts::OpenOnly, false).await?;
     let now = st.store.db_now().await?;
     Ok(DbGauges {
         queue: ActionStatus::OPEN
@@ -307,7 +309,7 @@ struct HealthBody {
 
 async fn health(State(st): State<AppState>) -> Response {
     let checked_at = model::now();
-    let (status, reasons) = match st.status(Counts::OpenOnly).await {
+    let (status, reasons) = match st.status(Counts::OpenOnly, false).await {
         Ok(r) => (r.health, r.reasons),
         Err(e) => {
             tracing::warn!(error = %e, "/health: database unreachable");
@@ -408,7 +410,8 @@ async fn status_page(
     if !(1..=200).contains(&n_ticks) {
         return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
     }
-    let report = st.status(Counts::AllHistory).await?;
+    // Behind the token once one is set, so a failed tick's reason may quote its notes.
+    let report = st.status(Counts::AllHistory, true).await?;
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st

@@ -211,6 +211,21 @@ async fn health_turns_503_for_each_reason(db: &TestDb) {
     let h = get(&st, "/health").await;
     assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.body.contains("(unhealthy after 300s)"), "{}", h.body);
+    // A failed last tick: the public /health says so without quoting its notes (they can hold
+    // errors and rule output); /status, behind the token once one is set, quotes them.
+    ran(&engine).await;
+    db.store
+        .execute_unprepared(
+            "UPDATE tick_ledger SET status = 'FAIL', notes = 'peer said: token=do-not-quote' \
+             WHERE id = (SELECT MAX(id) FROM tick_ledger)",
+        )
+        .await
+        .unwrap();
+    let h = get(&st, "/health").await;
+    assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(h.body.contains("failed (its notes are in /status and the ledger)"), "{}", h.body);
+    assert!(!h.body.contains("do-not-quote"), "{}", h.body);
+    assert!(get(&st, "/status").await.body.contains("do-not-quote"));
 }
 
 async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {

@@ -130,6 +130,12 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
     let mut runner = TestRunner::new(PropConfig { cases, failure_persistence: None, ..PropConfig::default() });
     let strategy = (any_json(), 0usize..MAX_JSON_DEPTH + 2);
     let store = db.store.clone();
+    // Rule state is written by the fenced decide record: hold the lease to write it.
+    let held = match store.acquire_lease("orchestrator", "limits-test", std::time::Duration::from_secs(600)).await {
+        Ok(orchestrator::store::Acquired::Held(row)) => row,
+        other => panic!("lease: {other:?}"),
+    };
+    let fence = orchestrator::store::Fence { lease_name: "orchestrator".into(), epoch: held.epoch, tick_id: None };
     let counter = std::sync::atomic::AtomicU64::new(0);
     let (accepted, refused) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
     let result = runner.run(&strategy, |(v, extra)| {
@@ -145,15 +151,33 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
             max_attempts: None,
         };
         let valid = queue::validate("payload", &payload, queue::MAX_PAYLOAD_BYTES);
-        let stored = tokio::task::block_in_place(|| {
+        let state_text = queue::validate("state", &payload, queue::MAX_STATE_BYTES).ok();
+        let (stored, state) = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
-                match queue::enqueue(&store, &req, 3).await {
+                let stored = match queue::enqueue(&store, &req, 3).await {
                     Ok(o) => Some(store.action(o.id).await.expect("read back").expect("the row exists")),
                     Err(queue::QueueError::Invalid(_)) => None,
                     Err(e) => panic!("store error: {e}"),
-                }
+                };
+                // The same value as a rule's state, through the fenced decide record.
+                let state = match &state_text {
+                    Some(text) => {
+                        let rec = orchestrator::store::DecideRecord {
+                            states: [("round_trip".to_string(), text.clone())].into_iter().collect(),
+                            ..Default::default()
+                        };
+                        store.record_decide(&fence, &rec).await.expect("state written");
+                        let back = store.rule_states().await.expect("states read")["round_trip"].clone();
+                        Some(serde_json::from_str::<Value>(&back).expect("a stored state parses"))
+                    }
+                    None => None,
+                };
+                (stored, state)
             })
         });
+        if let Some(state) = state {
+            prop_assert_eq!(&state, &payload, "state read back differs");
+        }
         match (valid, stored) {
             (Ok(_), Some(action)) => {
                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
