@@ -13,7 +13,13 @@ pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, Wind
 mod entities;
 mod flags;
 pub use flags::FlagChange;
+mod bulk;
+pub use bulk::{BulkOutcome, MAX_BULK_IDS};
+mod history;
+pub use history::{LogFilter, PruneCutoffs, Pruned};
+mod summary;
 pub use lease::Acquired;
+pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};
 mod ledger;
 pub use ledger::{Begun, TickClose, UNFINISHED_NOTE};
 mod lease;
