@@ -278,6 +278,8 @@ struct StatusBody {
     rules: RulesInfo,
     /// The last decisions of any instance, newest first.
     decisions: Vec<DecisionRow>,
+    /// PENDING + RETRY actions per type: the work waiting.
+    waiting_by_type: std::collections::BTreeMap<String, i64>,
 }
 
 /// How many recent decisions `/status` shows.
@@ -352,5 +354,7 @@ async fn status_page(
         diagnostics: st.engine.rule_diagnostics(),
     };
     let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
-    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions }).into_response())
+    let waiting_by_type = st.store.waiting_by_type().await?;
+    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions, waiting_by_type })
+        .into_response())
 }
