@@ -353,8 +353,9 @@ async fn operator_page_in_headless_chromium() {
 
         // The tick view: a click on a tick shows its explain, as the database has it.
         drv.click("#ticks tbody tr:first-child");
-        let title = drv.wait_text("#explain-title", |t| t.starts_with("Tick #"));
-        let tick: i64 = title.trim_start_matches("Tick #").split_whitespace().next().unwrap().parse().unwrap();
+        // Headings are shown in capitals (CSS), so innerText is upper case.
+        let title = drv.wait_text("#explain-title", |t| t.to_uppercase().starts_with("TICK #"));
+        let tick: i64 = title[6..].split_whitespace().next().unwrap().parse().unwrap();
         let explained = handle.block_on(orchestrator::explain::explain(&db, tick)).unwrap().unwrap();
         assert!(title.contains(explained.tick.status.as_str()), "{title}");
         assert_eq!(drv.count("#explain-decisions tbody tr"), explained.decisions.len().max(1));

@@ -29,4 +29,3 @@ mod http_live;
 mod instances;
 mod model;
 mod operator;
-mod systemd;
