@@ -26,6 +26,8 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub const PURGE_BATCH: u64 = 500;
 /// Pause between two history prune batches, so that a tick's writes get the lock in between.
 pub const PRUNE_PAUSE: Duration = Duration::from_millis(5);
+/// How long a stopping daemon lets a running purge go on before stopping it.
+pub const PURGE_GRACE: Duration = Duration::from_secs(5);
 /// A `.tmp-*` artifact file older than this is a leftover (its attempt died mid-write).
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// A follower never polls more often than this.
@@ -202,10 +204,13 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
             _ = shutdown.changed() => {}
         }
     };
-    if let Some(p) = purging.filter(|p| !p.is_finished()) {
-        // Each batch is its own transaction: stopping mid-purge loses at most one batch's work.
-        p.abort();
-        tracing::info!("history purge stopped with the daemon; it resumes at the next start");
+    if let Some(mut p) = purging.filter(|p| !p.is_finished()) {
+        // A short purge finishes; a long one is stopped, losing at most the batch in flight
+        // (each batch is its own transaction), and resumes at the next start.
+        if tokio::time::timeout(PURGE_GRACE, &mut p).await.is_err() {
+            p.abort();
+            tracing::info!("history purge stopped with the daemon; it resumes at the next start");
+        }
     }
     engine.metrics().instance_lease_held.set(0);
     match engine.release().await {
