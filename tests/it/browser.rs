@@ -334,6 +334,12 @@ async fn operator_page_in_headless_chromium() {
 
         // Waiting per type: the page's numbers are the database's.
         let waiting = handle.block_on(db.waiting_by_type()).unwrap();
+        // The row appears at the next refresh (the message above comes first).
+        let start = Instant::now();
+        while drv.count("#waiting tr[data-type=GHOST]") == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "GHOST never shown as waiting");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         drv.wait_text("#waiting tr[data-type=GHOST] td:nth-child(2)", |t| t == "2");
         for (t, n) in &waiting {
             assert_eq!(drv.text(&format!("#waiting tr[data-type=\"{t}\"] td:nth-child(2)")), n.to_string(), "{t}");
