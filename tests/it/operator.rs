@@ -440,3 +440,80 @@ fn completions_and_the_man_page_are_generated() {
     std::fs::write(d.join("orchestrator.yaml"), "max_atempts: 3\n").unwrap();
     assert_eq!(run(bin(d).args(["completions", "bash"])).status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_tmp_artifacts_are_removed_at_start_and_counted() {
+    let db = TestDb::sqlite().await;
+    let config = db.config();
+    let sub = config.artifacts_dir.join("proof_social");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (old, fresh) = (sub.join(".tmp-00000000000000aa"), sub.join(".tmp-00000000000000bb"));
+    for p in [&old, &fresh] {
+        std::fs::write(p, b"half a proof").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+    let engine = db.engine(config);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    orchestrator::daemon::run(&engine, Some(1), stopped).await;
+    assert!(!old.exists(), "an hour-old .tmp-* file is a leftover: removed");
+    assert!(fresh.exists(), "a young one may be a write in flight: kept");
+    let metrics = engine.metrics().render();
+    assert!(metrics.contains("orchestrator_artifact_tmp_removed_total 1"), "{metrics}");
+    assert!(metrics.contains("orchestrator_instance_lease_held 0"), "released on the way out: {metrics}");
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_and_explain_routes_validate_and_need_the_token() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let db = TestDb::sqlite().await;
+    let mut config = db.config();
+    config.admin_tokens = AdminTokens::parse("tester:0123456789abcdef-bulk").unwrap();
+    let st = orchestrator::http::AppState::new(db.engine(config), false);
+    let call = |method: &str, uri: &str, auth: bool, body: &str| {
+        let mut r = Request::builder().method(method).uri(uri);
+        if auth {
+            r = r.header("authorization", "Bearer 0123456789abcdef-bulk");
+        }
+        let body = if body.is_empty() { Body::empty() } else { Body::from(body.to_string()) };
+        let res = orchestrator::http::router(st.clone()).oneshot(r.body(body).unwrap());
+        async move {
+            let res = res.await.unwrap();
+            let status = res.status().as_u16();
+            let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let dead = enqueue(&db, "X", "dead", 0).await;
+    to_dlq(&db, &[dead]).await;
+    for (uri, body, status, error) in [
+        ("/api/dlq/requeue", r#"{"ids": []}"#, 400, "give at least one action id"),
+        ("/api/dlq/requeue", r#"{"ids": [-1]}"#, 400, "positive integers"),
+        ("/api/dlq/cancel", r#"{"ids": [1], "all": true}"#, 400, "unknown field `all`"),
+        ("/api/dlq/cancel", r#"{"ids": "1"}"#, 400, "body field `ids`"),
+    ] {
+        let (got, v) = call("POST", uri, true, body).await;
+        assert_eq!(got, status, "{uri} {body}: {v}");
+        assert!(v["error"].as_str().unwrap_or_default().contains(error), "{uri} {body}: {v}");
+    }
+    let (got, _) = call("POST", "/api/dlq/cancel", false, &format!(r#"{{"ids": [{dead}]}}"#)).await;
+    assert_eq!(got, 401, "writes need the token");
+    let (got, v) = call("POST", "/api/dlq/cancel", true, &format!(r#"{{"ids": [{dead}, 424242]}}"#)).await;
+    assert_eq!((got, v.clone()), (200, json!({"cancelled": [dead], "skipped": [424242]})));
+    let (got, _) = call("GET", "/api/ticks/1/explain", false, "").await;
+    assert_eq!(got, 401, "explain shows a snapshot: it needs the token");
+    let (got, v) = call("GET", "/api/ticks/77/explain", true, "").await;
+    assert_eq!(got, 404, "{v}");
+    let (got, v) = call("GET", "/api/ticks/x/explain", true, "").await;
+    assert_eq!(got, 400, "{v}");
+    let r = ran(&db.engine(db.config())).await;
+    let (got, v) = call("GET", &format!("/api/ticks/{}/explain", r.tick_id), true, "").await;
+    assert_eq!((got, v["tick"]["id"].as_i64()), (200, Some(r.tick_id)), "{v}");
+    let (got, v) = call("GET", "/api/summary", true, "").await;
+    assert_eq!((got, v["by_type_status"][0]["status"].as_str()), (200, Some("CANCELLED")), "{v}");
+    db.cleanup().await;
+}
