@@ -156,6 +156,14 @@ impl Store {
         let txn = self.begin_write().await?;
         let n = txn.execute_raw(self.stmt(sql, values)).await.doing(doing)?.rows_affected();
         txn.commit().await.doing("committing a prune batch")?;
+        if self.backend == super::Backend::Sqlite && n > 0 {
+            // The pruner copies its own pages back into the database file, so that the WAL's
+            // automatic checkpoint does not fall to (and stall) the next tick's commit.
+            self.db
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+                .doing("checkpointing after a prune batch")?;
+        }
         Ok(n)
     }
 
