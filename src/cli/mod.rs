@@ -315,19 +315,33 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(exit::OK),
+    }
+}
+
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     // Generated from the clap types alone: no config, no database.
     match &cli.command {
         Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics on a write error, and a pipe
+            // into `head` is no reason to panic.
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "orchestrator", &mut std::io::stdout());
-            return Ok(exit::OK);
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "orchestrator", &mut text);
+            return write_stdout(&text);
         }
         Command::Manpage => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            man.render(&mut std::io::stdout()).context("writing the man page")?;
-            return Ok(exit::OK);
+            let mut text = Vec::new();
+            man.render(&mut text).context("rendering the man page")?;
+            return write_stdout(&text);
         }
         _ => {}
     }
