@@ -55,7 +55,7 @@ pub fn artifact_path(dir: &Path, subdir: &str, key: &str, ext: &str, at: DateTim
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Artifact> {
     let parent = path.parent().ok_or_else(|| std::io::Error::other("artifact path has no parent directory"))?;
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".tmp-{:016x}", fastrand::u64(..)));
+    let tmp = parent.join(format!("{TMP_PREFIX}{:016x}", fastrand::u64(..)));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -70,6 +70,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<Artifact> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map(|()| Artifact { path: path.to_path_buf(), sha256: sha256_hex(bytes) })
+}
+
+/// The prefix of a temporary file [`write_atomic`] renames into place.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// Removes leftover temporary files (`.tmp-*`, from an attempt killed mid-write) under `dir`
+/// whose last change is older than `older_than`; a younger one may belong to a write in flight.
+/// Returns how many were removed. A missing `dir` is no error; symlinks are not followed.
+pub fn remove_stale_tmp(dir: &Path, older_than: std::time::Duration) -> std::io::Result<u64> {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+                continue;
+            }
+            if !kind.is_file() || !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let modified = entry.metadata()?.modified()?;
+            if now.duration_since(modified).is_ok_and(|age| age >= older_than) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// One recorded artifact that is missing or whose bytes no longer match.
@@ -145,6 +184,26 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_tmp_files_go_and_fresh_ones_and_artifacts_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("proof_social");
+        std::fs::create_dir_all(&sub).unwrap();
+        let old = sub.join(".tmp-00000000000000aa");
+        let fresh = sub.join(".tmp-00000000000000bb");
+        let artifact = sub.join("20260101T000000.000Z_k-abc.txt");
+        for p in [&old, &fresh, &artifact] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for p in [&old, &artifact] {
+            std::fs::File::options().write(true).open(p).unwrap().set_modified(two_hours_ago).unwrap();
+        }
+        assert_eq!(remove_stale_tmp(dir.path(), std::time::Duration::from_secs(3600)).unwrap(), 1);
+        assert!(!old.exists() && fresh.exists() && artifact.exists());
+        assert_eq!(remove_stale_tmp(&dir.path().join("missing"), std::time::Duration::ZERO).unwrap(), 0);
+    }
 
     #[test]
     fn hostile_keys_stay_inside_the_directory() {

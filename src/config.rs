@@ -43,6 +43,12 @@ pub struct Config {
     pub rules_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     pub retention_days: u32,
+    /// Tick ledger rows (with their snapshots) are pruned after this many days.
+    pub ledger_retention_days: u32,
+    /// Decisions are pruned after this many days, but never while their tick is in the ledger.
+    pub decisions_retention_days: u32,
+    /// Rule cooldown rows are pruned after this many days, but never within `rules.cooldown`.
+    pub cooldown_retention_days: u32,
     pub sqlite_synchronous_full: bool,
     pub rules: RulesConfig,
     /// The `adapters:` section (file only).
@@ -202,6 +208,9 @@ struct Layer {
     rules_dir: Option<PathBuf>,
     artifacts_dir: Option<PathBuf>,
     retention_days: Option<u32>,
+    ledger_retention_days: Option<u32>,
+    decisions_retention_days: Option<u32>,
+    cooldown_retention_days: Option<u32>,
     sqlite_synchronous: Option<String>,
     rules: Option<RulesLayer>,
     adapters: Option<adapters::AdaptersLayer>,
@@ -228,6 +237,9 @@ const KEYS: &[(&str, bool)] = &[
     ("rules_dir", true),
     ("artifacts_dir", true),
     ("retention_days", false),
+    ("ledger_retention_days", false),
+    ("decisions_retention_days", false),
+    ("cooldown_retention_days", false),
     ("sqlite_synchronous", true),
     ("http", false),
     ("liveness", false),
@@ -330,7 +342,24 @@ impl Config {
 
     /// The retention as a duration.
     pub fn retention(&self) -> Duration {
-        Duration::from_secs(u64::from(self.retention_days) * 86_400)
+        days(self.retention_days)
+    }
+
+    /// How long tick ledger rows are kept.
+    pub fn ledger_retention(&self) -> Duration {
+        days(self.ledger_retention_days)
+    }
+
+    /// How long decisions are kept: their own retention, or their tick's if that is longer
+    /// (`explain` needs a tick's decisions as long as the tick is in the ledger).
+    pub fn decisions_retention(&self) -> Duration {
+        days(self.decisions_retention_days).max(self.ledger_retention())
+    }
+
+    /// How long rule cooldown rows are kept: at least the cooldown itself, or a pruned row
+    /// would let a rule act again too soon.
+    pub fn cooldown_retention(&self) -> Duration {
+        days(self.cooldown_retention_days).max(self.rules.cooldown)
     }
 }
 
@@ -462,6 +491,11 @@ impl Resolver {
         )?;
         let max_attempts = range(pick!(self, max_attempts, 3), "max_attempts", 1, 1000)?;
         let retention_days = range(pick!(self, retention_days, 7), "retention_days", 1, 36_500)?;
+        let ledger_retention_days = range(pick!(self, ledger_retention_days, 14), "ledger_retention_days", 1, 36_500)?;
+        let decisions_retention_days =
+            range(pick!(self, decisions_retention_days, 14), "decisions_retention_days", 1, 36_500)?;
+        let cooldown_retention_days =
+            range(pick!(self, cooldown_retention_days, 7), "cooldown_retention_days", 1, 36_500)?;
 
         let (lease_name, src) = pick!(self, lease_name, "orchestrator".to_string());
         check(
@@ -506,6 +540,9 @@ impl Resolver {
             rules_dir,
             artifacts_dir,
             retention_days,
+            ledger_retention_days,
+            decisions_retention_days,
+            cooldown_retention_days,
             sqlite_synchronous_full,
             rules,
             adapters: AdaptersConfig::default(),
@@ -766,6 +803,10 @@ impl Default for RulesConfig {
     }
 }
 
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 86_400)
+}
+
 /// `max_unrecorded` when it is not set: four times `dispatch_concurrency`, so that one commit
 /// records several rounds of attempts.
 pub fn default_max_unrecorded(dispatch_concurrency: u32) -> u32 {
@@ -857,6 +898,7 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert_eq!(c.heartbeat, Duration::from_secs(5));
         assert_eq!(c.retention_days, 7);
+        assert_eq!((c.ledger_retention_days, c.decisions_retention_days, c.cooldown_retention_days), (14, 14, 7));
         assert_eq!((c.dispatch_concurrency, c.max_unrecorded), (4, 16));
         assert!(c.sqlite_synchronous_full);
     }

@@ -4,13 +4,17 @@
 //! lease), or on SIGTERM/SIGINT after the current tick finishes; every exit releases the lease.
 //! A failing database is logged once per change of state and retried with a backoff from 1 s
 //! doubling to 30 s, without a restart. It never busy-loops. Once an hour, after a tick it ran as
-//! the holder, it prunes finished history past `retention_days` in small batches.
+//! the holder, it starts a background purge of history past its retention (finished actions,
+//! ledger rows, decisions, cooldowns) in small batches, so ticks go on while it runs. At start it
+//! removes leftover `.tmp-*` artifact files older than an hour.
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::model::TickStatus;
+use crate::store::{PruneCutoffs, Pruned, Store, StoreError};
 use crate::tick::{Engine, TickOutcome};
 
 /// How long an idle daemon with `tick_interval_seconds: 0` waits before looking again.
@@ -20,6 +24,12 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows per purge transaction: small, so pruning never holds the write lock long enough to
 /// stall a tick.
 pub const PURGE_BATCH: u64 = 500;
+/// Pause between two history prune batches, so that a tick's writes get the lock in between.
+pub const PRUNE_PAUSE: Duration = Duration::from_millis(5);
+/// How long a stopping daemon lets a running purge go on before stopping it.
+pub const PURGE_GRACE: Duration = Duration::from_secs(5);
+/// A `.tmp-*` artifact file older than this is a leftover (its attempt died mid-write).
+pub const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 /// A follower never polls more often than this.
 const FOLLOWER_MIN_POLL: Duration = Duration::from_millis(50);
 /// How long after the holder's expiry a follower looks again.
@@ -43,7 +53,8 @@ pub struct RunSummary {
     pub stopped_by: StopReason,
 }
 
-/// Deletes SUCCESS and CANCELLED actions older than the retention, in small batches.
+/// Deletes SUCCESS and CANCELLED actions older than the retention, then ledger rows, decisions
+/// and cooldowns older than theirs, in small batches.
 async fn purge(engine: &Engine) {
     let cutoff = crate::model::earlier_saturating(crate::model::now(), engine.config().retention());
     match engine.store().purge(cutoff, PURGE_BATCH).await {
@@ -52,6 +63,49 @@ async fn purge(engine: &Engine) {
             tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "purged finished actions past the retention")
         }
         Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
+    }
+    match prune_history(engine.store(), engine.config(), PRUNE_PAUSE).await {
+        Ok(p) if p.total() == 0 => {}
+        Ok(p) => tracing::info!(
+            ledger = p.ledger,
+            decisions = p.decisions,
+            cooldowns = p.cooldowns,
+            "pruned history past its retention"
+        ),
+        Err(e) => tracing::warn!(error = %e, "history prune failed; it is retried next hour"),
+    }
+}
+
+/// The cutoffs of `config`'s history retentions, as of now.
+pub fn history_cutoffs(config: &Config) -> PruneCutoffs {
+    let now = crate::model::now();
+    let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    PruneCutoffs {
+        ledger: ago(config.ledger_retention()),
+        decisions: ago(config.decisions_retention()),
+        cooldowns: ago(config.cooldown_retention()),
+    }
+}
+
+/// Prunes ledger rows, decisions and cooldowns past `config`'s retentions (`pause` between
+/// batches).
+pub async fn prune_history(store: &Store, config: &Config, pause: Duration) -> Result<Pruned, StoreError> {
+    store.prune_history(history_cutoffs(config), PURGE_BATCH, pause).await
+}
+
+/// Removes leftover `.tmp-*` files older than [`STALE_TMP_AGE`] under the artifacts dir and
+/// counts them in `orchestrator_artifact_tmp_removed_total`.
+pub async fn remove_stale_tmp(engine: &Engine) {
+    let dir = engine.config().artifacts_dir.clone();
+    let shown = dir.display().to_string();
+    match tokio::task::spawn_blocking(move || crate::artifacts::remove_stale_tmp(&dir, STALE_TMP_AGE)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            engine.metrics().artifact_tmp_removed_total.inc_by(n);
+            tracing::info!(removed = n, dir = %shown, "removed leftover .tmp-* artifact files older than an hour");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, dir = %shown, "cannot clean leftover .tmp-* artifact files"),
+        Err(e) => tracing::warn!(error = %e, "artifact cleanup task failed"),
     }
 }
 
@@ -62,6 +116,8 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
     let mut failing: Option<Duration> = None;
     let mut following: Option<String> = None;
     let mut last_purge: Option<std::time::Instant> = None;
+    let mut purging: Option<tokio::task::JoinHandle<()>> = None;
+    remove_stale_tmp(engine).await;
     let stopped_by = loop {
         if *shutdown.borrow() {
             break StopReason::Signal;
@@ -94,9 +150,13 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 if r.status == TickStatus::Killed {
                     break StopReason::Killed;
                 }
-                if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                engine.metrics().instance_lease_held.set(1);
+                if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY)
+                    && purging.as_ref().is_none_or(|p| p.is_finished())
+                {
                     last_purge = Some(std::time::Instant::now());
-                    purge(engine).await;
+                    let engine = engine.clone();
+                    purging = Some(tokio::spawn(async move { purge(&engine).await }));
                 }
                 if interval.is_zero() && r.attempted == 0 {
                     wait = IDLE_POLL;
@@ -104,6 +164,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 _holding = Some(engine.hold_lease_between_ticks(r.epoch));
             }
             Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => {
+                engine.metrics().instance_lease_held.set(0);
                 if failing.take().is_some() {
                     tracing::info!("database reachable again");
                 }
@@ -121,6 +182,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 wait = wait.min(until.max(FOLLOWER_MIN_POLL) + FOLLOWER_MARGIN);
             }
             Err(e) => {
+                engine.metrics().instance_lease_held.set(0);
                 let next = match failing {
                     None => {
                         // An outage is the database not answering; any other failed tick is
@@ -147,6 +209,15 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
             _ = shutdown.changed() => {}
         }
     };
+    if let Some(mut p) = purging.filter(|p| !p.is_finished()) {
+        // A short purge finishes; a long one is stopped, losing at most the batch in flight
+        // (each batch is its own transaction), and resumes at the next start.
+        if tokio::time::timeout(PURGE_GRACE, &mut p).await.is_err() {
+            p.abort();
+            tracing::info!("history purge stopped with the daemon; it resumes at the next start");
+        }
+    }
+    engine.metrics().instance_lease_held.set(0);
     match engine.release().await {
         Ok(true) => tracing::info!("lease released"),
         Ok(false) => {}

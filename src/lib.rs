@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod executor;
+pub mod explain;
 pub mod health;
 pub mod http;
 pub mod input;

@@ -1,6 +1,7 @@
 //! The `orchestrator` binary: parse the command line, set up logging, run the command, and turn
 //! the result into an exit code and (on failure) one line on stderr.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,9 +15,17 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn,sea_orm=warn")));
     match cli.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => {
+            let colour = cli::log_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).init();
+        }
         LogFormat::Json => {
-            tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+            tracing_subscriber::fmt()
+                .json()
+                .with_ansi(false)
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
         }
     }
 

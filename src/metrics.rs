@@ -19,6 +19,8 @@ pub mod names {
     pub const TICK_ERRORS_TOTAL: &str = "orchestrator_tick_errors_total";
     pub const BUILD_INFO: &str = "orchestrator_build_info";
     pub const DATABASE_OUTAGES_TOTAL: &str = "orchestrator_database_outages_total";
+    pub const INSTANCE_LEASE_HELD: &str = "orchestrator_instance_lease_held";
+    pub const ARTIFACT_TMP_REMOVED_TOTAL: &str = "orchestrator_artifact_tmp_removed_total";
 
     // Gauges of database state, computed on every scrape (see [`super::DbGauges`]).
     pub const QUEUE_ACTIONS: &str = "orchestrator_queue_actions";
@@ -159,6 +161,10 @@ pub struct Metrics {
     pub tick_errors_total: IntCounter,
     /// Times the daemon found the database unreachable after it had been reachable.
     pub database_outages_total: IntCounter,
+    /// 1 while this process's daemon holds the lease (after its last tick), 0 otherwise.
+    pub instance_lease_held: prometheus::IntGauge,
+    /// Leftover `.tmp-*` artifact files (an attempt killed mid-write) removed at start.
+    pub artifact_tmp_removed_total: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +216,16 @@ impl Metrics {
             "Times the daemon lost the database (counted once per outage, not per failed tick).",
         )
         .expect("valid metric");
+        let instance_lease_held = prometheus::IntGauge::new(
+            names::INSTANCE_LEASE_HELD,
+            "1 while this instance's daemon holds the lease (as of its last tick), 0 otherwise.",
+        )
+        .expect("valid metric");
+        let artifact_tmp_removed_total = IntCounter::new(
+            names::ARTIFACT_TMP_REMOVED_TOTAL,
+            "Leftover .tmp-* artifact files older than an hour removed at start (attempts killed mid-write).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new(names::BUILD_INFO, "Build information; always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -222,6 +238,8 @@ impl Metrics {
             Box::new(rescued_actions_total.clone()),
             Box::new(tick_errors_total.clone()),
             Box::new(database_outages_total.clone()),
+            Box::new(instance_lease_held.clone()),
+            Box::new(artifact_tmp_removed_total.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -236,6 +254,8 @@ impl Metrics {
             rescued_actions_total,
             tick_errors_total,
             database_outages_total,
+            instance_lease_held,
+            artifact_tmp_removed_total,
         }
     }
 

@@ -217,6 +217,23 @@ impl Engine {
     /// A whole tick that writes nothing: no lease taken (it works while another instance holds
     /// it), no rescue, no decision applied, no action claimed.
     pub async fn dry_run(&self) -> Result<DryRunReport, StoreError> {
+        let (snap, flags) = self.snapshot_now().await?;
+        let rules = self.rules();
+        let decided = crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, &snap, None).await?;
+        let would_dispatch = if flags.killed || flags.paused {
+            Vec::new()
+        } else {
+            let cap =
+                decided.throttle.map_or(self.config.max_actions_per_tick, |t| t.min(self.config.max_actions_per_tick));
+            self.store.peek_due(u64::from(cap)).await?
+        };
+        Ok(DryRunReport { snapshot: snap, rules_digest: rules.digest().to_string(), decided, would_dispatch })
+    }
+
+    /// The snapshot the rules would see now (under the current lease holder's term, or none),
+    /// and the flags it was built with. Reads only; takes no lease. `run-once --dry-run` and
+    /// `GET /api/snapshot` show this.
+    pub async fn snapshot_now(&self) -> Result<(Snapshot, crate::model::Flags), StoreError> {
         let flags = self.store.flags().await?;
         let term = match self.store.lease(&self.config.lease_name).await? {
             Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
@@ -228,16 +245,7 @@ impl Engine {
             },
         };
         let snap = snapshot::build_with(&self.store, &term, flags, None, &self.config.rules.health).await?;
-        let rules = self.rules();
-        let decided = crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, &snap, None).await?;
-        let would_dispatch = if flags.killed || flags.paused {
-            Vec::new()
-        } else {
-            let cap =
-                decided.throttle.map_or(self.config.max_actions_per_tick, |t| t.min(self.config.max_actions_per_tick));
-            self.store.peek_due(u64::from(cap)).await?
-        };
-        Ok(DryRunReport { snapshot: snap, rules_digest: rules.digest().to_string(), decided, would_dispatch })
+        Ok((snap, flags))
     }
 
     /// Runs one tick.

@@ -5,6 +5,7 @@
 //! Failures carry the exit code they deserve ([`Failure`]); `main` turns them into one line on
 //! stderr.
 
+mod follow;
 mod output;
 mod rules;
 
@@ -18,10 +19,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::adapters::Registry;
 use crate::config::{self, Config, Overrides};
 use crate::health::{Liveness, LivenessPolicy};
-use crate::model::{self, ActionStatus};
+use crate::model::{self, ActionStatus, LogLevel};
 use crate::queue::{self, EnqueueRequest};
 use crate::status;
-use crate::store::{ActionFilter, Authority, FlagChange, Store, StoreOptions};
+use crate::store::{ActionFilter, Authority, FlagChange, LogFilter, Store, StoreOptions};
 use crate::tick::{Engine, TickOutcome};
 
 /// Exit codes.
@@ -117,20 +118,35 @@ pub enum Command {
     /// Inspect or release the lease.
     #[command(subcommand)]
     Lease(LeaseCommand),
-    /// The tick ledger, newest first.
+    /// The tick ledger, newest first; with --follow, the last --limit oldest first, then each
+    /// tick as it finishes, until Ctrl-C.
     Ticks {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+        /// Keep printing ticks as they finish (like journalctl -f), until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Check proof and run artifacts against the sha256 recorded in the execution logs.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
-    /// Execution logs, newest first.
+    /// Execution logs, newest first; with --follow, the last --limit oldest first, then new
+    /// rows as they land, until Ctrl-C.
     Logs {
+        /// Only this action's logs.
         #[arg(long, value_name = "ID")]
         action: Option<i64>,
+        /// Only logs of actions of this type.
+        #[arg(long = "type", value_name = "TYPE")]
+        action_type: Option<String>,
+        /// Only rows at this level or above: INFO, WARNING or ERROR.
+        #[arg(long, value_parser = parse_level)]
+        level: Option<LogLevel>,
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
+        /// Keep printing rows as they land (like journalctl -f), until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Check, test, backtest and benchmark the rules.
     #[command(subcommand)]
@@ -140,6 +156,13 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         tick: i64,
     },
+    /// Print a shell completion script (e.g. `orchestrator completions bash > /etc/bash_completion.d/orchestrator`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `orchestrator manpage | man -l -`.
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,9 +267,18 @@ pub enum ActionsCommand {
         #[arg(long)]
         all_dlq: bool,
     },
-    /// Cancel a PENDING, RETRY or DLQ action.
-    Cancel { id: i64 },
-    /// Delete SUCCESS and CANCELLED actions older than the retention (DLQ is kept).
+    /// Cancel a PENDING, RETRY or DLQ action (or, with --all-dlq, every DLQ action).
+    Cancel {
+        #[arg(required_unless_present = "all_dlq", conflicts_with = "all_dlq")]
+        id: Option<i64>,
+        /// Cancel every DLQ action.
+        #[arg(long)]
+        all_dlq: bool,
+    },
+    /// Counts by type and status, the oldest due action per type, open actions by priority.
+    Summary,
+    /// Delete SUCCESS and CANCELLED actions older than the retention (DLQ is kept), and tick
+    /// ledger rows, decisions and rule cooldowns older than theirs.
     Purge {
         /// e.g. 7d, 12h (default: retention_days).
         #[arg(long, value_parser = parse_delay)]
@@ -255,6 +287,10 @@ pub enum ActionsCommand {
 }
 
 fn parse_status(s: &str) -> Result<ActionStatus, String> {
+    s.parse()
+}
+
+fn parse_level(s: &str) -> Result<LogLevel, String> {
     s.parse()
 }
 
@@ -275,8 +311,42 @@ pub enum LeaseCommand {
     },
 }
 
+/// Whether text log lines on stderr carry ANSI colour: only on a terminal, and never when
+/// `NO_COLOR` is set to something (<https://no-color.org>).
+pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
+        _ => Ok(exit::OK),
+    }
+}
+
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // Generated from the clap types alone: no config, no database.
+    match &cli.command {
+        Command::Completions { shell } => {
+            // Generated into memory first: clap_complete panics on a write error, and a pipe
+            // into `head` is no reason to panic.
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "orchestrator", &mut text);
+            return write_stdout(&text);
+        }
+        Command::Manpage => {
+            let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            let mut text = Vec::new();
+            man.render(&mut text).context("rendering the man page")?;
+            return write_stdout(&text);
+        }
+        _ => {}
+    }
     let interval = match &cli.command {
         Command::Run { interval, .. } => *interval,
         _ => None,
@@ -432,13 +502,22 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
                 }
             }
         },
-        Command::Ticks { limit } => out.ticks(&store.recent_ticks(limit).await?),
-        Command::Logs { action, limit } => out.logs(&store.logs(action, limit).await?),
+        Command::Ticks { limit, follow: false } => out.ticks(&store.recent_ticks(limit).await?),
+        Command::Ticks { limit, follow: true } => follow::ticks(store, limit, out).await?,
+        Command::Logs { action, action_type, level, limit, follow } => {
+            let filter = LogFilter { action_id: action, action_type, min_level: level };
+            if follow {
+                follow::logs(store, &filter, limit, out).await?;
+            } else {
+                out.logs(&store.logs_filtered(&filter, limit).await?);
+            }
+        }
         Command::Rules(RulesCommand::Backtest { last, rules: dir }) => {
             return rules::backtest(store, dir.as_ref().unwrap_or(&config.rules_dir), config, last, out).await;
         }
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
+        Command::Completions { .. } | Command::Manpage => {}
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
             let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows)).await?;
@@ -525,18 +604,39 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
             };
             out.message(&serde_json::json!({"requeued": ids}), &format!("requeued {} action(s): {:?}", ids.len(), ids));
         }
-        ActionsCommand::Cancel { id } => {
+        ActionsCommand::Cancel { id: Some(id), .. } => {
             store.cancel(Authority::Operator, id, None).await?;
             out.message(&serde_json::json!({"cancelled": id}), &format!("cancelled action {id}"));
         }
+        ActionsCommand::Cancel { id: None, .. } => {
+            // The ids read first, then cancelled by id: a row that reaches DLQ in between stays.
+            let ids = store.dlq_ids().await?;
+            let mut cancelled = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(crate::store::MAX_BULK_IDS) {
+                cancelled.extend(store.cancel_ids(chunk, &[ActionStatus::Dlq]).await?.changed);
+            }
+            out.message(
+                &serde_json::json!({"cancelled": cancelled}),
+                &format!("cancelled {} DLQ action(s): {:?}", cancelled.len(), cancelled),
+            );
+        }
+        ActionsCommand::Summary => out.summary(&store.actions_summary().await?),
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());
             let cutoff =
                 model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
-            let n = store.purge(cutoff, 500).await?;
+            let n = store.purge(cutoff, crate::daemon::PURGE_BATCH).await?;
+            let history = crate::daemon::prune_history(store, config, Duration::ZERO).await?;
             out.message(
-                &serde_json::json!({"purged": n, "before": cutoff}),
-                &format!("purged {n} SUCCESS/CANCELLED action(s) finished before {}", cutoff.to_rfc3339()),
+                &serde_json::json!({"purged": n, "before": cutoff, "history": history}),
+                &format!(
+                    "purged {n} SUCCESS/CANCELLED action(s) finished before {}; pruned {} ledger row(s), {} decision(s), \
+                     {} cooldown(s) past their retention",
+                    cutoff.to_rfc3339(),
+                    history.ledger,
+                    history.decisions,
+                    history.cooldowns
+                ),
             );
         }
     }
@@ -583,7 +683,7 @@ async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::
     Ok(HttpServer { stop, task })
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

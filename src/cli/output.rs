@@ -2,8 +2,11 @@
 
 use serde::Serialize;
 
-use crate::model::{Action, Flags, LogRow, TickRow};
+use std::collections::BTreeMap;
+
+use crate::model::{Action, ActionStatus, Flags, LogRow, TickRow};
 use crate::status::{LeaseStatus, StatusReport};
+use crate::store::{ActionsSummary, PRIORITY_BANDS};
 use crate::tick::TickReport;
 
 pub struct Out {
@@ -33,6 +36,35 @@ fn one_line(s: &str, max: usize) -> String {
     } else {
         flat
     }
+}
+
+/// One log row on one line (`logs`, `logs --follow`).
+pub fn log_line(l: &LogRow) -> String {
+    format!(
+        "{}  {:<7}  action {:<6} tick {:<6} {}{}",
+        ts(&l.ts),
+        l.level.as_str(),
+        l.action_id,
+        l.tick_id.map_or("-".to_string(), |t| t.to_string()),
+        one_line(&l.message, 160),
+        l.artifact_sha256.as_deref().map_or(String::new(), |s| format!("  sha256={s}"))
+    )
+}
+
+/// One ledger row on one line (`ticks`, `ticks --follow`).
+pub fn tick_line(t: &TickRow) -> String {
+    let ms = t.finished_at.map(|f| (f - t.started_at).num_milliseconds());
+    format!(
+        "#{:<7} {:<8} {}  {:>6}  epoch {:<4} {}/{} ok  {}",
+        t.id,
+        t.status.as_str(),
+        ts(&t.started_at),
+        ms.map_or("-".to_string(), |m| format!("{m}ms")),
+        t.epoch,
+        t.actions_succeeded,
+        t.actions_attempted,
+        one_line(t.notes.as_deref().unwrap_or(""), 120)
+    )
 }
 
 impl Out {
@@ -181,15 +213,7 @@ impl Out {
 
     fn log_lines(&self, logs: &[LogRow]) {
         for l in logs {
-            println!(
-                "    {}  {:<7}  action {:<6} tick {:<6} {}{}",
-                ts(&l.ts),
-                l.level.as_str(),
-                l.action_id,
-                l.tick_id.map_or("-".to_string(), |t| t.to_string()),
-                one_line(&l.message, 160),
-                l.artifact_sha256.as_deref().map_or(String::new(), |s| format!("  sha256={s}"))
-            );
+            println!("    {}", log_line(l));
         }
     }
 
@@ -198,19 +222,53 @@ impl Out {
             return print_json(&ticks);
         }
         for t in ticks {
-            let ms = t.finished_at.map(|f| (f - t.started_at).num_milliseconds());
-            println!(
-                "#{:<7} {:<8} {}  {:>6}  epoch {:<4} {}/{} ok  {}",
-                t.id,
-                t.status.as_str(),
-                ts(&t.started_at),
-                ms.map_or("-".to_string(), |m| format!("{m}ms")),
-                t.epoch,
-                t.actions_succeeded,
-                t.actions_attempted,
-                one_line(t.notes.as_deref().unwrap_or(""), 120)
-            );
+            println!("{}", tick_line(t));
         }
+    }
+
+    pub fn summary(&self, s: &ActionsSummary) {
+        if self.json {
+            return print_json(s);
+        }
+        let mut types: BTreeMap<&str, BTreeMap<ActionStatus, i64>> = BTreeMap::new();
+        for c in &s.by_type_status {
+            types.entry(c.action_type.as_str()).or_default().insert(c.status, c.count);
+        }
+        print!("{:<20}", "TYPE");
+        for st in ActionStatus::ALL {
+            print!(" {:>9}", st.as_str());
+        }
+        println!();
+        for (t, counts) in &types {
+            print!("{:<20}", one_line(t, 20));
+            for st in ActionStatus::ALL {
+                print!(" {:>9}", counts.get(st).copied().unwrap_or(0));
+            }
+            println!();
+        }
+        if types.is_empty() {
+            println!("(no actions)");
+        }
+        println!();
+        if s.oldest_due.is_empty() {
+            println!("oldest due: none (nothing is due)");
+        } else {
+            println!("oldest due per type:");
+            for o in &s.oldest_due {
+                println!(
+                    "  {:<20} action {:<8} due since {} ({:.0}s)",
+                    one_line(&o.action_type, 20),
+                    o.id,
+                    ts(&o.not_before),
+                    o.due_for_seconds
+                );
+            }
+        }
+        let bands: Vec<String> = PRIORITY_BANDS
+            .iter()
+            .map(|b| format!("{b}: {}", s.open_by_priority.get(b).copied().unwrap_or(0)))
+            .collect();
+        println!("open (PENDING, RETRY, RUNNING) by priority: {}", bands.join("  "));
     }
 
     pub fn verify(&self, r: &crate::artifacts::VerifyReport) {

@@ -211,12 +211,10 @@ pub fn bench(dir: &Path, config: &Config, iterations: u32, synthetic: usize, out
 
 /// `explain --tick N`.
 pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u8> {
-    let tick = store.tick(tick_id).await?.ok_or_else(|| fail(exit::ERROR, format!("tick {tick_id} not found")))?;
-    let decide = store.tick_decide(tick_id).await?;
-    let decisions = store.decisions(tick_id).await?;
-    let snapshot: Option<Value> =
-        decide.as_ref().and_then(|d| d.snapshot_json.as_deref()).and_then(|t| serde_json::from_str(t).ok());
-    let digest = decide.and_then(|d| d.rules_digest);
+    let crate::explain::Explain { tick, snapshot, rules_digest: digest, decisions } =
+        crate::explain::explain(store, tick_id)
+            .await?
+            .ok_or_else(|| fail(exit::ERROR, format!("tick {tick_id} not found")))?;
     if out.json {
         print_json(&serde_json::json!({
             "tick": tick, "snapshot": snapshot, "rules_digest": digest, "decisions": decisions,

@@ -1,5 +1,6 @@
-//! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel, ticks,
-//! decisions.
+//! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel (one, or the
+//! DLQ rows a page showed, by id), ticks and a tick's explain, decisions, the live snapshot and
+//! the actions summary.
 //!
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
@@ -40,8 +41,13 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/actions", post(enqueue).get(list_actions))
         .route("/api/actions/{id}/requeue", post(requeue))
         .route("/api/actions/{id}/cancel", post(cancel))
+        .route("/api/dlq/requeue", post(dlq_requeue))
+        .route("/api/dlq/cancel", post(dlq_cancel))
         .route("/api/ticks", get(ticks))
+        .route("/api/ticks/{id}/explain", get(explain))
         .route("/api/decisions", get(decisions))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/summary", get(summary))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -300,4 +306,91 @@ async fn decisions(State(st): State<AppState>, Query(q): Query<HashMap<String, S
     }
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(axum::Json(rows).into_response())
+}
+
+/// A bulk edit's body: the ids the page showed. Rows not among them are never touched.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdsBody {
+    ids: Vec<i64>,
+}
+
+fn parse_ids(body: Result<Bytes, BytesRejection>) -> Result<Vec<i64>, ApiError> {
+    let b: IdsBody = parse_body(body)?;
+    if b.ids.is_empty() {
+        return Err(ApiError::bad_request("body field `ids`: give at least one action id"));
+    }
+    if b.ids.len() > crate::store::MAX_BULK_IDS {
+        return Err(ApiError::bad_request(format!(
+            "body field `ids`: at most {} ids per request, got {}",
+            crate::store::MAX_BULK_IDS,
+            b.ids.len()
+        )));
+    }
+    if let Some(bad) = b.ids.iter().find(|id| **id <= 0) {
+        return Err(ApiError::bad_request(format!("body field `ids`: action ids are positive integers, got {bad}")));
+    }
+    Ok(b.ids)
+}
+
+/// `POST /api/dlq/requeue {"ids": [...]}`: those of the ids still in DLQ go back to PENDING.
+async fn dlq_requeue(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ids = parse_ids(body)?;
+    let done = st.store.requeue_ids(&ids).await?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        requeued = done.changed.len(),
+        skipped = done.skipped.len(),
+        "admin API: DLQ actions requeued"
+    );
+    Ok(axum::Json(serde_json::json!({ "requeued": done.changed, "skipped": done.skipped })).into_response())
+}
+
+/// `POST /api/dlq/cancel {"ids": [...]}`: those of the ids still in DLQ are cancelled.
+async fn dlq_cancel(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ids = parse_ids(body)?;
+    let done = st.store.cancel_ids(&ids, &[ActionStatus::Dlq]).await?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        cancelled = done.changed.len(),
+        skipped = done.skipped.len(),
+        "admin API: DLQ actions cancelled"
+    );
+    Ok(axum::Json(serde_json::json!({ "cancelled": done.changed, "skipped": done.skipped })).into_response())
+}
+
+/// `GET /api/ticks/{id}/explain`: `orchestrator explain --tick N --json`.
+async fn explain(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let tick_id = id
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("path: tick id must be a positive integer, got '{id}'")))?;
+    match crate::explain::explain(&st.store, tick_id).await? {
+        Some(e) => Ok(axum::Json(e).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no tick {tick_id} in the ledger"))),
+    }
+}
+
+/// `GET /api/snapshot`: the snapshot the rules would see now, computed on demand (the shape of
+/// `run-once --dry-run --json`'s `snapshot`). Read-only; behind the token because its samples
+/// quote errors.
+async fn snapshot(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (snap, _) = st.engine.snapshot_now().await?;
+    Ok(axum::Json(snap).into_response())
+}
+
+/// `GET /api/summary`: `orchestrator actions summary --json`.
+async fn summary(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(st.store.actions_summary().await?).into_response())
 }

@@ -220,6 +220,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
             }
             StoreError::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.to_string()),
+            StoreError::Invalid(m) => ApiError::bad_request(m.clone()),
             _ if e.is_unavailable() => {
                 tracing::warn!(error = %e, "HTTP request: database unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
@@ -370,6 +371,8 @@ struct StatusBody {
     rules: RulesInfo,
     /// The last decisions of any instance, newest first.
     decisions: Vec<DecisionRow>,
+    /// PENDING + RETRY actions per type: the work waiting.
+    waiting_by_type: std::collections::BTreeMap<String, i64>,
 }
 
 /// How many recent decisions `/status` shows.
@@ -445,5 +448,7 @@ async fn status_page(
         diagnostics: st.engine.rule_diagnostics(),
     };
     let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
-    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions }).into_response())
+    let waiting_by_type = st.store.waiting_by_type().await?;
+    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions, waiting_by_type })
+        .into_response())
 }

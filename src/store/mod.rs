@@ -18,7 +18,13 @@ pub use machine::{
 mod entities;
 mod flags;
 pub use flags::FlagChange;
+mod bulk;
+pub use bulk::{BulkOutcome, MAX_BULK_IDS};
+mod history;
+pub use history::{LogFilter, PruneCutoffs, Pruned};
+mod summary;
 pub use lease::Acquired;
+pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};
 mod ledger;
 pub use ledger::{Begun, TickClose, UNFINISHED_NOTE};
 mod lease;
@@ -62,6 +68,10 @@ pub enum StoreError {
     /// The operation found a state that does not allow it (a conflict, not a fault).
     #[error("{0}")]
     Refused(Refusal),
+    /// The request itself is invalid (too many ids, an impossible status list): the caller's
+    /// fault, whatever the state (HTTP 400).
+    #[error("{0}")]
+    Invalid(String),
     /// Something that should not happen inside the store (not the caller's fault).
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,15 +1,18 @@
 //! The operator page in a real browser: headless Chromium driven through WebDriver
 //! (chromedriver), against the real daemon. It loads the page, checks the numbers shown match
 //! `/status`, shows a decision a rule made, clicks Pause with a token and sees the flag in the
-//! database, requeues a DLQ row, and saves
-//! screenshots at 1280 px and at phone width under `target/`. Skips, saying why, when Chromium
-//! or chromedriver is absent.
+//! database, requeues a DLQ row, switches proof/real through the confirmation, cancels and
+//! requeues the DLQ rows shown in bulk (a row arriving while the question is open stays), opens a
+//! tick's explain, reads the decisions timeline and the waiting counts, each checked against the
+//! database, and saves screenshots at 1280 px and at phone width under `target/`. Skips, saying
+//! why, when Chromium or chromedriver is absent.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orchestrator::model::ActionStatus;
+use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
@@ -214,6 +217,8 @@ async fn operator_page_in_headless_chromium() {
 
     let profile = tempfile::tempdir().unwrap();
     let page = format!("http://{addr}/");
+    let handle = tokio::runtime::Handle::current();
+    let db = Store::open(&url, &StoreOptions::default()).await.unwrap();
     let checks = tokio::task::spawn_blocking(move || {
         let drv = start_driver(&chromium, &chromedriver, profile.path());
         drv.call("POST", "/url", Some(json!({"url": page})));
@@ -281,6 +286,103 @@ async fn operator_page_in_headless_chromium() {
         drv.wait_text("#q-DLQ b", |t| t == "1");
         drv.wait_text("#q-PENDING b", |t| t == "1");
         assert!(drv.text("#message").starts_with("requeued action "), "{}", drv.text("#message"));
+
+        // Proof -> real needs the confirmation; answering no changes nothing.
+        drv.click("#btn-mode");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Switch to REAL mode?"));
+        drv.click("#confirm-no");
+        drv.wait_text("#message", |t| t == "nothing done");
+        assert!(handle.block_on(db.flags()).unwrap().proof_mode, "no: still proof mode in the database");
+        drv.click("#btn-mode");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Switch to REAL mode?"));
+        drv.click("#confirm-yes");
+        drv.wait_text("#mode", |t| t == "REAL");
+        assert!(!handle.block_on(db.flags()).unwrap().proof_mode, "yes: real mode in the database");
+        drv.click("#btn-mode");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Switch to PROOF mode?"));
+        drv.click("#confirm-yes");
+        drv.wait_text("#mode", |t| t == "PROOF");
+        assert!(handle.block_on(db.flags()).unwrap().proof_mode);
+
+        // Bulk cancel of the one DLQ row shown.
+        let left = handle.block_on(db.dlq_ids()).unwrap();
+        assert_eq!(left.len(), 1);
+        drv.wait_text("#dlq-cancel-shown", |t| t == "Cancel 1 shown");
+        drv.click("#dlq-cancel-shown");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Cancel the 1 DLQ action(s) shown"));
+        drv.click("#confirm-yes");
+        drv.wait_text("#q-DLQ b", |t| t == "0");
+        drv.wait_text("#message", |t| t == "cancelled 1 shown DLQ action(s)");
+        let cancelled = handle.block_on(db.action(left[0])).unwrap().unwrap();
+        assert_eq!(cancelled.status, ActionStatus::Cancelled, "the click cancelled it in the database");
+
+        // Bulk requeue of the two rows shown; a third reaches the DLQ while the question is open.
+        let dead = |key: &str| {
+            let req = EnqueueRequest {
+                action_type: "GHOST".into(),
+                payload: json!({}),
+                idempotency_key: Some(key.into()),
+                priority: 0,
+                not_before: None,
+                max_attempts: None,
+            };
+            let id = handle.block_on(queue::enqueue(&db, &req, 3)).unwrap().id;
+            handle
+                .block_on(db.execute_unprepared(&format!("UPDATE actions SET status = 'DLQ' WHERE id = {id}")))
+                .unwrap();
+            id
+        };
+        let shown = [dead("ghost-1"), dead("ghost-2")];
+        drv.wait_text("#dlq-requeue-shown", |t| t == "Requeue 2 shown");
+        drv.click("#dlq-requeue-shown");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Requeue the 2 DLQ action(s) shown"));
+        let late = dead("ghost-late");
+        drv.click("#confirm-yes");
+        drv.wait_text("#message", |t| t == "requeued 2 shown DLQ action(s)");
+        for id in shown {
+            assert_eq!(handle.block_on(db.action(id)).unwrap().unwrap().status, ActionStatus::Pending, "{id}");
+        }
+        let late = handle.block_on(db.action(late)).unwrap().unwrap();
+        assert_eq!(late.status, ActionStatus::Dlq, "a row that arrived after the page showed the DLQ is untouched");
+
+        // Waiting per type: the page's numbers are the database's.
+        let waiting = handle.block_on(db.waiting_by_type()).unwrap();
+        // The row appears at the next refresh (the message above comes first).
+        let start = Instant::now();
+        while drv.count("#waiting tr[data-type=GHOST]") == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "GHOST never shown as waiting");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drv.wait_text("#waiting tr[data-type=GHOST] td:nth-child(2)", |t| t == "2");
+        for (t, n) in &waiting {
+            assert_eq!(drv.text(&format!("#waiting tr[data-type=\"{t}\"] td:nth-child(2)")), n.to_string(), "{t}");
+        }
+
+        // The decisions timeline: one dot per decision /status lists, each naming its rule.
+        let dots = drv.count("#timeline circle.decision");
+        assert!(dots >= 1, "the timeline shows the rule's decisions");
+        let titles = drv.script(
+            "return Array.from(document.querySelectorAll(arguments[0])).map((c) => c.textContent)",
+            "#timeline circle.decision title",
+        );
+        let first = titles[0].as_str().unwrap().to_string();
+        let tick: i64 = first.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let recorded = handle.block_on(db.decisions(tick)).unwrap();
+        assert!(recorded.iter().any(|d| first.contains(&format!("{}: {} {}", d.rule, d.kind, d.target))), "{first}");
+
+        // The tick view: a click on a tick shows its explain, as the database has it.
+        drv.click("#ticks tbody tr:first-child");
+        // Headings are shown in capitals (CSS), so innerText is upper case.
+        let title = drv.wait_text("#explain-title", |t| t.to_uppercase().starts_with("TICK #"));
+        let tick: i64 = title[6..].split_whitespace().next().unwrap().parse().unwrap();
+        let explained = handle.block_on(orchestrator::explain::explain(&db, tick)).unwrap().unwrap();
+        assert!(title.contains(explained.tick.status.as_str()), "{title}");
+        assert_eq!(drv.count("#explain-decisions tbody tr"), explained.decisions.len().max(1));
+        if let Some(d) = explained.decisions.first() {
+            assert_eq!(drv.text("#explain-decisions tbody tr:first-child td:first-child"), d.rule);
+        }
+        assert!(drv.text("#explain-snapshot").contains("health"), "the snapshot highlights are shown");
+
         let narrow = drv.screenshot(390, 844, "operator-page-390.png");
         (wide, narrow)
     })
@@ -290,7 +392,11 @@ async fn operator_page_in_headless_chromium() {
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
     assert!(store.flags().await.unwrap().paused, "the click set the flag in the database");
     let counts = store.count_by_status().await.unwrap();
-    assert_eq!((counts[&ActionStatus::Dlq], counts[&ActionStatus::Pending]), (1, 1), "Requeue moved one DLQ row");
+    assert_eq!(
+        (counts[&ActionStatus::Dlq], counts[&ActionStatus::Pending], counts[&ActionStatus::Cancelled]),
+        (1, 3, 1),
+        "Requeue moved one DLQ row, the bulk requeue two, the bulk cancel one; the late row stayed"
+    );
     store.close().await.ok();
     logs.wait_for("admin API: flags changed", Duration::from_secs(10));
     eprintln!("screenshots: {} and {}", checks.0.display(), checks.1.display());

@@ -237,12 +237,17 @@ fn promtool_accepts_the_shipped_files_and_a_live_metrics_page() {
 }
 
 #[test]
-fn the_systemd_unit_restarts_always_is_hardened_and_verifies() {
+fn the_systemd_unit_restarts_on_failure_is_hardened_and_verifies() {
     let unit =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/orchestrator.service"))
             .unwrap();
     for line in [
-        "Restart=always",
+        // Not `always`: `orchestrator kill` exits 0, and that stop must stay a stop.
+        "Restart=on-failure",
+        "StartLimitIntervalSec=600",
+        "StartLimitBurst=5",
+        "#MemoryMax=512M",
+        "#CPUQuota=100%",
         "KillSignal=SIGTERM",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

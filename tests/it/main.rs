@@ -23,9 +23,11 @@ mod verify;
 
 mod browser;
 mod faults;
+mod grafana;
 mod hostile_http;
 mod http_api;
 mod http_client;
 mod http_live;
 mod instances;
 mod model;
+mod operator;
