@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::metrics::RuleMetrics;
-use crate::model::{self, ActionStatus};
+use crate::model::ActionStatus;
 use crate::queue;
 use crate::rules::pipeline::{self, Suppressed};
 use crate::rules::{Decision, Diagnostic, Kind, RuleSet};
@@ -116,7 +116,7 @@ pub async fn decide(
         let outcome = match (p.suppressed, fence) {
             (Some(why), _) => format!("suppressed:{}", why.as_str()),
             (None, None) => format!("suppressed:{}", Suppressed::DryRun.as_str()),
-            (None, Some(fence)) => match apply(store, fence, config, metrics, snap, d, &mut out).await? {
+            (None, Some(fence)) => match apply(store, fence, config, metrics, d, &mut out).await? {
                 Ok(()) => {
                     record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
                     "applied".to_string()
@@ -145,7 +145,7 @@ pub async fn decide(
         out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
     }
     if let Some(fence) = fence {
-        let now = model::now();
+        let now = store.now();
         record.decisions = out
             .decisions
             .iter()
@@ -173,7 +173,6 @@ async fn apply(
     fence: &Fence,
     config: &Config,
     metrics: &RuleMetrics,
-    snap: &Snapshot,
     d: &Decision,
     out: &mut Decided,
 ) -> Result<Result<(), String>, StoreError> {
@@ -250,18 +249,23 @@ async fn apply(
                 )
                 .await
         }
+        Kind::Postpone { id, seconds } => {
+            let now = store.now();
+            let Some(until) = i64::try_from(*seconds)
+                .ok()
+                .and_then(|s| now.checked_add_signed(chrono::Duration::seconds(s)))
+            else {
+                return Ok(Err(format!("postpone by {seconds}s is out of range")));
+            };
+            store
+                .postpone(fence, *id, until, &format!("postpone decided ({by}): not before {}", until.to_rfc3339()))
+                .await
+        }
         Kind::Rebalance => {
-            let now = model::now();
-            let saturated =
-                snap.queue.pending > i64::try_from(config.rules.health.saturated_pending).unwrap_or(i64::MAX);
-            let defer = saturated.then(|| {
-                chrono::Duration::from_std(config.rules.rebalance_defer)
-                    .ok()
-                    .and_then(|d| now.checked_add_signed(d))
-                    .unwrap_or(now)
-            });
-            Ok(store.decide_rebalance(fence, ago(now, config.rules.rebalance_age), defer).await?.map(|(boosted, deferred)| {
-                out.notes.push(format!("rebalance: {boosted} boosted, {deferred} deferred"));
+            // Work-conserving: boosts old work and defers nothing (ARCHITECTURE.md).
+            let old_before = ago(store.now(), config.rules.rebalance_age);
+            Ok(store.boost_old(fence, old_before).await?.map(|boosted| {
+                out.notes.push(format!("rebalance: {boosted} boosted"));
             }))
         }
         Kind::Pause => Ok(store.decide_set_paused(fence, true).await?.map(|()| out.paused = true)),
@@ -276,8 +280,13 @@ async fn apply(
                 payload_json: queue::canonical_json(payload),
                 idempotency_key: key.clone(),
                 priority: 0,
-                not_before: model::now(),
+                not_before: store.now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+                expires_at: config
+                    .expire_after
+                    .get(action_type)
+                    .and_then(|d| chrono::Duration::from_std(*d).ok())
+                    .and_then(|d| store.now().checked_add_signed(d)),
             };
             if new.payload_json.len() > queue::MAX_PAYLOAD_BYTES {
                 return Ok(Err(format!("payload is over {} bytes", queue::MAX_PAYLOAD_BYTES)));
@@ -306,8 +315,9 @@ async fn apply(
                 ),
                 payload_json: queue::canonical_json(&payload),
                 priority: i32::from(d.priority),
-                not_before: model::now(),
+                not_before: store.now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+                expires_at: None,
             };
             Ok(store.decide_enqueue(fence, &new).await?.map(|_| ()))
         }
@@ -351,6 +361,8 @@ pub fn bench_snapshot() -> Snapshot {
         last_error: Some("upstream timed out".into()),
         priority: 0,
         due_in_seconds: 0.0,
+        expires_in_seconds: None,
+        payload: None,
     };
     use crate::model::ActionStatus as S;
     s.samples.stuck_pending = (1..=20).map(|i| sample(i, S::Pending)).collect();

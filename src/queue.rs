@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::model;
 use crate::store::{EnqueueOutcome, NewAction, Store, StoreError};
 
 /// Largest payload accepted, in bytes of JSON text.
@@ -41,7 +40,7 @@ pub enum QueueError {
 
 /// An enqueue request as it arrives from the CLI, the API or a rule. Deserialized as is from a
 /// JSON Lines row or an API body: `{"action_type", "payload", "idempotency_key"?, "priority"?,
-/// "not_before"?, "max_attempts"?}`, unknown fields refused.
+/// "not_before"?, "max_attempts"?, "expires_at"?}`, unknown fields refused.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
@@ -52,6 +51,26 @@ pub struct EnqueueRequest {
     pub priority: i32,
     pub not_before: Option<DateTime<Utc>>,
     pub max_attempts: Option<u32>,
+    /// The deadline; without one, the type's `expire_after` from the config, if any.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the config fills in for a request that leaves it out.
+#[derive(Clone, Debug, Default)]
+pub struct EnqueueDefaults {
+    /// `max_attempts`.
+    pub max_attempts: u32,
+    /// `expire_after`: the deadline of a new action of that type, from its enqueue (off, i.e.
+    /// no deadline, for a type not named).
+    pub expire_after: std::collections::BTreeMap<String, Duration>,
+}
+
+impl From<u32> for EnqueueDefaults {
+    /// Defaults with this `max_attempts` and no deadlines.
+    fn from(max_attempts: u32) -> Self {
+        EnqueueDefaults { max_attempts, ..Default::default() }
+    }
 }
 
 /// Parses payload text, bounded in size and depth, into a JSON object.
@@ -124,8 +143,9 @@ pub fn validate_key(k: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates a request and fills in its defaults.
-pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAction, String> {
+/// Validates a request and fills in its defaults; `now` is the enqueue time (the store's clock).
+pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<Utc>) -> Result<NewAction, String> {
+    let default_max_attempts = defaults.max_attempts;
     validate_type(&req.action_type)?;
     if !req.payload.is_object() {
         return Err(format!("payload must be a JSON object, got {}", json_kind(&req.payload)));
@@ -153,13 +173,29 @@ pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAct
     if !(1..=1000).contains(&max_attempts) {
         return Err(format!("max_attempts must be between 1 and 1000, got {max_attempts}"));
     }
+    let expires_at = match (req.expires_at, defaults.expire_after.get(&req.action_type)) {
+        (Some(t), _) => Some(t),
+        (None, Some(d)) => Some(
+            chrono::Duration::from_std(*d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| format!("expire_after for {} is too long", req.action_type))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = expires_at
+        && t <= now
+    {
+        return Err(format!("expires_at {} is not in the future", t.to_rfc3339()));
+    }
     Ok(NewAction {
         action_type: req.action_type.clone(),
         payload_json,
         idempotency_key,
         priority: req.priority,
-        not_before: req.not_before.unwrap_or_else(model::now),
+        not_before: req.not_before.unwrap_or(now),
         max_attempts: max_attempts as i32,
+        expires_at,
     })
 }
 
@@ -167,9 +203,9 @@ pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAct
 pub async fn enqueue(
     store: &Store,
     req: &EnqueueRequest,
-    default_max_attempts: u32,
+    defaults: impl Into<EnqueueDefaults>,
 ) -> Result<EnqueueOutcome, QueueError> {
-    let new = prepare(req, default_max_attempts).map_err(QueueError::Invalid)?;
+    let new = prepare(req, &defaults.into(), store.now()).map_err(QueueError::Invalid)?;
     Ok(store.insert_action(&new).await?)
 }
 
@@ -187,8 +223,9 @@ pub struct BulkReport {
 pub async fn enqueue_jsonl(
     store: &Store,
     mut input: impl BufRead,
-    default_max_attempts: u32,
+    defaults: impl Into<EnqueueDefaults>,
 ) -> Result<BulkReport, QueueError> {
+    let defaults = defaults.into();
     let mut report = BulkReport::default();
     let mut in_flight: Option<Insert> = None;
     let mut batch: Vec<NewAction> = Vec::with_capacity(BULK_BATCH);
@@ -205,7 +242,7 @@ pub async fn enqueue_jsonl(
             break;
         }
         line_no += 1;
-        let new = match parse_line(&buf, n, default_max_attempts) {
+        let new = match parse_line(&buf, n, &defaults, store.now()) {
             Ok(Some(new)) => new,
             Ok(None) => continue,
             Err(why) => {
@@ -235,7 +272,12 @@ pub async fn enqueue_jsonl(
 }
 
 /// One line to a validated action; `None` for a blank line.
-fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32) -> Result<Option<NewAction>, String> {
+fn parse_line(
+    buf: &[u8],
+    n: usize,
+    defaults: &EnqueueDefaults,
+    now: DateTime<Utc>,
+) -> Result<Option<NewAction>, String> {
     if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
         return Err("line is longer than the payload limit allows".into());
     }
@@ -244,7 +286,7 @@ fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32) -> Result<Option<
         return Ok(None);
     }
     let req: EnqueueRequest = serde_json::from_str(text).map_err(|e| format!("not a valid action: {e}"))?;
-    prepare(&req, default_max_attempts).map(Some)
+    prepare(&req, defaults, now).map(Some)
 }
 
 type Insert = tokio::task::JoinHandle<(u64, Result<u64, StoreError>)>;
@@ -295,17 +337,18 @@ mod tests {
             priority: 0,
             not_before: None,
             max_attempts: None,
+            expires_at: None,
         }
     }
 
     #[test]
     fn derived_keys_ignore_key_order() {
-        let a = prepare(&req(json!({"a": 1, "b": {"y": 2, "x": 1}})), 3).unwrap();
-        let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), 3).unwrap();
+        let a = prepare(&req(json!({"a": 1, "b": {"y": 2, "x": 1}})), &3.into(), crate::model::now()).unwrap();
+        let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), &3.into(), crate::model::now()).unwrap();
         assert_eq!(a.idempotency_key, b.idempotency_key);
         assert_eq!(a.payload_json, r#"{"a":1,"b":{"x":1,"y":2}}"#);
         let c =
-            prepare(&EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) }, 3)
+            prepare(&EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) }, &3.into(), crate::model::now())
                 .unwrap();
         assert_ne!(a.idempotency_key, c.idempotency_key, "the type is part of the key");
     }

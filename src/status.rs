@@ -14,6 +14,10 @@ use crate::model::{self, ActionStatus, Flags, TickRow, TickStatus};
 use crate::snapshot::seconds_between;
 use crate::store::{Store, StoreError};
 
+/// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
+pub const PROOF_ENFORCED_REFUSAL: &str = "proof mode is enforced on this instance (proof_mode: enforced, \
+     ORCHESTRATOR_PROOF_MODE=enforced or --proof-enforced): it cannot be turned off here";
+
 /// Overall health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +57,9 @@ pub struct StatusReport {
     pub lease: Option<LeaseStatus>,
     pub queue: BTreeMap<ActionStatus, i64>,
     pub last_tick: Option<TickRow>,
+    /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
+    /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
+    pub proof_enforced: bool,
 }
 
 /// The thresholds health is judged by.
@@ -111,7 +118,7 @@ pub async fn read(store: &Store, lease_name: &str, policy: &HealthPolicy) -> Res
     let queue = store.count_by_status().await?;
     let last_tick = store.recent_ticks(1).await?.into_iter().next();
     let (health, reasons) = judge(&flags, lease.as_ref(), &queue, last_tick.as_ref(), policy, model::now());
-    Ok(StatusReport { health, reasons, flags, lease, queue, last_tick })
+    Ok(StatusReport { health, reasons, flags, lease, queue, last_tick, proof_enforced: false })
 }
 
 /// The health rules, pure so that they can be tested on their own.

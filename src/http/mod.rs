@@ -319,6 +319,7 @@ async fn status_page(
         return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
     }
     let report = status::read(&st.store, &st.config.lease_name, &st.policy()).await?;
+    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st
@@ -335,7 +336,7 @@ async fn status_page(
             updated_at: a.updated_at,
         })
         .collect();
-    let mode = if report.flags.proof_mode { "PROOF" } else { "REAL" };
+    let mode = if report.flags.proof_mode || report.proof_enforced { "PROOF" } else { "REAL" };
     let server = ServerInfo {
         version: env!("CARGO_PKG_VERSION"),
         owner: st.engine.lease().owner().to_string(),

@@ -17,7 +17,7 @@ use sea_orm::{
 
 use super::entities::{self, actions};
 use super::{Backend, Context, Store, StoreError};
-use crate::model::{self, Action, ActionStatus, LogLevel, NewLog};
+use crate::model::{Action, ActionStatus, LogLevel, NewLog};
 
 /// A validated action ready to insert (see `queue::enqueue` for the validation).
 #[derive(Clone, Debug)]
@@ -29,6 +29,8 @@ pub struct NewAction {
     pub priority: i32,
     pub not_before: DateTime<Utc>,
     pub max_attempts: i32,
+    /// The deadline (`None`: none): never started after it, moved to `DLQ` as `expired`.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What an enqueue did.
@@ -105,6 +107,7 @@ UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = 
        claimed_at = now(), updated_at = now()
 WHERE id IN (SELECT id FROM actions
              WHERE status IN ('PENDING', 'RETRY') AND not_before <= now()
+               AND (expires_at IS NULL OR expires_at > now())
              ORDER BY priority DESC, not_before, id
              LIMIT $2 FOR UPDATE SKIP LOCKED)
   AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > now())
@@ -115,6 +118,7 @@ UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = 
        claimed_at = $5, updated_at = $5
 WHERE id IN (SELECT id FROM actions
              WHERE status IN ('PENDING', 'RETRY') AND not_before <= $5
+               AND (expires_at IS NULL OR expires_at > $5)
              ORDER BY priority DESC, not_before, id
              LIMIT $2)
   AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > $5)
@@ -123,20 +127,21 @@ RETURNING *";
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
 
-// Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts]
-// rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
+// Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts,
+// expires_at] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
 const INSERT_JSON_SQLITE: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2
+                     max_attempts, created_at, updated_at, expires_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2,
+       value ->> 6
 FROM json_each(jsonb($1)) WHERE true
 ON CONFLICT (idempotency_key) DO NOTHING";
 
 const INSERT_JSON_PG: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at)
+                     max_attempts, created_at, updated_at, expires_at)
 SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
-       (r ->> 5)::integer, $2, $2
+       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
@@ -148,7 +153,7 @@ const LOG_CHUNK: usize = 1000;
 impl Store {
     /// Inserts one action unless its key exists; either way returns the row's id and status.
     pub async fn insert_action(&self, new: &NewAction) -> Result<EnqueueOutcome, StoreError> {
-        let now = model::now();
+        let now = self.now();
         let inserted = actions::Entity::insert(active(new, now))
             .on_conflict(OnConflict::column(actions::Column::IdempotencyKey).do_nothing().to_owned())
             .exec_without_returning(&self.db)
@@ -177,7 +182,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let now = model::now();
+        let now = self.now();
         let sql = match self.backend {
             Backend::Sqlite => INSERT_JSON_SQLITE,
             Backend::Postgres => INSERT_JSON_PG,
@@ -194,7 +199,8 @@ impl Store {
         }
         let mut created = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
-            let rows: Vec<(&str, &str, &str, i32, String, i32)> = chunk
+            #[allow(clippy::type_complexity)]
+            let rows: Vec<(&str, &str, &str, i32, String, i32, Option<String>)> = chunk
                 .iter()
                 .map(|n| {
                     (
@@ -204,6 +210,7 @@ impl Store {
                         n.priority,
                         timestamp_text(n.not_before),
                         n.max_attempts,
+                        n.expires_at.map(timestamp_text),
                     )
                 })
                 .collect();
@@ -248,7 +255,7 @@ impl Store {
         let stmt = match self.backend {
             Backend::Postgres => self.stmt(CLAIM_PG, [epoch.into(), n.into(), lease_name.into(), owner.into()]),
             Backend::Sqlite => {
-                self.stmt(CLAIM_SQLITE, [epoch.into(), n.into(), lease_name.into(), owner.into(), model::now().into()])
+                self.stmt(CLAIM_SQLITE, [epoch.into(), n.into(), lease_name.into(), owner.into(), self.now().into()])
             }
         };
         let rows = actions::Entity::find().from_raw_sql(stmt).all(&self.db).await.doing("claiming actions")?;
@@ -279,7 +286,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(report);
         }
-        let now = model::now();
+        let now = self.now();
         let txn = self.begin_write().await?;
         let mut applied = std::collections::HashSet::new();
         for chunk in batch.chunks(COMPLETE_CHUNK) {
@@ -376,7 +383,7 @@ impl Store {
                 vec![epoch.into(), lease_name.into(), owner.into(), secs.into()],
             ),
             Backend::Sqlite => {
-                let now = model::now();
+                let now = self.now();
                 let cutoff = now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
                 (
                     format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{cutoff}", "$5"),
@@ -412,17 +419,44 @@ impl Store {
                 )
             })
             .collect();
-        insert_logs(&txn, tick_id, &logs, model::now()).await?;
+        insert_logs(&txn, tick_id, &logs, self.now()).await?;
         txn.commit().await.doing("committing rescued actions")?;
         Ok(rescued)
+    }
+
+    /// `expire`: every waiting action (`PENDING` or `RETRY`) whose deadline has passed goes to
+    /// `DLQ` with the error `expired`, and a log row each, in one transaction. The claim never
+    /// starts such an action (it skips expired rows), so this only has to make the outcome
+    /// visible; the tick runs it before its snapshot. Fenced by the lease epoch. Returns the
+    /// ids expired.
+    pub async fn expire_due(&self, lease_name: &str, epoch: i64, tick_id: Option<i64>) -> Result<Vec<i64>, StoreError> {
+        let now = self.now();
+        let sql = "UPDATE actions SET status = 'DLQ', last_error = 'expired', finished_at = $1, updated_at = $1 \
+                   WHERE status IN ('PENDING', 'RETRY') AND expires_at IS NOT NULL AND expires_at <= $1 \
+                   AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND epoch = $3) RETURNING id";
+        let txn = self.begin_write().await?;
+        let ids =
+            returned_ids(&txn, self.stmt(sql, [now.into(), lease_name.into(), epoch.into()]), "expiring actions").await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let logs: Vec<NewLog> = ids
+            .iter()
+            .map(|&id| NewLog::new(id, LogLevel::Warning, "expired: its deadline passed before it could start -> DLQ"))
+            .collect();
+        insert_logs(&txn, tick_id, &logs, now).await?;
+        txn.commit().await.doing("committing expired actions")?;
+        Ok(ids)
     }
 
     /// `DLQ` -> `PENDING` with attempts reset. `None` requeues every DLQ action. Returns the
     /// ids requeued.
     pub async fn requeue(&self, id: Option<i64>) -> Result<Vec<i64>, StoreError> {
-        let now = model::now();
+        let now = self.now();
+        // A deadline that has passed is dropped: the operator asked for another run.
         let mut sql = "UPDATE actions SET status = 'PENDING', attempts = 0, not_before = $1, updated_at = $1, \
-                       finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL WHERE status = 'DLQ'"
+                       finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL, \
+                       expires_at = CASE WHEN expires_at <= $1 THEN NULL ELSE expires_at END WHERE status = 'DLQ'"
             .to_string();
         let mut values: Vec<Value> = vec![now.into()];
         if let Some(id) = id {
@@ -447,7 +481,7 @@ impl Store {
 
     /// Cancels an action that has not finished and is not running.
     pub async fn cancel(&self, id: i64) -> Result<(), StoreError> {
-        let now = model::now();
+        let now = self.now();
         let sql = "UPDATE actions SET status = 'CANCELLED', updated_at = $1, finished_at = $1 \
                    WHERE id = $2 AND status IN ('PENDING', 'RETRY', 'DLQ') RETURNING id";
         let txn = self.begin_write().await?;
@@ -534,8 +568,9 @@ impl Store {
 
     /// How many actions are due now (`PENDING` or `RETRY` with `not_before` passed).
     pub async fn due_count(&self) -> Result<i64, StoreError> {
-        let sql = "SELECT COUNT(*) AS n FROM actions WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1";
-        let row = self.db.query_one_raw(self.stmt(sql, [model::now().into()])).await.doing("counting due actions")?;
+        let sql = "SELECT COUNT(*) AS n FROM actions WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1 \
+                   AND (expires_at IS NULL OR expires_at > $1)";
+        let row = self.db.query_one_raw(self.stmt(sql, [self.now().into()])).await.doing("counting due actions")?;
         match row {
             Some(r) => r.try_get("", "n").doing("counting due actions"),
             None => Ok(0),
@@ -560,6 +595,7 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         created_at: Set(now),
         updated_at: Set(now),
         finished_at: Set(None),
+        expires_at: Set(n.expires_at),
     }
 }
 

@@ -16,7 +16,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Value};
 use super::actions::insert_logs;
 use super::entities::{self, actions};
 use super::{Context, Store, StoreError};
-use crate::model::{self, Action, ActionStatus, LogLevel, NewLog, TickStatus};
+use crate::model::{Action, ActionStatus, LogLevel, NewLog, TickStatus};
 
 const OPEN: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
 
@@ -44,6 +44,8 @@ pub struct LedgerStats {
     pub last_tick_status: Option<TickStatus>,
     pub consecutive_failed_ticks: i64,
     pub failed_ticks_1h: i64,
+    /// `PARTIAL` ticks (some attempt failed) since the same time.
+    pub partial_ticks_1h: i64,
 }
 
 /// One row of the `decisions` table.
@@ -178,13 +180,16 @@ impl Store {
         let row = self
             .db
             .query_one_raw(self.stmt(
-                "SELECT COUNT(*) AS n FROM tick_ledger WHERE status = 'FAIL' AND started_at >= $1 AND id <> $2",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'FAIL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS n, \
+                 CAST(COALESCE(SUM(CASE WHEN status = 'PARTIAL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS p \
+                 FROM tick_ledger WHERE status IN ('FAIL', 'PARTIAL') AND started_at >= $1 AND id <> $2",
                 [since.into(), exclude.into()],
             ))
             .await
             .doing("counting failed ticks")?;
         if let Some(r) = row {
             stats.failed_ticks_1h = r.try_get("", "n").doing("counting failed ticks")?;
+            stats.partial_ticks_1h = r.try_get("", "p").doing("counting failed ticks")?;
         }
         Ok(stats)
     }
@@ -264,7 +269,7 @@ impl Store {
             // Nothing to write: an idle tick costs no transaction (and no fsync) here.
             return Ok(());
         }
-        let now = model::now();
+        let now = self.now();
         let txn = self.begin_write().await?;
         for d in &rec.decisions {
             txn.execute_raw(self.stmt(
@@ -402,7 +407,7 @@ impl Store {
         extra: Vec<Value>,
         log: &str,
     ) -> Result<Result<(), String>, StoreError> {
-        let now = model::now();
+        let now = self.now();
         let allowed: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
         let sql = format!(
             "UPDATE actions SET {set} WHERE id = $1 AND status IN ({}) AND {} RETURNING id",
@@ -451,23 +456,19 @@ impl Store {
         })
     }
 
-    /// `rebalance`: pending actions created before `old_before` gain one priority step; when
-    /// `defer_until` is given (a saturated queue), pending work of priority 0 or less that was
-    /// not boosted waits until then. Fenced; returns (boosted, deferred).
-    pub async fn decide_rebalance(
-        &self,
-        fence: &Fence,
-        old_before: DateTime<Utc>,
-        defer_until: Option<DateTime<Utc>>,
-    ) -> Result<Result<(u64, u64), String>, StoreError> {
-        let now = model::now();
-        let txn = self.begin_write().await?;
+    /// `rebalance` (operation `boost`): every waiting action (`PENDING` or `RETRY`) created
+    /// before `old_before` gains one priority step, so old work is claimed first and nothing
+    /// starves behind a stream of fresh work. It defers nothing and takes nothing out of the
+    /// queue: the only change is the claim order. Fenced; returns how many were boosted.
+    pub async fn boost_old(&self, fence: &Fence, old_before: DateTime<Utc>) -> Result<Result<u64, String>, StoreError> {
+        let now = self.now();
         let boost = format!(
-            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {OPEN} AND status = 'PENDING' \
+            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE status IN ('PENDING', 'RETRY') \
              AND created_at < $2 AND priority < 1000000 AND {}",
             fence_sql(3, 4)
         );
-        let boosted = txn
+        let boosted = self
+            .db
             .execute_raw(
                 self.stmt(
                     &boost,
@@ -477,27 +478,32 @@ impl Store {
             .await
             .doing("rebalancing: boosting old actions")?
             .rows_affected();
-        let mut deferred = 0;
-        if let Some(until) = defer_until {
-            let defer = format!(
-                "UPDATE actions SET not_before = $1, updated_at = $2 WHERE {OPEN} AND status = 'PENDING' \
-                 AND priority <= 0 AND created_at >= $3 AND not_before < $1 AND {}",
-                fence_sql(4, 5)
-            );
-            deferred = txn
-                .execute_raw(self.stmt(
-                    &defer,
-                    [until.into(), now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ))
-                .await
-                .doing("rebalancing: deferring low-priority work")?
-                .rows_affected();
-        }
-        txn.commit().await.doing("committing a rebalance")?;
-        if boosted == 0 && deferred == 0 && !self.fence_holds(fence).await? {
+        if boosted == 0 && !self.fence_holds(fence).await? {
             return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
         }
-        Ok(Ok((boosted, deferred)))
+        Ok(Ok(boosted))
+    }
+
+    /// `postpone` (the decision of that name): a waiting action (`PENDING` or `RETRY`) is not
+    /// claimed before `until`; its priority and attempts are kept. Never brings an action
+    /// forward: a later `not_before` stays. Fenced, with a log row (`log`) in the same
+    /// transaction.
+    pub async fn postpone(
+        &self,
+        fence: &Fence,
+        id: i64,
+        until: DateTime<Utc>,
+        log: &str,
+    ) -> Result<Result<(), String>, StoreError> {
+        self.decide_update_action(
+            fence,
+            id,
+            &[ActionStatus::Pending, ActionStatus::Retry],
+            "not_before = CASE WHEN not_before > $5 THEN not_before ELSE $5 END, updated_at = $4",
+            vec![until.into()],
+            log,
+        )
+        .await
     }
 
     /// `pause` / `resume`: sets the paused flag, fenced.
@@ -507,7 +513,7 @@ impl Store {
             self.db
                 .execute_raw(self.stmt(
                     &sql,
-                    [paused.into(), model::now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                    [paused.into(), self.now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
                 ))
                 .await
                 .doing("setting the paused flag")?
@@ -528,14 +534,14 @@ impl Store {
         fence: &Fence,
         new: &super::NewAction,
     ) -> Result<Result<bool, String>, StoreError> {
-        let now = model::now();
+        let now = self.now();
         let sql = format!(
             "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, \
-             max_attempts, created_at, updated_at) SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7 WHERE {} \
-             ON CONFLICT (idempotency_key) DO NOTHING",
+             max_attempts, created_at, updated_at, expires_at) SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10 \
+             WHERE {} ON CONFLICT (idempotency_key) DO NOTHING",
             fence_sql(8, 9)
         );
-        let values: [Value; 9] = [
+        let values: [Value; 10] = [
             new.idempotency_key.as_str().into(),
             new.action_type.as_str().into(),
             new.payload_json.as_str().into(),
@@ -545,6 +551,7 @@ impl Store {
             now.into(),
             fence.lease_name.as_str().into(),
             fence.epoch.into(),
+            new.expires_at.into(),
         ];
         let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
         if n == 1 {
@@ -559,10 +566,10 @@ impl Store {
     /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
     pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
         let sql = "SELECT * FROM actions WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1 \
-                   ORDER BY priority DESC, not_before, id LIMIT $2";
+                   AND (expires_at IS NULL OR expires_at > $1) ORDER BY priority DESC, not_before, id LIMIT $2";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(sql, [model::now().into(), limit.into()]))
+            .from_raw_sql(self.stmt(sql, [self.now().into(), limit.into()]))
             .all(&self.db)
             .await
             .doing("listing due actions")?;

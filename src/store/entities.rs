@@ -72,6 +72,7 @@ pub mod actions {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub finished_at: Option<DateTimeUtc>,
+        pub expires_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -157,6 +158,7 @@ impl TryFrom<actions::Model> for model::Action {
             created_at: m.created_at,
             updated_at: m.updated_at,
             finished_at: m.finished_at,
+            expires_at: m.expires_at,
         })
     }
 }

@@ -22,6 +22,8 @@ mod logs;
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
+
+use crate::model::Clock;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -103,6 +105,8 @@ pub struct Store {
     /// writes whose durability a power cut cannot matter to (see [`Store::begin_tick`]).
     relaxed: Option<DatabaseConnection>,
     backend: Backend,
+    /// Every time this store writes or compares (on SQLite, all of them) comes from here.
+    clock: Clock,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -245,11 +249,28 @@ impl Store {
         } else {
             None
         };
-        Ok(Store { db, relaxed, backend })
+        Ok(Store { db, relaxed, backend, clock: Clock::real() })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This store, reading time from `clock` (a scenario's shifted clock); the connection is
+    /// shared with the original.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock this store reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, by this store's clock (the wall clock unless [`Store::with_clock`] said otherwise).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// Applies pending migrations under a lock, so concurrent starts do not race each other.

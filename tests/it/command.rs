@@ -29,6 +29,7 @@ fn action(key: &str, payload: serde_json::Value) -> Action {
         created_at: now,
         updated_at: now,
         finished_at: None,
+        expires_at: None,
     }
 }
 
