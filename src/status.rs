@@ -14,6 +14,11 @@ use crate::model::{self, ActionStatus, Flags, TickRow, TickStatus};
 use crate::snapshot::seconds_between;
 use crate::store::{Store, StoreError};
 
+/// A last tick is never called stale sooner than this: a busy tick legitimately runs for
+/// `max_tick_seconds` (20 s) and its last attempts a while longer, and with the 5 s default
+/// interval three intervals would call such a tick dead while it works.
+pub const MIN_STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
 pub const PROOF_ENFORCED_REFUSAL: &str = "proof mode is enforced on this instance (proof_mode: enforced, \
      ORCHESTRATOR_PROOF_MODE=enforced or --proof-enforced): it cannot be turned off here";
@@ -76,14 +81,14 @@ impl HealthPolicy {
     /// Stale after three intervals (at least 10 s, so that back-to-back ticking is not judged
     /// by a zero interval).
     pub fn from_interval(interval: Duration) -> Self {
-        HealthPolicy { stale_after: (interval * 3).max(Duration::from_secs(10)), lease_required: false }
+        HealthPolicy { stale_after: (interval * 3).max(MIN_STALE_AFTER), lease_required: false }
     }
 
     /// The policy of `/health`: stale after `http.stale_tick_intervals` intervals (at least
-    /// 10 s), and a live lease required unless paused.
+    /// [`MIN_STALE_AFTER`]), and a live lease required unless paused.
     pub fn for_http(interval: Duration, stale_tick_intervals: u32) -> Self {
         HealthPolicy {
-            stale_after: (interval * stale_tick_intervals).max(Duration::from_secs(10)),
+            stale_after: (interval * stale_tick_intervals).max(MIN_STALE_AFTER),
             lease_required: true,
         }
     }
