@@ -295,7 +295,8 @@ impl Executor {
             Err(AdapterError::Retryable { message, retry_after }) if attempt < max => {
                 let delay = retry_after
                     .unwrap_or_else(|| queue::backoff(attempt, self.settings.backoff_base, self.settings.backoff_max));
-                let not_before = self.settings.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                let not_before =
+                    self.settings.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                 let log = NewLog::new(
                     action.id,
                     LogLevel::Warning,

@@ -347,9 +347,12 @@ mod tests {
         let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), &3.into(), crate::model::now()).unwrap();
         assert_eq!(a.idempotency_key, b.idempotency_key);
         assert_eq!(a.payload_json, r#"{"a":1,"b":{"x":1,"y":2}}"#);
-        let c =
-            prepare(&EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) }, &3.into(), crate::model::now())
-                .unwrap();
+        let c = prepare(
+            &EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) },
+            &3.into(),
+            crate::model::now(),
+        )
+        .unwrap();
         assert_ne!(a.idempotency_key, c.idempotency_key, "the type is part of the key");
     }
 

@@ -199,7 +199,13 @@ impl std::fmt::Display for TickLine {
         write!(
             f,
             "#{:<3} +{:>7.0}s {:<9} ran {:>5} ok {:>5} due {:>5} open {:>5}",
-            self.tick, self.at_seconds, self.status, self.attempted, self.succeeded, self.due_at_snapshot, self.open_after
+            self.tick,
+            self.at_seconds,
+            self.status,
+            self.attempted,
+            self.succeeded,
+            self.due_at_snapshot,
+            self.open_after
         )?;
         if !self.decisions.is_empty() {
             write!(f, " | {}", self.decisions.join(", "))?;
@@ -286,9 +292,7 @@ pub async fn run(
     )
     .await?
     .with_clock(clock.clone());
-    store
-        .set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None })
-        .await?;
+    store.set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None }).await?;
     seed(&store, &config, scenario).await?;
 
     let mut registry = Registry::empty();
@@ -355,7 +359,8 @@ fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow:
     };
     std::fs::write(&path, text)?;
     let none = |_: &str| None;
-    let mut config = Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })?;
+    let mut config =
+        Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })?;
     config.database_url = format!("sqlite:{}", tmp.join("scenario.db").display());
     config.rules_dir = rules_dir.to_path_buf();
     config.artifacts_dir = tmp.join("artifacts");
@@ -411,7 +416,8 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
     if expect.no_idle_while_due {
         for t in timeline {
             if t.status == TickStatus::Idle.as_str() && t.left_due > 0 {
-                failures.push(format!("no idle tick while work is due: tick {} was IDLE with {} due", t.tick, t.left_due));
+                failures
+                    .push(format!("no idle tick while work is due: tick {} was IDLE with {} due", t.tick, t.left_due));
             }
         }
     }

@@ -87,10 +87,7 @@ impl HealthPolicy {
     /// The policy of `/health`: stale after `http.stale_tick_intervals` intervals (at least
     /// [`MIN_STALE_AFTER`]), and a live lease required unless paused.
     pub fn for_http(interval: Duration, stale_tick_intervals: u32) -> Self {
-        HealthPolicy {
-            stale_after: (interval * stale_tick_intervals).max(MIN_STALE_AFTER),
-            lease_required: true,
-        }
+        HealthPolicy { stale_after: (interval * stale_tick_intervals).max(MIN_STALE_AFTER), lease_required: true }
     }
 }
 

@@ -60,7 +60,8 @@ pub enum RulesError {
 /// The longest a `postpone` may push an action back: one year.
 pub const MAX_POSTPONE_SECONDS: u64 = 365 * 86_400;
 
-/// What a decision does, and to what.
+/// What a decision does, and to what. `Postpone` is the seed's `downgrade_low_score_clip`: not
+/// before `seconds` from now.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Kind {
@@ -69,7 +70,6 @@ pub enum Kind {
     Cancel { id: i64 },
     ForceRun { id: i64 },
     Reprioritize { id: i64, to: i32 },
-    /// Not before `seconds` from now (the seed's `downgrade_low_score_clip`).
     Postpone { id: i64, seconds: u64 },
     Rebalance,
     Pause,
@@ -426,10 +426,10 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
         "postpone" => {
             let seconds = int("seconds")?;
             // A year at most, like every duration of the config.
-            let seconds = u64::try_from(seconds)
-                .ok()
-                .filter(|s| (1..=MAX_POSTPONE_SECONDS).contains(s))
-                .ok_or_else(|| format!("postpone: seconds must be between 1 and {MAX_POSTPONE_SECONDS}, got {seconds}"))?;
+            let seconds =
+                u64::try_from(seconds).ok().filter(|s| (1..=MAX_POSTPONE_SECONDS).contains(s)).ok_or_else(|| {
+                    format!("postpone: seconds must be between 1 and {MAX_POSTPONE_SECONDS}, got {seconds}")
+                })?;
             Kind::Postpone { id: id()?, seconds }
         }
         "rebalance" => Kind::Rebalance,

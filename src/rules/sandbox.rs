@@ -110,7 +110,12 @@ fn register_constructors(e: &mut rhai::Engine) {
     e.register_fn("postpone", |id: INT, seconds: INT, reason: ImmutableString, priority: INT| {
         decision(
             "postpone",
-            vec![("id", id.into()), ("seconds", seconds.into()), ("reason", reason.into()), ("priority", priority.into())],
+            vec![
+                ("id", id.into()),
+                ("seconds", seconds.into()),
+                ("reason", reason.into()),
+                ("priority", priority.into()),
+            ],
         )
     });
     for kind in ["rebalance", "pause", "resume"] {

@@ -435,8 +435,8 @@ impl Store {
                    WHERE status IN ('PENDING', 'RETRY') AND expires_at IS NOT NULL AND expires_at <= $1 \
                    AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND epoch = $3) RETURNING id";
         let txn = self.begin_write().await?;
-        let ids =
-            returned_ids(&txn, self.stmt(sql, [now.into(), lease_name.into(), epoch.into()]), "expiring actions").await?;
+        let ids = returned_ids(&txn, self.stmt(sql, [now.into(), lease_name.into(), epoch.into()]), "expiring actions")
+            .await?;
         if ids.is_empty() {
             return Ok(ids);
         }

@@ -467,17 +467,15 @@ impl Store {
              AND created_at < $2 AND priority < 1000000 AND {}",
             fence_sql(3, 4)
         );
-        let boosted = self
-            .db
-            .execute_raw(
-                self.stmt(
+        let boosted =
+            self.db
+                .execute_raw(self.stmt(
                     &boost,
                     [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ),
-            )
-            .await
-            .doing("rebalancing: boosting old actions")?
-            .rows_affected();
+                ))
+                .await
+                .doing("rebalancing: boosting old actions")?
+                .rows_affected();
         if boosted == 0 && !self.fence_holds(fence).await? {
             return Ok(Err(format!("fenced: the lease is no longer at epoch {}", fence.epoch)));
         }
