@@ -61,7 +61,8 @@ async fn a_backlog_drains_with_the_shipped_rules_and_no_idle_tick(db: &TestDb) {
     config.database_url = db.url.clone();
     config.artifacts_dir = db.dir.path().join("artifacts");
     config.rules_dir = shipped_rules();
-    let lines: String = (0..2000).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+    let lines: String =
+        (0..2000).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
     queue::enqueue_jsonl(&db.store, lines.as_bytes(), config.enqueue_defaults()).await.unwrap();
     let engine = Engine::new(db.store.clone(), config, Registry::builtin());
     assert!(engine.load_rules().unwrap() >= 7, "the shipped rules load");
@@ -198,7 +199,8 @@ async fn expire_after_gives_new_actions_a_deadline(db: &TestDb) {
 
     // JSON Lines carry their own deadline, which wins; a deadline already passed is refused.
     let soon = (db.store.now() + chrono::Duration::minutes(5)).to_rfc3339();
-    let line = format!("{{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"jl\",\"expires_at\":\"{soon}\"}}\n");
+    let line =
+        format!("{{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"jl\",\"expires_at\":\"{soon}\"}}\n");
     queue::enqueue_jsonl(&db.store, line.as_bytes(), defaults.clone()).await.unwrap();
     let row = by_key(db, "jl").await;
     assert!((row.expires_at.unwrap() - db.store.now()).num_seconds() <= 300);
@@ -235,10 +237,8 @@ impl Adapter for Guarded {
 
 async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
-    let id = queue::enqueue(&db.store, &EnqueueRequest { action_type: "GUARDED".into(), ..noop("g") }, 3)
-        .await
-        .unwrap()
-        .id;
+    let id =
+        queue::enqueue(&db.store, &EnqueueRequest { action_type: "GUARDED".into(), ..noop("g") }, 3).await.unwrap().id;
     let mut config = db.config();
     config.proof_enforced = true;
     let mut registry = Registry::builtin();
@@ -257,13 +257,19 @@ async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
     let o = support::run(support::bin(dir).args(["--database-url", &db.url, "--proof-enforced", "proof", "off"]));
     assert_eq!(o.status.code(), Some(1), "{}", support::stderr(&o));
     assert!(support::stderr(&o).contains("proof mode is enforced on this instance"), "{}", support::stderr(&o));
-    let o = support::run(
-        support::bin(dir).env("ORCHESTRATOR_PROOF_MODE", "enforced").args(["--database-url", &db.url, "proof", "off"]),
-    );
+    let o = support::run(support::bin(dir).env("ORCHESTRATOR_PROOF_MODE", "enforced").args([
+        "--database-url",
+        &db.url,
+        "proof",
+        "off",
+    ]));
     assert_eq!(o.status.code(), Some(1), "{}", support::stderr(&o));
-    let o = support::run(
-        support::bin(dir).env("ORCHESTRATOR_PROOF_MODE", "enforced").args(["--database-url", &db.url, "--json", "status"]),
-    );
+    let o = support::run(support::bin(dir).env("ORCHESTRATOR_PROOF_MODE", "enforced").args([
+        "--database-url",
+        &db.url,
+        "--json",
+        "status",
+    ]));
     let status = support::json(&o);
     assert_eq!(status["proof_enforced"], json!(true), "{status}");
     let o = support::run(support::bin(dir).args(["--database-url", &db.url, "proof", "on"]));
@@ -306,4 +312,15 @@ async fn the_backlog_scenario_fails_against_the_old_rebalance() {
     let r = orchestrator::scenario::run_file(&file, &shipped_rules(), Some(old_rebalance)).await;
     assert!(!r.passed, "the backlog must stall under the old semantics: {:?}", r.timeline);
     assert!(r.failures.iter().any(|f| f.starts_with("drained by tick 2")), "{:?}", r.failures);
+}
+
+/// The worked example of the seed's domain rows passes its own fixture.
+#[test]
+fn the_domain_example_rule_passes_its_fixture() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rules");
+    let results = orchestrator::rules::fixtures::run_dir(&dir, &Config::defaults().rules).unwrap();
+    assert!(results.len() >= 5, "{results:?}");
+    for r in &results {
+        assert!(r.passed, "{}: {:?}", r.name, r.diff);
+    }
 }
