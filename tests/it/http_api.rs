@@ -493,4 +493,18 @@ async fn enforced_proof_mode_refuses_proof_off_and_says_so(db: &TestDb) {
     assert_eq!((s["mode"].as_str(), s["proof_enforced"].as_bool()), (Some("PROOF"), Some(true)), "{s}");
     let page = get(&st, "/").await.body;
     assert!(page.contains("proof-enforced") && page.contains("refused: "), "the page shows enforcement and refusals");
+
+    // A deadline through the API.
+    let at = (db.store.now() + chrono::Duration::hours(2)).to_rfc3339();
+    let body = format!(r#"{{"action_type": "NOOP", "payload": {{}}, "expires_at": "{at}"}}"#);
+    let r = admin(&st, "POST", "/api/actions", Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    let listed = admin(&st, "GET", "/api/actions?limit=5", None).await.json();
+    let row = listed.as_array().unwrap().iter().find(|a| a["id"] == id).unwrap().clone();
+    assert!(row["expires_at"].is_string(), "{row}");
+    let past = r#"{"action_type": "NOOP", "payload": {"x": 1}, "expires_at": "2001-01-01T00:00:00Z"}"#;
+    let r = admin(&st, "POST", "/api/actions", Some(past)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("not in the future"), "{}", r.body);
 }
