@@ -207,6 +207,9 @@ impl std::fmt::Display for TickLine {
             self.due_at_snapshot,
             self.open_after
         )?;
+        if self.left_due > 0 {
+            write!(f, " LEFT IDLE {}", self.left_due)?;
+        }
         if !self.decisions.is_empty() {
             write!(f, " | {}", self.decisions.join(", "))?;
         }
