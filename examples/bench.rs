@@ -7,7 +7,9 @@
 //! Figures: `cold_run_once` (the whole release binary, start to exit, wall time and peak RSS),
 //! `tick_overhead` (a tick with nothing due, with the shipped rules, against 1k..1M rows of
 //! history, SQLite and PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
-//! completion fenced, durable and logged), `drain_concurrency` (drain rate against
+//! completion fenced, durable and logged; twice: bare, with no rules, and `drain_default`, in the
+//! default configuration with the shipped rules loaded, which is what users run),
+//! `drain_concurrency` (drain rate against
 //! concurrency), `bulk_enqueue` (JSON Lines into SQLite) and `memory` (RSS of `run` over
 //! 10,000 ticks). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
 //! `ORCHESTRATOR_TEST_PG_URL`); each run uses a fresh schema. Timings are medians over `--runs`.
@@ -312,7 +314,16 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
     Ok(out)
 }
 
-async fn drain_once(backend: &str, pg: Option<&str>, n: usize, concurrency: u32) -> anyhow::Result<f64> {
+/// Drains `n` NOOP actions. `shipped_rules`: the default configuration (the shipped rules loaded,
+/// every setting at its default apart from the concurrency and the tick budget, which both
+/// figures share); else the bare engine with no rules.
+async fn drain_once(
+    backend: &str,
+    pg: Option<&str>,
+    n: usize,
+    concurrency: u32,
+    shipped_rules: bool,
+) -> anyhow::Result<f64> {
     let db = Db::new(backend, pg).await?;
     db.due_noops(n).await?;
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
@@ -322,7 +333,13 @@ async fn drain_once(backend: &str, pg: Option<&str>, n: usize, concurrency: u32)
     config.max_unrecorded = orchestrator::config::default_max_unrecorded(concurrency);
     config.tick_interval = Duration::ZERO;
     config.max_tick = Duration::from_secs(600);
+    if shipped_rules {
+        config.rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    }
     let engine = Engine::new(db.store.clone(), config, Registry::builtin());
+    if shipped_rules {
+        anyhow::ensure!(engine.load_rules()? >= 7, "the shipped rules did not load");
+    }
     let start = Instant::now();
     loop {
         match engine.tick().await? {
@@ -345,19 +362,21 @@ async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let n = if a.quick { 10_000 } else { 50_000 };
     let mut out = Vec::new();
     for backend in backends(a) {
-        let mut rates = Vec::new();
-        for _ in 0..a.runs {
-            rates.push(drain_once(backend, a.pg.as_deref(), n, 16).await?);
+        for (name, shipped) in [("drain", false), ("drain_default", true)] {
+            let mut rates = Vec::new();
+            for _ in 0..a.runs {
+                rates.push(drain_once(backend, a.pg.as_deref(), n, 16, shipped).await?);
+            }
+            out.push(Figure {
+                name: name.into(),
+                backend: backend.into(),
+                param: format!("n={n},c=16"),
+                value: median(&mut rates.clone()),
+                unit: "actions/s",
+                runs: rates,
+            });
+            emit(out.last().expect("just pushed"));
         }
-        out.push(Figure {
-            name: "drain".into(),
-            backend: backend.into(),
-            param: format!("n={n},c=16"),
-            value: median(&mut rates.clone()),
-            unit: "actions/s",
-            runs: rates,
-        });
-        emit(out.last().expect("just pushed"));
     }
     Ok(out)
 }
@@ -369,7 +388,7 @@ async fn drain_concurrency(a: &Args) -> anyhow::Result<Vec<Figure>> {
         for c in [1u32, 2, 4, 8, 16, 32, 64] {
             let mut rates = Vec::new();
             for _ in 0..a.runs.min(3) {
-                rates.push(drain_once(backend, a.pg.as_deref(), n, c).await?);
+                rates.push(drain_once(backend, a.pg.as_deref(), n, c, false).await?);
             }
             out.push(Figure {
                 name: "drain_concurrency".into(),

@@ -33,6 +33,7 @@ fn batch(prefix: &str, from: usize, n: usize) -> Vec<NewAction> {
             priority: 0,
             not_before: model::now(),
             max_attempts: 3,
+            expires_at: None,
         })
         .collect()
 }

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             priority: 0,
             not_before: None,
             max_attempts: None,
+            expires_at: None,
         };
         queue::enqueue(&store, &req, config.max_attempts).await?;
     }
@@ -83,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             priority: 0,
             not_before: None,
             max_attempts: None,
+            expires_at: None,
         },
         config.max_attempts,
     )

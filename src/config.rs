@@ -51,6 +51,12 @@ pub struct Config {
     pub cooldown_retention_days: u32,
     pub sqlite_synchronous_full: bool,
     pub rules: RulesConfig,
+    /// `expire_after`: per action type, the deadline a new action gets from its enqueue when it
+    /// names none. Empty by default: no action expires unless asked to.
+    pub expire_after: BTreeMap<String, Duration>,
+    /// `proof_mode: enforced`: every attempt runs in proof mode whatever the database flag
+    /// says, and `proof off` is refused. `flag` (the default): the flag decides.
+    pub proof_enforced: bool,
     /// The `adapters:` section (file only).
     pub adapters: AdaptersConfig,
     /// The HTTP server (`http:` in the file).
@@ -212,6 +218,8 @@ struct Layer {
     decisions_retention_days: Option<u32>,
     cooldown_retention_days: Option<u32>,
     sqlite_synchronous: Option<String>,
+    expire_after: Option<BTreeMap<String, serde_yaml::Value>>,
+    proof_mode: Option<String>,
     rules: Option<RulesLayer>,
     adapters: Option<adapters::AdaptersLayer>,
     http: Option<HttpLayer>,
@@ -241,6 +249,8 @@ const KEYS: &[(&str, bool)] = &[
     ("decisions_retention_days", false),
     ("cooldown_retention_days", false),
     ("sqlite_synchronous", true),
+    ("expire_after", false),
+    ("proof_mode", true),
     ("http", false),
     ("liveness", false),
     ("rules", false),
@@ -251,6 +261,8 @@ const KEYS: &[(&str, bool)] = &[
 pub struct Overrides {
     pub database_url: Option<String>,
     pub tick_interval_seconds: Option<f64>,
+    /// `--proof-enforced` (proof_mode: enforced).
+    pub proof_enforced: bool,
     /// `--listen` (http.listen).
     pub http_listen: Option<String>,
 }
@@ -316,6 +328,10 @@ impl Config {
             let layer = Layer { tick_interval_seconds: o.tick_interval_seconds, ..Default::default() };
             layers.push((layer, LayerOrigin::Flag("--interval")));
         }
+        if o.proof_enforced {
+            let layer = Layer { proof_mode: Some("enforced".into()), ..Default::default() };
+            layers.push((layer, LayerOrigin::Flag("--proof-enforced")));
+        }
         if o.http_listen.is_some() {
             let http = HttpLayer { listen: o.http_listen, ..Default::default() };
             layers.push((Layer { http: Some(http), ..Default::default() }, LayerOrigin::Flag("--listen")));
@@ -331,6 +347,11 @@ impl Config {
                 .map_err(|message| ConfigError::Value { source_: Source::Env(ADMIN_TOKEN_ENV.to_string()), message })?;
         }
         Ok(config)
+    }
+
+    /// What an enqueue fills in from the config: `max_attempts` and `expire_after`.
+    pub fn enqueue_defaults(&self) -> crate::queue::EnqueueDefaults {
+        crate::queue::EnqueueDefaults { max_attempts: self.max_attempts, expire_after: self.expire_after.clone() }
     }
 
     /// The built-in defaults (what an empty config file gives).
@@ -453,7 +474,7 @@ impl Resolver {
         let (database_url, src) = pick!(self, database_url, DEFAULT_DATABASE_URL.to_string());
         check(!database_url.trim().is_empty(), &src, "database_url must not be empty")?;
 
-        let tick_interval = seconds(pick!(self, tick_interval_seconds, 30.0), "tick_interval_seconds", true)?;
+        let tick_interval = seconds(pick!(self, tick_interval_seconds, 5.0), "tick_interval_seconds", true)?;
         let max_tick = seconds(pick!(self, max_tick_seconds, 20.0), "max_tick_seconds", false)?;
         let (backoff_base_s, base_src) = pick!(self, backoff_base_seconds, 10.0);
         let backoff_base = seconds((backoff_base_s, base_src), "backoff_base_seconds", true)?;
@@ -477,7 +498,8 @@ impl Resolver {
         )?;
         let action_timeout = seconds(pick!(self, action_timeout_seconds, 60.0), "action_timeout_seconds", false)?;
 
-        let max_actions_per_tick = range(pick!(self, max_actions_per_tick, 3), "max_actions_per_tick", 1, 1_000_000)?;
+        let max_actions_per_tick =
+            range(pick!(self, max_actions_per_tick, 1000), "max_actions_per_tick", 1, 1_000_000)?;
         let dispatch_concurrency = range(pick!(self, dispatch_concurrency, 4), "dispatch_concurrency", 1, 1024)?;
         let (window, window_src) = pick!(self, max_unrecorded, default_max_unrecorded(dispatch_concurrency));
         let max_unrecorded = range((window, window_src.clone()), "max_unrecorded", 1, 65_536)?;
@@ -523,6 +545,39 @@ impl Resolver {
 
         let rules = self.rules()?;
 
+        let (expire, src) = pick!(self, expire_after, BTreeMap::new());
+        let mut expire_after = BTreeMap::new();
+        for (action_type, v) in expire {
+            let bad = |why: String| ConfigError::Value {
+                source_: src.clone(),
+                message: format!("expire_after.{action_type} {why}"),
+            };
+            crate::queue::validate_type(&action_type).map_err(|e| bad(format!("is not an action type: {e}")))?;
+            let d = match &v {
+                serde_yaml::Value::Number(n) => {
+                    let secs = n.as_f64().ok_or_else(|| bad("must be a number of seconds".into()))?;
+                    seconds((secs, src.clone()), &format!("expire_after.{action_type}"), false)?
+                }
+                serde_yaml::Value::String(t) => parse_duration(t).map_err(bad)?,
+                _ => return Err(bad("must be seconds or a duration like 2h".into())),
+            };
+            if d.is_zero() || d.as_secs_f64() > MAX_SECONDS {
+                return Err(bad("must be more than 0 and at most one year".into()));
+            }
+            expire_after.insert(action_type, d);
+        }
+        let (proof_mode, src) = pick!(self, proof_mode, "flag".to_string());
+        let proof_enforced = match proof_mode.to_ascii_lowercase().as_str() {
+            "flag" => false,
+            "enforced" => true,
+            other => {
+                return Err(ConfigError::Value {
+                    source_: src,
+                    message: format!("proof_mode must be 'flag' or 'enforced', not '{other}'"),
+                });
+            }
+        };
+
         Ok(Config {
             database_url,
             tick_interval,
@@ -545,6 +600,8 @@ impl Resolver {
             cooldown_retention_days,
             sqlite_synchronous_full,
             rules,
+            expire_after,
+            proof_enforced,
             adapters: AdaptersConfig::default(),
             http,
             liveness,
@@ -631,7 +688,7 @@ impl Resolver {
                 ($($f:ident),+) => {$( if r.$f.is_some() { merged.$f = r.$f.clone(); } )+};
             }
             over!(max_decisions_per_tick, cooldown_seconds, budget_ms, max_operations, max_call_depth);
-            over!(max_string_size, max_array_size, max_map_size, rebalance_age_seconds, rebalance_defer_seconds);
+            over!(max_string_size, max_array_size, max_map_size, rebalance_age_seconds);
             over!(alert_action_type);
             if let Some(h) = &r.health {
                 macro_rules! over_h {
@@ -693,7 +750,6 @@ impl Resolver {
                 as usize,
             max_map_size: within(merged.max_map_size, "max_map_size", d.max_map_size as u64, 16, 1 << 30)? as usize,
             rebalance_age: secs(merged.rebalance_age_seconds, "rebalance_age_seconds", d.rebalance_age)?,
-            rebalance_defer: secs(merged.rebalance_defer_seconds, "rebalance_defer_seconds", d.rebalance_defer)?,
             health: HealthThresholds {
                 saturated_pending: within(
                     health.saturated_pending,
@@ -725,7 +781,6 @@ struct RulesLayer {
     max_array_size: Option<u64>,
     max_map_size: Option<u64>,
     rebalance_age_seconds: Option<f64>,
-    rebalance_defer_seconds: Option<f64>,
     alert_action_type: Option<String>,
     health: Option<HealthLayer>,
 }
@@ -755,10 +810,9 @@ pub struct RulesConfig {
     pub max_string_size: usize,
     pub max_array_size: usize,
     pub max_map_size: usize,
-    /// `rebalance` boosts pending actions older than this by one priority step.
+    /// `rebalance` boosts waiting actions older than this by one priority step. It defers
+    /// nothing: a rule that wants work later names it (`postpone`).
     pub rebalance_age: Duration,
-    /// `rebalance` on a saturated queue defers work of priority 0 or less by this long.
-    pub rebalance_defer: Duration,
     /// When set, every applied `alert` is also enqueued as an action of this type (payload
     /// `{severity, message, rule, tick_id}`), for the adapter that handles it to deliver.
     pub alert_action_type: Option<String>,
@@ -791,7 +845,6 @@ impl Default for RulesConfig {
             max_array_size: 10_000,
             max_map_size: 10_000,
             rebalance_age: Duration::from_secs(600),
-            rebalance_defer: Duration::from_secs(60),
             alert_action_type: None,
             health: HealthThresholds {
                 saturated_pending: 50,
@@ -889,8 +942,10 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let c = load(None, &[]).unwrap();
         assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
-        assert_eq!(c.tick_interval, Duration::from_secs(30));
-        assert_eq!(c.max_actions_per_tick, 3);
+        assert_eq!(c.tick_interval, Duration::from_secs(5));
+        assert_eq!(c.max_actions_per_tick, 1000);
+        assert!(c.expire_after.is_empty(), "no deadlines unless configured");
+        assert!(!c.proof_enforced);
         assert_eq!(c.max_tick, Duration::from_secs(20));
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.backoff_base, Duration::from_secs(10));
@@ -958,6 +1013,29 @@ mod tests {
         assert!(e.contains("ORCHESTRATOR_MAX_ATTEMPTS") && e.contains("max_attempts"), "{e}");
         let e = load(None, &[("ORCHESTRATOR_HEARTBEAT_SECONDS", "0")]).unwrap_err().to_string();
         assert!(e.contains("ORCHESTRATOR_HEARTBEAT_SECONDS") && e.contains("greater than 0"), "{e}");
+    }
+
+    #[test]
+    fn expire_after_and_proof_mode() {
+        let c = load(Some("expire_after: {POST_SOCIAL: 2h, NOOP: 90}\nproof_mode: enforced\n"), &[]).unwrap();
+        assert_eq!(c.expire_after["POST_SOCIAL"], Duration::from_secs(7200));
+        assert_eq!(c.expire_after["NOOP"], Duration::from_secs(90));
+        assert!(c.proof_enforced);
+        let c = load(None, &[("ORCHESTRATOR_PROOF_MODE", "enforced")]).unwrap();
+        assert!(c.proof_enforced, "the environment enforces too");
+        let e = load(None, &[("ORCHESTRATOR_PROOF_MODE", "sometimes")]).unwrap_err().to_string();
+        assert!(e.contains("ORCHESTRATOR_PROOF_MODE") && e.contains("'flag' or 'enforced'"), "{e}");
+        let e = load(Some("expire_after: {NOOP: -1}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("expire_after.NOOP"), "{e}");
+        let e = load(Some("expire_after: {'bad type': 1h}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("expire_after.bad type"), "{e}");
+        let c = Config::load_from(Inputs {
+            config_file: None,
+            env: &|_: &str| None,
+            overrides: Overrides { proof_enforced: true, ..Default::default() },
+        })
+        .unwrap();
+        assert!(c.proof_enforced, "--proof-enforced");
     }
 
     #[test]

@@ -161,6 +161,11 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                 if interval.is_zero() && r.attempted == 0 {
                     wait = IDLE_POLL;
                 }
+                // Work-conserving between ticks too: a tick that stopped on its budget leaves
+                // work due, so the next one starts now; the interval paces an idle queue.
+                if r.budget_spent {
+                    wait = Duration::ZERO;
+                }
                 _holding = Some(engine.hold_lease_between_ticks(r.epoch));
             }
             Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => {

@@ -172,7 +172,7 @@ pub async fn decide(
         let outcome = match (p.suppressed, fence) {
             (Some(why), _) => DecisionOutcome::Suppressed(why),
             (None, None) => DecisionOutcome::Suppressed(Suppressed::DryRun),
-            (None, Some(fence)) => match apply(store, fence, config, metrics, snap, d, &mut out).await? {
+            (None, Some(fence)) => match apply(store, fence, config, metrics, d, &mut out).await? {
                 Ok(()) => {
                     record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
                     DecisionOutcome::Applied
@@ -200,7 +200,7 @@ pub async fn decide(
         out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
     }
     if let Some(fence) = fence {
-        let now = model::now();
+        let now = store.now();
         record.decisions = out
             .decisions
             .iter()
@@ -229,7 +229,6 @@ async fn apply(
     fence: &Fence,
     config: &Config,
     metrics: &RuleMetrics,
-    snap: &Snapshot,
     d: &Decision,
     out: &mut Decided,
 ) -> Result<Result<(), String>, StoreError> {
@@ -241,14 +240,19 @@ async fn apply(
         Kind::Cancel { id } => store.cancel(auth, *id, Some(&by)).await,
         Kind::ForceRun { id } => store.force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
         Kind::Reprioritize { id, to } => store.reprioritize(auth, *id, *to, &by).await,
+        Kind::Postpone { id, seconds } => {
+            let now = store.now();
+            let Some(until) =
+                i64::try_from(*seconds).ok().and_then(|s| now.checked_add_signed(chrono::Duration::seconds(s)))
+            else {
+                return Ok(Err(format!("postpone by {seconds}s is out of range")));
+            };
+            store.postpone(auth, *id, until, &by).await
+        }
         Kind::Rebalance => {
-            let now = model::now();
-            let saturated =
-                snap.queue.pending > i64::try_from(config.rules.health.saturated_pending).unwrap_or(i64::MAX);
-            let defer = saturated.then(|| model::later(now, config.rules.rebalance_defer).unwrap_or(now));
-            store.boost(fence, ago(now, config.rules.rebalance_age), defer).await.map(|b| {
-                out.notes.push(format!("rebalance: {} boosted, {} deferred", b.boosted, b.deferred));
-            })
+            // Work-conserving: boosts old work and defers nothing (ARCHITECTURE.md).
+            let old_before = ago(store.now(), config.rules.rebalance_age);
+            store.boost(fence, old_before).await.map(|boosted| out.notes.push(format!("rebalance: {boosted} boosted")))
         }
         Kind::Pause => store.set_paused_fenced(fence, true).await.map(|()| out.paused = true),
         Kind::Resume => store.set_paused_fenced(fence, false).await,
@@ -266,8 +270,13 @@ async fn apply(
                 payload_json,
                 idempotency_key: key.clone(),
                 priority: 0,
-                not_before: model::now(),
+                not_before: store.now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+                expires_at: config
+                    .expire_after
+                    .get(action_type)
+                    .and_then(|d| chrono::Duration::from_std(*d).ok())
+                    .and_then(|d| store.now().checked_add_signed(d)),
             };
             store.enqueue(auth, &new).await.map(|done| {
                 if done.duplicate {
@@ -296,8 +305,9 @@ async fn apply(
                     Err(e) => return Ok(Err(e)),
                 },
                 priority: i32::from(d.priority),
-                not_before: model::now(),
+                not_before: store.now(),
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+                expires_at: None,
             };
             store.enqueue(auth, &new).await.map(|_| ())
         }
@@ -343,6 +353,8 @@ pub fn bench_snapshot() -> Snapshot {
         last_error: Some("upstream timed out".into()),
         priority: 0,
         due_in_seconds: 0.0,
+        expires_in_seconds: None,
+        payload: None,
     };
     use crate::model::ActionStatus as S;
     s.samples.stuck_pending = (1..=20).map(|i| sample(i, S::Pending)).collect();

@@ -32,6 +32,8 @@ const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How the executor runs actions.
 #[derive(Clone, Debug)]
 pub struct ExecSettings {
+    /// The clock retry times and artifact names are read from (the store's).
+    pub clock: crate::model::Clock,
     pub concurrency: usize,
     /// Attempts started and not yet durably recorded, at most (at least `concurrency`).
     pub max_unrecorded: usize,
@@ -304,7 +306,7 @@ impl Executor {
             Err(AdapterError::Retryable { message, retry_after }) if attempt < max => {
                 let delay = retry_after
                     .unwrap_or_else(|| queue::backoff(attempt, self.settings.backoff_base, self.settings.backoff_max));
-                let not_before = model::later_saturating(model::now(), delay);
+                let not_before = model::later_saturating(self.settings.clock.now(), delay);
                 let log = NewLog::new(
                     action.id,
                     LogLevel::Warning,
@@ -366,7 +368,7 @@ impl Executor {
             &record.subdir,
             &action.idempotency_key,
             &record.extension,
-            model::now(),
+            self.settings.clock.now(),
         );
         match tokio::task::spawn_blocking(move || artifacts::write_atomic(&path, &record.body)).await {
             Ok(Ok(a)) => Some(a),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod rules;
+pub mod scenario;
 pub mod snapshot;
 pub mod status;
 pub mod store;

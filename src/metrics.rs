@@ -16,6 +16,7 @@ pub mod names {
     pub const ACTION_DURATION_SECONDS: &str = "orchestrator_action_duration_seconds";
     pub const FENCED_WRITES_REJECTED_TOTAL: &str = "orchestrator_fenced_writes_rejected_total";
     pub const RESCUED_ACTIONS_TOTAL: &str = "orchestrator_rescued_actions_total";
+    pub const EXPIRED_ACTIONS_TOTAL: &str = "orchestrator_expired_actions_total";
     pub const TICK_ERRORS_TOTAL: &str = "orchestrator_tick_errors_total";
     pub const BUILD_INFO: &str = "orchestrator_build_info";
     pub const DATABASE_OUTAGES_TOTAL: &str = "orchestrator_database_outages_total";
@@ -157,6 +158,8 @@ pub struct Metrics {
     pub action_duration_seconds: HistogramVec,
     pub fenced_writes_rejected_total: IntCounter,
     pub rescued_actions_total: IntCounter,
+    /// Waiting actions whose deadline passed, moved to DLQ as `expired`.
+    pub expired_actions_total: IntCounter,
     /// Ticks that failed with an error (database unreachable and the like).
     pub tick_errors_total: IntCounter,
     /// Times the daemon found the database unreachable after it had been reachable.
@@ -209,6 +212,9 @@ impl Metrics {
         let rescued_actions_total =
             IntCounter::new(names::RESCUED_ACTIONS_TOTAL, "Orphaned RUNNING actions returned to RETRY or DLQ.")
                 .expect("valid metric");
+        let expired_actions_total =
+            IntCounter::new(names::EXPIRED_ACTIONS_TOTAL, "Waiting actions whose deadline passed, moved to DLQ.")
+                .expect("valid metric");
         let tick_errors_total =
             IntCounter::new(names::TICK_ERRORS_TOTAL, "Ticks that failed with an error.").expect("valid metric");
         let database_outages_total = IntCounter::new(
@@ -236,6 +242,7 @@ impl Metrics {
             Box::new(action_duration_seconds.clone()),
             Box::new(fenced_writes_rejected_total.clone()),
             Box::new(rescued_actions_total.clone()),
+            Box::new(expired_actions_total.clone()),
             Box::new(tick_errors_total.clone()),
             Box::new(database_outages_total.clone()),
             Box::new(instance_lease_held.clone()),
@@ -252,6 +259,7 @@ impl Metrics {
             action_duration_seconds,
             fenced_writes_rejected_total,
             rescued_actions_total,
+            expired_actions_total,
             tick_errors_total,
             database_outages_total,
             instance_lease_held,

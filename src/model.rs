@@ -10,8 +10,8 @@ use std::str::FromStr;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
-/// The one clock the engine reads, truncated to milliseconds so that stored timestamps compare
-/// the same way on every backend.
+/// The wall clock, truncated to milliseconds so that stored timestamps compare the same way on
+/// every backend. The engine reads time through a [`Clock`] (`Store::now`); this is the real one.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
@@ -75,6 +75,55 @@ fn offset(t: DateTime<Utc>, d: std::time::Duration, forward: bool) -> Result<Dat
             humantime::format_duration(d)
         )
     })
+}
+
+/// The clock a [`crate::store::Store`] (and so the tick, the executor and the snapshot) reads:
+/// the wall clock, or the wall clock shifted by an offset that a scenario moves forward, so
+/// that "two hours later" takes no time. Clones share the offset; each store has its own, so
+/// tests running as threads of one process never see each other's time.
+///
+/// PostgreSQL reads `now()` in some statements (the claim, the lease): a shifted clock is
+/// meant for SQLite, where every time comes from the process.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    /// `None`: the wall clock. `Some`: milliseconds added to it.
+    offset_ms: Option<std::sync::Arc<std::sync::atomic::AtomicI64>>,
+}
+
+impl Clock {
+    /// The wall clock (the default).
+    pub fn real() -> Clock {
+        Clock::default()
+    }
+
+    /// A clock that starts at the wall clock and moves forward (or back) by [`Clock::advance`].
+    pub fn shifted() -> Clock {
+        Clock { offset_ms: Some(std::sync::Arc::default()) }
+    }
+
+    /// Now, by this clock, to the millisecond.
+    pub fn now(&self) -> DateTime<Utc> {
+        let real = now();
+        match &self.offset_ms {
+            None => real,
+            Some(off) => {
+                let ms = off.load(std::sync::atomic::Ordering::SeqCst);
+                real.checked_add_signed(chrono::Duration::milliseconds(ms)).unwrap_or(real)
+            }
+        }
+    }
+
+    /// Moves a shifted clock by `by` (negative: back). Returns false, changing nothing, on the
+    /// real clock.
+    pub fn advance(&self, by: chrono::Duration) -> bool {
+        match &self.offset_ms {
+            None => false,
+            Some(off) => {
+                off.fetch_add(by.num_milliseconds(), std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+        }
+    }
 }
 
 macro_rules! string_enum {
@@ -150,6 +199,7 @@ string_enum!(
         Idle => "IDLE",
         Paused => "PAUSED",
         Killed => "KILLED",
+        Throttled => "THROTTLED",
     }
 );
 
@@ -185,6 +235,9 @@ pub struct Action {
     /// row is shown with its error instead of failing a listing, and quarantined if claimed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decode_error: Option<String>,
+    /// The deadline: after this the action is never started, and a tick moves it to `DLQ`
+    /// with the error `expired`. `null`: no deadline.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The control flags row (`control_flags`, id = 1).

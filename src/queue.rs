@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::model;
 use crate::store::{EnqueueOutcome, NewAction, Store, StoreError};
 
 /// Largest payload accepted, in bytes of JSON text.
@@ -49,7 +48,7 @@ pub enum QueueError {
 
 /// An enqueue request as it arrives from the CLI, the API or a rule. Deserialized as is from a
 /// JSON Lines row or an API body: `{"action_type", "payload", "idempotency_key"?, "priority"?,
-/// "not_before"?, "max_attempts"?}`, unknown fields refused.
+/// "not_before"?, "max_attempts"?, "expires_at"?}`, unknown fields refused.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
@@ -60,6 +59,26 @@ pub struct EnqueueRequest {
     pub priority: i32,
     pub not_before: Option<DateTime<Utc>>,
     pub max_attempts: Option<u32>,
+    /// The deadline; without one, the type's `expire_after` from the config, if any.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What the config fills in for a request that leaves it out.
+#[derive(Clone, Debug, Default)]
+pub struct EnqueueDefaults {
+    /// `max_attempts`.
+    pub max_attempts: u32,
+    /// `expire_after`: the deadline of a new action of that type, from its enqueue (off, i.e.
+    /// no deadline, for a type not named).
+    pub expire_after: std::collections::BTreeMap<String, Duration>,
+}
+
+impl From<u32> for EnqueueDefaults {
+    /// Defaults with this `max_attempts` and no deadlines.
+    fn from(max_attempts: u32) -> Self {
+        EnqueueDefaults { max_attempts, ..Default::default() }
+    }
 }
 
 /// Parses payload text, bounded in size and depth, into a JSON object.
@@ -174,8 +193,9 @@ pub fn validate_key(k: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates a request and fills in its defaults.
-pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAction, String> {
+/// Validates a request and fills in its defaults; `now` is the enqueue time (the store's clock).
+pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<Utc>) -> Result<NewAction, String> {
+    let default_max_attempts = defaults.max_attempts;
     validate_type(&req.action_type)?;
     let payload_json = validate("payload", &req.payload, MAX_PAYLOAD_BYTES)?;
     let idempotency_key = match &req.idempotency_key {
@@ -194,19 +214,35 @@ pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAct
         ));
     }
     if let Some(t) = req.not_before {
-        model::check_date("not_before", t)?;
+        crate::model::check_date("not_before", t)?;
     }
     let max_attempts = req.max_attempts.unwrap_or(default_max_attempts);
     if !(1..=1000).contains(&max_attempts) {
         return Err(format!("max_attempts must be between 1 and 1000, got {max_attempts}"));
+    }
+    let expires_at = match (req.expires_at, defaults.expire_after.get(&req.action_type)) {
+        (Some(t), _) => Some(t),
+        (None, Some(d)) => Some(
+            chrono::Duration::from_std(*d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| format!("expire_after for {} is too long", req.action_type))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = expires_at
+        && t <= now
+    {
+        return Err(format!("expires_at {} is not in the future", t.to_rfc3339()));
     }
     Ok(NewAction {
         action_type: req.action_type.clone(),
         payload_json,
         idempotency_key,
         priority: req.priority,
-        not_before: req.not_before.unwrap_or_else(model::now),
+        not_before: req.not_before.unwrap_or(now),
         max_attempts: max_attempts as i32,
+        expires_at,
     })
 }
 
@@ -214,9 +250,9 @@ pub fn prepare(req: &EnqueueRequest, default_max_attempts: u32) -> Result<NewAct
 pub async fn enqueue(
     store: &Store,
     req: &EnqueueRequest,
-    default_max_attempts: u32,
+    defaults: impl Into<EnqueueDefaults>,
 ) -> Result<EnqueueOutcome, QueueError> {
-    let new = prepare(req, default_max_attempts).map_err(QueueError::Invalid)?;
+    let new = prepare(req, &defaults.into(), store.now()).map_err(QueueError::Invalid)?;
     Ok(store.enqueue(crate::store::Authority::Operator, &new).await?)
 }
 
@@ -234,8 +270,9 @@ pub struct BulkReport {
 pub async fn enqueue_jsonl(
     store: &Store,
     mut input: impl BufRead,
-    default_max_attempts: u32,
+    defaults: impl Into<EnqueueDefaults>,
 ) -> Result<BulkReport, QueueError> {
+    let defaults = defaults.into();
     let mut report = BulkReport::default();
     let mut in_flight: Option<Insert> = None;
     let mut batch: Vec<NewAction> = Vec::with_capacity(BULK_BATCH);
@@ -252,7 +289,7 @@ pub async fn enqueue_jsonl(
             break;
         }
         line_no += 1;
-        let new = match parse_line(&buf, n, default_max_attempts, line_no == 1) {
+        let new = match parse_line(&buf, n, &defaults, store.now(), line_no == 1) {
             Ok(Some(new)) => new,
             Ok(None) => continue,
             Err(why) => {
@@ -283,7 +320,13 @@ pub async fn enqueue_jsonl(
 
 /// One line to a validated action; `None` for a blank line. The first line may start with a
 /// UTF-8 byte order mark, which is skipped; anywhere else it is named.
-fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32, first: bool) -> Result<Option<NewAction>, String> {
+fn parse_line(
+    buf: &[u8],
+    n: usize,
+    defaults: &EnqueueDefaults,
+    now: DateTime<Utc>,
+    first: bool,
+) -> Result<Option<NewAction>, String> {
     if buf.last() != Some(&b'\n') && n as u64 >= (MAX_PAYLOAD_BYTES + 4096) as u64 {
         return Err("line is longer than the payload limit allows".into());
     }
@@ -299,7 +342,7 @@ fn parse_line(buf: &[u8], n: usize, default_max_attempts: u32, first: bool) -> R
         return Ok(None);
     }
     let req: EnqueueRequest = serde_json::from_str(text).map_err(|e| format!("not a valid action: {e}"))?;
-    prepare(&req, default_max_attempts).map(Some)
+    prepare(&req, defaults, now).map(Some)
 }
 
 type Insert = tokio::task::JoinHandle<(u64, Result<u64, StoreError>)>;
@@ -350,18 +393,22 @@ mod tests {
             priority: 0,
             not_before: None,
             max_attempts: None,
+            expires_at: None,
         }
     }
 
     #[test]
     fn derived_keys_ignore_key_order() {
-        let a = prepare(&req(json!({"a": 1, "b": {"y": 2, "x": 1}})), 3).unwrap();
-        let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), 3).unwrap();
+        let a = prepare(&req(json!({"a": 1, "b": {"y": 2, "x": 1}})), &3.into(), crate::model::now()).unwrap();
+        let b = prepare(&req(json!({"b": {"x": 1, "y": 2}, "a": 1})), &3.into(), crate::model::now()).unwrap();
         assert_eq!(a.idempotency_key, b.idempotency_key);
         assert_eq!(a.payload_json, r#"{"a":1,"b":{"x":1,"y":2}}"#);
-        let c =
-            prepare(&EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) }, 3)
-                .unwrap();
+        let c = prepare(
+            &EnqueueRequest { action_type: "OTHER".into(), ..req(json!({"a": 1, "b": {"x": 1, "y": 2}})) },
+            &3.into(),
+            crate::model::now(),
+        )
+        .unwrap();
         assert_ne!(a.idempotency_key, c.idempotency_key, "the type is part of the key");
     }
 
@@ -408,7 +455,8 @@ mod tests {
         // Shape.
         assert!(validate("state", &json!([1]), 100).unwrap_err().contains("state must be a JSON object, got an array"));
         // The same check behind every entry point.
-        assert!(prepare(&req(nested(MAX_JSON_DEPTH + 1)), 3).unwrap_err().contains("payload is nested"));
+        let now = crate::model::now();
+        assert!(prepare(&req(nested(MAX_JSON_DEPTH + 1)), &3.into(), now).unwrap_err().contains("payload is nested"));
         let deep_text = canonical_json(&nested(MAX_JSON_DEPTH + 1));
         assert!(parse_payload(&deep_text).unwrap_err().contains("payload is nested"));
         assert!(parse_payload(&canonical_json(&nested(MAX_JSON_DEPTH))).is_ok());
@@ -417,8 +465,9 @@ mod tests {
     #[test]
     fn a_leading_bom_is_skipped_and_a_later_one_named() {
         let line = "\u{feff}{\"action_type\":\"NOOP\",\"payload\":{}}\n";
-        assert!(parse_line(line.as_bytes(), line.len(), 3, true).unwrap().is_some());
-        let e = parse_line(line.as_bytes(), line.len(), 3, false).unwrap_err();
+        let now = crate::model::now();
+        assert!(parse_line(line.as_bytes(), line.len(), &3.into(), now, true).unwrap().is_some());
+        let e = parse_line(line.as_bytes(), line.len(), &3.into(), now, false).unwrap_err();
         assert!(e.contains("byte order mark"), "{e}");
     }
 

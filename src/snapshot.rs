@@ -92,6 +92,9 @@ pub struct LedgerView {
     pub last_tick_status: Option<TickStatus>,
     pub consecutive_failed_ticks: i64,
     pub failed_ticks_1h: i64,
+    /// Ticks that ended `PARTIAL` (some attempt failed) in the last hour.
+    #[serde(default)]
+    pub partial_ticks_1h: i64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -118,7 +121,18 @@ pub struct Sample {
     /// Seconds until `not_before` (0 or less: due). A delayed action is not stuck.
     #[serde(default)]
     pub due_in_seconds: f64,
+    /// Seconds until its deadline (`expires_at`); `null` when it has none.
+    #[serde(default)]
+    pub expires_in_seconds: Option<f64>,
+    /// The payload, for rules over a user's own fields (a clip's score, a campaign's budget),
+    /// when its JSON text is at most [`SAMPLE_PAYLOAD_BYTES`]; `null` when larger, so that the
+    /// snapshot (recorded with every tick) stays small.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
 }
+
+/// The largest payload a sample carries, in bytes of JSON text.
+pub const SAMPLE_PAYLOAD_BYTES: usize = 512;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LastTick {
@@ -187,7 +201,7 @@ pub async fn build_with(
     tick_id: Option<i64>,
     thresholds: &HealthThresholds,
 ) -> Result<Snapshot, StoreError> {
-    let now = model::now();
+    let now = store.now();
     let hour_ago = now - chrono::Duration::hours(1);
     let by_status_type = store.open_counts_by_type().await?;
     let windowed = store.windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
@@ -210,6 +224,8 @@ pub async fn build_with(
                 )
                 .max(0.0),
                 due_in_seconds: seconds_between(now, a.not_before),
+                expires_in_seconds: a.expires_at.map(|t| seconds_between(now, t)),
+                payload: (crate::queue::canonical_json(&a.payload).len() <= SAMPLE_PAYLOAD_BYTES).then_some(a.payload),
                 action_type: a.action_type,
                 status: a.status,
                 attempts: a.attempts,
@@ -274,6 +290,7 @@ pub async fn build_with(
         last_tick_status: stats.last_tick_status,
         consecutive_failed_ticks: stats.consecutive_failed_ticks,
         failed_ticks_1h: stats.failed_ticks_1h,
+        partial_ticks_1h: stats.partial_ticks_1h,
     };
     let health = crate::health::workload(&queue, &recent, &ledger, thresholds);
     Ok(Snapshot {

@@ -16,6 +16,10 @@ use crate::model::{self, ActionStatus, Flags, TickRow};
 use crate::snapshot::{LedgerView, QueueView, RecentView, seconds_between};
 use crate::store::{Store, StoreError};
 
+/// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
+pub const PROOF_ENFORCED_REFUSAL: &str = "proof mode is enforced on this instance (proof_mode: enforced, \
+     ORCHESTRATOR_PROOF_MODE=enforced or --proof-enforced): it cannot be turned off here";
+
 #[derive(Clone, Debug, Serialize)]
 pub struct LeaseStatus {
     pub name: String,
@@ -41,6 +45,9 @@ pub struct StatusReport {
     pub queue: BTreeMap<ActionStatus, i64>,
     pub oldest_pending: Option<DateTime<Utc>>,
     pub last_tick: Option<TickRow>,
+    /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
+    /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
+    pub proof_enforced: bool,
 }
 
 /// How much to read.
@@ -91,7 +98,17 @@ pub async fn read(
         clock,
     );
     let workload = workload(store, &queue, oldest_pending, clock, thresholds).await?;
-    Ok(StatusReport { health: liveness, reasons, workload, flags, lease, queue, oldest_pending, last_tick })
+    Ok(StatusReport {
+        health: liveness,
+        reasons,
+        workload,
+        flags,
+        lease,
+        queue,
+        oldest_pending,
+        last_tick,
+        proof_enforced: false,
+    })
 }
 
 /// The workload score from the open counts and two windowed reads (the tick's own snapshot

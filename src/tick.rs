@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
 use crate::lease::{Lease, Term};
 use crate::metrics::{Metrics, RuleMetrics};
-use crate::model::{self, TickStatus};
+use crate::model::TickStatus;
 use crate::rules::{RuleSet, RulesError};
 use crate::snapshot::{self, Snapshot};
 use crate::store::Fence;
@@ -41,6 +41,15 @@ pub struct TickReport {
     pub rejected_writes: usize,
     #[serde(skip)]
     pub snapshot: Option<Box<Snapshot>>,
+    /// The tick stopped on its own budget (`max_actions_per_tick` or `max_tick_seconds`, not a
+    /// throttle) rather than on an empty queue: the daemon starts the next one at once.
+    #[serde(skip)]
+    pub budget_spent: bool,
+    /// Due actions this tick left idle with no brake to say why: always 0 unless the
+    /// work-conserving invariant (ARCHITECTURE.md) is broken. Counted only when the tick ran
+    /// nothing although its snapshot counted due work (a decision may have shed it by name).
+    #[serde(skip)]
+    pub left_due: i64,
 }
 
 /// How a tick ended.
@@ -94,6 +103,7 @@ impl Engine {
         let executor = Executor::new(
             Arc::new(registry),
             ExecSettings {
+                clock: store.clock().clone(),
                 concurrency: config.dispatch_concurrency as usize,
                 max_unrecorded: config.max_unrecorded as usize,
                 action_timeout: config.action_timeout,
@@ -234,14 +244,15 @@ impl Engine {
     /// and the flags it was built with. Reads only; takes no lease. `run-once --dry-run` and
     /// `GET /api/snapshot` show this.
     pub async fn snapshot_now(&self) -> Result<(Snapshot, crate::model::Flags), StoreError> {
-        let flags = self.store.flags().await?;
+        let mut flags = self.store.flags().await?;
+        flags.proof_mode |= self.config.proof_enforced;
         let term = match self.store.lease(&self.config.lease_name).await? {
             Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
             None => Term {
                 lease_name: self.config.lease_name.clone(),
                 owner: String::new(),
                 epoch: 0,
-                expires_at: model::now(),
+                expires_at: self.store.now(),
             },
         };
         let snap = snapshot::build_with(&self.store, &term, flags, None, &self.config.rules.health).await?;
@@ -265,7 +276,7 @@ impl Engine {
 
     async fn tick_inner(&self) -> Result<TickOutcome, StoreError> {
         let started = Instant::now();
-        let started_at = model::now();
+        let started_at = self.store.now();
         let (term, tick_id) = match self.lease.begin_tick(started_at).await? {
             Ok(held) => held,
             Err(row) => {
@@ -294,6 +305,8 @@ impl Engine {
                     epoch: term.epoch,
                     rejected_writes: report_extra.rejected_writes,
                     snapshot: report_extra.snapshot,
+                    budget_spent: report_extra.budget_spent,
+                    left_due: report_extra.left_due,
                 }))
             }
             Err(e) => {
@@ -322,7 +335,10 @@ impl Engine {
         let mut notes: Vec<String> = Vec::new();
         let mut extra = Extra::default();
 
-        let flags = self.store.flags().await?;
+        let mut flags = self.store.flags().await?;
+        // An enforced instance runs every attempt in proof mode, whatever the flag says; the
+        // snapshot (and so the rules) see the mode that applies.
+        flags.proof_mode |= self.config.proof_enforced;
         if flags.killed {
             let close = TickClose {
                 status: TickStatus::Killed,
@@ -354,6 +370,14 @@ impl Engine {
             notes.push(format!("rescued {} orphaned action(s)", rescued.len()));
         }
 
+        // Deadlines: the claim never starts an expired action; here they become visible as DLQ.
+        let expired = self.store.expire_due(&term.lease_name, term.epoch, Some(tick_id)).await?;
+        if !expired.is_empty() {
+            self.metrics.expired_actions_total.inc_by(expired.len() as u64);
+            tracing::warn!(count = expired.len(), "expired actions moved to DLQ");
+            notes.push(format!("{} expired action(s) moved to DLQ", expired.len()));
+        }
+
         let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
 
         // DECIDE: the rules run on the snapshot; what they decide is applied (fenced) before
@@ -369,12 +393,14 @@ impl Engine {
         let deadline = started + self.config.max_tick;
         let lost = heartbeat.lost_flag();
         let mut remaining = self.config.max_actions_per_tick;
-        if let Some(n) = decided.throttle {
-            remaining = remaining.min(n);
+        // A throttle is a brake: it is recorded (note and status), never silent.
+        let throttled_to = decided.throttle.filter(|n| *n < remaining);
+        if let Some(n) = throttled_to {
+            remaining = n;
         }
         let (mut attempted, mut succeeded, mut unstarted) = (0u32, 0u32, 0u32);
         let mut store_error = None;
-        if snap.queue.due_now > 0 || !decided.decisions.is_empty() {
+        if remaining > 0 && (snap.queue.due_now > 0 || !decided.decisions.is_empty()) {
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
                 let want = remaining.min(CLAIM_BATCH);
                 let claimed = self.store.claim(&term.lease_name, &term.owner, term.epoch, u64::from(want)).await?;
@@ -401,7 +427,9 @@ impl Engine {
                 }
             }
         }
-        extra.snapshot = Some(Box::new(snap));
+        extra.budget_spent = store_error.is_none()
+            && !heartbeat.is_lost()
+            && ((remaining == 0 && throttled_to.is_none()) || Instant::now() >= deadline);
 
         if unstarted > 0 {
             notes.push(format!("{unstarted} claimed action(s) returned to PENDING unstarted"));
@@ -415,20 +443,59 @@ impl Engine {
         if extra.rejected_writes > 0 {
             notes.push(format!("{} fenced write(s) rejected", extra.rejected_writes));
         }
+        // Did the throttle hold work back? Only when it used its whole allowance and more was
+        // due than it allowed.
+        let held_back = throttled_to.filter(|n| attempted + unstarted >= *n && snap.queue.due_now > i64::from(*n));
+        if let Some(n) = held_back {
+            let by: Vec<&str> = decided
+                .decisions
+                .iter()
+                .filter(|d| d.kind == "throttle" && d.outcome.is_applied())
+                .map(|d| d.rule.as_str())
+                .collect();
+            notes.insert(
+                0,
+                format!("throttled to {n} by rule {} ({} due at the snapshot)", by.join(", "), snap.queue.due_now),
+            );
+        }
+        // The invariant, checked where it can break: due work at the snapshot, budget, no brake,
+        // and nothing ran. What the decisions shed or postponed by name is no longer due.
+        if attempted == 0
+            && unstarted == 0
+            && held_back.is_none()
+            && store_error.is_none()
+            && !heartbeat.is_lost()
+            && snap.queue.due_now > 0
+        {
+            extra.left_due = self.store.due_count().await?;
+            if extra.left_due > 0 {
+                tracing::error!(due = extra.left_due, "work-conserving invariant broken: due work left idle");
+                notes.push(format!("work-conserving invariant broken: {} due action(s) left idle", extra.left_due));
+            }
+        }
         let status = if let Some(e) = &store_error {
             notes.push(format!("could not record outcomes: {e}"));
             TickStatus::Fail
+        } else if attempted > 0 && succeeded < attempted {
+            TickStatus::Partial
+        } else if held_back.is_some() {
+            TickStatus::Throttled
         } else if attempted == 0 {
             TickStatus::Idle
-        } else if succeeded == attempted {
-            TickStatus::Success
         } else {
-            TickStatus::Partial
+            TickStatus::Success
         };
-        // The counts have columns of their own; the notes say what the counts cannot.
+        // The counts have columns of their own; the notes say what the counts cannot. An idle
+        // tick says whether work is waiting for its time, so nothing hides the queue.
         if status == TickStatus::Idle {
-            notes.insert(0, "nothing due".into());
+            let waiting = snap.queue.pending + snap.queue.retry - snap.queue.due_now;
+            if waiting > 0 && snap.queue.due_now == 0 {
+                notes.insert(0, format!("nothing due ({waiting} waiting for their not_before)"));
+            } else {
+                notes.insert(0, "nothing due".into());
+            }
         }
+        extra.snapshot = Some(Box::new(snap));
         let close = TickClose {
             status,
             attempted: attempted as i32,
@@ -456,7 +523,7 @@ impl Engine {
             lease_name: self.lease.name().to_string(),
             owner: self.lease.owner().to_string(),
             epoch,
-            expires_at: model::now(),
+            expires_at: self.store.now(),
         };
         self.lease.heartbeat(&term, self.config.heartbeat)
     }
@@ -485,6 +552,8 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
 
 #[derive(Default)]
 struct Extra {
+    budget_spent: bool,
+    left_due: i64,
     rejected_writes: usize,
     snapshot: Option<Box<Snapshot>>,
 }

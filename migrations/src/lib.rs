@@ -9,6 +9,8 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_core;
 mod m20261123_000003_decide;
 mod m20261123_000004_lean_indexes;
+mod m20261128_000005_deadlines;
+mod m20261128_000006_throttled_ticks;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -20,6 +22,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_core::Migration),
             Box::new(m20261123_000003_decide::Migration),
             Box::new(m20261123_000004_lean_indexes::Migration),
+            Box::new(m20261128_000005_deadlines::Migration),
+            Box::new(m20261128_000006_throttled_ticks::Migration),
         ]
     }
 }

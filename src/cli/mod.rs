@@ -58,6 +58,10 @@ pub struct Cli {
     /// Print machine-readable JSON (field names are stable; see the README).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Enforce proof mode in this process (proof_mode: enforced): every attempt runs in proof
+    /// mode whatever the flag says, and `proof off` is refused.
+    #[arg(long, global = true)]
+    pub proof_enforced: bool,
     /// Log lines on stderr as text or as JSON objects (filtered by RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -231,8 +235,16 @@ pub struct EnqueueArgs {
     /// Attempts before DLQ (default: config max_attempts).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_attempts: Option<u32>,
+    /// The deadline, from now (e.g. 2h): never started after it, moved to DLQ as `expired`
+    /// (default: the type's expire_after in the config, if any).
+    #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
+    pub expires_in: Option<Duration>,
     /// JSON Lines file of actions (`-` for stdin).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["key", "delay", "not_before", "max_attempts"])]
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["key", "delay", "not_before", "max_attempts", "expires_in"]
+    )]
     pub file: Option<PathBuf>,
 }
 
@@ -357,7 +369,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let config = Config::load(
         cli.config.as_deref(),
-        Overrides { database_url: cli.database_url.clone(), tick_interval_seconds: interval, http_listen },
+        Overrides {
+            database_url: cli.database_url.clone(),
+            tick_interval_seconds: interval,
+            proof_enforced: cli.proof_enforced,
+            http_listen,
+        },
     )?;
     let out = output::Out { json: cli.json };
     // Commands on rule files alone need no database.
@@ -366,7 +383,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
         }
         Command::Rules(RulesCommand::Test { rules: dir }) => {
-            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
+            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out).await;
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
             return rules::bench(
@@ -458,6 +475,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
             let report = read_status(config, store).await?;
+            let report = status::StatusReport { proof_enforced: config.proof_enforced, ..report };
             out.status(&report);
             if report.health == Liveness::Unhealthy {
                 return Ok(exit::UNHEALTHY);
@@ -470,6 +488,9 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Kill => out.flags(&store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await?),
         Command::Proof { mode } => {
             let on = matches!(mode, OnOff::On);
+            if !on && config.proof_enforced {
+                return Err(fail(exit::ERROR, crate::status::PROOF_ENFORCED_REFUSAL));
+            }
             out.flags(&store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await?)
         }
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
@@ -539,10 +560,10 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     if let Some(file) = args.file {
         let report = if file.as_os_str() == "-" {
             let stdin = std::io::stdin();
-            queue::enqueue_jsonl(store, stdin.lock(), config.max_attempts).await
+            queue::enqueue_jsonl(store, stdin.lock(), config.enqueue_defaults()).await
         } else {
             let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
-            queue::enqueue_jsonl(store, std::io::BufReader::new(f), config.max_attempts).await
+            queue::enqueue_jsonl(store, std::io::BufReader::new(f), config.enqueue_defaults()).await
         };
         let report = report.map_err(|e| match &file {
             f if f.as_os_str() == "-" => fail(exit::ERROR, format!("stdin: {e}")),
@@ -559,7 +580,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
     };
     let payload = queue::parse_payload(&args.payload).map_err(|e| fail(exit::ERROR, format!("--payload: {e}")))?;
     let not_before = match (args.delay, args.not_before) {
-        (Some(d), _) => Some(model::later(model::now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?),
+        (Some(d), _) => Some(model::later(store.now(), d).map_err(|e| fail(exit::ERROR, format!("--delay: {e}")))?),
         (None, t) => t,
     };
     let req = EnqueueRequest {
@@ -569,8 +590,17 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
         priority: args.priority,
         not_before,
         max_attempts: args.max_attempts,
+        expires_at: args
+            .expires_in
+            .map(|d| {
+                chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| store.now().checked_add_signed(d))
+                    .ok_or_else(|| fail(exit::ERROR, "--expires-in is too long"))
+            })
+            .transpose()?,
     };
-    let outcome = queue::enqueue(store, &req, config.max_attempts).await?;
+    let outcome = queue::enqueue(store, &req, config.enqueue_defaults()).await?;
     let text = if outcome.duplicate {
         format!("duplicate: action {} already exists ({}); nothing created", outcome.id, outcome.status)
     } else {

@@ -116,7 +116,11 @@ impl Out {
         }
         println!(
             "mode:    {}   paused={} killed={}",
-            if s.flags.proof_mode { "PROOF" } else { "REAL" },
+            match (s.proof_enforced, s.flags.proof_mode) {
+                (true, _) => "PROOF (enforced by this instance's config; proof off is refused)",
+                (false, true) => "PROOF",
+                (false, false) => "REAL",
+            },
             s.flags.paused,
             s.flags.killed
         );

@@ -61,12 +61,21 @@ pub fn check(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
     Ok(exit::ERROR)
 }
 
-/// `rules test`: run the fixtures; exit 1 if any case fails.
-pub fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
+/// `rules test`: run the fixtures, then the scenarios (`tests/scenarios/*.yaml`, several ticks
+/// of the real engine on a throwaway database); exit 1 if any case or scenario fails. A failed
+/// scenario prints its per-tick timeline.
+pub async fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
     let results = fixtures::run_dir(dir, &config.rules).map_err(|e| fail(exit::ERROR, e.to_string()))?;
+    let scenarios = crate::scenario::run_dir(dir).await;
     let failed = results.iter().filter(|r| !r.passed).count();
+    let failed_scenarios = scenarios.iter().filter(|r| !r.passed).count();
     if out.json {
-        print_json(&serde_json::json!({"passed": results.len() - failed, "failed": failed, "cases": results}));
+        print_json(&serde_json::json!({
+            "passed": results.len() - failed,
+            "failed": failed,
+            "cases": results,
+            "scenarios": {"passed": scenarios.len() - failed_scenarios, "failed": failed_scenarios, "runs": scenarios},
+        }));
     } else {
         for r in &results {
             let file = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
@@ -79,9 +88,28 @@ pub fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
                 }
             }
         }
-        println!("{} passed, {failed} failed", results.len() - failed);
+        for r in &scenarios {
+            let file = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            if r.passed {
+                println!("PASS scenarios/{file}: {} ({} ticks)", r.name, r.timeline.len());
+            } else {
+                println!("FAIL scenarios/{file}: {}", r.name);
+                for f in &r.failures {
+                    println!("    - {f}");
+                }
+                println!("    timeline:");
+                for t in &r.timeline {
+                    println!("      {t}");
+                }
+            }
+        }
+        println!(
+            "{} passed, {failed} failed; scenarios: {} passed, {failed_scenarios} failed",
+            results.len() - failed,
+            scenarios.len() - failed_scenarios
+        );
     }
-    Ok(if failed > 0 || results.is_empty() { exit::ERROR } else { exit::OK })
+    Ok(if failed + failed_scenarios > 0 || results.is_empty() { exit::ERROR } else { exit::OK })
 }
 
 #[derive(Serialize)]

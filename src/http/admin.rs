@@ -183,6 +183,9 @@ async fn flags(
     if b.paused.is_none() && b.killed.is_none() && b.proof_mode.is_none() {
         return Err(ApiError::bad_request("body: give at least one of `paused`, `killed`, `proof_mode`"));
     }
+    if b.proof_mode == Some(false) && st.config.proof_enforced {
+        return Err(ApiError::new(StatusCode::CONFLICT, crate::status::PROOF_ENFORCED_REFUSAL));
+    }
     let flags = st.store.set_flags(FlagChange { paused: b.paused, killed: b.killed, proof_mode: b.proof_mode }).await?;
     tracing::info!(
         who = %who.0,
@@ -226,7 +229,7 @@ async fn enqueue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: EnqueueRequest = parse_body(body)?;
-    let outcome = queue::enqueue(&st.store, &req, st.config.max_attempts).await.map_err(|e| match e {
+    let outcome = queue::enqueue(&st.store, &req, st.config.enqueue_defaults()).await.map_err(|e| match e {
         QueueError::Invalid(m) => ApiError::bad_request(m),
         QueueError::Store(e) => e.into(),
     })?;

@@ -415,6 +415,7 @@ async fn status_page(
     }
     // Behind the token once one is set, so a failed tick's reason may quote its notes.
     let report = st.status(Counts::AllHistory, true).await?;
+    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st
@@ -431,7 +432,7 @@ async fn status_page(
             updated_at: a.updated_at,
         })
         .collect();
-    let mode = if report.flags.proof_mode { "PROOF" } else { "REAL" };
+    let mode = if report.flags.proof_mode || report.proof_enforced { "PROOF" } else { "REAL" };
     let server = ServerInfo {
         version: env!("CARGO_PKG_VERSION"),
         owner: st.engine.lease().owner().to_string(),

@@ -57,7 +57,11 @@ pub enum RulesError {
     Invalid(Vec<Diagnostic>),
 }
 
-/// What a decision does, and to what.
+/// The longest a `postpone` may push an action back: one year.
+pub const MAX_POSTPONE_SECONDS: u64 = 365 * 86_400;
+
+/// What a decision does, and to what. `Postpone` is the seed's `downgrade_low_score_clip`: not
+/// before `seconds` from now.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Kind {
@@ -66,6 +70,7 @@ pub enum Kind {
     Cancel { id: i64 },
     ForceRun { id: i64 },
     Reprioritize { id: i64, to: i32 },
+    Postpone { id: i64, seconds: u64 },
     Rebalance,
     Pause,
     Resume,
@@ -82,6 +87,7 @@ impl Kind {
             Kind::Cancel { .. } => "cancel",
             Kind::ForceRun { .. } => "force_run",
             Kind::Reprioritize { .. } => "reprioritize",
+            Kind::Postpone { .. } => "postpone",
             Kind::Rebalance => "rebalance",
             Kind::Pause => "pause",
             Kind::Resume => "resume",
@@ -96,7 +102,7 @@ impl Kind {
     pub fn target(&self) -> String {
         match self {
             Kind::Retry { id } | Kind::Dlq { id } | Kind::Cancel { id } | Kind::ForceRun { id } => id.to_string(),
-            Kind::Reprioritize { id, .. } => id.to_string(),
+            Kind::Reprioritize { id, .. } | Kind::Postpone { id, .. } => id.to_string(),
             Kind::Rebalance => "queue".into(),
             Kind::Pause | Kind::Resume => "flags".into(),
             Kind::Throttle { .. } => "dispatch".into(),
@@ -466,6 +472,15 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
                 .filter(|p| crate::queue::PRIORITY_RANGE.contains(p))
                 .ok_or_else(|| format!("reprioritize: priority {to} is out of range"))?;
             Kind::Reprioritize { id: id()?, to }
+        }
+        "postpone" => {
+            let seconds = int("seconds")?;
+            // A year at most, like every duration of the config.
+            let seconds =
+                u64::try_from(seconds).ok().filter(|s| (1..=MAX_POSTPONE_SECONDS).contains(s)).ok_or_else(|| {
+                    format!("postpone: seconds must be between 1 and {MAX_POSTPONE_SECONDS}, got {seconds}")
+                })?;
+            Kind::Postpone { id: id()?, seconds }
         }
         "rebalance" => Kind::Rebalance,
         "pause" => Kind::Pause,

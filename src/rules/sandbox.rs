@@ -104,6 +104,20 @@ fn register_constructors(e: &mut rhai::Engine) {
             vec![("id", id.into()), ("to", to.into()), ("reason", reason.into()), ("priority", priority.into())],
         )
     });
+    e.register_fn("postpone", |id: INT, seconds: INT, reason: ImmutableString| {
+        decision("postpone", vec![("id", id.into()), ("seconds", seconds.into()), ("reason", reason.into())])
+    });
+    e.register_fn("postpone", |id: INT, seconds: INT, reason: ImmutableString, priority: INT| {
+        decision(
+            "postpone",
+            vec![
+                ("id", id.into()),
+                ("seconds", seconds.into()),
+                ("reason", reason.into()),
+                ("priority", priority.into()),
+            ],
+        )
+    });
     for kind in ["rebalance", "pause", "resume"] {
         e.register_fn(kind, move |reason: ImmutableString| decision(kind, vec![("reason", reason.into())]));
         e.register_fn(kind, move |reason: ImmutableString, priority: INT| {

@@ -12,8 +12,8 @@ use sea_orm::{
 };
 
 use super::entities::{self, actions};
-use super::{CLAIMABLE_SQL, Context, OPEN_SQL, Store, StoreError};
-use crate::model::{self, Action, ActionStatus, NewLog};
+use super::{CLAIMABLE_SQL, Context, NOT_EXPIRED_SQL, OPEN_SQL, Store, StoreError};
+use crate::model::{Action, ActionStatus, NewLog};
 
 /// Filters for listing actions.
 #[derive(Clone, Debug, Default)]
@@ -83,8 +83,10 @@ impl Store {
 
     /// How many actions are due now (`PENDING` or `RETRY` with `not_before` passed).
     pub async fn due_count(&self) -> Result<i64, StoreError> {
-        let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1");
-        let row = self.db.query_one_raw(self.stmt(&sql, [model::now().into()])).await.doing("counting due actions")?;
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL}"
+        );
+        let row = self.db.query_one_raw(self.stmt(&sql, [self.now().into()])).await.doing("counting due actions")?;
         match row {
             Some(r) => r.try_get("", "n").doing("counting due actions"),
             None => Ok(0),

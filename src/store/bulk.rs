@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::actions::insert_logs;
 use super::{Context, Store, StoreError};
-use crate::model::{self, ActionStatus, LogLevel, NewLog};
+use crate::model::{ActionStatus, LogLevel, NewLog};
 
 /// Ids per statement (each id is one bound parameter).
 const IDS_CHUNK: usize = 500;
@@ -29,7 +29,7 @@ pub struct BulkOutcome {
 impl Store {
     /// `DLQ` -> `PENDING` with attempts reset, for the given ids only.
     pub async fn requeue_ids(&self, ids: &[i64]) -> Result<BulkOutcome, StoreError> {
-        let now = model::now();
+        let now = self.now();
         self.bulk_edit(
             ids,
             "UPDATE actions SET status = 'PENDING', attempts = 0, not_before = $1, updated_at = $1, \
@@ -56,7 +56,7 @@ impl Store {
             "UPDATE actions SET status = 'CANCELLED', updated_at = $1, finished_at = $1 WHERE status IN ({})",
             statuses.join(", ")
         );
-        self.bulk_edit(ids, &sql, "cancelled by operator", model::now(), "cancelling actions").await
+        self.bulk_edit(ids, &sql, "cancelled by operator", self.now(), "cancelling actions").await
     }
 
     /// The ids of every `DLQ` action, oldest first (for `actions cancel --all-dlq`).

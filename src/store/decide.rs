@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, EntityTrait, Value};
 
 use super::entities::{self, actions};
-use super::{CLAIMABLE_SQL, Context, OPEN_SQL, Store, StoreError};
-use crate::model::{self, Action, ActionStatus, TickStatus};
+use super::{CLAIMABLE_SQL, Context, NOT_EXPIRED_SQL, OPEN_SQL, Store, StoreError};
+use crate::model::{Action, ActionStatus, TickStatus};
 
 /// Who is writing: the lease and the epoch every write is fenced by.
 #[derive(Clone, Debug)]
@@ -41,6 +41,8 @@ pub struct LedgerStats {
     pub last_tick_status: Option<TickStatus>,
     pub consecutive_failed_ticks: i64,
     pub failed_ticks_1h: i64,
+    /// `PARTIAL` ticks (some attempt failed) since the same time.
+    pub partial_ticks_1h: i64,
 }
 
 /// One row of the `decisions` table.
@@ -176,13 +178,16 @@ impl Store {
         let row = self
             .db
             .query_one_raw(self.stmt(
-                "SELECT COUNT(*) AS n FROM tick_ledger WHERE status = 'FAIL' AND started_at >= $1 AND id <> $2",
+                "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'FAIL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS n, \
+                 CAST(COALESCE(SUM(CASE WHEN status = 'PARTIAL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS p \
+                 FROM tick_ledger WHERE status IN ('FAIL', 'PARTIAL') AND started_at >= $1 AND id <> $2",
                 [since.into(), exclude.into()],
             ))
             .await
             .doing("counting failed ticks")?;
         if let Some(r) = row {
             stats.failed_ticks_1h = r.try_get("", "n").doing("counting failed ticks")?;
+            stats.partial_ticks_1h = r.try_get("", "p").doing("counting failed ticks")?;
         }
         Ok(stats)
     }
@@ -262,7 +267,7 @@ impl Store {
             // Nothing to write: an idle tick costs no transaction (and no fsync) here.
             return Ok(());
         }
-        let now = model::now();
+        let now = self.now();
         let txn = self.begin_write().await?;
         for d in &rec.decisions {
             txn.execute_raw(self.stmt(
@@ -410,7 +415,7 @@ impl Store {
             self.db
                 .execute_raw(self.stmt(
                     &sql,
-                    [paused.into(), model::now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
+                    [paused.into(), self.now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
                 ))
                 .await
                 .doing("setting the paused flag")?
@@ -427,11 +432,12 @@ impl Store {
     /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
     pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
         let sql = format!(
-            "SELECT * FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 ORDER BY priority DESC, not_before, id LIMIT $2"
+            "SELECT * FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL} \
+             ORDER BY priority DESC, not_before, id LIMIT $2"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(&sql, [model::now().into(), limit.into()]))
+            .from_raw_sql(self.stmt(&sql, [self.now().into(), limit.into()]))
             .all(&self.db)
             .await
             .doing("listing due actions")?;

@@ -74,6 +74,7 @@ pub mod actions {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub finished_at: Option<DateTimeUtc>,
+        pub expires_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -164,6 +165,7 @@ impl TryFrom<actions::Model> for model::Action {
             updated_at: m.updated_at,
             finished_at: m.finished_at,
             decode_error,
+            expires_at: m.expires_at,
         })
     }
 }

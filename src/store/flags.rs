@@ -4,7 +4,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait, IntoActiveModel};
 
 use super::entities::control_flags;
 use super::{Context, Store, StoreError};
-use crate::model::{self, Flags};
+use crate::model::Flags;
 
 /// A change to the flags; `None` leaves a flag as it is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,7 +36,7 @@ impl Store {
                     paused: Set(false),
                     killed: Set(false),
                     proof_mode: Set(true),
-                    updated_at: Set(model::now()),
+                    updated_at: Set(self.now()),
                 };
                 control_flags::Entity::insert(fresh)
                     .exec_with_returning(&txn)
@@ -54,7 +54,7 @@ impl Store {
         if let Some(v) = change.proof_mode {
             am.proof_mode = Set(v);
         }
-        am.updated_at = Set(model::now());
+        am.updated_at = Set(self.now());
         let row = control_flags::Entity::update(am).exec(&txn).await.doing("updating control_flags")?;
         txn.commit().await.doing("committing control_flags")?;
         Ok(Flags { paused: row.paused, killed: row.killed, proof_mode: row.proof_mode })

@@ -11,7 +11,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Value};
 
 use super::entities::leases;
 use super::{Backend, Context, Store, StoreError};
-use crate::model::{self, LeaseRow};
+use crate::model::LeaseRow;
 
 // Taking over an expired lease (or one this owner let lapse) increments the epoch; renewing a
 // live lease keeps it. The WHERE makes a live lease of another owner untouchable.
@@ -70,8 +70,8 @@ impl Store {
         let stmt = match self.backend {
             Backend::Postgres => self.stmt(ACQUIRE_PG, [name.into(), owner.into(), Value::from(ttl.as_secs_f64())]),
             Backend::Sqlite => {
-                let now = model::now();
-                let expires = model::later_saturating(now, ttl);
+                let now = self.now();
+                let expires = crate::model::later_saturating(now, ttl);
                 self.stmt(ACQUIRE_SQLITE, [name.into(), owner.into(), now.into(), expires.into()])
             }
         };
@@ -92,7 +92,7 @@ impl Store {
     pub async fn release_lease(&self, name: &str, owner: Option<&str>) -> Result<bool, StoreError> {
         let (now_sql, mut values): (&str, Vec<Value>) = match self.backend {
             Backend::Postgres => ("now()", vec![name.into()]),
-            Backend::Sqlite => ("$2", vec![name.into(), model::now().into()]),
+            Backend::Sqlite => ("$2", vec![name.into(), self.now().into()]),
         };
         let mut sql = format!(
             "UPDATE leases SET expires_at = {now_sql}, renewed_at = {now_sql} \
@@ -115,7 +115,7 @@ impl Store {
     /// The database's idea of now (PostgreSQL) or this machine's (SQLite).
     pub async fn db_now(&self) -> Result<DateTime<Utc>, StoreError> {
         match self.backend {
-            Backend::Sqlite => Ok(model::now()),
+            Backend::Sqlite => Ok(self.now()),
             Backend::Postgres => {
                 let row = self
                     .db
@@ -124,7 +124,7 @@ impl Store {
                     .doing("reading the database clock")?;
                 match row {
                     Some(r) => r.try_get::<DateTime<Utc>>("", "now").doing("reading the database clock"),
-                    None => Ok(model::now()),
+                    None => Ok(self.now()),
                 }
             }
         }

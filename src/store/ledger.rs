@@ -13,7 +13,7 @@ use sea_orm::{
 
 use super::entities::{self, tick_ledger};
 use super::{Acquired, Context, Store, StoreError};
-use crate::model::{self, LeaseRow, TickRow, TickStatus};
+use crate::model::{LeaseRow, TickRow, TickStatus};
 
 /// The notes an unfinished tick keeps.
 pub const UNFINISHED_NOTE: &str = "tick did not finish (the process stopped or lost the database mid-tick)";
@@ -115,7 +115,7 @@ impl Store {
             None => (None, None),
         };
         let values: [Value; 8] = [
-            model::now().into(),
+            self.now().into(),
             close.status.as_str().into(),
             close.attempted.into(),
             close.succeeded.into(),

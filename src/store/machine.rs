@@ -47,6 +47,7 @@ pub enum Op {
     Boost,
     Purge,
     Quarantine,
+    Expire,
 }
 
 impl Op {
@@ -66,6 +67,7 @@ impl Op {
         Op::Boost,
         Op::Purge,
         Op::Quarantine,
+        Op::Expire,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +87,7 @@ impl Op {
             Op::Boost => "boost",
             Op::Purge => "purge",
             Op::Quarantine => "quarantine",
+            Op::Expire => "expire",
         }
     }
 
@@ -98,9 +101,9 @@ impl Op {
             Op::RetryNow => &[Retry, Dlq, Running],
             Op::Dlq => &[Pending, Retry],
             Op::Cancel => &[Pending, Retry, Dlq],
-            Op::ForceRun | Op::Postpone => &[Pending, Retry],
+            Op::ForceRun | Op::Postpone | Op::Expire => &[Pending, Retry],
             Op::Reprioritize => &[Pending, Retry, Dlq],
-            Op::Boost => &[Pending],
+            Op::Boost => &[Pending, Retry],
             Op::Purge => &[Success, Cancelled],
         }
     }
@@ -184,6 +187,8 @@ pub struct NewAction {
     pub priority: i32,
     pub not_before: DateTime<Utc>,
     pub max_attempts: i32,
+    /// The deadline (`None`: none): never started after it, moved to `DLQ` as `expired`.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What an enqueue did.
@@ -248,19 +253,11 @@ pub struct Rescued {
     pub attempts: i32,
 }
 
-/// What `boost` did: old pending work gained a priority step; `deferred` counts young work
-/// pushed back by the old rebalance (zero unless asked for).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Boosted {
-    pub boosted: u64,
-    pub deferred: u64,
-}
-
 const CLAIM_PG: &str = "\
 UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
        claimed_at = now(), updated_at = now()
 WHERE id IN (SELECT id FROM actions
-             WHERE {from} AND not_before <= now()
+             WHERE {from} AND not_before <= now() AND (expires_at IS NULL OR expires_at > now())
              ORDER BY priority DESC, not_before, id
              LIMIT $2 FOR UPDATE SKIP LOCKED)
   AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > now())
@@ -270,7 +267,7 @@ const CLAIM_SQLITE: &str = "\
 UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
        claimed_at = $5, updated_at = $5
 WHERE id IN (SELECT id FROM actions
-             WHERE {from} AND not_before <= $5
+             WHERE {from} AND not_before <= $5 AND (expires_at IS NULL OR expires_at > $5)
              ORDER BY priority DESC, not_before, id
              LIMIT $2)
   AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > $5)
@@ -279,20 +276,21 @@ RETURNING *";
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
 
-// Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts]
-// rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
+// Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts,
+// expires_at] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
 const INSERT_JSON_SQLITE: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at)
-SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2
+                     max_attempts, created_at, updated_at, expires_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2,
+       value ->> 6
 FROM json_each(jsonb($1)) WHERE true
 ON CONFLICT (idempotency_key) DO NOTHING";
 
 const INSERT_JSON_PG: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at)
+                     max_attempts, created_at, updated_at, expires_at)
 SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
-       (r ->> 5)::integer, $2, $2
+       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
@@ -301,8 +299,10 @@ const COMPLETE_CHUNK: usize = 1000;
 
 /// `requeue`'s assignments (DLQ -> PENDING, attempts reset, the old claim forgotten); `{now}` is
 /// the statement's time. `retry_now` of a DLQ action makes the same change.
+/// A deadline that has passed is dropped: someone asked for another run.
 const REQUEUE_SET: &str = "status = 'PENDING', attempts = 0, not_before = {now}, updated_at = {now}, \
-     finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL";
+     finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL, \
+     expires_at = CASE WHEN expires_at <= {now} THEN NULL ELSE expires_at END";
 
 /// The assignments that end an abandoned attempt in `rescue`: `RETRY` due now, or `DLQ` when
 /// out of attempts. The claim columns stay as evidence of what was rescued (the log row names
@@ -329,7 +329,7 @@ impl Store {
     /// status. Under a lease fence (a rule's `enqueue`) nothing is written once the lease has
     /// moved on.
     pub async fn enqueue(&self, auth: Authority<'_>, new: &NewAction) -> Result<EnqueueOutcome, StoreError> {
-        let now = model::now();
+        let now = self.now();
         let inserted = match auth {
             Authority::Operator => actions::Entity::insert(active(new, now))
                 .on_conflict(OnConflict::column(actions::Column::IdempotencyKey).do_nothing().to_owned())
@@ -339,12 +339,12 @@ impl Store {
             Authority::Lease(fence) => {
                 let sql = format!(
                     "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
-                     attempts, max_attempts, created_at, updated_at) \
-                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7 WHERE {} \
+                     attempts, max_attempts, created_at, updated_at, expires_at) \
+                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10 WHERE {} \
                      ON CONFLICT (idempotency_key) DO NOTHING",
                     fence_sql(8, 9)
                 );
-                let values: [Value; 9] = [
+                let values: [Value; 10] = [
                     new.idempotency_key.as_str().into(),
                     new.action_type.as_str().into(),
                     new.payload_json.as_str().into(),
@@ -354,6 +354,7 @@ impl Store {
                     now.into(),
                     fence.lease_name.as_str().into(),
                     fence.epoch.into(),
+                    new.expires_at.into(),
                 ];
                 let n =
                     self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
@@ -387,7 +388,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let now = model::now();
+        let now = self.now();
         let sql = match self.backend {
             Backend::Sqlite => INSERT_JSON_SQLITE,
             Backend::Postgres => INSERT_JSON_PG,
@@ -404,7 +405,8 @@ impl Store {
         }
         let mut created = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
-            let rows: Vec<(&str, &str, &str, i32, String, i32)> = chunk
+            #[allow(clippy::type_complexity)]
+            let rows: Vec<(&str, &str, &str, i32, String, i32, Option<String>)> = chunk
                 .iter()
                 .map(|n| {
                     (
@@ -414,6 +416,7 @@ impl Store {
                         n.priority,
                         timestamp_text(n.not_before),
                         n.max_attempts,
+                        n.expires_at.map(timestamp_text),
                     )
                 })
                 .collect();
@@ -447,7 +450,7 @@ impl Store {
             }
             Backend::Sqlite => self.stmt(
                 &CLAIM_SQLITE.replace("{from}", &from),
-                [epoch.into(), n.into(), lease_name.into(), owner.into(), model::now().into()],
+                [epoch.into(), n.into(), lease_name.into(), owner.into(), self.now().into()],
             ),
         };
         let rows = actions::Entity::find().from_raw_sql(stmt).all(&self.db).await.doing("claiming actions")?;
@@ -479,7 +482,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(report);
         }
-        let now = model::now();
+        let now = self.now();
         let txn = self.begin_write().await?;
         let mut applied = HashSet::new();
         for chunk in batch.chunks(COMPLETE_CHUNK) {
@@ -573,7 +576,7 @@ impl Store {
                 vec![epoch.into(), lease_name.into(), owner.into(), secs.into()],
             ),
             Backend::Sqlite => {
-                let now = model::now();
+                let now = self.now();
                 let cutoff = model::earlier_saturating(now, timeout);
                 (
                     format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{cutoff}", "$5"),
@@ -609,7 +612,7 @@ impl Store {
                 )
             })
             .collect();
-        insert_logs(&txn, tick_id, &logs, model::now()).await?;
+        insert_logs(&txn, tick_id, &logs, self.now()).await?;
         txn.commit().await.doing("committing rescued actions")?;
         Ok(rescued)
     }
@@ -628,7 +631,7 @@ impl Store {
 
     /// `requeue` of every DLQ action, by an operator. Returns the ids requeued.
     pub async fn requeue_all(&self) -> Result<Vec<i64>, StoreError> {
-        let now = model::now();
+        let now = self.now();
         let sql = format!(
             "UPDATE actions SET {} WHERE {} RETURNING id",
             REQUEUE_SET.replace("{now}", "$1"),
@@ -661,6 +664,7 @@ impl Store {
                    finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN {now} ELSE NULL END, \
                    claimed_epoch = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_epoch END, \
                    claimed_at = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_at END, \
+                   expires_at = CASE WHEN status = 'DLQ' AND expires_at <= {now} THEN NULL ELSE expires_at END, \
                    not_before = {now}, updated_at = {now}";
         let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
         let error = format!("running too long: returned by {why}");
@@ -723,7 +727,8 @@ impl Store {
             .await
     }
 
-    /// `postpone`: a PENDING or RETRY action is not due before `until`.
+    /// `postpone`: a PENDING or RETRY action is not claimed before `until`; its priority and
+    /// attempts are kept. Never brings an action forward: a later `not_before` stays.
     pub async fn postpone(
         &self,
         auth: Authority<'_>,
@@ -732,8 +737,8 @@ impl Store {
         why: &str,
     ) -> Result<(), StoreError> {
         let log = format!("postpone decided ({why}): not before {}", until.to_rfc3339());
-        self.transition_one(auth, Op::Postpone, id, "not_before = $5, updated_at = {now}", vec![until.into()], &log)
-            .await
+        let set = "not_before = CASE WHEN not_before > $5 THEN not_before ELSE $5 END, updated_at = {now}";
+        self.transition_one(auth, Op::Postpone, id, set, vec![until.into()], &log).await
     }
 
     /// One fenced (or operator) update of one action in one of `op`'s starting statuses, with a
@@ -747,7 +752,7 @@ impl Store {
         extra: Vec<Value>,
         log: &str,
     ) -> Result<(), StoreError> {
-        let now = model::now();
+        let now = self.now();
         // One statement text for both authorities: an operator passes no lease name.
         let (name, epoch) = match auth {
             Authority::Operator => (String::new(), 0),
@@ -793,56 +798,61 @@ impl Store {
 
     // ---- the whole queue: boost, purge ------------------------------------------------------
 
-    /// `boost` (rebalance's aging): PENDING actions created before `old_before` gain one
-    /// priority step (never past 1,000,000). When `defer_until` is given, PENDING work of
-    /// priority 0 or less that was not boosted waits until then. Fenced.
-    pub async fn boost(
-        &self,
-        fence: &Fence,
-        old_before: DateTime<Utc>,
-        defer_until: Option<DateTime<Utc>>,
-    ) -> Result<Boosted, StoreError> {
-        let now = model::now();
-        let from = Op::Boost.status_in();
-        let txn = self.begin_write().await?;
+    /// `boost` (rebalance's aging): every waiting action (`PENDING` or `RETRY`) created before
+    /// `old_before` gains one priority step (never past 1,000,000), so old work is claimed
+    /// first and nothing starves behind a stream of fresh work. It defers nothing and takes
+    /// nothing out of the queue: the only change is the claim order. Fenced; returns how many
+    /// were boosted.
+    pub async fn boost(&self, fence: &Fence, old_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = self.now();
         let boost = format!(
-            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {open} AND {from} \
+            "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {} \
              AND created_at < $2 AND priority < 1000000 AND {}",
+            Op::Boost.status_in(),
             fence_sql(3, 4),
-            open = super::OPEN_SQL,
         );
-        let boosted = txn
-            .execute_raw(
-                self.stmt(
+        let boosted =
+            self.db
+                .execute_raw(self.stmt(
                     &boost,
                     [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ),
-            )
-            .await
-            .doing("rebalancing: boosting old actions")?
-            .rows_affected();
-        let mut deferred = 0;
-        if let Some(until) = defer_until {
-            let defer = format!(
-                "UPDATE actions SET not_before = $1, updated_at = $2 WHERE {open} AND {from} \
-                 AND priority <= 0 AND created_at >= $3 AND not_before < $1 AND {}",
-                fence_sql(4, 5),
-                open = super::OPEN_SQL,
-            );
-            deferred = txn
-                .execute_raw(self.stmt(
-                    &defer,
-                    [until.into(), now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
                 ))
                 .await
-                .doing("rebalancing: deferring low-priority work")?
+                .doing("rebalancing: boosting old actions")?
                 .rows_affected();
-        }
-        txn.commit().await.doing("committing a rebalance")?;
-        if boosted == 0 && deferred == 0 && !self.fence_holds(fence).await? {
+        if boosted == 0 && !self.fence_holds(fence).await? {
             return Err(Refusal::Fenced(fence.epoch).into());
         }
-        Ok(Boosted { boosted, deferred })
+        Ok(boosted)
+    }
+
+    /// `expire`: every waiting action (`PENDING` or `RETRY`) whose deadline has passed goes to
+    /// `DLQ` with the error `expired`, and a log row each, in one transaction. The claim never
+    /// starts such an action (it skips expired rows), so this only has to make the outcome
+    /// visible; the tick runs it before its snapshot. Fenced by the lease epoch. Returns the
+    /// ids expired.
+    pub async fn expire_due(&self, lease_name: &str, epoch: i64, tick_id: Option<i64>) -> Result<Vec<i64>, StoreError> {
+        let now = self.now();
+        let sql = format!(
+            "UPDATE actions SET status = 'DLQ', last_error = 'expired', finished_at = $1, updated_at = $1 \
+             WHERE {} AND expires_at IS NOT NULL AND expires_at <= $1 AND {} RETURNING id",
+            Op::Expire.status_in(),
+            fence_sql(2, 3),
+        );
+        let txn = self.begin_write().await?;
+        let ids =
+            returned_ids(&txn, self.stmt(&sql, [now.into(), lease_name.into(), epoch.into()]), "expiring actions")
+                .await?;
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let logs: Vec<NewLog> = ids
+            .iter()
+            .map(|&id| NewLog::new(id, LogLevel::Warning, "expired: its deadline passed before it could start -> DLQ"))
+            .collect();
+        insert_logs(&txn, tick_id, &logs, now).await?;
+        txn.commit().await.doing("committing expired actions")?;
+        Ok(ids)
     }
 
     /// `purge`: deletes `SUCCESS` and `CANCELLED` actions (and their logs) finished before
@@ -904,6 +914,7 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         created_at: Set(now),
         updated_at: Set(now),
         finished_at: Set(None),
+        expires_at: Set(n.expires_at),
     }
 }
 

@@ -12,8 +12,8 @@ mod decide;
 mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 pub use machine::{
-    Authority, Boosted, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op,
-    RESCUED_ERROR, Refusal, Rescued, quarantine,
+    Authority, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op, RESCUED_ERROR,
+    Refusal, Rescued, quarantine,
 };
 mod entities;
 mod flags;
@@ -33,6 +33,8 @@ mod logs;
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
+
+use crate::model::Clock;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -46,6 +48,9 @@ pub use actions::ActionFilter;
 pub(crate) const OPEN_SQL: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
 /// The statuses a claim takes from (`Op::Claim`), as SQL: the due index's predicate.
 pub(crate) const CLAIMABLE_SQL: &str = "status IN ('PENDING', 'RETRY')";
+/// A row whose deadline has not passed, `$1` being now: what the claim, the due count and the
+/// dry run's peek take.
+pub(crate) const NOT_EXPIRED_SQL: &str = "(expires_at IS NULL OR expires_at > $1)";
 
 /// Which database engine a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +151,8 @@ pub struct Store {
     /// writes whose durability a power cut cannot matter to (see [`Store::begin_tick`]).
     relaxed: Option<DatabaseConnection>,
     backend: Backend,
+    /// Every time this store writes or compares (on SQLite, all of them) comes from here.
+    clock: Clock,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -319,11 +326,28 @@ impl Store {
         } else {
             None
         };
-        Ok(Store { db, relaxed, backend })
+        Ok(Store { db, relaxed, backend, clock: Clock::real() })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This store, reading time from `clock` (a scenario's shifted clock); the connection is
+    /// shared with the original.
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock this store reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, by this store's clock (the wall clock unless [`Store::with_clock`] said otherwise).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     /// Applies pending migrations under a lock, so concurrent starts do not race each other.

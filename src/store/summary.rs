@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, Value};
 use serde::Serialize;
 
 use super::{Context, Store, StoreError};
-use crate::model::{self, ActionStatus};
+use crate::model::ActionStatus;
 
 /// One type's count of one status.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub const PRIORITY_BANDS: [&str; 4] = ["negative", "0", "1-9", "10+"];
 impl Store {
     pub async fn actions_summary(&self) -> Result<ActionsSummary, StoreError> {
         let doing = "summarising actions";
-        let now = model::now();
+        let now = self.now();
         let rows = self
             .db
             .query_all_raw(self.stmt(

@@ -30,6 +30,7 @@ pub fn action(key: &str, payload: serde_json::Value) -> Action {
         updated_at: now,
         finished_at: None,
         decode_error: None,
+        expires_at: None,
     }
 }
 

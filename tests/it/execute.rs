@@ -87,6 +87,7 @@ fn req(action_type: &str, key: &str, payload: serde_json::Value) -> EnqueueReque
         priority: 0,
         not_before: None,
         max_attempts: None,
+        expires_at: None,
     }
 }
 

@@ -25,6 +25,7 @@ backend_tests!(
     admin_api_changes_state_and_validates_input,
     database_loss_is_503_not_a_panic,
     decisions_are_listed_and_shown_on_status,
+    enforced_proof_mode_refuses_proof_off_and_says_so,
 );
 
 const TOKEN: &str = "0123456789abcdef-test";
@@ -502,4 +503,38 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!([]));
     assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]), "a good load clears the rejection");
+}
+
+async fn enforced_proof_mode_refuses_proof_off_and_says_so(db: &TestDb) {
+    let mut c = config(db, true);
+    c.proof_enforced = true;
+    let engine = db.engine(c);
+    let st = state(&engine);
+    let r = admin(&st, "POST", "/api/flags", Some(r#"{"proof_mode": false}"#)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.error().contains("proof mode is enforced on this instance"), "{}", r.body);
+    assert!(db.store.flags().await.unwrap().proof_mode, "nothing changed");
+    let r = admin(&st, "POST", "/api/flags", Some(r#"{"proof_mode": true, "paused": true}"#)).await;
+    assert_eq!(r.status, StatusCode::OK, "proof on (and other flags) stay allowed: {}", r.body);
+
+    // Even with the database flag off, /status says PROOF and that it is enforced.
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let s = admin(&st, "GET", "/status", None).await.json();
+    assert_eq!((s["mode"].as_str(), s["proof_enforced"].as_bool()), (Some("PROOF"), Some(true)), "{s}");
+    let page = get(&st, "/").await.body;
+    assert!(page.contains("proof-enforced") && page.contains("refused: "), "the page shows enforcement and refusals");
+
+    // A deadline through the API.
+    let at = (db.store.now() + chrono::Duration::hours(2)).to_rfc3339();
+    let body = format!(r#"{{"action_type": "NOOP", "payload": {{}}, "expires_at": "{at}"}}"#);
+    let r = admin(&st, "POST", "/api/actions", Some(&body)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    let listed = admin(&st, "GET", "/api/actions?limit=5", None).await.json();
+    let row = listed.as_array().unwrap().iter().find(|a| a["id"] == id).unwrap().clone();
+    assert!(row["expires_at"].is_string(), "{row}");
+    let past = r#"{"action_type": "NOOP", "payload": {"x": 1}, "expires_at": "2001-01-01T00:00:00Z"}"#;
+    let r = admin(&st, "POST", "/api/actions", Some(past)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.error().contains("not in the future"), "{}", r.body);
 }

@@ -106,6 +106,7 @@ impl Walk<'_> {
             priority: 100_000 + 100 * self.n as i32,
             not_before: orchestrator::model::now(),
             max_attempts: 3,
+            expires_at: None,
         };
         let id = self.store.enqueue(Authority::Operator, &new).await.unwrap().id;
         match status {
@@ -181,8 +182,17 @@ impl Walk<'_> {
             Op::Reprioritize => refused(self.store.reprioritize(lease, id, 7, "walk").await),
             Op::Postpone => refused(self.store.postpone(lease, id, far, "walk").await),
             Op::Boost => {
-                self.store.boost(&fence, far, None).await?;
+                self.store.boost(&fence, far).await?;
                 Ok(self.get(id).await.unwrap().priority != before.priority)
+            }
+            Op::Expire => {
+                // Give the walker's row a deadline that has passed, then expire what is due.
+                let past = "2000-01-01T00:00:00Z";
+                self.store
+                    .execute_unprepared(&format!("UPDATE actions SET expires_at = '{past}' WHERE id = {id}"))
+                    .await?;
+                let expired = self.store.expire_due(LEASE, self.epoch, None).await?;
+                Ok(expired.contains(&id))
             }
             Op::Purge => {
                 self.store.purge(far, 100).await?;
@@ -265,3 +275,50 @@ backend_tests!(
     refusals_name_the_state_found,
     rule_retry_of_dlq_is_a_requeue
 );
+
+/// A row no reader can decode, planted with raw SQL past every writer's validation: the tick
+/// quarantines it (RUNNING -> DLQ, the error naming the field), the other due actions still
+/// run, and listings, `actions show` and the snapshot show it with its error.
+async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb) {
+    for key in ["good-1", "good-2"] {
+        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(key), 3).await.unwrap();
+    }
+    // 300 levels: serde_json reads at most 128.
+    let deep = format!("{{\"a\":{}1{}}}", "[".repeat(300), "]".repeat(300));
+    let now = "2020-01-01T00:00:00Z";
+    db.store
+        .execute_unprepared(&format!(
+            "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, \
+             max_attempts, created_at, updated_at) VALUES ('planted', 'NOOP', '{deep}', 'PENDING', 5, '{now}', 0, 3, \
+             '{now}', '{now}')"
+        ))
+        .await
+        .unwrap();
+    let all = db.store.list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() }).await;
+    let all = all.expect("a listing does not fail on an undecodable row");
+    let planted = all.iter().find(|a| a.idempotency_key == "planted").unwrap();
+    assert!(planted.decode_error.as_deref().unwrap_or("").contains("payload_json cannot be read"), "{planted:?}");
+    let engine = db.engine(db.config());
+    let snap = engine.snapshot_now().await.expect("the snapshot builds").0;
+    assert!(snap.samples.stuck_pending.iter().any(|s| s.id == planted.id));
+
+    let r = crate::tick::ran(&engine).await;
+    assert_eq!((r.attempted, r.succeeded), (3, 2), "{r:?}");
+    let after = db.store.action(planted.id).await.unwrap().unwrap();
+    assert_eq!(after.status, ActionStatus::Dlq);
+    assert!(after.last_error.as_deref().unwrap_or("").starts_with("quarantined: payload_json cannot be read"));
+    for a in
+        db.store.list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() }).await.unwrap()
+    {
+        if a.idempotency_key != "planted" {
+            assert_eq!(a.status, ActionStatus::Success, "{a:?}");
+        }
+    }
+    let logs = db.store.logs(Some(planted.id), 10).await.unwrap();
+    assert!(logs.iter().any(|l| l.message.contains("-> DLQ (nothing ran)")), "{logs:?}");
+    // The next tick is clean: nothing is left RUNNING, nothing fails.
+    let r = crate::tick::ran(&engine).await;
+    assert_eq!(r.status.as_str(), "IDLE", "{r:?}");
+}
+
+backend_tests!(an_undecodable_row_is_quarantined_and_the_engine_carries_on);

@@ -9,6 +9,7 @@ mod support;
 mod chaos;
 mod cli;
 mod command;
+mod conserving;
 mod decide;
 mod execute;
 mod hostile;

@@ -37,6 +37,7 @@ fn req(action_type: &str, key: &str, priority: i32) -> EnqueueRequest {
         priority,
         not_before: None,
         max_attempts: None,
+        expires_at: None,
     }
 }
 

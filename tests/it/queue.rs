@@ -22,6 +22,7 @@ pub fn noop(key: &str) -> EnqueueRequest {
         priority: 0,
         not_before: None,
         max_attempts: None,
+        expires_at: None,
     }
 }
 

@@ -46,6 +46,7 @@ fn social(key: &str) -> EnqueueRequest {
         priority: 0,
         not_before: None,
         max_attempts: None,
+        expires_at: None,
     }
 }
 
@@ -212,6 +213,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
         priority: 0,
         not_before: None,
         max_attempts: None,
+        expires_at: None,
     };
     let p = queue::enqueue(&db.store, &enq("p", "panic"), 3).await.unwrap().id;
     let h = queue::enqueue(&db.store, &enq("h", "hang"), 3).await.unwrap().id;

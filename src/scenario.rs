@@ -1,0 +1,498 @@
+//! Scenario fixtures: several ticks of the real engine against a throwaway SQLite database, with
+//! a virtual clock between ticks, so that behaviour that only shows across ticks (a backlog that
+//! stalls, a breaker that never resumes) fails a test instead of a deployment.
+//!
+//! A scenario (`rules/tests/scenarios/*.yaml`) gives a starting queue, the config it runs under
+//! (defaults plus its own `config:`), how each action type behaves (a scripted adapter that
+//! fails a given fraction of attempts, optionally until a given tick), how many ticks to run
+//! and how far the clock moves between them, and what must hold over the run. It lives beside
+//! the tick, not in `rules/`, which stays pure; `orchestrator rules test` runs it.
+//!
+//! It never touches the caller's database: each run makes its own in a temporary directory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::{Adapter, AdapterError, ExecContext, Outcome, Proof, Registry};
+use crate::config::{Config, Inputs, Overrides};
+use crate::model::{Action, ActionStatus, Clock, TickStatus};
+use crate::queue::{self, EnqueueRequest};
+use crate::store::{ActionFilter, FlagChange, Store, StoreOptions};
+use crate::tick::{Engine, TickOutcome};
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// Keys of `orchestrator.yaml`, over the defaults (the caller's config is not used, so a
+    /// scenario means the same everywhere). `database_url` and `rules_dir` are the runner's.
+    #[serde(default)]
+    pub config: Option<serde_yaml::Value>,
+    /// Flags at the start (proof mode is off: the scripted adapter touches nothing).
+    #[serde(default)]
+    pub flags: StartFlags,
+    /// The starting queue, group by group.
+    pub queue: Vec<Group>,
+    /// How attempts of each action type end; a type not named here always succeeds.
+    #[serde(default)]
+    pub adapters: BTreeMap<String, Script>,
+    /// How many ticks to run.
+    pub ticks: u32,
+    /// Virtual seconds between two ticks.
+    #[serde(default = "one")]
+    pub every_seconds: f64,
+    pub expect: Expect,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartFlags {
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `count` actions of one type, created `age_seconds` before the first tick.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    #[serde(rename = "type")]
+    pub action_type: String,
+    pub count: u32,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub age_seconds: f64,
+    /// Not due before this many seconds after the first tick.
+    #[serde(default)]
+    pub delay_seconds: f64,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// A deadline this many seconds after the first tick (else the config's `expire_after`).
+    #[serde(default)]
+    pub expires_in_seconds: Option<f64>,
+    /// Extra payload fields (each action also gets `n`, its number in the group).
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// How a scripted action type behaves.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Script {
+    /// The fraction of attempts that fail, 0 to 1 (chosen by action id and attempt, so a run
+    /// is repeatable).
+    #[serde(default)]
+    pub fail_fraction: f64,
+    /// Fail only in ticks before this one (1-based); after it, every attempt succeeds.
+    #[serde(default)]
+    pub until_tick: Option<i64>,
+    /// The error a failure reports.
+    #[serde(default = "default_error")]
+    pub error: String,
+    /// Permanent failures go to DLQ at once; retryable ones (the default) back off.
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+fn default_error() -> String {
+    "upstream timed out".into()
+}
+
+/// What must hold over the run.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Nothing open (`PENDING`, `RETRY`, `RUNNING`) after this tick.
+    #[serde(default)]
+    pub drained_by_tick: Option<u32>,
+    /// No tick leaves due work idle: a tick that ran nothing while its snapshot counted due
+    /// work either had a brake (`PAUSED`, `THROTTLED`) or its decisions shed or postponed that
+    /// work by name, so that none was due any more.
+    #[serde(default)]
+    pub no_idle_while_due: bool,
+    /// Decisions applied at least once.
+    #[serde(default)]
+    pub decisions: Vec<DecisionPattern>,
+    /// Decisions never applied.
+    #[serde(default)]
+    pub absent: Vec<DecisionPattern>,
+    /// Counts by status at the end (statuses not named are not checked).
+    #[serde(default)]
+    pub final_counts: BTreeMap<String, i64>,
+    /// How many `DLQ` actions end with each `last_error`.
+    #[serde(default)]
+    pub final_dlq_errors: BTreeMap<String, i64>,
+}
+
+/// Matches an applied decision: kind, and rule and target when given.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionPattern {
+    pub kind: String,
+    #[serde(default)]
+    pub rule: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+impl DecisionPattern {
+    fn matches(&self, d: &AppliedDecision) -> bool {
+        d.kind == self.kind
+            && self.rule.as_ref().is_none_or(|r| *r == d.rule)
+            && self.target.as_ref().is_none_or(|t| *t == d.target)
+    }
+}
+
+impl std::fmt::Display for DecisionPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(r) = &self.rule {
+            write!(f, " by {r}")?;
+        }
+        if let Some(t) = &self.target {
+            write!(f, " on {t}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AppliedDecision {
+    pub rule: String,
+    pub kind: String,
+    pub target: String,
+}
+
+/// One tick of the run, for the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct TickLine {
+    pub tick: u32,
+    /// Virtual seconds since the first tick.
+    pub at_seconds: f64,
+    pub status: String,
+    pub attempted: u32,
+    pub succeeded: u32,
+    /// Due work the tick's snapshot counted.
+    pub due_at_snapshot: i64,
+    /// Due work the tick left idle with no brake (the invariant broken; normally 0).
+    pub left_due: i64,
+    /// `PENDING` + `RETRY` + `RUNNING` after the tick.
+    pub open_after: i64,
+    pub decisions: Vec<String>,
+    pub notes: String,
+    #[serde(skip)]
+    applied: Vec<AppliedDecision>,
+}
+
+impl std::fmt::Display for TickLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{:<3} +{:>7.0}s {:<9} ran {:>5} ok {:>5} due {:>5} open {:>5}",
+            self.tick,
+            self.at_seconds,
+            self.status,
+            self.attempted,
+            self.succeeded,
+            self.due_at_snapshot,
+            self.open_after
+        )?;
+        if self.left_due > 0 {
+            write!(f, " LEFT IDLE {}", self.left_due)?;
+        }
+        if !self.decisions.is_empty() {
+            write!(f, " | {}", self.decisions.join(", "))?;
+        }
+        if !self.notes.is_empty() {
+            write!(f, " | {}", self.notes)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub file: PathBuf,
+    pub name: String,
+    pub passed: bool,
+    /// Each expectation that did not hold.
+    pub failures: Vec<String>,
+    pub timeline: Vec<TickLine>,
+}
+
+/// Runs before each tick with the store and the tick's number (1-based); for tests that change
+/// the engine's surroundings (e.g. emulate a past behaviour).
+pub type BeforeTick = Arc<dyn Fn(Store, u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Runs every `*.yaml` in `rules_dir/tests/scenarios` against the rules of `rules_dir`. A
+/// missing directory is no scenarios.
+pub async fn run_dir(rules_dir: &Path) -> Vec<ScenarioResult> {
+    let dir = rules_dir.join("tests").join("scenarios");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        out.push(run_file(&file, rules_dir, None).await);
+    }
+    out
+}
+
+/// Runs one scenario file; a file that cannot be read or run is a failed result.
+pub async fn run_file(file: &Path, rules_dir: &Path, before_tick: Option<BeforeTick>) -> ScenarioResult {
+    let broken = |name: String, why: String| ScenarioResult {
+        file: file.to_path_buf(),
+        name,
+        passed: false,
+        failures: vec![why],
+        timeline: Vec::new(),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return broken("(file)".into(), format!("cannot read: {e}")),
+    };
+    let scenario: Scenario = match serde_yaml::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => return broken("(file)".into(), format!("not a valid scenario: {e}")),
+    };
+    let name = scenario.name.clone();
+    match run(&scenario, rules_dir, before_tick).await {
+        Ok((timeline, failures)) => {
+            ScenarioResult { file: file.to_path_buf(), name, passed: failures.is_empty(), failures, timeline }
+        }
+        Err(e) => broken(name, format!("{e:#}")),
+    }
+}
+
+/// Runs `scenario` with the rules of `rules_dir`: (the timeline, each failed expectation).
+pub async fn run(
+    scenario: &Scenario,
+    rules_dir: &Path,
+    before_tick: Option<BeforeTick>,
+) -> anyhow::Result<(Vec<TickLine>, Vec<String>)> {
+    let tmp = tempfile::tempdir()?;
+    let config = scenario_config(scenario, rules_dir, tmp.path())?;
+    let clock = Clock::shifted();
+    let store = Store::open(
+        &config.database_url,
+        &StoreOptions { sqlite_synchronous_full: false, max_connections: 4, ..Default::default() },
+    )
+    .await?
+    .with_clock(clock.clone());
+    store.set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None }).await?;
+    seed(&store, &config, scenario).await?;
+
+    let mut registry = Registry::empty();
+    let mut types: Vec<&str> = scenario.queue.iter().map(|g| g.action_type.as_str()).collect();
+    types.extend(scenario.adapters.keys().map(String::as_str));
+    if let Some(t) = &config.rules.alert_action_type {
+        types.push(t);
+    }
+    for t in types {
+        registry.register(Scripted { action_type: t.to_string(), script: scenario.adapters.get(t).cloned() });
+    }
+    let engine = Engine::new(store.clone(), config, registry);
+    engine.load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
+
+    let step = chrono::Duration::milliseconds((scenario.every_seconds.max(0.0) * 1000.0) as i64);
+    let mut timeline = Vec::new();
+    for n in 1..=scenario.ticks {
+        if n > 1 {
+            clock.advance(step);
+        }
+        if let Some(hook) = &before_tick {
+            hook(store.clone(), n).await;
+        }
+        let report = match engine.tick().await? {
+            TickOutcome::Ran(r) => r,
+            TickOutcome::NotLeader { owner, .. } => anyhow::bail!("tick {n}: the lease is held by {owner}"),
+        };
+        let applied: Vec<AppliedDecision> = store
+            .decisions(report.tick_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.outcome == "applied")
+            .map(|d| AppliedDecision { rule: d.rule, kind: d.kind, target: d.target })
+            .collect();
+        let open = store.open_counts().await?;
+        let open_after = [ActionStatus::Pending, ActionStatus::Retry, ActionStatus::Running]
+            .iter()
+            .map(|s| open.get(s).copied().unwrap_or(0))
+            .sum();
+        timeline.push(TickLine {
+            tick: n,
+            at_seconds: f64::from(n - 1) * scenario.every_seconds,
+            status: report.status.to_string(),
+            attempted: report.attempted,
+            succeeded: report.succeeded,
+            due_at_snapshot: report.snapshot.as_ref().map_or(0, |s| s.queue.due_now),
+            left_due: report.left_due,
+            open_after,
+            decisions: applied.iter().map(|d| format!("{}:{}({})", d.rule, d.kind, d.target)).collect(),
+            notes: report.notes.clone(),
+            applied,
+        });
+    }
+    let failures = check(&scenario.expect, &timeline, &store).await?;
+    store.close().await?;
+    Ok((timeline, failures))
+}
+
+fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow::Result<Config> {
+    let path = tmp.join("orchestrator.yaml");
+    let text = match &scenario.config {
+        Some(v) => serde_yaml::to_string(v)?,
+        None => String::new(),
+    };
+    std::fs::write(&path, text)?;
+    let none = |_: &str| None;
+    let mut config =
+        Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })?;
+    config.database_url = format!("sqlite:{}", tmp.join("scenario.db").display());
+    config.rules_dir = rules_dir.to_path_buf();
+    config.artifacts_dir = tmp.join("artifacts");
+    Ok(config)
+}
+
+/// Inserts the starting queue: each group's actions are created `age_seconds` before the first
+/// tick (the clock is moved back for the insert and forward again).
+async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Result<()> {
+    let start = store.now();
+    let defaults = config.enqueue_defaults();
+    for (g, group) in scenario.queue.iter().enumerate() {
+        let age = chrono::Duration::milliseconds((group.age_seconds.max(0.0) * 1000.0) as i64);
+        store.clock().advance(-age);
+        let now = store.now();
+        let secs = |s: f64| chrono::Duration::milliseconds((s * 1000.0) as i64);
+        let mut batch = Vec::with_capacity(group.count as usize);
+        for i in 0..group.count {
+            let mut payload = group.payload.clone().unwrap_or_else(|| serde_json::json!({}));
+            if let Some(obj) = payload.as_object_mut() {
+                obj.insert("n".into(), i.into());
+            }
+            let req = EnqueueRequest {
+                action_type: group.action_type.clone(),
+                payload,
+                idempotency_key: Some(format!("scenario-{g}-{i}")),
+                priority: group.priority,
+                not_before: Some(start + secs(group.delay_seconds)),
+                max_attempts: group.max_attempts,
+                expires_at: group.expires_in_seconds.map(|s| start + secs(s)),
+            };
+            batch.push(queue::prepare(&req, &defaults, now).map_err(|e| anyhow::anyhow!("queue group {g}: {e}"))?);
+        }
+        store.enqueue_many(&batch).await?;
+        store.clock().advance(age);
+    }
+    Ok(())
+}
+
+async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut failures = Vec::new();
+    if let Some(k) = expect.drained_by_tick {
+        match timeline.iter().find(|t| t.open_after == 0) {
+            Some(t) if t.tick <= k => {}
+            Some(t) => failures.push(format!("drained by tick {k}: drained only at tick {}", t.tick)),
+            None => failures.push(format!(
+                "drained by tick {k}: {} still open after {} tick(s)",
+                timeline.last().map_or(0, |t| t.open_after),
+                timeline.len()
+            )),
+        }
+    }
+    if expect.no_idle_while_due {
+        for t in timeline {
+            if t.status == TickStatus::Idle.as_str() && t.left_due > 0 {
+                failures
+                    .push(format!("no idle tick while work is due: tick {} was IDLE with {} due", t.tick, t.left_due));
+            }
+        }
+    }
+    let applied: Vec<&AppliedDecision> = timeline.iter().flat_map(|t| t.applied.iter()).collect();
+    for p in &expect.decisions {
+        if !applied.iter().any(|d| p.matches(d)) {
+            failures.push(format!("decision {p} was never applied"));
+        }
+    }
+    for p in &expect.absent {
+        if let Some(t) = timeline.iter().find(|t| t.applied.iter().any(|d| p.matches(d))) {
+            failures.push(format!("decision {p} must not be applied, but was at tick {}", t.tick));
+        }
+    }
+    if !expect.final_counts.is_empty() {
+        let counts = store.count_by_status().await?;
+        for (status, want) in &expect.final_counts {
+            let s: ActionStatus = status.parse().map_err(|e: String| anyhow::anyhow!("final_counts: {e}"))?;
+            let got = counts.get(&s).copied().unwrap_or(0);
+            if got != *want {
+                failures.push(format!("final count of {s}: expected {want}, got {got}"));
+            }
+        }
+    }
+    if !expect.final_dlq_errors.is_empty() {
+        let dlq = store
+            .list_actions(&ActionFilter { status: Some(ActionStatus::Dlq), action_type: None, limit: 1_000_000 })
+            .await?;
+        for (error, want) in &expect.final_dlq_errors {
+            let got = dlq.iter().filter(|a| a.last_error.as_deref() == Some(error.as_str())).count() as i64;
+            if got != *want {
+                failures.push(format!("DLQ actions with error {error:?}: expected {want}, got {got}"));
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// The scenario's adapter: succeeds, or fails a repeatable fraction of attempts.
+struct Scripted {
+    action_type: String,
+    script: Option<Script>,
+}
+
+impl Scripted {
+    fn outcome(&self, action: &Action, tick: Option<i64>, attempt: i32) -> Result<Outcome, AdapterError> {
+        let Some(s) = &self.script else { return Ok(Outcome { message: "scripted: ok".into() }) };
+        if s.until_tick.is_some_and(|until| tick.is_some_and(|t| t >= until)) {
+            return Ok(Outcome { message: "scripted: ok (recovered)".into() });
+        }
+        // A fixed hash of (id, attempt) in 0..1000: the same run fails the same attempts.
+        let h = (action.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (attempt as u64).wrapping_mul(0xC2B2_AE3D);
+        let fails = ((h >> 17) % 1000) < (s.fail_fraction.clamp(0.0, 1.0) * 1000.0) as u64;
+        match (fails, s.permanent) {
+            (false, _) => Ok(Outcome { message: "scripted: ok".into() }),
+            (true, true) => Err(AdapterError::permanent(s.error.clone())),
+            (true, false) => Err(AdapterError::retryable(s.error.clone())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Adapter for Scripted {
+    fn action_type(&self) -> &str {
+        &self.action_type
+    }
+
+    fn render_proof(&self, _action: &Action) -> Result<Option<Proof>, AdapterError> {
+        Ok(None)
+    }
+
+    async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
+        self.outcome(action, ctx.tick_id, ctx.attempt)
+    }
+}
