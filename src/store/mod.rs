@@ -18,8 +18,7 @@ pub use machine::{
 mod entities;
 mod flags;
 pub use flags::FlagChange;
-mod bulk;
-pub use bulk::{BulkOutcome, MAX_BULK_IDS};
+pub use machine::{BulkOutcome, MAX_BULK_IDS};
 mod history;
 pub use history::{LogFilter, PruneCutoffs, Pruned};
 mod summary;
