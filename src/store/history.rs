@@ -59,12 +59,8 @@ impl Store {
         filter: &LogFilter,
         limit: u64,
     ) -> Result<Vec<LogRow>, StoreError> {
-        let mut newer = sea_orm::Condition::any().add(execution_logs::Column::Id.gt(after));
-        if !also.is_empty() {
-            newer = newer.add(execution_logs::Column::Id.is_in(also.iter().copied()));
-        }
         let rows = filtered_logs(filter)
-            .filter(newer)
+            .filter(after_or_in(execution_logs::Column::Id, after, also))
             .order_by_asc(execution_logs::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -86,12 +82,8 @@ impl Store {
 
     /// Ledger rows with `id` above `after` or in `also`, oldest first, at most `limit`.
     pub async fn ticks_after(&self, after: i64, also: &[i64], limit: u64) -> Result<Vec<TickRow>, StoreError> {
-        let mut newer = sea_orm::Condition::any().add(tick_ledger::Column::Id.gt(after));
-        if !also.is_empty() {
-            newer = newer.add(tick_ledger::Column::Id.is_in(also.iter().copied()));
-        }
         let rows = tick_ledger::Entity::find()
-            .filter(newer)
+            .filter(after_or_in(tick_ledger::Column::Id, after, also))
             .order_by_asc(tick_ledger::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -182,6 +174,12 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// `id > after OR id IN also`: what a follow reads (`also`: ids it skipped that may commit late).
+fn after_or_in(id: impl ColumnTrait, after: i64, also: &[i64]) -> sea_orm::Condition {
+    let newer = sea_orm::Condition::any().add(id.gt(after));
+    if also.is_empty() { newer } else { newer.add(id.is_in(also.iter().copied())) }
 }
 
 fn filtered_logs(filter: &LogFilter) -> sea_orm::Select<execution_logs::Entity> {

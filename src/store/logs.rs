@@ -1,7 +1,7 @@
 //! Reading execution logs. (They are written inside the transactions that change an action's
 //! state, in `actions.rs`, so a log row never exists without its state change or vice versa.)
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::entities::{self, execution_logs};
 use super::{Context, Store, StoreError};
@@ -10,17 +10,7 @@ use crate::model::LogRow;
 impl Store {
     /// The last `limit` log rows, newest first, optionally of one action.
     pub async fn logs(&self, action_id: Option<i64>, limit: u64) -> Result<Vec<LogRow>, StoreError> {
-        let mut q = execution_logs::Entity::find();
-        if let Some(id) = action_id {
-            q = q.filter(execution_logs::Column::ActionId.eq(id));
-        }
-        let rows = q
-            .order_by_desc(execution_logs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .doing("reading execution logs")?;
-        entities::convert_all(rows)
+        self.logs_filtered(&super::LogFilter { action_id, ..Default::default() }, limit).await
     }
 
     /// Every log row that records an artifact (for verification).
