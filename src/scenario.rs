@@ -263,7 +263,7 @@ pub async fn run_file(file: &Path, rules_dir: &Path, before_tick: Option<BeforeT
         failures: vec![why],
         timeline: Vec::new(),
     };
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::input::read_text_capped(file, crate::input::MAX_FIXTURE_BYTES, "a scenario fixture") {
         Ok(t) => t,
         Err(e) => return broken("(file)".into(), format!("cannot read: {e}")),
     };
