@@ -173,11 +173,11 @@ pub async fn decide(
             (Some(why), _) => DecisionOutcome::Suppressed(why),
             (None, None) => DecisionOutcome::Suppressed(Suppressed::DryRun),
             (None, Some(fence)) => match apply(store, fence, config, metrics, d, &mut out).await? {
-                Ok(()) => {
+                Applied::Yes => {
                     record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
                     DecisionOutcome::Applied
                 }
-                Err(refusal) => DecisionOutcome::Failed(refusal),
+                Applied::Refused(why) => DecisionOutcome::Failed(why),
             },
         };
         if fence.is_some() {
@@ -221,9 +221,15 @@ pub async fn decide(
     Ok(out)
 }
 
-/// Applies one decision through the state machine's operation for its kind. `Ok(Err(_))` is the
-/// decision refused (the state it found, or the fence; its text is the outcome's); `Err` is the
-/// store failing.
+/// What became of one decision that reached the store (a store failure is the `Err` beside it).
+enum Applied {
+    Yes,
+    /// Refused: the state it found, the fence, or a value out of range; the text is the
+    /// outcome's (`failed:<why>`).
+    Refused(String),
+}
+
+/// Applies one decision through the state machine's operation for its kind.
 async fn apply(
     store: &Store,
     fence: &Fence,
@@ -231,7 +237,7 @@ async fn apply(
     metrics: &RuleMetrics,
     d: &Decision,
     out: &mut Decided,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Applied, StoreError> {
     let by = format!("rule {}: {}", d.rule, d.reason);
     let auth = Authority::Lease(fence);
     let applied = match &d.kind {
@@ -245,7 +251,7 @@ async fn apply(
             let Some(until) =
                 i64::try_from(*seconds).ok().and_then(|s| now.checked_add_signed(chrono::Duration::seconds(s)))
             else {
-                return Ok(Err(format!("postpone by {seconds}s is out of range")));
+                return Ok(Applied::Refused(format!("postpone by {seconds}s is out of range")));
             };
             store.postpone(auth, *id, until, &by).await
         }
@@ -263,7 +269,7 @@ async fn apply(
         Kind::Enqueue { action_type, payload, key } => {
             let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {
                 Ok(text) => text,
-                Err(e) => return Ok(Err(e)),
+                Err(e) => return Ok(Applied::Refused(e)),
             };
             let new = NewAction {
                 action_type: action_type.clone(),
@@ -288,7 +294,7 @@ async fn apply(
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");
             out.notes.push(format!("ALERT [{severity}] {message} (rule {})", d.rule));
-            let Some(action_type) = &config.rules.alert_action_type else { return Ok(Ok(())) };
+            let Some(action_type) = &config.rules.alert_action_type else { return Ok(Applied::Yes) };
             let payload = serde_json::json!({
                 "severity": severity, "message": message, "rule": d.rule, "tick_id": fence.tick_id,
             });
@@ -298,11 +304,11 @@ async fn apply(
                     "alert-{}-{}-{}",
                     fence.tick_id.unwrap_or(0),
                     d.rule,
-                    &queue::derive_key(severity, message)[..16]
+                    &queue::derive_key(severity.as_str(), message)[..16]
                 ),
                 payload_json: match queue::validate("alert payload", &payload, queue::MAX_PAYLOAD_BYTES) {
                     Ok(text) => text,
-                    Err(e) => return Ok(Err(e)),
+                    Err(e) => return Ok(Applied::Refused(e)),
                 },
                 priority: i32::from(d.priority),
                 not_before: store.now(),
@@ -313,8 +319,8 @@ async fn apply(
         }
     };
     match applied {
-        Ok(()) => Ok(Ok(())),
-        Err(StoreError::Refused(why)) => Ok(Err(why.to_string())),
+        Ok(()) => Ok(Applied::Yes),
+        Err(StoreError::Refused(why)) => Ok(Applied::Refused(why.to_string())),
         Err(e) => Err(e),
     }
 }

@@ -212,6 +212,51 @@ string_enum!(
     }
 );
 
+/// How loud a rule's alert is. Written lower-case, exactly: in a rule's `alert(...)`, an ALERT
+/// action's payload and the `severity` label of `orchestrator_alerts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: &'static [Severity] = &[Severity::Info, Severity::Warning, Severity::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Severity::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+            format!(
+                "severity must be {}, not {s:?}",
+                Severity::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+impl Serialize for Severity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One row of the action queue.
 #[derive(Clone, Debug, Serialize)]
 pub struct Action {
@@ -307,6 +352,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn severities_read_and_write_the_same_lower_case_text() {
+        for s in Severity::ALL {
+            assert_eq!(s.as_str().parse::<Severity>(), Ok(*s));
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        let e = "CRITICAL".parse::<Severity>().unwrap_err();
+        assert_eq!(e, r#"severity must be info, warning, critical, not "CRITICAL""#);
+    }
 
     #[test]
     fn overflowing_offsets_are_errors_not_panics() {

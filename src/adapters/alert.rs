@@ -11,9 +11,7 @@ use std::time::Duration;
 use super::http::{self, Http};
 use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
 use crate::config::adapters::{AdaptersConfig, WebhookTarget};
-use crate::model::Action;
-
-pub const SEVERITIES: &[&str] = &["info", "warning", "critical"];
+use crate::model::{Action, Severity};
 
 pub struct Alert {
     target: Option<WebhookTarget>,
@@ -28,17 +26,19 @@ impl Alert {
     }
 }
 
-fn parse(action: &Action) -> Result<(&str, &str), AdapterError> {
+fn parse(action: &Action) -> Result<(Severity, &str), AdapterError> {
     let p = &action.payload;
     let message = p
         .get("message")
         .and_then(|v| v.as_str())
         .ok_or_else(|| AdapterError::permanent("ALERT payload needs a string field 'message'"))?;
     let severity = match p.get("severity") {
-        None => "warning",
-        Some(v) => v.as_str().filter(|s| SEVERITIES.contains(s)).ok_or_else(|| {
-            AdapterError::permanent(format!("ALERT payload field 'severity' must be one of {}", SEVERITIES.join(", ")))
-        })?,
+        None => Severity::Warning,
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| "severity must be a string".to_string())
+            .and_then(str::parse)
+            .map_err(|e| AdapterError::permanent(format!("ALERT payload field 'severity': {e}")))?,
     };
     Ok((severity, message))
 }
@@ -72,10 +72,13 @@ impl Adapter for Alert {
     async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
         let (severity, message) = parse(action)?;
         let key = action.idempotency_key.as_str();
+        let level = severity.as_str();
         match severity {
-            "critical" => tracing::error!(action_id = action.id, key, severity, alert = message, "ALERT"),
-            "warning" => tracing::warn!(action_id = action.id, key, severity, alert = message, "ALERT"),
-            _ => tracing::info!(action_id = action.id, key, severity, alert = message, "ALERT"),
+            Severity::Critical => {
+                tracing::error!(action_id = action.id, key, severity = level, alert = message, "ALERT")
+            }
+            Severity::Warning => tracing::warn!(action_id = action.id, key, severity = level, alert = message, "ALERT"),
+            Severity::Info => tracing::info!(action_id = action.id, key, severity = level, alert = message, "ALERT"),
         }
         match &self.target {
             None => Ok(Outcome { message: format!("alert ({severity}) logged") }),

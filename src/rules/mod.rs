@@ -76,7 +76,7 @@ pub enum Kind {
     Resume,
     Throttle { n: u32 },
     Enqueue { action_type: String, payload: Value, key: String },
-    Alert { severity: String, message: String },
+    Alert { severity: crate::model::Severity, message: String },
 }
 
 impl Kind {
@@ -502,10 +502,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             Kind::Enqueue { action_type, payload, key }
         }
         "alert" => {
-            let severity = text("severity")?;
-            if !["info", "warning", "critical"].contains(&severity.as_str()) {
-                return Err(format!("alert severity must be info, warning or critical, not {severity:?}"));
-            }
+            let severity = text("severity")?.parse().map_err(|e| format!("alert {e}"))?;
             Kind::Alert { severity, message: text("message")? }
         }
         other => return Err(format!("unknown decision kind {other:?}")),
