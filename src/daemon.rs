@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::model::TickStatus;
-use crate::store::{PruneCutoffs, Pruned, Store, StoreError};
+use crate::store::{Pace, PruneCutoffs, Pruned, Store, StoreError};
 use crate::tick::{Engine, TickOutcome};
 
 /// How long an idle daemon with `tick_interval_seconds: 0` waits before looking again.
@@ -24,8 +24,11 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// Rows per purge transaction: small, so pruning never holds the write lock long enough to
 /// stall a tick.
 pub const PURGE_BATCH: u64 = 500;
-/// Pause between two history prune batches, so that a tick's writes get the lock in between.
-pub const PRUNE_PAUSE: Duration = Duration::from_millis(5);
+/// Rows per history prune transaction (ledger rows with their snapshots, decisions, cooldowns).
+pub const PRUNE_BATCH: u64 = 200;
+/// How the daemon's history prune yields to ticks: it rests three times as long as each batch
+/// took (at least 5 ms), so it holds the write lock a quarter of its time at most.
+pub const PRUNE_PACE: Pace = Pace { min_rest: Duration::from_millis(5), rest_per_busy: 3 };
 /// How long a stopping daemon lets a running purge go on before stopping it.
 pub const PURGE_GRACE: Duration = Duration::from_secs(5);
 /// A `.tmp-*` artifact file older than this is a leftover (its attempt died mid-write).
@@ -64,7 +67,7 @@ async fn purge(engine: &Engine) {
         }
         Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
     }
-    match prune_history(engine.store(), engine.config(), PRUNE_PAUSE).await {
+    match prune_history(engine.store(), engine.config(), PRUNE_PACE).await {
         Ok(p) if p.total() == 0 => {}
         Ok(p) => tracing::info!(
             ledger = p.ledger,
@@ -87,10 +90,10 @@ pub fn history_cutoffs(config: &Config) -> PruneCutoffs {
     }
 }
 
-/// Prunes ledger rows, decisions and cooldowns past `config`'s retentions (`pause` between
-/// batches).
-pub async fn prune_history(store: &Store, config: &Config, pause: Duration) -> Result<Pruned, StoreError> {
-    store.prune_history(history_cutoffs(config), PURGE_BATCH, pause).await
+/// Prunes ledger rows, decisions and cooldowns past `config`'s retentions, [`PRUNE_BATCH`] rows
+/// at a time, resting between batches as `pace` says.
+pub async fn prune_history(store: &Store, config: &Config, pace: Pace) -> Result<Pruned, StoreError> {
+    store.prune_history(history_cutoffs(config), PRUNE_BATCH, pace).await
 }
 
 /// Removes leftover `.tmp-*` files older than [`STALE_TMP_AGE`] under the artifacts dir and

@@ -656,7 +656,7 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
             let cutoff =
                 model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
             let n = store.purge(cutoff, crate::daemon::PURGE_BATCH).await?;
-            let history = crate::daemon::prune_history(store, config, Duration::ZERO).await?;
+            let history = crate::daemon::prune_history(store, config, crate::store::Pace::FLAT_OUT).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff, "history": history}),
                 &format!(

@@ -49,6 +49,25 @@ impl Pruned {
     }
 }
 
+/// How a prune rests between batches: at least `min_rest`, and `rest_per_busy` times as long as
+/// the batch took, so that a background prune holds the write lock (and a core) for at most
+/// `1 / (1 + rest_per_busy)` of its time, however slow the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    pub min_rest: std::time::Duration,
+    pub rest_per_busy: u32,
+}
+
+impl Pace {
+    /// No rest: an operator's `purge`, with nothing else to yield to.
+    pub const FLAT_OUT: Pace = Pace { min_rest: std::time::Duration::ZERO, rest_per_busy: 0 };
+
+    /// The rest after a batch that took `busy`.
+    pub fn rest_after(&self, busy: std::time::Duration) -> std::time::Duration {
+        busy.saturating_mul(self.rest_per_busy).max(self.min_rest)
+    }
+}
+
 impl Store {
     /// Log rows with `id` above `after` or in `also` (ids a poll saw skipped, whose transaction
     /// may commit late), oldest first, at most `limit`, filtered.
@@ -93,14 +112,9 @@ impl Store {
     }
 
     /// Deletes ledger rows, decisions and cooldowns older than `cutoffs`, `batch` rows per
-    /// transaction, pausing `pause` between batches so that ticks get the write lock. Decisions
-    /// go first, and never past the ledger's cutoff.
-    pub async fn prune_history(
-        &self,
-        cutoffs: PruneCutoffs,
-        batch: u64,
-        pause: std::time::Duration,
-    ) -> Result<Pruned, StoreError> {
+    /// transaction, resting between batches as `pace` says so that ticks get the write lock (and
+    /// the CPU). Decisions go first, and never past the ledger's cutoff.
+    pub async fn prune_history(&self, cutoffs: PruneCutoffs, batch: u64, pace: Pace) -> Result<Pruned, StoreError> {
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let decisions_cutoff = cutoffs.decisions.min(cutoffs.ledger);
         let mut pruned = Pruned::default();
@@ -117,24 +131,26 @@ impl Store {
             );
             loop {
                 let values: [Value; 3] = [bound.unwrap_or(i64::MAX).into(), cutoff.into(), batch.into()];
+                let busy = std::time::Instant::now();
                 let n = self.delete_batch(&sql, values, "pruning history").await?;
                 *count += n;
                 if n < batch as u64 {
                     break;
                 }
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
             }
         }
         let sql = "DELETE FROM rule_cooldowns WHERE (rule, kind, target) IN (SELECT rule, kind, target \
                    FROM rule_cooldowns WHERE applied_at < $1 LIMIT $2)";
         loop {
             let values: [Value; 2] = [cutoffs.cooldowns.into(), batch.into()];
+            let busy = std::time::Instant::now();
             let n = self.delete_batch(sql, values, "pruning rule cooldowns").await?;
             pruned.cooldowns += n;
             if n < batch as u64 {
                 break;
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
         }
         Ok(pruned)
     }

@@ -20,7 +20,7 @@ mod flags;
 pub use flags::FlagChange;
 pub use machine::{BulkOutcome, MAX_BULK_IDS};
 mod history;
-pub use history::{LogFilter, PruneCutoffs, Pruned};
+pub use history::{LogFilter, Pace, PruneCutoffs, Pruned};
 mod summary;
 pub use lease::Acquired;
 pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};

@@ -295,7 +295,8 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
     config.ledger_retention_days = 14;
     config.decisions_retention_days = 1;
     config.cooldown_retention_days = 1;
-    let pruned = orchestrator::daemon::prune_history(&db.store, &config, Duration::ZERO).await.unwrap();
+    let pruned =
+        orchestrator::daemon::prune_history(&db.store, &config, orchestrator::store::Pace::FLAT_OUT).await.unwrap();
     assert_eq!((pruned.ledger, pruned.decisions, pruned.cooldowns), (1, 1, 1), "{pruned:?}");
     assert!(db.store.tick(old).await.unwrap().is_none());
     for id in [kept, fresh] {
@@ -307,7 +308,7 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
 
     // A cutoff in the future for decisions never goes past the ledger's.
     let cut = PruneCutoffs { ledger: days(10), decisions: now + chrono::Duration::days(1), cooldowns: days(1) };
-    let pruned = db.store.prune_history(cut, 100, Duration::ZERO).await.unwrap();
+    let pruned = db.store.prune_history(cut, 100, orchestrator::store::Pace::FLAT_OUT).await.unwrap();
     assert_eq!(pruned.total(), 0, "{pruned:?}");
 
     // `actions purge` prunes history too.
@@ -355,6 +356,13 @@ async fn a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks(db: &TestDb
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pruned_in = start.elapsed();
+    // The same daemon goes on ticking once the purge is done: the baseline for "during" (ticks
+    // run by hand before it are not run the way the daemon runs them).
+    let last_during = db.store.recent_ticks(1).await.unwrap()[0].id;
+    while db.store.recent_ticks(1).await.unwrap()[0].id < last_during + 60 {
+        assert!(start.elapsed() < Duration::from_secs(900), "the daemon stopped ticking after the purge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.send(true).unwrap();
     let summary = daemon.await.unwrap();
     assert!(db.store.tick(1).await.unwrap().is_none(), "every old row is gone");
@@ -365,7 +373,8 @@ async fn a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks(db: &TestDb
     };
     let ticks = db.store.recent_ticks(100_000).await.unwrap();
     let before: Vec<f64> = ticks.iter().filter(|t| t.id > OLD_ROWS && t.id <= last_before).filter_map(ms).collect();
-    let during: Vec<f64> = ticks.iter().filter(|t| t.id > last_before).filter_map(ms).collect();
+    let during: Vec<f64> = ticks.iter().filter(|t| t.id > last_before && t.id <= last_during).filter_map(ms).collect();
+    let after: Vec<f64> = ticks.iter().filter(|t| t.id > last_during).filter_map(ms).collect();
     assert!(during.len() >= 5, "the daemon kept ticking while the purge ran: {} ticks", during.len());
     let stats = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -375,11 +384,12 @@ async fn a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks(db: &TestDb
     };
     eprintln!(
         "{:?}: seeded {OLD_ROWS} old ledger rows in {seeded_in:.1?}; pruned them in {pruned_in:.1?} while the daemon ran \
-         {} ticks\n  tick time before: {}\n  tick time during: {}",
+         {} ticks\n  tick time by hand before: {}\n  daemon's tick time during: {}\n  daemon's tick time after:  {}",
         db.store.backend(),
         summary.ticks,
         stats(&before),
-        stats(&during)
+        stats(&during),
+        stats(&after)
     );
 }
 
