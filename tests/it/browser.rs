@@ -16,8 +16,9 @@ use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
-use crate::http_client::{request, spawn_server, terminate, wait_for};
 use crate::http_live::{BEARER, TOKEN, daemon};
+use crate::support::http::{request, wait_for};
+use crate::support::process::{spawn_server, terminate};
 use crate::support::{bin, run};
 
 /// `/status` with the admin token, as JSON (`None` unless 200).

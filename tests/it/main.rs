@@ -1,5 +1,6 @@
 //! The one integration-test binary: store, queue, lease and tick tests against SQLite and
-//! PostgreSQL, and the main flows through the real `orchestrator` binary.
+//! PostgreSQL, and the main flows through the real `orchestrator` binary. Helpers live in
+//! `support/`.
 
 // A test that unwraps fails loudly, which is what a test should do.
 #![allow(clippy::unwrap_used)]
@@ -27,7 +28,6 @@ mod faults;
 mod grafana;
 mod hostile_http;
 mod http_api;
-mod http_client;
 mod http_live;
 mod instances;
 mod model;
