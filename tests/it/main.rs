@@ -1,6 +1,6 @@
 //! The one integration-test binary: store, queue, lease and tick tests against SQLite and
-//! PostgreSQL, and the main flows through the real `orchestrator` binary. Helpers live in
-//! `support/`.
+//! PostgreSQL, the main flows through the real `orchestrator` binary, and the invariants of the
+//! source tree (`tidy`). Helpers live in `support/`.
 
 // A test that unwraps fails loudly, which is what a test should do.
 #![allow(clippy::unwrap_used)]
@@ -32,3 +32,4 @@ mod http_live;
 mod instances;
 mod model;
 mod operator;
+mod tidy;
