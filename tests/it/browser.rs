@@ -209,7 +209,7 @@ async fn operator_page_in_headless_chromium() {
     .unwrap();
     let (mut server, mut logs, addr) =
         spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
-    // A token is set, so /status needs it (README, Security).
+    // A token is set, so /status needs it (docs/operations.md, Security).
     let start = Instant::now();
     while !status(addr).is_some_and(|s| s["queue"]["DLQ"] == 2) {
         assert!(start.elapsed() < Duration::from_secs(30), "the two DLQ rows never showed");
