@@ -55,7 +55,7 @@ pub struct Cli {
     /// Config file (default: ./orchestrator.yaml if present).
     #[arg(long, global = true, value_name = "FILE", env = "ORCHESTRATOR_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Print machine-readable JSON (field names are stable; see the README).
+    /// Print machine-readable JSON (field names are stable; see docs/cli.md).
     #[arg(long, global = true)]
     pub json: bool,
     /// Enforce proof mode in this process (proof_mode: enforced): every attempt runs in proof

@@ -10,9 +10,9 @@
 //! Architecture invariant: rules never touch the store. This module does no I/O but reading
 //! the rule files when asked to load them.
 
-pub mod convert;
+pub(crate) mod convert;
 pub mod fixtures;
-pub mod pipeline;
+pub(crate) mod pipeline;
 mod sandbox;
 
 use std::collections::BTreeMap;

@@ -16,8 +16,9 @@ use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
-use crate::http_client::{request, spawn_server, terminate, wait_for};
 use crate::http_live::{BEARER, TOKEN, daemon};
+use crate::support::http::{request, wait_for};
+use crate::support::process::{spawn_server, terminate};
 use crate::support::{bin, run};
 
 /// `/status` with the admin token, as JSON (`None` unless 200).
@@ -208,7 +209,7 @@ async fn operator_page_in_headless_chromium() {
     .unwrap();
     let (mut server, mut logs, addr) =
         spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
-    // A token is set, so /status needs it (README, Security).
+    // A token is set, so /status needs it (docs/operations.md, Security).
     let start = Instant::now();
     while !status(addr).is_some_and(|s| s["queue"]["DLQ"] == 2) {
         assert!(start.elapsed() < Duration::from_secs(30), "the two DLQ rows never showed");

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use orchestrator::model::ActionStatus;
 use orchestrator::store::{ActionFilter, FlagChange, Store, StoreOptions};
 
-use crate::http_client::{get, spawn_server, terminate, wait_for};
 use crate::http_live::daemon;
 use crate::support::TestDb;
+use crate::support::http::{get, wait_for};
+use crate::support::process::{spawn_server, terminate};
 
 const LOCK_CONFIG: &str = "tick_interval_seconds: 0.2\nmax_actions_per_tick: 4\ndispatch_concurrency: 2\n\
                            backoff_base_seconds: 0\nbackoff_max_seconds: 0\nlease_ttl_seconds: 30\nheartbeat_seconds: 1\n";

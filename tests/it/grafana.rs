@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::http_client::{Server, get, spawn_server, terminate, wait_for};
 use crate::http_live::daemon;
+use crate::support::http::{get, wait_for};
+use crate::support::process::{Server, spawn_server, terminate};
 use crate::support::{bin, run, stderr};
 
 /// Grafana's built-in variables and the dashboard's own, as the test fills them in.

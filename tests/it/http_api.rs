@@ -259,7 +259,7 @@ async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {
     }
     assert!(!db.store.flags().await.unwrap().paused, "nothing changed");
 
-    // The access model (README, Security): once a token is set, /status (it quotes logs, errors
+    // The access model (docs/operations.md, Security): once a token is set, /status (it quotes logs, errors
     // and samples) needs it; /health*, /metrics and the page stay public. Without a token
     // (loopback only) /status is open.
     let a = call(&enabled, "GET", "/status", None, None).await;

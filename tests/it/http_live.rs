@@ -13,8 +13,9 @@ use orchestrator::store::{FlagChange, Store, StoreOptions};
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::http_client::{get, request, spawn_server, terminate, wait_for};
 use crate::queue::noop;
+use crate::support::http::{get, request, wait_for};
+use crate::support::process::{spawn_server, terminate};
 use crate::support::{PG_ENV, TestDb, bin, run, stderr};
 
 pub const TOKEN: &str = "tester:0123456789abcdef-live";

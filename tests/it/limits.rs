@@ -267,8 +267,8 @@ fn health_answers_while_200_slow_clients_hold_connections() {
     let mut cmd = crate::support::bin(d);
     cmd.args(["--database-url", &url, "--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .env("ORCHESTRATOR_HTTP", "{header_read_timeout_seconds: 2, body_read_timeout_seconds: 2}");
-    let (mut child, mut logs, addr) = crate::http_client::spawn_server(&mut cmd);
-    crate::http_client::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
+    let (mut child, mut logs, addr) = crate::support::process::spawn_server(&mut cmd);
+    crate::support::http::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
 
     let mut slow: Vec<TcpStream> = (0..200)
         .map(|_| {
@@ -278,7 +278,7 @@ fn health_answers_while_200_slow_clients_hold_connections() {
         })
         .collect();
     let started = Instant::now();
-    let r = crate::http_client::request(addr, "GET", "/health", &[], None).expect("/health answers");
+    let r = crate::support::http::request(addr, "GET", "/health", &[], None).expect("/health answers");
     let took = started.elapsed();
     assert!(r.status == 200 || r.status == 503, "{}", r.status);
     assert!(took <= header_timeout + Duration::from_secs(1), "/health took {took:?} beside 200 slow clients");
@@ -316,7 +316,7 @@ fn health_answers_while_200_slow_clients_hold_connections() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert_eq!(
-        crate::http_client::terminate(&mut child, Duration::from_secs(15)).code(),
+        crate::support::process::terminate(&mut child, Duration::from_secs(15)).code(),
         Some(0),
         "{}",
         logs.drain().join("\n")
@@ -381,8 +381,8 @@ fn a_full_connection_cap_serves_the_next_client_after_the_header_timeout() {
     let mut cmd = crate::support::bin(d);
     cmd.args(["--database-url", &url, "--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .env("ORCHESTRATOR_HTTP", "{header_read_timeout_seconds: 1.5, max_connections: 4}");
-    let (mut child, mut logs, addr) = crate::http_client::spawn_server(&mut cmd);
-    crate::http_client::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
+    let (mut child, mut logs, addr) = crate::support::process::spawn_server(&mut cmd);
+    crate::support::http::wait_for(addr, "/health/live", Duration::from_secs(30), |r| r.status == 200);
     // Let the poll's own connection close, so that the four below take every slot.
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -393,13 +393,13 @@ fn a_full_connection_cap_serves_the_next_client_after_the_header_timeout() {
             s
         })
         .collect();
-    let r = crate::http_client::request(addr, "GET", "/health/live", &[], None).expect("served after the timeout");
+    let r = crate::support::http::request(addr, "GET", "/health/live", &[], None).expect("served after the timeout");
     let took = started.elapsed();
     assert_eq!(r.status, 200);
     assert!(took >= Duration::from_millis(1000), "served after {took:?}: the cap did not hold");
     assert!(took <= Duration::from_millis(2500), "served after {took:?}: more than the header timeout + 1 s");
     assert_eq!(
-        crate::http_client::terminate(&mut child, Duration::from_secs(15)).code(),
+        crate::support::process::terminate(&mut child, Duration::from_secs(15)).code(),
         Some(0),
         "{}",
         logs.drain().join("\n")

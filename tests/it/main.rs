@@ -1,5 +1,6 @@
 //! The one integration-test binary: store, queue, lease and tick tests against SQLite and
-//! PostgreSQL, and the main flows through the real `orchestrator` binary.
+//! PostgreSQL, the main flows through the real `orchestrator` binary, and the invariants of the
+//! source tree (`tidy`). Helpers live in `support/`.
 
 // A test that unwraps fails loudly, which is what a test should do.
 #![allow(clippy::unwrap_used)]
@@ -27,8 +28,8 @@ mod faults;
 mod grafana;
 mod hostile_http;
 mod http_api;
-mod http_client;
 mod http_live;
 mod instances;
 mod model;
 mod operator;
+mod tidy;

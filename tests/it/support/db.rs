@@ -1,8 +1,7 @@
-//! Test support: a fresh database per test on SQLite (a temp file) and on PostgreSQL (a schema
-//! of its own in `ORCHESTRATOR_TEST_PG_URL`), and helpers to drive the real binary.
+//! A fresh database per test: on SQLite a file in a temporary directory, on PostgreSQL a
+//! schema of its own in `ORCHESTRATOR_TEST_PG_URL`; and `backend_tests!`, which runs one test
+//! body on both.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use orchestrator::adapters::Registry;
@@ -96,46 +95,4 @@ macro_rules! backend_tests {
             }
         }
     )+};
-}
-
-/// The real binary, run in `cwd` with a clean environment (no ORCHESTRATOR_* or DATABASE_URL).
-pub fn bin(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-    cmd.current_dir(cwd);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ORCHESTRATOR_") || k == "DATABASE_URL" || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("run the orchestrator binary")
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
-}
-
-pub fn artifacts_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() { stack.push(p) } else { out.push(p) }
-        }
-    }
-    out
 }

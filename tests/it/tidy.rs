@@ -1,0 +1,540 @@
+//! Invariants a program can see, checked over the source tree the way rust-analyzer's
+//! `xtask/src/tidy.rs` does: every source file opens with a `//!` paragraph, only `src/store/`
+//! speaks to the database library or holds SQL text, only `src/cli/` prints to stdout, and the
+//! README's command table names the commands `--help` has. ARCHITECTURE.md states these; a
+//! statement alone drifts, so each is a test here.
+//!
+//! Each check is a function from a file's path and text to its violations (`file:line: what`),
+//! so that it can be run on a doctored input below and shown to fail. The checks read code with
+//! a small lexer that sets comments and string literals apart: a `sea_orm` in a comment or in a
+//! log filter string (`"sea_orm=warn"`) is not a use of it, and a `SELECT` in a comment is not
+//! SQL text.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// One broken invariant, where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Violation {
+    file: String,
+    line: usize,
+    what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.what)
+    }
+}
+
+fn violation(file: &str, line: usize, what: impl Into<String>) -> Violation {
+    Violation { file: file.to_string(), line, what: what.into() }
+}
+
+/// A source file split by the lexer: the code of each line with comments removed and every
+/// string literal's contents blanked, and the string literals with the line they start on.
+struct Lexed {
+    code: Vec<String>,
+    strings: Vec<(usize, String)>,
+}
+
+/// Lexes enough of Rust to set code, comments and string literals apart: line and (nested)
+/// block comments, `"..."` with escapes, raw strings `r#"..."#`, byte strings, and char
+/// literals told apart from lifetimes.
+fn lex(text: &str) -> Lexed {
+    let chars: Vec<char> = text.chars().collect();
+    let mut code = vec![String::new()];
+    let mut strings = Vec::new();
+    let mut i = 0;
+    let mut line = 1;
+    let newline = |code: &mut Vec<String>, line: &mut usize| {
+        code.push(String::new());
+        *line += 1;
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '\n' {
+            newline(&mut code, &mut line);
+            i += 1;
+        } else if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    if chars[i] == '\n' {
+                        newline(&mut code, &mut line);
+                    }
+                    i += 1;
+                }
+            }
+        } else if let Some((hashes, open)) = raw_string_start(&chars, i) {
+            // r"..." / r#"..."# / br#"..."#: no escapes; ends at a quote and as many hashes.
+            let start_line = line;
+            let mut s = String::new();
+            i = open + 1;
+            while i < chars.len() {
+                if chars[i] == '"' && (0..hashes).all(|k| chars.get(i + 1 + k) == Some(&'#')) {
+                    i += 1 + hashes;
+                    break;
+                }
+                if chars[i] == '\n' {
+                    newline(&mut code, &mut line);
+                }
+                s.push(chars[i]);
+                i += 1;
+            }
+            code.last_mut().unwrap().push_str("\"\"");
+            strings.push((start_line, s));
+        } else if c == '"' || (c == 'b' && next == Some('"') && !ident_before(&chars, i)) {
+            let start_line = line;
+            let mut s = String::new();
+            i += if c == 'b' { 2 } else { 1 };
+            while i < chars.len() && chars[i] != '"' {
+                if chars[i] == '\\' {
+                    s.push(chars[i]);
+                    i += 1;
+                }
+                if let Some(&ch) = chars.get(i) {
+                    if ch == '\n' {
+                        newline(&mut code, &mut line);
+                    }
+                    s.push(ch);
+                }
+                i += 1;
+            }
+            i += 1;
+            code.last_mut().unwrap().push_str("\"\"");
+            strings.push((start_line, s));
+        } else if c == '\'' {
+            // A char literal ('x', '\n', '\u{..}', '"') or a lifetime ('a): a lifetime has no
+            // closing quote right after its first character.
+            if next == Some('\\') {
+                i += 3; // the quote, the backslash and the escaped character
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+                code.last_mut().unwrap().push_str("' '");
+            } else if chars.get(i + 2) == Some(&'\'') {
+                i += 3;
+                code.last_mut().unwrap().push_str("' '");
+            } else {
+                code.last_mut().unwrap().push(c);
+                i += 1;
+            }
+        } else {
+            code.last_mut().unwrap().push(c);
+            i += 1;
+        }
+    }
+    Lexed { code, strings }
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+fn ident_before(chars: &[char], i: usize) -> bool {
+    i > 0 && is_ident(chars[i - 1])
+}
+
+/// At `r"`, `r#"`, `br"`, `br#"` (not inside an identifier): the number of hashes and the index
+/// of the opening quote.
+fn raw_string_start(chars: &[char], i: usize) -> Option<(usize, usize)> {
+    if ident_before(chars, i) {
+        return None;
+    }
+    let mut j = i;
+    if chars.get(j) == Some(&'b') {
+        j += 1;
+    }
+    if chars.get(j) != Some(&'r') {
+        return None;
+    }
+    j += 1;
+    let mut hashes = 0;
+    while chars.get(j) == Some(&'#') {
+        hashes += 1;
+        j += 1;
+    }
+    (chars.get(j) == Some(&'"')).then_some((hashes, j))
+}
+
+/// Where `word` occurs in `line` as a whole token (not part of a longer identifier).
+fn find_token(line: &str, word: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = line[from..].find(word).map(|p| p + from) {
+        let before = line[..at].chars().next_back();
+        let after = line[at + word.len()..].chars().next();
+        let starts = !before.is_some_and(is_ident);
+        let ends = !word.ends_with(is_ident) || !after.is_some_and(is_ident);
+        if starts && ends {
+            return Some(at);
+        }
+        from = at + word.len();
+    }
+    None
+}
+
+/// Every file is explained where it starts: its first line is a `//!` doc comment.
+fn check_module_doc(file: &str, text: &str) -> Vec<Violation> {
+    match text.lines().next() {
+        Some(first) if first.starts_with("//!") => Vec::new(),
+        _ => vec![violation(file, 1, "the file does not open with a `//!` paragraph saying what it is for")],
+    }
+}
+
+/// The crates that speak to the database. `store` owns them (ARCHITECTURE.md, "Only `store`
+/// imports `sea_orm`"); sqlx and sea-query are the same door by other names.
+const DATABASE_CRATES: &[&str] = &["sea_orm", "sea_query", "sqlx"];
+
+/// Only `src/store/` names the database crates in code (`use sea_orm::..`, `sea_orm::Foo`).
+fn check_database_crates(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (n, line) in lex(text).code.iter().enumerate() {
+        for krate in DATABASE_CRATES {
+            if find_token(line, krate).is_some() {
+                out.push(violation(file, n + 1, format!("`{krate}` is used outside src/store/")));
+            }
+        }
+    }
+    out
+}
+
+/// What writes to stdout: the print macros and the handles to it.
+const STDOUT_WRITERS: &[&str] = &["println!", "print!", "io::stdout", "stdout()"];
+
+/// Only `src/cli/` prints to stdout; everything else logs to stderr through `tracing`.
+fn check_stdout(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (n, line) in lex(text).code.iter().enumerate() {
+        // `stdout()` as a free call (after `use std::io::stdout`), not a method such as a
+        // child process's `.stdout(Stdio::piped())`.
+        let hit = STDOUT_WRITERS.iter().find(|writer| {
+            find_token(line, writer).is_some_and(|at| !(writer.starts_with("stdout") && line[..at].ends_with('.')))
+        });
+        if let Some(writer) = hit {
+            out.push(violation(file, n + 1, format!("`{writer}` writes to stdout outside src/cli/")));
+        }
+    }
+    out
+}
+
+/// SQL as text: keyword pairs that start a statement, in upper case as this code base writes
+/// SQL. A pair must appear in order in one string literal.
+const SQL_SHAPES: &[(&str, &str)] = &[
+    ("SELECT", "FROM"),
+    ("INSERT", "INTO"),
+    ("UPDATE", "SET"),
+    ("DELETE", "FROM"),
+    ("CREATE", "TABLE"),
+    ("CREATE", "INDEX"),
+    ("ALTER", "TABLE"),
+    ("DROP", "TABLE"),
+];
+
+/// SQL text lives in `src/store/` (CONVENTIONS: "a caller never builds SQL text of its own").
+fn check_sql(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (line, s) in lex(text).strings {
+        for (first, then) in SQL_SHAPES {
+            let at = find_token(&s, first);
+            if let Some(at) = at
+                && find_token(&s[at + first.len()..], then).is_some()
+            {
+                out.push(violation(file, line, format!("SQL text ({first} .. {then}) outside src/store/")));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The command names in the README's command table (the first table under `## Commands`): each
+/// backticked span of a row's first cell starts with a command and, for a command with
+/// subcommands, its subcommand. Returns (line, "command" or "command sub").
+fn readme_commands(readme: &str, with_subcommands: &[String]) -> Result<Vec<(usize, String)>, String> {
+    let lines: Vec<&str> = readme.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == "## Commands").ok_or("no `## Commands` section")?;
+    let mut out = Vec::new();
+    let mut in_table = false;
+    for (n, line) in lines.iter().enumerate().skip(start + 1) {
+        if line.starts_with("## ") {
+            break;
+        }
+        if !line.starts_with('|') {
+            if in_table {
+                break;
+            }
+            continue;
+        }
+        if !in_table {
+            in_table = true; // the header row
+            continue;
+        }
+        if line.starts_with("| ---") {
+            continue;
+        }
+        // The first cell ends at the first `|` outside backticks (`\|` is an escaped bar).
+        let mut cell = String::new();
+        let mut ticked = false;
+        for c in line[1..].chars() {
+            if c == '`' {
+                ticked = !ticked;
+            }
+            if c == '|' && !ticked && !cell.ends_with('\\') {
+                break;
+            }
+            cell.push(c);
+        }
+        // The commands are the cell's leading backticked spans, separated by commas; what
+        // follows, such as "(`-` for stdin)", is prose.
+        let mut rest = cell.trim_start();
+        let mut spans = Vec::new();
+        while let Some(open) = rest.strip_prefix('`') {
+            let Some(close) = open.find('`') else { break };
+            spans.push(&open[..close]);
+            rest = open[close + 1..].trim_start();
+            match rest.strip_prefix(',') {
+                Some(after) => rest = after.trim_start(),
+                None => break,
+            }
+        }
+        for span in spans {
+            let mut words = span.split_whitespace();
+            let Some(command) = words.next() else { continue };
+            let name = match words.next() {
+                Some(sub) if with_subcommands.iter().any(|c| c == command) && !sub.starts_with(['-', '[']) => {
+                    format!("{command} {sub}")
+                }
+                _ => command.to_string(),
+            };
+            out.push((n + 1, name));
+        }
+    }
+    if out.is_empty() {
+        return Err("no command table under `## Commands`".to_string());
+    }
+    Ok(out)
+}
+
+/// The names `--help` lists: every visible subcommand, and every visible subcommand of those
+/// (`actions list`), as "command" or "command sub". clap's own `help` is left out.
+fn clap_commands(cmd: &clap::Command) -> (Vec<String>, Vec<String>) {
+    let visible = |c: &clap::Command| {
+        c.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").cloned().collect::<Vec<_>>()
+    };
+    let mut names = Vec::new();
+    let mut parents = Vec::new();
+    for sub in visible(cmd) {
+        let inner = visible(&sub);
+        if inner.is_empty() {
+            names.push(sub.get_name().to_string());
+        } else {
+            parents.push(sub.get_name().to_string());
+            names.extend(inner.iter().map(|s| format!("{} {}", sub.get_name(), s.get_name())));
+        }
+    }
+    (names, parents)
+}
+
+/// The README's command table and `--help` agree: the table names no command clap lacks, and
+/// clap has no command the table leaves out.
+fn check_readme_commands(file: &str, readme: &str, cmd: &clap::Command) -> Vec<Violation> {
+    let (names, parents) = clap_commands(cmd);
+    let listed = match readme_commands(readme, &parents) {
+        Ok(listed) => listed,
+        Err(e) => return vec![violation(file, 1, e)],
+    };
+    let mut out = Vec::new();
+    for (line, name) in &listed {
+        if !names.contains(name) {
+            out.push(violation(file, *line, format!("the command table names `{name}`, which `--help` does not list")));
+        }
+    }
+    let table = listed.first().map_or(1, |(line, _)| *line);
+    for name in &names {
+        if !listed.iter().any(|(_, n)| n == name) {
+            out.push(violation(file, table, format!("`{name}` is in `--help` but not in the command table")));
+        }
+    }
+    out
+}
+
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())).flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs `check` over every Rust file under `dirs` (relative to the crate root) whose relative
+/// path `applies` accepts; fails listing every violation.
+fn enforce(dirs: &[&str], applies: impl Fn(&str) -> bool, check: impl Fn(&str, &str) -> Vec<Violation>) {
+    let root = Path::new(ROOT);
+    let mut all = Vec::new();
+    let mut seen = 0;
+    for dir in dirs {
+        for path in rust_files(&root.join(dir)) {
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            if !applies(&rel) {
+                continue;
+            }
+            seen += 1;
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            all.extend(check(&rel, &text));
+        }
+    }
+    assert!(seen > 0, "no files under {dirs:?}: the check would pass vacuously");
+    let report: Vec<String> = all.iter().map(Violation::to_string).collect();
+    assert!(all.is_empty(), "{} violation(s):\n{}", all.len(), report.join("\n"));
+}
+
+#[test]
+fn every_source_file_opens_with_a_doc_paragraph() {
+    enforce(&["src", "migrations/src"], |_| true, check_module_doc);
+}
+
+#[test]
+fn only_the_store_uses_the_database_crates() {
+    // migrations/ is the schema crate: sea-orm-migration is its whole point.
+    enforce(&["src"], |f| !f.starts_with("src/store/"), check_database_crates);
+}
+
+#[test]
+fn only_the_cli_prints_to_stdout() {
+    // src/main.rs prints nothing to stdout either (its one message goes to stderr), so it gets
+    // no exemption.
+    enforce(&["src"], |f| !f.starts_with("src/cli/"), check_stdout);
+}
+
+#[test]
+fn sql_text_lives_in_the_store() {
+    enforce(&["src"], |f| !f.starts_with("src/store/"), check_sql);
+}
+
+#[test]
+fn the_readme_command_table_matches_help() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let cmd = <orchestrator::cli::Cli as clap::CommandFactory>::command();
+    let found = check_readme_commands("README.md", &readme, &cmd);
+    let report: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
+}
+
+// Each check fails on a doctored input, so a pass above means something.
+
+#[test]
+fn a_file_without_its_doc_paragraph_is_reported() {
+    assert_eq!(check_module_doc("src/x.rs", "//! Does x.\n\nfn x() {}\n"), []);
+    let found = check_module_doc("src/x.rs", "/// an item doc is not a module doc\nfn x() {}\n");
+    assert_eq!(
+        found.iter().map(Violation::to_string).collect::<Vec<_>>(),
+        ["src/x.rs:1: the file does not open with a `//!` paragraph saying what it is for"]
+    );
+    assert_eq!(check_module_doc("src/x.rs", "").len(), 1, "an empty file has no doc either");
+}
+
+#[test]
+fn a_database_crate_outside_the_store_is_reported_at_its_line() {
+    let text = "//! Talks of sea_orm in a comment: fine.\n\
+                fn f() {\n\
+                \x20   let filter = \"info,sqlx=warn,sea_orm=warn\"; // a log filter, not a use\n\
+                \x20   let db: sea_orm::DatabaseConnection = todo!();\n\
+                }\n\
+                use sea_orm::{EntityTrait};\n\
+                /* sqlx in a block comment */ fn g(_: my_sea_orm_like::X) {}\n";
+    let found = check_database_crates("src/tick.rs", text);
+    let at: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert_eq!(
+        at,
+        ["src/tick.rs:4: `sea_orm` is used outside src/store/", "src/tick.rs:6: `sea_orm` is used outside src/store/"]
+    );
+}
+
+#[test]
+fn printing_to_stdout_outside_the_cli_is_reported() {
+    let text = "//! x\n\
+                fn f(cmd: &mut std::process::Command) {\n\
+                \x20   eprintln!(\"to stderr: println!(..) in a string\");\n\
+                \x20   cmd.stdout(std::process::Stdio::piped());\n\
+                \x20   println!(\"hello\");\n\
+                \x20   let _ = std::io::stdout();\n\
+                \x20   print!(\"x\"); // println! in a comment\n\
+                \x20   let out = stdout();\n\
+                }\n";
+    let lines: Vec<usize> = check_stdout("src/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [5, 6, 7, 8]);
+}
+
+#[test]
+fn sql_text_outside_the_store_is_reported() {
+    let text = "//! SELECT x FROM y in a doc is prose\n\
+                const A: &str = \"SELECT id FROM actions WHERE status = 'DLQ'\";\n\
+                const B: &str = r#\"UPDATE control_flags\n    SET paused = 1\"#;\n\
+                const C: &str = \"please select a file from the list\"; // SELECT .. FROM\n\
+                const D: &[&str] = &[\"GET\", \"POST\", \"DELETE\"];\n\
+                fn f() -> String { format!(\"DELETE FROM {} WHERE id = ?\", \"t\") }\n\
+                const E: char = '\"'; const F: &str = \"INSERT INTO t VALUES (1)\";\n";
+    let lines: Vec<usize> = check_sql("src/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [2, 3, 7, 8]);
+}
+
+#[test]
+fn a_readme_command_table_that_disagrees_with_help_is_reported() {
+    let cmd = clap::Command::new("orchestrator")
+        .subcommand(clap::Command::new("run-once"))
+        .subcommand(clap::Command::new("status"))
+        .subcommand(clap::Command::new("secret").hide(true))
+        .subcommand(
+            clap::Command::new("actions").subcommand(clap::Command::new("list")).subcommand(clap::Command::new("show")),
+        );
+    let readme = "# x\n\n## Commands\n\nGlobal options.\n\n\
+                  | command | what it does |\n\
+                  | --- | --- |\n\
+                  | `run-once [--dry-run]` | one tick |\n\
+                  | `actions list [--status S]`, `actions shoe ID` | actions |\n\
+                  | `stauts` | typo |\n\
+                  | `run-once` (`-` and `--x` are prose) | a command, then prose |\n\
+                  | `pause \\| x` | not a command |\n\n\
+                  ## Next\n";
+    let found: Vec<String> =
+        check_readme_commands("README.md", readme, &cmd).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "README.md:10: the command table names `actions shoe`, which `--help` does not list",
+            "README.md:11: the command table names `stauts`, which `--help` does not list",
+            "README.md:13: the command table names `pause`, which `--help` does not list",
+            "README.md:9: `status` is in `--help` but not in the command table",
+            "README.md:9: `actions show` is in `--help` but not in the command table",
+        ]
+    );
+    assert_eq!(check_readme_commands("README.md", "# no table\n", &cmd).len(), 1);
+}
