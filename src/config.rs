@@ -1,29 +1,36 @@
 //! Configuration: defaults, then `orchestrator.yaml`, then `ORCHESTRATOR_<KEY>` environment
 //! variables, then command-line flags, folded into one validated [`Config`].
 //!
-//! Every error names the key and where its value came from: the file with line and column, the
-//! environment variable, or the flag. Unknown keys are errors. Nothing else in the crate reads
-//! the environment or the config file.
+//! Each key is declared once, in [`KEYS`] (an adapter's in its own `config.rs`): name, default,
+//! one line of doc, and how its value is checked and stored. Everything else (the layers, the
+//! key table in `docs/operations.md`, the check of `orchestrator.example.yaml`) comes from the
+//! declarations through [`key`]. Every error names the key and where its value came from: the
+//! file with line and column, the environment variable, or the flag. Unknown keys are errors.
+//! Nothing else in the crate reads the environment or the config file.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+pub mod key;
 
-pub mod adapters;
-
-pub use adapters::AdaptersConfig;
+pub use crate::adapters::AdaptersConfig;
+use key::KeyDefault::{Computed, Unset, Value};
+use key::{Key, KeyInfo, Origin, Raw, Retired, key};
 
 /// The file read when `--config` / `ORCHESTRATOR_CONFIG` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "orchestrator.yaml";
 /// The SQLite database used when no URL is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:orchestrator.db";
+/// The longest duration a `*_seconds` key takes: one year.
 const MAX_SECONDS: f64 = 365.0 * 86_400.0;
 
 /// The validated settings every command runs with.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// `Config::default()` is the blank the keys are applied to, not a valid configuration: what an
+/// empty file gives is [`Config::defaults`].
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     pub database_url: String,
     pub tick_interval: Duration,
@@ -89,12 +96,17 @@ pub struct HttpConfig {
     pub max_connections: u32,
 }
 
-/// `http.header_read_timeout_seconds` when not set.
-pub const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: f64 = 10.0;
-/// `http.body_read_timeout_seconds` when not set.
-pub const DEFAULT_BODY_READ_TIMEOUT_SECONDS: f64 = 30.0;
-/// `http.max_connections` when not set.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+impl Default for HttpConfig {
+    /// Blank, like `Config::default()`: the `http.*` keys fill it.
+    fn default() -> Self {
+        HttpConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            header_read_timeout: Duration::ZERO,
+            body_read_timeout: Duration::ZERO,
+            max_connections: 0,
+        }
+    }
+}
 
 /// Named admin tokens. `Debug` never shows a token.
 #[derive(Clone, Default, PartialEq)]
@@ -147,24 +159,6 @@ impl AdminTokens {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HttpLayer {
-    listen: Option<String>,
-    /// Replaced by `liveness:`; refused with an error that names the new keys.
-    stale_tick_intervals: Option<serde_yaml::Value>,
-    header_read_timeout_seconds: Option<f64>,
-    body_read_timeout_seconds: Option<f64>,
-    max_connections: Option<u32>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LivenessLayer {
-    stale_degraded_seconds: Option<f64>,
-    stale_unhealthy_seconds: Option<f64>,
-}
-
 /// Where a setting's value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -194,68 +188,6 @@ pub enum ConfigError {
     Value { source_: Source, message: String },
 }
 
-/// The raw layer shape: every key optional, unknown keys refused.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Layer {
-    database_url: Option<String>,
-    tick_interval_seconds: Option<f64>,
-    max_actions_per_tick: Option<u32>,
-    max_tick_seconds: Option<f64>,
-    dispatch_concurrency: Option<u32>,
-    max_unrecorded: Option<u32>,
-    max_attempts: Option<u32>,
-    backoff_base_seconds: Option<f64>,
-    backoff_max_seconds: Option<f64>,
-    lease_name: Option<String>,
-    lease_ttl_seconds: Option<f64>,
-    heartbeat_seconds: Option<f64>,
-    action_timeout_seconds: Option<f64>,
-    rules_dir: Option<PathBuf>,
-    artifacts_dir: Option<PathBuf>,
-    retention_days: Option<u32>,
-    ledger_retention_days: Option<u32>,
-    decisions_retention_days: Option<u32>,
-    cooldown_retention_days: Option<u32>,
-    sqlite_synchronous: Option<String>,
-    expire_after: Option<BTreeMap<String, serde_yaml::Value>>,
-    proof_mode: Option<String>,
-    rules: Option<RulesLayer>,
-    adapters: Option<adapters::AdaptersLayer>,
-    http: Option<HttpLayer>,
-    liveness: Option<LivenessLayer>,
-}
-
-/// Every key, and whether its value is text (taken verbatim from the environment) or a YAML
-/// scalar (parsed, so `ORCHESTRATOR_MAX_ATTEMPTS=five` fails like `max_attempts: five`).
-const KEYS: &[(&str, bool)] = &[
-    ("database_url", true),
-    ("tick_interval_seconds", false),
-    ("max_actions_per_tick", false),
-    ("max_tick_seconds", false),
-    ("dispatch_concurrency", false),
-    ("max_unrecorded", false),
-    ("max_attempts", false),
-    ("backoff_base_seconds", false),
-    ("backoff_max_seconds", false),
-    ("lease_name", true),
-    ("lease_ttl_seconds", false),
-    ("heartbeat_seconds", false),
-    ("action_timeout_seconds", false),
-    ("rules_dir", true),
-    ("artifacts_dir", true),
-    ("retention_days", false),
-    ("ledger_retention_days", false),
-    ("decisions_retention_days", false),
-    ("cooldown_retention_days", false),
-    ("sqlite_synchronous", true),
-    ("expire_after", false),
-    ("proof_mode", true),
-    ("http", false),
-    ("liveness", false),
-    ("rules", false),
-];
-
 /// Flags that override the other layers.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -265,6 +197,31 @@ pub struct Overrides {
     pub proof_enforced: bool,
     /// `--listen` (http.listen).
     pub http_listen: Option<String>,
+}
+
+/// The flags that set a key, as `(key, flag)`: the CLI's [`Overrides`] and the key table.
+pub const FLAGS: &[(&str, &str)] = &[
+    ("database_url", "--database-url"),
+    ("tick_interval_seconds", "--interval"),
+    ("proof_mode", "--proof-enforced"),
+    ("http.listen", "--listen"),
+];
+
+/// Environment variables read besides `ORCHESTRATOR_<KEY>`, as `(key, variable)`; the
+/// `ORCHESTRATOR_` one wins when both are set.
+pub const ENV_ALIASES: &[(&str, &str)] = &[("database_url", "DATABASE_URL")];
+
+impl Overrides {
+    /// Each flag given, as `(key, value, flag)`.
+    fn values(self) -> Vec<(&'static str, serde_yaml::Value, &'static str)> {
+        let given = [
+            self.database_url.map(serde_yaml::Value::String),
+            self.tick_interval_seconds.map(|s| serde_yaml::Value::Number(s.into())),
+            self.proof_enforced.then(|| serde_yaml::Value::String("enforced".into())),
+            self.http_listen.map(serde_yaml::Value::String),
+        ];
+        FLAGS.iter().zip(given).filter_map(|(&(key, flag), value)| Some((key, value?, flag))).collect()
+    }
 }
 
 /// Where to read from: the config file (if any) and the environment.
@@ -284,64 +241,21 @@ impl Config {
 
     /// Loads from explicit inputs (tests pass their own environment).
     pub fn load_from(inputs: Inputs<'_>) -> Result<Config, ConfigError> {
-        let mut layers: Vec<(Layer, LayerOrigin)> = Vec::new();
-
+        let keys = keys();
+        let mut raw = Raw::default();
         let file = match inputs.config_file {
             Some(p) => read_file(p, true)?,
             None => read_file(Path::new(DEFAULT_CONFIG_FILE), false)?,
         };
-        let mut adapters_file = None;
-        if let Some((path, text)) = file {
-            let layer = parse_file(&path, &text)?;
-            adapters_file = Some((layer.adapters.clone(), path.clone(), text.clone()));
-            layers.push((layer, LayerOrigin::File { path, text }));
+        if let Some((path, text)) = &file {
+            let layer = parse_file(path, text)?;
+            raw.add(&keys, RETIRED, &layer, &Origin::File { path, text })?;
         }
-
-        for (key, is_text) in KEYS {
-            let var = format!("ORCHESTRATOR_{}", key.to_ascii_uppercase());
-            let value =
-                (inputs.env)(&var).or_else(|| (*key == "database_url").then(|| (inputs.env)("DATABASE_URL")).flatten());
-            let Some(value) = value else { continue };
-            let name = if (inputs.env)(&var).is_some() { var } else { "DATABASE_URL".to_string() };
-            let yaml_value = if *is_text {
-                serde_yaml::Value::String(value)
-            } else {
-                serde_yaml::from_str(&value).map_err(|e| ConfigError::Value {
-                    source_: Source::Env(name.clone()),
-                    message: format!("{key}: {e}"),
-                })?
-            };
-            let mut map = serde_yaml::Mapping::new();
-            map.insert(serde_yaml::Value::String((*key).to_string()), yaml_value);
-            let layer: Layer = serde_yaml::from_value(serde_yaml::Value::Mapping(map)).map_err(|e| {
-                ConfigError::Value { source_: Source::Env(name.clone()), message: format!("{key}: {e}") }
-            })?;
-            layers.push((layer, LayerOrigin::Env(name)));
+        raw.add_env(&keys, RETIRED, ENV_ALIASES, inputs.env)?;
+        for (key, value, flag) in inputs.overrides.values() {
+            raw.add(&keys, RETIRED, &key::nest(key, value), &Origin::Flag(flag))?;
         }
-
-        let o = inputs.overrides;
-        if o.database_url.is_some() {
-            let layer = Layer { database_url: o.database_url, ..Default::default() };
-            layers.push((layer, LayerOrigin::Flag("--database-url")));
-        }
-        if o.tick_interval_seconds.is_some() {
-            let layer = Layer { tick_interval_seconds: o.tick_interval_seconds, ..Default::default() };
-            layers.push((layer, LayerOrigin::Flag("--interval")));
-        }
-        if o.proof_enforced {
-            let layer = Layer { proof_mode: Some("enforced".into()), ..Default::default() };
-            layers.push((layer, LayerOrigin::Flag("--proof-enforced")));
-        }
-        if o.http_listen.is_some() {
-            let http = HttpLayer { listen: o.http_listen, ..Default::default() };
-            layers.push((Layer { http: Some(http), ..Default::default() }, LayerOrigin::Flag("--listen")));
-        }
-
-        let mut config = Resolver::new(layers).resolve()?;
-        if let Some((layer, path, text)) = adapters_file {
-            let file = adapters::FileText { path: &path, text: &text };
-            config.adapters = adapters::resolve(layer, Some(file), inputs.env)?;
-        }
+        let mut config = resolve(&raw, inputs.env)?;
         if let Some(text) = (inputs.env)(ADMIN_TOKEN_ENV) {
             config.admin_tokens = AdminTokens::parse(&text)
                 .map_err(|message| ConfigError::Value { source_: Source::Env(ADMIN_TOKEN_ENV.to_string()), message })?;
@@ -356,8 +270,7 @@ impl Config {
 
     /// The built-in defaults (what an empty config file gives).
     pub fn defaults() -> Config {
-        Resolver::new(Vec::new())
-            .resolve()
+        resolve(&Raw::default(), &|_| None)
             .unwrap_or_else(|e| unreachable!("the built-in defaults are valid (unit-tested): {e}"))
     }
 
@@ -384,23 +297,273 @@ impl Config {
     }
 }
 
-enum LayerOrigin {
-    File { path: PathBuf, text: String },
-    Env(String),
-    Flag(&'static str),
+/// Every key: these, then each adapter's under `adapters.<section>.` (file only).
+pub fn keys() -> Vec<KeyInfo> {
+    let mut keys = KeyInfo::of(KEYS, "", true);
+    keys.extend(AdaptersConfig::keys());
+    keys
 }
 
-impl LayerOrigin {
-    fn source_for(&self, key: &str) -> Source {
-        match self {
-            LayerOrigin::File { path, text } => {
-                let (line, column) = locate_key(text, key).unwrap_or((1, 1));
-                Source::File { path: path.clone(), line, column }
-            }
-            LayerOrigin::Env(name) => Source::Env(name.clone()),
-            LayerOrigin::Flag(name) => Source::Flag((*name).to_string()),
+/// The key table of `docs/operations.md`, generated from the declarations.
+pub fn key_table() -> String {
+    key::table(&keys(), ENV_ALIASES, FLAGS)
+}
+
+/// Applies every key's final value (or default) in `raw`.
+fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    key::apply(KEYS, "", raw, env, &mut config)?;
+    config.adapters = AdaptersConfig::resolve(raw, env)?;
+    Ok(config)
+}
+
+/// Keys that no longer exist, refused with what replaced them.
+const RETIRED: &[Retired] = &[Retired {
+    name: "http.stale_tick_intervals",
+    message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
+              liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
+              intervals when those are longer); remove it",
+}];
+
+/// Every key but the adapters', in the order they apply (a key checked against another comes
+/// after it) and the key table lists them.
+pub const KEYS: &[Key<Config>] = &[
+    key!(text "database_url": String = Value(DEFAULT_DATABASE_URL),
+    "Where the state lives: a path or `sqlite:PATH` (SQLite), or `postgres://USER@HOST/DB`",
+    |c, v, at| {
+        at.check(!v.trim().is_empty(), || "database_url must not be empty".into())?;
+        c.database_url = v;
+    }),
+    key!("tick_interval_seconds": f64 = Value("5"),
+        "Seconds between ticks of `run`; 0: back to back while work is due",
+        |c, v, at| c.tick_interval = at.seconds(v, true)?),
+    key!("max_actions_per_tick": u32 = Value("1000"),
+        "Actions claimed and dispatched per tick at most (a ceiling, not a rate)",
+        |c, v, at| c.max_actions_per_tick = at.range(v, 1, 1_000_000)?),
+    key!("max_tick_seconds": f64 = Value("20"),
+        "A tick starts no new action after this long",
+        |c, v, at| c.max_tick = at.seconds(v, false)?),
+    key!("dispatch_concurrency": u32 = Value("4"),
+        "Actions of a tick run at once",
+        |c, v, at| c.dispatch_concurrency = at.range(v, 1, 1024)?),
+    key!("max_unrecorded": Option<u32> = Computed("4 × `dispatch_concurrency`"),
+    "Attempts started and not yet durably recorded at most (what a crash can make run twice)",
+    |c, v, at| {
+        let window = at.range(v.unwrap_or(default_max_unrecorded(c.dispatch_concurrency)), 1, 65_536)?;
+        let concurrency = c.dispatch_concurrency;
+        at.check(window >= concurrency, || {
+            format!(
+                "max_unrecorded ({window}) must be at least dispatch_concurrency ({concurrency}): \
+                 every running attempt is one not yet recorded"
+            )
+        })?;
+        c.max_unrecorded = window;
+    }),
+    key!("max_attempts": u32 = Value("3"),
+        "Attempts before an action goes to DLQ (per action: `enqueue --max-attempts`)",
+        |c, v, at| c.max_attempts = at.range(v, 1, 1000)?),
+    key!("backoff_base_seconds": f64 = Value("10"),
+        "Retry backoff: base × 2^(attempt-1), jittered",
+        |c, v, at| c.backoff_base = at.seconds(v, true)?),
+    key!("backoff_max_seconds": f64 = Value("3600"),
+    "The retry backoff's cap (at least `backoff_base_seconds`)",
+    |c, v, at| {
+        let max = at.seconds(v, true)?;
+        let base = c.backoff_base.as_secs_f64();
+        at.check(max >= c.backoff_base, || {
+            format!("backoff_max_seconds ({v}) must be at least backoff_base_seconds ({base})")
+        })?;
+        c.backoff_max = max;
+    }),
+    key!(text "lease_name": String = Value("orchestrator"),
+    "The lease instances share (one queue per lease name)",
+    |c, v, at| {
+        at.check(!v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control), || {
+            "lease_name must be 1 to 200 printable characters".into()
+        })?;
+        c.lease_name = v;
+    }),
+    key!("heartbeat_seconds": f64 = Value("5"),
+        "How often the lease holder renews its lease",
+        |c, v, at| c.heartbeat = at.seconds(v, false)?),
+    key!("lease_ttl_seconds": f64 = Value("30"),
+    "A lease not renewed for this long lapses (longer than `heartbeat_seconds`)",
+    |c, v, at| {
+        let ttl = at.seconds(v, false)?;
+        let heartbeat = c.heartbeat.as_secs_f64();
+        at.check(ttl > c.heartbeat, || {
+            format!(
+                "lease_ttl_seconds ({v}) must be longer than heartbeat_seconds ({heartbeat}), or the lease \
+                 lapses between renewals"
+            )
+        })?;
+        c.lease_ttl = ttl;
+    }),
+    key!("action_timeout_seconds": f64 = Value("60"),
+        "An attempt is cancelled (retryably) after this long; older claims are rescued",
+        |c, v, at| c.action_timeout = at.seconds(v, false)?),
+    key!(text "rules_dir": PathBuf = Value("rules"),
+    "Where the rules (`*.rhai`) are",
+    |c, v, at| {
+        at.check(!v.as_os_str().is_empty(), || "rules_dir must not be empty".into())?;
+        c.rules_dir = v;
+    }),
+    key!(text "artifacts_dir": PathBuf = Value("artifacts"),
+    "Where proof-mode and attempt artifacts are written",
+    |c, v, at| {
+        at.check(!v.as_os_str().is_empty(), || "artifacts_dir must not be empty".into())?;
+        c.artifacts_dir = v;
+    }),
+    key!("retention_days": u32 = Value("7"),
+        "`actions purge` deletes SUCCESS and CANCELLED actions older than this (never DLQ)",
+        |c, v, at| c.retention_days = at.range(v, 1, 36_500)?),
+    key!("ledger_retention_days": u32 = Value("14"),
+        "Tick ledger rows (with their snapshots) are pruned after this many days",
+        |c, v, at| c.ledger_retention_days = at.range(v, 1, 36_500)?),
+    key!("decisions_retention_days": u32 = Value("14"),
+        "Decisions are pruned after this many days, never while their tick is in the ledger",
+        |c, v, at| c.decisions_retention_days = at.range(v, 1, 36_500)?),
+    key!("cooldown_retention_days": u32 = Value("7"),
+        "Rule cooldown rows are pruned after this many days, never within `rules.cooldown_seconds`",
+        |c, v, at| c.cooldown_retention_days = at.range(v, 1, 36_500)?),
+    key!(text "sqlite_synchronous": String = Value("full"),
+    "SQLite only: `full` (a commit survives power loss) or `normal` (faster)",
+    |c, v, at| {
+        c.sqlite_synchronous_full = match v.to_ascii_lowercase().as_str() {
+            "full" => true,
+            "normal" => false,
+            other => return Err(at.fail(format!("sqlite_synchronous must be 'full' or 'normal', not '{other}'"))),
+        };
+    }),
+    key!("expire_after": BTreeMap<String, serde_yaml::Value> = Value("{}"),
+        "Per action type, the deadline of a new action that names none (seconds or a duration like `2h`)",
+        |c, v, at| c.expire_after = expire_after(v, at)?),
+    key!(text "proof_mode": String = Value("flag"),
+    "`flag`: the database's proof flag decides; `enforced`: every attempt runs in proof mode",
+    |c, v, at| {
+        c.proof_enforced = match v.to_ascii_lowercase().as_str() {
+            "flag" => false,
+            "enforced" => true,
+            other => return Err(at.fail(format!("proof_mode must be 'flag' or 'enforced', not '{other}'"))),
+        };
+    }),
+    key!("http.listen": String = Value(DEFAULT_HTTP_LISTEN),
+    "Where `run` and `serve` listen (a non-loopback address needs an admin token)",
+    |c, v, at| {
+        c.http.listen = v.trim().parse().map_err(|e| {
+            at.fail(format!("http.listen '{v}' is not an address like 127.0.0.1:9464 ({e})"))
+        })?;
+    }),
+    key!("http.header_read_timeout_seconds": f64 = Value("10"),
+        "A connection that sends no complete request headers within this is closed",
+        |c, v, at| c.http.header_read_timeout = at.seconds(v, false)?),
+    key!("http.body_read_timeout_seconds": f64 = Value("30"),
+        "A request body not received within this gets 408",
+        |c, v, at| c.http.body_read_timeout = at.seconds(v, false)?),
+    key!("http.max_connections": u32 = Value("512"),
+        "Connections served at once; more wait in the listen backlog",
+        |c, v, at| c.http.max_connections = at.range(v, 1, 65_536)?),
+    key!("liveness.stale_degraded_seconds": f64 = Value("60"),
+        "Liveness is degraded past this last-tick age (or 2 tick intervals, if longer)",
+        |c, v, at| c.liveness.degraded = at.seconds(v, false)?),
+    key!("liveness.stale_unhealthy_seconds": f64 = Value("300"),
+    "Liveness is unhealthy (`/health` 503) past this last-tick age (or 10 intervals)",
+    |c, v, at| {
+        let unhealthy = at.seconds(v, false)?;
+        at.check(unhealthy >= c.liveness.degraded, || {
+            "liveness.stale_unhealthy_seconds must be at least liveness.stale_degraded_seconds".into()
+        })?;
+        c.liveness.unhealthy = unhealthy;
+    }),
+    key!("rules.params.<rule>": serde_yaml::Value = Unset,
+    "A rule's settings (a map), seen by the rule file of that stem as `params`",
+    |c, v, at| {
+        let rule = at.entry();
+        at.check(v.is_mapping() || v.is_null(), || format!("rules.params.{rule} must be a map of settings"))?;
+        let json = serde_json::to_value(&v).map_err(|e| at.fail(format!("rules.params.{rule}: {e}")))?;
+        c.rules.params.insert(rule.to_string(), json);
+    }),
+    key!("rules.max_decisions_per_tick": u64 = Value("10"),
+        "Decisions applied per tick at most, after dedupe (the rest: `suppressed:cap`)",
+        |c, v, at| c.rules.max_decisions_per_tick = at.range(v, 1, 10_000)? as u32),
+    key!("rules.cooldown_seconds": f64 = Value("300"),
+        "The same decision by the same rule on the same target is suppressed this long",
+        |c, v, at| c.rules.cooldown = at.seconds(v, true)?),
+    key!("rules.budget_ms": u64 = Value("50"),
+        "Wall-clock budget of one rule's evaluation",
+        |c, v, at| c.rules.budget = Duration::from_millis(at.range(v, 1, 60_000)?)),
+    key!("rules.max_operations": u64 = Value("1000000"),
+        "Rhai operations per rule evaluation at most",
+        |c, v, at| c.rules.max_operations = at.range(v, 1_000, 1_000_000_000)?),
+    key!("rules.max_call_depth": u64 = Value("64"),
+        "Rhai call depth at most",
+        |c, v, at| c.rules.max_call_depth = at.range(v, 1, 1_000)? as usize),
+    key!("rules.max_string_size": u64 = Value("65536"),
+        "A Rhai string's length at most",
+        |c, v, at| c.rules.max_string_size = at.range(v, 64, 1 << 30)? as usize),
+    key!("rules.max_array_size": u64 = Value("10000"),
+        "A Rhai array's length at most",
+        |c, v, at| c.rules.max_array_size = at.range(v, 16, 1 << 30)? as usize),
+    key!("rules.max_map_size": u64 = Value("10000"),
+        "A Rhai map's size at most",
+        |c, v, at| c.rules.max_map_size = at.range(v, 16, 1 << 30)? as usize),
+    key!("rules.rebalance_age_seconds": f64 = Value("600"),
+        "`rebalance` gives waiting actions older than this one priority step",
+        |c, v, at| c.rules.rebalance_age = at.seconds(v, true)?),
+    key!("rules.alert_action_type": Option<String> = Unset,
+    "Also enqueue each applied alert as an action of this type (e.g. `ALERT`)",
+    |c, v, at| {
+        if let Some(t) = &v {
+            crate::queue::validate_type(t).map_err(|e| at.fail(format!("rules.alert_action_type: {e}")))?;
         }
+        c.rules.alert_action_type = v;
+    }),
+    key!("rules.health.saturated_pending": u64 = Value("50"),
+        "The workload score loses 20 above this many pending actions",
+        |c, v, at| c.rules.health.saturated_pending = at.range(v, 0, u64::from(u32::MAX))?),
+    key!("rules.health.old_pending_seconds": f64 = Value("1800"),
+        "The workload score loses 15 when the oldest pending action is older than this",
+        |c, v, at| c.rules.health.old_pending = at.seconds(v, true)?),
+    key!("rules.health.healthy_at": u64 = Value("80"),
+        "The workload is `healthy` at this score or more",
+        |c, v, at| c.rules.health.healthy_at = at.range(v, 1, 100)?),
+    key!("rules.health.degraded_at": u64 = Value("50"),
+    "The workload is `degraded` at this score or more (below: `critical`)",
+    |c, v, at| {
+        let degraded_at = at.range(v, 0, 100)?;
+        let healthy_at = c.rules.health.healthy_at;
+        at.check(degraded_at <= healthy_at, || {
+            format!(
+                "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
+            )
+        })?;
+        c.rules.health.degraded_at = degraded_at;
+    }),
+];
+
+/// `expire_after`: each entry an action type and a deadline, in seconds or as a duration.
+fn expire_after(
+    given: BTreeMap<String, serde_yaml::Value>,
+    at: &key::Found<'_>,
+) -> Result<BTreeMap<String, Duration>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (action_type, v) in given {
+        let bad = |why: String| at.fail(format!("expire_after.{action_type} {why}"));
+        crate::queue::validate_type(&action_type).map_err(|e| bad(format!("is not an action type: {e}")))?;
+        let d = match &v {
+            serde_yaml::Value::Number(n) => {
+                let secs = n.as_f64().ok_or_else(|| bad("must be a number of seconds".into()))?;
+                key::seconds((secs, at.source.clone()), &format!("expire_after.{action_type}"), false)?
+            }
+            serde_yaml::Value::String(t) => parse_duration(t).map_err(bad)?,
+            _ => return Err(bad("must be seconds or a duration like 2h".into())),
+        };
+        if d.is_zero() || d.as_secs_f64() > MAX_SECONDS {
+            return Err(bad("must be more than 0 and at most one year".into()));
+        }
+        out.insert(action_type, d);
     }
+    Ok(out)
 }
 
 fn read_file(path: &Path, required: bool) -> Result<Option<(PathBuf, String)>, ConfigError> {
@@ -411,387 +574,26 @@ fn read_file(path: &Path, required: bool) -> Result<Option<(PathBuf, String)>, C
     }
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<Layer, ConfigError> {
+/// The file as YAML; an empty file (or one of comments only) is an empty map.
+fn parse_file(path: &Path, text: &str) -> Result<serde_yaml::Value, ConfigError> {
+    let empty = || serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
     if text.trim().is_empty() {
-        return Ok(Layer::default());
+        return Ok(empty());
     }
-    serde_yaml::from_str::<Layer>(text).map_err(|e| {
-        let message = e.to_string();
-        match e.location() {
-            Some(loc) => ConfigError::Value {
-                source_: Source::File { path: path.to_path_buf(), line: loc.line(), column: loc.column() },
-                message: strip_location(&message),
-            },
-            None => ConfigError::File { path: path.to_path_buf(), message },
-        }
-    })
-}
-
-/// serde_yaml appends " at line L column C"; the source already says where.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
-}
-
-/// The line and column of a top-level `key:` in YAML text (1-based), pointing at the value.
-fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        let rest = line.strip_prefix(key)?;
-        let after = rest.trim_start();
-        let colon = after.strip_prefix(':')?;
-        let value_col = line.len() - colon.trim_start().len() + 1;
-        Some((i + 1, value_col))
-    })
-}
-
-/// Folds the layers in order, remembering where each value came from.
-struct Resolver {
-    layers: Vec<(Layer, LayerOrigin)>,
-}
-
-macro_rules! pick {
-    ($self:ident, $field:ident, $default:expr) => {{
-        let mut value = $default;
-        let mut source = Source::Default;
-        for (layer, origin) in &$self.layers {
-            if let Some(v) = &layer.$field {
-                value = v.clone();
-                source = origin.source_for(stringify!($field));
-            }
-        }
-        (value, source)
-    }};
-}
-
-impl Resolver {
-    fn new(layers: Vec<(Layer, LayerOrigin)>) -> Self {
-        Resolver { layers }
-    }
-
-    fn resolve(self) -> Result<Config, ConfigError> {
-        let (database_url, src) = pick!(self, database_url, DEFAULT_DATABASE_URL.to_string());
-        check(!database_url.trim().is_empty(), &src, "database_url must not be empty")?;
-
-        let tick_interval = seconds(pick!(self, tick_interval_seconds, 5.0), "tick_interval_seconds", true)?;
-        let max_tick = seconds(pick!(self, max_tick_seconds, 20.0), "max_tick_seconds", false)?;
-        let (backoff_base_s, base_src) = pick!(self, backoff_base_seconds, 10.0);
-        let backoff_base = seconds((backoff_base_s, base_src), "backoff_base_seconds", true)?;
-        let (backoff_max_s, max_src) = pick!(self, backoff_max_seconds, 3600.0);
-        let backoff_max = seconds((backoff_max_s, max_src.clone()), "backoff_max_seconds", true)?;
-        check(
-            backoff_max >= backoff_base,
-            &max_src,
-            &format!("backoff_max_seconds ({backoff_max_s}) must be at least backoff_base_seconds ({backoff_base_s})"),
-        )?;
-        let (hb_s, hb_src) = pick!(self, heartbeat_seconds, 5.0);
-        let heartbeat = seconds((hb_s, hb_src), "heartbeat_seconds", false)?;
-        let (ttl_s, ttl_src) = pick!(self, lease_ttl_seconds, 30.0);
-        let lease_ttl = seconds((ttl_s, ttl_src.clone()), "lease_ttl_seconds", false)?;
-        check(
-            lease_ttl > heartbeat,
-            &ttl_src,
-            &format!(
-                "lease_ttl_seconds ({ttl_s}) must be longer than heartbeat_seconds ({hb_s}), or the lease lapses between renewals"
-            ),
-        )?;
-        let action_timeout = seconds(pick!(self, action_timeout_seconds, 60.0), "action_timeout_seconds", false)?;
-
-        let max_actions_per_tick =
-            range(pick!(self, max_actions_per_tick, 1000), "max_actions_per_tick", 1, 1_000_000)?;
-        let dispatch_concurrency = range(pick!(self, dispatch_concurrency, 4), "dispatch_concurrency", 1, 1024)?;
-        let (window, window_src) = pick!(self, max_unrecorded, default_max_unrecorded(dispatch_concurrency));
-        let max_unrecorded = range((window, window_src.clone()), "max_unrecorded", 1, 65_536)?;
-        check(
-            max_unrecorded >= dispatch_concurrency,
-            &window_src,
-            &format!(
-                "max_unrecorded ({max_unrecorded}) must be at least dispatch_concurrency ({dispatch_concurrency}): \
-                 every running attempt is one not yet recorded"
-            ),
-        )?;
-        let max_attempts = range(pick!(self, max_attempts, 3), "max_attempts", 1, 1000)?;
-        let retention_days = range(pick!(self, retention_days, 7), "retention_days", 1, 36_500)?;
-        let ledger_retention_days = range(pick!(self, ledger_retention_days, 14), "ledger_retention_days", 1, 36_500)?;
-        let decisions_retention_days =
-            range(pick!(self, decisions_retention_days, 14), "decisions_retention_days", 1, 36_500)?;
-        let cooldown_retention_days =
-            range(pick!(self, cooldown_retention_days, 7), "cooldown_retention_days", 1, 36_500)?;
-
-        let (lease_name, src) = pick!(self, lease_name, "orchestrator".to_string());
-        check(
-            !lease_name.is_empty() && lease_name.len() <= 200 && !lease_name.chars().any(char::is_control),
-            &src,
-            "lease_name must be 1 to 200 printable characters",
-        )?;
-        let (rules_dir, src) = pick!(self, rules_dir, PathBuf::from("rules"));
-        check(!rules_dir.as_os_str().is_empty(), &src, "rules_dir must not be empty")?;
-        let (artifacts_dir, src) = pick!(self, artifacts_dir, PathBuf::from("artifacts"));
-        check(!artifacts_dir.as_os_str().is_empty(), &src, "artifacts_dir must not be empty")?;
-        let (sync, src) = pick!(self, sqlite_synchronous, "full".to_string());
-        let sqlite_synchronous_full = match sync.to_ascii_lowercase().as_str() {
-            "full" => true,
-            "normal" => false,
-            other => {
-                return Err(ConfigError::Value {
-                    source_: src,
-                    message: format!("sqlite_synchronous must be 'full' or 'normal', not '{other}'"),
-                });
-            }
-        };
-        let http = self.resolve_http()?;
-        let liveness = self.resolve_liveness()?;
-
-        let rules = self.rules()?;
-
-        let (expire, src) = pick!(self, expire_after, BTreeMap::new());
-        let mut expire_after = BTreeMap::new();
-        for (action_type, v) in expire {
-            let bad = |why: String| ConfigError::Value {
-                source_: src.clone(),
-                message: format!("expire_after.{action_type} {why}"),
-            };
-            crate::queue::validate_type(&action_type).map_err(|e| bad(format!("is not an action type: {e}")))?;
-            let d = match &v {
-                serde_yaml::Value::Number(n) => {
-                    let secs = n.as_f64().ok_or_else(|| bad("must be a number of seconds".into()))?;
-                    seconds((secs, src.clone()), &format!("expire_after.{action_type}"), false)?
-                }
-                serde_yaml::Value::String(t) => parse_duration(t).map_err(bad)?,
-                _ => return Err(bad("must be seconds or a duration like 2h".into())),
-            };
-            if d.is_zero() || d.as_secs_f64() > MAX_SECONDS {
-                return Err(bad("must be more than 0 and at most one year".into()));
-            }
-            expire_after.insert(action_type, d);
-        }
-        let (proof_mode, src) = pick!(self, proof_mode, "flag".to_string());
-        let proof_enforced = match proof_mode.to_ascii_lowercase().as_str() {
-            "flag" => false,
-            "enforced" => true,
-            other => {
-                return Err(ConfigError::Value {
-                    source_: src,
-                    message: format!("proof_mode must be 'flag' or 'enforced', not '{other}'"),
-                });
-            }
-        };
-
-        Ok(Config {
-            database_url,
-            tick_interval,
-            max_actions_per_tick,
-            max_tick,
-            dispatch_concurrency,
-            max_unrecorded,
-            max_attempts,
-            backoff_base,
-            backoff_max,
-            lease_name,
-            lease_ttl,
-            heartbeat,
-            action_timeout,
-            rules_dir,
-            artifacts_dir,
-            retention_days,
-            ledger_retention_days,
-            decisions_retention_days,
-            cooldown_retention_days,
-            sqlite_synchronous_full,
-            rules,
-            expire_after,
-            proof_enforced,
-            adapters: AdaptersConfig::default(),
-            http,
-            liveness,
-            admin_tokens: AdminTokens::default(),
-        })
-    }
-
-    /// `liveness:` sub-keys, folded one by one like `http:`.
-    fn resolve_liveness(&self) -> Result<crate::health::StaleThresholds, ConfigError> {
-        let d = crate::health::StaleThresholds::default();
-        let mut degraded = (d.degraded.as_secs_f64(), Source::Default);
-        let mut unhealthy = (d.unhealthy.as_secs_f64(), Source::Default);
-        for (layer, origin) in &self.layers {
-            let Some(l) = &layer.liveness else { continue };
-            if let Some(v) = l.stale_degraded_seconds {
-                degraded = (v, origin.source_for("liveness"));
-            }
-            if let Some(v) = l.stale_unhealthy_seconds {
-                unhealthy = (v, origin.source_for("liveness"));
-            }
-        }
-        let unhealthy_src = unhealthy.1.clone();
-        let degraded = seconds(degraded, "liveness.stale_degraded_seconds", false)?;
-        let unhealthy = seconds(unhealthy, "liveness.stale_unhealthy_seconds", false)?;
-        check(
-            unhealthy >= degraded,
-            &unhealthy_src,
-            "liveness.stale_unhealthy_seconds must be at least liveness.stale_degraded_seconds",
-        )?;
-        Ok(crate::health::StaleThresholds { degraded, unhealthy })
-    }
-
-    /// `http:` sub-keys are folded one by one, so a layer that sets only `listen` keeps the
-    /// file's others.
-    fn resolve_http(&self) -> Result<HttpConfig, ConfigError> {
-        let mut listen = (DEFAULT_HTTP_LISTEN.to_string(), Source::Default);
-        let mut header_timeout = (DEFAULT_HEADER_READ_TIMEOUT_SECONDS, Source::Default);
-        let mut body_timeout = (DEFAULT_BODY_READ_TIMEOUT_SECONDS, Source::Default);
-        let mut max_connections = (DEFAULT_MAX_CONNECTIONS, Source::Default);
-        for (layer, origin) in &self.layers {
-            let Some(http) = &layer.http else { continue };
-            if let Some(v) = &http.listen {
-                listen = (v.clone(), origin.source_for("http"));
-            }
-            if http.stale_tick_intervals.is_some() {
-                return Err(ConfigError::Value {
-                    source_: origin.source_for("http"),
-                    message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
-                              liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
-                              intervals when those are longer); remove it"
-                        .to_string(),
-                });
-            }
-            if let Some(v) = http.header_read_timeout_seconds {
-                header_timeout = (v, origin.source_for("http"));
-            }
-            if let Some(v) = http.body_read_timeout_seconds {
-                body_timeout = (v, origin.source_for("http"));
-            }
-            if let Some(v) = http.max_connections {
-                max_connections = (v, origin.source_for("http"));
-            }
-        }
-        let addr = listen.0.trim().parse::<std::net::SocketAddr>().map_err(|e| ConfigError::Value {
-            source_: listen.1.clone(),
-            message: format!("http.listen '{}' is not an address like 127.0.0.1:9464 ({e})", listen.0),
-        })?;
-        let header_read_timeout = seconds(header_timeout, "http.header_read_timeout_seconds", false)?;
-        let body_read_timeout = seconds(body_timeout, "http.body_read_timeout_seconds", false)?;
-        let max_connections = range(max_connections, "http.max_connections", 1, 65_536)?;
-        Ok(HttpConfig { listen: addr, header_read_timeout, body_read_timeout, max_connections })
-    }
-
-    /// The `rules:` section: later layers override earlier ones key by key.
-    fn rules(&self) -> Result<RulesConfig, ConfigError> {
-        let mut merged = RulesLayer::default();
-        let mut health = HealthLayer::default();
-        let mut source = Source::Default;
-        for (layer, origin) in &self.layers {
-            let Some(r) = &layer.rules else { continue };
-            source = origin.source_for("rules");
-            merged.params.extend(r.params.iter().map(|(k, v)| (k.clone(), v.clone())));
-            macro_rules! over {
-                ($($f:ident),+) => {$( if r.$f.is_some() { merged.$f = r.$f.clone(); } )+};
-            }
-            over!(max_decisions_per_tick, cooldown_seconds, budget_ms, max_operations, max_call_depth);
-            over!(max_string_size, max_array_size, max_map_size, rebalance_age_seconds);
-            over!(alert_action_type);
-            if let Some(h) = &r.health {
-                macro_rules! over_h {
-                    ($($f:ident),+) => {$( if h.$f.is_some() { health.$f = h.$f; } )+};
-                }
-                over_h!(saturated_pending, old_pending_seconds, healthy_at, degraded_at);
-            }
-        }
-        let d = RulesConfig::default();
-        let bad = |message: String| ConfigError::Value { source_: source.clone(), message };
-        for (rule, p) in &merged.params {
-            if !p.is_mapping() && !p.is_null() {
-                return Err(bad(format!("rules.params.{rule} must be a map of settings")));
-            }
-        }
-        let params = merged
-            .params
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::to_value(&v).map(|j| (k.clone(), j)).map_err(|e| bad(format!("rules.params.{k}: {e}")))
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(serde_yaml::Value::Null) => Ok(empty()),
+        Ok(value) => Ok(value),
+        Err(e) => {
+            let message = e.to_string();
+            Err(match e.location() {
+                Some(loc) => ConfigError::Value {
+                    source_: Source::File { path: path.to_path_buf(), line: loc.line(), column: loc.column() },
+                    message: key::strip_location(&message),
+                },
+                None => ConfigError::File { path: path.to_path_buf(), message },
             })
-            .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let within = |v: Option<u64>, key: &str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-            let v = v.unwrap_or(default);
-            if v < min || v > max {
-                return Err(bad(format!("rules.{key} must be between {min} and {max}, got {v}")));
-            }
-            Ok(v)
-        };
-        let secs = |v: Option<f64>, key: &str, default: Duration| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(v) => seconds((v, source.clone()), &format!("rules.{key}"), true),
-            }
-        };
-        let healthy_at = within(health.healthy_at, "health.healthy_at", d.health.healthy_at, 1, 100)?;
-        let degraded_at = within(health.degraded_at, "health.degraded_at", d.health.degraded_at, 0, 100)?;
-        if degraded_at > healthy_at {
-            return Err(bad(format!(
-                "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
-            )));
         }
-        if let Some(t) = &merged.alert_action_type {
-            crate::queue::validate_type(t).map_err(|e| bad(format!("rules.alert_action_type: {e}")))?;
-        }
-        Ok(RulesConfig {
-            alert_action_type: merged.alert_action_type,
-            params,
-            max_decisions_per_tick: within(merged.max_decisions_per_tick, "max_decisions_per_tick", 10, 1, 10_000)?
-                as u32,
-            cooldown: secs(merged.cooldown_seconds, "cooldown_seconds", d.cooldown)?,
-            budget: Duration::from_millis(within(merged.budget_ms, "budget_ms", 50, 1, 60_000)?),
-            max_operations: within(merged.max_operations, "max_operations", d.max_operations, 1_000, 1_000_000_000)?,
-            max_call_depth: within(merged.max_call_depth, "max_call_depth", d.max_call_depth as u64, 1, 1_000)?
-                as usize,
-            max_string_size: within(merged.max_string_size, "max_string_size", d.max_string_size as u64, 64, 1 << 30)?
-                as usize,
-            max_array_size: within(merged.max_array_size, "max_array_size", d.max_array_size as u64, 16, 1 << 30)?
-                as usize,
-            max_map_size: within(merged.max_map_size, "max_map_size", d.max_map_size as u64, 16, 1 << 30)? as usize,
-            rebalance_age: secs(merged.rebalance_age_seconds, "rebalance_age_seconds", d.rebalance_age)?,
-            health: HealthThresholds {
-                saturated_pending: within(
-                    health.saturated_pending,
-                    "health.saturated_pending",
-                    d.health.saturated_pending,
-                    0,
-                    u64::from(u32::MAX),
-                )?,
-                old_pending: secs(health.old_pending_seconds, "health.old_pending_seconds", d.health.old_pending)?,
-                healthy_at,
-                degraded_at,
-            },
-        })
     }
-}
-
-/// The `rules:` section as written (every key optional, unknown keys refused).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RulesLayer {
-    #[serde(default)]
-    params: BTreeMap<String, serde_yaml::Value>,
-    max_decisions_per_tick: Option<u64>,
-    cooldown_seconds: Option<f64>,
-    budget_ms: Option<u64>,
-    max_operations: Option<u64>,
-    max_call_depth: Option<u64>,
-    max_string_size: Option<u64>,
-    max_array_size: Option<u64>,
-    max_map_size: Option<u64>,
-    rebalance_age_seconds: Option<f64>,
-    alert_action_type: Option<String>,
-    health: Option<HealthLayer>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthLayer {
-    saturated_pending: Option<u64>,
-    old_pending_seconds: Option<f64>,
-    healthy_at: Option<u64>,
-    degraded_at: Option<u64>,
 }
 
 /// The DECIDE stage's settings (`rules:` in the config file).
@@ -864,42 +666,6 @@ fn days(n: u32) -> Duration {
 /// records several rounds of attempts.
 pub fn default_max_unrecorded(dispatch_concurrency: u32) -> u32 {
     dispatch_concurrency.saturating_mul(4).min(65_536)
-}
-
-fn check(ok: bool, source: &Source, message: &str) -> Result<(), ConfigError> {
-    if ok { Ok(()) } else { Err(ConfigError::Value { source_: source.clone(), message: message.to_string() }) }
-}
-
-fn seconds((value, source): (f64, Source), key: &str, zero_ok: bool) -> Result<Duration, ConfigError> {
-    let bad = |why: String| ConfigError::Value { source_: source.clone(), message: format!("{key} {why}") };
-    if !value.is_finite() {
-        return Err(bad(format!("must be a finite number of seconds, not {value}")));
-    }
-    if value < 0.0 {
-        return Err(bad(format!("must not be negative (got {value})")));
-    }
-    if value == 0.0 && !zero_ok {
-        return Err(bad("must be greater than 0".to_string()));
-    }
-    if value > MAX_SECONDS {
-        return Err(bad(format!("must be at most {MAX_SECONDS} seconds (one year), got {value}")));
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
-fn range((value, source): (u32, Source), key: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::Value {
-            source_: source,
-            message: format!("{key} must be between {min} and {max}, got {value}"),
-        });
-    }
-    Ok(value)
-}
-
-/// Every key with its default, for `orchestrator.example.yaml` drift checks.
-pub fn known_keys() -> BTreeMap<&'static str, bool> {
-    KEYS.iter().copied().collect()
 }
 
 /// Parses a human duration such as `30s`, `5m`, `7d` or `1h30m`, at most
@@ -1056,9 +822,49 @@ mod tests {
         let c = Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })
             .unwrap();
         assert_eq!(c, Config::defaults(), "the example's values are the defaults");
-        for key in known_keys().keys() {
-            assert!(locate_key(text, key).is_some(), "orchestrator.example.yaml lacks {key}");
+        let problems = key::check_example(text, &keys());
+        assert!(problems.is_empty(), "orchestrator.example.yaml and the declarations differ:\n{}", problems.join("\n"));
+    }
+
+    /// The key table in docs/operations.md is the one the declarations give. On a difference,
+    /// `UPDATE_EXPECT=1 cargo test --lib key_table` rewrites the table (and only the table).
+    #[test]
+    fn the_key_table_in_operations_md_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let expected = key_table();
+        let problems = key::check_table(&doc, &keys(), &expected);
+        if !problems.is_empty() && std::env::var_os("UPDATE_EXPECT").is_some() {
+            std::fs::write(&path, key::with_table(&doc, &expected)).unwrap();
+            return;
         }
+        assert!(
+            problems.is_empty(),
+            "docs/operations.md, section `{}`:\n{}\n(UPDATE_EXPECT=1 cargo test --lib key_table rewrites it)",
+            key::TABLE_HEADING,
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_key_is_declared_once_with_at_most_one_entry_segment() {
+        let keys = keys();
+        let mut names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), keys.len(), "a key is declared twice");
+        for k in &keys {
+            assert!(k.name.matches('<').count() <= 1, "{}: one map of named entries per key at most", k.name);
+            assert!(!k.doc.is_empty() && !k.doc.contains('\n'), "{}: one line of doc", k.name);
+        }
+    }
+
+    #[test]
+    fn hand_written_defaults_agree_with_the_declarations() {
+        let d = Config::defaults();
+        assert_eq!(d.rules, RulesConfig::default(), "RulesConfig::default()");
+        assert_eq!(d.liveness, crate::health::StaleThresholds::default(), "StaleThresholds::default()");
+        assert_eq!(d.adapters, AdaptersConfig::default(), "AdaptersConfig::default()");
     }
 
     const ADAPTERS: &str = "\
@@ -1101,7 +907,7 @@ adapters:
         assert_eq!(a.command.timeout, Duration::from_secs(12));
         let greet = &a.command.allow["greet"];
         assert_eq!(greet.args, vec!["hello", "{name}"]);
-        assert_eq!(greet.nonzero_exit, adapters::NonzeroExit::Permanent);
+        assert_eq!(greet.nonzero_exit, crate::adapters::NonzeroExit::Permanent);
         assert_eq!(a.social.platforms["mastodon"], "hook");
         assert_eq!(a.social.timeout, Duration::from_secs(30), "the per-type default");
         assert_eq!(a.alert.target.as_deref(), Some("unsigned"));

@@ -41,9 +41,10 @@ pub struct ExecSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub artifacts_dir: PathBuf,
-    /// Per action type timeouts (`adapters.<type>.timeout_seconds`); the smaller of this and
-    /// `action_timeout` bounds an attempt of that type.
-    pub type_timeouts: BTreeMap<String, Duration>,
+    /// Per action type timeouts and the key each comes from (`adapters.<section>.timeout_seconds`,
+    /// [`AdaptersConfig::type_timeouts`](crate::adapters::AdaptersConfig::type_timeouts)); the
+    /// smaller of this and `action_timeout` bounds an attempt of that type.
+    pub type_timeouts: BTreeMap<String, (Duration, String)>,
 }
 
 /// What one dispatch did.
@@ -349,13 +350,7 @@ impl Executor {
     fn timeout_for(&self, action_type: &str) -> (Duration, String) {
         let global = self.settings.action_timeout;
         match self.settings.type_timeouts.get(action_type) {
-            Some(t) if *t < global => {
-                let section = match action_type {
-                    "POST_SOCIAL" => "social".to_string(),
-                    other => other.to_ascii_lowercase(),
-                };
-                (*t, format!("adapters.{section}.timeout_seconds"))
-            }
+            Some((t, key)) if *t < global => (*t, key.clone()),
             _ => (global, "action_timeout_seconds".to_string()),
         }
     }

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::AdapterError;
-use crate::config::adapters::{Secret, WebhookTarget};
+use super::{Secret, WebhookTarget};
 
 /// The request header with the action's idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "X-Orchestrator-Idempotency-Key";

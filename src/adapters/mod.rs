@@ -1,6 +1,11 @@
 //! EXECUTE, the outside edge: one adapter per action type behind one [`Adapter`] trait, and
 //! the registry that maps a type to its adapter.
 //!
+//! An adapter with settings owns them: `<adapter>/config.rs` declares its keys (under
+//! `adapters.<section>`) and its config type, and its module's `SECTION` says how the adapter
+//! is built from them. [`SECTIONS`] lists the sections; adding an adapter is its folder, a line
+//! there and its field in [`AdaptersConfig`].
+//!
 //! An adapter says what it would do ([`Adapter::render_proof`], pure, no I/O) and does it
 //! ([`Adapter::execute`]). Proof mode is enforced by the executor, which in proof mode calls
 //! only `render_proof`; an adapter never decides whether it may touch the outside world.
@@ -18,13 +23,88 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use alert::Alert;
+pub use alert::config::AlertConfig;
 pub use command::Command;
+pub use command::config::{CommandConfig, CommandSpec, NonzeroExit, fill, slots};
 pub use noop::Noop;
+pub use social::config::SocialConfig;
 pub use social::{PostSocial, REAL_RUN_UNCONFIGURED};
 pub use webhook::Webhook;
+pub use webhook::config::{METHODS, Secret, WebhookConfig, WebhookTarget, check_url};
 
-use crate::config::Config;
+use crate::config::key::{self, Key, KeyInfo, Raw};
+use crate::config::{Config, ConfigError};
 use crate::model::Action;
+
+/// An adapter's own section under `adapters:`, declared in its module (`SECTION`).
+pub struct Section {
+    /// Its name under `adapters:` (`social`).
+    pub name: &'static str,
+    /// The action type its adapter serves (`POST_SOCIAL`).
+    pub action_type: &'static str,
+    /// Its keys, named below `adapters.<name>.`.
+    pub keys: &'static [Key<AdaptersConfig>],
+    /// Its `timeout_seconds`, which the executor applies to every attempt of the type.
+    pub timeout: fn(&AdaptersConfig) -> Duration,
+    /// Its adapter, from the whole section (delivery may go through another adapter's targets).
+    pub build: fn(&AdaptersConfig, &Arc<http::Http>) -> Arc<dyn Adapter>,
+}
+
+/// The sections, in the order they apply: `webhook` first, since others name its targets.
+pub const SECTIONS: &[Section] = &[webhook::SECTION, command::SECTION, social::SECTION, alert::SECTION];
+
+/// The `adapters:` section (file only): each adapter's validated config. `Default` is the
+/// built-in defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptersConfig {
+    pub webhook: WebhookConfig,
+    pub command: CommandConfig,
+    pub social: SocialConfig,
+    pub alert: AlertConfig,
+}
+
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        AdaptersConfig::resolve(&Raw::default(), &|_| None)
+            .unwrap_or_else(|e| unreachable!("the built-in defaults are valid (unit-tested): {e}"))
+    }
+}
+
+impl AdaptersConfig {
+    /// Every section's keys, under `adapters.<section>.`.
+    pub fn keys() -> Vec<KeyInfo> {
+        SECTIONS.iter().flat_map(|s| KeyInfo::of(s.keys, &format!("adapters.{}.", s.name), false)).collect()
+    }
+
+    /// Applies every section's keys from the layers.
+    pub(crate) fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut a = AdaptersConfig {
+            webhook: WebhookConfig::default(),
+            command: CommandConfig::default(),
+            social: SocialConfig::default(),
+            alert: AlertConfig::default(),
+        };
+        for s in SECTIONS {
+            key::apply(s.keys, &format!("adapters.{}.", s.name), raw, env, &mut a)?;
+        }
+        Ok(a)
+    }
+
+    /// Each configured action type's timeout and the key it comes from, for the executor.
+    pub fn type_timeouts(&self) -> BTreeMap<String, (Duration, String)> {
+        SECTIONS
+            .iter()
+            .map(|s| (s.action_type.to_string(), ((s.timeout)(self), format!("adapters.{}.timeout_seconds", s.name))))
+            .collect()
+    }
+}
+
+/// What names of webhook targets and allowlisted commands may be.
+pub(crate) const NAME_RULE: &str = "names are 1 to 64 characters from [A-Za-z0-9_-]";
+
+pub(crate) fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
 
 /// Why an attempt failed, and whether trying again can help.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -134,22 +214,12 @@ impl Registry {
     pub fn from_config(config: &Config) -> Result<Self, RegistryError> {
         let http =
             Arc::new(http::Http::new().map_err(|e| RegistryError(format!("cannot set up the HTTP client: {e}")))?);
-        let adapters = &config.adapters;
-        for t in adapters.webhook.targets.values() {
-            if let (Some(var), None) = (&t.secret_env, &t.secret) {
-                tracing::warn!(
-                    webhook_target = t.name.as_str(),
-                    variable = var.as_str(),
-                    "secret_env names an unset variable: real requests to this target fail (retryably) until it is set"
-                );
-            }
-        }
         let mut r = Registry::empty();
         r.register(Noop);
-        r.register(PostSocial::new(adapters, http.clone()));
-        r.register(Webhook::new(&adapters.webhook, http.clone()));
-        r.register(Command::new(&adapters.command));
-        r.register(Alert::new(adapters, http));
+        for s in SECTIONS {
+            let adapter = (s.build)(&config.adapters, &http);
+            r.adapters.insert(adapter.action_type().to_string(), adapter);
+        }
         Ok(r)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use orchestrator::adapters::{Adapter, AdapterError, Command, ExecContext};
-use orchestrator::config::adapters::{CommandConfig, CommandSpec, NonzeroExit};
+use orchestrator::adapters::{CommandConfig, CommandSpec, NonzeroExit};
 use orchestrator::model::{Action, ActionStatus};
 use serde_json::json;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use orchestrator::adapters::Registry;
-use orchestrator::config::adapters::{CommandSpec, NonzeroExit, Secret, WebhookTarget};
+use orchestrator::adapters::{CommandSpec, NonzeroExit, Secret, WebhookTarget};
 use orchestrator::config::{AdaptersConfig, Config};
 use orchestrator::model::{ActionStatus, TickStatus};
 use orchestrator::queue::{self, EnqueueRequest};

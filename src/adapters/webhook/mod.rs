@@ -9,10 +9,32 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod config;
+
 use super::http::{self, Http};
-use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
-use crate::config::adapters::{METHODS, WebhookConfig, WebhookTarget, check_url};
+use super::{Adapter, AdapterError, ExecContext, Outcome, Proof, Section};
 use crate::model::Action;
+use config::{METHODS, WebhookConfig, WebhookTarget, check_url};
+
+/// `adapters.webhook`, and the `WEBHOOK` adapter built from it.
+pub const SECTION: Section = Section {
+    name: "webhook",
+    action_type: "WEBHOOK",
+    keys: config::KEYS,
+    timeout: |a| a.webhook.timeout,
+    build: |a, http| {
+        for t in a.webhook.targets.values() {
+            if let (Some(var), None) = (&t.secret_env, &t.secret) {
+                tracing::warn!(
+                    webhook_target = t.name.as_str(),
+                    variable = var.as_str(),
+                    "secret_env names an unset variable: real requests to this target fail (retryably) until it is set"
+                );
+            }
+        }
+        Arc::new(Webhook::new(&a.webhook, http.clone()))
+    },
+};
 
 pub struct Webhook {
     targets: BTreeMap<String, WebhookTarget>,

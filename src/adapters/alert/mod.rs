@@ -8,10 +8,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod config;
+
 use super::http::{self, Http};
-use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
-use crate::config::adapters::{AdaptersConfig, WebhookTarget};
+use super::{Adapter, AdapterError, AdaptersConfig, ExecContext, Outcome, Proof, Section, WebhookTarget};
 use crate::model::{Action, Severity};
+
+/// `adapters.alert`, and the `ALERT` adapter built from it (through a webhook target).
+pub const SECTION: Section = Section {
+    name: "alert",
+    action_type: "ALERT",
+    keys: config::KEYS,
+    timeout: |a| a.alert.timeout,
+    build: |a, http| Arc::new(Alert::new(a, http.clone())),
+};
 
 pub struct Alert {
     target: Option<WebhookTarget>,

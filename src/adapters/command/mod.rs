@@ -21,10 +21,21 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 
+pub mod config;
+
 use super::http::{printable, redact_named};
-use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
-use crate::config::adapters::{CommandConfig, CommandSpec, NonzeroExit, fill, slots};
+use super::{Adapter, AdapterError, ExecContext, Outcome, Proof, Section};
 use crate::model::Action;
+use config::{CommandConfig, CommandSpec, NonzeroExit, fill, slots};
+
+/// `adapters.command`, and the `COMMAND` adapter built from it.
+pub const SECTION: Section = Section {
+    name: "command",
+    action_type: "COMMAND",
+    keys: config::KEYS,
+    timeout: |a| a.command.timeout,
+    build: |a, _| std::sync::Arc::new(Command::new(&a.command)),
+};
 
 /// Bytes of stdout, and of stderr, kept in the artifact.
 pub const OUTPUT_CAP_BYTES: usize = 64 * 1024;

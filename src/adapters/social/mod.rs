@@ -12,10 +12,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod config;
+
 use super::http::{self, Http};
-use super::{Adapter, AdapterError, ExecContext, Outcome, Proof};
-use crate::config::adapters::{AdaptersConfig, DEFAULT_TYPE_TIMEOUT_SECONDS, WebhookTarget};
+use super::{Adapter, AdapterError, AdaptersConfig, ExecContext, Outcome, Proof, Section, WebhookTarget};
 use crate::model::Action;
+
+/// `adapters.social`, and the `POST_SOCIAL` adapter built from it (through webhook targets).
+pub const SECTION: Section = Section {
+    name: "social",
+    action_type: "POST_SOCIAL",
+    keys: config::KEYS,
+    timeout: |a| a.social.timeout,
+    build: |a, http| Arc::new(PostSocial::new(a, http.clone())),
+};
 
 /// Delivery per platform; none configured means every real run fails as unconfigured.
 pub struct PostSocial {
@@ -54,11 +64,7 @@ fn body(post: &Post<'_>) -> Vec<u8> {
 impl PostSocial {
     /// No platform configured: real mode always fails as unconfigured.
     pub fn unconfigured() -> Self {
-        PostSocial {
-            routes: BTreeMap::new(),
-            http: None,
-            timeout: Duration::from_secs_f64(DEFAULT_TYPE_TIMEOUT_SECONDS),
-        }
+        PostSocial { routes: BTreeMap::new(), http: None, timeout: AdaptersConfig::default().social.timeout }
     }
 
     /// Platforms routed to the webhook targets the config names for them.
