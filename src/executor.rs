@@ -94,10 +94,6 @@ impl Executor {
         Executor { registry, settings, metrics }
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// Runs `claimed` (already in dispatch order) and records every outcome.
     pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
         let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;

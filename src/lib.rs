@@ -11,7 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod decide;
-pub mod executor;
+mod executor;
 pub mod explain;
 mod health;
 pub mod http;
