@@ -70,9 +70,25 @@ pub struct Config {
     pub http: HttpConfig,
     /// When the last tick's age makes liveness degraded, then unhealthy (`liveness:`).
     pub liveness: crate::health::StaleThresholds,
+    /// Worker registration, heartbeat and shutdown (`workers:`).
+    pub workers: WorkersConfig,
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
+}
+
+/// `workers:` settings: how executors register and stay alive (`orchestrator worker`, and the
+/// `run` process's own executor).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkersConfig {
+    /// How often a worker renews its heartbeat.
+    pub heartbeat: Duration,
+    /// A worker whose heartbeat is older than this is dead: its claims are rescued.
+    pub ttl: Duration,
+    /// How often an idle worker looks for due work when no notification wakes it.
+    pub poll: Duration,
+    /// How long a stopping worker lets its attempts in flight finish.
+    pub shutdown_grace: Duration,
 }
 
 /// The default HTTP listen address: loopback only.
@@ -463,6 +479,24 @@ pub const KEYS: &[Key<Config>] = &[
     key!("http.max_connections": u32 = Value("512"),
         "Connections served at once; more wait in the listen backlog",
         |c, v, at| c.http.max_connections = at.range(v, 1, 65_536)?),
+    key!("workers.heartbeat_seconds": f64 = Value("5"),
+        "How often a worker (and `run`'s own executor) renews its registration",
+        |c, v, at| c.workers.heartbeat = at.seconds(v, false)?),
+    key!("workers.ttl_seconds": f64 = Value("30"),
+    "A worker not renewed for this long is dead: its claims are rescued (longer than the heartbeat)",
+    |c, v, at| {
+        let ttl = at.seconds(v, false)?;
+        at.check(ttl > c.workers.heartbeat, || {
+            "workers.ttl_seconds must be longer than workers.heartbeat_seconds".into()
+        })?;
+        c.workers.ttl = ttl;
+    }),
+    key!("workers.poll_seconds": f64 = Value("1"),
+        "How often an idle worker looks for due work when no notification wakes it",
+        |c, v, at| c.workers.poll = at.seconds(v, false)?),
+    key!("workers.shutdown_grace_seconds": f64 = Value("60"),
+        "On SIGTERM a worker finishes its attempts in flight for at most this long",
+        |c, v, at| c.workers.shutdown_grace = at.seconds(v, true)?),
     key!("liveness.stale_degraded_seconds": f64 = Value("60"),
         "Liveness is degraded past this last-tick age (or 2 tick intervals, if longer)",
         |c, v, at| c.liveness.degraded = at.seconds(v, false)?),

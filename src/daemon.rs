@@ -29,6 +29,9 @@ pub const PRUNE_BATCH: u64 = 200;
 /// How the daemon's history prune yields to ticks: it rests three times as long as each batch
 /// took (at least 5 ms), so it holds the write lock a quarter of its time at most.
 pub const PRUNE_PACE: Pace = Pace { min_rest: Duration::from_millis(5), rest_per_busy: 3 };
+/// A dead worker's registration stays listed this long (`orchestrator workers`), then the
+/// hourly purge removes it.
+pub const DEAD_WORKER_KEPT: Duration = Duration::from_secs(86_400);
 /// How long a stopping daemon lets a running purge go on before stopping it.
 pub const PURGE_GRACE: Duration = Duration::from_secs(5);
 /// A `.tmp-*` artifact file older than this is a leftover (its attempt died mid-write).
@@ -66,6 +69,12 @@ async fn purge(engine: &Engine) {
             tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "purged finished actions past the retention")
         }
         Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
+    }
+    let dead_since = crate::model::earlier_saturating(crate::model::now(), DEAD_WORKER_KEPT);
+    match engine.store().prune_workers(dead_since).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed worker registrations dead for over a day"),
+        Err(e) => tracing::warn!(error = %e, "pruning dead workers failed; it is retried next hour"),
     }
     match prune_history(engine.store(), engine.config(), PRUNE_PACE).await {
         Ok(p) if p.total() == 0 => {}
@@ -132,6 +141,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
         // ends), so that an interval longer than the TTL does not hand leadership to another
         // instance, or to a new epoch of this one, at every tick.
         let mut _holding: Option<crate::lease::Heartbeat> = None;
+        let mut _alive: Option<crate::worker::KeepAlive> = None;
         match outcome {
             Ok(TickOutcome::Ran(r)) => {
                 if failing.take().is_some() {
@@ -170,6 +180,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                     wait = Duration::ZERO;
                 }
                 _holding = Some(engine.hold_lease_between_ticks(r.epoch));
+                _alive = Some(engine.keep_registration_alive());
             }
             Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => {
                 engine.metrics().instance_lease_held.set(0);

@@ -20,7 +20,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::adapters::{AdapterError, ExecContext, Registry};
 use crate::artifacts::{self, Artifact};
-use crate::lease::Term;
 use crate::metrics::Metrics;
 use crate::model::{self, Action, LogLevel, NewLog};
 use crate::queue;
@@ -47,6 +46,29 @@ pub struct ExecSettings {
     pub type_timeouts: BTreeMap<String, (Duration, String)>,
 }
 
+impl ExecSettings {
+    /// The settings `config` gives, at `concurrency` attempts at once.
+    pub fn from_config(config: &crate::config::Config, clock: crate::model::Clock, concurrency: u32) -> Self {
+        ExecSettings {
+            clock,
+            concurrency: concurrency as usize,
+            max_unrecorded: (config.max_unrecorded as usize).max(concurrency as usize),
+            action_timeout: config.action_timeout,
+            backoff_base: config.backoff_base,
+            backoff_max: config.backoff_max,
+            artifacts_dir: config.artifacts_dir.clone(),
+            type_timeouts: config.adapters.type_timeouts(),
+        }
+    }
+
+    /// The timeouts a claim stamps its deadlines from: each type's (capped by
+    /// `action_timeout`), and `action_timeout` for the rest.
+    pub fn claim_timeouts(&self) -> (Vec<(String, Duration)>, Duration) {
+        let by_type = self.type_timeouts.iter().map(|(t, (d, _))| (t.clone(), (*d).min(self.action_timeout))).collect();
+        (by_type, self.action_timeout)
+    }
+}
+
 /// What one dispatch did.
 #[derive(Clone, Debug, Default)]
 pub struct DispatchReport {
@@ -70,16 +92,18 @@ pub struct Executor {
     metrics: Arc<Metrics>,
 }
 
-/// The tick a dispatch belongs to.
+/// The worker a dispatch runs for (and the tick, when the lease holder runs it).
 #[derive(Clone, Copy)]
 pub struct Scope<'a> {
     pub store: &'a Store,
-    pub term: &'a Term,
-    pub tick_id: i64,
-    pub proof_mode: bool,
+    /// The registered worker that holds the claims (named in each attempt's log row).
+    pub worker: &'a str,
+    /// The tick the attempts' log rows belong to (`None`: a worker outside any tick).
+    pub tick_id: Option<i64>,
     /// Nothing starts after this instant.
     pub deadline: Instant,
-    /// Turns true when the lease is lost: nothing starts after that either.
+    /// Turns true when the claimer loses its standing (the lease, or the worker's heartbeat):
+    /// nothing starts after that either.
     pub lost: &'a AtomicBool,
 }
 
@@ -96,7 +120,7 @@ impl Executor {
 
     /// Runs `claimed` (already in dispatch order) and records every outcome.
     pub async fn dispatch(&self, scope: &Scope<'_>, claimed: Vec<Claimed>) -> DispatchReport {
-        let Scope { store, term, tick_id, proof_mode, deadline, lost } = *scope;
+        let Scope { store, worker, tick_id, deadline, lost } = *scope;
         // Two bounds. A run permit is held while the adapter runs: at most `concurrency` run at
         // once. A window permit is taken before the attempt starts and travels with its
         // completion until the outcome is durable: at most `max_unrecorded` attempts are ever
@@ -133,8 +157,9 @@ impl Executor {
                 }
                 let tx = tx.clone();
                 let this = self.clone();
+                let worker = worker.to_string();
                 tokio::spawn(async move {
-                    let (completion, kind) = this.attempt(claim, tick_id, proof_mode).await;
+                    let (completion, kind) = this.attempt(claim, tick_id, &worker).await;
                     drop(run);
                     let _ = tx.send((completion, kind, unrecorded));
                 });
@@ -165,14 +190,14 @@ impl Executor {
                         c
                     })
                     .collect();
-                match self.record(store, &term.lease_name, tick_id, &completions, lost).await {
+                match self.record(store, tick_id, &completions, lost).await {
                     Ok(r) => {
                         self.metrics.fenced_writes_rejected_total.inc_by(r.rejected.len() as u64);
                         for id in &r.rejected {
                             tracing::warn!(
                                 action_id = id,
-                                epoch = term.epoch,
-                                "fenced write rejected: this instance no longer holds the claim"
+                                worker,
+                                "fenced write rejected: the claim was rescued or taken since (it no longer holds)"
                             );
                         }
                         report.rejected.extend(r.rejected);
@@ -199,15 +224,14 @@ impl Executor {
     async fn record(
         &self,
         store: &Store,
-        lease_name: &str,
-        tick_id: i64,
+        tick_id: Option<i64>,
         completions: &[Completion],
         lost: &AtomicBool,
     ) -> Result<crate::store::CompletionReport, crate::store::StoreError> {
         let started = Instant::now();
         let mut retries = 0u32;
         loop {
-            match store.complete(lease_name, Some(tick_id), completions).await {
+            match store.complete(tick_id, completions).await {
                 Ok(r) => {
                     if retries > 0 {
                         tracing::info!(retries, count = completions.len(), "outcomes recorded after retrying");
@@ -216,7 +240,7 @@ impl Executor {
                 }
                 Err(e) if !lost.load(Ordering::SeqCst) && started.elapsed() < self.settings.action_timeout => {
                     if retries == 0 {
-                        tracing::warn!(error = %e, count = completions.len(), "could not record outcomes yet; retrying while the lease holds");
+                        tracing::warn!(error = %e, count = completions.len(), "could not record outcomes yet; retrying while the claims hold");
                     }
                     retries += 1;
                     tokio::time::sleep(RECORD_RETRY_PAUSE).await;
@@ -227,12 +251,13 @@ impl Executor {
     }
 
     /// One attempt, start to completion record. Never panics, never hangs past the timeout.
-    async fn attempt(&self, claim: Claimed, tick_id: i64, proof_mode: bool) -> (Completion, Kind) {
+    async fn attempt(&self, claim: Claimed, tick_id: Option<i64>, worker: &str) -> (Completion, Kind) {
         let started = Instant::now();
+        let proof_mode = claim.proof;
         let action = Arc::new(claim.action.clone());
         let registry = self.registry.clone();
         let artifacts_dir = self.settings.artifacts_dir.clone();
-        let ctx = ExecContext::new(Some(tick_id), claim.attempt);
+        let ctx = ExecContext::new(tick_id, claim.attempt);
         let task_ctx = ctx.clone();
         let task_action = action.clone();
         let inner =
@@ -261,7 +286,7 @@ impl Executor {
             .action_duration_seconds
             .with_label_values(&[action.action_type.as_str()])
             .observe(elapsed.as_secs_f64());
-        let done = self.completion(&claim, &action, result, record, proof_mode, elapsed.as_millis());
+        let done = self.completion(&claim, &action, result, record, worker, elapsed.as_millis());
         let outcome = match &done.0.outcome {
             CompletionOutcome::Success => "success",
             CompletionOutcome::Retry { .. } => "retry",
@@ -278,10 +303,10 @@ impl Executor {
         action: &Action,
         result: Result<(String, Option<Artifact>), AdapterError>,
         record: Option<Artifact>,
-        proof_mode: bool,
+        worker: &str,
         elapsed_ms: u128,
     ) -> (Completion, Kind) {
-        let mode = if proof_mode { "proof" } else { "real" };
+        let mode = if claim.proof { "proof" } else { "real" };
         let attempt = claim.attempt;
         let max = action.max_attempts;
         let (outcome, log, kind) = match result {
@@ -336,7 +361,8 @@ impl Executor {
             log.artifact_ref = Some(r.path.display().to_string());
             log.artifact_sha256 = Some(r.sha256);
         }
-        let completion = Completion { action_id: action.id, epoch: claim.epoch, attempt, outcome, logs: vec![log] };
+        log.message.push_str(&format!(" [worker {worker}]"));
+        let completion = Completion { action_id: action.id, token: claim.token, attempt, outcome, logs: vec![log] };
         (completion, kind)
     }
 }
@@ -410,13 +436,13 @@ async fn run_adapter(
 fn unstarted(claim: &Claimed) -> Completion {
     Completion {
         action_id: claim.action.id,
-        epoch: claim.epoch,
+        token: claim.token,
         attempt: claim.attempt,
         outcome: CompletionOutcome::Unstarted,
         logs: vec![NewLog::new(
             claim.action.id,
             LogLevel::Warning,
-            "not started: the tick deadline passed or the lease was lost; back to PENDING, attempt not counted",
+            "not started: the deadline passed or the claimer lost its standing; back to PENDING, attempt not counted",
         )],
     }
 }

@@ -26,3 +26,4 @@ pub mod snapshot;
 mod status;
 pub mod store;
 pub mod tick;
+pub mod worker;

@@ -283,6 +283,24 @@ pub struct Action {
     /// The deadline: after this the action is never started, and a tick moves it to `DLQ`
     /// with the error `expired`. `null`: no deadline.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The claim of the attempt in flight or last run (absent before any claim, after a
+    /// requeue, and for rows claimed before claims had tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimInfo>,
+}
+
+/// One attempt's claim: who holds it, under which token, until when, in which mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimInfo {
+    /// Unique for all time (a sequence): every write about the attempt is fenced by it.
+    pub token: i64,
+    /// The worker that claimed it (`host:pid:random`).
+    pub worker: String,
+    /// Past this the leader's rescue takes the attempt back: the claim time plus the type's
+    /// timeout, capped by `action_timeout_seconds`.
+    pub deadline: DateTime<Utc>,
+    /// The mode the attempt runs in, read with the claim: true for proof.
+    pub proof: bool,
 }
 
 /// The control flags row (`control_flags`, id = 1).

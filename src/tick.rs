@@ -71,6 +71,11 @@ pub struct Engine {
     config: Arc<Config>,
     lease: Lease,
     executor: Executor,
+    settings: ExecSettings,
+    /// This process's own executor, registered as a worker like any other.
+    registration: Arc<crate::worker::Registration>,
+    /// False (`run --no-execute`): the holder monitors, decides and rescues; workers execute.
+    execute: bool,
     metrics: Arc<Metrics>,
     /// Held for the length of a tick, so that the daemon's ticks and an API `run-once` on the
     /// same engine never overlap.
@@ -100,20 +105,14 @@ impl Engine {
     pub fn with_owner(store: Store, config: Config, registry: Registry, owner: String) -> Self {
         let metrics = Arc::new(Metrics::new());
         let lease = Lease::new(store.clone(), config.lease_name.clone(), owner, config.lease_ttl);
-        let executor = Executor::new(
-            Arc::new(registry),
-            ExecSettings {
-                clock: store.clock().clone(),
-                concurrency: config.dispatch_concurrency as usize,
-                max_unrecorded: config.max_unrecorded as usize,
-                action_timeout: config.action_timeout,
-                backoff_base: config.backoff_base,
-                backoff_max: config.backoff_max,
-                artifacts_dir: config.artifacts_dir.clone(),
-                type_timeouts: config.adapters.type_timeouts(),
-            },
-            metrics.clone(),
-        );
+        let settings = ExecSettings::from_config(&config, store.clock().clone(), config.dispatch_concurrency);
+        let registration = Arc::new(crate::worker::Registration::new(
+            store.clone(),
+            config.workers.ttl,
+            config.dispatch_concurrency,
+            Vec::new(),
+        ));
+        let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone());
         let rule_metrics = Arc::new(RuleMetrics::register(&metrics));
         let rules = Arc::new(std::sync::RwLock::new(Arc::new(RuleSet::empty(&config.rules))));
         Engine {
@@ -121,6 +120,9 @@ impl Engine {
             config: Arc::new(config),
             lease,
             executor,
+            settings,
+            registration,
+            execute: true,
             metrics,
             tick_gate: Arc::default(),
             rules,
@@ -360,13 +362,14 @@ impl Engine {
             return Ok((paused_close(&notes, decided), extra));
         }
 
-        let rescued = self
-            .store
-            .rescue(&term.lease_name, &term.owner, term.epoch, self.config.action_timeout, Some(tick_id))
-            .await?;
+        let fence = Fence { lease_name: term.lease_name.clone(), epoch: term.epoch, tick_id: Some(tick_id) };
+        let rescued = self.store.rescue(&fence, &term.owner, self.config.workers.ttl, Some(tick_id)).await?;
         if !rescued.is_empty() {
             self.metrics.rescued_actions_total.inc_by(rescued.len() as u64);
-            tracing::warn!(count = rescued.len(), "rescued orphaned RUNNING actions");
+            let mut workers: Vec<&str> = rescued.iter().filter_map(|r| r.worker.as_deref()).collect();
+            workers.sort_unstable();
+            workers.dedup();
+            tracing::warn!(count = rescued.len(), workers = %workers.join(", "), "rescued orphaned RUNNING actions");
             notes.push(format!("rescued {} orphaned action(s)", rescued.len()));
         }
 
@@ -400,10 +403,24 @@ impl Engine {
         }
         let (mut attempted, mut succeeded, mut unstarted) = (0u32, 0u32, 0u32);
         let mut store_error = None;
-        if remaining > 0 && (snap.queue.due_now > 0 || !decided.decisions.is_empty()) {
+        if self.execute && remaining > 0 && (snap.queue.due_now > 0 || !decided.decisions.is_empty()) {
+            let worker = self.registration.ensure().await?;
+            let _alive = self.registration.keep_alive(self.config.workers.heartbeat);
+            let (type_timeouts, default_timeout) = self.settings.claim_timeouts();
+            let claimer = crate::store::Claimer {
+                worker: worker.clone(),
+                worker_ttl: self.config.workers.ttl,
+                types: Vec::new(),
+                type_timeouts,
+                default_timeout,
+                // A claim waits for a slot at most until the tick's deadline.
+                start_within: self.config.max_tick,
+                proof_enforced: self.config.proof_enforced,
+                epoch: Some(term.epoch),
+            };
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
                 let want = remaining.min(CLAIM_BATCH);
-                let claimed = self.store.claim(&term.lease_name, &term.owner, term.epoch, u64::from(want)).await?;
+                let claimed = self.store.claim(&claimer, u64::from(want)).await?;
                 if claimed.is_empty() {
                     break;
                 }
@@ -412,8 +429,9 @@ impl Engine {
                 // what this tick just failed and made due again.
                 let drained = (claimed.len() as u32) < want;
                 let scope =
-                    Scope { store: &self.store, term, tick_id, proof_mode: flags.proof_mode, deadline, lost: &lost };
+                    Scope { store: &self.store, worker: &worker, tick_id: Some(tick_id), deadline, lost: &lost };
                 let r = self.executor.dispatch(&scope, claimed).await;
+                self.registration.count(r.succeeded, r.failed);
                 attempted += r.attempted;
                 succeeded += r.succeeded;
                 unstarted += r.unstarted;
@@ -518,6 +536,12 @@ impl Engine {
 
     /// Keeps renewing the lease held at `epoch` until the returned guard is dropped (the daemon
     /// holds one while it waits between ticks).
+    /// Keeps this process's executor registration alive while the daemon waits between ticks,
+    /// so that `workers` and the rescue see it live (nothing when it is not registered).
+    pub fn keep_registration_alive(&self) -> crate::worker::KeepAlive {
+        self.registration.keep_alive(self.config.workers.heartbeat)
+    }
+
     pub fn hold_lease_between_ticks(&self, epoch: i64) -> crate::lease::Heartbeat {
         let term = Term {
             lease_name: self.lease.name().to_string(),
@@ -528,9 +552,22 @@ impl Engine {
         self.lease.heartbeat(&term, self.config.heartbeat)
     }
 
-    /// Releases the lease if this engine holds it (clean exit).
+    /// Releases the lease if this engine holds it, and deregisters its executor (clean exit).
     pub async fn release(&self) -> Result<bool, StoreError> {
+        self.registration.deregister().await?;
         self.lease.release().await
+    }
+
+    /// This engine monitors, decides and rescues but claims nothing (`run --no-execute`):
+    /// workers execute.
+    pub fn without_execution(mut self) -> Self {
+        self.execute = false;
+        self
+    }
+
+    /// This process's executor registration.
+    pub fn registration(&self) -> &Arc<crate::worker::Registration> {
+        &self.registration
     }
 
     /// The interval the daemon waits between ticks.

@@ -88,7 +88,21 @@ pub enum Command {
         /// Do not serve HTTP.
         #[arg(long)]
         no_http: bool,
+        /// Monitor, decide and rescue only: claim nothing (workers execute).
+        #[arg(long)]
+        no_execute: bool,
     },
+    /// Execute on this host: claim and run due actions beside the leader, until SIGTERM.
+    Worker {
+        /// Attempts run at once (1 to 4096; default: dispatch_concurrency).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+        concurrency: Option<u32>,
+        /// Serve only these action types (comma-separated; default: every type).
+        #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+        types: Vec<String>,
+    },
+    /// The registered workers: live first, with their heartbeats and counts.
+    Workers,
     /// Serve the HTTP endpoints without ticking (a dashboard for another instance's work).
     Serve {
         /// Listen here (default: http.listen, 127.0.0.1:9464).
@@ -415,8 +429,9 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Migrate => {
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
-        Command::Run { ticks, no_http, .. } => {
+        Command::Run { ticks, no_http, no_execute, .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
+            let engine = if no_execute { engine.without_execution() } else { engine };
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
@@ -437,6 +452,38 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             }
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
+        Command::Worker { concurrency, types } => {
+            let mut seen = std::collections::BTreeSet::new();
+            for t in &types {
+                crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
+                seen.insert(t.clone());
+            }
+            let options = crate::worker::WorkerOptions {
+                concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
+                types: seen.into_iter().collect(),
+            };
+            let worker =
+                crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("signal received: claiming nothing more, finishing attempts in flight");
+                let _ = tx.send(true);
+            });
+            tracing::info!(
+                concurrency = concurrency.unwrap_or(config.dispatch_concurrency),
+                "orchestrator worker running"
+            );
+            let summary = worker.run(rx).await?;
+            out.message(
+                &summary,
+                &format!(
+                    "worker stopped: {} attempted, {} succeeded, {} write(s) rejected, {} registration(s)",
+                    summary.attempted, summary.succeeded, summary.rejected_writes, summary.registrations
+                ),
+            );
+        }
+        Command::Workers => out.workers(&store.workers(config.workers.ttl).await?),
         Command::Serve { .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;

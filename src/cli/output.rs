@@ -69,6 +69,39 @@ pub fn tick_line(t: &TickRow) -> String {
 
 impl Out {
     /// A result with a JSON shape and a one-line text form.
+    pub fn workers(&self, rows: &[crate::store::WorkerRow]) {
+        if self.json {
+            return print_json(&rows);
+        }
+        if rows.is_empty() {
+            println!("no workers registered");
+            return;
+        }
+        println!(
+            "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} TYPES",
+            "ID", "LIVE", "VERSION", "CONC", "IN FLIGHT", "DONE", "FAILED", "HEARTBEAT"
+        );
+        for w in rows {
+            let live = match (w.live, w.draining) {
+                (true, true) => "drain",
+                (true, false) => "yes",
+                (false, _) => "no",
+            };
+            let types = if w.types.is_empty() { "*".to_string() } else { w.types.join(",") };
+            println!(
+                "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} {types}",
+                w.id,
+                live,
+                w.version,
+                w.concurrency,
+                w.in_flight,
+                w.done,
+                w.failed,
+                w.heartbeat_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+
     pub fn message(&self, value: &impl Serialize, text: &str) {
         if self.json { print_json(value) } else { println!("{text}") }
     }

@@ -75,6 +75,10 @@ pub mod actions {
         pub updated_at: DateTimeUtc,
         pub finished_at: Option<DateTimeUtc>,
         pub expires_at: Option<DateTimeUtc>,
+        pub claim_token: Option<i64>,
+        pub claimed_by: Option<String>,
+        pub claim_deadline: Option<DateTimeUtc>,
+        pub claim_proof: Option<bool>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -166,6 +170,12 @@ impl TryFrom<actions::Model> for model::Action {
             finished_at: m.finished_at,
             decode_error,
             expires_at: m.expires_at,
+            claim: match (m.claim_token, m.claimed_by, m.claim_deadline) {
+                (Some(token), Some(worker), Some(deadline)) => {
+                    Some(model::ClaimInfo { token, worker, deadline, proof: m.claim_proof.unwrap_or(true) })
+                }
+                _ => None,
+            },
         })
     }
 }

@@ -200,22 +200,48 @@ pub struct EnqueueOutcome {
     pub status: ActionStatus,
 }
 
-/// An action claimed by this instance: it is `RUNNING` under `epoch`, attempt `attempt`.
+/// Who claims, and on what terms.
+#[derive(Clone, Debug)]
+pub struct Claimer {
+    /// The registered worker that runs the attempts: the claim lands only while its
+    /// registration is live (heartbeat younger than `worker_ttl`, by the database's clock).
+    pub worker: String,
+    pub worker_ttl: std::time::Duration,
+    /// The action types it serves; empty: every type.
+    pub types: Vec<String>,
+    /// Each attempt's deadline from its claim: `start_within` (how long a claimed attempt may
+    /// wait for a free slot) plus the type's timeout, else `default_timeout` (each already
+    /// capped by `action_timeout_seconds`).
+    pub type_timeouts: Vec<(String, std::time::Duration)>,
+    pub default_timeout: std::time::Duration,
+    pub start_within: std::time::Duration,
+    /// This claimer's config enforces proof mode: every attempt it claims runs in proof.
+    pub proof_enforced: bool,
+    /// The lease epoch when the claimer is the lease holder's own executor (kept in
+    /// `claimed_epoch` for the record; fencing uses the token).
+    pub epoch: Option<i64>,
+}
+
+/// An action claimed by a worker: it is `RUNNING` under `token`, attempt `attempt`.
 #[derive(Clone, Debug)]
 pub struct Claimed {
     /// The row as claimed. Its `decode_error` is set when a stored value could not be read;
     /// such a claim goes to [`Store::quarantine`] instead of an adapter.
     pub action: Action,
-    pub epoch: i64,
+    /// The claim token: every write about this attempt is fenced by it.
+    pub token: i64,
     /// The value of `attempts` after the claim: the attempt this run is.
     pub attempt: i32,
+    /// The mode this attempt runs in, read atomically with the claim: true for proof.
+    pub proof: bool,
 }
 
 /// The fenced end of one claimed attempt.
 #[derive(Clone, Debug)]
 pub struct Completion {
     pub action_id: i64,
-    pub epoch: i64,
+    /// The claim's token: the write lands only while the row is `RUNNING` under it.
+    pub token: i64,
     pub attempt: i32,
     pub outcome: CompletionOutcome,
     pub logs: Vec<NewLog>,
@@ -249,28 +275,26 @@ pub struct CompletionReport {
 pub struct Rescued {
     pub id: i64,
     pub status: ActionStatus,
-    pub claimed_epoch: Option<i64>,
+    /// The worker whose claim was abandoned (`None`: a claim without a worker, from before
+    /// claims had tokens).
+    pub worker: Option<String>,
     pub attempts: i32,
 }
 
-const CLAIM_PG: &str = "\
-UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
-       claimed_at = now(), updated_at = now()
+/// The claim, with `{from}` the claimable statuses, `{types}` the type filter (or nothing),
+/// `{deadline}` the per-type deadline and `{now}` the statement's time. It lands only while the
+/// worker's registration is live and no brake (paused, killed) is set; the mode is read from
+/// the flags in the same statement.
+const CLAIM: &str = "\
+UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1, claimed_at = {now},
+       updated_at = {now}, claim_token = $2, claimed_by = $3, claim_deadline = {deadline},
+       claim_proof = (SELECT proof_mode FROM control_flags WHERE id = 1) OR $4
 WHERE id IN (SELECT id FROM actions
-             WHERE {from} AND not_before <= now() AND (expires_at IS NULL OR expires_at > now())
+             WHERE {from} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now}){types}
              ORDER BY priority DESC, not_before, id
-             LIMIT $2 FOR UPDATE SKIP LOCKED)
-  AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > now())
-RETURNING *";
-
-const CLAIM_SQLITE: &str = "\
-UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1,
-       claimed_at = $5, updated_at = $5
-WHERE id IN (SELECT id FROM actions
-             WHERE {from} AND not_before <= $5 AND (expires_at IS NULL OR expires_at > $5)
-             ORDER BY priority DESC, not_before, id
-             LIMIT $2)
-  AND EXISTS (SELECT 1 FROM leases WHERE name = $3 AND owner = $4 AND epoch = $1 AND expires_at > $5)
+             LIMIT $5{lock})
+  AND EXISTS (SELECT 1 FROM workers WHERE id = $3 AND heartbeat_at > {live_after})
+  AND NOT EXISTS (SELECT 1 FROM control_flags WHERE paused OR killed)
 RETURNING *";
 
 /// Rows per bulk INSERT statement.
@@ -301,7 +325,8 @@ const COMPLETE_CHUNK: usize = 1000;
 /// the statement's time. `retry_now` of a DLQ action makes the same change.
 /// A deadline that has passed is dropped: someone asked for another run.
 const REQUEUE_SET: &str = "status = 'PENDING', attempts = 0, not_before = {now}, updated_at = {now}, \
-     finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL, \
+     finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL, claim_token = NULL, claimed_by = NULL, \
+     claim_deadline = NULL, claim_proof = NULL, \
      expires_at = CASE WHEN expires_at <= {now} THEN NULL ELSE expires_at END";
 
 /// The assignments that end an abandoned attempt in `rescue`: `RETRY` due now, or `DLQ` when
@@ -316,7 +341,12 @@ const ABANDON_SET: &str = "status = CASE WHEN attempts >= max_attempts THEN 'DLQ
 
 /// The error a rescued attempt is left with.
 pub const RESCUED_ERROR: &str =
-    "rescued: the claim was orphaned (its instance stopped, or lost the lease, before finishing)";
+    "rescued: the claim was orphaned (its worker stopped or lost its heartbeat, or the deadline of its claim passed)";
+
+/// `CASE action_type <whens> ELSE <default> END`, or just `default` when there is no `WHEN`.
+fn case_of_type(whens: &str, default: &str) -> String {
+    if whens.is_empty() { default.to_string() } else { format!("CASE action_type{whens} ELSE {default} END") }
+}
 
 fn fence_sql(name: usize, epoch: usize) -> String {
     format!("EXISTS (SELECT 1 FROM leases WHERE name = ${name} AND epoch = ${epoch})")
@@ -434,29 +464,98 @@ impl Store {
 
     // ---- claim, complete, unstart, quarantine, rescue ----------------------------------------
 
-    /// `claim`: up to `n` due actions for the live holder of `lease_name` at `epoch`, in one
-    /// statement, so two claimers can never take the same row. Returns them in dispatch order.
+    /// A claim token unique for all time: PostgreSQL's `claim_tokens` sequence, or SQLite's
+    /// counter row (one writer, so the increment is atomic).
+    async fn next_claim_token(&self) -> Result<i64, StoreError> {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT nextval('claim_tokens') AS token",
+            Backend::Sqlite => "UPDATE claim_tokens SET last = last + 1 RETURNING last AS token",
+        };
+        let row = self.db.query_one_raw(self.stmt(sql, [])).await.doing("taking a claim token")?;
+        let row = row.ok_or_else(|| StoreError::Internal("the claim token sequence returned nothing".into()))?;
+        row.try_get::<i64>("", "token").doing("taking a claim token")
+    }
+
+    /// `claim`: up to `n` due actions for `claimer`, in one statement under one fresh claim
+    /// token, so two claimers can never take the same row. Each row is stamped with the token,
+    /// the worker, its deadline and the mode it runs in. Nothing is claimed while paused or
+    /// killed, or once the worker's registration is dead. Returns them in dispatch order.
     /// A row whose stored values cannot be read is claimed like any other, with its
     /// `decode_error` set, so that the caller can quarantine it.
-    pub async fn claim(&self, lease_name: &str, owner: &str, epoch: i64, n: u64) -> Result<Vec<Claimed>, StoreError> {
+    pub async fn claim(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let token = self.next_claim_token().await?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let from = Op::Claim.status_in();
-        let stmt = match self.backend {
-            Backend::Postgres => {
-                self.stmt(&CLAIM_PG.replace("{from}", &from), [epoch.into(), n.into(), lease_name.into(), owner.into()])
-            }
-            Backend::Sqlite => self.stmt(
-                &CLAIM_SQLITE.replace("{from}", &from),
-                [epoch.into(), n.into(), lease_name.into(), owner.into(), self.now().into()],
-            ),
+        let mut values: Vec<Value> = vec![
+            claimer.epoch.into(),
+            token.into(),
+            claimer.worker.as_str().into(),
+            claimer.proof_enforced.into(),
+            n.into(),
+        ];
+        let mut bind = |v: Value| {
+            values.push(v);
+            format!("${}", values.len())
         };
-        let rows = actions::Entity::find().from_raw_sql(stmt).all(&self.db).await.doing("claiming actions")?;
+        let types = if claimer.types.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = claimer.types.iter().map(|t| bind(t.as_str().into())).collect();
+            format!(" AND action_type IN ({})", list.join(", "))
+        };
+        let sql = match self.backend {
+            Backend::Postgres => {
+                let secs = |d: std::time::Duration| d.as_secs_f64();
+                let mut whens = String::new();
+                for (t, d) in &claimer.type_timeouts {
+                    let (t, d) = (bind(t.as_str().into()), bind(secs(claimer.start_within.saturating_add(*d)).into()));
+                    whens.push_str(&format!(" WHEN {t} THEN {d}"));
+                }
+                let default = bind(secs(claimer.start_within.saturating_add(claimer.default_timeout)).into());
+                let deadline = format!("now() + ({}) * interval '1 second'", case_of_type(&whens, &default));
+                let live_after = format!("now() - {} * interval '1 second'", bind(secs(claimer.worker_ttl).into()));
+                CLAIM
+                    .replace("{deadline}", &deadline)
+                    .replace("{live_after}", &live_after)
+                    .replace("{now}", "now()")
+                    .replace("{lock}", " FOR UPDATE SKIP LOCKED")
+            }
+            Backend::Sqlite => {
+                let now = self.now();
+                let at = |d: std::time::Duration| model::later_saturating(now, claimer.start_within.saturating_add(d));
+                let mut whens = String::new();
+                for (t, d) in &claimer.type_timeouts {
+                    let (t, d) = (bind(t.as_str().into()), bind(at(*d).into()));
+                    whens.push_str(&format!(" WHEN {t} THEN {d}"));
+                }
+                let default = bind(at(claimer.default_timeout).into());
+                let deadline = case_of_type(&whens, &default);
+                let live_after = bind(model::earlier_saturating(now, claimer.worker_ttl).into());
+                let now = bind(now.into());
+                CLAIM
+                    .replace("{deadline}", &deadline)
+                    .replace("{live_after}", &live_after)
+                    .replace("{now}", &now)
+                    .replace("{lock}", "")
+            }
+        }
+        .replace("{from}", &Op::Claim.status_in())
+        .replace("{types}", &types);
+        let rows = actions::Entity::find()
+            .from_raw_sql(self.stmt(&sql, values))
+            .all(&self.db)
+            .await
+            .doing("claiming actions")?;
         let mut claimed: Vec<Claimed> = entities::convert_all::<_, Action>(rows)?
             .into_iter()
-            .map(|action| Claimed { epoch, attempt: action.attempts, action })
+            .map(|action| Claimed {
+                token,
+                attempt: action.attempts,
+                proof: action.claim.as_ref().is_none_or(|c| c.proof),
+                action,
+            })
             .collect();
         claimed.sort_by(|a, b| {
             b.action
@@ -470,14 +569,9 @@ impl Store {
 
     /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
     /// uncounted) of a batch of claimed attempts, with their log rows, in one transaction: one
-    /// fenced UPDATE per chunk of rows (each row checked against its own epoch and attempt, and
-    /// the lease still at that epoch), then the log rows of the ones that landed.
-    pub async fn complete(
-        &self,
-        lease_name: &str,
-        tick_id: Option<i64>,
-        batch: &[Completion],
-    ) -> Result<CompletionReport, StoreError> {
+    /// fenced UPDATE per chunk of rows (each row still `RUNNING` under its own claim token),
+    /// then the log rows of the ones that landed.
+    pub async fn complete(&self, tick_id: Option<i64>, batch: &[Completion]) -> Result<CompletionReport, StoreError> {
         let mut report = CompletionReport::default();
         if batch.is_empty() {
             return Ok(report);
@@ -486,7 +580,7 @@ impl Store {
         let txn = self.begin_write().await?;
         let mut applied = HashSet::new();
         for chunk in batch.chunks(COMPLETE_CHUNK) {
-            let stmt = self.complete_stmt(lease_name, now, chunk);
+            let stmt = self.complete_stmt(now, chunk);
             for id in returned_ids(&txn, stmt, "recording action outcomes").await? {
                 applied.insert(id);
             }
@@ -505,7 +599,7 @@ impl Store {
         Ok(report)
     }
 
-    fn complete_stmt(&self, lease_name: &str, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
+    fn complete_stmt(&self, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
         let rows: Vec<serde_json::Value> = chunk
             .iter()
             .map(|c| {
@@ -518,19 +612,19 @@ impl Store {
                     CompletionOutcome::Unstarted => (Pending, None, None, 1),
                 };
                 serde_json::json!({
-                    "id": c.action_id, "epoch": c.epoch, "attempt": c.attempt, "status": status.as_str(),
+                    "id": c.action_id, "token": c.token, "status": status.as_str(),
                     "not_before": not_before, "err": error, "unstart": unstart,
                 })
             })
             .collect();
         let v = match self.backend {
             Backend::Sqlite => {
-                "SELECT value ->> 'id' AS id, value ->> 'epoch' AS epoch, value ->> 'attempt' AS attempt, \
+                "SELECT value ->> 'id' AS id, value ->> 'token' AS token, \
                  value ->> 'status' AS status, value ->> 'not_before' AS not_before, value ->> 'err' AS err, \
                  value ->> 'unstart' AS unstart FROM json_each($1)"
             }
             Backend::Postgres => {
-                "SELECT * FROM json_to_recordset($1::json) AS x(id BIGINT, epoch BIGINT, attempt INTEGER, \
+                "SELECT * FROM json_to_recordset($1::json) AS x(id BIGINT, token BIGINT, \
                  status TEXT, not_before TIMESTAMPTZ, err TEXT, unstart INTEGER)"
             }
         };
@@ -541,78 +635,84 @@ impl Store {
                last_error = COALESCE(v.err, actions.last_error), \
                claimed_epoch = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_epoch END, \
                claimed_at = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_at END, \
+               claim_token = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claim_token END, \
+               claimed_by = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_by END, \
+               claim_deadline = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claim_deadline END, \
+               claim_proof = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claim_proof END, \
                updated_at = $2, \
                finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN $2 ELSE actions.finished_at END \
              FROM v \
-             WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claimed_epoch = v.epoch \
-               AND actions.attempts = v.attempt \
-               AND EXISTS (SELECT 1 FROM leases WHERE leases.name = $3 AND leases.epoch = v.epoch) \
+             WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claim_token = v.token \
              RETURNING actions.id"
         );
-        self.stmt(&sql, [serde_json::Value::Array(rows).to_string().into(), now.into(), lease_name.into()])
+        self.stmt(&sql, [serde_json::Value::Array(rows).to_string().into(), now.into()])
     }
 
     /// `rescue`: returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action
-    /// claimed under an epoch older than `epoch`, or claimed before `timeout` ago, and logs
-    /// each. Only the live holder of `lease_name` at `epoch` can do this.
+    /// whose claim's deadline has passed, or whose worker is gone (no registration, or a
+    /// heartbeat older than `worker_ttl`), and logs each with the worker it names. Only the
+    /// live holder of the lease (the fence) can do this. A leader that changes does not touch
+    /// attempts in flight: their workers still beat.
     pub async fn rescue(
         &self,
-        lease_name: &str,
+        fence: &Fence,
         owner: &str,
-        epoch: i64,
-        timeout: std::time::Duration,
+        worker_ttl: std::time::Duration,
         tick_id: Option<i64>,
     ) -> Result<Vec<Rescued>, StoreError> {
-        let cond = "WHERE status = 'RUNNING' AND (claimed_epoch IS NULL OR claimed_epoch < $1 OR claimed_at < {cutoff}) \
+        let cond = "WHERE status = 'RUNNING' AND (claim_deadline IS NULL OR claim_deadline < {now} \
+                      OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = actions.claimed_by AND w.heartbeat_at > {live_after})) \
                     AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND owner = $3 AND epoch = $1 AND expires_at > {now}) \
-                    RETURNING id, status, claimed_epoch, attempts";
-        let secs = timeout.as_secs_f64();
+                    RETURNING id, status, claimed_by, attempts, claim_deadline";
         let set = ABANDON_SET.replace("{error}", &format!("'{RESCUED_ERROR}'"));
         let (sql, values): (String, Vec<Value>) = match self.backend {
             Backend::Postgres => (
                 format!("UPDATE actions SET {set} {cond}")
                     .replace("{now}", "now()")
-                    .replace("{cutoff}", "now() - $4 * interval '1 second'"),
-                vec![epoch.into(), lease_name.into(), owner.into(), secs.into()],
+                    .replace("{live_after}", "now() - $4 * interval '1 second'"),
+                vec![
+                    fence.epoch.into(),
+                    fence.lease_name.as_str().into(),
+                    owner.into(),
+                    worker_ttl.as_secs_f64().into(),
+                ],
             ),
             Backend::Sqlite => {
                 let now = self.now();
-                let cutoff = model::earlier_saturating(now, timeout);
+                let live_after = model::earlier_saturating(now, worker_ttl);
                 (
-                    format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{cutoff}", "$5"),
-                    vec![epoch.into(), lease_name.into(), owner.into(), now.into(), cutoff.into()],
+                    format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{live_after}", "$5"),
+                    vec![
+                        fence.epoch.into(),
+                        fence.lease_name.as_str().into(),
+                        owner.into(),
+                        now.into(),
+                        live_after.into(),
+                    ],
                 )
             }
         };
         let txn = self.begin_write().await?;
         let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("rescuing orphaned actions")?;
         let mut rescued = Vec::with_capacity(rows.len());
+        let mut logs = Vec::with_capacity(rows.len());
+        let now = self.now();
         for r in rows {
             let id: i64 = r.try_get("", "id").doing("reading rescued actions")?;
             let status: String = r.try_get("", "status").doing("reading rescued actions")?;
             let status = status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id, reason })?;
-            rescued.push(Rescued {
-                id,
-                status,
-                claimed_epoch: r.try_get("", "claimed_epoch").doing("reading rescued actions")?,
-                attempts: r.try_get("", "attempts").doing("reading rescued actions")?,
-            });
+            let worker: Option<String> = r.try_get("", "claimed_by").doing("reading rescued actions")?;
+            let deadline: Option<DateTime<Utc>> = r.try_get("", "claim_deadline").doing("reading rescued actions")?;
+            let attempts: i32 = r.try_get("", "attempts").doing("reading rescued actions")?;
+            let why = match (&worker, deadline) {
+                (None, _) => "a claim with no worker".to_string(),
+                (Some(w), Some(d)) if d < now => format!("worker {w}'s claim passed its deadline {}", d.to_rfc3339()),
+                (Some(w), _) => format!("worker {w} is gone (no heartbeat within the TTL)"),
+            };
+            logs.push(NewLog::new(id, LogLevel::Warning, format!("rescued attempt {attempts}: {why} -> {status}")));
+            rescued.push(Rescued { id, status, worker, attempts });
         }
-        let logs: Vec<NewLog> = rescued
-            .iter()
-            .map(|r| {
-                let epoch_text = r.claimed_epoch.map_or("no epoch".to_string(), |e| format!("epoch {e}"));
-                NewLog::new(
-                    r.id,
-                    LogLevel::Warning,
-                    format!(
-                        "rescued orphaned claim (attempt {} under {epoch_text}; now epoch {epoch}) -> {}",
-                        r.attempts, r.status
-                    ),
-                )
-            })
-            .collect();
-        insert_logs(&txn, tick_id, &logs, self.now()).await?;
+        insert_logs(&txn, tick_id, &logs, now).await?;
         txn.commit().await.doing("committing rescued actions")?;
         Ok(rescued)
     }
@@ -664,6 +764,10 @@ impl Store {
                    finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN {now} ELSE NULL END, \
                    claimed_epoch = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_epoch END, \
                    claimed_at = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_at END, \
+                   claim_token = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_token END, \
+                   claimed_by = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_by END, \
+                   claim_deadline = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_deadline END, \
+                   claim_proof = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_proof END, \
                    expires_at = CASE WHEN status = 'DLQ' AND expires_at <= {now} THEN NULL ELSE expires_at END, \
                    not_before = {now}, updated_at = {now}";
         let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
@@ -985,7 +1089,7 @@ pub fn quarantine(claim: &Claimed, error: &str) -> Completion {
     let error = format!("quarantined: {error}");
     Completion {
         action_id: claim.action.id,
-        epoch: claim.epoch,
+        token: claim.token,
         attempt: claim.attempt,
         logs: vec![NewLog::new(claim.action.id, LogLevel::Error, format!("{error} -> DLQ (nothing ran)"))],
         outcome: CompletionOutcome::Dlq { error },
@@ -1010,6 +1114,10 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         updated_at: Set(now),
         finished_at: Set(None),
         expires_at: Set(n.expires_at),
+        claim_token: Set(None),
+        claimed_by: Set(None),
+        claim_deadline: Set(None),
+        claim_proof: Set(None),
     }
 }
 

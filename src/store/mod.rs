@@ -12,8 +12,8 @@ mod decide;
 mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 pub use machine::{
-    Authority, Claimed, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op, RESCUED_ERROR,
-    Refusal, Rescued, quarantine,
+    Authority, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op,
+    RESCUED_ERROR, Refusal, Rescued, quarantine,
 };
 mod entities;
 mod flags;
@@ -28,6 +28,8 @@ mod ledger;
 pub use ledger::{Begun, TickClose, UNFINISHED_NOTE};
 mod lease;
 mod logs;
+mod workers;
+pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;
 

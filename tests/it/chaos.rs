@@ -24,12 +24,11 @@
 //! (a request the server recorded, or an artifact that `orchestrator artifacts verify` accepts),
 //! and the duplicate side effects (requests repeated per idempotency key, artifacts repeated per
 //! key, a key both sent and proof-written, NOOP re-executions) number at most the kills. Each
-//! is explained: the action has a "rescued orphaned claim" log row for each attempt beyond its
-//! first, naming the epoch that attempt was claimed under, and the ledger shows that epoch
-//! belonged to a daemon life the test SIGKILLed, with at most one such attempt per kill: the
-//! attempt in flight when it died.
+//! is explained: the action has a "rescued attempt" log row for each attempt beyond its first,
+//! naming the worker that claimed it, and that worker's pid is a daemon life the test
+//! SIGKILLed, with at most one such attempt per kill: the attempt in flight when it died.
 //!
-//! The in-flight attempts are attributed through epochs, not read from the database right after
+//! The in-flight attempts are attributed through the rescue rows, not read from the database right after
 //! each kill: on PostgreSQL the server goes on with statements a killed client had already sent
 //! (a claim, a completion's commit), so such a read can see a claim that is about to finish, or
 //! miss one that is about to be taken.
@@ -60,7 +59,8 @@ fn env_num(name: &str, default: usize) -> usize {
 /// charge attempts that never ran); sequential dispatch, so each kill has at most one action in
 /// flight; a 1 s lease so that a restarted instance takes over quickly.
 const CONFIG: &str = "tick_interval_seconds: 0\nmax_actions_per_tick: 1\nlease_ttl_seconds: 1\n\
-                      heartbeat_seconds: 0.25\ndispatch_concurrency: 1\nmax_attempts: 5\naction_timeout_seconds: 30\n";
+                      heartbeat_seconds: 0.25\ndispatch_concurrency: 1\nmax_attempts: 5\naction_timeout_seconds: 30\n\
+                      workers:\n  heartbeat_seconds: 0.25\n  ttl_seconds: 1\n";
 /// The webhook target of every outbound action: the recording server.
 const SINK: &str = "chaos-sink";
 /// How long the recording server takes to answer, and a NOOP to sleep.
@@ -294,14 +294,14 @@ fn artifacts_by_key(dir: &Path, actions: &BTreeMap<String, Action>) -> (BTreeMap
     (by_key, temp)
 }
 
-/// An orphaned attempt a later holder rescued: "rescued orphaned claim (attempt N under epoch
-/// E; now epoch F) -> RETRY".
+/// An orphaned attempt a later holder rescued: "rescued attempt N: worker host:pid:x is gone
+/// (...) -> RETRY".
 #[derive(Debug)]
 struct Rescue {
     action_id: i64,
     attempt: i32,
-    /// The epoch the attempt was claimed under.
-    epoch: i64,
+    /// The pid of the worker whose claim was rescued (its id is `host:pid:random`).
+    pid: u32,
 }
 
 /// Per action id: the log rows saying it succeeded; and every rescue.
@@ -309,10 +309,10 @@ fn successes_and_rescues(logs: &[LogRow]) -> (BTreeMap<i64, Vec<&LogRow>>, Vec<R
     let mut successes: BTreeMap<i64, Vec<&LogRow>> = BTreeMap::new();
     let mut rescues = Vec::new();
     for l in logs {
-        if let Some(rest) = l.message.strip_prefix("rescued orphaned claim (attempt ") {
-            let parsed = rest.split_once(" under epoch ").and_then(|(attempt, rest)| {
-                let epoch = rest.split(';').next()?;
-                Some(Rescue { action_id: l.action_id, attempt: attempt.parse().ok()?, epoch: epoch.parse().ok()? })
+        if let Some(rest) = l.message.strip_prefix("rescued attempt ") {
+            let parsed = rest.split_once(": worker ").and_then(|(attempt, rest)| {
+                let pid = rest.split(':').nth(1)?;
+                Some(Rescue { action_id: l.action_id, attempt: attempt.parse().ok()?, pid: pid.parse().ok()? })
             });
             rescues.push(parsed.unwrap_or_else(|| panic!("unparsable rescue row: {}", l.message)));
         } else if l.message.contains(" succeeded (") {
@@ -449,18 +449,14 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     let (proofs, temp_files) = artifacts_by_key(&artifacts, &actions);
 
     // Each rescued attempt was claimed by a life that was then killed, one at most per kill.
-    let life_of_epoch: BTreeMap<i64, usize> = ticks
-        .iter()
-        .map(|t| {
-            let pid: u32 = t.owner.split(':').nth(1).and_then(|p| p.parse().ok()).expect("owner id names a pid");
-            let life = pids.iter().position(|&p| p == pid).unwrap_or_else(|| panic!("a tick by a stranger: {t:?}"));
-            (t.epoch, life)
-        })
-        .collect();
+    for t in &ticks {
+        let pid: u32 = t.owner.split(':').nth(1).and_then(|p| p.parse().ok()).expect("owner id names a pid");
+        assert!(pids.contains(&pid), "a tick by a stranger: {t:?}");
+    }
     let mut killed_in_flight: BTreeMap<usize, &Rescue> = BTreeMap::new();
     for r in &rescues {
-        let life = life_of_epoch.get(&r.epoch).copied();
-        assert!(life.is_some_and(|l| l < kills), "{r:?}: claimed under an epoch of no killed life");
+        let life = pids.iter().position(|&p| p == r.pid);
+        assert!(life.is_some_and(|l| l < kills), "{r:?}: claimed by a worker of no killed life");
         let earlier = killed_in_flight.insert(life.unwrap(), r);
         assert!(earlier.is_none(), "two claims in flight at one kill: {earlier:?} and {r:?}");
     }

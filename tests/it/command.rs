@@ -31,6 +31,7 @@ pub fn action(key: &str, payload: serde_json::Value) -> Action {
         finished_at: None,
         decode_error: None,
         expires_at: None,
+        claim: None,
     }
 }
 

@@ -157,14 +157,9 @@ async fn expired_actions_never_start_and_go_to_dlq(db: &TestDb) {
     assert_eq!(db.store.due_count().await.unwrap(), 1, "an expired action is not due");
 
     // The claim alone never starts it, even before a tick has expired it.
-    let lease = orchestrator::lease::Lease::new(db.store.clone(), "claim-test", "me", Duration::from_secs(30));
-    let term = match lease.acquire().await.unwrap() {
-        orchestrator::lease::LeaseState::Held(t) => t,
-        orchestrator::lease::LeaseState::HeldByOther(r) => panic!("held by {}", r.owner),
-    };
-    let claimed = db.store.claim("claim-test", "me", term.epoch, 10).await.unwrap();
+    let me = crate::support::worker(&db.store, "me", Duration::from_secs(30)).await;
+    let claimed = db.store.claim(&me, 10).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.action.id).collect::<Vec<_>>(), vec![fresh], "only the live one is claimed");
-    lease.release().await.unwrap();
 
     let engine = db.engine(db.config());
     let r = ran(&engine).await;

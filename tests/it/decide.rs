@@ -99,12 +99,14 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
         .execute_unprepared(&format!("UPDATE actions SET status = 'DLQ', attempts = 3 WHERE id = {f}"))
         .await
         .unwrap();
-    // Claimed under the epoch the engine is about to take, with a claim time rescue will not
-    // call old: only the rule returns it.
+    // Claimed by a live worker with a deadline rescue will not call passed: only the rule
+    // returns it.
+    crate::support::worker(&db.store, "busy", Duration::from_secs(3600)).await;
     db.store
         .execute_unprepared(&format!(
             "UPDATE actions SET status = 'RUNNING', attempts = 1, claimed_epoch = 1, \
-             claimed_at = '9999-01-01T00:00:00Z' WHERE id = {h}"
+             claimed_at = '9999-01-01T00:00:00Z', claim_token = 1, claimed_by = 'busy', \
+             claim_deadline = '9999-01-01T00:00:00Z', claim_proof = true WHERE id = {h}"
         ))
         .await
         .unwrap();
@@ -153,8 +155,8 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     let rows = db.store.decisions(r.tick_id).await.unwrap();
     let h_row = act(h).await;
     assert_eq!(
-        (h_row.status, h_row.claimed_epoch),
-        (ActionStatus::Retry, None),
+        (h_row.status, h_row.claimed_epoch, h_row.claim.is_none()),
+        (ActionStatus::Retry, None, true),
         "a RUNNING action is returned: {h_row:?} {:?}",
         db.store.logs(Some(h), 10).await.unwrap()
     );

@@ -30,7 +30,8 @@ const INTERVAL: Duration = Duration::from_millis(100);
 /// Each tick claims two actions of 200 ms each, so the leader is mid-attempt most of the time.
 const CONFIG: &str = "tick_interval_seconds: 0.1\nlease_ttl_seconds: 2\nheartbeat_seconds: 0.5\n\
                       max_actions_per_tick: 2\ndispatch_concurrency: 2\nmax_attempts: 5\n\
-                      backoff_base_seconds: 0\nbackoff_max_seconds: 0\naction_timeout_seconds: 30\n";
+                      backoff_base_seconds: 0\nbackoff_max_seconds: 0\naction_timeout_seconds: 30\n\
+                      workers:\n  heartbeat_seconds: 0.5\n  ttl_seconds: 2\n";
 /// The time one follower poll takes, on top of the interval it sleeps between polls.
 ///
 /// A follower learns that the dead leader's lease expired only by polling: it sleeps

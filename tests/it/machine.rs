@@ -74,9 +74,15 @@ struct Walk<'a> {
     owner: String,
     epoch: i64,
     n: usize,
+    worker: orchestrator::store::Claimer,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    async fn new(store: &'a Store) -> Walk<'a> {
+        let worker = crate::support::worker(store, "walker", Duration::from_secs(300)).await;
+        Walk { store, owner: String::new(), epoch: 0, n: 0, worker }
+    }
+
     async fn take_lease(&mut self) {
         self.store.release_lease(LEASE, None).await.unwrap();
         self.owner = format!("walker-{}", self.n);
@@ -127,16 +133,16 @@ impl Walk<'_> {
     }
 
     async fn end(&self, id: i64, outcome: CompletionOutcome) {
-        let (epoch, attempt) = self.claim_it(id).await;
-        let done = Completion { action_id: id, epoch, attempt, outcome, logs: vec![] };
-        assert_eq!(self.store.complete(LEASE, None, &[done]).await.unwrap().applied, vec![id]);
+        let (token, attempt) = self.claim_it(id).await;
+        let done = Completion { action_id: id, token, attempt, outcome, logs: vec![] };
+        assert_eq!(self.store.complete(None, &[done]).await.unwrap().applied, vec![id]);
     }
 
     async fn claim_it(&self, id: i64) -> (i64, i32) {
-        let claimed = self.store.claim(LEASE, &self.owner, self.epoch, 1).await.unwrap();
+        let claimed = self.store.claim(&self.worker, 1).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].action.id, id, "the walker's action is claimed first");
-        (claimed[0].epoch, claimed[0].attempt)
+        (claimed[0].token, claimed[0].attempt)
     }
 
     /// Applies `op` to `id`. `Ok(true)`: applied; `Ok(false)`: refused (or, for an operation
@@ -145,9 +151,9 @@ impl Walk<'_> {
         let before = self.get(id).await.unwrap();
         let fence = self.fence();
         let lease = Authority::Lease(&fence);
-        let claim = (before.claimed_epoch.unwrap_or(self.epoch), before.attempts);
+        let claim = (before.claim.as_ref().map_or(0, |c| c.token), before.attempts);
         let completion =
-            |outcome| Completion { action_id: id, epoch: claim.0, attempt: claim.1, outcome, logs: vec![] };
+            |outcome| Completion { action_id: id, token: claim.0, attempt: claim.1, outcome, logs: vec![] };
         let refused = |r: Result<(), StoreError>| match r {
             Ok(()) => Ok(true),
             Err(StoreError::Refused(_)) => Ok(false),
@@ -157,21 +163,25 @@ impl Walk<'_> {
         match op {
             Op::Enqueue => unreachable!("enqueue has no starting status"),
             Op::Claim => {
-                let claimed = self.store.claim(LEASE, &self.owner, self.epoch, 1).await?;
+                let claimed = self.store.claim(&self.worker, 1).await?;
                 Ok(claimed.iter().any(|c| c.action.id == id))
             }
             Op::Unstart => self.complete(completion(CompletionOutcome::Unstarted)).await,
             Op::Complete => self.complete(completion(CompletionOutcome::Success)).await,
             Op::Quarantine => {
-                let mut claimed =
-                    orchestrator::store::Claimed { action: before.clone(), epoch: claim.0, attempt: claim.1 };
+                let mut claimed = orchestrator::store::Claimed {
+                    action: before.clone(),
+                    token: claim.0,
+                    attempt: claim.1,
+                    proof: true,
+                };
                 claimed.action.decode_error = Some("payload_json cannot be read".into());
                 self.complete(orchestrator::store::quarantine(&claimed, "payload_json cannot be read")).await
             }
             Op::Rescue => {
-                // A new holder rescues what the old one left RUNNING.
+                // A new holder rescues what a worker it counts as dead (a zero TTL) left RUNNING.
                 self.take_lease().await;
-                let rescued = self.store.rescue(LEASE, &self.owner, self.epoch, Duration::from_secs(300), None).await?;
+                let rescued = self.store.rescue(&self.fence(), &self.owner, Duration::ZERO, None).await?;
                 Ok(rescued.iter().any(|r| r.id == id))
             }
             Op::Requeue => refused(self.store.requeue(Authority::Operator, id).await),
@@ -203,13 +213,13 @@ impl Walk<'_> {
 
     async fn complete(&self, c: Completion) -> Result<bool, StoreError> {
         let id = c.action_id;
-        Ok(self.store.complete(LEASE, None, &[c]).await?.applied.contains(&id))
+        Ok(self.store.complete(None, &[c]).await?.applied.contains(&id))
     }
 }
 
 async fn every_operation_from_every_status_matches_the_table(db: &TestDb) {
     let table = table();
-    let mut walk = Walk { store: &db.store, owner: String::new(), epoch: 0, n: 0 };
+    let mut walk = Walk::new(&db.store).await;
     walk.take_lease().await;
     let mut checked = 0;
     for op in Op::ALL.iter().copied().filter(|op| *op != Op::Enqueue) {
@@ -235,7 +245,7 @@ async fn every_operation_from_every_status_matches_the_table(db: &TestDb) {
 
 /// A refusal names the state it found; operator and rule paths say the same thing.
 async fn refusals_name_the_state_found(db: &TestDb) {
-    let mut walk = Walk { store: &db.store, owner: String::new(), epoch: 0, n: 0 };
+    let mut walk = Walk::new(&db.store).await;
     walk.take_lease().await;
     let id = walk.action_in(ActionStatus::Success).await;
     let e = db.store.requeue(Authority::Operator, id).await.unwrap_err().to_string();
@@ -256,7 +266,7 @@ async fn refusals_name_the_state_found(db: &TestDb) {
 /// The drift the one home removed: a rule's retry of a DLQ action and an operator's requeue
 /// leave the same row.
 async fn rule_retry_of_dlq_is_a_requeue(db: &TestDb) {
-    let mut walk = Walk { store: &db.store, owner: String::new(), epoch: 0, n: 0 };
+    let mut walk = Walk::new(&db.store).await;
     walk.take_lease().await;
     let (a, b) = (walk.action_in(ActionStatus::Dlq).await, walk.action_in(ActionStatus::Dlq).await);
     db.store.requeue(Authority::Operator, a).await.unwrap();

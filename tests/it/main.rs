@@ -33,3 +33,4 @@ mod instances;
 mod model;
 mod operator;
 mod tidy;
+mod workers;

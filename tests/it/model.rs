@@ -1,13 +1,16 @@
 //! Model-based tests of the queue (proptest-state-machine): random sequences of enqueue (with
-//! duplicate keys), lease acquire and takeover by two owners, claim, complete (success, retryable
-//! and permanent failure, and writes carrying a stale epoch), rescue of a crashed holder's
+//! duplicate keys), lease acquire and takeover by two leaders, two workers that register, claim,
+//! die and register anew, completions (success, retryable and permanent failure, late ones from
+//! dead workers, and writes carrying a stale claim token), the leader's rescue of dead workers'
 //! claims, requeue and cancel run against the real store, on SQLite and on PostgreSQL, and a
 //! small reference model predicts every row.
 //!
-//! After every step: each action is in exactly the status the model says (and one status);
-//! attempts never exceed the max; a terminal status (SUCCESS, DLQ, CANCELLED) changes only
-//! through an explicit requeue; no write with a stale epoch is accepted; counts by status equal
-//! the rows. `MODEL_CASES` sets the number of cases (default 24; a long run: 2000).
+//! After every step: each action is in exactly the status the model says (and one status), held
+//! by the worker the model says; attempts never exceed the max; a terminal status (SUCCESS, DLQ,
+//! CANCELLED) changes only through an explicit requeue; no write with a stale token is accepted,
+//! and no attempt is completed twice; after a rescue no action stays RUNNING under a dead
+//! worker; counts by status equal the rows. `MODEL_CASES` sets the number of cases (default 24;
+//! a long run: 2000).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +28,7 @@ use crate::support::{PG_ENV, TestDb};
 
 const KEYS: u8 = 5;
 const OWNERS: [&str; 2] = ["owner-a", "owner-b"];
+const WORKERS: usize = 2;
 /// Long enough that no lease expires and no claim times out during a case: expiry is modelled
 /// by an explicit takeover.
 const TTL: Duration = Duration::from_secs(600);
@@ -54,10 +58,19 @@ enum Step {
     Takeover {
         owner: usize,
     },
-    Claim {
-        owner: usize,
+    /// Worker `worker` registers (anew, under a new id, if it had died).
+    Register {
+        worker: usize,
     },
-    /// Completes the action's latest claim; `stale` sends the epoch before it.
+    /// Worker `worker` stops beating: its registration is dead from now on.
+    Die {
+        worker: usize,
+    },
+    Claim {
+        worker: usize,
+    },
+    /// Completes the action's latest claim (whoever holds it, live or dead); `stale` sends the
+    /// token before it.
     Complete {
         key: u8,
         outcome: Outcome,
@@ -79,7 +92,8 @@ struct RefAction {
     status: ActionStatus,
     attempts: i32,
     max: i32,
-    claimed_epoch: Option<i64>,
+    /// The worker registration (slot, generation) holding its claim.
+    claimed_by: Option<(usize, u32)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -89,6 +103,12 @@ struct RefState {
     holder: Option<usize>,
     /// Each owner's last term (0: never held).
     terms: [i64; 2],
+    /// Each worker slot's registration generation (0: never registered) and liveness.
+    workers: [(u32, bool); WORKERS],
+}
+
+fn worker_id(slot: usize, generation: u32) -> String {
+    format!("w{slot}-{generation}")
 }
 
 impl RefState {
@@ -115,7 +135,9 @@ impl ReferenceStateMachine for QueueRef {
             3 => (key.clone(), 1..=3i32).prop_map(|(key, max)| Step::Enqueue { key, max }),
             2 => owner.clone().prop_map(|owner| Step::Acquire { owner }),
             1 => owner.clone().prop_map(|owner| Step::Takeover { owner }),
-            3 => owner.clone().prop_map(|owner| Step::Claim { owner }),
+            2 => (0..WORKERS).prop_map(|worker| Step::Register { worker }),
+            1 => (0..WORKERS).prop_map(|worker| Step::Die { worker }),
+            3 => (0..WORKERS).prop_map(|worker| Step::Claim { worker }),
             4 => (key.clone(), outcome, proptest::bool::weighted(0.25))
                 .prop_map(|(key, outcome, stale)| Step::Complete { key, outcome, stale }),
             1 => owner.prop_map(|owner| Step::Rescue { owner }),
@@ -132,7 +154,7 @@ impl ReferenceStateMachine for QueueRef {
                     status: ActionStatus::Pending,
                     attempts: 0,
                     max,
-                    claimed_epoch: None,
+                    claimed_by: None,
                 });
             }
             Step::Acquire { owner } => match s.holder {
@@ -149,23 +171,30 @@ impl ReferenceStateMachine for QueueRef {
                 s.holder = Some(owner);
                 s.terms[owner] = s.epoch;
             }
-            Step::Claim { owner } => {
-                if s.holds(owner) {
+            Step::Register { worker } => {
+                let (generation, live) = &mut s.workers[worker];
+                if !*live {
+                    *generation += 1;
+                    *live = true;
+                }
+            }
+            Step::Die { worker } => s.workers[worker].1 = false,
+            Step::Claim { worker } => {
+                let (generation, live) = s.workers[worker];
+                if live {
                     for a in s.actions.values_mut() {
                         if matches!(a.status, ActionStatus::Pending | ActionStatus::Retry) {
                             a.status = ActionStatus::Running;
                             a.attempts += 1;
-                            a.claimed_epoch = Some(s.epoch);
+                            a.claimed_by = Some((worker, generation));
                         }
                     }
                 }
             }
             Step::Complete { key, outcome, stale } => {
-                let epoch = s.epoch;
                 if let Some(a) = s.actions.get_mut(&key)
                     && a.status == ActionStatus::Running
                     && !stale
-                    && a.claimed_epoch == Some(epoch)
                 {
                     a.status = match outcome {
                         Outcome::Success => ActionStatus::Success,
@@ -176,9 +205,10 @@ impl ReferenceStateMachine for QueueRef {
             }
             Step::Rescue { owner } => {
                 if s.holds(owner) {
-                    let epoch = s.epoch;
+                    let workers = s.workers;
                     for a in s.actions.values_mut() {
-                        if a.status == ActionStatus::Running && a.claimed_epoch.is_none_or(|e| e < epoch) {
+                        let dead = a.claimed_by.is_none_or(|(w, g)| workers[w] != (g, true));
+                        if a.status == ActionStatus::Running && dead {
                             a.status = if a.attempts >= a.max { ActionStatus::Dlq } else { ActionStatus::Retry };
                         }
                     }
@@ -190,7 +220,7 @@ impl ReferenceStateMachine for QueueRef {
                 {
                     a.status = ActionStatus::Pending;
                     a.attempts = 0;
-                    a.claimed_epoch = None;
+                    a.claimed_by = None;
                 }
             }
             Step::Cancel { key } => {
@@ -212,6 +242,10 @@ struct Sut {
     leases: Vec<Lease>,
     /// Each owner's last term, as the lease told it.
     terms: [i64; 2],
+    /// Each worker slot's claim terms (registered by a `Register` step).
+    workers: [Option<orchestrator::store::Claimer>; WORKERS],
+    /// (action id, token) of every completion the store accepted.
+    completed: std::collections::HashSet<(i64, i64)>,
 }
 
 impl Sut {
@@ -246,7 +280,7 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
             if PG { TestDb::postgres().await.expect("PostgreSQL is configured") } else { TestDb::sqlite().await }
         });
         let leases = OWNERS.iter().map(|o| Lease::new(db.store.clone(), "orchestrator", *o, TTL)).collect();
-        Sut { rt, db: Some(db), leases, terms: [0, 0] }
+        Sut { rt, db: Some(db), leases, terms: [0, 0], workers: [None, None], completed: Default::default() }
     }
 
     fn apply(mut sut: Sut, after: &RefState, step: Step) -> Sut {
@@ -272,17 +306,38 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                     LeaseState::HeldByOther(r) => panic!("takeover of a released lease refused: {r:?}"),
                 }
             }
-            Step::Claim { owner } => {
-                let claimed =
-                    sut.rt.block_on(store.claim("orchestrator", OWNERS[owner], sut.terms[owner], 100)).unwrap();
-                if !after.holds(owner) {
-                    assert!(claimed.is_empty(), "a claim under a stale or missing term was accepted");
+            Step::Register { worker } => {
+                let (generation, _) = after.workers[worker];
+                let live = sut.workers[worker].as_ref().is_some_and(|c| c.worker == worker_id(worker, generation));
+                if !live {
+                    let id = worker_id(worker, generation);
+                    sut.workers[worker] = Some(sut.rt.block_on(crate::support::worker(&store, &id, TTL)));
+                }
+            }
+            Step::Die { worker } => {
+                if let Some(c) = &sut.workers[worker] {
+                    let sql =
+                        format!("UPDATE workers SET heartbeat_at = '2000-01-01T00:00:00Z' WHERE id = '{}'", c.worker);
+                    sut.rt.block_on(store.execute_unprepared(&sql)).unwrap();
+                    let beat = orchestrator::store::Beat::default();
+                    assert!(
+                        !sut.rt.block_on(store.worker_heartbeat(&c.worker, TTL, beat)).unwrap(),
+                        "a dead registration cannot beat again"
+                    );
+                }
+            }
+            Step::Claim { worker } => {
+                if let Some(c) = &sut.workers[worker] {
+                    let claimed = sut.rt.block_on(store.claim(c, 100)).unwrap();
+                    if !after.workers[worker].1 {
+                        assert!(claimed.is_empty(), "a dead worker's claim was accepted");
+                    }
                 }
             }
             Step::Complete { key, outcome, stale } => {
                 let Some(row) = before.get(&key) else { return sut };
-                let claimed = row.claimed_epoch.unwrap_or(0);
-                let epoch = if stale { claimed - 1 } else { claimed };
+                let claimed = row.claim.as_ref().map_or(0, |c| c.token);
+                let token = if stale { claimed - 1 } else { claimed };
                 let outcome = match outcome {
                     Outcome::Success => CompletionOutcome::Success,
                     Outcome::FailRetryable if row.attempts < row.max_attempts => CompletionOutcome::Retry {
@@ -293,23 +348,35 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                         CompletionOutcome::Dlq { error: "model: failed".into() }
                     }
                 };
-                let c = Completion { action_id: row.id, epoch, attempt: row.attempts, outcome, logs: vec![] };
-                let report = sut.rt.block_on(store.complete("orchestrator", None, &[c])).unwrap();
+                let c = Completion { action_id: row.id, token, attempt: row.attempts, outcome, logs: vec![] };
+                let report = sut.rt.block_on(store.complete(None, &[c])).unwrap();
                 let landed = report.applied.contains(&row.id);
                 assert_ne!(landed, report.rejected.contains(&row.id), "each completion is applied or rejected");
-                if stale || row.claimed_epoch != Some(after.epoch) {
-                    assert!(!landed, "a write carrying stale epoch {epoch} (lease at {}) was accepted", after.epoch);
+                if stale || row.status != ActionStatus::Running {
+                    assert!(!landed, "a write carrying token {token} for a {} row was accepted", row.status);
+                }
+                if landed {
+                    assert!(sut.completed.insert((row.id, token)), "attempt {token} of {} completed twice", row.id);
                 }
             }
             Step::Rescue { owner } => {
-                let r = sut.rt.block_on(store.rescue(
-                    "orchestrator",
-                    OWNERS[owner],
-                    sut.terms[owner],
-                    Duration::from_secs(3600),
-                    None,
-                ));
-                r.unwrap();
+                let fence = orchestrator::store::Fence {
+                    lease_name: "orchestrator".into(),
+                    epoch: sut.terms[owner],
+                    tick_id: None,
+                };
+                sut.rt.block_on(store.rescue(&fence, OWNERS[owner], TTL, None)).unwrap();
+                if after.holds(owner) {
+                    for a in sut.rows().values().filter(|a| a.status == ActionStatus::Running) {
+                        let holder = a.claim.as_ref().map(|c| c.worker.clone());
+                        let live = sut.workers.iter().enumerate().any(|(slot, c)| {
+                            c.as_ref().is_some_and(|c| Some(&c.worker) == holder.as_ref())
+                                && after.workers[slot].1
+                                && c.as_ref().is_some_and(|c| c.worker == worker_id(slot, after.workers[slot].0))
+                        });
+                        assert!(live, "action {} stays RUNNING under dead worker {holder:?} after a rescue", a.id);
+                    }
+                }
             }
             Step::Requeue { key } => {
                 if let Some(row) = before.get(&key) {
@@ -347,7 +414,8 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
             let m = &model.actions[key];
             assert_eq!((row.status, row.attempts, row.max_attempts), (m.status, m.attempts, m.max), "action {key}");
             if row.status == ActionStatus::Running {
-                assert_eq!(row.claimed_epoch, m.claimed_epoch, "action {key}'s claim epoch");
+                let expected = m.claimed_by.map(|(w, g)| worker_id(w, g));
+                assert_eq!(row.claim.as_ref().map(|c| c.worker.clone()), expected, "action {key}'s claimant");
             }
             assert!(
                 row.attempts <= row.max_attempts,

@@ -12,7 +12,7 @@ use orchestrator::store::{ActionFilter, Completion, CompletionOutcome, Store};
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::support::TestDb;
+use crate::support::{TestDb, worker};
 
 pub fn noop(key: &str) -> EnqueueRequest {
     EnqueueRequest {
@@ -80,7 +80,11 @@ async fn claim_orders_by_priority_then_age(db: &TestDb) {
         r.priority = prio;
         queue::enqueue(&db.store, &r, 3).await.unwrap();
     }
-    let claimed = db.store.claim("orchestrator", "me", term.epoch, 3).await.unwrap();
+    let me = orchestrator::store::Claimer {
+        epoch: Some(term.epoch),
+        ..worker(&db.store, "me", Duration::from_secs(30)).await
+    };
+    let claimed = db.store.claim(&me, 3).await.unwrap();
     let keys: Vec<_> = claimed.iter().map(|c| c.action.idempotency_key.as_str()).collect();
     assert_eq!(keys, ["high", "high2", "mid"]);
     for c in &claimed {
@@ -88,14 +92,28 @@ async fn claim_orders_by_priority_then_age(db: &TestDb) {
         assert_eq!(c.attempt, 1);
         assert_eq!(c.action.claimed_epoch, Some(term.epoch));
         assert!(c.action.claimed_at.is_some());
+        let claim = c.action.claim.as_ref().expect("the claim is stamped on the row");
+        assert_eq!((claim.token, claim.worker.as_str()), (c.token, "me"));
+        assert!(claim.deadline > c.action.claimed_at.unwrap(), "a deadline after the claim");
+        assert!(claim.proof && c.proof, "the flag's proof mode (on by default), read with the claim");
     }
-    let rest = db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap();
+    let rest = db.store.claim(&me, 10).await.unwrap();
     assert_eq!(rest.len(), 1);
-    assert!(db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap().is_empty());
-    // A non-holder claims nothing, even with due work.
+    assert!(rest[0].token > claimed[0].token, "each claim statement takes a new token");
+    assert!(db.store.claim(&me, 10).await.unwrap().is_empty());
+    // An unregistered worker claims nothing, even with due work; nor does anyone while paused.
     queue::enqueue(&db.store, &noop("later"), 3).await.unwrap();
-    assert!(db.store.claim("orchestrator", "intruder", term.epoch, 10).await.unwrap().is_empty());
-    assert!(db.store.claim("orchestrator", "me", term.epoch + 1, 10).await.unwrap().is_empty());
+    let intruder = orchestrator::store::Claimer { worker: "intruder".into(), ..me.clone() };
+    assert!(db.store.claim(&intruder, 10).await.unwrap().is_empty());
+    let pause = |on: bool| orchestrator::store::FlagChange { paused: Some(on), ..Default::default() };
+    db.store.set_flags(pause(true)).await.unwrap();
+    assert!(db.store.claim(&me, 10).await.unwrap().is_empty(), "paused: the claim itself refuses");
+    db.store.set_flags(pause(false)).await.unwrap();
+    // A worker serving other types leaves the NOOP alone; one serving NOOP takes it.
+    let picky = orchestrator::store::Claimer { types: vec!["WEBHOOK".into()], ..me.clone() };
+    assert!(db.store.claim(&picky, 10).await.unwrap().is_empty());
+    let noop_only = orchestrator::store::Claimer { types: vec!["NOOP".into()], ..me.clone() };
+    assert_eq!(db.store.claim(&noop_only, 10).await.unwrap().len(), 1);
 }
 
 async fn two_claimers_over_1000_actions_never_share_one(db: &TestDb) {
@@ -103,14 +121,14 @@ async fn two_claimers_over_1000_actions_never_share_one(db: &TestDb) {
         (0..1000).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
     let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await.unwrap();
     assert_eq!(report.created, 1000);
-    let term = hold(&db.store, "me").await;
+    let me = worker(&db.store, "me", Duration::from_secs(30)).await;
     let other = db.another_store().await;
     let claimer = |store: Store| {
-        let epoch = term.epoch;
+        let me = me.clone();
         tokio::spawn(async move {
             let mut ids = Vec::new();
             loop {
-                let batch = store.claim("orchestrator", "me", epoch, 7).await.expect("claim");
+                let batch = store.claim(&me, 7).await.expect("claim");
                 if batch.is_empty() {
                     return ids;
                 }
@@ -218,23 +236,24 @@ async fn bulk_enqueue_splits_batches_by_bytes(db: &TestDb) {
 /// and log lines must land as written, except NUL, which PostgreSQL text cannot hold.
 async fn completions_record_retry_times_errors_and_logs_exactly(db: &TestDb) {
     use orchestrator::model::{LogLevel, NewLog};
-    let term = hold(&db.store, "me").await;
+    let me = worker(&db.store, "me", Duration::from_secs(30)).await;
     let soon = queue::enqueue(&db.store, &noop("soon"), 3).await.unwrap().id;
     let later = queue::enqueue(&db.store, &noop("later"), 3).await.unwrap().id;
-    let claimed = db.store.claim("orchestrator", "me", term.epoch, 2).await.unwrap();
+    let claimed = db.store.claim(&me, 2).await.unwrap();
+    let token = claimed[0].token;
     assert_eq!(claimed.len(), 2);
     let past = orchestrator::model::now() - chrono::Duration::milliseconds(1500);
     let future = orchestrator::model::now() + chrono::Duration::hours(2);
     let retry = |id: i64, at, error: &str| Completion {
         action_id: id,
-        epoch: term.epoch,
+        token,
         attempt: 1,
         outcome: CompletionOutcome::Retry { not_before: at, error: error.into() },
         logs: vec![NewLog::new(id, LogLevel::Warning, format!("out: caf\u{e9} \"q\" a\0b {id}"))],
     };
     let r = db
         .store
-        .complete("orchestrator", None, &[retry(soon, past, "bad\0byte"), retry(later, future, "later \\ \n x")])
+        .complete(None, &[retry(soon, past, "bad\0byte"), retry(later, future, "later \\ \n x")])
         .await
         .unwrap();
     assert_eq!((r.applied.len(), r.rejected.len()), (2, 0));
@@ -251,22 +270,17 @@ async fn completions_record_retry_times_errors_and_logs_exactly(db: &TestDb) {
 }
 
 async fn requeue_cancel_and_purge(db: &TestDb) {
-    let term = hold(&db.store, "me").await;
+    let me = worker(&db.store, "me", Duration::from_secs(30)).await;
     let a = queue::enqueue(&db.store, &noop("a"), 3).await.unwrap().id;
     let b = queue::enqueue(&db.store, &noop("b"), 3).await.unwrap().id;
-    let claimed = db.store.claim("orchestrator", "me", term.epoch, 2).await.unwrap();
-    let done = |id: i64, outcome: CompletionOutcome| Completion {
-        action_id: id,
-        epoch: term.epoch,
-        attempt: 1,
-        outcome,
-        logs: vec![],
-    };
+    let claimed = db.store.claim(&me, 2).await.unwrap();
+    let token = claimed[0].token;
+    let done =
+        |id: i64, outcome: CompletionOutcome| Completion { action_id: id, token, attempt: 1, outcome, logs: vec![] };
     assert_eq!(claimed.len(), 2);
     let r = db
         .store
         .complete(
-            "orchestrator",
             None,
             &[done(a, CompletionOutcome::Dlq { error: "boom".into() }), done(b, CompletionOutcome::Success)],
         )
@@ -290,15 +304,13 @@ async fn requeue_cancel_and_purge(db: &TestDb) {
     assert!(db.store.cancel(Operator, a, None).await.unwrap_err().to_string().contains("it is CANCELLED"));
 
     let dlq = queue::enqueue(&db.store, &noop("c"), 3).await.unwrap().id;
-    let term = hold(&db.store, "me").await;
-    db.store.claim("orchestrator", "me", term.epoch, 1).await.unwrap();
+    let token = db.store.claim(&me, 1).await.unwrap()[0].token;
     db.store
         .complete(
-            "orchestrator",
             None,
             &[Completion {
                 action_id: dlq,
-                epoch: term.epoch,
+                token,
                 attempt: 1,
                 outcome: CompletionOutcome::Dlq { error: "x".into() },
                 logs: vec![],
@@ -317,10 +329,10 @@ async fn requeue_cancel_and_purge(db: &TestDb) {
 }
 
 async fn not_before_is_honoured(db: &TestDb) {
-    let term = hold(&db.store, "me").await;
+    let me = worker(&db.store, "me", Duration::from_secs(30)).await;
     let mut r = noop("later");
     r.not_before = Some(orchestrator::model::now() + chrono::Duration::hours(1));
     queue::enqueue(&db.store, &r, 3).await.unwrap();
     assert_eq!(db.store.due_count().await.unwrap(), 0);
-    assert!(db.store.claim("orchestrator", "me", term.epoch, 10).await.unwrap().is_empty());
+    assert!(db.store.claim(&me, 10).await.unwrap().is_empty());
 }

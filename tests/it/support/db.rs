@@ -96,3 +96,38 @@ macro_rules! backend_tests {
         }
     )+};
 }
+
+/// Registers a worker named `id` (heartbeat now, dead after `ttl`) and returns the terms it
+/// claims on: every type, attempts due within a minute.
+pub async fn worker(
+    store: &orchestrator::store::Store,
+    id: &str,
+    ttl: std::time::Duration,
+) -> orchestrator::store::Claimer {
+    store
+        .register_worker(&orchestrator::store::NewWorker {
+            id: id.into(),
+            host: "test".into(),
+            pid: 1,
+            version: "test".into(),
+            concurrency: 4,
+            types: Vec::new(),
+        })
+        .await
+        .unwrap();
+    orchestrator::store::Claimer {
+        worker: id.into(),
+        worker_ttl: ttl,
+        types: Vec::new(),
+        type_timeouts: Vec::new(),
+        default_timeout: std::time::Duration::from_secs(60),
+        start_within: std::time::Duration::ZERO,
+        proof_enforced: false,
+        epoch: None,
+    }
+}
+
+/// A fence for the live holder `term` (rescue, rule edits).
+pub fn fence(term: &orchestrator::lease::Term) -> orchestrator::store::Fence {
+    orchestrator::store::Fence { lease_name: term.lease_name.clone(), epoch: term.epoch, tick_id: None }
+}

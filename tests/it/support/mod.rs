@@ -6,5 +6,5 @@ pub mod db;
 pub mod http;
 pub mod process;
 
-pub use db::{PG_ENV, TestDb};
+pub use db::{PG_ENV, TestDb, fence, worker};
 pub use process::{artifacts_under, bin, json, run, stderr, stdout};

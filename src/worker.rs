@@ -1,0 +1,308 @@
+//! EXECUTE, on any host: a worker registers in the `workers` table, renews its heartbeat, and
+//! claims and runs due actions through the executor until it is told to stop.
+//!
+//! The `run` process's own executor is a [`Registration`] too, so a change of leader never
+//! touches attempts in flight. A worker whose heartbeat lapses stops starting attempts at once;
+//! what it still writes is fenced by each claim's token anyway, and it carries on only under a
+//! new id. It never monitors, decides, rescues or purges: that is the lease holder's (`tick`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::adapters::Registry;
+use crate::config::Config;
+use crate::executor::{ExecSettings, Executor, Scope};
+use crate::metrics::Metrics;
+use crate::store::{Beat, Claimer, NewWorker, Store, StoreError};
+
+/// How long a worker's claimed attempt may wait for a free slot before it starts: a worker
+/// claims only what it can start at once, so this covers the hand-over and the outcome write.
+pub const WORKER_START_WITHIN: Duration = Duration::from_secs(5);
+
+/// One registration in the `workers` table, renewed or replaced as its heartbeat allows.
+#[derive(Debug)]
+pub struct Registration {
+    store: Store,
+    ttl: Duration,
+    template: NewWorker,
+    id: std::sync::Mutex<Option<String>>,
+    in_flight: AtomicI32,
+    done: AtomicI64,
+    failed: AtomicI64,
+    draining: AtomicBool,
+}
+
+impl Registration {
+    /// A registration not yet written: the first [`Registration::ensure`] registers it.
+    pub fn new(store: Store, ttl: Duration, concurrency: u32, types: Vec<String>) -> Self {
+        Registration {
+            store,
+            ttl,
+            template: NewWorker {
+                id: String::new(),
+                host: gethostname::gethostname().to_string_lossy().into_owned(),
+                pid: i64::from(std::process::id()),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                concurrency: i32::try_from(concurrency).unwrap_or(i32::MAX),
+                types,
+            },
+            id: std::sync::Mutex::new(None),
+            in_flight: AtomicI32::new(0),
+            done: AtomicI64::new(0),
+            failed: AtomicI64::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The id registered now, if any.
+    pub fn id(&self) -> Option<String> {
+        self.id.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    fn set_id(&self, id: Option<String>) {
+        if let Ok(mut g) = self.id.lock() {
+            *g = id;
+        }
+    }
+
+    fn beat(&self) -> Beat {
+        Beat {
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+            done: self.done.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            draining: self.draining.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Renews the heartbeat; `false` when the registration had lapsed (it is then forgotten,
+    /// and the next [`Registration::ensure`] registers under a new id).
+    pub async fn renew(&self) -> Result<bool, StoreError> {
+        let Some(id) = self.id() else { return Ok(false) };
+        if self.store.worker_heartbeat(&id, self.ttl, self.beat()).await? {
+            return Ok(true);
+        }
+        tracing::warn!(worker = %id, "worker registration lapsed (no heartbeat within the TTL); its claims are rescued");
+        self.set_id(None);
+        Ok(false)
+    }
+
+    /// The live id: renewed, or registered anew (never the lapsed one again).
+    pub async fn ensure(&self) -> Result<String, StoreError> {
+        if self.renew().await?
+            && let Some(id) = self.id()
+        {
+            return Ok(id);
+        }
+        let mut new = self.template.clone();
+        new.id = format!("{}:{}:{:08x}", new.host, new.pid, fastrand::u32(..));
+        self.done.store(0, Ordering::SeqCst);
+        self.failed.store(0, Ordering::SeqCst);
+        self.store.register_worker(&new).await?;
+        tracing::info!(worker = %new.id, "worker registered");
+        self.set_id(Some(new.id.clone()));
+        Ok(new.id)
+    }
+
+    /// Removes the registration (a clean stop).
+    pub async fn deregister(&self) -> Result<(), StoreError> {
+        if let Some(id) = self.id() {
+            self.store.deregister_worker(&id).await?;
+            self.set_id(None);
+        }
+        Ok(())
+    }
+
+    /// Renews the registration every `every` until the returned guard is dropped (the `run`
+    /// process's executor, while it dispatches and while it waits between ticks). A lapsed
+    /// registration is left lapsed: the next [`Registration::ensure`] registers anew.
+    pub fn keep_alive(self: &Arc<Self>, every: Duration) -> KeepAlive {
+        let this = self.clone();
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if this.id().is_none() {
+                    return;
+                }
+                if let Err(e) = this.renew().await {
+                    tracing::warn!(error = %e, "renewing the executor's registration failed");
+                }
+            }
+        }))
+    }
+
+    /// Counts a dispatch's finished attempts (written with the next heartbeat).
+    pub fn count(&self, succeeded: u32, failed: u32) {
+        self.done.fetch_add(i64::from(succeeded), Ordering::SeqCst);
+        self.failed.fetch_add(i64::from(failed), Ordering::SeqCst);
+    }
+}
+
+/// Stops a [`Registration::keep_alive`] when dropped.
+#[derive(Debug)]
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How one `orchestrator worker` process runs.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub concurrency: u32,
+    /// The action types it serves; empty: every type.
+    pub types: Vec<String>,
+}
+
+/// What a worker did before it stopped.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WorkerSummary {
+    pub registrations: u32,
+    pub attempted: u64,
+    pub succeeded: u64,
+    pub rejected_writes: u64,
+}
+
+/// A worker process: the executor, its registration and the claim terms.
+pub struct Worker {
+    store: Store,
+    config: Arc<Config>,
+    executor: Executor,
+    settings: ExecSettings,
+    registration: Arc<Registration>,
+    options: WorkerOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(store: Store, config: Config, registry: Registry, options: WorkerOptions) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let settings = ExecSettings::from_config(&config, store.clock().clone(), options.concurrency);
+        let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone());
+        let registration =
+            Arc::new(Registration::new(store.clone(), config.workers.ttl, options.concurrency, options.types.clone()));
+        Worker { store, config: Arc::new(config), executor, settings, registration, options, metrics }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn registration(&self) -> &Arc<Registration> {
+        &self.registration
+    }
+
+    /// Claims and runs due actions until `shutdown` turns true: then it stops claiming, lets
+    /// attempts in flight finish for at most `workers.shutdown_grace_seconds`, and
+    /// deregisters. A lapsed heartbeat stops new starts; the worker then registers anew.
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<WorkerSummary, StoreError> {
+        let mut stopping = shutdown.clone();
+        let mut shutdown = shutdown;
+        let mut summary = WorkerSummary::default();
+        let lost = Arc::new(AtomicBool::new(false));
+        let (by_type, default) = self.settings.claim_timeouts();
+        // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
+        let beating = {
+            let registration = self.registration.clone();
+            let lost = lost.clone();
+            let every = self.config.workers.heartbeat;
+            let ttl = self.config.workers.ttl;
+            tokio::spawn(async move {
+                let mut last_ok = Instant::now();
+                loop {
+                    tokio::time::sleep(every).await;
+                    match registration.renew().await {
+                        Ok(true) => last_ok = Instant::now(),
+                        Ok(false) => lost.store(true, Ordering::SeqCst),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "worker heartbeat failed");
+                            if last_ok.elapsed() >= ttl {
+                                lost.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let mut last_id: Option<String> = None;
+        let mut outcome = Box::pin(async {
+            loop {
+                if *shutdown.borrow() {
+                    break;
+                }
+                let id = match self.registration.ensure().await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register the worker; trying again");
+                        wait(&mut shutdown, self.config.workers.poll).await;
+                        continue;
+                    }
+                };
+                lost.store(false, Ordering::SeqCst);
+                if last_id.as_deref() != Some(id.as_str()) {
+                    summary.registrations += 1;
+                    last_id = Some(id.clone());
+                }
+                let claimer = Claimer {
+                    worker: id.clone(),
+                    worker_ttl: self.config.workers.ttl,
+                    types: self.options.types.clone(),
+                    type_timeouts: by_type.clone(),
+                    default_timeout: default,
+                    start_within: WORKER_START_WITHIN,
+                    proof_enforced: self.config.proof_enforced,
+                    epoch: None,
+                };
+                let claimed = match self.store.claim(&claimer, u64::from(self.options.concurrency.max(1))).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claim failed; trying again");
+                        wait(&mut shutdown, self.config.workers.poll).await;
+                        continue;
+                    }
+                };
+                if claimed.is_empty() {
+                    wait(&mut shutdown, self.config.workers.poll).await;
+                    continue;
+                }
+                let n = i32::try_from(claimed.len()).unwrap_or(i32::MAX);
+                self.registration.in_flight.fetch_add(n, Ordering::SeqCst);
+                let far = Instant::now() + Duration::from_secs(365 * 86_400);
+                let scope = Scope { store: &self.store, worker: &id, tick_id: None, deadline: far, lost: &lost };
+                let r = self.executor.dispatch(&scope, claimed).await;
+                self.registration.in_flight.fetch_sub(n, Ordering::SeqCst);
+                self.registration.count(r.succeeded, r.failed);
+                summary.attempted += u64::from(r.attempted);
+                summary.succeeded += u64::from(r.succeeded);
+                summary.rejected_writes += r.rejected.len() as u64;
+            }
+        });
+        // SIGTERM: the loop above ends between dispatches; a dispatch in progress gets the
+        // grace period, after which its attempts are left to the rescue.
+        let grace = self.config.workers.shutdown_grace;
+        tokio::select! {
+            () = &mut outcome => {}
+            () = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                self.registration.draining.store(true, Ordering::SeqCst);
+                let _ = self.registration.renew().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_seconds = grace.as_secs_f64(), "shutdown grace over: attempts still in flight are left to the rescue");
+            }
+        }
+        drop(outcome);
+        beating.abort();
+        self.registration.deregister().await?;
+        Ok(summary)
+    }
+}
+
+/// Sleeps `d`, or less if `shutdown` turns true.
+async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
+    let _ = tokio::time::timeout(d, shutdown.wait_for(|s| *s)).await;
+}
