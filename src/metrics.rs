@@ -31,6 +31,7 @@ pub mod names {
     pub const LEASE_TTL_SECONDS: &str = "orchestrator_lease_ttl_seconds";
     pub const FLAG: &str = "orchestrator_flag";
     pub const HEALTH_SCORE: &str = "orchestrator_health_score";
+    pub const WORKERS: &str = "orchestrator_workers";
     pub const LAST_TICK_TIMESTAMP_SECONDS: &str = "orchestrator_last_tick_timestamp_seconds";
     pub const DATABASE_UP: &str = "orchestrator_database_up";
 
@@ -59,6 +60,8 @@ pub struct DbGauges {
     /// The workload score, 0-100 (`health::workload`; not the service's liveness).
     pub workload_score: f64,
     pub last_tick_timestamp_seconds: Option<f64>,
+    /// Registered executors: (live, dead).
+    pub workers: (i64, i64),
 }
 
 /// The DECIDE stage's metrics, registered into a [`Metrics`] registry.
@@ -331,6 +334,13 @@ fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result
     )?;
     score.set(db.workload_score);
     r.register(Box::new(score))?;
+    let workers = IntGaugeVec::new(
+        Opts::new(names::WORKERS, "Registered executors (workers, and run's own) by state: live or dead."),
+        &["state"],
+    )?;
+    workers.with_label_values(&["live"]).set(db.workers.0);
+    workers.with_label_values(&["dead"]).set(db.workers.1);
+    r.register(Box::new(workers))?;
     if let Some(t) = db.last_tick_timestamp_seconds {
         let g =
             Gauge::new(names::LAST_TICK_TIMESTAMP_SECONDS, "Unix time the last recorded tick finished (or started).")?;

@@ -45,9 +45,18 @@ pub struct StatusReport {
     pub queue: BTreeMap<ActionStatus, i64>,
     pub oldest_pending: Option<DateTime<Utc>>,
     pub last_tick: Option<TickRow>,
+    /// Registered executors: live (heartbeat within `workers.ttl_seconds`) and dead.
+    pub workers: WorkerCounts,
     /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
     /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
     pub proof_enforced: bool,
+}
+
+/// Registered executors by liveness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerCounts {
+    pub live: i64,
+    pub dead: i64,
 }
 
 /// How much to read.
@@ -67,6 +76,7 @@ pub async fn read(
     policy: &LivenessPolicy,
     thresholds: &HealthThresholds,
     counts: Counts,
+    worker_ttl: std::time::Duration,
 ) -> Result<StatusReport, StoreError> {
     let flags = store.flags().await?;
     let now = store.db_now().await?;
@@ -98,7 +108,9 @@ pub async fn read(
         clock,
     );
     let workload = workload(store, &queue, oldest_pending, clock, thresholds).await?;
+    let (liveness, reasons, workers) = judge_workers(store, worker_ttl, liveness, reasons).await?;
     Ok(StatusReport {
+        workers,
         health: liveness,
         reasons,
         workload,
@@ -109,6 +121,31 @@ pub async fn read(
         last_tick,
         proof_enforced: false,
     })
+}
+
+/// Counts the registered executors, and makes liveness degraded when due work of some type
+/// waits and no live worker serves that type. Judged only once some executor has registered
+/// (a `run-once` from cron deregisters when it ends, and is not a missing worker).
+async fn judge_workers(
+    store: &Store,
+    ttl: std::time::Duration,
+    liveness: Liveness,
+    mut reasons: Vec<String>,
+) -> Result<(Liveness, Vec<String>, WorkerCounts), StoreError> {
+    let workers = store.workers(ttl).await?;
+    let live: Vec<_> = workers.iter().filter(|w| w.live).collect();
+    let counts = WorkerCounts { live: live.len() as i64, dead: (workers.len() - live.len()) as i64 };
+    if workers.is_empty() || live.iter().any(|w| w.types.is_empty()) {
+        return Ok((liveness, reasons, counts));
+    }
+    let unserved: Vec<String> =
+        store.due_types(20).await?.into_iter().filter(|t| !live.iter().any(|w| w.types.contains(t))).collect();
+    if unserved.is_empty() {
+        return Ok((liveness, reasons, counts));
+    }
+    reasons.push(format!("due {} work waits and no live worker serves it", unserved.join(", ")));
+    let worse = if liveness == Liveness::Healthy { Liveness::Degraded } else { liveness };
+    Ok((worse, reasons, counts))
 }
 
 /// The workload score from the open counts and two windowed reads (the tick's own snapshot

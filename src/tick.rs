@@ -76,6 +76,8 @@ pub struct Engine {
     registration: Arc<crate::worker::Registration>,
     /// False (`run --no-execute`): the holder monitors, decides and rescues; workers execute.
     execute: bool,
+    /// When this engine's previous `--no-execute` tick looked at the workers' outcomes.
+    last_started: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
     metrics: Arc<Metrics>,
     /// Held for the length of a tick, so that the daemon's ticks and an API `run-once` on the
     /// same engine never overlap.
@@ -123,6 +125,7 @@ impl Engine {
             settings,
             registration,
             execute: true,
+            last_started: Arc::default(),
             metrics,
             tick_gate: Arc::default(),
             rules,
@@ -445,9 +448,23 @@ impl Engine {
                 }
             }
         }
-        extra.budget_spent = store_error.is_none()
+        extra.budget_spent = self.execute
+            && store_error.is_none()
             && !heartbeat.is_lost()
             && ((remaining == 0 && throttled_to.is_none()) || Instant::now() >= deadline);
+        if !self.execute {
+            // The leader executes nothing: its counts are what the workers recorded since its
+            // previous tick, so a drain by workers never reads as idle.
+            let now = self.store.now();
+            let previous = self.last_started.lock().ok().and_then(|mut g| g.replace(now));
+            let since = previous.unwrap_or_else(|| crate::model::earlier_saturating(now, self.config.tick_interval));
+            let (ok, failed) = self.store.outcomes_since(since).await?;
+            succeeded = u32::try_from(ok).unwrap_or(u32::MAX);
+            attempted = succeeded.saturating_add(u32::try_from(failed).unwrap_or(u32::MAX));
+            notes.push(format!(
+                "leader only (--no-execute): {attempted} outcome(s) recorded by workers since the last tick"
+            ));
+        }
 
         if unstarted > 0 {
             notes.push(format!("{unstarted} claimed action(s) returned to PENDING unstarted"));
@@ -478,7 +495,8 @@ impl Engine {
         }
         // The invariant, checked where it can break: due work at the snapshot, budget, no brake,
         // and nothing ran. What the decisions shed or postponed by name is no longer due.
-        if attempted == 0
+        if self.execute
+            && attempted == 0
             && unstarted == 0
             && held_back.is_none()
             && store_error.is_none()
@@ -507,7 +525,9 @@ impl Engine {
         // tick says whether work is waiting for its time, so nothing hides the queue.
         if status == TickStatus::Idle {
             let waiting = snap.queue.pending + snap.queue.retry - snap.queue.due_now;
-            if waiting > 0 && snap.queue.due_now == 0 {
+            if !self.execute && snap.queue.due_now > 0 {
+                notes.insert(0, format!("{} due, waiting for workers", snap.queue.due_now));
+            } else if waiting > 0 && snap.queue.due_now == 0 {
                 notes.insert(0, format!("nothing due ({waiting} waiting for their not_before)"));
             } else {
                 notes.insert(0, "nothing due".into());

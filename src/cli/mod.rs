@@ -661,7 +661,8 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
 /// not unhealthy (often no daemon runs where `status` is typed).
 async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
     let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
-    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, status::Counts::AllHistory).await?)
+    let counts = status::Counts::AllHistory;
+    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, counts, config.workers.ttl).await?)
 }
 
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {

@@ -160,6 +160,7 @@ impl Out {
         self.lease_line(s.lease.as_ref());
         let counts: Vec<String> = s.queue.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("queue:   {}", counts.join(" "));
+        println!("workers: {} live, {} dead", s.workers.live, s.workers.dead);
         match &s.last_tick {
             Some(t) => println!(
                 "last:    tick #{} {} at {} ({} attempted, {} succeeded)",

@@ -48,6 +48,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/decisions", get(decisions))
         .route("/api/snapshot", get(snapshot))
         .route("/api/summary", get(summary))
+        .route("/api/workers", get(workers))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -394,6 +395,10 @@ async fn snapshot(State(st): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `GET /api/summary`: `orchestrator actions summary --json`.
+async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(st.store.workers(st.config.workers.ttl).await?).into_response())
+}
+
 async fn summary(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(st.store.actions_summary().await?).into_response())
 }

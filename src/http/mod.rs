@@ -69,7 +69,15 @@ impl AppState {
             quote_notes,
             ..LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
         };
-        status::read(&self.store, &self.config.lease_name, &policy, &self.config.rules.health, counts).await
+        status::read(
+            &self.store,
+            &self.config.lease_name,
+            &policy,
+            &self.config.rules.health,
+            counts,
+            self.config.workers.ttl,
+        )
+        .await
     }
 }
 
@@ -292,6 +300,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             ("proof_mode", report.flags.proof_mode),
         ],
         workload_score: report.workload.score as f64,
+        workers: (report.workers.live, report.workers.dead),
         last_tick_timestamp_seconds: report
             .last_tick
             .as_ref()

@@ -82,6 +82,21 @@ impl Store {
     }
 
     /// How many actions are due now (`PENDING` or `RETRY` with `not_before` passed).
+    /// Up to `limit` action types that have due work now.
+    pub async fn due_types(&self, limit: u64) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT DISTINCT action_type FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL} \
+             ORDER BY action_type LIMIT $2"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query_all_raw(self.stmt(&sql, [self.now().into(), limit.into()]))
+            .await
+            .doing("listing due types")?;
+        rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
+    }
+
     pub async fn due_count(&self) -> Result<i64, StoreError> {
         let sql = format!(
             "SELECT COUNT(*) AS n FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL}"

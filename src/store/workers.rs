@@ -102,6 +102,22 @@ impl Store {
         Ok(())
     }
 
+    /// Outcomes recorded since `since` (by any executor): SUCCESS and DLQ rows finished since,
+    /// and RETRY rows changed since, through the finished and retry indexes. What a leader
+    /// that executes nothing (`run --no-execute`) reports as its tick's counts.
+    pub async fn outcomes_since(&self, since: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
+        let sql = "SELECT \
+                   (SELECT COUNT(*) FROM actions WHERE status = 'SUCCESS' AND finished_at >= $1) AS ok, \
+                   (SELECT COUNT(*) FROM actions WHERE status = 'DLQ' AND finished_at >= $1) \
+                   + (SELECT COUNT(*) FROM actions WHERE status = 'RETRY' AND updated_at >= $1) AS failed";
+        let row = self.db.query_one_raw(self.stmt(sql, [since.into()])).await.doing("counting recent outcomes")?;
+        let row = row.ok_or_else(|| StoreError::Internal("counting recent outcomes returned nothing".into()))?;
+        Ok((
+            row.try_get("", "ok").doing("counting recent outcomes")?,
+            row.try_get("", "failed").doing("counting recent outcomes")?,
+        ))
+    }
+
     /// Every registered worker, live first, then by id.
     pub async fn workers(&self, ttl: std::time::Duration) -> Result<Vec<WorkerRow>, StoreError> {
         let now = self.db_now().await?;

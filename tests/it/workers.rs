@@ -109,10 +109,20 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     }
     wait_until_done(&db, 60, Duration::from_secs(60)).await;
 
-    // Every attempt ran on a worker, none in the leader's ticks.
+    // Every attempt ran on a worker; the leader's ledger counts what the workers recorded,
+    // so the drain never reads as idle, and the work-conserving check does not fire.
     let ticks = db.store.recent_ticks(10_000).await.unwrap();
     assert!(!ticks.is_empty(), "the leader ticked");
-    assert_eq!(ticks.iter().map(|t| t.actions_attempted).sum::<i32>(), 0, "the leader executed nothing");
+    let notes = |t: &orchestrator::model::TickRow| t.notes.clone().unwrap_or_default();
+    assert!(ticks.iter().all(|t| notes(t).contains("leader only (--no-execute)")), "{ticks:?}");
+    assert!(ticks.iter().all(|t| !notes(t).contains("invariant broken")), "{ticks:?}");
+    let counted: i32 = ticks.iter().map(|t| t.actions_succeeded).sum();
+    assert!((40..=60).contains(&counted), "the ledger counts the workers' outcomes once: {counted} of 60");
+    assert!(ticks.iter().any(|t| t.status == orchestrator::model::TickStatus::Success), "{ticks:?}");
+    let logs = db.store.logs(None, 1000).await.unwrap();
+    assert!(logs.iter().all(|l| l.tick_id.is_none()), "no attempt ran inside a leader's tick");
+    let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "status"]));
+    assert_eq!(json(&o)["workers"], serde_json::json!({"live": 2, "dead": 0}), "{}", stderr(&o));
     let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "workers"]));
     let listed = json(&o);
     let rows = listed.as_array().unwrap();
@@ -176,4 +186,63 @@ async fn a_killed_workers_claims_are_rescued_and_nothing_is_lost() {
     assert!(!rescued.is_empty(), "the leader rescued the killed worker's claims, naming it");
     let listed = db.store.workers(Duration::from_secs(1)).await.unwrap();
     assert!(listed.iter().any(|w| w.id == victim && !w.live), "the killed worker shows as dead: {listed:?}");
+}
+
+crate::backend_tests!(status_counts_workers_and_names_due_types_no_live_worker_serves);
+
+async fn status_counts_workers_and_names_due_types_no_live_worker_serves(db: &TestDb) {
+    let status = || {
+        let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--json", "status"]));
+        json(&o)
+    };
+    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("waiting"), 3).await.unwrap();
+    let s = status();
+    assert_eq!(s["workers"], serde_json::json!({"live": 0, "dead": 0}));
+    let quiet = |s: &serde_json::Value| !s["reasons"].to_string().contains("no live worker");
+    assert!(quiet(&s), "no executor has registered: nothing to judge (cron's run-once): {s}");
+
+    crate::support::worker(&db.store, "webhooks-only", Duration::from_secs(30)).await;
+    db.store.execute_unprepared("UPDATE workers SET types = 'WEBHOOK'").await.unwrap();
+    let s = status();
+    assert_eq!(s["workers"], serde_json::json!({"live": 1, "dead": 0}));
+    assert!(s["reasons"].to_string().contains("due NOOP work waits and no live worker serves it"), "{s}");
+    assert_ne!(s["health"], "healthy", "{s}");
+
+    crate::support::worker(&db.store, "any", Duration::from_secs(30)).await;
+    let s = status();
+    assert_eq!(s["workers"], serde_json::json!({"live": 2, "dead": 0}));
+    assert!(quiet(&s), "a worker of every type serves it: {s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_worker_repeats_nothing() {
+    let Some(db) = pg().await else { return };
+    let n = 120;
+    enqueue_naps(&db, n);
+    let mut procs = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"])]);
+    for _ in 0..3 {
+        procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
+    }
+    // SIGTERM each worker in turn mid-drain (grace 10 s, attempts 0.2 s), starting its
+    // replacement first.
+    for i in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
+        signal(&procs.0[i], "-TERM");
+    }
+    for i in 1..=3 {
+        let start = Instant::now();
+        while procs.0[i].try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(20), "worker {i} did not stop on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(procs.0[i].try_wait().unwrap().and_then(|s| s.code()), Some(0), "worker {i} exits 0");
+    }
+    wait_until_done(&db, n, Duration::from_secs(90)).await;
+    let all = db.store.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+    let again: Vec<_> = all.iter().filter(|a| a.attempts != 1).map(|a| (&a.idempotency_key, a.attempts)).collect();
+    assert!(again.is_empty(), "every action ran exactly once: {again:?}");
+    let logs = db.store.logs(None, 10_000).await.unwrap();
+    assert!(logs.iter().all(|l| !l.message.starts_with("rescued")), "nothing was rescued");
+    assert_eq!(logs.iter().filter(|l| l.message.contains(" succeeded (real")).count(), n, "one success row each");
 }
