@@ -69,6 +69,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where `orchestrator worker` serves its /metrics and /health unless told otherwise.
+pub const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:9465";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending schema migrations (every command also does this first).
@@ -94,6 +97,13 @@ pub enum Command {
     },
     /// Execute on this host: claim and run due actions beside the leader, until SIGTERM.
     Worker {
+        /// Serve /metrics and /health (this worker's) here (default: 127.0.0.1:9465, beside
+        /// `run`'s 9464 on the same host).
+        #[arg(long, value_name = "ADDR", conflicts_with = "no_http", default_value = DEFAULT_WORKER_LISTEN)]
+        listen: String,
+        /// Do not serve HTTP.
+        #[arg(long)]
+        no_http: bool,
         /// Attempts run at once (1 to 4096; default: dispatch_concurrency).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
         concurrency: Option<u32>,
@@ -452,7 +462,7 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             }
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
-        Command::Worker { concurrency, types } => {
+        Command::Worker { concurrency, types, listen, no_http } => {
             let mut seen = std::collections::BTreeSet::new();
             for t in &types {
                 crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
@@ -465,6 +475,25 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             let worker =
                 crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
             let (tx, rx) = tokio::sync::watch::channel(false);
+            let server = if no_http {
+                None
+            } else {
+                let addr: std::net::SocketAddr = listen.trim().parse().map_err(|e| {
+                    fail(exit::USAGE, format!("--listen '{listen}' is not an address like 127.0.0.1:9465 ({e})"))
+                })?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (--listen): {e}")))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
+                tracing::info!(addr = %bound, "HTTP server listening: /metrics, /health (this worker)");
+                let app = crate::http::worker_router(worker.metrics().clone(), worker.registration().clone());
+                let mut stopped = rx.clone();
+                Some(tokio::spawn(crate::http::serve_app(listener, app, config.http.clone(), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })))
+            };
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!("signal received: claiming nothing more, finishing attempts in flight");
@@ -475,6 +504,9 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
                 "orchestrator worker running"
             );
             let summary = worker.run(rx).await?;
+            if let Some(server) = server {
+                let _ = server.await;
+            }
             out.message(
                 &summary,
                 &format!(

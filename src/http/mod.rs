@@ -129,9 +129,54 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     let limits = state.config.http.clone();
-    let app = router(state).layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_timeout));
+    serve_app(listener, router(state), limits, shutdown).await
+}
+
+/// What `orchestrator worker` serves on its own address: its own counters on `/metrics`
+/// (attempts, durations, rejected writes), and on `/health` whether its registration is live
+/// (503 while it is not: a lapsed heartbeat, or no database).
+pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<crate::worker::Registration>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response() }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let id = registration.id();
+                async move {
+                    let body = |status: &str, reason: Option<&str>| {
+                        serde_json::json!({"of": "worker", "status": status, "worker": id, "reason": reason})
+                    };
+                    match &id {
+                        Some(_) => (StatusCode::OK, axum::Json(body("healthy", None))).into_response(),
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(body("unhealthy", Some("not registered: heartbeat lapsed or database unreachable"))),
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+        .fallback(not_found)
+}
+
+/// Serves `app` on `listener` with the connection cap and the header and body timeouts of
+/// `limits`, until `shutdown` completes.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: crate::config::HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = app.layer(axum::middleware::from_fn_with_state(limits.body_read_timeout, body_timeout));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections as usize));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -37,10 +37,13 @@ impl Drop for Procs {
     }
 }
 
+/// Starts `orchestrator <args>`; a worker serves no HTTP unless `args` give it `--listen`.
 fn spawn(db: &TestDb, args: &[&str]) -> Child {
+    let quiet = args[0] == "worker" && !args.contains(&"--listen");
     bin(db.dir.path())
         .args(["--database-url", &db.url, "--config", "o.yaml"])
         .args(args)
+        .args(if quiet { &["--no-http"][..] } else { &[][..] })
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -104,10 +107,19 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     let Some(db) = pg().await else { return };
     enqueue_naps(&db, 60);
     let mut procs = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"])]);
-    for _ in 0..2 {
-        procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
-    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    procs.0.push(spawn(&db, &["worker", "--concurrency", "4", "--listen", &listen]));
+    procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
     wait_until_done(&db, 60, Duration::from_secs(60)).await;
+
+    // The worker with an address serves its own counters and its registration's health.
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let health = crate::support::http::wait_for(addr, "/health", Duration::from_secs(10), |r| r.status == 200);
+    assert_eq!(health.json()["of"], "worker", "{}", health.body);
+    assert!(health.json()["worker"].as_str().is_some_and(|w| w.contains(':')), "{}", health.body);
+    let metrics = crate::support::http::get(addr, "/metrics");
+    assert!(metrics.body.contains("orchestrator_actions_total{"), "{}", metrics.body);
 
     // Every attempt ran on a worker; the leader's ledger counts what the workers recorded,
     // so the drain never reads as idle, and the work-conserving check does not fire.
@@ -245,4 +257,80 @@ async fn a_rolling_restart_of_every_worker_repeats_nothing() {
     let logs = db.store.logs(None, 10_000).await.unwrap();
     assert!(logs.iter().all(|l| !l.message.starts_with("rescued")), "nothing was rescued");
     assert_eq!(logs.iter().filter(|l| l.message.contains(" succeeded (real")).count(), n, "one success row each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
+    let Some(db) = pg().await else { return };
+    let n = 60;
+    enqueue_naps(&db, n);
+    let mut procs = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"])]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    procs.0.push(spawn(&db, &["worker", "--concurrency", "4", "--listen", &addr.to_string()]));
+    let victim_pid = procs.0[1].id();
+    // Freeze the worker while it holds claims; its nap children finish meanwhile.
+    let start = Instant::now();
+    let frozen: Vec<i64> = loop {
+        let running = db
+            .store
+            .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        let mine: Vec<i64> = running
+            .iter()
+            .filter(|a| a.claim.as_ref().is_some_and(|c| c.worker.contains(&format!(":{victim_pid}:"))))
+            .map(|a| a.id)
+            .collect();
+        if !mine.is_empty() {
+            signal(&procs.0[1], "-STOP");
+            break mine;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the worker never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Another worker drains everything, the frozen claims once the leader has rescued them.
+    procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
+    wait_until_done(&db, n, Duration::from_secs(60)).await;
+    signal(&procs.0[1], "-CONT");
+
+    // Awake: its completions of the rescued attempts are all refused, and counted.
+    let start = Instant::now();
+    let rejected = loop {
+        let m = crate::support::http::get(addr, "/metrics").body;
+        let n: f64 = m
+            .lines()
+            .find(|l| l.starts_with("orchestrator_fenced_writes_rejected_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if n >= frozen.len() as f64 {
+            break n;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "late writes not reported as rejected:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rejected >= frozen.len() as f64);
+    for id in &frozen {
+        let a = db.store.action(*id).await.unwrap().unwrap();
+        assert_eq!(a.status, ActionStatus::Success);
+        assert!(a.attempts >= 2, "action {id} was rescued and run again: {a:?}");
+        let logs = db.store.logs(Some(*id), 100).await.unwrap();
+        assert_eq!(logs.iter().filter(|l| l.message.contains(" succeeded (")).count(), 1, "{logs:?}");
+        assert!(logs.iter().any(|l| l.message.starts_with("rescued attempt")), "{logs:?}");
+    }
+    // It carries on under a new registration, never the lapsed one.
+    let health = crate::support::http::wait_for(addr, "/health", Duration::from_secs(10), |r| r.status == 200);
+    let now_id = health.json()["worker"].as_str().unwrap().to_string();
+    let old_ids: Vec<String> = {
+        let logs = db.store.logs(None, 10_000).await.unwrap();
+        logs.iter()
+            .filter(|l| frozen.contains(&l.action_id) && l.message.starts_with("rescued attempt"))
+            .filter_map(|l| l.message.split("worker ").nth(1).map(|w| w.split(' ').next().unwrap_or("").to_string()))
+            .collect()
+    };
+    assert!(
+        !old_ids.is_empty() && old_ids.iter().all(|o| *o != now_id),
+        "re-registered under a new id: {now_id} vs {old_ids:?}"
+    );
 }
