@@ -221,6 +221,10 @@ pub async fn decide(
     Ok(out)
 }
 
+/// A throttle holds for the tick interval, and at least this long (an interval of 0 would
+/// otherwise end it at once).
+const THROTTLE_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// What became of one decision that reached the store (a store failure is the `Err` beside it).
 enum Applied {
     Yes,
@@ -263,8 +267,12 @@ async fn apply(
         Kind::Pause => store.set_paused_fenced(fence, true).await.map(|()| out.paused = true),
         Kind::Resume => store.set_paused_fenced(fence, false).await,
         Kind::Throttle { n } => {
-            out.throttle = Some(out.throttle.map_or(*n, |t| t.min(*n)));
-            Ok(())
+            // In the database, so that every claimer on every host honours it until the next
+            // tick decides again (or it runs out).
+            let n = out.throttle.map_or(*n, |t| t.min(*n));
+            out.throttle = Some(n);
+            let until = model::later_saturating(store.now(), config.tick_interval.max(THROTTLE_AT_LEAST));
+            store.set_throttle(fence, Some(n), until).await
         }
         Kind::Enqueue { action_type, payload, key } => {
             let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {

@@ -386,6 +386,9 @@ impl Engine {
 
         let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
 
+        // A throttle lasts one tick: this tick's rules decide it afresh.
+        self.store.set_throttle(&fence, None, self.store.now()).await?;
+
         // DECIDE: the rules run on the snapshot; what they decide is applied (fenced) before
         // dispatch, which a `throttle` caps and a `pause` stops.
         let decided = self.decide(term, tick_id, &snap).await?;

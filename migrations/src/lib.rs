@@ -12,6 +12,7 @@ mod m20261123_000004_lean_indexes;
 mod m20261128_000005_deadlines;
 mod m20261128_000006_throttled_ticks;
 mod m20261128_000007_workers;
+mod m20261128_000008_throttle;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_deadlines::Migration),
             Box::new(m20261128_000006_throttled_ticks::Migration),
             Box::new(m20261128_000007_workers::Migration),
+            Box::new(m20261128_000008_throttle::Migration),
         ]
     }
 }

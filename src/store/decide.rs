@@ -429,6 +429,28 @@ impl Store {
         }
     }
 
+    /// Sets the throttle every claimer honours: at most `n` attempts start until `until`
+    /// (`None`: no throttle). Under the lease's fence, like every decision.
+    pub async fn set_throttle(&self, fence: &Fence, n: Option<u32>, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE control_flags SET throttle_remaining = $1, throttle_until = $2 WHERE id = 1 AND {}",
+            fence_sql(3, 4)
+        );
+        let (remaining, until): (Option<i32>, Option<DateTime<Utc>>) = match n {
+            Some(n) => (Some(i32::try_from(n).unwrap_or(i32::MAX)), Some(until)),
+            None => (None, None),
+        };
+        let values: [Value; 4] = [remaining.into(), until.into(), fence.lease_name.as_str().into(), fence.epoch.into()];
+        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing("setting the throttle")?.rows_affected();
+        if n == 1 {
+            Ok(())
+        } else if !self.fence_holds(fence).await? {
+            Err(super::Refusal::Fenced(fence.epoch).into())
+        } else {
+            Err(StoreError::Internal("the control_flags row is missing".into()))
+        }
+    }
+
     /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
     pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
         let sql = format!(

@@ -486,6 +486,92 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
+        let Some(granted) = self.take_throttle(n).await? else {
+            return self.claim_up_to(claimer, n).await;
+        };
+        if granted == 0 {
+            return Ok(Vec::new());
+        }
+        let claimed = self.claim_up_to(claimer, granted).await;
+        // What the throttle granted and the claim did not use goes back to it.
+        let used = claimed.as_ref().map_or(0, |c| c.len() as u64);
+        self.give_back_throttle(granted - used).await?;
+        claimed
+    }
+
+    /// Takes up to `n` starts from the throttle in force; `None` when there is none.
+    async fn take_throttle(&self, n: u64) -> Result<Option<u64>, StoreError> {
+        let want = i64::try_from(n).unwrap_or(i64::MAX);
+        match self.backend {
+            Backend::Postgres => {
+                // The row lock serializes claimers only while a throttle is in force.
+                let sql = "WITH old AS (SELECT throttle_remaining AS r FROM control_flags \
+                             WHERE id = 1 AND throttle_until > now() AND throttle_remaining IS NOT NULL FOR UPDATE) \
+                           UPDATE control_flags SET throttle_remaining = GREATEST(old.r - $1, 0) FROM old \
+                           WHERE control_flags.id = 1 RETURNING LEAST(old.r, $1) AS granted";
+                let row =
+                    self.db.query_one_raw(self.stmt(sql, [want.into()])).await.doing("taking from the throttle")?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some(
+                        u64::try_from(r.try_get::<i64>("", "granted").doing("taking from the throttle")?).unwrap_or(0),
+                    )),
+                }
+            }
+            Backend::Sqlite => {
+                let now = self.now();
+                let read = "SELECT throttle_remaining AS r FROM control_flags \
+                            WHERE id = 1 AND throttle_until > $1 AND throttle_remaining IS NOT NULL";
+                let quick = self.db.query_one_raw(self.stmt(read, [now.into()])).await.doing("reading the throttle")?;
+                if quick.is_none() {
+                    return Ok(None);
+                }
+                // One writer: read and take under the write lock.
+                let txn = self.begin_write().await?;
+                let row = txn.query_one_raw(self.stmt(read, [now.into()])).await.doing("reading the throttle")?;
+                let Some(row) = row else {
+                    txn.commit().await.doing("reading the throttle")?;
+                    return Ok(None);
+                };
+                let left: i64 = row.try_get::<i64>("", "r").doing("reading the throttle")?.max(0);
+                let granted = left.min(want);
+                txn.execute_raw(
+                    self.stmt(
+                        "UPDATE control_flags SET throttle_remaining = $1 WHERE id = 1",
+                        [(left - granted).into()],
+                    ),
+                )
+                .await
+                .doing("taking from the throttle")?;
+                txn.commit().await.doing("taking from the throttle")?;
+                Ok(Some(u64::try_from(granted).unwrap_or(0)))
+            }
+        }
+    }
+
+    /// Returns `n` unused starts to the throttle still in force.
+    async fn give_back_throttle(&self, n: u64) -> Result<(), StoreError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let now = match self.backend {
+            Backend::Postgres => "now()".to_string(),
+            Backend::Sqlite => "$2".to_string(),
+        };
+        let sql = format!(
+            "UPDATE control_flags SET throttle_remaining = throttle_remaining + $1 \
+             WHERE id = 1 AND throttle_until > {now} AND throttle_remaining IS NOT NULL"
+        );
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let values: Vec<Value> = match self.backend {
+            Backend::Postgres => vec![n.into()],
+            Backend::Sqlite => vec![n.into(), self.now().into()],
+        };
+        self.db.execute_raw(self.stmt(&sql, values)).await.doing("giving back to the throttle")?;
+        Ok(())
+    }
+
+    async fn claim_up_to(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
         let token = self.next_claim_token().await?;
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         let mut values: Vec<Value> = vec![

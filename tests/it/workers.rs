@@ -334,3 +334,56 @@ async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
         "re-registered under a new id: {now_id} vs {old_ids:?}"
     );
 }
+
+crate::backend_tests!(the_throttle_is_in_the_database_and_every_claimer_honours_it);
+
+async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestDb) {
+    let term = crate::queue::hold(&db.store, "leader").await;
+    let fence = crate::support::fence(&term);
+    for i in 0..6 {
+        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("t{i}")), 3).await.unwrap();
+    }
+    let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
+    let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
+    let later = orchestrator::model::now() + chrono::Duration::seconds(60);
+    db.store.set_throttle(&fence, Some(3), later).await.unwrap();
+    assert_eq!(db.store.claim(&a, 2).await.unwrap().len(), 2);
+    assert_eq!(db.store.claim(&b, 10).await.unwrap().len(), 1, "the throttle is shared by every claimer");
+    assert!(db.store.claim(&a, 10).await.unwrap().is_empty(), "spent");
+
+    // What a claim was granted and found no work for goes back.
+    db.store.set_throttle(&fence, Some(10), later).await.unwrap();
+    assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3, "the rest of the queue");
+    for i in 0..12 {
+        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("u{i}")), 3).await.unwrap();
+    }
+    assert_eq!(db.store.claim(&b, 20).await.unwrap().len(), 7, "10 granted, 3 used, 7 left");
+
+    // Cleared (each tick decides afresh) or expired: no cap.
+    db.store.set_throttle(&fence, Some(1), orchestrator::model::now() - chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(db.store.claim(&a, 2).await.unwrap().len(), 2, "an expired throttle caps nothing");
+    db.store.set_throttle(&fence, None, later).await.unwrap();
+    assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3);
+
+    // Only the lease holder sets it.
+    let stale = orchestrator::store::Fence { epoch: term.epoch + 1, ..fence };
+    assert!(db.store.set_throttle(&stale, Some(1), later).await.is_err());
+
+    // Claimers racing on one throttle never exceed it together.
+    for i in 0..200 {
+        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("r{i}")), 3).await.unwrap();
+    }
+    db.store.set_throttle(&crate::support::fence(&term), Some(50), later).await.unwrap();
+    let other = db.another_store().await;
+    let race = |store: orchestrator::store::Store, c: orchestrator::store::Claimer| {
+        tokio::spawn(async move {
+            let mut got = 0;
+            for _ in 0..20 {
+                got += store.claim(&c, 7).await.unwrap().len();
+            }
+            got
+        })
+    };
+    let (x, y) = tokio::join!(race(db.store.clone(), a.clone()), race(other, b.clone()));
+    assert_eq!(x.unwrap() + y.unwrap(), 50, "exactly the throttle's 50 started, across both claimers");
+}
