@@ -386,6 +386,11 @@ impl Engine {
 
         let snap = snapshot::build_with(&self.store, term, flags, Some(tick_id), &self.config.rules.health).await?;
 
+        // Work that became due by time notifies no one: wake the workers.
+        if snap.queue.due_now > 0 {
+            self.store.notify_work().await.unwrap_or_else(|e| tracing::debug!(error = %e, "cannot notify workers"));
+        }
+
         // A throttle lasts one tick: this tick's rules decide it afresh.
         self.store.set_throttle(&fence, None, self.store.now()).await?;
 

@@ -229,6 +229,13 @@ impl Worker {
             })
         };
         let mut last_id: Option<String> = None;
+        let mut listener = match self.store.work_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for work notifications; polling every workers.poll_seconds");
+                None
+            }
+        };
         let mut outcome = Box::pin(async {
             loop {
                 if *shutdown.borrow() {
@@ -266,7 +273,16 @@ impl Worker {
                     }
                 };
                 if claimed.is_empty() {
-                    wait(&mut shutdown, self.config.workers.poll).await;
+                    // Woken by a notification (PostgreSQL), or the poll interval.
+                    match listener.as_mut() {
+                        Some(l) => {
+                            tokio::select! {
+                                _ = l.wait(self.config.workers.poll) => {}
+                                _ = shutdown.wait_for(|s| *s) => {}
+                            }
+                        }
+                        None => wait(&mut shutdown, self.config.workers.poll).await,
+                    }
                     continue;
                 }
                 let n = i32::try_from(claimed.len()).unwrap_or(i32::MAX);

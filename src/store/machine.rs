@@ -404,6 +404,9 @@ impl Store {
             })?;
         let status =
             row.status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id: row.id, reason })?;
+        if inserted > 0 {
+            self.wake_claimers().await;
+        }
         Ok(EnqueueOutcome { id: row.id, duplicate: inserted == 0, status })
     }
 
@@ -459,6 +462,9 @@ impl Store {
                 .rows_affected();
         }
         txn.commit().await.doing("committing a batch of actions")?;
+        if created > 0 {
+            self.wake_claimers().await;
+        }
         Ok(created)
     }
 

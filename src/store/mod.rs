@@ -28,7 +28,9 @@ mod ledger;
 pub use ledger::{Begun, TickClose, UNFINISHED_NOTE};
 mod lease;
 mod logs;
+mod notify;
 mod workers;
+pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;

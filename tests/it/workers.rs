@@ -387,3 +387,33 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
     let (x, y) = tokio::join!(race(db.store.clone(), a.clone()), race(other, b.clone()));
     assert_eq!(x.unwrap() + y.unwrap(), 50, "exactly the throttle's 50 started, across both claimers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_wakes_on_notify_not_on_its_poll() {
+    let Some(db) = pg().await else { return };
+    // A poll so long that only a notification can explain a quick start.
+    let slow_poll = CONFIG.replace("poll_seconds: 0.1", "poll_seconds: 60");
+    std::fs::write(db.dir.path().join("o.yaml"), slow_poll).unwrap();
+    let mut procs = Procs(vec![spawn(&db, &["worker", "--concurrency", "2"])]);
+    let start = Instant::now();
+    while db.store.workers(Duration::from_secs(30)).await.unwrap().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let enqueued = Instant::now();
+    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("now"), 3).await.unwrap();
+    wait_until_done(&db, 1, Duration::from_secs(10)).await;
+    let woke_in = enqueued.elapsed();
+    assert!(woke_in < Duration::from_secs(5), "an enqueue wakes the worker: {woke_in:?}");
+
+    // Work that becomes due by time: the leader's tick notifies.
+    procs.0.push(spawn(&db, &["run", "--no-execute", "--no-http"]));
+    let mut later = crate::queue::noop("later");
+    later.not_before = Some(orchestrator::model::now() + chrono::Duration::seconds(2));
+    orchestrator::queue::enqueue(&db.store, &later, 3).await.unwrap();
+    let due_at = Instant::now() + Duration::from_secs(2);
+    wait_until_done(&db, 2, Duration::from_secs(20)).await;
+    let after_due = Instant::now().saturating_duration_since(due_at);
+    assert!(after_due < Duration::from_secs(5), "the leader's tick woke the worker {after_due:?} after it was due");
+}
