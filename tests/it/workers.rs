@@ -417,3 +417,116 @@ async fn an_idle_worker_wakes_on_notify_not_on_its_poll() {
     let after_due = Instant::now().saturating_duration_since(due_at);
     assert!(after_due < Duration::from_secs(5), "the leader's tick woke the worker {after_due:?} after it was due");
 }
+
+/// `kill -9` of random workers during a drain, one worker `SIGSTOP`ped past its TTL and woken,
+/// and the leader killed once, with every side effect counted at a recording server. Sizes:
+/// `WORKERS_CHAOS_ACTIONS` (default 300; the full run: 2000) and `WORKERS_CHAOS_KILLS`
+/// (default 5; the full run: 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
+    let Some(db) = pg().await else { return };
+    let num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (n, kills) = (num("WORKERS_CHAOS_ACTIONS", 300), num("WORKERS_CHAOS_KILLS", 5));
+    let sink = crate::peer::Peer::answering(crate::peer::Reply::status(200).delay(Duration::from_millis(30))).await;
+    let config = format!(
+        "lease_ttl_seconds: 1\nheartbeat_seconds: 0.25\nmax_attempts: 10\n{CONFIG}  webhook:\n    targets:\n      sink:\n        url: {}\n",
+        sink.url("/hook")
+    );
+    std::fs::write(db.dir.path().join("o.yaml"), config).unwrap();
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"action_type\":\"WEBHOOK\",\"payload\":{{\"target\":\"sink\",\"body\":{{\"i\":{i}}}}},\"idempotency_key\":\"c{i}\"}}\n"))
+        .collect();
+    assert_eq!(orchestrator::queue::enqueue_jsonl(&db.store, lines.as_bytes(), 10).await.unwrap().created, n as u64);
+    db.store
+        .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
+        .await
+        .unwrap();
+
+    let worker_args = ["worker", "--concurrency", "4"];
+    let mut leader = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"])]);
+    let mut workers = Procs((0..3).map(|_| spawn(&db, &worker_args)).collect());
+    let started = Instant::now();
+    let done = |db: &TestDb| {
+        let store = db.store.clone();
+        async move {
+            let all = store.list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
+            all.iter().filter(|a| a.status == ActionStatus::Success).count()
+        }
+    };
+    let mut killed_pids = Vec::new();
+    let mut stopped: Option<u32> = None;
+    for k in 0..kills {
+        // Spread the kills over the first two thirds of the drain.
+        let mark = (n * 2 / 3) * (k + 1) / (kills + 1);
+        while done(&db).await < mark {
+            assert!(started.elapsed() < Duration::from_secs(300), "the drain stalled before kill {k}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let victim = fastrand::usize(..workers.0.len());
+        let mut child = workers.0.remove(victim);
+        killed_pids.push(child.id());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        workers.0.push(spawn(&db, &worker_args));
+        if k == kills / 2 {
+            // The leader dies once; a new one takes over after its lease runs out.
+            leader.0[0].kill().unwrap();
+            leader.0[0].wait().unwrap();
+            leader.0[0] = spawn(&db, &["run", "--no-execute", "--no-http"]);
+            // And one worker freezes past its TTL, to wake once its claims were rescued.
+            let frozen = &workers.0[0];
+            signal(frozen, "-STOP");
+            stopped = Some(frozen.id());
+        }
+        if k == kills / 2 + 1
+            && let Some(pid) = stopped
+            && let Some(c) = workers.0.iter().find(|c| c.id() == pid)
+        {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            signal(c, "-CONT");
+        }
+    }
+    if let Some(pid) = stopped
+        && let Some(c) = workers.0.iter().find(|c| c.id() == pid)
+    {
+        signal(c, "-CONT");
+    }
+    wait_until_done(&db, n, Duration::from_secs(600)).await;
+    let drained_in = started.elapsed();
+
+    // Nothing lost, nothing stuck; every success row written by the attempt's own claimant.
+    let all = db.store.list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), n);
+    let logs = db.store.logs(None, 1_000_000).await.unwrap();
+    let mut rescued_by_action: std::collections::BTreeMap<i64, usize> = Default::default();
+    for l in logs.iter().filter(|l| l.message.starts_with("rescued attempt")) {
+        *rescued_by_action.entry(l.action_id).or_default() += 1;
+    }
+    for a in &all {
+        let ok: Vec<_> = logs.iter().filter(|l| l.action_id == a.id && l.message.contains(" succeeded (")).collect();
+        assert_eq!(ok.len(), 1, "{}: one success row: {ok:?}", a.idempotency_key);
+        let claimant = &a.claim.as_ref().expect("a finished action keeps its last claim").worker;
+        assert!(ok[0].message.ends_with(&format!("[worker {claimant}]")), "{}: {}", a.idempotency_key, ok[0].message);
+    }
+    // Side effects: one request per action, plus at most one per attempt cut short (rescued).
+    let mut sent: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in sink.requests() {
+        let key =
+            r.header(orchestrator::adapters::http::IDEMPOTENCY_HEADER).expect("the idempotency header").to_string();
+        *sent.entry(key).or_default() += 1;
+    }
+    let mut repeats = 0;
+    for a in &all {
+        let got = sent.get(&a.idempotency_key).copied().unwrap_or(0);
+        let rescued = rescued_by_action.get(&a.id).copied().unwrap_or(0);
+        assert!(got >= 1, "{}: no request reached the recorder", a.idempotency_key);
+        assert!(got <= 1 + rescued, "{}: {got} requests but {rescued} rescued attempt(s)", a.idempotency_key);
+        assert_eq!(a.attempts as usize, 1 + rescued, "{}: every attempt but the last was rescued", a.idempotency_key);
+        repeats += got - 1;
+    }
+    let rescues: usize = rescued_by_action.values().sum();
+    eprintln!(
+        "workers chaos: {n} actions, {kills} kill -9 of workers, the leader killed once, one worker stopped past its \
+         TTL; drained in {drained_in:.1?}; {rescues} attempt(s) rescued, {repeats} repeated request(s); 0 lost, 0 stuck"
+    );
+}
