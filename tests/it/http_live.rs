@@ -238,10 +238,18 @@ fn promtool_accepts_the_shipped_files_and_a_live_metrics_page() {
 }
 
 #[test]
-fn the_systemd_unit_restarts_on_failure_is_hardened_and_verifies() {
+fn the_systemd_units_restart_on_failure_are_hardened_and_verify() {
+    check_unit("orchestrator.service", "ExecStart=/usr/local/bin/orchestrator --log-format json run");
+    check_unit(
+        "orchestrator-worker.service",
+        "ExecStart=/usr/local/bin/orchestrator --log-format json worker --concurrency 16",
+    );
+}
+
+fn check_unit(file: &str, exec: &str) {
     let unit =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/orchestrator.service"))
-            .unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd").join(file)).unwrap();
+    assert!(unit.lines().any(|l| l == exec), "{file} has {exec}");
     for line in [
         // Not `always`: `orchestrator kill` exits 0, and that stop must stay a stop.
         "Restart=on-failure",
@@ -254,16 +262,15 @@ fn the_systemd_unit_restarts_on_failure_is_hardened_and_verifies() {
         "ProtectSystem=strict",
         "PrivateTmp=yes",
         "CapabilityBoundingSet=",
-        "ExecStart=/usr/local/bin/orchestrator --log-format json run",
     ] {
-        assert!(unit.lines().any(|l| l == line), "the unit has {line}");
+        assert!(unit.lines().any(|l| l == line), "{file} has {line}");
     }
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
         eprintln!("skipped: systemd-analyze is not installed, so the unit was not verified");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("orchestrator.service");
+    let path = dir.path().join(file);
     std::fs::write(&path, unit.replace("/usr/local/bin/orchestrator", env!("CARGO_BIN_EXE_orchestrator"))).unwrap();
     let o = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
