@@ -427,6 +427,8 @@ struct StatusBody {
     decisions: Vec<DecisionRow>,
     /// PENDING + RETRY actions per type: the work waiting.
     waiting_by_type: std::collections::BTreeMap<String, i64>,
+    /// The registered executors (`orchestrator workers`).
+    workers_list: Vec<crate::store::WorkerRow>,
 }
 
 /// How many recent decisions `/status` shows.
@@ -504,6 +506,18 @@ async fn status_page(
     };
     let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
     let waiting_by_type = st.store.waiting_by_type().await?;
-    Ok(axum::Json(StatusBody { report, mode, ticks, logs, dlq, server, rules, decisions, waiting_by_type })
-        .into_response())
+    let workers_list = st.store.workers(st.config.workers.ttl).await?;
+    Ok(axum::Json(StatusBody {
+        report,
+        mode,
+        ticks,
+        logs,
+        dlq,
+        server,
+        rules,
+        decisions,
+        waiting_by_type,
+        workers_list,
+    })
+    .into_response())
 }

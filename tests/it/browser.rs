@@ -360,6 +360,13 @@ async fn operator_page_in_headless_chromium() {
             assert_eq!(drv.text(&format!("#waiting tr[data-type=\"{t}\"] td:nth-child(2)")), n.to_string(), "{t}");
         }
 
+        // Workers: the daemon's own executor is a registered worker, shown as the database has it.
+        let workers = handle.block_on(db.workers(Duration::from_secs(30))).unwrap();
+        assert!(workers.iter().any(|w| w.live), "the daemon's executor registered: {workers:?}");
+        for w in workers.iter().filter(|w| w.live) {
+            drv.wait_text(&format!("#workers tr[data-worker=\"{}\"] td:nth-child(2)", w.id), |t| t == "yes");
+        }
+
         // The decisions timeline: one dot per decision /status lists, each naming its rule.
         let dots = drv.count("#timeline circle.decision");
         assert!(dots >= 1, "the timeline shows the rule's decisions");

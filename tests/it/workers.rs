@@ -530,3 +530,30 @@ async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
          TTL; drained in {drained_in:.1?}; {rescues} attempt(s) rescued, {repeats} repeated request(s); 0 lost, 0 stuck"
     );
 }
+
+crate::backend_tests!(an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds);
+
+async fn an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds(db: &TestDb) {
+    let mode = |proof: bool| orchestrator::store::FlagChange { proof_mode: Some(proof), ..Default::default() };
+    for i in 0..3 {
+        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("m{i}")), 3).await.unwrap();
+    }
+    let plain = crate::support::worker(&db.store, "plain", Duration::from_secs(30)).await;
+    let enforced = orchestrator::store::Claimer {
+        worker: "enforced".into(),
+        proof_enforced: true,
+        ..crate::support::worker(&db.store, "enforced", Duration::from_secs(30)).await
+    };
+    db.store.set_flags(mode(false)).await.unwrap();
+    let real = db.store.claim(&plain, 1).await.unwrap();
+    assert!(!real[0].proof && !real[0].action.claim.as_ref().unwrap().proof, "real, as the flag says");
+    let held = db.store.claim(&enforced, 1).await.unwrap();
+    assert!(held[0].proof, "a worker configured for enforced proof claims in proof whatever the flag");
+    db.store.set_flags(mode(true)).await.unwrap();
+    let proof = db.store.claim(&plain, 1).await.unwrap();
+    assert!(proof[0].proof, "flipping proof on holds from the next claim");
+    assert!(
+        !db.store.action(real[0].action.id).await.unwrap().unwrap().claim.unwrap().proof,
+        "claimed real, stays real"
+    );
+}
