@@ -131,6 +131,9 @@ pub struct VerifyReport {
     pub ok: usize,
     pub missing: Vec<BadArtifact>,
     pub mismatched: Vec<BadArtifact>,
+    /// Recorded by a worker on another host and not reachable here (`problem` names the host):
+    /// not checked, not a failure. Verify them on their host, or share `artifacts_dir`.
+    pub elsewhere: Vec<BadArtifact>,
 }
 
 impl VerifyReport {
@@ -139,9 +142,16 @@ impl VerifyReport {
     }
 }
 
+/// The host a log row's attempt ran on, from its `[worker host:pid:id]` suffix.
+fn worker_host(message: &str) -> Option<&str> {
+    let worker = message.rsplit_once("[worker ")?.1.strip_suffix(']')?;
+    worker.split(':').next().filter(|h| !h.is_empty())
+}
+
 /// Recomputes the sha256 of every artifact the log rows name (relative paths resolve against
-/// the current directory, as they were written).
-pub fn verify(rows: &[crate::model::LogRow]) -> VerifyReport {
+/// the current directory, as they were written). A file that is not here and was written by a
+/// worker on another host than `this_host` is listed apart, unchecked.
+pub fn verify(rows: &[crate::model::LogRow], this_host: &str) -> VerifyReport {
     let mut report = VerifyReport::default();
     for row in rows {
         let Some(path) = &row.artifact_ref else { continue };
@@ -158,7 +168,13 @@ pub fn verify(rows: &[crate::model::LogRow]) -> VerifyReport {
         match sha256_file(Path::new(path)) {
             Ok(actual) if actual == expected => report.ok += 1,
             Ok(actual) => report.mismatched.push(bad(Some(actual), "mismatch".into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.missing.push(bad(None, "missing".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match worker_host(&row.message) {
+                Some(host) if host != this_host => {
+                    report.checked -= 1;
+                    report.elsewhere.push(bad(None, format!("on host {host}")));
+                }
+                _ => report.missing.push(bad(None, "missing".into())),
+            },
             Err(e) => report.missing.push(bad(None, format!("unreadable: {e}"))),
         }
     }
@@ -247,12 +263,30 @@ mod tests {
         let bad = write_atomic(&dir.path().join("a/bad.txt"), b"bad").unwrap();
         std::fs::write(&bad.path, b"changed").unwrap();
         let gone = dir.path().join("a/gone.txt");
-        let r = verify(&[row(1, &good.path, &good.sha256), row(2, &bad.path, &bad.sha256), row(3, &gone, "00")]);
+        let r =
+            verify(&[row(1, &good.path, &good.sha256), row(2, &bad.path, &bad.sha256), row(3, &gone, "00")], "here");
         assert_eq!((r.checked, r.ok), (3, 1));
         assert_eq!(r.mismatched.iter().map(|b| b.log_id).collect::<Vec<_>>(), [2]);
         assert_eq!(r.mismatched[0].actual_sha256.as_deref(), Some(sha256_hex(b"changed").as_str()));
         assert_eq!((r.missing[0].log_id, r.missing[0].problem.as_str()), (3, "missing"));
         assert!(!r.all_ok());
+
+        // A file written by a worker on another host is listed apart; one of this host's is missing.
+        let on = |id: i64, host: &str| crate::model::LogRow {
+            message: format!("NOOP succeeded (proof, attempt 1/3, 1 ms): ok [worker {host}:42:abcd]"),
+            ..row(id, &gone, "00")
+        };
+        let r = verify(&[on(4, "other"), on(5, "here"), row(6, &good.path, &good.sha256)], "here");
+        assert_eq!((r.checked, r.ok), (2, 1));
+        assert_eq!(
+            r.elsewhere.iter().map(|b| (b.log_id, b.problem.as_str())).collect::<Vec<_>>(),
+            [(4, "on host other")]
+        );
+        assert_eq!(r.missing.iter().map(|b| b.log_id).collect::<Vec<_>>(), [5]);
+        // Reachable here (a shared directory): checked like any other, whoever wrote it.
+        let shared = crate::model::LogRow { message: on(7, "other").message, ..row(7, &good.path, &good.sha256) };
+        let r = verify(&[shared], "here");
+        assert!(r.all_ok() && r.elsewhere.is_empty() && r.ok == 1);
     }
 
     #[test]

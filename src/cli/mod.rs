@@ -620,7 +620,8 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
         Command::Completions { .. } | Command::Manpage => {}
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
-            let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows)).await?;
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows, &host)).await?;
             out.verify(&report);
             if !report.all_ok() {
                 return Ok(exit::ERROR);

@@ -331,6 +331,16 @@ impl Out {
             r.missing.len(),
             r.mismatched.len()
         );
+        if !r.elsewhere.is_empty() {
+            let mut hosts: Vec<&str> = r.elsewhere.iter().map(|b| b.problem.trim_start_matches("on host ")).collect();
+            hosts.sort_unstable();
+            hosts.dedup();
+            println!(
+                "{} artifact(s) written on other hosts not checked here (run artifacts verify there): {}",
+                r.elsewhere.len(),
+                hosts.join(", ")
+            );
+        }
     }
 
     pub fn logs(&self, logs: &[LogRow]) {

