@@ -429,7 +429,13 @@ struct StatusBody {
     waiting_by_type: std::collections::BTreeMap<String, i64>,
     /// The registered executors (`orchestrator workers`).
     workers_list: Vec<crate::store::WorkerRow>,
+    /// SUCCESS and CANCELLED actions finished in the last 24 hours (`queue` counts the open
+    /// statuses only).
+    finished_last_24h: std::collections::BTreeMap<ActionStatus, i64>,
 }
+
+/// The window of `/status`'s `finished_last_24h`.
+const FINISHED_WINDOW: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// How many recent decisions `/status` shows.
 const STATUS_DECISIONS: u64 = 20;
@@ -470,7 +476,10 @@ async fn status_page(
         return Err(ApiError::bad_request(format!("query parameter ticks must be between 1 and 200, got {n_ticks}")));
     }
     // Behind the token once one is set, so a failed tick's reason may quote its notes.
-    let report = st.status(Counts::AllHistory, true).await?;
+    // Open counts only: the page polls this every few seconds, so its cost must not grow with
+    // finished history; the finished side is the last 24 hours, through the finished index.
+    let report = st.status(Counts::OpenOnly, true).await?;
+    let finished_last_24h = st.store.finished_since(model::earlier_saturating(st.store.now(), FINISHED_WINDOW)).await?;
     let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
@@ -518,6 +527,7 @@ async fn status_page(
         decisions,
         waiting_by_type,
         workers_list,
+        finished_last_24h,
     })
     .into_response())
 }

@@ -54,8 +54,28 @@ impl Store {
     /// Counts of the open statuses only, served by the partial index: cost independent of
     /// finished history.
     pub async fn open_counts(&self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
-        self.grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY status"))
-            .await
+        let mut counts = self
+            .grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY status"))
+            .await?;
+        counts.retain(|s, _| ActionStatus::OPEN.contains(s));
+        Ok(counts)
+    }
+
+    /// SUCCESS and CANCELLED actions finished since `since`, through the finished index: a cost
+    /// that follows recent traffic, not history.
+    pub async fn finished_since(&self, since: DateTime<Utc>) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
+        let sql = "SELECT status, COUNT(*) AS n FROM actions WHERE status IN ('SUCCESS', 'CANCELLED') \
+                   AND finished_at >= $1 GROUP BY status";
+        let rows = self.db.query_all_raw(self.stmt(sql, [since.into()])).await.doing("counting finished actions")?;
+        let mut counts: BTreeMap<ActionStatus, i64> =
+            [(ActionStatus::Success, 0), (ActionStatus::Cancelled, 0)].into_iter().collect();
+        for r in rows {
+            let status: String = r.try_get("", "status").doing("counting finished actions")?;
+            if let Ok(s) = status.parse::<ActionStatus>() {
+                counts.insert(s, r.try_get("", "n").doing("counting finished actions")?);
+            }
+        }
+        Ok(counts)
     }
 
     async fn grouped_counts(&self, sql: &str) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
