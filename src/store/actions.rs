@@ -37,6 +37,11 @@ impl Store {
         let mut q = actions::Entity::find();
         if let Some(s) = filter.status {
             q = q.filter(actions::Column::Status.eq(s.as_str()));
+            if ActionStatus::OPEN.contains(&s) {
+                // The open-status index's own predicate, so that the planner reads only that
+                // status's rows (the page's DLQ list) instead of scanning finished history.
+                q = q.filter(sea_orm::sea_query::Expr::cust(OPEN_SQL));
+            }
         }
         if let Some(t) = &filter.action_type {
             q = q.filter(actions::Column::ActionType.eq(t.as_str()));
