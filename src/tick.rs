@@ -22,6 +22,10 @@ use crate::snapshot::{self, Snapshot};
 use crate::store::Fence;
 use crate::store::{Store, StoreError, TickClose};
 
+/// How far behind a `--no-execute` leader counts the workers' outcomes: longer than an
+/// outcome's write takes from its timestamp to its commit.
+const OUTCOME_LAG: Duration = Duration::from_secs(2);
+
 /// Rows claimed per claim statement; a tick loops claims up to `max_actions_per_tick`.
 const CLAIM_BATCH: u32 = 512;
 
@@ -463,10 +467,12 @@ impl Engine {
         if !self.execute {
             // The leader executes nothing: its counts are what the workers recorded since its
             // previous tick, so a drain by workers never reads as idle.
-            let now = self.store.now();
-            let previous = self.last_started.lock().ok().and_then(|mut g| g.replace(now));
-            let since = previous.unwrap_or_else(|| crate::model::earlier_saturating(now, self.config.tick_interval));
-            let (ok, failed) = self.store.outcomes_since(since).await?;
+            // Windows end OUTCOME_LAG ago and follow each other without gap or overlap: an
+            // outcome stamped before a window's end has committed by the time it is counted.
+            let upto = crate::model::earlier_saturating(self.store.now(), OUTCOME_LAG);
+            let previous = self.last_started.lock().ok().and_then(|mut g| g.replace(upto));
+            let since = previous.unwrap_or_else(|| crate::model::earlier_saturating(upto, self.config.tick_interval));
+            let (ok, failed) = self.store.outcomes_between(since, upto).await?;
             succeeded = u32::try_from(ok).unwrap_or(u32::MAX);
             attempted = succeeded.saturating_add(u32::try_from(failed).unwrap_or(u32::MAX));
             notes.push(format!(

@@ -102,15 +102,20 @@ impl Store {
         Ok(())
     }
 
-    /// Outcomes recorded since `since` (by any executor): SUCCESS and DLQ rows finished since,
-    /// and RETRY rows changed since, through the finished and retry indexes. What a leader
-    /// that executes nothing (`run --no-execute`) reports as its tick's counts.
-    pub async fn outcomes_since(&self, since: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
+    /// Outcomes recorded in `[since, upto)` (by any executor): SUCCESS and DLQ rows finished,
+    /// and RETRY rows changed, through the finished and retry indexes. What a leader that
+    /// executes nothing (`run --no-execute`) reports as its tick's counts.
+    pub async fn outcomes_between(&self, since: DateTime<Utc>, upto: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
         let sql = "SELECT \
-                   (SELECT COUNT(*) FROM actions WHERE status = 'SUCCESS' AND finished_at >= $1) AS ok, \
-                   (SELECT COUNT(*) FROM actions WHERE status = 'DLQ' AND finished_at >= $1) \
-                   + (SELECT COUNT(*) FROM actions WHERE status = 'RETRY' AND updated_at >= $1) AS failed";
-        let row = self.db.query_one_raw(self.stmt(sql, [since.into()])).await.doing("counting recent outcomes")?;
+                   (SELECT COUNT(*) FROM actions WHERE status = 'SUCCESS' AND finished_at >= $1 AND finished_at < $2) AS ok, \
+                   (SELECT COUNT(*) FROM actions WHERE status = 'DLQ' AND finished_at >= $1 AND finished_at < $2) \
+                   + (SELECT COUNT(*) FROM actions WHERE status = 'RETRY' AND updated_at >= $1 AND updated_at < $2) \
+                   AS failed";
+        let row = self
+            .db
+            .query_one_raw(self.stmt(sql, [since.into(), upto.into()]))
+            .await
+            .doing("counting recent outcomes")?;
         let row = row.ok_or_else(|| StoreError::Internal("counting recent outcomes returned nothing".into()))?;
         Ok((
             row.try_get("", "ok").doing("counting recent outcomes")?,
