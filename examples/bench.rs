@@ -11,8 +11,15 @@
 //! default configuration with the shipped rules loaded, which is what users run),
 //! `drain_concurrency` (drain rate against
 //! concurrency), `bulk_enqueue` (JSON Lines into SQLite) and `memory` (RSS of `run` over
-//! 10,000 ticks). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
-//! `ORCHESTRATOR_TEST_PG_URL`); each run uses a fresh schema. Timings are medians over `--runs`.
+//! 10,000 ticks) and `workers_scaling` (PostgreSQL only: a leader `run --no-execute --no-http`
+//! beside 1, 2 and 4 `orchestrator worker --concurrency 16` processes of the release binary,
+//! draining WEBHOOK actions to a receiver in this process that answers after 200 ms, proof mode
+//! off; what PostgreSQL carried with four; and NOOP drains by one and four workers against the single
+//! process of `drain`). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
+//! `ORCHESTRATOR_TEST_PG_URL`; `--only workers_scaling` falls back to
+//! postgres://postgres@127.0.0.1:5432/test); each run uses a fresh schema, or for the workers a
+//! fresh database (`CREATE DATABASE`), so `pg_stat_activity` counts only its processes.
+//! Timings are medians over `--runs`.
 //! This is a measuring tool, not a test: it asserts only that the work it timed was done.
 
 use std::collections::BTreeMap;
@@ -32,6 +39,8 @@ struct Args {
     quick: bool,
     only: Option<String>,
     pg: Option<String>,
+    /// `--no-pg`: not even the workers figures' default URL.
+    no_pg: bool,
     out: PathBuf,
 }
 
@@ -51,6 +60,7 @@ fn args() -> anyhow::Result<Args> {
         quick: false,
         only: None,
         pg: std::env::var("ORCHESTRATOR_BENCH_PG_URL").or_else(|_| std::env::var("ORCHESTRATOR_TEST_PG_URL")).ok(),
+        no_pg: false,
         out: PathBuf::from("target/bench"),
     };
     let mut it = std::env::args().skip(1);
@@ -60,7 +70,10 @@ fn args() -> anyhow::Result<Args> {
             "--quick" => a.quick = true,
             "--only" => a.only = it.next(),
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
-            "--no-pg" => a.pg = None,
+            "--no-pg" => {
+                a.pg = None;
+                a.no_pg = true;
+            }
             "--sqlite-sync" => match it.next().as_deref() {
                 Some("full") => SQLITE_FULL.store(true, std::sync::atomic::Ordering::Relaxed),
                 Some("normal") => SQLITE_FULL.store(false, std::sync::atomic::Ordering::Relaxed),
@@ -217,8 +230,12 @@ fn wanted(a: &Args, name: &str) -> bool {
     a.only.as_deref().is_none_or(|o| o == name)
 }
 
+/// The release binary beside this example (`<target>/release/orchestrator`, wherever
+/// `CARGO_TARGET_DIR` put it), else `target/release/orchestrator`.
 fn release_binary() -> anyhow::Result<PathBuf> {
-    let p = PathBuf::from("target/release/orchestrator");
+    let beside =
+        std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(|d| d.join("orchestrator")));
+    let p = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("target/release/orchestrator"));
     anyhow::ensure!(p.exists(), "build the release binary first: cargo build --release");
     Ok(std::fs::canonicalize(p)?)
 }
@@ -501,6 +518,356 @@ fn memory(a: &Args) -> anyhow::Result<Vec<Figure>> {
     Ok(figs)
 }
 
+// workers_scaling: a leader (`run --no-execute`) and `orchestrator worker` processes on one
+// PostgreSQL database, each run in a database of its own.
+
+/// The PostgreSQL URL the workers figures use when none is given.
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// `base` with its database name replaced by `db` (its query kept).
+fn pg_url(base: &str, db: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (base, String::new()),
+    };
+    let authority = head.find("://").map_or(0, |i| i + 3);
+    let root = head[authority..].find('/').map_or(head, |i| &head[..authority + i]);
+    format!("{root}/{db}{query}")
+}
+
+/// A fresh PostgreSQL database (`CREATE DATABASE bench_x_<n>`), dropped after the run.
+struct PgDatabase {
+    base: String,
+    name: String,
+    url: String,
+    store: Store,
+    stats: sea_orm::DatabaseConnection,
+    dir: tempfile::TempDir,
+}
+
+impl PgDatabase {
+    async fn new(base: &str) -> anyhow::Result<PgDatabase> {
+        let name = format!("bench_x_{}", fastrand::u32(..));
+        let admin = Store::connect(base, &StoreOptions::default()).await?;
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        admin.close().await?;
+        let url = pg_url(base, &name);
+        let store = Store::open(&url, &StoreOptions::default()).await?;
+        let stats = sea_orm::Database::connect(url.as_str()).await?;
+        Ok(PgDatabase { base: base.to_string(), name, url, store, stats, dir: tempfile::tempdir()? })
+    }
+
+    async fn drop_database(self) {
+        self.store.close().await.ok();
+        self.stats.close().await.ok();
+        if let Ok(admin) = Store::connect(&self.base, &StoreOptions::default()).await {
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await.ok();
+            admin.close().await.ok();
+        }
+    }
+
+    /// The first `n` columns of the one row `sql` selects, each a float8.
+    async fn numbers(&self, sql: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+        use sea_orm::ConnectionTrait;
+        let stmt = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+        let row = self.stats.query_one_raw(stmt).await?.ok_or_else(|| anyhow::anyhow!("no row: {sql}"))?;
+        (0..n).map(|i| row.try_get_by_index::<f64>(i).map_err(Into::into)).collect()
+    }
+
+    /// The pids of the connections to this database now, as an SQL list.
+    async fn backends(&self) -> anyhow::Result<String> {
+        use sea_orm::ConnectionTrait;
+        let sql = format!(
+            "SELECT coalesce(string_agg(pid::text, ', '), '0') FROM pg_stat_activity WHERE datname = '{}'",
+            self.name
+        );
+        let stmt = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+        let row = self.stats.query_one_raw(stmt).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
+        Ok(row.try_get_by_index::<String>(0)?)
+    }
+
+    /// The processes' stderr, for an error.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                out += &format!("--- {}\n{text}", entry.file_name().to_string_lossy());
+            }
+        }
+        out
+    }
+
+    fn spawn(&self, bin: &Path, log: &str, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        let stderr = std::fs::File::create(self.dir.path().join(log))?;
+        Ok(Command::new(bin)
+            .args(["--database-url", &self.url, "--config", "o.yaml"])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()?)
+    }
+}
+
+/// The leader and the workers of one run: SIGTERM and a wait by `stop`, killed if dropped first.
+struct Procs(Vec<std::process::Child>);
+
+impl Procs {
+    fn stop(&mut self) -> anyhow::Result<()> {
+        for c in &self.0 {
+            Command::new("kill").args(["-TERM", &c.id().to_string()]).status()?;
+        }
+        for c in &mut self.0 {
+            let start = Instant::now();
+            while c.try_wait()?.is_none() && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A webhook target on 127.0.0.1 that answers every request 200 after `delay`; counts them.
+async fn slow_receiver(delay: Duration) -> anyhow::Result<(String, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, hits))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Work {
+    /// WEBHOOK to the slow receiver: I/O-bound.
+    Webhook,
+    Noop,
+}
+
+/// What one run of leader + workers did, from the rows it left (the database's timestamps).
+struct WorkersRun {
+    /// Actions per second, first claim to last completion.
+    rate: f64,
+    /// Claim statements that took rows, per second.
+    claims: f64,
+    /// Rows claimed per such claim.
+    rows_per_claim: f64,
+    /// Completion transactions (group commits) per second.
+    commits: f64,
+    /// The most connections the processes held at once (every 100 ms sample).
+    connections: f64,
+    /// Median ms from a claim to the last outcome of its batch written (the worker's dispatch).
+    batch_ms: f64,
+    /// Median ms from that write to the same worker's next claim (commit, heartbeat, claim).
+    between_ms: f64,
+}
+
+/// `n` actions drained by a leader (`run --no-execute --no-http`) and `workers` workers at
+/// concurrency 16, started together once the queue is filled, proof mode off.
+async fn workers_once(
+    bin: &Path,
+    base: &str,
+    work: Work,
+    n: usize,
+    workers: usize,
+    hook: &str,
+) -> anyhow::Result<WorkersRun> {
+    let db = PgDatabase::new(base).await?;
+    let r = workers_measure(bin, &db, work, n, workers, hook).await;
+    db.drop_database().await;
+    r
+}
+
+async fn workers_measure(
+    bin: &Path,
+    db: &PgDatabase,
+    work: Work,
+    n: usize,
+    workers: usize,
+    hook: &str,
+) -> anyhow::Result<WorkersRun> {
+    let config = format!("adapters:\n  webhook:\n    targets:\n      sink:\n        url: {hook}\n");
+    std::fs::write(db.dir.path().join("o.yaml"), config)?;
+    let lines: String = (0..n)
+        .map(|i| match work {
+            Work::Webhook => {
+                format!("{{\"action_type\":\"WEBHOOK\",\"payload\":{{\"target\":\"sink\",\"body\":{{\"i\":{i}}}}}}}\n")
+            }
+            Work::Noop => format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n"),
+        })
+        .collect();
+    let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
+    anyhow::ensure!(report.created == n as u64, "created {} of {n}", report.created);
+    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+
+    // Every connection to the database now is the bench's own (its store names itself
+    // `orchestrator`, as the processes do): the samples leave these out.
+    let ours = db.backends().await?;
+    let mut procs = Procs(vec![db.spawn(bin, "leader.log", &["run", "--no-execute", "--no-http"])?]);
+    for i in 0..workers {
+        procs.0.push(db.spawn(bin, &format!("worker{i}.log"), &["worker", "--concurrency", "16"])?);
+    }
+    let sample = format!(
+        "SELECT (SELECT count(*) FROM actions WHERE status = 'SUCCESS')::float8, \
+         (SELECT count(*) FROM actions WHERE status IN ('RETRY', 'DLQ'))::float8, \
+         (SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND pid NOT IN ({ours}))::float8",
+        db.name
+    );
+    let start = Instant::now();
+    let mut connections = 0.0f64;
+    loop {
+        let v = db.numbers(&sample, 3).await?;
+        connections = connections.max(v[2]);
+        if v[0] as usize == n {
+            break;
+        }
+        anyhow::ensure!(v[1] == 0.0, "{} attempts failed; the processes' stderr:\n{}", v[1], db.logs());
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "not drained within 600 s");
+        for c in &mut procs.0 {
+            if let Some(status) = c.try_wait()? {
+                anyhow::bail!("a process exited early ({status}); their stderr:\n{}", db.logs());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    procs.stop()?;
+    // From the rows: a claim stamps one token on every row it takes; a completion transaction
+    // stamps one finished_at on every row of its group.
+    let v = db
+        .numbers(
+            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(claimed_at))::float8, count(*)::float8, \
+             count(DISTINCT claim_token)::float8, count(DISTINCT (claimed_by, finished_at))::float8, \
+             count(DISTINCT claimed_by)::float8 FROM actions WHERE status = 'SUCCESS'",
+            5,
+        )
+        .await?;
+    let (secs, rows, claims, commits, by) = (v[0], v[1], v[2], v[3], v[4]);
+    anyhow::ensure!(rows == n as f64 && by >= 1.0, "{rows} of {n} succeeded, by {by} workers");
+    anyhow::ensure!(!db.store.logs(None, 1).await?.is_empty(), "no log rows");
+    // One worker's cycle: claim, dispatch (the batch's last outcome written at finished_at, the
+    // worker's clock when its completion transaction began), then the next claim.
+    let cycle = db
+        .numbers(
+            "WITH c AS (SELECT claimed_by, min(claimed_at) AS claimed, max(finished_at) AS finished                         FROM actions GROUP BY claimed_by, claim_token),                   g AS (SELECT claimed, finished,                         lead(claimed) OVER (PARTITION BY claimed_by ORDER BY claimed) AS next FROM c)              SELECT (1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished - claimed)))::float8,                     (1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM next - finished)))::float8              FROM g",
+            2,
+        )
+        .await?;
+    Ok(WorkersRun {
+        batch_ms: cycle[0],
+        between_ms: cycle[1],
+        rate: rows / secs,
+        claims: claims / secs,
+        rows_per_claim: rows / claims,
+        commits: commits / secs,
+        connections,
+    })
+}
+
+fn figure(name: &str, param: String, unit: &'static str, runs: Vec<f64>) -> Figure {
+    let f =
+        Figure { name: name.into(), backend: "postgres".into(), param, value: median(&mut runs.clone()), unit, runs };
+    emit(&f);
+    f
+}
+
+async fn workers_scaling(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    // The default URL only when asked for by name: the whole suite without a URL stays SQLite.
+    let base = match (&a.pg, a.only.is_some()) {
+        (Some(url), _) => url.clone(),
+        (None, true) if !a.no_pg => DEFAULT_PG.to_string(),
+        (None, _) => return Ok(Vec::new()),
+    };
+    let bin = release_binary()?;
+    let (hook, hits) = slow_receiver(Duration::from_millis(200)).await?;
+    let n = if a.quick { 200 } else { 800 };
+    let counts = [1usize, 2, 4];
+    // Interleaved, so that every worker count sees the same machine.
+    let mut by: BTreeMap<usize, Vec<WorkersRun>> = BTreeMap::new();
+    for _ in 0..a.runs {
+        for &w in &counts {
+            let before = hits.load(std::sync::atomic::Ordering::Relaxed);
+            let r = workers_once(&bin, &base, Work::Webhook, n, w, &hook).await?;
+            let sent = hits.load(std::sync::atomic::Ordering::Relaxed) - before;
+            anyhow::ensure!(sent >= n as u64, "the receiver saw {sent} of {n} requests");
+            by.entry(w).or_default().push(r);
+        }
+    }
+    let mut out = Vec::new();
+    let rates = |w: usize| by[&w].iter().map(|r| r.rate).collect::<Vec<_>>();
+    for &w in &counts {
+        out.push(figure("workers_scaling", format!("webhook,n={n},w={w}"), "actions/s", rates(w)));
+    }
+    let ratios: Vec<f64> = rates(4).iter().zip(rates(1)).map(|(four, one)| four / one).collect();
+    let ratio = median(&mut rates(4)) / median(&mut rates(1));
+    let f = Figure {
+        name: "workers_ratio".into(),
+        backend: "postgres".into(),
+        param: "w=4 / w=1".into(),
+        value: ratio,
+        unit: "x",
+        runs: ratios,
+    };
+    emit(&f);
+    out.push(f);
+    // What PostgreSQL carried while four workers drained.
+    let of = |w: usize, get: fn(&WorkersRun) -> f64| by[&w].iter().map(get).collect::<Vec<_>>();
+    out.push(figure("workers_pg", "w=4,claims".into(), "claims/s", of(4, |r| r.claims)));
+    out.push(figure("workers_pg", "w=4,rows/claim".into(), "rows", of(4, |r| r.rows_per_claim)));
+    out.push(figure("workers_pg", "w=4,commits".into(), "commits/s", of(4, |r| r.commits)));
+    for &w in &counts {
+        out.push(figure("workers_cycle", format!("w={w},batch"), "ms", of(w, |r| r.batch_ms)));
+        out.push(figure("workers_cycle", format!("w={w},between"), "ms", of(w, |r| r.between_ms)));
+    }
+    for &w in &counts {
+        let per: Vec<f64> = of(w, |r| r.connections).iter().map(|c| c / (w as f64 + 1.0)).collect();
+        out.push(figure("workers_pg", format!("w={w},conns/proc"), "conns", per));
+    }
+    let extra: Vec<f64> =
+        of(4, |r| r.connections).iter().zip(of(1, |r| r.connections)).map(|(c4, c1)| (c4 - c1) / 3.0).collect();
+    out.push(figure("workers_pg", "per extra worker".into(), "conns", extra));
+
+    // NOOP on PostgreSQL: one worker beside a leader against the single process (`run`
+    // executing itself, as `drain` measures it), concurrency 16 both.
+    let n = if a.quick { 5_000 } else { 20_000 };
+    // Four NOOP workers: the most this machine's PostgreSQL was asked to carry.
+    let (mut one, mut four, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        one.push(workers_once(&bin, &base, Work::Noop, n, 1, &hook).await?);
+        four.push(workers_once(&bin, &base, Work::Noop, n, 4, &hook).await?);
+        single.push(drain_once("postgres", Some(&base), n, 16, false).await?);
+    }
+    let get = |v: &[WorkersRun], f: fn(&WorkersRun) -> f64| v.iter().map(f).collect::<Vec<_>>();
+    out.push(figure("workers_noop", format!("n={n},1 worker"), "actions/s", get(&one, |r| r.rate)));
+    out.push(figure("workers_noop", format!("n={n},4 workers"), "actions/s", get(&four, |r| r.rate)));
+    out.push(figure("workers_noop", format!("n={n},single"), "actions/s", single));
+    for (w, runs) in [(1, &one), (4, &four)] {
+        out.push(figure("workers_pg", format!("noop,w={w},claims"), "claims/s", get(runs, |r| r.claims)));
+        out.push(figure("workers_pg", format!("noop,w={w},commits"), "commits/s", get(runs, |r| r.commits)));
+        out.push(figure("workers_cycle", format!("noop,w={w},batch"), "ms", get(runs, |r| r.batch_ms)));
+        out.push(figure("workers_cycle", format!("noop,w={w},between"), "ms", get(runs, |r| r.between_ms)));
+    }
+    Ok(out)
+}
+
 /// A minimal line chart: one polyline per series, log-scaled x when asked.
 fn svg_chart(
     title: &str,
@@ -593,6 +960,9 @@ async fn main() -> anyhow::Result<()> {
     if wanted(&a, "memory") {
         all.extend(memory(&a)?);
     }
+    if wanted(&a, "workers_scaling") {
+        all.extend(workers_scaling(&a).await?);
+    }
     for (figure, file, title, x, y, log_x) in [
         (
             "tick_overhead",
@@ -609,6 +979,14 @@ async fn main() -> anyhow::Result<()> {
             "dispatch_concurrency",
             "actions/s",
             true,
+        ),
+        (
+            "workers_scaling",
+            "workers_scaling.svg",
+            "WEBHOOK (200 ms) drain against worker processes, c=16 each",
+            "workers",
+            "actions/s",
+            false,
         ),
     ] {
         let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
