@@ -724,7 +724,7 @@ async fn workers_measure(
     let ours = db.backends().await?;
     let mut procs = Procs(vec![db.spawn(bin, "leader.log", &["run", "--no-execute", "--no-http"])?]);
     for i in 0..workers {
-        procs.0.push(db.spawn(bin, &format!("worker{i}.log"), &["worker", "--concurrency", "16"])?);
+        procs.0.push(db.spawn(bin, &format!("worker{i}.log"), &["worker", "--concurrency", "16", "--no-http"])?);
     }
     let sample = format!(
         "SELECT (SELECT count(*) FROM actions WHERE status = 'SUCCESS')::float8, \

@@ -90,6 +90,9 @@ pub struct Executor {
     registry: Arc<Registry>,
     settings: ExecSettings,
     metrics: Arc<Metrics>,
+    /// Run permits shared by every dispatch of this executor (a worker runs several at once);
+    /// `None`: each dispatch has its own `concurrency`.
+    shared_running: Option<Arc<Semaphore>>,
 }
 
 /// The worker a dispatch runs for (and the tick, when the lease holder runs it).
@@ -115,7 +118,13 @@ enum Kind {
 
 impl Executor {
     pub fn new(registry: Arc<Registry>, settings: ExecSettings, metrics: Arc<Metrics>) -> Self {
-        Executor { registry, settings, metrics }
+        Executor { registry, settings, metrics, shared_running: None }
+    }
+
+    /// Dispatches that overlap share `concurrency` run permits between them.
+    pub fn with_shared_concurrency(mut self) -> Self {
+        self.shared_running = Some(Arc::new(Semaphore::new(self.settings.concurrency.max(1))));
+        self
     }
 
     /// Runs `claimed` (already in dispatch order) and records every outcome.
@@ -128,7 +137,7 @@ impl Executor {
         // writer commits many outcomes per fsync instead of one run permit's worth.
         let (tx, mut rx) = mpsc::unbounded_channel::<(Completion, Kind, OwnedSemaphorePermit)>();
         let concurrency = self.settings.concurrency.max(1);
-        let running = Arc::new(Semaphore::new(concurrency));
+        let running = self.shared_running.clone().unwrap_or_else(|| Arc::new(Semaphore::new(concurrency)));
         let window = Arc::new(Semaphore::new(self.settings.max_unrecorded.max(concurrency)));
 
         let launcher = async {

@@ -18,8 +18,8 @@ use crate::executor::{ExecSettings, Executor, Scope};
 use crate::metrics::Metrics;
 use crate::store::{Beat, Claimer, NewWorker, Store, StoreError};
 
-/// How long a worker's claimed attempt may wait for a free slot before it starts: a worker
-/// claims only what it can start at once, so this covers the hand-over and the outcome write.
+/// The slack of a worker's claim deadline beyond the rounds its attempt may wait for a run
+/// slot: the hand-over and the outcome write.
 pub const WORKER_START_WITHIN: Duration = Duration::from_secs(5);
 
 /// One registration in the `workers` table, renewed or replaced as its heartbeat allows.
@@ -181,8 +181,11 @@ pub struct Worker {
 impl Worker {
     pub fn new(store: Store, config: Config, registry: Registry, options: WorkerOptions) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let settings = ExecSettings::from_config(&config, store.clock().clone(), options.concurrency);
-        let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone());
+        let mut settings = ExecSettings::from_config(&config, store.clock().clone(), options.concurrency);
+        // The window scales with the worker's own concurrency, as `run`'s does with its.
+        settings.max_unrecorded =
+            settings.max_unrecorded.max(crate::config::default_max_unrecorded(options.concurrency) as usize);
+        let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone()).with_shared_concurrency();
         let registration =
             Arc::new(Registration::new(store.clone(), config.workers.ttl, options.concurrency, options.types.clone()));
         Worker { store, config: Arc::new(config), executor, settings, registration, options, metrics }
@@ -228,7 +231,6 @@ impl Worker {
                 }
             })
         };
-        let mut last_id: Option<String> = None;
         let mut listener = match self.store.work_listener().await {
             Ok(l) => l,
             Err(e) => {
@@ -236,44 +238,90 @@ impl Worker {
                 None
             }
         };
+        // Up to `max_unrecorded` attempts are claimed and not yet recorded (at least
+        // `concurrency`), and `concurrency` run at once across every dispatch: each claim takes
+        // as many rows as the window has room for, and its dispatch runs beside the others, so
+        // a slow attempt never holds the next claim back. A claimed attempt may wait for a run
+        // slot behind the rest of the window: its deadline allows for that many rounds.
+        let concurrency = self.settings.concurrency.max(1);
+        let window = self.settings.max_unrecorded.max(concurrency);
+        let rounds = u32::try_from(window.div_ceil(concurrency)).unwrap_or(u32::MAX);
+        let start_within = WORKER_START_WITHIN.saturating_add(default.saturating_mul(rounds.saturating_sub(1)));
+        let slots = Arc::new(tokio::sync::Semaphore::new(window));
+        let mut running: tokio::task::JoinSet<(i32, crate::executor::DispatchReport)> = tokio::task::JoinSet::new();
         let mut outcome = Box::pin(async {
+            let mut id: Option<String> = None;
+            let account =
+                |summary: &mut WorkerSummary, done: Result<(i32, crate::executor::DispatchReport), _>| match done {
+                    Ok((n, r)) => {
+                        self.registration.in_flight.fetch_sub(n, Ordering::SeqCst);
+                        self.registration.count(r.succeeded, r.failed);
+                        summary.attempted += u64::from(r.attempted);
+                        summary.succeeded += u64::from(r.succeeded);
+                        summary.rejected_writes += r.rejected.len() as u64;
+                    }
+                    Err(e) => tracing::error!(error = %e, "a dispatch task failed"),
+                };
             loop {
+                while let Some(done) = running.try_join_next() {
+                    account(&mut summary, done);
+                }
                 if *shutdown.borrow() {
                     break;
                 }
-                let id = match self.registration.ensure().await {
-                    Ok(id) => id,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot register the worker; trying again");
-                        wait(&mut shutdown, self.config.workers.poll).await;
-                        continue;
+                if id.is_none() || lost.load(Ordering::SeqCst) {
+                    // A lapsed registration: what is in flight finishes (or is unstarted) under
+                    // the old one first; then a new id.
+                    while let Some(done) = running.join_next().await {
+                        account(&mut summary, done);
                     }
+                    match self.registration.ensure().await {
+                        Ok(new) => {
+                            lost.store(false, Ordering::SeqCst);
+                            summary.registrations += 1;
+                            id = Some(new);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot register the worker; trying again");
+                            wait(&mut shutdown, self.config.workers.poll).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(worker) = id.clone() else { continue };
+                let first = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.wait_for(|s| *s) => continue,
                 };
-                lost.store(false, Ordering::SeqCst);
-                if last_id.as_deref() != Some(id.as_str()) {
-                    summary.registrations += 1;
-                    last_id = Some(id.clone());
+                let mut permits = vec![first];
+                while let Ok(p) = slots.clone().try_acquire_owned() {
+                    permits.push(p);
                 }
                 let claimer = Claimer {
-                    worker: id.clone(),
+                    worker: worker.clone(),
                     worker_ttl: self.config.workers.ttl,
                     types: self.options.types.clone(),
                     type_timeouts: by_type.clone(),
                     default_timeout: default,
-                    start_within: WORKER_START_WITHIN,
+                    start_within,
                     proof_enforced: self.config.proof_enforced,
                     epoch: None,
                 };
-                let claimed = match self.store.claim(&claimer, u64::from(self.options.concurrency.max(1))).await {
+                let claimed = match self.store.claim(&claimer, permits.len() as u64).await {
                     Ok(c) => c,
                     Err(e) => {
+                        drop(permits);
                         tracing::warn!(error = %e, "claim failed; trying again");
                         wait(&mut shutdown, self.config.workers.poll).await;
                         continue;
                     }
                 };
                 if claimed.is_empty() {
-                    // Woken by a notification (PostgreSQL), or the poll interval.
+                    drop(permits);
+                    // Woken by a notification (PostgreSQL), a finished dispatch, or the poll.
                     match listener.as_mut() {
                         Some(l) => {
                             tokio::select! {
@@ -285,20 +333,25 @@ impl Worker {
                     }
                     continue;
                 }
+                permits.truncate(claimed.len());
                 let n = i32::try_from(claimed.len()).unwrap_or(i32::MAX);
                 self.registration.in_flight.fetch_add(n, Ordering::SeqCst);
-                let far = Instant::now() + Duration::from_secs(365 * 86_400);
-                let scope = Scope { store: &self.store, worker: &id, tick_id: None, deadline: far, lost: &lost };
-                let r = self.executor.dispatch(&scope, claimed).await;
-                self.registration.in_flight.fetch_sub(n, Ordering::SeqCst);
-                self.registration.count(r.succeeded, r.failed);
-                summary.attempted += u64::from(r.attempted);
-                summary.succeeded += u64::from(r.succeeded);
-                summary.rejected_writes += r.rejected.len() as u64;
+                let (store, executor, lost) = (self.store.clone(), self.executor.clone(), lost.clone());
+                running.spawn(async move {
+                    let far = Instant::now() + Duration::from_secs(365 * 86_400);
+                    let scope = Scope { store: &store, worker: &worker, tick_id: None, deadline: far, lost: &lost };
+                    let r = executor.dispatch(&scope, claimed).await;
+                    drop(permits);
+                    (n, r)
+                });
+            }
+            // Stopping: the attempts in flight finish and are recorded (within the grace).
+            while let Some(done) = running.join_next().await {
+                account(&mut summary, done);
             }
         });
-        // SIGTERM: the loop above ends between dispatches; a dispatch in progress gets the
-        // grace period, after which its attempts are left to the rescue.
+        // SIGTERM: the loop above stops claiming; the dispatches in progress get the grace
+        // period, after which their attempts are left to the rescue.
         let grace = self.config.workers.shutdown_grace;
         tokio::select! {
             () = &mut outcome => {}
