@@ -179,9 +179,9 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
 
     let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir, &url, &[]));
     wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
-    // The daemon has run what was due before the disk fills: a COMMIT that fails on a full disk
-    // can leave SQLite's transaction open on its pooled connection, holding the write lock
-    // (RELIABILITY.md, "Known gaps"); this test is about the enqueues and the idle daemon.
+    // The daemon has run what was due before the disk fills: a completion commit that fails on
+    // a full disk can leave the write lock held (RELIABILITY.md, "Known gaps"); this test is
+    // about the enqueues and the idle daemon.
     let start = Instant::now();
     while store.count_by_status().await.unwrap()[&ActionStatus::Success] < 1 {
         assert!(start.elapsed() < Duration::from_secs(30), "the first action never ran");
