@@ -396,7 +396,7 @@ impl Engine {
         }
 
         // A throttle lasts one tick: this tick's rules decide it afresh.
-        self.store.set_throttle(&fence, None, self.store.now()).await?;
+        self.store.clear_throttle(&fence).await?;
 
         // DECIDE: the rules run on the snapshot; what they decide is applied (fenced) before
         // dispatch, which a `throttle` caps and a `pause` stops.

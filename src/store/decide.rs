@@ -410,38 +410,48 @@ impl Store {
 
     /// `pause` / `resume` decided by a rule: sets the paused flag, fenced.
     pub async fn set_paused_fenced(&self, fence: &Fence, paused: bool) -> Result<(), StoreError> {
-        let sql = format!("UPDATE control_flags SET paused = $1, updated_at = $2 WHERE id = 1 AND {}", fence_sql(3, 4));
-        let n =
-            self.db
-                .execute_raw(self.stmt(
-                    &sql,
-                    [paused.into(), self.now().into(), fence.lease_name.as_str().into(), fence.epoch.into()],
-                ))
-                .await
-                .doing("setting the paused flag")?
-                .rows_affected();
-        if n == 1 {
-            Ok(())
-        } else if !self.fence_holds(fence).await? {
-            Err(super::Refusal::Fenced(fence.epoch).into())
-        } else {
-            Err(StoreError::Internal("the control_flags row is missing".into()))
-        }
+        let values = vec![paused.into(), self.now().into()];
+        self.set_flags_fenced(fence, "paused = $1, updated_at = $2", values, "setting the paused flag").await
     }
 
     /// Sets the throttle every claimer honours: at most `n` attempts start until `until`
     /// (`None`: no throttle). Under the lease's fence, like every decision.
     pub async fn set_throttle(&self, fence: &Fence, n: Option<u32>, until: DateTime<Utc>) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE control_flags SET throttle_remaining = $1, throttle_until = $2 WHERE id = 1 AND {}",
-            fence_sql(3, 4)
-        );
         let (remaining, until): (Option<i32>, Option<DateTime<Utc>>) = match n {
             Some(n) => (Some(i32::try_from(n).unwrap_or(i32::MAX)), Some(until)),
             None => (None, None),
         };
-        let values: [Value; 4] = [remaining.into(), until.into(), fence.lease_name.as_str().into(), fence.epoch.into()];
-        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing("setting the throttle")?.rows_affected();
+        let set = "throttle_remaining = $1, throttle_until = $2";
+        self.set_flags_fenced(fence, set, vec![remaining.into(), until.into()], "setting the throttle").await
+    }
+
+    /// Clears the last tick's throttle, if one is set: the row is written only then, so an
+    /// unthrottled tick pays no write (and no fsync) for it.
+    pub async fn clear_throttle(&self, fence: &Fence) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE control_flags SET throttle_remaining = NULL, throttle_until = NULL \
+             WHERE id = 1 AND throttle_until IS NOT NULL AND {}",
+            fence_sql(1, 2)
+        );
+        let values: [Value; 2] = [fence.lease_name.as_str().into(), fence.epoch.into()];
+        self.db.execute_raw(self.stmt(&sql, values)).await.doing("clearing the throttle")?;
+        Ok(())
+    }
+
+    /// `UPDATE control_flags SET <set>` under `fence`; `values` bind `$1..`, the fence follows.
+    async fn set_flags_fenced(
+        &self,
+        fence: &Fence,
+        set: &str,
+        mut values: Vec<Value>,
+        doing: &'static str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE control_flags SET {set} WHERE id = 1 AND {}",
+            fence_sql(values.len() + 1, values.len() + 2)
+        );
+        values.extend([fence.lease_name.as_str().into(), fence.epoch.into()]);
+        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing(doing)?.rows_affected();
         if n == 1 {
             Ok(())
         } else if !self.fence_holds(fence).await? {

@@ -383,9 +383,16 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
     db.store.set_throttle(&fence, None, later).await.unwrap();
     assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3);
 
-    // Only the lease holder sets it.
-    let stale = orchestrator::store::Fence { epoch: term.epoch + 1, ..fence };
+    // Only the lease holder sets it, or clears it (as each tick does before its rules decide).
+    let stale = orchestrator::store::Fence { epoch: term.epoch + 1, ..fence.clone() };
     assert!(db.store.set_throttle(&stale, Some(1), later).await.is_err());
+    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("v"), 3).await.unwrap();
+    db.store.set_throttle(&fence, Some(0), later).await.unwrap();
+    db.store.clear_throttle(&stale).await.unwrap();
+    assert!(db.store.claim(&a, 1).await.unwrap().is_empty(), "a stale fence clears nothing");
+    db.store.clear_throttle(&fence).await.unwrap();
+    db.store.clear_throttle(&fence).await.unwrap();
+    assert_eq!(db.store.claim(&a, 1).await.unwrap().len(), 1, "cleared by the holder");
 
     // Claimers racing on one throttle never exceed it together.
     for i in 0..200 {
