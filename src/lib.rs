@@ -17,6 +17,7 @@ mod health;
 pub mod http;
 mod input;
 pub mod lease;
+pub mod limits;
 mod metrics;
 pub mod model;
 pub mod queue;

@@ -1,0 +1,268 @@
+//! Limits per action type: what `limits:` in the config, `orchestrator limits set`,
+//! `/api/limits` and a rule's `set_limit` say, checked once here. A [`LimitSpec`] holds at most
+//! three limits and an optional partition:
+//! - `max_running`: at most N attempts of the type `RUNNING` at once, on every host;
+//! - `rate`: at most N attempt starts in any window of the period (a sliding window, see
+//!   ARCHITECTURE.md "Limits");
+//! - `daily_budget`: at most N attempt starts per UTC day;
+//! - `partition_by`: the same limits per value of one payload field.
+//!
+//! It parses and validates; enforcement is the claim's (`store/limits.rs`), and nothing here
+//! reads the database or the clock.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The partition every value beyond the tracked cap shares.
+pub const OVERFLOW_PARTITION: &str = "(overflow)";
+/// The largest `max_running`, rate count or budget accepted.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The longest rate period: one day (a longer window is a budget).
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(86_400);
+/// The deepest payload path `partition_by` takes.
+pub const MAX_PATH_DEPTH: usize = 8;
+
+/// `N/period`: at most `count` attempt starts in any window of `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub period: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    /// `300/1h`, `50/1s`, `10/90s`, `5/m` (a bare unit is one of it).
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let t = s.trim();
+        let bad = |why: &str| format!("rate '{}' {why} (write N/PERIOD, e.g. 300/1h or 50/1s)", t.escape_debug());
+        let (count, period) = t.split_once('/').ok_or_else(|| bad("has no '/'"))?;
+        let count: u64 = count.trim().parse().map_err(|_| bad("does not start with a whole number"))?;
+        if count == 0 || count > MAX_LIMIT {
+            return Err(bad(&format!("must allow 1 to {MAX_LIMIT} starts")));
+        }
+        let period = period.trim();
+        let period =
+            if period.starts_with(|c: char| c.is_ascii_digit()) { period.to_string() } else { format!("1{period}") };
+        let period = crate::config::parse_duration(&period).map_err(|e| bad(&format!("has a bad period: {e}")))?;
+        if period.is_zero() || period > MAX_RATE_PERIOD || period.subsec_nanos() != 0 {
+            return Err(bad("needs a period of whole seconds, from 1s to 1d (use daily_budget for a day's total)"));
+        }
+        Ok(Rate { count, period })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, humantime::format_duration(self.period))
+    }
+}
+
+impl serde::Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A payload field, written `payload.a.b`: each segment letters, digits, `_` or `-`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadPath(Vec<String>);
+
+impl PayloadPath {
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl FromStr for PayloadPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PayloadPath, String> {
+        let t = s.trim();
+        let bad = |why: &str| {
+            format!("partition_by '{}' {why} (write payload.FIELD, e.g. payload.partner)", t.escape_debug())
+        };
+        let rest = t.strip_prefix("payload.").ok_or_else(|| bad("is not a payload path"))?;
+        let segs: Vec<String> = rest.split('.').map(str::to_string).collect();
+        if segs.len() > MAX_PATH_DEPTH {
+            return Err(bad(&format!("is deeper than {MAX_PATH_DEPTH} fields")));
+        }
+        for seg in &segs {
+            if seg.is_empty()
+                || seg.len() > 64
+                || !seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad("has a field that is not 1 to 64 letters, digits, _ or -"));
+            }
+        }
+        Ok(PayloadPath(segs))
+    }
+}
+
+impl fmt::Display for PayloadPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "payload.{}", self.0.join("."))
+    }
+}
+
+impl serde::Serialize for PayloadPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// The limits of one action type. Every field `None`: no limit of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LimitSpec {
+    pub max_running: Option<u64>,
+    pub rate: Option<Rate>,
+    pub daily_budget: Option<u64>,
+    pub partition_by: Option<PayloadPath>,
+}
+
+impl LimitSpec {
+    /// True when it limits nothing.
+    pub fn is_empty(&self) -> bool {
+        self.max_running.is_none() && self.rate.is_none() && self.daily_budget.is_none()
+    }
+
+    /// Checks the numbers: each limit from 0 (nothing starts) to [`MAX_LIMIT`].
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [("max_running", self.max_running), ("daily_budget", self.daily_budget)] {
+            if let Some(v) = v
+                && v > MAX_LIMIT
+            {
+                return Err(format!("{name} {v} is above the maximum of {MAX_LIMIT}"));
+            }
+        }
+        if self.is_empty() {
+            return Err("names no limit (give max_running, rate or daily_budget)".into());
+        }
+        Ok(())
+    }
+
+    /// Sets one field from text, as `limits set TYPE FIELD VALUE` and `/api/limits` give it.
+    pub fn set(&mut self, field: LimitField, value: &str) -> Result<(), String> {
+        match field {
+            LimitField::MaxRunning => self.max_running = Some(whole(field, value)?),
+            LimitField::DailyBudget => self.daily_budget = Some(whole(field, value)?),
+            LimitField::Rate => self.rate = Some(value.parse()?),
+        }
+        Ok(())
+    }
+}
+
+/// A whole number from 0 to [`MAX_LIMIT`], for `field`.
+pub fn whole(field: LimitField, value: &str) -> Result<u64, String> {
+    let t = value.trim();
+    match t.parse::<i64>() {
+        Ok(n) if (0..=MAX_LIMIT as i64).contains(&n) => Ok(n as u64),
+        Ok(n) => Err(format!("{field} {n} must be from 0 to {MAX_LIMIT}")),
+        Err(_) => Err(format!("{field} '{}' is not a whole number", t.escape_debug())),
+    }
+}
+
+/// The limit fields an override (`set_limit`, `limits set`) may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitField {
+    MaxRunning,
+    Rate,
+    DailyBudget,
+}
+
+impl LimitField {
+    pub const ALL: [LimitField; 3] = [LimitField::MaxRunning, LimitField::Rate, LimitField::DailyBudget];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitField::MaxRunning => "max_running",
+            LimitField::Rate => "rate",
+            LimitField::DailyBudget => "daily_budget",
+        }
+    }
+}
+
+impl fmt::Display for LimitField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LimitField {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LimitField, String> {
+        LimitField::ALL.into_iter().find(|f| f.as_str() == s.trim()).ok_or_else(|| {
+            format!("'{}' is not a limit field (max_running, rate or daily_budget)", s.trim().escape_debug())
+        })
+    }
+}
+
+/// The value of one overridden field: a count, or for `rate` a count per period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitValue {
+    Count(u64),
+    Rate(Rate),
+}
+
+impl LimitValue {
+    /// Parses `value` for `field`: `rate` takes `N/PERIOD`, the others a whole number.
+    pub fn parse(field: LimitField, value: &str) -> Result<LimitValue, String> {
+        match field {
+            LimitField::Rate => Ok(LimitValue::Rate(value.parse()?)),
+            _ => Ok(LimitValue::Count(whole(field, value)?)),
+        }
+    }
+}
+
+impl fmt::Display for LimitValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitValue::Count(n) => write!(f, "{n}"),
+            LimitValue::Rate(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_count_per_period() {
+        let r: Rate = "300/1h".parse().unwrap();
+        assert_eq!((r.count, r.period), (300, Duration::from_secs(3600)));
+        assert_eq!("50/1s".parse::<Rate>().unwrap().period, Duration::from_secs(1));
+        assert_eq!("5/m".parse::<Rate>().unwrap().period, Duration::from_secs(60));
+        assert_eq!("10/90s".parse::<Rate>().unwrap().to_string(), "10/1m 30s");
+        for bad in ["300", "0/1h", "x/1h", "-3/1h", "3/0s", "3/2d", "3/1.5s", "3/fortnight"] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.contains("N/PERIOD"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn partition_paths_are_payload_fields() {
+        let p: PayloadPath = "payload.campaign.id".parse().unwrap();
+        assert_eq!(p.segments(), ["campaign", "id"]);
+        assert_eq!(p.to_string(), "payload.campaign.id");
+        for bad in ["partner", "payload.", "payload.a..b", "payload.a b", "payload.$x", "meta.partner"] {
+            let e = bad.parse::<PayloadPath>().unwrap_err();
+            assert!(e.contains("payload path") || e.contains("field"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fields_and_values_parse_with_their_names() {
+        assert_eq!("rate".parse::<LimitField>().unwrap(), LimitField::Rate);
+        assert!("max".parse::<LimitField>().unwrap_err().contains("max_running, rate or daily_budget"));
+        assert_eq!(LimitValue::parse(LimitField::MaxRunning, "2").unwrap(), LimitValue::Count(2));
+        assert!(LimitValue::parse(LimitField::DailyBudget, "-1").unwrap_err().contains("from 0"));
+        assert!(LimitValue::parse(LimitField::MaxRunning, "two").unwrap_err().contains("not a whole number"));
+        let mut spec = LimitSpec::default();
+        assert!(spec.validate().unwrap_err().contains("names no limit"));
+        spec.set(LimitField::Rate, "3/1s").unwrap();
+        spec.validate().unwrap();
+    }
+}
