@@ -22,6 +22,8 @@ pub const MAX_LIMIT: u64 = 1_000_000_000;
 pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(86_400);
 /// The deepest payload path `partition_by` takes.
 pub const MAX_PATH_DEPTH: usize = 8;
+/// Partition values tracked per partitioned limit unless `limit_partitions` says otherwise.
+pub const DEFAULT_PARTITIONS: u32 = 1000;
 
 /// `N/period`: at most `count` attempt starts in any window of `period`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,6 +13,7 @@ mod m20261128_000005_deadlines;
 mod m20261128_000006_throttled_ticks;
 mod m20261128_000007_workers;
 mod m20261128_000008_throttle;
+mod m20261129_000009_limits;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_throttled_ticks::Migration),
             Box::new(m20261128_000007_workers::Migration),
             Box::new(m20261128_000008_throttle::Migration),
+            Box::new(m20261129_000009_limits::Migration),
         ]
     }
 }

@@ -220,6 +220,15 @@ pub struct Claimer {
     /// The lease epoch when the claimer is the lease holder's own executor (kept in
     /// `claimed_epoch` for the record; fencing uses the token).
     pub epoch: Option<i64>,
+    /// Per partitioned limit, how many partition values are tracked (`limit_partitions`).
+    pub limit_partitions: usize,
+}
+
+impl Claimer {
+    /// True when it claims actions of `action_type`.
+    pub fn serves(&self, action_type: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == action_type)
+    }
 }
 
 /// An action claimed by a worker: it is `RUNNING` under `token`, attempt `attempt`.
@@ -281,21 +290,25 @@ pub struct Rescued {
     pub attempts: i32,
 }
 
-/// The claim, with `{from}` the claimable statuses, `{types}` the type filter (or nothing),
-/// `{deadline}` the per-type deadline and `{now}` the statement's time. It lands only while the
+/// The claim, with `{pick}` the rows to claim ([`PICK_DUE`], or the ids a limited claim picked),
+/// `{from}` the claimable statuses, `{deadline}` the per-type deadline and `{now}` the
+/// statement's time. It lands only while the
 /// worker's registration is live and no brake (paused, killed) is set; the mode is read from
 /// the flags in the same statement.
 const CLAIM: &str = "\
 UPDATE actions SET status = 'RUNNING', attempts = attempts + 1, claimed_epoch = $1, claimed_at = {now},
        updated_at = {now}, claim_token = $2, claimed_by = $3, claim_deadline = {deadline},
        claim_proof = (SELECT proof_mode FROM control_flags WHERE id = 1) OR $4
-WHERE id IN (SELECT id FROM actions
-             WHERE {from} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now}){types}
-             ORDER BY priority DESC, not_before, id
-             LIMIT $5{lock})
+WHERE id IN ({pick}) AND {from}
   AND EXISTS (SELECT 1 FROM workers WHERE id = $3 AND heartbeat_at > {live_after})
   AND NOT EXISTS (SELECT 1 FROM control_flags WHERE paused OR killed)
 RETURNING *";
+
+/// The due rows an unlimited claim takes, `$5` of them, with `{types}` the type filter (or
+/// nothing).
+const PICK_DUE: &str = "SELECT id FROM actions \
+     WHERE {from} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now}){types} \
+     ORDER BY priority DESC, not_before, id LIMIT $5{lock}";
 
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
@@ -577,9 +590,35 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `n` due actions under one fresh token: the one-statement claim when none of the
+    /// types the claimer serves is limited, else the limited claim (`limits.rs`). In dispatch
+    /// order.
     async fn claim_up_to(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
         let token = self.next_claim_token().await?;
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let mut limits = self.limits_in_force().await?;
+        limits.retain(|l| claimer.serves(&l.action_type));
+        let mut claimed = if limits.is_empty() {
+            let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n));
+            claimed_rows(self, &self.db, token, sql, values).await?
+        } else {
+            self.claim_limited(claimer, n, token, &limits, claimer.limit_partitions).await?
+        };
+        claimed.sort_by(|a, b| {
+            b.action
+                .priority
+                .cmp(&a.action.priority)
+                .then(a.action.not_before.cmp(&b.action.not_before))
+                .then(a.action.id.cmp(&b.action.id))
+        });
+        Ok(claimed)
+    }
+
+    /// The claim statement for `claimer` under `token`, of what `pick` says.
+    pub(super) fn claim_sql(&self, claimer: &Claimer, token: i64, pick: Pick<'_>) -> (String, Vec<Value>) {
+        let n = match pick {
+            Pick::Due(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Pick::Ids(_) => 0,
+        };
         let mut values: Vec<Value> = vec![
             claimer.epoch.into(),
             token.into(),
@@ -597,6 +636,16 @@ impl Store {
             let list: Vec<String> = claimer.types.iter().map(|t| bind(t.as_str().into())).collect();
             format!(" AND action_type IN ({})", list.join(", "))
         };
+        let pick = match pick {
+            Pick::Due(_) => PICK_DUE.to_string(),
+            Pick::Ids(json) => {
+                let at = bind(json.to_string().into());
+                match self.backend {
+                    Backend::Postgres => format!("SELECT (json_array_elements_text({at}::json))::bigint"),
+                    Backend::Sqlite => format!("SELECT value FROM json_each({at})"),
+                }
+            }
+        };
         let sql = match self.backend {
             Backend::Postgres => {
                 let secs = |d: std::time::Duration| d.as_secs_f64();
@@ -609,6 +658,7 @@ impl Store {
                 let deadline = format!("now() + ({}) * interval '1 second'", case_of_type(&whens, &default));
                 let live_after = format!("now() - {} * interval '1 second'", bind(secs(claimer.worker_ttl).into()));
                 CLAIM
+                    .replace("{pick}", &pick)
                     .replace("{deadline}", &deadline)
                     .replace("{live_after}", &live_after)
                     .replace("{now}", "now()")
@@ -627,6 +677,7 @@ impl Store {
                 let live_after = bind(model::earlier_saturating(now, claimer.worker_ttl).into());
                 let now = bind(now.into());
                 CLAIM
+                    .replace("{pick}", &pick)
                     .replace("{deadline}", &deadline)
                     .replace("{live_after}", &live_after)
                     .replace("{now}", &now)
@@ -635,28 +686,7 @@ impl Store {
         }
         .replace("{from}", &Op::Claim.status_in())
         .replace("{types}", &types);
-        let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(&sql, values))
-            .all(&self.db)
-            .await
-            .doing("claiming actions")?;
-        let mut claimed: Vec<Claimed> = entities::convert_all::<_, Action>(rows)?
-            .into_iter()
-            .map(|action| Claimed {
-                token,
-                attempt: action.attempts,
-                proof: action.claim.as_ref().is_none_or(|c| c.proof),
-                action,
-            })
-            .collect();
-        claimed.sort_by(|a, b| {
-            b.action
-                .priority
-                .cmp(&a.action.priority)
-                .then(a.action.not_before.cmp(&b.action.not_before))
-                .then(a.action.id.cmp(&b.action.id))
-        });
-        Ok(claimed)
+        (sql, values)
     }
 
     /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
@@ -677,6 +707,12 @@ impl Store {
                 applied.insert(id);
             }
         }
+        let unstarted: Vec<(i64, i64)> = batch
+            .iter()
+            .filter(|c| matches!(c.outcome, CompletionOutcome::Unstarted) && applied.contains(&c.action_id))
+            .map(|c| (c.action_id, c.token))
+            .collect();
+        self.give_back_starts(&txn, &unstarted, now).await?;
         let mut logs = Vec::new();
         for c in batch {
             if applied.contains(&c.action_id) {
@@ -1177,6 +1213,35 @@ impl Store {
 /// through [`Store::complete`]'s group commit like any completion, fenced by its claim: RUNNING
 /// -> DLQ, with an error naming what could not be read and a log row. The attempt was counted
 /// at the claim; nothing ran.
+/// What a claim statement takes.
+pub(super) enum Pick<'a> {
+    /// Up to this many due rows, in claim order.
+    Due(u64),
+    /// Exactly these ids (a JSON array), picked by a limited claim.
+    Ids(&'a str),
+}
+
+/// Runs a claim statement and reads what it claimed.
+pub(super) async fn claimed_rows<C: ConnectionTrait>(
+    store: &Store,
+    conn: &C,
+    token: i64,
+    sql: String,
+    values: Vec<Value>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let rows =
+        actions::Entity::find().from_raw_sql(store.stmt(&sql, values)).all(conn).await.doing("claiming actions")?;
+    Ok(entities::convert_all::<_, Action>(rows)?
+        .into_iter()
+        .map(|action| Claimed {
+            token,
+            attempt: action.attempts,
+            proof: action.claim.as_ref().is_none_or(|c| c.proof),
+            action,
+        })
+        .collect())
+}
+
 pub fn quarantine(claim: &Claimed, error: &str) -> Completion {
     let error = format!("quarantined: {error}");
     Completion {

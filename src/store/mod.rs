@@ -27,9 +27,11 @@ pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};
 mod ledger;
 pub use ledger::{Begun, TickClose, UNFINISHED_NOTE};
 mod lease;
+mod limits;
 mod logs;
 mod notify;
 mod workers;
+pub use limits::{LimitOverride, LimitSource, LimitUsage, PartUsage, TypeLimit};
 pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 

@@ -21,6 +21,7 @@ mod peer;
 mod queue;
 mod store;
 mod tick;
+mod type_limits;
 mod verify;
 
 mod browser;

@@ -124,6 +124,7 @@ pub async fn worker(
         start_within: std::time::Duration::ZERO,
         proof_enforced: false,
         epoch: None,
+        limit_partitions: 1000,
     }
 }
 

@@ -1,0 +1,1275 @@
+//! Limits per action type, held in the database so that every claimer on every host agrees:
+//! the table of limits and their temporary overrides, the usage the claim checks them against,
+//! and the claim of a batch that contains limited types ([`Store::claim`] calls it).
+//!
+//! How a limited claim holds (ARCHITECTURE.md "Limits" has the reasoning):
+//! - It locks one gate row per limited type it serves (`limit_state`, partition `''`), in type
+//!   order, inside the claim's transaction. Claimers of a limited type take turns; claimers of
+//!   other types never wait for them.
+//! - Under the gate it counts what is in use: `RUNNING` rows (so a completion, a rescue or an
+//!   unstart gives the slot back by leaving `RUNNING`, and a dead worker's slot comes back only
+//!   when it is rescued), the starts in the sliding window (`limit_starts`), and the day's budget
+//!   use (`limit_state`).
+//! - It picks due rows in claim order, leaving out types and partitions with nothing left, so a
+//!   saturated type never blocks the batch (no head-of-line blocking), then claims exactly those.
+//!
+//! Nothing here decides a limit's value: config, operators and rules do, through the setters.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+
+use super::machine::{Claimed, Claimer};
+use super::{Backend, Context, Fence, Store, StoreError};
+use crate::limits::{LimitField, LimitSpec, LimitValue, OVERFLOW_PARTITION, PayloadPath, Rate};
+
+/// Where a type's base limits came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitSource {
+    /// The `limits:` section of the `run` process's config (rewritten at start and on SIGHUP).
+    Config,
+    /// `orchestrator limits set` or `/api/limits`.
+    Operator,
+    /// Only overrides (`set_limit`) on a type with no base limit.
+    Override,
+}
+
+impl LimitSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            LimitSource::Config => "config",
+            LimitSource::Operator => "operator",
+            LimitSource::Override => "override",
+        }
+    }
+
+    fn parse(s: &str) -> LimitSource {
+        match s {
+            "config" => LimitSource::Config,
+            "operator" => LimitSource::Operator,
+            _ => LimitSource::Override,
+        }
+    }
+}
+
+/// A temporary value of one field, until `expires_at`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LimitOverride {
+    pub field: LimitField,
+    #[serde(serialize_with = "display")]
+    pub value: LimitValue,
+    pub expires_at: DateTime<Utc>,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl serde::Serialize for LimitField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One limited type as the database holds it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TypeLimit {
+    pub action_type: String,
+    /// What was set (config or operator), without overrides.
+    pub base: LimitSpec,
+    pub source: LimitSource,
+    pub updated_at: DateTime<Utc>,
+    /// The overrides in force.
+    pub overrides: Vec<LimitOverride>,
+    /// What the claim enforces: `base` with the overrides in force applied.
+    pub effective: LimitSpec,
+    /// The row could not be read: the type is held (`max_running` 0) until it is set again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TypeLimit {
+    fn limits_anything(&self) -> bool {
+        !self.effective.is_empty()
+    }
+}
+
+/// What one (type, partition) has used and has left.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PartUsage {
+    pub partition: String,
+    pub running: u64,
+    /// Starts in the current window of the rate.
+    pub rate_used: u64,
+    /// Starts today (UTC).
+    pub budget_used: u64,
+}
+
+/// One limited type's usage, as the snapshot, `status` and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LimitUsage {
+    pub action_type: String,
+    pub limit: TypeLimit,
+    /// Running attempts of the type (every partition).
+    pub running: u64,
+    /// Due actions of the type waiting to be claimed.
+    pub waiting: u64,
+    /// What the tightest partition has left of each limit (`None`: no such limit).
+    pub running_remaining: Option<u64>,
+    pub rate_remaining: Option<u64>,
+    pub budget_remaining: Option<u64>,
+    /// Since when the budget has been used up (today), if it is.
+    pub budget_exhausted_at: Option<DateTime<Utc>>,
+    /// Claims that held back due work of this type, by the limit that held it.
+    pub blocked_running: u64,
+    pub blocked_rate: u64,
+    pub blocked_budget: u64,
+    /// Partitioned types: the busiest partitions (by running, then window starts, then budget).
+    pub partitions: Vec<PartUsage>,
+    /// Partitioned types: how many partition values are tracked.
+    pub partitions_tracked: u64,
+}
+
+/// The busiest partitions a usage view lists.
+pub const BUSIEST_PARTITIONS: usize = 5;
+
+/// At most this many passes of the limited claim's pick (each pass leaves out what the one
+/// before found full); a batch still short after them is topped up by the next claim.
+const PICK_PASSES: usize = 8;
+
+/// Per (type, partition): what is in use.
+#[derive(Clone, Copy, Debug, Default)]
+struct Used {
+    running: u64,
+    window: u64,
+}
+
+/// Usage of the limited types, read under the gates (or, for a view, without them).
+struct Usage {
+    used: HashMap<(String, String), Used>,
+    /// Per partitioned type: the tracked partition values.
+    tracked: HashMap<String, HashSet<String>>,
+    /// Per (type, partition) with a budget row: (day, used, exhausted_at).
+    state: HashMap<(String, String), StateRow>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct StateRow {
+    day: Option<String>,
+    used: u64,
+    exhausted_at: Option<DateTime<Utc>>,
+    blocked: [u64; 3],
+}
+
+impl Usage {
+    /// The partition a value counts under: itself when tracked (or when there is room to track
+    /// it), else the overflow partition.
+    fn resolve(
+        &self,
+        limit: &TypeLimit,
+        part: &str,
+        cap: usize,
+        adding: &mut HashMap<String, HashSet<String>>,
+    ) -> String {
+        if limit.effective.partition_by.is_none() {
+            return String::new();
+        }
+        if part.is_empty() || part == OVERFLOW_PARTITION {
+            return part.to_string();
+        }
+        let tracked = self.tracked.get(&limit.action_type);
+        if tracked.is_some_and(|t| t.contains(part)) {
+            return part.to_string();
+        }
+        let new = adding.entry(limit.action_type.clone()).or_default();
+        if new.contains(part) {
+            return part.to_string();
+        }
+        if tracked.map_or(0, HashSet::len) + new.len() < cap {
+            new.insert(part.to_string());
+            part.to_string()
+        } else {
+            OVERFLOW_PARTITION.to_string()
+        }
+    }
+
+    /// What (type, partition) has left: the smallest of its limits' remainders, and which limit
+    /// that is (`None`: unlimited).
+    fn left(&self, limit: &TypeLimit, part: &str, today: &str) -> (u64, Option<LimitField>) {
+        let used = self.used.get(&(limit.action_type.clone(), part.to_string())).copied().unwrap_or_default();
+        let budget_used = self
+            .state
+            .get(&(limit.action_type.clone(), part.to_string()))
+            .filter(|s| s.day.as_deref() == Some(today))
+            .map_or(0, |s| s.used);
+        let spec = &limit.effective;
+        let mut best: (u64, Option<LimitField>) = (u64::MAX, None);
+        let candidates = [
+            (spec.max_running, used.running, LimitField::MaxRunning),
+            (spec.rate.map(|r| r.count), used.window, LimitField::Rate),
+            (spec.daily_budget, budget_used, LimitField::DailyBudget),
+        ];
+        for (cap, used, field) in candidates {
+            if let Some(cap) = cap {
+                let left = cap.saturating_sub(used);
+                if left < best.0 {
+                    best = (left, Some(field));
+                }
+            }
+        }
+        best
+    }
+}
+
+/// A type name as an SQL literal. Types are checked by `queue::validate_type` (letters,
+/// digits, `_.:-`) before they reach here; anything else is refused rather than quoted.
+fn lit(t: &str) -> Result<String, StoreError> {
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
+        return Err(StoreError::Internal(format!("action type {t:?} is not a checked type name")));
+    }
+    Ok(format!("'{t}'"))
+}
+
+/// A payload path's value as text, `''` when it is missing or the payload does not parse (a
+/// row that cannot be read is claimed and quarantined like any other, never an error here).
+/// Path segments are checked by `PayloadPath` (letters, digits, `_`, `-`).
+fn part_expr(backend: Backend, path: &PayloadPath) -> String {
+    match backend {
+        Backend::Sqlite => {
+            let p: String = path.segments().iter().map(|s| format!(".\"{s}\"")).collect();
+            format!(
+                "COALESCE(CASE WHEN json_valid(payload_json) THEN CAST(json_extract(payload_json, '${p}') AS TEXT) END, '')"
+            )
+        }
+        Backend::Postgres => {
+            format!("COALESCE(orchestrator_json_path(payload_json, '{{{}}}'), '')", path.segments().join(","))
+        }
+    }
+}
+
+/// `CASE action_type WHEN 'T' THEN <T's partition> ... ELSE '' END` over the partitioned types.
+fn part_case(backend: Backend, limits: &[&TypeLimit]) -> Result<String, StoreError> {
+    let mut whens = String::new();
+    for l in limits {
+        if let Some(path) = &l.effective.partition_by {
+            whens.push_str(&format!(" WHEN {} THEN {}", lit(&l.action_type)?, part_expr(backend, path)));
+        }
+    }
+    Ok(if whens.is_empty() { "''".to_string() } else { format!("(CASE action_type{whens} ELSE '' END)") })
+}
+
+fn in_list(types: &[&TypeLimit]) -> Result<String, StoreError> {
+    let l: Result<Vec<String>, StoreError> = types.iter().map(|t| lit(&t.action_type)).collect();
+    Ok(l?.join(", "))
+}
+
+fn day_of(t: DateTime<Utc>) -> String {
+    t.date_naive().to_string()
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Every type with a row in `limits`, with its overrides in force.
+    pub async fn limits(&self) -> Result<Vec<TypeLimit>, StoreError> {
+        let now = self.db_now().await?;
+        read_limits(self, &self.db, now).await
+    }
+
+    /// The types whose limits are in force (something limited), for a claim.
+    pub(super) async fn limits_in_force(&self) -> Result<Vec<TypeLimit>, StoreError> {
+        Ok(read_limits(self, &self.db, self.now()).await?.into_iter().filter(TypeLimit::limits_anything).collect())
+    }
+
+    /// Writes the `limits:` section of a config: each type named gets exactly those limits
+    /// (source `config`); a type set from config before and no longer named loses its limits.
+    /// Types set by operators and not named stay. Returns the types removed.
+    pub async fn sync_config_limits(&self, limits: &BTreeMap<String, LimitSpec>) -> Result<Vec<String>, StoreError> {
+        let txn = self.begin_write().await?;
+        let now = self.now();
+        for (t, spec) in limits {
+            upsert_limit(self, &txn, t, spec, LimitSource::Config, now).await?;
+        }
+        let rows = txn
+            .query_all_raw(self.stmt("SELECT action_type FROM limits WHERE source = 'config'", []))
+            .await
+            .doing("reading configured limits")?;
+        let mut removed = Vec::new();
+        for r in rows {
+            let t: String = r.try_get("", "action_type").doing("reading configured limits")?;
+            if !limits.contains_key(&t) {
+                delete_limit(self, &txn, &t).await?;
+                removed.push(t);
+            }
+        }
+        txn.commit().await.doing("committing configured limits")?;
+        Ok(removed)
+    }
+
+    /// Sets a type's base limits (an operator's `limits set`), replacing what was there.
+    pub async fn set_limit(&self, action_type: &str, spec: &LimitSpec) -> Result<(), StoreError> {
+        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        spec.validate().map_err(|e| StoreError::Invalid(format!("limits.{action_type}: {e}")))?;
+        let txn = self.begin_write().await?;
+        upsert_limit(self, &txn, action_type, spec, LimitSource::Operator, self.now()).await?;
+        txn.commit().await.doing("committing a limit")
+    }
+
+    /// Removes a type's limits and overrides. Returns false when it had none.
+    pub async fn clear_limit(&self, action_type: &str) -> Result<bool, StoreError> {
+        let txn = self.begin_write().await?;
+        let n = delete_limit(self, &txn, action_type).await?;
+        txn.commit().await.doing("committing a cleared limit")?;
+        Ok(n > 0)
+    }
+
+    /// Sets a temporary value of one field of a type's limits until `until` (a rule's
+    /// `set_limit` under the lease's fence, or an operator's). The type needs no base limit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_limit_override(
+        &self,
+        fence: Option<&Fence>,
+        action_type: &str,
+        field: LimitField,
+        value: LimitValue,
+        until: DateTime<Utc>,
+        reason: &str,
+        set_by: &str,
+    ) -> Result<(), StoreError> {
+        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        let (v, period) = match value {
+            LimitValue::Count(n) => (i(n), None),
+            LimitValue::Rate(r) => (i(r.count), Some(i(r.period.as_secs()))),
+        };
+        let now = self.now();
+        let txn = self.begin_write().await?;
+        if let Some(fence) = fence {
+            let held = txn
+                .query_one_raw(self.stmt(
+                    "SELECT COUNT(*) AS n FROM leases WHERE name = $1 AND epoch = $2",
+                    [fence.lease_name.as_str().into(), fence.epoch.into()],
+                ))
+                .await
+                .doing("checking the lease")?
+                .map(|r| r.try_get::<i64>("", "n"))
+                .transpose()
+                .doing("checking the lease")?
+                .unwrap_or(0);
+            if held == 0 {
+                return Err(super::Refusal::Fenced(fence.epoch).into());
+            }
+        }
+        txn.execute_raw(self.stmt(
+            "INSERT INTO limits (action_type, source, updated_at) VALUES ($1, 'override', $2) \
+             ON CONFLICT (action_type) DO NOTHING",
+            [action_type.into(), now.into()],
+        ))
+        .await
+        .doing("writing a limit override")?;
+        txn.execute_raw(self.stmt(
+            "INSERT INTO limit_overrides (action_type, field, value, period_seconds, expires_at, reason, set_by, set_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (action_type, field) DO UPDATE SET value = excluded.value, \
+               period_seconds = excluded.period_seconds, expires_at = excluded.expires_at, \
+               reason = excluded.reason, set_by = excluded.set_by, set_at = excluded.set_at",
+            [
+                action_type.into(),
+                field.as_str().into(),
+                v.into(),
+                period.into(),
+                until.into(),
+                super::actions::db_text(reason).into_owned().into(),
+                set_by.into(),
+                now.into(),
+            ],
+        ))
+        .await
+        .doing("writing a limit override")?;
+        txn.commit().await.doing("committing a limit override")
+    }
+
+    /// Every limited type's usage: what is running, waiting, and left of each limit.
+    pub async fn limit_usage(&self) -> Result<Vec<LimitUsage>, StoreError> {
+        let now = self.db_now().await?;
+        let limits = read_limits(self, &self.db, now).await?;
+        if limits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<&TypeLimit> = limits.iter().collect();
+        let usage = read_usage(self, &self.db, &refs, now).await?;
+        let waiting = self.waiting_of(&refs, now).await?;
+        let today = day_of(now);
+        let mut out = Vec::with_capacity(limits.len());
+        for l in &limits {
+            let t = &l.action_type;
+            // Every partition with something in use, plus the one a new value would take.
+            let mut parts: BTreeMap<String, PartUsage> = BTreeMap::new();
+            for ((ty, p), used) in &usage.used {
+                if ty == t {
+                    let e = parts
+                        .entry(p.clone())
+                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
+                    e.running += used.running;
+                    e.rate_used += used.window;
+                }
+            }
+            for ((ty, p), s) in &usage.state {
+                if ty == t
+                    && s.day.as_deref() == Some(today.as_str())
+                    && (!p.is_empty() || l.effective.partition_by.is_none())
+                {
+                    let e = parts
+                        .entry(p.clone())
+                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
+                    e.budget_used = s.used;
+                }
+            }
+            let fresh = Used::default();
+            let mut tightest: [Option<u64>; 3] = [None; 3];
+            let spec = &l.effective;
+            let mut consider = |u: &Used, budget: u64| {
+                for (k, (cap, used)) in
+                    [(spec.max_running, u.running), (spec.rate.map(|r| r.count), u.window), (spec.daily_budget, budget)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    if let Some(cap) = cap {
+                        let left = cap.saturating_sub(used);
+                        tightest[k] = Some(tightest[k].map_or(left, |x: u64| x.min(left)));
+                    }
+                }
+            };
+            if parts.is_empty() {
+                consider(&fresh, 0);
+            }
+            for p in parts.values() {
+                consider(&Used { running: p.running, window: p.rate_used }, p.budget_used);
+            }
+            let gate = usage.state.get(&(t.clone(), String::new())).cloned().unwrap_or_default();
+            let exhausted = usage
+                .state
+                .iter()
+                .filter(|((ty, _), s)| ty == t && s.day.as_deref() == Some(today.as_str()))
+                .filter_map(|(_, s)| s.exhausted_at)
+                .min();
+            let mut list: Vec<PartUsage> = parts.into_values().collect();
+            list.sort_by(|a, b| {
+                (b.running, b.rate_used, b.budget_used)
+                    .cmp(&(a.running, a.rate_used, a.budget_used))
+                    .then(a.partition.cmp(&b.partition))
+            });
+            let running = list.iter().map(|p| p.running).sum();
+            let partitioned = l.effective.partition_by.is_some();
+            list.truncate(if partitioned { BUSIEST_PARTITIONS } else { 0 });
+            out.push(LimitUsage {
+                action_type: t.clone(),
+                limit: l.clone(),
+                running,
+                waiting: waiting.get(t).copied().unwrap_or(0),
+                running_remaining: tightest[0],
+                rate_remaining: tightest[1],
+                budget_remaining: tightest[2],
+                budget_exhausted_at: if tightest[2] == Some(0) { exhausted } else { None },
+                blocked_running: gate.blocked[0],
+                blocked_rate: gate.blocked[1],
+                blocked_budget: gate.blocked[2],
+                partitions: list,
+                partitions_tracked: usage.tracked.get(t).map_or(0, |s| s.len() as u64),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Due actions per limited type.
+    async fn waiting_of(&self, limits: &[&TypeLimit], now: DateTime<Utc>) -> Result<HashMap<String, u64>, StoreError> {
+        let sql = format!(
+            "SELECT action_type, COUNT(*) AS n FROM actions WHERE {} AND not_before <= $1 AND {} \
+             AND action_type IN ({}) GROUP BY action_type",
+            super::CLAIMABLE_SQL,
+            super::NOT_EXPIRED_SQL,
+            in_list(limits)?
+        );
+        let rows = self.db.query_all_raw(self.stmt(&sql, [now.into()])).await.doing("counting limited work")?;
+        let mut out = HashMap::new();
+        for r in rows {
+            let t: String = r.try_get("", "action_type").doing("counting limited work")?;
+            let n: i64 = r.try_get("", "n").doing("counting limited work")?;
+            out.insert(t, u(n));
+        }
+        Ok(out)
+    }
+
+    /// The claim of up to `n` due actions when some of `limits` (each served by the claimer)
+    /// are in force; see the module doc. Returns the rows claimed, not yet sorted.
+    pub(super) async fn claim_limited(
+        &self,
+        claimer: &Claimer,
+        n: u64,
+        token: i64,
+        limits: &[TypeLimit],
+        partitions_cap: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let txn = self.begin_write().await?;
+        let now = match self.backend {
+            Backend::Sqlite => self.now(),
+            Backend::Postgres => txn_now(self, &txn).await?,
+        };
+        let mut refs: Vec<&TypeLimit> = limits.iter().collect();
+        refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
+        lock_gates(self, &txn, &refs).await?;
+        let usage = read_usage(self, &txn, &refs, now).await?;
+        let today = day_of(now);
+        let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
+        let part_sql = part_case(self.backend, &refs)?;
+
+        // What each (type, partition) has left; full ones are left out of the pick.
+        let mut left: HashMap<(String, String), (u64, Option<LimitField>)> = HashMap::new();
+        let mut adding: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut known: Vec<(String, String)> = usage.used.keys().cloned().collect();
+        known.extend(usage.state.keys().cloned());
+        for l in &refs {
+            known.push((l.action_type.clone(), String::new()));
+            if l.effective.partition_by.is_some() {
+                known.push((l.action_type.clone(), OVERFLOW_PARTITION.to_string()));
+            }
+        }
+        for key in known {
+            if let Some(l) = by_type.get(key.0.as_str()) {
+                left.entry(key.clone()).or_insert_with(|| usage.left(l, &key.1, &today));
+            }
+        }
+        let full_at_start: HashSet<(String, String)> =
+            left.iter().filter(|(_, (n, _))| *n == 0).map(|(k, _)| k.clone()).collect();
+
+        let want_total = usize::try_from(n).unwrap_or(usize::MAX);
+        let mut chosen: Vec<(i64, String, String)> = Vec::new();
+        let mut held_back: HashMap<String, LimitField> = HashMap::new();
+        for _pass in 0..PICK_PASSES {
+            let want = want_total - chosen.len();
+            let (exclude, mut values) = self.exclusions(&refs, &left, &usage, &adding, partitions_cap, &chosen)?;
+            let types = claimer_types(claimer, &mut values);
+            values.push(now.into());
+            let now_at = format!("${}", values.len());
+            values.push(i(want as u64).into());
+            let limit_at = format!("${}", values.len());
+            let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let sql = format!(
+                "SELECT id, action_type, {part_sql} AS part FROM actions \
+                 WHERE {} AND not_before <= {now_at} AND (expires_at IS NULL OR expires_at > {now_at}){types}{exclude} \
+                 ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}",
+                super::CLAIMABLE_SQL
+            );
+            let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
+            let got = rows.len();
+            let mut skipped = false;
+            for r in rows {
+                let id: i64 = r.try_get("", "id").doing("picking limited work")?;
+                let t: String = r.try_get("", "action_type").doing("picking limited work")?;
+                let raw: String = r.try_get("", "part").doing("picking limited work")?;
+                let Some(l) = by_type.get(t.as_str()) else {
+                    chosen.push((id, t, String::new()));
+                    continue;
+                };
+                let part = usage.resolve(l, &raw, partitions_cap, &mut adding);
+                let key = (t.clone(), part.clone());
+                let slot = left.entry(key).or_insert_with(|| usage.left(l, &part, &today));
+                if slot.0 > 0 {
+                    slot.0 -= 1;
+                    chosen.push((id, t, part));
+                } else {
+                    skipped = true;
+                    if let Some(f) = slot.1 {
+                        held_back.entry(t).or_insert(f);
+                    }
+                }
+            }
+            if chosen.len() >= want_total || got < want || !skipped {
+                break;
+            }
+        }
+
+        // Due work left out because its type or partition was full at the start: one probe per
+        // type, for the blocked counters.
+        for l in &refs {
+            if held_back.contains_key(&l.action_type) {
+                continue;
+            }
+            let full: Vec<&(String, String)> = full_at_start.iter().filter(|(t, _)| *t == l.action_type).collect();
+            if full.is_empty() {
+                continue;
+            }
+            if let Some(f) = self.blocked_probe(&txn, l, &full, &left, &usage, now).await? {
+                held_back.insert(l.action_type.clone(), f);
+            }
+        }
+
+        let claimed =
+            if chosen.is_empty() { Vec::new() } else { self.claim_ids(&txn, claimer, token, &chosen).await? };
+        let landed: HashSet<i64> = claimed.iter().map(|c| c.action.id).collect();
+        let mut per_key: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (id, t, part) in &chosen {
+            if landed.contains(id) && by_type.contains_key(t.as_str()) {
+                *per_key.entry((t.clone(), part.clone())).or_default() += 1;
+            }
+        }
+        self.record_starts(&txn, &refs, &usage, &per_key, &adding, &held_back, token, now).await?;
+        txn.commit().await.doing("committing a limited claim")?;
+        Ok(claimed)
+    }
+
+    /// The pick's `AND NOT ...` for full types and partitions, and the ids already chosen.
+    #[allow(clippy::type_complexity)]
+    fn exclusions(
+        &self,
+        refs: &[&TypeLimit],
+        left: &HashMap<(String, String), (u64, Option<LimitField>)>,
+        usage: &Usage,
+        adding: &HashMap<String, HashSet<String>>,
+        cap: usize,
+        chosen: &[(i64, String, String)],
+    ) -> Result<(String, Vec<Value>), StoreError> {
+        let mut sql = String::new();
+        let mut values: Vec<Value> = Vec::new();
+        let json_list = |values: &mut Vec<Value>, items: Vec<String>, backend: Backend| -> String {
+            values.push(serde_json::Value::from(items).to_string().into());
+            let at = format!("${}", values.len());
+            match backend {
+                Backend::Sqlite => format!("(SELECT value FROM json_each({at}))"),
+                Backend::Postgres => format!("(SELECT json_array_elements_text({at}::json))"),
+            }
+        };
+        let mut whole_types = Vec::new();
+        for l in refs {
+            let t = &l.action_type;
+            let full = |p: &str| left.get(&(t.clone(), p.to_string())).is_some_and(|(n, _)| *n == 0);
+            match &l.effective.partition_by {
+                None => {
+                    if full("") {
+                        whole_types.push(lit(t)?);
+                    }
+                }
+                Some(path) => {
+                    let expr = part_expr(self.backend, path);
+                    let full_parts: Vec<String> = left
+                        .iter()
+                        .filter(|((ty, p), (n, _))| ty == t && *n == 0 && p != OVERFLOW_PARTITION)
+                        .map(|((_, p), _)| p.clone())
+                        .collect();
+                    let mut conds = Vec::new();
+                    if !full_parts.is_empty() {
+                        conds.push(format!("{expr} IN {}", json_list(&mut values, full_parts, self.backend)));
+                    }
+                    let tracked = usage.tracked.get(t).map_or(0, HashSet::len) + adding.get(t).map_or(0, HashSet::len);
+                    if full(OVERFLOW_PARTITION) && tracked >= cap {
+                        let mut known: Vec<String> = usage.tracked.get(t).into_iter().flatten().cloned().collect();
+                        known.extend(adding.get(t).into_iter().flatten().cloned());
+                        known.push(String::new());
+                        conds.push(format!("{expr} NOT IN {}", json_list(&mut values, known, self.backend)));
+                    }
+                    if !conds.is_empty() {
+                        sql.push_str(&format!(" AND NOT (action_type = {} AND ({}))", lit(t)?, conds.join(" OR ")));
+                    }
+                }
+            }
+        }
+        if !whole_types.is_empty() {
+            sql.push_str(&format!(" AND action_type NOT IN ({})", whole_types.join(", ")));
+        }
+        if !chosen.is_empty() {
+            let ids: Vec<String> = chosen.iter().map(|(id, _, _)| id.to_string()).collect();
+            // Ids are integers formatted here, not input.
+            sql.push_str(&format!(" AND id NOT IN ({})", ids.join(", ")));
+        }
+        Ok((sql, values))
+    }
+
+    /// Whether type `l` has due work in a partition that was full at the start; the limit that
+    /// held it when so.
+    async fn blocked_probe(
+        &self,
+        txn: &DatabaseTransaction,
+        l: &TypeLimit,
+        full: &[&(String, String)],
+        left: &HashMap<(String, String), (u64, Option<LimitField>)>,
+        usage: &Usage,
+        now: DateTime<Utc>,
+    ) -> Result<Option<LimitField>, StoreError> {
+        let mut values: Vec<Value> = vec![now.into()];
+        let cond = match &l.effective.partition_by {
+            None => String::new(),
+            Some(path) => {
+                let expr = part_expr(self.backend, path);
+                let parts: Vec<String> =
+                    full.iter().map(|(_, p)| p.clone()).filter(|p| p != OVERFLOW_PARTITION).collect();
+                let overflow = full.iter().any(|(_, p)| p == OVERFLOW_PARTITION);
+                let mut conds = Vec::new();
+                if !parts.is_empty() {
+                    values.push(serde_json::Value::from(parts).to_string().into());
+                    conds.push(format!("{expr} IN {}", json_elems(self.backend, values.len())));
+                }
+                if overflow {
+                    let mut known: Vec<String> =
+                        usage.tracked.get(&l.action_type).into_iter().flatten().cloned().collect();
+                    known.push(String::new());
+                    values.push(serde_json::Value::from(known).to_string().into());
+                    conds.push(format!("{expr} NOT IN {}", json_elems(self.backend, values.len())));
+                }
+                format!(" AND ({})", conds.join(" OR "))
+            }
+        };
+        let sql = format!(
+            "SELECT 1 AS one FROM actions WHERE {} AND not_before <= $1 AND (expires_at IS NULL OR expires_at > $1) \
+             AND action_type = {}{cond} LIMIT 1",
+            super::CLAIMABLE_SQL,
+            lit(&l.action_type)?
+        );
+        let found = txn.query_one_raw(self.stmt(&sql, values)).await.doing("probing held-back work")?.is_some();
+        Ok(if found { full.iter().find_map(|k| left.get(*k).and_then(|(_, f)| *f)) } else { None })
+    }
+
+    /// The fenced claim of exactly the rows picked.
+    async fn claim_ids(
+        &self,
+        txn: &DatabaseTransaction,
+        claimer: &Claimer,
+        token: i64,
+        chosen: &[(i64, String, String)],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let ids: Vec<i64> = chosen.iter().map(|(id, _, _)| *id).collect();
+        let ids = serde_json::Value::from(ids).to_string();
+        let (sql, values) = self.claim_sql(claimer, token, super::machine::Pick::Ids(&ids));
+        super::machine::claimed_rows(self, txn, token, sql, values).await
+    }
+
+    /// Writes what a limited claim used: the window's starts, the day's budget, newly tracked
+    /// partitions and the blocked counters; and drops starts that left every window.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_starts(
+        &self,
+        txn: &DatabaseTransaction,
+        refs: &[&TypeLimit],
+        usage: &Usage,
+        per_key: &BTreeMap<(String, String), u64>,
+        adding: &HashMap<String, HashSet<String>>,
+        held_back: &HashMap<String, LimitField>,
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
+        let today = day_of(now);
+        let mut starts = Vec::new();
+        let mut states = Vec::new();
+        for ((t, part), k) in per_key {
+            let Some(l) = by_type.get(t.as_str()) else { continue };
+            if l.effective.rate.is_some() {
+                starts.push(serde_json::json!([t, part, token, now.to_rfc3339(), k]));
+            }
+            if let Some(budget) = l.effective.daily_budget {
+                let old = usage.state.get(&(t.clone(), part.clone())).cloned().unwrap_or_default();
+                let same_day = old.day.as_deref() == Some(today.as_str());
+                let used = if same_day { old.used } else { 0 } + k;
+                let exhausted =
+                    if used >= budget { Some(old.exhausted_at.filter(|_| same_day).unwrap_or(now)) } else { None };
+                states.push((t.clone(), part.clone(), Some(today.clone()), used, exhausted));
+            }
+        }
+        // Newly tracked partitions get their row even without a budget.
+        for (t, parts) in adding {
+            for p in parts {
+                if !states.iter().any(|(st, sp, ..)| st == t && sp == p) {
+                    states.push((t.clone(), p.clone(), None, 0, None));
+                }
+            }
+        }
+        if !starts.is_empty() {
+            let sql = match self.backend {
+                Backend::Sqlite => {
+                    "INSERT INTO limit_starts (action_type, part, token, started_at, n) \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, $2, value ->> 4 FROM json_each($1) WHERE true \
+                     ON CONFLICT (action_type, part, token) DO UPDATE SET n = limit_starts.n + excluded.n"
+                }
+                Backend::Postgres => {
+                    "INSERT INTO limit_starts (action_type, part, token, started_at, n) \
+                     SELECT r ->> 0, r ->> 1, (r ->> 2)::bigint, $2, (r ->> 4)::bigint FROM json_array_elements($1::json) AS r \
+                     ON CONFLICT (action_type, part, token) DO UPDATE SET n = limit_starts.n + excluded.n"
+                }
+            };
+            txn.execute_raw(self.stmt(sql, [serde_json::Value::from(starts).to_string().into(), now.into()]))
+                .await
+                .doing("recording limited starts")?;
+        }
+        for (t, part, day, used, exhausted) in states {
+            let sql = match day {
+                Some(_) => {
+                    "INSERT INTO limit_state (action_type, part, budget_day, budget_used, budget_exhausted_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (action_type, part) DO UPDATE SET \
+                     budget_day = excluded.budget_day, budget_used = excluded.budget_used, \
+                     budget_exhausted_at = excluded.budget_exhausted_at"
+                }
+                None => {
+                    "INSERT INTO limit_state (action_type, part, budget_day, budget_used, budget_exhausted_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (action_type, part) DO NOTHING"
+                }
+            };
+            txn.execute_raw(self.stmt(sql, [t.into(), part.into(), day.into(), i(used).into(), exhausted.into()]))
+                .await
+                .doing("recording the budget")?;
+        }
+        for (t, f) in held_back {
+            let col = match f {
+                LimitField::MaxRunning => "blocked_running",
+                LimitField::Rate => "blocked_rate",
+                LimitField::DailyBudget => "blocked_budget",
+            };
+            txn.execute_raw(self.stmt(
+                &format!("UPDATE limit_state SET {col} = {col} + 1 WHERE action_type = $1 AND part = ''"),
+                [t.as_str().into()],
+            ))
+            .await
+            .doing("counting held-back work")?;
+        }
+        // Starts older than their type's window count for nothing any more.
+        let mut conds = Vec::new();
+        let mut values: Vec<Value> = Vec::new();
+        for l in refs {
+            if let Some(rate) = l.effective.rate {
+                values.push(model_earlier(now, rate).into());
+                conds.push(format!("(action_type = {} AND started_at <= ${})", lit(&l.action_type)?, values.len()));
+            }
+        }
+        if !conds.is_empty() {
+            txn.execute_raw(self.stmt(&format!("DELETE FROM limit_starts WHERE {}", conds.join(" OR ")), values))
+                .await
+                .doing("dropping old starts")?;
+        }
+        Ok(())
+    }
+
+    /// Gives back the rate and budget of attempts that never started (`unstart`): `ids` are
+    /// the rows just returned to `PENDING` under `token`s.
+    pub(super) async fn give_back_starts(
+        &self,
+        txn: &DatabaseTransaction,
+        unstarted: &[(i64, i64)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if unstarted.is_empty() {
+            return Ok(());
+        }
+        let limits: Vec<TypeLimit> = read_limits(self, txn, now).await?;
+        let refs: Vec<&TypeLimit> =
+            limits.iter().filter(|l| l.effective.rate.is_some() || l.effective.daily_budget.is_some()).collect();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let part_sql = part_case(self.backend, &refs)?;
+        let ids: Vec<i64> = unstarted.iter().map(|(id, _)| *id).collect();
+        let tokens: HashMap<i64, i64> = unstarted.iter().copied().collect();
+        let sql = format!(
+            "SELECT id, action_type, {part_sql} AS part FROM actions WHERE id IN {} AND action_type IN ({})",
+            match self.backend {
+                Backend::Sqlite => "(SELECT value FROM json_each($1))",
+                Backend::Postgres => "(SELECT (json_array_elements_text($1::json))::bigint)",
+            },
+            in_list(&refs)?
+        );
+        let rows = txn
+            .query_all_raw(self.stmt(&sql, [serde_json::Value::from(ids).to_string().into()]))
+            .await
+            .doing("reading unstarted limited work")?;
+        let tracked = read_tracked(self, txn, &refs).await?;
+        let today = day_of(now);
+        let mut back: BTreeMap<(String, String, i64), i64> = BTreeMap::new();
+        for r in rows {
+            let id: i64 = r.try_get("", "id").doing("reading unstarted limited work")?;
+            let t: String = r.try_get("", "action_type").doing("reading unstarted limited work")?;
+            let raw: String = r.try_get("", "part").doing("reading unstarted limited work")?;
+            let partitioned = refs.iter().any(|l| l.action_type == t && l.effective.partition_by.is_some());
+            let part = if !partitioned {
+                String::new()
+            } else if raw.is_empty() || tracked.get(&t).is_some_and(|s| s.contains(&raw)) {
+                raw
+            } else {
+                OVERFLOW_PARTITION.to_string()
+            };
+            *back.entry((t, part, tokens.get(&id).copied().unwrap_or(0))).or_default() += 1;
+        }
+        for ((t, part, token), k) in back {
+            txn.execute_raw(self.stmt(
+                "UPDATE limit_starts SET n = n - $4 WHERE action_type = $1 AND part = $2 AND token = $3",
+                [t.as_str().into(), part.as_str().into(), token.into(), k.into()],
+            ))
+            .await
+            .doing("giving back unstarted starts")?;
+            txn.execute_raw(self.stmt(
+                "UPDATE limit_state SET budget_used = CASE WHEN budget_used > $4 THEN budget_used - $4 ELSE 0 END, \
+                 budget_exhausted_at = NULL WHERE action_type = $1 AND part = $2 AND budget_day = $3",
+                [t.as_str().into(), part.as_str().into(), today.as_str().into(), k.into()],
+            ))
+            .await
+            .doing("giving back unstarted budget")?;
+        }
+        Ok(())
+    }
+}
+
+fn model_earlier(now: DateTime<Utc>, rate: Rate) -> DateTime<Utc> {
+    crate::model::earlier_saturating(now, rate.period)
+}
+
+/// `(SELECT <elements of the JSON array in $at>)`.
+fn json_elems(backend: Backend, at: usize) -> String {
+    match backend {
+        Backend::Sqlite => format!("(SELECT value FROM json_each(${at}))"),
+        Backend::Postgres => format!("(SELECT json_array_elements_text(${at}::json))"),
+    }
+}
+
+/// The claimer's type filter, bound into `values`.
+fn claimer_types(claimer: &Claimer, values: &mut Vec<Value>) -> String {
+    if claimer.types.is_empty() {
+        return String::new();
+    }
+    let mut list = Vec::new();
+    for t in &claimer.types {
+        values.push(t.as_str().into());
+        list.push(format!("${}", values.len()));
+    }
+    format!(" AND action_type IN ({})", list.join(", "))
+}
+
+async fn txn_now(store: &Store, txn: &DatabaseTransaction) -> Result<DateTime<Utc>, StoreError> {
+    let row = txn.query_one_raw(store.stmt("SELECT now() AS now", [])).await.doing("reading the database clock")?;
+    match row {
+        Some(r) => r.try_get::<DateTime<Utc>>("", "now").doing("reading the database clock"),
+        None => Ok(store.now()),
+    }
+}
+
+/// Locks the gate row of each type (creating the missing ones), in type order so that two
+/// claimers never wait on each other in a cycle.
+async fn lock_gates(store: &Store, txn: &DatabaseTransaction, refs: &[&TypeLimit]) -> Result<(), StoreError> {
+    let lock = if store.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let select = format!(
+        "SELECT action_type FROM limit_state WHERE part = '' AND action_type IN ({}) ORDER BY action_type{lock}",
+        in_list(refs)?
+    );
+    let rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
+    if rows.len() == refs.len() {
+        return Ok(());
+    }
+    for l in refs {
+        txn.execute_raw(store.stmt(
+            "INSERT INTO limit_state (action_type, part) VALUES ($1, '') ON CONFLICT (action_type, part) DO NOTHING",
+            [l.action_type.as_str().into()],
+        ))
+        .await
+        .doing("creating limit gates")?;
+    }
+    txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
+    Ok(())
+}
+
+/// The tracked partition values of each partitioned type.
+async fn read_tracked<C: ConnectionTrait>(
+    store: &Store,
+    conn: &C,
+    refs: &[&TypeLimit],
+) -> Result<HashMap<String, HashSet<String>>, StoreError> {
+    let parted: Vec<&TypeLimit> = refs.iter().copied().filter(|l| l.effective.partition_by.is_some()).collect();
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    if parted.is_empty() {
+        return Ok(out);
+    }
+    let sql = format!(
+        "SELECT action_type, part FROM limit_state WHERE part <> '' AND part <> '{OVERFLOW_PARTITION}' AND action_type IN ({})",
+        in_list(&parted)?
+    );
+    for r in conn.query_all_raw(store.stmt(&sql, [])).await.doing("reading tracked partitions")? {
+        let t: String = r.try_get("", "action_type").doing("reading tracked partitions")?;
+        let p: String = r.try_get("", "part").doing("reading tracked partitions")?;
+        out.entry(t).or_default().insert(p);
+    }
+    Ok(out)
+}
+
+/// Running attempts, window starts and budget rows of the limited types.
+async fn read_usage<C: ConnectionTrait>(
+    store: &Store,
+    conn: &C,
+    refs: &[&TypeLimit],
+    now: DateTime<Utc>,
+) -> Result<Usage, StoreError> {
+    let tracked = read_tracked(store, conn, refs).await?;
+    let mut usage = Usage { used: HashMap::new(), tracked, state: HashMap::new() };
+    let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
+
+    // Running, by partition value; values beyond the cap count under the overflow partition.
+    let sql = format!(
+        "SELECT action_type, part, COUNT(*) AS n FROM (SELECT action_type, {} AS part FROM actions \
+         WHERE status = 'RUNNING' AND action_type IN ({})) r GROUP BY action_type, part",
+        part_case(store.backend, refs)?,
+        in_list(refs)?
+    );
+    let rows = conn.query_all_raw(store.stmt(&sql, [])).await.doing("counting running limited work")?;
+    let mut raw_running: Vec<(String, String, u64)> = Vec::new();
+    for r in rows {
+        let t: String = r.try_get("", "action_type").doing("counting running limited work")?;
+        let p: String = r.try_get("", "part").doing("counting running limited work")?;
+        let n: i64 = r.try_get("", "n").doing("counting running limited work")?;
+        raw_running.push((t, p, u(n)));
+    }
+    for (t, p, n) in raw_running {
+        let Some(l) = by_type.get(t.as_str()) else { continue };
+        let part = if l.effective.partition_by.is_none() {
+            String::new()
+        } else if p.is_empty() || usage.tracked.get(&t).is_some_and(|s| s.contains(&p)) {
+            p
+        } else {
+            OVERFLOW_PARTITION.to_string()
+        };
+        usage.used.entry((t, part)).or_default().running += n;
+    }
+
+    // Starts in each rated type's window.
+    let mut conds = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    for l in refs {
+        if let Some(rate) = l.effective.rate {
+            values.push(model_earlier(now, rate).into());
+            conds.push(format!("(action_type = {} AND started_at > ${})", lit(&l.action_type)?, values.len()));
+        }
+    }
+    if !conds.is_empty() {
+        let sql = format!(
+            "SELECT action_type, part, SUM(n) AS n FROM limit_starts WHERE {} GROUP BY action_type, part",
+            conds.join(" OR ")
+        );
+        for r in conn.query_all_raw(store.stmt(&sql, values)).await.doing("counting limited starts")? {
+            let t: String = r.try_get("", "action_type").doing("counting limited starts")?;
+            let p: String = r.try_get("", "part").doing("counting limited starts")?;
+            // SUM is NUMERIC on PostgreSQL.
+            let n: i64 = r
+                .try_get::<i64>("", "n")
+                .or_else(|_| r.try_get::<sea_orm::prelude::Decimal>("", "n").map(|d| d.try_into().unwrap_or(0)))
+                .doing("counting limited starts")?;
+            usage.used.entry((t, p)).or_default().window += u(n);
+        }
+    }
+
+    // The day's budget rows and the gates' counters.
+    let sql = format!(
+        "SELECT action_type, part, budget_day, budget_used, budget_exhausted_at, blocked_running, blocked_rate, \
+         blocked_budget FROM limit_state WHERE action_type IN ({})",
+        in_list(refs)?
+    );
+    for r in conn.query_all_raw(store.stmt(&sql, [])).await.doing("reading limit state")? {
+        let t: String = r.try_get("", "action_type").doing("reading limit state")?;
+        let p: String = r.try_get("", "part").doing("reading limit state")?;
+        let row = StateRow {
+            day: r.try_get("", "budget_day").doing("reading limit state")?,
+            used: u(r.try_get("", "budget_used").doing("reading limit state")?),
+            exhausted_at: r.try_get("", "budget_exhausted_at").doing("reading limit state")?,
+            blocked: [
+                u(r.try_get("", "blocked_running").doing("reading limit state")?),
+                u(r.try_get("", "blocked_rate").doing("reading limit state")?),
+                u(r.try_get("", "blocked_budget").doing("reading limit state")?),
+            ],
+        };
+        usage.state.insert((t, p), row);
+    }
+    Ok(usage)
+}
+
+/// Every `limits` row with its overrides in force at `now`. A row that cannot be read holds
+/// its type (`max_running` 0) and says why, rather than stopping every claim.
+async fn read_limits<C: ConnectionTrait>(
+    store: &Store,
+    conn: &C,
+    now: DateTime<Utc>,
+) -> Result<Vec<TypeLimit>, StoreError> {
+    // PostgreSQL's clock decides when an override ends, as it does for every claim.
+    let (now_sql, values): (&str, Vec<Value>) = match store.backend {
+        Backend::Postgres => ("now()", vec![]),
+        Backend::Sqlite => ("$1", vec![now.into()]),
+    };
+    let sql = format!(
+        "SELECT l.action_type, l.max_running, l.rate_count, l.rate_seconds, l.daily_budget, l.partition_by, \
+         l.source, l.updated_at, o.field, o.value, o.period_seconds, o.expires_at, o.reason, o.set_by, o.set_at \
+         FROM limits l LEFT JOIN limit_overrides o ON o.action_type = l.action_type AND o.expires_at > {now_sql} \
+         ORDER BY l.action_type, o.field"
+    );
+    let rows = conn.query_all_raw(store.stmt(&sql, values)).await.doing("reading limits")?;
+    let mut out: Vec<TypeLimit> = Vec::new();
+    for r in rows {
+        let t: String = r.try_get("", "action_type").doing("reading limits")?;
+        if out.last().is_none_or(|l| l.action_type != t) {
+            let mut errors = Vec::new();
+            let base = base_spec(&r, &mut errors).doing("reading limits")?;
+            let source: String = r.try_get("", "source").doing("reading limits")?;
+            let updated_at: DateTime<Utc> = r.try_get("", "updated_at").doing("reading limits")?;
+            if let Err(e) = crate::queue::validate_type(&t) {
+                errors.push(e);
+            }
+            out.push(TypeLimit {
+                action_type: t.clone(),
+                effective: base.clone(),
+                base,
+                source: LimitSource::parse(&source),
+                updated_at,
+                overrides: Vec::new(),
+                error: if errors.is_empty() { None } else { Some(errors.join("; ")) },
+            });
+        }
+        let Some(last) = out.last_mut() else { continue };
+        let field: Option<String> = r.try_get("", "field").doing("reading limits")?;
+        let Some(field) = field else { continue };
+        let value: i64 = r.try_get("", "value").doing("reading limits")?;
+        let period: Option<i64> = r.try_get("", "period_seconds").doing("reading limits")?;
+        let read = || -> Result<(LimitField, LimitValue), String> {
+            let field: LimitField = field.parse()?;
+            let count = u64::try_from(value).map_err(|_| format!("override {field} is negative ({value})"))?;
+            let value = match (field, period) {
+                (LimitField::Rate, Some(p)) if p > 0 => {
+                    LimitValue::Rate(Rate { count, period: std::time::Duration::from_secs(u(p)) })
+                }
+                (LimitField::Rate, _) => return Err("rate override has no period".into()),
+                _ => LimitValue::Count(count),
+            };
+            Ok((field, value))
+        };
+        match read() {
+            Ok((field, value)) => {
+                match value {
+                    LimitValue::Count(n) if field == LimitField::MaxRunning => last.effective.max_running = Some(n),
+                    LimitValue::Count(n) => last.effective.daily_budget = Some(n),
+                    LimitValue::Rate(r) => last.effective.rate = Some(r),
+                }
+                last.overrides.push(LimitOverride {
+                    field,
+                    value,
+                    expires_at: r.try_get("", "expires_at").doing("reading limits")?,
+                    reason: r.try_get("", "reason").doing("reading limits")?,
+                    set_by: r.try_get("", "set_by").doing("reading limits")?,
+                    set_at: r.try_get("", "set_at").doing("reading limits")?,
+                });
+            }
+            Err(e) => {
+                let msg = last.error.take().map_or(e.clone(), |old| format!("{old}; {e}"));
+                last.error = Some(msg);
+            }
+        }
+    }
+    for l in &mut out {
+        if l.error.is_some() {
+            // What cannot be read holds the type: a limit must never lapse by corruption.
+            l.effective = LimitSpec { max_running: Some(0), ..LimitSpec::default() };
+        }
+    }
+    Ok(out)
+}
+
+/// The base limits of a `limits` row; what does not read is named in `errors`.
+fn base_spec(r: &sea_orm::QueryResult, errors: &mut Vec<String>) -> Result<LimitSpec, sea_orm::DbErr> {
+    let count = |name: &str, v: Option<i64>, errors: &mut Vec<String>| -> Option<u64> {
+        v.and_then(|v| match u64::try_from(v) {
+            Ok(n) if n <= crate::limits::MAX_LIMIT => Some(n),
+            _ => {
+                errors.push(format!("{name} {v} is out of range"));
+                None
+            }
+        })
+    };
+    let max_running = count("max_running", r.try_get("", "max_running")?, errors);
+    let daily_budget = count("daily_budget", r.try_get("", "daily_budget")?, errors);
+    let rate_count = count("rate", r.try_get("", "rate_count")?, errors);
+    let rate_seconds: Option<i64> = r.try_get("", "rate_seconds")?;
+    let rate = match (rate_count, rate_seconds) {
+        (Some(c), Some(s)) if s > 0 && c > 0 => Some(Rate { count: c, period: std::time::Duration::from_secs(u(s)) }),
+        (None, None) => None,
+        _ => {
+            errors.push("rate has no valid count and period".into());
+            None
+        }
+    };
+    let partition: Option<String> = r.try_get("", "partition_by")?;
+    let partition_by = match partition.map(|p| p.parse::<PayloadPath>()) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+        None => None,
+    };
+    Ok(LimitSpec { max_running, rate, daily_budget, partition_by })
+}
+
+async fn upsert_limit(
+    store: &Store,
+    txn: &DatabaseTransaction,
+    t: &str,
+    spec: &LimitSpec,
+    source: LimitSource,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    crate::queue::validate_type(t).map_err(StoreError::Invalid)?;
+    // A partition field that changes starts its partitions afresh.
+    txn.execute_raw(store.stmt(
+        "DELETE FROM limit_state WHERE action_type = $1 AND part <> '' AND EXISTS \
+         (SELECT 1 FROM limits WHERE action_type = $1 AND COALESCE(partition_by, '') <> $2)",
+        [t.into(), spec.partition_by.as_ref().map(|p| p.to_string()).unwrap_or_default().into()],
+    ))
+    .await
+    .doing("resetting partitions")?;
+    txn.execute_raw(store.stmt(
+        "INSERT INTO limits (action_type, max_running, rate_count, rate_seconds, daily_budget, partition_by, source, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (action_type) DO UPDATE SET \
+         max_running = excluded.max_running, rate_count = excluded.rate_count, rate_seconds = excluded.rate_seconds, \
+         daily_budget = excluded.daily_budget, partition_by = excluded.partition_by, source = excluded.source, \
+         updated_at = excluded.updated_at",
+        [
+            t.into(),
+            spec.max_running.map(i).into(),
+            spec.rate.map(|r| i(r.count)).into(),
+            spec.rate.map(|r| i(r.period.as_secs())).into(),
+            spec.daily_budget.map(i).into(),
+            spec.partition_by.as_ref().map(|p| p.to_string()).into(),
+            source.as_str().into(),
+            now.into(),
+        ],
+    ))
+    .await
+    .doing("writing a limit")?;
+    txn.execute_raw(store.stmt(
+        "INSERT INTO limit_state (action_type, part) VALUES ($1, '') ON CONFLICT (action_type, part) DO NOTHING",
+        [t.into()],
+    ))
+    .await
+    .doing("writing a limit")?;
+    Ok(())
+}
+
+async fn delete_limit(store: &Store, txn: &DatabaseTransaction, t: &str) -> Result<u64, StoreError> {
+    let n = txn
+        .execute_raw(store.stmt("DELETE FROM limits WHERE action_type = $1", [t.into()]))
+        .await
+        .doing("clearing a limit")?
+        .rows_affected();
+    for table in ["limit_overrides", "limit_state", "limit_starts"] {
+        txn.execute_raw(store.stmt(&format!("DELETE FROM {table} WHERE action_type = $1"), [t.into()]))
+            .await
+            .doing("clearing a limit")?;
+    }
+    Ok(n)
+}
