@@ -274,6 +274,21 @@ async fn apply(
             let until = model::later_saturating(store.now(), config.tick_interval.max(THROTTLE_AT_LEAST));
             store.set_throttle(fence, Some(n), until).await
         }
+        Kind::SetLimit { action_type, field, value, seconds } => {
+            let until = model::later_saturating(store.now(), Duration::from_secs(*seconds));
+            store
+                .set_limit_override(
+                    Some(fence),
+                    action_type,
+                    *field,
+                    *value,
+                    until,
+                    &d.reason,
+                    &format!("rule {}", d.rule),
+                )
+                .await
+                .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
+        }
         Kind::Enqueue { action_type, payload, key } => {
             let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {
                 Ok(text) => text,

@@ -1,5 +1,5 @@
 //! MONITOR: one immutable [`Snapshot`] of the queue, the lease, the flags and the ledger, built
-//! at the start of every tick with a fixed number of index-backed queries (eleven), plus the
+//! at the start of every tick with a fixed number of index-backed queries (twelve, and five more when some type is limited), plus the
 //! workload score (`health::workload`) computed from it.
 //!
 //! Its cost does not grow with finished history: counts of open states use a partial index,
@@ -40,6 +40,72 @@ pub struct Snapshot {
     pub health: WorkloadHealth,
     #[serde(default)]
     pub samples: Samples,
+    /// Per limited type: what is running and waiting, and what is left of each limit.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitView>,
+}
+
+/// One limited type as rules see it (`snap.limits.TYPE`). A limit the type does not have is
+/// `()` in a rule.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LimitView {
+    pub running: u64,
+    pub max_running: Option<u64>,
+    /// `N/PERIOD`.
+    pub rate: Option<String>,
+    pub rate_remaining: Option<u64>,
+    pub daily_budget: Option<u64>,
+    pub budget_remaining: Option<u64>,
+    /// Due actions of the type, waiting for a claim.
+    pub waiting: u64,
+    /// How long the budget has been used up while work waits; `()` when it is not.
+    pub budget_blocked_seconds: Option<f64>,
+    /// The overrides in force (`field`, `value`, `expires_in_seconds`, `reason`).
+    #[serde(default)]
+    pub overrides: Vec<OverrideView>,
+    /// The busiest partitions, for a partitioned limit.
+    #[serde(default)]
+    pub partitions: Vec<crate::store::PartUsage>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OverrideView {
+    pub field: String,
+    pub value: String,
+    pub expires_in_seconds: f64,
+    pub reason: String,
+}
+
+impl LimitView {
+    /// The view of one type's usage at `now`.
+    pub fn of(u: &crate::store::LimitUsage, now: DateTime<Utc>) -> LimitView {
+        let spec = &u.limit.effective;
+        LimitView {
+            running: u.running,
+            max_running: spec.max_running,
+            rate: spec.rate.map(|r| r.to_string()),
+            rate_remaining: u.rate_remaining,
+            daily_budget: spec.daily_budget,
+            budget_remaining: u.budget_remaining,
+            waiting: u.waiting,
+            budget_blocked_seconds: u
+                .budget_exhausted_at
+                .filter(|_| u.waiting > 0)
+                .map(|t| seconds_between(t, now).max(0.0)),
+            overrides: u
+                .limit
+                .overrides
+                .iter()
+                .map(|o| OverrideView {
+                    field: o.field.to_string(),
+                    value: o.value.to_string(),
+                    expires_in_seconds: seconds_between(now, o.expires_at).max(0.0),
+                    reason: o.reason.clone(),
+                })
+                .collect(),
+            partitions: u.partitions.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -189,6 +255,7 @@ impl Snapshot {
             ledger: LedgerView::default(),
             health: WorkloadHealth::default(),
             samples: Samples::default(),
+            limits: BTreeMap::new(),
         }
     }
 }
@@ -293,6 +360,7 @@ pub async fn build_with(
         partial_ticks_1h: stats.partial_ticks_1h,
     };
     let health = crate::health::workload(&queue, &recent, &ledger, thresholds);
+    let limits = store.limit_usage().await?.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
     Ok(Snapshot {
         now,
         tick_id,
@@ -308,6 +376,7 @@ pub async fn build_with(
         ledger,
         health,
         samples,
+        limits,
     })
 }
 

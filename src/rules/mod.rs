@@ -65,18 +65,51 @@ pub const MAX_POSTPONE_SECONDS: u64 = 365 * 86_400;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Kind {
-    Retry { id: i64 },
-    Dlq { id: i64 },
-    Cancel { id: i64 },
-    ForceRun { id: i64 },
-    Reprioritize { id: i64, to: i32 },
-    Postpone { id: i64, seconds: u64 },
+    Retry {
+        id: i64,
+    },
+    Dlq {
+        id: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+    ForceRun {
+        id: i64,
+    },
+    Reprioritize {
+        id: i64,
+        to: i32,
+    },
+    Postpone {
+        id: i64,
+        seconds: u64,
+    },
     Rebalance,
     Pause,
     Resume,
-    Throttle { n: u32 },
-    Enqueue { action_type: String, payload: Value, key: String },
-    Alert { severity: crate::model::Severity, message: String },
+    Throttle {
+        n: u32,
+    },
+    /// A temporary value of one limit of one type, in the database (so every worker honours
+    /// it) until `seconds` from now.
+    SetLimit {
+        #[serde(rename = "type")]
+        action_type: String,
+        field: crate::limits::LimitField,
+        #[serde(serialize_with = "as_text")]
+        value: crate::limits::LimitValue,
+        seconds: u64,
+    },
+    Enqueue {
+        action_type: String,
+        payload: Value,
+        key: String,
+    },
+    Alert {
+        severity: crate::model::Severity,
+        message: String,
+    },
 }
 
 impl Kind {
@@ -92,6 +125,7 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Resume => "resume",
             Kind::Throttle { .. } => "throttle",
+            Kind::SetLimit { .. } => "set_limit",
             Kind::Enqueue { .. } => "enqueue",
             Kind::Alert { .. } => "alert",
         }
@@ -106,6 +140,7 @@ impl Kind {
             Kind::Rebalance => "queue".into(),
             Kind::Pause | Kind::Resume => "flags".into(),
             Kind::Throttle { .. } => "dispatch".into(),
+            Kind::SetLimit { action_type, field, .. } => format!("{action_type}.{field}"),
             Kind::Enqueue { key, .. } => key.clone(),
             Kind::Alert { message, .. } => message.clone(),
         }
@@ -115,6 +150,10 @@ impl Kind {
     pub fn allowed_while_paused(&self) -> bool {
         matches!(self, Kind::Pause | Kind::Resume | Kind::Alert { .. })
     }
+}
+
+fn as_text<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// One decision of one rule.
@@ -488,6 +527,23 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
         "throttle" => {
             let n = int("n")?;
             Kind::Throttle { n: u32::try_from(n).map_err(|_| format!("throttle needs n >= 0, got {n}"))? }
+        }
+        "set_limit" => {
+            let action_type = text("type")?;
+            crate::queue::validate_type(&action_type).map_err(|e| format!("set_limit: {e}"))?;
+            let field: crate::limits::LimitField = text("field")?.parse().map_err(|e| format!("set_limit: {e}"))?;
+            let value = match obj.get("value") {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) => s.clone(),
+                _ => return Err(format!("set_limit needs a `value` (a whole number, or N/PERIOD for rate)")),
+            };
+            let value = crate::limits::LimitValue::parse(field, &value).map_err(|e| format!("set_limit: {e}"))?;
+            let seconds = int("seconds")?;
+            let seconds =
+                u64::try_from(seconds).ok().filter(|s| (1..=MAX_POSTPONE_SECONDS).contains(s)).ok_or_else(|| {
+                    format!("set_limit: seconds must be between 1 and {MAX_POSTPONE_SECONDS}, got {seconds}")
+                })?;
+            Kind::SetLimit { action_type, field, value, seconds }
         }
         "enqueue" => {
             let action_type = text("type")?;

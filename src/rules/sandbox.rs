@@ -130,6 +130,40 @@ fn register_constructors(e: &mut rhai::Engine) {
     e.register_fn("throttle", |n: INT, reason: ImmutableString, priority: INT| {
         decision("throttle", vec![("n", n.into()), ("reason", reason.into()), ("priority", priority.into())])
     });
+    // set_limit(type, field, value, seconds, reason[, priority]): value a whole number, or
+    // "N/PERIOD" for a rate.
+    fn set_limit(
+        t: ImmutableString,
+        field: ImmutableString,
+        value: Dynamic,
+        seconds: INT,
+        reason: ImmutableString,
+    ) -> Map {
+        decision(
+            "set_limit",
+            vec![
+                ("type", t.into()),
+                ("field", field.into()),
+                ("value", value),
+                ("seconds", seconds.into()),
+                ("reason", reason.into()),
+            ],
+        )
+    }
+    e.register_fn("set_limit", set_limit);
+    e.register_fn(
+        "set_limit",
+        |t: ImmutableString,
+         field: ImmutableString,
+         value: Dynamic,
+         seconds: INT,
+         reason: ImmutableString,
+         priority: INT| {
+            let mut d = set_limit(t, field, value, seconds, reason);
+            d.insert("priority".into(), priority.into());
+            d
+        },
+    );
     e.register_fn("enqueue", |t: ImmutableString, payload: Map, key: ImmutableString, reason: ImmutableString| {
         decision(
             "enqueue",

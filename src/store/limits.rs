@@ -100,7 +100,7 @@ impl TypeLimit {
 }
 
 /// What one (type, partition) has used and has left.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PartUsage {
     pub partition: String,
     pub running: u64,
@@ -401,11 +401,11 @@ impl Store {
 
     /// Every limited type's usage: what is running, waiting, and left of each limit.
     pub async fn limit_usage(&self) -> Result<Vec<LimitUsage>, StoreError> {
-        let now = self.db_now().await?;
-        let limits = read_limits(self, &self.db, now).await?;
+        let limits = read_limits(self, &self.db, self.now()).await?;
         if limits.is_empty() {
             return Ok(Vec::new());
         }
+        let now = self.db_now().await?;
         let refs: Vec<&TypeLimit> = limits.iter().collect();
         let usage = read_usage(self, &self.db, &refs, now).await?;
         let waiting = self.waiting_of(&refs, now).await?;
