@@ -292,6 +292,25 @@ impl Config {
         crate::queue::EnqueueDefaults { max_attempts: self.max_attempts, expire_after: self.expire_after.clone() }
     }
 
+    /// One warning line per action type in `limits:` that no type of `served` (the adapter
+    /// registry's, [`crate::adapters::Registry::types`]) serves, for `run` to log at its start.
+    /// Such a limit is not an error: it holds wherever a worker with an adapter for that type
+    /// runs, and another host's may.
+    pub fn unserved_limit_warnings<'s>(&self, served: impl IntoIterator<Item = &'s str>) -> Vec<String> {
+        let served: std::collections::BTreeSet<&str> = served.into_iter().collect();
+        self.limits
+            .iter()
+            .flat_map(BTreeMap::keys)
+            .filter(|t| !served.contains(t.as_str()))
+            .map(|t| {
+                format!(
+                    "limits.{t}: no adapter serves action type {t}; its limit applies only if a worker \
+                     with such an adapter runs"
+                )
+            })
+            .collect()
+    }
+
     /// The built-in defaults (what an empty config file gives).
     pub fn defaults() -> Config {
         resolve(&Raw::default(), &|_| None)
@@ -1194,9 +1213,23 @@ limits:
     }
 
     #[test]
+    fn a_limit_on_a_type_no_adapter_serves_is_a_warning() {
+        let yaml = format!("{LIMITS}  NOOP: {{rate: 1/1s}}\n  REPORT: {{max_running: 1}}\n");
+        let c = load(Some(&yaml), &[]).unwrap();
+        let registry = crate::adapters::Registry::from_config(&c).unwrap();
+        assert_eq!(
+            c.unserved_limit_warnings(registry.types()),
+            ["limits.REPORT: no adapter serves action type REPORT; its limit applies only if a worker with such \
+              an adapter runs"]
+        );
+        assert_eq!(c.unserved_limit_warnings(["REPORT"]).len(), 4, "served is what the caller's registry serves");
+        assert!(Config::defaults().unserved_limit_warnings([]).is_empty(), "no limits, no warnings");
+    }
+
+    #[test]
     fn the_example_limits_read_as_configured() {
         // The example shows `limits:` commented out (its default is no section); uncommented,
-        // it must load.
+        // it must load, and a built-in adapter serves every type it names.
         let example = include_str!("../orchestrator.example.yaml");
         let block: String = example
             .lines()
@@ -1207,6 +1240,8 @@ limits:
         let c = load(Some(&block), &[]).unwrap();
         let limits = c.limits.as_ref().unwrap();
         assert!(limits.len() >= 3 && limits.values().any(|l| l.partition_by.is_some()), "{block}");
+        let registry = crate::adapters::Registry::from_config(&c).unwrap();
+        assert!(c.unserved_limit_warnings(registry.types()).is_empty());
     }
 
     #[test]
