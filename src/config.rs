@@ -488,7 +488,7 @@ pub const KEYS: &[Key<Config>] = &[
     key!("expire_after": BTreeMap<String, serde_yaml::Value> = Value("{}"),
         "Per action type, the deadline of a new action that names none (seconds or a duration like `2h`)",
         |c, v, at| c.expire_after = expire_after(v, at)?),
-    key!("limit_partitions": u32 = Value("1000"),
+    key!("limit_partitions": u32 = Value("1000"), // crate::limits::DEFAULT_PARTITIONS (tested)
         "Per partitioned limit, how many partition values are tracked; values beyond share one overflow partition",
         |c, v, at| c.limit_partitions = at.range(v, 1, 100_000)?),
     key!(text "proof_mode": String = Value("flag"),
@@ -864,7 +864,8 @@ mod tests {
         assert_eq!((c.ledger_retention_days, c.decisions_retention_days, c.cooldown_retention_days), (14, 14, 7));
         assert_eq!((c.dispatch_concurrency, c.max_unrecorded), (4, 16));
         assert!(c.sqlite_synchronous_full);
-        assert_eq!((c.limits, c.limit_partitions), (None, 1000), "no limits section, 1000 partitions");
+        assert_eq!(c.limits, None, "no limits section: `run` leaves the limits table alone");
+        assert_eq!(c.limit_partitions, crate::limits::DEFAULT_PARTITIONS);
     }
 
     #[test]
