@@ -1,10 +1,10 @@
 //! Configuration: defaults, then `orchestrator.yaml`, then `ORCHESTRATOR_<KEY>` environment
 //! variables, then command-line flags, folded into one validated [`Config`].
 //!
-//! Each key is declared once, in [`KEYS`] (an adapter's in its own `config.rs`): name, default,
-//! one line of doc, and how its value is checked and stored. Everything else (the layers, the
-//! key table in `docs/operations.md`, the check of `orchestrator.example.yaml`) comes from the
-//! declarations through [`key`]. Every error names the key and where its value came from: the
+//! Each key is declared once, in [`KEYS`] and [`LIMIT_KEYS`] (an adapter's in its own
+//! `config.rs`): name, default, one line of doc, and how its value is checked and stored.
+//! Everything else (the layers, the key table in `docs/operations.md`, the check of
+//! `orchestrator.example.yaml`) comes from the declarations through [`key`]. Every error names the key and where its value came from: the
 //! file with line and column, the environment variable, or the flag. Unknown keys are errors.
 //! Nothing else in the crate reads the environment or the config file.
 
@@ -16,6 +16,7 @@ use std::time::Duration;
 pub mod key;
 
 pub use crate::adapters::AdaptersConfig;
+use crate::limits::{LimitField, LimitSpec};
 use key::KeyDefault::{Computed, Unset, Value};
 use key::{Key, KeyInfo, Origin, Raw, Retired, key};
 
@@ -61,6 +62,13 @@ pub struct Config {
     /// `expire_after`: per action type, the deadline a new action gets from its enqueue when it
     /// names none. Empty by default: no action expires unless asked to.
     pub expire_after: BTreeMap<String, Duration>,
+    /// `limits:` (file only): each action type's limits. `None` when the file has no such
+    /// section, so `run` leaves the limits table as it is; `Some` when it has one, even
+    /// `limits: {}`.
+    pub limits: Option<BTreeMap<String, LimitSpec>>,
+    /// Per partitioned limit, how many partition values are tracked; the values beyond share
+    /// [`crate::limits::OVERFLOW_PARTITION`].
+    pub limit_partitions: u32,
     /// `proof_mode: enforced`: every attempt runs in proof mode whatever the database flag
     /// says, and `proof off` is refused. `flag` (the default): the flag decides.
     pub proof_enforced: bool,
@@ -284,6 +292,25 @@ impl Config {
         crate::queue::EnqueueDefaults { max_attempts: self.max_attempts, expire_after: self.expire_after.clone() }
     }
 
+    /// One warning line per action type in `limits:` that no type of `served` (the adapter
+    /// registry's, [`crate::adapters::Registry::types`]) serves, for `run` to log at its start.
+    /// Such a limit is not an error: it holds wherever a worker with an adapter for that type
+    /// runs, and another host's may.
+    pub fn unserved_limit_warnings<'s>(&self, served: impl IntoIterator<Item = &'s str>) -> Vec<String> {
+        let served: std::collections::BTreeSet<&str> = served.into_iter().collect();
+        self.limits
+            .iter()
+            .flat_map(BTreeMap::keys)
+            .filter(|t| !served.contains(t.as_str()))
+            .map(|t| {
+                format!(
+                    "limits.{t}: no adapter serves action type {t}; its limit applies only if a worker \
+                     with such an adapter runs"
+                )
+            })
+            .collect()
+    }
+
     /// The built-in defaults (what an empty config file gives).
     pub fn defaults() -> Config {
         resolve(&Raw::default(), &|_| None)
@@ -313,9 +340,11 @@ impl Config {
     }
 }
 
-/// Every key: these, then each adapter's under `adapters.<section>.` (file only).
+/// Every key: [`KEYS`], then [`LIMIT_KEYS`] and each adapter's under `adapters.<section>.`
+/// (these two file only).
 pub fn keys() -> Vec<KeyInfo> {
     let mut keys = KeyInfo::of(KEYS, "", true);
+    keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
 }
@@ -329,6 +358,11 @@ pub fn key_table() -> String {
 fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let mut config = Config::default();
     key::apply(KEYS, "", raw, env, &mut config)?;
+    if raw.has_entries("limits") {
+        let mut limits = BTreeMap::new();
+        key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;
+        config.limits = Some(limits);
+    }
     config.adapters = AdaptersConfig::resolve(raw, env)?;
     Ok(config)
 }
@@ -454,6 +488,9 @@ pub const KEYS: &[Key<Config>] = &[
     key!("expire_after": BTreeMap<String, serde_yaml::Value> = Value("{}"),
         "Per action type, the deadline of a new action that names none (seconds or a duration like `2h`)",
         |c, v, at| c.expire_after = expire_after(v, at)?),
+    key!("limit_partitions": u32 = Value("1000"), // crate::limits::DEFAULT_PARTITIONS (tested)
+        "Per partitioned limit, how many partition values are tracked; values beyond share one overflow partition",
+        |c, v, at| c.limit_partitions = at.range(v, 1, 100_000)?),
     key!(text "proof_mode": String = Value("flag"),
     "`flag`: the database's proof flag decides; `enforced`: every attempt runs in proof mode",
     |c, v, at| {
@@ -574,6 +611,77 @@ pub const KEYS: &[Key<Config>] = &[
         c.rules.health.degraded_at = degraded_at;
     }),
 ];
+
+/// `limits:`, file only like `adapters:` so that every error points at the line and column of
+/// its own value. Parsing and checking are [`crate::limits`]'s; these keys place the errors.
+/// The keys of one entry apply in this order, so the last one sees the whole entry.
+pub const LIMIT_KEYS: &[Key<BTreeMap<String, LimitSpec>>] = &[
+    key!("limits.<type>.max_running": serde_yaml::Value = Unset,
+    "At most this many attempts of the type `RUNNING` at once, across every instance and worker",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.max_running = limit_field(v, at, |t| crate::limits::whole(LimitField::MaxRunning, t))?;
+    }),
+    key!("limits.<type>.rate": serde_yaml::Value = Unset,
+    "At most N attempt starts in any window of the period: `N/PERIOD`, e.g. `300/1h` or `50/1s`",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.rate = limit_field(v, at, str::parse)?;
+    }),
+    key!("limits.<type>.daily_budget": serde_yaml::Value = Unset,
+    "At most this many attempt starts per UTC day",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.daily_budget = limit_field(v, at, |t| crate::limits::whole(LimitField::DailyBudget, t))?;
+    }),
+    key!("limits.<type>.partition_by": serde_yaml::Value = Unset,
+    "`payload.FIELD`: the type's limits hold per value of that payload field",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.partition_by = limit_field(v, at, str::parse)?;
+        // The entry's last key: the entry is whole.
+        spec.validate().map_err(|e| at.entry_error(e))?;
+    }),
+];
+
+/// The limits of `at`'s entry, added on its first key once the name is checked as an action type.
+fn limit_entry<'m>(
+    limits: &'m mut BTreeMap<String, LimitSpec>,
+    at: &key::Found<'_>,
+) -> Result<&'m mut LimitSpec, ConfigError> {
+    let action_type = at.entry();
+    if !limits.contains_key(action_type) {
+        crate::queue::validate_type(action_type).map_err(|e| at.entry_error(format!("is not an action type: {e}")))?;
+    }
+    Ok(limits.entry(action_type.to_string()).or_default())
+}
+
+/// One limit field's value (unset: `None`), parsed by `parse` from its text. The messages of
+/// [`crate::limits`] begin with the field's name (`rate 'fifty' has no '/'`), which becomes the
+/// full key (`limits.WEBHOOK.rate 'fifty' has no '/'`).
+fn limit_field<V>(
+    value: serde_yaml::Value,
+    at: &key::Found<'_>,
+    parse: impl FnOnce(&str) -> Result<V, String>,
+) -> Result<Option<V>, ConfigError> {
+    use serde_yaml::Value as Y;
+    let text = match value {
+        Y::Null => return Ok(None),
+        Y::String(s) => s,
+        Y::Number(n) => n.to_string(),
+        Y::Bool(b) => b.to_string(),
+        Y::Sequence(_) | Y::Mapping(_) | Y::Tagged(_) => {
+            return Err(at.invalid("must be one plain value, not a list, a map or a tagged value"));
+        }
+    };
+    parse(&text).map(Some).map_err(|e| {
+        let field = at.key.rsplit('.').next().unwrap_or_default();
+        match e.strip_prefix(field) {
+            Some(rest) => at.fail(format!("{}{rest}", at.key)),
+            None => at.invalid(e),
+        }
+    })
+}
 
 /// `expire_after`: each entry an action type and a deadline, in seconds or as a duration.
 fn expire_after(
@@ -756,6 +864,8 @@ mod tests {
         assert_eq!((c.ledger_retention_days, c.decisions_retention_days, c.cooldown_retention_days), (14, 14, 7));
         assert_eq!((c.dispatch_concurrency, c.max_unrecorded), (4, 16));
         assert!(c.sqlite_synchronous_full);
+        assert_eq!(c.limits, None, "no limits section: `run` leaves the limits table alone");
+        assert_eq!(c.limit_partitions, crate::limits::DEFAULT_PARTITIONS);
     }
 
     #[test]
@@ -1016,6 +1126,123 @@ adapters:
         assert!(e.contains("o.yaml:1:") && e.contains("rules.health.degraded_at (60)"), "{e}");
         let e = load(None, &[("ORCHESTRATOR_RULES", "{budget_ms: 0}")]).unwrap_err().to_string();
         assert!(e.contains("ORCHESTRATOR_RULES") && e.contains("rules.budget_ms"), "{e}");
+    }
+
+    /// The issue's example, flow style as operators write it.
+    const LIMITS: &str = "\
+max_attempts: 3
+limits:
+  POST_SOCIAL: {max_running: 2, rate: 300/1h, daily_budget: 2000}
+  COMMAND:     {max_running: 1}
+  WEBHOOK:     {max_running: 10, rate: 50/1s, partition_by: payload.partner}
+";
+
+    #[test]
+    fn limits_are_read_per_action_type() {
+        let c = load(Some(LIMITS), &[]).unwrap();
+        let limits = c.limits.as_ref().unwrap();
+        assert_eq!(limits.keys().collect::<Vec<_>>(), ["COMMAND", "POST_SOCIAL", "WEBHOOK"]);
+        let social = &limits["POST_SOCIAL"];
+        assert_eq!(
+            (social.max_running, social.daily_budget, social.partition_by.as_ref()),
+            (Some(2), Some(2000), None)
+        );
+        assert_eq!(social.rate, Some(crate::limits::Rate { count: 300, period: Duration::from_secs(3600) }));
+        assert_eq!(limits["COMMAND"], LimitSpec { max_running: Some(1), ..LimitSpec::default() });
+        let webhook = &limits["WEBHOOK"];
+        assert_eq!(webhook.partition_by.as_ref().map(ToString::to_string).as_deref(), Some("payload.partner"));
+        assert_eq!(webhook.rate.map(|r| (r.count, r.period)), Some((50, Duration::from_secs(1))));
+
+        let block = "limits:\n  NOOP:\n    max_running: 0\n    rate: '5/m'\n    partition_by: payload.a.b\n";
+        let noop = &load(Some(block), &[]).unwrap().limits.unwrap()["NOOP"];
+        assert_eq!((noop.max_running, noop.partition_by.as_ref().map(|p| p.segments().len())), (Some(0), Some(2)));
+
+        assert_eq!(load(None, &[]).unwrap().limits, None, "no section: `run` leaves the table alone");
+        assert_eq!(load(Some("limits:\n"), &[]).unwrap().limits, None, "null is not given, as for every key");
+        assert_eq!(load(Some("limits: {}\n"), &[]).unwrap().limits, Some(BTreeMap::new()), "given, and empty");
+        let c = load(Some("limits: {}\n"), &[("ORCHESTRATOR_LIMITS", "{NOOP: {max_running: 1}}")]).unwrap();
+        assert_eq!(c.limits, Some(BTreeMap::new()), "file only: the environment does not set limits");
+    }
+
+    #[test]
+    fn limit_errors_name_the_file_line_column_and_full_key() {
+        let cases = [
+            ("rate: 50/1s", "rate: fifty", "o.yaml:5:40: limits.WEBHOOK.rate 'fifty' has no '/' (write N/PERIOD"),
+            ("{max_running: 1}", "{max_running: -1}", "o.yaml:4:30: limits.COMMAND.max_running -1 must be from 0 to"),
+            ("{max_running: 1}", "{max_running: two}", "o.yaml:4:30: limits.COMMAND.max_running 'two' is not a whole"),
+            ("daily_budget: 2000", "daily_budget: 2.5", "o.yaml:3:61: limits.POST_SOCIAL.daily_budget '2.5' is not"),
+            ("max_running: 2,", "max_running: [2],", "o.yaml:3:30: limits.POST_SOCIAL.max_running: must be one plain"),
+            (
+                "partition_by: payload.partner",
+                "partition_by: partner",
+                "o.yaml:5:61: limits.WEBHOOK.partition_by 'partner' is not a payload path (write payload.FIELD",
+            ),
+            ("{max_running: 1}", "{}", "o.yaml:4:16: limits.COMMAND: names no limit (give max_running, rate or"),
+            ("{max_running: 1}", "{partition_by: payload.x}", "o.yaml:4:16: limits.COMMAND: names no limit"),
+            (
+                "{max_running: 1}",
+                "1",
+                "o.yaml:4:16: limits.COMMAND: invalid type: integer `1`, expected a YAML mapping",
+            ),
+            ("{max_running: 1}", "", "o.yaml:4:16: limits.COMMAND: invalid type: unit value, expected a YAML mapping"),
+            (
+                "daily_budget: 2000",
+                "daily_budjet: 2000",
+                "o.yaml:3:47: limits.POST_SOCIAL: unknown field `daily_budjet`, expected one of `max_running`, \
+                 `rate`, `daily_budget`, `partition_by`",
+            ),
+            ("COMMAND:", "'COM MAND':", "o.yaml:4:19: limits.COM MAND: is not an action type: action type"),
+        ];
+        for (good, bad, expected) in cases {
+            let yaml = LIMITS.replacen(good, bad, 1);
+            let e = load(Some(&yaml), &[]).unwrap_err().to_string();
+            assert!(e.contains(expected), "{bad}:\n  got      {e}\n  expected {expected}");
+        }
+        let e = load(Some("limits: [POST_SOCIAL]\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("o.yaml:1:9: limits: invalid type: sequence, expected a YAML mapping"), "{e}");
+    }
+
+    #[test]
+    fn limit_partitions_is_bounded() {
+        assert_eq!(load(None, &[]).unwrap().limit_partitions, 1000);
+        assert_eq!(load(Some("limit_partitions: 50\n"), &[]).unwrap().limit_partitions, 50);
+        assert_eq!(load(None, &[("ORCHESTRATOR_LIMIT_PARTITIONS", "7")]).unwrap().limit_partitions, 7);
+        for bad in ["0", "100001", "-1"] {
+            let e = load(Some(&format!("limit_partitions: {bad}\n")), &[]).unwrap_err().to_string();
+            assert!(e.contains("o.yaml:1:19") && e.contains("limit_partitions"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_limit_on_a_type_no_adapter_serves_is_a_warning() {
+        let yaml = format!("{LIMITS}  NOOP: {{rate: 1/1s}}\n  REPORT: {{max_running: 1}}\n");
+        let c = load(Some(&yaml), &[]).unwrap();
+        let registry = crate::adapters::Registry::from_config(&c).unwrap();
+        assert_eq!(
+            c.unserved_limit_warnings(registry.types()),
+            ["limits.REPORT: no adapter serves action type REPORT; its limit applies only if a worker with such \
+              an adapter runs"]
+        );
+        assert_eq!(c.unserved_limit_warnings(["REPORT"]).len(), 4, "served is what the caller's registry serves");
+        assert!(Config::defaults().unserved_limit_warnings([]).is_empty(), "no limits, no warnings");
+    }
+
+    #[test]
+    fn the_example_limits_read_as_configured() {
+        // The example shows `limits:` commented out (its default is no section); uncommented,
+        // it must load, and a built-in adapter serves every type it names.
+        let example = include_str!("../orchestrator.example.yaml");
+        let block: String = example
+            .lines()
+            .skip_while(|l| !l.starts_with("# limits:"))
+            .take_while(|l| l.starts_with("# limits:") || l.starts_with("#  "))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = load(Some(&block), &[]).unwrap();
+        let limits = c.limits.as_ref().unwrap();
+        assert!(limits.len() >= 3 && limits.values().any(|l| l.partition_by.is_some()), "{block}");
+        let registry = crate::adapters::Registry::from_config(&c).unwrap();
+        assert!(c.unserved_limit_warnings(registry.types()).is_empty());
     }
 
     #[test]

@@ -289,6 +289,11 @@ impl Raw {
                             message: format!("{full}: {what}"),
                         });
                     };
+                    if matching.iter().any(|i| i.segments().nth(path.len()).is_some_and(is_entry)) {
+                        // A map of named entries is given even when empty: `limits: {}` says
+                        // "no limits", where no `limits:` says nothing.
+                        self.entries.entry(full.clone()).or_default();
+                    }
                     self.walk(keys, retired, inner, path, origin)?;
                 }
             }
@@ -336,6 +341,12 @@ impl Raw {
     /// The final value of `key` and where it came from.
     fn get(&self, key: &str) -> Option<&(Value, Source)> {
         self.values.get(key)
+    }
+
+    /// Whether a layer gave the map of named entries `parent` (`limits`), even an empty one. A
+    /// null value (`limits:` alone) is not given, as for every key.
+    pub fn has_entries(&self, parent: &str) -> bool {
+        self.entries.contains_key(parent)
     }
 }
 
@@ -495,13 +506,22 @@ pub fn apply<T>(
 
 /// The line, key column and value column (1-based) of a nested key such as
 /// `adapters.webhook.targets.hook.url`: each segment is looked for below the previous one, more
-/// deeply indented. Falls back to the deepest segment found; the empty path is the file's start.
+/// deeply indented, or inside the flow map (`{rate: 5/1s}`) the previous one's value opens on
+/// its line. Falls back to the deepest segment found; the empty path is the file's start.
 pub fn locate_path(text: &str, path: &[&str]) -> Option<(usize, usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let mut from = 0;
     let mut parent_indent: Option<usize> = None;
     let mut found = path.is_empty().then_some((1, 1, 1));
+    // The line and byte offset of the `{` that the last segment found opens as its value.
+    let mut flow: Option<(usize, usize)> = None;
     for seg in path {
+        if let Some((i, open)) = flow {
+            let Some((key, value)) = flow_key(lines[i], open, seg) else { break };
+            found = Some((i + 1, key + 1, value + 1));
+            flow = lines[i][value..].starts_with('{').then_some((i, value));
+            continue;
+        }
         let mut hit = None;
         for (i, line) in lines.iter().enumerate().skip(from) {
             let trimmed = line.trim_start();
@@ -529,8 +549,25 @@ pub fn locate_path(text: &str, path: &[&str]) -> Option<(usize, usize, usize)> {
         found = Some((i + 1, indent + 1, col));
         from = i + 1;
         parent_indent = Some(indent);
+        flow = lines[i].get(col - 1..).is_some_and(|v| v.starts_with('{')).then_some((i, col - 1));
     }
     found
+}
+
+/// The byte offsets of key `seg` and of its value in the flow map that opens at byte `open` of
+/// `line`, if the map names it on that line: `seg` after `{` or `,`, then `:`.
+fn flow_key(line: &str, open: usize, seg: &str) -> Option<(usize, usize)> {
+    let mut from = open + 1;
+    while let Some(p) = line.get(from..).and_then(|rest| rest.find(seg)).map(|p| from + p) {
+        from = p + seg.len();
+        let key = line[..p].trim_end_matches(['"', '\'']);
+        let after = line[from..].trim_start_matches(['"', '\'']).trim_start();
+        let follows_separator = key.trim_end().ends_with(['{', ',']);
+        if let Some(value) = after.strip_prefix(':').filter(|_| follows_separator) {
+            return Some((key.len(), line.len() - value.trim_start().len()));
+        }
+    }
+    None
 }
 
 // ---- the key table and orchestrator.example.yaml, checked against the declarations ----------
@@ -723,6 +760,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_map_of_entries_is_given_and_a_null_one_is_not() {
+        let given = |yaml: &str| {
+            let mut raw = Raw::default();
+            let value: Value = serde_yaml::from_str(yaml).unwrap();
+            raw.add(&infos(), &[], &value, &Origin::File { path: Path::new("d.yaml"), text: yaml }).unwrap();
+            raw.has_entries("targets")
+        };
+        assert!(given("targets: {}\n"));
+        assert!(given("targets:\n  a: {url: x}\n"));
+        assert!(!given("port: 1\n"));
+        assert!(!given("targets:\n"), "null is not given, as for every key");
+    }
+
+    #[test]
     fn the_table_checker_finds_missing_unknown_and_stale_rows() {
         let keys = infos();
         let expected = table(&keys, &[], &[("port", "--port")]);
@@ -765,5 +816,10 @@ mod tests {
         assert_eq!(locate_path(text, &["adapters", "webhook", "targets", "hook", "url"]), Some((6, 9, 14)));
         assert_eq!(locate_path(text, &["adapters", "command"]), Some((7, 3, 12)));
         assert_eq!(locate_path(text, &["adapters", "social", "platforms"]), Some((2, 1, 10)), "falls back to a parent");
+        let flow = "limits:\n  WEBHOOK: {max_rate: 1, rate: fifty, 'x': {y: 2}}\n  NOOP: {}\n";
+        assert_eq!(locate_path(flow, &["limits", "WEBHOOK", "rate"]), Some((2, 26, 32)), "not inside `max_rate`");
+        assert_eq!(locate_path(flow, &["limits", "WEBHOOK", "x", "y"]), Some((2, 45, 48)), "nested, quoted");
+        assert_eq!(locate_path(flow, &["limits", "WEBHOOK", "burst"]), Some((2, 3, 12)), "falls back to the entry");
+        assert_eq!(locate_path(flow, &["limits", "NOOP", "rate"]), Some((3, 3, 9)));
     }
 }
