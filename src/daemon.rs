@@ -6,7 +6,8 @@
 //! doubling to 30 s, without a restart. It never busy-loops. Once an hour, after a tick it ran as
 //! the holder, it starts a background purge of history past its retention (finished actions,
 //! ledger rows, decisions, cooldowns) in small batches, so ticks go on while it runs. At start it
-//! removes leftover `.tmp-*` artifact files older than an hour.
+//! removes leftover `.tmp-*` artifact files older than an hour. `run` writes its config's
+//! `limits:` into the database at start and on SIGHUP ([`sync_limits`]).
 
 use std::time::Duration;
 
@@ -119,6 +120,23 @@ pub async fn remove_stale_tmp(engine: &Engine) {
         Ok(Err(e)) => tracing::warn!(error = %e, dir = %shown, "cannot clean leftover .tmp-* artifact files"),
         Err(e) => tracing::warn!(error = %e, "artifact cleanup task failed"),
     }
+}
+
+/// Writes the config's `limits:` section into the database (at `run`'s start and on SIGHUP);
+/// without a section it changes nothing. Warns of a limit on a type no adapter here serves.
+pub async fn sync_limits(
+    store: &Store,
+    config: &Config,
+    registry: &crate::adapters::Registry,
+) -> Result<(), StoreError> {
+    for w in config.unserved_limit_warnings(registry.types()) {
+        tracing::warn!("{w}");
+    }
+    let Some(limits) = &config.limits else { return Ok(()) };
+    let removed = store.sync_config_limits(limits).await?;
+    let types: Vec<&str> = limits.keys().map(String::as_str).collect();
+    tracing::info!(types = ?types, removed = ?removed, "limits written from the config");
+    Ok(())
 }
 
 /// Runs ticks until a stop condition; `shutdown` turning true asks for a clean stop.

@@ -431,7 +431,7 @@ impl Engine {
                 // A claim waits for a slot at most until the tick's deadline.
                 start_within: self.config.max_tick,
                 proof_enforced: self.config.proof_enforced,
-                limit_partitions: crate::limits::DEFAULT_PARTITIONS as usize,
+                limit_partitions: self.config.limit_partitions as usize,
                 epoch: Some(term.epoch),
             };
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {

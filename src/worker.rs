@@ -308,7 +308,7 @@ impl Worker {
                     default_timeout: default,
                     start_within,
                     proof_enforced: self.config.proof_enforced,
-                    limit_partitions: crate::limits::DEFAULT_PARTITIONS as usize,
+                    limit_partitions: self.config.limit_partitions as usize,
                     epoch: None,
                 };
                 let claimed = match self.store.claim(&claimer, permits.len() as u64).await {

@@ -391,15 +391,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run { listen, .. } | Command::Serve { listen } => listen.clone(),
         _ => None,
     };
-    let config = Config::load(
-        cli.config.as_deref(),
-        Overrides {
-            database_url: cli.database_url.clone(),
-            tick_interval_seconds: interval,
-            proof_enforced: cli.proof_enforced,
-            http_listen,
-        },
-    )?;
+    let overrides = Overrides {
+        database_url: cli.database_url.clone(),
+        tick_interval_seconds: interval,
+        proof_enforced: cli.proof_enforced,
+        http_listen,
+    };
+    let config = Config::load(cli.config.as_deref(), overrides.clone())?;
+    // What SIGHUP reads again: the same file and flags.
+    let config_file = cli.config.clone();
+    let reload: Reload = std::sync::Arc::new(move || Config::load(config_file.as_deref(), overrides.clone()));
     let out = output::Out { json: cli.json };
     // Commands on rule files alone need no database.
     match &cli.command {
@@ -421,11 +422,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         _ => {}
     }
     let store = open_store(&config).await?;
-    let code = dispatch(cli.command, &config, &store, &out).await;
+    let code = dispatch(cli.command, &config, &store, &out, reload).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");
     }
     code
+}
+
+/// On SIGHUP, `run` reads its config again and writes its `limits:` section into the
+/// database; a config that no longer loads is logged and changes nothing.
+fn spawn_limits_reloader(store: Store, reload: Reload) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            let config = match reload() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
+                    continue;
+                }
+            };
+            let synced = match Registry::from_config(&config) {
+                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
+                    continue;
+                }
+            };
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "could not write the limits on SIGHUP; they stay as they were");
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (store, reload);
 }
 
 /// Connects and migrates, naming the database on failure.
@@ -434,7 +466,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(Store::open(&config.database_url, &options).await?)
 }
 
-async fn dispatch(command: Command, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<u8> {
+/// Reads the configuration again, as it was read at start (for SIGHUP).
+type Reload = std::sync::Arc<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+async fn dispatch(
+    command: Command,
+    config: &Config,
+    store: &Store,
+    out: &output::Out,
+    reload: Reload,
+) -> anyhow::Result<u8> {
     match command {
         Command::Migrate => {
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
@@ -444,6 +485,8 @@ async fn dispatch(command: Command, config: &Config, store: &Store, out: &output
             let engine = if no_execute { engine.without_execution() } else { engine };
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
+            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?).await?;
+            spawn_limits_reloader(store.clone(), reload);
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
