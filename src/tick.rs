@@ -508,6 +508,7 @@ impl Engine {
                 format!("throttled to {n} by rule {} ({} due at the snapshot)", by.join(", "), snap.queue.due_now),
             );
         }
+        let mut limits_held = false;
         // The invariant, checked where it can break: due work at the snapshot, budget, no brake,
         // and nothing ran. What the decisions shed or postponed by name is no longer due.
         if self.execute
@@ -518,7 +519,14 @@ impl Engine {
             && !heartbeat.is_lost()
             && snap.queue.due_now > 0
         {
-            extra.left_due = self.store.due_count().await?;
+            let due = self.store.due_count().await?;
+            // A type at its limit is a brake too: its due work waits, recorded here.
+            let (held, why) = if due > 0 { held_by_limits(&self.store.limit_usage().await?) } else { (0, Vec::new()) };
+            if held > 0 {
+                limits_held = true;
+                notes.push(format!("held by limits: {}", why.join(", ")));
+            }
+            extra.left_due = due - held.min(due);
             if extra.left_due > 0 {
                 tracing::error!(due = extra.left_due, "work-conserving invariant broken: due work left idle");
                 notes.push(format!("work-conserving invariant broken: {} due action(s) left idle", extra.left_due));
@@ -529,7 +537,7 @@ impl Engine {
             TickStatus::Fail
         } else if attempted > 0 && succeeded < attempted {
             TickStatus::Partial
-        } else if held_back.is_some() {
+        } else if held_back.is_some() || limits_held {
             TickStatus::Throttled
         } else if attempted == 0 {
             TickStatus::Idle
@@ -620,6 +628,29 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
         notes: Some(notes.join("; ")),
         snapshot: Some((decided.snapshot_json, decided.rules_digest)),
     }
+}
+
+/// The due work of types that have nothing left of a limit (for a partitioned type: its
+/// tightest partition), and for each such type what holds it, e.g. `SLOW max_running 2 (7
+/// waiting)`.
+fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
+    let mut held = 0i64;
+    let mut why = Vec::new();
+    for u in usage.iter().filter(|u| u.waiting > 0) {
+        let spec = &u.limit.effective;
+        let full = [
+            (u.running_remaining, spec.max_running.map(|n| format!("max_running {n}"))),
+            (u.rate_remaining, spec.rate.map(|r| format!("rate {r}"))),
+            (u.budget_remaining, spec.daily_budget.map(|n| format!("daily_budget {n}"))),
+        ]
+        .into_iter()
+        .find_map(|(left, name)| if left == Some(0) { name } else { None });
+        if let Some(name) = full {
+            held = held.saturating_add(i64::try_from(u.waiting).unwrap_or(i64::MAX));
+            why.push(format!("{} {name} ({} waiting)", u.action_type, u.waiting));
+        }
+    }
+    (held, why)
 }
 
 #[derive(Default)]

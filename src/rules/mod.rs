@@ -535,7 +535,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             let value = match obj.get("value") {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(Value::String(s)) => s.clone(),
-                _ => return Err(format!("set_limit needs a `value` (a whole number, or N/PERIOD for rate)")),
+                _ => return Err("set_limit needs a `value` (a whole number, or N/PERIOD for rate)".into()),
             };
             let value = crate::limits::LimitValue::parse(field, &value).map_err(|e| format!("set_limit: {e}"))?;
             let seconds = int("seconds")?;

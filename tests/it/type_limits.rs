@@ -165,3 +165,227 @@ async fn an_override_narrows_a_type_until_it_expires(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(db.store.claim(&w, 4).await.unwrap().len(), 4, "the override expired");
 }
+
+// ---- property: four claimers racing never exceed a limit ---------------------------------------
+
+/// One step of one claimer's script.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Claim up to this many.
+    Claim(u64),
+    /// End the held attempt at this index (mod what is held) this way.
+    Finish(usize, End),
+    /// The worker dies: its registration goes, and the leader rescues its claims; the claimer
+    /// registers anew.
+    Die,
+    Pause,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum End {
+    Success,
+    Retry,
+    Dlq,
+    Unstart,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1u64..=4).prop_map(Step::Claim),
+        4 => (0usize..8, prop_oneof![Just(End::Success), Just(End::Retry), Just(End::Dlq), Just(End::Unstart)])
+            .prop_map(|(i, e)| Step::Finish(i, e)),
+        1 => Just(Step::Die),
+        1 => Just(Step::Pause),
+    ]
+}
+
+/// What the harness saw, kept apart from the store: an attempt counts as running from the
+/// moment its claim returned until just before its end was written (or its worker was declared
+/// dead), which is inside the time the row is `RUNNING` in the database. So the count here can
+/// only be lower than the database's, never higher, and any excess it sees is real.
+#[derive(Default)]
+struct Seen {
+    running: BTreeMap<(String, String), i64>,
+    max_seen: BTreeMap<(String, String), i64>,
+    /// Starts per type, less the unstarts (counted before the unstart is written).
+    starts: BTreeMap<String, i64>,
+    /// Per action: its claims less its unstarts, which is what its `attempts` must be.
+    attempts: BTreeMap<i64, i32>,
+    claims: u64,
+}
+
+impl Seen {
+    fn add(&mut self, t: &str, part: &str) {
+        let k = (t.to_string(), part.to_string());
+        let n = self.running.entry(k.clone()).or_default();
+        *n += 1;
+        let n = *n;
+        let m = self.max_seen.entry(k).or_default();
+        *m = (*m).max(n);
+        *self.starts.entry(t.to_string()).or_default() += 1;
+        self.claims += 1;
+    }
+
+    fn remove(&mut self, t: &str, part: &str) {
+        *self.running.entry((t.to_string(), part.to_string())).or_default() -= 1;
+    }
+}
+
+fn partition(c: &Claimed) -> String {
+    c.action.payload.get("p").and_then(|p| p.as_str()).unwrap_or("").to_string()
+}
+
+backend_tests!(four_racing_claimers_never_exceed_a_limit);
+
+async fn four_racing_claimers_never_exceed_a_limit(db: &TestDb) {
+    use proptest::test_runner::{Config as PropConfig, TestRunner};
+    let cases: u32 = std::env::var("LIMIT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut runner = TestRunner::new(PropConfig { cases, failure_persistence: None, ..PropConfig::default() });
+    let scripts = proptest::collection::vec(proptest::collection::vec(step(), 4..24), 4);
+    let term = crate::queue::hold(&db.store, "leader").await;
+    let fence = crate::support::fence(&term);
+    let mut stores = vec![db.store.clone()];
+    for _ in 1..4 {
+        stores.push(if db.store.backend() == orchestrator::store::Backend::Postgres {
+            db.another_store().await
+        } else {
+            db.store.clone()
+        });
+    }
+    let case = std::sync::atomic::AtomicU32::new(0);
+    let result = runner.run(&scripts, |scripts| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(race_case(db, &stores, &fence, n, scripts))
+        });
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// One case: fresh types (so cases share nothing), four claimers running their scripts at once.
+async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::Fence, n: u32, scripts: Vec<Vec<Step>>) {
+    let (run, rate, budget, part, free) =
+        (format!("RUN{n}"), format!("RATE{n}"), format!("BUDGET{n}"), format!("PART{n}"), format!("FREE{n}"));
+    db.store.set_limit(&run, &spec("max_running: '2'")).await.unwrap();
+    db.store.set_limit(&rate, &spec("{rate: 5/1h, max_running: '3'}")).await.unwrap();
+    db.store.set_limit(&budget, &spec("daily_budget: '6'")).await.unwrap();
+    db.store.set_limit(&part, &spec("{max_running: '1', partition_by: payload.p}")).await.unwrap();
+    let day = db.store.db_now().await.unwrap().date_naive();
+    for t in [&run, &rate, &budget, &free] {
+        enqueue(&db.store, t, 12, 0, |i| json!({"i": i})).await;
+    }
+    // A higher priority, so that the partitioned type is always at the head of the queue.
+    enqueue(&db.store, &part, 12, 5, |i| json!({"p": format!("v{}", i % 3), "i": i})).await;
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let mut tasks = Vec::new();
+    for (k, script) in scripts.into_iter().enumerate() {
+        let store = stores[k].clone();
+        let seen = seen.clone();
+        let fence = fence.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut generation = 0;
+            let mut me =
+                crate::support::worker(&store, &format!("c{n}-{k}-{generation}"), Duration::from_secs(600)).await;
+            let mut held: Vec<Claimed> = Vec::new();
+            for step in script {
+                match step {
+                    Step::Claim(want) => {
+                        let got = store.claim(&me, want).await.unwrap();
+                        let mut s = seen.lock().unwrap();
+                        for c in got {
+                            s.add(&c.action.action_type, &partition(&c));
+                            *s.attempts.entry(c.action.id).or_default() += 1;
+                            held.push(c);
+                        }
+                    }
+                    Step::Finish(i, end) if !held.is_empty() => {
+                        let c = held.remove(i % held.len());
+                        let outcome = match end {
+                            End::Success => CompletionOutcome::Success,
+                            End::Retry => CompletionOutcome::Retry {
+                                not_before: orchestrator::model::now(),
+                                error: "again".into(),
+                            },
+                            End::Dlq => CompletionOutcome::Dlq { error: "no".into() },
+                            End::Unstart => CompletionOutcome::Unstarted,
+                        };
+                        {
+                            let mut s = seen.lock().unwrap();
+                            s.remove(&c.action.action_type, &partition(&c));
+                            if matches!(end, End::Unstart) {
+                                *s.starts.entry(c.action.action_type.clone()).or_default() -= 1;
+                                *s.attempts.entry(c.action.id).or_default() -= 1;
+                            }
+                        }
+                        let r = store.complete(None, &[done(&c, outcome)]).await.unwrap();
+                        assert_eq!(r.applied, [c.action.id], "a live claim's end lands");
+                    }
+                    Step::Finish(..) => {}
+                    Step::Die => {
+                        {
+                            let mut s = seen.lock().unwrap();
+                            for c in held.drain(..) {
+                                s.remove(&c.action.action_type, &partition(&c));
+                            }
+                        }
+                        store.deregister_worker(&me.worker).await.unwrap();
+                        store.rescue(&fence, "leader", Duration::from_secs(600), None).await.unwrap();
+                        generation += 1;
+                        me =
+                            crate::support::worker(&store, &format!("c{n}-{k}-{generation}"), Duration::from_secs(600))
+                                .await;
+                    }
+                    Step::Pause => tokio::task::yield_now().await,
+                }
+            }
+            held
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = seen.lock().unwrap();
+    let max = |t: &str| s.max_seen.iter().filter(|((ty, _), _)| ty == t).map(|(_, n)| *n).max().unwrap_or(0);
+    assert!(max(&run) <= 2, "max_running 2 exceeded: {}", max(&run));
+    assert!(max(&rate) <= 3, "max_running 3 of the rated type exceeded: {}", max(&rate));
+    for ((t, p), m) in &s.max_seen {
+        if t == &part {
+            assert!(*m <= 1, "partition {p} ran {m} at once");
+        }
+    }
+    let starts = |t: &str| s.starts.get(t).copied().unwrap_or(0);
+    assert!(starts(&rate) <= 5, "rate 5/1h: {} started", starts(&rate));
+    if db.store.db_now().await.unwrap().date_naive() == day {
+        assert!(starts(&budget) <= 6, "budget 6: {} started", starts(&budget));
+    }
+    // The database agrees: what is running is within the limits, and what waits never counted
+    // an attempt for waiting.
+    let rows = db
+        .store
+        .list_actions(&orchestrator::store::ActionFilter { limit: 10_000, ..Default::default() })
+        .await
+        .unwrap();
+    for t in [&run, &rate, &budget, &part] {
+        let running = rows.iter().filter(|a| &a.action_type == t && a.status.as_str() == "RUNNING").count();
+        let cap = if t == &run {
+            2
+        } else if t == &rate {
+            3
+        } else if t == &part {
+            3
+        } else {
+            6
+        };
+        assert!(running <= cap, "{t}: {running} RUNNING");
+    }
+    let mine = [&run, &rate, &budget, &part, &free];
+    for a in rows.iter().filter(|a| mine.contains(&&a.action_type)) {
+        let expected = s.attempts.get(&a.id).copied().unwrap_or(0);
+        assert_eq!(a.attempts, expected, "attempts are the starts, never the waits: {a:?}");
+    }
+}
