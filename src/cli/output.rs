@@ -131,20 +131,25 @@ fn usage_details(u: &LimitUsage, indent: &str) -> Vec<String> {
         ));
     }
     if !u.partitions.is_empty() {
+        let spec = &u.limit.effective;
         let busiest: Vec<String> = u
             .partitions
             .iter()
             .map(|p| {
-                format!(
-                    "{} (running {}, rate {}, budget {})",
-                    one_line(&p.partition, 40),
-                    p.running,
-                    p.rate_used,
-                    p.budget_used
-                )
+                let mut used = Vec::new();
+                for (has, name, n) in [
+                    (spec.max_running.is_some(), "running", p.running),
+                    (spec.rate.is_some(), "rate", p.rate_used),
+                    (spec.daily_budget.is_some(), "budget", p.budget_used),
+                ] {
+                    if has {
+                        used.push(format!("{name} {n}"));
+                    }
+                }
+                format!("{} ({})", one_line(&p.partition, 40), used.join(", "))
             })
             .collect();
-        lines.push(format!("{indent}busiest partitions: {}", busiest.join("; ")));
+        lines.push(format!("{indent}busiest partitions, used: {}", busiest.join("; ")));
     }
     if let Some(e) = &u.limit.error {
         lines.push(format!("{indent}error: {} (the type is held until its limits are set again)", one_line(e, 200)));
