@@ -227,6 +227,35 @@ impl fmt::Display for LimitValue {
     }
 }
 
+/// The longest an operator's override lasts (`limits override --for`, the API's `seconds`): an
+/// override is a temporary narrowing; a lasting change is `limits set`.
+pub const MAX_OVERRIDE: Duration = Duration::from_secs(30 * 86_400);
+/// The longest reason an operator's override carries, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Checks how long an operator's override lasts: 1 s to [`MAX_OVERRIDE`].
+pub fn check_override_lasts(lasts: Duration) -> Result<Duration, String> {
+    if lasts < Duration::from_secs(1) || lasts > MAX_OVERRIDE {
+        return Err(format!(
+            "an override lasts from 1s to {} days, got {}",
+            MAX_OVERRIDE.as_secs() / 86_400,
+            humantime::format_duration(lasts)
+        ));
+    }
+    Ok(lasts)
+}
+
+/// Checks the reason an operator gives an override: 1 to [`MAX_REASON_CHARS`] characters once
+/// trimmed. Returns it trimmed.
+pub fn check_override_reason(reason: &str) -> Result<String, String> {
+    let t = reason.trim();
+    let n = t.chars().count();
+    if n == 0 || n > MAX_REASON_CHARS {
+        return Err(format!("the reason must be 1 to {MAX_REASON_CHARS} characters, got {n}"));
+    }
+    Ok(t.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +295,15 @@ mod tests {
         assert!(spec.validate().unwrap_err().contains("names no limit"));
         spec.set(LimitField::Rate, "3/1s").unwrap();
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn operator_overrides_are_bounded_and_say_why() {
+        assert_eq!(check_override_lasts(Duration::from_secs(600)), Ok(Duration::from_secs(600)));
+        assert!(check_override_lasts(Duration::ZERO).unwrap_err().contains("from 1s to 30 days"));
+        assert!(check_override_lasts(MAX_OVERRIDE + Duration::from_secs(1)).unwrap_err().contains("30 days"));
+        assert_eq!(check_override_reason(" partner asked ").unwrap(), "partner asked");
+        assert!(check_override_reason("  ").unwrap_err().contains("reason must be 1 to 500"));
+        assert!(check_override_reason(&"x".repeat(501)).is_err());
     }
 }

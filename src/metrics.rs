@@ -34,6 +34,13 @@ pub mod names {
     pub const WORKERS: &str = "orchestrator_workers";
     pub const LAST_TICK_TIMESTAMP_SECONDS: &str = "orchestrator_last_tick_timestamp_seconds";
     pub const DATABASE_UP: &str = "orchestrator_database_up";
+    // Per limited type (`limits`), from the database on every scrape; absent while no limit is set.
+    pub const LIMIT_RUNNING: &str = "orchestrator_limit_running";
+    pub const LIMIT_WAITING: &str = "orchestrator_limit_waiting";
+    pub const BUDGET_REMAINING: &str = "orchestrator_budget_remaining";
+    /// A counter kept in the database (every claimer adds to it), so every process reports the
+    /// same value; exposed at scrape like the gauges.
+    pub const LIMIT_BLOCKED_TOTAL: &str = "orchestrator_limit_blocked_total";
 
     pub const RULE_EVALUATIONS_TOTAL: &str = "orchestrator_rule_evaluations_total";
     pub const RULE_ERRORS_TOTAL: &str = "orchestrator_rule_errors_total";
@@ -62,6 +69,24 @@ pub struct DbGauges {
     pub last_tick_timestamp_seconds: Option<f64>,
     /// Registered executors: (live, dead).
     pub workers: (i64, i64),
+    /// One entry per limited type; empty while no limit is set (and then no limit metric is
+    /// shown).
+    pub limits: Vec<LimitGauges>,
+}
+
+/// One limited type's numbers on a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct LimitGauges {
+    pub action_type: String,
+    /// Attempts running, every partition.
+    pub running: u64,
+    /// Due actions waiting to be claimed.
+    pub waiting: u64,
+    /// What today's budget has left (the tightest partition's); `None`: no daily budget.
+    pub budget_remaining: Option<u64>,
+    /// Claims held back so far, by the limit that held them: `max_running`, `rate`,
+    /// `daily_budget`. Cumulative, from the database.
+    pub blocked: [(&'static str, u64); 3],
 }
 
 /// The DECIDE stage's metrics, registered into a [`Metrics`] registry.
@@ -347,6 +372,53 @@ fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result
         g.set(t);
         r.register(Box::new(g))?;
     }
+    if !db.limits.is_empty() {
+        register_limit_metrics(r, &db.limits)?;
+    }
+    Ok(())
+}
+
+fn register_limit_metrics(r: &Registry, limits: &[LimitGauges]) -> prometheus::Result<()> {
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let running = IntGaugeVec::new(
+        Opts::new(names::LIMIT_RUNNING, "Attempts running of each limited action type, on every host."),
+        &["type"],
+    )?;
+    let waiting = IntGaugeVec::new(
+        Opts::new(names::LIMIT_WAITING, "Due actions of each limited action type waiting to be claimed."),
+        &["type"],
+    )?;
+    let budget = IntGaugeVec::new(
+        Opts::new(
+            names::BUDGET_REMAINING,
+            "Attempt starts left today (UTC) of each action type with a daily_budget (the tightest partition's).",
+        ),
+        &["type"],
+    )?;
+    let blocked = IntCounterVec::new(
+        Opts::new(
+            names::LIMIT_BLOCKED_TOTAL,
+            "Claims that held back due work of a limited action type, by the limit that held it (counted in the database, across every claimer).",
+        ),
+        &["type", "limit"],
+    )?;
+    for l in limits {
+        let t = l.action_type.as_str();
+        running.with_label_values(&[t]).set(int(l.running));
+        waiting.with_label_values(&[t]).set(int(l.waiting));
+        if let Some(left) = l.budget_remaining {
+            budget.with_label_values(&[t]).set(int(left));
+        }
+        for (limit, n) in l.blocked {
+            blocked.with_label_values(&[t, limit]).inc_by(n);
+        }
+    }
+    r.register(Box::new(running))?;
+    r.register(Box::new(waiting))?;
+    if limits.iter().any(|l| l.budget_remaining.is_some()) {
+        r.register(Box::new(budget))?;
+    }
+    r.register(Box::new(blocked))?;
     Ok(())
 }
 
@@ -371,5 +443,41 @@ mod tests {
         assert!(text.contains("orchestrator_ticks_total{status=\"SUCCESS\"} 1"), "{text}");
         assert!(text.contains("orchestrator_actions_total{outcome=\"success\",type=\"NOOP\"} 2"), "{text}");
         assert!(text.contains(&format!("orchestrator_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn limit_metrics_show_only_when_limits_exist() {
+        let m = Metrics::new();
+        let none = m.render_with_db(Some(&DbGauges::default()));
+        assert!(!none.contains("orchestrator_limit"), "{none}");
+        assert!(!none.contains(names::BUDGET_REMAINING), "{none}");
+        let limits = vec![
+            LimitGauges {
+                action_type: "POST_SOCIAL".into(),
+                running: 2,
+                waiting: 7,
+                budget_remaining: Some(40),
+                blocked: [("max_running", 3), ("rate", 0), ("daily_budget", 1)],
+            },
+            LimitGauges {
+                action_type: "COMMAND".into(),
+                blocked: [("max_running", 0), ("rate", 0), ("daily_budget", 0)],
+                ..Default::default()
+            },
+        ];
+        let text = m.render_with_db(Some(&DbGauges { limits, ..DbGauges::default() }));
+        for line in [
+            "orchestrator_limit_running{type=\"POST_SOCIAL\"} 2",
+            "orchestrator_limit_waiting{type=\"POST_SOCIAL\"} 7",
+            "orchestrator_limit_running{type=\"COMMAND\"} 0",
+            "orchestrator_budget_remaining{type=\"POST_SOCIAL\"} 40",
+            "orchestrator_limit_blocked_total{limit=\"max_running\",type=\"POST_SOCIAL\"} 3",
+            "orchestrator_limit_blocked_total{limit=\"daily_budget\",type=\"POST_SOCIAL\"} 1",
+            "orchestrator_limit_blocked_total{limit=\"rate\",type=\"COMMAND\"} 0",
+            "# TYPE orchestrator_limit_blocked_total counter",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("orchestrator_budget_remaining{type=\"COMMAND\"}"), "no budget, no gauge: {text}");
     }
 }

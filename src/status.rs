@@ -14,7 +14,7 @@ use crate::config::HealthThresholds;
 use crate::health::{self, LeaseSeen, Liveness, LivenessPolicy, WorkloadHealth};
 use crate::model::{self, ActionStatus, Flags, TickRow};
 use crate::snapshot::{LedgerView, QueueView, RecentView, seconds_between};
-use crate::store::{Store, StoreError};
+use crate::store::{LimitUsage, Store, StoreError};
 
 /// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
 pub const PROOF_ENFORCED_REFUSAL: &str = "proof mode is enforced on this instance (proof_mode: enforced, \
@@ -50,6 +50,10 @@ pub struct StatusReport {
     /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
     /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
     pub proof_enforced: bool,
+    /// Each limited type with what is running, waiting and left (`Store::limit_usage`). Read
+    /// by the callers that show it (`status`, `/status`, `/metrics`), not by `/health`, whose
+    /// probes need none of it; empty until then.
+    pub limits: Vec<LimitUsage>,
 }
 
 /// Registered executors by liveness.
@@ -120,6 +124,7 @@ pub async fn read(
         oldest_pending,
         last_tick,
         proof_enforced: false,
+        limits: Vec::new(),
     })
 }
 

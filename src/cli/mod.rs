@@ -6,6 +6,7 @@
 //! stderr.
 
 mod follow;
+mod limits;
 mod output;
 mod rules;
 
@@ -146,6 +147,9 @@ pub enum Command {
     /// Inspect or release the lease.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Limits per action type, held in the database for every host: list, set, clear, override.
+    #[command(subcommand)]
+    Limits(limits::LimitsCommand),
     /// The tick ledger, newest first; with --follow, the last --limit oldest first, then each
     /// tick as it finishes, until Ctrl-C.
     Ticks {
@@ -597,7 +601,8 @@ async fn dispatch(
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
             let report = read_status(config, store).await?;
-            let report = status::StatusReport { proof_enforced: config.proof_enforced, ..report };
+            let limits = store.limit_usage().await?;
+            let report = status::StatusReport { proof_enforced: config.proof_enforced, limits, ..report };
             out.status(&report);
             if report.health == Liveness::Unhealthy {
                 return Ok(exit::UNHEALTHY);
@@ -616,6 +621,7 @@ async fn dispatch(
             out.flags(&store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await?)
         }
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
+        Command::Limits(cmd) => limits::run(cmd, store, out).await?,
         Command::Lease(cmd) => match cmd {
             LeaseCommand::Show => {
                 let report = read_status(config, store).await?;

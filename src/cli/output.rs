@@ -4,9 +4,10 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
+use crate::limits::LimitSpec;
 use crate::model::{Action, ActionStatus, Flags, LogRow, TickRow};
 use crate::status::{LeaseStatus, StatusReport};
-use crate::store::{ActionsSummary, PRIORITY_BANDS};
+use crate::store::{ActionsSummary, LimitSource, LimitUsage, PRIORITY_BANDS, TypeLimit};
 use crate::tick::TickReport;
 
 pub struct Out {
@@ -67,6 +68,112 @@ pub fn tick_line(t: &TickRow) -> String {
     )
 }
 
+/// A spec's limits in a few words: `max_running 2, rate 300/1h, partition_by payload.partner`.
+fn spec_words(spec: &LimitSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = spec.max_running {
+        parts.push(format!("max_running {n}"));
+    }
+    if let Some(r) = spec.rate {
+        parts.push(format!("rate {r}"));
+    }
+    if let Some(n) = spec.daily_budget {
+        parts.push(format!("daily_budget {n}"));
+    }
+    if let Some(p) = &spec.partition_by {
+        parts.push(format!("partition_by {p}"));
+    }
+    if parts.is_empty() { "no limit".to_string() } else { parts.join(", ") }
+}
+
+/// What a limited type is using and has left: `running 1/2, waiting 12, rate 250/300 left, ...`
+/// (per the tightest partition when partitioned).
+fn usage_words(u: &LimitUsage) -> String {
+    let spec = &u.limit.effective;
+    let mut parts = vec![match spec.max_running {
+        Some(max) => format!("running {}/{max}", u.running),
+        None => format!("running {}", u.running),
+    }];
+    parts.push(format!("waiting {}", u.waiting));
+    if let (Some(left), Some(r)) = (u.rate_remaining, spec.rate) {
+        parts.push(format!("rate {left}/{} left per {}", r.count, humantime::format_duration(r.period)));
+    }
+    if let (Some(left), Some(b)) = (u.budget_remaining, spec.daily_budget) {
+        parts.push(format!("budget {left}/{b} left today"));
+    }
+    if let Some(p) = &spec.partition_by {
+        parts.push(format!("per {p} ({} tracked; left is the tightest's)", u.partitions_tracked));
+    }
+    parts.join(", ")
+}
+
+/// The lines under a limited type: overrides in force, claims held back, a used-up budget, the
+/// busiest partitions and an unreadable row's error, each indented by `indent`.
+fn usage_details(u: &LimitUsage, indent: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for o in &u.limit.overrides {
+        lines.push(format!(
+            "{indent}override {} = {} until {} by {}: {}",
+            o.field,
+            o.value,
+            ts(&o.expires_at),
+            one_line(&o.set_by, 40),
+            one_line(&o.reason, 120)
+        ));
+    }
+    if let Some(t) = &u.budget_exhausted_at {
+        lines.push(format!("{indent}daily budget used up since {}", ts(t)));
+    }
+    if u.blocked_running + u.blocked_rate + u.blocked_budget > 0 {
+        lines.push(format!(
+            "{indent}claims held back so far: max_running {}, rate {}, daily_budget {}",
+            u.blocked_running, u.blocked_rate, u.blocked_budget
+        ));
+    }
+    if !u.partitions.is_empty() {
+        let spec = &u.limit.effective;
+        let busiest: Vec<String> = u
+            .partitions
+            .iter()
+            .map(|p| {
+                let mut used = Vec::new();
+                for (has, name, n) in [
+                    (spec.max_running.is_some(), "running", p.running),
+                    (spec.rate.is_some(), "rate", p.rate_used),
+                    (spec.daily_budget.is_some(), "budget", p.budget_used),
+                ] {
+                    if has {
+                        used.push(format!("{name} {n}"));
+                    }
+                }
+                format!("{} ({})", one_line(&p.partition, 40), used.join(", "))
+            })
+            .collect();
+        lines.push(format!("{indent}busiest partitions, used: {}", busiest.join("; ")));
+    }
+    if let Some(e) = &u.limit.error {
+        lines.push(format!("{indent}error: {} (the type is held until its limits are set again)", one_line(e, 200)));
+    }
+    lines
+}
+
+fn source_word(s: LimitSource) -> &'static str {
+    match s {
+        LimitSource::Config => "config",
+        LimitSource::Operator => "operator",
+        LimitSource::Override => "override",
+    }
+}
+
+/// A limit cell: the effective value, marked `*` when an override is in force on it.
+fn limit_cell(value: Option<String>, overridden: bool) -> String {
+    match value {
+        None => "-".to_string(),
+        Some(v) if overridden => format!("{v}*"),
+        Some(v) => v,
+    }
+}
+
 impl Out {
     /// A result with a JSON shape and a one-line text form.
     pub fn workers(&self, rows: &[crate::store::WorkerRow]) {
@@ -98,6 +205,73 @@ impl Out {
                 w.done,
                 w.failed,
                 w.heartbeat_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+
+    /// `limits list`: one row per limited type, the details under it.
+    pub fn limits(&self, list: &[LimitUsage]) {
+        if self.json {
+            return print_json(&list);
+        }
+        if list.is_empty() {
+            println!("no limits set (limits: in the config, `orchestrator limits set`, or /api/limits)");
+            return;
+        }
+        println!(
+            "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  LEFT",
+            "TYPE", "MAX RUNNING", "RATE", "DAILY BUDGET", "PARTITION BY", "SOURCE", "RUNNING", "WAITING"
+        );
+        for u in list {
+            let l = &u.limit;
+            let over = |f: crate::limits::LimitField| l.overrides.iter().any(|o| o.field == f);
+            let e = &l.effective;
+            let mut left = Vec::new();
+            for (name, v) in
+                [("running", u.running_remaining), ("rate", u.rate_remaining), ("budget", u.budget_remaining)]
+            {
+                if let Some(v) = v {
+                    left.push(format!("{name} {v}"));
+                }
+            }
+            println!(
+                "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  {}",
+                one_line(&u.action_type, 24),
+                limit_cell(e.max_running.map(|n| n.to_string()), over(crate::limits::LimitField::MaxRunning)),
+                limit_cell(e.rate.map(|r| r.to_string()), over(crate::limits::LimitField::Rate)),
+                limit_cell(e.daily_budget.map(|n| n.to_string()), over(crate::limits::LimitField::DailyBudget)),
+                e.partition_by.as_ref().map_or("-".to_string(), |p| one_line(&p.to_string(), 20)),
+                source_word(l.source),
+                u.running,
+                u.waiting,
+                if left.is_empty() { "-".to_string() } else { left.join(", ") }
+            );
+            for line in usage_details(u, "  ") {
+                println!("{line}");
+            }
+        }
+        if list.iter().any(|u| !u.limit.overrides.is_empty()) {
+            println!("(* an override is in force: its line says until when)");
+        }
+    }
+
+    /// A type's limits after `limits set|clear|override` (`what` says which was done).
+    pub fn type_limit(&self, l: &TypeLimit, what: &str) {
+        if self.json {
+            return print_json(l);
+        }
+        println!("{what} {}: {}", l.action_type, spec_words(&l.effective));
+        if l.effective != l.base {
+            println!("  base (without overrides): {}", spec_words(&l.base));
+        }
+        for o in &l.overrides {
+            println!(
+                "  override {} = {} until {} by {}: {}",
+                o.field,
+                o.value,
+                ts(&o.expires_at),
+                o.set_by,
+                one_line(&o.reason, 120)
             );
         }
     }
@@ -161,6 +335,20 @@ impl Out {
         let counts: Vec<String> = s.queue.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("queue:   {}", counts.join(" "));
         println!("workers: {} live, {} dead", s.workers.live, s.workers.dead);
+        if s.limits.is_empty() {
+            println!("limits:  none");
+        }
+        for (i, u) in s.limits.iter().enumerate() {
+            println!(
+                "{}{}: {}",
+                if i == 0 { "limits:  " } else { "         " },
+                one_line(&u.action_type, 64),
+                usage_words(u)
+            );
+            for line in usage_details(u, "           ") {
+                println!("{line}");
+            }
+        }
         match &s.last_tick {
             Some(t) => println!(
                 "last:    tick #{} {} at {} ({} attempted, {} succeeded)",

@@ -1,6 +1,6 @@
 //! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel (one, or the
-//! DLQ rows a page showed, by id), ticks and a tick's explain, decisions, the live snapshot and
-//! the actions summary.
+//! DLQ rows a page showed, by id), ticks and a tick's explain, decisions, the live snapshot,
+//! the actions summary, and the per-type limits (list with usage, set, clear, override).
 //!
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
@@ -18,13 +18,14 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::limits::{self, LimitField, LimitSpec, LimitValue};
 use crate::model::{self, ActionStatus};
 use crate::queue::{self, EnqueueRequest, QueueError};
 use crate::store::{ActionFilter, Authority, FlagChange};
@@ -49,6 +50,9 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/snapshot", get(snapshot))
         .route("/api/summary", get(summary))
         .route("/api/workers", get(workers))
+        .route("/api/limits", get(list_limits))
+        .route("/api/limits/{type}", put(put_limit).delete(delete_limit))
+        .route("/api/limits/{type}/override", post(override_limit))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -401,4 +405,130 @@ async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
 
 async fn summary(State(st): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(st.store.actions_summary().await?).into_response())
+}
+
+/// `GET /api/limits`: `orchestrator limits list --json`, every limited type with its usage.
+async fn list_limits(State(st): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(st.store.limit_usage().await?).into_response())
+}
+
+fn parse_type(text: &str) -> Result<&str, ApiError> {
+    queue::validate_type(text).map_err(|e| ApiError::bad_request(format!("path: {e}")))?;
+    Ok(text)
+}
+
+/// A type's base limits as `PUT /api/limits/{type}` takes them; a field left out is no limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitBody {
+    max_running: Option<i64>,
+    rate: Option<String>,
+    daily_budget: Option<i64>,
+    partition_by: Option<String>,
+}
+
+impl LimitBody {
+    fn spec(self) -> Result<LimitSpec, ApiError> {
+        let field = |name: &str, e: String| ApiError::bad_request(format!("body field `{name}`: {e}"));
+        let count = |f: LimitField, v: Option<i64>| -> Result<Option<u64>, ApiError> {
+            v.map(|n| limits::whole(f, &n.to_string()).map_err(|e| field(f.as_str(), e))).transpose()
+        };
+        let spec = LimitSpec {
+            max_running: count(LimitField::MaxRunning, self.max_running)?,
+            rate: self.rate.map(|r| r.parse().map_err(|e| field("rate", e))).transpose()?,
+            daily_budget: count(LimitField::DailyBudget, self.daily_budget)?,
+            partition_by: self.partition_by.map(|p| p.parse().map_err(|e| field("partition_by", e))).transpose()?,
+        };
+        spec.validate().map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        Ok(spec)
+    }
+}
+
+/// The type's limits as they now stand (after a write).
+async fn limit_of(st: &AppState, action_type: &str) -> Result<Response, ApiError> {
+    match st.store.limits().await?.into_iter().find(|l| l.action_type == action_type) {
+        Some(l) => Ok(axum::Json(l).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no limits for {action_type}"))),
+    }
+}
+
+/// `PUT /api/limits/{type} {"max_running"?, "rate"?, "daily_budget"?, "partition_by"?}`:
+/// replaces the type's base limits (overrides in force stay); answers the type's limits.
+async fn put_limit(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path(action_type): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let t = parse_type(&action_type)?;
+    let spec = parse_body::<LimitBody>(body)?.spec()?;
+    st.store.set_limit(t, &spec).await?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        action_type = t,
+        limits = ?spec,
+        "admin API: limits set"
+    );
+    limit_of(&st, t).await
+}
+
+/// `DELETE /api/limits/{type}`: removes the type's limits and overrides; 404 when it had none.
+async fn delete_limit(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path(action_type): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = parse_type(&action_type)?;
+    if !st.store.clear_limit(t).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no limits for {t}")));
+    }
+    tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_type = t, "admin API: limits cleared");
+    Ok(axum::Json(serde_json::json!({ "action_type": t, "cleared": true })).into_response())
+}
+
+/// An operator's override: `value` is a whole number, or `N/PERIOD` for `rate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    field: String,
+    value: serde_json::Value,
+    seconds: u64,
+    reason: String,
+}
+
+/// `POST /api/limits/{type}/override {"field", "value", "seconds", "reason"}`: one field of the
+/// type's limits holds `value` for `seconds`, recorded as set by `operator:<token name>`.
+async fn override_limit(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path(action_type): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let t = parse_type(&action_type)?;
+    let b: OverrideBody = parse_body(body)?;
+    let bad = |name: &str, e: String| ApiError::bad_request(format!("body field `{name}`: {e}"));
+    let field: LimitField = b.field.parse().map_err(|e| bad("field", e))?;
+    let text = match &b.value {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => return Err(bad("value", "expected a whole number, or \"N/PERIOD\" for rate".into())),
+    };
+    let value = LimitValue::parse(field, &text).map_err(|e| bad("value", e))?;
+    let lasts =
+        limits::check_override_lasts(std::time::Duration::from_secs(b.seconds)).map_err(|e| bad("seconds", e))?;
+    let reason = limits::check_override_reason(&b.reason).map_err(|e| bad("reason", e))?;
+    let until = model::later(st.store.db_now().await?, lasts).map_err(|e| bad("seconds", e))?;
+    let set_by = format!("operator:{}", who.0);
+    st.store.set_limit_override(None, t, field, value, until, &reason, &set_by).await?;
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        action_type = t,
+        field = %field,
+        value = %value,
+        until = %until.to_rfc3339(),
+        "admin API: limit overridden"
+    );
+    limit_of(&st, t).await
 }

@@ -27,7 +27,8 @@ use serde::Serialize;
 
 use crate::config::{AdminTokens, Config};
 use crate::health::{Liveness, LivenessPolicy};
-use crate::metrics::DbGauges;
+use crate::limits::LimitField;
+use crate::metrics::{DbGauges, LimitGauges};
 use crate::model::{self, ActionStatus, LogRow, TickRow};
 use crate::snapshot::seconds_between;
 use crate::status::{self, Counts, StatusReport};
@@ -325,11 +326,29 @@ async fn metrics(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-/// The database gauges of a scrape: open counts, the lease, flags, the last tick and the
-/// workload score, all from index-backed reads whose cost does not grow with history.
+/// The database gauges of a scrape: open counts, the lease, flags, the last tick, the
+/// workload score and each limited type's usage (one `limit_usage` read), all from index-backed
+/// or bounded reads whose cost does not grow with history.
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     let report = st.status(Counts::OpenOnly, false).await?;
     let now = st.store.db_now().await?;
+    let limits = st
+        .store
+        .limit_usage()
+        .await?
+        .into_iter()
+        .map(|u| LimitGauges {
+            running: u.running,
+            waiting: u.waiting,
+            budget_remaining: u.budget_remaining,
+            blocked: [
+                (LimitField::MaxRunning.as_str(), u.blocked_running),
+                (LimitField::Rate.as_str(), u.blocked_rate),
+                (LimitField::DailyBudget.as_str(), u.blocked_budget),
+            ],
+            action_type: u.action_type,
+        })
+        .collect();
     Ok(DbGauges {
         queue: ActionStatus::OPEN
             .iter()
@@ -350,6 +369,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             .last_tick
             .as_ref()
             .map(|t| t.finished_at.unwrap_or(t.started_at).timestamp_millis() as f64 / 1000.0),
+        limits,
     })
 }
 
@@ -479,8 +499,9 @@ async fn status_page(
     // Open counts only: the page polls this every few seconds, so its cost must not grow with
     // finished history; the finished side is the last 24 hours, through the finished index.
     let report = st.status(Counts::OpenOnly, true).await?;
+    let limits = st.store.limit_usage().await?;
     let finished_last_24h = st.store.finished_since(model::earlier_saturating(st.store.now(), FINISHED_WINDOW)).await?;
-    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
+    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, limits, ..report };
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st

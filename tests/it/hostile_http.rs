@@ -45,6 +45,7 @@ async fn state(store: &Store) -> serde_json::Value {
         "actions": store.list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
         "ticks": store.recent_ticks(1_000_000).await.unwrap(),
         "logs": store.logs(None, 1_000_000).await.unwrap(),
+        "limits": store.limits().await.unwrap(),
     })
 }
 

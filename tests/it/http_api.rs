@@ -28,9 +28,9 @@ backend_tests!(
     enforced_proof_mode_refuses_proof_off_and_says_so,
 );
 
-const TOKEN: &str = "0123456789abcdef-test";
+pub const TOKEN: &str = "0123456789abcdef-test";
 
-fn config(db: &TestDb, tokens: bool) -> Config {
+pub fn config(db: &TestDb, tokens: bool) -> Config {
     let mut c = db.config();
     if tokens {
         c.admin_tokens = AdminTokens::parse(&format!("tester:{TOKEN}")).unwrap();
@@ -38,26 +38,26 @@ fn config(db: &TestDb, tokens: bool) -> Config {
     c
 }
 
-fn state(engine: &Engine) -> AppState {
+pub fn state(engine: &Engine) -> AppState {
     AppState::new(engine.clone(), true)
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: String,
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
-    fn error(&self) -> String {
+    pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.body)).to_string()
     }
 }
 
-async fn call(st: &AppState, method: &str, uri: &str, auth: Option<&str>, body: Option<&str>) -> Answer {
+pub async fn call(st: &AppState, method: &str, uri: &str, auth: Option<&str>, body: Option<&str>) -> Answer {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(a) = auth {
         req = req.header("authorization", a);
@@ -70,18 +70,18 @@ async fn call(st: &AppState, method: &str, uri: &str, auth: Option<&str>, body: 
     Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
-async fn get(st: &AppState, uri: &str) -> Answer {
+pub async fn get(st: &AppState, uri: &str) -> Answer {
     call(st, "GET", uri, None, None).await
 }
 
-const BEARER: &str = "Bearer 0123456789abcdef-test";
+pub const BEARER: &str = "Bearer 0123456789abcdef-test";
 
-async fn admin(st: &AppState, method: &str, uri: &str, body: Option<&str>) -> Answer {
+pub async fn admin(st: &AppState, method: &str, uri: &str, body: Option<&str>) -> Answer {
     call(st, method, uri, Some(BEARER), body).await
 }
 
 /// The value of an unlabelled sample (or one with exactly these labels) in Prometheus text.
-fn sample(text: &str, series: &str) -> f64 {
+pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))

@@ -184,7 +184,7 @@ async fn postgres_outage_turns_health_503_then_200_without_a_restart() {
     admin.close().await.ok();
 }
 
-fn promtool() -> Option<&'static str> {
+pub fn promtool() -> Option<&'static str> {
     match Command::new("promtool").arg("--version").output() {
         Ok(o) if o.status.success() => Some("promtool"),
         _ => {
@@ -196,7 +196,7 @@ fn promtool() -> Option<&'static str> {
     }
 }
 
-fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
+pub fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
     use std::io::Write;
     let mut cmd = Command::new("promtool");
     cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));

@@ -16,6 +16,7 @@ mod execute;
 mod hostile;
 mod lease;
 mod limits;
+mod limits_surface;
 mod machine;
 mod peer;
 mod queue;

@@ -1,0 +1,205 @@
+//! `orchestrator limits list|set|clear|override`: the operator's hand on the per-type limits held
+//! in the database (`store/limits.rs`), which every claimer on every host reads.
+//!
+//! Flags are parsed by `crate::limits` inside clap, so a bad rate, a negative number or an
+//! unknown field is a usage error (exit 2) naming the flag before anything is read. `set`
+//! merges the fields given into the type's base limits; `clear TYPE FIELD` removes one. Nothing
+//! here decides what a limit means (the claim does) or prints by itself (`output.rs` renders).
+
+use std::time::Duration;
+
+use clap::{ArgGroup, Subcommand, ValueEnum};
+
+use super::{exit, fail, output};
+use crate::limits::{self, LimitField, LimitSpec, LimitValue, PayloadPath, Rate};
+use crate::store::{Store, TypeLimit};
+
+/// Who an override from the command line is recorded as set by.
+const SET_BY: &str = "operator";
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Every limited type: its limits and where they came from, overrides in force, what is
+    /// running, waiting and left, and the claims each limit held back.
+    List,
+    /// Set fields of a type's base limits; fields not given keep their value (`limits clear
+    /// TYPE FIELD` removes one). A type named in the `run` process's `limits:` config is
+    /// rewritten from it at that process's next start or SIGHUP.
+    #[command(group = ArgGroup::new("fields").required(true).multiple(true))]
+    Set {
+        /// Action type, e.g. POST_SOCIAL.
+        #[arg(value_parser = parse_type)]
+        action_type: String,
+        /// At most N attempts of the type running at once, on every host (0 holds the type).
+        #[arg(long, value_name = "N", group = "fields", allow_negative_numbers = true,
+              value_parser = |s: &str| limits::whole(LimitField::MaxRunning, s))]
+        max_running: Option<u64>,
+        /// At most N attempt starts in any window of PERIOD, e.g. 300/1h or 50/1s.
+        #[arg(long, value_name = "N/PERIOD", group = "fields", allow_hyphen_values = true,
+              value_parser = |s: &str| s.parse::<Rate>())]
+        rate: Option<Rate>,
+        /// At most N attempt starts per UTC day.
+        #[arg(long, value_name = "N", group = "fields", allow_negative_numbers = true,
+              value_parser = |s: &str| limits::whole(LimitField::DailyBudget, s))]
+        daily_budget: Option<u64>,
+        /// The same limits per value of this payload field, e.g. payload.partner.
+        #[arg(long, value_name = "payload.FIELD", group = "fields",
+              value_parser = |s: &str| s.parse::<PayloadPath>())]
+        partition_by: Option<PayloadPath>,
+    },
+    /// Remove a type's limits and overrides, or with FIELD one field of its base limits.
+    Clear {
+        /// Action type, e.g. POST_SOCIAL.
+        #[arg(value_parser = parse_type)]
+        action_type: String,
+        /// Only this field of the base limits: max_running, rate, daily_budget or partition_by.
+        #[arg(value_enum)]
+        field: Option<SpecField>,
+    },
+    /// Override one limit of a type for a while (recorded as set by "operator"); it lapses by
+    /// itself. A type with no limits gains one until then.
+    Override {
+        /// Action type, e.g. POST_SOCIAL.
+        #[arg(value_parser = parse_type)]
+        action_type: String,
+        /// max_running, rate or daily_budget.
+        #[arg(value_parser = |s: &str| s.parse::<LimitField>())]
+        field: LimitField,
+        /// A whole number, or N/PERIOD for rate.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// How long it holds, e.g. 30m or 2h (at most 30 days).
+        #[arg(long = "for", value_name = "DURATION",
+              value_parser = |s: &str| crate::config::parse_duration(s).and_then(limits::check_override_lasts))]
+        lasts: Duration,
+        /// Why, shown beside it in `limits list`, `status` and the page (at most 500 characters).
+        #[arg(long, value_name = "TEXT", value_parser = |s: &str| limits::check_override_reason(s))]
+        reason: String,
+    },
+}
+
+/// A field of a type's base limits, as `limits clear TYPE FIELD` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpecField {
+    #[value(name = "max_running")]
+    MaxRunning,
+    #[value(name = "rate")]
+    Rate,
+    #[value(name = "daily_budget")]
+    DailyBudget,
+    #[value(name = "partition_by")]
+    PartitionBy,
+}
+
+impl SpecField {
+    fn as_str(self) -> &'static str {
+        match self {
+            SpecField::MaxRunning => "max_running",
+            SpecField::Rate => "rate",
+            SpecField::DailyBudget => "daily_budget",
+            SpecField::PartitionBy => "partition_by",
+        }
+    }
+
+    /// Whether `spec` has this field set.
+    fn is_set(self, spec: &LimitSpec) -> bool {
+        match self {
+            SpecField::MaxRunning => spec.max_running.is_some(),
+            SpecField::Rate => spec.rate.is_some(),
+            SpecField::DailyBudget => spec.daily_budget.is_some(),
+            SpecField::PartitionBy => spec.partition_by.is_some(),
+        }
+    }
+
+    fn remove(self, spec: &mut LimitSpec) {
+        match self {
+            SpecField::MaxRunning => spec.max_running = None,
+            SpecField::Rate => spec.rate = None,
+            SpecField::DailyBudget => spec.daily_budget = None,
+            SpecField::PartitionBy => spec.partition_by = None,
+        }
+    }
+}
+
+fn parse_type(s: &str) -> Result<String, String> {
+    crate::queue::validate_type(s).map(|()| s.to_string())
+}
+
+pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) -> anyhow::Result<()> {
+    match cmd {
+        LimitsCommand::List => out.limits(&store.limit_usage().await?),
+        LimitsCommand::Set { action_type, max_running, rate, daily_budget, partition_by } => {
+            let mut spec = base_of(store, &action_type).await?.map(|l| l.base).unwrap_or_default();
+            spec.max_running = max_running.or(spec.max_running);
+            spec.rate = rate.or(spec.rate);
+            spec.daily_budget = daily_budget.or(spec.daily_budget);
+            spec.partition_by = partition_by.or(spec.partition_by);
+            if spec.is_empty() {
+                return Err(fail(
+                    exit::USAGE,
+                    format!(
+                        "{action_type} would have no limit: give --max-running, --rate or --daily-budget with --partition-by"
+                    ),
+                ));
+            }
+            store.set_limit(&action_type, &spec).await?;
+            written(store, &action_type, out, "set").await?;
+        }
+        LimitsCommand::Clear { action_type, field: None } => {
+            let cleared = store.clear_limit(&action_type).await?;
+            let text = if cleared {
+                format!("cleared the limits and overrides of {action_type}")
+            } else {
+                format!("{action_type} has no limits; nothing cleared")
+            };
+            out.message(&serde_json::json!({"action_type": action_type, "cleared": cleared}), &text);
+        }
+        LimitsCommand::Clear { action_type, field: Some(field) } => {
+            let Some(current) = base_of(store, &action_type).await? else {
+                return Err(fail(exit::ERROR, format!("{action_type} has no limits; nothing to clear")));
+            };
+            let mut spec = current.base;
+            if !field.is_set(&spec) {
+                return Err(fail(
+                    exit::ERROR,
+                    format!("{action_type} has no base {}; nothing to clear", field.as_str()),
+                ));
+            }
+            field.remove(&mut spec);
+            if spec.is_empty() {
+                return Err(fail(
+                    exit::ERROR,
+                    format!(
+                        "clearing {} would leave {action_type} with no limit; `limits clear {action_type}` removes its \
+                         limits and overrides",
+                        field.as_str()
+                    ),
+                ));
+            }
+            store.set_limit(&action_type, &spec).await?;
+            written(store, &action_type, out, &format!("cleared {} of", field.as_str())).await?;
+        }
+        LimitsCommand::Override { action_type, field, value, lasts, reason } => {
+            let value = LimitValue::parse(field, &value).map_err(|e| fail(exit::USAGE, format!("VALUE: {e}")))?;
+            let until = crate::model::later(store.db_now().await?, lasts)
+                .map_err(|e| fail(exit::USAGE, format!("--for: {e}")))?;
+            store.set_limit_override(None, &action_type, field, value, until, &reason, SET_BY).await?;
+            written(store, &action_type, out, &format!("overrode {field} of")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The type's row, if it has one.
+async fn base_of(store: &Store, action_type: &str) -> anyhow::Result<Option<TypeLimit>> {
+    Ok(store.limits().await?.into_iter().find(|l| l.action_type == action_type))
+}
+
+/// Prints the type's limits as they now stand, after `what` was done.
+async fn written(store: &Store, action_type: &str, out: &output::Out, what: &str) -> anyhow::Result<()> {
+    let now = base_of(store, action_type)
+        .await?
+        .ok_or_else(|| fail(exit::ERROR, format!("{action_type}'s limits were written but are no longer there")))?;
+    out.type_limit(&now, what);
+    Ok(())
+}
