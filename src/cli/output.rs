@@ -157,14 +157,6 @@ fn usage_details(u: &LimitUsage, indent: &str) -> Vec<String> {
     lines
 }
 
-fn source_word(s: LimitSource) -> &'static str {
-    match s {
-        LimitSource::Config => "config",
-        LimitSource::Operator => "operator",
-        LimitSource::Override => "override",
-    }
-}
-
 /// A limit cell: the effective value, marked `*` when an override is in force on it.
 fn limit_cell(value: Option<String>, overridden: bool) -> String {
     match value {
@@ -241,7 +233,7 @@ impl Out {
                 limit_cell(e.rate.map(|r| r.to_string()), over(crate::limits::LimitField::Rate)),
                 limit_cell(e.daily_budget.map(|n| n.to_string()), over(crate::limits::LimitField::DailyBudget)),
                 e.partition_by.as_ref().map_or("-".to_string(), |p| one_line(&p.to_string(), 20)),
-                source_word(l.source),
+                LimitSource::as_str(l.source),
                 u.running,
                 u.waiting,
                 if left.is_empty() { "-".to_string() } else { left.join(", ") }

@@ -539,10 +539,11 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             };
             let value = crate::limits::LimitValue::parse(field, &value).map_err(|e| format!("set_limit: {e}"))?;
             let seconds = int("seconds")?;
-            let seconds =
-                u64::try_from(seconds).ok().filter(|s| (1..=MAX_POSTPONE_SECONDS).contains(s)).ok_or_else(|| {
-                    format!("set_limit: seconds must be between 1 and {MAX_POSTPONE_SECONDS}, got {seconds}")
-                })?;
+            let most = crate::limits::MAX_OVERRIDE.as_secs();
+            let seconds = u64::try_from(seconds)
+                .ok()
+                .filter(|s| (1..=most).contains(s))
+                .ok_or_else(|| format!("set_limit: seconds must be between 1 and {most} (30 days), got {seconds}"))?;
             Kind::SetLimit { action_type, field, value, seconds }
         }
         "enqueue" => {

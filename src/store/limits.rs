@@ -37,7 +37,7 @@ pub enum LimitSource {
 }
 
 impl LimitSource {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             LimitSource::Config => "config",
             LimitSource::Operator => "operator",
