@@ -15,7 +15,9 @@
 //! beside 1, 2 and 4 `orchestrator worker --concurrency 16` processes of the release binary,
 //! draining WEBHOOK actions to a receiver in this process that answers after 200 ms, proof mode
 //! off; what PostgreSQL carried with four; and NOOP drains by one and four workers against the single
-//! process of `drain`). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
+//! process of `drain`), and `limits` (the claim's cost with 0, 3 and 20 limited types, the 50k
+//! drain with three limited types that do not bind, and an unlimited type's drain beside a
+//! backlog held by a rate limit). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
 //! `ORCHESTRATOR_TEST_PG_URL`; `--only workers_scaling` falls back to
 //! postgres://postgres@127.0.0.1:5432/test); each run uses a fresh schema, or for the workers a
 //! fresh database (`CREATE DATABASE`), so `pg_stat_activity` counts only its processes.
@@ -334,6 +336,49 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
 /// Drains `n` NOOP actions. `shipped_rules`: the default configuration (the shipped rules loaded,
 /// every setting at its default apart from the concurrency and the tick budget, which both
 /// figures share); else the bare engine with no rules.
+/// What a drain runs beside its NOOP backlog: limits set first, and a backlog of `SLOW`
+/// actions (served by an adapter that does nothing) at a higher priority.
+#[derive(Default)]
+struct Beside {
+    limits: Vec<(&'static str, &'static str)>,
+    slow_backlog: usize,
+}
+
+/// Parses `max_running=N,rate=N/P,daily_budget=N` into a limit.
+fn limit(spec: &str) -> orchestrator::limits::LimitSpec {
+    let mut l = orchestrator::limits::LimitSpec::default();
+    for kv in spec.split(',') {
+        let (k, v) = kv.split_once('=').expect("field=value");
+        l.set(k.parse().expect("a limit field"), v).expect("a limit value");
+    }
+    l
+}
+
+/// `SLOW`: succeeds at once, like NOOP, under a type of its own.
+struct Slow;
+
+#[async_trait::async_trait]
+impl orchestrator::adapters::Adapter for Slow {
+    fn action_type(&self) -> &str {
+        "SLOW"
+    }
+
+    fn render_proof(
+        &self,
+        _: &orchestrator::model::Action,
+    ) -> Result<Option<orchestrator::adapters::Proof>, orchestrator::adapters::AdapterError> {
+        Ok(None)
+    }
+
+    async fn execute(
+        &self,
+        _: &orchestrator::adapters::ExecContext,
+        _: &orchestrator::model::Action,
+    ) -> Result<orchestrator::adapters::Outcome, orchestrator::adapters::AdapterError> {
+        Ok(orchestrator::adapters::Outcome { message: "done".into() })
+    }
+}
+
 async fn drain_once(
     backend: &str,
     pg: Option<&str>,
@@ -341,8 +386,30 @@ async fn drain_once(
     concurrency: u32,
     shipped_rules: bool,
 ) -> anyhow::Result<f64> {
+    drain_beside(backend, pg, n, concurrency, shipped_rules, &Beside::default()).await
+}
+
+/// NOOP actions drained per second; with `beside`'s limits and `SLOW` backlog, which must not
+/// slow the NOOP drain (the backlog is left as its limits leave it).
+async fn drain_beside(
+    backend: &str,
+    pg: Option<&str>,
+    n: usize,
+    concurrency: u32,
+    shipped_rules: bool,
+    beside: &Beside,
+) -> anyhow::Result<f64> {
     let db = Db::new(backend, pg).await?;
     db.due_noops(n).await?;
+    for (t, spec) in &beside.limits {
+        db.store.set_limit(t, &limit(spec)).await?;
+    }
+    if beside.slow_backlog > 0 {
+        let lines: String = (0..beside.slow_backlog)
+            .map(|i| format!("{{\"action_type\":\"SLOW\",\"priority\":5,\"payload\":{{\"i\":{i}}}}}\n"))
+            .collect();
+        queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
+    }
     db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
     let mut config = db.config();
     config.max_actions_per_tick = 1_000_000;
@@ -353,7 +420,9 @@ async fn drain_once(
     if shipped_rules {
         config.rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     }
-    let engine = Engine::new(db.store.clone(), config, Registry::builtin());
+    let mut registry = Registry::builtin();
+    registry.register(Slow);
+    let engine = Engine::new(db.store.clone(), config, registry);
     if shipped_rules {
         anyhow::ensure!(engine.load_rules()? >= 7, "the shipped rules did not load");
     }
@@ -367,8 +436,16 @@ async fn drain_once(
     }
     let secs = start.elapsed().as_secs_f64();
     engine.release().await?;
-    let counts = db.store.count_by_status().await?;
-    anyhow::ensure!(counts[&ActionStatus::Success] == n as i64, "not all succeeded: {counts:?}");
+    let noop = db
+        .store
+        .list_actions(&orchestrator::store::ActionFilter {
+            status: Some(ActionStatus::Success),
+            action_type: Some("NOOP".into()),
+            limit: n as u64 + 1,
+        })
+        .await?
+        .len();
+    anyhow::ensure!(noop == n, "{noop} of {n} NOOP succeeded");
     let logs = db.store.logs(None, 1).await?;
     anyhow::ensure!(!logs.is_empty(), "no log rows");
     db.drop_schema().await;
@@ -396,6 +473,118 @@ async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
         }
     }
     Ok(out)
+}
+
+/// The three limited (not binding) types of `limits`' drain: NOOP itself under all three
+/// kinds of limit, and two other types.
+const THREE_LIMITS: [(&str, &str); 3] = [
+    ("NOOP", "max_running=100000,rate=100000000/1s,daily_budget=1000000000"),
+    ("WEBHOOK", "max_running=10"),
+    ("COMMAND", "max_running=1"),
+];
+
+/// `limits`: what limits cost and what they must not cost.
+/// - `limits_claim`: one claim of 64 due NOOP actions, with 0, 3 and 20 limited types (NOOP
+///   one of them when any, its limits not binding), µs per claim (median of 200 claims);
+/// - `drain_limited`: the 50k NOOP drain in the default configuration (shipped rules) with
+///   three limited, not binding, types, against `drain_default` (target: within 15 %);
+/// - `mixed_queue`: 10k NOOP drained beside 5k `SLOW` actions of a higher priority held by
+///   `rate: 10/1h` (the pick leaves them out), against the same drain without them.
+async fn limits(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let mut out = Vec::new();
+    let mut push = |f: Figure| {
+        emit(&f);
+        out.push(f);
+    };
+    for backend in backends(a) {
+        for k in [0usize, 3, 20] {
+            let mut runs = Vec::new();
+            for _ in 0..a.runs.min(3) {
+                runs.push(claim_cost(backend, a.pg.as_deref(), k).await?);
+            }
+            push(figure_on(backend, "limits_claim", format!("limited={k}"), "µs/claim", runs));
+        }
+        // Each pair is measured in turns, so that a slow minute of the machine hits both alike.
+        let n = if a.quick { 10_000 } else { 50_000 };
+        let (mut bare, mut limited) = (Vec::new(), Vec::new());
+        for _ in 0..a.runs {
+            bare.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &Beside::default()).await?);
+            let beside = Beside { limits: THREE_LIMITS.to_vec(), slow_backlog: 0 };
+            limited.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside).await?);
+        }
+        push(figure_on(backend, "drain_default", format!("n={n},c=16"), "actions/s", bare));
+        push(figure_on(backend, "drain_limited", format!("n={n},c=16"), "actions/s", limited));
+        let n = if a.quick { 5_000 } else { 10_000 };
+        let (mut alone, mut mixed) = (Vec::new(), Vec::new());
+        for _ in 0..a.runs.min(3) {
+            let beside = |slow_backlog| Beside { limits: vec![("SLOW", "rate=10/1h")], slow_backlog };
+            alone.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside(0)).await?);
+            mixed.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside(5_000)).await?);
+        }
+        push(figure_on(backend, "mixed_alone", format!("n={n}"), "NOOP/s", alone));
+        push(figure_on(backend, "mixed_queue", format!("n={n},slow=5000"), "NOOP/s", mixed));
+    }
+    Ok(out)
+}
+
+/// A figure of `backend`, not yet printed.
+fn figure_on(backend: &str, name: &str, param: String, unit: &'static str, runs: Vec<f64>) -> Figure {
+    Figure { name: name.into(), backend: backend.into(), param, value: median(&mut runs.clone()), unit, runs }
+}
+
+/// Median µs of one claim of 64 (each claimed batch is unstarted again, so the queue stays the
+/// same), with `k` limited types.
+async fn claim_cost(backend: &str, pg: Option<&str>, k: usize) -> anyhow::Result<f64> {
+    let db = Db::new(backend, pg).await?;
+    db.due_noops(5_000).await?;
+    for (t, spec) in THREE_LIMITS.iter().take(k.min(3)) {
+        db.store.set_limit(t, &limit(spec)).await?;
+    }
+    for i in 3..k {
+        db.store.set_limit(&format!("TYPE{i}"), &limit("max_running=5,rate=100/1m")).await?;
+    }
+    let worker = "bench-claimer";
+    db.store
+        .register_worker(&orchestrator::store::NewWorker {
+            id: worker.into(),
+            host: "bench".into(),
+            pid: 1,
+            version: "bench".into(),
+            concurrency: 64,
+            types: Vec::new(),
+        })
+        .await?;
+    let claimer = orchestrator::store::Claimer {
+        worker: worker.into(),
+        worker_ttl: Duration::from_secs(600),
+        types: Vec::new(),
+        type_timeouts: Vec::new(),
+        default_timeout: Duration::from_secs(60),
+        start_within: Duration::ZERO,
+        proof_enforced: false,
+        epoch: None,
+        limit_partitions: 1000,
+    };
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let start = Instant::now();
+        let got = db.store.claim(&claimer, 64).await?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        anyhow::ensure!(got.len() == 64, "claimed {} of 64", got.len());
+        let back: Vec<orchestrator::store::Completion> = got
+            .iter()
+            .map(|c| orchestrator::store::Completion {
+                action_id: c.action.id,
+                token: c.token,
+                attempt: c.attempt,
+                outcome: orchestrator::store::CompletionOutcome::Unstarted,
+                logs: Vec::new(),
+            })
+            .collect();
+        db.store.complete(None, &back).await?;
+    }
+    db.drop_schema().await;
+    Ok(median(&mut times))
 }
 
 async fn drain_concurrency(a: &Args) -> anyhow::Result<Vec<Figure>> {
@@ -959,6 +1148,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(&a, "memory") {
         all.extend(memory(&a)?);
+    }
+    if wanted(&a, "limits") {
+        all.extend(limits(&a).await?);
     }
     if wanted(&a, "workers_scaling") {
         all.extend(workers_scaling(&a).await?);

@@ -30,7 +30,7 @@ backend_tests!(
     enforced_proof_mode_overrides_the_flag,
 );
 
-fn shipped_rules() -> PathBuf {
+pub fn shipped_rules() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
 }
 
@@ -41,7 +41,7 @@ fn rule_set(config: &Config, rules: &[(&str, &str)]) -> RuleSet {
 
 /// The invariant, checked on one tick: due work at the snapshot and budget left means
 /// something ran, unless a brake held it back and the tick says so (no rule here sheds work).
-fn assert_conserving(r: &TickReport) {
+pub fn assert_conserving(r: &TickReport) {
     assert_eq!(r.left_due, 0, "{r:?}");
     let due = r.snapshot.as_ref().map_or(0, |s| s.queue.due_now);
     if due > 0 {

@@ -388,3 +388,69 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
         assert_eq!(a.attempts, expected, "attempts are the starts, never the waits: {a:?}");
     }
 }
+
+// ---- a mixed queue, ticked in the default configuration ---------------------------------------
+
+backend_tests!(a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why);
+
+/// 300 POST_SOCIAL of a higher priority held by `rate: 3/1h`, 150 NOOP behind them, the shipped
+/// rules loaded, the default config (a tick budget of 100 for the test): the NOOP drain takes
+/// the ticks it would take alone, the limited type starts exactly its rate, and the tick that
+/// then has only limited work left says so and is not an idle tick.
+async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &TestDb) {
+    use orchestrator::model::{ActionStatus, TickStatus};
+    db.store.set_limit("POST_SOCIAL", &spec("rate: 3/1h")).await.unwrap();
+    enqueue(&db.store, "POST_SOCIAL", 300, 5, |i| json!({"text": format!("post {i}")})).await;
+    enqueue(&db.store, "NOOP", 150, 0, |i| json!({"i": i})).await;
+    let mut config = db.config();
+    config.rules_dir = crate::conserving::shipped_rules();
+    let engine = db.engine(config);
+    assert!(engine.load_rules().unwrap() >= 7, "the shipped rules load");
+
+    let first = crate::tick::ran(&engine).await;
+    crate::conserving::assert_conserving(&first);
+    assert_eq!(first.attempted, 100, "a full tick budget, not three: {first:?}");
+    let second = crate::tick::ran(&engine).await;
+    crate::conserving::assert_conserving(&second);
+    assert_eq!(second.attempted, 53, "the rest of the NOOP: {second:?}");
+    let done = |t: &str| {
+        let t = t.to_string();
+        let store = db.store.clone();
+        async move {
+            store
+                .list_actions(&orchestrator::store::ActionFilter {
+                    status: Some(ActionStatus::Success),
+                    action_type: Some(t),
+                    limit: 1000,
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(done("NOOP").await, 150, "two ticks, as without the limited backlog");
+    let posts = db
+        .store
+        .list_actions(&orchestrator::store::ActionFilter {
+            action_type: Some("POST_SOCIAL".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started: i32 = posts.iter().map(|a| a.attempts).sum();
+    assert_eq!(
+        started,
+        3,
+        "exactly the rate started: {:?}",
+        posts.iter().filter(|a| a.attempts > 0).collect::<Vec<_>>()
+    );
+
+    let held = crate::tick::ran(&engine).await;
+    crate::conserving::assert_conserving(&held);
+    assert_eq!((held.status, held.attempted), (TickStatus::Throttled, 0), "{held:?}");
+    assert!(held.notes.contains("held by limits: POST_SOCIAL rate 3/1h (297 waiting)"), "{}", held.notes);
+    let snap = held.snapshot.as_ref().unwrap();
+    let view = &snap.limits["POST_SOCIAL"];
+    assert_eq!((view.rate_remaining, view.waiting), (Some(0), 297), "{view:?}");
+}
