@@ -18,6 +18,11 @@ use crate::store::{Store, TypeLimit};
 /// Who an override from the command line is recorded as set by.
 const SET_BY: &str = "operator";
 
+/// `limits override`'s two forms, as a misuse's error shows them.
+const OVERRIDE_USAGE: &str =
+    "orchestrator limits override <ACTION_TYPE> <FIELD> <VALUE> --for <DURATION> --reason <TEXT>
+       orchestrator limits override <ACTION_TYPE> <FIELD> --end";
+
 #[derive(Debug, Subcommand)]
 pub enum LimitsCommand {
     /// Every limited type: its limits and where they came from, overrides in force, what is
@@ -60,8 +65,7 @@ pub enum LimitsCommand {
     /// Override one limit of a type for a while (recorded as set by "operator"); it lapses by
     /// itself. A type with no limits gains one until then. With --end, end the override of
     /// FIELD now, whoever set it (a rule's `set_limit` included).
-    #[command(override_usage = "orchestrator limits override <ACTION_TYPE> <FIELD> <VALUE> --for <DURATION> --reason <TEXT>\n       \
-                                orchestrator limits override <ACTION_TYPE> <FIELD> --end")]
+    #[command(override_usage = OVERRIDE_USAGE)]
     Override {
         /// Action type, e.g. POST_SOCIAL.
         #[arg(value_parser = parse_type)]
@@ -192,7 +196,14 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             let ended = store.clear_limit_override(&action_type, field).await?;
             out.override_ended(&action_type, field, ended, base_of(store, &action_type).await?.as_ref());
         }
-        LimitsCommand::Override { action_type, field, value: Some(value), lasts: Some(lasts), reason: Some(reason), .. } => {
+        LimitsCommand::Override {
+            action_type,
+            field,
+            value: Some(value),
+            lasts: Some(lasts),
+            reason: Some(reason),
+            ..
+        } => {
             let value = LimitValue::parse(field, &value).map_err(|e| fail(exit::USAGE, format!("VALUE: {e}")))?;
             let until = crate::model::later(store.db_now().await?, lasts)
                 .map_err(|e| fail(exit::USAGE, format!("--for: {e}")))?;

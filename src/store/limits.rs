@@ -413,9 +413,11 @@ impl Store {
         crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
         let txn = self.begin_write().await?;
         if self.backend == Backend::Postgres {
-            txn.query_one_raw(self.stmt("SELECT 1 FROM limits WHERE action_type = $1 FOR UPDATE", [action_type.into()]))
-                .await
-                .doing("locking a limit")?;
+            txn.query_one_raw(
+                self.stmt("SELECT 1 FROM limits WHERE action_type = $1 FOR UPDATE", [action_type.into()]),
+            )
+            .await
+            .doing("locking a limit")?;
         }
         // The database's clock decides what is in force, as `read_limits` does: `now()` on
         // PostgreSQL, the store's clock (parameter `$n`) on SQLite.

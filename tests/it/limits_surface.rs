@@ -359,7 +359,10 @@ async fn ending_one_override_lets_the_claims_it_held_flow(db: &TestDb) {
     assert!(s.clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap());
     let l = s.limits().await.unwrap();
     assert_eq!(l.len(), 1);
-    assert_eq!((l[0].source, l[0].base.clone()), (LimitSource::Operator, spec("{max_running: '2', daily_budget: '100'}")));
+    assert_eq!(
+        (l[0].source, l[0].base.clone()),
+        (LimitSource::Operator, spec("{max_running: '2', daily_budget: '100'}"))
+    );
     assert_eq!(l[0].effective, spec("{max_running: '2', daily_budget: '50'}"));
     assert_eq!(l[0].overrides.iter().map(|o| o.field).collect::<Vec<_>>(), [LimitField::DailyBudget]);
     assert_eq!(claimed(s, &w, 3).await, 2, "the base max_running holds again");
@@ -402,7 +405,10 @@ async fn the_cli_ends_one_override(db: &TestDb) {
     assert_eq!(claimed(&db.store, &w, 3).await, 0, "held by the override");
 
     let e = ok_json(db, &["limits", "override", "POST_SOCIAL", "max_running", "--end"]);
-    assert_eq!((e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()), (Some("POST_SOCIAL"), Some("max_running"), Some(true)));
+    assert_eq!(
+        (e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()),
+        (Some("POST_SOCIAL"), Some("max_running"), Some(true))
+    );
     assert_eq!(e["limit"]["effective"]["max_running"].as_u64(), Some(2));
     assert_eq!(e["limit"]["overrides"], json!([]));
     assert_eq!(claimed(&db.store, &w, 3).await, 2, "the base holds again");
@@ -423,7 +429,10 @@ async fn the_cli_ends_one_override(db: &TestDb) {
     let o = orch(db, &["limits", "override", "COMMAND", "max_running", "--end"]);
     assert!(stdout(&o).contains("ended the max_running override of COMMAND; it has no limits now"), "{}", stdout(&o));
     let list = ok_json(db, &["limits", "list"]);
-    assert_eq!(list.as_array().map(|l| l.iter().map(|u| u["action_type"].clone()).collect::<Vec<_>>()), Some(vec![json!("POST_SOCIAL")]));
+    assert_eq!(
+        list.as_array().map(|l| l.iter().map(|u| u["action_type"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("POST_SOCIAL")])
+    );
 }
 
 async fn the_api_ends_one_override(db: &TestDb) {
@@ -439,8 +448,14 @@ async fn the_api_ends_one_override(db: &TestDb) {
     let a = admin(&st, "DELETE", "/api/limits/WEBHOOK/override/max_running", None).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let e = a.json();
-    assert_eq!((e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()), (Some("WEBHOOK"), Some("max_running"), Some(true)));
-    assert_eq!((e["limit"]["effective"]["max_running"].as_u64(), e["limit"]["overrides"].clone()), (Some(2), json!([])));
+    assert_eq!(
+        (e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()),
+        (Some("WEBHOOK"), Some("max_running"), Some(true))
+    );
+    assert_eq!(
+        (e["limit"]["effective"]["max_running"].as_u64(), e["limit"]["overrides"].clone()),
+        (Some(2), json!([]))
+    );
     assert_eq!(claimed(&db.store, &w, 3).await, 2, "the base holds again");
 
     let a = admin(&st, "DELETE", "/api/limits/WEBHOOK/override/max_running", None).await;
