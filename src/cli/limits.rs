@@ -3,8 +3,9 @@
 //!
 //! Flags are parsed by `crate::limits` inside clap, so a bad rate, a negative number or an
 //! unknown field is a usage error (exit 2) naming the flag before anything is read. `set`
-//! merges the fields given into the type's base limits; `clear TYPE FIELD` removes one. Nothing
-//! here decides what a limit means (the claim does) or prints by itself (`output.rs` renders).
+//! merges the fields given into the type's base limits; `clear TYPE FIELD` removes one;
+//! `override TYPE FIELD --end` ends one override before it lapses. Nothing here decides what a
+//! limit means (the claim does) or prints by itself (`output.rs` renders).
 
 use std::time::Duration;
 
@@ -16,6 +17,11 @@ use crate::store::{Store, TypeLimit};
 
 /// Who an override from the command line is recorded as set by.
 const SET_BY: &str = "operator";
+
+/// `limits override`'s two forms, as a misuse's error shows them.
+const OVERRIDE_USAGE: &str =
+    "orchestrator limits override <ACTION_TYPE> <FIELD> <VALUE> --for <DURATION> --reason <TEXT>
+       orchestrator limits override <ACTION_TYPE> <FIELD> --end";
 
 #[derive(Debug, Subcommand)]
 pub enum LimitsCommand {
@@ -57,7 +63,9 @@ pub enum LimitsCommand {
         field: Option<SpecField>,
     },
     /// Override one limit of a type for a while (recorded as set by "operator"); it lapses by
-    /// itself. A type with no limits gains one until then.
+    /// itself. A type with no limits gains one until then. With --end, end the override of
+    /// FIELD now, whoever set it (a rule's `set_limit` included).
+    #[command(override_usage = OVERRIDE_USAGE)]
     Override {
         /// Action type, e.g. POST_SOCIAL.
         #[arg(value_parser = parse_type)]
@@ -66,15 +74,20 @@ pub enum LimitsCommand {
         #[arg(value_parser = |s: &str| s.parse::<LimitField>())]
         field: LimitField,
         /// A whole number, or N/PERIOD for rate.
-        #[arg(allow_hyphen_values = true)]
-        value: String,
+        #[arg(allow_hyphen_values = true, required_unless_present = "end")]
+        value: Option<String>,
         /// How long it holds, e.g. 30m or 2h (at most 30 days).
-        #[arg(long = "for", value_name = "DURATION",
+        #[arg(long = "for", value_name = "DURATION", required_unless_present = "end",
               value_parser = |s: &str| crate::config::parse_duration(s).and_then(limits::check_override_lasts))]
-        lasts: Duration,
+        lasts: Option<Duration>,
         /// Why, shown beside it in `limits list`, `status` and the page (at most 500 characters).
-        #[arg(long, value_name = "TEXT", value_parser = |s: &str| limits::check_override_reason(s))]
-        reason: String,
+        #[arg(long, value_name = "TEXT", required_unless_present = "end",
+              value_parser = |s: &str| limits::check_override_reason(s))]
+        reason: Option<String>,
+        /// End the override of FIELD now instead of setting one (takes no VALUE, --for or
+        /// --reason). The type's base limits, if any, hold again at every claimer's next claim.
+        #[arg(long, conflicts_with_all = ["value", "lasts", "reason"])]
+        end: bool,
     },
 }
 
@@ -179,12 +192,27 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             store.set_limit(&action_type, &spec).await?;
             written(store, &action_type, out, &format!("cleared {} of", field.as_str())).await?;
         }
-        LimitsCommand::Override { action_type, field, value, lasts, reason } => {
+        LimitsCommand::Override { action_type, field, end: true, .. } => {
+            let ended = store.clear_limit_override(&action_type, field).await?;
+            out.override_ended(&action_type, field, ended, base_of(store, &action_type).await?.as_ref());
+        }
+        LimitsCommand::Override {
+            action_type,
+            field,
+            value: Some(value),
+            lasts: Some(lasts),
+            reason: Some(reason),
+            ..
+        } => {
             let value = LimitValue::parse(field, &value).map_err(|e| fail(exit::USAGE, format!("VALUE: {e}")))?;
             let until = crate::model::later(store.db_now().await?, lasts)
                 .map_err(|e| fail(exit::USAGE, format!("--for: {e}")))?;
             store.set_limit_override(None, &action_type, field, value, until, &reason, SET_BY).await?;
             written(store, &action_type, out, &format!("overrode {field} of")).await?;
+        }
+        LimitsCommand::Override { .. } => {
+            // clap requires VALUE, --for and --reason unless --end is given.
+            return Err(fail(exit::USAGE, "limits override needs VALUE, --for and --reason, or --end"));
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
-use crate::limits::LimitSpec;
+use crate::limits::{LimitField, LimitSpec};
 use crate::model::{Action, ActionStatus, Flags, LogRow, TickRow};
 use crate::status::{LeaseStatus, StatusReport};
 use crate::store::{ActionsSummary, LimitSource, LimitUsage, PRIORITY_BANDS, TypeLimit};
@@ -265,6 +265,20 @@ impl Out {
                 o.set_by,
                 one_line(&o.reason, 120)
             );
+        }
+    }
+
+    /// What `limits override TYPE FIELD --end` did: `{"action_type", "field", "ended", "limit"}`
+    /// (`limit`: the type's limits as they now stand, `null` when it has none left).
+    pub fn override_ended(&self, action_type: &str, field: LimitField, ended: bool, now: Option<&TypeLimit>) {
+        if self.json {
+            let v = serde_json::json!({"action_type": action_type, "field": field, "ended": ended, "limit": now});
+            return print_json(&v);
+        }
+        match (ended, now) {
+            (false, _) => println!("{action_type} has no {field} override in force; nothing ended"),
+            (true, Some(l)) => self.type_limit(l, &format!("ended the {field} override of")),
+            (true, None) => println!("ended the {field} override of {action_type}; it has no limits now"),
         }
     }
 

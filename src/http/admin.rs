@@ -1,6 +1,7 @@
 //! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel (one, or the
 //! DLQ rows a page showed, by id), ticks and a tick's explain, decisions, the live snapshot,
-//! the actions summary, and the per-type limits (list with usage, set, clear, override).
+//! the actions summary, and the per-type limits (list with usage, set, clear, override, end an
+//! override).
 //!
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
@@ -18,7 +19,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -53,6 +54,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/limits", get(list_limits))
         .route("/api/limits/{type}", put(put_limit).delete(delete_limit))
         .route("/api/limits/{type}/override", post(override_limit))
+        .route("/api/limits/{type}/override/{field}", delete(end_override))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -531,4 +533,28 @@ async fn override_limit(
         "admin API: limit overridden"
     );
     limit_of(&st, t).await
+}
+
+/// `DELETE /api/limits/{type}/override/{field}`: ends the override of one field now, whoever set
+/// it; answers `{"action_type", "field", "ended": true, "limit"}` (`limit`: the type's limits as
+/// they now stand, `null` when none are left). 404 when the field had no override in force.
+async fn end_override(
+    State(st): State<AppState>,
+    axum::Extension(who): axum::Extension<Who>,
+    Path((action_type, field)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let t = parse_type(&action_type)?;
+    let field: LimitField = field.parse().map_err(|e| ApiError::bad_request(format!("path: {e}")))?;
+    if !st.store.clear_limit_override(t, field).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no {field} override of {t} in force")));
+    }
+    tracing::info!(
+        who = %who.0,
+        at = %model::now().to_rfc3339(),
+        action_type = t,
+        field = %field,
+        "admin API: limit override ended"
+    );
+    let now = st.store.limits().await?.into_iter().find(|l| l.action_type == t);
+    Ok(axum::Json(serde_json::json!({ "action_type": t, "field": field, "ended": true, "limit": now })).into_response())
 }

@@ -370,9 +370,11 @@ impl Store {
                 return Err(super::Refusal::Fenced(fence.epoch).into());
             }
         }
+        // A no-op update rather than DO NOTHING: it locks the row (on PostgreSQL), so that
+        // `clear_limit_override` or `clear_limit` cannot delete it under the override written next.
         txn.execute_raw(self.stmt(
             "INSERT INTO limits (action_type, source, updated_at) VALUES ($1, 'override', $2) \
-             ON CONFLICT (action_type) DO NOTHING",
+             ON CONFLICT (action_type) DO UPDATE SET source = limits.source",
             [action_type.into(), now.into()],
         ))
         .await
@@ -397,6 +399,76 @@ impl Store {
         .await
         .doing("writing a limit override")?;
         txn.commit().await.doing("committing a limit override")
+    }
+
+    /// Ends one override before it expires (an operator ending a circuit breaker's narrowing).
+    /// Returns false when the type had no override of that field in force. A type that had
+    /// only overrides (source `override`, no base limit) and is left with none loses its row,
+    /// its gate and its window, as `clear_limit` would: it is no longer limited.
+    ///
+    /// On PostgreSQL the type's `limits` row is locked first, and `set_limit_override` locks it
+    /// too (its upsert), so an override set at the same moment is either ended here or kept
+    /// with its row, never left without one (which `limits` would not read).
+    pub async fn clear_limit_override(&self, action_type: &str, field: LimitField) -> Result<bool, StoreError> {
+        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        let txn = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            txn.query_one_raw(
+                self.stmt("SELECT 1 FROM limits WHERE action_type = $1 FOR UPDATE", [action_type.into()]),
+            )
+            .await
+            .doing("locking a limit")?;
+        }
+        // The database's clock decides what is in force, as `read_limits` does: `now()` on
+        // PostgreSQL, the store's clock (parameter `$n`) on SQLite.
+        let (now_at, now): (fn(usize) -> String, Option<Value>) = match self.backend {
+            Backend::Postgres => (|_| "now()".to_string(), None),
+            Backend::Sqlite => (|n| format!("${n}"), Some(self.now().into())),
+        };
+        let mut values: Vec<Value> = vec![action_type.into(), field.as_str().into()];
+        values.extend(now.clone());
+        let ended = txn
+            .execute_raw(self.stmt(
+                &format!(
+                    "DELETE FROM limit_overrides WHERE action_type = $1 AND field = $2 AND expires_at > {}",
+                    now_at(3)
+                ),
+                values,
+            ))
+            .await
+            .doing("ending a limit override")?
+            .rows_affected();
+        // An expired row of the field is in force no longer; it goes too.
+        txn.execute_raw(self.stmt(
+            "DELETE FROM limit_overrides WHERE action_type = $1 AND field = $2",
+            [action_type.into(), field.as_str().into()],
+        ))
+        .await
+        .doing("ending a limit override")?;
+        let mut values: Vec<Value> = vec![action_type.into()];
+        values.extend(now);
+        let empty = txn
+            .query_one_raw(self.stmt(
+                &format!(
+                    "SELECT COUNT(*) AS n FROM limits l WHERE l.action_type = $1 AND l.source = 'override' \
+                     AND l.max_running IS NULL AND l.rate_count IS NULL AND l.rate_seconds IS NULL \
+                     AND l.daily_budget IS NULL AND l.partition_by IS NULL AND NOT EXISTS \
+                     (SELECT 1 FROM limit_overrides o WHERE o.action_type = l.action_type AND o.expires_at > {})",
+                    now_at(2)
+                ),
+                values,
+            ))
+            .await
+            .doing("ending a limit override")?
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()
+            .doing("ending a limit override")?
+            .unwrap_or(0);
+        if empty > 0 {
+            delete_limit(self, &txn, action_type).await?;
+        }
+        txn.commit().await.doing("committing an ended limit override")?;
+        Ok(ended > 0)
     }
 
     /// Every limited type's usage: what is running, waiting, and left of each limit.

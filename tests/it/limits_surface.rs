@@ -1,12 +1,17 @@
 //! Where an operator sees and steers the per-type limits (issue 14): `orchestrator limits
 //! list|set|clear|override` through the real binary, `/api/limits` through the router (the
 //! token, and a 400 naming the field of each bad body), `status` and `/status`, and the four
-//! limit metrics on `/metrics`, on SQLite and PostgreSQL.
+//! limit metrics on `/metrics`, on SQLite and PostgreSQL. Ending one override early
+//! (`Store::clear_limit_override`, `limits override TYPE FIELD --end`, `DELETE
+//! /api/limits/TYPE/override/FIELD`) lets the claims it held back flow.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
+
+use orchestrator::limits::{LimitField, LimitValue};
+use orchestrator::store::{Claimer, LimitSource, Store, StoreError};
 
 use crate::backend_tests;
 use crate::http_api::{BEARER, admin, call, config, get, sample, state};
@@ -18,6 +23,10 @@ backend_tests!(
     the_api_sets_lists_overrides_and_clears_limits,
     the_api_refuses_bad_limit_bodies_naming_the_field,
     metrics_and_status_show_each_limited_type,
+    ending_one_override_lets_the_claims_it_held_flow,
+    the_cli_ends_one_override,
+    the_api_ends_one_override,
+    an_override_set_while_the_last_one_ends_is_kept,
 );
 
 fn orch(db: &TestDb, args: &[&str]) -> std::process::Output {
@@ -141,6 +150,12 @@ fn the_cli_refuses_bad_limit_input_with_the_usage_code() {
         (&["limits", "override", "X", "max_running", "1", "--for", "31d", "--reason", "r"], "from 1s to 30 days"),
         (&["limits", "override", "X", "max_running", "1", "--for", "1m", "--reason", " "], "reason must be 1 to 500"),
         (&["limits", "override", "X", "max_running", "1", "--reason", "r"], "--for <DURATION>"),
+        (&["limits", "override", "X", "max_running"], "<FIELD> --end"),
+        (&["limits", "override", "X", "max_running", "1", "--end"], "'[VALUE]' cannot be used with '--end'"),
+        (&["limits", "override", "X", "max_running", "--end", "--for", "1m"], "cannot be used with '--for"),
+        (&["limits", "override", "X", "max_running", "--end", "--reason", "r"], "cannot be used with '--reason"),
+        (&["limits", "override", "X", "max", "--end"], "'max' is not a limit field"),
+        (&["limits", "override", "bad type!", "rate", "--end"], "contains ' '"),
     ];
     for (args, needle) in cases {
         let o = run(bin(d).args(*args));
@@ -208,6 +223,7 @@ async fn the_api_refuses_bad_limit_bodies_naming_the_field(db: &TestDb) {
             "/api/limits/NOOP/override",
             Some(r#"{"field": "rate", "value": "1/1s", "seconds": 9, "reason": "r"}"#),
         ),
+        ("DELETE", "/api/limits/NOOP/override/rate", None),
     ];
     let disabled = state(&db.engine(config(db, false)));
     for (method, uri, body) in routes {
@@ -317,4 +333,166 @@ async fn metrics_and_status_show_each_limited_type(db: &TestDb) {
     assert_eq!(slow["limit"]["effective"]["max_running"].as_u64(), Some(1));
     assert!(slow["blocked_running"].as_u64().unwrap() >= 1, "{slow}");
     assert_eq!(limits.as_array().unwrap().len(), 2);
+}
+
+/// Claims `n` of whatever is due and returns how many it got.
+async fn claimed(store: &Store, w: &Claimer, n: u64) -> usize {
+    store.claim(w, n).await.unwrap().len()
+}
+
+/// An override for ten minutes, as a rule's `set_limit` or an operator writes it.
+async fn narrow(store: &Store, t: &str, field: LimitField, value: LimitValue, set_by: &str) {
+    let until = store.db_now().await.unwrap() + chrono::Duration::minutes(10);
+    store.set_limit_override(None, t, field, value, until, "breaker open", set_by).await.unwrap();
+}
+
+async fn ending_one_override_lets_the_claims_it_held_flow(db: &TestDb) {
+    let s = &db.store;
+    let w = crate::support::worker(s, "w", Duration::from_secs(30)).await;
+    s.set_limit("SLOW", &spec("{max_running: '2', daily_budget: '100'}")).await.unwrap();
+    narrow(s, "SLOW", LimitField::MaxRunning, LimitValue::Count(0), "rule platform_breaker").await;
+    narrow(s, "SLOW", LimitField::DailyBudget, LimitValue::Count(50), "operator").await;
+    enqueue(s, "SLOW", 3, 0, |i| json!({"i": i})).await;
+    assert_eq!(claimed(s, &w, 3).await, 0, "the override holds the type");
+
+    // Ending one override leaves the base and the other override as they were.
+    assert!(s.clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap());
+    let l = s.limits().await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        (l[0].source, l[0].base.clone()),
+        (LimitSource::Operator, spec("{max_running: '2', daily_budget: '100'}"))
+    );
+    assert_eq!(l[0].effective, spec("{max_running: '2', daily_budget: '50'}"));
+    assert_eq!(l[0].overrides.iter().map(|o| o.field).collect::<Vec<_>>(), [LimitField::DailyBudget]);
+    assert_eq!(claimed(s, &w, 3).await, 2, "the base max_running holds again");
+    assert!(!s.clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap(), "nothing left to end");
+    assert!(!s.clear_limit_override("SLOW", LimitField::Rate).await.unwrap(), "never overridden");
+
+    // A type with only overrides keeps its row while one is in force, and loses it with the last.
+    narrow(s, "COMMAND", LimitField::MaxRunning, LimitValue::Count(0), "rule platform_breaker").await;
+    narrow(s, "COMMAND", LimitField::Rate, LimitValue::Rate("5/1m".parse().unwrap()), "operator").await;
+    enqueue(s, "COMMAND", 2, 0, |i| json!({"i": i})).await;
+    assert_eq!(claimed(s, &w, 2).await, 0);
+    assert!(s.clear_limit_override("COMMAND", LimitField::MaxRunning).await.unwrap());
+    let command = |l: Vec<orchestrator::store::TypeLimit>| l.into_iter().find(|l| l.action_type == "COMMAND");
+    let c = command(s.limits().await.unwrap()).expect("the rate override keeps the row");
+    assert_eq!((c.source, c.overrides.len()), (LimitSource::Override, 1));
+    assert!(s.clear_limit_override("COMMAND", LimitField::Rate).await.unwrap());
+    assert!(command(s.limits().await.unwrap()).is_none(), "no empty type left behind");
+    assert!(s.limit_usage().await.unwrap().iter().all(|u| u.action_type != "COMMAND"));
+    assert_eq!(claimed(s, &w, 2).await, 2, "unlimited now");
+
+    // An override past its expiry is not in force: there is nothing to end, and an override-only
+    // type whose last override lapsed goes with it.
+    let past = s.db_now().await.unwrap() - chrono::Duration::seconds(5);
+    s.set_limit_override(None, "GONE", LimitField::MaxRunning, LimitValue::Count(0), past, "old", "operator")
+        .await
+        .unwrap();
+    assert!(!s.clear_limit_override("GONE", LimitField::MaxRunning).await.unwrap());
+    assert!(s.limits().await.unwrap().iter().all(|l| l.action_type != "GONE"));
+
+    // A type that is not a checked name is the caller's fault.
+    let e = s.clear_limit_override("bad type", LimitField::Rate).await.unwrap_err();
+    assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+}
+
+async fn the_cli_ends_one_override(db: &TestDb) {
+    let w = crate::support::worker(&db.store, "w", Duration::from_secs(30)).await;
+    ok_json(db, &["limits", "set", "POST_SOCIAL", "--max-running", "2"]);
+    ok_json(db, &["limits", "override", "POST_SOCIAL", "max_running", "0", "--for", "1h", "--reason", "outage"]);
+    enqueue(&db.store, "POST_SOCIAL", 3, 0, |i| json!({"platform": "x", "content": i, "audience": "all"})).await;
+    assert_eq!(claimed(&db.store, &w, 3).await, 0, "held by the override");
+
+    let e = ok_json(db, &["limits", "override", "POST_SOCIAL", "max_running", "--end"]);
+    assert_eq!(
+        (e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()),
+        (Some("POST_SOCIAL"), Some("max_running"), Some(true))
+    );
+    assert_eq!(e["limit"]["effective"]["max_running"].as_u64(), Some(2));
+    assert_eq!(e["limit"]["overrides"], json!([]));
+    assert_eq!(claimed(&db.store, &w, 3).await, 2, "the base holds again");
+
+    // Nothing in force to end is said, not failed (a script may end what just lapsed).
+    let e = ok_json(db, &["limits", "override", "POST_SOCIAL", "max_running", "--end"]);
+    assert_eq!(e["ended"], false);
+    let o = orch(db, &["limits", "override", "POST_SOCIAL", "rate", "--end"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("POST_SOCIAL has no rate override in force; nothing ended"), "{}", stdout(&o));
+
+    // Text: what was ended and what the type now has; an override-only type is gone.
+    ok_json(db, &["limits", "override", "POST_SOCIAL", "rate", "1/1h", "--for", "1h", "--reason", "slow"]);
+    let o = orch(db, &["limits", "override", "POST_SOCIAL", "rate", "--end"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("ended the rate override of POST_SOCIAL: max_running 2"), "{}", stdout(&o));
+    ok_json(db, &["limits", "override", "COMMAND", "max_running", "0", "--for", "1h", "--reason", "outage"]);
+    let o = orch(db, &["limits", "override", "COMMAND", "max_running", "--end"]);
+    assert!(stdout(&o).contains("ended the max_running override of COMMAND; it has no limits now"), "{}", stdout(&o));
+    let list = ok_json(db, &["limits", "list"]);
+    assert_eq!(
+        list.as_array().map(|l| l.iter().map(|u| u["action_type"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!("POST_SOCIAL")])
+    );
+}
+
+async fn the_api_ends_one_override(db: &TestDb) {
+    let st = state(&db.engine(config(db, true)));
+    let w = crate::support::worker(&db.store, "w", Duration::from_secs(30)).await;
+    admin(&st, "PUT", "/api/limits/WEBHOOK", Some(r#"{"max_running": 2}"#)).await;
+    let over = r#"{"field": "max_running", "value": 0, "seconds": 600, "reason": "partner down"}"#;
+    let a = admin(&st, "POST", "/api/limits/WEBHOOK/override", Some(over)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    enqueue(&db.store, "WEBHOOK", 3, 0, |i| json!({"i": i})).await;
+    assert_eq!(claimed(&db.store, &w, 3).await, 0, "held by the override");
+
+    let a = admin(&st, "DELETE", "/api/limits/WEBHOOK/override/max_running", None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let e = a.json();
+    assert_eq!(
+        (e["action_type"].as_str(), e["field"].as_str(), e["ended"].as_bool()),
+        (Some("WEBHOOK"), Some("max_running"), Some(true))
+    );
+    assert_eq!(
+        (e["limit"]["effective"]["max_running"].as_u64(), e["limit"]["overrides"].clone()),
+        (Some(2), json!([]))
+    );
+    assert_eq!(claimed(&db.store, &w, 3).await, 2, "the base holds again");
+
+    let a = admin(&st, "DELETE", "/api/limits/WEBHOOK/override/max_running", None).await;
+    assert_eq!((a.status, a.error().as_str()), (StatusCode::NOT_FOUND, "no max_running override of WEBHOOK in force"));
+    let a = admin(&st, "DELETE", "/api/limits/NOPE/override/rate", None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
+    let a = admin(&st, "DELETE", "/api/limits/WEBHOOK/override/max", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.error().starts_with("path: 'max' is not a limit field"), "{}", a.body);
+    let a = admin(&st, "DELETE", "/api/limits/bad%20type/override/rate", None).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+    assert!(a.error().starts_with("path: action type"), "{}", a.body);
+
+    // An override-only type's last override takes the type with it: `limit` is null.
+    let over = r#"{"field": "rate", "value": "1/1h", "seconds": 600, "reason": "slow"}"#;
+    admin(&st, "POST", "/api/limits/COMMAND/override", Some(over)).await;
+    let e = admin(&st, "DELETE", "/api/limits/COMMAND/override/rate", None).await.json();
+    assert_eq!((e["ended"].as_bool(), e["limit"].clone()), (Some(true), Value::Null));
+    let list = admin(&st, "GET", "/api/limits", None).await.json();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "only WEBHOOK: {list}");
+}
+
+/// A rule sets an override of a type that has only overrides while an operator ends its last
+/// one: the new override must keep the type's row (the override is read through it), whichever
+/// commits first. On PostgreSQL both lock the row; on SQLite writes take turns anyway.
+async fn an_override_set_while_the_last_one_ends_is_kept(db: &TestDb) {
+    let s = &db.store;
+    for round in 0..40 {
+        s.clear_limit("RACE").await.unwrap();
+        narrow(s, "RACE", LimitField::MaxRunning, LimitValue::Count(0), "operator").await;
+        let rate = LimitValue::Rate("5/1m".parse().unwrap());
+        let (ended, ()) = tokio::join!(s.clear_limit_override("RACE", LimitField::MaxRunning), async {
+            narrow(s, "RACE", LimitField::Rate, rate, "rule platform_breaker").await;
+        });
+        assert!(ended.unwrap(), "round {round}");
+        let l = s.limits().await.unwrap().into_iter().find(|l| l.action_type == "RACE");
+        let fields = l.map(|l| l.overrides.iter().map(|o| o.field).collect::<Vec<_>>());
+        assert_eq!(fields, Some(vec![LimitField::Rate]), "round {round}: the rule's override is in force");
+    }
 }
