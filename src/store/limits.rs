@@ -593,13 +593,9 @@ impl Store {
         partitions_cap: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let txn = self.begin_write().await?;
-        let now = match self.backend {
-            Backend::Sqlite => self.now(),
-            Backend::Postgres => txn_now(self, &txn).await?,
-        };
         let mut refs: Vec<&TypeLimit> = limits.iter().collect();
         refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-        lock_gates(self, &txn, &refs).await?;
+        let now = lock_gates(self, &txn, &refs).await?;
         let usage = read_usage(self, &txn, &refs, now).await?;
         let today = day_of(now);
         let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
@@ -911,7 +907,11 @@ impl Store {
             .await
             .doing("counting held-back work")?;
         }
-        // Starts older than their type's window count for nothing any more.
+        // Starts older than their type's window count for nothing any more; they only take
+        // room, so one claim in 16 drops them.
+        if token % 16 != 0 {
+            return Ok(());
+        }
         let mut conds = Vec::new();
         let mut values: Vec<Value> = Vec::new();
         for l in refs {
@@ -1021,36 +1021,40 @@ fn claimer_types(claimer: &Claimer, values: &mut Vec<Value>) -> String {
     format!(" AND action_type IN ({})", list.join(", "))
 }
 
-async fn txn_now(store: &Store, txn: &DatabaseTransaction) -> Result<DateTime<Utc>, StoreError> {
-    let row = txn.query_one_raw(store.stmt("SELECT now() AS now", [])).await.doing("reading the database clock")?;
-    match row {
-        Some(r) => r.try_get::<DateTime<Utc>>("", "now").doing("reading the database clock"),
-        None => Ok(store.now()),
-    }
-}
-
 /// Locks the gate row of each type (creating the missing ones), in type order so that two
 /// claimers never wait on each other in a cycle.
-async fn lock_gates(store: &Store, txn: &DatabaseTransaction, refs: &[&TypeLimit]) -> Result<(), StoreError> {
-    let lock = if store.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+async fn lock_gates(
+    store: &Store,
+    txn: &DatabaseTransaction,
+    refs: &[&TypeLimit],
+) -> Result<DateTime<Utc>, StoreError> {
+    // PostgreSQL's clock, read in the same statement (the transaction's time), decides the
+    // window and the day, as it does for every claim; SQLite's store clock likewise.
+    let (lock, now) = match store.backend {
+        Backend::Postgres => (" FOR UPDATE", "now()"),
+        Backend::Sqlite => ("", "NULL"),
+    };
     let select = format!(
-        "SELECT action_type FROM limit_state WHERE part = '' AND action_type IN ({}) ORDER BY action_type{lock}",
+        "SELECT action_type, {now} AS now FROM limit_state WHERE part = '' AND action_type IN ({}) \
+         ORDER BY action_type{lock}",
         in_list(refs)?
     );
-    let rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
-    if rows.len() == refs.len() {
-        return Ok(());
+    let mut rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
+    if rows.len() != refs.len() {
+        for l in refs {
+            txn.execute_raw(store.stmt(
+                "INSERT INTO limit_state (action_type, part) VALUES ($1, '') ON CONFLICT (action_type, part) DO NOTHING",
+                [l.action_type.as_str().into()],
+            ))
+            .await
+            .doing("creating limit gates")?;
+        }
+        rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
     }
-    for l in refs {
-        txn.execute_raw(store.stmt(
-            "INSERT INTO limit_state (action_type, part) VALUES ($1, '') ON CONFLICT (action_type, part) DO NOTHING",
-            [l.action_type.as_str().into()],
-        ))
-        .await
-        .doing("creating limit gates")?;
+    match (store.backend, rows.first()) {
+        (Backend::Postgres, Some(r)) => r.try_get::<DateTime<Utc>>("", "now").doing("locking limit gates"),
+        _ => Ok(store.now()),
     }
-    txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
-    Ok(())
 }
 
 /// The tracked partition values of each partitioned type.
@@ -1083,38 +1087,19 @@ async fn read_usage<C: ConnectionTrait>(
     refs: &[&TypeLimit],
     now: DateTime<Utc>,
 ) -> Result<Usage, StoreError> {
-    let tracked = read_tracked(store, conn, refs).await?;
-    let mut usage = Usage { used: HashMap::new(), tracked, state: HashMap::new() };
+    let mut usage = Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() };
     let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
-
-    // Running, by partition value; values beyond the cap count under the overflow partition.
-    let sql = format!(
-        "SELECT action_type, part, COUNT(*) AS n FROM (SELECT action_type, {} AS part FROM actions \
-         WHERE status = 'RUNNING' AND action_type IN ({})) r GROUP BY action_type, part",
-        part_case(store.backend, refs)?,
-        in_list(refs)?
+    let types = in_list(refs)?;
+    // One statement, three parts (`k`): the state rows (budgets, counters, tracked partitions),
+    // the running attempts by partition value, and the starts in each rated type's window.
+    let mut sql = format!(
+        "SELECT 's' AS k, action_type, part, 0 AS n, budget_day, budget_used, budget_exhausted_at, \
+           blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) \
+         UNION ALL \
+         SELECT 'r', action_type, part, COUNT(*), NULL, 0, NULL, 0, 0, 0 FROM (SELECT action_type, {} AS part \
+           FROM actions WHERE status = 'RUNNING' AND action_type IN ({types})) r GROUP BY action_type, part",
+        part_case(store.backend, refs)?
     );
-    let rows = conn.query_all_raw(store.stmt(&sql, [])).await.doing("counting running limited work")?;
-    let mut raw_running: Vec<(String, String, u64)> = Vec::new();
-    for r in rows {
-        let t: String = r.try_get("", "action_type").doing("counting running limited work")?;
-        let p: String = r.try_get("", "part").doing("counting running limited work")?;
-        let n: i64 = r.try_get("", "n").doing("counting running limited work")?;
-        raw_running.push((t, p, u(n)));
-    }
-    for (t, p, n) in raw_running {
-        let Some(l) = by_type.get(t.as_str()) else { continue };
-        let part = if l.effective.partition_by.is_none() {
-            String::new()
-        } else if p.is_empty() || usage.tracked.get(&t).is_some_and(|s| s.contains(&p)) {
-            p
-        } else {
-            OVERFLOW_PARTITION.to_string()
-        };
-        usage.used.entry((t, part)).or_default().running += n;
-    }
-
-    // Starts in each rated type's window.
     let mut conds = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     for l in refs {
@@ -1124,42 +1109,52 @@ async fn read_usage<C: ConnectionTrait>(
         }
     }
     if !conds.is_empty() {
-        let sql = format!(
-            "SELECT action_type, part, SUM(n) AS n FROM limit_starts WHERE {} GROUP BY action_type, part",
+        sql.push_str(&format!(
+            " UNION ALL SELECT 'w', action_type, part, CAST(SUM(n) AS BIGINT), NULL, 0, NULL, 0, 0, 0 \
+             FROM limit_starts WHERE {} GROUP BY action_type, part",
             conds.join(" OR ")
-        );
-        for r in conn.query_all_raw(store.stmt(&sql, values)).await.doing("counting limited starts")? {
-            let t: String = r.try_get("", "action_type").doing("counting limited starts")?;
-            let p: String = r.try_get("", "part").doing("counting limited starts")?;
-            // SUM is NUMERIC on PostgreSQL.
-            let n: i64 = r
-                .try_get::<i64>("", "n")
-                .or_else(|_| r.try_get::<sea_orm::prelude::Decimal>("", "n").map(|d| d.try_into().unwrap_or(0)))
-                .doing("counting limited starts")?;
-            usage.used.entry((t, p)).or_default().window += u(n);
+        ));
+    }
+    let doing = "reading what limited types use";
+    let mut running: Vec<(String, String, u64)> = Vec::new();
+    for r in conn.query_all_raw(store.stmt(&sql, values)).await.doing(doing)? {
+        let k: String = r.try_get("", "k").doing(doing)?;
+        let t: String = r.try_get("", "action_type").doing(doing)?;
+        let p: String = r.try_get("", "part").doing(doing)?;
+        let n = u(r.try_get("", "n").doing(doing)?);
+        match k.as_str() {
+            "r" => running.push((t, p, n)),
+            "w" => usage.used.entry((t, p)).or_default().window += n,
+            _ => {
+                let row = StateRow {
+                    day: r.try_get("", "budget_day").doing(doing)?,
+                    used: u(r.try_get("", "budget_used").doing(doing)?),
+                    exhausted_at: r.try_get("", "budget_exhausted_at").doing(doing)?,
+                    blocked: [
+                        u(r.try_get("", "blocked_running").doing(doing)?),
+                        u(r.try_get("", "blocked_rate").doing(doing)?),
+                        u(r.try_get("", "blocked_budget").doing(doing)?),
+                    ],
+                };
+                let partitioned = by_type.get(t.as_str()).is_some_and(|l| l.effective.partition_by.is_some());
+                if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
+                    usage.tracked.entry(t.clone()).or_default().insert(p.clone());
+                }
+                usage.state.insert((t, p), row);
+            }
         }
     }
-
-    // The day's budget rows and the gates' counters.
-    let sql = format!(
-        "SELECT action_type, part, budget_day, budget_used, budget_exhausted_at, blocked_running, blocked_rate, \
-         blocked_budget FROM limit_state WHERE action_type IN ({})",
-        in_list(refs)?
-    );
-    for r in conn.query_all_raw(store.stmt(&sql, [])).await.doing("reading limit state")? {
-        let t: String = r.try_get("", "action_type").doing("reading limit state")?;
-        let p: String = r.try_get("", "part").doing("reading limit state")?;
-        let row = StateRow {
-            day: r.try_get("", "budget_day").doing("reading limit state")?,
-            used: u(r.try_get("", "budget_used").doing("reading limit state")?),
-            exhausted_at: r.try_get("", "budget_exhausted_at").doing("reading limit state")?,
-            blocked: [
-                u(r.try_get("", "blocked_running").doing("reading limit state")?),
-                u(r.try_get("", "blocked_rate").doing("reading limit state")?),
-                u(r.try_get("", "blocked_budget").doing("reading limit state")?),
-            ],
+    // Values beyond the tracked ones count under the overflow partition.
+    for (t, p, n) in running {
+        let Some(l) = by_type.get(t.as_str()) else { continue };
+        let part = if l.effective.partition_by.is_none() {
+            String::new()
+        } else if p.is_empty() || usage.tracked.get(&t).is_some_and(|s| s.contains(&p)) {
+            p
+        } else {
+            OVERFLOW_PARTITION.to_string()
         };
-        usage.state.insert((t, p), row);
+        usage.used.entry((t, part)).or_default().running += n;
     }
     Ok(usage)
 }
