@@ -5,7 +5,9 @@
 //!   until `expires_at`;
 //! - `limit_state`: per (type, partition) the day's budget use and the blocked counters; the
 //!   row of partition `''` is also the gate a limited claim locks;
-//! - `limit_starts`: the sliding window of starts, one row per (type, partition, claim token).
+//! - `limit_starts`: the sliding window of starts, one row per (type, partition, claim token);
+//! - `ix_actions_due_type`: due work by type, then claim order, for a claim that leaves a full
+//!   type out.
 //!
 //! New tables only; never edits an earlier migration.
 
@@ -13,6 +15,9 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 pub struct Migration;
+
+const DUE_TYPE_INDEX: &str = "CREATE INDEX IF NOT EXISTS ix_actions_due_type ON actions \
+     (action_type, priority DESC, not_before, id) WHERE status IN ('PENDING', 'RETRY')";
 
 impl MigrationName for Migration {
     fn name(&self) -> &str {
@@ -150,6 +155,9 @@ impl MigrationTrait for Migration {
             )
             .await?;
         let db = manager.get_connection();
+        // A limited claim that leaves a full type out picks each due type's first rows through
+        // this, instead of walking past the full type's backlog in the due index.
+        db.execute_unprepared(DUE_TYPE_INDEX).await?;
         if db.get_database_backend() == DbBackend::Postgres {
             // A payload field's text, or NULL when the payload does not parse: a partitioned
             // claim must read past a row it cannot parse (that row is quarantined when claimed)
@@ -166,6 +174,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        db.execute_unprepared("DROP INDEX IF EXISTS ix_actions_due_type").await?;
         if db.get_database_backend() == DbBackend::Postgres {
             db.execute_unprepared("DROP FUNCTION IF EXISTS orchestrator_json_path(text, text[])").await?;
         }

@@ -142,6 +142,10 @@ pub const BUSIEST_PARTITIONS: usize = 5;
 /// before found full); a batch still short after them is topped up by the next claim.
 const PICK_PASSES: usize = 8;
 
+/// A limited claim that leaves something out picks per due type when there are at most this
+/// many due types (else in one walk of the due index).
+const PER_TYPE_PICK_MAX: usize = 32;
+
 /// Per (type, partition): what is in use.
 #[derive(Clone, Copy, Debug, Default)]
 struct Used {
@@ -623,6 +627,7 @@ impl Store {
         let want_total = usize::try_from(n).unwrap_or(usize::MAX);
         let mut chosen: Vec<(i64, String, String)> = Vec::new();
         let mut held_back: HashMap<String, LimitField> = HashMap::new();
+        let mut due_types: Option<Vec<String>> = None;
         for _pass in 0..PICK_PASSES {
             let want = want_total - chosen.len();
             let (exclude, mut values) = self.exclusions(&refs, &left, &usage, &adding, partitions_cap, &chosen)?;
@@ -632,11 +637,45 @@ impl Store {
             values.push(i(want as u64).into());
             let limit_at = format!("${}", values.len());
             let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-            let sql = format!(
-                "SELECT id, action_type, {part_sql} AS part FROM actions \
-                 WHERE {} AND not_before <= {now_at} AND (expires_at IS NULL OR expires_at > {now_at}){types}{exclude} \
-                 ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}",
+            let due = format!(
+                "{} AND not_before <= {now_at} AND (expires_at IS NULL OR expires_at > {now_at}){types}{exclude}",
                 super::CLAIMABLE_SQL
+            );
+            // With something left out, one walk in claim order would step over every row of
+            // it (a held backlog of a higher priority: all of it, at every claim). Instead each
+            // due type gives its first rows through its own index, and the claim order is
+            // taken over those.
+            let full_somewhere = left.values().any(|(n, _)| *n == 0);
+            if full_somewhere && due_types.is_none() {
+                due_types = Some(self.due_type_list(&txn).await?);
+            }
+            let pick = match due_types.as_deref() {
+                Some(list) if full_somewhere && !list.is_empty() && list.len() <= PER_TYPE_PICK_MAX => {
+                    let mut parts = Vec::new();
+                    // SQLite's planner, seeing few types, would rather walk the due index.
+                    let by_type = match self.backend {
+                        Backend::Sqlite => " INDEXED BY ix_actions_due_type",
+                        Backend::Postgres => "",
+                    };
+                    for t in list.iter().filter(|t| claimer.serves(t)) {
+                        values.push(t.as_str().into());
+                        parts.push(format!(
+                            "SELECT id FROM (SELECT id FROM actions{by_type} WHERE action_type = ${} AND {due} \
+                             ORDER BY priority DESC, not_before, id LIMIT {limit_at}) t{}",
+                            values.len(),
+                            parts.len()
+                        ));
+                    }
+                    if parts.is_empty() {
+                        break;
+                    }
+                    format!("id IN ({}) AND {due}", parts.join(" UNION ALL "))
+                }
+                _ => due,
+            };
+            let sql = format!(
+                "SELECT id, action_type, {part_sql} AS part FROM actions WHERE {pick} \
+                 ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}"
             );
             let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
             let got = rows.len();
@@ -694,6 +733,23 @@ impl Store {
         self.record_starts(&txn, &refs, &usage, &per_key, &adding, &held_back, token, now).await?;
         txn.commit().await.doing("committing a limited claim")?;
         Ok(claimed)
+    }
+
+    /// The types with claimable rows, up to one more than [`PER_TYPE_PICK_MAX`]: a skip scan of
+    /// `ix_actions_due_type`, one index probe per type.
+    async fn due_type_list(&self, txn: &DatabaseTransaction) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "WITH RECURSIVE t(x) AS ( \
+               SELECT (SELECT action_type FROM actions WHERE {c} ORDER BY action_type LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT action_type FROM actions WHERE {c} AND action_type > t.x ORDER BY action_type LIMIT 1) \
+               FROM t WHERE t.x IS NOT NULL) \
+             SELECT x AS action_type FROM t WHERE x IS NOT NULL LIMIT {}",
+            PER_TYPE_PICK_MAX + 1,
+            c = super::CLAIMABLE_SQL
+        );
+        let rows = txn.query_all_raw(self.stmt(&sql, [])).await.doing("listing due types")?;
+        rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
     }
 
     /// The pick's `AND NOT ...` for full types and partitions, and the ids already chosen.

@@ -454,3 +454,124 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
     let view = &snap.limits["POST_SOCIAL"];
     assert_eq!((view.rate_remaining, view.waiting), (Some(0), 297), "{view:?}");
 }
+
+// ---- across processes: workers on several "hosts" over PostgreSQL ------------------------------
+
+fn limits_config(log: &std::path::Path, max_running: u32) -> String {
+    format!(
+        "tick_interval_seconds: 0.2
+workers:
+  heartbeat_seconds: 0.3
+  ttl_seconds: 1.5
+  poll_seconds: 0.1
+limits:
+  COMMAND: {{max_running: {max_running}}}
+adapters:
+  command:
+    allow:
+      probe:
+        program: /bin/sh
+        args: [\"-c\", \"echo s $$ $(date +%s%N) >> {log}; sleep 0.2; echo e $$ $(date +%s%N) >> {log}\"]
+",
+        log = log.display()
+    )
+}
+
+/// The most attempts the outside world saw at once: each probe writes a line when it starts
+/// and one before it ends, both inside the time its row is `RUNNING`.
+fn most_at_once(log: &std::path::Path) -> (i64, usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut events: Vec<(u128, i64)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let kind = it.next()?;
+            let _pid = it.next()?;
+            let at: u128 = it.next()?.parse().ok()?;
+            Some((at, if kind == "s" { 1 } else { -1 }))
+        })
+        .collect();
+    // At the same instant an end goes before a start.
+    events.sort();
+    let (mut now, mut most) = (0i64, 0i64);
+    for (_, d) in &events {
+        now += d;
+        most = most.max(now);
+    }
+    (most, events.iter().filter(|(_, d)| *d == 1).count())
+}
+
+/// Three worker processes with 4 slots each, and a leader whose config says `COMMAND:
+/// {max_running: 2}`: the commands themselves never see more than two of them at once, every
+/// action runs, and a SIGHUP with a new config moves the limit for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
+    if std::env::var(crate::support::PG_ENV).is_err() {
+        eprintln!("skipped: {} is not set, so this PostgreSQL test did not run", crate::support::PG_ENV);
+        return;
+    }
+    let db = TestDb::postgres().await.expect("PostgreSQL is configured");
+    let log = db.dir.path().join("probe.log");
+    std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 2)).unwrap();
+    let mut procs = crate::workers::Procs(vec![crate::workers::spawn(&db, &["run", "--no-execute", "--no-http"])]);
+    // The leader writes its config's limits at start; work comes only once they are in force.
+    let start = std::time::Instant::now();
+    while !db.store.limits().await.unwrap().iter().any(|l| l.action_type == "COMMAND") {
+        assert!(start.elapsed() < Duration::from_secs(20), "the leader never wrote its limits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        procs.0.push(crate::workers::spawn(&db, &["worker", "--concurrency", "4"]));
+    }
+    db.store
+        .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
+        .await
+        .unwrap();
+    let n = 24;
+    enqueue(&db.store, "COMMAND", n, 0, |_| json!({"command": "probe"})).await;
+    let start = std::time::Instant::now();
+    loop {
+        let done = db
+            .store
+            .list_actions(&orchestrator::store::ActionFilter {
+                status: Some(orchestrator::model::ActionStatus::Success),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len();
+        if done == n {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{done} of {n} done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (most, started) = most_at_once(&log);
+    assert_eq!(started, n, "every action ran once");
+    assert_eq!(most, 2, "twelve slots on three processes, and never more than two at once (nor fewer: it binds)");
+
+    // A new config and a SIGHUP: the leader writes it, and every worker's next claim honours it.
+    std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 3)).unwrap();
+    crate::workers::signal(&procs.0[0], "-HUP");
+    let start = std::time::Instant::now();
+    loop {
+        let l = db.store.limits().await.unwrap();
+        if l.iter().any(|l| l.action_type == "COMMAND" && l.base.max_running == Some(3)) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "SIGHUP did not move the limit: {l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(&log).unwrap();
+    enqueue(&db.store, "COMMAND", n, 1, |_| json!({"command": "probe"})).await;
+    let start = std::time::Instant::now();
+    while most_at_once(&log).1 < n {
+        assert!(start.elapsed() < Duration::from_secs(60), "the second round did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(most_at_once(&log).0, 3, "three at once after the SIGHUP, never more");
+    drop(procs);
+    db.cleanup().await;
+}

@@ -26,7 +26,7 @@ adapters:
         args: [\"0.2\"]
 ";
 
-struct Procs(Vec<Child>);
+pub struct Procs(pub Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -38,7 +38,7 @@ impl Drop for Procs {
 }
 
 /// Starts `orchestrator <args>`; a worker serves no HTTP unless `args` give it `--listen`.
-fn spawn(db: &TestDb, args: &[&str]) -> Child {
+pub fn spawn(db: &TestDb, args: &[&str]) -> Child {
     let quiet = args[0] == "worker" && !args.contains(&"--listen");
     bin(db.dir.path())
         .args(["--database-url", &db.url, "--config", "o.yaml"])
@@ -50,7 +50,7 @@ fn spawn(db: &TestDb, args: &[&str]) -> Child {
         .expect("spawn orchestrator")
 }
 
-fn signal(child: &Child, sig: &str) {
+pub fn signal(child: &Child, sig: &str) {
     let pid = child.id().to_string();
     assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
 }
