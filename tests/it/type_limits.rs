@@ -575,3 +575,62 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
     drop(procs);
     db.cleanup().await;
 }
+
+// ---- time: the window slides, the day turns, a dead worker's slot waits for its rescue ----------
+
+/// SQLite, where every time comes from the store's clock, so that an hour and a day pass at
+/// once: `rate: 2/1h` lets two more start only once the first two are an hour old, and
+/// `daily_budget: 3` starts afresh on the next UTC day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_slides_and_the_budget_turns_with_the_day() {
+    let db = TestDb::sqlite().await;
+    let clock = orchestrator::model::Clock::shifted();
+    let store = db.store.clone().with_clock(clock.clone());
+    store.set_limit("POST", &spec("rate: 2/1h")).await.unwrap();
+    store.set_limit("MAIL", &spec("daily_budget: '3'")).await.unwrap();
+    enqueue(&store, "POST", 10, 0, |i| json!({"i": i})).await;
+    enqueue(&store, "MAIL", 10, 0, |i| json!({"i": i})).await;
+    let mut generation = 0;
+    let mut claim = async |store: &Store, t: &str| {
+        // A new registration each time: the clock jumps past any heartbeat's TTL.
+        generation += 1;
+        let me = Claimer {
+            types: vec![t.to_string()],
+            ..crate::support::worker(store, &format!("w{generation}"), Duration::from_secs(30)).await
+        };
+        let got = store.claim(&me, 10).await.unwrap();
+        let batch: Vec<Completion> = got.iter().map(|c| done(c, CompletionOutcome::Success)).collect();
+        store.complete(None, &batch).await.unwrap();
+        got.len()
+    };
+    assert_eq!(claim(&store, "POST").await, 2);
+    clock.advance(chrono::Duration::minutes(30));
+    assert_eq!(claim(&store, "POST").await, 0, "half an hour later the window still holds two");
+    clock.advance(chrono::Duration::minutes(31));
+    assert_eq!(claim(&store, "POST").await, 2, "an hour after the first two, two more");
+
+    assert_eq!(claim(&store, "MAIL").await, 3);
+    assert_eq!(claim(&store, "MAIL").await, 0);
+    let now = store.now();
+    let midnight = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 1).unwrap().and_utc();
+    clock.advance(midnight - now);
+    assert_eq!(claim(&store, "MAIL").await, 3, "a new UTC day, a new budget");
+    db.cleanup().await;
+}
+
+backend_tests!(a_dead_workers_slot_comes_back_with_its_rescue_never_before);
+
+async fn a_dead_workers_slot_comes_back_with_its_rescue_never_before(db: &TestDb) {
+    db.store.set_limit("ONE", &spec("max_running: '1'")).await.unwrap();
+    enqueue(&db.store, "ONE", 3, 0, |i| json!({"i": i})).await;
+    let term = crate::queue::hold(&db.store, "leader").await;
+    let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
+    let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
+    assert_eq!(db.store.claim(&a, 3).await.unwrap().len(), 1);
+    db.store.deregister_worker("a").await.unwrap();
+    assert!(db.store.claim(&b, 3).await.unwrap().is_empty(), "a's attempt may still be running: its slot is held");
+    let rescued =
+        db.store.rescue(&crate::support::fence(&term), "leader", Duration::from_secs(30), None).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(db.store.claim(&b, 3).await.unwrap().len(), 1, "the rescue gave the slot back");
+}
