@@ -442,8 +442,9 @@ impl Engine {
                 }
                 remaining -= claimed.len() as u32;
                 // A short batch means nothing else was due; claiming again would only re-take
-                // what this tick just failed and made due again.
-                let drained = (claimed.len() as u32) < want;
+                // what this tick just failed and made due again. Unless a type is limited: then
+                // a limit may have cut the batch, and the slots this batch used are free again.
+                let drained = (claimed.len() as u32) < want && snap.limits.is_empty();
                 let scope =
                     Scope { store: &self.store, worker: &worker, tick_id: Some(tick_id), deadline, lost: &lost };
                 let r = self.executor.dispatch(&scope, claimed).await;

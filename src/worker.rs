@@ -322,15 +322,21 @@ impl Worker {
                 };
                 if claimed.is_empty() {
                     drop(permits);
-                    // Woken by a notification (PostgreSQL), a finished dispatch, or the poll.
-                    match listener.as_mut() {
-                        Some(l) => {
-                            tokio::select! {
-                                _ = l.wait(self.config.workers.poll) => {}
-                                _ = shutdown.wait_for(|s| *s) => {}
+                    // Woken by a notification (PostgreSQL), a finished dispatch (its slot, and
+                    // a limit's slot of its type, are free again), or the poll.
+                    let poll = self.config.workers.poll;
+                    let notified = async {
+                        match listener.as_mut() {
+                            Some(l) => {
+                                l.wait(poll).await;
                             }
+                            None => tokio::time::sleep(poll).await,
                         }
-                        None => wait(&mut shutdown, self.config.workers.poll).await,
+                    };
+                    tokio::select! {
+                        _ = notified => {}
+                        Some(done) = running.join_next(), if !running.is_empty() => account(&mut summary, done),
+                        _ = shutdown.wait_for(|s| *s) => {}
                     }
                     continue;
                 }

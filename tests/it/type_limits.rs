@@ -458,12 +458,16 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
 // ---- across processes: workers on several "hosts" over PostgreSQL ------------------------------
 
 fn limits_config(log: &std::path::Path, max_running: u32) -> String {
+    limits_config_polling(log, max_running, 0.1)
+}
+
+fn limits_config_polling(log: &std::path::Path, max_running: u32, poll: f64) -> String {
     format!(
         "tick_interval_seconds: 0.2
 workers:
   heartbeat_seconds: 0.3
   ttl_seconds: 1.5
-  poll_seconds: 0.1
+  poll_seconds: {poll}
 limits:
   COMMAND: {{max_running: {max_running}}}
 adapters:
@@ -633,4 +637,51 @@ async fn a_dead_workers_slot_comes_back_with_its_rescue_never_before(db: &TestDb
         db.store.rescue(&crate::support::fence(&term), "leader", Duration::from_secs(30), None).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(db.store.claim(&b, 3).await.unwrap().len(), 1, "the rescue gave the slot back");
+}
+
+/// A worker whose claim came back empty because of a limit claims again as soon as one of its
+/// own attempts ends, not a poll later: six one-at-a-time commands of 0.2 s drain in a few
+/// seconds with a 5 s poll (by the poll alone they would take half a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_held_by_a_limit_claims_again_when_its_attempt_ends() {
+    if std::env::var(crate::support::PG_ENV).is_err() {
+        eprintln!("skipped: {} is not set, so this PostgreSQL test did not run", crate::support::PG_ENV);
+        return;
+    }
+    let db = TestDb::postgres().await.expect("PostgreSQL is configured");
+    let log = db.dir.path().join("probe.log");
+    std::fs::write(db.dir.path().join("o.yaml"), limits_config_polling(&log, 1, 5.0)).unwrap();
+    db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
+    db.store
+        .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
+        .await
+        .unwrap();
+    let procs = crate::workers::Procs(vec![crate::workers::spawn(&db, &["worker", "--concurrency", "4"])]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = 6;
+    enqueue(&db.store, "COMMAND", n, 0, |_| json!({"command": "probe"})).await;
+    let start = std::time::Instant::now();
+    while most_at_once(&log).1 < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{} of {n} started: the worker waited for its poll",
+            most_at_once(&log).1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most_at_once(&log).0, 1, "one at a time");
+    drop(procs);
+    db.cleanup().await;
+}
+
+backend_tests!(a_tick_keeps_a_limited_types_slots_busy);
+
+/// `max_running: 2` and 20 due: one tick runs all 20, two at a time, instead of stopping after
+/// its first short batch.
+async fn a_tick_keeps_a_limited_types_slots_busy(db: &TestDb) {
+    db.store.set_limit("NOOP", &spec("max_running: '2'")).await.unwrap();
+    enqueue(&db.store, "NOOP", 20, 0, |i| json!({"i": i})).await;
+    let engine = db.engine(db.config());
+    let r = crate::tick::ran(&engine).await;
+    assert_eq!((r.attempted, r.succeeded), (20, 20), "{r:?}");
 }
