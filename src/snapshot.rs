@@ -58,6 +58,10 @@ pub struct LimitView {
     pub budget_remaining: Option<u64>,
     /// Due actions of the type, waiting for a claim.
     pub waiting: u64,
+    /// Nothing is left of one of its limits (of a partitioned limit, in its tightest
+    /// partition): the waiting work is held by the limit, by design.
+    #[serde(default)]
+    pub held: bool,
     /// How long the budget has been used up while work waits; `()` when it is not.
     pub budget_blocked_seconds: Option<f64>,
     /// The overrides in force (`field`, `value`, `expires_in_seconds`, `reason`).
@@ -88,6 +92,7 @@ impl LimitView {
             daily_budget: spec.daily_budget,
             budget_remaining: u.budget_remaining,
             waiting: u.waiting,
+            held: u.is_held(),
             budget_blocked_seconds: u
                 .budget_exhausted_at
                 .filter(|_| u.waiting > 0)
@@ -359,8 +364,13 @@ pub async fn build_with(
         failed_ticks_1h: stats.failed_ticks_1h,
         partial_ticks_1h: stats.partial_ticks_1h,
     };
-    let health = crate::health::workload(&queue, &recent, &ledger, thresholds);
-    let limits = store.limit_usage().await?.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
+    let limits: BTreeMap<String, LimitView> =
+        store.limit_usage().await?.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
+    // Work a limit holds back waits by design, and says so in `limits`: it does not make the
+    // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
+    let held: i64 = limits.values().filter(|l| l.held).map(|l| i64::try_from(l.waiting).unwrap_or(i64::MAX)).sum();
+    let unheld = QueueView { pending: (queue.pending - held).max(0), ..queue.clone() };
+    let health = crate::health::workload(&unheld, &recent, &ledger, thresholds);
     Ok(Snapshot {
         now,
         tick_id,

@@ -163,8 +163,16 @@ async fn workload(
     thresholds: &HealthThresholds,
 ) -> Result<WorkloadHealth, StoreError> {
     let hour_ago = now - chrono::Duration::hours(1);
+    // As the snapshot does: work a limit holds back waits by design and is not saturation.
+    let held: i64 = store
+        .limit_usage()
+        .await?
+        .iter()
+        .filter(|u| u.is_held())
+        .map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX))
+        .sum();
     let queue = QueueView {
-        pending: counts.get(&ActionStatus::Pending).copied().unwrap_or(0),
+        pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),
         ..QueueView::default()
     };

@@ -637,7 +637,7 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
 fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
     let mut held = 0i64;
     let mut why = Vec::new();
-    for u in usage.iter().filter(|u| u.waiting > 0) {
+    for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
         let spec = &u.limit.effective;
         let full = [
             (u.running_remaining, spec.max_running.map(|n| format!("max_running {n}"))),

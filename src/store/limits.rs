@@ -135,6 +135,14 @@ pub struct LimitUsage {
     pub partitions_tracked: u64,
 }
 
+impl LimitUsage {
+    /// True when the type has nothing left of one of its limits (for a partitioned limit, its
+    /// tightest partition): its waiting work is held by the limit, by design.
+    pub fn is_held(&self) -> bool {
+        [self.running_remaining, self.rate_remaining, self.budget_remaining].contains(&Some(0))
+    }
+}
+
 /// The busiest partitions a usage view lists.
 pub const BUSIEST_PARTITIONS: usize = 5;
 

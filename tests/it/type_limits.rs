@@ -453,6 +453,9 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
     let snap = held.snapshot.as_ref().unwrap();
     let view = &snap.limits["POST_SOCIAL"];
     assert_eq!((view.rate_remaining, view.waiting), (Some(0), 297), "{view:?}");
+    // 297 pending, but held by their limit: waiting by design, not a saturated queue.
+    assert_eq!(snap.queue.pending, 297);
+    assert!(snap.health.reasons.iter().all(|r| !r.contains("saturated")), "{:?}", snap.health);
 }
 
 // ---- across processes: workers on several "hosts" over PostgreSQL ------------------------------
