@@ -218,6 +218,30 @@ impl LimitValue {
     }
 }
 
+impl LimitValue {
+    /// The value as a rule or an API body gives it: a JSON number, or a string (`N/PERIOD` for
+    /// `rate`).
+    pub fn from_json(field: LimitField, value: Option<&serde_json::Value>) -> Result<LimitValue, String> {
+        match value {
+            Some(serde_json::Value::Number(n)) => LimitValue::parse(field, &n.to_string()),
+            Some(serde_json::Value::String(s)) => LimitValue::parse(field, s),
+            _ => Err("expected a whole number, or \"N/PERIOD\" for rate".into()),
+        }
+    }
+}
+
+impl serde::Serialize for LimitField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for LimitValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for LimitValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

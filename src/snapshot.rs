@@ -364,12 +364,12 @@ pub async fn build_with(
         failed_ticks_1h: stats.failed_ticks_1h,
         partial_ticks_1h: stats.partial_ticks_1h,
     };
-    let limits: BTreeMap<String, LimitView> =
-        store.limit_usage().await?.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
+    let usage = store.limit_usage().await?;
     // Work a limit holds back waits by design, and says so in `limits`: it does not make the
     // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
-    let held: i64 = limits.values().filter(|l| l.held).map(|l| i64::try_from(l.waiting).unwrap_or(i64::MAX)).sum();
-    let unheld = QueueView { pending: (queue.pending - held).max(0), ..queue.clone() };
+    let unheld = QueueView { pending: (queue.pending - crate::store::held_waiting(&usage)).max(0), ..queue.clone() };
+    let limits: BTreeMap<String, LimitView> =
+        usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
     let health = crate::health::workload(&unheld, &recent, &ledger, thresholds);
     Ok(Snapshot {
         now,

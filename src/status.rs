@@ -50,9 +50,8 @@ pub struct StatusReport {
     /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
     /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
     pub proof_enforced: bool,
-    /// Each limited type with what is running, waiting and left (`Store::limit_usage`). Read
-    /// by the callers that show it (`status`, `/status`, `/metrics`), not by `/health`, whose
-    /// probes need none of it; empty until then.
+    /// Each limited type with what is running, waiting and left (`Store::limit_usage`), read
+    /// once here: the workload score leaves out the work it holds.
     pub limits: Vec<LimitUsage>,
 }
 
@@ -111,7 +110,8 @@ pub async fn read(
         policy,
         clock,
     );
-    let workload = workload(store, &queue, oldest_pending, clock, thresholds).await?;
+    let limits = store.limit_usage().await?;
+    let workload = workload(store, &queue, &limits, oldest_pending, clock, thresholds).await?;
     let (liveness, reasons, workers) = judge_workers(store, worker_ttl, liveness, reasons).await?;
     Ok(StatusReport {
         workers,
@@ -124,7 +124,7 @@ pub async fn read(
         oldest_pending,
         last_tick,
         proof_enforced: false,
-        limits: Vec::new(),
+        limits,
     })
 }
 
@@ -158,19 +158,14 @@ async fn judge_workers(
 async fn workload(
     store: &Store,
     counts: &BTreeMap<ActionStatus, i64>,
+    limits: &[LimitUsage],
     oldest_pending: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     thresholds: &HealthThresholds,
 ) -> Result<WorkloadHealth, StoreError> {
     let hour_ago = now - chrono::Duration::hours(1);
     // As the snapshot does: work a limit holds back waits by design and is not saturation.
-    let held: i64 = store
-        .limit_usage()
-        .await?
-        .iter()
-        .filter(|u| u.is_held())
-        .map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX))
-        .sum();
+    let held = crate::store::held_waiting(limits);
     let queue = QueueView {
         pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),

@@ -635,7 +635,6 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
 /// tightest partition), and for each such type what holds it, e.g. `SLOW max_running 2 (7
 /// waiting)`.
 fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
-    let mut held = 0i64;
     let mut why = Vec::new();
     for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
         let spec = &u.limit.effective;
@@ -647,11 +646,10 @@ fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
         .into_iter()
         .find_map(|(left, name)| if left == Some(0) { name } else { None });
         if let Some(name) = full {
-            held = held.saturating_add(i64::try_from(u.waiting).unwrap_or(i64::MAX));
             why.push(format!("{} {name} ({} waiting)", u.action_type, u.waiting));
         }
     }
-    (held, why)
+    (crate::store::held_waiting(usage), why)
 }
 
 #[derive(Default)]

@@ -601,8 +601,7 @@ async fn dispatch(
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
             let report = read_status(config, store).await?;
-            let limits = store.limit_usage().await?;
-            let report = status::StatusReport { proof_enforced: config.proof_enforced, limits, ..report };
+            let report = status::StatusReport { proof_enforced: config.proof_enforced, ..report };
             out.status(&report);
             if report.health == Liveness::Unhealthy {
                 return Ok(exit::UNHEALTHY);

@@ -511,12 +511,7 @@ async fn override_limit(
     let b: OverrideBody = parse_body(body)?;
     let bad = |name: &str, e: String| ApiError::bad_request(format!("body field `{name}`: {e}"));
     let field: LimitField = b.field.parse().map_err(|e| bad("field", e))?;
-    let text = match &b.value {
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        _ => return Err(bad("value", "expected a whole number, or \"N/PERIOD\" for rate".into())),
-    };
-    let value = LimitValue::parse(field, &text).map_err(|e| bad("value", e))?;
+    let value = LimitValue::from_json(field, Some(&b.value)).map_err(|e| bad("value", e))?;
     let lasts =
         limits::check_override_lasts(std::time::Duration::from_secs(b.seconds)).map_err(|e| bad("seconds", e))?;
     let reason = limits::check_override_reason(&b.reason).map_err(|e| bad("reason", e))?;

@@ -332,11 +332,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     let report = st.status(Counts::OpenOnly, false).await?;
     let now = st.store.db_now().await?;
-    let limits = st
-        .store
-        .limit_usage()
-        .await?
-        .into_iter()
+    let limits = report
+        .limits
+        .iter()
         .map(|u| LimitGauges {
             running: u.running,
             waiting: u.waiting,
@@ -346,7 +344,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
                 (LimitField::Rate.as_str(), u.blocked_rate),
                 (LimitField::DailyBudget.as_str(), u.blocked_budget),
             ],
-            action_type: u.action_type,
+            action_type: u.action_type.clone(),
         })
         .collect();
     Ok(DbGauges {
@@ -499,9 +497,8 @@ async fn status_page(
     // Open counts only: the page polls this every few seconds, so its cost must not grow with
     // finished history; the finished side is the last 24 hours, through the finished index.
     let report = st.status(Counts::OpenOnly, true).await?;
-    let limits = st.store.limit_usage().await?;
     let finished_last_24h = st.store.finished_since(model::earlier_saturating(st.store.now(), FINISHED_WINDOW)).await?;
-    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, limits, ..report };
+    let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
     let ticks = st.store.recent_ticks(n_ticks).await?;
     let logs = st.store.logs(None, 10).await?;
     let dlq = st

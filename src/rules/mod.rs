@@ -97,7 +97,6 @@ pub enum Kind {
         #[serde(rename = "type")]
         action_type: String,
         field: crate::limits::LimitField,
-        #[serde(serialize_with = "as_text")]
         value: crate::limits::LimitValue,
         seconds: u64,
     },
@@ -150,10 +149,6 @@ impl Kind {
     pub fn allowed_while_paused(&self) -> bool {
         matches!(self, Kind::Pause | Kind::Resume | Kind::Alert { .. })
     }
-}
-
-fn as_text<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
 }
 
 /// One decision of one rule.
@@ -532,18 +527,11 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             let action_type = text("type")?;
             crate::queue::validate_type(&action_type).map_err(|e| format!("set_limit: {e}"))?;
             let field: crate::limits::LimitField = text("field")?.parse().map_err(|e| format!("set_limit: {e}"))?;
-            let value = match obj.get("value") {
-                Some(Value::Number(n)) => n.to_string(),
-                Some(Value::String(s)) => s.clone(),
-                _ => return Err("set_limit needs a `value` (a whole number, or N/PERIOD for rate)".into()),
-            };
-            let value = crate::limits::LimitValue::parse(field, &value).map_err(|e| format!("set_limit: {e}"))?;
+            let value = crate::limits::LimitValue::from_json(field, obj.get("value"))
+                .map_err(|e| format!("set_limit `value`: {e}"))?;
             let seconds = int("seconds")?;
-            let most = crate::limits::MAX_OVERRIDE.as_secs();
-            let seconds = u64::try_from(seconds)
-                .ok()
-                .filter(|s| (1..=most).contains(s))
-                .ok_or_else(|| format!("set_limit: seconds must be between 1 and {most} (30 days), got {seconds}"))?;
+            let lasts = u64::try_from(seconds).map(Duration::from_secs).unwrap_or_default();
+            let seconds = crate::limits::check_override_lasts(lasts).map_err(|e| format!("set_limit: {e}"))?.as_secs();
             Kind::SetLimit { action_type, field, value, seconds }
         }
         "enqueue" => {
@@ -582,6 +570,36 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_limit_decisions_are_checked() {
+        use crate::limits::{LimitField, LimitValue, Rate};
+        let base = serde_json::json!({
+            "kind": "set_limit", "type": "WEBHOOK", "field": "rate", "value": "5/1s", "seconds": 60, "reason": "x"
+        });
+        let d = decision_from_json("r", &base).unwrap();
+        let rate = LimitValue::Rate(Rate { count: 5, period: Duration::from_secs(1) });
+        assert_eq!(
+            d.kind,
+            Kind::SetLimit { action_type: "WEBHOOK".into(), field: LimitField::Rate, value: rate, seconds: 60 }
+        );
+        assert_eq!(d.kind.target(), "WEBHOOK.rate");
+        let with = |k: &str, v: serde_json::Value| {
+            let mut o = base.clone();
+            o[k] = v;
+            decision_from_json("r", &o).unwrap_err()
+        };
+        assert!(with("field", "max".into()).contains("not a limit field"));
+        assert!(with("value", true.into()).contains("expected a whole number"));
+        assert!(with("value", 7.into()).contains("N/PERIOD"), "a rate needs its period");
+        assert!(with("type", "a b".into()).contains("set_limit"));
+        assert!(with("seconds", 0.into()).contains("from 1s to 30 days"));
+        assert!(with("seconds", (30 * 86_400 + 1).into()).contains("30 days"));
+        let mut count = base.clone();
+        count["field"] = "max_running".into();
+        count["value"] = (-1).into();
+        assert!(decision_from_json("r", &count).unwrap_err().contains("from 0"));
+    }
 
     fn set(rules: &[(&str, &str)]) -> Result<RuleSet, Vec<Diagnostic>> {
         let cfg = RulesConfig { budget: Duration::from_millis(100), ..Default::default() };

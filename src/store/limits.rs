@@ -58,22 +58,11 @@ impl LimitSource {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct LimitOverride {
     pub field: LimitField,
-    #[serde(serialize_with = "display")]
     pub value: LimitValue,
     pub expires_at: DateTime<Utc>,
     pub reason: String,
     pub set_by: String,
     pub set_at: DateTime<Utc>,
-}
-
-fn display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-impl serde::Serialize for LimitField {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 /// One limited type as the database holds it.
@@ -141,6 +130,13 @@ impl LimitUsage {
     pub fn is_held(&self) -> bool {
         [self.running_remaining, self.rate_remaining, self.budget_remaining].contains(&Some(0))
     }
+}
+
+/// The due work of the types whose work is held (see [`LimitUsage::is_held`]): waiting by
+/// design, which neither the workload score nor the work-conserving check counts against the
+/// queue.
+pub fn held_waiting(usage: &[LimitUsage]) -> i64 {
+    usage.iter().filter(|u| u.is_held()).map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX)).sum()
 }
 
 /// The busiest partitions a usage view lists.
@@ -219,31 +215,29 @@ impl Usage {
             .get(&(limit.action_type.clone(), part.to_string()))
             .filter(|s| s.day.as_deref() == Some(today))
             .map_or(0, |s| s.used);
-        let spec = &limit.effective;
-        let mut best: (u64, Option<LimitField>) = (u64::MAX, None);
-        let candidates = [
-            (spec.max_running, used.running, LimitField::MaxRunning),
-            (spec.rate.map(|r| r.count), used.window, LimitField::Rate),
-            (spec.daily_budget, budget_used, LimitField::DailyBudget),
-        ];
-        for (cap, used, field) in candidates {
-            if let Some(cap) = cap {
-                let left = cap.saturating_sub(used);
-                if left < best.0 {
-                    best = (left, Some(field));
-                }
-            }
-        }
-        best
+        remaining(&limit.effective, used, budget_used)
+            .into_iter()
+            .zip(LimitField::ALL)
+            .filter_map(|(left, field)| left.map(|l| (l, Some(field))))
+            .min_by_key(|(l, _)| *l)
+            .unwrap_or((u64::MAX, None))
     }
 }
 
-/// A type name as an SQL literal. Types are checked by `queue::validate_type` (letters,
-/// digits, `_.:-`) before they reach here; anything else is refused rather than quoted.
+/// What each limit of `spec` has left given what is in use, in [`LimitField::ALL`]'s order
+/// (`max_running`, `rate`, `daily_budget`); `None` where `spec` has no such limit.
+fn remaining(spec: &LimitSpec, used: Used, budget_used: u64) -> [Option<u64>; 3] {
+    [
+        spec.max_running.map(|cap| cap.saturating_sub(used.running)),
+        spec.rate.map(|r| r.count.saturating_sub(used.window)),
+        spec.daily_budget.map(|cap| cap.saturating_sub(budget_used)),
+    ]
+}
+
+/// A type name as an SQL literal. Types pass `queue::validate_type` (letters, digits, `_.:-`)
+/// before they reach here; anything else is refused rather than quoted.
 fn lit(t: &str) -> Result<String, StoreError> {
-    if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
-        return Err(StoreError::Internal(format!("action type {t:?} is not a checked type name")));
-    }
+    crate::queue::validate_type(t).map_err(|e| StoreError::Internal(format!("not a checked type name: {e}")))?;
     Ok(format!("'{t}'"))
 }
 
@@ -295,8 +289,7 @@ fn i(v: u64) -> i64 {
 impl Store {
     /// Every type with a row in `limits`, with its overrides in force.
     pub async fn limits(&self) -> Result<Vec<TypeLimit>, StoreError> {
-        let now = self.db_now().await?;
-        read_limits(self, &self.db, now).await
+        read_limits(self, &self.db, self.now()).await
     }
 
     /// The types whose limits are in force (something limited), for a claim.
@@ -519,26 +512,13 @@ impl Store {
                     e.budget_used = s.used;
                 }
             }
-            let fresh = Used::default();
-            let mut tightest: [Option<u64>; 3] = [None; 3];
-            let spec = &l.effective;
-            let mut consider = |u: &Used, budget: u64| {
-                for (k, (cap, used)) in
-                    [(spec.max_running, u.running), (spec.rate.map(|r| r.count), u.window), (spec.daily_budget, budget)]
-                        .into_iter()
-                        .enumerate()
-                {
-                    if let Some(cap) = cap {
-                        let left = cap.saturating_sub(used);
-                        tightest[k] = Some(tightest[k].map_or(left, |x: u64| x.min(left)));
-                    }
-                }
-            };
-            if parts.is_empty() {
-                consider(&fresh, 0);
-            }
+            // The tightest partition's remainder of each limit (a fresh one when none is in use).
+            let mut tightest: [Option<u64>; 3] = remaining(&l.effective, Used::default(), 0);
             for p in parts.values() {
-                consider(&Used { running: p.running, window: p.rate_used }, p.budget_used);
+                let left = remaining(&l.effective, Used { running: p.running, window: p.rate_used }, p.budget_used);
+                for (t, l) in tightest.iter_mut().zip(left) {
+                    *t = t.zip(l).map(|(a, b)| a.min(b));
+                }
             }
             let gate = usage.state.get(&(t.clone(), String::new())).cloned().unwrap_or_default();
             let exhausted = usage
@@ -661,14 +641,14 @@ impl Store {
                 Some(list) if full_somewhere && !list.is_empty() && list.len() <= PER_TYPE_PICK_MAX => {
                     let mut parts = Vec::new();
                     // SQLite's planner, seeing few types, would rather walk the due index.
-                    let by_type = match self.backend {
+                    let index_hint = match self.backend {
                         Backend::Sqlite => " INDEXED BY ix_actions_due_type",
                         Backend::Postgres => "",
                     };
                     for t in list.iter().filter(|t| claimer.serves(t)) {
                         values.push(t.as_str().into());
                         parts.push(format!(
-                            "SELECT id FROM (SELECT id FROM actions{by_type} WHERE action_type = ${} AND {due} \
+                            "SELECT id FROM (SELECT id FROM actions{index_hint} WHERE action_type = ${} AND {due} \
                              ORDER BY priority DESC, not_before, id LIMIT {limit_at}) t{}",
                             values.len(),
                             parts.len()
@@ -773,14 +753,6 @@ impl Store {
     ) -> Result<(String, Vec<Value>), StoreError> {
         let mut sql = String::new();
         let mut values: Vec<Value> = Vec::new();
-        let json_list = |values: &mut Vec<Value>, items: Vec<String>, backend: Backend| -> String {
-            values.push(serde_json::Value::from(items).to_string().into());
-            let at = format!("${}", values.len());
-            match backend {
-                Backend::Sqlite => format!("(SELECT value FROM json_each({at}))"),
-                Backend::Postgres => format!("(SELECT json_array_elements_text({at}::json))"),
-            }
-        };
         let mut whole_types = Vec::new();
         for l in refs {
             let t = &l.action_type;
@@ -792,25 +764,18 @@ impl Store {
                     }
                 }
                 Some(path) => {
-                    let expr = part_expr(self.backend, path);
                     let full_parts: Vec<String> = left
                         .iter()
                         .filter(|((ty, p), (n, _))| ty == t && *n == 0 && p != OVERFLOW_PARTITION)
                         .map(|((_, p), _)| p.clone())
                         .collect();
-                    let mut conds = Vec::new();
-                    if !full_parts.is_empty() {
-                        conds.push(format!("{expr} IN {}", json_list(&mut values, full_parts, self.backend)));
-                    }
                     let tracked = usage.tracked.get(t).map_or(0, HashSet::len) + adding.get(t).map_or(0, HashSet::len);
-                    if full(OVERFLOW_PARTITION) && tracked >= cap {
-                        let mut known: Vec<String> = usage.tracked.get(t).into_iter().flatten().cloned().collect();
-                        known.extend(adding.get(t).into_iter().flatten().cloned());
-                        known.push(String::new());
-                        conds.push(format!("{expr} NOT IN {}", json_list(&mut values, known, self.backend)));
-                    }
-                    if !conds.is_empty() {
-                        sql.push_str(&format!(" AND NOT (action_type = {} AND ({}))", lit(t)?, conds.join(" OR ")));
+                    let overflow_full = full(OVERFLOW_PARTITION) && tracked >= cap;
+                    let known = usage.tracked.get(t).into_iter().flatten().chain(adding.get(t).into_iter().flatten());
+                    let cond =
+                        full_partitions(self.backend, path, full_parts, overflow_full.then_some(known), &mut values);
+                    if let Some(cond) = cond {
+                        sql.push_str(&format!(" AND NOT (action_type = {} AND {cond})", lit(t)?));
                     }
                 }
             }
@@ -841,23 +806,14 @@ impl Store {
         let cond = match &l.effective.partition_by {
             None => String::new(),
             Some(path) => {
-                let expr = part_expr(self.backend, path);
                 let parts: Vec<String> =
                     full.iter().map(|(_, p)| p.clone()).filter(|p| p != OVERFLOW_PARTITION).collect();
                 let overflow = full.iter().any(|(_, p)| p == OVERFLOW_PARTITION);
-                let mut conds = Vec::new();
-                if !parts.is_empty() {
-                    values.push(serde_json::Value::from(parts).to_string().into());
-                    conds.push(format!("{expr} IN {}", json_elems(self.backend, values.len())));
+                let known = usage.tracked.get(&l.action_type).into_iter().flatten();
+                match full_partitions(self.backend, path, parts, overflow.then_some(known), &mut values) {
+                    Some(cond) => format!(" AND {cond}"),
+                    None => String::new(),
                 }
-                if overflow {
-                    let mut known: Vec<String> =
-                        usage.tracked.get(&l.action_type).into_iter().flatten().cloned().collect();
-                    known.push(String::new());
-                    values.push(serde_json::Value::from(known).to_string().into());
-                    conds.push(format!("{expr} NOT IN {}", json_elems(self.backend, values.len())));
-                }
-                format!(" AND ({})", conds.join(" OR "))
             }
         };
         let sql = format!(
@@ -905,7 +861,7 @@ impl Store {
         for ((t, part), k) in per_key {
             let Some(l) = by_type.get(t.as_str()) else { continue };
             if l.effective.rate.is_some() {
-                starts.push(serde_json::json!([t, part, token, now.to_rfc3339(), k]));
+                starts.push(serde_json::json!([t, part, token, k]));
             }
             if let Some(budget) = l.effective.daily_budget {
                 let old = usage.state.get(&(t.clone(), part.clone())).cloned().unwrap_or_default();
@@ -928,12 +884,12 @@ impl Store {
             let sql = match self.backend {
                 Backend::Sqlite => {
                     "INSERT INTO limit_starts (action_type, part, token, started_at, n) \
-                     SELECT value ->> 0, value ->> 1, value ->> 2, $2, value ->> 4 FROM json_each($1) WHERE true \
+                     SELECT value ->> 0, value ->> 1, value ->> 2, $2, value ->> 3 FROM json_each($1) WHERE true \
                      ON CONFLICT (action_type, part, token) DO UPDATE SET n = limit_starts.n + excluded.n"
                 }
                 Backend::Postgres => {
                     "INSERT INTO limit_starts (action_type, part, token, started_at, n) \
-                     SELECT r ->> 0, r ->> 1, (r ->> 2)::bigint, $2, (r ->> 4)::bigint FROM json_array_elements($1::json) AS r \
+                     SELECT r ->> 0, r ->> 1, (r ->> 2)::bigint, $2, (r ->> 3)::bigint FROM json_array_elements($1::json) AS r \
                      ON CONFLICT (action_type, part, token) DO UPDATE SET n = limit_starts.n + excluded.n"
                 }
             };
@@ -1013,11 +969,8 @@ impl Store {
         let ids: Vec<i64> = unstarted.iter().map(|(id, _)| *id).collect();
         let tokens: HashMap<i64, i64> = unstarted.iter().copied().collect();
         let sql = format!(
-            "SELECT id, action_type, {part_sql} AS part FROM actions WHERE id IN {} AND action_type IN ({})",
-            match self.backend {
-                Backend::Sqlite => "(SELECT value FROM json_each($1))",
-                Backend::Postgres => "(SELECT (json_array_elements_text($1::json))::bigint)",
-            },
+            "SELECT id, action_type, {part_sql} AS part FROM actions WHERE id IN ({}) AND action_type IN ({})",
+            super::machine::ids_in_json(self.backend, "$1"),
             in_list(&refs)?
         );
         let rows = txn
@@ -1031,14 +984,8 @@ impl Store {
             let id: i64 = r.try_get("", "id").doing("reading unstarted limited work")?;
             let t: String = r.try_get("", "action_type").doing("reading unstarted limited work")?;
             let raw: String = r.try_get("", "part").doing("reading unstarted limited work")?;
-            let partitioned = refs.iter().any(|l| l.action_type == t && l.effective.partition_by.is_some());
-            let part = if !partitioned {
-                String::new()
-            } else if raw.is_empty() || tracked.get(&t).is_some_and(|s| s.contains(&raw)) {
-                raw
-            } else {
-                OVERFLOW_PARTITION.to_string()
-            };
+            let Some(l) = refs.iter().find(|l| l.action_type == t) else { continue };
+            let part = counted_part(l, raw, &tracked);
             *back.entry((t, part, tokens.get(&id).copied().unwrap_or(0))).or_default() += 1;
         }
         for ((t, part, token), k) in back {
@@ -1062,6 +1009,31 @@ impl Store {
 
 fn model_earlier(now: DateTime<Utc>, rate: Rate) -> DateTime<Utc> {
     crate::model::earlier_saturating(now, rate.period)
+}
+
+/// The rows of a partitioned type that fall in a full partition: its value among `full`, or,
+/// when the overflow partition is full (`overflow_known`: the tracked values), a value that is
+/// none of those nor missing. `None` when no partition is full. Lists are bound into `values`.
+fn full_partitions<'a>(
+    backend: Backend,
+    path: &PayloadPath,
+    full: Vec<String>,
+    overflow_known: Option<impl Iterator<Item = &'a String>>,
+    values: &mut Vec<Value>,
+) -> Option<String> {
+    let expr = part_expr(backend, path);
+    let mut conds = Vec::new();
+    if !full.is_empty() {
+        values.push(serde_json::Value::from(full).to_string().into());
+        conds.push(format!("{expr} IN {}", json_elems(backend, values.len())));
+    }
+    if let Some(known) = overflow_known {
+        let mut known: Vec<String> = known.cloned().collect();
+        known.push(String::new());
+        values.push(serde_json::Value::from(known).to_string().into());
+        conds.push(format!("{expr} NOT IN {}", json_elems(backend, values.len())));
+    }
+    (!conds.is_empty()).then(|| format!("({})", conds.join(" OR ")))
 }
 
 /// `(SELECT <elements of the JSON array in $at>)`.
@@ -1208,19 +1180,25 @@ async fn read_usage<C: ConnectionTrait>(
             }
         }
     }
-    // Values beyond the tracked ones count under the overflow partition.
     for (t, p, n) in running {
         let Some(l) = by_type.get(t.as_str()) else { continue };
-        let part = if l.effective.partition_by.is_none() {
-            String::new()
-        } else if p.is_empty() || usage.tracked.get(&t).is_some_and(|s| s.contains(&p)) {
-            p
-        } else {
-            OVERFLOW_PARTITION.to_string()
-        };
+        let part = counted_part(l, p, &usage.tracked);
         usage.used.entry((t, part)).or_default().running += n;
     }
     Ok(usage)
+}
+
+/// The partition an already claimed row of type `limit` counts under: `''` for an unpartitioned
+/// type, its value when tracked (or missing), else the overflow partition (where it was counted
+/// when claimed, the tracked values never shrinking).
+fn counted_part(limit: &TypeLimit, raw: String, tracked: &HashMap<String, HashSet<String>>) -> String {
+    if limit.effective.partition_by.is_none() {
+        String::new()
+    } else if raw.is_empty() || tracked.get(&limit.action_type).is_some_and(|s| s.contains(&raw)) {
+        raw
+    } else {
+        OVERFLOW_PARTITION.to_string()
+    }
 }
 
 /// Every `limits` row with its overrides in force at `now`. A row that cannot be read holds

@@ -638,13 +638,7 @@ impl Store {
         };
         let pick = match pick {
             Pick::Due(_) => PICK_DUE.to_string(),
-            Pick::Ids(json) => {
-                let at = bind(json.to_string().into());
-                match self.backend {
-                    Backend::Postgres => format!("SELECT (json_array_elements_text({at}::json))::bigint"),
-                    Backend::Sqlite => format!("SELECT value FROM json_each({at})"),
-                }
-            }
+            Pick::Ids(json) => ids_in_json(self.backend, &bind(json.to_string().into())),
         };
         let sql = match self.backend {
             Backend::Postgres => {
@@ -1219,6 +1213,14 @@ pub(super) enum Pick<'a> {
     Due(u64),
     /// Exactly these ids (a JSON array), picked by a limited claim.
     Ids(&'a str),
+}
+
+/// `SELECT` of the ids in the JSON array bound at `at` (e.g. `$5`).
+pub(super) fn ids_in_json(backend: Backend, at: &str) -> String {
+    match backend {
+        Backend::Postgres => format!("SELECT (json_array_elements_text({at}::json))::bigint"),
+        Backend::Sqlite => format!("SELECT value FROM json_each({at})"),
+    }
 }
 
 /// Runs a claim statement and reads what it claimed.
