@@ -83,8 +83,11 @@ pub struct TypeLimit {
 }
 
 impl TypeLimit {
-    fn limits_anything(&self) -> bool {
-        !self.effective.is_empty()
+    /// Something is limited, on a type name an action can have: what the claim enforces. A
+    /// row whose name is not one (planted past every writer) limits no action there is, and
+    /// is left out rather than let into SQL; `limits list` still shows it with its error.
+    fn enforced(&self) -> bool {
+        !self.effective.is_empty() && crate::queue::validate_type(&self.action_type).is_ok()
     }
 }
 
@@ -294,7 +297,7 @@ impl Store {
 
     /// The types whose limits are in force (something limited), for a claim.
     pub(super) async fn limits_in_force(&self) -> Result<Vec<TypeLimit>, StoreError> {
-        Ok(read_limits(self, &self.db, self.now()).await?.into_iter().filter(TypeLimit::limits_anything).collect())
+        Ok(read_limits(self, &self.db, self.now()).await?.into_iter().filter(TypeLimit::enforced).collect())
     }
 
     /// Writes the `limits:` section of a config: each type named gets exactly those limits
@@ -483,9 +486,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let now = self.db_now().await?;
-        let refs: Vec<&TypeLimit> = limits.iter().collect();
-        let usage = read_usage(self, &self.db, &refs, now).await?;
-        let waiting = self.waiting_of(&refs, now).await?;
+        let refs: Vec<&TypeLimit> = limits.iter().filter(|l| l.enforced()).collect();
+        let (usage, waiting) = if refs.is_empty() {
+            (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, HashMap::new())
+        } else {
+            (read_usage(self, &self.db, &refs, now).await?, self.waiting_of(&refs, now).await?)
+        };
         let today = day_of(now);
         let mut out = Vec::with_capacity(limits.len());
         for l in &limits {
@@ -960,8 +966,10 @@ impl Store {
             return Ok(());
         }
         let limits: Vec<TypeLimit> = read_limits(self, txn, now).await?;
-        let refs: Vec<&TypeLimit> =
-            limits.iter().filter(|l| l.effective.rate.is_some() || l.effective.daily_budget.is_some()).collect();
+        let refs: Vec<&TypeLimit> = limits
+            .iter()
+            .filter(|l| l.enforced() && (l.effective.rate.is_some() || l.effective.daily_budget.is_some()))
+            .collect();
         if refs.is_empty() {
             return Ok(());
         }

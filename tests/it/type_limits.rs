@@ -688,3 +688,34 @@ async fn a_tick_keeps_a_limited_types_slots_busy(db: &TestDb) {
     let r = crate::tick::ran(&engine).await;
     assert_eq!((r.attempted, r.succeeded), (20, 20), "{r:?}");
 }
+
+backend_tests!(a_limits_row_no_reader_can_use_stops_nothing_else);
+
+/// Rows planted past every writer: one whose type name no action can have, one whose
+/// `partition_by` does not parse. Claims, the usage view and a tick go on; the unreadable
+/// partition holds its own type (a limit never lapses by corruption); both show their error.
+async fn a_limits_row_no_reader_can_use_stops_nothing_else(db: &TestDb) {
+    let now = match db.store.backend() {
+        orchestrator::store::Backend::Postgres => "now()".to_string(),
+        orchestrator::store::Backend::Sqlite => format!("'{}'", orchestrator::model::now().to_rfc3339()),
+    };
+    db.store
+        .execute_unprepared(&format!(
+            "INSERT INTO limits (action_type, max_running, source, updated_at) VALUES ('bad''type', 1, 'operator', {now}); \
+             INSERT INTO limits (action_type, max_running, partition_by, source, updated_at) \
+             VALUES ('WEIRD', 5, 'partner', 'operator', {now})"
+        ))
+        .await
+        .unwrap();
+    enqueue(&db.store, "NOOP", 3, 0, |i| json!({"i": i})).await;
+    enqueue(&db.store, "WEIRD", 3, 0, |i| json!({"i": i})).await;
+    let w = claimer(db).await;
+    let got = db.store.claim(&w, 10).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 3)]), "NOOP runs; WEIRD is held by its unreadable row");
+    let usage = db.store.limit_usage().await.unwrap();
+    let error = |t: &str| usage.iter().find(|u| u.action_type == t).and_then(|u| u.limit.error.clone());
+    assert!(error("bad'type").is_some_and(|e| e.contains("contains")), "{usage:?}");
+    assert!(error("WEIRD").is_some_and(|e| e.contains("partition_by")), "{usage:?}");
+    let r = crate::tick::ran(&db.engine(db.config())).await;
+    assert!(r.snapshot.as_ref().unwrap().limits.contains_key("WEIRD"), "{r:?}");
+}
