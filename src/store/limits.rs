@@ -4,8 +4,8 @@
 //!
 //! How a limited claim holds (ARCHITECTURE.md "Limits" has the reasoning):
 //! - It locks one gate row per limited type it serves (`limit_state`, partition `''`), in type
-//!   order, inside the claim's transaction. Claimers of a limited type take turns; claimers of
-//!   other types never wait for them.
+//!   order, inside the claim's transaction. Claimers of a limited type take turns; a claimer
+//!   that serves no limited type never waits for them.
 //! - Under the gate it counts what is in use: `RUNNING` rows (so a completion, a rescue or an
 //!   unstart gives the slot back by leaving `RUNNING`, and a dead worker's slot comes back only
 //!   when it is rescued), the starts in the sliding window (`limit_starts`), and the day's budget
