@@ -376,10 +376,39 @@ impl Store {
         let txn = self.begin_write().await?;
         let now = self.now();
         let mut out = ConfigLimitsWritten::default();
-        for (t, spec) in limits {
-            crate::queue::validate_type(t).map_err(StoreError::Invalid)?;
+        // Every row this touches, named or to remove, is locked in type order, as every other
+        // writer of several rows does, so that two writers never wait on each other in a cycle.
+        let mut touched: BTreeMap<String, Option<&LimitSpec>> =
+            limits.iter().map(|(t, spec)| (t.clone(), Some(spec))).collect();
+        if how == ConfigLimits::Replace {
+            let rows = txn
+                .query_all_raw(self.stmt("SELECT action_type FROM limits WHERE source = 'config'", []))
+                .await
+                .doing("reading configured limits")?;
+            for r in rows {
+                touched.entry(r.try_get("", "action_type").doing("reading configured limits")?).or_insert(None);
+            }
+        }
+        for (t, spec) in touched {
+            let Some(spec) = spec else {
+                // Set by an earlier config and not named in this one, if it still is.
+                let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+                let still = txn
+                    .query_one_raw(self.stmt(
+                        &format!("SELECT 1 AS one FROM limits WHERE action_type = $1 AND source = 'config'{lock}"),
+                        [t.as_str().into()],
+                    ))
+                    .await
+                    .doing("reading configured limits")?;
+                if still.is_some() {
+                    delete_limit(self, &txn, &t).await?;
+                    out.removed.push(t);
+                }
+                continue;
+            };
+            crate::queue::validate_type(&t).map_err(StoreError::Invalid)?;
             // A row of overrides alone (source `override`) has no base to keep.
-            let base = lock_limit(self, &txn, t, LimitSource::Config, now)
+            let base = lock_limit(self, &txn, &t, LimitSource::Config, now)
                 .await?
                 .filter(|(_, source)| *source != LimitSource::Override);
             if let Some((held, source)) = &base {
@@ -392,21 +421,8 @@ impl Store {
                 }));
             }
             if how == ConfigLimits::Replace || base.is_none() {
-                upsert_limit(self, &txn, t, spec, LimitSource::Config, now).await?;
-                out.written.push(t.clone());
-            }
-        }
-        if how == ConfigLimits::Replace {
-            let rows = txn
-                .query_all_raw(self.stmt("SELECT action_type FROM limits WHERE source = 'config'", []))
-                .await
-                .doing("reading configured limits")?;
-            for r in rows {
-                let t: String = r.try_get("", "action_type").doing("reading configured limits")?;
-                if !limits.contains_key(&t) {
-                    delete_limit(self, &txn, &t).await?;
-                    out.removed.push(t);
-                }
+                upsert_limit(self, &txn, &t, spec, LimitSource::Config, now).await?;
+                out.written.push(t);
             }
         }
         txn.commit().await.doing("committing configured limits")?;

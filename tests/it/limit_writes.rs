@@ -111,7 +111,8 @@ fn worker_logs(db: &TestDb) -> Vec<String> {
 /// What a worker finds stays, and each field where its config disagrees is a warning naming
 /// the type and the field: an operator's `limits set`, another config's value, and an override
 /// (a type with only an override gains the config's base, the override in force). `run` then
-/// replaces the base of the types its config names, and says whose value it replaced.
+/// replaces the base of the types its config names, says whose value it replaced, and removes
+/// (and names) a type an earlier config set that its own does not name.
 async fn a_worker_keeps_what_it_finds_and_warns_where_configs_disagree(db: &TestDb) {
     let yaml = "workers: {heartbeat_seconds: 0.3, ttl_seconds: 1.5, poll_seconds: 0.1}
 limits:
@@ -121,7 +122,10 @@ limits:
   POST_SOCIAL: {daily_budget: 50}
 ";
     std::fs::write(db.dir.path().join("o.yaml"), yaml).unwrap();
-    let other = BTreeMap::from([("NOOP".to_string(), spec("max_running: '5'"))]);
+    let other = BTreeMap::from([
+        ("NOOP".to_string(), spec("max_running: '5'")),
+        ("ALERT".to_string(), spec("max_running: '7'")),
+    ]);
     db.store.write_config_limits(&other, ConfigLimits::Replace).await.unwrap();
     db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
     let until = db.store.db_now().await.unwrap() + chrono::Duration::minutes(10);
@@ -150,6 +154,7 @@ limits:
         assert!(logs.contains(needle), "{needle:?} in\n{logs}");
     }
     assert!(!logs.contains("limits.WEBHOOK") && !logs.contains("limits.POST_SOCIAL"), "{logs}");
+    assert!(limit_of(&db.store, "ALERT").await.is_some(), "a worker removes nothing");
 
     // `run` replaces, and names what it replaced; the override stays.
     let o = run(bin(db.dir.path()).args([
@@ -170,6 +175,14 @@ limits:
         "{}",
         stderr(&o)
     );
+    assert!(
+        stderr(&o).contains(
+            "limits.ALERT: set from a config (an earlier one, or another process's) that this one does not name"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(limit_of(&db.store, "ALERT").await.is_none(), "the config `run` replaced named it, this one does not");
     let command = limit_of(&db.store, "COMMAND").await.unwrap();
     assert_eq!((command.base, command.source), (spec("max_running: '2'"), LimitSource::Config));
     assert_eq!(limit_of(&db.store, "NOOP").await.unwrap().base, spec("{max_running: '3', rate: 10/1m}"));
