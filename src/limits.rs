@@ -155,6 +155,76 @@ impl LimitSpec {
     }
 }
 
+/// A field of a type's base limits: the three limits and the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BaseField {
+    #[value(name = "max_running")]
+    MaxRunning,
+    #[value(name = "rate")]
+    Rate,
+    #[value(name = "daily_budget")]
+    DailyBudget,
+    #[value(name = "partition_by")]
+    PartitionBy,
+}
+
+impl BaseField {
+    pub const ALL: [BaseField; 4] =
+        [BaseField::MaxRunning, BaseField::Rate, BaseField::DailyBudget, BaseField::PartitionBy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseField::MaxRunning => "max_running",
+            BaseField::Rate => "rate",
+            BaseField::DailyBudget => "daily_budget",
+            BaseField::PartitionBy => "partition_by",
+        }
+    }
+
+    /// The field's value in `spec` as text (`None`: not set).
+    pub fn value_in(self, spec: &LimitSpec) -> Option<String> {
+        match self {
+            BaseField::MaxRunning => spec.max_running.map(|n| n.to_string()),
+            BaseField::Rate => spec.rate.map(|r| r.to_string()),
+            BaseField::DailyBudget => spec.daily_budget.map(|n| n.to_string()),
+            BaseField::PartitionBy => spec.partition_by.as_ref().map(|p| p.to_string()),
+        }
+    }
+
+    /// Removes the field from `spec`.
+    pub fn remove(self, spec: &mut LimitSpec) {
+        match self {
+            BaseField::MaxRunning => spec.max_running = None,
+            BaseField::Rate => spec.rate = None,
+            BaseField::DailyBudget => spec.daily_budget = None,
+            BaseField::PartitionBy => spec.partition_by = None,
+        }
+    }
+}
+
+impl fmt::Display for BaseField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl LimitSpec {
+    /// `self` with the fields `other` sets taken from it (`limits set`: the fields given
+    /// replace theirs, the others keep their value).
+    pub fn merged(mut self, other: &LimitSpec) -> LimitSpec {
+        self.max_running = other.max_running.or(self.max_running);
+        self.rate = other.rate.or(self.rate);
+        self.daily_budget = other.daily_budget.or(self.daily_budget);
+        self.partition_by = other.partition_by.clone().or(self.partition_by);
+        self
+    }
+
+    /// The fields whose values differ between `self` and `other`.
+    pub fn differing(&self, other: &LimitSpec) -> Vec<BaseField> {
+        BaseField::ALL.into_iter().filter(|f| f.value_in(self) != f.value_in(other)).collect()
+    }
+}
+
 /// A whole number from 0 to [`MAX_LIMIT`], for `field`.
 pub fn whole(field: LimitField, value: &str) -> Result<u64, String> {
     let t = value.trim();

@@ -23,7 +23,7 @@ use crate::health::{Liveness, LivenessPolicy};
 use crate::model::{self, ActionStatus, LogLevel};
 use crate::queue::{self, EnqueueRequest};
 use crate::status;
-use crate::store::{ActionFilter, Authority, FlagChange, LogFilter, Store, StoreOptions};
+use crate::store::{ActionFilter, Authority, ConfigLimits, FlagChange, LogFilter, Store, StoreOptions};
 use crate::tick::{Engine, TickOutcome};
 
 /// Exit codes.
@@ -449,7 +449,7 @@ fn spawn_limits_reloader(store: Store, reload: Reload) {
                 }
             };
             let synced = match Registry::from_config(&config) {
-                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry).await,
+                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry, ConfigLimits::Replace).await,
                 Err(e) => {
                     tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
                     continue;
@@ -489,7 +489,7 @@ async fn dispatch(
             let engine = if no_execute { engine.without_execution() } else { engine };
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
-            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?).await?;
+            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
             spawn_limits_reloader(store.clone(), reload);
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -519,8 +519,10 @@ async fn dispatch(
                 concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
                 types: seen.into_iter().collect(),
             };
-            let worker =
-                crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
+            let registry = Registry::from_config(config)?;
+            // Its config's limits hold from its first claim, even before any `run` wrote them.
+            crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
+            let worker = crate::worker::Worker::new(store.clone(), config.clone(), registry, options);
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = if no_http {
                 None
@@ -580,6 +582,8 @@ async fn dispatch(
         Command::RunOnce { dry_run: false } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
+            // Its tick claims: its config's limits hold from that claim, as a worker's do.
+            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Fill).await?;
             let outcome = engine.tick().await;
             if let Err(e) = engine.release().await {
                 tracing::warn!(error = %e, "could not release the lease; it expires by itself");

@@ -31,7 +31,10 @@ mod limits;
 mod logs;
 mod notify;
 mod workers;
-pub use limits::{LimitOverride, LimitSource, LimitUsage, PartUsage, TypeLimit, held_waiting};
+pub use limits::{
+    ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit, LimitOverride, LimitSource,
+    LimitUsage, PartUsage, TypeLimit, held_waiting,
+};
 pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 

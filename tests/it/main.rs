@@ -15,6 +15,7 @@ mod decide;
 mod execute;
 mod hostile;
 mod lease;
+mod limit_writes;
 mod limits;
 mod limits_surface;
 mod machine;
