@@ -1,6 +1,6 @@
 //! Nothing configured through the environment is silently ignored, through the real binary:
-//! one test per earlier system's variable translated or refused, and the `ORCHESTRATOR_*` names
-//! that set no key (docs/upgrading.md has the table).
+//! one test per earlier system's variable translated or refused, the `ORCHESTRATOR_*` names that
+//! set no key, and the payload field `social_platform` (docs/upgrading.md has the table).
 
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -239,6 +239,25 @@ fn variables_that_set_nothing_are_refused_naming_the_closest_key() {
     std::fs::write(d.join("o.yaml"), "max_attempts: 2\n").unwrap();
     let o = orch(d, &ours, &["run-once"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn post_social_reads_the_aol_social_platform_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let payloads = [
+        r#"{"social_platform":"twitter","content":"Hello, World!","audience":"general"}"#,
+        r#"{"platform":"x","social_platform":"twitter","content":"c","audience":"a"}"#,
+    ];
+    for (key, payload) in ["aol", "both"].iter().zip(payloads) {
+        let o = run(bin(d).args(["enqueue", "POST_SOCIAL", "--key", key, "--payload", payload]));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    assert_eq!(run(bin(d).arg("run-once")).status.code(), Some(0));
+    assert_eq!(statuses(d), ["SUCCESS", "DLQ"], "the AOL field is read; two that disagree are refused");
+    let o = run(bin(d).args(["actions", "show", "1", "--json"]));
+    let artifact = d.join(json(&o)["logs"][0]["artifact_ref"].as_str().unwrap());
+    assert!(std::fs::read_to_string(artifact).unwrap().contains("platform: twitter"));
 }
 
 #[tokio::test]
