@@ -260,6 +260,15 @@ fn post_social_reads_the_aol_social_platform_field() {
     assert!(std::fs::read_to_string(artifact).unwrap().contains("platform: twitter"));
 }
 
+#[test]
+fn the_aol_statuses_are_refused_with_their_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    for (old, new) in [("READY", "is PENDING here"), ("failed", "is DLQ here")] {
+        let o = run(bin(dir.path()).args(["actions", "list", "--status", old]));
+        refused(&o, 2, &[&format!("{} (an earlier system's status) {new}", old.to_ascii_uppercase())]);
+    }
+}
+
 #[tokio::test]
 async fn the_admin_api_run_once_honours_the_switches() {
     use crate::http_api::{admin, config, state};
