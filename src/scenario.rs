@@ -362,8 +362,12 @@ fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow:
     };
     std::fs::write(&path, text)?;
     let none = |_: &str| None;
-    let mut config =
-        Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })?;
+    let mut config = Config::load_from(Inputs {
+        config_file: Some(&path),
+        env: &none,
+        env_names: &[],
+        overrides: Overrides::default(),
+    })?;
     config.database_url = format!("sqlite:{}", tmp.join("scenario.db").display());
     config.rules_dir = rules_dir.to_path_buf();
     config.artifacts_dir = tmp.join("artifacts");

@@ -402,6 +402,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         http_listen,
     };
     let config = Config::load(cli.config.as_deref(), overrides.clone())?;
+    for line in &config.deprecations {
+        tracing::warn!("{line}");
+    }
     // What SIGHUP reads again: the same file and flags.
     let config_file = cli.config.clone();
     let reload: Reload = std::sync::Arc::new(move || Config::load(config_file.as_deref(), overrides.clone()));
@@ -425,7 +428,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
+    // The earlier systems' switches: refused before the database is touched.
+    let acts = match &cli.command {
+        Command::Run { .. } | Command::Worker { .. } => Some(false),
+        Command::RunOnce { dry_run: false } => Some(true),
+        _ => None,
+    };
+    if let Some(why) = acts.and_then(|on_demand| config.acting.refusal(on_demand)) {
+        return Err(fail(exit::USAGE, why));
+    }
     let store = open_store(&config).await?;
+    if acts.is_some() && config.acting == config::Acting::Paused {
+        store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
+        tracing::warn!("ORCHESTRATOR_MODE=PAUSED: the shared paused flag is set; `orchestrator resume` clears it");
+    }
     let code = dispatch(cli.command, &config, &store, &out, reload).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");

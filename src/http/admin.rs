@@ -210,6 +210,9 @@ async fn run_once(
     axum::Extension(who): axum::Extension<Who>,
 ) -> Result<Response, ApiError> {
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), "admin API: run-once requested");
+    if let Some(why) = st.config.acting.refusal(true) {
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
+    }
     match st.engine.tick().await? {
         TickOutcome::Ran(report) => {
             if !st.ticking

@@ -12,6 +12,7 @@ mod cli;
 mod command;
 mod conserving;
 mod decide;
+mod environment;
 mod execute;
 mod hostile;
 mod lease;
