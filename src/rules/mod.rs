@@ -562,6 +562,10 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
     };
     let reason = match &k {
         Kind::Alert { message, .. } => message.clone(),
+        // Stored with the override, so held to the bound of an operator's reason.
+        Kind::SetLimit { .. } => {
+            crate::limits::check_override_reason(&text("reason")?).map_err(|e| format!("set_limit `reason`: {e}"))?
+        }
         _ => text("reason")?,
     };
     Ok(Decision { rule: rule.to_string(), kind: k, priority, reason })
@@ -595,6 +599,12 @@ mod tests {
         assert!(with("type", "a b".into()).contains("set_limit"));
         assert!(with("seconds", 0.into()).contains("from 1s to 30 days"));
         assert!(with("seconds", (30 * 86_400 + 1).into()).contains("30 days"));
+        let long = "x".repeat(crate::limits::MAX_REASON_CHARS + 1);
+        assert!(with("reason", long.into()).contains("set_limit `reason`: the reason must be 1 to 500 characters"));
+        let longest = "x".repeat(crate::limits::MAX_REASON_CHARS);
+        let mut o = base.clone();
+        o["reason"] = format!(" {longest} ").into();
+        assert_eq!(decision_from_json("r", &o).unwrap().reason, longest, "kept trimmed, as an operator's");
         let mut count = base.clone();
         count["field"] = "max_running".into();
         count["value"] = (-1).into();
