@@ -45,6 +45,9 @@ impl FromStr for Rate {
             return Err(bad(&format!("must allow 1 to {MAX_LIMIT} starts")));
         }
         let period = period.trim();
+        if period.is_empty() {
+            return Err(bad("has no period after '/'"));
+        }
         let period =
             if period.starts_with(|c: char| c.is_ascii_digit()) { period.to_string() } else { format!("1{period}") };
         let period = crate::config::parse_duration(&period).map_err(|e| bad(&format!("has a bad period: {e}")))?;
@@ -361,10 +364,11 @@ mod tests {
         assert_eq!("50/1s".parse::<Rate>().unwrap().period, Duration::from_secs(1));
         assert_eq!("5/m".parse::<Rate>().unwrap().period, Duration::from_secs(60));
         assert_eq!("10/90s".parse::<Rate>().unwrap().to_string(), "10/1m 30s");
-        for bad in ["300", "0/1h", "x/1h", "-3/1h", "3/0s", "3/2d", "3/1.5s", "3/fortnight"] {
+        for bad in ["300", "0/1h", "x/1h", "-3/1h", "3/0s", "3/2d", "3/1.5s", "3/fortnight", "1/", "1/ "] {
             let e = bad.parse::<Rate>().unwrap_err();
             assert!(e.contains("N/PERIOD"), "{bad}: {e}");
         }
+        assert!("1/".parse::<Rate>().unwrap_err().contains("has no period after '/'"));
     }
 
     #[test]

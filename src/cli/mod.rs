@@ -108,7 +108,7 @@ pub enum Command {
         /// Attempts run at once (1 to 4096; default: dispatch_concurrency).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
         concurrency: Option<u32>,
-        /// Serve only these action types (comma-separated; default: every type).
+        /// Serve only these action types (comma-separated, at most 1,000; default: every type).
         #[arg(long, value_name = "TYPES", value_delimiter = ',')]
         types: Vec<String>,
     },
@@ -357,6 +357,55 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// The most of one value a command-line error quotes, in characters.
+pub const MAX_QUOTED_CHARS: usize = 80;
+/// The most of a command-line error shown, in characters (a backstop for what is not quoted).
+const MAX_USAGE_ERROR_CHARS: usize = 2_000;
+
+/// Prints what `Cli::try_parse` returned instead of a command line and gives its exit code:
+/// help and version as clap prints them, a usage error on stderr with every quoted value cut
+/// to [`MAX_QUOTED_CHARS`] (an argument of 20 KB is not echoed back in full).
+pub fn parse_failure(e: &clap::Error) -> u8 {
+    if !e.use_stderr() {
+        // Help and version: stdout, exit 0; a closed stdout is not an error.
+        let _ = e.print();
+        return u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
+    }
+    eprint!("{}", cut_quoted(&e.render().to_string(), MAX_QUOTED_CHARS, MAX_USAGE_ERROR_CHARS));
+    u8::try_from(e.exit_code()).unwrap_or(exit::USAGE)
+}
+
+/// `text` with every `'...'` span longer than `max` characters cut to its first `max` and the
+/// count of the rest, and the whole cut at `total` characters.
+fn cut_quoted(text: &str, max: usize, total: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(total + 64));
+    let mut rest = text;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        let Some(close) = inner.find('\'') else {
+            rest = inner;
+            break;
+        };
+        let quoted = &inner[..close];
+        let n = quoted.chars().count();
+        if n > max {
+            out.extend(quoted.chars().take(max));
+            out.push_str(&format!("… ({} more characters)", n - max));
+        } else {
+            out.push_str(quoted);
+        }
+        out.push('\'');
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > total {
+        out = out.chars().take(total).collect();
+        out.push_str("…\n");
+    }
+    out
+}
+
 /// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
     use std::io::Write as _;
@@ -526,15 +575,9 @@ async fn dispatch(
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::Worker { concurrency, types, listen, no_http } => {
-            let mut seen = std::collections::BTreeSet::new();
-            for t in &types {
-                crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
-                seen.insert(t.clone());
-            }
-            let options = crate::worker::WorkerOptions {
-                concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
-                types: seen.into_iter().collect(),
-            };
+            let types = crate::worker::served_types(&types).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
+            let options =
+                crate::worker::WorkerOptions { concurrency: concurrency.unwrap_or(config.dispatch_concurrency), types };
             let registry = Registry::from_config(config)?;
             // Its config's limits hold from its first claim, even before any `run` wrote them.
             crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
@@ -881,5 +924,29 @@ pub(crate) async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_cut_what_they_quote() {
+        let long = "k".repeat(20_000);
+        let text = format!("error: invalid value '{long}' for '--limit <N>'\n\nFor more information, try '--help'.\n");
+        let cut = cut_quoted(&text, 80, 2_000);
+        assert_eq!(
+            cut,
+            format!(
+                "error: invalid value '{}… (19920 more characters)' for '--limit <N>'\n\nFor more information, try '--help'.\n",
+                "k".repeat(80)
+            )
+        );
+        assert_eq!(cut_quoted("no quotes", 3, 100), "no quotes");
+        assert_eq!(cut_quoted("'abcd' and 'é'", 3, 100), "'abc… (1 more characters)' and 'é'");
+        // A quote inside the value unpairs the rest: the whole is still bounded.
+        let odd = format!("error: invalid value 'it's {long}' for '--limit <N>'");
+        assert!(cut_quoted(&odd, 80, 2_000).chars().count() <= 2_002);
     }
 }
