@@ -162,6 +162,13 @@ pub enum Command {
     /// Check proof and run artifacts against the sha256 recorded in the execution logs.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Copy the SQLite database into FILE while daemons and workers run (a consistent copy,
+    /// checked before it is named); on PostgreSQL, print the pg_dump line to use.
+    Backup {
+        /// The copy to write (refused if it exists).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Execution logs, newest first; with --follow, the last --limit oldest first, then new
     /// rows as they land, until Ctrl-C.
     Logs {
@@ -425,6 +432,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
+    if let Command::Backup { file } = &cli.command
+        && matches!(crate::store::normalize_url(&config.database_url), Ok((crate::store::Backend::Postgres, _)))
+    {
+        return Err(fail(exit::ERROR, crate::store::pg_dump_advice(&config.database_url, file)));
+    }
     let store = open_store(&config).await?;
     let code = dispatch(cli.command, &config, &store, &out, reload).await;
     if let Err(e) = store.close().await {
@@ -666,6 +678,22 @@ async fn dispatch(
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
         Command::Completions { .. } | Command::Manpage => {}
+        Command::Backup { file } => {
+            let backup = store.backup_into(&file).await?;
+            let counts: Vec<String> =
+                backup.actions.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{n} {s}")).collect();
+            out.message(
+                &backup,
+                &format!(
+                    "backup written to {} ({} bytes, integrity ok): {} action(s) ({}), last tick {}",
+                    backup.file.display(),
+                    backup.bytes,
+                    backup.actions.values().sum::<i64>(),
+                    counts.join(", "),
+                    backup.last_tick.map_or_else(|| "none".to_string(), |t| t.to_string())
+                ),
+            );
+        }
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
             let host = gethostname::gethostname().to_string_lossy().into_owned();

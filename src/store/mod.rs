@@ -8,6 +8,8 @@
 //! Architecture invariant: no other module imports `sea_orm`.
 
 mod actions;
+mod backup;
+pub use backup::{Backup, pg_dump_advice};
 mod decide;
 mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
@@ -87,6 +89,9 @@ pub enum StoreError {
     Internal(String),
     #[error("action {0} not found")]
     NotFound(i64),
+    /// A file the store writes outside the database (a backup) could not be written.
+    #[error("{doing}: {cause}")]
+    File { doing: String, cause: std::io::Error },
     #[error("row {table}#{id} holds an invalid value: {reason}")]
     Corrupt { table: &'static str, id: i64, reason: String },
 }

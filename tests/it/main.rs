@@ -7,6 +7,7 @@
 
 mod support;
 
+mod backup;
 mod chaos;
 mod cli;
 mod command;
