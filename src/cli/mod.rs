@@ -603,7 +603,7 @@ async fn dispatch(
                         exit::LEASE_HELD,
                         format!(
                             "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                            config.lease_name,
+                            crate::lease::LEASE_NAME,
                             expires_at.to_rfc3339()
                         ),
                     ));
@@ -639,7 +639,7 @@ async fn dispatch(
                 out.lease(report.lease.as_ref());
             }
             LeaseCommand::Release { force } => {
-                let lease = store.lease(&config.lease_name).await?;
+                let lease = store.lease(crate::lease::LEASE_NAME).await?;
                 let now = store.db_now().await?;
                 match lease {
                     Some(l) if l.expires_at > now && !force => {
@@ -655,7 +655,7 @@ async fn dispatch(
                         ));
                     }
                     _ => {
-                        let released = store.release_lease(&config.lease_name, None).await?;
+                        let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
                         let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
                         out.message(&serde_json::json!({"released": released}), msg);
                     }
@@ -771,7 +771,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
 async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
     let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
     let counts = status::Counts::AllHistory;
-    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, counts, config.workers.ttl).await?)
+    Ok(status::read(store, crate::lease::LEASE_NAME, &policy, &config.rules.health, counts, config.workers.ttl).await?)
 }
 
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {

@@ -19,6 +19,7 @@ mod lease;
 mod limits;
 mod limits_surface;
 mod machine;
+mod one_queue;
 mod peer;
 mod queue;
 mod store;
