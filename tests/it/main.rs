@@ -21,6 +21,7 @@ mod limits_surface;
 mod machine;
 mod one_queue;
 mod peer;
+mod pgbouncer;
 mod queue;
 mod store;
 mod tick;
