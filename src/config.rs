@@ -48,7 +48,6 @@ pub struct Config {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    pub lease_name: String,
     pub lease_ttl: Duration,
     pub heartbeat: Duration,
     pub action_timeout: Duration,
@@ -388,12 +387,21 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
 }
 
 /// Keys that no longer exist, refused with what replaced them.
-const RETIRED: &[Retired] = &[Retired {
-    name: "http.stale_tick_intervals",
-    message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
-              liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
-              intervals when those are longer); remove it",
-}];
+const RETIRED: &[Retired] = &[
+    Retired {
+        name: "http.stale_tick_intervals",
+        message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
+                  liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
+                  intervals when those are longer); remove it",
+    },
+    Retired {
+        name: "lease_name",
+        message: "lease_name is no longer a setting: one database is one queue with one leader, whatever the \
+                  lease is called, so two names on one database were two leaders of the same queue. Remove it; \
+                  for a separate queue use a separate database: another SQLite file, or another PostgreSQL \
+                  database or schema (database_url: postgres://USER@HOST/DB?options[search_path]=SCHEMA)",
+    },
+];
 
 /// Every key but the adapters', in the order they apply (a key checked against another comes
 /// after it) and the key table lists them.
@@ -444,14 +452,6 @@ pub const KEYS: &[Key<Config>] = &[
             format!("backoff_max_seconds ({v}) must be at least backoff_base_seconds ({base})")
         })?;
         c.backoff_max = max;
-    }),
-    key!(text "lease_name": String = Value("orchestrator"),
-    "The lease instances share (one queue per lease name)",
-    |c, v, at| {
-        at.check(!v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control), || {
-            "lease_name must be 1 to 200 printable characters".into()
-        })?;
-        c.lease_name = v;
     }),
     key!("heartbeat_seconds": f64 = Value("5"),
         "How often the lease holder renews its lease",

@@ -162,6 +162,13 @@ pub enum Command {
     /// Check proof and run artifacts against the sha256 recorded in the execution logs.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Copy the SQLite database into FILE while daemons and workers run (a consistent copy,
+    /// checked before it is named); on PostgreSQL, print the pg_dump line to use.
+    Backup {
+        /// The copy to write (refused if it exists).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Execution logs, newest first; with --follow, the last --limit oldest first, then new
     /// rows as they land, until Ctrl-C.
     Logs {
@@ -486,6 +493,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(why) = acts.and_then(|on_demand| config.acting.refusal(on_demand)) {
         return Err(fail(exit::USAGE, why));
     }
+    if let Command::Backup { file } = &cli.command
+        && matches!(crate::store::normalize_url(&config.database_url), Ok((crate::store::Backend::Postgres, _)))
+    {
+        return Err(fail(exit::ERROR, crate::store::pg_dump_advice(&config.database_url, file)));
+    }
     let store = open_store(&config).await?;
     if acts.is_some() && config.acting == config::Acting::Paused {
         store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
@@ -654,7 +666,7 @@ async fn dispatch(
                         exit::LEASE_HELD,
                         format!(
                             "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                            config.lease_name,
+                            crate::lease::LEASE_NAME,
                             expires_at.to_rfc3339()
                         ),
                     ));
@@ -690,7 +702,7 @@ async fn dispatch(
                 out.lease(report.lease.as_ref());
             }
             LeaseCommand::Release { force } => {
-                let lease = store.lease(&config.lease_name).await?;
+                let lease = store.lease(crate::lease::LEASE_NAME).await?;
                 let now = store.db_now().await?;
                 match lease {
                     Some(l) if l.expires_at > now && !force => {
@@ -706,7 +718,7 @@ async fn dispatch(
                         ));
                     }
                     _ => {
-                        let released = store.release_lease(&config.lease_name, None).await?;
+                        let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
                         let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
                         out.message(&serde_json::json!({"released": released}), msg);
                     }
@@ -729,6 +741,22 @@ async fn dispatch(
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
         Command::Completions { .. } | Command::Manpage => {}
+        Command::Backup { file } => {
+            let backup = store.backup_into(&file).await?;
+            let counts: Vec<String> =
+                backup.actions.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{n} {s}")).collect();
+            out.message(
+                &backup,
+                &format!(
+                    "backup written to {} ({} bytes, integrity ok): {} action(s) ({}), last tick {}",
+                    backup.file.display(),
+                    backup.bytes,
+                    backup.actions.values().sum::<i64>(),
+                    counts.join(", "),
+                    backup.last_tick.map_or_else(|| "none".to_string(), |t| t.to_string())
+                ),
+            );
+        }
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
             let host = gethostname::gethostname().to_string_lossy().into_owned();
@@ -806,7 +834,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
 async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
     let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
     let counts = status::Counts::AllHistory;
-    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, counts, config.workers.ttl).await?)
+    Ok(status::read(store, crate::lease::LEASE_NAME, &policy, &config.rules.health, counts, config.workers.ttl).await?)
 }
 
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {

@@ -105,8 +105,9 @@ const EARLIER: &[Earlier] = &[
         name: "ORCHESTRATOR_DEFAULT_NAME",
         system: "NANO-OS",
         meaning: Meaning::Refused(
-            "named the orchestrator whose state a process used; here the instances that share one queue \
-             share `lease_name` (ORCHESTRATOR_LEASE_NAME); set that if you meant it, and remove this variable",
+            "named the orchestrator whose state a process used; here one database is one queue, so for a \
+             separate one use a separate database (another SQLite file, or a PostgreSQL database); remove this \
+             variable",
         ),
     },
     Earlier { name: "AOL_TICK_INTERVAL_SECONDS", system: "AOL", meaning: Meaning::Key("tick_interval_seconds") },
@@ -252,6 +253,10 @@ fn unknown(name: &str, keys: &[KeyInfo]) -> Option<String> {
         ));
     }
     let suffix = name.strip_prefix("ORCHESTRATOR_")?.to_ascii_lowercase();
+    // A retired key's variable is refused where the key is, with what replaced it.
+    if super::RETIRED.iter().any(|r| r.name == suffix) {
+        return None;
+    }
     let top = |k: &KeyInfo| k.name.split('.').next().unwrap_or_default().to_string();
     if keys.iter().any(|k| k.env && top(k) == suffix) {
         return None;

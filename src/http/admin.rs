@@ -305,7 +305,7 @@ async fn run_once(
             StatusCode::CONFLICT,
             format!(
                 "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                st.config.lease_name,
+                crate::lease::LEASE_NAME,
                 expires_at.to_rfc3339()
             ),
         )),

@@ -196,7 +196,8 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     engine.set_rules(rule_set(&config, &[("c", &format!("[cancel({a}, \"x\"), pause(\"p\")]"))]));
     // Another instance takes over between our lease acquire and our writes: bump the epoch
     // under our feet by rewriting the lease row after our acquire (the rule runs after it).
-    let fence = orchestrator::store::Fence { lease_name: config.lease_name.clone(), epoch: 999, tick_id: None };
+    let fence =
+        orchestrator::store::Fence { lease_name: orchestrator::lease::LEASE_NAME.into(), epoch: 999, tick_id: None };
     let res = db.store.cancel(orchestrator::store::Authority::Lease(&fence), a, Some("x")).await;
     assert!(res.unwrap_err().to_string().contains("fenced"), "a write under a stale epoch is refused");
     assert!(db.store.set_paused_fenced(&fence, true).await.is_err());

@@ -153,10 +153,10 @@ fn orchestrator_mode_continuous_and_scheduled_are_the_daemon() {
 }
 
 #[test]
-fn orchestrator_default_name_is_refused_naming_lease_name() {
+fn orchestrator_default_name_is_refused_naming_a_separate_database() {
     let dir = tempfile::tempdir().unwrap();
     let o = orch(dir.path(), &[("ORCHESTRATOR_DEFAULT_NAME", "default")], &["status"]);
-    refused(&o, 1, &["environment variable ORCHESTRATOR_DEFAULT_NAME", "ORCHESTRATOR_LEASE_NAME"]);
+    refused(&o, 1, &["environment variable ORCHESTRATOR_DEFAULT_NAME", "a separate database"]);
 }
 
 #[test]

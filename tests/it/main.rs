@@ -7,6 +7,7 @@
 
 mod support;
 
+mod backup;
 mod chaos;
 mod cli;
 mod command;
@@ -20,7 +21,9 @@ mod limit_writes;
 mod limits;
 mod limits_surface;
 mod machine;
+mod one_queue;
 mod peer;
+mod pgbouncer;
 mod queue;
 mod runbook;
 mod store;
