@@ -71,8 +71,13 @@ pub enum StoreError {
     BadUrl { url: String, reason: String },
     // The cause is part of the message and deliberately not a `source`, so that `{:#}` chains
     // print it once.
+    //
+    // `not_there_yet`: the server refused or dropped the connection, is starting up, or has no
+    // such database yet: what waiting can cure (`run` waits for it at start). Otherwise the
+    // database answered with a refusal that only a person can fix (a role, a password, a SQLite
+    // path that cannot be opened).
     #[error("cannot open database {target}: {cause}")]
-    Connect { target: String, cause: DbErr },
+    Connect { target: String, cause: DbErr, not_there_yet: bool },
     #[error("database error while {doing}: {cause}")]
     Db { doing: &'static str, cause: DbErr },
     /// The operation found a state that does not allow it (a conflict, not a fault).
@@ -96,7 +101,7 @@ impl StoreError {
     /// refused request): the daemon backs off and retries these.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
+            StoreError::Connect { not_there_yet, .. } => *not_there_yet,
             StoreError::Db { cause, .. } => match cause {
                 DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
                 DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
@@ -117,6 +122,37 @@ fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
         E::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// A connection refused for a reason that waiting cures: the server is not answering, is
+/// starting up or out of connection slots (SQLSTATE 57P03, 53300), or the database does not
+/// exist yet (3D000, e.g. at first boot before it is created). A SQLite file that cannot be
+/// opened is not: it is a path or a permission to fix.
+fn not_there_yet(backend: Backend, e: &sea_orm::sqlx::Error) -> bool {
+    if backend == Backend::Sqlite {
+        return false;
+    }
+    let code = e.as_database_error().and_then(|d| d.code());
+    sqlx_unavailable(e) || code.is_some_and(|c| matches!(c.as_ref(), "3D000" | "57P03" | "53300"))
+}
+
+/// A pool that could not connect, classified as [`not_there_yet`] says.
+fn connect_error(backend: Backend, target: &str, cause: DbErr) -> StoreError {
+    let not_there_yet = match &cause {
+        DbErr::ConnectionAcquire(_) => backend == Backend::Postgres,
+        e => sqlx_cause(e).is_some_and(|e| not_there_yet(backend, e)),
+    };
+    StoreError::Connect { target: target.to_string(), cause, not_there_yet }
+}
+
+/// The sqlx error under a sea-orm one, if there is one.
+fn sqlx_cause(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match e {
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
     }
 }
 
@@ -238,6 +274,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
         target: target.to_string(),
+        not_there_yet: not_there_yet(backend, &e),
         cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
     };
     let attempt = async {
@@ -253,6 +290,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
                 sqlite_dir_writable(opts.get_filename()).map_err(|why| StoreError::Connect {
                     target: target.to_string(),
                     cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(why)),
+                    not_there_yet: false,
                 })
             }
             Backend::Postgres => {
@@ -270,6 +308,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
         Err(_) => Err(StoreError::Connect {
             target: target.to_string(),
             cause: DbErr::Conn(sea_orm::RuntimeErr::Internal("no answer within 10 s".into())),
+            not_there_yet: true,
         }),
     }
 }
@@ -321,12 +360,12 @@ impl Store {
         probe(backend, &url, &target).await?;
         let db = Database::connect(connect_options(options.sqlite_synchronous_full, options.max_connections))
             .await
-            .map_err(|cause| StoreError::Connect { target: target.clone(), cause })?;
+            .map_err(|cause| connect_error(backend, &target, cause))?;
         let relaxed = if backend == Backend::Sqlite && options.sqlite_synchronous_full {
             Some(
                 Database::connect(connect_options(false, 1))
                     .await
-                    .map_err(|cause| StoreError::Connect { target, cause })?,
+                    .map_err(|cause| connect_error(backend, &target, cause))?,
             )
         } else {
             None

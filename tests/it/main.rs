@@ -20,6 +20,7 @@ mod limits_surface;
 mod machine;
 mod peer;
 mod queue;
+mod startup;
 mod store;
 mod tick;
 mod type_limits;
