@@ -114,6 +114,36 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// What kind of storage fault this is, in a few words that quote nothing from the
+    /// database (for the public `/health`): `disk full`, `I/O error`, `read-only storage`,
+    /// `database locked`, `database unavailable`, or `database error` for the rest.
+    pub fn storage_fault(&self) -> &'static str {
+        if let StoreError::Db { cause, .. } | StoreError::Connect { cause, .. } = self
+            && let Some(e) = sqlx_cause(cause)
+        {
+            if let sea_orm::sqlx::Error::Io(io) = e
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return "disk full";
+            }
+            if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
+                // SQLite's extended result codes keep the primary code in the low byte.
+                let sqlite = code.parse::<u32>().ok().map(|c| c & 0xff);
+                match (sqlite, code.as_ref()) {
+                    (Some(13), _) | (_, "53100") => return "disk full",
+                    (Some(10), _) | (_, "58030") => return "I/O error",
+                    (Some(8), _) | (_, "25006") => return "read-only storage",
+                    (Some(5 | 6), _) => return "database locked",
+                    (Some(11), _) => return "database file corrupt",
+                    _ => {}
+                }
+            }
+        }
+        if self.is_unavailable() { "database unavailable" } else { "database error" }
+    }
+}
+
 /// A connection that broke or could not be had, or a server shutting down (SQLSTATE class
 /// 08, and 57P01-57P03), as opposed to a statement the database refused.
 fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {

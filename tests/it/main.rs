@@ -17,6 +17,7 @@ mod hostile;
 mod lease;
 mod limits;
 mod limits_surface;
+mod liveness;
 mod machine;
 mod peer;
 mod queue;
