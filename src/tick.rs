@@ -272,7 +272,8 @@ impl Engine {
         Ok((snap, flags))
     }
 
-    /// Why this engine's last tick failed on storage; `None` once one runs (or follows).
+    /// Why this engine's last tick failed on storage (the database answered, but could not
+    /// store: a full disk, an I/O error, a lock); `None` once one runs (or follows).
     pub fn tick_fault(&self) -> Option<crate::health::TickFault> {
         self.tick_fault.lock().ok().and_then(|g| g.clone())
     }
@@ -281,7 +282,9 @@ impl Engine {
     pub async fn tick(&self) -> Result<TickOutcome, StoreError> {
         let _gate = self.tick_gate.lock().await;
         let result = self.tick_inner().await;
-        let fault = result.as_ref().err().map(|e| crate::health::TickFault {
+        // A database that does not answer is not a storage fault: `/health` reads it and says
+        // so itself, and says healthy again as soon as it answers.
+        let fault = result.as_ref().err().filter(|e| !e.is_unavailable()).map(|e| crate::health::TickFault {
             at: crate::model::now(),
             kind: e.storage_fault(),
             error: e.to_string(),
