@@ -430,7 +430,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     // The long-running commands start at boot, maybe before their database: they wait for it.
     let store = match &cli.command {
-        Command::Run { .. } | Command::Worker { .. } | Command::Serve { .. } => open_store_waiting(&config).await?,
+        Command::Run { .. } | Command::Worker { .. } | Command::Serve { .. } => {
+            check_before_waiting(&cli.command, &config)?;
+            open_store_waiting(&config).await?
+        }
         _ => open_store(&config).await?,
     };
     let code = dispatch(cli.command, &config, &store, &out, reload).await;
@@ -578,14 +581,9 @@ async fn dispatch(
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::Worker { concurrency, types, listen, no_http } => {
-            let mut seen = std::collections::BTreeSet::new();
-            for t in &types {
-                crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
-                seen.insert(t.clone());
-            }
             let options = crate::worker::WorkerOptions {
                 concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
-                types: seen.into_iter().collect(),
+                types: worker_types(&types)?,
             };
             let worker =
                 crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
@@ -593,9 +591,7 @@ async fn dispatch(
             let server = if no_http {
                 None
             } else {
-                let addr: std::net::SocketAddr = listen.trim().parse().map_err(|e| {
-                    fail(exit::USAGE, format!("--listen '{listen}' is not an address like 127.0.0.1:9465 ({e})"))
-                })?;
+                let addr = worker_listen(&listen)?;
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (--listen): {e}")))?;
@@ -745,6 +741,43 @@ async fn dispatch(
         }
     }
     Ok(exit::OK)
+}
+
+/// `worker --types`: each a valid action type, without repeats.
+fn worker_types(types: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in types {
+        crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
+        seen.insert(t.clone());
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// `worker --listen`.
+fn worker_listen(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    listen
+        .trim()
+        .parse()
+        .map_err(|e| fail(exit::USAGE, format!("--listen '{listen}' is not an address like 127.0.0.1:9465 ({e})")))
+}
+
+/// What `run`, `worker` and `serve` can refuse without a database, checked before they wait
+/// for one: a usage error or an address they may not serve fails at once, not after
+/// `startup_timeout_seconds`.
+fn check_before_waiting(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Worker { types, listen, no_http, .. } => {
+            worker_types(types)?;
+            if !no_http {
+                worker_listen(listen)?;
+            }
+        }
+        Command::Run { no_http: false, .. } | Command::Serve { .. } => {
+            crate::http::check_bind(config.http.listen, &config.admin_tokens).map_err(|m| fail(exit::ERROR, m))?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Loads the rules directory into the engine; a bad rule set stops the command.

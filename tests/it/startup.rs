@@ -5,7 +5,8 @@
 //! - a database that never answers is given up after `startup_timeout_seconds`: exit 69
 //!   (unavailable), having logged each try;
 //! - what waiting cannot cure (a malformed URL, a bad config, a SQLite path that cannot be
-//!   opened, a role PostgreSQL refuses) fails at once with exit 1, as every other command does.
+//!   opened, a role PostgreSQL refuses, a bad `--listen` or `--types`, a public address without
+//!   a token) fails at once with exit 1 or 2, as every other command does.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -177,6 +178,19 @@ async fn what_waiting_cannot_cure_fails_at_once() {
             assert!(stderr(&o).contains(says), "{cmd} {url}: {}", stderr(&o));
             assert_eq!(waits_logged(&o), 0, "{cmd} {url} did not wait: {}", stderr(&o));
         }
+    }
+    // What the command line or the config says wrong is refused before any database is tried.
+    let down = "postgres://postgres@127.0.0.1:1/nope";
+    for (args, code, says) in [
+        (&["worker", "--listen", "nonsense"][..], 2, "--listen 'nonsense' is not an address"),
+        (&["worker", "--types", "bad type"][..], 2, "--types"),
+        (&["run", "--listen", "0.0.0.0:0"][..], 1, "refusing to listen on 0.0.0.0:0 without an admin token"),
+        (&["serve", "--listen", "0.0.0.0:0"][..], 1, "refusing to listen on 0.0.0.0:0 without an admin token"),
+    ] {
+        let o = command(d, down, args[0], &args[1..]).output().unwrap();
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+        assert_eq!(waits_logged(&o), 0, "{args:?} did not wait: {}", stderr(&o));
     }
     // A bad config is refused before any database is tried.
     std::fs::write(d.join("orchestrator.yaml"), "startup_timeout_seconds: -1\n").unwrap();
