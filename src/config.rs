@@ -38,6 +38,9 @@ const MAX_SECONDS: f64 = 365.0 * 86_400.0;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     pub database_url: String,
+    /// `run`, `worker` and `serve` wait this long at start for a database that is not there
+    /// yet, then exit `UNAVAILABLE` (69).
+    pub startup_timeout: Duration,
     pub tick_interval: Duration,
     pub max_actions_per_tick: u32,
     pub max_tick: Duration,
@@ -412,6 +415,9 @@ pub const KEYS: &[Key<Config>] = &[
         at.check(!v.trim().is_empty(), || "database_url must not be empty".into())?;
         c.database_url = v;
     }),
+    key!("startup_timeout_seconds": f64 = Value("60"),
+        "How long `run`, `worker` and `serve` wait at start for a database that does not answer yet",
+        |c, v, at| c.startup_timeout = at.seconds(v, true)?),
     key!("tick_interval_seconds": f64 = Value("5"),
         "Seconds between ticks of `run`; 0: back to back while work is due",
         |c, v, at| c.tick_interval = at.seconds(v, true)?),

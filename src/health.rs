@@ -8,7 +8,8 @@
 //!   a live lease, is the database reachable, is the kill flag set. `healthy` / `degraded` /
 //!   `unhealthy`; `/health`, `orchestrator status` (and its exit code 4) and systemd read it.
 //!
-//! Both are pure functions of what the store read; nothing here touches the database.
+//! Both are pure functions of what the store read (and, for liveness, of the process's own last
+//! tick fault, [`TickFault`]); nothing here touches the database.
 
 use std::time::Duration;
 
@@ -232,6 +233,42 @@ pub fn liveness(
     (verdict, unhealthy)
 }
 
+/// A tick of this process that failed on storage. It could not write (a full disk, say), so
+/// the ledger, which [`liveness`] reads, may not show it: the process that ran it keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TickFault {
+    pub at: DateTime<Utc>,
+    /// A few words that quote nothing from the database (`disk full`, `I/O error`, ...).
+    pub kind: &'static str,
+    /// The whole error, quoted only where notes may be (`/status`, behind the token).
+    pub error: String,
+}
+
+/// Liveness with this process's own last tick fault, if its last tick failed: degraded at
+/// least, at once, with that reason (a ledger that cannot be written would keep saying
+/// healthy until the last recorded tick grows stale).
+pub fn with_tick_fault(
+    (verdict, mut reasons): (Liveness, Vec<String>),
+    fault: Option<&TickFault>,
+    quote: bool,
+) -> (Liveness, Vec<String>) {
+    let Some(f) = fault else { return (verdict, reasons) };
+    let mut reason = format!("this instance's last tick failed on storage ({}) at {}", f.kind, f.at.to_rfc3339());
+    if quote {
+        reason = format!("{reason}: {}", f.error);
+    }
+    match verdict {
+        Liveness::Unhealthy => {
+            reasons.push(reason);
+            (verdict, reasons)
+        }
+        _ => {
+            reasons.insert(0, reason);
+            (Liveness::Degraded, reasons)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +322,21 @@ mod tests {
         let (h, r) = liveness(&OK_FLAGS, Some(LeaseSeen { live: false }), 0, Some(&fresh), &http, now);
         assert_eq!((h, r[0].as_str()), (Liveness::Unhealthy, "no instance holds a live lease"));
         assert_eq!(liveness(&paused, None, 0, Some(&fresh), &http, now).0, Liveness::Degraded, "paused needs no lease");
+    }
+
+    #[test]
+    fn a_tick_fault_degrades_at_once_and_quotes_only_where_asked() {
+        let fault =
+            TickFault { at: model::now(), kind: "disk full", error: "(code: 13) database or disk is full".into() };
+        let (h, r) = with_tick_fault((Liveness::Healthy, Vec::new()), Some(&fault), false);
+        assert_eq!(h, Liveness::Degraded);
+        assert!(r[0].starts_with("this instance's last tick failed on storage (disk full) at "), "{r:?}");
+        assert!(!r[0].contains("code: 13"), "the public reason quotes nothing: {r:?}");
+        let (_, r) = with_tick_fault((Liveness::Degraded, vec!["paused flag is set".into()]), Some(&fault), true);
+        assert!(r[0].ends_with(": (code: 13) database or disk is full") && r.len() == 2, "{r:?}");
+        let (h, r) = with_tick_fault((Liveness::Unhealthy, vec!["killed flag is set".into()]), Some(&fault), false);
+        assert_eq!((h, r[0].as_str()), (Liveness::Unhealthy, "killed flag is set"));
+        assert_eq!(with_tick_fault((Liveness::Healthy, Vec::new()), None, true), (Liveness::Healthy, Vec::new()));
     }
 
     #[test]

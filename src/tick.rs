@@ -89,6 +89,9 @@ pub struct Engine {
     rules: Arc<std::sync::RwLock<Arc<RuleSet>>>,
     rule_metrics: Arc<RuleMetrics>,
     rule_diagnostics: Arc<std::sync::Mutex<RuleDiagnostics>>,
+    /// Why this engine's last tick failed, until one succeeds (liveness reads it: a tick that
+    /// cannot write is not in the ledger).
+    tick_fault: Arc<std::sync::Mutex<Option<crate::health::TickFault>>>,
 }
 
 /// What went wrong with this engine's rules lately, for `/status`.
@@ -135,6 +138,7 @@ impl Engine {
             rules,
             rule_metrics,
             rule_diagnostics: Arc::default(),
+            tick_fault: Arc::default(),
         }
     }
 
@@ -268,10 +272,26 @@ impl Engine {
         Ok((snap, flags))
     }
 
+    /// Why this engine's last tick failed on storage (the database answered, but could not
+    /// store: a full disk, an I/O error, a lock); `None` once one runs (or follows).
+    pub fn tick_fault(&self) -> Option<crate::health::TickFault> {
+        self.tick_fault.lock().ok().and_then(|g| g.clone())
+    }
+
     /// Runs one tick.
     pub async fn tick(&self) -> Result<TickOutcome, StoreError> {
         let _gate = self.tick_gate.lock().await;
         let result = self.tick_inner().await;
+        // A database that does not answer is not a storage fault: `/health` reads it and says
+        // so itself, and says healthy again as soon as it answers.
+        let fault = result.as_ref().err().filter(|e| !e.is_unavailable()).map(|e| crate::health::TickFault {
+            at: crate::model::now(),
+            kind: e.storage_fault(),
+            error: e.to_string(),
+        });
+        if let Ok(mut last) = self.tick_fault.lock() {
+            *last = fault;
+        }
         match &result {
             Ok(TickOutcome::Ran(r)) => {
                 self.metrics.ticks_total.with_label_values(&[r.status.as_str()]).inc();

@@ -29,6 +29,9 @@ pub struct Registration {
     ttl: Duration,
     template: NewWorker,
     id: std::sync::Mutex<Option<String>>,
+    /// When the registration was last written or renewed (taken before the write was asked
+    /// for, so it never looks fresher than the row): it lapses one TTL after.
+    confirmed: std::sync::Mutex<Option<Instant>>,
     in_flight: AtomicI32,
     done: AtomicI64,
     failed: AtomicI64,
@@ -50,6 +53,7 @@ impl Registration {
                 types,
             },
             id: std::sync::Mutex::new(None),
+            confirmed: std::sync::Mutex::new(None),
             in_flight: AtomicI32::new(0),
             done: AtomicI64::new(0),
             failed: AtomicI64::new(0),
@@ -68,6 +72,34 @@ impl Registration {
         }
     }
 
+    fn confirm(&self, asked: Option<Instant>) {
+        if let Ok(mut g) = self.confirmed.lock() {
+            *g = asked;
+        }
+    }
+
+    /// This worker's liveness: `Ok(id)` while it is registered and its registration was
+    /// written or renewed within the TTL; otherwise why not. A heartbeat that keeps failing
+    /// (the database gone or not answering, its write lock held) makes it `Err` one TTL after
+    /// the last renewal, when the row has lapsed for everyone else too, although the id is
+    /// kept for the next renewal to try.
+    pub fn liveness(&self) -> Result<String, String> {
+        let Some(id) = self.id() else {
+            return Err("not registered: heartbeat lapsed or database unreachable".to_string());
+        };
+        let since = self.confirmed.lock().ok().and_then(|g| *g).map(|t| t.elapsed());
+        match since {
+            Some(age) if age < self.ttl => Ok(id),
+            Some(age) => Err(format!(
+                "registration not renewed for {:.1}s (workers.ttl_seconds: {}): cannot renew the heartbeat or \
+                 reach the database",
+                age.as_secs_f64(),
+                self.ttl.as_secs_f64()
+            )),
+            None => Err("registration not confirmed yet".to_string()),
+        }
+    }
+
     fn beat(&self) -> Beat {
         Beat {
             in_flight: self.in_flight.load(Ordering::SeqCst),
@@ -81,11 +113,14 @@ impl Registration {
     /// and the next [`Registration::ensure`] registers under a new id).
     pub async fn renew(&self) -> Result<bool, StoreError> {
         let Some(id) = self.id() else { return Ok(false) };
+        let asked = Instant::now();
         if self.store.worker_heartbeat(&id, self.ttl, self.beat()).await? {
+            self.confirm(Some(asked));
             return Ok(true);
         }
         tracing::warn!(worker = %id, "worker registration lapsed (no heartbeat within the TTL); its claims are rescued");
         self.set_id(None);
+        self.confirm(None);
         Ok(false)
     }
 
@@ -100,9 +135,11 @@ impl Registration {
         new.id = format!("{}:{}:{:08x}", new.host, new.pid, fastrand::u32(..));
         self.done.store(0, Ordering::SeqCst);
         self.failed.store(0, Ordering::SeqCst);
+        let asked = Instant::now();
         self.store.register_worker(&new).await?;
         tracing::info!(worker = %new.id, "worker registered");
         self.set_id(Some(new.id.clone()));
+        self.confirm(Some(asked));
         Ok(new.id)
     }
 
@@ -111,6 +148,7 @@ impl Registration {
         if let Some(id) = self.id() {
             self.store.deregister_worker(&id).await?;
             self.set_id(None);
+            self.confirm(None);
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const LEASE_HELD: u8 = 3;
     pub const UNHEALTHY: u8 = 4;
+    /// `run`, `worker` or `serve` waited `startup_timeout_seconds` for a database that did not
+    /// answer (sysexits' EX_UNAVAILABLE; systemd's `Restart=on-failure` starts it again).
+    pub const UNAVAILABLE: u8 = 69;
 }
 
 /// An error that carries its exit code.
@@ -498,7 +501,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     {
         return Err(fail(exit::ERROR, crate::store::pg_dump_advice(&config.database_url, file)));
     }
-    let store = open_store(&config).await?;
+    // The long-running commands start at boot, maybe before their database: they wait for it.
+    let store = match &cli.command {
+        Command::Run { .. } | Command::Worker { .. } | Command::Serve { .. } => {
+            check_before_waiting(&cli.command, &config)?;
+            open_store_waiting(&config).await?
+        }
+        _ => open_store(&config).await?,
+    };
     if acts.is_some() && config.acting == config::Acting::Paused {
         store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
         tracing::warn!("ORCHESTRATOR_MODE=PAUSED: the shared paused flag is set; `orchestrator resume` clears it");
@@ -543,8 +553,69 @@ fn spawn_limits_reloader(store: Store, reload: Reload) {
 
 /// Connects and migrates, naming the database on failure.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let options = StoreOptions { sqlite_synchronous_full: config.sqlite_synchronous_full, ..StoreOptions::default() };
-    Ok(Store::open(&config.database_url, &options).await?)
+    Ok(Store::open(&config.database_url, &store_options(config)).await?)
+}
+
+fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions { sqlite_synchronous_full: config.sqlite_synchronous_full, ..StoreOptions::default() }
+}
+
+/// The first pause between tries at a database that is not there yet, and the longest.
+const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
+const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// [`open_store`] for `run`, `worker` and `serve`, which start at boot, maybe before their
+/// database: one that is not there yet ([`StoreError::is_unavailable`]: refused, starting up,
+/// not created yet, or dropped mid-migration) is tried again with a backoff from 0.5 s doubling
+/// to 5 s, one log line per try, for `startup_timeout_seconds`; then the command exits
+/// [`exit::UNAVAILABLE`]. Anything else (a malformed URL, a refused role, a SQLite path that
+/// cannot be opened) fails at once, as in every other command.
+///
+/// [`StoreError::is_unavailable`]: crate::store::StoreError::is_unavailable
+async fn open_store_waiting(config: &Config) -> anyhow::Result<Store> {
+    let options = store_options(config);
+    let started = std::time::Instant::now();
+    let timeout = config.startup_timeout;
+    let mut pause = STARTUP_RETRY_FIRST;
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        // A try never runs past the deadline (a host that drops packets answers nothing).
+        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+        let error = match tokio::time::timeout(left, Store::open(&config.database_url, &options)).await {
+            Ok(Ok(store)) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, waited_s = started.elapsed().as_secs_f64(), "database reachable; starting");
+                }
+                return Ok(store);
+            }
+            Ok(Err(e)) if e.is_unavailable() => e.to_string(),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => format!("no answer within {:.1}s", left.as_secs_f64()),
+        };
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(fail(
+                exit::UNAVAILABLE,
+                format!(
+                    "database still not reachable after {:.0}s and {attempt} tries (startup_timeout_seconds: {}): {error}",
+                    waited.as_secs_f64(),
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        let pause_now = pause.min(timeout - waited);
+        tracing::warn!(
+            attempt,
+            retry_in_s = pause_now.as_secs_f64(),
+            waited_s = waited.as_secs_f64(),
+            startup_timeout_s = timeout.as_secs_f64(),
+            error = %error,
+            "database not reachable yet; waiting for it"
+        );
+        tokio::time::sleep(pause_now).await;
+        pause = (pause * 2).min(STARTUP_RETRY_MAX);
+    }
 }
 
 /// Reads the configuration again, as it was read at start (for SIGHUP).
@@ -587,9 +658,10 @@ async fn dispatch(
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::Worker { concurrency, types, listen, no_http } => {
-            let types = crate::worker::served_types(&types).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
-            let options =
-                crate::worker::WorkerOptions { concurrency: concurrency.unwrap_or(config.dispatch_concurrency), types };
+            let options = crate::worker::WorkerOptions {
+                concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
+                types: worker_types(&types)?,
+            };
             let registry = Registry::from_config(config)?;
             // Its config's limits hold from its first claim, even before any `run` wrote them.
             crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
@@ -598,9 +670,7 @@ async fn dispatch(
             let server = if no_http {
                 None
             } else {
-                let addr: std::net::SocketAddr = listen.trim().parse().map_err(|e| {
-                    fail(exit::USAGE, format!("--listen '{listen}' is not an address like 127.0.0.1:9465 ({e})"))
-                })?;
+                let addr = worker_listen(&listen)?;
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (--listen): {e}")))?;
@@ -768,6 +838,38 @@ async fn dispatch(
         }
     }
     Ok(exit::OK)
+}
+
+/// `worker --types`: each a valid action type, without repeats.
+fn worker_types(types: &[String]) -> anyhow::Result<Vec<String>> {
+    crate::worker::served_types(types).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))
+}
+
+/// `worker --listen`.
+fn worker_listen(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    listen
+        .trim()
+        .parse()
+        .map_err(|e| fail(exit::USAGE, format!("--listen '{listen}' is not an address like 127.0.0.1:9465 ({e})")))
+}
+
+/// What `run`, `worker` and `serve` can refuse without a database, checked before they wait
+/// for one: a usage error or an address they may not serve fails at once, not after
+/// `startup_timeout_seconds`.
+fn check_before_waiting(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Worker { types, listen, no_http, .. } => {
+            worker_types(types)?;
+            if !no_http {
+                worker_listen(listen)?;
+            }
+        }
+        Command::Run { no_http: false, .. } | Command::Serve { .. } => {
+            crate::http::check_bind(config.http.listen, &config.admin_tokens).map_err(|m| fail(exit::ERROR, m))?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Loads the rules directory into the engine; a bad rule set stops the command.

@@ -70,7 +70,7 @@ impl AppState {
             quote_notes,
             ..LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
         };
-        status::read(
+        let report = status::read(
             &self.store,
             crate::lease::LEASE_NAME,
             &policy,
@@ -78,7 +78,12 @@ impl AppState {
             counts,
             self.config.workers.ttl,
         )
-        .await
+        .await?;
+        // This process's own tick that failed on storage is not in the ledger: it says so here.
+        let fault = if self.ticking { self.engine.tick_fault() } else { None };
+        let (health, reasons) =
+            crate::health::with_tick_fault((report.health, report.reasons), fault.as_ref(), quote_notes);
+        Ok(StatusReport { health, reasons, ..report })
     }
 }
 
@@ -136,7 +141,8 @@ pub async fn serve(
 
 /// What `orchestrator worker` serves on its own address: its own counters on `/metrics`
 /// (attempts, durations, rejected writes), and on `/health` whether its registration is live
-/// (503 while it is not: a lapsed heartbeat, or no database).
+/// (503 while it is not: not registered, or not renewed within the TTL because the heartbeat
+/// fails or the database is gone; see [`crate::worker::Registration::liveness`]).
 pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<crate::worker::Registration>) -> Router {
     Router::new()
         .route(
@@ -149,18 +155,16 @@ pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<cr
         .route(
             "/health",
             get(move || {
-                let id = registration.id();
+                let (id, liveness) = (registration.id(), registration.liveness());
                 async move {
                     let body = |status: &str, reason: Option<&str>| {
                         serde_json::json!({"of": "worker", "status": status, "worker": id, "reason": reason})
                     };
-                    match &id {
-                        Some(_) => (StatusCode::OK, axum::Json(body("healthy", None))).into_response(),
-                        None => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(body("unhealthy", Some("not registered: heartbeat lapsed or database unreachable"))),
-                        )
-                            .into_response(),
+                    match &liveness {
+                        Ok(_) => (StatusCode::OK, axum::Json(body("healthy", None))).into_response(),
+                        Err(why) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body("unhealthy", Some(why)))).into_response()
+                        }
                     }
                 }
             }),

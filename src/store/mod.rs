@@ -76,8 +76,13 @@ pub enum StoreError {
     BadUrl { url: String, reason: String },
     // The cause is part of the message and deliberately not a `source`, so that `{:#}` chains
     // print it once.
+    //
+    // `not_there_yet`: the server refused or dropped the connection, is starting up, or has no
+    // such database yet: what waiting can cure (`run` waits for it at start). Otherwise the
+    // database answered with a refusal that only a person can fix (a role, a password, a SQLite
+    // path that cannot be opened).
     #[error("cannot open database {target}: {cause}")]
-    Connect { target: String, cause: DbErr },
+    Connect { target: String, cause: DbErr, not_there_yet: bool },
     #[error("database error while {doing}: {cause}{}", pooler_hint(.cause))]
     Db { doing: &'static str, cause: DbErr },
     /// The operation found a state that does not allow it (a conflict, not a fault).
@@ -104,7 +109,7 @@ impl StoreError {
     /// refused request): the daemon backs off and retries these.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Connect { .. } => true,
+            StoreError::Connect { not_there_yet, .. } => *not_there_yet,
             StoreError::Db { cause, .. } => match cause {
                 DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
                 DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
@@ -114,6 +119,36 @@ impl StoreError {
             },
             _ => false,
         }
+    }
+}
+
+impl StoreError {
+    /// What kind of storage fault this is, in a few words that quote nothing from the
+    /// database (for the public `/health`): `disk full`, `I/O error`, `read-only storage`,
+    /// `database locked`, `database unavailable`, or `database error` for the rest.
+    pub fn storage_fault(&self) -> &'static str {
+        if let StoreError::Db { cause, .. } | StoreError::Connect { cause, .. } = self
+            && let Some(e) = sqlx_cause(cause)
+        {
+            if let sea_orm::sqlx::Error::Io(io) = e
+                && io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return "disk full";
+            }
+            if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
+                // SQLite's extended result codes keep the primary code in the low byte.
+                let sqlite = code.parse::<u32>().ok().map(|c| c & 0xff);
+                match (sqlite, code.as_ref()) {
+                    (Some(13), _) | (_, "53100") => return "disk full",
+                    (Some(10), _) | (_, "58030") => return "I/O error",
+                    (Some(8), _) | (_, "25006") => return "read-only storage",
+                    (Some(5 | 6), _) => return "database locked",
+                    (Some(11), _) => return "database file corrupt",
+                    _ => {}
+                }
+            }
+        }
+        if self.is_unavailable() { "database unavailable" } else { "database error" }
     }
 }
 
@@ -132,15 +167,7 @@ fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
 /// does not exist (26000): the driver names its statements per connection, so these mean a
 /// pooler in transaction mode hands one server connection to several of ours.
 fn pooler_hint(cause: &DbErr) -> &'static str {
-    let code = match cause {
-        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
-            match &**e {
-                sea_orm::sqlx::Error::Database(d) => d.code(),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
+    let code = sqlx_cause(cause).and_then(|e| e.as_database_error()).and_then(|d| d.code());
     match code.as_deref() {
         Some("42P05" | "26000") => {
             " (the driver's prepared statements were mixed up between connections: a pooler in transaction \
@@ -148,6 +175,37 @@ fn pooler_hint(cause: &DbErr) -> &'static str {
              max_prepared_statements set, or session mode; see docs/SCALING.md)"
         }
         _ => "",
+    }
+}
+
+/// A connection refused for a reason that waiting cures: the server is not answering, is
+/// starting up or out of connection slots (SQLSTATE 57P03, 53300), or the database does not
+/// exist yet (3D000, e.g. at first boot before it is created). A SQLite file that cannot be
+/// opened is not: it is a path or a permission to fix.
+fn not_there_yet(backend: Backend, e: &sea_orm::sqlx::Error) -> bool {
+    if backend == Backend::Sqlite {
+        return false;
+    }
+    let code = e.as_database_error().and_then(|d| d.code());
+    sqlx_unavailable(e) || code.is_some_and(|c| matches!(c.as_ref(), "3D000" | "57P03" | "53300"))
+}
+
+/// A pool that could not connect, classified as [`not_there_yet`] says.
+fn connect_error(backend: Backend, target: &str, cause: DbErr) -> StoreError {
+    let not_there_yet = match &cause {
+        DbErr::ConnectionAcquire(_) => backend == Backend::Postgres,
+        e => sqlx_cause(e).is_some_and(|e| not_there_yet(backend, e)),
+    };
+    StoreError::Connect { target: target.to_string(), cause, not_there_yet }
+}
+
+/// The sqlx error under a sea-orm one, if there is one.
+fn sqlx_cause(e: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    match e {
+        DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => Some(e),
+        _ => None,
     }
 }
 
@@ -269,6 +327,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
         target: target.to_string(),
+        not_there_yet: not_there_yet(backend, &e),
         cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
     };
     let attempt = async {
@@ -284,6 +343,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
                 sqlite_dir_writable(opts.get_filename()).map_err(|why| StoreError::Connect {
                     target: target.to_string(),
                     cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(why)),
+                    not_there_yet: false,
                 })
             }
             Backend::Postgres => {
@@ -301,6 +361,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
         Err(_) => Err(StoreError::Connect {
             target: target.to_string(),
             cause: DbErr::Conn(sea_orm::RuntimeErr::Internal("no answer within 10 s".into())),
+            not_there_yet: true,
         }),
     }
 }
@@ -352,12 +413,12 @@ impl Store {
         probe(backend, &url, &target).await?;
         let db = Database::connect(connect_options(options.sqlite_synchronous_full, options.max_connections))
             .await
-            .map_err(|cause| StoreError::Connect { target: target.clone(), cause })?;
+            .map_err(|cause| connect_error(backend, &target, cause))?;
         let relaxed = if backend == Backend::Sqlite && options.sqlite_synchronous_full {
             Some(
                 Database::connect(connect_options(false, 1))
                     .await
-                    .map_err(|cause| StoreError::Connect { target, cause })?,
+                    .map_err(|cause| connect_error(backend, &target, cause))?,
             )
         } else {
             None

@@ -99,11 +99,11 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
 }
 
 /// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
+pub(crate) struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
     /// `None` (after printing why) where this process may not mount.
-    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
         let o = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -125,7 +125,20 @@ impl Tmpfs {
         }
     }
 
-    fn resize(&self, size: &str) {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Fills the disk to the last byte with another file.
+    pub(crate) fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        filler.write_all(&[0u8; 1]).ok();
+    }
+
+    pub(crate) fn resize(&self, size: &str) {
         let o = std::process::Command::new("mount")
             .args(["-o", &format!("remount,size={size}")])
             .arg(&self.0)

@@ -253,8 +253,11 @@ fn check_unit(file: &str, exec: &str) {
     for line in [
         // Not `always`: `orchestrator kill` exits 0, and that stop must stay a stop.
         "Restart=on-failure",
-        "StartLimitIntervalSec=600",
-        "StartLimitBurst=5",
+        "RestartSec=5s",
+        // No start limit: a database down for ten minutes at boot is waited for by the process
+        // (startup_timeout_seconds, then exit 69) and by systemd's restarts, never given up on.
+        "StartLimitIntervalSec=0",
+        "Type=exec",
         "#MemoryMax=512M",
         "#CPUQuota=100%",
         "KillSignal=SIGTERM",
@@ -265,6 +268,7 @@ fn check_unit(file: &str, exec: &str) {
     ] {
         assert!(unit.lines().any(|l| l == line), "{file} has {line}");
     }
+    assert!(!unit.lines().any(|l| l.starts_with("StartLimitBurst=")), "{file} sets no start burst");
     if Command::new("systemd-analyze").arg("--version").output().is_err() {
         eprintln!("skipped: systemd-analyze is not installed, so the unit was not verified");
         return;

@@ -1,0 +1,133 @@
+//! Liveness that says so when the process cannot work, through the real binary:
+//! - a worker that cannot renew its registration answers `/health` 503 within a TTL of its
+//!   last renewal, and stays 503: its PostgreSQL database dropped under it, or (SQLite)
+//!   another writer holding the write lock, after which it registers anew and is healthy again;
+//! - a `run` whose tick fails on storage (SQLite on a full disk) answers `/health` degraded at
+//!   once, saying why, although the last tick in the ledger is fresh; healthy again once the
+//!   disk has room.
+
+use std::time::{Duration, Instant};
+
+use orchestrator::store::{Store, StoreOptions};
+
+use crate::faults::Tmpfs;
+use crate::http_live::daemon;
+use crate::startup::LateDatabase;
+use crate::support::http::{Reply, get, wait_for};
+use crate::support::process::{LogLines, Server, spawn_server, terminate};
+use crate::support::{TestDb, bin};
+
+/// A short TTL, renewed every second.
+const WORKER_CONFIG: &str = "workers:\n  ttl_seconds: 3\n  heartbeat_seconds: 1\n  poll_seconds: 0.2\n";
+const TTL: Duration = Duration::from_secs(3);
+
+fn spawn_worker(dir: &std::path::Path, url: &str) -> (Server, LogLines, std::net::SocketAddr) {
+    std::fs::write(dir.join("orchestrator.yaml"), WORKER_CONFIG).unwrap();
+    spawn_server(
+        bin(dir)
+            .args(["--database-url", url, "--log-format", "json", "worker", "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info"),
+    )
+}
+
+/// Polls the worker's `/health` until it is 503; returns that reply and how long it took.
+fn until_unhealthy(addr: std::net::SocketAddr) -> (Reply, Duration) {
+    let start = Instant::now();
+    // Three TTLs is room enough: the code under test says so one TTL after the last renewal.
+    let r = wait_for(addr, "/health", 3 * TTL + Duration::from_secs(5), |r| r.status == 503);
+    (r, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_database_is_dropped_is_unhealthy_within_a_ttl() {
+    let Some(db) = LateDatabase::new("live").await else { return };
+    db.create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, mut logs, addr) = spawn_worker(dir.path(), &db.url);
+    let h = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    assert_eq!(h.json()["status"], "healthy", "{}", h.body);
+
+    db.drop_now().await;
+    let (r, after) = until_unhealthy(addr);
+    let reason = r.json()["reason"].as_str().unwrap_or("").to_string();
+    assert!(reason.starts_with("registration not renewed for"), "{}", r.body);
+    // And it stays so while the database is gone, although the worker keeps its id to retry.
+    tokio::time::sleep(2 * TTL).await;
+    let later = get(addr, "/health");
+    assert_eq!(later.status, 503, "{}", later.body);
+    let logged = logs.wait_for("cannot register the worker", Duration::from_secs(10));
+    eprintln!(
+        "worker, PostgreSQL database dropped: /health 503 {:.1}s after the drop (TTL {:.0}s): {reason}; \
+         still 503 {:.0}s later; its log: {}",
+        after.as_secs_f64(),
+        TTL.as_secs_f64(),
+        2.0 * TTL.as_secs_f64(),
+        logged.contains("cannot register")
+    );
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_renew_for_a_held_lock_is_unhealthy_then_recovers() {
+    let db = TestDb::sqlite().await;
+    let (mut child, mut logs, addr) = spawn_worker(db.dir.path(), &db.url);
+    wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+
+    // Another writer holds the write lock: every heartbeat waits out the busy timeout and fails.
+    let holder = Store::open(&db.url, &StoreOptions { max_connections: 1, ..StoreOptions::default() }).await.unwrap();
+    holder.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
+    let (r, after) = until_unhealthy(addr);
+    assert!(r.json()["reason"].as_str().unwrap_or("").starts_with("registration not renewed for"), "{}", r.body);
+    logs.wait_for("database is locked", Duration::from_secs(15));
+    holder.execute_unprepared("COMMIT").await.unwrap();
+    holder.close().await.ok();
+
+    // The lapsed registration is replaced by a new one, and the worker is healthy again.
+    let back = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    let before = worker_id(&r);
+    assert_ne!(worker_id(&back), before, "a new id after the lapse: {} then {}", r.body, back.body);
+    assert_eq!(terminate(&mut child, Duration::from_secs(30)).code(), Some(0));
+    eprintln!(
+        "worker, SQLite write lock held: /health 503 {:.1}s after the lock (TTL 3s); 200 again under a new id once released",
+        after.as_secs_f64()
+    );
+    db.cleanup().await;
+}
+
+fn worker_id(r: &Reply) -> String {
+    r.json()["worker"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_fails_on_storage_makes_health_degraded_at_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&scratch.path().join("disk"), "16m") else { return };
+    let dir = scratch.path();
+    let url = format!("sqlite:{}", disk.path().join("o.db").display());
+    std::fs::write(dir.join("orchestrator.yaml"), "tick_interval_seconds: 0.2\n").unwrap();
+    let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir, &url, &[]));
+    let h = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    assert_eq!(h.json()["status"], "healthy", "{}", h.body);
+
+    disk.fill();
+    let failed = logs.wait_for("tick failed", Duration::from_secs(60));
+    let seen = Instant::now();
+    // The ledger's last tick is seconds old: without the process's own word /health would say
+    // healthy for a minute.
+    let r = wait_for(addr, "/health", Duration::from_secs(10), |r| r.json()["status"] == "degraded");
+    let after = seen.elapsed();
+    assert_eq!(r.status, 200, "degraded, not unhealthy: {}", r.body);
+    let reasons = r.json()["reasons"].to_string();
+    assert!(reasons.contains("this instance's last tick failed on storage (disk full)"), "{reasons}");
+    assert!(!reasons.contains("code: 13"), "the public /health quotes no error text: {reasons}");
+
+    disk.resize("256m");
+    let back = wait_for(addr, "/health", Duration::from_secs(60), |r| r.json()["status"] == "healthy");
+    assert_eq!(back.status, 200);
+    assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0));
+    eprintln!(
+        "run, SQLite disk full: /health degraded {:.2}s after the first failed tick was logged ({}), healthy again once the disk grew",
+        after.as_secs_f64(),
+        failed.chars().take(200).collect::<String>()
+    );
+}
