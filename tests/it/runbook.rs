@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::faults::Tmpfs;
 use crate::support::process::Server;
 
 const PAGE: &str = include_str!("../../docs/runbook.md");
@@ -104,21 +105,56 @@ fn parse(page: &str) -> Vec<Entry> {
 /// One entry's world: a scratch directory (the service's working directory), its database, its
 /// config file, and the processes it started.
 struct Ctx {
-    dir: tempfile::TempDir,
+    /// The service's working directory: the database, `rules/`, `artifacts/` and the config.
+    work: PathBuf,
     database_url: String,
     config: Option<PathBuf>,
     children: Vec<Server>,
+    /// A small filesystem under `work`, for the entry that fills it.
+    disk: Option<Tmpfs>,
+    /// A PostgreSQL database of the entry's own: the server's URL and the name, dropped at the end.
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
 }
 
 impl Ctx {
     fn sqlite() -> Ctx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = format!("sqlite:{}", dir.path().join("orchestrator.db").display());
-        Ctx { dir, database_url, config: None, children: Vec::new() }
+        let work = dir.path().to_path_buf();
+        let database_url = format!("sqlite:{}", work.join("orchestrator.db").display());
+        Ctx { work, database_url, config: None, children: Vec::new(), disk: None, pg: None, _dir: dir }
+    }
+
+    /// A PostgreSQL database name that does not exist yet, with `PGHOST`, `PGPORT`, `PGUSER` and
+    /// `PGDATABASE` set for `createdb` and `psql`; `None` (after saying why) without one.
+    fn postgres_not_created() -> Option<Ctx> {
+        let Ok(base) = std::env::var(crate::support::db::PG_ENV) else {
+            eprintln!(
+                "skipped: {} is not set, so the runbook's PostgreSQL entry did not run",
+                crate::support::db::PG_ENV
+            );
+            return None;
+        };
+        let mut ctx = Ctx::sqlite();
+        let name = format!("runbook_{:012x}", fastrand::u64(..1 << 48));
+        let server = base.split('?').next().unwrap_or(&base).rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
+        ctx.database_url = format!("{server}/{name}");
+        ctx.pg = Some((format!("{server}/postgres"), name));
+        Some(ctx)
+    }
+
+    /// The same on a 16 MB tmpfs; `None` (after saying why) where this process may not mount.
+    fn sqlite_on_small_disk() -> Option<Ctx> {
+        let mut ctx = Ctx::sqlite();
+        let work = ctx.work.join("disk");
+        ctx.disk = Some(Tmpfs::mount(&work, "16m")?);
+        ctx.database_url = format!("sqlite:{}", work.join("orchestrator.db").display());
+        ctx.work = work;
+        Some(ctx)
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        &self.work
     }
 
     /// Writes the config file the commands read through `ORCHESTRATOR_CONFIG`.
@@ -142,6 +178,15 @@ impl Ctx {
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.env("PATH", format!("{}:{path}", bin_dir.display()));
         cmd.env("DATABASE_URL", &self.database_url);
+        if let Some((admin, name)) = &self.pg {
+            // postgres://USER@HOST:PORT/DB, as createdb and psql read it from the environment.
+            let rest = admin.trim_start_matches("postgres://").trim_start_matches("postgresql://");
+            let (user, host_port) = rest.split_once('@').unwrap_or(("postgres", rest));
+            let host_port = host_port.split('/').next().unwrap_or(host_port);
+            let (host, port) = host_port.split_once(':').unwrap_or((host_port, "5432"));
+            cmd.env("PGUSER", user.split(':').next().unwrap_or(user)).env("PGHOST", host).env("PGPORT", port);
+            cmd.env("PGDATABASE", name);
+        }
         if let Some(c) = &self.config {
             cmd.env("ORCHESTRATOR_CONFIG", c);
         }
@@ -223,6 +268,16 @@ impl Ctx {
     }
 }
 
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.children.clear();
+        if let Some((admin, name)) = &self.pg {
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            Command::new("psql").arg(admin).args(["-q", "-c", &drop]).output().ok();
+        }
+    }
+}
+
 fn output(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -230,8 +285,15 @@ fn output(o: &Output) -> String {
 /// What the test does for one entry: create the symptom, then the prose part of the fix.
 struct Scenario {
     title: &'static str,
+    /// Where the entry runs (a fresh SQLite database by default); `None` after saying why it
+    /// cannot run here.
+    world: fn() -> Option<Ctx>,
     symptom: fn(&mut Ctx),
     prose_fix: fn(&mut Ctx),
+}
+
+fn sqlite() -> Option<Ctx> {
+    Some(Ctx::sqlite())
 }
 
 fn nothing(_: &mut Ctx) {}
@@ -239,6 +301,7 @@ fn nothing(_: &mut Ctx) {}
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         title: "Stuck lease",
+        world: sqlite,
         symptom: |ctx| {
             // A daemon with a long TTL that dies holding the lease.
             ctx.write_config("lease_ttl_seconds: 600\nheartbeat_seconds: 1\n");
@@ -251,6 +314,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "DLQ growing",
+        world: sqlite,
         symptom: |ctx| {
             ctx.orchestrator(&["enqueue", "WEBHOOK", "--payload", r#"{"target":"crm","body":{"n":1}}"#]);
             ctx.orchestrator(&["enqueue", "WEBHOOK", "--payload", r#"{"target":"crm","body":{"n":2}}"#]);
@@ -262,6 +326,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Nothing is processing: paused",
+        world: sqlite,
         symptom: |ctx| {
             ctx.orchestrator(&["enqueue", "NOOP", "--key", "waiting"]);
             ctx.orchestrator(&["pause"]);
@@ -271,6 +336,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Nothing is processing: killed",
+        world: sqlite,
         symptom: |ctx| {
             ctx.orchestrator(&["enqueue", "NOOP", "--key", "waiting"]);
             ctx.orchestrator(&["kill"]);
@@ -280,6 +346,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Nothing is processing: a limit holds the work",
+        world: sqlite,
         symptom: |ctx| {
             ctx.orchestrator(&["enqueue", "NOOP", "--key", "held"]);
             ctx.orchestrator(&["limits", "set", "NOOP", "--max-running", "0"]);
@@ -288,6 +355,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Nothing is processing: no live worker serves the type",
+        world: sqlite,
         symptom: |ctx| {
             ctx.write_config("workers:\n  heartbeat_seconds: 0.5\n  ttl_seconds: 3\n  poll_seconds: 0.2\n");
             for k in ["w1", "w2", "w3"] {
@@ -300,6 +368,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "A dead worker",
+        world: sqlite,
         symptom: |ctx| {
             ctx.write_config("workers:\n  heartbeat_seconds: 0.5\n  ttl_seconds: 2\n  poll_seconds: 0.2\n");
             // Proof mode renders a NOOP without running it: the sleep needs real mode. The tick
@@ -317,6 +386,7 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Rules fail to load",
+        world: sqlite,
         symptom: |ctx| {
             let rules = ctx.path().join("rules");
             std::fs::create_dir_all(&rules).expect("rules dir");
@@ -332,11 +402,69 @@ const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         title: "Proof mode stuck on",
+        world: sqlite,
         symptom: |ctx| {
             ctx.write_config("proof_mode: enforced\n");
             ctx.orchestrator(&["run-once"]);
         },
         prose_fix: |ctx| ctx.write_config("proof_mode: flag\n"),
+    },
+    Scenario {
+        title: "Database down at boot",
+        world: Ctx::postgres_not_created,
+        symptom: |ctx| {
+            ctx.write_config("tick_interval_seconds: 0.5\n");
+            ctx.spawn(&["run", "--no-http"]);
+            std::thread::sleep(Duration::from_secs(1));
+        },
+        prose_fix: nothing,
+    },
+    Scenario {
+        title: "Disk full",
+        world: Ctx::sqlite_on_small_disk,
+        symptom: |ctx| {
+            ctx.spawn(&["run", "--no-http", "--interval", "0.5"]);
+            ctx.wait_for(&["ticks", "--limit", "1"], "IDLE", Duration::from_secs(30));
+            ctx.disk.as_ref().expect("the small disk").fill();
+            ctx.wait_for(&["enqueue", "NOOP", "--key", "probe-filling"], "full", Duration::from_secs(30));
+        },
+        prose_fix: |ctx| ctx.disk.as_ref().expect("the small disk").resize("64m"),
+    },
+    Scenario {
+        title: "Restore from a backup",
+        world: sqlite,
+        symptom: |ctx| {
+            let post = r#"{"platform":"mastodon","content":"before the backup","audience":"all"}"#;
+            ctx.orchestrator(&["enqueue", "POST_SOCIAL", "--payload", post, "--key", "before-backup"]);
+            ctx.orchestrator(&["run-once"]);
+            std::fs::create_dir_all(ctx.path().join("backups")).expect("backups dir");
+            ctx.orchestrator(&["backup", "backups/orchestrator-daily.db"]);
+            ctx.orchestrator(&["enqueue", "NOOP", "--key", "after-backup"]);
+            // The damage: the file's pages overwritten, the WAL gone.
+            let db = ctx.path().join("orchestrator.db");
+            std::fs::write(&db, vec![0x5a; 64 * 1024]).expect("overwrite the database");
+            for side in ["orchestrator.db-wal", "orchestrator.db-shm"] {
+                std::fs::remove_file(ctx.path().join(side)).ok();
+            }
+        },
+        prose_fix: nothing,
+    },
+    Scenario {
+        title: "A rule that alerts in a loop",
+        world: sqlite,
+        symptom: |ctx| {
+            std::fs::create_dir_all(ctx.path().join("rules")).expect("rules dir");
+            // Keyed on the time: every tick is a new alert.
+            let rule = "[alert(\"warning\", `queue at ${snap.now}`, `at-${snap.now}`, 5)]\n";
+            std::fs::write(ctx.path().join("rules/noisy.rhai"), rule).expect("write the rule");
+            for _ in 0..3 {
+                ctx.orchestrator(&["run-once"]);
+            }
+        },
+        prose_fix: |ctx| {
+            let rule = "[alert(\"warning\", `queue at ${snap.now}`, \"queue-deep\", 5)]\n";
+            std::fs::write(ctx.path().join("rules/noisy.rhai"), rule).expect("rewrite the rule");
+        },
     },
 ];
 
@@ -351,7 +479,7 @@ fn run_entry(title: &str) {
     }
     assert!(parts.is_sorted_by_key(|p| *p as u8), "runbook entry {title:?}: confirm, then fix, then verify");
 
-    let mut ctx = Ctx::sqlite();
+    let Some(mut ctx) = (scenario.world)() else { return };
     (scenario.symptom)(&mut ctx);
     let mut fixed = false;
     for (part, lines) in &entry.blocks {
@@ -423,4 +551,24 @@ fn rules_fail_to_load() {
 #[test]
 fn proof_mode_stuck_on() {
     run_entry("Proof mode stuck on");
+}
+
+#[test]
+fn disk_full() {
+    run_entry("Disk full");
+}
+
+#[test]
+fn restore_from_a_backup() {
+    run_entry("Restore from a backup");
+}
+
+#[test]
+fn a_rule_that_alerts_in_a_loop() {
+    run_entry("A rule that alerts in a loop");
+}
+
+#[test]
+fn database_down_at_boot() {
+    run_entry("Database down at boot");
 }
