@@ -257,6 +257,8 @@ fn check_unit(file: &str, exec: &str) {
         // No start limit: a database down for ten minutes at boot is waited for by the process
         // (startup_timeout_seconds, then exit 69) and by systemd's restarts, never given up on.
         "StartLimitIntervalSec=0",
+        // The off switch (ORCHESTRATOR_ENABLED=false) and usage errors exit 2: no restart loop.
+        "RestartPreventExitStatus=2",
         "Type=exec",
         "#MemoryMax=512M",
         "#CPUQuota=100%",
