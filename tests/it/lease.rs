@@ -1,4 +1,5 @@
-//! The lease and fencing against real databases.
+//! The lease and fencing against real databases; through the real binary, a lease row deleted
+//! by hand under a live and a frozen daemon.
 
 use std::time::Duration;
 
