@@ -5,7 +5,9 @@
 //! `config.rs`): name, default, one line of doc, and how its value is checked and stored.
 //! Everything else (the layers, the key table in `docs/operations.md`, the check of
 //! `orchestrator.example.yaml`) comes from the declarations through [`key`]. Every error names the key and where its value came from: the
-//! file with line and column, the environment variable, or the flag. Unknown keys are errors.
+//! file with line and column, the environment variable, or the flag. Unknown keys are errors,
+//! in the environment too: an `ORCHESTRATOR_*` variable that sets nothing is refused, and the
+//! earlier systems' names are translated or refused ([`environment`]).
 //! Nothing else in the crate reads the environment or the config file.
 
 use std::collections::BTreeMap;
@@ -13,10 +15,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod environment;
 pub mod key;
 
 pub use crate::adapters::AdaptersConfig;
 use crate::limits::{LimitField, LimitSpec};
+pub use environment::Acting;
 use key::KeyDefault::{Computed, Unset, Value};
 use key::{Key, KeyInfo, Origin, Raw, Retired, key};
 
@@ -44,7 +48,6 @@ pub struct Config {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    pub lease_name: String,
     pub lease_ttl: Duration,
     pub heartbeat: Duration,
     pub action_timeout: Duration,
@@ -83,6 +86,12 @@ pub struct Config {
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
+    /// What this process may do, from the earlier systems' switches in the environment
+    /// (`ORCHESTRATOR_ENABLED`, `ORCHESTRATOR_MODE`); every command acts unless one is set.
+    pub acting: Acting,
+    /// One line per earlier system's variable honoured, naming what to set instead: the CLI
+    /// logs them at start.
+    pub deprecations: Vec<String>,
 }
 
 /// `workers:` settings: how executors register and stay alive (`orchestrator worker`, and the
@@ -253,6 +262,9 @@ pub struct Inputs<'a> {
     /// An explicit file: it must exist. `None` reads `orchestrator.yaml` if present.
     pub config_file: Option<&'a Path>,
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The names of every variable set, checked whole ([`environment::check`]): the process's
+    /// for [`Config::load`]; a test passes its own, or none to check nothing.
+    pub env_names: &'a [String],
     pub overrides: Overrides,
 }
 
@@ -260,7 +272,8 @@ impl Config {
     /// Loads from the process environment and the given file and flags.
     pub fn load(config_file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
         let env = |k: &str| std::env::var(k).ok();
-        Config::load_from(Inputs { config_file, env: &env, overrides })
+        let names: Vec<String> = std::env::vars_os().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
+        Config::load_from(Inputs { config_file, env: &env, env_names: &names, overrides })
     }
 
     /// Loads from explicit inputs (tests pass their own environment).
@@ -275,6 +288,10 @@ impl Config {
             let layer = parse_file(path, text)?;
             raw.add(&keys, RETIRED, &layer, &Origin::File { path, text })?;
         }
+        let earlier = environment::check(inputs.env_names, inputs.env, &keys)?;
+        for (layer, name) in &earlier.layers {
+            raw.add(&keys, RETIRED, layer, &Origin::Env(name.clone()))?;
+        }
         raw.add_env(&keys, RETIRED, ENV_ALIASES, inputs.env)?;
         for (key, value, flag) in inputs.overrides.values() {
             raw.add(&keys, RETIRED, &key::nest(key, value), &Origin::Flag(flag))?;
@@ -284,6 +301,8 @@ impl Config {
             config.admin_tokens = AdminTokens::parse(&text)
                 .map_err(|message| ConfigError::Value { source_: Source::Env(ADMIN_TOKEN_ENV.to_string()), message })?;
         }
+        config.acting = earlier.acting;
+        config.deprecations = earlier.deprecations;
         Ok(config)
     }
 
@@ -368,12 +387,21 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
 }
 
 /// Keys that no longer exist, refused with what replaced them.
-const RETIRED: &[Retired] = &[Retired {
-    name: "http.stale_tick_intervals",
-    message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
-              liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
-              intervals when those are longer); remove it",
-}];
+const RETIRED: &[Retired] = &[
+    Retired {
+        name: "http.stale_tick_intervals",
+        message: "http.stale_tick_intervals is replaced by liveness.stale_degraded_seconds and \
+                  liveness.stale_unhealthy_seconds (60 and 300 by default, stretched to 2 and 10 tick \
+                  intervals when those are longer); remove it",
+    },
+    Retired {
+        name: "lease_name",
+        message: "lease_name is no longer a setting: one database is one queue with one leader, whatever the \
+                  lease is called, so two names on one database were two leaders of the same queue. Remove it; \
+                  for a separate queue use a separate database: another SQLite file, or another PostgreSQL \
+                  database or schema (database_url: postgres://USER@HOST/DB?options[search_path]=SCHEMA)",
+    },
+];
 
 /// Every key but the adapters', in the order they apply (a key checked against another comes
 /// after it) and the key table lists them.
@@ -424,14 +452,6 @@ pub const KEYS: &[Key<Config>] = &[
             format!("backoff_max_seconds ({v}) must be at least backoff_base_seconds ({base})")
         })?;
         c.backoff_max = max;
-    }),
-    key!(text "lease_name": String = Value("orchestrator"),
-    "The lease instances share (one queue per lease name)",
-    |c, v, at| {
-        at.check(!v.is_empty() && v.len() <= 200 && !v.chars().any(char::is_control), || {
-            "lease_name must be 1 to 200 printable characters".into()
-        })?;
-        c.lease_name = v;
     }),
     key!("heartbeat_seconds": f64 = Value("5"),
         "How often the lease holder renews its lease",
@@ -841,9 +861,15 @@ mod tests {
             std::fs::write(&path, y).unwrap();
         }
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let file = yaml.map(|_| path.as_path());
-        Config::load_from(Inputs { config_file: file, env: &lookup, overrides: Overrides::default() })
+        Config::load_from(Inputs {
+            config_file: file,
+            env: &lookup,
+            env_names: &names,
+            overrides: Overrides::default(),
+        })
     }
 
     #[test]
@@ -878,6 +904,7 @@ mod tests {
         let c = Config::load_from(Inputs {
             config_file: None,
             env: &lookup,
+            env_names: &[],
             overrides: Overrides { tick_interval_seconds: Some(0.0), ..Default::default() },
         })
         .unwrap();
@@ -942,6 +969,7 @@ mod tests {
         let c = Config::load_from(Inputs {
             config_file: None,
             env: &|_: &str| None,
+            env_names: &[],
             overrides: Overrides { proof_enforced: true, ..Default::default() },
         })
         .unwrap();
@@ -963,8 +991,13 @@ mod tests {
         let path = dir.path().join("example.yaml");
         std::fs::write(&path, text).unwrap();
         let none = |_: &str| None;
-        let c = Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })
-            .unwrap();
+        let c = Config::load_from(Inputs {
+            config_file: Some(&path),
+            env: &none,
+            env_names: &[],
+            overrides: Overrides::default(),
+        })
+        .unwrap();
         assert_eq!(c, Config::defaults(), "the example's values are the defaults");
         let problems = key::check_example(text, &keys());
         assert!(problems.is_empty(), "orchestrator.example.yaml and the declarations differ:\n{}", problems.join("\n"));
@@ -1160,8 +1193,8 @@ limits:
         assert_eq!(load(None, &[]).unwrap().limits, None, "no section: `run` leaves the table alone");
         assert_eq!(load(Some("limits:\n"), &[]).unwrap().limits, None, "null is not given, as for every key");
         assert_eq!(load(Some("limits: {}\n"), &[]).unwrap().limits, Some(BTreeMap::new()), "given, and empty");
-        let c = load(Some("limits: {}\n"), &[("ORCHESTRATOR_LIMITS", "{NOOP: {max_running: 1}}")]).unwrap();
-        assert_eq!(c.limits, Some(BTreeMap::new()), "file only: the environment does not set limits");
+        let e = load(Some("limits: {}\n"), &[("ORCHESTRATOR_LIMITS", "{NOOP: {max_running: 1}}")]).unwrap_err();
+        assert!(e.to_string().contains("`limits` is file only"), "the environment does not set limits: {e}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! the holder, it starts a background purge of history past its retention (finished actions,
 //! ledger rows, decisions, cooldowns) in small batches, so ticks go on while it runs. At start it
 //! removes leftover `.tmp-*` artifact files older than an hour. `run` writes its config's
-//! `limits:` into the database at start and on SIGHUP ([`sync_limits`]).
+//! `limits:` into the database at start and on SIGHUP, and a worker fills in those that have no
+//! base limit yet before its first claim ([`sync_limits`]).
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::model::TickStatus;
-use crate::store::{Pace, PruneCutoffs, Pruned, Store, StoreError};
+use crate::store::{ConfigLimits, Pace, PruneCutoffs, Pruned, Store, StoreError};
 use crate::tick::{Engine, TickOutcome};
 
 /// How long an idle daemon with `tick_interval_seconds: 0` waits before looking again.
@@ -122,20 +123,49 @@ pub async fn remove_stale_tmp(engine: &Engine) {
     }
 }
 
-/// Writes the config's `limits:` section into the database (at `run`'s start and on SIGHUP);
-/// without a section it changes nothing. Warns of a limit on a type no adapter here serves.
+/// Writes the config's `limits:` section into the database, on `how`'s terms: `run` replaces
+/// (at start and on SIGHUP), every other process that claims fills in what has no base limit
+/// before its first claim ([`ConfigLimits`]). Without a section it changes nothing. Warns of a
+/// limit on a type no adapter here serves, and of each field where this config and the
+/// database disagreed, naming the type, the field, both values and who set the database's.
 pub async fn sync_limits(
     store: &Store,
     config: &Config,
     registry: &crate::adapters::Registry,
+    how: ConfigLimits,
 ) -> Result<(), StoreError> {
     for w in config.unserved_limit_warnings(registry.types()) {
         tracing::warn!("{w}");
     }
     let Some(limits) = &config.limits else { return Ok(()) };
-    let removed = store.sync_config_limits(limits).await?;
+    let done = store.write_config_limits(limits, how).await?;
+    let none = || "none".to_string();
+    for d in &done.disagreements {
+        let (t, field, source) = (&d.action_type, d.field, d.source.as_str());
+        let (ours, theirs) = (d.config.clone().unwrap_or_else(none), d.database.clone().unwrap_or_else(none));
+        match how {
+            ConfigLimits::Replace => tracing::warn!(
+                action_type = %t, field = %field, config = %ours, database = %theirs, source,
+                "limits.{t}.{field}: the database held {theirs} (set by {source}); this config's {ours} replaces it \
+                 (a process whose config says {theirs} now runs under {ours})"
+            ),
+            ConfigLimits::Fill => tracing::warn!(
+                action_type = %t, field = %field, config = %ours, database = %theirs, source,
+                "limits.{t}.{field}: this config says {ours}, but the database holds {theirs} (set by {source}), \
+                 which every claimer honours, this process too; align the configs, or decide with \
+                 `orchestrator limits set`"
+            ),
+        }
+    }
+    for t in &done.removed {
+        tracing::warn!(
+            action_type = %t,
+            "limits.{t}: set from a config (an earlier one, or another process's) that this one does not name; \
+             its limits were removed"
+        );
+    }
     let types: Vec<&str> = limits.keys().map(String::as_str).collect();
-    tracing::info!(types = ?types, removed = ?removed, "limits written from the config");
+    tracing::info!(types = ?types, written = ?done.written, removed = ?done.removed, "limits written from the config");
     Ok(())
 }
 

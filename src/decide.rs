@@ -313,13 +313,13 @@ async fn apply(
                 }
             })
         }
-        Kind::Alert { severity, message } => {
+        Kind::Alert { severity, message, key } => {
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");
             out.notes.push(format!("ALERT [{severity}] {message} (rule {})", d.rule));
             let Some(action_type) = &config.rules.alert_action_type else { return Ok(Applied::Yes) };
             let payload = serde_json::json!({
-                "severity": severity, "message": message, "rule": d.rule, "tick_id": fence.tick_id,
+                "severity": severity, "message": message, "key": key, "rule": d.rule, "tick_id": fence.tick_id,
             });
             let new = NewAction {
                 action_type: action_type.clone(),
@@ -327,7 +327,7 @@ async fn apply(
                     "alert-{}-{}-{}",
                     fence.tick_id.unwrap_or(0),
                     d.rule,
-                    &queue::derive_key(severity.as_str(), message)[..16]
+                    &queue::derive_key(severity.as_str(), key)[..16]
                 ),
                 payload_json: match queue::validate("alert payload", &payload, queue::MAX_PAYLOAD_BYTES) {
                     Ok(text) => text,

@@ -13,6 +13,12 @@ use chrono::{DateTime, Utc};
 use crate::model::LeaseRow;
 use crate::store::{Acquired, Begun, Store, StoreError};
 
+/// The name of the one lease of a database. One database is one queue with one leader: the
+/// actions, claims, snapshot, limits and workers are the database's, so instances that should
+/// not share a queue use separate databases (a SQLite file, a PostgreSQL database or schema),
+/// never separate lease names. (`lease_name` was a config key once; it is refused now.)
+pub const LEASE_NAME: &str = "orchestrator";
+
 /// A new owner id: `hostname:pid:<random>`, unique per process start.
 pub fn new_owner_id() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();

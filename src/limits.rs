@@ -45,6 +45,9 @@ impl FromStr for Rate {
             return Err(bad(&format!("must allow 1 to {MAX_LIMIT} starts")));
         }
         let period = period.trim();
+        if period.is_empty() {
+            return Err(bad("has no period after '/'"));
+        }
         let period =
             if period.starts_with(|c: char| c.is_ascii_digit()) { period.to_string() } else { format!("1{period}") };
         let period = crate::config::parse_duration(&period).map_err(|e| bad(&format!("has a bad period: {e}")))?;
@@ -152,6 +155,76 @@ impl LimitSpec {
             LimitField::Rate => self.rate = Some(value.parse()?),
         }
         Ok(())
+    }
+}
+
+/// A field of a type's base limits: the three limits and the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BaseField {
+    #[value(name = "max_running")]
+    MaxRunning,
+    #[value(name = "rate")]
+    Rate,
+    #[value(name = "daily_budget")]
+    DailyBudget,
+    #[value(name = "partition_by")]
+    PartitionBy,
+}
+
+impl BaseField {
+    pub const ALL: [BaseField; 4] =
+        [BaseField::MaxRunning, BaseField::Rate, BaseField::DailyBudget, BaseField::PartitionBy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseField::MaxRunning => "max_running",
+            BaseField::Rate => "rate",
+            BaseField::DailyBudget => "daily_budget",
+            BaseField::PartitionBy => "partition_by",
+        }
+    }
+
+    /// The field's value in `spec` as text (`None`: not set).
+    pub fn value_in(self, spec: &LimitSpec) -> Option<String> {
+        match self {
+            BaseField::MaxRunning => spec.max_running.map(|n| n.to_string()),
+            BaseField::Rate => spec.rate.map(|r| r.to_string()),
+            BaseField::DailyBudget => spec.daily_budget.map(|n| n.to_string()),
+            BaseField::PartitionBy => spec.partition_by.as_ref().map(|p| p.to_string()),
+        }
+    }
+
+    /// Removes the field from `spec`.
+    pub fn remove(self, spec: &mut LimitSpec) {
+        match self {
+            BaseField::MaxRunning => spec.max_running = None,
+            BaseField::Rate => spec.rate = None,
+            BaseField::DailyBudget => spec.daily_budget = None,
+            BaseField::PartitionBy => spec.partition_by = None,
+        }
+    }
+}
+
+impl fmt::Display for BaseField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl LimitSpec {
+    /// `self` with the fields `other` sets taken from it (`limits set`: the fields given
+    /// replace theirs, the others keep their value).
+    pub fn merged(mut self, other: &LimitSpec) -> LimitSpec {
+        self.max_running = other.max_running.or(self.max_running);
+        self.rate = other.rate.or(self.rate);
+        self.daily_budget = other.daily_budget.or(self.daily_budget);
+        self.partition_by = other.partition_by.clone().or(self.partition_by);
+        self
+    }
+
+    /// The fields whose values differ between `self` and `other`.
+    pub fn differing(&self, other: &LimitSpec) -> Vec<BaseField> {
+        BaseField::ALL.into_iter().filter(|f| f.value_in(self) != f.value_in(other)).collect()
     }
 }
 
@@ -291,10 +364,11 @@ mod tests {
         assert_eq!("50/1s".parse::<Rate>().unwrap().period, Duration::from_secs(1));
         assert_eq!("5/m".parse::<Rate>().unwrap().period, Duration::from_secs(60));
         assert_eq!("10/90s".parse::<Rate>().unwrap().to_string(), "10/1m 30s");
-        for bad in ["300", "0/1h", "x/1h", "-3/1h", "3/0s", "3/2d", "3/1.5s", "3/fortnight"] {
+        for bad in ["300", "0/1h", "x/1h", "-3/1h", "3/0s", "3/2d", "3/1.5s", "3/fortnight", "1/", "1/ "] {
             let e = bad.parse::<Rate>().unwrap_err();
             assert!(e.contains("N/PERIOD"), "{bad}: {e}");
         }
+        assert!("1/".parse::<Rate>().unwrap_err().contains("has no period after '/'"));
     }
 
     #[test]

@@ -9,7 +9,10 @@ use orchestrator::cli::{self, Cli, Command, Failure, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(cli::parse_failure(&e)),
+    };
     let default_level =
         if matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env()

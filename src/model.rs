@@ -126,8 +126,12 @@ impl Clock {
     }
 }
 
+/// A string enum: its text, `Display`, `FromStr` (any case) and `Serialize`. `earlier { OLD =>
+/// "what it is here" }` names the earlier systems' spellings that a parse refuses with their
+/// mapping (docs/upgrading.md).
 macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }
+     $(earlier { $($old:literal => $new:literal),+ $(,)? })?) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($variant),+ }
@@ -152,12 +156,20 @@ macro_rules! string_enum {
                 let upper = s.to_ascii_uppercase();
                 match upper.as_str() {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(format!(
-                        "unknown {} '{}' (expected one of: {})",
-                        stringify!($name),
-                        s,
-                        [$($text),+].join(", ")
-                    )),
+                    _ => {
+                        let earlier: &[(&str, &str)] = &[$($(($old, $new)),+)?];
+                        let hint = earlier
+                            .iter()
+                            .find(|(old, _)| *old == upper)
+                            .map(|(old, new)| format!("; {old} (an earlier system's status) is {new} here"))
+                            .unwrap_or_default();
+                        Err(format!(
+                            "unknown {} '{}' (expected one of: {}){hint}",
+                            stringify!($name),
+                            s,
+                            [$($text),+].join(", ")
+                        ))
+                    }
                 }
             }
         }
@@ -180,6 +192,10 @@ string_enum!(
         Retry => "RETRY",
         Dlq => "DLQ",
         Cancelled => "CANCELLED",
+    }
+    earlier {
+        "READY" => "PENDING",
+        "FAILED" => "DLQ",
     }
 );
 

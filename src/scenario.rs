@@ -120,7 +120,7 @@ pub struct Expect {
     /// work by name, so that none was due any more.
     #[serde(default)]
     pub no_idle_while_due: bool,
-    /// Decisions applied at least once.
+    /// Decisions applied at least once (with `times`, exactly that many times over the run).
     #[serde(default)]
     pub decisions: Vec<DecisionPattern>,
     /// Decisions never applied.
@@ -143,6 +143,10 @@ pub struct DecisionPattern {
     pub rule: Option<String>,
     #[serde(default)]
     pub target: Option<String>,
+    /// In `decisions`: applied exactly this many times over the run (e.g. an alert once per
+    /// cooldown). Not taken in `absent`.
+    #[serde(default)]
+    pub times: Option<usize>,
 }
 
 impl DecisionPattern {
@@ -362,8 +366,12 @@ fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow:
     };
     std::fs::write(&path, text)?;
     let none = |_: &str| None;
-    let mut config =
-        Config::load_from(Inputs { config_file: Some(&path), env: &none, overrides: Overrides::default() })?;
+    let mut config = Config::load_from(Inputs {
+        config_file: Some(&path),
+        env: &none,
+        env_names: &[],
+        overrides: Overrides::default(),
+    })?;
     config.database_url = format!("sqlite:{}", tmp.join("scenario.db").display());
     config.rules_dir = rules_dir.to_path_buf();
     config.artifacts_dir = tmp.join("artifacts");
@@ -424,13 +432,25 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             }
         }
     }
-    let applied: Vec<&AppliedDecision> = timeline.iter().flat_map(|t| t.applied.iter()).collect();
     for p in &expect.decisions {
-        if !applied.iter().any(|d| p.matches(d)) {
-            failures.push(format!("decision {p} was never applied"));
+        let ticks: Vec<String> = timeline
+            .iter()
+            .flat_map(|t| t.applied.iter().filter(|d| p.matches(d)).map(|_| t.tick.to_string()))
+            .collect();
+        match p.times {
+            None if ticks.is_empty() => failures.push(format!("decision {p} was never applied")),
+            Some(n) if ticks.len() != n => failures.push(format!(
+                "decision {p} applied {} time(s), expected {n}{}",
+                ticks.len(),
+                if ticks.is_empty() { String::new() } else { format!(" (at ticks {})", ticks.join(", ")) }
+            )),
+            _ => {}
         }
     }
     for p in &expect.absent {
+        if p.times.is_some() {
+            failures.push(format!("absent decision {p}: `times` is for `decisions`"));
+        }
         if let Some(t) = timeline.iter().find(|t| t.applied.iter().any(|d| p.matches(d))) {
             failures.push(format!("decision {p} must not be applied, but was at tick {}", t.tick));
         }

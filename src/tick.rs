@@ -110,7 +110,7 @@ impl Engine {
 
     pub fn with_owner(store: Store, config: Config, registry: Registry, owner: String) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let lease = Lease::new(store.clone(), config.lease_name.clone(), owner, config.lease_ttl);
+        let lease = Lease::new(store.clone(), crate::lease::LEASE_NAME.to_string(), owner, config.lease_ttl);
         let settings = ExecSettings::from_config(&config, store.clock().clone(), config.dispatch_concurrency);
         let registration = Arc::new(crate::worker::Registration::new(
             store.clone(),
@@ -255,10 +255,10 @@ impl Engine {
     pub async fn snapshot_now(&self) -> Result<(Snapshot, crate::model::Flags), StoreError> {
         let mut flags = self.store.flags().await?;
         flags.proof_mode |= self.config.proof_enforced;
-        let term = match self.store.lease(&self.config.lease_name).await? {
+        let term = match self.store.lease(crate::lease::LEASE_NAME).await? {
             Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
             None => Term {
-                lease_name: self.config.lease_name.clone(),
+                lease_name: crate::lease::LEASE_NAME.to_string(),
                 owner: String::new(),
                 epoch: 0,
                 expires_at: self.store.now(),

@@ -150,12 +150,31 @@ impl Drop for KeepAlive {
     }
 }
 
+/// The most action types one worker serves (`worker --types`). Every claim binds each type
+/// as one SQL parameter, and a database allows a few tens of thousands per statement (SQLite
+/// 32,766, PostgreSQL 65,535): past the cap a worker would start and then fail every claim.
+pub const MAX_WORKER_TYPES: usize = 1_000;
+
 /// How one `orchestrator worker` process runs.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     pub concurrency: u32,
     /// The action types it serves; empty: every type.
     pub types: Vec<String>,
+}
+
+/// The types a worker is told to serve, checked (each a valid action type, at most
+/// [`MAX_WORKER_TYPES`] different ones), without repeats, sorted.
+pub fn served_types(given: &[String]) -> Result<Vec<String>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for t in given {
+        crate::queue::validate_type(t)?;
+        seen.insert(t.as_str());
+    }
+    if seen.len() > MAX_WORKER_TYPES {
+        return Err(format!("a worker serves at most {MAX_WORKER_TYPES} action types, got {}", seen.len()));
+    }
+    Ok(seen.into_iter().map(str::to_string).collect())
 }
 
 /// What a worker did before it stopped.
@@ -381,4 +400,23 @@ impl Worker {
 /// Sleeps `d`, or less if `shutdown` turns true.
 async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
     let _ = tokio::time::timeout(d, shutdown.wait_for(|s| *s)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_types_are_checked_deduplicated_and_capped() {
+        let given: Vec<String> = ["B", "A", "B"].map(String::from).to_vec();
+        assert_eq!(served_types(&given).unwrap(), ["A", "B"]);
+        assert!(served_types(&["a b".to_string()]).unwrap_err().contains("contains ' '"));
+        let most: Vec<String> = (0..MAX_WORKER_TYPES).map(|i| format!("T{i}")).collect();
+        assert_eq!(served_types(&most).unwrap().len(), MAX_WORKER_TYPES);
+        let mut over = most.clone();
+        over.push("ONE_MORE".into());
+        assert_eq!(served_types(&over).unwrap_err(), "a worker serves at most 1000 action types, got 1001");
+        over.extend(most.iter().cloned());
+        assert!(served_types(&over).unwrap_err().ends_with("got 1001"), "repeats are counted once");
+    }
 }

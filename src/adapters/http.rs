@@ -4,7 +4,10 @@
 //! Every request carries `X-Orchestrator-Idempotency-Key` and, when the target has a secret,
 //! `X-Orchestrator-Signature: sha256=<hex HMAC-SHA256 of the body>`. Redirects are not followed.
 //! What is logged (the method, the URL without credentials or query, the status and the first KB
-//! of the response) never includes a secret, a header value or the signature. This module sends
+//! of the response) never includes a secret, a header value or the signature: a peer that
+//! echoes what it received has every configured value of its target that may be a secret (the
+//! HMAC key, header values, query values; [`target_secrets`]) and every value under a
+//! credential header's name ([`redact_named`]) replaced by `<redacted>`. This module sends
 //! what it is given; whether it may send at all is the executor's call.
 
 use std::collections::BTreeMap;
@@ -91,12 +94,15 @@ impl Http {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
+        let secrets = target_secrets(target);
+        // Past the kept head by the longest secret, so that one the cut would halve is whole.
+        let window = RESPONSE_LOG_BYTES + secrets.first().map_or(0, String::len);
         let mut head = Vec::new();
         // The status is the peer's answer; a body cut short (or failing) only shortens the log.
         while let Ok(Some(chunk)) = resp.chunk().await {
-            let room = RESPONSE_LOG_BYTES.saturating_sub(head.len());
+            let room = window.saturating_sub(head.len());
             head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if head.len() >= RESPONSE_LOG_BYTES {
+            if head.len() >= window {
                 break;
             }
         }
@@ -104,7 +110,7 @@ impl Http {
             "{shown} (target '{}') -> {status} in {} ms; response: {}",
             target.name,
             started.elapsed().as_millis(),
-            printable(redact(&redact_named(&String::from_utf8_lossy(&head)), target).as_bytes())
+            quote_peer(&head, &secrets)
         );
         classify(status.as_u16(), summary, retry_after)
     }
@@ -214,18 +220,97 @@ pub fn render_request(target: &WebhookTarget, key: &str, body: &[u8]) -> String 
     out
 }
 
-/// `text` with the target's secret and sensitive header values blanked out, in case the peer
-/// echoes what it received.
-fn redact(text: &str, target: &WebhookTarget) -> String {
-    let mut out = text.to_string();
-    let secrets = target
-        .secret
-        .iter()
-        .map(|s| s.expose())
-        .chain(target.headers.iter().filter(|(k, _)| sensitive_header(k)).map(|(_, v)| v.as_str()));
+/// Headers that describe the body or the client, never a credential: their values are not
+/// redacted from what a peer answers.
+const DESCRIPTIVE_HEADERS: &[&str] = &["content-type", "accept", "user-agent"];
+/// A configured value shorter than this is redacted from a peer's answer only when its name
+/// looks like a secret's: shorter values (`?v=2`, `?format=json`) would blank out ordinary
+/// words of the answer and keep nothing secret.
+pub const MIN_SECRET_CHARS: usize = 8;
+
+/// Every value of `target` that is or may be a secret, in each form a peer may quote it in, the
+/// longest first: the HMAC key (`secret_env`'s value), each header value (but those of
+/// [`DESCRIPTIVE_HEADERS`]) and each query value of the URL, as configured, percent-decoded and
+/// JSON-escaped.
+pub fn target_secrets(target: &WebhookTarget) -> Vec<String> {
+    let mut named: Vec<(String, String)> = Vec::new();
+    if let Some(s) = &target.secret {
+        named.push(("secret".into(), s.expose().to_string()));
+    }
+    for (k, v) in &target.headers {
+        if !DESCRIPTIVE_HEADERS.iter().any(|d| k.eq_ignore_ascii_case(d)) {
+            named.push((k.clone(), v.clone()));
+        }
+    }
+    if let Ok(u) = reqwest::Url::parse(&target.url) {
+        for pair in u.query().unwrap_or("").split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                named.push((k.to_string(), v.to_string()));
+            }
+        }
+        named.extend(u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (name, value) in named {
+        if value.is_empty() || (value.chars().count() < MIN_SECRET_CHARS && !sensitive_header(&name)) {
+            continue;
+        }
+        let escaped = serde_json::to_string(&value).unwrap_or_default();
+        let escaped = escaped.trim_matches('"').to_string();
+        out.push(value);
+        out.push(escaped);
+    }
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
+}
+
+/// The head of a peer's answer as the log quotes it: cut after [`RESPONSE_LOG_BYTES`] (or past
+/// a secret the cut would halve), every one of `secrets` (longest first, see
+/// [`target_secrets`]) replaced by `<redacted>`, as is the start of one that the answer ends in,
+/// then the values of [`REDACTED_HEADERS`] ([`redact_named`]), on one printable line.
+pub fn quote_peer(head: &[u8], secrets: &[String]) -> String {
+    let found = |at: usize, s: &str| head[at..].starts_with(s.as_bytes());
+    let mut cut = head.len().min(RESPONSE_LOG_BYTES);
+    let mut moved = true;
+    while moved {
+        moved = false;
+        for s in secrets {
+            let first = cut.saturating_sub(s.len() - 1);
+            if let Some(end) = (first..cut).filter(|&at| found(at, s)).map(|at| at + s.len()).max()
+                && end > cut
+            {
+                cut = end;
+                moved = true;
+            }
+        }
+    }
+    let mut bytes = head[..cut].to_vec();
     for s in secrets {
-        if !s.is_empty() {
-            out = out.replace(s, "<redacted>");
+        bytes = replace_bytes(&bytes, s.as_bytes(), b"<redacted>");
+    }
+    // An answer that stops inside a secret still quotes its start.
+    for s in secrets {
+        let s = s.as_bytes();
+        if let Some(k) = (4.min(s.len())..s.len()).rev().find(|&k| bytes.ends_with(&s[..k])) {
+            bytes.truncate(bytes.len() - k);
+            bytes.extend_from_slice(b"<redacted>");
+        }
+    }
+    printable(redact_named(&String::from_utf8_lossy(&bytes)).as_bytes())
+}
+
+/// `bytes` with every occurrence of `from` (not empty) replaced by `to`.
+fn replace_bytes(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if !from.is_empty() && bytes[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
     }
     out
@@ -386,6 +471,56 @@ mod tests {
         );
         assert_eq!(redact_named("AUTHORIZATION:"), "AUTHORIZATION:");
         assert_eq!(redact_named("é cookie: ü\nx"), "é cookie: <redacted>\nx");
+    }
+
+    fn echo_target() -> WebhookTarget {
+        WebhookTarget {
+            name: "t".into(),
+            url: "https://h.example/p?api_key=q-key%2Fsecret-1&format=json&partner=partner-id-42".into(),
+            method: "POST".into(),
+            headers: BTreeMap::from([
+                ("Content-Type".to_string(), "application/json".to_string()),
+                ("X-Partner-Token".to_string(), "hdr\"token\"-value".to_string()),
+                ("X-Short".to_string(), "abc".to_string()),
+            ]),
+            secret_env: Some("HOOK_SECRET".into()),
+            secret: Some(Secret::new("hmac-key-value")),
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn every_configured_secret_of_a_target_is_redacted_from_what_a_peer_echoes() {
+        let secrets = target_secrets(&echo_target());
+        for s in ["hmac-key-value", "q-key%2Fsecret-1", "q-key/secret-1", "partner-id-42", "hdr\"token\"-value"] {
+            assert!(secrets.iter().any(|x| x == s), "{s} in {secrets:?}");
+        }
+        assert!(secrets.iter().any(|x| x == r#"hdr\"token\"-value"#), "the JSON-escaped form: {secrets:?}");
+        for kept in ["application/json", "json", "abc"] {
+            assert!(!secrets.iter().any(|x| x == kept), "{kept} is no secret: {secrets:?}");
+        }
+        assert!(secrets.windows(2).all(|w| w[0].len() >= w[1].len()), "longest first");
+        let echo = r#"GET /p?api_key=q-key%2Fsecret-1&format=json {"key":"q-key/secret-1","hdr":"hdr\"token\"-value","sig":"hmac-key-value","abc":1}"#;
+        let quoted = quote_peer(echo.as_bytes(), &secrets);
+        assert_eq!(
+            quoted,
+            r#"GET /p?api_key=<redacted>&format=json {"key":"<redacted>","hdr":"<redacted>","sig":"<redacted>","abc":1}"#
+        );
+    }
+
+    #[test]
+    fn a_secret_at_the_cut_or_at_the_end_of_the_answer_is_not_quoted_in_part() {
+        let secrets = target_secrets(&echo_target());
+        // The kept head ends inside the secret: the cut moves past it.
+        let mut head = vec![b'a'; RESPONSE_LOG_BYTES - 5];
+        head.extend_from_slice(b"hmac-key-value and more");
+        let quoted = quote_peer(&head, &secrets);
+        assert!(quoted.ends_with("a<redacted>") && !quoted.contains("hmac"), "{}", &quoted[quoted.len() - 30..]);
+        // The answer itself stops inside a secret.
+        let quoted = quote_peer(b"echo: hmac-key-va", &secrets);
+        assert_eq!(quoted, "echo: <redacted>");
+        // An ordinary head is cut at the limit.
+        assert_eq!(quote_peer(&vec![b'b'; 5000], &secrets).len(), RESPONSE_LOG_BYTES);
     }
 
     #[test]

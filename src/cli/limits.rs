@@ -3,17 +3,18 @@
 //!
 //! Flags are parsed by `crate::limits` inside clap, so a bad rate, a negative number or an
 //! unknown field is a usage error (exit 2) naming the flag before anything is read. `set`
-//! merges the fields given into the type's base limits; `clear TYPE FIELD` removes one;
+//! merges the fields given into the type's base limits as they stand under the row's lock (so
+//! concurrent edits of different fields all land); `clear TYPE FIELD` removes one likewise;
 //! `override TYPE FIELD --end` ends one override before it lapses. Nothing here decides what a
 //! limit means (the claim does) or prints by itself (`output.rs` renders).
 
 use std::time::Duration;
 
-use clap::{ArgGroup, Subcommand, ValueEnum};
+use clap::{ArgGroup, Subcommand};
 
 use super::{exit, fail, output};
-use crate::limits::{self, LimitField, LimitSpec, LimitValue, PayloadPath, Rate};
-use crate::store::{Store, TypeLimit};
+use crate::limits::{self, BaseField, LimitField, LimitSpec, LimitValue, PayloadPath, Rate};
+use crate::store::{EditRefusal, LimitEdit, Store, TypeLimit};
 
 /// Who an override from the command line is recorded as set by.
 const SET_BY: &str = "operator";
@@ -60,7 +61,7 @@ pub enum LimitsCommand {
         action_type: String,
         /// Only this field of the base limits: max_running, rate, daily_budget or partition_by.
         #[arg(value_enum)]
-        field: Option<SpecField>,
+        field: Option<BaseField>,
     },
     /// Override one limit of a type for a while (recorded as set by "operator"); it lapses by
     /// itself. A type with no limits gains one until then. With --end, end the override of
@@ -91,49 +92,6 @@ pub enum LimitsCommand {
     },
 }
 
-/// A field of a type's base limits, as `limits clear TYPE FIELD` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SpecField {
-    #[value(name = "max_running")]
-    MaxRunning,
-    #[value(name = "rate")]
-    Rate,
-    #[value(name = "daily_budget")]
-    DailyBudget,
-    #[value(name = "partition_by")]
-    PartitionBy,
-}
-
-impl SpecField {
-    fn as_str(self) -> &'static str {
-        match self {
-            SpecField::MaxRunning => "max_running",
-            SpecField::Rate => "rate",
-            SpecField::DailyBudget => "daily_budget",
-            SpecField::PartitionBy => "partition_by",
-        }
-    }
-
-    /// Whether `spec` has this field set.
-    fn is_set(self, spec: &LimitSpec) -> bool {
-        match self {
-            SpecField::MaxRunning => spec.max_running.is_some(),
-            SpecField::Rate => spec.rate.is_some(),
-            SpecField::DailyBudget => spec.daily_budget.is_some(),
-            SpecField::PartitionBy => spec.partition_by.is_some(),
-        }
-    }
-
-    fn remove(self, spec: &mut LimitSpec) {
-        match self {
-            SpecField::MaxRunning => spec.max_running = None,
-            SpecField::Rate => spec.rate = None,
-            SpecField::DailyBudget => spec.daily_budget = None,
-            SpecField::PartitionBy => spec.partition_by = None,
-        }
-    }
-}
-
 fn parse_type(s: &str) -> Result<String, String> {
     crate::queue::validate_type(s).map(|()| s.to_string())
 }
@@ -142,20 +100,18 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
     match cmd {
         LimitsCommand::List => out.limits(&store.limit_usage().await?),
         LimitsCommand::Set { action_type, max_running, rate, daily_budget, partition_by } => {
-            let mut spec = base_of(store, &action_type).await?.map(|l| l.base).unwrap_or_default();
-            spec.max_running = max_running.or(spec.max_running);
-            spec.rate = rate.or(spec.rate);
-            spec.daily_budget = daily_budget.or(spec.daily_budget);
-            spec.partition_by = partition_by.or(spec.partition_by);
-            if spec.is_empty() {
-                return Err(fail(
-                    exit::USAGE,
-                    format!(
+            // Merged into the row as it stands under its lock: a concurrent edit of another
+            // field lands too.
+            let given = LimitSpec { max_running, rate, daily_budget, partition_by };
+            if let Err(why) = store.edit_limit(&action_type, &LimitEdit::Merge(given)).await? {
+                let text = match why {
+                    EditRefusal::LimitsNothing => format!(
                         "{action_type} would have no limit: give --max-running, --rate or --daily-budget with --partition-by"
                     ),
-                ));
+                    other => format!("{action_type}: {other}"),
+                };
+                return Err(fail(exit::USAGE, text));
             }
-            store.set_limit(&action_type, &spec).await?;
             written(store, &action_type, out, "set").await?;
         }
         LimitsCommand::Clear { action_type, field: None } => {
@@ -168,29 +124,18 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             out.message(&serde_json::json!({"action_type": action_type, "cleared": cleared}), &text);
         }
         LimitsCommand::Clear { action_type, field: Some(field) } => {
-            let Some(current) = base_of(store, &action_type).await? else {
-                return Err(fail(exit::ERROR, format!("{action_type} has no limits; nothing to clear")));
-            };
-            let mut spec = current.base;
-            if !field.is_set(&spec) {
-                return Err(fail(
-                    exit::ERROR,
-                    format!("{action_type} has no base {}; nothing to clear", field.as_str()),
-                ));
-            }
-            field.remove(&mut spec);
-            if spec.is_empty() {
-                return Err(fail(
-                    exit::ERROR,
-                    format!(
-                        "clearing {} would leave {action_type} with no limit; `limits clear {action_type}` removes its \
-                         limits and overrides",
-                        field.as_str()
+            if let Err(why) = store.edit_limit(&action_type, &LimitEdit::Remove(field)).await? {
+                let text = match why {
+                    EditRefusal::NoLimits => format!("{action_type} has no limits; nothing to clear"),
+                    EditRefusal::NotSet => format!("{action_type} has no base {field}; nothing to clear"),
+                    EditRefusal::LimitsNothing => format!(
+                        "clearing {field} would leave {action_type} with no limit; `limits clear {action_type}` removes its \
+                         limits and overrides"
                     ),
-                ));
+                };
+                return Err(fail(exit::ERROR, text));
             }
-            store.set_limit(&action_type, &spec).await?;
-            written(store, &action_type, out, &format!("cleared {} of", field.as_str())).await?;
+            written(store, &action_type, out, &format!("cleared {field} of")).await?;
         }
         LimitsCommand::Override { action_type, field, end: true, .. } => {
             let ended = store.clear_limit_override(&action_type, field).await?;

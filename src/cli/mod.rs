@@ -23,7 +23,7 @@ use crate::health::{Liveness, LivenessPolicy};
 use crate::model::{self, ActionStatus, LogLevel};
 use crate::queue::{self, EnqueueRequest};
 use crate::status;
-use crate::store::{ActionFilter, Authority, FlagChange, LogFilter, Store, StoreOptions};
+use crate::store::{ActionFilter, Authority, ConfigLimits, FlagChange, LogFilter, Store, StoreOptions};
 use crate::tick::{Engine, TickOutcome};
 
 /// Exit codes.
@@ -108,7 +108,7 @@ pub enum Command {
         /// Attempts run at once (1 to 4096; default: dispatch_concurrency).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
         concurrency: Option<u32>,
-        /// Serve only these action types (comma-separated; default: every type).
+        /// Serve only these action types (comma-separated, at most 1,000; default: every type).
         #[arg(long, value_name = "TYPES", value_delimiter = ',')]
         types: Vec<String>,
     },
@@ -162,6 +162,13 @@ pub enum Command {
     /// Check proof and run artifacts against the sha256 recorded in the execution logs.
     #[command(subcommand)]
     Artifacts(ArtifactsCommand),
+    /// Copy the SQLite database into FILE while daemons and workers run (a consistent copy,
+    /// checked before it is named); on PostgreSQL, print the pg_dump line to use.
+    Backup {
+        /// The copy to write (refused if it exists).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Execution logs, newest first; with --follow, the last --limit oldest first, then new
     /// rows as they land, until Ctrl-C.
     Logs {
@@ -357,6 +364,55 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// The most of one value a command-line error quotes, in characters.
+pub const MAX_QUOTED_CHARS: usize = 80;
+/// The most of a command-line error shown, in characters (a backstop for what is not quoted).
+const MAX_USAGE_ERROR_CHARS: usize = 2_000;
+
+/// Prints what `Cli::try_parse` returned instead of a command line and gives its exit code:
+/// help and version as clap prints them, a usage error on stderr with every quoted value cut
+/// to [`MAX_QUOTED_CHARS`] (an argument of 20 KB is not echoed back in full).
+pub fn parse_failure(e: &clap::Error) -> u8 {
+    if !e.use_stderr() {
+        // Help and version: stdout, exit 0; a closed stdout is not an error.
+        let _ = e.print();
+        return u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
+    }
+    eprint!("{}", cut_quoted(&e.render().to_string(), MAX_QUOTED_CHARS, MAX_USAGE_ERROR_CHARS));
+    u8::try_from(e.exit_code()).unwrap_or(exit::USAGE)
+}
+
+/// `text` with every `'...'` span longer than `max` characters cut to its first `max` and the
+/// count of the rest, and the whole cut at `total` characters.
+fn cut_quoted(text: &str, max: usize, total: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(total + 64));
+    let mut rest = text;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..=open]);
+        let inner = &rest[open + 1..];
+        let Some(close) = inner.find('\'') else {
+            rest = inner;
+            break;
+        };
+        let quoted = &inner[..close];
+        let n = quoted.chars().count();
+        if n > max {
+            out.extend(quoted.chars().take(max));
+            out.push_str(&format!("… ({} more characters)", n - max));
+        } else {
+            out.push_str(quoted);
+        }
+        out.push('\'');
+        rest = &inner[close + 1..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > total {
+        out = out.chars().take(total).collect();
+        out.push_str("…\n");
+    }
+    out
+}
+
 /// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
     use std::io::Write as _;
@@ -402,6 +458,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         http_listen,
     };
     let config = Config::load(cli.config.as_deref(), overrides.clone())?;
+    for line in &config.deprecations {
+        tracing::warn!("{line}");
+    }
     // What SIGHUP reads again: the same file and flags.
     let config_file = cli.config.clone();
     let reload: Reload = std::sync::Arc::new(move || Config::load(config_file.as_deref(), overrides.clone()));
@@ -425,7 +484,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         _ => {}
     }
+    // The earlier systems' switches: refused before the database is touched.
+    let acts = match &cli.command {
+        Command::Run { .. } | Command::Worker { .. } => Some(false),
+        Command::RunOnce { dry_run: false } => Some(true),
+        _ => None,
+    };
+    if let Some(why) = acts.and_then(|on_demand| config.acting.refusal(on_demand)) {
+        return Err(fail(exit::USAGE, why));
+    }
+    if let Command::Backup { file } = &cli.command
+        && matches!(crate::store::normalize_url(&config.database_url), Ok((crate::store::Backend::Postgres, _)))
+    {
+        return Err(fail(exit::ERROR, crate::store::pg_dump_advice(&config.database_url, file)));
+    }
     let store = open_store(&config).await?;
+    if acts.is_some() && config.acting == config::Acting::Paused {
+        store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
+        tracing::warn!("ORCHESTRATOR_MODE=PAUSED: the shared paused flag is set; `orchestrator resume` clears it");
+    }
     let code = dispatch(cli.command, &config, &store, &out, reload).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");
@@ -449,7 +526,7 @@ fn spawn_limits_reloader(store: Store, reload: Reload) {
                 }
             };
             let synced = match Registry::from_config(&config) {
-                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry).await,
+                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry, ConfigLimits::Replace).await,
                 Err(e) => {
                     tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
                     continue;
@@ -489,7 +566,7 @@ async fn dispatch(
             let engine = if no_execute { engine.without_execution() } else { engine };
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
-            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?).await?;
+            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
             spawn_limits_reloader(store.clone(), reload);
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -510,17 +587,13 @@ async fn dispatch(
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::Worker { concurrency, types, listen, no_http } => {
-            let mut seen = std::collections::BTreeSet::new();
-            for t in &types {
-                crate::queue::validate_type(t).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
-                seen.insert(t.clone());
-            }
-            let options = crate::worker::WorkerOptions {
-                concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
-                types: seen.into_iter().collect(),
-            };
-            let worker =
-                crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
+            let types = crate::worker::served_types(&types).map_err(|e| fail(exit::USAGE, format!("--types: {e}")))?;
+            let options =
+                crate::worker::WorkerOptions { concurrency: concurrency.unwrap_or(config.dispatch_concurrency), types };
+            let registry = Registry::from_config(config)?;
+            // Its config's limits hold from its first claim, even before any `run` wrote them.
+            crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
+            let worker = crate::worker::Worker::new(store.clone(), config.clone(), registry, options);
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = if no_http {
                 None
@@ -580,6 +653,8 @@ async fn dispatch(
         Command::RunOnce { dry_run: false } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
+            // Its tick claims: its config's limits hold from that claim, as a worker's do.
+            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Fill).await?;
             let outcome = engine.tick().await;
             if let Err(e) = engine.release().await {
                 tracing::warn!(error = %e, "could not release the lease; it expires by itself");
@@ -591,7 +666,7 @@ async fn dispatch(
                         exit::LEASE_HELD,
                         format!(
                             "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                            config.lease_name,
+                            crate::lease::LEASE_NAME,
                             expires_at.to_rfc3339()
                         ),
                     ));
@@ -627,7 +702,7 @@ async fn dispatch(
                 out.lease(report.lease.as_ref());
             }
             LeaseCommand::Release { force } => {
-                let lease = store.lease(&config.lease_name).await?;
+                let lease = store.lease(crate::lease::LEASE_NAME).await?;
                 let now = store.db_now().await?;
                 match lease {
                     Some(l) if l.expires_at > now && !force => {
@@ -643,7 +718,7 @@ async fn dispatch(
                         ));
                     }
                     _ => {
-                        let released = store.release_lease(&config.lease_name, None).await?;
+                        let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
                         let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
                         out.message(&serde_json::json!({"released": released}), msg);
                     }
@@ -666,6 +741,22 @@ async fn dispatch(
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
         Command::Completions { .. } | Command::Manpage => {}
+        Command::Backup { file } => {
+            let backup = store.backup_into(&file).await?;
+            let counts: Vec<String> =
+                backup.actions.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{n} {s}")).collect();
+            out.message(
+                &backup,
+                &format!(
+                    "backup written to {} ({} bytes, integrity ok): {} action(s) ({}), last tick {}",
+                    backup.file.display(),
+                    backup.bytes,
+                    backup.actions.values().sum::<i64>(),
+                    counts.join(", "),
+                    backup.last_tick.map_or_else(|| "none".to_string(), |t| t.to_string())
+                ),
+            );
+        }
         Command::Artifacts(ArtifactsCommand::Verify) => {
             let rows = store.artifact_logs().await?;
             let host = gethostname::gethostname().to_string_lossy().into_owned();
@@ -743,7 +834,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
 async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
     let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
     let counts = status::Counts::AllHistory;
-    Ok(status::read(store, &config.lease_name, &policy, &config.rules.health, counts, config.workers.ttl).await?)
+    Ok(status::read(store, crate::lease::LEASE_NAME, &policy, &config.rules.health, counts, config.workers.ttl).await?)
 }
 
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
@@ -861,5 +952,29 @@ pub(crate) async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_cut_what_they_quote() {
+        let long = "k".repeat(20_000);
+        let text = format!("error: invalid value '{long}' for '--limit <N>'\n\nFor more information, try '--help'.\n");
+        let cut = cut_quoted(&text, 80, 2_000);
+        assert_eq!(
+            cut,
+            format!(
+                "error: invalid value '{}… (19920 more characters)' for '--limit <N>'\n\nFor more information, try '--help'.\n",
+                "k".repeat(80)
+            )
+        );
+        assert_eq!(cut_quoted("no quotes", 3, 100), "no quotes");
+        assert_eq!(cut_quoted("'abcd' and 'é'", 3, 100), "'abc… (1 more characters)' and 'é'");
+        // A quote inside the value unpairs the rest: the whole is still bounded.
+        let odd = format!("error: invalid value 'it's {long}' for '--limit <N>'");
+        assert!(cut_quoted(&odd, 80, 2_000).chars().count() <= 2_002);
     }
 }

@@ -317,6 +317,13 @@ impl Raw {
                 tops.push(k);
             }
         }
+        // A retired top-level key's variable is refused like the key, with what replaced it.
+        for r in retired.iter().filter(|r| !r.name.contains('.')) {
+            let name = env_var(r.name);
+            if env(&name).is_some() {
+                return Err(ConfigError::Value { source_: Source::Env(name), message: r.message.to_string() });
+            }
+        }
         for info in tops {
             let key = info.top();
             let alias = aliases.iter().find(|(k, _)| *k == key).map(|(_, var)| (*var).to_string());

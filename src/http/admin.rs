@@ -6,8 +6,8 @@
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
 //! compared in constant time; with no token configured every route answers 403 "admin API
-//! disabled". Bodies are size-limited JSON; unknown fields, wrong types and missing fields are
-//! 400 naming the field. Every change is logged with the token's name and the time. Validation
+//! disabled". Bodies are size-limited JSON; unknown fields, wrong types, missing fields and a
+//! key given twice in one object (at any depth) are 400 naming the field or the key. Every change is logged with the token's name and the time. Validation
 //! of actions is the queue's (`queue::enqueue`), not repeated here.
 
 use std::collections::HashMap;
@@ -124,8 +124,9 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body: expected a JSON object, got nothing"));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("body: not valid JSON: {e}")))?;
+    let value = serde_json::from_slice::<Unambiguous>(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("body: not valid JSON: {e}")))?
+        .0;
     if !value.is_object() {
         let kind = match value {
             serde_json::Value::Array(_) => "an array",
@@ -144,6 +145,84 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
             ApiError::bad_request(format!("body field `{path}`: {}", e.inner()))
         }
     })
+}
+
+/// The most of a duplicate key an error quotes, in characters.
+const QUOTED_KEY_CHARS: usize = 64;
+
+/// A JSON value in which no object has a key twice, at any depth: `{"a":1,"a":2}` is refused
+/// naming the key, where `serde_json::Value` would keep the last value and the sender's intent
+/// would be a guess.
+struct Unambiguous(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Unambiguous {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UnambiguousVisitor)
+    }
+}
+
+struct UnambiguousVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UnambiguousVisitor {
+    type Value = Unambiguous;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Unambiguous, E> {
+        // JSON has no NaN or infinity, so every number it reads is one `Value` can hold.
+        Ok(Unambiguous(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(v.into()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(v.into()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Unambiguous, E> {
+        Ok(Unambiguous(serde_json::Value::Null))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unambiguous, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Unambiguous(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Unambiguous(serde_json::Value::Array(out)))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Unambiguous, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let mut shown: String =
+                    key.chars().take(QUOTED_KEY_CHARS).collect::<String>().escape_debug().to_string();
+                if key.chars().count() > QUOTED_KEY_CHARS {
+                    shown.push('…');
+                }
+                return Err(serde::de::Error::custom(format!("duplicate key `{shown}`")));
+            }
+            let Unambiguous(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Unambiguous(serde_json::Value::Object(out)))
+    }
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {
@@ -210,6 +289,9 @@ async fn run_once(
     axum::Extension(who): axum::Extension<Who>,
 ) -> Result<Response, ApiError> {
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), "admin API: run-once requested");
+    if let Some(why) = st.config.acting.refusal(true) {
+        return Err(ApiError::new(StatusCode::CONFLICT, why));
+    }
     match st.engine.tick().await? {
         TickOutcome::Ran(report) => {
             if !st.ticking
@@ -223,7 +305,7 @@ async fn run_once(
             StatusCode::CONFLICT,
             format!(
                 "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                st.config.lease_name,
+                crate::lease::LEASE_NAME,
                 expires_at.to_rfc3339()
             ),
         )),

@@ -72,7 +72,7 @@ impl AppState {
         };
         status::read(
             &self.store,
-            &self.config.lease_name,
+            crate::lease::LEASE_NAME,
             &policy,
             &self.config.rules.health,
             counts,

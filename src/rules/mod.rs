@@ -105,9 +105,12 @@ pub enum Kind {
         payload: Value,
         key: String,
     },
+    /// Cooled down and deduplicated by its rule and `key`, never by its message (whose text
+    /// may carry a count that changes every tick).
     Alert {
         severity: crate::model::Severity,
         message: String,
+        key: String,
     },
 }
 
@@ -130,8 +133,8 @@ impl Kind {
         }
     }
 
-    /// What dedupe and cooldowns key on: the action id, the idempotency key, the alert's
-    /// message, or the thing a global decision acts on.
+    /// What dedupe and cooldowns key on: the action id, the idempotency key, the alert's key
+    /// (with its rule: see [`Decision::dedupe_key`]), or the thing a global decision acts on.
     pub fn target(&self) -> String {
         match self {
             Kind::Retry { id } | Kind::Dlq { id } | Kind::Cancel { id } | Kind::ForceRun { id } => id.to_string(),
@@ -141,7 +144,7 @@ impl Kind {
             Kind::Throttle { .. } => "dispatch".into(),
             Kind::SetLimit { action_type, field, .. } => format!("{action_type}.{field}"),
             Kind::Enqueue { key, .. } => key.clone(),
-            Kind::Alert { message, .. } => message.clone(),
+            Kind::Alert { key, .. } => key.clone(),
         }
     }
 
@@ -160,6 +163,18 @@ pub struct Decision {
     pub priority: u8,
     pub reason: String,
 }
+
+impl Decision {
+    /// What the pipeline deduplicates on: the kind and the target, and for an alert its rule
+    /// too, since an alert's key is its rule's own (two rules' `warning` alerts are two alerts).
+    pub fn dedupe_key(&self) -> (String, String, String) {
+        let rule = if matches!(self.kind, Kind::Alert { .. }) { self.rule.clone() } else { String::new() };
+        (self.kind.name().to_string(), self.kind.target(), rule)
+    }
+}
+
+/// The longest alert key, in characters.
+pub const MAX_ALERT_KEY_CHARS: usize = 200;
 
 /// One compiled rule.
 #[derive(Clone, Debug)]
@@ -547,8 +562,19 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             Kind::Enqueue { action_type, payload, key }
         }
         "alert" => {
-            let severity = text("severity")?.parse().map_err(|e| format!("alert {e}"))?;
-            Kind::Alert { severity, message: text("message")? }
+            let severity: crate::model::Severity = text("severity")?.parse().map_err(|e| format!("alert {e}"))?;
+            // Without a key, one alert per rule and severity per cooldown.
+            let key = match obj.get("key") {
+                None | Some(Value::Null) => severity.as_str().to_string(),
+                Some(_) => text("key")?,
+            };
+            let n = key.chars().count();
+            if n > MAX_ALERT_KEY_CHARS || key.chars().any(char::is_control) {
+                return Err(format!(
+                    "alert `key` must be 1 to {MAX_ALERT_KEY_CHARS} characters without control characters, got {n}"
+                ));
+            }
+            Kind::Alert { severity, message: text("message")?, key }
         }
         other => return Err(format!("unknown decision kind {other:?}")),
     };
@@ -562,6 +588,10 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
     };
     let reason = match &k {
         Kind::Alert { message, .. } => message.clone(),
+        // Stored with the override, so held to the bound of an operator's reason.
+        Kind::SetLimit { .. } => {
+            crate::limits::check_override_reason(&text("reason")?).map_err(|e| format!("set_limit `reason`: {e}"))?
+        }
         _ => text("reason")?,
     };
     Ok(Decision { rule: rule.to_string(), kind: k, priority, reason })
@@ -595,6 +625,12 @@ mod tests {
         assert!(with("type", "a b".into()).contains("set_limit"));
         assert!(with("seconds", 0.into()).contains("from 1s to 30 days"));
         assert!(with("seconds", (30 * 86_400 + 1).into()).contains("30 days"));
+        let long = "x".repeat(crate::limits::MAX_REASON_CHARS + 1);
+        assert!(with("reason", long.into()).contains("set_limit `reason`: the reason must be 1 to 500 characters"));
+        let longest = "x".repeat(crate::limits::MAX_REASON_CHARS);
+        let mut o = base.clone();
+        o["reason"] = format!(" {longest} ").into();
+        assert_eq!(decision_from_json("r", &o).unwrap().reason, longest, "kept trimmed, as an operator's");
         let mut count = base.clone();
         count["field"] = "max_running".into();
         count["value"] = (-1).into();
@@ -632,7 +668,7 @@ mod tests {
     fn constructors_state_and_params() {
         let rules = set(&[(
             "r",
-            "state.n = (state.n ?? 0) + 1;\n[retry(7, \"x\"), dlq(8, \"y\", 9), alert(\"critical\", \"hi\", 10), throttle(params.n ?? 2, \"t\")]",
+            "state.n = (state.n ?? 0) + 1;\n[retry(7, \"x\"), dlq(8, \"y\", 9), alert(\"critical\", \"hi\", 10), throttle(params.n ?? 2, \"t\"), alert(\"info\", `n=${state.n}`, \"count\"), alert(\"info\", \"k\", \"count\", 2)]",
         )])
         .unwrap();
         let runs = rules.evaluate(&snap(), &BTreeMap::from([("r".to_string(), serde_json::json!({"n": 4}))]));
@@ -646,10 +682,27 @@ mod tests {
             vec![
                 ("retry", "7".into(), 5),
                 ("dlq", "8".into(), 9),
-                ("alert", "hi".into(), 10),
-                ("throttle", "dispatch".into(), 5)
+                ("alert", "critical".into(), 10),
+                ("throttle", "dispatch".into(), 5),
+                ("alert", "count".into(), 5),
+                ("alert", "count".into(), 2)
             ]
         );
+        assert_eq!(r.decisions[4].reason, "n=5", "an alert's reason is its message; its target, its key");
+    }
+
+    #[test]
+    fn alert_keys_are_checked() {
+        let alert = |key: serde_json::Value| {
+            let v = serde_json::json!({"kind": "alert", "severity": "warning", "message": "m", "key": key});
+            decision_from_json("r", &v)
+        };
+        assert_eq!(alert(serde_json::Value::Null).unwrap().kind.target(), "warning", "default: the severity");
+        assert_eq!(alert("bad_ticks".into()).unwrap().kind.target(), "bad_ticks");
+        assert!(alert("".into()).unwrap_err().contains("non-empty `key`"));
+        assert!(alert("a\nb".into()).unwrap_err().contains("without control characters"));
+        assert!(alert("k".repeat(MAX_ALERT_KEY_CHARS + 1).into()).unwrap_err().contains("1 to 200 characters"));
+        assert!(alert("k".repeat(MAX_ALERT_KEY_CHARS).into()).is_ok());
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The decision pipeline, after the rules ran: dedupe by (kind, target) keeping the highest
-//! priority, sort by priority (descending) then rule name, cap at `max_decisions_per_tick`,
+//! priority (an alert's target is its key, and its rule counts too: `Decision::dedupe_key`), sort by priority (descending) then rule name, cap at `max_decisions_per_tick`,
 //! apply the cooldown, hold back what a paused system must not do. Every decision that does not
 //! survive is kept with the reason it was suppressed.
 //!
 //! Pure: the cooldowns come in as a set, nothing is read or written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::Decision;
 
@@ -59,12 +59,12 @@ pub fn plan(
 ) -> Vec<Planned> {
     let mut sorted = decisions;
     sorted.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.rule.cmp(&b.rule)));
-    let mut seen: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut seen: BTreeSet<(String, String, String)> = BTreeSet::new();
     let mut out = Vec::with_capacity(sorted.len());
     let mut kept = 0usize;
     for d in sorted {
-        let key = (d.kind.name().to_string(), d.kind.target());
-        let suppressed = if seen.insert(key.clone(), ()).is_some() {
+        let key = d.dedupe_key();
+        let suppressed = if !seen.insert(key.clone()) {
             Some(Suppressed::Dedupe)
         } else if kept >= max {
             Some(Suppressed::Cap)
@@ -117,6 +117,35 @@ mod tests {
                 ("b".into(), "retry", Some("dedupe")),
                 ("y".into(), "resume", Some("cap")),
                 ("z".into(), "cancel", Some("cap")),
+            ]
+        );
+    }
+
+    #[test]
+    fn alerts_are_one_per_rule_and_key_whatever_their_message() {
+        let alert = |rule: &str, message: &str, key: &str| {
+            let kind =
+                Kind::Alert { severity: crate::model::Severity::Warning, message: message.into(), key: key.into() };
+            d(rule, kind, 5)
+        };
+        let ds = vec![
+            alert("a", "3 bad ticks", "bad_ticks"),
+            alert("a", "4 bad ticks", "bad_ticks"),
+            alert("b", "3 bad ticks", "bad_ticks"),
+            alert("a", "other", "other"),
+        ];
+        let cooling: BTreeSet<_> = [("b".to_string(), "alert".to_string(), "bad_ticks".to_string())].into();
+        let got: Vec<(String, String, Option<&str>)> = plan(ds, 10, &cooling, false)
+            .iter()
+            .map(|p| (p.decision.rule.clone(), p.decision.kind.target(), p.suppressed.map(|s| s.as_str())))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), "bad_ticks".into(), None),
+                ("a".into(), "bad_ticks".into(), Some("dedupe")),
+                ("a".into(), "other".into(), None),
+                ("b".into(), "bad_ticks".into(), Some("cooldown")),
             ]
         );
     }

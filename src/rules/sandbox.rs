@@ -194,4 +194,23 @@ fn register_constructors(e: &mut rhai::Engine) {
             vec![("severity", severity.into()), ("message", message.into()), ("priority", priority.into())],
         )
     });
+    // alert(severity, message, key[, priority]): the key names the alert for its cooldown and
+    // dedupe (default: the severity), so a message that carries a count is still one alert.
+    e.register_fn("alert", |severity: ImmutableString, message: ImmutableString, key: ImmutableString| {
+        decision("alert", vec![("severity", severity.into()), ("message", message.into()), ("key", key.into())])
+    });
+    e.register_fn(
+        "alert",
+        |severity: ImmutableString, message: ImmutableString, key: ImmutableString, priority: INT| {
+            decision(
+                "alert",
+                vec![
+                    ("severity", severity.into()),
+                    ("message", message.into()),
+                    ("key", key.into()),
+                    ("priority", priority.into()),
+                ],
+            )
+        },
+    );
 }

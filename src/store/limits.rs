@@ -13,6 +13,10 @@
 //! - It picks due rows in claim order, leaving out types and partitions with nothing left, so a
 //!   saturated type never blocks the batch (no head-of-line blocking), then claims exactly those.
 //!
+//! Every write of a type's base limits (a config's, an operator's edit, `PUT /api/limits`)
+//! reads and writes the type's `limits` row under that row's lock ([`lock_limit`]), so that
+//! concurrent edits of different fields all land; an override is one row of its own.
+//!
 //! Nothing here decides a limit's value: config, operators and rules do, through the setters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,13 +26,14 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::machine::{Claimed, Claimer};
 use super::{Backend, Context, Fence, Store, StoreError};
-use crate::limits::{LimitField, LimitSpec, LimitValue, OVERFLOW_PARTITION, PayloadPath, Rate};
+use crate::limits::{BaseField, LimitField, LimitSpec, LimitValue, OVERFLOW_PARTITION, PayloadPath, Rate};
 
 /// Where a type's base limits came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitSource {
-    /// The `limits:` section of the `run` process's config (rewritten at start and on SIGHUP).
+    /// A config's `limits:` section: `run`'s, rewritten at its start and on SIGHUP, or that of
+    /// another claiming process for a type that had no base limit (see [`ConfigLimits`]).
     Config,
     /// `orchestrator limits set` or `/api/limits`.
     Operator,
@@ -52,6 +57,66 @@ impl LimitSource {
             _ => LimitSource::Override,
         }
     }
+}
+
+/// How a process writes its config's `limits:` section ([`Store::write_config_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigLimits {
+    /// `run`, at start and on SIGHUP: each type named gets exactly the config's limits, whoever
+    /// set them before, and a type an earlier config set and this one does not name loses them.
+    Replace,
+    /// Every other process that claims (a worker, `run-once`), before its first claim: a type
+    /// named that has no base limit gets the config's; one that has a base keeps it (an
+    /// operator's `limits set`, another process's config). Overrides are never touched.
+    Fill,
+}
+
+/// One field on which a config and the base limits the database held disagreed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitDisagreement {
+    pub action_type: String,
+    pub field: BaseField,
+    /// The config's value (`None`: not set).
+    pub config: Option<String>,
+    /// The database's value before the write (`None`: not set), and who set it.
+    pub database: Option<String>,
+    pub source: LimitSource,
+}
+
+/// What writing a config's `limits:` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigLimitsWritten {
+    /// The types whose base limits were written from the config.
+    pub written: Vec<String>,
+    /// The types an earlier config set, not named in this one, whose limits went (`Replace`).
+    pub removed: Vec<String>,
+    /// Where the database held other base values: replaced (`Replace`) or kept (`Fill`).
+    pub disagreements: Vec<LimitDisagreement>,
+}
+
+/// An operator's change to a type's base limits ([`Store::edit_limit`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LimitEdit {
+    /// The base becomes exactly this (`PUT /api/limits/TYPE`).
+    Replace(LimitSpec),
+    /// The fields this sets replace theirs; the others keep their value (`limits set`).
+    Merge(LimitSpec),
+    /// One field goes (`limits clear TYPE FIELD`).
+    Remove(BaseField),
+}
+
+/// Why an edit wrote nothing (the type's row is as it was).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EditRefusal {
+    /// The type has no limits (a `Remove`).
+    #[error("it has no limits")]
+    NoLimits,
+    /// The field to remove is not set in the base.
+    #[error("the field is not set in its base limits")]
+    NotSet,
+    /// The base would limit nothing.
+    #[error("it would have no limit")]
+    LimitsNothing,
 }
 
 /// A temporary value of one field, until `expires_at`.
@@ -300,38 +365,113 @@ impl Store {
         Ok(read_limits(self, &self.db, self.now()).await?.into_iter().filter(TypeLimit::enforced).collect())
     }
 
-    /// Writes the `limits:` section of a config: each type named gets exactly those limits
-    /// (source `config`); a type set from config before and no longer named loses its limits.
-    /// Types set by operators and not named stay. Returns the types removed.
-    pub async fn sync_config_limits(&self, limits: &BTreeMap<String, LimitSpec>) -> Result<Vec<String>, StoreError> {
+    /// Writes a config's `limits:` section, `how` says on what terms (see [`ConfigLimits`]), in
+    /// one transaction, each type's row under its lock. Types set by operators and not named
+    /// stay; overrides always stay.
+    pub async fn write_config_limits(
+        &self,
+        limits: &BTreeMap<String, LimitSpec>,
+        how: ConfigLimits,
+    ) -> Result<ConfigLimitsWritten, StoreError> {
         let txn = self.begin_write().await?;
         let now = self.now();
-        for (t, spec) in limits {
-            upsert_limit(self, &txn, t, spec, LimitSource::Config, now).await?;
+        let mut out = ConfigLimitsWritten::default();
+        // Every row this touches, named or to remove, is locked in type order, as every other
+        // writer of several rows does, so that two writers never wait on each other in a cycle.
+        let mut touched: BTreeMap<String, Option<&LimitSpec>> =
+            limits.iter().map(|(t, spec)| (t.clone(), Some(spec))).collect();
+        if how == ConfigLimits::Replace {
+            let rows = txn
+                .query_all_raw(self.stmt("SELECT action_type FROM limits WHERE source = 'config'", []))
+                .await
+                .doing("reading configured limits")?;
+            for r in rows {
+                touched.entry(r.try_get("", "action_type").doing("reading configured limits")?).or_insert(None);
+            }
         }
-        let rows = txn
-            .query_all_raw(self.stmt("SELECT action_type FROM limits WHERE source = 'config'", []))
-            .await
-            .doing("reading configured limits")?;
-        let mut removed = Vec::new();
-        for r in rows {
-            let t: String = r.try_get("", "action_type").doing("reading configured limits")?;
-            if !limits.contains_key(&t) {
-                delete_limit(self, &txn, &t).await?;
-                removed.push(t);
+        for (t, spec) in touched {
+            let Some(spec) = spec else {
+                // Set by an earlier config and not named in this one, if it still is.
+                let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+                let still = txn
+                    .query_one_raw(self.stmt(
+                        &format!("SELECT 1 AS one FROM limits WHERE action_type = $1 AND source = 'config'{lock}"),
+                        [t.as_str().into()],
+                    ))
+                    .await
+                    .doing("reading configured limits")?;
+                if still.is_some() {
+                    delete_limit(self, &txn, &t).await?;
+                    out.removed.push(t);
+                }
+                continue;
+            };
+            crate::queue::validate_type(&t).map_err(StoreError::Invalid)?;
+            // A row of overrides alone (source `override`) has no base to keep.
+            let base = lock_limit(self, &txn, &t, LimitSource::Config, now)
+                .await?
+                .filter(|(_, source)| *source != LimitSource::Override);
+            if let Some((held, source)) = &base {
+                out.disagreements.extend(held.differing(spec).into_iter().map(|field| LimitDisagreement {
+                    action_type: t.clone(),
+                    field,
+                    config: field.value_in(spec),
+                    database: field.value_in(held),
+                    source: *source,
+                }));
+            }
+            if how == ConfigLimits::Replace || base.is_none() {
+                upsert_limit(self, &txn, &t, spec, LimitSource::Config, now).await?;
+                out.written.push(t);
             }
         }
         txn.commit().await.doing("committing configured limits")?;
-        Ok(removed)
+        Ok(out)
     }
 
-    /// Sets a type's base limits (an operator's `limits set`), replacing what was there.
+    /// Replaces a type's base limits (source `operator`); overrides stay. `edit_limit` with
+    /// [`LimitEdit::Replace`], for callers that hold a whole spec.
     pub async fn set_limit(&self, action_type: &str, spec: &LimitSpec) -> Result<(), StoreError> {
-        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
         spec.validate().map_err(|e| StoreError::Invalid(format!("limits.{action_type}: {e}")))?;
+        match self.edit_limit(action_type, &LimitEdit::Replace(spec.clone())).await? {
+            Ok(_) => Ok(()),
+            // A valid spec limits something, the only refusal a replacement can meet.
+            Err(why) => Err(StoreError::Internal(format!("replacing the limits of {action_type}: {why:?}"))),
+        }
+    }
+
+    /// An operator's change to a type's base limits (source `operator`), made on the row as it
+    /// stands under its lock: the fields the edit names change, every other field (another
+    /// operator's edit a moment before included) and the overrides stay. Returns the type's
+    /// base as written, or why nothing was.
+    pub async fn edit_limit(
+        &self,
+        action_type: &str,
+        edit: &LimitEdit,
+    ) -> Result<Result<LimitSpec, EditRefusal>, StoreError> {
+        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
         let txn = self.begin_write().await?;
-        upsert_limit(self, &txn, action_type, spec, LimitSource::Operator, self.now()).await?;
-        txn.commit().await.doing("committing a limit")
+        let now = self.now();
+        let held = lock_limit(self, &txn, action_type, LimitSource::Operator, now).await?.map(|(base, _)| base);
+        let next = match (edit, held) {
+            (LimitEdit::Replace(spec), _) => spec.clone(),
+            (LimitEdit::Merge(spec), held) => held.unwrap_or_default().merged(spec),
+            (LimitEdit::Remove(_), None) => return refuse(txn, EditRefusal::NoLimits).await,
+            (LimitEdit::Remove(field), Some(mut base)) => {
+                if field.value_in(&base).is_none() {
+                    return refuse(txn, EditRefusal::NotSet).await;
+                }
+                field.remove(&mut base);
+                base
+            }
+        };
+        if next.is_empty() {
+            return refuse(txn, EditRefusal::LimitsNothing).await;
+        }
+        next.validate().map_err(|e| StoreError::Invalid(format!("limits.{action_type}: {e}")))?;
+        upsert_limit(self, &txn, action_type, &next, LimitSource::Operator, now).await?;
+        txn.commit().await.doing("committing a limit")?;
+        Ok(Ok(next))
     }
 
     /// Removes a type's limits and overrides. Returns false when it had none.
@@ -1330,6 +1470,54 @@ fn base_spec(r: &sea_orm::QueryResult, errors: &mut Vec<String>) -> Result<Limit
         None => None,
     };
     Ok(LimitSpec { max_running, rate, daily_budget, partition_by })
+}
+
+/// Locks type `t`'s `limits` row for a read-modify-write and returns its base and source, or
+/// `None` when it had none: then a row (source `source`, no limit) is created here, which no
+/// other transaction sees, and every other writer of the type waits for, until this one ends.
+/// On PostgreSQL the row lock (`FOR UPDATE`, or the insert's) makes concurrent writers of one
+/// type take turns; on SQLite the write transaction already does.
+async fn lock_limit(
+    store: &Store,
+    txn: &DatabaseTransaction,
+    t: &str,
+    source: LimitSource,
+    now: DateTime<Utc>,
+) -> Result<Option<(LimitSpec, LimitSource)>, StoreError> {
+    let doing = "locking a limit";
+    let lock = if store.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let select = format!(
+        "SELECT max_running, rate_count, rate_seconds, daily_budget, partition_by, source FROM limits \
+         WHERE action_type = $1{lock}"
+    );
+    // A row deleted between the two statements (a `limits clear` at that moment) is created
+    // again by the next insert.
+    for _ in 0..3 {
+        let created = txn
+            .execute_raw(store.stmt(
+                "INSERT INTO limits (action_type, source, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (action_type) DO NOTHING",
+                [t.into(), source.as_str().into(), now.into()],
+            ))
+            .await
+            .doing(doing)?
+            .rows_affected();
+        if created > 0 {
+            return Ok(None);
+        }
+        let Some(row) = txn.query_one_raw(store.stmt(&select, [t.into()])).await.doing(doing)? else { continue };
+        // A field that does not read is no base to keep: the write replaces it.
+        let base = base_spec(&row, &mut Vec::new()).doing(doing)?;
+        let held: String = row.try_get("", "source").doing(doing)?;
+        return Ok(Some((base, LimitSource::parse(&held))));
+    }
+    Err(StoreError::Internal(format!("the limits row of {t} vanished three times while it was being locked")))
+}
+
+/// Ends an edit that writes nothing: the row `lock_limit` may have created goes with it.
+async fn refuse(txn: DatabaseTransaction, why: EditRefusal) -> Result<Result<LimitSpec, EditRefusal>, StoreError> {
+    txn.rollback().await.doing("ending a refused limit edit")?;
+    Ok(Err(why))
 }
 
 async fn upsert_limit(

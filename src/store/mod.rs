@@ -8,6 +8,8 @@
 //! Architecture invariant: no other module imports `sea_orm`.
 
 mod actions;
+mod backup;
+pub use backup::{Backup, pg_dump_advice};
 mod decide;
 mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
@@ -31,7 +33,10 @@ mod limits;
 mod logs;
 mod notify;
 mod workers;
-pub use limits::{LimitOverride, LimitSource, LimitUsage, PartUsage, TypeLimit, held_waiting};
+pub use limits::{
+    ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit, LimitOverride, LimitSource,
+    LimitUsage, PartUsage, TypeLimit, held_waiting,
+};
 pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 
@@ -73,7 +78,7 @@ pub enum StoreError {
     // print it once.
     #[error("cannot open database {target}: {cause}")]
     Connect { target: String, cause: DbErr },
-    #[error("database error while {doing}: {cause}")]
+    #[error("database error while {doing}: {cause}{}", pooler_hint(.cause))]
     Db { doing: &'static str, cause: DbErr },
     /// The operation found a state that does not allow it (a conflict, not a fault).
     #[error("{0}")]
@@ -87,6 +92,9 @@ pub enum StoreError {
     Internal(String),
     #[error("action {0} not found")]
     NotFound(i64),
+    /// A file the store writes outside the database (a backup) could not be written.
+    #[error("{doing}: {cause}")]
+    File { doing: String, cause: std::io::Error },
     #[error("row {table}#{id} holds an invalid value: {reason}")]
     Corrupt { table: &'static str, id: i64, reason: String },
 }
@@ -117,6 +125,29 @@ fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => true,
         E::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
         _ => false,
+    }
+}
+
+/// What to add to an error that says a prepared statement already exists (SQLSTATE 42P05) or
+/// does not exist (26000): the driver names its statements per connection, so these mean a
+/// pooler in transaction mode hands one server connection to several of ours.
+fn pooler_hint(cause: &DbErr) -> &'static str {
+    let code = match cause {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sea_orm::sqlx::Error::Database(d) => d.code(),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("42P05" | "26000") => {
+            " (the driver's prepared statements were mixed up between connections: a pooler in transaction \
+             mode sits in front of PostgreSQL; PgBouncer needs version 1.21 or later with \
+             max_prepared_statements set, or session mode; see docs/SCALING.md)"
+        }
+        _ => "",
     }
 }
 

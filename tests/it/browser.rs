@@ -200,11 +200,11 @@ async fn operator_page_in_headless_chromium() {
         let o = run(bin(d).args(["--database-url", &url, "enqueue", t, "--payload", payload, "--key", key]));
         assert_eq!(o.status.code(), Some(0));
     }
-    // A tiny rule that raises an alert every tick (a new message each time, so no cooldown).
+    // A tiny rule that raises an alert every tick (a new key each time, so no cooldown).
     std::fs::create_dir(d.join("rules")).unwrap();
     std::fs::write(
         d.join("rules").join("beacon.rhai"),
-        "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", `beacon ${state.n}`)]\n",
+        "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", `beacon ${state.n}`, `beacon ${state.n}`)]\n",
     )
     .unwrap();
     let (mut server, mut logs, addr) =

@@ -196,7 +196,8 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     engine.set_rules(rule_set(&config, &[("c", &format!("[cancel({a}, \"x\"), pause(\"p\")]"))]));
     // Another instance takes over between our lease acquire and our writes: bump the epoch
     // under our feet by rewriting the lease row after our acquire (the rule runs after it).
-    let fence = orchestrator::store::Fence { lease_name: config.lease_name.clone(), epoch: 999, tick_id: None };
+    let fence =
+        orchestrator::store::Fence { lease_name: orchestrator::lease::LEASE_NAME.into(), epoch: 999, tick_id: None };
     let res = db.store.cancel(orchestrator::store::Authority::Lease(&fence), a, Some("x")).await;
     assert!(res.unwrap_err().to_string().contains("fenced"), "a write under a stale epoch is refused");
     assert!(db.store.set_paused_fenced(&fence, true).await.is_err());
@@ -313,7 +314,7 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     let a = id(db, "a").await;
     id(db, "b").await;
     let rules = [
-        ("counter", "state.n = (state.n ?? 0) + 1; [alert(\"info\", `hi ${state.n}`)]"),
+        ("counter", "state.n = (state.n ?? 0) + 1; [alert(\"info\", `hi ${state.n}`, `hi-${state.n}`)]"),
         ("forcer", &*format!("[force_run({a}, \"go\", 9)]")),
     ];
     let rules_dir = write_rules(db.dir.path(), &rules);
@@ -329,7 +330,7 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     let text = support::stdout(&o);
     assert!(text.contains("dry run (nothing written)"), "{text}");
     assert!(text.contains("forcer force_run 1: go -> suppressed: cooldown"), "{text}");
-    assert!(text.contains("counter alert hi 2: hi 2 -> would apply"), "the stored state was read: {text}");
+    assert!(text.contains("counter alert hi-2: hi 2 -> would apply"), "the stored state was read: {text}");
     assert!(text.contains(&format!("would dispatch 1 action(s):\n  #{c} NOOP priority 0 (PENDING)")), "{text}");
     let o = orch(db.dir.path(), &db.url, &rules_dir, &["--json", "run-once", "--dry-run"]);
     let j = support::json(&o);
@@ -360,8 +361,8 @@ async fn backtest_replays_recorded_history_with_edited_rules(db: &TestDb) {
     assert_eq!(j["ticks"], 2);
     assert_eq!(j["differing"], 2);
     let report = j["report"].as_array().unwrap();
-    assert_eq!(report[0]["removed"], json!(["watch alert work waiting [5]"]));
-    assert_eq!(report[0]["added"], json!(["watch alert work waiting [7]"]));
+    assert_eq!(report[0]["removed"], json!(["watch alert info [5]"]), "an alert's target is its key");
+    assert_eq!(report[0]["added"], json!(["watch alert warning [7]"]));
     assert_eq!(report[1]["removed"], json!([]));
     assert_eq!(report[1]["added"], json!(["watch rebalance queue [5]"]));
     let o = orch(db.dir.path(), &db.url, &rules_dir, &["rules", "backtest"]);
@@ -540,7 +541,7 @@ async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
     let engine = db.engine(config.clone());
     engine.set_rules(rule_set(
         &config,
-        &[("nag", "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", \"again\"), alert(\"info\", `m${state.n}`)]")],
+        &[("nag", "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", \"again\", \"again\"), alert(\"info\", `m${state.n}`, `m${state.n}`)]")],
     ));
     let outcome = |id: i64| {
         let store = db.store.clone();

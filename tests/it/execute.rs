@@ -24,6 +24,8 @@ use crate::tick::ran;
 
 backend_tests!(
     webhook_body_and_signature_arrive_as_sent,
+    a_peer_that_echoes_the_request_is_quoted_without_any_secret_of_its_target,
+    the_binary_quotes_no_secret_a_peer_echoes,
     webhook_5xx_is_retried_then_succeeds,
     webhook_retry_after_sets_not_before,
     webhook_4xx_goes_to_dlq_at_once,
@@ -42,6 +44,10 @@ pub const TOKEN: &str = "tok-bearer-do-not-leak";
 /// not know them as secrets, it redacts them by name.
 pub const ECHOED_BASIC: &str = "dXNlcjpwZWVyLWJhc2lj";
 pub const ECHOED_COOKIE: &str = "peer-cookie-do-not-leak";
+/// Configured values the engine knows as a target's and a peer echoes back (issue 22): a query
+/// value of the URL, and a header whose name does not look secret.
+pub const QUERY_SECRET: &str = "query-api-key-do-not-leak";
+pub const PARTNER_SECRET: &str = "partner-header-do-not-leak";
 
 pub fn target(name: &str, url: String) -> WebhookTarget {
     WebhookTarget {
@@ -120,7 +126,7 @@ async fn assert_no_secrets(db: &TestDb) {
     texts.push(status_body(db).await);
     assert!(!texts.is_empty());
     for t in &texts {
-        for secret in [SECRET, TOKEN, ECHOED_BASIC, ECHOED_COOKIE] {
+        for secret in [SECRET, TOKEN, ECHOED_BASIC, ECHOED_COOKIE, QUERY_SECRET, PARTNER_SECRET] {
             assert!(!t.contains(secret), "a secret ({secret}) leaked into: {t}");
         }
     }
@@ -166,6 +172,79 @@ async fn webhook_body_and_signature_arrive_as_sent(db: &TestDb) {
     assert!(log.message.contains("201") && log.message.contains("{\"accepted\":true}"), "{}", log.message);
     assert!(!log.message.contains("x=1"), "the query string is not logged: {}", log.message);
     assert!(log.message.contains("echo: <redacted> <redacted>"), "{}", log.message);
+    assert_no_secrets(db).await;
+}
+
+/// The target of the echo tests: every kind of configured secret, the URL's query included.
+fn echoed_target(peer: &Peer) -> WebhookTarget {
+    let mut t = target("hook", peer.url(&format!("/hook?api_key={QUERY_SECRET}&x=1")));
+    t.headers.insert("X-Partner".into(), PARTNER_SECRET.into());
+    t
+}
+
+async fn a_peer_that_echoes_the_request_is_quoted_without_any_secret_of_its_target(db: &TestDb) {
+    real_mode(db).await;
+    let peer = Peer::start(vec![Reply::status(500).body("rejected: ").echo()]).await;
+    let engine = engine(db, with_target(echoed_target(&peer)));
+    let id = queue::enqueue(&db.store, &req("WEBHOOK", "wh-echo", json!({"target": "hook", "body": {"a": 1}})), 3)
+        .await
+        .unwrap()
+        .id;
+    ran(&engine).await;
+    let got = peer.requests();
+    assert_eq!(got[0].path, format!("/hook?api_key={QUERY_SECRET}&x=1"), "the peer did get the secrets");
+    assert_eq!(got[0].header("x-partner"), Some(PARTNER_SECRET));
+    let a = db.store.action(id).await.unwrap().unwrap();
+    assert_eq!(a.status, ActionStatus::Retry);
+    let err = a.last_error.unwrap();
+    for want in ["rejected: POST /hook?api_key=<redacted>&x=1 HTTP/1.1", "x-partner: <redacted>", "{\"a\":1}"] {
+        assert!(err.contains(want), "{want} in {err}");
+    }
+    assert_no_secrets(db).await;
+}
+
+/// Issue 22 through the binary: what `run-once` logs, what `actions show`, `logs` and
+/// `status` print hold none of the secrets a peer echoes back.
+async fn the_binary_quotes_no_secret_a_peer_echoes(db: &TestDb) {
+    let peer = Peer::start_then(Vec::new(), Reply::status(500).body("rejected: ").echo()).await;
+    let dir = db.dir.path().to_path_buf();
+    let config = format!(
+        "adapters:\n  webhook:\n    targets:\n      hook:\n        url: '{}'\n        secret_env: HOOK_SECRET\n        \
+         headers: {{Authorization: 'Bearer {TOKEN}', X-Partner: '{PARTNER_SECRET}'}}\n",
+        peer.url(&format!("/hook?api_key={QUERY_SECRET}"))
+    );
+    std::fs::write(dir.join("orchestrator.yaml"), config).unwrap();
+    let url = db.url.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let orch = |args: &[&str]| {
+            let o = crate::support::run(
+                crate::support::bin(&dir)
+                    .env("HOOK_SECRET", SECRET)
+                    .env("RUST_LOG", "debug")
+                    .arg("--database-url")
+                    .arg(&url)
+                    .args(args),
+            );
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        };
+        orch(&["proof", "off"]);
+        orch(&["enqueue", "WEBHOOK", "--payload", r#"{"target":"hook","body":{"a":1}}"#]);
+        vec![
+            orch(&["run-once"]),
+            orch(&["actions", "show", "1", "--json"]),
+            orch(&["logs"]),
+            orch(&["status", "--json"]),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(peer.requests().len(), 1, "the peer was sent the request: {outputs:?}");
+    assert!(outputs[1].contains("api_key=<redacted>"), "the echo is quoted, redacted: {}", outputs[1]);
+    for text in &outputs {
+        for secret in [SECRET, TOKEN, QUERY_SECRET, PARTNER_SECRET] {
+            assert!(!text.contains(secret), "a secret ({secret}) leaked into: {text}");
+        }
+    }
     assert_no_secrets(db).await;
 }
 

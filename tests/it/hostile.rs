@@ -3,9 +3,10 @@
 //! not panic, and must leave the database exactly as it was.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use orchestrator::store::{ActionFilter, Store, StoreOptions};
 use serde::Deserialize;
@@ -36,9 +37,17 @@ struct Case {
     stderr: String,
     #[serde(default)]
     in_stdout: bool,
+    /// At most this many characters of stderr: what is quoted back is cut.
+    #[serde(default)]
+    stderr_max_chars: Option<usize>,
 }
 
-/// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`.
+/// A case still running after this long has been let in (e.g. a worker that started) and fails.
+const CASE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`, `@types:N` (N distinct
+/// action types, comma-separated: `T0,T1,...`; `@types:N:FROM` starts at `T<FROM>`, so that a
+/// long list can be split over arguments, each under the kernel's 128 KiB).
 pub fn expand(text: &str) -> String {
     let mut out = text.to_string();
     for (tag, make) in [
@@ -51,6 +60,14 @@ pub fn expand(text: &str) -> String {
             let n: usize = digits.parse().expect("a number after the generator tag");
             out.replace_range(start..start + tag.len() + digits.len(), &make(n));
         }
+    }
+    while let Some(start) = out.find("@types:") {
+        let spec: String =
+            out[start + "@types:".len()..].chars().take_while(|c| c.is_ascii_digit() || *c == ':').collect();
+        let (n, from) = spec.split_once(':').unwrap_or((&spec, "0"));
+        let (n, from): (usize, usize) = (n.parse().expect("a count"), from.parse().expect("a first number"));
+        let list = (from..from + n).map(|i| format!("T{i}")).collect::<Vec<_>>().join(",");
+        out.replace_range(start..start + "@types:".len() + spec.len(), &list);
     }
     out
 }
@@ -124,21 +141,7 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
             (None, Some(h)) => Some(hex(h)),
             (None, None) => None,
         };
-        let out = match stdin {
-            Some(bytes) => {
-                let mut child =
-                    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-                let mut pipe = child.stdin.take().unwrap();
-                // The binary may refuse and exit before reading everything: a broken pipe is fine.
-                let writer = std::thread::spawn(move || {
-                    let _ = pipe.write_all(&bytes);
-                });
-                let out = child.wait_with_output().unwrap();
-                writer.join().unwrap();
-                out
-            }
-            None => run(&mut cmd),
-        };
+        let (out, overran) = run_bounded(&mut cmd, stdin);
         std::fs::remove_file(dir.join("orchestrator.yaml")).ok();
         let err = stderr(&out);
         let shown = if case.in_stdout { String::from_utf8_lossy(&out.stdout).into_owned() } else { err.clone() };
@@ -149,6 +152,14 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
         }
         if !shown.contains(&case.stderr) {
             problems.push(format!("output lacks {:?}", case.stderr));
+        }
+        if overran {
+            problems.push(format!("still running after {CASE_DEADLINE:?}: killed"));
+        }
+        if let Some(max) = case.stderr_max_chars
+            && err.chars().count() > max
+        {
+            problems.push(format!("stderr has {} characters, more than {max}", err.chars().count()));
         }
         if err.contains("panicked") || out.status.code() == Some(101) {
             problems.push("panicked".into());
@@ -173,4 +184,45 @@ async fn every_hostile_input_is_refused_clearly_without_panic_or_change() {
         failures.join("\n")
     );
     eprintln!("hostile corpus: {} cases refused clearly, no panic, database unchanged", cases.len());
+}
+
+/// Runs `cmd` with `stdin` (or none), killing it once it has run for [`CASE_DEADLINE`]: its
+/// output, and whether it had to be killed.
+fn run_bounded(cmd: &mut Command, stdin: Option<Vec<u8>>) -> (Output, bool) {
+    let piped = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+    let mut child = cmd.stdin(piped).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The binary may refuse and exit before reading everything: a broken pipe is fine.
+    let writer = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let mut overran = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CASE_DEADLINE {
+            overran = true;
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    let out = Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() };
+    (out, overran)
 }

@@ -424,7 +424,7 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     let mut c = config(db, true);
     c.rules_dir = rules_dir.path().to_path_buf();
     let sources = [
-        ("beacon", "state.n = (state.n ?? 0) + 1; [alert(\"info\", `beacon ${state.n}`)]"),
+        ("beacon", "state.n = (state.n ?? 0) + 1; [alert(\"info\", `beacon ${state.n}`, `beacon ${state.n}`)]"),
         ("broken", "throw \"boom\";"),
     ]
     .iter()

@@ -7,19 +7,25 @@
 
 mod support;
 
+mod backup;
 mod chaos;
 mod cli;
 mod command;
 mod conserving;
 mod decide;
+mod environment;
 mod execute;
 mod hostile;
 mod lease;
+mod limit_writes;
 mod limits;
 mod limits_surface;
 mod machine;
+mod one_queue;
 mod peer;
+mod pgbouncer;
 mod queue;
+mod runbook;
 mod store;
 mod tick;
 mod type_limits;

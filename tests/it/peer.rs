@@ -36,6 +36,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: String,
     pub delay: Duration,
+    /// Answer with the request as received (request line, headers, body) after `body`.
+    pub echo: bool,
 }
 
 impl Reply {
@@ -45,7 +47,14 @@ impl Reply {
             headers: Vec::new(),
             body: format!("status {status} from the test peer"),
             delay: Duration::ZERO,
+            echo: false,
         }
+    }
+
+    /// Echoes the request it answers, as a careless peer does in its errors.
+    pub fn echo(mut self) -> Reply {
+        self.echo = true;
+        self
     }
 
     pub fn header(mut self, k: &str, v: &str) -> Reply {
@@ -153,11 +162,15 @@ async fn serve(mut sock: TcpStream, state: Arc<Mutex<State>>) {
             Ok(n) => body.extend_from_slice(&chunk[..n]),
         }
     }
-    let reply = {
+    let echoed = format!("{head}\r\n\r\n{}", String::from_utf8_lossy(&body));
+    let mut reply = {
         let mut s = state.lock().unwrap();
         s.requests.push(Received { method, path, headers, body });
         s.script.pop_front().unwrap_or_else(|| s.otherwise.clone())
     };
+    if reply.echo {
+        reply.body.push_str(&echoed);
+    }
     tokio::time::sleep(reply.delay).await;
     let mut out =
         format!("HTTP/1.1 {} Scripted\r\ncontent-length: {}\r\nconnection: close\r\n", reply.status, reply.body.len());

@@ -460,7 +460,7 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
 
 // ---- across processes: workers on several "hosts" over PostgreSQL ------------------------------
 
-fn limits_config(log: &std::path::Path, max_running: u32) -> String {
+pub fn limits_config(log: &std::path::Path, max_running: u32) -> String {
     limits_config_polling(log, max_running, 0.1)
 }
 
@@ -486,7 +486,7 @@ adapters:
 
 /// The most attempts the outside world saw at once: each probe writes a line when it starts
 /// and one before it ends, both inside the time its row is `RUNNING`.
-fn most_at_once(log: &std::path::Path) -> (i64, usize) {
+pub fn most_at_once(log: &std::path::Path) -> (i64, usize) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut events: Vec<(u128, i64)> = text
         .lines()

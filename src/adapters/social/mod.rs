@@ -1,7 +1,8 @@
 //! `POST_SOCIAL`: a post to a social platform, as the seed defined it.
 //!
 //! The payload needs `platform`, `content` and `audience` (strings); a missing or mistyped one
-//! is a permanent error naming the field. The proof is a text artifact under `proof_social/`
+//! is a permanent error naming the field. The AOL daemon's spelling `social_platform` is read as
+//! `platform` (both given must agree). The proof is a text artifact under `proof_social/`
 //! holding exactly what would be posted (the directory the operators' runbooks name). Real mode
 //! delivers through the webhook target configured for the platform
 //! (`adapters.social.platforms.<platform>: <target>`), as the JSON body
@@ -43,6 +44,9 @@ struct Post<'a> {
     audience: &'a str,
 }
 
+/// The AOL daemon's name for `platform`, read as it.
+const AOL_PLATFORM: &str = "social_platform";
+
 fn parse(action: &Action) -> Result<Post<'_>, AdapterError> {
     let field = |name: &str| -> Result<&str, AdapterError> {
         match action.payload.get(name) {
@@ -52,7 +56,16 @@ fn parse(action: &Action) -> Result<Post<'_>, AdapterError> {
                 .ok_or_else(|| AdapterError::permanent(format!("POST_SOCIAL payload field '{name}' must be a string"))),
         }
     };
-    Ok(Post { platform: field("platform")?, content: field("content")?, audience: field("audience")? })
+    let platform = match (action.payload.get("platform"), action.payload.get(AOL_PLATFORM)) {
+        (None, Some(_)) => field(AOL_PLATFORM)?,
+        (Some(new), Some(old)) if new != old => {
+            return Err(AdapterError::permanent(format!(
+                "POST_SOCIAL payload gives 'platform' and '{AOL_PLATFORM}' (its AOL name) different values"
+            )));
+        }
+        _ => field("platform")?,
+    };
+    Ok(Post { platform, content: field("content")?, audience: field("audience")? })
 }
 
 fn body(post: &Post<'_>) -> Vec<u8> {

@@ -9,12 +9,13 @@ use std::process::{Child, ChildStderr, Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The real binary, run in `cwd` with a clean environment (no ORCHESTRATOR_* or DATABASE_URL).
+/// The real binary, run in `cwd` with a clean environment (no ORCHESTRATOR_*, AOL_* or
+/// DATABASE_URL).
 pub fn bin(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     cmd.current_dir(cwd);
     for (k, _) in std::env::vars() {
-        if k.starts_with("ORCHESTRATOR_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+        if k.starts_with("ORCHESTRATOR_") || k.starts_with("AOL_") || k == "DATABASE_URL" || k == "RUST_LOG" {
             cmd.env_remove(k);
         }
     }

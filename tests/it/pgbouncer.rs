@@ -1,0 +1,311 @@
+//! The leader and two workers through PgBouncer, a real one (the machine's `pgbouncer`, started
+//! by the test with its own ini file on a free loopback port, pointed at the PostgreSQL of
+//! `ORCHESTRATOR_TEST_PG_URL`, stopped at the end), in the two pool modes docs/SCALING.md
+//! describes:
+//! - session mode: the queue drains and `LISTEN` works (the workers poll once a minute, so only
+//!   a notification can start them within the test's limit);
+//! - transaction mode: with PgBouncer 1.21 or later and `max_prepared_statements` set, the
+//!   queue drains on the workers' polls (notifications do not hold there) and no statement
+//!   breaks; with an older PgBouncer the driver's prepared statements collide, and every
+//!   command that meets it fails with an error that says so and names the fix.
+//!
+//! PostgreSQL only. With `ORCHESTRATOR_TEST_PG_URL` set, a missing `pgbouncer` fails the test:
+//! `.ci/run` installs it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestrator::model::ActionStatus;
+use orchestrator::store::{ActionFilter, Store, StoreOptions};
+
+use crate::support::{PG_ENV, bin, run, stderr};
+use crate::workers::{Procs, signal};
+
+const CONFIG: &str = "\
+tick_interval_seconds: 0.2
+workers:
+  heartbeat_seconds: 0.3
+  ttl_seconds: 3
+  poll_seconds: POLL
+adapters:
+  command:
+    allow:
+      nap:
+        program: /bin/sleep
+        args: [\"0.1\"]
+";
+
+/// A database of its own (PgBouncer pools by database; a schema chosen through the `options`
+/// startup parameter would not pass through it) and a running PgBouncer in front of it.
+struct Bounced {
+    dir: tempfile::TempDir,
+    /// Through PgBouncer.
+    url: String,
+    /// Straight to PostgreSQL, for the test's own reads.
+    direct: Store,
+    admin_url: String,
+    name: String,
+    bouncer: Child,
+    version: (u32, u32),
+}
+
+impl Drop for Bounced {
+    fn drop(&mut self) {
+        let _ = self.bouncer.kill();
+        let _ = self.bouncer.wait();
+    }
+}
+
+fn pgbouncer_binary() -> PathBuf {
+    let candidates = [PathBuf::from("/usr/sbin/pgbouncer"), PathBuf::from("/usr/bin/pgbouncer")];
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!("{PG_ENV} is set but pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
+    })
+}
+
+/// `(major, minor)` from `pgbouncer --version` (`PgBouncer 1.18.0`).
+fn version_of(binary: &Path) -> (u32, u32) {
+    let o = std::process::Command::new(binary).arg("--version").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let v = text.lines().next().and_then(|l| l.strip_prefix("PgBouncer ")).unwrap_or_else(|| panic!("{text}"));
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or_else(|_| panic!("{text}")));
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// Starts PgBouncer in `mode` in front of a fresh database, with `max_prepared_statements`
+/// where the version knows it (1.21 and later); `None` when no PostgreSQL is set.
+async fn bounced(mode: &str, poll: &str) -> Option<Bounced> {
+    let Ok(base) = std::env::var(PG_ENV) else {
+        eprintln!("skipped: {PG_ENV} is not set, so this PgBouncer test did not run");
+        return None;
+    };
+    let binary = pgbouncer_binary();
+    let version = version_of(&binary);
+    let extra = if version >= (1, 21) { "max_prepared_statements = 200\n" } else { "" };
+    // postgres://USER[:PASSWORD]@HOST:PORT/DB
+    let rest = base.split_once("://").map(|(_, r)| r).unwrap_or_else(|| panic!("{PG_ENV}: {base}"));
+    let (auth, host_db) = rest.split_once('@').unwrap_or_else(|| panic!("{PG_ENV} names no user: {base}"));
+    let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+    let host_port = host_db.split(['/', '?']).next().unwrap();
+    let (host, server_port) = host_port.split_once(':').unwrap_or((host_port, "5432"));
+
+    let name = format!("pgb_{:016x}", fastrand::u64(..));
+    let admin = Store::connect(&base, &StoreOptions::default()).await.expect("connect to PostgreSQL");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+    // What SCALING.md says to set on the server, since PgBouncer drops the `options` parameter.
+    admin.execute_unprepared(&format!("ALTER DATABASE {name} SET max_parallel_workers_per_gather = 0")).await.unwrap();
+    admin.close().await.ok();
+    let admin_url = base.clone();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // PgBouncer will not run as root: it switches to the `postgres` user, who must read these.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if root {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(d.join("users.txt"), format!("\"{user}\" \"{password}\"\n")).unwrap();
+    std::fs::write(
+        d.join("pgbouncer.ini"),
+        format!(
+            "[databases]\n* = host={host} port={server_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = {mode}\n\
+             ignore_startup_parameters = extra_float_digits, options\nmax_client_conn = 500\n\
+             default_pool_size = 60\n{extra}",
+            d.join("users.txt").display()
+        ),
+    )
+    .unwrap();
+    for f in ["users.txt", "pgbouncer.ini"] {
+        std::fs::set_permissions(d.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let log = std::fs::File::create(d.join("pgbouncer.log")).unwrap();
+    let mut cmd = std::process::Command::new(&binary);
+    if root {
+        cmd.args(["-u", "postgres"]);
+    }
+    let bouncer = cmd.arg(d.join("pgbouncer.ini")).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pgbouncer did not listen on {port}: {}",
+            std::fs::read_to_string(d.join("pgbouncer.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let direct_url = format!("postgres://{auth}@{host_port}/{name}");
+    let direct = Store::connect(&direct_url, &StoreOptions::default()).await.unwrap();
+    std::fs::write(d.join("o.yaml"), CONFIG.replace("POLL", poll)).unwrap();
+    let url = format!("postgres://{auth}@127.0.0.1:{port}/{name}");
+    Some(Bounced { dir, url, direct, admin_url, name, bouncer, version })
+}
+
+impl Bounced {
+    fn orch(&self) -> std::process::Command {
+        let mut cmd = bin(self.dir.path());
+        cmd.args(["--database-url", &self.url, "--config", "o.yaml"]);
+        cmd
+    }
+
+    /// `orchestrator <args>` through PgBouncer, its stderr in `<name>.log`.
+    fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        self.orch().args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    /// The processes' logs, and PgBouncer's with `bouncer`.
+    fn logs_of(&self, bouncer: bool) -> String {
+        let mut all = String::new();
+        for name in ["leader", "worker-1", "worker-2", "pgbouncer"].into_iter().filter(|n| bouncer || *n != "pgbouncer")
+        {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            all.push_str(&format!("--- {name}.log\n{text}\n"));
+        }
+        all
+    }
+
+    fn logs(&self) -> String {
+        self.logs_of(true)
+    }
+
+    fn enqueue_naps(&self, n: usize) {
+        let mut f = std::fs::File::create(self.dir.path().join("naps.jsonl")).unwrap();
+        for i in 0..n {
+            writeln!(
+                f,
+                "{{\"action_type\":\"COMMAND\",\"payload\":{{\"command\":\"nap\"}},\"idempotency_key\":\"n{i}\"}}"
+            )
+            .unwrap();
+        }
+        let o = run(self.orch().args(["enqueue", "--file", "naps.jsonl"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    /// The leader (`--no-execute`) and two workers, through PgBouncer; waits until both workers
+    /// are registered and a leader's tick is recorded.
+    async fn start_leader_and_two_workers(&self) -> Procs {
+        let o = run(self.orch().args(["proof", "off"]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let procs = Procs(vec![
+            self.spawn("leader", &["run", "--no-execute", "--no-http"]),
+            self.spawn("worker-1", &["worker", "--concurrency", "4", "--no-http"]),
+            self.spawn("worker-2", &["worker", "--concurrency", "4", "--no-http"]),
+        ]);
+        let start = Instant::now();
+        while self.direct.workers(Duration::from_secs(30)).await.unwrap().len() < 2
+            || self.direct.recent_ticks(1).await.unwrap().is_empty()
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "not started:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        procs
+    }
+
+    /// Waits until all `n` actions succeeded, each in one attempt on a worker.
+    async fn wait_drained(&self, n: usize, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let all = self.direct.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+            if all.len() == n && all.iter().all(|a| a.status == ActionStatus::Success) {
+                assert!(all.iter().all(|a| a.attempts == 1), "{all:?}");
+                break;
+            }
+            assert!(start.elapsed() < limit, "not drained within {limit:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let logs = self.direct.logs(None, 10_000).await.unwrap();
+        let ok: Vec<_> = logs.iter().filter(|l| l.message.contains("succeeded")).collect();
+        assert_eq!(ok.len(), n, "{logs:?}");
+        assert!(ok.iter().all(|l| l.message.contains("[worker ")), "every attempt ran on a worker: {logs:?}");
+    }
+
+    /// SIGTERM to each process: each exits 0, and nothing it logged is an error.
+    fn stop(&self, mut procs: Procs) {
+        for p in &mut procs.0 {
+            signal(p, "-TERM");
+        }
+        for p in &mut procs.0 {
+            let start = Instant::now();
+            let status = loop {
+                if let Some(s) = p.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "no exit on SIGTERM:\n{}", self.logs());
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            assert_eq!(status.code(), Some(0), "{}", self.logs());
+        }
+        let logs = self.logs_of(false);
+        assert!(!logs.contains("prepared statement"), "{logs}");
+        assert!(!logs.contains(" ERROR "), "{logs}");
+    }
+
+    async fn cleanup(self) {
+        self.direct.clone().close().await.ok();
+        if let Ok(admin) = Store::connect(&self.admin_url, &StoreOptions::default()).await {
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await.ok();
+            admin.close().await.ok();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_workers_through_pgbouncer_in_session_mode_wake_on_notify() {
+    // The workers poll once a minute: only a notification starts them within the limit below.
+    let Some(b) = bounced("session", "60").await else { return };
+    let procs = b.start_leader_and_two_workers().await;
+    // Idle first, so that the workers are waiting on their LISTEN when the work comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.enqueue_naps(40);
+    b.wait_drained(40, Duration::from_secs(30)).await;
+    b.stop(procs);
+    let version = b.version;
+    b.cleanup().await;
+    eprintln!(
+        "PgBouncer {}.{} in session mode: 40 actions drained by two workers woken by NOTIFY",
+        version.0, version.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_and_workers_through_pgbouncer_in_transaction_mode() {
+    let Some(b) = bounced("transaction", "0.1").await else { return };
+    if b.version >= (1, 21) {
+        let procs = b.start_leader_and_two_workers().await;
+        b.enqueue_naps(40);
+        b.wait_drained(40, Duration::from_secs(60)).await;
+        b.stop(procs);
+        eprintln!(
+            "PgBouncer {}.{} in transaction mode: 40 actions drained on the workers' polls",
+            b.version.0, b.version.1
+        );
+    } else {
+        // Before 1.21 PgBouncer does not know prepared statements: one server connection
+        // serves several of ours, and the driver's per-connection statement names collide.
+        let mut failed = 0;
+        for args in [&["migrate"][..], &["status"], &["enqueue", "NOOP", "--key", "a"], &["actions", "list"]] {
+            let o = run(b.orch().args(args));
+            if !o.status.success() {
+                failed += 1;
+                let e = stderr(&o);
+                assert!(
+                    e.contains("prepared statements were mixed up")
+                        && e.contains("max_prepared_statements")
+                        && e.contains("docs/SCALING.md"),
+                    "{args:?}: {e}"
+                );
+            }
+        }
+        assert!(failed > 0, "PgBouncer {:?} in transaction mode broke nothing: SCALING.md is wrong", b.version);
+        eprintln!(
+            "PgBouncer {}.{} in transaction mode: {failed} of 4 commands failed on colliding prepared statements, \
+             each naming the fix",
+            b.version.0, b.version.1
+        );
+    }
+    b.cleanup().await;
+}
