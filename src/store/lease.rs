@@ -1,4 +1,6 @@
-//! The lease row: one atomic conditional upsert to acquire or renew, a release, a read.
+//! The lease row: one atomic conditional upsert to acquire or renew, a release, a read. A new
+//! term's epoch comes from `lease_epochs`, the highest epoch ever granted, not from the row
+//! alone: an operator may delete the row, and the epoch must never go back.
 //!
 //! On PostgreSQL every time in these statements is the database's `now()`, so instances on
 //! machines with skewed clocks agree on who holds the lease. SQLite lives on one machine and
@@ -13,14 +15,18 @@ use super::entities::leases;
 use super::{Backend, Context, Store, StoreError};
 use crate::model::LeaseRow;
 
-// Taking over an expired lease (or one this owner let lapse) increments the epoch; renewing a
-// live lease keeps it. The WHERE makes a live lease of another owner untouchable.
+// Taking over an expired lease (or one this owner let lapse), or inserting the row, starts a
+// new term: its epoch is one more than both the row's and the highest ever granted
+// (`lease_epochs`, raised by a trigger in the same statement), so a deleted lease row does not
+// bring an old epoch back. Renewing a live lease keeps the epoch. The WHERE makes a live lease
+// of another owner untouchable.
 const ACQUIRE_PG: &str = "\
 INSERT INTO leases (name, owner, epoch, acquired_at, renewed_at, expires_at)
-VALUES ($1, $2, 1, now(), now(), now() + $3 * interval '1 second')
+VALUES ($1, $2, (SELECT COALESCE(MAX(last), 0) + 1 FROM lease_epochs), now(), now(),
+        now() + $3 * interval '1 second')
 ON CONFLICT (name) DO UPDATE SET
   epoch = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > now()
-               THEN leases.epoch ELSE leases.epoch + 1 END,
+               THEN leases.epoch ELSE GREATEST(leases.epoch + 1, excluded.epoch) END,
   acquired_at = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > now()
                      THEN leases.acquired_at ELSE excluded.acquired_at END,
   owner = excluded.owner,
@@ -31,10 +37,10 @@ RETURNING name, owner, epoch, acquired_at, renewed_at, expires_at";
 
 const ACQUIRE_SQLITE: &str = "\
 INSERT INTO leases (name, owner, epoch, acquired_at, renewed_at, expires_at)
-VALUES ($1, $2, 1, $3, $3, $4)
+VALUES ($1, $2, (SELECT COALESCE(MAX(last), 0) + 1 FROM lease_epochs), $3, $3, $4)
 ON CONFLICT (name) DO UPDATE SET
   epoch = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > $3
-               THEN leases.epoch ELSE leases.epoch + 1 END,
+               THEN leases.epoch ELSE MAX(leases.epoch + 1, excluded.epoch) END,
   acquired_at = CASE WHEN leases.owner = excluded.owner AND leases.expires_at > $3
                      THEN leases.acquired_at ELSE excluded.acquired_at END,
   owner = excluded.owner,

@@ -323,6 +323,35 @@ fn sqlite_dir_writable(file: &std::path::Path) -> Result<(), String> {
     }
 }
 
+/// Whether a SQLite connection going back to the pool may stay there: only if it is outside
+/// any transaction. Every commit path (each `begin_write` in this module, the migrations) ends
+/// here when its connection is released, so this is the one place that makes sure no pooled
+/// connection keeps a transaction, and with it the write lock, open.
+///
+/// Why it is needed: when `COMMIT` fails (`SQLITE_FULL` on a full disk), SQLite rolls the
+/// transaction back itself, but the driver counts it as still open. The `ROLLBACK` it queues
+/// when the transaction is dropped then fails ("no transaction is active") and the count stays
+/// at one, so every later transaction on that connection is taken for a nested one: its `BEGIN`
+/// becomes a `SAVEPOINT` that opens a real transaction, and the first of its releases to fail
+/// leaves that transaction open for good, holding the write lock while this process reports
+/// its writes as committed. Every other writer, this daemon's own lease renewal included, then
+/// gets "database is locked" until the connection is closed (RELIABILITY.md, "SQLite full
+/// disk"). The ping first runs whatever rollback is queued; a connection still counted inside
+/// a transaction after it is closed (which rolls back anything SQLite still holds) and the
+/// pool opens a fresh one when it needs it.
+async fn settled_or_closed(conn: &mut sea_orm::sqlx::SqliteConnection) -> Result<bool, sea_orm::sqlx::Error> {
+    use sea_orm::sqlx::Connection as _;
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "a SQLite connection was left inside a transaction (a commit or rollback failed); closing it so that \
+             it cannot hold the write lock"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreError> {
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
@@ -397,7 +426,8 @@ impl Store {
                             .busy_timeout(busy)
                             .foreign_keys(true)
                             .statement_cache_capacity(256)
-                    });
+                    })
+                    .map_sqlx_sqlite_pool_opts(|o| o.after_release(|conn, _| Box::pin(settled_or_closed(conn))));
                 }
                 Backend::Postgres => {
                     // Every statement here is short. With 1M rows of history a cached generic
