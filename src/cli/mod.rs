@@ -5,10 +5,22 @@
 //! Failures carry the exit code they deserve ([`Failure`]); `main` turns them into one line on
 //! stderr.
 
+/// Prints one line to stdout through the command's `Out` (never `println!`, which panics on a
+/// closed or full stdout): `say!(out, "format", args)`; `say!(out)` prints an empty line.
+macro_rules! say {
+    ($out:expr) => {{
+        $out.line(format_args!(""));
+    }};
+    ($out:expr, $($arg:tt)*) => {{
+        $out.line(format_args!($($arg)*));
+    }};
+}
+
 mod follow;
 mod limits;
 mod output;
 mod rules;
+pub mod stdio;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +45,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const LEASE_HELD: u8 = 3;
     pub const UNHEALTHY: u8 = 4;
+    /// The output could not be written (a full disk, `/dev/full`, an I/O error): EX_IOERR of
+    /// sysexits.h. A closed pipe is not this: the command then exits with its own code, quietly.
+    pub const OUTPUT: u8 = 74;
 }
 
 /// An error that carries its exit code.
@@ -357,33 +372,42 @@ pub fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) 
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
-        _ => Ok(exit::OK),
+/// Runs a parsed command; returns the exit code. Its output goes through one [`output::Out`],
+/// whose failure (other than a closed pipe) turns success into [`exit::OUTPUT`].
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let out = output::Out::new(cli.json);
+    let result = run_with(cli, &out).await;
+    out.settle(result)
+}
+
+/// Writes clap's answer to a bad command line or `--help`/`--version` (stdout or stderr, as
+/// clap says) and returns its exit code; `--help > /dev/full` exits [`exit::OUTPUT`].
+pub fn usage(e: &clap::Error) -> u8 {
+    let stream = if e.use_stderr() { stdio::Stream::Stderr } else { stdio::Stream::Stdout };
+    let text = if stdio::is_terminal(stream) { e.render().ansi().to_string() } else { e.render().to_string() };
+    match stdio::write(stream, text.as_bytes()) {
+        stdio::Written::Failed(_) if stream == stdio::Stream::Stdout => exit::OUTPUT,
+        _ => u8::try_from(e.exit_code()).unwrap_or(exit::USAGE),
     }
 }
 
-/// Runs a parsed command; returns the exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Generated from the clap types alone: no config, no database.
+async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
+    // Generated from the clap types alone: no config, no database. Generated into memory first:
+    // clap_complete panics on a write error.
     match &cli.command {
         Command::Completions { shell } => {
-            // Generated into memory first: clap_complete panics on a write error, and a pipe
-            // into `head` is no reason to panic.
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "orchestrator", &mut text);
-            return write_stdout(&text);
+            out.put(&String::from_utf8_lossy(&text));
+            return Ok(exit::OK);
         }
         Command::Manpage => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             let mut text = Vec::new();
             man.render(&mut text).context("rendering the man page")?;
-            return write_stdout(&text);
+            out.put(&String::from_utf8_lossy(&text));
+            return Ok(exit::OK);
         }
         _ => {}
     }
@@ -405,14 +429,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     // What SIGHUP reads again: the same file and flags.
     let config_file = cli.config.clone();
     let reload: Reload = std::sync::Arc::new(move || Config::load(config_file.as_deref(), overrides.clone()));
-    let out = output::Out { json: cli.json };
     // Commands on rule files alone need no database.
     match &cli.command {
         Command::Rules(RulesCommand::Check { rules: dir }) => {
-            return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
+            return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, out);
         }
         Command::Rules(RulesCommand::Test { rules: dir }) => {
-            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out).await;
+            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, out).await;
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
             return rules::bench(
@@ -420,13 +443,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 &config,
                 *iterations,
                 *synthetic as usize,
-                &out,
+                out,
             );
         }
         _ => {}
     }
     let store = open_store(&config).await?;
-    let code = dispatch(cli.command, &config, &store, &out, reload).await;
+    let code = dispatch(cli.command, &config, &store, out, reload).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");
     }
@@ -487,6 +510,7 @@ async fn dispatch(
         Command::Run { ticks, no_http, no_execute, .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             let engine = if no_execute { engine.without_execution() } else { engine };
+            let stop = shutdown_signal();
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
             crate::daemon::sync_limits(store, config, &Registry::from_config(config)?).await?;
@@ -494,7 +518,7 @@ async fn dispatch(
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                wait_for_signal().await;
+                stop.await;
                 tracing::info!("signal received: finishing the current tick, then releasing the lease");
                 let _ = tx.send(true);
             });
@@ -521,6 +545,7 @@ async fn dispatch(
             };
             let worker =
                 crate::worker::Worker::new(store.clone(), config.clone(), Registry::from_config(config)?, options);
+            let stop = shutdown_signal();
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = if no_http {
                 None
@@ -542,7 +567,7 @@ async fn dispatch(
                 })))
             };
             tokio::spawn(async move {
-                wait_for_signal().await;
+                stop.await;
                 tracing::info!("signal received: claiming nothing more, finishing attempts in flight");
                 let _ = tx.send(true);
             });
@@ -566,8 +591,9 @@ async fn dispatch(
         Command::Serve { .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
+            let stop = shutdown_signal();
             let server = start_http(&engine, config, false).await?;
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("signal received: stopping the HTTP server");
             server.stop().await;
             out.message(&serde_json::json!({"stopped": true}), "HTTP server stopped");
@@ -842,24 +868,32 @@ async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::
     Ok(HttpServer { stop, task })
 }
 
-pub(crate) async fn wait_for_signal() {
+/// SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not when the
+/// future is first polled: a signal that comes just after a command says it is running (a
+/// supervisor's stop right after start) is caught, not fatal.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
