@@ -23,7 +23,8 @@ fn main() -> ExitCode {
     // subscriber's own complaint about a failed write, itself an `eprintln!`, cannot happen.
     match cli.log_format {
         LogFormat::Text => {
-            let colour = cli::log_colour(stdio::is_terminal(stdio::Stream::Stderr), std::env::var_os("NO_COLOR").as_deref());
+            let colour =
+                cli::log_colour(stdio::is_terminal(stdio::Stream::Stderr), std::env::var_os("NO_COLOR").as_deref());
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(colour)

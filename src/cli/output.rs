@@ -209,9 +209,17 @@ impl Out {
             say!(self, "no workers registered");
             return;
         }
-        say!(self, 
+        say!(
+            self,
             "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} TYPES",
-            "ID", "LIVE", "VERSION", "CONC", "IN FLIGHT", "DONE", "FAILED", "HEARTBEAT"
+            "ID",
+            "LIVE",
+            "VERSION",
+            "CONC",
+            "IN FLIGHT",
+            "DONE",
+            "FAILED",
+            "HEARTBEAT"
         );
         for w in rows {
             let live = match (w.live, w.draining) {
@@ -220,7 +228,8 @@ impl Out {
                 (false, _) => "no",
             };
             let types = if w.types.is_empty() { "*".to_string() } else { w.types.join(",") };
-            say!(self, 
+            say!(
+                self,
                 "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} {types}",
                 w.id,
                 live,
@@ -243,9 +252,17 @@ impl Out {
             say!(self, "no limits set (limits: in the config, `orchestrator limits set`, or /api/limits)");
             return;
         }
-        say!(self, 
+        say!(
+            self,
             "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  LEFT",
-            "TYPE", "MAX RUNNING", "RATE", "DAILY BUDGET", "PARTITION BY", "SOURCE", "RUNNING", "WAITING"
+            "TYPE",
+            "MAX RUNNING",
+            "RATE",
+            "DAILY BUDGET",
+            "PARTITION BY",
+            "SOURCE",
+            "RUNNING",
+            "WAITING"
         );
         for u in list {
             let l = &u.limit;
@@ -259,7 +276,8 @@ impl Out {
                     left.push(format!("{name} {v}"));
                 }
             }
-            say!(self, 
+            say!(
+                self,
                 "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  {}",
                 one_line(&u.action_type, 24),
                 limit_cell(e.max_running.map(|n| n.to_string()), over(crate::limits::LimitField::MaxRunning)),
@@ -290,7 +308,8 @@ impl Out {
             say!(self, "  base (without overrides): {}", spec_words(&l.base));
         }
         for o in &l.overrides {
-            say!(self, 
+            say!(
+                self,
                 "  override {} = {} until {} by {}: {}",
                 o.field,
                 o.value,
@@ -323,7 +342,8 @@ impl Out {
         if self.json {
             return self.print_json(r);
         }
-        say!(self, 
+        say!(
+            self,
             "tick #{} {} in {} ms: {} attempted, {} succeeded, {} failed{}",
             r.tick_id,
             r.status,
@@ -339,7 +359,8 @@ impl Out {
         if self.json {
             return self.print_json(f);
         }
-        say!(self, 
+        say!(
+            self,
             "paused={} killed={} proof_mode={} ({})",
             f.paused,
             f.killed,
@@ -360,7 +381,8 @@ impl Out {
         for r in &s.workload.reasons {
             say!(self, "  - {r}");
         }
-        say!(self, 
+        say!(
+            self,
             "mode:    {}   paused={} killed={}",
             match (s.proof_enforced, s.flags.proof_mode) {
                 (true, _) => "PROOF (enforced by this instance's config; proof off is refused)",
@@ -378,7 +400,8 @@ impl Out {
             say!(self, "limits:  none");
         }
         for (i, u) in s.limits.iter().enumerate() {
-            say!(self, 
+            say!(
+                self,
                 "{}{}: {}",
                 if i == 0 { "limits:  " } else { "         " },
                 one_line(&u.action_type, 64),
@@ -389,7 +412,8 @@ impl Out {
             }
         }
         match &s.last_tick {
-            Some(t) => say!(self, 
+            Some(t) => say!(
+                self,
                 "last:    tick #{} {} at {} ({} attempted, {} succeeded)",
                 t.id,
                 t.status,
@@ -403,7 +427,8 @@ impl Out {
 
     fn lease_line(&self, l: Option<&LeaseStatus>) {
         match l {
-            Some(l) if l.live => say!(self, 
+            Some(l) if l.live => say!(
+                self,
                 "lease:   {} held by {} epoch {} for {:.1}s more (until {})",
                 l.name,
                 l.owner,
@@ -411,7 +436,8 @@ impl Out {
                 l.ttl_seconds,
                 ts(&l.expires_at)
             ),
-            Some(l) => say!(self, 
+            Some(l) => say!(
+                self,
                 "lease:   {} free (last holder {} epoch {}, expired {})",
                 l.name,
                 l.owner,
@@ -430,12 +456,19 @@ impl Out {
         if self.json {
             return self.print_json(&list);
         }
-        say!(self, 
+        say!(
+            self,
             "{:>8}  {:<9}  {:<14}  {:>4}  {:>5}  {:<24}  KEY / LAST ERROR",
-            "ID", "STATUS", "TYPE", "PRIO", "TRIES", "NOT BEFORE"
+            "ID",
+            "STATUS",
+            "TYPE",
+            "PRIO",
+            "TRIES",
+            "NOT BEFORE"
         );
         for a in list {
-            say!(self, 
+            say!(
+                self,
                 "{:>8}  {:<9}  {:<14}  {:>4}  {:>2}/{:<2}  {:<24}  {}{}",
                 a.id,
                 a.status.as_str(),
@@ -515,7 +548,8 @@ impl Out {
         } else {
             say!(self, "oldest due per type:");
             for o in &s.oldest_due {
-                say!(self, 
+                say!(
+                    self,
                     "  {:<20} action {:<8} due since {} ({:.0}s)",
                     one_line(&o.action_type, 20),
                     o.id,
@@ -536,7 +570,8 @@ impl Out {
             return self.print_json(r);
         }
         for b in r.missing.iter().chain(&r.mismatched) {
-            say!(self, 
+            say!(
+                self,
                 "{}: {} (log {}, action {}; recorded sha256 {}{})",
                 b.problem,
                 b.path,
@@ -546,7 +581,8 @@ impl Out {
                 b.actual_sha256.as_deref().map_or(String::new(), |a| format!(", now {a}"))
             );
         }
-        say!(self, 
+        say!(
+            self,
             "{} artifact(s) checked: {} ok, {} missing, {} changed",
             r.checked,
             r.ok,
@@ -557,7 +593,8 @@ impl Out {
             let mut hosts: Vec<&str> = r.elsewhere.iter().map(|b| b.problem.trim_start_matches("on host ")).collect();
             hosts.sort_unstable();
             hosts.dedup();
-            say!(self, 
+            say!(
+                self,
                 "{} artifact(s) written on other hosts not checked here (run artifacts verify there): {}",
                 r.elsewhere.len(),
                 hosts.join(", ")

@@ -96,7 +96,8 @@ pub async fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> 
                 }
             }
         }
-        say!(out, 
+        say!(
+            out,
             "{} passed, {failed} failed; scenarios: {} passed, {failed_scenarios} failed",
             results.len() - failed,
             scenarios.len() - failed_scenarios
@@ -178,7 +179,8 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
                 say!(out, "  + {d}");
             }
         }
-        say!(out, 
+        say!(
+            out,
             "{} tick(s) replayed, {differing} would decide differently (- recorded then, + rules on disk)",
             report.len()
         );
@@ -220,7 +222,8 @@ pub fn bench(dir: &Path, config: &Config, iterations: u32, synthetic: usize, out
     if out.json {
         out.print_json(&figures);
     } else {
-        say!(out, 
+        say!(
+            out,
             "{} shipped rule(s): {:.3} ms per tick; {synthetic} rules: {:.3} ms per tick (mean of {iterations}; snapshot with 20 samples per state)",
             set.len(),
             shipped.as_secs_f64() * 1000.0,
@@ -242,7 +245,8 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
         }));
         return Ok(exit::OK);
     }
-    say!(out, 
+    say!(
+        out,
         "tick #{} {} by {} (epoch {}), started {}",
         tick.id,
         tick.status,
@@ -256,7 +260,8 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
     match &snapshot {
         Some(s) => {
             let g = |p: &str| s.pointer(p).map_or("-".to_string(), |v| v.to_string());
-            say!(out, 
+            say!(
+                out,
                 "snapshot: health {} {}; pending {}, running {}, retry {}, dlq {}, due {}; oldest pending {}s",
                 g("/health/score"),
                 g("/health/status"),
@@ -267,7 +272,8 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
                 g("/queue/due_now"),
                 g("/queue/oldest_pending_age_seconds"),
             );
-            say!(out, 
+            say!(
+                out,
                 "          failures 1h {} (15m {}), successes 1h {}, error rate {}; failed ticks 1h {}; paused {}",
                 g("/recent/failures_1h"),
                 g("/recent/failures_15m"),
@@ -335,7 +341,8 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
         return;
     }
     let s = &r.snapshot;
-    say!(out, 
+    say!(
+        out,
         "dry run (nothing written): health {} {}; pending {}, running {}, retry {}, dlq {}, due {}; failures 1h {} (error rate {:.2}); paused {}",
         s.health.score,
         s.health.status,
@@ -365,7 +372,8 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
     if let Some(n) = r.decided.throttle {
         say!(out, "throttle: dispatch capped at {n}");
     }
-    say!(out, 
+    say!(
+        out,
         "would dispatch {} action(s){}",
         r.would_dispatch.len(),
         if r.would_dispatch.is_empty() { "" } else { ":" }

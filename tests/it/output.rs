@@ -228,7 +228,8 @@ async fn commands_that_print_when_stopped_survive_a_closed_or_full_stdout() {
         assert_eq!(terminate(&mut server, Duration::from_secs(30)).code(), Some(expected), "serve > {out:?}");
 
         let mut cmd = orch(&db, &["worker", "--no-http", "--log-format", "json"]);
-        let mut worker = Server(cmd.env("RUST_LOG", "info").stdout(out.stdio()).stderr(Stdio::piped()).spawn().unwrap());
+        let mut worker =
+            Server(cmd.env("RUST_LOG", "info").stdout(out.stdio()).stderr(Stdio::piped()).spawn().unwrap());
         let mut logs = LogLines::new(worker.0.stderr.take().unwrap());
         logs.wait_for("orchestrator worker running", Duration::from_secs(60));
         assert_eq!(terminate(&mut worker, Duration::from_secs(30)).code(), Some(expected), "worker > {out:?}");
@@ -245,7 +246,8 @@ fn counter(page: &str, name: &str) -> Option<f64> {
 async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_releases_the_lease() {
     const ACTIONS: usize = 300;
     let db = TestDb::sqlite().await;
-    let lines: String = (0..ACTIONS).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"n\":{i}}}}}\n")).collect();
+    let lines: String =
+        (0..ACTIONS).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"n\":{i}}}}}\n")).collect();
     std::fs::write(db.dir.path().join("many.jsonl"), lines).unwrap();
     let o = run(&mut orch(&db, &["enqueue", "--file", "many.jsonl"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -292,11 +294,7 @@ async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_relea
 
     let status = terminate(&mut child, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "the daemon stops cleanly on SIGTERM");
-    let all = db
-        .store
-        .list_actions(&ActionFilter { status: None, action_type: None, limit: 100_000 })
-        .await
-        .unwrap();
+    let all = db.store.list_actions(&ActionFilter { status: None, action_type: None, limit: 100_000 }).await.unwrap();
     assert_eq!(all.len(), ACTIONS);
     for a in &all {
         assert_eq!((a.status, a.attempts), (ActionStatus::Success, 1), "action {} ran once", a.id);
