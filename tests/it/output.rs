@@ -242,8 +242,35 @@ fn counter(page: &str, name: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-#[tokio::test]
-async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_releases_the_lease() {
+/// Starts `args` (a process that serves HTTP on 127.0.0.1:0 and logs JSON) with stderr on a
+/// pipe, reads up to the line that names its address, then closes the pipe's only reader:
+/// from then on every log line it writes meets a closed pipe.
+fn spawn_then_close_stderr(db: &TestDb, args: &[&str]) -> (Server, std::net::SocketAddr) {
+    let mut child = Server(
+        orch(db, args)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut reader = BufReader::new(child.0.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{args:?} exited before listening");
+        if line.contains("HTTP server listening") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    drop(reader);
+    (child, addr)
+}
+
+/// Drains 300 NOOP actions with every process's stderr closed before its first tick or claim:
+/// `run` alone, or `run --no-execute` and a `worker`.
+async fn drain_with_stderr_closed(with_worker: bool) {
     const ACTIONS: usize = 300;
     let db = TestDb::sqlite().await;
     let lines: String =
@@ -254,25 +281,13 @@ async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_relea
 
     // Each tick logs a line; `max_actions_per_tick` 10 makes the drain 30 ticks or more.
     std::fs::write(db.dir.path().join("orchestrator.yaml"), "max_actions_per_tick: 10\n").unwrap();
-    let mut child = Server(
-        orch(&db, &["run", "--listen", "127.0.0.1:0", "--interval", "0", "--log-format", "json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Read up to the line that names the address, then close stderr's only reader: from the
-    // first tick on, every log line meets a closed pipe.
-    let mut reader = BufReader::new(child.0.stderr.take().unwrap());
-    let addr: std::net::SocketAddr = loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the daemon exited before listening");
-        if line.contains("HTTP server listening") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    drop(reader);
+    let mut procs = Vec::new();
+    if with_worker {
+        procs.push(spawn_then_close_stderr(&db, &["run", "--interval", "0", "--no-execute"]));
+        procs.push(spawn_then_close_stderr(&db, &["worker", "--concurrency", "4"]));
+    } else {
+        procs.push(spawn_then_close_stderr(&db, &["run", "--interval", "0"]));
+    }
 
     let start = Instant::now();
     loop {
@@ -284,16 +299,23 @@ async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_relea
         if done.len() == ACTIONS {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the daemon stopped with {} of {ACTIONS} done", done.len());
+        for (p, _) in &mut procs {
+            assert!(p.try_wait().unwrap().is_none(), "a process stopped with {} of {ACTIONS} done", done.len());
+        }
         assert!(start.elapsed() < Duration::from_secs(120), "{} of {ACTIONS} done after 120 s", done.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let page = crate::support::http::get(addr, "/metrics").body;
-    let dropped = counter(&page, "orchestrator_log_lines_dropped_total").unwrap_or_else(|| panic!("{page}"));
-    assert!(dropped >= 30.0, "a line per tick was dropped and counted: {dropped}");
+    for (_, addr) in &procs {
+        let page = crate::support::http::get(*addr, "/metrics").body;
+        let dropped = counter(&page, "orchestrator_log_lines_dropped_total").unwrap_or_else(|| panic!("{page}"));
+        assert!(dropped > 0.0, "the lines stderr refused were counted: {page}");
+    }
 
-    let status = terminate(&mut child, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "the daemon stops cleanly on SIGTERM");
+    // The worker first (it stops claiming, finishes, deregisters), then the leader.
+    for (mut p, _) in procs.into_iter().rev() {
+        let status = terminate(&mut p, Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "each process stops cleanly on SIGTERM");
+    }
     let all = db.store.list_actions(&ActionFilter { status: None, action_type: None, limit: 100_000 }).await.unwrap();
     assert_eq!(all.len(), ACTIONS);
     for a in &all {
@@ -301,5 +323,19 @@ async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_relea
     }
     let lease = json(&run(&mut orch(&db, &["lease", "show", "--json"])));
     assert_eq!(lease["live"], false, "the lease was released at exit: {lease}");
+    if with_worker {
+        let workers = json(&run(&mut orch(&db, &["workers", "--json"])));
+        assert!(workers.as_array().unwrap().iter().all(|w| w["live"] == false), "the worker deregistered: {workers}");
+    }
     db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_releases_the_lease() {
+    drain_with_stderr_closed(false).await;
+}
+
+#[tokio::test]
+async fn a_leader_and_worker_whose_stderr_closes_mid_drain_do_every_action_once() {
+    drain_with_stderr_closed(true).await;
 }
