@@ -460,6 +460,7 @@ mod tests {
         assert!(text.contains("orchestrator_ticks_total{status=\"SUCCESS\"} 1"), "{text}");
         assert!(text.contains("orchestrator_actions_total{outcome=\"success\",type=\"NOOP\"} 2"), "{text}");
         assert!(text.contains(&format!("orchestrator_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains(&format!("{} ", names::LOG_LINES_DROPPED_TOTAL)), "{text}");
     }
 
     #[test]

@@ -113,6 +113,37 @@ fn printing_commands(rules: &str) -> Vec<Vec<String>> {
     table.iter().map(|args| args.iter().map(|a| a.to_string()).collect()).collect()
 }
 
+/// Commands that print only when stopped, tested on their own below.
+const PRINTING_AT_STOP: [&str; 2] = ["serve", "worker"];
+
+/// Every command and subcommand clap knows, as the words that name it (`actions list`).
+fn leaf_commands(cmd: &clap::Command, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+    if subs.is_empty() && !prefix.is_empty() {
+        out.push(prefix.to_vec());
+    }
+    for sub in subs {
+        let mut path = prefix.to_vec();
+        path.push(sub.get_name().to_string());
+        leaf_commands(sub, &path, out);
+    }
+}
+
+#[test]
+fn the_table_names_every_command() {
+    let mut leaves = Vec::new();
+    leaf_commands(&<orchestrator::cli::Cli as clap::CommandFactory>::command(), &[], &mut leaves);
+    assert!(leaves.len() > 30, "{leaves:?}");
+    let table = printing_commands("rules");
+    let missing: Vec<String> = leaves
+        .iter()
+        .filter(|leaf| !PRINTING_AT_STOP.contains(&leaf[0].as_str()))
+        .filter(|leaf| !table.iter().any(|args| args.starts_with(leaf)))
+        .map(|leaf| leaf.join(" "))
+        .collect();
+    assert!(missing.is_empty(), "commands with no closed-pipe and /dev/full case: {missing:?}");
+}
+
 /// A database with an action run (tick 1, a log row, an artifact) and a JSON Lines file.
 async fn seeded() -> TestDb {
     let db = TestDb::sqlite().await;
