@@ -10,6 +10,10 @@ use clap::Parser;
 use orchestrator::cli::{self, Cli, Command, Failure, LogFormat, stdio};
 use tracing_subscriber::EnvFilter;
 
+/// How long the last log lines may take to reach stderr at exit (a stderr nobody reads is given
+/// this, not forever).
+const LOG_FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -50,13 +54,17 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit::ERROR);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
-        Ok(code) => ExitCode::from(code),
+    let result = runtime.block_on(cli::run(cli));
+    // Tasks still running log as they are stopped; then the queued log lines are written.
+    drop(runtime);
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
-            let code = e.downcast_ref::<Failure>().map_or(cli::exit::ERROR, |f| f.code);
             let line: String = format!("{e:#}").chars().map(|c| if c == '\n' { ' ' } else { c }).collect();
             stdio::stderr_line(&format!("error: {line}"));
-            ExitCode::from(code)
+            e.downcast_ref::<Failure>().map_or(cli::exit::ERROR, |f| f.code)
         }
-    }
+    };
+    stdio::flush_logs(LOG_FLUSH_AT_EXIT);
+    ExitCode::from(code)
 }

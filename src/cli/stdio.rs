@@ -5,13 +5,15 @@
 //! Commands print through [`Sink`] (kept by `output::Out`): the first failed write stops the
 //! output, and [`Sink::settle`] turns it into the exit code: a closed pipe exits quietly with
 //! the command's own code, any other write error with [`super::exit::OUTPUT`] and one line on
-//! stderr. Log lines go through [`LogWriter`], which never fails the caller: a line it cannot
-//! write is counted in `orchestrator_log_lines_dropped_total` and the work carries on.
+//! stderr. Log lines go through [`LogWriter`], which never fails or blocks the caller: a thread
+//! writes them, and a line it cannot write (or that finds its queue full because nobody reads
+//! stderr) is counted in `orchestrator_log_lines_dropped_total` while the work carries on.
 //!
 //! It must not decide what is printed or how it looks (`output.rs` renders).
 
 use std::io::Write as _;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 /// Where a write goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,26 +134,109 @@ impl Sink {
     }
 }
 
-/// Writes one line to stderr (the error line `main` prints); a line that cannot be written is
-/// counted as a dropped log line.
-pub fn stderr_line(line: &str) {
-    if !matches!(write(Stream::Stderr, format!("{line}\n").as_bytes()), Written::Done) {
-        crate::metrics::log_lines_dropped().inc();
+/// Log lines waiting for stderr at most; past this a line is dropped (and counted) rather than
+/// making its caller wait for a reader that does not read.
+const LOG_QUEUE: usize = 4096;
+
+/// What the log thread is handed.
+enum Queued {
+    Line(Vec<u8>),
+    /// Answer once every line queued before it is written (or dropped).
+    Flush(mpsc::Sender<()>),
+}
+
+/// The log thread's queue, started by the first line; `None` when no thread could be started
+/// (lines are then written in place).
+static LOG_THREAD: OnceLock<Option<mpsc::SyncSender<Queued>>> = OnceLock::new();
+
+fn log_thread() -> Option<&'static mpsc::SyncSender<Queued>> {
+    LOG_THREAD
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::sync_channel::<Queued>(LOG_QUEUE);
+            let spawned = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+                for item in rx {
+                    match item {
+                        Queued::Line(line) => {
+                            if !matches!(write(Stream::Stderr, &line), Written::Done) {
+                                crate::metrics::log_lines_dropped().inc();
+                            }
+                        }
+                        Queued::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+            spawned.ok().map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Hands `item` to the log thread, waiting up to `wait` for room; gives it back if there was
+/// none (or no thread).
+fn send(item: Queued, wait: Duration) -> Result<(), Queued> {
+    let Some(tx) = log_thread() else { return Err(item) };
+    let deadline = Instant::now() + wait;
+    let mut item = item;
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::TrySendError::Full(back)) if Instant::now() < deadline => {
+                item = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(mpsc::TrySendError::Full(back) | mpsc::TrySendError::Disconnected(back)) => return Err(back),
+        }
     }
 }
 
-/// The log writer (a tracing `MakeWriter`): each formatted line goes to stderr through
-/// [`write`]; a line stderr does not take is counted and reported as written, so no caller
-/// ever stops, retries or panics over a log line.
+/// Queues one log line, waiting up to `wait` for room; a line with no room is dropped and
+/// counted.
+fn log(line: &[u8], wait: Duration) {
+    match send(Queued::Line(line.to_vec()), wait) {
+        Ok(()) => {}
+        Err(Queued::Line(line)) if LOG_THREAD.get().is_some_and(Option::is_none) => {
+            // No log thread: written in place.
+            if !matches!(write(Stream::Stderr, &line), Written::Done) {
+                crate::metrics::log_lines_dropped().inc();
+            }
+        }
+        Err(_) => crate::metrics::log_lines_dropped().inc(),
+    }
+}
+
+/// Waits, up to `limit`, until every log line queued so far is written or dropped (at exit, so
+/// that the last lines are not lost; a stderr nobody reads costs `limit`, not a hang).
+pub fn flush_logs(limit: Duration) {
+    if LOG_THREAD.get().is_none() {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    let (done, written) = mpsc::channel();
+    if send(Queued::Flush(done), limit).is_ok() {
+        let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+}
+
+/// Writes one line to stderr after the log lines before it (the error line `main` prints): it
+/// waits up to a second for room in the queue and two for the queue to drain; a line that
+/// cannot be written is counted as a dropped log line.
+pub fn stderr_line(line: &str) {
+    log(format!("{line}\n").as_bytes(), Duration::from_secs(1));
+    flush_logs(Duration::from_secs(2));
+}
+
+/// The log writer (a tracing `MakeWriter`): each formatted line is queued for a thread that
+/// writes it to stderr through [`write`]. A line stderr does not take (closed, full), or that
+/// finds the queue full (a reader that does not read), is counted and reported as written, so
+/// no caller ever waits, retries or panics over a log line.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         // The formatter hands over one whole line per call.
-        if !matches!(write(Stream::Stderr, buf), Written::Done) {
-            crate::metrics::log_lines_dropped().inc();
-        }
+        log(buf, Duration::ZERO);
         Ok(buf.len())
     }
 

@@ -59,8 +59,20 @@ fn run_to(db: &TestDb, args: &[&str], out: Sink, err: Option<Sink>) -> Output {
     run(&mut cmd)
 }
 
-fn shipped_rules() -> String {
-    format!("{}/rules", env!("CARGO_MANIFEST_DIR"))
+/// The shipped rules and their fixtures, without the scenarios: a scenario runs the engine for
+/// several ticks against the clock, and under a loaded machine its verdict can differ from one
+/// run to the next, which would blur the exit code this test compares.
+fn shipped_rules_without_scenarios(into: &std::path::Path) -> String {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    std::fs::create_dir_all(into.join("tests")).unwrap();
+    for (from, to) in [(shipped.clone(), into.to_path_buf()), (shipped.join("tests"), into.join("tests"))] {
+        for entry in std::fs::read_dir(&from).unwrap().flatten() {
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    into.display().to_string()
 }
 
 /// Every command that prints, with arguments that make it print, in an order that keeps each
@@ -164,7 +176,7 @@ fn no_panic(what: &str, o: &Output) {
 #[tokio::test]
 async fn every_printing_command_survives_a_closed_or_full_stdout_and_stderr() {
     let db = seeded().await;
-    let rules = shipped_rules();
+    let rules = shipped_rules_without_scenarios(&db.dir.path().join("rules-copy"));
     for args in printing_commands(&rules) {
         for json_flag in [false, true] {
             let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -369,4 +381,51 @@ async fn a_daemon_whose_stderr_closes_mid_drain_does_every_action_once_and_relea
 #[tokio::test]
 async fn a_leader_and_worker_whose_stderr_closes_mid_drain_do_every_action_once() {
     drain_with_stderr_closed(true).await;
+}
+
+#[tokio::test]
+async fn a_daemon_whose_stderr_nobody_reads_does_not_wait_for_it() {
+    const ACTIONS: usize = 300;
+    const FILLER: &str = "filler\n";
+    let db = TestDb::sqlite().await;
+    let lines: String =
+        (0..ACTIONS).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"n\":{i}}}}}\n")).collect();
+    std::fs::write(db.dir.path().join("many.jsonl"), lines).unwrap();
+    let o = run(&mut orch(&db, &["enqueue", "--file", "many.jsonl"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    std::fs::write(db.dir.path().join("orchestrator.yaml"), "max_actions_per_tick: 10\n").unwrap();
+    // A reader that is there but does not read (a pager left paused): the pipe is full (64 KiB,
+    // Linux's default) before the daemon starts, so its every write to stderr would wait.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    std::io::Write::write_all(&mut writer, FILLER.repeat(65536 / FILLER.len()).as_bytes()).unwrap();
+    let mut child = Server(
+        orch(&db, &["run", "--no-http", "--interval", "0"]).stdout(Stdio::null()).stderr(writer).spawn().unwrap(),
+    );
+    let start = Instant::now();
+    loop {
+        let done = db
+            .store
+            .list_actions(&ActionFilter { status: Some(ActionStatus::Success), action_type: None, limit: 100_000 })
+            .await
+            .unwrap();
+        if done.len() == ACTIONS {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the daemon stopped with {} of {ACTIONS} done", done.len());
+        assert!(start.elapsed() < Duration::from_secs(120), "{} of {ACTIONS} done after 120 s", done.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The reader catches up: the lines that waited follow, whole and in order.
+    let reading = std::thread::spawn(move || std::io::read_to_string(reader).unwrap());
+    let status = terminate(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "the daemon stops cleanly on SIGTERM");
+    drop(child);
+    let text = reading.join().unwrap();
+    let logged: Vec<&str> = text.lines().filter(|l| *l != FILLER.trim_end()).collect();
+    assert!(logged.iter().all(|l| l.starts_with("20") && l.contains("orchestrator")), "whole lines: {text}");
+    assert!(logged.iter().filter(|l| l.contains(" tick ")).count() >= 30, "every tick's line: {text}");
+    assert!(logged.last().is_some_and(|l| l.contains("lease released")), "the last line too: {text}");
+    let lease = json(&run(&mut orch(&db, &["lease", "show", "--json"])));
+    assert_eq!(lease["live"], false, "the lease was released at exit: {lease}");
+    db.cleanup().await;
 }
