@@ -22,6 +22,8 @@ pub mod names {
     pub const DATABASE_OUTAGES_TOTAL: &str = "orchestrator_database_outages_total";
     pub const INSTANCE_LEASE_HELD: &str = "orchestrator_instance_lease_held";
     pub const ARTIFACT_TMP_REMOVED_TOTAL: &str = "orchestrator_artifact_tmp_removed_total";
+    /// Log lines this process could not write (stderr closed or failing); the work went on.
+    pub const LOG_LINES_DROPPED_TOTAL: &str = "orchestrator_log_lines_dropped_total";
 
     // Gauges of database state, computed on every scrape (see [`super::DbGauges`]).
     pub const QUEUE_ACTIONS: &str = "orchestrator_queue_actions";
@@ -174,6 +176,20 @@ impl RuleMetrics {
     }
 }
 
+/// Log lines this process could not write. One counter per process (the log writer is one per
+/// process), registered in every [`Metrics`] registry so the daemon's and a worker's
+/// `/metrics` both show it.
+pub fn log_lines_dropped() -> &'static IntCounter {
+    static DROPPED: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+        IntCounter::new(
+            names::LOG_LINES_DROPPED_TOTAL,
+            "Log lines this process could not write to stderr (closed or failing); the work went on.",
+        )
+        .expect("valid metric")
+    });
+    &DROPPED
+}
+
 /// This process's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -275,6 +291,7 @@ impl Metrics {
             Box::new(database_outages_total.clone()),
             Box::new(instance_lease_held.clone()),
             Box::new(artifact_tmp_removed_total.clone()),
+            Box::new(log_lines_dropped().clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -443,6 +460,7 @@ mod tests {
         assert!(text.contains("orchestrator_ticks_total{status=\"SUCCESS\"} 1"), "{text}");
         assert!(text.contains("orchestrator_actions_total{outcome=\"success\",type=\"NOOP\"} 2"), "{text}");
         assert!(text.contains(&format!("orchestrator_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains(&format!("{} ", names::LOG_LINES_DROPPED_TOTAL)), "{text}");
     }
 
     #[test]

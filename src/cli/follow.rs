@@ -9,7 +9,6 @@
 //! 10 commits. Ids skipped over by the cursor are asked for again for [`GAP_WAIT`], so such a
 //! row is still printed (late, and once). SQLite has one writer at a time: ids commit in order.
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -61,33 +60,28 @@ impl Cursor {
     }
 }
 
-/// Writes lines to stdout; `false` once stdout is closed (a pipe into `head`, say).
-fn emit(lines: &[String]) -> bool {
-    let mut stdout = std::io::stdout().lock();
-    for l in lines {
-        if writeln!(stdout, "{l}").is_err() {
-            return false;
-        }
-    }
-    stdout.flush().is_ok()
+/// Writes lines to stdout; `false` once stdout is closed or failing.
+fn emit(out: &Out, lines: &[String]) -> bool {
+    lines.iter().all(|l| out.line(format_args!("{l}")))
 }
 
 fn line<T: Serialize>(out: &Out, row: &T, text: impl FnOnce(&T) -> String) -> String {
     if out.json { serde_json::to_string(row).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) } else { text(row) }
 }
 
-/// Waits one poll interval; `true` when a signal came instead.
+/// Waits one poll interval; `true` when a signal came instead, or when stdout's reader has
+/// gone (asked without writing, so an idle follow notices too, like `tail -f`).
 struct Stop(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
 
 impl Stop {
     fn new() -> Self {
-        Stop(Box::pin(super::wait_for_signal()))
+        Stop(Box::pin(super::shutdown_signal()))
     }
 
-    async fn wait(&mut self) -> bool {
+    async fn wait(&mut self, out: &Out) -> bool {
         tokio::select! {
             _ = &mut self.0 => true,
-            _ = tokio::time::sleep(POLL) => false,
+            _ = tokio::time::sleep(POLL) => !out.wanted(),
         }
     }
 }
@@ -101,19 +95,19 @@ pub async fn logs(store: &Store, filter: &LogFilter, limit: u64, out: &Out) -> R
         None => store.logs(None, 1).await?.first().map_or(0, |l| l.id),
     };
     let lines: Vec<String> = last.iter().map(|l| line(out, l, output::log_line)).collect();
-    if !emit(&lines) {
+    if !emit(out, &lines) {
         return Ok(());
     }
     let mut cursor = Cursor::new(start, store.backend() == Backend::Postgres);
     let mut stop = Stop::new();
-    while !stop.wait().await {
+    while !stop.wait(out).await {
         let gaps = cursor.gaps();
         let rows = store.logs_after(cursor.after, &gaps, filter, PAGE).await?;
         let lines: Vec<String> = rows.iter().map(|l| line(out, l, output::log_line)).collect();
         for r in &rows {
             cursor.saw(r.id);
         }
-        if !emit(&lines) {
+        if !emit(out, &lines) {
             break;
         }
     }
@@ -140,19 +134,19 @@ pub async fn ticks(store: &Store, limit: u64, out: &Out) -> Result<(), StoreErro
         (None, None) => 0,
     };
     let lines: Vec<String> = shown.iter().map(|t| line(out, t, output::tick_line)).collect();
-    if !emit(&lines) {
+    if !emit(out, &lines) {
         return Ok(());
     }
     let mut after = start;
     let mut stop = Stop::new();
-    while !stop.wait().await {
+    while !stop.wait(out).await {
         let rows = store.ticks_after(after, &[], PAGE).await?;
         let shown = settled(&rows);
         let lines: Vec<String> = shown.iter().map(|t| line(out, t, output::tick_line)).collect();
         if let Some(t) = shown.last() {
             after = t.id;
         }
-        if !emit(&lines) {
+        if !emit(out, &lines) {
             break;
         }
     }

@@ -5,10 +5,22 @@
 //! Failures carry the exit code they deserve ([`Failure`]); `main` turns them into one line on
 //! stderr.
 
+/// Prints one line to stdout through the command's `Out` (never `println!`, which panics on a
+/// closed or full stdout): `say!(out, "format", args)`; `say!(out)` prints an empty line.
+macro_rules! say {
+    ($out:expr) => {{
+        $out.line(format_args!(""));
+    }};
+    ($out:expr, $($arg:tt)*) => {{
+        $out.line(format_args!($($arg)*));
+    }};
+}
+
 mod follow;
 mod limits;
 mod output;
 mod rules;
+pub mod stdio;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +48,9 @@ pub mod exit {
     /// `run`, `worker` or `serve` waited `startup_timeout_seconds` for a database that did not
     /// answer (sysexits' EX_UNAVAILABLE; systemd's `Restart=on-failure` starts it again).
     pub const UNAVAILABLE: u8 = 69;
+    /// The output could not be written (a full disk, `/dev/full`, an I/O error): EX_IOERR of
+    /// sysexits.h. A closed pipe is not this: the command then exits with its own code, quietly.
+    pub const OUTPUT: u8 = 74;
 }
 
 /// An error that carries its exit code.
@@ -372,19 +387,6 @@ pub const MAX_QUOTED_CHARS: usize = 80;
 /// The most of a command-line error shown, in characters (a backstop for what is not quoted).
 const MAX_USAGE_ERROR_CHARS: usize = 2_000;
 
-/// Prints what `Cli::try_parse` returned instead of a command line and gives its exit code:
-/// help and version as clap prints them, a usage error on stderr with every quoted value cut
-/// to [`MAX_QUOTED_CHARS`] (an argument of 20 KB is not echoed back in full).
-pub fn parse_failure(e: &clap::Error) -> u8 {
-    if !e.use_stderr() {
-        // Help and version: stdout, exit 0; a closed stdout is not an error.
-        let _ = e.print();
-        return u8::try_from(e.exit_code()).unwrap_or(exit::USAGE);
-    }
-    eprint!("{}", cut_quoted(&e.render().to_string(), MAX_QUOTED_CHARS, MAX_USAGE_ERROR_CHARS));
-    u8::try_from(e.exit_code()).unwrap_or(exit::USAGE)
-}
-
 /// `text` with every `'...'` span longer than `max` characters cut to its first `max` and the
 /// count of the rest, and the whole cut at `total` characters.
 fn cut_quoted(text: &str, max: usize, total: usize) -> String {
@@ -416,33 +418,50 @@ fn cut_quoted(text: &str, max: usize, total: usize) -> String {
     out
 }
 
-/// Writes generated text to stdout; a closed stdout (a pipe into `head`) is not an error.
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<u8> {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e).context("writing to stdout")),
-        _ => Ok(exit::OK),
+/// Runs a parsed command; returns the exit code. Its output goes through one [`output::Out`],
+/// whose failure (other than a closed pipe) turns success into [`exit::OUTPUT`].
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let out = output::Out::new(cli.json);
+    let result = run_with(cli, &out).await;
+    out.settle(result)
+}
+
+/// Writes clap's answer to a bad command line or `--help`/`--version` (stdout or stderr, as
+/// clap says) and returns its exit code; `--help > /dev/full` exits [`exit::OUTPUT`]. A usage
+/// error has every quoted value cut to [`MAX_QUOTED_CHARS`] (an argument of 20 KB is not echoed
+/// back in full), so it is plain text; help is coloured on a terminal.
+pub fn usage(e: &clap::Error) -> u8 {
+    let stream = if e.use_stderr() { stdio::Stream::Stderr } else { stdio::Stream::Stdout };
+    let text = if e.use_stderr() {
+        cut_quoted(&e.render().to_string(), MAX_QUOTED_CHARS, MAX_USAGE_ERROR_CHARS)
+    } else if stdio::is_terminal(stream) {
+        e.render().ansi().to_string()
+    } else {
+        e.render().to_string()
+    };
+    match stdio::write(stream, text.as_bytes()) {
+        stdio::Written::Failed(_) if stream == stdio::Stream::Stdout => exit::OUTPUT,
+        _ => u8::try_from(e.exit_code()).unwrap_or(exit::USAGE),
     }
 }
 
-/// Runs a parsed command; returns the exit code.
-pub async fn run(cli: Cli) -> anyhow::Result<u8> {
-    // Generated from the clap types alone: no config, no database.
+async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
+    // Generated from the clap types alone: no config, no database. Generated into memory first:
+    // clap_complete panics on a write error.
     match &cli.command {
         Command::Completions { shell } => {
-            // Generated into memory first: clap_complete panics on a write error, and a pipe
-            // into `head` is no reason to panic.
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
             clap_complete::generate(*shell, &mut cmd, "orchestrator", &mut text);
-            return write_stdout(&text);
+            out.put(&String::from_utf8_lossy(&text));
+            return Ok(exit::OK);
         }
         Command::Manpage => {
             let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
             let mut text = Vec::new();
             man.render(&mut text).context("rendering the man page")?;
-            return write_stdout(&text);
+            out.put(&String::from_utf8_lossy(&text));
+            return Ok(exit::OK);
         }
         _ => {}
     }
@@ -467,14 +486,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     // What SIGHUP reads again: the same file and flags.
     let config_file = cli.config.clone();
     let reload: Reload = std::sync::Arc::new(move || Config::load(config_file.as_deref(), overrides.clone()));
-    let out = output::Out { json: cli.json };
     // Commands on rule files alone need no database.
     match &cli.command {
         Command::Rules(RulesCommand::Check { rules: dir }) => {
-            return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out);
+            return rules::check(dir.as_ref().unwrap_or(&config.rules_dir), &config, out);
         }
         Command::Rules(RulesCommand::Test { rules: dir }) => {
-            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, &out).await;
+            return rules::test(dir.as_ref().unwrap_or(&config.rules_dir), &config, out).await;
         }
         Command::Rules(RulesCommand::Bench { rules: dir, iterations, synthetic }) => {
             return rules::bench(
@@ -482,7 +500,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 &config,
                 *iterations,
                 *synthetic as usize,
-                &out,
+                out,
             );
         }
         _ => {}
@@ -513,7 +531,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
         tracing::warn!("ORCHESTRATOR_MODE=PAUSED: the shared paused flag is set; `orchestrator resume` clears it");
     }
-    let code = dispatch(cli.command, &config, &store, &out, reload).await;
+    let code = dispatch(cli.command, &config, &store, out, reload).await;
     if let Err(e) = store.close().await {
         tracing::debug!(error = %e, "closing the database");
     }
@@ -635,6 +653,7 @@ async fn dispatch(
         Command::Run { ticks, no_http, no_execute, .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             let engine = if no_execute { engine.without_execution() } else { engine };
+            let stop = shutdown_signal();
             load_rules(&engine)?;
             rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
             crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
@@ -642,7 +661,7 @@ async fn dispatch(
             let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                wait_for_signal().await;
+                stop.await;
                 tracing::info!("signal received: finishing the current tick, then releasing the lease");
                 let _ = tx.send(true);
             });
@@ -666,6 +685,7 @@ async fn dispatch(
             // Its config's limits hold from its first claim, even before any `run` wrote them.
             crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
             let worker = crate::worker::Worker::new(store.clone(), config.clone(), registry, options);
+            let stop = shutdown_signal();
             let (tx, rx) = tokio::sync::watch::channel(false);
             let server = if no_http {
                 None
@@ -685,7 +705,7 @@ async fn dispatch(
                 })))
             };
             tokio::spawn(async move {
-                wait_for_signal().await;
+                stop.await;
                 tracing::info!("signal received: claiming nothing more, finishing attempts in flight");
                 let _ = tx.send(true);
             });
@@ -709,8 +729,9 @@ async fn dispatch(
         Command::Serve { .. } => {
             let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
             load_rules(&engine)?;
+            let stop = shutdown_signal();
             let server = start_http(&engine, config, false).await?;
-            wait_for_signal().await;
+            stop.await;
             tracing::info!("signal received: stopping the HTTP server");
             server.stop().await;
             out.message(&serde_json::json!({"stopped": true}), "HTTP server stopped");
@@ -1035,25 +1056,33 @@ async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::
     Ok(HttpServer { stop, task })
 }
 
-pub(crate) async fn wait_for_signal() {
+/// SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not when the
+/// future is first polled: a signal that comes just after a command says it is running (a
+/// supervisor's stop right after start) is caught, not fatal.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

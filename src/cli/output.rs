@@ -4,20 +4,53 @@ use serde::Serialize;
 
 use std::collections::BTreeMap;
 
+use super::stdio::Sink;
 use crate::limits::{LimitField, LimitSpec};
 use crate::model::{Action, ActionStatus, Flags, LogRow, TickRow};
 use crate::status::{LeaseStatus, StatusReport};
 use crate::store::{ActionsSummary, LimitSource, LimitUsage, PRIORITY_BANDS, TypeLimit};
 use crate::tick::TickReport;
 
+/// How a command prints: `--json` or text, every line through one [`Sink`].
+#[derive(Debug, Default)]
 pub struct Out {
     pub json: bool,
+    sink: Sink,
 }
 
-fn print_json(value: &impl Serialize) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot render JSON: {e}"),
+impl Out {
+    pub fn new(json: bool) -> Self {
+        Out { json, sink: Sink::default() }
+    }
+
+    /// Writes one line (with `say!`); `false` once stdout is closed or failing.
+    pub fn line(&self, args: std::fmt::Arguments<'_>) -> bool {
+        self.sink.put(&format!("{args}\n"))
+    }
+
+    /// Writes `text` as it is.
+    pub fn put(&self, text: &str) -> bool {
+        self.sink.put(text)
+    }
+
+    /// Whether stdout still takes output (for a command that waits between lines).
+    pub fn wanted(&self) -> bool {
+        self.sink.wanted()
+    }
+
+    /// The command's result once its output is known (see [`Sink::settle`]).
+    pub fn settle(&self, result: anyhow::Result<u8>) -> anyhow::Result<u8> {
+        self.sink.settle(result)
+    }
+
+    /// A value as pretty JSON on stdout.
+    pub fn print_json(&self, value: &impl Serialize) {
+        match serde_json::to_string_pretty(value) {
+            Ok(s) => {
+                say!(self, "{s}");
+            }
+            Err(e) => super::stdio::stderr_line(&format!("error: cannot render JSON: {e}")),
+        }
     }
 }
 
@@ -170,15 +203,23 @@ impl Out {
     /// A result with a JSON shape and a one-line text form.
     pub fn workers(&self, rows: &[crate::store::WorkerRow]) {
         if self.json {
-            return print_json(&rows);
+            return self.print_json(&rows);
         }
         if rows.is_empty() {
-            println!("no workers registered");
+            say!(self, "no workers registered");
             return;
         }
-        println!(
+        say!(
+            self,
             "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} TYPES",
-            "ID", "LIVE", "VERSION", "CONC", "IN FLIGHT", "DONE", "FAILED", "HEARTBEAT"
+            "ID",
+            "LIVE",
+            "VERSION",
+            "CONC",
+            "IN FLIGHT",
+            "DONE",
+            "FAILED",
+            "HEARTBEAT"
         );
         for w in rows {
             let live = match (w.live, w.draining) {
@@ -187,7 +228,8 @@ impl Out {
                 (false, _) => "no",
             };
             let types = if w.types.is_empty() { "*".to_string() } else { w.types.join(",") };
-            println!(
+            say!(
+                self,
                 "{:<36} {:<5} {:<8} {:>4} {:>9} {:>8} {:>7}  {:<25} {types}",
                 w.id,
                 live,
@@ -204,15 +246,23 @@ impl Out {
     /// `limits list`: one row per limited type, the details under it.
     pub fn limits(&self, list: &[LimitUsage]) {
         if self.json {
-            return print_json(&list);
+            return self.print_json(&list);
         }
         if list.is_empty() {
-            println!("no limits set (limits: in the config, `orchestrator limits set`, or /api/limits)");
+            say!(self, "no limits set (limits: in the config, `orchestrator limits set`, or /api/limits)");
             return;
         }
-        println!(
+        say!(
+            self,
             "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  LEFT",
-            "TYPE", "MAX RUNNING", "RATE", "DAILY BUDGET", "PARTITION BY", "SOURCE", "RUNNING", "WAITING"
+            "TYPE",
+            "MAX RUNNING",
+            "RATE",
+            "DAILY BUDGET",
+            "PARTITION BY",
+            "SOURCE",
+            "RUNNING",
+            "WAITING"
         );
         for u in list {
             let l = &u.limit;
@@ -226,7 +276,8 @@ impl Out {
                     left.push(format!("{name} {v}"));
                 }
             }
-            println!(
+            say!(
+                self,
                 "{:<24} {:>11} {:<12} {:>12} {:<20} {:<8} {:>7} {:>7}  {}",
                 one_line(&u.action_type, 24),
                 limit_cell(e.max_running.map(|n| n.to_string()), over(crate::limits::LimitField::MaxRunning)),
@@ -239,25 +290,26 @@ impl Out {
                 if left.is_empty() { "-".to_string() } else { left.join(", ") }
             );
             for line in usage_details(u, "  ") {
-                println!("{line}");
+                say!(self, "{line}");
             }
         }
         if list.iter().any(|u| !u.limit.overrides.is_empty()) {
-            println!("(* an override is in force: its line says until when)");
+            say!(self, "(* an override is in force: its line says until when)");
         }
     }
 
     /// A type's limits after `limits set|clear|override` (`what` says which was done).
     pub fn type_limit(&self, l: &TypeLimit, what: &str) {
         if self.json {
-            return print_json(l);
+            return self.print_json(l);
         }
-        println!("{what} {}: {}", l.action_type, spec_words(&l.effective));
+        say!(self, "{what} {}: {}", l.action_type, spec_words(&l.effective));
         if l.effective != l.base {
-            println!("  base (without overrides): {}", spec_words(&l.base));
+            say!(self, "  base (without overrides): {}", spec_words(&l.base));
         }
         for o in &l.overrides {
-            println!(
+            say!(
+                self,
                 "  override {} = {} until {} by {}: {}",
                 o.field,
                 o.value,
@@ -273,24 +325,25 @@ impl Out {
     pub fn override_ended(&self, action_type: &str, field: LimitField, ended: bool, now: Option<&TypeLimit>) {
         if self.json {
             let v = serde_json::json!({"action_type": action_type, "field": field, "ended": ended, "limit": now});
-            return print_json(&v);
+            return self.print_json(&v);
         }
         match (ended, now) {
-            (false, _) => println!("{action_type} has no {field} override in force; nothing ended"),
+            (false, _) => say!(self, "{action_type} has no {field} override in force; nothing ended"),
             (true, Some(l)) => self.type_limit(l, &format!("ended the {field} override of")),
-            (true, None) => println!("ended the {field} override of {action_type}; it has no limits now"),
+            (true, None) => say!(self, "ended the {field} override of {action_type}; it has no limits now"),
         }
     }
 
     pub fn message(&self, value: &impl Serialize, text: &str) {
-        if self.json { print_json(value) } else { println!("{text}") }
+        if self.json { self.print_json(value) } else { say!(self, "{text}") }
     }
 
     pub fn tick(&self, r: &TickReport) {
         if self.json {
-            return print_json(r);
+            return self.print_json(r);
         }
-        println!(
+        say!(
+            self,
             "tick #{} {} in {} ms: {} attempted, {} succeeded, {} failed{}",
             r.tick_id,
             r.status,
@@ -304,9 +357,10 @@ impl Out {
 
     pub fn flags(&self, f: &Flags) {
         if self.json {
-            return print_json(f);
+            return self.print_json(f);
         }
-        println!(
+        say!(
+            self,
             "paused={} killed={} proof_mode={} ({})",
             f.paused,
             f.killed,
@@ -317,17 +371,18 @@ impl Out {
 
     pub fn status(&self, s: &StatusReport) {
         if self.json {
-            return print_json(s);
+            return self.print_json(s);
         }
-        println!("liveness: {}", s.health);
+        say!(self, "liveness: {}", s.health);
         for r in &s.reasons {
-            println!("  - {r}");
+            say!(self, "  - {r}");
         }
-        println!("workload: {} ({}/100)", s.workload.status, s.workload.score);
+        say!(self, "workload: {} ({}/100)", s.workload.status, s.workload.score);
         for r in &s.workload.reasons {
-            println!("  - {r}");
+            say!(self, "  - {r}");
         }
-        println!(
+        say!(
+            self,
             "mode:    {}   paused={} killed={}",
             match (s.proof_enforced, s.flags.proof_mode) {
                 (true, _) => "PROOF (enforced by this instance's config; proof off is refused)",
@@ -339,24 +394,26 @@ impl Out {
         );
         self.lease_line(s.lease.as_ref());
         let counts: Vec<String> = s.queue.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("queue:   {}", counts.join(" "));
-        println!("workers: {} live, {} dead", s.workers.live, s.workers.dead);
+        say!(self, "queue:   {}", counts.join(" "));
+        say!(self, "workers: {} live, {} dead", s.workers.live, s.workers.dead);
         if s.limits.is_empty() {
-            println!("limits:  none");
+            say!(self, "limits:  none");
         }
         for (i, u) in s.limits.iter().enumerate() {
-            println!(
+            say!(
+                self,
                 "{}{}: {}",
                 if i == 0 { "limits:  " } else { "         " },
                 one_line(&u.action_type, 64),
                 usage_words(u)
             );
             for line in usage_details(u, "           ") {
-                println!("{line}");
+                say!(self, "{line}");
             }
         }
         match &s.last_tick {
-            Some(t) => println!(
+            Some(t) => say!(
+                self,
                 "last:    tick #{} {} at {} ({} attempted, {} succeeded)",
                 t.id,
                 t.status,
@@ -364,13 +421,14 @@ impl Out {
                 t.actions_attempted,
                 t.actions_succeeded
             ),
-            None => println!("last:    no tick yet"),
+            None => say!(self, "last:    no tick yet"),
         }
     }
 
     fn lease_line(&self, l: Option<&LeaseStatus>) {
         match l {
-            Some(l) if l.live => println!(
+            Some(l) if l.live => say!(
+                self,
                 "lease:   {} held by {} epoch {} for {:.1}s more (until {})",
                 l.name,
                 l.owner,
@@ -378,31 +436,39 @@ impl Out {
                 l.ttl_seconds,
                 ts(&l.expires_at)
             ),
-            Some(l) => println!(
+            Some(l) => say!(
+                self,
                 "lease:   {} free (last holder {} epoch {}, expired {})",
                 l.name,
                 l.owner,
                 l.epoch,
                 ts(&l.expires_at)
             ),
-            None => println!("lease:   never taken"),
+            None => say!(self, "lease:   never taken"),
         }
     }
 
     pub fn lease(&self, l: Option<&LeaseStatus>) {
-        if self.json { print_json(&l) } else { self.lease_line(l) }
+        if self.json { self.print_json(&l) } else { self.lease_line(l) }
     }
 
     pub fn actions(&self, list: &[Action]) {
         if self.json {
-            return print_json(&list);
+            return self.print_json(&list);
         }
-        println!(
+        say!(
+            self,
             "{:>8}  {:<9}  {:<14}  {:>4}  {:>5}  {:<24}  KEY / LAST ERROR",
-            "ID", "STATUS", "TYPE", "PRIO", "TRIES", "NOT BEFORE"
+            "ID",
+            "STATUS",
+            "TYPE",
+            "PRIO",
+            "TRIES",
+            "NOT BEFORE"
         );
         for a in list {
-            println!(
+            say!(
+                self,
                 "{:>8}  {:<9}  {:<14}  {:>4}  {:>2}/{:<2}  {:<24}  {}{}",
                 a.id,
                 a.status.as_str(),
@@ -425,69 +491,65 @@ impl Out {
                 action: &'a Action,
                 logs: &'a [LogRow],
             }
-            return print_json(&Shown { action: a, logs });
+            return self.print_json(&Shown { action: a, logs });
         }
-        println!("action {} ({})", a.id, a.action_type);
-        println!("  status:       {}", a.status);
-        println!("  key:          {}", a.idempotency_key);
-        println!("  priority:     {}", a.priority);
-        println!("  attempts:     {}/{}", a.attempts, a.max_attempts);
-        println!("  not_before:   {}", ts(&a.not_before));
-        println!("  created_at:   {}", ts(&a.created_at));
-        println!("  finished_at:  {}", opt_ts(&a.finished_at));
+        say!(self, "action {} ({})", a.id, a.action_type);
+        say!(self, "  status:       {}", a.status);
+        say!(self, "  key:          {}", a.idempotency_key);
+        say!(self, "  priority:     {}", a.priority);
+        say!(self, "  attempts:     {}/{}", a.attempts, a.max_attempts);
+        say!(self, "  not_before:   {}", ts(&a.not_before));
+        say!(self, "  created_at:   {}", ts(&a.created_at));
+        say!(self, "  finished_at:  {}", opt_ts(&a.finished_at));
         if let Some(e) = &a.last_error {
-            println!("  last_error:   {}", one_line(e, 200));
+            say!(self, "  last_error:   {}", one_line(e, 200));
         }
-        println!("  payload:      {}", one_line(&a.payload.to_string(), 200));
-        println!("  logs:");
+        say!(self, "  payload:      {}", one_line(&a.payload.to_string(), 200));
+        say!(self, "  logs:");
         self.log_lines(logs);
     }
 
     fn log_lines(&self, logs: &[LogRow]) {
         for l in logs {
-            println!("    {}", log_line(l));
+            say!(self, "    {}", log_line(l));
         }
     }
 
     pub fn ticks(&self, ticks: &[TickRow]) {
         if self.json {
-            return print_json(&ticks);
+            return self.print_json(&ticks);
         }
         for t in ticks {
-            println!("{}", tick_line(t));
+            say!(self, "{}", tick_line(t));
         }
     }
 
     pub fn summary(&self, s: &ActionsSummary) {
         if self.json {
-            return print_json(s);
+            return self.print_json(s);
         }
         let mut types: BTreeMap<&str, BTreeMap<ActionStatus, i64>> = BTreeMap::new();
         for c in &s.by_type_status {
             types.entry(c.action_type.as_str()).or_default().insert(c.status, c.count);
         }
-        print!("{:<20}", "TYPE");
-        for st in ActionStatus::ALL {
-            print!(" {:>9}", st.as_str());
-        }
-        println!();
+        let header: String = ActionStatus::ALL.iter().map(|st| format!(" {:>9}", st.as_str())).collect();
+        say!(self, "{:<20}{header}", "TYPE");
         for (t, counts) in &types {
-            print!("{:<20}", one_line(t, 20));
-            for st in ActionStatus::ALL {
-                print!(" {:>9}", counts.get(st).copied().unwrap_or(0));
-            }
-            println!();
+            let row: String =
+                ActionStatus::ALL.iter().map(|st| format!(" {:>9}", counts.get(st).copied().unwrap_or(0))).collect();
+            say!(self, "{:<20}{row}", one_line(t, 20));
         }
         if types.is_empty() {
-            println!("(no actions)");
+            say!(self, "(no actions)");
         }
-        println!();
+        say!(self);
         if s.oldest_due.is_empty() {
-            println!("oldest due: none (nothing is due)");
+            say!(self, "oldest due: none (nothing is due)");
         } else {
-            println!("oldest due per type:");
+            say!(self, "oldest due per type:");
             for o in &s.oldest_due {
-                println!(
+                say!(
+                    self,
                     "  {:<20} action {:<8} due since {} ({:.0}s)",
                     one_line(&o.action_type, 20),
                     o.id,
@@ -500,15 +562,16 @@ impl Out {
             .iter()
             .map(|b| format!("{b}: {}", s.open_by_priority.get(b).copied().unwrap_or(0)))
             .collect();
-        println!("open (PENDING, RETRY, RUNNING) by priority: {}", bands.join("  "));
+        say!(self, "open (PENDING, RETRY, RUNNING) by priority: {}", bands.join("  "));
     }
 
     pub fn verify(&self, r: &crate::artifacts::VerifyReport) {
         if self.json {
-            return print_json(r);
+            return self.print_json(r);
         }
         for b in r.missing.iter().chain(&r.mismatched) {
-            println!(
+            say!(
+                self,
                 "{}: {} (log {}, action {}; recorded sha256 {}{})",
                 b.problem,
                 b.path,
@@ -518,7 +581,8 @@ impl Out {
                 b.actual_sha256.as_deref().map_or(String::new(), |a| format!(", now {a}"))
             );
         }
-        println!(
+        say!(
+            self,
             "{} artifact(s) checked: {} ok, {} missing, {} changed",
             r.checked,
             r.ok,
@@ -529,7 +593,8 @@ impl Out {
             let mut hosts: Vec<&str> = r.elsewhere.iter().map(|b| b.problem.trim_start_matches("on host ")).collect();
             hosts.sort_unstable();
             hosts.dedup();
-            println!(
+            say!(
+                self,
                 "{} artifact(s) written on other hosts not checked here (run artifacts verify there): {}",
                 r.elsewhere.len(),
                 hosts.join(", ")
@@ -538,6 +603,6 @@ impl Out {
     }
 
     pub fn logs(&self, logs: &[LogRow]) {
-        if self.json { print_json(&logs) } else { self.log_lines(logs) }
+        if self.json { self.print_json(&logs) } else { self.log_lines(logs) }
     }
 }

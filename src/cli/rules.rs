@@ -18,13 +18,6 @@ use crate::rules::{self, RuleSet, RulesError, fixtures};
 use crate::store::Store;
 use crate::tick::{DryRunReport, Engine};
 
-fn print_json(value: &impl Serialize) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot render JSON: {e}"),
-    }
-}
-
 /// Loads a rule set, printing diagnostics as `file:line:col: message`.
 fn load(dir: &Path, config: &Config) -> anyhow::Result<Result<RuleSet, Vec<rules::Diagnostic>>> {
     match RuleSet::load(dir, &config.rules) {
@@ -41,9 +34,9 @@ pub fn check(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
             let d = set.check();
             if d.is_empty() {
                 if out.json {
-                    print_json(&serde_json::json!({"ok": true, "rules": set.names(), "digest": set.digest()}));
+                    out.print_json(&serde_json::json!({"ok": true, "rules": set.names(), "digest": set.digest()}));
                 } else {
-                    println!("{} rule(s) OK in {} (digest {})", set.len(), dir.display(), set.digest());
+                    say!(out, "{} rule(s) OK in {} (digest {})", set.len(), dir.display(), set.digest());
                 }
                 return Ok(exit::OK);
             }
@@ -52,10 +45,10 @@ pub fn check(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> {
         Err(d) => d,
     };
     if out.json {
-        print_json(&serde_json::json!({"ok": false, "diagnostics": diags}));
+        out.print_json(&serde_json::json!({"ok": false, "diagnostics": diags}));
     } else {
         for d in &diags {
-            println!("{d}");
+            say!(out, "{d}");
         }
     }
     Ok(exit::ERROR)
@@ -70,7 +63,7 @@ pub async fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> 
     let failed = results.iter().filter(|r| !r.passed).count();
     let failed_scenarios = scenarios.iter().filter(|r| !r.passed).count();
     if out.json {
-        print_json(&serde_json::json!({
+        out.print_json(&serde_json::json!({
             "passed": results.len() - failed,
             "failed": failed,
             "cases": results,
@@ -80,30 +73,31 @@ pub async fn test(dir: &Path, config: &Config, out: &Out) -> anyhow::Result<u8> 
         for r in &results {
             let file = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             if r.passed {
-                println!("PASS {file}: {}", r.name);
+                say!(out, "PASS {file}: {}", r.name);
             } else {
-                println!("FAIL {file}: {}", r.name);
+                say!(out, "FAIL {file}: {}", r.name);
                 for line in &r.diff {
-                    println!("    {line}");
+                    say!(out, "    {line}");
                 }
             }
         }
         for r in &scenarios {
             let file = r.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             if r.passed {
-                println!("PASS scenarios/{file}: {} ({} ticks)", r.name, r.timeline.len());
+                say!(out, "PASS scenarios/{file}: {} ({} ticks)", r.name, r.timeline.len());
             } else {
-                println!("FAIL scenarios/{file}: {}", r.name);
+                say!(out, "FAIL scenarios/{file}: {}", r.name);
                 for f in &r.failures {
-                    println!("    - {f}");
+                    say!(out, "    - {f}");
                 }
-                println!("    timeline:");
+                say!(out, "    timeline:");
                 for t in &r.timeline {
-                    println!("      {t}");
+                    say!(out, "      {t}");
                 }
             }
         }
-        println!(
+        say!(
+            out,
             "{} passed, {failed} failed; scenarios: {} passed, {failed_scenarios} failed",
             results.len() - failed,
             scenarios.len() - failed_scenarios
@@ -129,7 +123,7 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
         Ok(s) => s,
         Err(d) => {
             for d in &d {
-                eprintln!("{d}");
+                super::stdio::stderr_line(&d.to_string());
             }
             return Err(fail(exit::ERROR, format!("{} rule error(s); nothing backtested", d.len())));
         }
@@ -168,7 +162,7 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
     }
     let differing = report.iter().filter(|t| !t.added.is_empty() || !t.removed.is_empty()).count();
     if out.json {
-        print_json(&serde_json::json!({
+        out.print_json(&serde_json::json!({
             "digest": set.digest(), "ticks": report.len(), "differing": differing, "report": report,
         }));
     } else {
@@ -177,15 +171,16 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
                 continue;
             }
             let same = t.recorded_digest.as_deref() == Some(set.digest());
-            println!("tick #{}{}", t.tick_id, if same { " (same rules digest)" } else { "" });
+            say!(out, "tick #{}{}", t.tick_id, if same { " (same rules digest)" } else { "" });
             for d in &t.removed {
-                println!("  - {d}");
+                say!(out, "  - {d}");
             }
             for d in &t.added {
-                println!("  + {d}");
+                say!(out, "  + {d}");
             }
         }
-        println!(
+        say!(
+            out,
             "{} tick(s) replayed, {differing} would decide differently (- recorded then, + rules on disk)",
             report.len()
         );
@@ -225,9 +220,10 @@ pub fn bench(dir: &Path, config: &Config, iterations: u32, synthetic: usize, out
         "synthetic_per_tick_ms": fifty.as_secs_f64() * 1000.0,
     });
     if out.json {
-        print_json(&figures);
+        out.print_json(&figures);
     } else {
-        println!(
+        say!(
+            out,
             "{} shipped rule(s): {:.3} ms per tick; {synthetic} rules: {:.3} ms per tick (mean of {iterations}; snapshot with 20 samples per state)",
             set.len(),
             shipped.as_secs_f64() * 1000.0,
@@ -244,12 +240,13 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
             .await?
             .ok_or_else(|| fail(exit::ERROR, format!("tick {tick_id} not found")))?;
     if out.json {
-        print_json(&serde_json::json!({
+        out.print_json(&serde_json::json!({
             "tick": tick, "snapshot": snapshot, "rules_digest": digest, "decisions": decisions,
         }));
         return Ok(exit::OK);
     }
-    println!(
+    say!(
+        out,
         "tick #{} {} by {} (epoch {}), started {}",
         tick.id,
         tick.status,
@@ -258,12 +255,13 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
         tick.started_at.to_rfc3339()
     );
     if let Some(n) = &tick.notes {
-        println!("  notes: {n}");
+        say!(out, "  notes: {n}");
     }
     match &snapshot {
         Some(s) => {
             let g = |p: &str| s.pointer(p).map_or("-".to_string(), |v| v.to_string());
-            println!(
+            say!(
+                out,
                 "snapshot: health {} {}; pending {}, running {}, retry {}, dlq {}, due {}; oldest pending {}s",
                 g("/health/score"),
                 g("/health/status"),
@@ -274,7 +272,8 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
                 g("/queue/due_now"),
                 g("/queue/oldest_pending_age_seconds"),
             );
-            println!(
+            say!(
+                out,
                 "          failures 1h {} (15m {}), successes 1h {}, error rate {}; failed ticks 1h {}; paused {}",
                 g("/recent/failures_1h"),
                 g("/recent/failures_15m"),
@@ -287,25 +286,25 @@ pub async fn explain(store: &Store, tick_id: i64, out: &Out) -> anyhow::Result<u
                 && !reasons.is_empty()
             {
                 let r: Vec<String> = reasons.iter().map(|r| r.as_str().unwrap_or_default().to_string()).collect();
-                println!("          health lost points for: {}", r.join("; "));
+                say!(out, "          health lost points for: {}", r.join("; "));
             }
         }
-        None => println!("snapshot: not recorded (a tick from before the rule engine, or one that stopped early)"),
+        None => say!(out, "snapshot: not recorded (a tick from before the rule engine, or one that stopped early)"),
     }
     if let Some(d) = &digest {
-        println!("rules digest: {d}");
+        say!(out, "rules digest: {d}");
     }
     if decisions.is_empty() {
-        println!("decisions: none");
+        say!(out, "decisions: none");
     }
     let mut by_rule: BTreeMap<&str, Vec<_>> = BTreeMap::new();
     for d in &decisions {
         by_rule.entry(d.rule.as_str()).or_default().push(d);
     }
     for (rule, ds) in by_rule {
-        println!("rule {rule}:");
+        say!(out, "rule {rule}:");
         for d in ds {
-            println!("  {} {} [priority {}] {} -> {}", d.kind, d.target, d.priority, d.reason, d.outcome);
+            say!(out, "  {} {} [priority {}] {} -> {}", d.kind, d.target, d.priority, d.reason, d.outcome);
         }
     }
     Ok(exit::OK)
@@ -335,14 +334,15 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
             .iter()
             .map(|a| serde_json::json!({"id": a.id, "action_type": a.action_type, "priority": a.priority, "status": a.status}))
             .collect();
-        print_json(&serde_json::json!({
+        out.print_json(&serde_json::json!({
             "dry_run": true, "snapshot": r.snapshot, "rules_digest": r.rules_digest, "decisions": decisions,
             "diagnostics": r.decided.diagnostics, "throttle": r.decided.throttle, "would_dispatch": dispatch,
         }));
         return;
     }
     let s = &r.snapshot;
-    println!(
+    say!(
+        out,
         "dry run (nothing written): health {} {}; pending {}, running {}, retry {}, dlq {}, due {}; failures 1h {} (error rate {:.2}); paused {}",
         s.health.score,
         s.health.status,
@@ -356,10 +356,10 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
         s.flags.paused
     );
     for d in &r.decided.diagnostics {
-        println!("rule error: {d}");
+        say!(out, "rule error: {d}");
     }
     if decisions.is_empty() {
-        println!("decisions: none");
+        say!(out, "decisions: none");
     }
     for d in &r.decided.decisions {
         let outcome = if d.outcome == DecisionOutcome::Suppressed(Suppressed::DryRun) {
@@ -367,18 +367,19 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
         } else {
             d.outcome.to_string().replacen(':', ": ", 1)
         };
-        println!("  [{}] {} {} {}: {} -> {outcome}", d.priority, d.rule, d.kind, d.target, d.reason);
+        say!(out, "  [{}] {} {} {}: {} -> {outcome}", d.priority, d.rule, d.kind, d.target, d.reason);
     }
     if let Some(n) = r.decided.throttle {
-        println!("throttle: dispatch capped at {n}");
+        say!(out, "throttle: dispatch capped at {n}");
     }
-    println!(
+    say!(
+        out,
         "would dispatch {} action(s){}",
         r.would_dispatch.len(),
         if r.would_dispatch.is_empty() { "" } else { ":" }
     );
     for a in &r.would_dispatch {
-        println!("  #{} {} priority {} ({})", a.id, a.action_type, a.priority, a.status);
+        say!(out, "  #{} {} priority {} ({})", a.id, a.action_type, a.priority, a.status);
     }
 }
 

@@ -42,5 +42,6 @@ mod http_live;
 mod instances;
 mod model;
 mod operator;
+mod output;
 mod tidy;
 mod workers;

@@ -235,6 +235,25 @@ fn check_stdout(file: &str, text: &str) -> Vec<Violation> {
     out
 }
 
+/// What writes to stdout or stderr directly: the print macros and the handles to both.
+const STD_STREAM_WRITERS: &[&str] =
+    &["println!", "print!", "eprintln!", "eprint!", "io::stdout", "io::stderr", "stdout()", "stderr()"];
+
+/// Only `src/cli/stdio.rs` touches stdout and stderr (CONVENTIONS 19: one function that handles
+/// a closed pipe and a full disk); the print macros panic on both.
+fn check_std_streams(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (n, line) in lex(text).code.iter().enumerate() {
+        let hit = STD_STREAM_WRITERS.iter().find(|writer| {
+            find_token(line, writer).is_some_and(|at| !(writer.starts_with("std") && line[..at].ends_with('.')))
+        });
+        if let Some(writer) = hit {
+            out.push(violation(file, n + 1, format!("`{writer}` writes past src/cli/stdio.rs")));
+        }
+    }
+    out
+}
+
 /// SQL as text: keyword pairs that start a statement, in upper case as this code base writes
 /// SQL. A pair must appear in order in one string literal.
 const SQL_SHAPES: &[(&str, &str)] = &[
@@ -432,6 +451,25 @@ fn only_the_cli_prints_to_stdout() {
     // src/main.rs prints nothing to stdout either (its one message goes to stderr), so it gets
     // no exemption.
     enforce(&["src"], |f| !f.starts_with("src/cli/"), check_stdout);
+}
+
+#[test]
+fn only_stdio_writes_to_stdout_and_stderr() {
+    enforce(&["src"], |f| f != "src/cli/stdio.rs", check_std_streams);
+}
+
+#[test]
+fn a_print_macro_or_stream_handle_past_stdio_is_reported() {
+    let text = "//! x\n\
+                fn f(cmd: &mut std::process::Command) {\n\
+                \x20   cmd.stderr(std::process::Stdio::piped());\n\
+                \x20   eprintln!(\"x\");\n\
+                \x20   let _ = std::io::stderr();\n\
+                \x20   eprint!(\"x\"); // eprintln! in a comment\n\
+                \x20   println!(\"x\");\n\
+                }\n";
+    let lines: Vec<usize> = check_std_streams("src/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [4, 5, 6, 7]);
 }
 
 #[test]
