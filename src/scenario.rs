@@ -293,6 +293,12 @@ pub async fn run(
     let tmp = tempfile::tempdir()?;
     let config = scenario_config(scenario, rules_dir, tmp.path())?;
     let clock = Clock::shifted();
+    // Every run starts at the same time of day (01:00 UTC, tomorrow): what a rule keys on the
+    // hour or the day (`reconcile-<hour>`, a daily budget) must not depend on when it runs.
+    let real = clock.now();
+    let start = (real.date_naive() + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN).and_utc()
+        + chrono::Duration::hours(1);
+    clock.advance(start - real);
     let store = Store::open(
         &config.database_url,
         &StoreOptions { sqlite_synchronous_full: false, max_connections: 4, ..Default::default() },
