@@ -14,6 +14,7 @@ mod m20261128_000006_throttled_ticks;
 mod m20261128_000007_workers;
 mod m20261128_000008_throttle;
 mod m20261129_000009_limits;
+mod m20261203_000010_partition_keys;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000007_workers::Migration),
             Box::new(m20261128_000008_throttle::Migration),
             Box::new(m20261129_000009_limits::Migration),
+            Box::new(m20261203_000010_partition_keys::Migration),
         ]
     }
 }

@@ -18,6 +18,7 @@ mod lease;
 mod limits;
 mod limits_surface;
 mod machine;
+mod partition_cap;
 mod peer;
 mod queue;
 mod store;
