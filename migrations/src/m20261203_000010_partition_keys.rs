@@ -39,7 +39,10 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .alter_table(
-                Table::alter().table(Actions::Table).add_column(ColumnDef::new(Actions::PartKey).text().null()).to_owned(),
+                Table::alter()
+                    .table(Actions::Table)
+                    .add_column(ColumnDef::new(Actions::PartKey).text().null())
+                    .to_owned(),
             )
             .await?;
         manager

@@ -630,9 +630,7 @@ impl Store {
             let keyed: Vec<&TypeLimit> = refs
                 .iter()
                 .copied()
-                .filter(|l| {
-                    self.full_parts(l, &left, &usage, &adding, partitions_cap).is_some_and(|f| f.any())
-                })
+                .filter(|l| self.full_parts(l, &left, &usage, &adding, partitions_cap).is_some_and(|f| f.any()))
                 .collect();
             let (exclude, mut values) = self.exclusions(&refs, &left, &keyed, &chosen)?;
             let types = claimer_types(claimer, &mut values);
@@ -677,7 +675,11 @@ impl Store {
                             parts.len()
                         ));
                     }
-                    if parts.is_empty() { None } else { Some(format!("id IN ({}) AND {due}", parts.join(" UNION ALL "))) }
+                    if parts.is_empty() {
+                        None
+                    } else {
+                        Some(format!("id IN ({}) AND {due}", parts.join(" UNION ALL ")))
+                    }
                 }
                 _ => Some(due),
             };
@@ -699,7 +701,9 @@ impl Store {
             let horizon = if walked_all { None } else { rows.last().map(Candidate::rank) };
             let mut deferred = false;
             for l in &keyed {
-                for c in self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await? {
+                for c in
+                    self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?
+                {
                     if horizon.as_ref().is_none_or(|h| c.rank() < *h) {
                         rows.push(c);
                     } else {
