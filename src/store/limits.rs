@@ -149,6 +149,9 @@ pub const BUSIEST_PARTITIONS: usize = 5;
 /// before found full); a batch still short after them is topped up by the next claim.
 const PICK_PASSES: usize = 8;
 
+/// Keys computed by one claim from which PostgreSQL's statistics of `actions` are read again.
+const ANALYZE_AFTER_KEYS: u64 = 1000;
+
 /// A limited claim that leaves something out picks per due type when there are at most this
 /// many due types (else in one walk of the due index).
 const PER_TYPE_PICK_MAX: usize = 32;
@@ -876,25 +879,32 @@ impl Store {
             "action_type = $1 AND {claimable} AND not_before <= $2 AND (expires_at IS NULL OR expires_at > $2){}",
             chosen_sql(chosen)
         );
+        // SQLite is told the index; PostgreSQL's statistics are kept current for it (see
+        // `key_partitions`).
+        let by_key = match self.backend {
+            Backend::Sqlite => " INDEXED BY ix_actions_due_part",
+            Backend::Postgres => "",
+        };
         let keys = format!(
             "WITH RECURSIVE v(x) AS ( \
-               SELECT (SELECT part_key FROM actions WHERE action_type = $1 AND {claimable} AND part_key IS NOT NULL \
-                 ORDER BY part_key LIMIT 1) \
+               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} \
+                 AND part_key IS NOT NULL ORDER BY part_key LIMIT 1) \
                UNION ALL \
-               SELECT (SELECT part_key FROM actions WHERE action_type = $1 AND {claimable} AND part_key > v.x \
+               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} AND part_key > v.x \
                  ORDER BY part_key LIMIT 1) FROM v WHERE v.x IS NOT NULL) "
         );
         let first = format!("ORDER BY priority DESC, not_before, id LIMIT {per_key}");
         let sql = match self.backend {
+            // No row lock: claimers of the type take turns at its gate, and the claim of the
+            // rows chosen lands only on rows still waiting.
             Backend::Postgres => format!(
-                "{keys}SELECT id, action_type, part_key AS part, CAST(priority AS BIGINT) AS prio, not_before \
-                 FROM actions WHERE id IN (SELECT b.id FROM v CROSS JOIN LATERAL \
-                   (SELECT id FROM actions WHERE part_key = v.x AND {due} {first}) b WHERE v.x IS NOT NULL{cond}) \
-                 AND {due} FOR UPDATE SKIP LOCKED"
+                "{keys}SELECT b.id, b.action_type, b.part_key AS part, b.prio, b.not_before FROM v CROSS JOIN LATERAL \
+                   (SELECT id, action_type, part_key, CAST(priority AS BIGINT) AS prio, not_before FROM actions \
+                    WHERE part_key = v.x AND {due} {first}) b WHERE v.x IS NOT NULL{cond}"
             ),
             Backend::Sqlite => format!(
                 "{keys}SELECT a.id, a.action_type, a.part_key AS part, CAST(a.priority AS BIGINT) AS prio, a.not_before \
-                 FROM v JOIN actions a ON a.id IN (SELECT id FROM actions WHERE part_key = v.x AND {due} {first}) \
+                 FROM v JOIN actions a ON a.id IN (SELECT id FROM actions{by_key} WHERE part_key = v.x AND {due} {first}) \
                  WHERE v.x IS NOT NULL{cond}"
             ),
         };
@@ -916,16 +926,25 @@ impl Store {
             let path_text = path.to_string();
             let current = keyed_for.get(&l.action_type).is_some_and(|p| p.as_deref() == Some(path_text.as_str()));
             let which = if current { " AND part_key IS NULL" } else { "" };
-            txn.execute_raw(self.stmt(
-                &format!(
-                    "UPDATE actions SET part_key = {} WHERE action_type = $1 AND {}{which}",
-                    part_expr(self.backend, path),
-                    super::CLAIMABLE_SQL
-                ),
-                [l.action_type.as_str().into()],
-            ))
-            .await
-            .doing("computing partition keys")?;
+            let keyed = txn
+                .execute_raw(self.stmt(
+                    &format!(
+                        "UPDATE actions SET part_key = {} WHERE action_type = $1 AND {}{which}",
+                        part_expr(self.backend, path),
+                        super::CLAIMABLE_SQL
+                    ),
+                    [l.action_type.as_str().into()],
+                ))
+                .await
+                .doing("computing partition keys")?
+                .rows_affected();
+            // PostgreSQL plans the keyed pick by its statistics: read while the keys were not
+            // there (a backlog just enqueued, the column just added), they make a walk of the
+            // type's rows per key look cheap. A burst of new keys is counted before it is used
+            // (ANALYZE samples, in this transaction, which sees its own keys).
+            if self.backend == Backend::Postgres && keyed >= ANALYZE_AFTER_KEYS {
+                txn.execute_unprepared("ANALYZE actions").await.doing("counting partition keys")?;
+            }
             if !current {
                 txn.execute_raw(self.stmt(
                     "UPDATE limit_state SET part_path = $2 WHERE action_type = $1 AND part = ''",
