@@ -926,10 +926,12 @@ impl Store {
             let path_text = path.to_string();
             let current = keyed_for.get(&l.action_type).is_some_and(|p| p.as_deref() == Some(path_text.as_str()));
             let which = if current { " AND part_key IS NULL" } else { "" };
+            // The rows without a key are found through the index, not among all the type's.
+            let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
             let keyed = txn
                 .execute_raw(self.stmt(
                     &format!(
-                        "UPDATE actions SET part_key = {} WHERE action_type = $1 AND {}{which}",
+                        "UPDATE actions{hint} SET part_key = {} WHERE action_type = $1 AND {}{which}",
                         part_expr(self.backend, path),
                         super::CLAIMABLE_SQL
                     ),
