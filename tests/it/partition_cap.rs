@@ -59,7 +59,8 @@ async fn a_capped_partition_is_picked_past_the_full_ones(db: &TestDb) {
 }
 
 /// Keys computed for one `partition_by` are computed again when it changes: after `payload.a`
-/// becomes `payload.b`, the rows that shared a value of `a` are one partition each.
+/// becomes `payload.b`, the rows that shared a value of `a` are one partition each, also when a
+/// full partition has the claim pick by keys.
 async fn partition_keys_follow_a_new_partition_by(db: &TestDb) {
     db.store.set_limit("PART", &spec("{max_running: '1', partition_by: payload.a}")).await.unwrap();
     enqueue(&db.store, "PART", 10, 0, |i| json!({"a": "same", "b": format!("b{i}")})).await;
@@ -67,11 +68,14 @@ async fn partition_keys_follow_a_new_partition_by(db: &TestDb) {
     let first = db.store.claim(&w, 10).await.unwrap();
     assert_eq!(first.len(), 1, "one partition of a");
     db.store.set_limit("PART", &spec("{max_running: '1', partition_by: payload.b}")).await.unwrap();
+    let second = db.store.claim(&w, 1).await.unwrap();
+    assert_eq!(second.len(), 1);
+    // Partition b1 is now tracked and full: this claim picks by keys.
     let got = db.store.claim(&w, 20).await.unwrap();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for c in got.iter().chain(&first) {
+    for c in got.iter().chain(&first).chain(&second) {
         *seen.entry(field(c, "b")).or_default() += 1;
     }
-    assert_eq!(got.len(), 9, "every other value of b: {seen:?}");
+    assert_eq!(got.len(), 8, "every other value of b: {seen:?}");
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
 }
