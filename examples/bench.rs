@@ -527,6 +527,203 @@ async fn limits(a: &Args) -> anyhow::Result<Vec<Figure>> {
     Ok(out)
 }
 
+/// An adapter that succeeds at once, under the type it is given.
+struct Instant0(&'static str);
+
+#[async_trait::async_trait]
+impl orchestrator::adapters::Adapter for Instant0 {
+    fn action_type(&self) -> &str {
+        self.0
+    }
+
+    fn render_proof(
+        &self,
+        _: &orchestrator::model::Action,
+    ) -> Result<Option<orchestrator::adapters::Proof>, orchestrator::adapters::AdapterError> {
+        Ok(None)
+    }
+
+    async fn execute(
+        &self,
+        _: &orchestrator::adapters::ExecContext,
+        _: &orchestrator::model::Action,
+    ) -> Result<orchestrator::adapters::Outcome, orchestrator::adapters::AdapterError> {
+        Ok(orchestrator::adapters::Outcome { message: "done".into() })
+    }
+}
+
+/// The partitioned type of `partition_cap`, its tracked partner values (the default cap) and
+/// as many more, which share the overflow partition.
+const PARTNER_TYPE: &str = "PARTNER";
+const TRACKED: usize = orchestrator::limits::DEFAULT_PARTITIONS as usize;
+
+/// `n` due rows of [`PARTNER_TYPE`]: every other one of an untracked partner (the overflow) at
+/// priority 5, so that the overflow's backlog leads the queue; the rest of the tracked
+/// partners at priority 0.
+async fn partner_backlog(store: &Store, n: usize) -> anyhow::Result<()> {
+    let lines: String = (0..n)
+        .map(|i| {
+            let (partner, priority) = if i % 2 == 0 { (TRACKED + (i / 2) % TRACKED, 5) } else { ((i / 2) % TRACKED, 0) };
+            format!(
+                "{{\"action_type\":\"{PARTNER_TYPE}\",\"priority\":{priority},\"payload\":{{\"partner\":\"p{partner}\",\"i\":{i}}}}}\n"
+            )
+        })
+        .collect();
+    let report = queue::enqueue_jsonl(store, lines.as_bytes(), 3).await?;
+    anyhow::ensure!(report.created == n as u64, "created {} of {n}", report.created);
+    Ok(())
+}
+
+/// A bench claimer of every type, registered as `id`.
+async fn bench_claimer(store: &Store, id: &str) -> anyhow::Result<orchestrator::store::Claimer> {
+    store
+        .register_worker(&orchestrator::store::NewWorker {
+            id: id.into(),
+            host: "bench".into(),
+            pid: 1,
+            version: "bench".into(),
+            concurrency: 64,
+            types: Vec::new(),
+        })
+        .await?;
+    Ok(orchestrator::store::Claimer {
+        worker: id.into(),
+        worker_ttl: Duration::from_secs(3600),
+        types: Vec::new(),
+        type_timeouts: Vec::new(),
+        default_timeout: Duration::from_secs(3600),
+        start_within: Duration::ZERO,
+        proof_enforced: false,
+        epoch: None,
+        limit_partitions: orchestrator::limits::DEFAULT_PARTITIONS as usize,
+    })
+}
+
+/// One claim of 64, timed in µs, and the batch unstarted again so the queue stays the same.
+async fn timed_claim(store: &Store, claimer: &orchestrator::store::Claimer) -> anyhow::Result<(f64, usize)> {
+    let start = Instant::now();
+    let got = store.claim(claimer, 64).await?;
+    let us = start.elapsed().as_secs_f64() * 1e6;
+    let back: Vec<orchestrator::store::Completion> = got
+        .iter()
+        .map(|c| orchestrator::store::Completion {
+            action_id: c.action.id,
+            token: c.token,
+            attempt: c.attempt,
+            outcome: orchestrator::store::CompletionOutcome::Unstarted,
+            logs: Vec::new(),
+        })
+        .collect();
+    store.complete(None, &back).await?;
+    Ok((us, got.len()))
+}
+
+/// `partition_cap`: `max_running: 3` per `payload.partner`, brought to its cap by a first tick
+/// (1,000 partner values tracked, the default), then `n` due rows over 2,000 partners (see
+/// [`partner_backlog`]: the overflow's backlog first), against the same queue with no limit.
+/// Shipped rules, default config.
+/// - `pcap_tick`: one tick (1,000 actions claimed and done), ms, median of 3;
+/// - `pcap_claim`: one claim of 64 (unstarted again), µs, median of 20;
+/// - `pcap_held_claim`, `pcap_held_tick`: the same once another worker has claimed all it
+///   could and holds it (3 running in each tracked value that has that many and in the
+///   overflow): the claim finds nothing.
+async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let sizes: &[usize] = if a.quick { &[10_000] } else { &[10_000, 30_000, 100_000] };
+    let mut out = Vec::new();
+    let mut push = |f: Figure| {
+        emit(&f);
+        out.push(f);
+    };
+    for backend in backends(a) {
+        for &n in sizes {
+            for limited in [false, true] {
+                let what = if limited { "cap" } else { "none" };
+                let db = Db::new(backend, a.pg.as_deref()).await?;
+                // One due row of each tracked partner first: the first tick tracks them all.
+                let first: String = (0..TRACKED)
+                    .map(|i| format!("{{\"action_type\":\"{PARTNER_TYPE}\",\"payload\":{{\"partner\":\"p{i}\"}}}}\n"))
+                    .collect();
+                queue::enqueue_jsonl(&db.store, first.as_bytes(), 3).await?;
+                if limited {
+                    let mut spec = limit("max_running=3");
+                    spec.partition_by = Some("payload.partner".parse().map_err(|e: String| anyhow::anyhow!(e))?);
+                    db.store.set_limit(PARTNER_TYPE, &spec).await?;
+                }
+                db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+                let mut config = db.config();
+                config.tick_interval = Duration::ZERO;
+                config.max_tick = Duration::from_secs(600);
+                config.rules_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+                let mut registry = Registry::builtin();
+                registry.register(Instant0(PARTNER_TYPE));
+                let engine = Engine::new(db.store.clone(), config, registry);
+                anyhow::ensure!(engine.load_rules()? >= 7, "the shipped rules did not load");
+                let tick = || async {
+                    let t = Instant::now();
+                    let attempted = match engine.tick().await? {
+                        TickOutcome::Ran(r) => r.attempted,
+                        TickOutcome::NotLeader { .. } => anyhow::bail!("lost the lease"),
+                    };
+                    Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, attempted))
+                };
+                tick().await?;
+                partner_backlog(&db.store, n).await?;
+                if limited {
+                    let usage = db.store.limit_usage().await?;
+                    let tracked = usage.first().map_or(0, |u| u.partitions_tracked);
+                    anyhow::ensure!(tracked == 1000, "{tracked} partitions tracked, not the cap");
+                }
+                let mut ticks = Vec::new();
+                for _ in 0..3 {
+                    let (ms, attempted) = tick().await?;
+                    anyhow::ensure!(attempted == 1000, "a tick attempted {attempted} of 1000");
+                    ticks.push(ms);
+                }
+                let param = format!("n={n},{what}");
+                push(figure_on(backend, "pcap_tick", param.clone(), "ms/tick", ticks));
+                let claimer = bench_claimer(&db.store, "bench-claimer").await?;
+                let mut claims = Vec::new();
+                for _ in 0..20 {
+                    let (us, got) = timed_claim(&db.store, &claimer).await?;
+                    anyhow::ensure!(got == 64, "claimed {got} of 64");
+                    claims.push(us);
+                }
+                push(figure_on(backend, "pcap_claim", param.clone(), "µs/claim", claims));
+                if limited {
+                    // Another worker takes every slot there is and keeps it.
+                    let holder = bench_claimer(&db.store, "bench-holder").await?;
+                    let mut held = 0;
+                    loop {
+                        let got = db.store.claim(&holder, 512).await?.len();
+                        if got == 0 {
+                            break;
+                        }
+                        held += got;
+                    }
+                    anyhow::ensure!(held > 1000, "only {held} held");
+                    let mut claims = Vec::new();
+                    for _ in 0..20 {
+                        let (us, got) = timed_claim(&db.store, &claimer).await?;
+                        anyhow::ensure!(got == 0, "claimed {got} past full partitions");
+                        claims.push(us);
+                    }
+                    push(figure_on(backend, "pcap_held_claim", param.clone(), "µs/claim", claims));
+                    let mut ticks = Vec::new();
+                    for _ in 0..3 {
+                        let (ms, attempted) = tick().await?;
+                        anyhow::ensure!(attempted == 0, "a tick attempted {attempted} past full partitions");
+                        ticks.push(ms);
+                    }
+                    push(figure_on(backend, "pcap_held_tick", param, "ms/tick", ticks));
+                }
+                engine.release().await?;
+                db.drop_schema().await;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A figure of `backend`, not yet printed.
 fn figure_on(backend: &str, name: &str, param: String, unit: &'static str, runs: Vec<f64>) -> Figure {
     Figure { name: name.into(), backend: backend.into(), param, value: median(&mut runs.clone()), unit, runs }
@@ -1151,6 +1348,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(&a, "limits") {
         all.extend(limits(&a).await?);
+    }
+    if wanted(&a, "partition_cap") {
+        all.extend(partition_cap(&a).await?);
     }
     if wanted(&a, "workers_scaling") {
         all.extend(workers_scaling(&a).await?);

@@ -15,6 +15,7 @@ mod m20261128_000007_workers;
 mod m20261128_000008_throttle;
 mod m20261129_000009_limits;
 mod m20261203_000010_lease_epochs;
+mod m20261203_000011_partition_keys;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000008_throttle::Migration),
             Box::new(m20261129_000009_limits::Migration),
             Box::new(m20261203_000010_lease_epochs::Migration),
+            Box::new(m20261203_000011_partition_keys::Migration),
         ]
     }
 }

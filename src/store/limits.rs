@@ -214,6 +214,9 @@ pub const BUSIEST_PARTITIONS: usize = 5;
 /// before found full); a batch still short after them is topped up by the next claim.
 const PICK_PASSES: usize = 8;
 
+/// Keys computed by one claim from which PostgreSQL's statistics of `actions` are read again.
+const ANALYZE_AFTER_KEYS: u64 = 1000;
+
 /// A limited claim that leaves something out picks per due type when there are at most this
 /// many due types (else in one walk of the due index).
 const PER_TYPE_PICK_MAX: usize = 32;
@@ -733,7 +736,8 @@ impl Store {
         let txn = self.begin_write().await?;
         let mut refs: Vec<&TypeLimit> = limits.iter().collect();
         refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-        let now = lock_gates(self, &txn, &refs).await?;
+        let (now, keyed_for) = lock_gates(self, &txn, &refs).await?;
+        self.key_partitions(&txn, &refs, &keyed_for).await?;
         let usage = read_usage(self, &txn, &refs, now).await?;
         let today = day_of(now);
         let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
@@ -764,7 +768,14 @@ impl Store {
         let mut due_types: Option<Vec<String>> = None;
         for _pass in 0..PICK_PASSES {
             let want = want_total - chosen.len();
-            let (exclude, mut values) = self.exclusions(&refs, &left, &usage, &adding, partitions_cap, &chosen)?;
+            // A partitioned type with a full partition is picked through its partition keys
+            // (`keyed_candidates`), never by a walk that would step over the full ones' backlog.
+            let keyed: Vec<&TypeLimit> = refs
+                .iter()
+                .copied()
+                .filter(|l| self.full_parts(l, &left, &usage, &adding, partitions_cap).is_some_and(|f| f.any()))
+                .collect();
+            let (exclude, mut values) = self.exclusions(&refs, &left, &keyed, &chosen)?;
             let types = claimer_types(claimer, &mut values);
             values.push(now.into());
             let now_at = format!("${}", values.len());
@@ -783,6 +794,13 @@ impl Store {
             if full_somewhere && due_types.is_none() {
                 due_types = Some(self.due_type_list(&txn).await?);
             }
+            let left_out = |t: &String| {
+                keyed.iter().any(|l| &l.action_type == t)
+                    || by_type.get(t.as_str()).is_some_and(|l| {
+                        l.effective.partition_by.is_none()
+                            && left.get(&(t.clone(), String::new())).is_some_and(|(n, _)| *n == 0)
+                    })
+            };
             let pick = match due_types.as_deref() {
                 Some(list) if full_somewhere && !list.is_empty() && list.len() <= PER_TYPE_PICK_MAX => {
                     let mut parts = Vec::new();
@@ -791,7 +809,7 @@ impl Store {
                         Backend::Sqlite => " INDEXED BY ix_actions_due_type",
                         Backend::Postgres => "",
                     };
-                    for t in list.iter().filter(|t| claimer.serves(t)) {
+                    for t in list.iter().filter(|t| claimer.serves(t) && !left_out(t)) {
                         values.push(t.as_str().into());
                         parts.push(format!(
                             "SELECT id FROM (SELECT id FROM actions{index_hint} WHERE action_type = ${} AND {due} \
@@ -801,41 +819,65 @@ impl Store {
                         ));
                     }
                     if parts.is_empty() {
-                        break;
+                        None
+                    } else {
+                        Some(format!("id IN ({}) AND {due}", parts.join(" UNION ALL ")))
                     }
-                    format!("id IN ({}) AND {due}", parts.join(" UNION ALL "))
                 }
-                _ => due,
+                _ => Some(due),
             };
-            let sql = format!(
-                "SELECT id, action_type, {part_sql} AS part FROM actions WHERE {pick} \
-                 ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}"
-            );
-            let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
-            let got = rows.len();
-            let mut skipped = false;
-            for r in rows {
-                let id: i64 = r.try_get("", "id").doing("picking limited work")?;
-                let t: String = r.try_get("", "action_type").doing("picking limited work")?;
-                let raw: String = r.try_get("", "part").doing("picking limited work")?;
-                let Some(l) = by_type.get(t.as_str()) else {
-                    chosen.push((id, t, String::new()));
-                    continue;
-                };
-                let part = usage.resolve(l, &raw, partitions_cap, &mut adding);
-                let key = (t.clone(), part.clone());
-                let slot = left.entry(key).or_insert_with(|| usage.left(l, &part, &today));
-                if slot.0 > 0 {
-                    slot.0 -= 1;
-                    chosen.push((id, t, part));
-                } else {
-                    skipped = true;
-                    if let Some(f) = slot.1 {
-                        held_back.entry(t).or_insert(f);
+            let mut rows = Vec::new();
+            if let Some(pick) = pick {
+                let sql = format!(
+                    "SELECT id, action_type, {part_sql} AS part, CAST(priority AS BIGINT) AS prio, not_before \
+                     FROM actions WHERE {pick} ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}"
+                );
+                let found = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
+                for r in &found {
+                    rows.push(Candidate::read(r)?);
+                }
+            }
+            // The walk gave the first `want` rows of the other types; a keyed type's candidate
+            // after the last of them waits for the next pass (a row the walk did not reach may
+            // come before it), unless the walk found all there was.
+            let walked_all = rows.len() < want;
+            let horizon = if walked_all { None } else { rows.last().map(Candidate::rank) };
+            let mut deferred = false;
+            for l in &keyed {
+                for c in
+                    self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?
+                {
+                    if horizon.as_ref().is_none_or(|h| c.rank() < *h) {
+                        rows.push(c);
+                    } else {
+                        deferred = true;
                     }
                 }
             }
-            if chosen.len() >= want_total || got < want || !skipped {
+            rows.sort_by_key(Candidate::rank);
+            let mut skipped = false;
+            for c in rows {
+                if chosen.len() >= want_total {
+                    break;
+                }
+                let Some(l) = by_type.get(c.action_type.as_str()) else {
+                    chosen.push((c.id, c.action_type, String::new()));
+                    continue;
+                };
+                let part = usage.resolve(l, &c.part, partitions_cap, &mut adding);
+                let key = (c.action_type.clone(), part.clone());
+                let slot = left.entry(key).or_insert_with(|| usage.left(l, &part, &today));
+                if slot.0 > 0 {
+                    slot.0 -= 1;
+                    chosen.push((c.id, c.action_type, part));
+                } else {
+                    skipped = true;
+                    if let Some(f) = slot.1 {
+                        held_back.entry(c.action_type).or_insert(f);
+                    }
+                }
+            }
+            if chosen.len() >= want_total || (walked_all && !deferred) || (!skipped && !deferred) {
                 break;
             }
         }
@@ -886,55 +928,175 @@ impl Store {
         rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
     }
 
-    /// The pick's `AND NOT ...` for full types and partitions, and the ids already chosen.
-    #[allow(clippy::type_complexity)]
+    /// The walk's `AND ...` leaving out the unpartitioned types that are full, the types picked
+    /// by their partition keys (`keyed`), and the ids already chosen.
     fn exclusions(
         &self,
         refs: &[&TypeLimit],
+        left: &HashMap<(String, String), (u64, Option<LimitField>)>,
+        keyed: &[&TypeLimit],
+        chosen: &[(i64, String, String)],
+    ) -> Result<(String, Vec<Value>), StoreError> {
+        let mut sql = String::new();
+        let mut left_out = Vec::new();
+        for l in refs {
+            let t = &l.action_type;
+            let full = left.get(&(t.clone(), String::new())).is_some_and(|(n, _)| *n == 0);
+            if (l.effective.partition_by.is_none() && full) || keyed.iter().any(|k| &k.action_type == t) {
+                left_out.push(lit(t)?);
+            }
+        }
+        if !left_out.is_empty() {
+            sql.push_str(&format!(" AND action_type NOT IN ({})", left_out.join(", ")));
+        }
+        sql.push_str(&chosen_sql(chosen));
+        Ok((sql, Vec::new()))
+    }
+
+    /// The full partitions of partitioned type `l` (`None` for an unpartitioned type): the
+    /// tracked values (and `''`) with nothing left, and whether the overflow partition is full
+    /// with no room to track another value (then every untracked value is full).
+    fn full_parts(
+        &self,
+        l: &TypeLimit,
+        left: &HashMap<(String, String), (u64, Option<LimitField>)>,
+        usage: &Usage,
+        adding: &HashMap<String, HashSet<String>>,
+        cap: usize,
+    ) -> Option<FullParts> {
+        l.effective.partition_by.as_ref()?;
+        let t = &l.action_type;
+        let values: Vec<String> = left
+            .iter()
+            .filter(|((ty, p), (n, _))| ty == t && *n == 0 && p != OVERFLOW_PARTITION)
+            .map(|((_, p), _)| p.clone())
+            .collect();
+        let tracked: Vec<String> =
+            usage.tracked.get(t).into_iter().flatten().chain(adding.get(t).into_iter().flatten()).cloned().collect();
+        let overflow_full = left.get(&(t.clone(), OVERFLOW_PARTITION.to_string())).is_some_and(|(n, _)| *n == 0)
+            && tracked.len() >= cap;
+        Some(FullParts { values, overflow_known: overflow_full.then_some(tracked) })
+    }
+
+    /// Candidates of partitioned type `l`, which has a full partition: for each partition key
+    /// among its waiting rows (a skip scan of `ix_actions_due_part`, one probe per key) that is
+    /// not full, its first rows in claim order, as many as a partition of the type could take
+    /// (at most `want`). Every row the walk in claim order could choose is among them; the
+    /// rows of a full partition are not read.
+    #[allow(clippy::too_many_arguments)]
+    async fn keyed_candidates(
+        &self,
+        txn: &DatabaseTransaction,
+        l: &TypeLimit,
         left: &HashMap<(String, String), (u64, Option<LimitField>)>,
         usage: &Usage,
         adding: &HashMap<String, HashSet<String>>,
         cap: usize,
         chosen: &[(i64, String, String)],
-    ) -> Result<(String, Vec<Value>), StoreError> {
-        let mut sql = String::new();
-        let mut values: Vec<Value> = Vec::new();
-        let mut whole_types = Vec::new();
+        want: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let Some(full) = self.full_parts(l, left, usage, adding, cap) else { return Ok(Vec::new()) };
+        // A fresh partition's room bounds every partition's: no value takes more rows than that.
+        let fresh = remaining(&l.effective, Used::default(), 0).into_iter().flatten().min().unwrap_or(u64::MAX);
+        let per_key = usize::try_from(fresh).unwrap_or(usize::MAX).min(want);
+        if per_key == 0 {
+            return Ok(Vec::new());
+        }
+        let mut values: Vec<Value> = vec![l.action_type.as_str().into(), now.into()];
+        let mut cond = String::new();
+        if !full.values.is_empty() {
+            values.push(serde_json::Value::from(full.values).to_string().into());
+            cond.push_str(&format!(" AND v.x NOT IN {}", json_elems(self.backend, values.len())));
+        }
+        if let Some(mut known) = full.overflow_known {
+            known.push(String::new());
+            values.push(serde_json::Value::from(known).to_string().into());
+            cond.push_str(&format!(" AND v.x IN {}", json_elems(self.backend, values.len())));
+        }
+        let claimable = super::CLAIMABLE_SQL;
+        let due = format!(
+            "action_type = $1 AND {claimable} AND not_before <= $2 AND (expires_at IS NULL OR expires_at > $2){}",
+            chosen_sql(chosen)
+        );
+        // SQLite is told the index; PostgreSQL's statistics are kept current for it (see
+        // `key_partitions`).
+        let by_key = match self.backend {
+            Backend::Sqlite => " INDEXED BY ix_actions_due_part",
+            Backend::Postgres => "",
+        };
+        let keys = format!(
+            "WITH RECURSIVE v(x) AS ( \
+               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} \
+                 AND part_key IS NOT NULL ORDER BY part_key LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} AND part_key > v.x \
+                 ORDER BY part_key LIMIT 1) FROM v WHERE v.x IS NOT NULL) "
+        );
+        let first = format!("ORDER BY priority DESC, not_before, id LIMIT {per_key}");
+        let sql = match self.backend {
+            // No row lock: claimers of the type take turns at its gate, and the claim of the
+            // rows chosen lands only on rows still waiting.
+            Backend::Postgres => format!(
+                "{keys}SELECT b.id, b.action_type, b.part_key AS part, b.prio, b.not_before FROM v CROSS JOIN LATERAL \
+                   (SELECT id, action_type, part_key, CAST(priority AS BIGINT) AS prio, not_before FROM actions \
+                    WHERE part_key = v.x AND {due} {first}) b WHERE v.x IS NOT NULL{cond}"
+            ),
+            Backend::Sqlite => format!(
+                "{keys}SELECT a.id, a.action_type, a.part_key AS part, CAST(a.priority AS BIGINT) AS prio, a.not_before \
+                 FROM v JOIN actions a ON a.id IN (SELECT id FROM actions{by_key} WHERE part_key = v.x AND {due} {first}) \
+                 WHERE v.x IS NOT NULL{cond}"
+            ),
+        };
+        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking partitioned work")?;
+        rows.iter().map(Candidate::read).collect()
+    }
+
+    /// Computes the partition key of the waiting rows of each partitioned type that have none
+    /// (new rows), or of all of them when the type's `partition_by` is not the path its keys
+    /// were computed for (`keyed_for`, read with the gates); then records that path.
+    async fn key_partitions(
+        &self,
+        txn: &DatabaseTransaction,
+        refs: &[&TypeLimit],
+        keyed_for: &HashMap<String, Option<String>>,
+    ) -> Result<(), StoreError> {
         for l in refs {
-            let t = &l.action_type;
-            let full = |p: &str| left.get(&(t.clone(), p.to_string())).is_some_and(|(n, _)| *n == 0);
-            match &l.effective.partition_by {
-                None => {
-                    if full("") {
-                        whole_types.push(lit(t)?);
-                    }
-                }
-                Some(path) => {
-                    let full_parts: Vec<String> = left
-                        .iter()
-                        .filter(|((ty, p), (n, _))| ty == t && *n == 0 && p != OVERFLOW_PARTITION)
-                        .map(|((_, p), _)| p.clone())
-                        .collect();
-                    let tracked = usage.tracked.get(t).map_or(0, HashSet::len) + adding.get(t).map_or(0, HashSet::len);
-                    let overflow_full = full(OVERFLOW_PARTITION) && tracked >= cap;
-                    let known = usage.tracked.get(t).into_iter().flatten().chain(adding.get(t).into_iter().flatten());
-                    let cond =
-                        full_partitions(self.backend, path, full_parts, overflow_full.then_some(known), &mut values);
-                    if let Some(cond) = cond {
-                        sql.push_str(&format!(" AND NOT (action_type = {} AND {cond})", lit(t)?));
-                    }
-                }
+            let Some(path) = &l.effective.partition_by else { continue };
+            let path_text = path.to_string();
+            let current = keyed_for.get(&l.action_type).is_some_and(|p| p.as_deref() == Some(path_text.as_str()));
+            let which = if current { " AND part_key IS NULL" } else { "" };
+            // The rows without a key are found through the index, not among all the type's.
+            let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
+            let keyed = txn
+                .execute_raw(self.stmt(
+                    &format!(
+                        "UPDATE actions{hint} SET part_key = {} WHERE action_type = $1 AND {}{which}",
+                        part_expr(self.backend, path),
+                        super::CLAIMABLE_SQL
+                    ),
+                    [l.action_type.as_str().into()],
+                ))
+                .await
+                .doing("computing partition keys")?
+                .rows_affected();
+            // PostgreSQL plans the keyed pick by its statistics: read while the keys were not
+            // there (a backlog just enqueued, the column just added), they make a walk of the
+            // type's rows per key look cheap. A burst of new keys is counted before it is used
+            // (ANALYZE samples, in this transaction, which sees its own keys).
+            if self.backend == Backend::Postgres && keyed >= ANALYZE_AFTER_KEYS {
+                txn.execute_unprepared("ANALYZE actions").await.doing("counting partition keys")?;
+            }
+            if !current {
+                txn.execute_raw(self.stmt(
+                    "UPDATE limit_state SET part_path = $2 WHERE action_type = $1 AND part = ''",
+                    [l.action_type.as_str().into(), path_text.into()],
+                ))
+                .await
+                .doing("computing partition keys")?;
             }
         }
-        if !whole_types.is_empty() {
-            sql.push_str(&format!(" AND action_type NOT IN ({})", whole_types.join(", ")));
-        }
-        if !chosen.is_empty() {
-            let ids: Vec<String> = chosen.iter().map(|(id, _, _)| id.to_string()).collect();
-            // Ids are integers formatted here, not input.
-            sql.push_str(&format!(" AND id NOT IN ({})", ids.join(", ")));
-        }
-        Ok((sql, values))
+        Ok(())
     }
 
     /// Whether type `l` has due work in a partition that was full at the start; the limit that
@@ -1211,7 +1373,7 @@ async fn lock_gates(
     store: &Store,
     txn: &DatabaseTransaction,
     refs: &[&TypeLimit],
-) -> Result<DateTime<Utc>, StoreError> {
+) -> Result<(DateTime<Utc>, HashMap<String, Option<String>>), StoreError> {
     // PostgreSQL's clock, read in the same statement (the transaction's time), decides the
     // window and the day, as it does for every claim; SQLite's store clock likewise.
     let (lock, now) = match store.backend {
@@ -1219,7 +1381,7 @@ async fn lock_gates(
         Backend::Sqlite => ("", "NULL"),
     };
     let select = format!(
-        "SELECT action_type, {now} AS now FROM limit_state WHERE part = '' AND action_type IN ({}) \
+        "SELECT action_type, part_path, {now} AS now FROM limit_state WHERE part = '' AND action_type IN ({}) \
          ORDER BY action_type{lock}",
         in_list(refs)?
     );
@@ -1235,10 +1397,67 @@ async fn lock_gates(
         }
         rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
     }
-    match (store.backend, rows.first()) {
-        (Backend::Postgres, Some(r)) => r.try_get::<DateTime<Utc>>("", "now").doing("locking limit gates"),
-        _ => Ok(store.now()),
+    let mut keyed_for = HashMap::new();
+    for r in &rows {
+        let t: String = r.try_get("", "action_type").doing("locking limit gates")?;
+        keyed_for.insert(t, r.try_get::<Option<String>>("", "part_path").doing("locking limit gates")?);
     }
+    let now = match (store.backend, rows.first()) {
+        (Backend::Postgres, Some(r)) => r.try_get::<DateTime<Utc>>("", "now").doing("locking limit gates")?,
+        _ => store.now(),
+    };
+    Ok((now, keyed_for))
+}
+
+/// The full partitions of a partitioned type (see `Store::full_parts`).
+struct FullParts {
+    /// Tracked values (and `''`) with nothing left.
+    values: Vec<String>,
+    /// When the overflow partition is full and no value can be tracked: the tracked values
+    /// (every other value is full).
+    overflow_known: Option<Vec<String>>,
+}
+
+impl FullParts {
+    fn any(&self) -> bool {
+        !self.values.is_empty() || self.overflow_known.is_some()
+    }
+}
+
+/// A due row a limited claim may pick: its type, raw partition value and claim order.
+struct Candidate {
+    id: i64,
+    action_type: String,
+    part: String,
+    priority: i64,
+    not_before: DateTime<Utc>,
+}
+
+impl Candidate {
+    fn read(r: &sea_orm::QueryResult) -> Result<Candidate, StoreError> {
+        let doing = "picking limited work";
+        Ok(Candidate {
+            id: r.try_get("", "id").doing(doing)?,
+            action_type: r.try_get("", "action_type").doing(doing)?,
+            part: r.try_get::<Option<String>>("", "part").doing(doing)?.unwrap_or_default(),
+            priority: r.try_get("", "prio").doing(doing)?,
+            not_before: r.try_get("", "not_before").doing(doing)?,
+        })
+    }
+
+    /// The claim order: priority (highest first), then `not_before`, then id.
+    fn rank(&self) -> (std::cmp::Reverse<i64>, DateTime<Utc>, i64) {
+        (std::cmp::Reverse(self.priority), self.not_before, self.id)
+    }
+}
+
+/// ` AND id NOT IN (...)` for the ids already chosen (integers formatted here, not input).
+fn chosen_sql(chosen: &[(i64, String, String)]) -> String {
+    if chosen.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = chosen.iter().map(|(id, _, _)| id.to_string()).collect();
+    format!(" AND id NOT IN ({})", ids.join(", "))
 }
 
 /// The tracked partition values of each partitioned type.

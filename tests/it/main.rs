@@ -23,6 +23,7 @@ mod limits_surface;
 mod liveness;
 mod machine;
 mod one_queue;
+mod partition_cap;
 mod peer;
 mod pgbouncer;
 mod queue;

@@ -208,6 +208,9 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 struct Seen {
     running: BTreeMap<(String, String), i64>,
     max_seen: BTreeMap<(String, String), i64>,
+    /// Per type, every partition together.
+    type_running: BTreeMap<String, i64>,
+    type_max: BTreeMap<String, i64>,
     /// Starts per type, less the unstarts (counted before the unstart is written).
     starts: BTreeMap<String, i64>,
     /// Per action: its claims less its unstarts, which is what its `attempts` must be.
@@ -223,12 +226,18 @@ impl Seen {
         let n = *n;
         let m = self.max_seen.entry(k).or_default();
         *m = (*m).max(n);
+        let n = self.type_running.entry(t.to_string()).or_default();
+        *n += 1;
+        let n = *n;
+        let m = self.type_max.entry(t.to_string()).or_default();
+        *m = (*m).max(n);
         *self.starts.entry(t.to_string()).or_default() += 1;
         self.claims += 1;
     }
 
     fn remove(&mut self, t: &str, part: &str) {
         *self.running.entry((t.to_string(), part.to_string())).or_default() -= 1;
+        *self.type_running.entry(t.to_string()).or_default() -= 1;
     }
 }
 
@@ -278,8 +287,9 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
     for t in [&run, &rate, &budget, &free] {
         enqueue(&db.store, t, 12, 0, |i| json!({"i": i})).await;
     }
-    // A higher priority, so that the partitioned type is always at the head of the queue.
-    enqueue(&db.store, &part, 12, 5, |i| json!({"p": format!("v{}", i % 3), "i": i})).await;
+    // A higher priority, so that the partitioned type is always at the head of the queue. Four
+    // values and a cap of two tracked: two of them share the overflow partition.
+    enqueue(&db.store, &part, 12, 5, |i| json!({"p": format!("v{}", i % 4), "i": i})).await;
 
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
     let mut tasks = Vec::new();
@@ -291,6 +301,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
             let mut generation = 0;
             let mut me =
                 crate::support::worker(&store, &format!("c{n}-{k}-{generation}"), Duration::from_secs(600)).await;
+            me.limit_partitions = 2;
             let mut held: Vec<Claimed> = Vec::new();
             for step in script {
                 match step {
@@ -339,6 +350,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
                         me =
                             crate::support::worker(&store, &format!("c{n}-{k}-{generation}"), Duration::from_secs(600))
                                 .await;
+                        me.limit_partitions = 2;
                     }
                     Step::Pause => tokio::task::yield_now().await,
                 }
@@ -358,6 +370,8 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
             assert!(*m <= 1, "partition {p} ran {m} at once");
         }
     }
+    let in_part = s.type_max.get(&part).copied().unwrap_or(0);
+    assert!(in_part <= 3, "two tracked values and the overflow, one each: {in_part} ran at once");
     let starts = |t: &str| s.starts.get(t).copied().unwrap_or(0);
     assert!(starts(&rate) <= 5, "rate 5/1h: {} started", starts(&rate));
     if db.store.db_now().await.unwrap().date_naive() == day {
@@ -372,7 +386,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
         .unwrap();
     for t in [&run, &rate, &budget, &part] {
         let running = rows.iter().filter(|a| &a.action_type == t && a.status.as_str() == "RUNNING").count();
-        // The partitioned type: one per partition, three partitions.
+        // The partitioned type: one per partition, two tracked values and the overflow.
         let cap = if t == &run {
             2
         } else if t == &budget {

@@ -1,0 +1,81 @@
+//! The partition cap (issue 21, item 8): a partitioned limit at its cap of tracked values, its
+//! full partitions holding a backlog at the head of the queue. The claim picks through the
+//! partition keys (`ix_actions_due_part`) past the full partitions; these tests hold it to the
+//! limits: never more than `max_running` in a tracked partition or in the shared overflow, the
+//! rows with room taken in claim order, and keys that follow a changed `partition_by`.
+
+use std::collections::BTreeMap;
+
+use orchestrator::store::{Claimed, CompletionOutcome};
+use serde_json::json;
+
+use crate::backend_tests;
+use crate::support::TestDb;
+use crate::type_limits::{done, enqueue, spec};
+
+backend_tests!(a_capped_partition_is_picked_past_the_full_ones, partition_keys_follow_a_new_partition_by);
+
+const AB: [&str; 2] = ["a", "b"];
+
+fn field(c: &Claimed, name: &str) -> String {
+    c.action.payload.get(name).and_then(|p| p.as_str()).unwrap_or("").to_string()
+}
+
+/// Two values tracked (the cap), `max_running: 1`: the tracked partitions are full and hold a
+/// backlog of a higher priority at the head of the queue; the overflow's values and the rows
+/// without the field wait behind it. A claim takes one overflow row (its first in claim order)
+/// and one without the field, then nothing; a completion frees exactly its own partition.
+async fn a_capped_partition_is_picked_past_the_full_ones(db: &TestDb) {
+    db.store.set_limit("PART", &spec("{max_running: '1', partition_by: payload.p}")).await.unwrap();
+    let mut w = crate::support::worker(&db.store, "w", std::time::Duration::from_secs(60)).await;
+    w.limit_partitions = 2;
+    enqueue(&db.store, "PART", 2, 9, |i| json!({"p": AB[i % 2]})).await;
+    let tracked = db.store.claim(&w, 10).await.unwrap();
+    assert_eq!(tracked.len(), 2, "a and b are tracked and full");
+    // The held backlog first, then the overflow's values (the latest enqueued first in claim
+    // order by priority), then rows without the field.
+    enqueue(&db.store, "PART", 40, 5, |i| json!({"p": AB[i % 2], "i": i})).await;
+    enqueue(&db.store, "PART", 6, 3, |i| json!({"p": format!("o{i}")})).await;
+    enqueue(&db.store, "PART", 1, 4, |_| json!({"p": "o-first"})).await;
+    enqueue(&db.store, "PART", 3, 1, |i| json!({"i": i})).await;
+    let got = db.store.claim(&w, 10).await.unwrap();
+    let mut parts: Vec<String> = got.iter().map(|c| field(c, "p")).collect();
+    parts.sort();
+    assert_eq!(parts, ["", "o-first"], "one in the overflow (its first in claim order), one without the field");
+    assert!(db.store.claim(&w, 10).await.unwrap().is_empty(), "every partition is full");
+
+    let a = tracked.iter().find(|c| field(c, "p") == "a").unwrap();
+    db.store.complete(None, &[done(a, CompletionOutcome::Success)]).await.unwrap();
+    let next = db.store.claim(&w, 10).await.unwrap();
+    assert_eq!(next.len(), 1, "only a's slot came back: {:?}", next.iter().map(|c| field(c, "p")).collect::<Vec<_>>());
+    assert_eq!((field(&next[0], "p"), next[0].action.payload.get("i").cloned()), ("a".into(), Some(json!(0))));
+    let overflow = got.iter().find(|c| field(c, "p") == "o-first").unwrap();
+    db.store.complete(None, &[done(overflow, CompletionOutcome::Success)]).await.unwrap();
+    let next = db.store.claim(&w, 10).await.unwrap();
+    let parts: Vec<String> = next.iter().map(|c| field(c, "p")).collect();
+    assert_eq!(parts, ["o0"], "the overflow's next row, one at a time");
+    let usage = db.store.limit_usage().await.unwrap();
+    assert_eq!((usage[0].partitions_tracked, usage[0].running), (2, 4));
+}
+
+/// Keys computed for one `partition_by` are computed again when it changes: after `payload.a`
+/// becomes `payload.b`, the rows that shared a value of `a` are one partition each, also when a
+/// full partition has the claim pick by keys.
+async fn partition_keys_follow_a_new_partition_by(db: &TestDb) {
+    db.store.set_limit("PART", &spec("{max_running: '1', partition_by: payload.a}")).await.unwrap();
+    enqueue(&db.store, "PART", 10, 0, |i| json!({"a": "same", "b": format!("b{i}")})).await;
+    let w = crate::support::worker(&db.store, "w", std::time::Duration::from_secs(60)).await;
+    let first = db.store.claim(&w, 10).await.unwrap();
+    assert_eq!(first.len(), 1, "one partition of a");
+    db.store.set_limit("PART", &spec("{max_running: '1', partition_by: payload.b}")).await.unwrap();
+    let second = db.store.claim(&w, 1).await.unwrap();
+    assert_eq!(second.len(), 1);
+    // Partition b1 is now tracked and full: this claim picks by keys.
+    let got = db.store.claim(&w, 20).await.unwrap();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for c in got.iter().chain(&first).chain(&second) {
+        *seen.entry(field(c, "b")).or_default() += 1;
+    }
+    assert_eq!(got.len(), 8, "every other value of b: {seen:?}");
+    assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}
