@@ -50,7 +50,10 @@ fn orch(db: &TestDb, args: &[&str]) -> Command {
 
 /// Runs `args` with stdout and stderr sent to the given sinks (stderr captured when `None`).
 fn run_to(db: &TestDb, args: &[&str], out: Sink, err: Option<Sink>) -> Output {
-    let mut cmd = orch(db, args);
+    // `backup` never writes over a file: each run gets a name of its own, so each succeeds.
+    let fresh = format!("backup-{:016x}.db", fastrand::u64(..));
+    let args: Vec<&str> = args.iter().map(|a| if *a == FRESH_FILE { fresh.as_str() } else { a }).collect();
+    let mut cmd = orch(db, &args);
     cmd.stdout(out.stdio());
     if let Some(err) = err {
         // Something to log on every command, so that stderr is written to.
@@ -74,6 +77,9 @@ fn shipped_rules_without_scenarios(into: &std::path::Path) -> String {
     }
     into.display().to_string()
 }
+
+/// Stands for a file name no run has used (see [`run_to`]).
+const FRESH_FILE: &str = "@fresh-file";
 
 /// Every command that prints, with arguments that make it print, in an order that keeps each
 /// one's exit code the same however often it runs (`kill` is followed by `resume`).
@@ -110,6 +116,7 @@ fn printing_commands(rules: &str) -> Vec<Vec<String>> {
         &["logs", "--follow"],
         &["explain", "--tick", "1"],
         &["artifacts", "verify"],
+        &["backup", FRESH_FILE],
         &["rules", "check", "--rules", rules],
         &["rules", "test", "--rules", rules],
         &["rules", "backtest", "--rules", rules],
