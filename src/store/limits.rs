@@ -1539,11 +1539,22 @@ async fn read_usage<C: ConnectionTrait>(
     let mut usage = Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() };
     let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
     let types = in_list(refs)?;
-    // One statement, three parts (`k`): the state rows (budgets, counters, tracked partitions),
-    // the running attempts by partition value, and the starts in each rated type's window.
+    // One statement, four parts (`k`): the state rows that hold something (budgets, counters),
+    // per type the other rows' partitions as one JSON array (tracked partitions with nothing
+    // else: at the cap, a thousand of them, read at every claim), the running attempts by
+    // partition value, and the starts in each rated type's window.
+    let held = "(budget_day IS NOT NULL OR budget_used <> 0 OR budget_exhausted_at IS NOT NULL \
+                OR blocked_running <> 0 OR blocked_rate <> 0 OR blocked_budget <> 0)";
+    let parts = match store.backend {
+        Backend::Sqlite => "json_group_array(part)",
+        Backend::Postgres => "CAST(json_agg(part) AS TEXT)",
+    };
     let mut sql = format!(
         "SELECT 's' AS k, action_type, part, 0 AS n, budget_day, budget_used, budget_exhausted_at, \
-           blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) \
+           blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) AND {held} \
+         UNION ALL \
+         SELECT 'p', action_type, {parts}, 0, NULL, 0, NULL, 0, 0, 0 FROM limit_state \
+           WHERE action_type IN ({types}) AND NOT {held} GROUP BY action_type \
          UNION ALL \
          SELECT 'r', action_type, part, COUNT(*), NULL, 0, NULL, 0, 0, 0 FROM (SELECT action_type, {} AS part \
            FROM actions WHERE status = 'RUNNING' AND action_type IN ({types})) r GROUP BY action_type, part",
@@ -1571,9 +1582,20 @@ async fn read_usage<C: ConnectionTrait>(
         let t: String = r.try_get("", "action_type").doing(doing)?;
         let p: String = r.try_get("", "part").doing(doing)?;
         let n = u(r.try_get("", "n").doing(doing)?);
+        let partitioned = by_type.get(t.as_str()).is_some_and(|l| l.effective.partition_by.is_some());
         match k.as_str() {
             "r" => running.push((t, p, n)),
             "w" => usage.used.entry((t, p)).or_default().window += n,
+            "p" => {
+                let parts: Vec<String> = serde_json::from_str(&p)
+                    .map_err(|e| StoreError::Internal(format!("reading the tracked partitions of {t}: {e}")))?;
+                for p in parts {
+                    if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
+                        usage.tracked.entry(t.clone()).or_default().insert(p.clone());
+                    }
+                    usage.state.insert((t.clone(), p), StateRow::default());
+                }
+            }
             _ => {
                 let row = StateRow {
                     day: r.try_get("", "budget_day").doing(doing)?,
@@ -1585,7 +1607,6 @@ async fn read_usage<C: ConnectionTrait>(
                         u(r.try_get("", "blocked_budget").doing(doing)?),
                     ],
                 };
-                let partitioned = by_type.get(t.as_str()).is_some_and(|l| l.effective.partition_by.is_some());
                 if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
                     usage.tracked.entry(t.clone()).or_default().insert(p.clone());
                 }
