@@ -839,19 +839,30 @@ impl Store {
             }
             // The walk gave the first `want` rows of the other types; a keyed type's candidate
             // after the last of them waits for the next pass (a row the walk did not reach may
-            // come before it), unless the walk found all there was.
+            // come before it), unless the walk found all there was. So does any candidate from
+            // where a keyed type's are incomplete.
             let walked_all = rows.len() < want;
-            let horizon = if walked_all { None } else { rows.last().map(Candidate::rank) };
-            let mut deferred = false;
+            let walk_end = if walked_all { None } else { rows.last().map(Candidate::rank) };
+            let mut keyed_rows = Vec::new();
+            let mut bound: Option<Rank> = None;
             for l in &keyed {
-                for c in
-                    self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?
-                {
-                    if horizon.as_ref().is_none_or(|h| c.rank() < *h) {
-                        rows.push(c);
-                    } else {
-                        deferred = true;
-                    }
+                let (found, incomplete_from) =
+                    self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?;
+                keyed_rows.extend(found);
+                bound = bound.into_iter().chain(incomplete_from).min();
+            }
+            let mut deferred = false;
+            let before_bound = |c: &Candidate| bound.as_ref().is_none_or(|b| c.rank() < *b);
+            rows.retain(|c| {
+                let keep = before_bound(c);
+                deferred |= !keep;
+                keep
+            });
+            for c in keyed_rows {
+                if walk_end.as_ref().is_none_or(|h| c.rank() < *h) && before_bound(&c) {
+                    rows.push(c);
+                } else {
+                    deferred = true;
                 }
             }
             rows.sort_by_key(Candidate::rank);
@@ -978,11 +989,16 @@ impl Store {
         Some(FullParts { values, overflow_known: overflow_full.then_some(tracked) })
     }
 
-    /// Candidates of partitioned type `l`, which has a full partition: for each partition key
-    /// among its waiting rows (a skip scan of `ix_actions_due_part`, one probe per key) that is
-    /// not full, its first rows in claim order, as many as a partition of the type could take
-    /// (at most `want`). Every row the walk in claim order could choose is among them; the
-    /// rows of a full partition are not read.
+    /// Candidates of partitioned type `l`, which has a full partition, and the claim order from
+    /// which they are incomplete (`None`: they are all there is). The keys that may take a row
+    /// are the type's tracked values (and `''`) that are not full when the overflow is full with
+    /// no room to track another, else every key among its waiting rows (a skip scan of
+    /// `ix_actions_due_part`, one probe per key) but the full ones. Of those, each key's first
+    /// waiting row is read (one probe per key), and only the `want` keys whose first row comes
+    /// first in claim order give their first rows, as many as a partition of the type could take
+    /// (at most `want`): a key after them cannot take a row before the first row of the
+    /// `want + 1`-th, which is the bound returned. Every row the walk in claim order could choose
+    /// before that bound is among them; the rows of a full partition are not read.
     #[allow(clippy::too_many_arguments)]
     async fn keyed_candidates(
         &self,
@@ -995,61 +1011,88 @@ impl Store {
         chosen: &[(i64, String, String)],
         want: usize,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Candidate>, StoreError> {
-        let Some(full) = self.full_parts(l, left, usage, adding, cap) else { return Ok(Vec::new()) };
+    ) -> Result<(Vec<Candidate>, Option<Rank>), StoreError> {
+        let Some(full) = self.full_parts(l, left, usage, adding, cap) else { return Ok((Vec::new(), None)) };
         // A fresh partition's room bounds every partition's: no value takes more rows than that.
         let fresh = remaining(&l.effective, Used::default(), 0).into_iter().flatten().min().unwrap_or(u64::MAX);
         let per_key = usize::try_from(fresh).unwrap_or(usize::MAX).min(want);
         if per_key == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
+        let keys_wanted = want.saturating_add(1);
         let mut values: Vec<Value> = vec![l.action_type.as_str().into(), now.into()];
-        let mut cond = String::new();
-        if !full.values.is_empty() {
-            values.push(serde_json::Value::from(full.values).to_string().into());
-            cond.push_str(&format!(" AND v.x NOT IN {}", json_elems(self.backend, values.len())));
-        }
-        if let Some(mut known) = full.overflow_known {
-            known.push(String::new());
-            values.push(serde_json::Value::from(known).to_string().into());
-            cond.push_str(&format!(" AND v.x IN {}", json_elems(self.backend, values.len())));
-        }
         let claimable = super::CLAIMABLE_SQL;
-        let due = format!(
-            "action_type = $1 AND {claimable} AND not_before <= $2 AND (expires_at IS NULL OR expires_at > $2){}",
-            chosen_sql(chosen)
-        );
         // SQLite is told the index; PostgreSQL's statistics are kept current for it (see
         // `key_partitions`).
         let by_key = match self.backend {
             Backend::Sqlite => " INDEXED BY ix_actions_due_part",
             Backend::Postgres => "",
         };
-        let keys = format!(
-            "WITH RECURSIVE v(x) AS ( \
-               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} \
-                 AND part_key IS NOT NULL ORDER BY part_key LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} AND part_key > v.x \
-                 ORDER BY part_key LIMIT 1) FROM v WHERE v.x IS NOT NULL) "
+        let keys = match full.overflow_known {
+            // Every untracked value is full: the keys with room are among the tracked ones.
+            Some(mut known) => {
+                known.push(String::new());
+                known.retain(|k| !full.values.contains(k));
+                values.push(serde_json::Value::from(known).to_string().into());
+                format!("v(x) AS {}", json_elems(self.backend, values.len()))
+            }
+            None => {
+                let mut cond = String::new();
+                if !full.values.is_empty() {
+                    values.push(serde_json::Value::from(full.values).to_string().into());
+                    cond = format!(" AND x NOT IN {}", json_elems(self.backend, values.len()));
+                }
+                format!(
+                    "s(x) AS ( \
+                       SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} \
+                         AND part_key IS NOT NULL ORDER BY part_key LIMIT 1) \
+                       UNION ALL \
+                       SELECT (SELECT part_key FROM actions{by_key} WHERE action_type = $1 AND {claimable} \
+                         AND part_key > s.x ORDER BY part_key LIMIT 1) FROM s WHERE s.x IS NOT NULL), \
+                     v(x) AS (SELECT x FROM s WHERE x IS NOT NULL{cond})"
+                )
+            }
+        };
+        let due = format!(
+            "action_type = $1 AND {claimable} AND not_before <= $2 AND (expires_at IS NULL OR expires_at > $2){}",
+            chosen_sql(chosen)
         );
-        let first = format!("ORDER BY priority DESC, not_before, id LIMIT {per_key}");
+        let order = "ORDER BY priority DESC, not_before, id";
         let sql = match self.backend {
             // No row lock: claimers of the type take turns at its gate, and the claim of the
             // rows chosen lands only on rows still waiting.
             Backend::Postgres => format!(
-                "{keys}SELECT b.id, b.action_type, b.part_key AS part, b.prio, b.not_before FROM v CROSS JOIN LATERAL \
+                "WITH RECURSIVE {keys}, \
+                 k(x) AS (SELECT v.x FROM v CROSS JOIN LATERAL \
+                   (SELECT priority, not_before, id FROM actions WHERE part_key = v.x AND {due} {order} LIMIT 1) f \
+                   ORDER BY f.priority DESC, f.not_before, f.id LIMIT {keys_wanted}) \
+                 SELECT b.id, b.action_type, b.part_key AS part, b.prio, b.not_before FROM k CROSS JOIN LATERAL \
                    (SELECT id, action_type, part_key, CAST(priority AS BIGINT) AS prio, not_before FROM actions \
-                    WHERE part_key = v.x AND {due} {first}) b WHERE v.x IS NOT NULL{cond}"
+                    WHERE part_key = k.x AND {due} {order} LIMIT {per_key}) b"
             ),
             Backend::Sqlite => format!(
-                "{keys}SELECT a.id, a.action_type, a.part_key AS part, CAST(a.priority AS BIGINT) AS prio, a.not_before \
-                 FROM v JOIN actions a ON a.id IN (SELECT id FROM actions{by_key} WHERE part_key = v.x AND {due} {first}) \
-                 WHERE v.x IS NOT NULL{cond}"
+                "WITH RECURSIVE {keys}, \
+                 k(x) AS (SELECT v.x FROM v JOIN actions f ON f.id = \
+                   (SELECT id FROM actions{by_key} WHERE part_key = v.x AND {due} {order} LIMIT 1) \
+                   ORDER BY f.priority DESC, f.not_before, f.id LIMIT {keys_wanted}) \
+                 SELECT a.id, a.action_type, a.part_key AS part, CAST(a.priority AS BIGINT) AS prio, a.not_before \
+                 FROM k JOIN actions a ON a.id IN \
+                   (SELECT id FROM actions{by_key} WHERE part_key = k.x AND {due} {order} LIMIT {per_key})"
             ),
         };
         let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking partitioned work")?;
-        rows.iter().map(Candidate::read).collect()
+        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        // Each key's first row; with more keys than `want`, the first row of the last one bounds
+        // what is complete.
+        let mut firsts: HashMap<&str, Rank> = HashMap::new();
+        for c in &rows {
+            let first = firsts.entry(c.part.as_str()).or_insert_with(|| c.rank());
+            if c.rank() < *first {
+                *first = c.rank();
+            }
+        }
+        let bound = if firsts.len() >= keys_wanted { firsts.into_values().max() } else { None };
+        Ok((rows, bound))
     }
 
     /// Computes the partition key of the waiting rows of each partitioned type that have none
@@ -1424,6 +1467,9 @@ impl FullParts {
     }
 }
 
+/// A place in the claim order: priority (highest first), then `not_before`, then id.
+type Rank = (std::cmp::Reverse<i64>, DateTime<Utc>, i64);
+
 /// A due row a limited claim may pick: its type, raw partition value and claim order.
 struct Candidate {
     id: i64,
@@ -1446,7 +1492,7 @@ impl Candidate {
     }
 
     /// The claim order: priority (highest first), then `not_before`, then id.
-    fn rank(&self) -> (std::cmp::Reverse<i64>, DateTime<Utc>, i64) {
+    fn rank(&self) -> Rank {
         (std::cmp::Reverse(self.priority), self.not_before, self.id)
     }
 }
@@ -1493,11 +1539,22 @@ async fn read_usage<C: ConnectionTrait>(
     let mut usage = Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() };
     let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
     let types = in_list(refs)?;
-    // One statement, three parts (`k`): the state rows (budgets, counters, tracked partitions),
-    // the running attempts by partition value, and the starts in each rated type's window.
+    // One statement, four parts (`k`): the state rows that hold something (budgets, counters),
+    // per type the other rows' partitions as one JSON array (tracked partitions with nothing
+    // else: at the cap, a thousand of them, read at every claim), the running attempts by
+    // partition value, and the starts in each rated type's window.
+    let held = "(budget_day IS NOT NULL OR budget_used <> 0 OR budget_exhausted_at IS NOT NULL \
+                OR blocked_running <> 0 OR blocked_rate <> 0 OR blocked_budget <> 0)";
+    let parts = match store.backend {
+        Backend::Sqlite => "json_group_array(part)",
+        Backend::Postgres => "CAST(json_agg(part) AS TEXT)",
+    };
     let mut sql = format!(
         "SELECT 's' AS k, action_type, part, 0 AS n, budget_day, budget_used, budget_exhausted_at, \
-           blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) \
+           blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) AND {held} \
+         UNION ALL \
+         SELECT 'p', action_type, {parts}, 0, NULL, 0, NULL, 0, 0, 0 FROM limit_state \
+           WHERE action_type IN ({types}) AND NOT {held} GROUP BY action_type \
          UNION ALL \
          SELECT 'r', action_type, part, COUNT(*), NULL, 0, NULL, 0, 0, 0 FROM (SELECT action_type, {} AS part \
            FROM actions WHERE status = 'RUNNING' AND action_type IN ({types})) r GROUP BY action_type, part",
@@ -1525,9 +1582,20 @@ async fn read_usage<C: ConnectionTrait>(
         let t: String = r.try_get("", "action_type").doing(doing)?;
         let p: String = r.try_get("", "part").doing(doing)?;
         let n = u(r.try_get("", "n").doing(doing)?);
+        let partitioned = by_type.get(t.as_str()).is_some_and(|l| l.effective.partition_by.is_some());
         match k.as_str() {
             "r" => running.push((t, p, n)),
             "w" => usage.used.entry((t, p)).or_default().window += n,
+            "p" => {
+                let parts: Vec<String> = serde_json::from_str(&p)
+                    .map_err(|e| StoreError::Internal(format!("reading the tracked partitions of {t}: {e}")))?;
+                for p in parts {
+                    if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
+                        usage.tracked.entry(t.clone()).or_default().insert(p.clone());
+                    }
+                    usage.state.insert((t.clone(), p), StateRow::default());
+                }
+            }
             _ => {
                 let row = StateRow {
                     day: r.try_get("", "budget_day").doing(doing)?,
@@ -1539,7 +1607,6 @@ async fn read_usage<C: ConnectionTrait>(
                         u(r.try_get("", "blocked_budget").doing(doing)?),
                     ],
                 };
-                let partitioned = by_type.get(t.as_str()).is_some_and(|l| l.effective.partition_by.is_some());
                 if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
                     usage.tracked.entry(t.clone()).or_default().insert(p.clone());
                 }

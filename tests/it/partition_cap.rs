@@ -13,7 +13,11 @@ use crate::backend_tests;
 use crate::support::TestDb;
 use crate::type_limits::{done, enqueue, spec};
 
-backend_tests!(a_capped_partition_is_picked_past_the_full_ones, partition_keys_follow_a_new_partition_by);
+backend_tests!(
+    a_capped_partition_is_picked_past_the_full_ones,
+    partition_keys_follow_a_new_partition_by,
+    keys_past_the_first_ones_keep_their_place_in_claim_order
+);
 
 const AB: [&str; 2] = ["a", "b"];
 
@@ -78,4 +82,33 @@ async fn partition_keys_follow_a_new_partition_by(db: &TestDb) {
     }
     assert_eq!(got.len(), 8, "every other value of b: {seen:?}");
     assert!(seen.values().all(|n| *n == 1), "{seen:?}");
+}
+
+/// The keyed pick reads the first rows of as many keys as the claim wants, in the claim order
+/// of their first rows; a key after them still takes its place in that order. `max_running: 2`,
+/// `a` and `b` tracked (the cap), `a` full, one slot left in `b` and in the overflow. Waiting,
+/// in claim order: a row without the field, three values of the overflow, `b`, `b`, and a
+/// second row without the field. A claim of 3 takes the first row without the field, the
+/// overflow's first value, then `b` (the fifth key), not the second row without the field.
+async fn keys_past_the_first_ones_keep_their_place_in_claim_order(db: &TestDb) {
+    db.store.set_limit("PART", &spec("{max_running: '2', partition_by: payload.p}")).await.unwrap();
+    let mut w = crate::support::worker(&db.store, "w", std::time::Duration::from_secs(60)).await;
+    w.limit_partitions = 2;
+    enqueue(&db.store, "PART", 2, 9, |i| json!({"p": "a", "i": i})).await;
+    enqueue(&db.store, "PART", 1, 8, |_| json!({"p": "b"})).await;
+    enqueue(&db.store, "PART", 1, 7, |_| json!({"p": "o0"})).await;
+    assert_eq!(db.store.claim(&w, 10).await.unwrap().len(), 4, "a full, b and the overflow one each");
+
+    enqueue(&db.store, "PART", 1, 9, |_| json!({"n": "first"})).await;
+    for (i, prio) in [8, 7, 6].into_iter().enumerate() {
+        enqueue(&db.store, "PART", 1, prio, |_| json!({"p": format!("o{}", i + 1)})).await;
+    }
+    enqueue(&db.store, "PART", 1, 3, |_| json!({"p": "b", "n": "b1"})).await;
+    enqueue(&db.store, "PART", 1, 2, |_| json!({"p": "b", "n": "b2"})).await;
+    enqueue(&db.store, "PART", 1, 1, |_| json!({"n": "second"})).await;
+    let got = db.store.claim(&w, 3).await.unwrap();
+    let mut picked: Vec<(String, String)> = got.iter().map(|c| (field(c, "p"), field(c, "n"))).collect();
+    picked.sort();
+    let expected = [("", "first"), ("b", "b1"), ("o1", "")].map(|(p, n)| (p.to_string(), n.to_string()));
+    assert_eq!(picked, expected, "the first rows in claim order that have room");
 }
