@@ -4,13 +4,15 @@
 //! describes:
 //! - session mode: the queue drains and `LISTEN` works (the workers poll once a minute, so only
 //!   a notification can start them within the test's limit);
-//! - transaction mode: with PgBouncer 1.21 or later and `max_prepared_statements` set, the
+//! - transaction mode, with PgBouncer 1.21 or later and `max_prepared_statements` set: the
 //!   queue drains on the workers' polls (notifications do not hold there) and no statement
-//!   breaks; with an older PgBouncer the driver's prepared statements collide, and every
-//!   command that meets it fails with an error that says so and names the fix.
+//!   breaks. Debian 12 ships 1.18, so `.ci/pgbouncer` builds 1.24 from Debian 13's source and
+//!   `.ci/run` names it in `ORCHESTRATOR_TEST_PGBOUNCER`;
+//! - transaction mode with Debian 12's 1.18: the driver's prepared statements collide, and
+//!   every command that meets it fails with an error that says so and names the fix.
 //!
-//! PostgreSQL only. With `ORCHESTRATOR_TEST_PG_URL` set, a missing `pgbouncer` fails the test:
-//! `.ci/run` installs it.
+//! PostgreSQL only. With `ORCHESTRATOR_TEST_PG_URL` set, a missing `pgbouncer` (or no 1.21 or
+//! later for transaction mode) fails the test: `.ci/run` installs and builds them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,12 +60,36 @@ impl Drop for Bounced {
     }
 }
 
-fn pgbouncer_binary() -> PathBuf {
+/// Debian's package: 1.18 on Debian 12.
+fn system_pgbouncer() -> PathBuf {
     let candidates = [PathBuf::from("/usr/sbin/pgbouncer"), PathBuf::from("/usr/bin/pgbouncer")];
     candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
         panic!("{PG_ENV} is set but pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
     })
 }
+
+/// A PgBouncer that passes prepared statements through a transaction pool (1.21 or later):
+/// `ORCHESTRATOR_TEST_PGBOUNCER` when set (`.ci/pgbouncer` builds 1.24 and `.ci/run` sets it),
+/// else the system's when it is recent enough.
+fn pgbouncer_with_prepared_statements() -> PathBuf {
+    let binary = match std::env::var_os(PGBOUNCER_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => system_pgbouncer(),
+    };
+    assert!(binary.exists(), "{PGBOUNCER_ENV}={} does not exist", binary.display());
+    let version = version_of(&binary);
+    assert!(
+        version >= (1, 21),
+        "{} is PgBouncer {}.{}: transaction mode needs 1.21 or later; run .ci/pgbouncer and set {PGBOUNCER_ENV} \
+         to the path it prints",
+        binary.display(),
+        version.0,
+        version.1
+    );
+    binary
+}
+
+const PGBOUNCER_ENV: &str = "ORCHESTRATOR_TEST_PGBOUNCER";
 
 /// `(major, minor)` from `pgbouncer --version` (`PgBouncer 1.18.0`).
 fn version_of(binary: &Path) -> (u32, u32) {
@@ -74,16 +100,19 @@ fn version_of(binary: &Path) -> (u32, u32) {
     (parts.next().unwrap(), parts.next().unwrap())
 }
 
-/// Starts PgBouncer in `mode` in front of a fresh database, with `max_prepared_statements`
+/// Starts PgBouncer (`binary`) in `mode` in front of a fresh database, with `max_prepared_statements`
 /// where the version knows it (1.21 and later); `None` when no PostgreSQL is set.
-async fn bounced(mode: &str, poll: &str) -> Option<Bounced> {
+async fn bounced(mode: &str, poll: &str, binary: fn() -> PathBuf) -> Option<Bounced> {
     let Ok(base) = std::env::var(PG_ENV) else {
         eprintln!("skipped: {PG_ENV} is not set, so this PgBouncer test did not run");
         return None;
     };
-    let binary = pgbouncer_binary();
+    let binary = binary();
     let version = version_of(&binary);
     let extra = if version >= (1, 21) { "max_prepared_statements = 200\n" } else { "" };
+    // In transaction mode fewer server connections than the three processes hold, so that each
+    // serves several of theirs in turn (what the prepared statements must survive).
+    let pool_size = if mode == "transaction" { 3 } else { 60 };
     // postgres://USER[:PASSWORD]@HOST:PORT/DB
     let rest = base.split_once("://").map(|(_, r)| r).unwrap_or_else(|| panic!("{PG_ENV}: {base}"));
     let (auth, host_db) = rest.split_once('@').unwrap_or_else(|| panic!("{PG_ENV} names no user: {base}"));
@@ -114,7 +143,7 @@ async fn bounced(mode: &str, poll: &str) -> Option<Bounced> {
             "[databases]\n* = host={host} port={server_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = {mode}\n\
              ignore_startup_parameters = extra_float_digits, options\nmax_client_conn = 500\n\
-             default_pool_size = 60\n{extra}",
+             default_pool_size = {pool_size}\n{extra}",
             d.join("users.txt").display()
         ),
     )
@@ -256,7 +285,7 @@ impl Bounced {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_and_workers_through_pgbouncer_in_session_mode_wake_on_notify() {
     // The workers poll once a minute: only a notification starts them within the limit below.
-    let Some(b) = bounced("session", "60").await else { return };
+    let Some(b) = bounced("session", "60", system_pgbouncer).await else { return };
     let procs = b.start_leader_and_two_workers().await;
     // Idle first, so that the workers are waiting on their LISTEN when the work comes.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -273,39 +302,56 @@ async fn leader_and_workers_through_pgbouncer_in_session_mode_wake_on_notify() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_and_workers_through_pgbouncer_in_transaction_mode() {
-    let Some(b) = bounced("transaction", "0.1").await else { return };
-    if b.version >= (1, 21) {
-        let procs = b.start_leader_and_two_workers().await;
-        b.enqueue_naps(40);
-        b.wait_drained(40, Duration::from_secs(60)).await;
-        b.stop(procs);
-        eprintln!(
-            "PgBouncer {}.{} in transaction mode: 40 actions drained on the workers' polls",
-            b.version.0, b.version.1
-        );
-    } else {
-        // Before 1.21 PgBouncer does not know prepared statements: one server connection
-        // serves several of ours, and the driver's per-connection statement names collide.
-        let mut failed = 0;
-        for args in [&["migrate"][..], &["status"], &["enqueue", "NOOP", "--key", "a"], &["actions", "list"]] {
-            let o = run(b.orch().args(args));
-            if !o.status.success() {
-                failed += 1;
-                let e = stderr(&o);
-                assert!(
-                    e.contains("prepared statements were mixed up")
-                        && e.contains("max_prepared_statements")
-                        && e.contains("docs/SCALING.md"),
-                    "{args:?}: {e}"
-                );
-            }
-        }
-        assert!(failed > 0, "PgBouncer {:?} in transaction mode broke nothing: SCALING.md is wrong", b.version);
-        eprintln!(
-            "PgBouncer {}.{} in transaction mode: {failed} of 4 commands failed on colliding prepared statements, \
-             each naming the fix",
-            b.version.0, b.version.1
-        );
+    let Some(b) = bounced("transaction", "0.1", pgbouncer_with_prepared_statements).await else { return };
+    let procs = b.start_leader_and_two_workers().await;
+    let start = Instant::now();
+    b.enqueue_naps(40);
+    b.wait_drained(40, Duration::from_secs(60)).await;
+    let drained = start.elapsed();
+    b.stop(procs);
+    // The commands an operator runs go through the same pool.
+    for args in [&["status"][..], &["actions", "list"], &["ticks"], &["workers"], &["enqueue", "NOOP", "--key", "a"]] {
+        let o = run(b.orch().args(args));
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     }
+    let version = b.version;
     b.cleanup().await;
+    eprintln!(
+        "PgBouncer {}.{} in transaction mode: 40 actions drained on the workers' polls in {drained:.1?}",
+        version.0, version.1
+    );
+}
+
+/// Debian 12's PgBouncer (1.18) in transaction mode: the driver's per-connection prepared
+/// statement names collide on the shared server connections, and every command that meets it
+/// fails with an error that says so and names the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbouncer_before_1_21_in_transaction_mode_names_the_fix() {
+    if std::env::var(PG_ENV).is_ok() && version_of(&system_pgbouncer()) >= (1, 21) {
+        eprintln!("skipped: the system's PgBouncer is 1.21 or later; nothing older to check the hint against");
+        return;
+    }
+    let Some(b) = bounced("transaction", "0.1", system_pgbouncer).await else { return };
+    let mut failed = 0;
+    for args in [&["migrate"][..], &["status"], &["enqueue", "NOOP", "--key", "a"], &["actions", "list"]] {
+        let o = run(b.orch().args(args));
+        if !o.status.success() {
+            failed += 1;
+            let e = stderr(&o);
+            assert!(
+                e.contains("prepared statements were mixed up")
+                    && e.contains("max_prepared_statements")
+                    && e.contains("docs/SCALING.md"),
+                "{args:?}: {e}"
+            );
+        }
+    }
+    assert!(failed > 0, "PgBouncer {:?} in transaction mode broke nothing: SCALING.md is wrong", b.version);
+    let version = b.version;
+    b.cleanup().await;
+    eprintln!(
+        "PgBouncer {}.{} in transaction mode: {failed} of 4 commands failed on colliding prepared statements, \
+         each naming the fix",
+        version.0, version.1
+    );
 }
