@@ -80,9 +80,9 @@ pub struct DecisionReport {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Decided {
     pub decisions: Vec<DecisionReport>,
-    /// The dispatch cap an applied `throttle` set for this tick.
+    /// The dispatch cap an applied `throttle` set for this tick (in a dry run: would set).
     pub throttle: Option<u32>,
-    /// A `pause` was applied in this tick.
+    /// A `pause` was applied in this tick (in a dry run: would be).
     pub paused: bool,
     /// Rule failures and invalid decisions.
     pub diagnostics: Vec<Diagnostic>,
@@ -171,7 +171,16 @@ pub async fn decide(
         let d = &p.decision;
         let outcome = match (p.suppressed, fence) {
             (Some(why), _) => DecisionOutcome::Suppressed(why),
-            (None, None) => DecisionOutcome::Suppressed(Suppressed::DryRun),
+            (None, None) => {
+                // A dry run applies nothing, but its pick is capped and stopped as the tick's
+                // would be.
+                match d.kind {
+                    Kind::Throttle { n } => out.throttle = Some(out.throttle.map_or(n, |t| t.min(n))),
+                    Kind::Pause => out.paused = true,
+                    _ => {}
+                }
+                DecisionOutcome::Suppressed(Suppressed::DryRun)
+            }
             (None, Some(fence)) => match apply(store, fence, config, metrics, d, &mut out).await? {
                 Applied::Yes => {
                     record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));

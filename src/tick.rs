@@ -243,14 +243,36 @@ impl Engine {
         let (snap, flags) = self.snapshot_now().await?;
         let rules = self.rules();
         let decided = crate::decide::decide(&self.store, &rules, &self.config, &self.rule_metrics, &snap, None).await?;
-        let would_dispatch = if flags.killed || flags.paused {
+        // What the tick's claims would take if nothing they start finished within the tick: the
+        // same pick, under the same limits (the config's filled in where the database has none,
+        // as `run-once` writes them before its tick), capped as the tick caps them. Nothing when
+        // a flag or a rule's pause stops the tick.
+        let would_dispatch = if flags.killed || flags.paused || decided.paused {
             Vec::new()
         } else {
             let cap =
                 decided.throttle.map_or(self.config.max_actions_per_tick, |t| t.min(self.config.max_actions_per_tick));
-            self.store.peek_due(u64::from(cap)).await?
+            let claimer = self.claimer(String::new(), None);
+            self.store.pick(&claimer, u64::from(cap), self.config.limits.as_ref()).await?
         };
         Ok(DryRunReport { snapshot: snap, rules_digest: rules.digest().to_string(), decided, would_dispatch })
+    }
+
+    /// How this engine's tick claims, for `worker` under lease epoch `epoch`.
+    fn claimer(&self, worker: String, epoch: Option<i64>) -> crate::store::Claimer {
+        let (type_timeouts, default_timeout) = self.settings.claim_timeouts();
+        crate::store::Claimer {
+            worker,
+            worker_ttl: self.config.workers.ttl,
+            types: Vec::new(),
+            type_timeouts,
+            default_timeout,
+            // A claim waits for a slot at most until the tick's deadline.
+            start_within: self.config.max_tick,
+            proof_enforced: self.config.proof_enforced,
+            limit_partitions: self.config.limit_partitions as usize,
+            epoch,
+        }
     }
 
     /// The snapshot the rules would see now (under the current lease holder's term, or none),
@@ -441,19 +463,7 @@ impl Engine {
         if self.execute && remaining > 0 && (snap.queue.due_now > 0 || !decided.decisions.is_empty()) {
             let worker = self.registration.ensure().await?;
             let _alive = self.registration.keep_alive(self.config.workers.heartbeat);
-            let (type_timeouts, default_timeout) = self.settings.claim_timeouts();
-            let claimer = crate::store::Claimer {
-                worker: worker.clone(),
-                worker_ttl: self.config.workers.ttl,
-                types: Vec::new(),
-                type_timeouts,
-                default_timeout,
-                // A claim waits for a slot at most until the tick's deadline.
-                start_within: self.config.max_tick,
-                proof_enforced: self.config.proof_enforced,
-                limit_partitions: self.config.limit_partitions as usize,
-                epoch: Some(term.epoch),
-            };
+            let claimer = self.claimer(worker.clone(), Some(term.epoch));
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
                 let want = remaining.min(CLAIM_BATCH);
                 let claimed = self.store.claim(&claimer, u64::from(want)).await?;

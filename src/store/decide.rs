@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, EntityTrait, Value};
 
 use super::entities::{self, actions};
-use super::{CLAIMABLE_SQL, Context, NOT_EXPIRED_SQL, OPEN_SQL, Store, StoreError};
+use super::{Context, OPEN_SQL, Store, StoreError};
 use crate::model::{Action, ActionStatus, TickStatus};
 
 /// Who is writing: the lease and the epoch every write is fenced by.
@@ -459,20 +459,5 @@ impl Store {
         } else {
             Err(StoreError::Internal("the control_flags row is missing".into()))
         }
-    }
-
-    /// Up to `limit` due actions in claim order, without claiming them (for dry runs).
-    pub async fn peek_due(&self, limit: u64) -> Result<Vec<Action>, StoreError> {
-        let sql = format!(
-            "SELECT * FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL} \
-             ORDER BY priority DESC, not_before, id LIMIT $2"
-        );
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(&sql, [self.now().into(), limit.into()]))
-            .all(&self.db)
-            .await
-            .doing("listing due actions")?;
-        entities::convert_all(rows)
     }
 }

@@ -151,7 +151,7 @@ impl TypeLimit {
     /// Something is limited, on a type name an action can have: what the claim enforces. A
     /// row whose name is not one (planted past every writer) limits no action there is, and
     /// is left out rather than let into SQL; `limits list` still shows it with its error.
-    fn enforced(&self) -> bool {
+    pub(super) fn enforced(&self) -> bool {
         !self.effective.is_empty() && crate::queue::validate_type(&self.action_type).is_ok()
     }
 }
@@ -229,6 +229,18 @@ struct Used {
 }
 
 /// Usage of the limited types, read under the gates (or, for a view, without them).
+/// What [`Store::pick_limited`] chose: `(id, type, partition)` in claim order, and what it
+/// read and counted on the way, which the claim records.
+pub(super) struct LimitedPick {
+    pub(super) chosen: Vec<(i64, String, String)>,
+    held_back: HashMap<String, LimitField>,
+    usage: Usage,
+    adding: HashMap<String, HashSet<String>>,
+    left: HashMap<(String, String), (u64, Option<LimitField>)>,
+    full_at_start: HashSet<(String, String)>,
+    now: DateTime<Utc>,
+}
+
 struct Usage {
     used: HashMap<(String, String), Used>,
     /// Per partitioned type: the tracked partition values.
@@ -377,6 +389,19 @@ impl Store {
         how: ConfigLimits,
     ) -> Result<ConfigLimitsWritten, StoreError> {
         let txn = self.begin_write().await?;
+        let out = self.write_config_limits_in(&txn, limits, how).await?;
+        txn.commit().await.doing("committing configured limits")?;
+        Ok(out)
+    }
+
+    /// [`Store::write_config_limits`] in `txn`, which the caller commits (or, for a dry run,
+    /// rolls back).
+    pub(super) async fn write_config_limits_in(
+        &self,
+        txn: &DatabaseTransaction,
+        limits: &BTreeMap<String, LimitSpec>,
+        how: ConfigLimits,
+    ) -> Result<ConfigLimitsWritten, StoreError> {
         let now = self.now();
         let mut out = ConfigLimitsWritten::default();
         // Every row this touches, named or to remove, is locked in type order, as every other
@@ -404,14 +429,14 @@ impl Store {
                     .await
                     .doing("reading configured limits")?;
                 if still.is_some() {
-                    delete_limit(self, &txn, &t).await?;
+                    delete_limit(self, txn, &t).await?;
                     out.removed.push(t);
                 }
                 continue;
             };
             crate::queue::validate_type(&t).map_err(StoreError::Invalid)?;
             // A row of overrides alone (source `override`) has no base to keep.
-            let base = lock_limit(self, &txn, &t, LimitSource::Config, now)
+            let base = lock_limit(self, txn, &t, LimitSource::Config, now)
                 .await?
                 .filter(|(_, source)| *source != LimitSource::Override);
             if let Some((held, source)) = &base {
@@ -424,11 +449,10 @@ impl Store {
                 }));
             }
             if how == ConfigLimits::Replace || base.is_none() {
-                upsert_limit(self, &txn, &t, spec, LimitSource::Config, now).await?;
+                upsert_limit(self, txn, &t, spec, LimitSource::Config, now).await?;
                 out.written.push(t);
             }
         }
-        txn.commit().await.doing("committing configured limits")?;
         Ok(out)
     }
 
@@ -736,9 +760,55 @@ impl Store {
         let txn = self.begin_write().await?;
         let mut refs: Vec<&TypeLimit> = limits.iter().collect();
         refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-        let (now, keyed_for) = lock_gates(self, &txn, &refs).await?;
-        self.key_partitions(&txn, &refs, &keyed_for).await?;
-        let usage = read_usage(self, &txn, &refs, now).await?;
+        let LimitedPick { chosen, mut held_back, usage, adding, left, full_at_start, now } =
+            self.pick_limited(&txn, claimer, n, &refs, partitions_cap).await?;
+        let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
+
+        // Due work left out because its type or partition was full at the start: one probe per
+        // type, for the blocked counters.
+        for l in &refs {
+            if held_back.contains_key(&l.action_type) {
+                continue;
+            }
+            let full: Vec<&(String, String)> = full_at_start.iter().filter(|(t, _)| *t == l.action_type).collect();
+            if full.is_empty() {
+                continue;
+            }
+            if let Some(f) = self.blocked_probe(&txn, l, &full, &left, &usage, now).await? {
+                held_back.insert(l.action_type.clone(), f);
+            }
+        }
+
+        let claimed =
+            if chosen.is_empty() { Vec::new() } else { self.claim_ids(&txn, claimer, token, &chosen).await? };
+        let landed: HashSet<i64> = claimed.iter().map(|c| c.action.id).collect();
+        let mut per_key: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (id, t, part) in &chosen {
+            if landed.contains(id) && by_type.contains_key(t.as_str()) {
+                *per_key.entry((t.clone(), part.clone())).or_default() += 1;
+            }
+        }
+        self.record_starts(&txn, &refs, &usage, &per_key, &adding, &held_back, token, now).await?;
+        txn.commit().await.doing("committing a limited claim")?;
+        Ok(claimed)
+    }
+
+    /// The rows a limited claim of `n` for `claimer` takes now, in claim order, with what it
+    /// read to choose them; claims nothing. In `txn`, which takes the gates of `refs` (sorted
+    /// by type) and computes the partition keys of new rows. The claim and the dry run both
+    /// pick through here.
+    pub(super) async fn pick_limited(
+        &self,
+        txn: &DatabaseTransaction,
+        claimer: &Claimer,
+        n: u64,
+        refs: &[&TypeLimit],
+        partitions_cap: usize,
+    ) -> Result<LimitedPick, StoreError> {
+        let refs = refs.to_vec();
+        let (now, keyed_for) = lock_gates(self, txn, &refs).await?;
+        self.key_partitions(txn, &refs, &keyed_for).await?;
+        let usage = read_usage(self, txn, &refs, now).await?;
         let today = day_of(now);
         let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
         let part_sql = part_case(self.backend, &refs)?;
@@ -792,7 +862,7 @@ impl Store {
             // taken over those.
             let full_somewhere = left.values().any(|(n, _)| *n == 0);
             if full_somewhere && due_types.is_none() {
-                due_types = Some(self.due_type_list(&txn).await?);
+                due_types = Some(self.due_type_list(txn).await?);
             }
             let left_out = |t: &String| {
                 keyed.iter().any(|l| &l.action_type == t)
@@ -847,7 +917,7 @@ impl Store {
             let mut bound: Option<Rank> = None;
             for l in &keyed {
                 let (found, incomplete_from) =
-                    self.keyed_candidates(&txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?;
+                    self.keyed_candidates(txn, l, &left, &usage, &adding, partitions_cap, &chosen, want, now).await?;
                 keyed_rows.extend(found);
                 bound = bound.into_iter().chain(incomplete_from).min();
             }
@@ -892,34 +962,7 @@ impl Store {
                 break;
             }
         }
-
-        // Due work left out because its type or partition was full at the start: one probe per
-        // type, for the blocked counters.
-        for l in &refs {
-            if held_back.contains_key(&l.action_type) {
-                continue;
-            }
-            let full: Vec<&(String, String)> = full_at_start.iter().filter(|(t, _)| *t == l.action_type).collect();
-            if full.is_empty() {
-                continue;
-            }
-            if let Some(f) = self.blocked_probe(&txn, l, &full, &left, &usage, now).await? {
-                held_back.insert(l.action_type.clone(), f);
-            }
-        }
-
-        let claimed =
-            if chosen.is_empty() { Vec::new() } else { self.claim_ids(&txn, claimer, token, &chosen).await? };
-        let landed: HashSet<i64> = claimed.iter().map(|c| c.action.id).collect();
-        let mut per_key: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for (id, t, part) in &chosen {
-            if landed.contains(id) && by_type.contains_key(t.as_str()) {
-                *per_key.entry((t.clone(), part.clone())).or_default() += 1;
-            }
-        }
-        self.record_starts(&txn, &refs, &usage, &per_key, &adding, &held_back, token, now).await?;
-        txn.commit().await.doing("committing a limited claim")?;
-        Ok(claimed)
+        Ok(LimitedPick { chosen, held_back, usage, adding, left, full_at_start, now })
     }
 
     /// The types with claimable rows, up to one more than [`PER_TYPE_PICK_MAX`]: a skip scan of
@@ -1637,7 +1680,7 @@ fn counted_part(limit: &TypeLimit, raw: String, tracked: &HashMap<String, HashSe
 
 /// Every `limits` row with its overrides in force at `now`. A row that cannot be read holds
 /// its type (`max_running` 0) and says why, rather than stopping every claim.
-async fn read_limits<C: ConnectionTrait>(
+pub(super) async fn read_limits<C: ConnectionTrait>(
     store: &Store,
     conn: &C,
     now: DateTime<Utc>,

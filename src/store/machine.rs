@@ -304,11 +304,11 @@ WHERE id IN ({pick}) AND {from}
   AND NOT EXISTS (SELECT 1 FROM control_flags WHERE paused OR killed)
 RETURNING *";
 
-/// The due rows an unlimited claim takes, `$5` of them, with `{types}` the type filter (or
-/// nothing).
+/// The due rows an unlimited claim takes, `{n}` of them, with `{types}` the type filter (or
+/// nothing). The claim and the dry run both pick with it.
 const PICK_DUE: &str = "SELECT id FROM actions \
      WHERE {from} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now}){types} \
-     ORDER BY priority DESC, not_before, id LIMIT $5{lock}";
+     ORDER BY priority DESC, not_before, id LIMIT {n}{lock}";
 
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
@@ -630,12 +630,7 @@ impl Store {
             values.push(v);
             format!("${}", values.len())
         };
-        let types = if claimer.types.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = claimer.types.iter().map(|t| bind(t.as_str().into())).collect();
-            format!(" AND action_type IN ({})", list.join(", "))
-        };
+        let types = types_filter(claimer, &mut bind);
         let pick = match pick {
             Pick::Due(_) => PICK_DUE.to_string(),
             Pick::Ids(json) => ids_in_json(self.backend, &bind(json.to_string().into())),
@@ -679,8 +674,70 @@ impl Store {
             }
         }
         .replace("{from}", &Op::Claim.status_in())
-        .replace("{types}", &types);
+        .replace("{types}", &types)
+        .replace("{n}", "$5");
         (sql, values)
+    }
+
+    /// The rows `claim(claimer, n)` would take now, in claim order, claiming nothing: the
+    /// claim's own pick ([`PICK_DUE`], or the limited pick), in a transaction that is rolled
+    /// back (the limited pick takes its types' gates and computes new rows' partition keys
+    /// there). `config_limits` are filled in first where the database holds no base limit, as
+    /// a claiming process does with its config's before its first claim. What the claim checks
+    /// besides (the worker's registration, the paused and killed flags, a stored throttle) is
+    /// the caller's to apply. `run-once --dry-run` lists these.
+    pub async fn pick(
+        &self,
+        claimer: &Claimer,
+        n: u64,
+        config_limits: Option<&std::collections::BTreeMap<String, crate::limits::LimitSpec>>,
+    ) -> Result<Vec<Action>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_write().await?;
+        if let Some(limits) = config_limits {
+            self.write_config_limits_in(&txn, limits, super::ConfigLimits::Fill).await?;
+        }
+        let mut limits = super::limits::read_limits(self, &txn, self.now()).await?;
+        limits.retain(|l| l.enforced() && claimer.serves(&l.action_type));
+        let ids: Vec<i64> = if limits.is_empty() {
+            let mut values: Vec<Value> = vec![i64::try_from(n).unwrap_or(i64::MAX).into()];
+            let mut bind = |v: Value| {
+                values.push(v);
+                format!("${}", values.len())
+            };
+            let types = types_filter(claimer, &mut bind);
+            let now = match self.backend {
+                Backend::Postgres => "now()".to_string(),
+                Backend::Sqlite => bind(self.now().into()),
+            };
+            let sql = PICK_DUE
+                .replace("{from}", &Op::Claim.status_in())
+                .replace("{types}", &types)
+                .replace("{now}", &now)
+                .replace("{n}", "$1")
+                .replace("{lock}", "");
+            let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking due actions")?;
+            rows.iter().map(|r| r.try_get::<i64>("", "id")).collect::<Result<_, _>>().doing("picking due actions")?
+        } else {
+            let mut refs: Vec<&super::TypeLimit> = limits.iter().collect();
+            refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
+            let picked = self.pick_limited(&txn, claimer, n, &refs, claimer.limit_partitions).await?;
+            picked.chosen.into_iter().map(|(id, _, _)| id).collect()
+        };
+        let ids = serde_json::Value::from(ids).to_string();
+        let sql = format!(
+            "SELECT * FROM actions WHERE id IN ({}) ORDER BY priority DESC, not_before, id",
+            ids_in_json(self.backend, "$1")
+        );
+        let rows = actions::Entity::find()
+            .from_raw_sql(self.stmt(&sql, [ids.into()]))
+            .all(&txn)
+            .await
+            .doing("reading the picked actions")?;
+        txn.rollback().await.doing("ending a dry pick")?;
+        entities::convert_all(rows)
     }
 
     /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
@@ -1216,6 +1273,15 @@ pub(super) enum Pick<'a> {
 }
 
 /// `SELECT` of the ids in the JSON array bound at `at` (e.g. `$5`).
+/// The claimer's type filter (` AND action_type IN (...)`, or nothing), its names bound by `bind`.
+fn types_filter(claimer: &Claimer, bind: &mut impl FnMut(Value) -> String) -> String {
+    if claimer.types.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = claimer.types.iter().map(|t| bind(t.as_str().into())).collect();
+    format!(" AND action_type IN ({})", list.join(", "))
+}
+
 pub(super) fn ids_in_json(backend: Backend, at: &str) -> String {
     match backend {
         Backend::Postgres => format!("SELECT (json_array_elements_text({at}::json))::bigint"),

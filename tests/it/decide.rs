@@ -23,6 +23,7 @@ backend_tests!(
     state_and_cooldown_persist_across_run_once_processes,
     runaway_rules_are_stopped_while_the_others_decide,
     dry_run_changes_nothing_while_another_instance_holds_the_lease,
+    dry_run_lists_what_the_next_tick_claims,
     backtest_replays_recorded_history_with_edited_rules,
     snapshot_counts_by_type_windows_and_samples,
     cooldowns_expire_and_are_pruned,
@@ -338,6 +339,96 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     assert!(j["decisions"].as_array().unwrap().iter().any(|d| d["outcome"] == "would apply"), "{j}");
     assert_eq!(everything(&db.store).await, before, "the dry run wrote nothing");
     assert_eq!(sqlite_dump(&db.url), dump_before, "byte for byte, per the sqlite3 dump");
+}
+
+/// `run-once --dry-run`'s "would dispatch" is the claim's own pick: with a partitioned rate, a
+/// daily budget (both from the config, not yet in the database), a rule's throttle and
+/// deadlines in play, it lists exactly what the next `run-once` claims, and writes nothing.
+async fn dry_run_lists_what_the_next_tick_claims(db: &TestDb) {
+    let d = db.dir.path();
+    std::fs::write(
+        d.join("o.yaml"),
+        "max_actions_per_tick: 40\nlimits:\n  RATED: {rate: 2/1h, partition_by: payload.p}\n  \
+         BUDGETED: {daily_budget: 3}\n",
+    )
+    .unwrap();
+    let rules_dir =
+        write_rules(d, &[("brake", "if snap.queue.due_now > 10 { [throttle(20, \"too much at once\")] } else { [] }")]);
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(700);
+    let enqueue = |t: &str, key: String, payload: Value, priority: i32| {
+        let mut r = noop(&key);
+        r.action_type = t.into();
+        r.payload = payload;
+        r.priority = priority;
+        r
+    };
+    let mut reqs = Vec::new();
+    // Ahead of the rest: 2 starts an hour per partner, so 2 of each partner's 4.
+    for i in 0..12 {
+        let partner = ["a", "b", "c"][i % 3];
+        reqs.push(enqueue("RATED", format!("r{i}"), json!({ "p": partner }), 5));
+    }
+    // Then 3 starts a day of 6.
+    for i in 0..6 {
+        reqs.push(enqueue("BUDGETED", format!("b{i}"), json!({}), 4));
+    }
+    // Then unlimited work: some of it past its deadline by the time the tick runs, some not
+    // due yet.
+    for i in 0..30 {
+        let mut r = enqueue("NOOP", format!("n{i}"), json!({"n": i}), i % 4);
+        if i % 6 == 0 {
+            r.expires_at = Some(soon);
+        }
+        if i % 10 == 1 {
+            r.not_before = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+        }
+        reqs.push(r);
+    }
+    for r in &reqs {
+        queue::enqueue(&db.store, r, 3).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+
+    let cmd = |args: &[&str]| {
+        support::run(
+            support::bin(d)
+                .env("ORCHESTRATOR_RULES_DIR", &rules_dir)
+                .args(["--database-url", &db.url, "--config", "o.yaml"])
+                .args(args),
+        )
+    };
+    let o = cmd(&["--json", "run-once", "--dry-run"]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let j = support::json(&o);
+    assert_eq!(j["throttle"], 20, "{j}");
+    let mut would: Vec<i64> =
+        j["would_dispatch"].as_array().unwrap().iter().map(|a| a["id"].as_i64().unwrap()).collect();
+    assert!(db.store.limits().await.unwrap().is_empty(), "the dry run wrote the config's limits");
+    let all = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(all.iter().all(|a| a.attempts == 0 && a.status == ActionStatus::Pending), "the dry run claimed");
+    let type_of = |id: i64| all.iter().find(|a| a.id == id).map(|a| a.action_type.clone()).unwrap();
+    let count = |ids: &[i64], t: &str| ids.iter().filter(|id| type_of(**id) == t).count();
+    // The limits shaped the list: the first 20 in claim order alone would be 12 RATED, 6
+    // BUDGETED and 2 NOOP.
+    assert_eq!((would.len(), count(&would, "RATED"), count(&would, "BUDGETED")), (20, 6, 3), "{j}");
+
+    let o = cmd(&["run-once"]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let after = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let mut claimed: Vec<i64> = after.iter().filter(|a| a.attempts > 0).map(|a| a.id).collect();
+    claimed.sort_unstable();
+    would.sort_unstable();
+    assert_eq!(would, claimed, "the dry run's list is what the tick claimed");
+    let expired = after.iter().filter(|a| a.status == ActionStatus::Dlq && a.attempts == 0).count();
+    assert_eq!(expired, 5, "the deadlines passed before the tick: {after:?}");
+
+    // A rule's pause stops the tick: the dry run lists nothing.
+    write_rules(d, &[("stop", "[pause(\"stop\")]")]);
+    let o = cmd(&["--json", "run-once", "--dry-run"]);
+    let j = support::json(&o);
+    let still_due = after.iter().filter(|a| a.status == ActionStatus::Pending && a.not_before <= chrono::Utc::now());
+    assert!(still_due.count() > 10, "work is still due: {after:?}");
+    assert_eq!(j["would_dispatch"], json!([]), "{j}");
 }
 
 async fn backtest_replays_recorded_history_with_edited_rules(db: &TestDb) {

@@ -204,7 +204,8 @@ async fn bulk_enqueue_keeps_every_field_and_orders_not_before_like_single_enqueu
     let two = all.iter().find(|a| a.idempotency_key == "b-2").unwrap();
     assert_eq!((two.priority, two.max_attempts), (-3, 4), "the default max_attempts applies");
     // The past one is due, the future one is not: the same answer a single enqueue gets.
-    let due: Vec<String> = db.store.peek_due(10).await.unwrap().into_iter().map(|a| a.idempotency_key).collect();
+    let due: Vec<String> =
+        crate::support::db::due(&db.store, 10).await.into_iter().map(|a| a.idempotency_key).collect();
     assert_eq!(due, vec!["b-1".to_string()]);
     let single =
         queue::enqueue(&db.store, &EnqueueRequest { not_before: Some(future.parse().unwrap()), ..noop("s-1") }, 3)
@@ -262,7 +263,7 @@ async fn completions_record_retry_times_errors_and_logs_exactly(db: &TestDb) {
     assert_eq!(s.last_error.as_deref(), Some("bad\u{FFFD}byte"));
     let l = db.store.action(later).await.unwrap().unwrap();
     assert_eq!((l.not_before, l.last_error.as_deref()), (future, Some("later \\ \n x")));
-    let due: Vec<i64> = db.store.peek_due(10).await.unwrap().into_iter().map(|a| a.id).collect();
+    let due: Vec<i64> = crate::support::db::due(&db.store, 10).await.into_iter().map(|a| a.id).collect();
     assert_eq!(due, vec![soon], "the past retry is due, the future one is not");
     let logs = db.store.logs(Some(soon), 10).await.unwrap();
     assert_eq!(logs.len(), 1);

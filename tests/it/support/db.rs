@@ -97,6 +97,22 @@ macro_rules! backend_tests {
     )+};
 }
 
+/// Up to `n` actions the next claim would take, in claim order (claiming nothing).
+pub async fn due(store: &orchestrator::store::Store, n: u64) -> Vec<orchestrator::model::Action> {
+    let claimer = orchestrator::store::Claimer {
+        worker: String::new(),
+        worker_ttl: std::time::Duration::from_secs(60),
+        types: Vec::new(),
+        type_timeouts: Vec::new(),
+        default_timeout: std::time::Duration::from_secs(60),
+        start_within: std::time::Duration::ZERO,
+        proof_enforced: false,
+        epoch: None,
+        limit_partitions: 1000,
+    };
+    store.pick(&claimer, n, None).await.unwrap()
+}
+
 /// Registers a worker named `id` (heartbeat now, dead after `ttl`) and returns the terms it
 /// claims on: every type, attempts due within a minute.
 pub async fn worker(
