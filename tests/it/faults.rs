@@ -290,7 +290,7 @@ impl PrivateCluster {
     /// `None` (after printing why) without PostgreSQL's binaries or the rights to use them.
     fn start() -> Option<PrivateCluster> {
         let skip = |why: String| {
-            eprintln!("skipped: {why}, so the PostgreSQL stop/start test did not run");
+            crate::support::db::not_run(&format!("{why}, so the PostgreSQL stop/start test did not run"));
             None
         };
         let Some(bin) = std::fs::read_dir("/usr/lib/postgresql")

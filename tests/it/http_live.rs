@@ -138,10 +138,7 @@ async fn sigterm_mid_tick_finishes_the_tick_and_releases_the_lease(db: &TestDb) 
 /// refused), then comes back: /health turns 503 and then 200 again, with no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_turns_health_503_then_200_without_a_restart() {
-    let Ok(base) = std::env::var(PG_ENV) else {
-        eprintln!("skipped: {PG_ENV} is not set, so the PostgreSQL outage test did not run");
-        return;
-    };
+    let Some(base) = crate::support::db::pg_url("the PostgreSQL outage test") else { return };
     // A database of its own, so that terminating its backends touches no other test.
     let name = format!("it_outage_{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
     let admin = Store::connect(&base, &StoreOptions::default()).await.unwrap();

@@ -24,7 +24,7 @@ use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 
 use crate::queue::noop;
-use crate::support::{PG_ENV, TestDb};
+use crate::support::TestDb;
 
 const KEYS: u8 = 5;
 const OWNERS: [&str; 2] = ["owner-a", "owner-b"];
@@ -458,8 +458,7 @@ fn queue_matches_the_model_sqlite() {
 
 #[test]
 fn queue_matches_the_model_postgres() {
-    if std::env::var(PG_ENV).is_err() {
-        eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
+    if crate::support::db::pg_url("this PostgreSQL test").is_none() {
         return;
     }
     run::<true>();

@@ -103,10 +103,7 @@ fn version_of(binary: &Path) -> (u32, u32) {
 /// Starts PgBouncer (`binary`) in `mode` in front of a fresh database, with `max_prepared_statements`
 /// where the version knows it (1.21 and later); `None` when no PostgreSQL is set.
 async fn bounced(mode: &str, poll: &str, binary: fn() -> PathBuf) -> Option<Bounced> {
-    let Ok(base) = std::env::var(PG_ENV) else {
-        eprintln!("skipped: {PG_ENV} is not set, so this PgBouncer test did not run");
-        return None;
-    };
+    let base = crate::support::db::pg_url("this PgBouncer test")?;
     let binary = binary();
     let version = version_of(&binary);
     let extra = if version >= (1, 21) { "max_prepared_statements = 200\n" } else { "" };

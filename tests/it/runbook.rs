@@ -128,13 +128,7 @@ impl Ctx {
     /// A PostgreSQL database name that does not exist yet, with `PGHOST`, `PGPORT`, `PGUSER` and
     /// `PGDATABASE` set for `createdb` and `psql`; `None` (after saying why) without one.
     fn postgres_not_created() -> Option<Ctx> {
-        let Ok(base) = std::env::var(crate::support::db::PG_ENV) else {
-            eprintln!(
-                "skipped: {} is not set, so the runbook's PostgreSQL entry did not run",
-                crate::support::db::PG_ENV
-            );
-            return None;
-        };
+        let base = crate::support::db::pg_url("the runbook's PostgreSQL entry")?;
         let mut ctx = Ctx::sqlite();
         let name = format!("runbook_{:012x}", fastrand::u64(..1 << 48));
         let server = base.split('?').next().unwrap_or(&base).rsplit_once('/').map_or(base.as_str(), |(s, _)| s);

@@ -32,10 +32,7 @@ pub struct LateDatabase {
 impl LateDatabase {
     /// `None` (after printing why) when no PostgreSQL is configured for tests.
     pub async fn new(tag: &str) -> Option<LateDatabase> {
-        let Ok(base) = std::env::var(PG_ENV) else {
-            eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
-            return None;
-        };
+        let base = crate::support::db::pg_url("this PostgreSQL test")?;
         let admin = Store::connect(&base, &StoreOptions::default()).await.expect("connect to PostgreSQL");
         let name = format!("it_late_{tag}_{:08x}", fastrand::u32(..));
         // postgres://USER@HOST:PORT/DB?QUERY: the same server and options, another database.
@@ -169,7 +166,7 @@ async fn what_waiting_cannot_cure_fails_at_once() {
         let host = rest.split_once('@').map_or(rest, |(_, h)| h);
         cases.push((format!("{scheme}://no_such_role_here@{host}"), "no_such_role_here"));
     } else {
-        eprintln!("skipped: {PG_ENV} is not set, so the refused-role case did not run");
+        crate::support::db::not_run(&format!("{PG_ENV} is not set, so the refused-role case did not run"));
     }
     for (url, says) in &cases {
         for cmd in ["run", "worker", "serve"] {

@@ -62,3 +62,26 @@ fn an_unreachable_database_is_one_clear_line() {
     assert!(stderr(&o).contains("cannot open database sqlite:///nonexistent-dir/x.db?mode=rwc: Connection Error: error returned from database: (code: 14) unable to open database file"), "{}", stderr(&o));
     assert!(stderr(&o).starts_with("error: ") && stderr(&o).trim_end().lines().count() == 1);
 }
+
+/// `ORCHESTRATOR_TEST_REQUIRE_PG=1` (which `.ci/run` sets) turns a PostgreSQL test's skip into
+/// a failure that says why; without it the same test passes after saying it was skipped. Runs
+/// this test binary on one PostgreSQL test, with no URL.
+#[test]
+fn a_postgresql_test_without_a_url_fails_when_postgresql_is_required() {
+    let one = |require: Option<&str>| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["store::concurrent_first_opens_migrate_once_on_postgres", "--exact", "--nocapture"])
+            .env_remove(crate::support::PG_ENV)
+            .env_remove(crate::support::db::REQUIRE_PG_ENV);
+        if let Some(v) = require {
+            cmd.env(crate::support::db::REQUIRE_PG_ENV, v);
+        }
+        let o = cmd.output().unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, text) = one(None);
+    assert!(ok && text.contains("skipped: ORCHESTRATOR_TEST_PG_URL is not set") && text.contains("1 passed"), "{text}");
+    let (ok, text) = one(Some("1"));
+    assert!(!ok, "{text}");
+    assert!(text.contains("ORCHESTRATOR_TEST_REQUIRE_PG=1, but ORCHESTRATOR_TEST_PG_URL is not set"), "{text}");
+}

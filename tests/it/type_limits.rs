@@ -527,11 +527,7 @@ pub fn most_at_once(log: &std::path::Path) -> (i64, usize) {
 /// action runs, and a SIGHUP with a new config moves the limit for everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
-    if std::env::var(crate::support::PG_ENV).is_err() {
-        eprintln!("skipped: {} is not set, so this PostgreSQL test did not run", crate::support::PG_ENV);
-        return;
-    }
-    let db = TestDb::postgres().await.expect("PostgreSQL is configured");
+    let Some(db) = TestDb::postgres().await else { return };
     let log = db.dir.path().join("probe.log");
     std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 2)).unwrap();
     let mut procs = crate::workers::Procs(vec![crate::workers::spawn(&db, &["run", "--no-execute", "--no-http"])]);
@@ -661,11 +657,7 @@ async fn a_dead_workers_slot_comes_back_with_its_rescue_never_before(db: &TestDb
 /// seconds with a 5 s poll (by the poll alone they would take half a minute).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_held_by_a_limit_claims_again_when_its_attempt_ends() {
-    if std::env::var(crate::support::PG_ENV).is_err() {
-        eprintln!("skipped: {} is not set, so this PostgreSQL test did not run", crate::support::PG_ENV);
-        return;
-    }
-    let db = TestDb::postgres().await.expect("PostgreSQL is configured");
+    let Some(db) = TestDb::postgres().await else { return };
     let log = db.dir.path().join("probe.log");
     std::fs::write(db.dir.path().join("o.yaml"), limits_config_polling(&log, 1, 5.0)).unwrap();
     db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use orchestrator::model::ActionStatus;
 use orchestrator::store::ActionFilter;
 
-use crate::support::{PG_ENV, TestDb, bin, json, run, stderr};
+use crate::support::{TestDb, bin, json, run, stderr};
 
 const CONFIG: &str = "\
 tick_interval_seconds: 0.2
@@ -77,11 +77,7 @@ async fn wait_until_done(db: &TestDb, n: usize, limit: Duration) {
 }
 
 async fn pg() -> Option<TestDb> {
-    if std::env::var(PG_ENV).is_err() {
-        eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
-        return None;
-    }
-    let db = TestDb::postgres().await.expect("PostgreSQL is configured");
+    let db = TestDb::postgres().await?;
     std::fs::write(db.dir.path().join("o.yaml"), CONFIG).unwrap();
     Some(db)
 }

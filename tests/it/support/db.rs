@@ -11,6 +11,28 @@ use orchestrator::tick::Engine;
 
 pub const PG_ENV: &str = "ORCHESTRATOR_TEST_PG_URL";
 
+/// Set to `1`, a PostgreSQL test that would skip fails instead (`.ci/run` sets it).
+pub const REQUIRE_PG_ENV: &str = "ORCHESTRATOR_TEST_REQUIRE_PG";
+
+/// The PostgreSQL URL of the tests; without one, `None` after saying that `what` did not run,
+/// or a failure when `ORCHESTRATOR_TEST_REQUIRE_PG=1` asks that every PostgreSQL test run.
+pub fn pg_url(what: &str) -> Option<String> {
+    if let Ok(url) = std::env::var(PG_ENV) {
+        return Some(url);
+    }
+    not_run(&format!("{PG_ENV} is not set, so {what} did not run"));
+    None
+}
+
+/// Says why a PostgreSQL test (or part of one) did not run; fails instead when
+/// `ORCHESTRATOR_TEST_REQUIRE_PG=1`.
+pub fn not_run(why: &str) {
+    if std::env::var(REQUIRE_PG_ENV).is_ok_and(|v| v == "1") {
+        panic!("{REQUIRE_PG_ENV}=1, but {why}");
+    }
+    eprintln!("skipped: {why}");
+}
+
 /// One isolated database and a scratch directory.
 pub struct TestDb {
     pub url: String,
@@ -29,10 +51,7 @@ impl TestDb {
 
     /// `None` (after printing why) when no PostgreSQL is configured for tests.
     pub async fn postgres() -> Option<TestDb> {
-        let Ok(base) = std::env::var(PG_ENV) else {
-            eprintln!("skipped: {PG_ENV} is not set, so this PostgreSQL test did not run");
-            return None;
-        };
+        let base = pg_url("this PostgreSQL test")?;
         let schema = format!("it_{:016x}", fastrand::u64(..));
         let admin = Store::connect(&base, &StoreOptions::default()).await.expect("connect to PostgreSQL");
         admin.execute_unprepared(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
