@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use orchestrator::model::ActionStatus;
 use orchestrator::store::{FlagChange, Store, StoreOptions};
 
-use crate::http_live::daemon;
 use crate::support::TestDb;
+use crate::support::daemon::daemon;
 use crate::support::http::wait_for;
 use crate::support::process::{bin, json, run, spawn_server, stderr, terminate};
 

@@ -16,7 +16,7 @@ use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::{Store, StoreOptions};
 use serde_json::{Value, json};
 
-use crate::http_live::{BEARER, TOKEN, daemon};
+use crate::support::daemon::{BEARER, TOKEN, daemon};
 use crate::support::http::{request, wait_for};
 use crate::support::process::{spawn_server, terminate};
 use crate::support::{bin, run};

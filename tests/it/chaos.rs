@@ -48,7 +48,7 @@ use orchestrator::model::{Action, ActionStatus, LogRow};
 use orchestrator::store::{ActionFilter, Backend, FlagChange};
 
 use crate::backend_tests;
-use crate::peer::{Peer, Reply};
+use crate::support::peer::{Peer, Reply};
 use crate::support::{TestDb, artifacts_under, bin, json, run, stderr};
 
 fn env_num(name: &str, default: usize) -> usize {

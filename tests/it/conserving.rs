@@ -13,13 +13,14 @@ use orchestrator::model::{Action, ActionStatus, TickStatus};
 use orchestrator::queue::{self, EnqueueDefaults, EnqueueRequest};
 use orchestrator::rules::RuleSet;
 use orchestrator::store::{ActionFilter, FlagChange};
-use orchestrator::tick::{Engine, TickReport};
+use orchestrator::tick::Engine;
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::queue::noop;
+use crate::support::fixtures::{assert_conserving, shipped_rules};
+use crate::support::noop;
+use crate::support::ran;
 use crate::support::{self, TestDb};
-use crate::tick::ran;
 
 backend_tests!(
     a_backlog_drains_with_the_shipped_rules_and_no_idle_tick,
@@ -30,28 +31,9 @@ backend_tests!(
     enforced_proof_mode_overrides_the_flag,
 );
 
-pub fn shipped_rules() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")
-}
-
 fn rule_set(config: &Config, rules: &[(&str, &str)]) -> RuleSet {
     let sources = rules.iter().map(|(n, s)| (PathBuf::from(format!("rules/{n}.rhai")), s.to_string())).collect();
     RuleSet::from_sources(sources, &config.rules).unwrap_or_else(|d| panic!("rules do not compile: {d:?}"))
-}
-
-/// The invariant, checked on one tick: due work at the snapshot and budget left means
-/// something ran, unless a brake held it back and the tick says so (no rule here sheds work).
-pub fn assert_conserving(r: &TickReport) {
-    assert_eq!(r.left_due, 0, "{r:?}");
-    let due = r.snapshot.as_ref().map_or(0, |s| s.queue.due_now);
-    if due > 0 {
-        assert!(
-            r.attempted > 0 || matches!(r.status, TickStatus::Paused | TickStatus::Throttled | TickStatus::Killed),
-            "tick {} left {due} due action(s) idle without a brake: {r:?}",
-            r.tick_id
-        );
-        assert_ne!(r.status, TickStatus::Idle, "IDLE while {due} were due: {r:?}");
-    }
 }
 
 /// The new-user run: 2,000 NOOP, the shipped rules, the default config (the test

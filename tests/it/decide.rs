@@ -13,9 +13,9 @@ use orchestrator::store::{ActionFilter, Store};
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::queue::noop;
+use crate::support::noop;
+use crate::support::ran;
 use crate::support::{self, TestDb};
-use crate::tick::ran;
 
 backend_tests!(
     every_decision_kind_is_applied_and_recorded,

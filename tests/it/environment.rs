@@ -271,7 +271,7 @@ fn the_aol_statuses_are_refused_with_their_mapping() {
 
 #[tokio::test]
 async fn the_admin_api_run_once_honours_the_switches() {
-    use crate::http_api::{admin, config, state};
+    use crate::support::api::{admin, config, state};
     use orchestrator::config::Acting;
     let db = crate::support::TestDb::sqlite().await;
     for (acting, code) in [(Acting::Disabled, 409), (Acting::Manual, 200), (Acting::Any, 200)] {

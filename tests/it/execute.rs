@@ -18,9 +18,9 @@ use orchestrator::tick::Engine;
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::peer::{Peer, Reply};
+use crate::support::peer::{Peer, Reply};
+use crate::support::ran;
 use crate::support::{TestDb, artifacts_under};
-use crate::tick::ran;
 
 backend_tests!(
     webhook_body_and_signature_arrive_as_sent,
@@ -582,5 +582,5 @@ async fn executor_enforces_the_type_timeout(db: &TestDb) {
     let a = db.store.action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry);
     assert_eq!(a.last_error.as_deref(), Some("timed out after 1.0s (adapters.command.timeout_seconds)"));
-    crate::command::assert_pids_gone(&pidfile).await;
+    crate::support::command::assert_pids_gone(&pidfile).await;
 }

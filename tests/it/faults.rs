@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use orchestrator::model::{ActionStatus, TickStatus};
 use orchestrator::store::{ActionFilter, FlagChange, Store, StoreOptions};
 
-use crate::http_live::daemon;
 use crate::support::TestDb;
+use crate::support::daemon::daemon;
+use crate::support::disk::Tmpfs;
 use crate::support::http::{get, wait_for};
 use crate::support::process::{spawn_server, terminate};
 
@@ -98,62 +99,6 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
         recovered.as_secs_f64()
     );
     db.cleanup().await;
-}
-
-/// A tmpfs mounted for one test, unmounted on drop.
-pub(crate) struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// `None` (after printing why) where this process may not mount.
-    pub(crate) fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).unwrap();
-        let o = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output();
-        match o {
-            Ok(o) if o.status.success() => Some(Tmpfs(at.to_path_buf())),
-            Ok(o) => {
-                eprintln!(
-                    "skipped: cannot mount a tmpfs ({}), so the full-disk test did not run",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("skipped: cannot run mount ({e}), so the full-disk test did not run");
-                None
-            }
-        }
-    }
-
-    pub(crate) fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    /// Fills the disk to the last byte with another file.
-    pub(crate) fn fill(&self) {
-        use std::io::Write;
-        let mut filler = std::fs::File::create(self.0.join("filler")).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while filler.write_all(&chunk).is_ok() {}
-        filler.write_all(&[0u8; 1]).ok();
-    }
-
-    pub(crate) fn resize(&self, size: &str) {
-        let o = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "remount: {}", String::from_utf8_lossy(&o.stderr));
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        std::process::Command::new("umount").arg("-l").arg(&self.0).output().ok();
-    }
 }
 
 /// One bulk line of a NOOP whose payload is about `bytes` long.
@@ -499,7 +444,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
         for (i, ms) in [500, 80, 150, 250].into_iter().enumerate() {
             let req = orchestrator::queue::EnqueueRequest {
                 payload: serde_json::json!({ "sleep_ms": ms }),
-                ..crate::queue::noop(&format!("r{tries}-{i}"))
+                ..crate::support::noop(&format!("r{tries}-{i}"))
             };
             let done = orchestrator::queue::enqueue(&store, &req, 3).await;
             ids.push(done.unwrap_or_else(|e| panic!("round {tries}: enqueue once the space is back: {e}")).id);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::http_live::daemon;
+use crate::support::daemon::daemon;
 use crate::support::http::{get, wait_for};
 use crate::support::process::{Server, spawn_server, terminate};
 use crate::support::{bin, run, stderr};

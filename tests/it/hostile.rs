@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use orchestrator::store::{ActionFilter, Store, StoreOptions};
 use serde::Deserialize;
 
+use crate::support::hostile::{expand, hex, load_cases};
 use crate::support::{bin, run, stderr};
 
 #[derive(Debug, Deserialize)]
@@ -45,37 +46,6 @@ struct Case {
 /// A case still running after this long has been let in (e.g. a worker that started) and fails.
 const CASE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`, `@types:N` (N distinct
-/// action types, comma-separated: `T0,T1,...`; `@types:N:FROM` starts at `T<FROM>`, so that a
-/// long list can be split over arguments, each under the kernel's 128 KiB).
-pub fn expand(text: &str) -> String {
-    let mut out = text.to_string();
-    for (tag, make) in [
-        ("@big:", (|n: usize| format!("{{\"a\":\"{}\"}}", "x".repeat(n))) as fn(usize) -> String),
-        ("@nested:", |n| format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n))),
-        ("@long:", |n| "k".repeat(n)),
-    ] {
-        while let Some(start) = out.find(tag) {
-            let digits: String = out[start + tag.len()..].chars().take_while(char::is_ascii_digit).collect();
-            let n: usize = digits.parse().expect("a number after the generator tag");
-            out.replace_range(start..start + tag.len() + digits.len(), &make(n));
-        }
-    }
-    while let Some(start) = out.find("@types:") {
-        let spec: String =
-            out[start + "@types:".len()..].chars().take_while(|c| c.is_ascii_digit() || *c == ':').collect();
-        let (n, from) = spec.split_once(':').unwrap_or((&spec, "0"));
-        let (n, from): (usize, usize) = (n.parse().expect("a count"), from.parse().expect("a first number"));
-        let list = (from..from + n).map(|i| format!("T{i}")).collect::<Vec<_>>().join(",");
-        out.replace_range(start..start + "@types:".len() + spec.len(), &list);
-    }
-    out
-}
-
-pub fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
-}
-
 /// Everything an operator could see in the database, as one comparable value.
 async fn state(dir: &Path) -> serde_json::Value {
     let url = format!("sqlite:{}", dir.join("orchestrator.db").display());
@@ -90,21 +60,6 @@ async fn state(dir: &Path) -> serde_json::Value {
     });
     store.close().await.unwrap();
     v
-}
-
-/// Every case of every `*.yaml` file in `tests/<dir>`, in file order, with its file's stem.
-pub fn load_cases<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(dir);
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let mut cases = Vec::new();
-    for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
-        let text = std::fs::read_to_string(&f).unwrap();
-        let list: Vec<T> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let file = f.file_stem().unwrap().to_string_lossy().into_owned();
-        cases.extend(list.into_iter().map(|c| (file.clone(), c)));
-    }
-    cases
 }
 
 fn load_corpus() -> Vec<(String, Case)> {

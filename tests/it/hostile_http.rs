@@ -12,9 +12,9 @@ use serde::Deserialize;
 use tower::ServiceExt;
 
 use crate::backend_tests;
-use crate::hostile::{expand, hex};
-use crate::queue::noop;
 use crate::support::TestDb;
+use crate::support::hostile::{expand, hex};
+use crate::support::noop;
 
 const TOKEN: &str = "0123456789abcdef-hostile";
 
@@ -34,7 +34,7 @@ struct Case {
 }
 
 fn load() -> Vec<Case> {
-    crate::hostile::load_cases::<Case>("hostile/http").into_iter().map(|(_, c)| c).collect()
+    crate::support::hostile::load_cases::<Case>("hostile/http").into_iter().map(|(_, c)| c).collect()
 }
 
 /// Everything an operator could see in the database, as one comparable value.

@@ -1,22 +1,18 @@
 //! The HTTP router through `tower::ServiceExt::oneshot` (no socket), on SQLite and PostgreSQL:
 //! every endpoint, and every error the admin API can answer.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use orchestrator::config::{AdminTokens, Config};
-use orchestrator::http::{AppState, router};
+use axum::http::StatusCode;
 use orchestrator::model::{ActionStatus, TickStatus};
 use orchestrator::queue;
 use orchestrator::rules::RuleSet;
 use orchestrator::store::FlagChange;
 use orchestrator::tick::Engine;
-use serde_json::Value;
-use tower::ServiceExt;
 
 use crate::backend_tests;
-use crate::queue::noop;
 use crate::support::TestDb;
-use crate::tick::ran;
+use crate::support::api::{BEARER, admin, call, config, get, sample, state};
+use crate::support::noop;
+use crate::support::ran;
 
 backend_tests!(
     read_endpoints_show_the_database,
@@ -27,68 +23,6 @@ backend_tests!(
     decisions_are_listed_and_shown_on_status,
     enforced_proof_mode_refuses_proof_off_and_says_so,
 );
-
-pub const TOKEN: &str = "0123456789abcdef-test";
-
-pub fn config(db: &TestDb, tokens: bool) -> Config {
-    let mut c = db.config();
-    if tokens {
-        c.admin_tokens = AdminTokens::parse(&format!("tester:{TOKEN}")).unwrap();
-    }
-    c
-}
-
-pub fn state(engine: &Engine) -> AppState {
-    AppState::new(engine.clone(), true)
-}
-
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: axum::http::HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-    pub fn error(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error in {}", self.body)).to_string()
-    }
-}
-
-pub async fn call(st: &AppState, method: &str, uri: &str, auth: Option<&str>, body: Option<&str>) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    let req = req.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
-    let res = router(st.clone()).oneshot(req).await.unwrap();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 10 << 20).await.unwrap();
-    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
-}
-
-pub async fn get(st: &AppState, uri: &str) -> Answer {
-    call(st, "GET", uri, None, None).await
-}
-
-pub const BEARER: &str = "Bearer 0123456789abcdef-test";
-
-pub async fn admin(st: &AppState, method: &str, uri: &str, body: Option<&str>) -> Answer {
-    call(st, method, uri, Some(BEARER), body).await
-}
-
-/// The value of an unlabelled sample (or one with exactly these labels) in Prometheus text.
-pub fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 async fn read_endpoints_show_the_database(db: &TestDb) {
     let engine = db.engine(config(db, false));

@@ -13,20 +13,11 @@ use orchestrator::store::{FlagChange, Store, StoreOptions};
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::queue::noop;
+use crate::support::daemon::{BEARER, TOKEN, daemon, promtool, promtool_ok};
 use crate::support::http::{get, request, wait_for};
+use crate::support::noop;
 use crate::support::process::{spawn_server, terminate};
 use crate::support::{PG_ENV, TestDb, bin, run, stderr};
-
-pub const TOKEN: &str = "tester:0123456789abcdef-live";
-pub const BEARER: &str = "Bearer 0123456789abcdef-live";
-
-/// `orchestrator run` on an ephemeral port with JSON logs.
-pub fn daemon(dir: &Path, url: &str, extra: &[&str]) -> Command {
-    let mut cmd = bin(dir);
-    cmd.args(["--database-url", url, "--log-format", "json", "run", "--listen", "127.0.0.1:0"]).args(extra);
-    cmd
-}
 
 #[test]
 fn the_daemon_serves_http_and_the_admin_api_on_a_socket() {
@@ -179,33 +170,6 @@ async fn postgres_outage_turns_health_503_then_200_without_a_restart() {
 
     admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
     admin.close().await.ok();
-}
-
-pub fn promtool() -> Option<&'static str> {
-    match Command::new("promtool").arg("--version").output() {
-        Ok(o) if o.status.success() => Some("promtool"),
-        _ => {
-            eprintln!(
-                "skipped: promtool is not installed (Debian package prometheus), so the Prometheus checks did not run"
-            );
-            None
-        }
-    }
-}
-
-pub fn promtool_ok(args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut cmd = Command::new("promtool");
-    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let o = child.wait_with_output().unwrap();
-    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "promtool {args:?} failed:\n{out}");
-    out
 }
 
 #[test]

@@ -9,7 +9,7 @@ use orchestrator::queue;
 use orchestrator::store::{Authority, Completion, CompletionOutcome};
 
 use crate::backend_tests;
-use crate::queue::noop;
+use crate::support::noop;
 use crate::support::{TestDb, fence, worker};
 
 backend_tests!(

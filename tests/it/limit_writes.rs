@@ -16,10 +16,10 @@ use orchestrator::limits::{BaseField, LimitField, LimitSpec, LimitValue, Rate};
 use orchestrator::store::{Backend, ConfigLimits, EditRefusal, LimitEdit, LimitSource, Store, TypeLimit};
 
 use crate::backend_tests;
-use crate::http_api::{admin, config, state};
+use crate::support::api::{admin, config, state};
+use crate::support::limits::{enqueue, limits_config, most_at_once, spec};
 use crate::support::process::{LogLines, Server, terminate};
 use crate::support::{TestDb, bin, run, stderr};
-use crate::type_limits::{enqueue, limits_config, most_at_once, spec};
 
 backend_tests!(
     workers_started_before_the_leader_hold_its_limits_from_their_first_claim,
@@ -58,7 +58,7 @@ async fn workers_started_before_the_leader_hold_its_limits_from_their_first_clai
         db.store.clear_limit("COMMAND").await.unwrap();
         let _ = std::fs::remove_file(&log);
         enqueue(&db.store, "COMMAND", n, rep, |_| json!({"command": "probe"})).await;
-        let mut procs = crate::workers::Procs(vec![
+        let mut procs = crate::support::daemon::Procs(vec![
             spawn(db, &["worker", "--concurrency", "4", "--no-http"]),
             spawn(db, &["worker", "--concurrency", "4", "--no-http"]),
         ]);
@@ -317,7 +317,7 @@ async fn racing_limit_writers_lose_no_acknowledged_write(db: &TestDb) {
     use proptest::test_runner::{Config as PropConfig, TestRunner};
     let cases: u32 = std::env::var("LIMIT_WRITE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
     let mut runner = TestRunner::new(PropConfig { cases, failure_persistence: None, ..PropConfig::default() });
-    let term = crate::queue::hold(&db.store, "leader").await;
+    let term = crate::support::hold(&db.store, "leader").await;
     let fence = crate::support::fence(&term);
     let mut stores = vec![db.store.clone()];
     for _ in 1..4 {

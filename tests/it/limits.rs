@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::backend_tests;
 use crate::support::TestDb;
-use crate::tick::ran;
+use crate::support::ran;
 
 backend_tests!(
     rule_writers_are_held_to_the_stored_value_limits,
@@ -58,7 +58,7 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
     ];
     let rules: Vec<(&str, &str)> = rules.iter().map(|(n, s)| (*n, s.as_str())).collect();
     engine.set_rules(rule_set(&config, &rules));
-    queue::enqueue(&db.store, &crate::queue::noop("plain"), 3).await.unwrap();
+    queue::enqueue(&db.store, &crate::support::noop("plain"), 3).await.unwrap();
 
     let r = ran(&engine).await;
     assert!(
@@ -327,7 +327,7 @@ fn health_answers_while_200_slow_clients_hold_connections() {
 /// file) unless the entry opts in for that slot, and a value is never expanded as a template.
 #[tokio::test]
 async fn command_slot_values_are_neither_options_nor_templates() {
-    use crate::command::{action, adapter, spec};
+    use crate::support::command::{action, adapter, spec};
     use orchestrator::adapters::{Adapter, AdapterError, ExecContext};
     let dir = tempfile::tempdir().unwrap();
     let victim = dir.path().join("written-by-sort");

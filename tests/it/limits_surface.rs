@@ -14,9 +14,9 @@ use orchestrator::limits::{LimitField, LimitValue};
 use orchestrator::store::{Claimer, LimitSource, Store, StoreError};
 
 use crate::backend_tests;
-use crate::http_api::{BEARER, admin, call, config, get, sample, state};
+use crate::support::api::{BEARER, admin, call, config, get, sample, state};
+use crate::support::limits::{enqueue, spec};
 use crate::support::{TestDb, bin, json, run, stderr, stdout};
-use crate::type_limits::{enqueue, spec};
 
 backend_tests!(
     the_cli_sets_lists_overrides_and_clears_limits,
@@ -320,8 +320,8 @@ async fn metrics_and_status_show_each_limited_type(db: &TestDb) {
     assert_eq!(sample(&m, "orchestrator_limit_running{type=\"COMMAND\"}"), 0.0);
     assert!(!m.contains("orchestrator_budget_remaining{type=\"COMMAND\"}"), "no budget, no gauge: {m}");
     assert!(m.contains("# TYPE orchestrator_limit_blocked_total counter"), "{m}");
-    if crate::http_live::promtool().is_some() {
-        let out = crate::http_live::promtool_ok(&["check", "metrics"], Some(&m));
+    if crate::support::daemon::promtool().is_some() {
+        let out = crate::support::daemon::promtool_ok(&["check", "metrics"], Some(&m));
         assert!(out.trim().is_empty(), "promtool check metrics reports nothing: {out}");
     }
 

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use orchestrator::store::{Store, StoreOptions};
 
-use crate::faults::Tmpfs;
-use crate::http_live::daemon;
-use crate::startup::LateDatabase;
+use crate::support::daemon::daemon;
+use crate::support::db::LateDatabase;
+use crate::support::disk::Tmpfs;
 use crate::support::http::{Reply, get, wait_for};
 use crate::support::process::{LogLines, Server, spawn_server, terminate};
 use crate::support::{TestDb, bin};

@@ -291,7 +291,7 @@ backend_tests!(
 /// run, and listings, `actions show` and the snapshot show it with its error.
 async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb) {
     for key in ["good-1", "good-2"] {
-        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(key), 3).await.unwrap();
+        orchestrator::queue::enqueue(&db.store, &crate::support::noop(key), 3).await.unwrap();
     }
     // 300 levels: serde_json reads at most 128.
     let deep = format!("{{\"a\":{}1{}}}", "[".repeat(300), "]".repeat(300));
@@ -312,7 +312,7 @@ async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb
     let snap = engine.snapshot_now().await.expect("the snapshot builds").0;
     assert!(snap.samples.stuck_pending.iter().any(|s| s.id == planted.id));
 
-    let r = crate::tick::ran(&engine).await;
+    let r = crate::support::ran(&engine).await;
     assert_eq!((r.attempted, r.succeeded), (3, 2), "{r:?}");
     let after = db.store.action(planted.id).await.unwrap().unwrap();
     assert_eq!(after.status, ActionStatus::Dlq);
@@ -327,7 +327,7 @@ async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb
     let logs = db.store.logs(Some(planted.id), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.contains("-> DLQ (nothing ran)")), "{logs:?}");
     // The next tick is clean: nothing is left RUNNING, nothing fails.
-    let r = crate::tick::ran(&engine).await;
+    let r = crate::support::ran(&engine).await;
     assert_eq!(r.status.as_str(), "IDLE", "{r:?}");
 }
 

@@ -24,7 +24,6 @@ mod liveness;
 mod machine;
 mod one_queue;
 mod partition_cap;
-mod peer;
 mod pgbouncer;
 mod queue;
 mod runbook;

@@ -23,8 +23,8 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 
-use crate::queue::noop;
 use crate::support::TestDb;
+use crate::support::noop;
 
 const KEYS: u8 = 5;
 const OWNERS: [&str; 2] = ["owner-a", "owner-b"];

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::backend_tests;
-use crate::http_live::daemon;
+use crate::support::daemon::daemon;
 use crate::support::process::{spawn_server, terminate};
 use crate::support::{TestDb, bin, json, run, stderr};
 

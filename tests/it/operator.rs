@@ -16,9 +16,9 @@ use orchestrator::store::{Authority, DecideRecord, DecisionRow, Fence, PruneCuto
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::queue::hold;
+use crate::support::hold;
+use crate::support::ran;
 use crate::support::{TestDb, bin, json as json_out, run, stderr, stdout};
-use crate::tick::ran;
 
 backend_tests!(
     follow_prints_rows_as_they_land,

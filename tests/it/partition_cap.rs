@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::backend_tests;
 use crate::support::TestDb;
-use crate::type_limits::{done, enqueue, spec};
+use crate::support::limits::{done, enqueue, spec};
 
 backend_tests!(
     a_capped_partition_is_picked_past_the_full_ones,

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use orchestrator::model::ActionStatus;
 use orchestrator::store::{ActionFilter, Store, StoreOptions};
 
+use crate::support::daemon::{Procs, signal};
 use crate::support::{PG_ENV, bin, run, stderr};
-use crate::workers::{Procs, signal};
 
 const CONFIG: &str = "\
 tick_interval_seconds: 0.2

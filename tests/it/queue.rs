@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orchestrator::lease::{Lease, LeaseState, Term};
 use orchestrator::model::ActionStatus;
 use orchestrator::queue::{self, EnqueueRequest, QueueError};
 use orchestrator::store::Authority::Operator;
@@ -13,25 +12,7 @@ use serde_json::json;
 
 use crate::backend_tests;
 use crate::support::{TestDb, worker};
-
-pub fn noop(key: &str) -> EnqueueRequest {
-    EnqueueRequest {
-        action_type: "NOOP".into(),
-        payload: json!({"n": key}),
-        idempotency_key: Some(key.into()),
-        priority: 0,
-        not_before: None,
-        max_attempts: None,
-        expires_at: None,
-    }
-}
-
-pub async fn hold(store: &Store, owner: &str) -> Term {
-    match Lease::new(store.clone(), "orchestrator", owner, Duration::from_secs(30)).acquire().await.unwrap() {
-        LeaseState::Held(t) => t,
-        LeaseState::HeldByOther(row) => panic!("lease held by {}", row.owner),
-    }
-}
+use crate::support::{hold, noop};
 
 backend_tests!(
     enqueue_is_idempotent,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::faults::Tmpfs;
+use crate::support::disk::Tmpfs;
 use crate::support::process::Server;
 
 const PAGE: &str = include_str!("../../docs/runbook.md");

@@ -15,51 +15,12 @@ use std::time::{Duration, Instant};
 use orchestrator::model::ActionStatus;
 use orchestrator::store::{Store, StoreOptions};
 
+use crate::support::db::LateDatabase;
 use crate::support::http::wait_for;
 use crate::support::process::{LogLines, Server, terminate};
 use crate::support::{PG_ENV, bin, stderr};
 
 const WAITING: &str = "database not reachable yet; waiting for it";
-
-/// A database on the test PostgreSQL server that does not exist yet: the test creates it when
-/// it likes and drops it (with any connection still on it) at the end.
-pub struct LateDatabase {
-    admin: Store,
-    name: String,
-    pub url: String,
-}
-
-impl LateDatabase {
-    /// `None` (after printing why) when no PostgreSQL is configured for tests.
-    pub async fn new(tag: &str) -> Option<LateDatabase> {
-        let base = crate::support::db::pg_url("this PostgreSQL test")?;
-        let admin = Store::connect(&base, &StoreOptions::default()).await.expect("connect to PostgreSQL");
-        let name = format!("it_late_{tag}_{:08x}", fastrand::u32(..));
-        // postgres://USER@HOST:PORT/DB?QUERY: the same server and options, another database.
-        let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
-        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-        let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
-        let url = format!("{scheme}://{authority}/{name}{query}");
-        Some(LateDatabase { admin, name, url })
-    }
-
-    pub async fn create(&self) {
-        self.admin.execute_unprepared(&format!("CREATE DATABASE {}", self.name)).await.expect("create the database");
-    }
-
-    /// Drops the database, ending the connections still on it.
-    pub async fn drop_now(&self) {
-        self.admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .await
-            .expect("drop the database");
-    }
-
-    pub async fn cleanup(self) {
-        self.drop_now().await;
-        self.admin.close().await.ok();
-    }
-}
 
 /// `orchestrator <command>` on `url` with the config in `dir`, logging JSON at info.
 fn command(dir: &Path, url: &str, command: &str, extra: &[&str]) -> Command {

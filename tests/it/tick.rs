@@ -11,12 +11,13 @@ use orchestrator::daemon::{self, StopReason};
 use orchestrator::model::{Action, ActionStatus, LogLevel, TickStatus};
 use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::FlagChange;
-use orchestrator::tick::{Engine, TickOutcome, TickReport};
+use orchestrator::tick::{Engine, TickOutcome};
 use serde_json::json;
 
 use crate::backend_tests;
-use crate::queue::noop;
 use crate::support::TestDb;
+use crate::support::noop;
+use crate::support::ran;
 
 backend_tests!(
     enqueue_then_tick_succeeds_and_records_everything,
@@ -30,13 +31,6 @@ backend_tests!(
     follower_does_nothing,
     daemon_prunes_history_past_retention,
 );
-
-pub async fn ran(engine: &Engine) -> TickReport {
-    match engine.tick().await.expect("tick") {
-        TickOutcome::Ran(r) => r,
-        TickOutcome::NotLeader { owner, .. } => panic!("not leader: {owner} holds the lease"),
-    }
-}
 
 fn social(key: &str) -> EnqueueRequest {
     EnqueueRequest {

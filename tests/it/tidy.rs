@@ -395,6 +395,102 @@ fn check_readme_commands(file: &str, readme: &str, cmd: &clap::Command) -> Vec<V
     out
 }
 
+/// A test file takes what it shares with others from `tests/it/support/` (and the
+/// `backend_tests!` macro), never from another test file: `crate::queue::noop` would make the
+/// queue tests a library of the others.
+fn check_test_imports(file: &str, text: &str) -> Vec<Violation> {
+    let lexed = lex(text);
+    let mut out = Vec::new();
+    for (i, code) in lexed.code.iter().enumerate() {
+        let mut rest = code.as_str();
+        while let Some(at) = find_token(rest, "crate") {
+            let after = &rest[at + "crate".len()..];
+            if let Some(path) = after.strip_prefix("::") {
+                let module: String = path.chars().take_while(|c| is_ident(*c)).collect();
+                if !module.is_empty() && module != "support" && module != "backend_tests" {
+                    out.push(violation(
+                        file,
+                        i + 1,
+                        format!("`crate::{module}::..` is another test file: shared helpers live in tests/it/support/"),
+                    ));
+                }
+            }
+            rest = after;
+        }
+    }
+    out
+}
+
+/// The paths ARCHITECTURE.md's code map names, with their lines: a top-level entry (`src/x.rs`,
+/// `src/store/`, `tests/it/`) is a path from the crate root; an entry indented by two spaces
+/// (`  mod.rs`, `  config/key.rs`, `  ledger.rs, logs.rs`) names paths in the last top-level
+/// directory entry (or beside the last top-level file). The bool says whether the entry is
+/// such a nested directory, which stands for the files in it.
+fn code_map_entries(arch: &str) -> Result<Vec<(usize, String, bool)>, String> {
+    let start = arch.find("## Code map").ok_or("ARCHITECTURE.md has no `## Code map`")?;
+    let first = arch[..start].lines().count();
+    let mut lines = arch[start..].lines().enumerate().map(|(i, l)| (first + i + 1, l));
+    lines.by_ref().find(|(_, l)| l.starts_with("```")).ok_or("the code map has no code block")?;
+    let names = |text: &str| -> Vec<String> {
+        let head = text.split("  ").next().unwrap_or("");
+        head.split(", ").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect()
+    };
+    let mut out = Vec::new();
+    let mut base = String::new();
+    for (at, line) in lines {
+        if line.starts_with("```") {
+            return Ok(out);
+        }
+        if let Some(nested) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            for name in names(nested) {
+                out.push((at, format!("{base}{name}"), name.ends_with('/')));
+            }
+        } else if !line.starts_with(' ') {
+            for name in names(line) {
+                base = if name.ends_with('/') {
+                    name.clone()
+                } else {
+                    name.rsplit_once('/').map_or(String::new(), |(dir, _)| format!("{dir}/"))
+                };
+                out.push((at, name, false));
+            }
+        }
+    }
+    Err("the code map's code block does not end".into())
+}
+
+/// The code map and the tree agree: every path it names exists (a `*` matches within a file
+/// name), and every `.rs` file under `src/` is named, itself or by a nested directory entry.
+fn check_code_map(arch: &str, root: &Path, src_files: &[String]) -> Vec<Violation> {
+    let entries = match code_map_entries(arch) {
+        Ok(e) => e,
+        Err(e) => return vec![violation("ARCHITECTURE.md", 1, e)],
+    };
+    let mut out = Vec::new();
+    for (at, path, _) in &entries {
+        let exists = match path.split_once('*') {
+            None => root.join(path).exists(),
+            Some((before, after)) => {
+                let (dir, prefix) = before.rsplit_once('/').map_or(("", before), |(d, p)| (d, p));
+                std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten().any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with(prefix) && name.ends_with(after)
+                })
+            }
+        };
+        if !exists {
+            out.push(violation("ARCHITECTURE.md", *at, format!("the code map names `{path}`, which does not exist")));
+        }
+    }
+    for file in src_files {
+        let named = entries.iter().any(|(_, path, dir)| path == file || (*dir && file.starts_with(path.as_str())));
+        if !named {
+            out.push(violation("ARCHITECTURE.md", 1, format!("`{file}` is not in the code map")));
+        }
+    }
+    out
+}
+
 /// Every `.rs` file under `dir`, sorted.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -478,6 +574,25 @@ fn sql_text_lives_in_the_store() {
 }
 
 #[test]
+fn test_files_share_helpers_only_through_support() {
+    enforce(&["tests/it"], |f| !f.starts_with("tests/it/support/") && f != "tests/it/main.rs", check_test_imports);
+}
+
+#[test]
+fn the_code_map_names_every_source_file_and_only_files_that_exist() {
+    let root = Path::new(ROOT);
+    let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let files: Vec<String> = rust_files(&root.join("src"))
+        .iter()
+        .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"))
+        .collect();
+    assert!(files.len() > 40, "{files:?}");
+    let found = check_code_map(&arch, root, &files);
+    let report: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
+}
+
+#[test]
 fn the_readme_command_table_matches_help() {
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
     let cmd = <orchestrator::cli::Cli as clap::CommandFactory>::command();
@@ -542,6 +657,55 @@ fn sql_text_outside_the_store_is_reported() {
                 const E: char = '\"'; const F: &str = \"INSERT INTO t VALUES (1)\";\n";
     let lines: Vec<usize> = check_sql("src/x.rs", text).iter().map(|v| v.line).collect();
     assert_eq!(lines, [2, 3, 7, 8]);
+}
+
+#[test]
+fn a_test_file_importing_another_is_reported() {
+    let text = "//! x\n\
+                use crate::support::{TestDb, noop};\n\
+                use crate::queue::noop; // crate::tick::ran in a comment\n\
+                use crate::backend_tests;\n\
+                fn f() { crate::tick::ran(); let s = \"crate::http_api::x\"; }\n";
+    let lines: Vec<usize> = check_test_imports("tests/it/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [3, 5]);
+}
+
+#[test]
+fn a_code_map_that_disagrees_with_the_tree_is_reported() {
+    let arch = "# A\n\n## Code map\n\n```\n\
+                src/main.rs          thin\n\
+                src/store/           the store\n\
+                \x20 mod.rs             connect\n\
+                \x20 gone.rs, lease.rs  one missing, one there\n\
+                \x20                    a continuation line: mod.rs is prose here\n\
+                src/config.rs        config\n\
+                \x20 config/key.rs      nested beside the file\n\
+                src/adapters/        adapters\n\
+                \x20 webhook/           a directory stands for its files\n\
+                tests/it/            tests\n\
+                \x20 hostile*.rs        a pattern\n\
+                ```\n";
+    let files: Vec<String> = [
+        "src/main.rs",
+        "src/store/mod.rs",
+        "src/store/lease.rs",
+        "src/store/notify.rs",
+        "src/config.rs",
+        "src/config/key.rs",
+        "src/adapters/webhook/mod.rs",
+        "src/adapters/mod.rs",
+    ]
+    .map(String::from)
+    .to_vec();
+    let found: Vec<String> = check_code_map(arch, Path::new(ROOT), &files).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "ARCHITECTURE.md:9: the code map names `src/store/gone.rs`, which does not exist",
+            "ARCHITECTURE.md:1: `src/store/notify.rs` is not in the code map",
+            "ARCHITECTURE.md:1: `src/adapters/mod.rs` is not in the code map",
+        ]
+    );
 }
 
 #[test]

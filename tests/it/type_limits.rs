@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use orchestrator::limits::{LimitField, LimitSpec, LimitValue};
-use orchestrator::queue::{self, EnqueueRequest};
+use orchestrator::limits::{LimitField, LimitValue};
 use orchestrator::store::{Claimed, Claimer, Completion, CompletionOutcome, Store};
 use serde_json::json;
 
 use crate::backend_tests;
 use crate::support::TestDb;
+use crate::support::limits::{done, enqueue, limits_config, limits_config_polling, most_at_once, spec};
 
 backend_tests!(
     a_full_type_waits_and_the_others_flow_past_it,
@@ -21,49 +21,12 @@ backend_tests!(
     an_override_narrows_a_type_until_it_expires,
 );
 
-pub fn action(t: &str, key: &str, priority: i32, payload: serde_json::Value) -> EnqueueRequest {
-    EnqueueRequest {
-        action_type: t.into(),
-        payload,
-        idempotency_key: Some(key.into()),
-        priority,
-        not_before: None,
-        max_attempts: None,
-        expires_at: None,
-    }
-}
-
-pub fn spec(yaml: &str) -> LimitSpec {
-    let v: BTreeMap<String, String> = serde_yaml::from_str(yaml).unwrap();
-    let mut s = LimitSpec::default();
-    for (k, v) in v {
-        if k == "partition_by" {
-            s.partition_by = Some(v.parse().unwrap());
-        } else {
-            s.set(k.parse().unwrap(), &v).unwrap();
-        }
-    }
-    s
-}
-
-pub async fn enqueue(store: &Store, t: &str, n: usize, priority: i32, payload: impl Fn(usize) -> serde_json::Value) {
-    for i in 0..n {
-        queue::enqueue(store, &action(t, &format!("{t}-{priority}-{}-{i}", payload(i)), priority, payload(i)), 3)
-            .await
-            .unwrap();
-    }
-}
-
 fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for x in c {
         *m.entry(x.action.action_type.clone()).or_default() += 1;
     }
     m
-}
-
-pub fn done(c: &Claimed, outcome: CompletionOutcome) -> Completion {
-    Completion { action_id: c.action.id, token: c.token, attempt: c.attempt, outcome, logs: Vec::new() }
 }
 
 async fn claimer(db: &TestDb) -> Claimer {
@@ -252,7 +215,7 @@ async fn four_racing_claimers_never_exceed_a_limit(db: &TestDb) {
     let cases: u32 = std::env::var("LIMIT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let mut runner = TestRunner::new(PropConfig { cases, failure_persistence: None, ..PropConfig::default() });
     let scripts = proptest::collection::vec(proptest::collection::vec(step(), 4..24), 4);
-    let term = crate::queue::hold(&db.store, "leader").await;
+    let term = crate::support::hold(&db.store, "leader").await;
     let fence = crate::support::fence(&term);
     let mut stores = vec![db.store.clone()];
     for _ in 1..4 {
@@ -417,15 +380,15 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
     enqueue(&db.store, "POST_SOCIAL", 300, 5, |i| json!({"text": format!("post {i}")})).await;
     enqueue(&db.store, "NOOP", 150, 0, |i| json!({"i": i})).await;
     let mut config = db.config();
-    config.rules_dir = crate::conserving::shipped_rules();
+    config.rules_dir = crate::support::fixtures::shipped_rules();
     let engine = db.engine(config);
     assert!(engine.load_rules().unwrap() >= 7, "the shipped rules load");
 
-    let first = crate::tick::ran(&engine).await;
-    crate::conserving::assert_conserving(&first);
+    let first = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&first);
     assert_eq!(first.attempted, 100, "a full tick budget, not three: {first:?}");
-    let second = crate::tick::ran(&engine).await;
-    crate::conserving::assert_conserving(&second);
+    let second = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&second);
     assert_eq!(second.attempted, 53, "the rest of the NOOP: {second:?}");
     let done = |t: &str| {
         let t = t.to_string();
@@ -460,8 +423,8 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
         posts.iter().filter(|a| a.attempts > 0).collect::<Vec<_>>()
     );
 
-    let held = crate::tick::ran(&engine).await;
-    crate::conserving::assert_conserving(&held);
+    let held = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&held);
     assert_eq!((held.status, held.attempted), (TickStatus::Throttled, 0), "{held:?}");
     assert!(held.notes.contains("held by limits: POST_SOCIAL rate 3/1h (297 waiting)"), "{}", held.notes);
     let snap = held.snapshot.as_ref().unwrap();
@@ -474,54 +437,6 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
 
 // ---- across processes: workers on several "hosts" over PostgreSQL ------------------------------
 
-pub fn limits_config(log: &std::path::Path, max_running: u32) -> String {
-    limits_config_polling(log, max_running, 0.1)
-}
-
-fn limits_config_polling(log: &std::path::Path, max_running: u32, poll: f64) -> String {
-    format!(
-        "tick_interval_seconds: 0.2
-workers:
-  heartbeat_seconds: 0.3
-  ttl_seconds: 1.5
-  poll_seconds: {poll}
-limits:
-  COMMAND: {{max_running: {max_running}}}
-adapters:
-  command:
-    allow:
-      probe:
-        program: /bin/sh
-        args: [\"-c\", \"echo s $$ $(date +%s%N) >> {log}; sleep 0.2; echo e $$ $(date +%s%N) >> {log}\"]
-",
-        log = log.display()
-    )
-}
-
-/// The most attempts the outside world saw at once: each probe writes a line when it starts
-/// and one before it ends, both inside the time its row is `RUNNING`.
-pub fn most_at_once(log: &std::path::Path) -> (i64, usize) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut events: Vec<(u128, i64)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let kind = it.next()?;
-            let _pid = it.next()?;
-            let at: u128 = it.next()?.parse().ok()?;
-            Some((at, if kind == "s" { 1 } else { -1 }))
-        })
-        .collect();
-    // At the same instant an end goes before a start.
-    events.sort();
-    let (mut now, mut most) = (0i64, 0i64);
-    for (_, d) in &events {
-        now += d;
-        most = most.max(now);
-    }
-    (most, events.iter().filter(|(_, d)| *d == 1).count())
-}
-
 /// Three worker processes with 4 slots each, and a leader whose config says `COMMAND:
 /// {max_running: 2}`: the commands themselves never see more than two of them at once, every
 /// action runs, and a SIGHUP with a new config moves the limit for everyone.
@@ -530,7 +445,8 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
     let Some(db) = TestDb::postgres().await else { return };
     let log = db.dir.path().join("probe.log");
     std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 2)).unwrap();
-    let mut procs = crate::workers::Procs(vec![crate::workers::spawn(&db, &["run", "--no-execute", "--no-http"])]);
+    let mut procs =
+        crate::support::daemon::Procs(vec![crate::support::daemon::spawn(&db, &["run", "--no-execute", "--no-http"])]);
     // The leader writes its config's limits at start; work comes only once they are in force.
     let start = std::time::Instant::now();
     while !db.store.limits().await.unwrap().iter().any(|l| l.action_type == "COMMAND") {
@@ -538,7 +454,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..3 {
-        procs.0.push(crate::workers::spawn(&db, &["worker", "--concurrency", "4"]));
+        procs.0.push(crate::support::daemon::spawn(&db, &["worker", "--concurrency", "4"]));
     }
     db.store
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
@@ -570,7 +486,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
 
     // A new config and a SIGHUP: the leader writes it, and every worker's next claim honours it.
     std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 3)).unwrap();
-    crate::workers::signal(&procs.0[0], "-HUP");
+    crate::support::daemon::signal(&procs.0[0], "-HUP");
     let start = std::time::Instant::now();
     loop {
         let l = db.store.limits().await.unwrap();
@@ -640,7 +556,7 @@ backend_tests!(a_dead_workers_slot_comes_back_with_its_rescue_never_before);
 async fn a_dead_workers_slot_comes_back_with_its_rescue_never_before(db: &TestDb) {
     db.store.set_limit("ONE", &spec("max_running: '1'")).await.unwrap();
     enqueue(&db.store, "ONE", 3, 0, |i| json!({"i": i})).await;
-    let term = crate::queue::hold(&db.store, "leader").await;
+    let term = crate::support::hold(&db.store, "leader").await;
     let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
     let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
     assert_eq!(db.store.claim(&a, 3).await.unwrap().len(), 1);
@@ -665,7 +581,8 @@ async fn a_worker_held_by_a_limit_claims_again_when_its_attempt_ends() {
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
         .await
         .unwrap();
-    let procs = crate::workers::Procs(vec![crate::workers::spawn(&db, &["worker", "--concurrency", "4"])]);
+    let procs =
+        crate::support::daemon::Procs(vec![crate::support::daemon::spawn(&db, &["worker", "--concurrency", "4"])]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let n = 6;
     enqueue(&db.store, "COMMAND", n, 0, |_| json!({"command": "probe"})).await;
@@ -691,7 +608,7 @@ async fn a_tick_keeps_a_limited_types_slots_busy(db: &TestDb) {
     db.store.set_limit("NOOP", &spec("max_running: '2'")).await.unwrap();
     enqueue(&db.store, "NOOP", 20, 0, |i| json!({"i": i})).await;
     let engine = db.engine(db.config());
-    let r = crate::tick::ran(&engine).await;
+    let r = crate::support::ran(&engine).await;
     assert_eq!((r.attempted, r.succeeded), (20, 20), "{r:?}");
 }
 
@@ -722,6 +639,6 @@ async fn a_limits_row_no_reader_can_use_stops_nothing_else(db: &TestDb) {
     let error = |t: &str| usage.iter().find(|u| u.action_type == t).and_then(|u| u.limit.error.clone());
     assert!(error("bad'type").is_some_and(|e| e.contains("contains")), "{usage:?}");
     assert!(error("WEIRD").is_some_and(|e| e.contains("partition_by")), "{usage:?}");
-    let r = crate::tick::ran(&db.engine(db.config())).await;
+    let r = crate::support::ran(&db.engine(db.config())).await;
     assert!(r.snapshot.as_ref().unwrap().limits.contains_key("WEIRD"), "{r:?}");
 }

@@ -3,12 +3,12 @@
 //! `kill -9` mid-drain whose claims the leader rescues, and a SIGTERM that lets attempts in
 //! flight finish and deregisters. Small sizes here; the figures are in RELIABILITY.md.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orchestrator::model::ActionStatus;
 use orchestrator::store::ActionFilter;
 
+use crate::support::daemon::{Procs, signal, spawn};
 use crate::support::{TestDb, bin, json, run, stderr};
 
 const CONFIG: &str = "\
@@ -25,35 +25,6 @@ adapters:
         program: /bin/sleep
         args: [\"0.2\"]
 ";
-
-pub struct Procs(pub Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts `orchestrator <args>`; a worker serves no HTTP unless `args` give it `--listen`.
-pub fn spawn(db: &TestDb, args: &[&str]) -> Child {
-    let quiet = args[0] == "worker" && !args.contains(&"--listen");
-    bin(db.dir.path())
-        .args(["--database-url", &db.url, "--config", "o.yaml"])
-        .args(args)
-        .args(if quiet { &["--no-http"][..] } else { &[][..] })
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn orchestrator")
-}
-
-pub fn signal(child: &Child, sig: &str) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
-}
 
 async fn counts(db: &TestDb) -> Vec<(ActionStatus, usize)> {
     let all = db.store.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
@@ -223,7 +194,7 @@ async fn status_counts_workers_and_names_due_types_no_live_worker_serves(db: &Te
         let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--json", "status"]));
         json(&o)
     };
-    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("waiting"), 3).await.unwrap();
+    orchestrator::queue::enqueue(&db.store, &crate::support::noop("waiting"), 3).await.unwrap();
     let s = status();
     assert_eq!(s["workers"], serde_json::json!({"live": 0, "dead": 0}));
     let quiet = |s: &serde_json::Value| !s["reasons"].to_string().contains("no live worker");
@@ -354,10 +325,10 @@ async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
 crate::backend_tests!(the_throttle_is_in_the_database_and_every_claimer_honours_it);
 
 async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestDb) {
-    let term = crate::queue::hold(&db.store, "leader").await;
+    let term = crate::support::hold(&db.store, "leader").await;
     let fence = crate::support::fence(&term);
     for i in 0..6 {
-        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("t{i}")), 3).await.unwrap();
+        orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("t{i}")), 3).await.unwrap();
     }
     let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
     let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
@@ -371,7 +342,7 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
     db.store.set_throttle(&fence, Some(10), later).await.unwrap();
     assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3, "the rest of the queue");
     for i in 0..12 {
-        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("u{i}")), 3).await.unwrap();
+        orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("u{i}")), 3).await.unwrap();
     }
     assert_eq!(db.store.claim(&b, 20).await.unwrap().len(), 7, "10 granted, 3 used, 7 left");
 
@@ -384,7 +355,7 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
     // Only the lease holder sets it, or clears it (as each tick does before its rules decide).
     let stale = orchestrator::store::Fence { epoch: term.epoch + 1, ..fence.clone() };
     assert!(db.store.set_throttle(&stale, Some(1), later).await.is_err());
-    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("v"), 3).await.unwrap();
+    orchestrator::queue::enqueue(&db.store, &crate::support::noop("v"), 3).await.unwrap();
     db.store.set_throttle(&fence, Some(0), later).await.unwrap();
     db.store.clear_throttle(&stale).await.unwrap();
     assert!(db.store.claim(&a, 1).await.unwrap().is_empty(), "a stale fence clears nothing");
@@ -394,7 +365,7 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
 
     // Claimers racing on one throttle never exceed it together.
     for i in 0..200 {
-        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("r{i}")), 3).await.unwrap();
+        orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("r{i}")), 3).await.unwrap();
     }
     db.store.set_throttle(&crate::support::fence(&term), Some(50), later).await.unwrap();
     let other = db.another_store().await;
@@ -425,14 +396,14 @@ async fn an_idle_worker_wakes_on_notify_not_on_its_poll() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let enqueued = Instant::now();
-    orchestrator::queue::enqueue(&db.store, &crate::queue::noop("now"), 3).await.unwrap();
+    orchestrator::queue::enqueue(&db.store, &crate::support::noop("now"), 3).await.unwrap();
     wait_until_done(&db, 1, Duration::from_secs(10)).await;
     let woke_in = enqueued.elapsed();
     assert!(woke_in < Duration::from_secs(5), "an enqueue wakes the worker: {woke_in:?}");
 
     // Work that becomes due by time: the leader's tick notifies.
     procs.0.push(spawn(&db, &["run", "--no-execute", "--no-http"]));
-    let mut later = crate::queue::noop("later");
+    let mut later = crate::support::noop("later");
     later.not_before = Some(orchestrator::model::now() + chrono::Duration::seconds(2));
     orchestrator::queue::enqueue(&db.store, &later, 3).await.unwrap();
     let due_at = Instant::now() + Duration::from_secs(2);
@@ -450,7 +421,10 @@ async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
     let Some(db) = pg().await else { return };
     let num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n, kills) = (num("WORKERS_CHAOS_ACTIONS", 300), num("WORKERS_CHAOS_KILLS", 5));
-    let sink = crate::peer::Peer::answering(crate::peer::Reply::status(200).delay(Duration::from_millis(30))).await;
+    let sink = crate::support::peer::Peer::answering(
+        crate::support::peer::Reply::status(200).delay(Duration::from_millis(30)),
+    )
+    .await;
     let config = format!(
         "lease_ttl_seconds: 1\nheartbeat_seconds: 0.25\nmax_attempts: 10\n{CONFIG}  webhook:\n    targets:\n      sink:\n        url: {}\n",
         sink.url("/hook")
@@ -559,7 +533,7 @@ crate::backend_tests!(an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced
 async fn an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds(db: &TestDb) {
     let mode = |proof: bool| orchestrator::store::FlagChange { proof_mode: Some(proof), ..Default::default() };
     for i in 0..3 {
-        orchestrator::queue::enqueue(&db.store, &crate::queue::noop(&format!("m{i}")), 3).await.unwrap();
+        orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("m{i}")), 3).await.unwrap();
     }
     let plain = crate::support::worker(&db.store, "plain", Duration::from_secs(30)).await;
     let enforced = orchestrator::store::Claimer {
