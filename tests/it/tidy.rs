@@ -491,6 +491,107 @@ fn check_code_map(arch: &str, root: &Path, src_files: &[String]) -> Vec<Violatio
     out
 }
 
+/// A function longer than this many lines (signature to closing brace) is to be split, unless
+/// [`LONG_FUNCTIONS`] names it with a reason.
+const MAX_FUNCTION_LINES: usize = 100;
+
+/// The functions allowed past [`MAX_FUNCTION_LINES`]: (file, name, at most this many lines,
+/// why). The bound is each one's length when it was listed, so none of them grows; shorten one
+/// and lower its bound, split one and take it off.
+const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
+    ("src/tick.rs", "body", 221, "the tick's stages in sequence; to be split into services (issue 24, item 1)"),
+    ("src/cli/mod.rs", "dispatch", 221, "wires run, worker and serve; to move to a runtime module (issue 24, item 1)"),
+    ("src/worker.rs", "run", 174, "the worker loop; to be split into services (issue 24, item 1)"),
+    (
+        "src/store/limits.rs",
+        "pick_limited",
+        167,
+        "the limited pick's passes; to be split into named steps (issue 24, item 2)",
+    ),
+    ("src/decide.rs", "decide", 133, "rules in, decisions recorded; to become the decider service (issue 24, item 1)"),
+    ("src/rules/sandbox.rs", "register_constructors", 128, "one registration per decision constructor, a flat list"),
+    ("src/snapshot.rs", "build_with", 123, "the snapshot's bounded queries in order; a flat list of reads"),
+    ("src/daemon.rs", "run", 122, "the run loop; to be split into services (issue 24, item 1)"),
+    ("src/decide.rs", "apply", 113, "one arm per decision kind, each a call of the state machine"),
+    (
+        "src/store/limits.rs",
+        "record_starts",
+        104,
+        "the limited claim's writes; to be split with the claim (issue 24, item 2)",
+    ),
+    ("src/rules/mod.rs", "decision_from_json", 103, "one arm per decision kind"),
+    ("src/rules/fixtures.rs", "run_case", 103, "one `rules test` case: set up, run, compare"),
+];
+
+/// Each function's name, first line and length in lines, found in the lexed code (so braces in
+/// strings, chars and comments do not count). A declaration without a body is not a function
+/// here.
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let code = lex(text).code;
+    let mut out = Vec::new();
+    for (i, line) in code.iter().enumerate() {
+        let Some(at) = find_token(line, "fn") else { continue };
+        let name: String = line[at + 2..].trim_start().chars().take_while(|c| is_ident(*c)).collect();
+        if name.is_empty() {
+            continue; // `fn(` is a type
+        }
+        let mut depth = 0usize;
+        let mut opened = false;
+        let mut end = None;
+        'lines: for (j, l) in code.iter().enumerate().skip(i) {
+            let from = if j == i { at } else { 0 };
+            for c in l[from..].chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => {
+                        depth = depth.saturating_sub(1);
+                        if opened && depth == 0 {
+                            end = Some(j);
+                            break 'lines;
+                        }
+                    }
+                    ';' if !opened => break 'lines,
+                    _ => {}
+                }
+            }
+        }
+        if let Some(end) = end {
+            out.push((name, i + 1, end - i + 1));
+        }
+    }
+    out
+}
+
+/// No function is over [`MAX_FUNCTION_LINES`] lines but those [`LONG_FUNCTIONS`] lists, and
+/// none of those past its bound.
+fn check_function_lengths(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (name, at, lines) in function_lengths(text) {
+        let listed = LONG_FUNCTIONS.iter().find(|(f, n, _, _)| *f == file && *n == name);
+        match listed {
+            Some((_, _, bound, _)) if lines > *bound => out.push(violation(
+                file,
+                at,
+                format!(
+                    "`{name}` is {lines} lines, past the {bound} tidy.rs allows it: shorten it, do not raise the bound"
+                ),
+            )),
+            None if lines > MAX_FUNCTION_LINES => out.push(violation(
+                file,
+                at,
+                format!(
+                    "`{name}` is {lines} lines (at most {MAX_FUNCTION_LINES}): split it, or list it in tidy.rs with why"
+                ),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Every `.rs` file under `dir`, sorted.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -590,6 +691,21 @@ fn the_code_map_names_every_source_file_and_only_files_that_exist() {
     let found = check_code_map(&arch, root, &files);
     let report: Vec<String> = found.iter().map(Violation::to_string).collect();
     assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
+}
+
+#[test]
+fn no_function_is_over_100_lines_but_the_listed_ones() {
+    enforce(&["src"], |_| true, check_function_lengths);
+    // Every listed function still exists and is still long: a stale entry is removed.
+    let root = Path::new(ROOT);
+    for (file, name, _, _) in LONG_FUNCTIONS {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let len = function_lengths(&text).into_iter().find(|(n, _, _)| n == name).map(|(_, _, l)| l);
+        assert!(
+            len.is_some_and(|l| l > MAX_FUNCTION_LINES),
+            "{file}: `{name}` is listed as long but is {len:?} lines: take it off LONG_FUNCTIONS"
+        );
+    }
 }
 
 #[test]
@@ -705,6 +821,28 @@ fn a_code_map_that_disagrees_with_the_tree_is_reported() {
             "ARCHITECTURE.md:1: `src/store/notify.rs` is not in the code map",
             "ARCHITECTURE.md:1: `src/adapters/mod.rs` is not in the code map",
         ]
+    );
+}
+
+#[test]
+fn a_long_function_is_reported_and_braces_in_strings_do_not_count() {
+    let body = |n: usize| "    let _ = 1;\n".repeat(n);
+    let text = format!(
+        "//! x\nfn short() {{\n    let s = \"}}}}\"; let c = '}}'; // }}\n}}\n\
+         pub async fn long(x: u8) -> u8 {{\n{}    x\n}}\n\
+         fn declared();\n",
+        body(99)
+    );
+    let lengths = function_lengths(&text);
+    assert_eq!(lengths, [("short".to_string(), 2, 3), ("long".to_string(), 5, 102)]);
+    let found: Vec<String> = check_function_lengths("src/x.rs", &text).iter().map(Violation::to_string).collect();
+    assert_eq!(found, ["src/x.rs:5: `long` is 102 lines (at most 100): split it, or list it in tidy.rs with why"]);
+    // A listed function past its bound.
+    let listed = format!("//! x\nfn body() {{\n{}}}\n", body(230));
+    let found: Vec<String> = check_function_lengths("src/tick.rs", &listed).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        ["src/tick.rs:2: `body` is 232 lines, past the 221 tidy.rs allows it: shorten it, do not raise the bound"]
     );
 }
 
