@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::entities::{self, actions};
-use super::{CLAIMABLE_SQL, Context, NOT_EXPIRED_SQL, OPEN_SQL, Store, StoreError};
+use super::{Context, OPEN_SQL, Store, StoreError, due_sql};
 use crate::model::{Action, ActionStatus, NewLog};
 
 /// Filters for listing actions.
@@ -106,13 +106,10 @@ impl Store {
         }
     }
 
-    /// How many actions are due now (`PENDING` or `RETRY` with `not_before` passed).
     /// Up to `limit` action types that have due work now.
     pub async fn due_types(&self, limit: u64) -> Result<Vec<String>, StoreError> {
-        let sql = format!(
-            "SELECT DISTINCT action_type FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL} \
-             ORDER BY action_type LIMIT $2"
-        );
+        let sql =
+            format!("SELECT DISTINCT action_type FROM actions WHERE {} ORDER BY action_type LIMIT $2", due_sql("$1"));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .db
@@ -122,10 +119,9 @@ impl Store {
         rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
     }
 
+    /// How many actions are due now (`PENDING` or `RETRY`, `not_before` passed, not expired).
     pub async fn due_count(&self) -> Result<i64, StoreError> {
-        let sql = format!(
-            "SELECT COUNT(*) AS n FROM actions WHERE {CLAIMABLE_SQL} AND not_before <= $1 AND {NOT_EXPIRED_SQL}"
-        );
+        let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {}", due_sql("$1"));
         let row = self.db.query_one_raw(self.stmt(&sql, [self.now().into()])).await.doing("counting due actions")?;
         match row {
             Some(r) => r.try_get("", "n").doing("counting due actions"),

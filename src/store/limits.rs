@@ -731,10 +731,8 @@ impl Store {
     /// Due actions per limited type.
     async fn waiting_of(&self, limits: &[&TypeLimit], now: DateTime<Utc>) -> Result<HashMap<String, u64>, StoreError> {
         let sql = format!(
-            "SELECT action_type, COUNT(*) AS n FROM actions WHERE {} AND not_before <= $1 AND {} \
-             AND action_type IN ({}) GROUP BY action_type",
-            super::CLAIMABLE_SQL,
-            super::NOT_EXPIRED_SQL,
+            "SELECT action_type, COUNT(*) AS n FROM actions WHERE {} AND action_type IN ({}) GROUP BY action_type",
+            super::due_sql("$1"),
             in_list(limits)?
         );
         let rows = self.db.query_all_raw(self.stmt(&sql, [now.into()])).await.doing("counting limited work")?;
@@ -836,6 +834,7 @@ impl Store {
         let mut chosen: Vec<(i64, String, String)> = Vec::new();
         let mut held_back: HashMap<String, LimitField> = HashMap::new();
         let mut due_types: Option<Vec<String>> = None;
+        let order = super::CLAIM_ORDER_SQL;
         for _pass in 0..PICK_PASSES {
             let want = want_total - chosen.len();
             // A partitioned type with a full partition is picked through its partition keys
@@ -852,10 +851,7 @@ impl Store {
             values.push(i(want as u64).into());
             let limit_at = format!("${}", values.len());
             let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-            let due = format!(
-                "{} AND not_before <= {now_at} AND (expires_at IS NULL OR expires_at > {now_at}){types}{exclude}",
-                super::CLAIMABLE_SQL
-            );
+            let due = format!("{}{types}{exclude}", super::due_sql(&now_at));
             // With something left out, one walk in claim order would step over every row of
             // it (a held backlog of a higher priority: all of it, at every claim). Instead each
             // due type gives its first rows through its own index, and the claim order is
@@ -883,7 +879,7 @@ impl Store {
                         values.push(t.as_str().into());
                         parts.push(format!(
                             "SELECT id FROM (SELECT id FROM actions{index_hint} WHERE action_type = ${} AND {due} \
-                             ORDER BY priority DESC, not_before, id LIMIT {limit_at}) t{}",
+                             ORDER BY {order} LIMIT {limit_at}) t{}",
                             values.len(),
                             parts.len()
                         ));
@@ -900,7 +896,7 @@ impl Store {
             if let Some(pick) = pick {
                 let sql = format!(
                     "SELECT id, action_type, {part_sql} AS part, CAST(priority AS BIGINT) AS prio, not_before \
-                     FROM actions WHERE {pick} ORDER BY priority DESC, not_before, id LIMIT {limit_at}{lock}"
+                     FROM actions WHERE {pick} ORDER BY {order} LIMIT {limit_at}{lock}"
                 );
                 let found = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
                 for r in &found {
@@ -1096,11 +1092,9 @@ impl Store {
                 )
             }
         };
-        let due = format!(
-            "action_type = $1 AND {claimable} AND not_before <= $2 AND (expires_at IS NULL OR expires_at > $2){}",
-            chosen_sql(chosen)
-        );
-        let order = "ORDER BY priority DESC, not_before, id";
+        let due = format!("action_type = $1 AND {}{}", super::due_sql("$2"), chosen_sql(chosen));
+        let order = format!("ORDER BY {}", super::CLAIM_ORDER_SQL);
+        let f_order = super::claim_order_of("f");
         let sql = match self.backend {
             // No row lock: claimers of the type take turns at its gate, and the claim of the
             // rows chosen lands only on rows still waiting.
@@ -1108,7 +1102,7 @@ impl Store {
                 "WITH RECURSIVE {keys}, \
                  k(x) AS (SELECT v.x FROM v CROSS JOIN LATERAL \
                    (SELECT priority, not_before, id FROM actions WHERE part_key = v.x AND {due} {order} LIMIT 1) f \
-                   ORDER BY f.priority DESC, f.not_before, f.id LIMIT {keys_wanted}) \
+                   ORDER BY {f_order} LIMIT {keys_wanted}) \
                  SELECT b.id, b.action_type, b.part_key AS part, b.prio, b.not_before FROM k CROSS JOIN LATERAL \
                    (SELECT id, action_type, part_key, CAST(priority AS BIGINT) AS prio, not_before FROM actions \
                     WHERE part_key = k.x AND {due} {order} LIMIT {per_key}) b"
@@ -1117,7 +1111,7 @@ impl Store {
                 "WITH RECURSIVE {keys}, \
                  k(x) AS (SELECT v.x FROM v JOIN actions f ON f.id = \
                    (SELECT id FROM actions{by_key} WHERE part_key = v.x AND {due} {order} LIMIT 1) \
-                   ORDER BY f.priority DESC, f.not_before, f.id LIMIT {keys_wanted}) \
+                   ORDER BY {f_order} LIMIT {keys_wanted}) \
                  SELECT a.id, a.action_type, a.part_key AS part, CAST(a.priority AS BIGINT) AS prio, a.not_before \
                  FROM k JOIN actions a ON a.id IN \
                    (SELECT id FROM actions{by_key} WHERE part_key = k.x AND {due} {order} LIMIT {per_key})"
@@ -1211,9 +1205,8 @@ impl Store {
             }
         };
         let sql = format!(
-            "SELECT 1 AS one FROM actions WHERE {} AND not_before <= $1 AND (expires_at IS NULL OR expires_at > $1) \
-             AND action_type = {}{cond} LIMIT 1",
-            super::CLAIMABLE_SQL,
+            "SELECT 1 AS one FROM actions WHERE {} AND action_type = {}{cond} LIMIT 1",
+            super::due_sql("$1"),
             lit(&l.action_type)?
         );
         let found = txn.query_one_raw(self.stmt(&sql, values)).await.doing("probing held-back work")?.is_some();
@@ -1511,7 +1504,7 @@ impl FullParts {
 }
 
 /// A place in the claim order: priority (highest first), then `not_before`, then id.
-type Rank = (std::cmp::Reverse<i64>, DateTime<Utc>, i64);
+type Rank = super::ClaimRank;
 
 /// A due row a limited claim may pick: its type, raw partition value and claim order.
 struct Candidate {
@@ -1534,9 +1527,9 @@ impl Candidate {
         })
     }
 
-    /// The claim order: priority (highest first), then `not_before`, then id.
+    /// Its place in the claim order.
     fn rank(&self) -> Rank {
-        (std::cmp::Reverse(self.priority), self.not_before, self.id)
+        super::claim_rank(self.priority, self.not_before, self.id)
     }
 }
 

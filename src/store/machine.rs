@@ -304,11 +304,10 @@ WHERE id IN ({pick}) AND {from}
   AND NOT EXISTS (SELECT 1 FROM control_flags WHERE paused OR killed)
 RETURNING *";
 
-/// The due rows an unlimited claim takes, `{n}` of them, with `{types}` the type filter (or
-/// nothing). The claim and the dry run both pick with it.
-const PICK_DUE: &str = "SELECT id FROM actions \
-     WHERE {from} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now}){types} \
-     ORDER BY priority DESC, not_before, id LIMIT {n}{lock}";
+/// The due rows an unlimited claim takes, `{n}` of them, with `{due}` the due condition,
+/// `{types}` the type filter (or nothing) and `{order}` the claim order. The claim and the dry
+/// run both pick with it.
+const PICK_DUE: &str = "SELECT id FROM actions WHERE {due}{types} ORDER BY {order} LIMIT {n}{lock}";
 
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
@@ -603,13 +602,7 @@ impl Store {
         } else {
             self.claim_limited(claimer, n, token, &limits, claimer.limit_partitions).await?
         };
-        claimed.sort_by(|a, b| {
-            b.action
-                .priority
-                .cmp(&a.action.priority)
-                .then(a.action.not_before.cmp(&b.action.not_before))
-                .then(a.action.id.cmp(&b.action.id))
-        });
+        claimed.sort_by_key(|c| super::claim_rank(c.action.priority.into(), c.action.not_before, c.action.id));
         Ok(claimed)
     }
 
@@ -632,7 +625,9 @@ impl Store {
         };
         let types = types_filter(claimer, &mut bind);
         let pick = match pick {
-            Pick::Due(_) => PICK_DUE.to_string(),
+            Pick::Due(_) => {
+                PICK_DUE.replace("{due}", &super::due_sql("{now}")).replace("{order}", super::CLAIM_ORDER_SQL)
+            }
             Pick::Ids(json) => ids_in_json(self.backend, &bind(json.to_string().into())),
         };
         let sql = match self.backend {
@@ -713,9 +708,9 @@ impl Store {
                 Backend::Sqlite => bind(self.now().into()),
             };
             let sql = PICK_DUE
-                .replace("{from}", &Op::Claim.status_in())
+                .replace("{due}", &super::due_sql(&now))
+                .replace("{order}", super::CLAIM_ORDER_SQL)
                 .replace("{types}", &types)
-                .replace("{now}", &now)
                 .replace("{n}", "$1")
                 .replace("{lock}", "");
             let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking due actions")?;
@@ -728,8 +723,9 @@ impl Store {
         };
         let ids = serde_json::Value::from(ids).to_string();
         let sql = format!(
-            "SELECT * FROM actions WHERE id IN ({}) ORDER BY priority DESC, not_before, id",
-            ids_in_json(self.backend, "$1")
+            "SELECT * FROM actions WHERE id IN ({}) ORDER BY {}",
+            ids_in_json(self.backend, "$1"),
+            super::CLAIM_ORDER_SQL
         );
         let rows = actions::Entity::find()
             .from_raw_sql(self.stmt(&sql, [ids.into()]))

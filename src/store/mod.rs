@@ -58,9 +58,30 @@ pub use actions::ActionFilter;
 pub(crate) const OPEN_SQL: &str = "status IN ('PENDING', 'RUNNING', 'RETRY', 'DLQ')";
 /// The statuses a claim takes from (`Op::Claim`), as SQL: the due index's predicate.
 pub(crate) const CLAIMABLE_SQL: &str = "status IN ('PENDING', 'RETRY')";
-/// A row whose deadline has not passed, `$1` being now: what the claim, the due count and the
-/// dry run's peek take.
-pub(crate) const NOT_EXPIRED_SQL: &str = "(expires_at IS NULL OR expires_at > $1)";
+
+/// Due at `now` (an SQL expression: a bound parameter, or `now()`): claimable, its
+/// `not_before` passed, its deadline (if it has one) not. The one due condition: the claim,
+/// the limited pick, the dry run and the due counts all take it.
+pub(crate) fn due_sql(now: &str) -> String {
+    format!("{CLAIMABLE_SQL} AND not_before <= {now} AND (expires_at IS NULL OR expires_at > {now})")
+}
+
+/// The claim order: the highest priority first, then the earliest `not_before`, then the
+/// oldest id. Every claim and pick sorts by it; [`claim_rank`] is the same order in Rust.
+pub(crate) const CLAIM_ORDER_SQL: &str = "priority DESC, not_before, id";
+
+/// [`CLAIM_ORDER_SQL`] on the columns of `table` (an alias in a join).
+pub(crate) fn claim_order_of(table: &str) -> String {
+    CLAIM_ORDER_SQL.split(", ").map(|c| format!("{table}.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// A row's place in [`CLAIM_ORDER_SQL`]: smaller comes first.
+pub(crate) type ClaimRank = (std::cmp::Reverse<i64>, chrono::DateTime<chrono::Utc>, i64);
+
+/// The rank of a row with these values in the claim order.
+pub(crate) fn claim_rank(priority: i64, not_before: chrono::DateTime<chrono::Utc>, id: i64) -> ClaimRank {
+    (std::cmp::Reverse(priority), not_before, id)
+}
 
 /// Which database engine a store talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -570,6 +591,21 @@ mod tests {
         assert!(core.contains(&format!("WHERE {OPEN_SQL}")), "core migration's open index");
         assert!(core.contains(&format!("WHERE {CLAIMABLE_SQL}")), "core migration's due index");
         assert!(decide.contains(&format!("WHERE {OPEN_SQL}")), "decide migration's open index");
+    }
+
+    #[test]
+    fn the_claim_order_in_sql_and_in_rust_agree() {
+        assert_eq!(claim_order_of("f"), "f.priority DESC, f.not_before, f.id");
+        let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let (early, late) = (t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"));
+        // priority DESC, then not_before, then id.
+        let mut rows = [(1, late, 5), (2, late, 9), (2, early, 9), (2, late, 3), (1, early, 1)];
+        rows.sort_by_key(|(p, nb, id)| claim_rank(*p, *nb, *id));
+        assert_eq!(rows, [(2, early, 9), (2, late, 3), (2, late, 9), (1, early, 1), (1, late, 5)]);
+        assert_eq!(
+            due_sql("$1"),
+            "status IN ('PENDING', 'RETRY') AND not_before <= $1 AND (expires_at IS NULL OR expires_at > $1)"
+        );
     }
 
     #[test]

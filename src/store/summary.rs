@@ -77,11 +77,13 @@ impl Store {
         let rows = self
             .db
             .query_all_raw(self.stmt(
-                "SELECT a.action_type, a.id, a.not_before FROM actions a \
-                 JOIN (SELECT action_type, MIN(not_before) AS nb FROM actions \
-                       WHERE status IN ('PENDING', 'RETRY') AND not_before <= $1 GROUP BY action_type) m \
-                   ON a.action_type = m.action_type AND a.not_before = m.nb \
-                 WHERE a.status IN ('PENDING', 'RETRY') ORDER BY a.action_type, a.id",
+                &format!(
+                    "SELECT a.action_type, a.id, a.not_before FROM actions a \
+                     JOIN (SELECT action_type, MIN(not_before) AS nb FROM actions WHERE {due} GROUP BY action_type) m \
+                       ON a.action_type = m.action_type AND a.not_before = m.nb \
+                     WHERE {due} ORDER BY a.action_type, a.id",
+                    due = super::due_sql("$1")
+                ),
                 values,
             ))
             .await

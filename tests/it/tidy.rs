@@ -592,6 +592,27 @@ fn check_function_lengths(file: &str, text: &str) -> Vec<Violation> {
     out
 }
 
+/// Pieces of the due condition and of the claim order, as they would appear written out.
+const WRITTEN_ONCE: &[(&str, &str)] = &[
+    ("not_before <=", "the due condition (store::due_sql)"),
+    ("expires_at IS NULL OR", "the due condition (store::due_sql)"),
+    ("priority DESC", "the claim order (store::CLAIM_ORDER_SQL, claim_order_of, claim_rank)"),
+];
+
+/// The due condition and the claim order are written once, in `src/store/mod.rs`: no string
+/// literal elsewhere spells them out.
+fn check_written_once(file: &str, text: &str) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (line, s) in lex(text).strings {
+        for (piece, what) in WRITTEN_ONCE {
+            if s.contains(piece) {
+                out.push(violation(file, line, format!("`{piece}` writes out {what} again: use it from there")));
+            }
+        }
+    }
+    out
+}
+
 /// Every `.rs` file under `dir`, sorted.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -706,6 +727,11 @@ fn no_function_is_over_100_lines_but_the_listed_ones() {
             "{file}: `{name}` is listed as long but is {len:?} lines: take it off LONG_FUNCTIONS"
         );
     }
+}
+
+#[test]
+fn the_due_condition_and_the_claim_order_are_written_once() {
+    enforce(&["src"], |f| f != "src/store/mod.rs", check_written_once);
 }
 
 #[test]
@@ -844,6 +870,17 @@ fn a_long_function_is_reported_and_braces_in_strings_do_not_count() {
         found,
         ["src/tick.rs:2: `body` is 232 lines, past the 221 tidy.rs allows it: shorten it, do not raise the bound"]
     );
+}
+
+#[test]
+fn a_due_condition_or_claim_order_written_out_again_is_reported() {
+    let text = "//! not_before <= now in a doc is prose\n\
+                const A: &str = \"SELECT id FROM actions WHERE status = 'PENDING' AND not_before <= $1\";\n\
+                // ORDER BY priority DESC in a comment\n\
+                const B: &str = \"ORDER BY f.priority DESC, f.not_before\";\n\
+                const C: &str = \"ORDER BY created_at DESC\";\n";
+    let lines: Vec<usize> = check_written_once("src/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [2, 4]);
 }
 
 #[test]
