@@ -1,16 +1,20 @@
-//! Health, in two dimensions that must not be confused, each under its own name:
+//! Health, in two dimensions that must not be confused, each under its own name; every
+//! judgement of either is made here and nowhere else:
 //!
-//! - the **workload score** ([`WorkloadHealth`]): the seed's 0-100 score of queue pressure and
-//!   failures, `healthy` / `degraded` / `critical`. The rules read it as `snap.health`, and
-//!   `/metrics` exports it as `orchestrator_health_score`. It describes the work, not the
-//!   service: a low score never makes `/health` answer 503.
-//! - the service's **liveness** ([`Liveness`]): is the last tick fresh, does an instance hold
-//!   a live lease, is the database reachable, is the kill flag set. `healthy` / `degraded` /
-//!   `unhealthy`; `/health`, `orchestrator status` (and its exit code 4) and systemd read it.
+//! - the **workload score** ([`WorkloadHealth`], [`workload`]): the seed's 0-100 score of queue
+//!   pressure and failures, `healthy` / `degraded` / `critical`. The rules read it as
+//!   `snap.health`, and `/metrics` exports it as `orchestrator_health_score`. It describes the
+//!   work, not the service: a low score, the DLQ or failed attempts never make `/health` or
+//!   `status` liveness anything but what the process is.
+//! - the service's **liveness** ([`Liveness`], a [`Judgement`] with its reasons): can this
+//!   process do its job. [`instance`] judges an instance (`run`, `serve`, `status`): the flags,
+//!   the last tick's freshness and outcome, the lease, live workers for the types with due
+//!   work, the process's own tick fault; [`database_unreachable`] when it cannot read them;
+//!   [`registration`] judges a worker; [`readiness`] is `/health/ready`'s. `/health`,
+//!   `orchestrator status` (and its exit code 4) and systemd read them.
 //!
-//! Both are pure functions of what the store read (and, for liveness, of the process's own last
-//! tick fault, [`TickFault`]); nothing here touches the database.
-
+//! Every function here takes plain facts that its caller gathered (`status::read`, the HTTP
+//! handlers, the worker's registration); nothing here touches the database or knows HTTP.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -114,6 +118,47 @@ impl std::fmt::Display for Liveness {
     }
 }
 
+/// A liveness verdict with every reason for it, the worst first: what `/health` (an
+/// instance's and a worker's), `status` and `/status` show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    pub status: Liveness,
+    pub reasons: Vec<String>,
+}
+
+/// The reasons found, by weight, in the order found; [`Findings::judge`] gives the verdict.
+#[derive(Default)]
+struct Findings {
+    unhealthy: Vec<String>,
+    degraded: Vec<String>,
+}
+
+impl Findings {
+    fn unhealthy(&mut self, reason: impl Into<String>) {
+        self.unhealthy.push(reason.into());
+    }
+
+    fn degraded(&mut self, reason: impl Into<String>) {
+        self.degraded.push(reason.into());
+    }
+
+    fn judge(self) -> Judgement {
+        let status = if !self.unhealthy.is_empty() {
+            Liveness::Unhealthy
+        } else if !self.degraded.is_empty() {
+            Liveness::Degraded
+        } else {
+            Liveness::Healthy
+        };
+        let mut reasons = self.unhealthy;
+        reasons.extend(self.degraded);
+        Judgement { status, reasons }
+    }
+}
+
+/// The reason an instance whose database does not answer gives.
+const DATABASE_UNREACHABLE: &str = "database unreachable";
+
 /// The default age of the last tick after which liveness is degraded, and unhealthy.
 pub const STALE_DEGRADED: Duration = Duration::from_secs(60);
 pub const STALE_UNHEALTHY: Duration = Duration::from_secs(300);
@@ -134,7 +179,7 @@ impl Default for StaleThresholds {
     }
 }
 
-/// What liveness is judged by.
+/// How an instance's liveness is judged.
 #[derive(Clone, Debug)]
 pub struct LivenessPolicy {
     /// A last tick older than this makes liveness degraded.
@@ -144,8 +189,9 @@ pub struct LivenessPolicy {
     /// No live lease while not paused is unhealthy (the daemon's `/health`) rather than
     /// degraded (`orchestrator status`, often run while no daemon is up).
     pub lease_required: bool,
-    /// A failed tick's reason quotes its ledger notes (`orchestrator status`, `/status`); the
-    /// public `/health` says only that it failed, since notes can quote errors and rule output.
+    /// A failed tick's reason quotes its ledger notes, and a tick fault its error (`orchestrator
+    /// status`, `/status`); the public `/health` says only that it failed, since notes can quote
+    /// errors and rule output.
     pub quote_notes: bool,
 }
 
@@ -168,73 +214,17 @@ pub struct LeaseSeen {
     pub live: bool,
 }
 
-/// Judges liveness. Returns the verdict and every reason, the worst first.
-pub fn liveness(
-    flags: &Flags,
-    lease: Option<LeaseSeen>,
-    dlq: i64,
-    last_tick: Option<&TickRow>,
-    policy: &LivenessPolicy,
-    now: DateTime<Utc>,
-) -> (Liveness, Vec<String>) {
-    let mut unhealthy = Vec::new();
-    let mut degraded = Vec::new();
-    if flags.killed {
-        unhealthy.push("killed flag is set".to_string());
-    }
-    match last_tick {
-        None => unhealthy.push("no tick recorded yet".to_string()),
-        Some(t) => {
-            let age = seconds_between(t.finished_at.unwrap_or(t.started_at), now);
-            if age > policy.stale_unhealthy.as_secs_f64() {
-                unhealthy.push(format!(
-                    "last tick #{} was {age:.0}s ago (unhealthy after {:.0}s)",
-                    t.id,
-                    policy.stale_unhealthy.as_secs_f64()
-                ));
-            } else if age > policy.stale_degraded.as_secs_f64() {
-                degraded.push(format!(
-                    "last tick #{} was {age:.0}s ago (degraded after {:.0}s)",
-                    t.id,
-                    policy.stale_degraded.as_secs_f64()
-                ));
-            }
-            // A row still open is a tick in flight (it reads FAIL until closed); a tick that
-            // died open is caught by the staleness rule above.
-            match t.status {
-                TickStatus::Fail if t.finished_at.is_some() => unhealthy.push(if policy.quote_notes {
-                    format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or(""))
-                } else {
-                    format!("last tick #{} failed (its notes are in /status and the ledger)", t.id)
-                }),
-                TickStatus::Partial => degraded.push(format!("last tick #{} had failures", t.id)),
-                _ => {}
-            }
-        }
-    }
-    if flags.paused {
-        degraded.push("paused flag is set".to_string());
-    }
-    if !lease.is_some_and(|l| l.live) && !flags.paused && !flags.killed {
-        let reason = "no instance holds a live lease".to_string();
-        if policy.lease_required { unhealthy.push(reason) } else { degraded.push(reason) }
-    }
-    if dlq > 0 {
-        degraded.push(format!("{dlq} action(s) in DLQ"));
-    }
-    let verdict = if !unhealthy.is_empty() {
-        Liveness::Unhealthy
-    } else if !degraded.is_empty() {
-        Liveness::Degraded
-    } else {
-        Liveness::Healthy
-    };
-    unhealthy.extend(degraded);
-    (verdict, unhealthy)
+/// A registered executor as liveness needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSeen {
+    /// Its heartbeat is within `workers.ttl_seconds`.
+    pub live: bool,
+    /// The types it serves; empty: every type.
+    pub types: Vec<String>,
 }
 
 /// A tick of this process that failed on storage. It could not write (a full disk, say), so
-/// the ledger, which [`liveness`] reads, may not show it: the process that ran it keeps it.
+/// the ledger, which [`instance`] reads, may not show it: the process that ran it keeps it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TickFault {
     pub at: DateTime<Utc>,
@@ -244,28 +234,151 @@ pub struct TickFault {
     pub error: String,
 }
 
-/// Liveness with this process's own last tick fault, if its last tick failed: degraded at
-/// least, at once, with that reason (a ledger that cannot be written would keep saying
-/// healthy until the last recorded tick grows stale).
-pub fn with_tick_fault(
-    (verdict, mut reasons): (Liveness, Vec<String>),
-    fault: Option<&TickFault>,
-    quote: bool,
-) -> (Liveness, Vec<String>) {
-    let Some(f) = fault else { return (verdict, reasons) };
-    let mut reason = format!("this instance's last tick failed on storage ({}) at {}", f.kind, f.at.to_rfc3339());
-    if quote {
-        reason = format!("{reason}: {}", f.error);
+/// What an instance's liveness is judged from: facts about the process and the service it is
+/// part of, gathered by the caller (`status::read`). No workload fact (the DLQ, failed
+/// attempts, a backlog) is among them: those are the workload score's.
+#[derive(Clone, Debug)]
+pub struct InstanceFacts<'a> {
+    pub flags: &'a Flags,
+    /// The lease row, if there is one.
+    pub lease: Option<LeaseSeen>,
+    /// The last tick in the ledger (a row still open is a tick in flight).
+    pub last_tick: Option<&'a TickRow>,
+    /// Every registered executor, live and dead.
+    pub workers: &'a [WorkerSeen],
+    /// The types with due work; read only when [`due_types_matter`] says so, else empty.
+    pub due_types: &'a [String],
+    /// This process's own last tick, if it failed on storage (only a process that ticks has
+    /// one).
+    pub tick_fault: Option<&'a TickFault>,
+    pub now: DateTime<Utc>,
+}
+
+/// Whether the types with due work take part in the judgement: only once some executor has
+/// registered (a `run-once` from cron deregisters when it ends, and is not a missing worker),
+/// and only while no live one serves every type. The caller reads them only then.
+pub fn due_types_matter(workers: &[WorkerSeen]) -> bool {
+    !workers.is_empty() && !workers.iter().any(|w| w.live && w.types.is_empty())
+}
+
+/// Judges an instance's liveness: the kill and pause flags, the freshness and outcome of the
+/// last tick (and this process's own tick fault), the lease, and live workers for the types
+/// with due work.
+pub fn instance(facts: &InstanceFacts<'_>, policy: &LivenessPolicy) -> Judgement {
+    let mut found = Findings::default();
+    let flags = facts.flags;
+    if flags.killed {
+        found.unhealthy("killed flag is set");
     }
-    match verdict {
-        Liveness::Unhealthy => {
-            reasons.push(reason);
-            (verdict, reasons)
-        }
-        _ => {
-            reasons.insert(0, reason);
-            (Liveness::Degraded, reasons)
-        }
+    if let Some(fault) = facts.tick_fault {
+        found.degraded(tick_fault(fault, policy.quote_notes));
+    }
+    last_tick(&mut found, facts.last_tick, policy, facts.now);
+    if flags.paused {
+        found.degraded("paused flag is set");
+    }
+    if !facts.lease.is_some_and(|l| l.live) && !flags.paused && !flags.killed {
+        let reason = "no instance holds a live lease";
+        if policy.lease_required { found.unhealthy(reason) } else { found.degraded(reason) }
+    }
+    let unserved = unserved_types(facts.workers, facts.due_types);
+    if !unserved.is_empty() {
+        found.degraded(format!("due {} work waits and no live worker serves it", unserved.join(", ")));
+    }
+    found.judge()
+}
+
+/// An instance that cannot read its database cannot judge anything else, nor work.
+pub fn database_unreachable() -> Judgement {
+    Judgement { status: Liveness::Unhealthy, reasons: vec![DATABASE_UNREACHABLE.to_string()] }
+}
+
+/// The last tick: none, stale, or finished `FAIL`. A row still open is a tick in flight (it
+/// reads `FAIL` until closed); a tick that died open is caught by its age. A `PARTIAL` tick
+/// ran, and some attempts failed: that is the workload's, not liveness's.
+fn last_tick(found: &mut Findings, last: Option<&TickRow>, policy: &LivenessPolicy, now: DateTime<Utc>) {
+    let Some(t) = last else {
+        found.unhealthy("no tick recorded yet");
+        return;
+    };
+    let age = seconds_between(t.finished_at.unwrap_or(t.started_at), now);
+    if age > policy.stale_unhealthy.as_secs_f64() {
+        found.unhealthy(format!(
+            "last tick #{} was {age:.0}s ago (unhealthy after {:.0}s)",
+            t.id,
+            policy.stale_unhealthy.as_secs_f64()
+        ));
+    } else if age > policy.stale_degraded.as_secs_f64() {
+        found.degraded(format!(
+            "last tick #{} was {age:.0}s ago (degraded after {:.0}s)",
+            t.id,
+            policy.stale_degraded.as_secs_f64()
+        ));
+    }
+    if t.status == TickStatus::Fail && t.finished_at.is_some() {
+        found.unhealthy(if policy.quote_notes {
+            format!("last tick #{} failed: {}", t.id, t.notes.as_deref().unwrap_or(""))
+        } else {
+            format!("last tick #{} failed (its notes are in /status and the ledger)", t.id)
+        });
+    }
+}
+
+/// This process's own last tick fault: degraded at once, since a ledger that cannot be written
+/// would keep saying healthy until the last recorded tick grows stale.
+fn tick_fault(f: &TickFault, quote: bool) -> String {
+    let reason = format!("this instance's last tick failed on storage ({}) at {}", f.kind, f.at.to_rfc3339());
+    if quote { format!("{reason}: {}", f.error) } else { reason }
+}
+
+/// The due types that no live worker serves (empty unless [`due_types_matter`]).
+fn unserved_types(workers: &[WorkerSeen], due: &[String]) -> Vec<String> {
+    if !due_types_matter(workers) {
+        return Vec::new();
+    }
+    let live: Vec<&WorkerSeen> = workers.iter().filter(|w| w.live).collect();
+    due.iter().filter(|t| !live.iter().any(|w| w.types.contains(t))).cloned().collect()
+}
+
+/// A worker's registration, as the worker itself last confirmed it.
+#[derive(Clone, Debug)]
+pub struct RegistrationSeen {
+    /// The id registered now, if any.
+    pub id: Option<String>,
+    /// How long ago the registration was last written or renewed (`None`: not confirmed).
+    pub since_renewed: Option<Duration>,
+    /// `workers.ttl_seconds`: past it, everyone else sees the registration as dead.
+    pub ttl: Duration,
+}
+
+/// Judges a worker's liveness: healthy while it is registered and its registration was
+/// written or renewed within the TTL. A heartbeat that keeps failing (the database gone or not
+/// answering, its write lock held) makes it unhealthy one TTL after the last renewal, when the
+/// row has lapsed for everyone else too.
+pub fn registration(seen: &RegistrationSeen) -> Judgement {
+    let mut found = Findings::default();
+    match (&seen.id, seen.since_renewed) {
+        (None, _) => found.unhealthy("not registered: heartbeat lapsed or database unreachable"),
+        (Some(_), Some(age)) if age < seen.ttl => {}
+        (Some(_), Some(age)) => found.unhealthy(format!(
+            "registration not renewed for {:.1}s (workers.ttl_seconds: {}): cannot renew the heartbeat or reach \
+             the database",
+            age.as_secs_f64(),
+            seen.ttl.as_secs_f64()
+        )),
+        (Some(_), None) => found.unhealthy("registration not confirmed yet"),
+    }
+    found.judge()
+}
+
+/// Judges readiness (`/health/ready`): the database answers and every migration is applied.
+/// `pending_migrations` is `None` when they could not be read. `Err` says why not.
+pub fn readiness(database_reachable: bool, pending_migrations: Option<usize>) -> Result<(), String> {
+    match (database_reachable, pending_migrations) {
+        (false, _) => Err(DATABASE_UNREACHABLE.to_string()),
+        (true, None) => Err("cannot read the applied migrations".to_string()),
+        (true, Some(0)) => Ok(()),
+        (true, Some(n)) => Err(format!("{n} migration(s) not applied (run `orchestrator migrate`)")),
     }
 }
 
@@ -293,50 +406,139 @@ mod tests {
     const LIVE: Option<LeaseSeen> = Some(LeaseSeen { live: true });
     const OK_FLAGS: Flags = Flags { paused: false, killed: false, proof_mode: true };
 
+    /// An instance's facts: these flags, lease and last tick, no worker registered, no fault.
+    fn facts<'a>(flags: &'a Flags, lease: Option<LeaseSeen>, last_tick: Option<&'a TickRow>) -> InstanceFacts<'a> {
+        InstanceFacts { flags, lease, last_tick, workers: &[], due_types: &[], tick_fault: None, now: model::now() }
+    }
+
+    fn policy(lease_required: bool) -> LivenessPolicy {
+        LivenessPolicy::new(StaleThresholds::default(), Duration::from_secs(30), lease_required)
+    }
+
+    fn judged(status: Liveness, reasons: &[&str]) -> Judgement {
+        Judgement { status, reasons: reasons.iter().map(|r| r.to_string()).collect() }
+    }
+
     #[test]
-    fn liveness_rules() {
-        let p = LivenessPolicy::new(StaleThresholds::default(), Duration::from_secs(30), false);
-        let now = model::now();
+    fn the_last_tick_is_judged_by_age_and_outcome() {
+        let p = policy(false);
         let fresh = tick(TickStatus::Success, 5);
-        assert_eq!(liveness(&OK_FLAGS, LIVE, 0, Some(&fresh), &p, now).0, Liveness::Healthy);
+        assert_eq!(instance(&facts(&OK_FLAGS, LIVE, Some(&fresh)), &p), judged(Liveness::Healthy, &[]));
         let mut in_flight = tick(TickStatus::Fail, 1);
         in_flight.finished_at = None;
-        assert_eq!(liveness(&OK_FLAGS, LIVE, 0, Some(&in_flight), &p, now).0, Liveness::Healthy);
-        assert_eq!(liveness(&OK_FLAGS, LIVE, 0, Some(&tick(TickStatus::Fail, 1)), &p, now).0, Liveness::Unhealthy);
+        assert_eq!(instance(&facts(&OK_FLAGS, LIVE, Some(&in_flight)), &p).status, Liveness::Healthy, "in flight");
+        let mut failed = tick(TickStatus::Fail, 1);
+        failed.notes = Some("rules: boom".into());
+        let j = instance(&facts(&OK_FLAGS, LIVE, Some(&failed)), &p);
+        assert_eq!(j, judged(Liveness::Unhealthy, &["last tick #7 failed: rules: boom"]));
+        let quiet = LivenessPolicy { quote_notes: false, ..policy(true) };
+        let j = instance(&facts(&OK_FLAGS, LIVE, Some(&failed)), &quiet);
+        assert_eq!(j.reasons, ["last tick #7 failed (its notes are in /status and the ledger)"], "no notes quoted");
         // Two thresholds: 60 s degraded, 300 s unhealthy, and the reason names the age.
-        let (h, r) = liveness(&OK_FLAGS, LIVE, 0, Some(&tick(TickStatus::Success, 90)), &p, now);
-        assert_eq!(h, Liveness::Degraded);
-        assert!(r[0].contains("was 90s ago (degraded after 60s)"), "{r:?}");
-        let (h, r) = liveness(&OK_FLAGS, LIVE, 0, Some(&tick(TickStatus::Success, 400)), &p, now);
-        assert_eq!(h, Liveness::Unhealthy);
-        assert!(r[0].contains("was 400s ago (unhealthy after 300s)"), "{r:?}");
-        assert_eq!(liveness(&OK_FLAGS, LIVE, 0, None, &p, now).0, Liveness::Unhealthy);
+        let j = instance(&facts(&OK_FLAGS, LIVE, Some(&tick(TickStatus::Success, 90))), &p);
+        assert_eq!(j, judged(Liveness::Degraded, &["last tick #7 was 90s ago (degraded after 60s)"]));
+        let j = instance(&facts(&OK_FLAGS, LIVE, Some(&tick(TickStatus::Success, 400))), &p);
+        assert_eq!(j, judged(Liveness::Unhealthy, &["last tick #7 was 400s ago (unhealthy after 300s)"]));
+        let j = instance(&facts(&OK_FLAGS, LIVE, None), &p);
+        assert_eq!(j, judged(Liveness::Unhealthy, &["no tick recorded yet"]));
+    }
+
+    #[test]
+    fn a_partial_tick_is_the_workloads_not_liveness() {
+        // Some attempts failed, the tick ran: the process works. The failures count in the
+        // workload score (`failures_1h`), not here.
+        let partial = tick(TickStatus::Partial, 5);
+        assert_eq!(instance(&facts(&OK_FLAGS, LIVE, Some(&partial)), &policy(true)), judged(Liveness::Healthy, &[]));
+    }
+
+    #[test]
+    fn flags_and_the_lease() {
+        let fresh = tick(TickStatus::Success, 5);
         let killed = Flags { killed: true, ..OK_FLAGS };
-        assert_eq!(liveness(&killed, None, 0, Some(&fresh), &p, now).0, Liveness::Unhealthy);
+        let j = instance(&facts(&killed, None, Some(&fresh)), &policy(true));
+        assert_eq!(j, judged(Liveness::Unhealthy, &["killed flag is set"]), "killed needs no lease");
         let paused = Flags { paused: true, ..OK_FLAGS };
-        assert_eq!(liveness(&paused, None, 0, Some(&fresh), &p, now).0, Liveness::Degraded);
-        let (h, r) = liveness(&OK_FLAGS, LIVE, 2, Some(&fresh), &p, now);
-        assert_eq!(h, Liveness::Degraded);
-        assert_eq!(r, vec!["2 action(s) in DLQ".to_string()]);
-        let http = LivenessPolicy::new(StaleThresholds::default(), Duration::from_secs(30), true);
-        let (h, r) = liveness(&OK_FLAGS, Some(LeaseSeen { live: false }), 0, Some(&fresh), &http, now);
-        assert_eq!((h, r[0].as_str()), (Liveness::Unhealthy, "no instance holds a live lease"));
-        assert_eq!(liveness(&paused, None, 0, Some(&fresh), &http, now).0, Liveness::Degraded, "paused needs no lease");
+        for p in [policy(false), policy(true)] {
+            let j = instance(&facts(&paused, None, Some(&fresh)), &p);
+            assert_eq!(j, judged(Liveness::Degraded, &["paused flag is set"]), "paused needs no lease");
+        }
+        let gone = Some(LeaseSeen { live: false });
+        let j = instance(&facts(&OK_FLAGS, gone, Some(&fresh)), &policy(true));
+        assert_eq!(j, judged(Liveness::Unhealthy, &["no instance holds a live lease"]), "/health");
+        let j = instance(&facts(&OK_FLAGS, None, Some(&fresh)), &policy(false));
+        assert_eq!(j, judged(Liveness::Degraded, &["no instance holds a live lease"]), "status");
+    }
+
+    #[test]
+    fn due_work_that_no_live_worker_serves_degrades() {
+        let fresh = tick(TickStatus::Success, 5);
+        let webhooks = WorkerSeen { live: true, types: vec!["WEBHOOK".into()] };
+        let every = WorkerSeen { live: true, types: Vec::new() };
+        let dead_every = WorkerSeen { live: false, types: Vec::new() };
+        let due = ["NOOP".to_string(), "WEBHOOK".to_string()];
+        let judge = |workers: &[WorkerSeen]| {
+            instance(&InstanceFacts { workers, due_types: &due, ..facts(&OK_FLAGS, LIVE, Some(&fresh)) }, &policy(true))
+        };
+        assert_eq!(judge(&[]), judged(Liveness::Healthy, &[]), "no executor registered: cron's run-once");
+        assert!(!due_types_matter(&[]));
+        let j = judge(&[webhooks.clone(), dead_every.clone()]);
+        assert_eq!(j, judged(Liveness::Degraded, &["due NOOP work waits and no live worker serves it"]));
+        assert!(due_types_matter(&[webhooks.clone(), dead_every]), "a dead worker serves nothing");
+        assert_eq!(judge(&[webhooks.clone(), every.clone()]), judged(Liveness::Healthy, &[]));
+        assert!(!due_types_matter(&[webhooks, every]), "a live worker of every type: the due types are not read");
     }
 
     #[test]
     fn a_tick_fault_degrades_at_once_and_quotes_only_where_asked() {
         let fault =
             TickFault { at: model::now(), kind: "disk full", error: "(code: 13) database or disk is full".into() };
-        let (h, r) = with_tick_fault((Liveness::Healthy, Vec::new()), Some(&fault), false);
-        assert_eq!(h, Liveness::Degraded);
-        assert!(r[0].starts_with("this instance's last tick failed on storage (disk full) at "), "{r:?}");
-        assert!(!r[0].contains("code: 13"), "the public reason quotes nothing: {r:?}");
-        let (_, r) = with_tick_fault((Liveness::Degraded, vec!["paused flag is set".into()]), Some(&fault), true);
-        assert!(r[0].ends_with(": (code: 13) database or disk is full") && r.len() == 2, "{r:?}");
-        let (h, r) = with_tick_fault((Liveness::Unhealthy, vec!["killed flag is set".into()]), Some(&fault), false);
-        assert_eq!((h, r[0].as_str()), (Liveness::Unhealthy, "killed flag is set"));
-        assert_eq!(with_tick_fault((Liveness::Healthy, Vec::new()), None, true), (Liveness::Healthy, Vec::new()));
+        let fresh = tick(TickStatus::Success, 1);
+        let with = |flags: &Flags, quote: bool| {
+            let p = LivenessPolicy { quote_notes: quote, ..policy(true) };
+            instance(&InstanceFacts { tick_fault: Some(&fault), ..facts(flags, LIVE, Some(&fresh)) }, &p)
+        };
+        let j = with(&OK_FLAGS, false);
+        assert_eq!(j.status, Liveness::Degraded);
+        assert!(j.reasons[0].starts_with("this instance's last tick failed on storage (disk full) at "), "{j:?}");
+        assert!(!j.reasons[0].contains("code: 13"), "the public reason quotes nothing: {j:?}");
+        let j = with(&Flags { paused: true, ..OK_FLAGS }, true);
+        assert!(j.reasons[0].ends_with(": (code: 13) database or disk is full") && j.reasons.len() == 2, "{j:?}");
+        let j = with(&Flags { killed: true, ..OK_FLAGS }, false);
+        assert_eq!((j.status, j.reasons[0].as_str()), (Liveness::Unhealthy, "killed flag is set"), "the worst first");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unhealthy() {
+        assert_eq!(database_unreachable(), judged(Liveness::Unhealthy, &["database unreachable"]));
+    }
+
+    #[test]
+    fn a_worker_is_live_while_its_registration_is_renewed_within_the_ttl() {
+        let ttl = Duration::from_secs(3);
+        let seen = |id: Option<&str>, since: Option<f64>| RegistrationSeen {
+            id: id.map(String::from),
+            since_renewed: since.map(Duration::from_secs_f64),
+            ttl,
+        };
+        assert_eq!(registration(&seen(Some("h:1:ab"), Some(1.0))), judged(Liveness::Healthy, &[]));
+        let j = registration(&seen(Some("h:1:ab"), Some(4.2)));
+        assert_eq!(j.status, Liveness::Unhealthy);
+        assert!(j.reasons[0].starts_with("registration not renewed for 4.2s (workers.ttl_seconds: 3)"), "{j:?}");
+        let j = registration(&seen(None, Some(1.0)));
+        assert_eq!(j, judged(Liveness::Unhealthy, &["not registered: heartbeat lapsed or database unreachable"]));
+        let j = registration(&seen(Some("h:1:ab"), None));
+        assert_eq!(j, judged(Liveness::Unhealthy, &["registration not confirmed yet"]));
+    }
+
+    #[test]
+    fn ready_when_the_database_answers_and_is_migrated() {
+        assert_eq!(readiness(true, Some(0)), Ok(()));
+        assert_eq!(readiness(false, None), Err("database unreachable".to_string()));
+        assert_eq!(readiness(true, None), Err("cannot read the applied migrations".to_string()));
+        assert_eq!(
+            readiness(true, Some(2)),
+            Err("2 migration(s) not applied (run `orchestrator migrate`)".to_string())
+        );
     }
 
     #[test]
@@ -350,13 +552,48 @@ mod tests {
     #[test]
     fn a_low_workload_score_is_not_a_liveness_failure() {
         let t = RulesConfig::default().health;
-        let queue = QueueView { pending: 10_000, oldest_pending_age_seconds: Some(99_999.0), ..Default::default() };
+        let queue =
+            QueueView { pending: 10_000, dlq: 500, oldest_pending_age_seconds: Some(99_999.0), ..Default::default() };
         let recent = RecentView { failures_1h: 50, ..Default::default() };
         let ledger = LedgerView { failed_ticks_1h: 20, ..Default::default() };
         assert_eq!(workload(&queue, &recent, &ledger, &t).status, WorkloadStatus::Critical);
-        // Liveness takes no workload input at all: the same service state is healthy.
-        let p = LivenessPolicy::new(StaleThresholds::default(), Duration::from_secs(30), true);
+        // Liveness takes no workload input at all (no DLQ, no failures, no backlog): the same
+        // service state is healthy.
         let fresh = tick(TickStatus::Success, 1);
-        assert_eq!(liveness(&OK_FLAGS, LIVE, 0, Some(&fresh), &p, model::now()).0, Liveness::Healthy);
+        assert_eq!(instance(&facts(&OK_FLAGS, LIVE, Some(&fresh)), &policy(true)).status, Liveness::Healthy);
+    }
+
+    /// Every reason liveness can give, by the words it starts with (or, for a quoted value, the
+    /// words around it), with its weight. ARCHITECTURE.md ("Health: two things, two names") lists
+    /// each with what it means; a unit test keeps the two in step.
+    const CAUSES: &[(&str, Liveness)] = &[
+        ("database unreachable", Liveness::Unhealthy),
+        ("killed flag is set", Liveness::Unhealthy),
+        ("no tick recorded yet", Liveness::Unhealthy),
+        ("(unhealthy after", Liveness::Unhealthy),
+        ("failed: ", Liveness::Unhealthy),
+        ("failed (its notes are in /status and the ledger)", Liveness::Unhealthy),
+        ("no instance holds a live lease", Liveness::Unhealthy),
+        ("not registered: heartbeat lapsed or database unreachable", Liveness::Unhealthy),
+        ("registration not confirmed yet", Liveness::Unhealthy),
+        ("registration not renewed for", Liveness::Unhealthy),
+        ("(degraded after", Liveness::Degraded),
+        ("paused flag is set", Liveness::Degraded),
+        ("no instance holds a live lease", Liveness::Degraded),
+        ("work waits and no live worker serves it", Liveness::Degraded),
+        ("this instance's last tick failed on storage", Liveness::Degraded),
+    ];
+
+    #[test]
+    fn architecture_lists_every_cause() {
+        let doc = include_str!("../ARCHITECTURE.md");
+        let section = doc.split("## Health: two things, two names").nth(1).and_then(|s| s.split("\n## ").next());
+        let section = section.expect("ARCHITECTURE.md has the section \"Health: two things, two names\"");
+        for (cause, weight) in CAUSES {
+            let row = section
+                .lines()
+                .find(|l| l.starts_with('|') && l.contains(cause) && l.contains(&format!("| {weight} |")));
+            assert!(row.is_some(), "ARCHITECTURE.md's table of liveness causes has no {weight} row for `{cause}`");
+        }
     }
 }

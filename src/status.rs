@@ -1,6 +1,7 @@
 //! The operator's view of the whole system: the service's liveness with its reasons, the
 //! workload score, flags, lease, queue counts and the last tick, read from the database
-//! (another instance may be the leader). The judging is `health`'s.
+//! (another instance may be the leader). This module gathers the facts; every judgement of
+//! them is `health`'s.
 //!
 //! Shared by `orchestrator status` and the HTTP endpoints (`/health`, `/status`, `/metrics`).
 //! It reads; it never writes.
@@ -8,10 +9,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use crate::config::HealthThresholds;
-use crate::health::{self, LeaseSeen, Liveness, LivenessPolicy, WorkloadHealth};
+use crate::health::{self, InstanceFacts, Judgement, LeaseSeen, LivenessPolicy, TickFault, WorkerSeen, WorkloadHealth};
 use crate::model::{self, ActionStatus, Flags, TickRow};
 use crate::snapshot::{LedgerView, QueueView, RecentView, seconds_between};
 use crate::store::{LimitUsage, Store, StoreError};
@@ -31,12 +33,13 @@ pub struct LeaseStatus {
     pub live: bool,
 }
 
-/// `status --json`. `health` and `reasons` are the service's liveness; `workload` is the
-/// workload score the rules see.
+/// `status --json` (and `/status`). `liveness` and `reasons` are the service's liveness (and
+/// `health`, its old name, the same value for one release); `workload` is the workload score
+/// the rules see.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
-    pub health: Liveness,
-    pub reasons: Vec<String>,
+    #[serde(flatten, serialize_with = "liveness_fields")]
+    pub liveness: Judgement,
     pub workload: WorkloadHealth,
     pub flags: Flags,
     pub lease: Option<LeaseStatus>,
@@ -53,6 +56,16 @@ pub struct StatusReport {
     /// Each limited type with what is running, waiting and left (`Store::limit_usage`), read
     /// once here: the workload score leaves out the work it holds.
     pub limits: Vec<LimitUsage>,
+}
+
+/// The liveness as `status --json` and `/status` give it: `liveness`, `reasons`, and `health`,
+/// the old name of `liveness` with the same value, kept for one release (docs/upgrading.md).
+fn liveness_fields<S: Serializer>(j: &Judgement, s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(3))?;
+    map.serialize_entry("liveness", &j.status)?;
+    map.serialize_entry("reasons", &j.reasons)?;
+    map.serialize_entry("health", &j.status)?;
+    map.end()
 }
 
 /// Registered executors by liveness.
@@ -72,7 +85,8 @@ pub enum Counts {
     OpenOnly,
 }
 
-/// Reads everything and judges liveness and the workload score.
+/// Reads everything and judges liveness and the workload score. `tick_fault` is the answering
+/// process's own last tick that failed on storage, which the ledger may not show.
 pub async fn read(
     store: &Store,
     lease_name: &str,
@@ -80,6 +94,7 @@ pub async fn read(
     thresholds: &HealthThresholds,
     counts: Counts,
     worker_ttl: std::time::Duration,
+    tick_fault: Option<&TickFault>,
 ) -> Result<StatusReport, StoreError> {
     let flags = store.flags().await?;
     let now = store.db_now().await?;
@@ -100,23 +115,29 @@ pub async fn read(
     };
     let oldest_pending = store.oldest_pending().await?;
     let last_tick = store.recent_ticks(1).await?.into_iter().next();
-    let dlq = queue.get(&ActionStatus::Dlq).copied().unwrap_or(0);
+    let registered = store.workers(worker_ttl).await?;
+    let workers: Vec<WorkerSeen> =
+        registered.iter().map(|w| WorkerSeen { live: w.live, types: w.types.clone() }).collect();
+    let due_types = if health::due_types_matter(&workers) { store.due_types(20).await? } else { Vec::new() };
     let clock = model::now();
-    let (liveness, reasons) = health::liveness(
-        &flags,
-        lease.as_ref().map(|l| LeaseSeen { live: l.live }),
-        dlq,
-        last_tick.as_ref(),
+    let liveness = health::instance(
+        &InstanceFacts {
+            flags: &flags,
+            lease: lease.as_ref().map(|l| LeaseSeen { live: l.live }),
+            last_tick: last_tick.as_ref(),
+            workers: &workers,
+            due_types: &due_types,
+            tick_fault,
+            now: clock,
+        },
         policy,
-        clock,
     );
     let limits = store.limit_usage().await?;
     let workload = workload(store, &queue, &limits, oldest_pending, clock, thresholds).await?;
-    let (liveness, reasons, workers) = judge_workers(store, worker_ttl, liveness, reasons).await?;
+    let live = workers.iter().filter(|w| w.live).count() as i64;
     Ok(StatusReport {
-        workers,
-        health: liveness,
-        reasons,
+        workers: WorkerCounts { live, dead: workers.len() as i64 - live },
+        liveness,
         workload,
         flags,
         lease,
@@ -126,31 +147,6 @@ pub async fn read(
         proof_enforced: false,
         limits,
     })
-}
-
-/// Counts the registered executors, and makes liveness degraded when due work of some type
-/// waits and no live worker serves that type. Judged only once some executor has registered
-/// (a `run-once` from cron deregisters when it ends, and is not a missing worker).
-async fn judge_workers(
-    store: &Store,
-    ttl: std::time::Duration,
-    liveness: Liveness,
-    mut reasons: Vec<String>,
-) -> Result<(Liveness, Vec<String>, WorkerCounts), StoreError> {
-    let workers = store.workers(ttl).await?;
-    let live: Vec<_> = workers.iter().filter(|w| w.live).collect();
-    let counts = WorkerCounts { live: live.len() as i64, dead: (workers.len() - live.len()) as i64 };
-    if workers.is_empty() || live.iter().any(|w| w.types.is_empty()) {
-        return Ok((liveness, reasons, counts));
-    }
-    let unserved: Vec<String> =
-        store.due_types(20).await?.into_iter().filter(|t| !live.iter().any(|w| w.types.contains(t))).collect();
-    if unserved.is_empty() {
-        return Ok((liveness, reasons, counts));
-    }
-    reasons.push(format!("due {} work waits and no live worker serves it", unserved.join(", ")));
-    let worse = if liveness == Liveness::Healthy { Liveness::Degraded } else { liveness };
-    Ok((worse, reasons, counts))
 }
 
 /// The workload score from the open counts and two windowed reads (the tick's own snapshot

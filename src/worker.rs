@@ -78,25 +78,14 @@ impl Registration {
         }
     }
 
-    /// This worker's liveness: `Ok(id)` while it is registered and its registration was
-    /// written or renewed within the TTL; otherwise why not. A heartbeat that keeps failing
-    /// (the database gone or not answering, its write lock held) makes it `Err` one TTL after
-    /// the last renewal, when the row has lapsed for everyone else too, although the id is
-    /// kept for the next renewal to try.
-    pub fn liveness(&self) -> Result<String, String> {
-        let Some(id) = self.id() else {
-            return Err("not registered: heartbeat lapsed or database unreachable".to_string());
-        };
-        let since = self.confirmed.lock().ok().and_then(|g| *g).map(|t| t.elapsed());
-        match since {
-            Some(age) if age < self.ttl => Ok(id),
-            Some(age) => Err(format!(
-                "registration not renewed for {:.1}s (workers.ttl_seconds: {}): cannot renew the heartbeat or \
-                 reach the database",
-                age.as_secs_f64(),
-                self.ttl.as_secs_f64()
-            )),
-            None => Err("registration not confirmed yet".to_string()),
+    /// What this worker's liveness is judged from (`health::registration`): the id registered
+    /// now, how long ago it was last written or renewed, and the TTL. A heartbeat that keeps
+    /// failing leaves the id in place for the next renewal to try, and lets the age grow.
+    pub fn seen(&self) -> crate::health::RegistrationSeen {
+        crate::health::RegistrationSeen {
+            id: self.id(),
+            since_renewed: self.confirmed.lock().ok().and_then(|g| *g).map(|t| t.elapsed()),
+            ttl: self.ttl,
         }
     }
 

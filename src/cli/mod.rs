@@ -146,7 +146,7 @@ pub enum Command {
     },
     /// Add an action to the queue (or many, from JSON Lines with --file).
     Enqueue(EnqueueArgs),
-    /// Health, flags, lease, queue counts and the last tick. Exit 4 when unhealthy.
+    /// Liveness, the workload score, flags, lease, queue counts and the last tick. Exit 4 when unhealthy.
     Status,
     /// Set the paused flag: ticks dispatch nothing.
     Pause,
@@ -769,7 +769,7 @@ async fn dispatch(
             let report = read_status(config, store).await?;
             let report = status::StatusReport { proof_enforced: config.proof_enforced, ..report };
             out.status(&report);
-            if report.health == Liveness::Unhealthy {
+            if report.liveness.status == Liveness::Unhealthy {
                 return Ok(exit::UNHEALTHY);
             }
         }
@@ -957,7 +957,9 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
 async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::StatusReport> {
     let policy = LivenessPolicy::new(config.liveness, config.tick_interval, false);
     let counts = status::Counts::AllHistory;
-    Ok(status::read(store, crate::lease::LEASE_NAME, &policy, &config.rules.health, counts, config.workers.ttl).await?)
+    // No tick fault: this process runs no tick.
+    Ok(status::read(store, crate::lease::LEASE_NAME, &policy, &config.rules.health, counts, config.workers.ttl, None)
+        .await?)
 }
 
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {

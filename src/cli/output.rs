@@ -373,8 +373,8 @@ impl Out {
         if self.json {
             return self.print_json(s);
         }
-        say!(self, "liveness: {}", s.health);
-        for r in &s.reasons {
+        say!(self, "liveness: {}", s.liveness.status);
+        for r in &s.liveness.reasons {
             say!(self, "  - {r}");
         }
         say!(self, "workload: {} ({}/100)", s.workload.status, s.workload.score);

@@ -7,9 +7,11 @@
 //!
 //! [`router`] builds the whole thing from an [`AppState`], so tests drive it with
 //! `tower::ServiceExt::oneshot` and no socket. Everything shown is read from the database on
-//! each request (another instance may be the leader); health is judged by [`crate::status`],
-//! the same code as `orchestrator status`. This module decides nothing about the queue and
-//! never imports `sea_orm`: it calls the store and the queue like the CLI does.
+//! each request (another instance may be the leader); liveness is judged by [`crate::health`]
+//! from what [`crate::status`] reads, the same code as `orchestrator status`, and a worker's
+//! `/health` comes from the same kind of judgement in the same body (`HealthBody`). This
+//! module judges nothing and decides nothing about the queue, and never imports `sea_orm`: it
+//! calls the store and the queue like the CLI does.
 
 mod admin;
 
@@ -26,7 +28,7 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::config::{AdminTokens, Config};
-use crate::health::{Liveness, LivenessPolicy};
+use crate::health::{Judgement, Liveness, LivenessPolicy};
 use crate::limits::LimitField;
 use crate::metrics::{DbGauges, LimitGauges};
 use crate::model::{self, ActionStatus, LogRow, TickRow};
@@ -70,20 +72,18 @@ impl AppState {
             quote_notes,
             ..LivenessPolicy::new(self.config.liveness, self.config.tick_interval, true)
         };
-        let report = status::read(
+        // This process's own tick that failed on storage is not in the ledger: it says so here.
+        let fault = if self.ticking { self.engine.tick_fault() } else { None };
+        status::read(
             &self.store,
             crate::lease::LEASE_NAME,
             &policy,
             &self.config.rules.health,
             counts,
             self.config.workers.ttl,
+            fault.as_ref(),
         )
-        .await?;
-        // This process's own tick that failed on storage is not in the ledger: it says so here.
-        let fault = if self.ticking { self.engine.tick_fault() } else { None };
-        let (health, reasons) =
-            crate::health::with_tick_fault((report.health, report.reasons), fault.as_ref(), quote_notes);
-        Ok(StatusReport { health, reasons, ..report })
+        .await
     }
 }
 
@@ -140,9 +140,9 @@ pub async fn serve(
 }
 
 /// What `orchestrator worker` serves on its own address: its own counters on `/metrics`
-/// (attempts, durations, rejected writes), and on `/health` whether its registration is live
-/// (503 while it is not: not registered, or not renewed within the TTL because the heartbeat
-/// fails or the database is gone; see [`crate::worker::Registration::liveness`]).
+/// (attempts, durations, rejected writes), and on `/health` its liveness, judged from its
+/// registration (503 while it is not live: not registered, or not renewed within the TTL
+/// because the heartbeat fails or the database is gone; see [`crate::health::registration`]).
 pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<crate::worker::Registration>) -> Router {
     Router::new()
         .route(
@@ -155,18 +155,9 @@ pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<cr
         .route(
             "/health",
             get(move || {
-                let (id, liveness) = (registration.id(), registration.liveness());
-                async move {
-                    let body = |status: &str, reason: Option<&str>| {
-                        serde_json::json!({"of": "worker", "status": status, "worker": id, "reason": reason})
-                    };
-                    match &liveness {
-                        Ok(_) => (StatusCode::OK, axum::Json(body("healthy", None))).into_response(),
-                        Err(why) => {
-                            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body("unhealthy", Some(why)))).into_response()
-                        }
-                    }
-                }
+                let seen = registration.seen();
+                let worker = seen.id.clone();
+                async move { liveness_response(crate::health::registration(&seen), worker) }
             }),
         )
         .fallback(not_found)
@@ -375,47 +366,70 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     })
 }
 
-/// `/health`: the service's liveness (not the workload score).
+/// `/health`, an instance's and a worker's alike: the liveness (not the workload score).
 #[derive(Serialize)]
 struct HealthBody {
     of: &'static str,
     status: Liveness,
     reasons: Vec<String>,
     checked_at: chrono::DateTime<chrono::Utc>,
+    /// The answering worker's registered id; `null` on an instance's `/health`.
+    worker: Option<String>,
+}
+
+/// A liveness judgement as `/health` answers it: 503 only when unhealthy.
+fn liveness_response(judgement: Judgement, worker: Option<String>) -> Response {
+    let code = if judgement.status == Liveness::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let body = HealthBody {
+        of: "liveness",
+        status: judgement.status,
+        reasons: judgement.reasons,
+        checked_at: model::now(),
+        worker,
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 async fn health(State(st): State<AppState>) -> Response {
-    let checked_at = model::now();
-    let (status, reasons) = match st.status(Counts::OpenOnly, false).await {
-        Ok(r) => (r.health, r.reasons),
+    let judgement = match st.status(Counts::OpenOnly, false).await {
+        Ok(r) => r.liveness,
         Err(e) => {
             tracing::warn!(error = %e, "/health: database unreachable");
-            (Liveness::Unhealthy, vec!["database unreachable".to_string()])
+            crate::health::database_unreachable()
         }
     };
-    let code = if status == Liveness::Unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    (code, axum::Json(HealthBody { of: "liveness", status, reasons, checked_at })).into_response()
+    liveness_response(judgement, None)
 }
 
+/// A process that answers is live; nothing is judged.
 async fn live() -> Response {
     axum::Json(serde_json::json!({ "status": "live" })).into_response()
 }
 
 async fn ready(State(st): State<AppState>) -> Response {
-    let not_ready = |why: &str| {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "not ready", "reason": why })))
-            .into_response()
-    };
-    if let Err(e) = st.store.ping().await {
-        tracing::warn!(error = %e, "/health/ready: database unreachable");
-        return not_ready("database unreachable");
-    }
-    match st.store.pending_migrations().await {
-        Ok(0) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Ok(n) => not_ready(&format!("{n} migration(s) not applied (run `orchestrator migrate`)")),
+    let reachable = match st.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "/health/ready: cannot read migrations");
-            not_ready("cannot read the applied migrations")
+            tracing::warn!(error = %e, "/health/ready: database unreachable");
+            false
+        }
+    };
+    let pending = if reachable {
+        match st.store.pending_migrations().await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "/health/ready: cannot read migrations");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    match crate::health::readiness(reachable, pending) {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({ "status": "not ready", "reason": why })))
+                .into_response()
         }
     }
 }

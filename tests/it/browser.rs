@@ -246,7 +246,7 @@ async fn operator_page_in_headless_chromium() {
         assert_eq!(drv.text("#lease-epoch"), s["lease"]["epoch"].to_string());
         assert!(drv.text("#lease-ttl").ends_with(" s"), "TTL counts down in seconds");
         assert_eq!(drv.text("#flag-paused"), "false");
-        assert_eq!(drv.text("#health"), s["health"].as_str().unwrap().to_uppercase());
+        assert_eq!(drv.text("#health"), s["liveness"].as_str().unwrap().to_uppercase());
         assert_eq!(drv.count("#dlq tbody tr"), 2);
         assert!(drv.text("#dlq").contains("no adapter for action type TELEPORT"));
         assert!(drv.count("#ticks tbody tr") >= 1);

@@ -74,7 +74,7 @@ async fn main_flow(db: &TestDb) {
 
     let o = orch(dir, url, &["status", "--json"]);
     let s = json(&o);
-    for k in ["health", "flags", "lease", "queue", "last_tick"] {
+    for k in ["liveness", "health", "flags", "lease", "queue", "last_tick"] {
         assert!(s.get(k).is_some(), "status --json has {k}: {s}");
     }
     assert_eq!(s["queue"]["SUCCESS"], 1);

@@ -4,7 +4,10 @@
 //!   another writer holding the write lock, after which it registers anew and is healthy again;
 //! - a `run` whose tick fails on storage (SQLite on a full disk) answers `/health` degraded at
 //!   once, saying why, although the last tick in the ledger is fresh; healthy again once the
-//!   disk has room.
+//!   disk has room;
+//! - liveness judges the process only: an action in DLQ leaves `/health` and `status`'s
+//!   `liveness` healthy while the workload score and the metrics count it, and a worker's
+//!   `/health` is the same judgement, in the same body, as an instance's.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +18,7 @@ use crate::support::db::LateDatabase;
 use crate::support::disk::Tmpfs;
 use crate::support::http::{Reply, get, wait_for};
 use crate::support::process::{LogLines, Server, spawn_server, terminate};
-use crate::support::{TestDb, bin};
+use crate::support::{TestDb, bin, json, run};
 
 /// A short TTL, renewed every second.
 const WORKER_CONFIG: &str = "workers:\n  ttl_seconds: 3\n  heartbeat_seconds: 1\n  poll_seconds: 0.2\n";
@@ -49,7 +52,7 @@ async fn a_worker_whose_database_is_dropped_is_unhealthy_within_a_ttl() {
 
     db.drop_now().await;
     let (r, after) = until_unhealthy(addr);
-    let reason = r.json()["reason"].as_str().unwrap_or("").to_string();
+    let reason = r.json()["reasons"][0].as_str().unwrap_or("").to_string();
     assert!(reason.starts_with("registration not renewed for"), "{}", r.body);
     // And it stays so while the database is gone, although the worker keeps its id to retry.
     tokio::time::sleep(2 * TTL).await;
@@ -77,7 +80,7 @@ async fn a_worker_that_cannot_renew_for_a_held_lock_is_unhealthy_then_recovers()
     let holder = Store::open(&db.url, &StoreOptions { max_connections: 1, ..StoreOptions::default() }).await.unwrap();
     holder.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
     let (r, after) = until_unhealthy(addr);
-    assert!(r.json()["reason"].as_str().unwrap_or("").starts_with("registration not renewed for"), "{}", r.body);
+    assert!(r.json()["reasons"][0].as_str().unwrap_or("").starts_with("registration not renewed for"), "{}", r.body);
     logs.wait_for("database is locked", Duration::from_secs(15));
     holder.execute_unprepared("COMMIT").await.unwrap();
     holder.close().await.ok();
@@ -130,4 +133,57 @@ async fn a_tick_that_fails_on_storage_makes_health_degraded_at_once() {
         after.as_secs_f64(),
         failed.chars().take(200).collect::<String>()
     );
+}
+
+crate::backend_tests!(an_action_in_dlq_leaves_liveness_healthy_while_the_workload_counts_it);
+
+/// An action in DLQ says nothing about whether the process can work: `/health` and `status`
+/// (under `liveness` and its old name `health`) stay healthy, while the workload score loses
+/// its 10 points for the failure and `/metrics` counts the row. A worker's `/health` beside the
+/// daemon has the very same fields.
+async fn an_action_in_dlq_leaves_liveness_healthy_while_the_workload_counts_it(db: &TestDb) {
+    let mut teleport = crate::queue::noop("nowhere");
+    teleport.action_type = "TELEPORT".into();
+    orchestrator::queue::enqueue(&db.store, &teleport, 3).await.unwrap();
+    let dir = db.dir.path();
+    let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir, &db.url, &["--interval", "0.2"]));
+    let dlq = "orchestrator_queue_actions{status=\"DLQ\"} 1";
+    wait_for(addr, "/metrics", Duration::from_secs(30), |r| r.body.contains(dlq));
+    // A tick after the one that moved it (that one was PARTIAL, a workload fact too).
+    let h = wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    assert_eq!(h.json()["status"], "healthy", "the DLQ row does not degrade /health: {}", h.body);
+    assert_eq!(h.json()["reasons"], serde_json::json!([]), "{}", h.body);
+    let metrics = get(addr, "/metrics").body;
+    assert!(metrics.contains("orchestrator_health_score 90"), "the score counts the failure: {metrics}");
+
+    let o = run(bin(dir).args(["--database-url", &db.url, "--json", "status"]));
+    assert_eq!(o.status.code(), Some(0), "not unhealthy");
+    let s = json(&o);
+    assert_eq!(s["queue"]["DLQ"], 1, "{s}");
+    assert_eq!(s["liveness"], "healthy", "{s}");
+    assert_eq!(s["health"], s["liveness"], "the old name, the same value for a release: {s}");
+    assert!(!s["reasons"].to_string().contains("DLQ"), "{s}");
+    assert_eq!(s["workload"]["score"], 90, "{s}");
+    assert!(s["workload"]["reasons"].to_string().contains("1 failure(s) in the last hour (-10)"), "{s}");
+
+    // A worker's /health: the same judgement's body, field for field.
+    let worker_dir = tempfile::tempdir().unwrap();
+    let (mut worker, _worker_logs, worker_addr) = spawn_worker(worker_dir.path(), &db.url);
+    let w = wait_for(worker_addr, "/health", Duration::from_secs(30), |r| r.status == 200);
+    let fields = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    };
+    let (instance, worker_body) = (get(addr, "/health").json(), w.json());
+    assert_eq!(fields(&instance), fields(&worker_body), "{instance} against {worker_body}");
+    assert_eq!((instance["of"].as_str(), worker_body["of"].as_str()), (Some("liveness"), Some("liveness")));
+    assert_eq!(
+        (worker_body["status"].as_str(), worker_body["reasons"].clone()),
+        (Some("healthy"), serde_json::json!([]))
+    );
+    assert!(worker_body["checked_at"].as_str().is_some_and(|t| t.starts_with("20")), "{worker_body}");
+    assert!(worker_body["worker"].as_str().is_some_and(|id| id.contains(':')), "{worker_body}");
+    assert!(instance["worker"].is_null(), "an instance's /health names no worker: {instance}");
+
+    assert_eq!(terminate(&mut worker, Duration::from_secs(25)).code(), Some(0));
+    assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0), "{}", logs.drain().join("\n"));
 }

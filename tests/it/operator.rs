@@ -1,7 +1,8 @@
 //! The operator's day (issue 15) on SQLite and PostgreSQL: `logs --follow` and `ticks --follow`
 //! seeing rows land, `actions summary`, bulk DLQ edits by id, `/api/snapshot`, history pruned
 //! past its retention (and a million old ledger rows pruned while the daemon ticks), plus
-//! colour only on a terminal, shell completions and the man page.
+//! colour only on a terminal, shell completions and the man page; `status --json` naming the
+//! service's liveness `liveness` (and `health`, its old name, for a release).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -27,6 +28,7 @@ backend_tests!(
     snapshot_api_has_the_dry_run_shape,
     history_is_pruned_but_explain_keeps_its_rows,
     a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks,
+    status_json_names_liveness_and_keeps_health_for_a_release,
 );
 
 fn req(action_type: &str, key: &str, priority: i32) -> EnqueueRequest {
@@ -534,4 +536,27 @@ async fn bulk_and_explain_routes_validate_and_need_the_token() {
     let (got, v) = call("GET", "/api/summary", true, "").await;
     assert_eq!((got, v["by_type_status"][0]["status"].as_str()), (200, Some("CANCELLED")), "{v}");
     db.cleanup().await;
+}
+
+/// `status --json` says `liveness`; `health`, the old name, carries the same value for one
+/// release (docs/upgrading.md), whatever the verdict.
+async fn status_json_names_liveness_and_keeps_health_for_a_release(db: &TestDb) {
+    let status = || run(bin(db.dir.path()).args(["--database-url", &db.url, "--json", "status"]));
+    let o = status();
+    assert_eq!(o.status.code(), Some(4), "unhealthy: {}", stderr(&o));
+    let s = json_out(&o);
+    assert_eq!((s["liveness"].as_str(), s["health"].as_str()), (Some("unhealthy"), Some("unhealthy")), "{s}");
+    assert_eq!(s["reasons"], json!(["no tick recorded yet", "no instance holds a live lease"]), "the worst first: {s}");
+    assert!(s["workload"]["score"].is_i64(), "the workload score is its own field: {s}");
+
+    // A tick, then no live lease (run-once releases it): degraded in `status`.
+    let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "run-once"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = status();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = json_out(&o);
+    assert_eq!((s["liveness"].as_str(), s["health"].as_str()), (Some("degraded"), Some("degraded")), "{s}");
+    assert_eq!(s["reasons"], json!(["no instance holds a live lease"]), "{s}");
+    let text = stdout(&run(bin(db.dir.path()).args(["--database-url", &db.url, "status"])));
+    assert!(text.contains("liveness: degraded"), "{text}");
 }

@@ -83,7 +83,8 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     // The worker with an address serves its own counters and its registration's health.
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     let health = crate::support::http::wait_for(addr, "/health", Duration::from_secs(10), |r| r.status == 200);
-    assert_eq!(health.json()["of"], "worker", "{}", health.body);
+    // The same judgement and body as an instance's /health (it said `"of": "worker"` before).
+    assert_eq!(health.json()["of"], "liveness", "{}", health.body);
     assert!(health.json()["worker"].as_str().is_some_and(|w| w.contains(':')), "{}", health.body);
     let metrics = crate::support::http::get(addr, "/metrics");
     assert!(metrics.body.contains("orchestrator_actions_total{"), "{}", metrics.body);
@@ -205,7 +206,7 @@ async fn status_counts_workers_and_names_due_types_no_live_worker_serves(db: &Te
     let s = status();
     assert_eq!(s["workers"], serde_json::json!({"live": 1, "dead": 0}));
     assert!(s["reasons"].to_string().contains("due NOOP work waits and no live worker serves it"), "{s}");
-    assert_ne!(s["health"], "healthy", "{s}");
+    assert_ne!(s["liveness"], "healthy", "{s}");
 
     crate::support::worker(&db.store, "any", Duration::from_secs(30)).await;
     let s = status();
