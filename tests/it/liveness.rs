@@ -142,7 +142,7 @@ crate::backend_tests!(an_action_in_dlq_leaves_liveness_healthy_while_the_workloa
 /// its 10 points for the failure and `/metrics` counts the row. A worker's `/health` beside the
 /// daemon has the very same fields.
 async fn an_action_in_dlq_leaves_liveness_healthy_while_the_workload_counts_it(db: &TestDb) {
-    let mut teleport = crate::queue::noop("nowhere");
+    let mut teleport = crate::support::noop("nowhere");
     teleport.action_type = "TELEPORT".into();
     orchestrator::queue::enqueue(&db.store, &teleport, 3).await.unwrap();
     let dir = db.dir.path();
