@@ -1145,21 +1145,7 @@ impl Store {
             let Some(path) = &l.effective.partition_by else { continue };
             let path_text = path.to_string();
             let current = keyed_for.get(&l.action_type).is_some_and(|p| p.as_deref() == Some(path_text.as_str()));
-            let which = if current { " AND part_key IS NULL" } else { "" };
-            // The rows without a key are found through the index, not among all the type's.
-            let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
-            let keyed = txn
-                .execute_raw(self.stmt(
-                    &format!(
-                        "UPDATE actions{hint} SET part_key = {} WHERE action_type = $1 AND {}{which}",
-                        part_expr(self.backend, path),
-                        super::CLAIMABLE_SQL
-                    ),
-                    [l.action_type.as_str().into()],
-                ))
-                .await
-                .doing("computing partition keys")?
-                .rows_affected();
+            let keyed = self.key_waiting_rows(txn, &l.action_type, &part_expr(self.backend, path), !current).await?;
             // PostgreSQL plans the keyed pick by its statistics: read while the keys were not
             // there (a backlog just enqueued, the column just added), they make a walk of the
             // type's rows per key look cheap. A burst of new keys is counted before it is used

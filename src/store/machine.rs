@@ -606,6 +606,32 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Sets the partition key (`part_key`, `expr` computing it from the payload) of the waiting
+    /// rows of `action_type` that have none, or of all of them with `all` (the type's
+    /// `partition_by` changed); how many were keyed. Not a status change, but a write to
+    /// `actions`, so it is here with the others: the limited claim calls it under the type's
+    /// gate.
+    pub(super) async fn key_waiting_rows(
+        &self,
+        txn: &DatabaseTransaction,
+        action_type: &str,
+        expr: &str,
+        all: bool,
+    ) -> Result<u64, StoreError> {
+        let which = if all { "" } else { " AND part_key IS NULL" };
+        // The rows without a key are found through the index, not among all the type's.
+        let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
+        let sql = format!(
+            "UPDATE actions{hint} SET part_key = {expr} WHERE action_type = $1 AND {}{which}",
+            Op::Claim.status_in()
+        );
+        Ok(txn
+            .execute_raw(self.stmt(&sql, [action_type.into()]))
+            .await
+            .doing("computing partition keys")?
+            .rows_affected())
+    }
+
     /// The claim statement for `claimer` under `token`, of what `pick` says.
     pub(super) fn claim_sql(&self, claimer: &Claimer, token: i64, pick: Pick<'_>) -> (String, Vec<Value>) {
         let n = match pick {

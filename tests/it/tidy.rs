@@ -592,6 +592,38 @@ fn check_function_lengths(file: &str, text: &str) -> Vec<Violation> {
     out
 }
 
+/// A statement that writes rows of `actions`, as SQL text or through its sea-orm entity.
+const ACTIONS_WRITES: &[&str] = &["UPDATE actions", "INSERT INTO actions", "DELETE FROM actions"];
+const ACTIONS_ENTITY_WRITES: &[&str] =
+    &["actions::ActiveModel", "actions::Entity::insert", "actions::Entity::update", "actions::Entity::delete"];
+
+/// Only the state machine (`src/store/machine.rs`) writes to `actions`: every change of an
+/// action is one of its named operations (ARCHITECTURE.md, "The action state machine").
+fn check_actions_writes(file: &str, text: &str) -> Vec<Violation> {
+    let lexed = lex(text);
+    let mut out = Vec::new();
+    for (line, s) in &lexed.strings {
+        if let Some(w) = ACTIONS_WRITES.iter().find(|w| s.contains(**w)) {
+            out.push(violation(
+                file,
+                *line,
+                format!("`{w}` outside the state machine: make it an operation of store/machine.rs"),
+            ));
+        }
+    }
+    for (i, code) in lexed.code.iter().enumerate() {
+        if let Some(w) = ACTIONS_ENTITY_WRITES.iter().find(|w| code.contains(**w)) {
+            out.push(violation(
+                file,
+                i + 1,
+                format!("`{w}` outside the state machine: make it an operation of store/machine.rs"),
+            ));
+        }
+    }
+    out.sort_by_key(|v| v.line);
+    out
+}
+
 /// Pieces of the due condition and of the claim order, as they would appear written out.
 const WRITTEN_ONCE: &[(&str, &str)] = &[
     ("not_before <=", "the due condition (store::due_sql)"),
@@ -727,6 +759,22 @@ fn no_function_is_over_100_lines_but_the_listed_ones() {
             "{file}: `{name}` is listed as long but is {len:?} lines: take it off LONG_FUNCTIONS"
         );
     }
+}
+
+#[test]
+fn only_the_state_machine_writes_to_actions() {
+    enforce(&["src"], |f| f != "src/store/machine.rs", check_actions_writes);
+}
+
+#[test]
+fn a_write_to_actions_outside_the_state_machine_is_reported() {
+    let text = "//! UPDATE actions in a doc is prose\n\
+                const A: &str = \"UPDATE actions SET part_key = 1\";\n\
+                const B: &str = \"SELECT * FROM actions\"; // DELETE FROM actions\n\
+                fn f() { let m = actions::ActiveModel { ..Default::default() }; }\n\
+                const C: &str = \"UPDATE action_log SET x = 1\";\n";
+    let lines: Vec<usize> = check_actions_writes("src/x.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(lines, [2, 4]);
 }
 
 #[test]
