@@ -118,9 +118,14 @@ macro_rules! backend_tests {
 
 /// Up to `n` actions the next claim would take, in claim order (claiming nothing).
 pub async fn due(store: &orchestrator::store::Store, n: u64) -> Vec<orchestrator::model::Action> {
-    let claimer = orchestrator::store::Claimer {
-        worker: String::new(),
-        worker_ttl: std::time::Duration::from_secs(60),
+    store.pick(&claimer("", std::time::Duration::from_secs(60)), n, None).await.unwrap()
+}
+
+/// The terms a test claims on as worker `id`: every type, attempts due within a minute.
+fn claimer(id: &str, ttl: std::time::Duration) -> orchestrator::store::Claimer {
+    orchestrator::store::Claimer {
+        worker: id.into(),
+        worker_ttl: ttl,
         types: Vec::new(),
         type_timeouts: Vec::new(),
         default_timeout: std::time::Duration::from_secs(60),
@@ -128,8 +133,7 @@ pub async fn due(store: &orchestrator::store::Store, n: u64) -> Vec<orchestrator
         proof_enforced: false,
         epoch: None,
         limit_partitions: 1000,
-    };
-    store.pick(&claimer, n, None).await.unwrap()
+    }
 }
 
 /// Registers a worker named `id` (heartbeat now, dead after `ttl`) and returns the terms it
@@ -150,17 +154,7 @@ pub async fn worker(
         })
         .await
         .unwrap();
-    orchestrator::store::Claimer {
-        worker: id.into(),
-        worker_ttl: ttl,
-        types: Vec::new(),
-        type_timeouts: Vec::new(),
-        default_timeout: std::time::Duration::from_secs(60),
-        start_within: std::time::Duration::ZERO,
-        proof_enforced: false,
-        epoch: None,
-        limit_partitions: 1000,
-    }
+    claimer(id, ttl)
 }
 
 /// A fence for the live holder `term` (rescue, rule edits).
