@@ -5,11 +5,12 @@
 //! call it and what a lost renewal means (stop dispatching at once). It does not touch actions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::heartbeat::{Renewal, WhenLost};
 use crate::model::LeaseRow;
 use crate::store::{Acquired, Begun, Store, StoreError};
 
@@ -101,65 +102,36 @@ impl Lease {
     /// and stays true, as soon as the term is lost: another epoch or owner took over, or
     /// renewals failed for so long that the lease may have lapsed. Dropping the guard stops it.
     pub fn heartbeat(&self, term: &Term, every: Duration) -> Heartbeat {
-        let lost = Arc::new(AtomicBool::new(false));
-        let flag = lost.clone();
         let lease = self.clone();
         let epoch = term.epoch;
-        let task = tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            let grace = lease.ttl.saturating_sub(every);
-            loop {
-                tokio::time::sleep(every).await;
+        let grace = self.ttl.saturating_sub(every);
+        let lost = Arc::new(AtomicBool::new(false));
+        Heartbeat::start("the lease (stopping dispatch)", every, grace, WhenLost::Stop, lost, move || {
+            let lease = lease.clone();
+            async move {
                 match lease.acquire().await {
-                    Ok(LeaseState::Held(t)) if t.epoch == epoch => last_ok = Instant::now(),
+                    Ok(LeaseState::Held(t)) if t.epoch == epoch => Renewal::Renewed,
                     Ok(LeaseState::Held(t)) => {
                         tracing::warn!(
                             old_epoch = epoch,
                             new_epoch = t.epoch,
                             "lease lapsed and was re-taken under a new epoch; stopping dispatch for this tick"
                         );
-                        flag.store(true, Ordering::SeqCst);
-                        return;
+                        Renewal::Lost
                     }
                     Ok(LeaseState::HeldByOther(row)) => {
                         tracing::warn!(epoch, holder = %row.owner, holder_epoch = row.epoch, "lease lost to another instance; stopping dispatch");
-                        flag.store(true, Ordering::SeqCst);
-                        return;
+                        Renewal::Lost
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease renewal failed");
-                        if last_ok.elapsed() >= grace {
-                            tracing::warn!(epoch, "no renewal within the lease TTL; stopping dispatch");
-                            flag.store(true, Ordering::SeqCst);
-                            return;
-                        }
+                        Renewal::Failed
                     }
                 }
             }
-        });
-        Heartbeat { lost, task }
+        })
     }
 }
 
-/// A running heartbeat; see [`Lease::heartbeat`].
-pub struct Heartbeat {
-    lost: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Heartbeat {
-    /// The flag that turns true once the term is lost.
-    pub fn lost_flag(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
-    }
-
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// A running heartbeat of a term; see [`Lease::heartbeat`].
+pub use crate::heartbeat::Heartbeat;

@@ -14,6 +14,7 @@ pub mod decide;
 mod executor;
 pub mod explain;
 mod health;
+pub mod heartbeat;
 pub mod http;
 mod input;
 pub mod lease;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::adapters::Registry;
 use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
+use crate::heartbeat::{Heartbeat, Renewal, WhenLost};
 use crate::metrics::Metrics;
 use crate::store::{Beat, Claimer, NewWorker, Store, StoreError};
 
@@ -147,17 +148,53 @@ impl Registration {
     /// registration is left lapsed: the next [`Registration::ensure`] registers anew.
     pub fn keep_alive(self: &Arc<Self>, every: Duration) -> KeepAlive {
         let this = self.clone();
-        KeepAlive(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if this.id().is_none() {
-                    return;
+        // Never lost: a failed renewal is only logged, and one that finds the registration
+        // lapsed forgets it, which ends the loop at the next beat.
+        let lost = Arc::new(AtomicBool::new(false));
+        let beat =
+            Heartbeat::start("the executor's registration", every, Duration::MAX, WhenLost::GoOn, lost, move || {
+                let this = this.clone();
+                async move {
+                    if this.id().is_none() {
+                        return Renewal::Done;
+                    }
+                    match this.renew().await {
+                        Ok(_) => Renewal::Renewed,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "renewing the executor's registration failed");
+                            Renewal::Failed
+                        }
+                    }
                 }
-                if let Err(e) = this.renew().await {
-                    tracing::warn!(error = %e, "renewing the executor's registration failed");
+            });
+        KeepAlive { _beat: beat }
+    }
+
+    /// A worker's heartbeat: renews every `every`; `lost` goes up when a renewal finds the
+    /// registration lapsed, or renewals have failed for `ttl`, and the worker stops starting
+    /// attempts until it registers anew (and lowers it).
+    fn heartbeat(self: &Arc<Self>, every: Duration, ttl: Duration, lost: Arc<AtomicBool>) -> Heartbeat {
+        let this = self.clone();
+        Heartbeat::start(
+            "the worker's registration (stopping new starts)",
+            every,
+            ttl,
+            WhenLost::GoOn,
+            lost,
+            move || {
+                let this = this.clone();
+                async move {
+                    match this.renew().await {
+                        Ok(true) => Renewal::Renewed,
+                        Ok(false) => Renewal::Lost,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "worker heartbeat failed");
+                            Renewal::Failed
+                        }
+                    }
                 }
-            }
-        }))
+            },
+        )
     }
 
     /// Counts a dispatch's finished attempts (written with the next heartbeat).
@@ -168,13 +205,8 @@ impl Registration {
 }
 
 /// Stops a [`Registration::keep_alive`] when dropped.
-#[derive(Debug)]
-pub struct KeepAlive(tokio::task::JoinHandle<()>);
-
-impl Drop for KeepAlive {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+pub struct KeepAlive {
+    _beat: Heartbeat,
 }
 
 /// The most action types one worker serves (`worker --types`). Every claim binds each type
@@ -255,28 +287,7 @@ impl Worker {
         let lost = Arc::new(AtomicBool::new(false));
         let (by_type, default) = self.settings.claim_timeouts();
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
-        let beating = {
-            let registration = self.registration.clone();
-            let lost = lost.clone();
-            let every = self.config.workers.heartbeat;
-            let ttl = self.config.workers.ttl;
-            tokio::spawn(async move {
-                let mut last_ok = Instant::now();
-                loop {
-                    tokio::time::sleep(every).await;
-                    match registration.renew().await {
-                        Ok(true) => last_ok = Instant::now(),
-                        Ok(false) => lost.store(true, Ordering::SeqCst),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "worker heartbeat failed");
-                            if last_ok.elapsed() >= ttl {
-                                lost.store(true, Ordering::SeqCst);
-                            }
-                        }
-                    }
-                }
-            })
-        };
+        let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
         let mut listener = match self.store.work_listener().await {
             Ok(l) => l,
             Err(e) => {
@@ -418,7 +429,7 @@ impl Worker {
             }
         }
         drop(outcome);
-        beating.abort();
+        drop(beating);
         self.registration.deregister().await?;
         Ok(summary)
     }
