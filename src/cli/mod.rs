@@ -20,7 +20,10 @@ mod follow;
 mod limits;
 mod output;
 mod rules;
+mod signals;
 pub mod stdio;
+
+pub(crate) use signals::shutdown_signal;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -541,11 +544,9 @@ async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
 /// On SIGHUP, `run` reads its config again and writes its `limits:` section into the
 /// database; a config that no longer loads is logged and changes nothing.
 fn spawn_limits_reloader(store: Store, reload: Reload) {
-    #[cfg(unix)]
+    let mut hup = signals::hangups();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-        while hup.recv().await.is_some() {
+        while signals::next_hangup(&mut hup).await {
             let config = match reload() {
                 Ok(c) => c,
                 Err(e) => {
@@ -565,8 +566,6 @@ fn spawn_limits_reloader(store: Store, reload: Reload) {
             }
         }
     });
-    #[cfg(not(unix))]
-    let _ = (store, reload);
 }
 
 /// Connects and migrates, naming the database on failure.
@@ -1056,36 +1055,6 @@ async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::
         let _ = stopped.await;
     }));
     Ok(HttpServer { stop, task })
-}
-
-/// SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not when the
-/// future is first polled: a signal that comes just after a command says it is running (a
-/// supervisor's stop right after start) is caught, not fatal.
-pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
-        async move {
-            match handlers {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -411,13 +411,11 @@ pub fn spawn_reloader(engine: Engine, dir: std::path::PathBuf) {
             None
         }
     };
-    #[cfg(unix)]
     {
         let tx = tx.clone();
+        let mut hup = super::signals::hangups();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-            while hup.recv().await.is_some() {
+            while super::signals::next_hangup(&mut hup).await {
                 let _ = tx.send("SIGHUP").await;
             }
         });
