@@ -689,19 +689,9 @@ async fn dispatch(
             let server = if no_http {
                 None
             } else {
-                let addr = worker_listen(&listen)?;
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (--listen): {e}")))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
-                tracing::info!(addr = %bound, "HTTP server listening: /metrics, /health (this worker)");
                 let app = crate::http::worker_router(worker.metrics().clone(), worker.registration().clone());
-                let mut stopped = rx.clone();
-                Some(tokio::spawn(crate::http::serve_app(listener, app, config.http.clone(), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })))
+                let at = (worker_listen(&listen)?, "--listen");
+                Some(HttpServer::start(at, app, config.http.clone(), "/metrics, /health (this worker)").await?)
             };
             tokio::spawn(async move {
                 stop.await;
@@ -712,10 +702,12 @@ async fn dispatch(
                 concurrency = concurrency.unwrap_or(config.dispatch_concurrency),
                 "orchestrator worker running"
             );
-            let summary = worker.run(rx).await?;
+            let summary = worker.run(rx).await;
+            // Its /health answered through the drain of the attempts in flight.
             if let Some(server) = server {
-                let _ = server.await;
+                server.stop().await;
             }
+            let summary = summary?;
             out.message(
                 &summary,
                 &format!(
@@ -1024,6 +1016,28 @@ struct HttpServer {
 }
 
 impl HttpServer {
+    /// Binds `at` (the address and the setting that named it) and serves `app` in the
+    /// background, `limits` bounding each connection; `routes` is logged.
+    async fn start(
+        at: (std::net::SocketAddr, &str),
+        app: axum::Router,
+        limits: crate::config::HttpConfig,
+        routes: &str,
+    ) -> anyhow::Result<HttpServer> {
+        let (addr, setting) = at;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} ({setting}): {e}")))?;
+        let bound =
+            listener.local_addr().map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
+        tracing::info!(addr = %bound, "HTTP server listening: {routes}");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::http::serve_app(listener, app, limits, async move {
+            let _ = stopped.await;
+        }));
+        Ok(HttpServer { stop, task })
+    }
+
     /// Stops accepting, lets open requests finish (up to 5 s), and logs how it ended.
     async fn stop(self) {
         let _ = self.stop.send(());
@@ -1036,25 +1050,17 @@ impl HttpServer {
     }
 }
 
-/// Checks the address is safe to bind, binds it and serves in the background.
+/// The instance's HTTP face (`run`, `serve`): the address checked as safe to bind for the
+/// admin API's tokens, then served like any other.
 async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::Result<HttpServer> {
     let addr = config.http.listen;
     crate::http::check_bind(addr, &config.admin_tokens).map_err(|m| fail(exit::ERROR, m))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} (http.listen / --listen): {e}")))?;
-    let bound = listener.local_addr().map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
-    tracing::info!(
-        addr = %bound,
-        admin_api = !config.admin_tokens.is_empty(),
-        "HTTP server listening: /, /metrics, /health, /status, /api/"
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let state = crate::http::AppState::new(engine.clone(), ticking);
-    let task = tokio::spawn(crate::http::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
-    Ok(HttpServer { stop, task })
+    if !config.admin_tokens.is_empty() {
+        tracing::info!("admin API enabled: /api/ takes bearer tokens");
+    }
+    let app = crate::http::router(crate::http::AppState::new(engine.clone(), ticking));
+    let routes = "/, /metrics, /health, /status, /api/";
+    HttpServer::start((addr, "http.listen / --listen"), app, config.http.clone(), routes).await
 }
 
 #[cfg(test)]
