@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::metrics::RuleMetrics;
-use crate::model;
+use crate::model::{self, DecisionKind};
 use crate::queue;
 use crate::rules::pipeline::{self, Suppressed};
 use crate::rules::{Decision, Diagnostic, Kind, RuleSet};
@@ -24,52 +24,15 @@ use crate::store::{Authority, DecideRecord, DecisionRow, Fence, NewAction, Store
 /// Priority added to an action by `force_run`.
 pub const FORCE_RUN_BUMP: i32 = 10;
 
-/// What became of one decision. Stored and shown as text: `applied`, `suppressed:<why>` or
-/// `failed:<error>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DecisionOutcome {
-    Applied,
-    Suppressed(Suppressed),
-    /// The decision was refused when applied: the state it found, or the fence.
-    Failed(String),
-}
-
-impl DecisionOutcome {
-    /// The `outcome` label of `orchestrator_decisions_total` (a failure's text is not a label).
-    pub fn label(&self) -> &'static str {
-        match self {
-            DecisionOutcome::Applied => "applied",
-            DecisionOutcome::Suppressed(why) => why.label(),
-            DecisionOutcome::Failed(_) => "failed",
-        }
-    }
-
-    pub fn is_applied(&self) -> bool {
-        *self == DecisionOutcome::Applied
-    }
-}
-
-impl std::fmt::Display for DecisionOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecisionOutcome::Applied => f.write_str("applied"),
-            DecisionOutcome::Suppressed(why) => write!(f, "suppressed:{}", why.as_str()),
-            DecisionOutcome::Failed(why) => write!(f, "failed:{why}"),
-        }
-    }
-}
-
-impl Serialize for DecisionOutcome {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// What became of one decision: the model's vocabulary (`applied`, `suppressed:<why>`,
+/// `failed:<error>`), so that the store reads it back as it was written.
+pub use crate::model::DecisionOutcome;
 
 /// One decision and what became of it.
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionReport {
     pub rule: String,
-    pub kind: String,
+    pub kind: DecisionKind,
     pub target: String,
     pub priority: u8,
     pub reason: String,
@@ -197,7 +160,7 @@ pub async fn decide(
         }
         out.decisions.push(DecisionReport {
             rule: d.rule.clone(),
-            kind: d.kind.name().to_string(),
+            kind: d.kind.decision_kind(),
             target: d.kind.target(),
             priority: d.priority,
             reason: d.reason.clone(),
@@ -216,11 +179,11 @@ pub async fn decide(
             .map(|d| DecisionRow {
                 tick_id: fence.tick_id.unwrap_or(0),
                 rule: d.rule.clone(),
-                kind: d.kind.clone(),
+                kind: d.kind,
                 target: d.target.clone(),
                 priority: i32::from(d.priority),
                 reason: d.reason.clone(),
-                outcome: d.outcome.to_string(),
+                outcome: d.outcome.clone(),
                 created_at: now,
             })
             .collect();

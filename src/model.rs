@@ -273,6 +273,160 @@ impl Serialize for Severity {
     }
 }
 
+/// A text enum that parses exactly as written (decision kinds and outcomes are lower-case and
+/// stored as such): its text, `Display`, `FromStr`, `Serialize` and `Deserialize` as that text.
+macro_rules! exact_text_enum {
+    ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    format!("unknown {} {s:?} (expected one of: {})", $what, [$($text),+].join(", "))
+                })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+exact_text_enum!(
+    /// What a rule's decision does, by name: the `kind` of a recorded decision, of a cooldown,
+    /// and the `kind` label of `orchestrator_decisions_total`. `rules::Kind` carries the
+    /// arguments; this is its name alone, so that the store can read a decision back without
+    /// knowing the rules.
+    DecisionKind, "decision kind" {
+        Retry => "retry",
+        Dlq => "dlq",
+        Cancel => "cancel",
+        ForceRun => "force_run",
+        Reprioritize => "reprioritize",
+        Postpone => "postpone",
+        Rebalance => "rebalance",
+        Pause => "pause",
+        Resume => "resume",
+        Throttle => "throttle",
+        SetLimit => "set_limit",
+        Enqueue => "enqueue",
+        Alert => "alert",
+    }
+);
+
+exact_text_enum!(
+    /// Why a decision was not applied (the rule pipeline's verdicts, and a dry run's).
+    Suppressed, "suppression" {
+        Dedupe => "dedupe",
+        Cap => "cap",
+        Cooldown => "cooldown",
+        Paused => "paused",
+        DryRun => "dry-run",
+    }
+);
+
+impl Suppressed {
+    /// The metric label of a decision suppressed for this reason (`suppressed:<why>`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Suppressed::Dedupe => "suppressed:dedupe",
+            Suppressed::Cap => "suppressed:cap",
+            Suppressed::Cooldown => "suppressed:cooldown",
+            Suppressed::Paused => "suppressed:paused",
+            Suppressed::DryRun => "suppressed:dry-run",
+        }
+    }
+}
+
+/// What became of one decision. Stored and shown as text: `applied`, `suppressed:<why>` or
+/// `failed:<error>`; [`FromStr`] reads that text back, exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecisionOutcome {
+    Applied,
+    Suppressed(Suppressed),
+    /// The decision was refused when applied: the state it found, or the fence.
+    Failed(String),
+}
+
+impl DecisionOutcome {
+    /// The `outcome` label of `orchestrator_decisions_total` (a failure's text is not a label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecisionOutcome::Applied => "applied",
+            DecisionOutcome::Suppressed(why) => why.label(),
+            DecisionOutcome::Failed(_) => "failed",
+        }
+    }
+
+    pub fn is_applied(&self) -> bool {
+        *self == DecisionOutcome::Applied
+    }
+}
+
+impl fmt::Display for DecisionOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecisionOutcome::Applied => f.write_str("applied"),
+            DecisionOutcome::Suppressed(why) => write!(f, "suppressed:{}", why.as_str()),
+            DecisionOutcome::Failed(why) => write!(f, "failed:{why}"),
+        }
+    }
+}
+
+impl FromStr for DecisionOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "applied" {
+            return Ok(DecisionOutcome::Applied);
+        }
+        if let Some(why) = s.strip_prefix("suppressed:") {
+            return why.parse().map(DecisionOutcome::Suppressed).map_err(|e| format!("decision outcome {s:?}: {e}"));
+        }
+        if let Some(why) = s.strip_prefix("failed:") {
+            return Ok(DecisionOutcome::Failed(why.to_string()));
+        }
+        Err(format!("unknown decision outcome {s:?} (expected applied, suppressed:<why> or failed:<error>)"))
+    }
+}
+
+impl Serialize for DecisionOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DecisionOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One row of the action queue.
 #[derive(Clone, Debug, Serialize)]
 pub struct Action {
@@ -386,6 +540,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn decision_kinds_and_outcomes_read_back_as_written() {
+        for k in DecisionKind::ALL {
+            assert_eq!(k.as_str().parse::<DecisionKind>(), Ok(*k));
+            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.as_str()));
+            assert_eq!(serde_json::from_value::<DecisionKind>(serde_json::json!(k.as_str())).unwrap(), *k);
+        }
+        let mut outcomes = vec![
+            (DecisionOutcome::Applied, "applied"),
+            (DecisionOutcome::Failed("refused: action 7 is SUCCESS".into()), "failed:refused: action 7 is SUCCESS"),
+            (DecisionOutcome::Failed(String::new()), "failed:"),
+        ];
+        let suppressed: Vec<String> = Suppressed::ALL.iter().map(|s| format!("suppressed:{s}")).collect();
+        outcomes.extend(
+            Suppressed::ALL.iter().zip(&suppressed).map(|(s, t)| (DecisionOutcome::Suppressed(*s), t.as_str())),
+        );
+        for (outcome, text) in outcomes {
+            assert_eq!(outcome.to_string(), text);
+            assert_eq!(text.parse::<DecisionOutcome>(), Ok(outcome.clone()));
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), serde_json::json!(text));
+            assert_eq!(serde_json::from_value::<DecisionOutcome>(serde_json::json!(text)).unwrap(), outcome);
+        }
+        assert_eq!(Suppressed::DryRun.label(), "suppressed:dry-run");
+    }
+
+    #[test]
+    fn decision_text_that_is_not_written_here_is_refused_by_name() {
+        let e = "Retry".parse::<DecisionKind>().unwrap_err();
+        assert!(e.contains("unknown decision kind \"Retry\"") && e.contains("force_run"), "{e}");
+        for bad in ["", "Applied", "applied ", "suppressed:later", "suppressed", "failed", "skipped:x"] {
+            let e = bad.parse::<DecisionOutcome>().unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn severities_read_and_write_the_same_lower_case_text() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapters::{Adapter, AdapterError, ExecContext, Outcome, Proof, Registry};
 use crate::config::{Config, Inputs, Overrides};
-use crate::model::{Action, ActionStatus, Clock, TickStatus};
+use crate::model::{Action, ActionStatus, Clock, DecisionKind, TickStatus};
 use crate::queue::{self, EnqueueRequest};
 use crate::store::{ActionFilter, FlagChange, Store, StoreOptions};
 use crate::tick::{Engine, TickOutcome};
@@ -138,7 +138,7 @@ pub struct Expect {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionPattern {
-    pub kind: String,
+    pub kind: DecisionKind,
     #[serde(default)]
     pub rule: Option<String>,
     #[serde(default)]
@@ -173,7 +173,7 @@ impl std::fmt::Display for DecisionPattern {
 #[derive(Clone, Debug, Serialize)]
 pub struct AppliedDecision {
     pub rule: String,
-    pub kind: String,
+    pub kind: DecisionKind,
     pub target: String,
 }
 
@@ -337,7 +337,7 @@ pub async fn run(
             .decisions(report.tick_id)
             .await?
             .into_iter()
-            .filter(|d| d.outcome == "applied")
+            .filter(|d| d.outcome.is_applied())
             .map(|d| AppliedDecision { rule: d.rule, kind: d.kind, target: d.target })
             .collect();
         let open = store.open_counts().await?;

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::executor::{ExecSettings, Executor, Scope};
 use crate::lease::{Lease, Term};
 use crate::metrics::{Metrics, RuleMetrics};
-use crate::model::TickStatus;
+use crate::model::{DecisionKind, TickStatus};
 use crate::rules::{RuleSet, RulesError};
 use crate::snapshot::{self, Snapshot};
 use crate::store::Fence;
@@ -531,7 +531,7 @@ impl Engine {
             let by: Vec<&str> = decided
                 .decisions
                 .iter()
-                .filter(|d| d.kind == "throttle" && d.outcome.is_applied())
+                .filter(|d| d.kind == DecisionKind::Throttle && d.outcome.is_applied())
                 .map(|d| d.rule.as_str())
                 .collect();
             notes.insert(

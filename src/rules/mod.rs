@@ -27,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::RulesConfig;
+use crate::model::DecisionKind;
 
 /// Decisions carry a priority from 0 to 10; this is the one a constructor gives by default.
 pub const DEFAULT_PRIORITY: u8 = 5;
@@ -115,22 +116,28 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn name(&self) -> &'static str {
+    /// The kind's name alone, as decisions are recorded and counted.
+    pub fn decision_kind(&self) -> DecisionKind {
         match self {
-            Kind::Retry { .. } => "retry",
-            Kind::Dlq { .. } => "dlq",
-            Kind::Cancel { .. } => "cancel",
-            Kind::ForceRun { .. } => "force_run",
-            Kind::Reprioritize { .. } => "reprioritize",
-            Kind::Postpone { .. } => "postpone",
-            Kind::Rebalance => "rebalance",
-            Kind::Pause => "pause",
-            Kind::Resume => "resume",
-            Kind::Throttle { .. } => "throttle",
-            Kind::SetLimit { .. } => "set_limit",
-            Kind::Enqueue { .. } => "enqueue",
-            Kind::Alert { .. } => "alert",
+            Kind::Retry { .. } => DecisionKind::Retry,
+            Kind::Dlq { .. } => DecisionKind::Dlq,
+            Kind::Cancel { .. } => DecisionKind::Cancel,
+            Kind::ForceRun { .. } => DecisionKind::ForceRun,
+            Kind::Reprioritize { .. } => DecisionKind::Reprioritize,
+            Kind::Postpone { .. } => DecisionKind::Postpone,
+            Kind::Rebalance => DecisionKind::Rebalance,
+            Kind::Pause => DecisionKind::Pause,
+            Kind::Resume => DecisionKind::Resume,
+            Kind::Throttle { .. } => DecisionKind::Throttle,
+            Kind::SetLimit { .. } => DecisionKind::SetLimit,
+            Kind::Enqueue { .. } => DecisionKind::Enqueue,
+            Kind::Alert { .. } => DecisionKind::Alert,
         }
+    }
+
+    /// [`Kind::decision_kind`]'s text (`retry`, `force_run`, ...).
+    pub fn name(&self) -> &'static str {
+        self.decision_kind().as_str()
     }
 
     /// What dedupe and cooldowns key on: the action id, the idempotency key, the alert's key

@@ -9,38 +9,8 @@ use std::collections::BTreeSet;
 
 use super::Decision;
 
-/// Why a decision was not applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Suppressed {
-    Dedupe,
-    Cap,
-    Cooldown,
-    Paused,
-    DryRun,
-}
-
-impl Suppressed {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Suppressed::Dedupe => "dedupe",
-            Suppressed::Cap => "cap",
-            Suppressed::Cooldown => "cooldown",
-            Suppressed::Paused => "paused",
-            Suppressed::DryRun => "dry-run",
-        }
-    }
-
-    /// The metric label of a decision suppressed for this reason (`suppressed:<why>`).
-    pub fn label(self) -> &'static str {
-        match self {
-            Suppressed::Dedupe => "suppressed:dedupe",
-            Suppressed::Cap => "suppressed:cap",
-            Suppressed::Cooldown => "suppressed:cooldown",
-            Suppressed::Paused => "suppressed:paused",
-            Suppressed::DryRun => "suppressed:dry-run",
-        }
-    }
-}
+/// Why a decision was not applied: the model's vocabulary, so that the store can read it back.
+pub use crate::model::Suppressed;
 
 /// A decision and what the pipeline made of it.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, Value};
 
 use super::entities::{self, actions};
 use super::{Context, OPEN_SQL, Store, StoreError};
-use crate::model::{Action, ActionStatus, TickStatus};
+use crate::model::{Action, ActionStatus, DecisionKind, DecisionOutcome, TickStatus};
 
 /// Who is writing: the lease and the epoch every write is fenced by.
 #[derive(Clone, Debug)]
@@ -45,16 +45,17 @@ pub struct LedgerStats {
     pub partial_ticks_1h: i64,
 }
 
-/// One row of the `decisions` table.
+/// One row of the `decisions` table. `kind` and `outcome` are stored as their text and read
+/// back as the enums they were written from; their JSON is that same text.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct DecisionRow {
     pub tick_id: i64,
     pub rule: String,
-    pub kind: String,
+    pub kind: DecisionKind,
     pub target: String,
     pub priority: i32,
     pub reason: String,
-    pub outcome: String,
+    pub outcome: DecisionOutcome,
     pub created_at: DateTime<Utc>,
 }
 
@@ -76,17 +77,29 @@ pub struct DecideRecord {
     pub states: BTreeMap<String, String>,
 }
 
+/// The columns [`decision_row`] reads.
+const DECISION_COLUMNS: &str = "id, tick_id, rule, kind, target, priority, reason, outcome, created_at";
+
 fn decision_row(r: &sea_orm::QueryResult) -> Result<DecisionRow, StoreError> {
+    let id: i64 = r.try_get("", "id").doing("reading decisions")?;
+    let kind: String = r.try_get("", "kind").doing("reading decisions")?;
+    let outcome: String = r.try_get("", "outcome").doing("reading decisions")?;
     Ok(DecisionRow {
         tick_id: r.try_get("", "tick_id").doing("reading decisions")?,
         rule: r.try_get("", "rule").doing("reading decisions")?,
-        kind: r.try_get("", "kind").doing("reading decisions")?,
+        kind: stored(id, "kind", &kind)?,
         target: r.try_get("", "target").doing("reading decisions")?,
         priority: r.try_get("", "priority").doing("reading decisions")?,
         reason: r.try_get("", "reason").doing("reading decisions")?,
-        outcome: r.try_get("", "outcome").doing("reading decisions")?,
+        outcome: stored(id, "outcome", &outcome)?,
         created_at: r.try_get("", "created_at").doing("reading decisions")?,
     })
+}
+
+/// A column of decision `id` read back as the enum it was written from. Text that is not one
+/// (a hand edit, a newer version's kind) is an error naming the row, the column and the value.
+fn stored<T: std::str::FromStr<Err = String>>(id: i64, column: &str, text: &str) -> Result<T, StoreError> {
+    text.parse().map_err(|e| StoreError::Corrupt { table: "decisions", id, reason: format!("{column} {text:?}: {e}") })
 }
 
 fn fence_sql(name: usize, epoch: usize) -> String {
@@ -280,7 +293,7 @@ impl Store {
                     d.target.as_str().into(),
                     d.priority.into(),
                     d.reason.as_str().into(),
-                    d.outcome.as_str().into(),
+                    d.outcome.to_string().into(),
                     d.created_at.into(),
                 ],
             ))
@@ -326,8 +339,7 @@ impl Store {
         let rows = self
             .db
             .query_all_raw(self.stmt(
-                "SELECT tick_id, rule, kind, target, priority, reason, outcome, created_at FROM decisions \
-                 WHERE tick_id = $1 ORDER BY id",
+                &format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE tick_id = $1 ORDER BY id"),
                 [tick_id.into()],
             ))
             .await
@@ -338,15 +350,14 @@ impl Store {
     /// The last `limit` decisions of any tick, newest first (by primary key: no scan).
     pub async fn recent_decisions(&self, limit: u64) -> Result<Vec<DecisionRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .db
-            .query_all_raw(self.stmt(
-                "SELECT tick_id, rule, kind, target, priority, reason, outcome, created_at FROM decisions \
-                 ORDER BY id DESC LIMIT $1",
-                [limit.into()],
-            ))
-            .await
-            .doing("reading recent decisions")?;
+        let rows =
+            self.db
+                .query_all_raw(self.stmt(
+                    &format!("SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT $1"),
+                    [limit.into()],
+                ))
+                .await
+                .doing("reading recent decisions")?;
         rows.iter().map(decision_row).collect()
     }
 
@@ -459,5 +470,36 @@ impl Store {
         } else {
             Err(StoreError::Internal("the control_flags row is missing".into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_decision_kind_and_outcome_reads_back_as_written() {
+        for k in DecisionKind::ALL {
+            assert_eq!(stored::<DecisionKind>(1, "kind", k.as_str()).unwrap(), *k);
+        }
+        let mut outcomes = vec![DecisionOutcome::Applied, DecisionOutcome::Failed("stale fence".into())];
+        outcomes.extend(crate::model::Suppressed::ALL.iter().map(|s| DecisionOutcome::Suppressed(*s)));
+        for o in outcomes {
+            // What `record_decide` writes is the outcome's text.
+            assert_eq!(stored::<DecisionOutcome>(1, "outcome", &o.to_string()).unwrap(), o);
+        }
+    }
+
+    #[test]
+    fn a_stored_value_that_is_not_one_names_the_row_the_column_and_the_value() {
+        let e = stored::<DecisionKind>(42, "kind", "explode").unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { table: "decisions", id: 42, .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("row decisions#42 holds an invalid value: kind \"explode\": unknown decision kind"),
+            "{text}"
+        );
+        let e = stored::<DecisionOutcome>(7, "outcome", "suppressed:later").unwrap_err().to_string();
+        assert!(e.starts_with("row decisions#7 holds an invalid value: outcome \"suppressed:later\""), "{e}");
     }
 }

@@ -98,14 +98,14 @@ pub enum StoreError {
     // The cause is part of the message and deliberately not a `source`, so that `{:#}` chains
     // print it once.
     //
-    // `not_there_yet`: the server refused or dropped the connection, is starting up, or has no
-    // such database yet: what waiting can cure (`run` waits for it at start). Otherwise the
-    // database answered with a refusal that only a person can fix (a role, a password, a SQLite
-    // path that cannot be opened).
+    // Unavailable (`DbCause::is_unavailable`): the server refused or dropped the connection, is
+    // starting up, or has no such database yet: what waiting can cure (`run` waits for it at
+    // start). Otherwise the database answered with a refusal that only a person can fix (a
+    // role, a password, a SQLite path that cannot be opened).
     #[error("cannot open database {target}: {cause}")]
-    Connect { target: String, cause: DbErr, not_there_yet: bool },
-    #[error("database error while {doing}: {cause}{}", pooler_hint(.cause))]
-    Db { doing: &'static str, cause: DbErr },
+    Connect { target: String, cause: DbCause },
+    #[error("database error while {doing}: {cause}{}", .cause.pooler_hint())]
+    Db { doing: &'static str, cause: DbCause },
     /// The operation found a state that does not allow it (a conflict, not a fault).
     #[error("{0}")]
     Refused(Refusal),
@@ -130,46 +130,105 @@ impl StoreError {
     /// refused request): the daemon backs off and retries these.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Connect { not_there_yet, .. } => *not_there_yet,
-            StoreError::Db { cause, .. } => match cause {
-                DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
-                DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
-                    sqlx_unavailable(e)
-                }
-                _ => false,
-            },
+            StoreError::Connect { cause, .. } | StoreError::Db { cause, .. } => cause.is_unavailable(),
             _ => false,
+        }
+    }
+
+    /// What kind of storage fault this is, in a few words that quote nothing from the
+    /// database (for the public `/health`): `disk full`, `I/O error`, `read-only storage`,
+    /// `database locked`, `database file corrupt`, `database unavailable`, or `database error`
+    /// for the rest.
+    pub fn storage_fault(&self) -> &'static str {
+        if let StoreError::Db { cause, .. } | StoreError::Connect { cause, .. } = self
+            && let Some(fault) = cause.fault
+        {
+            return fault;
+        }
+        if self.is_unavailable() { "database unavailable" } else { "database error" }
+    }
+}
+
+/// What the database or its driver said, classified once here, where the driver's error is at
+/// hand, so that no caller needs `sea_orm` to tell an outage from a fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbCause {
+    message: String,
+    unavailable: bool,
+    fault: Option<&'static str>,
+    pooler_mixup: bool,
+}
+
+impl DbCause {
+    /// A cause of a failed statement: unavailable when the connection broke or could not be
+    /// had, or the server is shutting down.
+    fn of(e: &DbErr) -> DbCause {
+        let unavailable = match e {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+            e => sqlx_cause(e).is_some_and(sqlx_unavailable),
+        };
+        DbCause { message: e.to_string(), unavailable, fault: fault_of(e), pooler_mixup: pooler_mixup(e) }
+    }
+
+    /// The same cause, judged available or not by what the caller knows better.
+    fn unavailable(self, unavailable: bool) -> DbCause {
+        DbCause { unavailable, ..self }
+    }
+
+    /// What the database or the driver said.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether waiting can cure it (a refused or broken connection, a server starting up or
+    /// shutting down, a database not created yet), as opposed to a refusal a person must fix.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+
+    /// The storage fault it names, if it names one (see [`StoreError::storage_fault`]).
+    pub fn storage_fault(&self) -> Option<&'static str> {
+        self.fault
+    }
+
+    /// What to add to the message when it says the driver's prepared statements were mixed up
+    /// between connections (SQLSTATE 42P05 or 26000): a pooler in transaction mode sits in front
+    /// of PostgreSQL. Empty otherwise.
+    pub fn pooler_hint(&self) -> &'static str {
+        if self.pooler_mixup {
+            " (the driver's prepared statements were mixed up between connections: a pooler in transaction \
+             mode sits in front of PostgreSQL; PgBouncer needs version 1.21 or later with \
+             max_prepared_statements set, or session mode; see docs/SCALING.md)"
+        } else {
+            ""
         }
     }
 }
 
-impl StoreError {
-    /// What kind of storage fault this is, in a few words that quote nothing from the
-    /// database (for the public `/health`): `disk full`, `I/O error`, `read-only storage`,
-    /// `database locked`, `database unavailable`, or `database error` for the rest.
-    pub fn storage_fault(&self) -> &'static str {
-        if let StoreError::Db { cause, .. } | StoreError::Connect { cause, .. } = self
-            && let Some(e) = sqlx_cause(cause)
-        {
-            if let sea_orm::sqlx::Error::Io(io) = e
-                && io.kind() == std::io::ErrorKind::StorageFull
-            {
-                return "disk full";
-            }
-            if let Some(code) = e.as_database_error().and_then(|d| d.code()) {
-                // SQLite's extended result codes keep the primary code in the low byte.
-                let sqlite = code.parse::<u32>().ok().map(|c| c & 0xff);
-                match (sqlite, code.as_ref()) {
-                    (Some(13), _) | (_, "53100") => return "disk full",
-                    (Some(10), _) | (_, "58030") => return "I/O error",
-                    (Some(8), _) | (_, "25006") => return "read-only storage",
-                    (Some(5 | 6), _) => return "database locked",
-                    (Some(11), _) => return "database file corrupt",
-                    _ => {}
-                }
-            }
-        }
-        if self.is_unavailable() { "database unavailable" } else { "database error" }
+impl std::fmt::Display for DbCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The storage fault a driver error names, by its I/O kind or SQLite's or PostgreSQL's code.
+fn fault_of(e: &DbErr) -> Option<&'static str> {
+    let e = sqlx_cause(e)?;
+    if let sea_orm::sqlx::Error::Io(io) = e
+        && io.kind() == std::io::ErrorKind::StorageFull
+    {
+        return Some("disk full");
+    }
+    let code = e.as_database_error().and_then(|d| d.code())?;
+    // SQLite's extended result codes keep the primary code in the low byte.
+    let sqlite = code.parse::<u32>().ok().map(|c| c & 0xff);
+    match (sqlite, code.as_ref()) {
+        (Some(13), _) | (_, "53100") => Some("disk full"),
+        (Some(10), _) | (_, "58030") => Some("I/O error"),
+        (Some(8), _) | (_, "25006") => Some("read-only storage"),
+        (Some(5 | 6), _) => Some("database locked"),
+        (Some(11), _) => Some("database file corrupt"),
+        _ => None,
     }
 }
 
@@ -184,19 +243,12 @@ fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
     }
 }
 
-/// What to add to an error that says a prepared statement already exists (SQLSTATE 42P05) or
-/// does not exist (26000): the driver names its statements per connection, so these mean a
-/// pooler in transaction mode hands one server connection to several of ours.
-fn pooler_hint(cause: &DbErr) -> &'static str {
+/// Whether an error says a prepared statement already exists (SQLSTATE 42P05) or does not
+/// exist (26000): the driver names its statements per connection, so these mean a pooler in
+/// transaction mode hands one server connection to several of ours.
+fn pooler_mixup(cause: &DbErr) -> bool {
     let code = sqlx_cause(cause).and_then(|e| e.as_database_error()).and_then(|d| d.code());
-    match code.as_deref() {
-        Some("42P05" | "26000") => {
-            " (the driver's prepared statements were mixed up between connections: a pooler in transaction \
-             mode sits in front of PostgreSQL; PgBouncer needs version 1.21 or later with \
-             max_prepared_statements set, or session mode; see docs/SCALING.md)"
-        }
-        _ => "",
-    }
+    matches!(code.as_deref(), Some("42P05" | "26000"))
 }
 
 /// A connection refused for a reason that waiting cures: the server is not answering, is
@@ -217,7 +269,7 @@ fn connect_error(backend: Backend, target: &str, cause: DbErr) -> StoreError {
         DbErr::ConnectionAcquire(_) => backend == Backend::Postgres,
         e => sqlx_cause(e).is_some_and(|e| not_there_yet(backend, e)),
     };
-    StoreError::Connect { target: target.to_string(), cause, not_there_yet }
+    StoreError::Connect { target: target.to_string(), cause: DbCause::of(&cause).unavailable(not_there_yet) }
 }
 
 /// The sqlx error under a sea-orm one, if there is one.
@@ -236,7 +288,7 @@ trait Context<T> {
 
 impl<T> Context<T> for Result<T, DbErr> {
     fn doing(self, doing: &'static str) -> Result<T, StoreError> {
-        self.map_err(|cause| StoreError::Db { doing, cause })
+        self.map_err(|cause| StoreError::Db { doing, cause: DbCause::of(&cause) })
     }
 }
 
@@ -377,8 +429,8 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let fail = |e: sea_orm::sqlx::Error| StoreError::Connect {
         target: target.to_string(),
-        not_there_yet: not_there_yet(backend, &e),
-        cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
+        cause: DbCause::of(&DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())))
+            .unavailable(not_there_yet(backend, &e)),
     };
     let attempt = async {
         match backend {
@@ -392,8 +444,7 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
                 conn.close().await.map_err(fail)?;
                 sqlite_dir_writable(opts.get_filename()).map_err(|why| StoreError::Connect {
                     target: target.to_string(),
-                    cause: DbErr::Conn(sea_orm::RuntimeErr::Internal(why)),
-                    not_there_yet: false,
+                    cause: DbCause::of(&DbErr::Conn(sea_orm::RuntimeErr::Internal(why))).unavailable(false),
                 })
             }
             Backend::Postgres => {
@@ -410,8 +461,8 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
         Ok(result) => result,
         Err(_) => Err(StoreError::Connect {
             target: target.to_string(),
-            cause: DbErr::Conn(sea_orm::RuntimeErr::Internal("no answer within 10 s".into())),
-            not_there_yet: true,
+            cause: DbCause::of(&DbErr::Conn(sea_orm::RuntimeErr::Internal("no answer within 10 s".into())))
+                .unavailable(true),
         }),
     }
 }
@@ -637,6 +688,28 @@ mod tests {
         assert!(e.contains("unsupported scheme 'mysql'"), "{e}");
         assert!(normalize_url("  ").unwrap_err().to_string().contains("empty"));
         assert!(normalize_url("sqlite:").unwrap_err().to_string().contains("no SQLite file"));
+    }
+
+    #[test]
+    fn a_database_error_is_classified_once_and_keeps_its_message() {
+        let broken = DbErr::Conn(sea_orm::RuntimeErr::Internal("connection reset".into()));
+        let e = StoreError::Db { doing: "reading decisions", cause: DbCause::of(&broken) };
+        assert!(e.is_unavailable());
+        assert_eq!(e.storage_fault(), "database unavailable");
+        assert_eq!(e.to_string(), format!("database error while reading decisions: {broken}"));
+        let refused = DbErr::Custom("no such table".into());
+        let e = StoreError::Db { doing: "reading decisions", cause: DbCause::of(&refused) };
+        assert!(!e.is_unavailable());
+        assert_eq!(e.storage_fault(), "database error");
+        let StoreError::Db { cause, .. } = &e else { unreachable!() };
+        assert_eq!(
+            (cause.message(), cause.pooler_hint(), cause.storage_fault()),
+            (refused.to_string().as_str(), "", None)
+        );
+        // A connection's verdict is the caller's, who knows the backend.
+        let e =
+            connect_error(Backend::Sqlite, "sqlite://x.db", DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout));
+        assert!(!e.is_unavailable(), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::postgres::PgListener;
 
-use super::{Backend, Context, Store, StoreError};
+use super::{Backend, Context, DbCause, Store, StoreError};
 
 /// The channel claimers listen on.
 pub const WORK_CHANNEL: &str = "orchestrator_work";
@@ -54,11 +54,11 @@ impl Store {
         let pool = self.db.get_postgres_connection_pool();
         let mut listener = PgListener::connect_with(pool).await.map_err(|e| StoreError::Db {
             doing: "listening for work",
-            cause: sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
+            cause: DbCause::of(&sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string()))),
         })?;
         listener.listen(WORK_CHANNEL).await.map_err(|e| StoreError::Db {
             doing: "listening for work",
-            cause: sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string())),
+            cause: DbCause::of(&sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string()))),
         })?;
         Ok(Some(WorkListener(listener)))
     }

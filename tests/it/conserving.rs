@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use orchestrator::adapters::{Adapter, AdapterError, ExecContext, Outcome, Proof, Registry};
 use orchestrator::config::Config;
-use orchestrator::model::{Action, ActionStatus, TickStatus};
+use orchestrator::model::{Action, ActionStatus, DecisionKind, TickStatus};
 use orchestrator::queue::{self, EnqueueDefaults, EnqueueRequest};
 use orchestrator::rules::RuleSet;
 use orchestrator::store::{ActionFilter, FlagChange};
@@ -113,7 +113,7 @@ async fn postpone_delays_only_the_named_action(db: &TestDb) {
     let logs = db.store.logs(Some(later), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.contains("postpone decided (rule p: not yet)")), "{logs:?}");
     let decisions = db.store.decisions(r.tick_id).await.unwrap();
-    assert!(decisions.iter().any(|d| d.kind == "postpone" && d.outcome == "applied"), "{decisions:?}");
+    assert!(decisions.iter().any(|d| d.kind == DecisionKind::Postpone && d.outcome.is_applied()), "{decisions:?}");
 
     let r = ran(&engine).await;
     assert_eq!(r.status, TickStatus::Idle);

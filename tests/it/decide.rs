@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use orchestrator::config::Config;
-use orchestrator::model::ActionStatus;
+use orchestrator::model::{ActionStatus, DecisionKind, DecisionOutcome, Suppressed};
 use orchestrator::queue;
 use orchestrator::rules::RuleSet;
 use orchestrator::store::{ActionFilter, Store};
@@ -27,6 +27,7 @@ backend_tests!(
     backtest_replays_recorded_history_with_edited_rules,
     snapshot_counts_by_type_windows_and_samples,
     cooldowns_expire_and_are_pruned,
+    decisions_read_back_as_the_enums_they_were_written_from,
 );
 
 fn rule_set(config: &Config, rules: &[(&str, &str)]) -> RuleSet {
@@ -163,9 +164,10 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     );
     assert!(h_row.last_error.unwrap_or_default().contains("running too long"));
     assert_eq!(rows.len(), 11);
-    assert!(rows.iter().all(|x| x.outcome == "applied"), "{rows:#?}");
-    let kinds: Vec<&str> = rows.iter().map(|x| x.kind.as_str()).collect();
-    for k in ["force_run", "reprioritize", "cancel", "dlq", "retry", "rebalance", "throttle", "enqueue", "alert"] {
+    assert!(rows.iter().all(|x| x.outcome == DecisionOutcome::Applied), "{rows:#?}");
+    let kinds: Vec<DecisionKind> = rows.iter().map(|x| x.kind).collect();
+    use DecisionKind::*;
+    for k in [ForceRun, Reprioritize, Cancel, Dlq, Retry, Rebalance, Throttle, Enqueue, Alert] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let logs = db.store.logs(Some(c), 10).await.unwrap();
@@ -178,9 +180,9 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     assert_eq!(r3.status.as_str(), "PAUSED", "the tick that resumes still dispatches nothing");
     assert!(!db.store.flags().await.unwrap().paused, "resume cleared the flag while paused");
     let rows = db.store.decisions(r3.tick_id).await.unwrap();
-    let outcome = |k: &str| rows.iter().find(|x| x.kind == k).map(|x| x.outcome.clone()).unwrap();
-    assert_eq!(outcome("resume"), "applied");
-    assert_eq!(outcome("cancel"), "suppressed:paused");
+    let outcome = |k: DecisionKind| rows.iter().find(|x| x.kind == k).map(|x| x.outcome.clone()).unwrap();
+    assert_eq!(outcome(DecisionKind::Resume), DecisionOutcome::Applied);
+    assert_eq!(outcome(DecisionKind::Cancel), DecisionOutcome::Suppressed(Suppressed::Paused));
     assert_eq!(act(b).await.status, ActionStatus::Pending);
     let metrics = engine.metrics().render();
     assert!(
@@ -206,7 +208,7 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     assert!(!db.store.flags().await.unwrap().paused);
     // Under the live epoch the same rule applies.
     let r = ran(&engine).await;
-    assert_eq!(db.store.decisions(r.tick_id).await.unwrap().iter().filter(|d| d.outcome == "applied").count(), 2);
+    assert_eq!(db.store.decisions(r.tick_id).await.unwrap().iter().filter(|d| d.outcome.is_applied()).count(), 2);
     assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Cancelled);
 }
 
@@ -268,7 +270,7 @@ async fn runaway_rules_are_stopped_while_the_others_decide(db: &TestDb) {
     assert!(r.notes.contains("rules/a_loop.rhai:2:"), "the loop is located on line 2: {}", r.notes);
     let rows = db.store.decisions(r.tick_id).await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].rule.as_str(), rows[0].outcome.as_str()), ("d_good", "applied"));
+    assert_eq!((rows[0].rule.as_str(), &rows[0].outcome), ("d_good", &DecisionOutcome::Applied));
     let m = engine.metrics().render();
     assert!(m.contains("orchestrator_rule_errors_total{rule=\"a_loop\"} 1"), "{m}");
 }
@@ -640,11 +642,90 @@ async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
     };
     let t1 = ran(&engine).await.tick_id;
     let t2 = ran(&engine).await.tick_id;
-    assert_eq!((outcome(t1).await, outcome(t2).await), ("applied".into(), "suppressed:cooldown".into()));
+    assert_eq!(
+        (outcome(t1).await, outcome(t2).await),
+        (DecisionOutcome::Applied, DecisionOutcome::Suppressed(Suppressed::Cooldown))
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let t3 = ran(&engine).await.tick_id;
-    assert_eq!(outcome(t3).await, "applied", "the cooldown expired");
+    assert_eq!(outcome(t3).await, DecisionOutcome::Applied, "the cooldown expired");
     let live = db.store.cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap();
     let targets: Vec<&str> = live.keys().map(|(_, _, t)| t.as_str()).collect();
     assert_eq!(targets, vec!["again", "m3"], "m1 and m2 expired and were pruned");
+}
+
+async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
+    let mut config = db.config();
+    config.rules.max_decisions_per_tick = 3;
+    config.rules.cooldown = Duration::from_secs(3600);
+    let engine = db.engine(config.clone());
+    // In priority order: a refused cancel (no such action), an alert, the same alert again
+    // (deduplicated), a throttle (the third kept), and a rebalance past the cap.
+    let rules = r#"[
+        cancel(999999, "not there", 9),
+        alert("info", "hello", "k", 8),
+        alert("info", "hello again", "k", 7),
+        throttle(5, "slow", 6),
+        rebalance("spread", 1),
+    ]"#;
+    engine.set_rules(rule_set(&config, &[("mixed", rules)]));
+    let first = ran(&engine).await.tick_id;
+    let second = ran(&engine).await.tick_id;
+
+    let read = |tick: i64| {
+        let store = db.store.clone();
+        async move {
+            let rows = store.decisions(tick).await.unwrap();
+            assert!(rows.iter().all(|d| d.tick_id == tick && d.rule == "mixed"), "{rows:#?}");
+            rows.into_iter().map(|d| (d.kind, d.outcome)).collect::<Vec<_>>()
+        }
+    };
+    let rows = read(first).await;
+    assert!(
+        matches!(&rows[0], (DecisionKind::Cancel, DecisionOutcome::Failed(why)) if why.contains("999999")),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows[1..],
+        [
+            (DecisionKind::Alert, DecisionOutcome::Applied),
+            (DecisionKind::Alert, DecisionOutcome::Suppressed(Suppressed::Dedupe)),
+            (DecisionKind::Throttle, DecisionOutcome::Applied),
+            (DecisionKind::Rebalance, DecisionOutcome::Suppressed(Suppressed::Cap)),
+        ]
+    );
+    let rows = read(second).await;
+    assert!(matches!(rows[0], (DecisionKind::Cancel, DecisionOutcome::Failed(_))), "a refusal starts no cooldown");
+    assert_eq!(
+        rows[1..],
+        [
+            (DecisionKind::Alert, DecisionOutcome::Suppressed(Suppressed::Cooldown)),
+            (DecisionKind::Alert, DecisionOutcome::Suppressed(Suppressed::Dedupe)),
+            (DecisionKind::Throttle, DecisionOutcome::Suppressed(Suppressed::Cooldown)),
+            (DecisionKind::Rebalance, DecisionOutcome::Suppressed(Suppressed::Cap)),
+        ]
+    );
+    let recent = db.store.recent_decisions(1).await.unwrap();
+    assert_eq!(
+        (recent[0].kind, &recent[0].outcome),
+        (DecisionKind::Rebalance, &DecisionOutcome::Suppressed(Suppressed::Cap))
+    );
+
+    // Text that no version writes (a hand edit) is an error that names the row and the value.
+    db.store
+        .execute_unprepared(&format!(
+            "UPDATE decisions SET kind = 'explode' WHERE tick_id = {first} AND kind = 'rebalance'"
+        ))
+        .await
+        .unwrap();
+    let e = db.store.decisions(first).await.unwrap_err().to_string();
+    assert!(e.starts_with("row decisions#") && e.contains("kind \"explode\": unknown decision kind"), "{e}");
+    db.store
+        .execute_unprepared(&format!(
+            "UPDATE decisions SET outcome = 'maybe' WHERE tick_id = {second} AND kind = 'rebalance'"
+        ))
+        .await
+        .unwrap();
+    let e = db.store.recent_decisions(10).await.unwrap_err().to_string();
+    assert!(e.starts_with("row decisions#") && e.contains("outcome \"maybe\""), "{e}");
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use orchestrator::config::Config;
-use orchestrator::model::ActionStatus;
+use orchestrator::model::{ActionStatus, DecisionOutcome};
 use orchestrator::queue::{self, EnqueueRequest, MAX_JSON_DEPTH};
 use orchestrator::rules::{MAX_DECISIONS_PER_RULE, MAX_INVALID_PER_RULE, RuleSet};
 use orchestrator::store::ActionFilter;
@@ -75,8 +75,8 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
     );
     let rows = db.store.decisions(r.tick_id).await.unwrap();
     let outcome = |rule: &str| rows.iter().find(|d| d.rule == rule).map(|d| d.outcome.clone());
-    assert_eq!(outcome("a_enqueue_at").as_deref(), Some("applied"));
-    assert_eq!(outcome("e_good").as_deref(), Some("applied"));
+    assert_eq!(outcome("a_enqueue_at"), Some(DecisionOutcome::Applied));
+    assert_eq!(outcome("e_good"), Some(DecisionOutcome::Applied));
     assert_eq!(outcome("b_enqueue_over"), None);
 
     // The stored payload and state read back; the next tick runs everything.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use orchestrator::config::AdminTokens;
-use orchestrator::model::ActionStatus;
+use orchestrator::model::{ActionStatus, DecisionKind, DecisionOutcome};
 use orchestrator::queue::{self, EnqueueRequest};
 use orchestrator::store::{Authority, DecideRecord, DecisionRow, Fence, PruneCutoffs};
 use serde_json::{Value, json};
@@ -257,11 +257,11 @@ fn decision(tick_id: i64, at: chrono::DateTime<Utc>) -> DecisionRow {
     DecisionRow {
         tick_id,
         rule: "r".into(),
-        kind: "alert".into(),
+        kind: DecisionKind::Alert,
         target: format!("t{tick_id}"),
         priority: 0,
         reason: "test".into(),
-        outcome: "applied".into(),
+        outcome: DecisionOutcome::Applied,
         created_at: at,
     }
 }
