@@ -19,6 +19,7 @@ pub mod environment;
 pub mod key;
 
 pub use crate::adapters::AdaptersConfig;
+pub use crate::health::HealthThresholds;
 use crate::limits::{LimitField, LimitSpec};
 pub use environment::Acting;
 use key::KeyDefault::{Computed, Unset, Value};
@@ -787,19 +788,6 @@ pub struct RulesConfig {
     /// `{severity, message, rule, tick_id}`), for the adapter that handles it to deliver.
     pub alert_action_type: Option<String>,
     pub health: HealthThresholds,
-}
-
-/// Thresholds of the snapshot's health score.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HealthThresholds {
-    /// The queue is saturated above this many pending actions (-20).
-    pub saturated_pending: u64,
-    /// The oldest pending action is too old past this (-15).
-    pub old_pending: Duration,
-    /// `healthy` at this score or more.
-    pub healthy_at: u64,
-    /// `degraded` at this score or more (below `healthy_at`); `critical` below.
-    pub degraded_at: u64,
 }
 
 impl Default for RulesConfig {

@@ -20,9 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::HealthThresholds;
-use crate::model::{Flags, TickRow, TickStatus};
-use crate::snapshot::{LedgerView, QueueView, RecentView, seconds_between};
+use crate::model::{Flags, TickRow, TickStatus, seconds_between};
 
 /// The workload score's band.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,25 +66,53 @@ impl Default for WorkloadHealth {
 
 /// The workload score: 100, less 20 for a saturated queue, 15 for an old pending action, 10 for
 /// failures in the last hour and 5 per failed tick in the last hour; never below 0.
-pub fn workload(queue: &QueueView, recent: &RecentView, ledger: &LedgerView, t: &HealthThresholds) -> WorkloadHealth {
+/// Thresholds of the workload score (`rules.health.*` in the config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthThresholds {
+    /// The queue is saturated above this many pending actions (-20).
+    pub saturated_pending: u64,
+    /// The oldest pending action is too old past this (-15).
+    pub old_pending: Duration,
+    /// `healthy` at this score or more.
+    pub healthy_at: u64,
+    /// `degraded` at this score or more (below `healthy_at`); `critical` below.
+    pub degraded_at: u64,
+}
+
+/// What the workload score is judged from, as plain numbers (the snapshot and `status` read
+/// them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadFacts {
+    /// Pending actions (those held by a limit left out).
+    pub pending: i64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Failed attempts in the last hour.
+    pub failures_1h: i64,
+    /// Ticks that ended FAIL in the last hour.
+    pub failed_ticks_1h: i64,
+}
+
+/// The workload score of `facts`.
+pub fn workload(facts: &WorkloadFacts, t: &HealthThresholds) -> WorkloadHealth {
+    let WorkloadFacts { pending, oldest_pending_age_seconds, failures_1h, failed_ticks_1h } = facts.clone();
     let mut score: i64 = 100;
     let mut reasons = Vec::new();
-    if queue.pending > i64::try_from(t.saturated_pending).unwrap_or(i64::MAX) {
+    if pending > i64::try_from(t.saturated_pending).unwrap_or(i64::MAX) {
         score -= 20;
-        reasons.push(format!("queue saturated: {} pending > {} (-20)", queue.pending, t.saturated_pending));
+        reasons.push(format!("queue saturated: {pending} pending > {} (-20)", t.saturated_pending));
     }
-    if queue.oldest_pending_age_seconds.is_some_and(|a| a > t.old_pending.as_secs_f64()) {
+    if oldest_pending_age_seconds.is_some_and(|a| a > t.old_pending.as_secs_f64()) {
         score -= 15;
         reasons.push(format!("oldest pending older than {}s (-15)", t.old_pending.as_secs_f64()));
     }
-    if recent.failures_1h > 0 {
+    if failures_1h > 0 {
         score -= 10;
-        reasons.push(format!("{} failure(s) in the last hour (-10)", recent.failures_1h));
+        reasons.push(format!("{failures_1h} failure(s) in the last hour (-10)"));
     }
-    if ledger.failed_ticks_1h > 0 {
-        let cut = ledger.failed_ticks_1h.saturating_mul(5).min(100);
+    if failed_ticks_1h > 0 {
+        let cut = failed_ticks_1h.saturating_mul(5).min(100);
         score -= cut;
-        reasons.push(format!("{} failed tick(s) in the last hour (-{cut})", ledger.failed_ticks_1h));
+        reasons.push(format!("{failed_ticks_1h} failed tick(s) in the last hour (-{cut})"));
     }
     let score = score.max(0);
     let status = if score >= t.healthy_at as i64 {
@@ -552,11 +578,13 @@ mod tests {
     #[test]
     fn a_low_workload_score_is_not_a_liveness_failure() {
         let t = RulesConfig::default().health;
-        let queue =
-            QueueView { pending: 10_000, dlq: 500, oldest_pending_age_seconds: Some(99_999.0), ..Default::default() };
-        let recent = RecentView { failures_1h: 50, ..Default::default() };
-        let ledger = LedgerView { failed_ticks_1h: 20, ..Default::default() };
-        assert_eq!(workload(&queue, &recent, &ledger, &t).status, WorkloadStatus::Critical);
+        let busy = WorkloadFacts {
+            pending: 10_000,
+            oldest_pending_age_seconds: Some(99_999.0),
+            failures_1h: 50,
+            failed_ticks_1h: 20,
+        };
+        assert_eq!(workload(&busy, &t).status, WorkloadStatus::Critical);
         // Liveness takes no workload input at all (no DLQ, no failures, no backlog): the same
         // service state is healthy.
         let fresh = tick(TickStatus::Success, 1);

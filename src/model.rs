@@ -535,6 +535,25 @@ impl NewLog {
     }
 }
 
+/// `b - a` in seconds.
+pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_milliseconds() as f64 / 1000.0
+}
+
+/// Longest action type accepted.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// Checks an action type: 1 to 64 of `[A-Za-z0-9_.:-]`.
+pub fn validate_type(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TYPE_LEN {
+        return Err(format!("action type must be 1 to {MAX_TYPE_LEN} characters, got {}", t.len()));
+    }
+    if let Some(c) = t.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:-".contains(*c))) {
+        return Err(format!("action type {t:?} contains {c:?}; use letters, digits and _ . : -"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,8 +25,7 @@ pub const MAX_STATE_BYTES: usize = 256 << 10;
 pub const MAX_JSON_DEPTH: usize = 64;
 /// Longest idempotency key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 200;
-/// Longest action type accepted.
-pub const MAX_TYPE_LEN: usize = 64;
+pub use crate::model::{MAX_TYPE_LEN, validate_type};
 /// Priorities are bounded so that arithmetic on them (boosts, bumps) cannot overflow.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1_000_000..=1_000_000;
 /// Lines per transaction in bulk enqueue: each commit rewrites the index pages it touched, and
@@ -163,17 +162,6 @@ pub fn derive_key(action_type: &str, canonical_payload: &str) -> String {
     h.update(b"\n");
     h.update(canonical_payload.as_bytes());
     hex::encode(h.finalize())
-}
-
-/// Checks an action type: 1 to 64 of `[A-Za-z0-9_.:-]`.
-pub fn validate_type(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.len() > MAX_TYPE_LEN {
-        return Err(format!("action type must be 1 to {MAX_TYPE_LEN} characters, got {}", t.len()));
-    }
-    if let Some(c) = t.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.:-".contains(*c))) {
-        return Err(format!("action type {t:?} contains {c:?}; use letters, digits and _ . : -"));
-    }
-    Ok(())
 }
 
 /// Checks an idempotency key: 1 to 200 bytes, no control characters, no path separators.

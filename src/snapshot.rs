@@ -370,7 +370,7 @@ pub async fn build_with(
     let unheld = QueueView { pending: (queue.pending - crate::store::held_waiting(&usage)).max(0), ..queue.clone() };
     let limits: BTreeMap<String, LimitView> =
         usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
-    let health = crate::health::workload(&unheld, &recent, &ledger, thresholds);
+    let health = crate::health::workload(&workload_facts(&unheld, &recent, &ledger), thresholds);
     Ok(Snapshot {
         now,
         tick_id,
@@ -390,9 +390,20 @@ pub async fn build_with(
     })
 }
 
-/// `b - a` in seconds.
-pub fn seconds_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
-    (b - a).num_milliseconds() as f64 / 1000.0
+pub use crate::model::seconds_between;
+
+/// What the workload score is judged from, out of the snapshot's views.
+pub(crate) fn workload_facts(
+    queue: &QueueView,
+    recent: &RecentView,
+    ledger: &LedgerView,
+) -> crate::health::WorkloadFacts {
+    crate::health::WorkloadFacts {
+        pending: queue.pending,
+        oldest_pending_age_seconds: queue.oldest_pending_age_seconds,
+        failures_1h: recent.failures_1h,
+        failed_ticks_1h: ledger.failed_ticks_1h,
+    }
 }
 
 #[cfg(test)]
@@ -402,7 +413,8 @@ mod tests {
 
     #[test]
     fn health_score_follows_the_seed() {
-        use crate::health::workload as health;
+        let health =
+            |q: &QueueView, r: &RecentView, l: &LedgerView, t| crate::health::workload(&workload_facts(q, r, l), t);
         let t = RulesConfig::default().health;
         let mut q = QueueView::default();
         let mut r = RecentView::default();

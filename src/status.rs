@@ -14,8 +14,8 @@ use serde::{Serialize, Serializer};
 
 use crate::config::HealthThresholds;
 use crate::health::{self, InstanceFacts, Judgement, LeaseSeen, LivenessPolicy, TickFault, WorkerSeen, WorkloadHealth};
+use crate::model::seconds_between;
 use crate::model::{self, ActionStatus, Flags, TickRow};
-use crate::snapshot::{LedgerView, QueueView, RecentView, seconds_between};
 use crate::store::{LimitUsage, Store, StoreError};
 
 /// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
@@ -162,18 +162,16 @@ async fn workload(
     let hour_ago = now - chrono::Duration::hours(1);
     // As the snapshot does: work a limit holds back waits by design and is not saturation.
     let held = crate::store::held_waiting(limits);
-    let queue = QueueView {
+    let mut facts = health::WorkloadFacts {
         pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),
-        ..QueueView::default()
+        ..health::WorkloadFacts::default()
     };
-    let mut recent = RecentView::default();
     for w in store.windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await? {
         if matches!(w.status, ActionStatus::Retry | ActionStatus::Dlq) {
-            recent.failures_1h += w.n_1h;
+            facts.failures_1h += w.n_1h;
         }
     }
-    let stats = store.ledger_stats(None, hour_ago, 1).await?;
-    let ledger = LedgerView { failed_ticks_1h: stats.failed_ticks_1h, ..LedgerView::default() };
-    Ok(health::workload(&queue, &recent, &ledger, thresholds))
+    facts.failed_ticks_1h = store.ledger_stats(None, hour_ago, 1).await?.failed_ticks_1h;
+    Ok(health::workload(&facts, thresholds))
 }

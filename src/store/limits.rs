@@ -152,7 +152,7 @@ impl TypeLimit {
     /// row whose name is not one (planted past every writer) limits no action there is, and
     /// is left out rather than let into SQL; `limits list` still shows it with its error.
     pub(super) fn enforced(&self) -> bool {
-        !self.effective.is_empty() && crate::queue::validate_type(&self.action_type).is_ok()
+        !self.effective.is_empty() && crate::model::validate_type(&self.action_type).is_ok()
     }
 }
 
@@ -317,10 +317,10 @@ fn remaining(spec: &LimitSpec, used: Used, budget_used: u64) -> [Option<u64>; 3]
     ]
 }
 
-/// A type name as an SQL literal. Types pass `queue::validate_type` (letters, digits, `_.:-`)
+/// A type name as an SQL literal. Types pass `model::validate_type` (letters, digits, `_.:-`)
 /// before they reach here; anything else is refused rather than quoted.
 fn lit(t: &str) -> Result<String, StoreError> {
-    crate::queue::validate_type(t).map_err(|e| StoreError::Internal(format!("not a checked type name: {e}")))?;
+    crate::model::validate_type(t).map_err(|e| StoreError::Internal(format!("not a checked type name: {e}")))?;
     Ok(format!("'{t}'"))
 }
 
@@ -434,7 +434,7 @@ impl Store {
                 }
                 continue;
             };
-            crate::queue::validate_type(&t).map_err(StoreError::Invalid)?;
+            crate::model::validate_type(&t).map_err(StoreError::Invalid)?;
             // A row of overrides alone (source `override`) has no base to keep.
             let base = lock_limit(self, txn, &t, LimitSource::Config, now)
                 .await?
@@ -476,7 +476,7 @@ impl Store {
         action_type: &str,
         edit: &LimitEdit,
     ) -> Result<Result<LimitSpec, EditRefusal>, StoreError> {
-        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        crate::model::validate_type(action_type).map_err(StoreError::Invalid)?;
         let txn = self.begin_write().await?;
         let now = self.now();
         let held = lock_limit(self, &txn, action_type, LimitSource::Operator, now).await?.map(|(base, _)| base);
@@ -522,7 +522,7 @@ impl Store {
         reason: &str,
         set_by: &str,
     ) -> Result<(), StoreError> {
-        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        crate::model::validate_type(action_type).map_err(StoreError::Invalid)?;
         let (v, period) = match value {
             LimitValue::Count(n) => (i(n), None),
             LimitValue::Rate(r) => (i(r.count), Some(i(r.period.as_secs()))),
@@ -585,7 +585,7 @@ impl Store {
     /// too (its upsert), so an override set at the same moment is either ended here or kept
     /// with its row, never left without one (which `limits` would not read).
     pub async fn clear_limit_override(&self, action_type: &str, field: LimitField) -> Result<bool, StoreError> {
-        crate::queue::validate_type(action_type).map_err(StoreError::Invalid)?;
+        crate::model::validate_type(action_type).map_err(StoreError::Invalid)?;
         let txn = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             txn.query_one_raw(
@@ -1684,7 +1684,7 @@ pub(super) async fn read_limits<C: ConnectionTrait>(
             let base = base_spec(&r, &mut errors).doing("reading limits")?;
             let source: String = r.try_get("", "source").doing("reading limits")?;
             let updated_at: DateTime<Utc> = r.try_get("", "updated_at").doing("reading limits")?;
-            if let Err(e) = crate::queue::validate_type(&t) {
+            if let Err(e) = crate::model::validate_type(&t) {
                 errors.push(e);
             }
             out.push(TypeLimit {
@@ -1836,7 +1836,7 @@ async fn upsert_limit(
     source: LimitSource,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    crate::queue::validate_type(t).map_err(StoreError::Invalid)?;
+    crate::model::validate_type(t).map_err(StoreError::Invalid)?;
     // A partition field that changes starts its partitions afresh.
     txn.execute_raw(store.stmt(
         "DELETE FROM limit_state WHERE action_type = $1 AND part <> '' AND EXISTS \
