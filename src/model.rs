@@ -126,12 +126,10 @@ impl Clock {
     }
 }
 
-/// A string enum: its text, `Display`, `FromStr` (any case) and `Serialize`. `earlier { OLD =>
-/// "what it is here" }` names the earlier systems' spellings that a parse refuses with their
-/// mapping (docs/upgrading.md).
-macro_rules! string_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }
-     $(earlier { $($old:literal => $new:literal),+ $(,)? })?) => {
+/// What every text enum here has: the enum, `ALL`, its text (`as_str`), `Display` and
+/// `Serialize` as that text. [`string_enum!`] and [`exact_text_enum!`] add how each parses.
+macro_rules! text_enum_common {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum $name { $($variant),+ }
@@ -149,6 +147,22 @@ macro_rules! string_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A string enum: its text, `Display`, `FromStr` (any case) and `Serialize`. `earlier { OLD =>
+/// "what it is here" }` names the earlier systems' spellings that a parse refuses with their
+/// mapping (docs/upgrading.md).
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }
+     $(earlier { $($old:literal => $new:literal),+ $(,)? })?) => {
+        text_enum_common!($(#[$meta])* $name { $($variant => $text),+ });
 
         impl FromStr for $name {
             type Err = String;
@@ -171,12 +185,6 @@ macro_rules! string_enum {
                         ))
                     }
                 }
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
             }
         }
     };
@@ -277,23 +285,7 @@ impl Serialize for Severity {
 /// stored as such): its text, `Display`, `FromStr`, `Serialize` and `Deserialize` as that text.
 macro_rules! exact_text_enum {
     ($(#[$meta:meta])* $name:ident, $what:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
+        text_enum_common!($(#[$meta])* $name { $($variant => $text),+ });
 
         impl FromStr for $name {
             type Err = String;
@@ -301,12 +293,6 @@ macro_rules! exact_text_enum {
                 $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
                     format!("unknown {} {s:?} (expected one of: {})", $what, [$($text),+].join(", "))
                 })
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
             }
         }
 
