@@ -14,8 +14,7 @@ use serde::{Serialize, Serializer};
 
 use crate::config::HealthThresholds;
 use crate::health::{self, InstanceFacts, Judgement, LeaseSeen, LivenessPolicy, TickFault, WorkerSeen, WorkloadHealth};
-use crate::model::seconds_between;
-use crate::model::{self, ActionStatus, Flags, TickRow};
+use crate::model::{self, ActionStatus, Flags, TickRow, seconds_between};
 use crate::store::{LimitUsage, Store, StoreError};
 
 /// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
