@@ -144,19 +144,24 @@ mod tests {
         (hb, asked)
     }
 
-    async fn settle() {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    /// Waits until the loop has ended (at a loss with `Stop`, or when the script runs out).
+    async fn settle(hb: &Heartbeat) {
+        let start = std::time::Instant::now();
+        while !hb.task.is_finished() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the heartbeat loop did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
     async fn a_lost_renewal_raises_the_flag_and_stops_or_goes_on() {
         let (hb, asked) =
             scripted(vec![Renewal::Renewed, Renewal::Lost, Renewal::Renewed], Duration::MAX, WhenLost::Stop);
-        settle().await;
+        settle(&hb).await;
         assert!(hb.is_lost());
         assert_eq!(*asked.lock().unwrap(), 2, "stopped at the loss");
         let (hb, asked) = scripted(vec![Renewal::Lost, Renewal::Renewed], Duration::MAX, WhenLost::GoOn);
-        settle().await;
+        settle(&hb).await;
         assert!(hb.is_lost(), "the owner lowers the flag, not a later renewal");
         assert_eq!(*asked.lock().unwrap(), 3, "went on until Done");
     }
@@ -164,11 +169,11 @@ mod tests {
     #[tokio::test]
     async fn failures_count_only_past_the_grace() {
         let (hb, _) = scripted(vec![Renewal::Failed; 3], Duration::from_secs(60), WhenLost::Stop);
-        settle().await;
+        settle(&hb).await;
         assert!(!hb.is_lost(), "three failures within the grace");
         let (hb, asked) =
             scripted(vec![Renewal::Renewed, Renewal::Failed, Renewal::Failed], Duration::ZERO, WhenLost::Stop);
-        settle().await;
+        settle(&hb).await;
         assert!(hb.is_lost());
         assert_eq!(*asked.lock().unwrap(), 2, "lost at the first failure past a zero grace");
     }
@@ -179,7 +184,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(hb);
         let at_drop = *asked.lock().unwrap();
-        settle().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(*asked.lock().unwrap() <= at_drop + 1, "no renewals after the drop");
     }
 }
