@@ -302,7 +302,7 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
             db.history(n).await?;
             let engine = Engine::new(db.store.clone(), db.config(), Registry::builtin());
             // The tick as it runs in production: snapshot, the shipped rules, ledger.
-            let rules = engine.load_rules()?;
+            let rules = engine.decider().load_rules()?;
             anyhow::ensure!(rules > 0, "no rules loaded from rules/ (run the bench from the repository root)");
             let mut per_run = Vec::new();
             for _ in 0..a.runs {
@@ -424,7 +424,7 @@ async fn drain_beside(
     registry.register(Slow);
     let engine = Engine::new(db.store.clone(), config, registry);
     if shipped_rules {
-        anyhow::ensure!(engine.load_rules()? >= 7, "the shipped rules did not load");
+        anyhow::ensure!(engine.decider().load_rules()? >= 7, "the shipped rules did not load");
     }
     let start = Instant::now();
     loop {
@@ -657,7 +657,7 @@ async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 let mut registry = Registry::builtin();
                 registry.register(Instant0(PARTNER_TYPE));
                 let engine = Engine::new(db.store.clone(), config, registry);
-                anyhow::ensure!(engine.load_rules()? >= 7, "the shipped rules did not load");
+                anyhow::ensure!(engine.decider().load_rules()? >= 7, "the shipped rules did not load");
                 let tick = || async {
                     let t = Instant::now();
                     let attempted = match engine.tick().await? {

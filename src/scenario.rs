@@ -318,7 +318,7 @@ pub async fn run(
         registry.register(Scripted { action_type: t.to_string(), script: scenario.adapters.get(t).cloned() });
     }
     let engine = Engine::new(store.clone(), config, registry);
-    engine.load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
+    engine.decider().load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
 
     let step = chrono::Duration::milliseconds((scenario.every_seconds.max(0.0) * 1000.0) as i64);
     let mut timeline = Vec::new();

@@ -7,207 +7,22 @@
 //! new id. It never monitors, decides, rescues or purges: that is the lease holder's (`tick`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::adapters::Registry;
 use crate::config::Config;
-use crate::executor::{ExecSettings, Executor, Scope};
-use crate::heartbeat::{Heartbeat, Renewal, WhenLost};
+use crate::executor::{DispatchReport, ExecSettings, Executor, Scope};
 use crate::metrics::Metrics;
-use crate::store::{Beat, Claimer, NewWorker, Store, StoreError};
+use crate::services::dispatcher::ClaimTerms;
+use crate::services::registration::Registration;
+use crate::store::{Store, StoreError};
 
 /// The slack of a worker's claim deadline beyond the rounds its attempt may wait for a run
 /// slot: the hand-over and the outcome write.
 pub const WORKER_START_WITHIN: Duration = Duration::from_secs(5);
-
-/// One registration in the `workers` table, renewed or replaced as its heartbeat allows.
-#[derive(Debug)]
-pub struct Registration {
-    store: Store,
-    ttl: Duration,
-    template: NewWorker,
-    id: std::sync::Mutex<Option<String>>,
-    /// When the registration was last written or renewed (taken before the write was asked
-    /// for, so it never looks fresher than the row): it lapses one TTL after.
-    confirmed: std::sync::Mutex<Option<Instant>>,
-    in_flight: AtomicI32,
-    done: AtomicI64,
-    failed: AtomicI64,
-    draining: AtomicBool,
-}
-
-impl Registration {
-    /// A registration not yet written: the first [`Registration::ensure`] registers it.
-    pub fn new(store: Store, ttl: Duration, concurrency: u32, types: Vec<String>) -> Self {
-        Registration {
-            store,
-            ttl,
-            template: NewWorker {
-                id: String::new(),
-                host: gethostname::gethostname().to_string_lossy().into_owned(),
-                pid: i64::from(std::process::id()),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                concurrency: i32::try_from(concurrency).unwrap_or(i32::MAX),
-                types,
-            },
-            id: std::sync::Mutex::new(None),
-            confirmed: std::sync::Mutex::new(None),
-            in_flight: AtomicI32::new(0),
-            done: AtomicI64::new(0),
-            failed: AtomicI64::new(0),
-            draining: AtomicBool::new(false),
-        }
-    }
-
-    /// The id registered now, if any.
-    pub fn id(&self) -> Option<String> {
-        self.id.lock().map(|g| g.clone()).unwrap_or(None)
-    }
-
-    fn set_id(&self, id: Option<String>) {
-        if let Ok(mut g) = self.id.lock() {
-            *g = id;
-        }
-    }
-
-    fn confirm(&self, asked: Option<Instant>) {
-        if let Ok(mut g) = self.confirmed.lock() {
-            *g = asked;
-        }
-    }
-
-    /// What this worker's liveness is judged from (`health::registration`): the id registered
-    /// now, how long ago it was last written or renewed, and the TTL. A heartbeat that keeps
-    /// failing leaves the id in place for the next renewal to try, and lets the age grow.
-    pub fn seen(&self) -> crate::health::RegistrationSeen {
-        crate::health::RegistrationSeen {
-            id: self.id(),
-            since_renewed: self.confirmed.lock().ok().and_then(|g| *g).map(|t| t.elapsed()),
-            ttl: self.ttl,
-        }
-    }
-
-    fn beat(&self) -> Beat {
-        Beat {
-            in_flight: self.in_flight.load(Ordering::SeqCst),
-            done: self.done.load(Ordering::SeqCst),
-            failed: self.failed.load(Ordering::SeqCst),
-            draining: self.draining.load(Ordering::SeqCst),
-        }
-    }
-
-    /// Renews the heartbeat; `false` when the registration had lapsed (it is then forgotten,
-    /// and the next [`Registration::ensure`] registers under a new id).
-    pub async fn renew(&self) -> Result<bool, StoreError> {
-        let Some(id) = self.id() else { return Ok(false) };
-        let asked = Instant::now();
-        if self.store.worker_heartbeat(&id, self.ttl, self.beat()).await? {
-            self.confirm(Some(asked));
-            return Ok(true);
-        }
-        tracing::warn!(worker = %id, "worker registration lapsed (no heartbeat within the TTL); its claims are rescued");
-        self.set_id(None);
-        self.confirm(None);
-        Ok(false)
-    }
-
-    /// The live id: renewed, or registered anew (never the lapsed one again).
-    pub async fn ensure(&self) -> Result<String, StoreError> {
-        if self.renew().await?
-            && let Some(id) = self.id()
-        {
-            return Ok(id);
-        }
-        let mut new = self.template.clone();
-        new.id = format!("{}:{}:{:08x}", new.host, new.pid, fastrand::u32(..));
-        self.done.store(0, Ordering::SeqCst);
-        self.failed.store(0, Ordering::SeqCst);
-        let asked = Instant::now();
-        self.store.register_worker(&new).await?;
-        tracing::info!(worker = %new.id, "worker registered");
-        self.set_id(Some(new.id.clone()));
-        self.confirm(Some(asked));
-        Ok(new.id)
-    }
-
-    /// Removes the registration (a clean stop).
-    pub async fn deregister(&self) -> Result<(), StoreError> {
-        if let Some(id) = self.id() {
-            self.store.deregister_worker(&id).await?;
-            self.set_id(None);
-            self.confirm(None);
-        }
-        Ok(())
-    }
-
-    /// Renews the registration every `every` until the returned guard is dropped (the `run`
-    /// process's executor, while it dispatches and while it waits between ticks). A lapsed
-    /// registration is left lapsed: the next [`Registration::ensure`] registers anew.
-    pub fn keep_alive(self: &Arc<Self>, every: Duration) -> KeepAlive {
-        let this = self.clone();
-        // Never lost: a failed renewal is only logged, and one that finds the registration
-        // lapsed forgets it, which ends the loop at the next beat.
-        let lost = Arc::new(AtomicBool::new(false));
-        let beat =
-            Heartbeat::start("the executor's registration", every, Duration::MAX, WhenLost::GoOn, lost, move || {
-                let this = this.clone();
-                async move {
-                    if this.id().is_none() {
-                        return Renewal::Done;
-                    }
-                    match this.renew().await {
-                        Ok(_) => Renewal::Renewed,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "renewing the executor's registration failed");
-                            Renewal::Failed
-                        }
-                    }
-                }
-            });
-        KeepAlive { _beat: beat }
-    }
-
-    /// A worker's heartbeat: renews every `every`; `lost` goes up when a renewal finds the
-    /// registration lapsed, or renewals have failed for `ttl`, and the worker stops starting
-    /// attempts until it registers anew (and lowers it).
-    fn heartbeat(self: &Arc<Self>, every: Duration, ttl: Duration, lost: Arc<AtomicBool>) -> Heartbeat {
-        let this = self.clone();
-        Heartbeat::start(
-            "the worker's registration (stopping new starts)",
-            every,
-            ttl,
-            WhenLost::GoOn,
-            lost,
-            move || {
-                let this = this.clone();
-                async move {
-                    match this.renew().await {
-                        Ok(true) => Renewal::Renewed,
-                        Ok(false) => Renewal::Lost,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "worker heartbeat failed");
-                            Renewal::Failed
-                        }
-                    }
-                }
-            },
-        )
-    }
-
-    /// Counts a dispatch's finished attempts (written with the next heartbeat).
-    pub fn count(&self, succeeded: u32, failed: u32) {
-        self.done.fetch_add(i64::from(succeeded), Ordering::SeqCst);
-        self.failed.fetch_add(i64::from(failed), Ordering::SeqCst);
-    }
-}
-
-/// Stops a [`Registration::keep_alive`] when dropped.
-pub struct KeepAlive {
-    _beat: Heartbeat,
-}
 
 /// The most action types one worker serves (`worker --types`). Every claim binds each type
 /// as one SQL parameter, and a database allows a few tens of thousands per statement (SQLite
@@ -282,143 +97,24 @@ impl Worker {
     /// deregisters. A lapsed heartbeat stops new starts; the worker then registers anew.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<WorkerSummary, StoreError> {
         let mut stopping = shutdown.clone();
-        let mut shutdown = shutdown;
-        let mut summary = WorkerSummary::default();
         let lost = Arc::new(AtomicBool::new(false));
-        let (by_type, default) = self.settings.claim_timeouts();
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
-        let mut listener = match self.store.work_listener().await {
+        let listener = match self.store.work_listener().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for work notifications; polling every workers.poll_seconds");
                 None
             }
         };
-        // Up to `max_unrecorded` attempts are claimed and not yet recorded (at least
-        // `concurrency`), and `concurrency` run at once across every dispatch: each claim takes
-        // as many rows as the window has room for, and its dispatch runs beside the others, so
-        // a slow attempt never holds the next claim back. A claimed attempt may wait for a run
-        // slot behind the rest of the window: its deadline allows for that many rounds.
-        let concurrency = self.settings.concurrency.max(1);
-        let window = self.settings.max_unrecorded.max(concurrency);
-        let rounds = u32::try_from(window.div_ceil(concurrency)).unwrap_or(u32::MAX);
-        let start_within = WORKER_START_WITHIN.saturating_add(default.saturating_mul(rounds.saturating_sub(1)));
-        let slots = Arc::new(tokio::sync::Semaphore::new(window));
-        let mut running: tokio::task::JoinSet<(i32, crate::executor::DispatchReport)> = tokio::task::JoinSet::new();
-        let mut outcome = Box::pin(async {
-            let mut id: Option<String> = None;
-            let account =
-                |summary: &mut WorkerSummary, done: Result<(i32, crate::executor::DispatchReport), _>| match done {
-                    Ok((n, r)) => {
-                        self.registration.in_flight.fetch_sub(n, Ordering::SeqCst);
-                        self.registration.count(r.succeeded, r.failed);
-                        summary.attempted += u64::from(r.attempted);
-                        summary.succeeded += u64::from(r.succeeded);
-                        summary.rejected_writes += r.rejected.len() as u64;
-                    }
-                    Err(e) => tracing::error!(error = %e, "a dispatch task failed"),
-                };
-            loop {
-                while let Some(done) = running.try_join_next() {
-                    account(&mut summary, done);
-                }
-                if *shutdown.borrow() {
-                    break;
-                }
-                if id.is_none() || lost.load(Ordering::SeqCst) {
-                    // A lapsed registration: what is in flight finishes (or is unstarted) under
-                    // the old one first; then a new id.
-                    while let Some(done) = running.join_next().await {
-                        account(&mut summary, done);
-                    }
-                    match self.registration.ensure().await {
-                        Ok(new) => {
-                            lost.store(false, Ordering::SeqCst);
-                            summary.registrations += 1;
-                            id = Some(new);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot register the worker; trying again");
-                            wait(&mut shutdown, self.config.workers.poll).await;
-                            continue;
-                        }
-                    }
-                }
-                let Some(worker) = id.clone() else { continue };
-                let first = tokio::select! {
-                    p = slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = shutdown.wait_for(|s| *s) => continue,
-                };
-                let mut permits = vec![first];
-                while let Ok(p) = slots.clone().try_acquire_owned() {
-                    permits.push(p);
-                }
-                let claimer = Claimer {
-                    worker: worker.clone(),
-                    worker_ttl: self.config.workers.ttl,
-                    types: self.options.types.clone(),
-                    type_timeouts: by_type.clone(),
-                    default_timeout: default,
-                    start_within,
-                    proof_enforced: self.config.proof_enforced,
-                    limit_partitions: self.config.limit_partitions as usize,
-                    epoch: None,
-                };
-                let claimed = match self.store.claim(&claimer, permits.len() as u64).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        drop(permits);
-                        tracing::warn!(error = %e, "claim failed; trying again");
-                        wait(&mut shutdown, self.config.workers.poll).await;
-                        continue;
-                    }
-                };
-                if claimed.is_empty() {
-                    drop(permits);
-                    // Woken by a notification (PostgreSQL), a finished dispatch (its slot, and
-                    // a limit's slot of its type, are free again), or the poll.
-                    let poll = self.config.workers.poll;
-                    let notified = async {
-                        match listener.as_mut() {
-                            Some(l) => {
-                                l.wait(poll).await;
-                            }
-                            None => tokio::time::sleep(poll).await,
-                        }
-                    };
-                    tokio::select! {
-                        _ = notified => {}
-                        Some(done) = running.join_next(), if !running.is_empty() => account(&mut summary, done),
-                        _ = shutdown.wait_for(|s| *s) => {}
-                    }
-                    continue;
-                }
-                permits.truncate(claimed.len());
-                let n = i32::try_from(claimed.len()).unwrap_or(i32::MAX);
-                self.registration.in_flight.fetch_add(n, Ordering::SeqCst);
-                let (store, executor, lost) = (self.store.clone(), self.executor.clone(), lost.clone());
-                running.spawn(async move {
-                    let far = Instant::now() + Duration::from_secs(365 * 86_400);
-                    let scope = Scope { store: &store, worker: &worker, tick_id: None, deadline: far, lost: &lost };
-                    let r = executor.dispatch(&scope, claimed).await;
-                    drop(permits);
-                    (n, r)
-                });
-            }
-            // Stopping: the attempts in flight finish and are recorded (within the grace).
-            while let Some(done) = running.join_next().await {
-                account(&mut summary, done);
-            }
-        });
-        // SIGTERM: the loop above stops claiming; the dispatches in progress get the grace
-        // period, after which their attempts are left to the rescue.
+        let mut pool = Pool::new(&self.settings);
+        let terms = self.claim_terms(&pool);
+        let mut work = Box::pin(self.claim_loop(&terms, &mut pool, listener, &lost, shutdown));
+        // SIGTERM: the loop stops claiming; the dispatches in progress get the grace period,
+        // after which their attempts are left to the rescue.
         let grace = self.config.workers.shutdown_grace;
         tokio::select! {
-            () = &mut outcome => {}
+            () = &mut work => {}
             () = async {
                 let _ = stopping.wait_for(|s| *s).await;
                 self.registration.draining.store(true, Ordering::SeqCst);
@@ -428,10 +124,194 @@ impl Worker {
                 tracing::warn!(grace_seconds = grace.as_secs_f64(), "shutdown grace over: attempts still in flight are left to the rescue");
             }
         }
-        drop(outcome);
+        drop(work);
         drop(beating);
         self.registration.deregister().await?;
-        Ok(summary)
+        Ok(pool.summary)
+    }
+
+    /// What this worker's claims state. A claimed attempt may wait for a run slot behind the
+    /// rest of the pool's window: its deadline allows for that many rounds.
+    fn claim_terms(&self, pool: &Pool) -> ClaimTerms {
+        let mut terms = ClaimTerms::new(&self.settings, self.config.workers.ttl, Duration::ZERO);
+        let rounds = u32::try_from(pool.window.div_ceil(pool.concurrency)).unwrap_or(u32::MAX);
+        terms.start_within =
+            WORKER_START_WITHIN.saturating_add(terms.default_timeout.saturating_mul(rounds.saturating_sub(1)));
+        ClaimTerms {
+            types: self.options.types.clone(),
+            proof_enforced: self.config.proof_enforced,
+            limit_partitions: self.config.limit_partitions as usize,
+            ..terms
+        }
+    }
+
+    /// Registers, claims as many as the pool has room for, hands each batch to a dispatch of its
+    /// own, and waits for work when there is none; until `shutdown`, then waits for the
+    /// dispatches in flight.
+    async fn claim_loop(
+        &self,
+        terms: &ClaimTerms,
+        pool: &mut Pool,
+        mut listener: Option<crate::store::WorkListener>,
+        lost: &Arc<AtomicBool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let poll = self.config.workers.poll;
+        let mut id: Option<String> = None;
+        loop {
+            pool.collect_finished(&self.registration);
+            if *shutdown.borrow() {
+                break;
+            }
+            if id.is_none() || lost.load(Ordering::SeqCst) {
+                // A lapsed registration: what is in flight finishes (or is unstarted) under the
+                // old one first; then a new id.
+                pool.wait_all(&self.registration).await;
+                match self.registration.ensure().await {
+                    Ok(new) => {
+                        lost.store(false, Ordering::SeqCst);
+                        pool.summary.registrations += 1;
+                        id = Some(new);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register the worker; trying again");
+                        wait(&mut shutdown, poll).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(worker) = id.clone() else { continue };
+            let Some(permits) = pool.room(&mut shutdown).await else { continue };
+            match self.store.claim(&terms.claimer(worker.clone(), None), permits.len() as u64).await {
+                Err(e) => {
+                    drop(permits);
+                    tracing::warn!(error = %e, "claim failed; trying again");
+                    wait(&mut shutdown, poll).await;
+                }
+                Ok(claimed) if claimed.is_empty() => {
+                    drop(permits);
+                    pool.idle(listener.as_mut(), poll, &mut shutdown, &self.registration).await;
+                }
+                Ok(claimed) => {
+                    let scope = (self.store.clone(), self.executor.clone(), worker, lost.clone());
+                    pool.spawn(scope, claimed, permits, &self.registration);
+                }
+            }
+        }
+        // Stopping: the attempts in flight finish and are recorded (within the grace).
+        pool.wait_all(&self.registration).await;
+    }
+}
+
+/// A worker's dispatches in flight. Up to `window` attempts are claimed and not yet recorded
+/// (at least `concurrency`), and `concurrency` run at once across every dispatch: each claim
+/// takes as many rows as the window has room for, and its dispatch runs beside the others, so a
+/// slow attempt never holds the next claim back.
+struct Pool {
+    concurrency: usize,
+    window: usize,
+    slots: Arc<tokio::sync::Semaphore>,
+    running: tokio::task::JoinSet<(i32, DispatchReport)>,
+    summary: WorkerSummary,
+}
+
+type Permits = Vec<tokio::sync::OwnedSemaphorePermit>;
+
+impl Pool {
+    fn new(settings: &ExecSettings) -> Self {
+        let concurrency = settings.concurrency.max(1);
+        let window = settings.max_unrecorded.max(concurrency);
+        Pool {
+            concurrency,
+            window,
+            slots: Arc::new(tokio::sync::Semaphore::new(window)),
+            running: tokio::task::JoinSet::new(),
+            summary: WorkerSummary::default(),
+        }
+    }
+
+    /// Counts a finished dispatch.
+    fn account(&mut self, registration: &Registration, done: Result<(i32, DispatchReport), tokio::task::JoinError>) {
+        match done {
+            Ok((n, r)) => {
+                registration.in_flight.fetch_sub(n, Ordering::SeqCst);
+                registration.count(r.succeeded, r.failed);
+                self.summary.attempted += u64::from(r.attempted);
+                self.summary.succeeded += u64::from(r.succeeded);
+                self.summary.rejected_writes += r.rejected.len() as u64;
+            }
+            Err(e) => tracing::error!(error = %e, "a dispatch task failed"),
+        }
+    }
+
+    fn collect_finished(&mut self, registration: &Registration) {
+        while let Some(done) = self.running.try_join_next() {
+            self.account(registration, done);
+        }
+    }
+
+    async fn wait_all(&mut self, registration: &Registration) {
+        while let Some(done) = self.running.join_next().await {
+            self.account(registration, done);
+        }
+    }
+
+    /// Every free slot of the window, at least one (waiting for it); `None` when `shutdown`
+    /// turned true first. The semaphore is never closed.
+    async fn room(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Permits> {
+        let first = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.wait_for(|s| *s) => return None,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = self.slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        Some(permits)
+    }
+
+    /// Nothing was due: waits for a notification (PostgreSQL), a finished dispatch (its slot,
+    /// and a limit's slot of its type, are free again), the poll, or `shutdown`.
+    async fn idle(
+        &mut self,
+        listener: Option<&mut crate::store::WorkListener>,
+        poll: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+        registration: &Registration,
+    ) {
+        let notified = async {
+            match listener {
+                Some(l) => {
+                    l.wait(poll).await;
+                }
+                None => tokio::time::sleep(poll).await,
+            }
+        };
+        tokio::select! {
+            _ = notified => {}
+            Some(done) = self.running.join_next(), if !self.running.is_empty() => self.account(registration, done),
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Runs `claimed` beside the other dispatches, holding one slot each until it is recorded.
+    fn spawn(
+        &mut self,
+        (store, executor, worker, lost): (Store, Executor, String, Arc<AtomicBool>),
+        claimed: Vec<crate::store::Claimed>,
+        mut permits: Permits,
+        registration: &Registration,
+    ) {
+        permits.truncate(claimed.len());
+        let n = i32::try_from(claimed.len()).unwrap_or(i32::MAX);
+        registration.in_flight.fetch_add(n, Ordering::SeqCst);
+        self.running.spawn(async move {
+            let far = Instant::now() + Duration::from_secs(365 * 86_400);
+            let scope = Scope { store: &store, worker: &worker, tick_id: None, deadline: far, lost: &lost };
+            let r = executor.dispatch(&scope, claimed).await;
+            drop(permits);
+            (n, r)
+        });
     }
 }
 

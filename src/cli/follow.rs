@@ -75,7 +75,7 @@ struct Stop(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
 
 impl Stop {
     fn new() -> Self {
-        Stop(Box::pin(super::shutdown_signal()))
+        Stop(Box::pin(crate::runtime::signals::shutdown_signal()))
     }
 
     async fn wait(&mut self, out: &Out) -> bool {

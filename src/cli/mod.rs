@@ -20,10 +20,7 @@ mod follow;
 mod limits;
 mod output;
 mod rules;
-mod signals;
 pub mod stdio;
-
-pub(crate) use signals::shutdown_signal;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,14 +29,14 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::adapters::Registry;
 use crate::config::{self, Config, Overrides};
 use crate::health::{Liveness, LivenessPolicy};
 use crate::model::{self, ActionStatus, LogLevel};
 use crate::queue::{self, EnqueueRequest};
+use crate::runtime::{self, reload::Reload};
 use crate::status;
-use crate::store::{ActionFilter, Authority, ConfigLimits, FlagChange, LogFilter, Store, StoreOptions};
-use crate::tick::{Engine, TickOutcome};
+use crate::store::{ActionFilter, Authority, FlagChange, LogFilter, Store};
+use crate::tick::TickOutcome;
 
 /// Exit codes.
 pub mod exit {
@@ -526,7 +523,7 @@ async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
     let store = match &cli.command {
         Command::Run { .. } | Command::Worker { .. } | Command::Serve { .. } => {
             check_before_waiting(&cli.command, &config)?;
-            open_store_waiting(&config).await?
+            runtime::startup::open_store_waiting(&config).await.map_err(started)?
         }
         _ => open_store(&config).await?,
     };
@@ -541,102 +538,10 @@ async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
     code
 }
 
-/// On SIGHUP, `run` reads its config again and writes its `limits:` section into the
-/// database; a config that no longer loads is logged and changes nothing.
-fn spawn_limits_reloader(store: Store, reload: Reload) {
-    let mut hup = signals::hangups();
-    tokio::spawn(async move {
-        while signals::next_hangup(&mut hup).await {
-            let config = match reload() {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
-                    continue;
-                }
-            };
-            let synced = match Registry::from_config(&config) {
-                Ok(registry) => crate::daemon::sync_limits(&store, &config, &registry, ConfigLimits::Replace).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "config rejected on SIGHUP; limits unchanged");
-                    continue;
-                }
-            };
-            if let Err(e) = synced {
-                tracing::error!(error = %e, "could not write the limits on SIGHUP; they stay as they were");
-            }
-        }
-    });
-}
-
 /// Connects and migrates, naming the database on failure.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Ok(Store::open(&config.database_url, &store_options(config)).await?)
+    runtime::startup::open_store(config).await.map_err(started)
 }
-
-fn store_options(config: &Config) -> StoreOptions {
-    StoreOptions { sqlite_synchronous_full: config.sqlite_synchronous_full, ..StoreOptions::default() }
-}
-
-/// The first pause between tries at a database that is not there yet, and the longest.
-const STARTUP_RETRY_FIRST: Duration = Duration::from_millis(500);
-const STARTUP_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// [`open_store`] for `run`, `worker` and `serve`, which start at boot, maybe before their
-/// database: one that is not there yet ([`StoreError::is_unavailable`]: refused, starting up,
-/// not created yet, or dropped mid-migration) is tried again with a backoff from 0.5 s doubling
-/// to 5 s, one log line per try, for `startup_timeout_seconds`; then the command exits
-/// [`exit::UNAVAILABLE`]. Anything else (a malformed URL, a refused role, a SQLite path that
-/// cannot be opened) fails at once, as in every other command.
-///
-/// [`StoreError::is_unavailable`]: crate::store::StoreError::is_unavailable
-async fn open_store_waiting(config: &Config) -> anyhow::Result<Store> {
-    let options = store_options(config);
-    let started = std::time::Instant::now();
-    let timeout = config.startup_timeout;
-    let mut pause = STARTUP_RETRY_FIRST;
-    let mut attempt = 0u32;
-    loop {
-        attempt = attempt.saturating_add(1);
-        // A try never runs past the deadline (a host that drops packets answers nothing).
-        let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-        let error = match tokio::time::timeout(left, Store::open(&config.database_url, &options)).await {
-            Ok(Ok(store)) => {
-                if attempt > 1 {
-                    tracing::info!(attempt, waited_s = started.elapsed().as_secs_f64(), "database reachable; starting");
-                }
-                return Ok(store);
-            }
-            Ok(Err(e)) if e.is_unavailable() => e.to_string(),
-            Ok(Err(e)) => return Err(e.into()),
-            Err(_) => format!("no answer within {:.1}s", left.as_secs_f64()),
-        };
-        let waited = started.elapsed();
-        if waited >= timeout {
-            return Err(fail(
-                exit::UNAVAILABLE,
-                format!(
-                    "database still not reachable after {:.0}s and {attempt} tries (startup_timeout_seconds: {}): {error}",
-                    waited.as_secs_f64(),
-                    timeout.as_secs_f64()
-                ),
-            ));
-        }
-        let pause_now = pause.min(timeout - waited);
-        tracing::warn!(
-            attempt,
-            retry_in_s = pause_now.as_secs_f64(),
-            waited_s = waited.as_secs_f64(),
-            startup_timeout_s = timeout.as_secs_f64(),
-            error = %error,
-            "database not reachable yet; waiting for it"
-        );
-        tokio::time::sleep(pause_now).await;
-        pause = (pause * 2).min(STARTUP_RETRY_MAX);
-    }
-}
-
-/// Reads the configuration again, as it was read at start (for SIGHUP).
-type Reload = std::sync::Arc<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
 
 async fn dispatch(
     command: Command,
@@ -646,33 +551,9 @@ async fn dispatch(
     reload: Reload,
 ) -> anyhow::Result<u8> {
     match command {
-        Command::Migrate => {
-            out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
-        }
         Command::Run { ticks, no_http, no_execute, .. } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
-            let engine = if no_execute { engine.without_execution() } else { engine };
-            let stop = shutdown_signal();
-            load_rules(&engine)?;
-            rules::spawn_reloader(engine.clone(), config.rules_dir.clone());
-            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
-            spawn_limits_reloader(store.clone(), reload);
-            let server = if no_http { None } else { Some(start_http(&engine, config, true).await?) };
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                stop.await;
-                tracing::info!("signal received: finishing the current tick, then releasing the lease");
-                let _ = tx.send(true);
-            });
-            tracing::info!(
-                owner = engine.lease().owner(),
-                interval_s = config.tick_interval.as_secs_f64(),
-                "orchestrator running"
-            );
-            let summary = crate::daemon::run(&engine, ticks, rx).await;
-            if let Some(server) = server {
-                server.stop().await;
-            }
+            let options = runtime::RunOptions { ticks, http: !no_http, execute: !no_execute };
+            let summary = runtime::run(store, config, options, reload).await.map_err(started)?;
             out.message(&summary, &format!("stopped after {} tick(s): {:?}", summary.ticks, summary.stopped_by));
         }
         Command::Worker { concurrency, types, listen, no_http } => {
@@ -680,34 +561,8 @@ async fn dispatch(
                 concurrency: concurrency.unwrap_or(config.dispatch_concurrency),
                 types: worker_types(&types)?,
             };
-            let registry = Registry::from_config(config)?;
-            // Its config's limits hold from its first claim, even before any `run` wrote them.
-            crate::daemon::sync_limits(store, config, &registry, ConfigLimits::Fill).await?;
-            let worker = crate::worker::Worker::new(store.clone(), config.clone(), registry, options);
-            let stop = shutdown_signal();
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            let server = if no_http {
-                None
-            } else {
-                let app = crate::http::worker_router(worker.metrics().clone(), worker.registration().clone());
-                let at = (worker_listen(&listen)?, "--listen");
-                Some(HttpServer::start(at, app, config.http.clone(), "/metrics, /health (this worker)").await?)
-            };
-            tokio::spawn(async move {
-                stop.await;
-                tracing::info!("signal received: claiming nothing more, finishing attempts in flight");
-                let _ = tx.send(true);
-            });
-            tracing::info!(
-                concurrency = concurrency.unwrap_or(config.dispatch_concurrency),
-                "orchestrator worker running"
-            );
-            let summary = worker.run(rx).await;
-            // Its /health answered through the drain of the attempts in flight.
-            if let Some(server) = server {
-                server.stop().await;
-            }
-            let summary = summary?;
+            let listen = if no_http { None } else { Some(worker_listen(&listen)?) };
+            let summary = runtime::worker(store, config, options, listen).await.map_err(started)?;
             out.message(
                 &summary,
                 &format!(
@@ -716,45 +571,38 @@ async fn dispatch(
                 ),
             );
         }
-        Command::Workers => out.workers(&store.workers(config.workers.ttl).await?),
         Command::Serve { .. } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
-            load_rules(&engine)?;
-            let stop = shutdown_signal();
-            let server = start_http(&engine, config, false).await?;
-            stop.await;
-            tracing::info!("signal received: stopping the HTTP server");
-            server.stop().await;
+            runtime::serve(store, config).await.map_err(started)?;
             out.message(&serde_json::json!({"stopped": true}), "HTTP server stopped");
         }
         Command::RunOnce { dry_run: true } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
-            load_rules(&engine)?;
-            rules::print_dry_run(&engine.dry_run().await?, out);
+            rules::print_dry_run(&runtime::dry_run(store, config).await.map_err(started)?, out);
         }
-        Command::RunOnce { dry_run: false } => {
-            let engine = Engine::new(store.clone(), config.clone(), Registry::from_config(config)?);
-            load_rules(&engine)?;
-            // Its tick claims: its config's limits hold from that claim, as a worker's do.
-            crate::daemon::sync_limits(store, config, &Registry::from_config(config)?, ConfigLimits::Fill).await?;
-            let outcome = engine.tick().await;
-            if let Err(e) = engine.release().await {
-                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+        Command::RunOnce { dry_run: false } => match runtime::run_once(store, config).await.map_err(started)? {
+            TickOutcome::Ran(report) => out.tick(&report),
+            TickOutcome::NotLeader { owner, epoch, expires_at } => {
+                return Err(fail(
+                    exit::LEASE_HELD,
+                    format!(
+                        "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
+                        crate::lease::LEASE_NAME,
+                        expires_at.to_rfc3339()
+                    ),
+                ));
             }
-            match outcome? {
-                TickOutcome::Ran(report) => out.tick(&report),
-                TickOutcome::NotLeader { owner, epoch, expires_at } => {
-                    return Err(fail(
-                        exit::LEASE_HELD,
-                        format!(
-                            "lease '{}' is held by {owner} (epoch {epoch}) until {}; nothing done",
-                            crate::lease::LEASE_NAME,
-                            expires_at.to_rfc3339()
-                        ),
-                    ));
-                }
-            }
+        },
+        other => return operate(other, config, store, out).await,
+    }
+    Ok(exit::OK)
+}
+
+/// The commands that read or change the database and end: one output each.
+async fn operate(command: Command, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<u8> {
+    match command {
+        Command::Migrate => {
+            out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
+        Command::Workers => out.workers(&store.workers(config.workers.ttl).await?),
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
             let report = read_status(config, store).await?;
@@ -783,29 +631,7 @@ async fn dispatch(
                 let report = read_status(config, store).await?;
                 out.lease(report.lease.as_ref());
             }
-            LeaseCommand::Release { force } => {
-                let lease = store.lease(crate::lease::LEASE_NAME).await?;
-                let now = store.db_now().await?;
-                match lease {
-                    Some(l) if l.expires_at > now && !force => {
-                        return Err(fail(
-                            exit::ERROR,
-                            format!(
-                                "lease '{}' is live, held by {} (epoch {}) until {}; use --force to release it (that instance's later writes will be fenced)",
-                                l.name,
-                                l.owner,
-                                l.epoch,
-                                l.expires_at.to_rfc3339()
-                            ),
-                        ));
-                    }
-                    _ => {
-                        let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
-                        let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
-                        out.message(&serde_json::json!({"released": released}), msg);
-                    }
-                }
-            }
+            LeaseCommand::Release { force } => release_lease(store, force, out).await?,
         },
         Command::Ticks { limit, follow: false } => out.ticks(&store.recent_ticks(limit).await?),
         Command::Ticks { limit, follow: true } => follow::ticks(store, limit, out).await?,
@@ -822,6 +648,10 @@ async fn dispatch(
         }
         Command::Rules(cmd) => return Err(fail(exit::USAGE, format!("{cmd:?} runs without a database"))),
         Command::Explain { tick } => return rules::explain(store, tick, out).await,
+        // The processes are `dispatch`'s; it hands on only what is not one.
+        Command::Run { .. } | Command::Worker { .. } | Command::Serve { .. } | Command::RunOnce { .. } => {
+            return Err(fail(exit::ERROR, "a process command was taken for an operator command"));
+        }
         Command::Completions { .. } | Command::Manpage => {}
         Command::Backup { file } => {
             let backup = store.backup_into(&file).await?;
@@ -850,6 +680,32 @@ async fn dispatch(
         }
     }
     Ok(exit::OK)
+}
+
+/// `lease release`: a live lease only with `--force` (the holder's later writes are fenced).
+async fn release_lease(store: &Store, force: bool, out: &output::Out) -> anyhow::Result<()> {
+    let lease = store.lease(crate::lease::LEASE_NAME).await?;
+    let now = store.db_now().await?;
+    match lease {
+        Some(l) if l.expires_at > now && !force => {
+            return Err(fail(
+                exit::ERROR,
+                format!(
+                    "lease '{}' is live, held by {} (epoch {}) until {}; use --force to release it (that instance's later writes will be fenced)",
+                    l.name,
+                    l.owner,
+                    l.epoch,
+                    l.expires_at.to_rfc3339()
+                ),
+            ));
+        }
+        _ => {
+            let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
+            let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
+            out.message(&serde_json::json!({"released": released}), msg);
+        }
+    }
+    Ok(())
 }
 
 /// `worker --types`: each a valid action type, without repeats.
@@ -884,9 +740,14 @@ fn check_before_waiting(command: &Command, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-/// Loads the rules directory into the engine; a bad rule set stops the command.
-fn load_rules(engine: &Engine) -> anyhow::Result<()> {
-    engine.load_rules().map(|_| ()).map_err(|e| fail(exit::ERROR, e.to_string()))
+/// A process that could not start: its exit code, and the store's error as it is.
+fn started(e: runtime::StartError) -> anyhow::Error {
+    match e {
+        runtime::StartError::Refused(m) => fail(exit::ERROR, m),
+        runtime::StartError::Unavailable(m) => fail(exit::UNAVAILABLE, m),
+        runtime::StartError::Registry(e) => e.into(),
+        runtime::StartError::Store(e) => e.into(),
+    }
 }
 
 async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
@@ -991,8 +852,8 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
             let age = older_than.unwrap_or_else(|| config.retention());
             let cutoff =
                 model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
-            let n = store.purge(cutoff, crate::daemon::PURGE_BATCH).await?;
-            let history = crate::daemon::prune_history(store, config, crate::store::Pace::FLAT_OUT).await?;
+            let n = store.purge(cutoff, crate::services::pruner::PURGE_BATCH).await?;
+            let history = crate::services::pruner::prune_history(store, config, crate::store::Pace::FLAT_OUT).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff, "history": history}),
                 &format!(
@@ -1007,60 +868,6 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
         }
     }
     Ok(())
-}
-
-/// A running HTTP server and the switch that stops it.
-struct HttpServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl HttpServer {
-    /// Binds `at` (the address and the setting that named it) and serves `app` in the
-    /// background, `limits` bounding each connection; `routes` is logged.
-    async fn start(
-        at: (std::net::SocketAddr, &str),
-        app: axum::Router,
-        limits: crate::config::HttpConfig,
-        routes: &str,
-    ) -> anyhow::Result<HttpServer> {
-        let (addr, setting) = at;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| fail(exit::ERROR, format!("cannot listen on {addr} ({setting}): {e}")))?;
-        let bound =
-            listener.local_addr().map_err(|e| fail(exit::ERROR, format!("cannot read the bound address: {e}")))?;
-        tracing::info!(addr = %bound, "HTTP server listening: {routes}");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(crate::http::serve_app(listener, app, limits, async move {
-            let _ = stopped.await;
-        }));
-        Ok(HttpServer { stop, task })
-    }
-
-    /// Stops accepting, lets open requests finish (up to 5 s), and logs how it ended.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
-            Ok(Ok(Ok(()))) => tracing::info!("HTTP server stopped"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
-            Err(_) => tracing::warn!("HTTP server did not stop within 5 s; leaving it"),
-        }
-    }
-}
-
-/// The instance's HTTP face (`run`, `serve`): the address checked as safe to bind for the
-/// admin API's tokens, then served like any other.
-async fn start_http(engine: &Engine, config: &Config, ticking: bool) -> anyhow::Result<HttpServer> {
-    let addr = config.http.listen;
-    crate::http::check_bind(addr, &config.admin_tokens).map_err(|m| fail(exit::ERROR, m))?;
-    if !config.admin_tokens.is_empty() {
-        tracing::info!("admin API enabled: /api/ takes bearer tokens");
-    }
-    let app = crate::http::router(crate::http::AppState::new(engine.clone(), ticking));
-    let routes = "/, /metrics, /health, /status, /api/";
-    HttpServer::start((addr, "http.listen / --listen"), app, config.http.clone(), routes).await
 }
 
 #[cfg(test)]

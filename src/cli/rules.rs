@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -16,7 +15,7 @@ use crate::decide::DecisionOutcome;
 use crate::rules::pipeline::Suppressed;
 use crate::rules::{self, RuleSet, RulesError, fixtures};
 use crate::store::Store;
-use crate::tick::{DryRunReport, Engine};
+use crate::tick::DryRunReport;
 
 /// Loads a rule set, printing diagnostics as `file:line:col: message`.
 fn load(dir: &Path, config: &Config) -> anyhow::Result<Result<RuleSet, Vec<rules::Diagnostic>>> {
@@ -381,58 +380,4 @@ pub fn print_dry_run(r: &DryRunReport, out: &Out) {
     for a in &r.would_dispatch {
         say!(out, "  #{} {} priority {} ({})", a.id, a.action_type, a.priority, a.status);
     }
-}
-
-/// Hot reload for `run`: a change in the rules directory (debounced) or SIGHUP reloads; a set
-/// that fails to compile or check is rejected whole and the old one stays.
-pub fn spawn_reloader(engine: Engine, dir: std::path::PathBuf) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(16);
-    let watcher = {
-        let tx = tx.clone();
-        notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.try_send("rules directory changed");
-            }
-        })
-    };
-    let watcher = match watcher {
-        Ok(mut w) => {
-            use notify::Watcher;
-            match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; SIGHUP still reloads");
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads");
-            None
-        }
-    };
-    {
-        let tx = tx.clone();
-        let mut hup = super::signals::hangups();
-        tokio::spawn(async move {
-            while super::signals::next_hangup(&mut hup).await {
-                let _ = tx.send("SIGHUP").await;
-            }
-        });
-    }
-    drop(tx);
-    tokio::spawn(async move {
-        let _keep = watcher;
-        while let Some(why) = rx.recv().await {
-            // Editors write in several steps; wait for the burst to end.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            while rx.try_recv().is_ok() {}
-            match engine.load_rules() {
-                Ok(n) => tracing::info!(rules = n, digest = %engine.rules().digest(), trigger = why, "rules reloaded"),
-                Err(e) => {
-                    tracing::error!(trigger = why, error = %e, "rules rejected; the previous rule set stays active")
-                }
-            }
-        }
-    });
 }

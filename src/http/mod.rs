@@ -143,7 +143,10 @@ pub async fn serve(
 /// (attempts, durations, rejected writes), and on `/health` its liveness, judged from its
 /// registration (503 while it is not live: not registered, or not renewed within the TTL
 /// because the heartbeat fails or the database is gone; see [`crate::health::registration`]).
-pub fn worker_router(metrics: Arc<crate::metrics::Metrics>, registration: Arc<crate::worker::Registration>) -> Router {
+pub fn worker_router(
+    metrics: Arc<crate::metrics::Metrics>,
+    registration: Arc<crate::services::registration::Registration>,
+) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -542,12 +545,12 @@ async fn status_page(
         admin_api: !st.tokens.is_empty(),
         now: st.store.db_now().await?,
     };
-    let active = st.engine.rules();
+    let active = st.engine.decider().rules();
     let rules = RulesInfo {
         dir: st.config.rules_dir.display().to_string(),
         digest: active.digest().to_string(),
         loaded: active.names().into_iter().map(String::from).collect(),
-        diagnostics: st.engine.rule_diagnostics(),
+        diagnostics: st.engine.decider().diagnostics(),
     };
     let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
     let waiting_by_type = st.store.waiting_by_type().await?;

@@ -47,7 +47,7 @@ async fn a_backlog_drains_with_the_shipped_rules_and_no_idle_tick(db: &TestDb) {
         (0..2000).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
     queue::enqueue_jsonl(&db.store, lines.as_bytes(), config.enqueue_defaults()).await.unwrap();
     let engine = Engine::new(db.store.clone(), config, Registry::builtin());
-    assert!(engine.load_rules().unwrap() >= 7, "the shipped rules load");
+    assert!(engine.decider().load_rules().unwrap() >= 7, "the shipped rules load");
 
     let mut ticks = Vec::new();
     for _ in 0..4 {
@@ -74,7 +74,7 @@ async fn a_throttle_that_holds_work_back_is_recorded(db: &TestDb) {
     }
     let config = db.config();
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(&config, &[("brake", r#"[throttle(0, "hold everything")]"#)]));
+    engine.decider().set_rules(rule_set(&config, &[("brake", r#"[throttle(0, "hold everything")]"#)]));
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Throttled, 0), "{r:?}");
     assert!(r.notes.contains("throttled to 0 by rule brake (5 due at the snapshot)"), "{}", r.notes);
@@ -83,12 +83,12 @@ async fn a_throttle_that_holds_work_back_is_recorded(db: &TestDb) {
     assert_eq!(row.status, TickStatus::Throttled, "the ledger keeps the brake");
 
     // Another rule: the first one's throttle is cooling down for this target.
-    engine.set_rules(rule_set(&config, &[("slower", r#"[throttle(2, "slow down")]"#)]));
+    engine.decider().set_rules(rule_set(&config, &[("slower", r#"[throttle(2, "slow down")]"#)]));
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Throttled, 2), "{r:?}");
     assert!(!r.budget_spent, "a throttled tick does not call the next one early");
 
-    engine.set_rules(rule_set(&config, &[]));
+    engine.decider().set_rules(rule_set(&config, &[]));
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Success, 3), "{r:?}");
     let r = ran(&engine).await;
@@ -102,7 +102,7 @@ async fn postpone_delays_only_the_named_action(db: &TestDb) {
     let mut config = db.config();
     config.rules.params.insert("p".into(), json!({"id": later}));
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(&config, &[("p", r#"[postpone(params.id, 3600, "not yet", 3)]"#)]));
+    engine.decider().set_rules(rule_set(&config, &[("p", r#"[postpone(params.id, 3600, "not yet", 3)]"#)]));
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Success, 1), "only the named action waits: {r:?}");
     let row = db.store.action(later).await.unwrap().unwrap();

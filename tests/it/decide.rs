@@ -118,7 +118,7 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     config.rules.rebalance_age = Duration::ZERO;
     config.rules.alert_action_type = Some("ALERT_SINK".into());
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(&config, &[("all", ALL_KINDS)]));
+    engine.decider().set_rules(rule_set(&config, &[("all", ALL_KINDS)]));
 
     let r = ran(&engine).await;
     assert_eq!(r.attempted, 1, "throttle(1) caps dispatch: {r:?}");
@@ -196,7 +196,7 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     let a = id(db, "a").await;
     let config = db.config();
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(&config, &[("c", &format!("[cancel({a}, \"x\"), pause(\"p\")]"))]));
+    engine.decider().set_rules(rule_set(&config, &[("c", &format!("[cancel({a}, \"x\"), pause(\"p\")]"))]));
     // Another instance takes over between our lease acquire and our writes: bump the epoch
     // under our feet by rewriting the lease row after our acquire (the rule runs after it).
     let fence =
@@ -254,7 +254,7 @@ async fn runaway_rules_are_stopped_while_the_others_decide(db: &TestDb) {
     let mut config = db.config();
     config.rules.budget = Duration::from_millis(30);
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(
+    engine.decider().set_rules(rule_set(
         &config,
         &[
             ("a_loop", "let x = 0;\nloop { x += 1; }"),
@@ -323,7 +323,7 @@ async fn dry_run_changes_nothing_while_another_instance_holds_the_lease(db: &Tes
     let rules_dir = write_rules(db.dir.path(), &rules);
     let config = db.config();
     let holder = db.engine(config.clone());
-    holder.set_rules(rule_set(&config, &rules));
+    holder.decider().set_rules(rule_set(&config, &rules));
     ran(&holder).await; // records state, cooldowns, decisions, runs a and b; keeps the lease
     let c = id(db, "c").await;
     let before = everything(&db.store).await;
@@ -437,7 +437,7 @@ async fn backtest_replays_recorded_history_with_edited_rules(db: &TestDb) {
     let config = db.config();
     let engine = db.engine(config.clone());
     let v1 = [("watch", "if snap.queue.pending > 0 { [alert(\"info\", \"work waiting\")] } else { [] }")];
-    engine.set_rules(rule_set(&config, &v1));
+    engine.decider().set_rules(rule_set(&config, &v1));
     id(db, "a").await;
     let mut config2 = config.clone();
     config2.max_actions_per_tick = 1;
@@ -505,20 +505,20 @@ async fn hot_reload_rejects_a_bad_rule_set_as_a_whole() {
     let mut config = db.config();
     config.rules_dir = write_rules(db.dir.path(), &[("one", "[]"), ("two", "[]")]);
     let engine = db.engine(config.clone());
-    assert_eq!(engine.load_rules().unwrap(), 2);
-    let digest = engine.rules().digest().to_string();
+    assert_eq!(engine.decider().load_rules().unwrap(), 2);
+    let digest = engine.decider().rules().digest().to_string();
     write_rules(db.dir.path(), &[("one", "[]"), ("two", "let x = ;")]);
-    let e = engine.load_rules().unwrap_err().to_string();
+    let e = engine.decider().load_rules().unwrap_err().to_string();
     assert!(e.contains("two.rhai:1:"), "{e}");
-    assert_eq!(engine.rules().digest(), digest, "the old set stays active");
-    assert_eq!(engine.rules().len(), 2);
+    assert_eq!(engine.decider().rules().digest(), digest, "the old set stays active");
+    assert_eq!(engine.decider().rules().len(), 2);
     let m = engine.metrics().render();
     assert!(m.contains("orchestrator_rules_reload_success 0") && m.contains("orchestrator_rules_loaded 2"), "{m}");
     // A set that compiles but fails its check on the default snapshot is rejected too.
     write_rules(db.dir.path(), &[("three", "[retry(0, \"no target\")]")]);
-    assert!(engine.load_rules().unwrap_err().to_string().contains("target action id"));
+    assert!(engine.decider().load_rules().unwrap_err().to_string().contains("target action id"));
     write_rules(db.dir.path(), &[("four", "[]")]);
-    assert_eq!(engine.load_rules().unwrap(), 1);
+    assert_eq!(engine.decider().load_rules().unwrap(), 1);
     assert!(engine.metrics().render().contains("orchestrator_rules_reload_success 1"));
     db.cleanup().await;
 }
@@ -632,7 +632,7 @@ async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
     let mut config = db.config();
     config.rules.cooldown = Duration::from_millis(300);
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(
+    engine.decider().set_rules(rule_set(
         &config,
         &[("nag", "state.n = (state.n ?? 0) + 1;\n[alert(\"info\", \"again\", \"again\"), alert(\"info\", `m${state.n}`, `m${state.n}`)]")],
     ));
@@ -668,7 +668,7 @@ async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
         throttle(5, "slow", 6),
         rebalance("spread", 1),
     ]"#;
-    engine.set_rules(rule_set(&config, &[("mixed", rules)]));
+    engine.decider().set_rules(rule_set(&config, &[("mixed", rules)]));
     let first = ran(&engine).await.tick_id;
     let second = ran(&engine).await.tick_id;
 

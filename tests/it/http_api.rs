@@ -371,7 +371,7 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     .collect();
     let set = RuleSet::from_sources(sources, &c.rules).unwrap_or_else(|d| panic!("rules do not compile: {d:?}"));
     let engine = db.engine(c);
-    engine.set_rules(set);
+    engine.decider().set_rules(set);
     let st = state(&engine);
     let first = ran(&engine).await.tick_id;
     let second = ran(&engine).await.tick_id;
@@ -419,7 +419,7 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
     // /status: the loaded rules, the last tick's rule failure, the recent decisions.
     let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]));
-    assert_eq!(s["rules"]["digest"], engine.rules().digest());
+    assert_eq!(s["rules"]["digest"], engine.decider().rules().digest());
     assert_eq!(s["rules"]["dir"], rules_dir.path().display().to_string());
     assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]));
     let failed = &s["rules"]["diagnostics"]["last_tick"];
@@ -434,13 +434,13 @@ async fn decisions_are_listed_and_shown_on_status(db: &TestDb) {
 
     // A rejected reload keeps the active set and says why, in the file and line.
     std::fs::write(rules_dir.path().join("typo.rhai"), "let x = ;\n").unwrap();
-    assert!(engine.load_rules().is_err());
+    assert!(engine.decider().load_rules().is_err());
     let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!(["beacon", "broken"]), "the previous set stays active");
     let rejected = &s["rules"]["diagnostics"]["rejected_load"];
     assert_eq!((rejected[0]["rule"].as_str(), rejected[0]["line"].as_u64()), (Some("typo"), Some(1)), "{rejected}");
     std::fs::remove_file(rules_dir.path().join("typo.rhai")).unwrap();
-    assert_eq!(engine.load_rules().unwrap(), 0);
+    assert_eq!(engine.decider().load_rules().unwrap(), 0);
     let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!(s["rules"]["loaded"], serde_json::json!([]));
     assert_eq!(s["rules"]["diagnostics"]["rejected_load"], serde_json::json!([]), "a good load clears the rejection");

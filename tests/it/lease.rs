@@ -207,7 +207,7 @@ async fn the_daemon_keeps_its_lease_and_epoch_between_ticks_longer_than_the_ttl(
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let daemon = tokio::spawn({
         let engine = engine.clone();
-        async move { orchestrator::daemon::run(&engine, Some(4), rx).await }
+        async move { orchestrator::runtime::daemon::run(&engine, Some(4), rx).await }
     });
     // Mid-gap, well past the TTL after the first tick: another instance must be refused.
     tokio::time::sleep(Duration::from_millis(550)).await;

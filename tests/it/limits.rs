@@ -57,7 +57,7 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
         ("e_good", "[alert(\"info\", \"still deciding\")]".to_string()),
     ];
     let rules: Vec<(&str, &str)> = rules.iter().map(|(n, s)| (*n, s.as_str())).collect();
-    engine.set_rules(rule_set(&config, &rules));
+    engine.decider().set_rules(rule_set(&config, &rules));
     queue::enqueue(&db.store, &crate::support::noop("plain"), 3).await.unwrap();
 
     let r = ran(&engine).await;
@@ -214,7 +214,7 @@ async fn a_decision_flood_is_bounded_per_rule_and_counted(db: &TestDb) {
     config.rules.max_operations = 100_000_000;
     config.rules.budget = std::time::Duration::from_secs(30);
     let engine = db.engine(config.clone());
-    engine.set_rules(rule_set(
+    engine.decider().set_rules(rule_set(
         &config,
         &[
             // The sandbox re-measures the array at each push, so 1,000 keeps the test quick; the bound

@@ -297,8 +297,9 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
     config.ledger_retention_days = 14;
     config.decisions_retention_days = 1;
     config.cooldown_retention_days = 1;
-    let pruned =
-        orchestrator::daemon::prune_history(&db.store, &config, orchestrator::store::Pace::FLAT_OUT).await.unwrap();
+    let pruned = orchestrator::services::pruner::prune_history(&db.store, &config, orchestrator::store::Pace::FLAT_OUT)
+        .await
+        .unwrap();
     assert_eq!((pruned.ledger, pruned.decisions, pruned.cooldowns), (1, 1, 1), "{pruned:?}");
     assert!(db.store.tick(old).await.unwrap().is_none());
     for id in [kept, fresh] {
@@ -351,7 +352,7 @@ async fn a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks(db: &TestDb
     // The daemon's first tick starts the hourly purge in the background; it goes on ticking.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let daemon_engine = engine.clone();
-    let daemon = tokio::spawn(async move { orchestrator::daemon::run(&daemon_engine, None, stopped).await });
+    let daemon = tokio::spawn(async move { orchestrator::runtime::daemon::run(&daemon_engine, None, stopped).await });
     let start = Instant::now();
     while db.store.tick(OLD_ROWS).await.unwrap().is_some() {
         assert!(start.elapsed() < Duration::from_secs(600), "the purge did not finish in 10 minutes");
@@ -475,7 +476,7 @@ async fn leftover_tmp_artifacts_are_removed_at_start_and_counted() {
     std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
     let engine = db.engine(config);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    orchestrator::daemon::run(&engine, Some(1), stopped).await;
+    orchestrator::runtime::daemon::run(&engine, Some(1), stopped).await;
     assert!(!old.exists(), "an hour-old .tmp-* file is a leftover: removed");
     assert!(fresh.exists(), "a young one may be a write in flight: kept");
     let metrics = engine.metrics().render();

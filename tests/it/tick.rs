@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use orchestrator::adapters::{Adapter, AdapterError, ExecContext, Outcome, Proof, Registry};
 use orchestrator::artifacts::sha256_hex;
-use orchestrator::daemon::{self, StopReason};
 use orchestrator::model::{Action, ActionStatus, LogLevel, TickStatus};
 use orchestrator::queue::{self, EnqueueRequest};
+use orchestrator::runtime::daemon::{self, StopReason};
 use orchestrator::store::FlagChange;
 use orchestrator::tick::{Engine, TickOutcome};
 use serde_json::json;

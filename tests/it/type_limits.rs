@@ -382,7 +382,7 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
     let mut config = db.config();
     config.rules_dir = crate::support::fixtures::shipped_rules();
     let engine = db.engine(config);
-    assert!(engine.load_rules().unwrap() >= 7, "the shipped rules load");
+    assert!(engine.decider().load_rules().unwrap() >= 7, "the shipped rules load");
 
     let first = crate::support::ran(&engine).await;
     crate::support::fixtures::assert_conserving(&first);

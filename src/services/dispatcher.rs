@@ -1,0 +1,208 @@
+//! The dispatcher: claims due actions, runs them through the executor, records each outcome.
+//!
+//! The lease holder's tick calls [`Dispatcher::drain`] with the tick's budget; a dry run calls
+//! [`Dispatcher::preview`], which is the claim's own pick, written nowhere, so what it lists is
+//! what the next claim takes. [`ClaimTerms`] are the terms every claimer states, the `worker`
+//! process's too. After a tick that ran nothing with work due, [`Dispatcher::left_idle`] checks
+//! the work-conserving invariant. It never decides what is due: the store's claim does.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::executor::{ExecSettings, Executor, Scope};
+use crate::heartbeat::Heartbeat;
+use crate::limits::LimitSpec;
+use crate::model::Action;
+use crate::services::registration::Registration;
+use crate::store::{Claimer, Store, StoreError};
+
+/// Rows claimed per claim statement; a tick loops claims up to its budget.
+pub const CLAIM_BATCH: u32 = 512;
+
+/// What every claim of one process states besides its worker id.
+#[derive(Clone, Debug)]
+pub struct ClaimTerms {
+    pub worker_ttl: Duration,
+    /// The action types it serves; empty: every type.
+    pub types: Vec<String>,
+    /// How long a claimed attempt may wait for a run slot before it starts.
+    pub start_within: Duration,
+    pub proof_enforced: bool,
+    pub limit_partitions: usize,
+    pub type_timeouts: Vec<(String, Duration)>,
+    pub default_timeout: Duration,
+}
+
+impl ClaimTerms {
+    /// The terms of an executor with `settings`' timeouts.
+    pub fn new(settings: &ExecSettings, worker_ttl: Duration, start_within: Duration) -> Self {
+        let (type_timeouts, default_timeout) = settings.claim_timeouts();
+        ClaimTerms {
+            worker_ttl,
+            types: Vec::new(),
+            start_within,
+            proof_enforced: false,
+            limit_partitions: 0,
+            type_timeouts,
+            default_timeout,
+        }
+    }
+
+    /// The claim of `worker`, the lease holder's own executor when `epoch` is set.
+    pub fn claimer(&self, worker: String, epoch: Option<i64>) -> Claimer {
+        Claimer {
+            worker,
+            worker_ttl: self.worker_ttl,
+            types: self.types.clone(),
+            type_timeouts: self.type_timeouts.clone(),
+            default_timeout: self.default_timeout,
+            start_within: self.start_within,
+            proof_enforced: self.proof_enforced,
+            limit_partitions: self.limit_partitions,
+            epoch,
+        }
+    }
+}
+
+/// What a tick's dispatch did.
+#[derive(Clone, Debug, Default)]
+pub struct Drained {
+    pub attempted: u32,
+    pub succeeded: u32,
+    /// Claims returned to PENDING unstarted (the deadline, or a lost lease).
+    pub unstarted: u32,
+    /// Outcome writes the fence refused.
+    pub rejected_writes: usize,
+    /// The first store error met while recording outcomes; the dispatch stopped there.
+    pub store_error: Option<String>,
+    /// What was left of the budget.
+    pub remaining: u32,
+}
+
+/// Due work a tick left idle: what per-type limits hold (and why), and the rest.
+#[derive(Clone, Debug, Default)]
+pub struct LeftIdle {
+    /// Due actions held by a full limit, and each limit that holds them.
+    pub held: i64,
+    pub held_by: Vec<String>,
+    /// Due actions nothing holds: 0 unless the work-conserving invariant is broken.
+    pub unheld: i64,
+}
+
+/// The lease holder's executor: claims and runs within a tick's budget.
+#[derive(Clone, Debug)]
+pub struct Dispatcher {
+    store: Store,
+    executor: Executor,
+    registration: Arc<Registration>,
+    terms: ClaimTerms,
+    /// How often the registration is renewed while attempts run.
+    heartbeat: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        executor: Executor,
+        registration: Arc<Registration>,
+        terms: ClaimTerms,
+        heartbeat: Duration,
+    ) -> Self {
+        Dispatcher { store, executor, registration, terms, heartbeat }
+    }
+
+    /// This executor's registration.
+    pub fn registration(&self) -> &Arc<Registration> {
+        &self.registration
+    }
+
+    /// What the next claims would take, at most `cap` (the config's `limits` filled in where the
+    /// database has none, as the tick's process writes them before it claims): the claim's own
+    /// pick in a transaction that is rolled back.
+    pub async fn preview(
+        &self,
+        cap: u32,
+        config_limits: Option<&BTreeMap<String, LimitSpec>>,
+    ) -> Result<Vec<Action>, StoreError> {
+        self.store.pick(&self.terms.claimer(String::new(), None), u64::from(cap), config_limits).await
+    }
+
+    /// Claims and runs up to `budget` actions in batches, until the queue has nothing due, the
+    /// `deadline` passes or the lease is `lost`. `limited`: some type has a limit, so a short
+    /// batch may be a limit's cut rather than an empty queue (the slots it used are free again
+    /// once it ran).
+    pub async fn drain(
+        &self,
+        budget: u32,
+        deadline: Instant,
+        tick_id: i64,
+        epoch: i64,
+        lease: &Heartbeat,
+        limited: bool,
+    ) -> Result<Drained, StoreError> {
+        let worker = self.registration.ensure().await?;
+        let _alive = self.registration.keep_alive(self.heartbeat);
+        let claimer = self.terms.claimer(worker.clone(), Some(epoch));
+        let lost = lease.lost_flag();
+        let mut out = Drained { remaining: budget, ..Drained::default() };
+        while out.remaining > 0 && Instant::now() < deadline && !lease.is_lost() {
+            let want = out.remaining.min(CLAIM_BATCH);
+            let claimed = self.store.claim(&claimer, u64::from(want)).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            out.remaining -= claimed.len() as u32;
+            // A short batch means nothing else was due; claiming again would only re-take what
+            // this tick just failed and made due again, unless a limit cut the batch.
+            let drained = (claimed.len() as u32) < want && !limited;
+            let scope = Scope { store: &self.store, worker: &worker, tick_id: Some(tick_id), deadline, lost: &lost };
+            let r = self.executor.dispatch(&scope, claimed).await;
+            self.registration.count(r.succeeded, r.failed);
+            out.attempted += r.attempted;
+            out.succeeded += r.succeeded;
+            out.unstarted += r.unstarted;
+            out.rejected_writes += r.rejected.len();
+            if r.store_error.is_some() {
+                out.store_error = r.store_error;
+                break;
+            }
+            if drained {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The due work nobody runs now, split into what full limits hold (named, e.g. `SLOW
+    /// max_running 2 (7 waiting)`) and the rest.
+    pub async fn left_idle(&self) -> Result<LeftIdle, StoreError> {
+        let due = self.store.due_count().await?;
+        if due == 0 {
+            return Ok(LeftIdle::default());
+        }
+        let usage = self.store.limit_usage().await?;
+        let held = crate::store::held_waiting(&usage).min(due);
+        Ok(LeftIdle { held, held_by: held_by(&usage), unheld: due - held })
+    }
+}
+
+/// For each type whose due work a full limit holds (for a partitioned type: its tightest
+/// partition), what holds it, e.g. `SLOW max_running 2 (7 waiting)`.
+fn held_by(usage: &[crate::store::LimitUsage]) -> Vec<String> {
+    let mut why = Vec::new();
+    for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
+        let spec = &u.limit.effective;
+        let full = [
+            (u.running_remaining, spec.max_running.map(|n| format!("max_running {n}"))),
+            (u.rate_remaining, spec.rate.map(|r| format!("rate {r}"))),
+            (u.budget_remaining, spec.daily_budget.map(|n| format!("daily_budget {n}"))),
+        ]
+        .into_iter()
+        .find_map(|(left, name)| if left == Some(0) { name } else { None });
+        if let Some(name) = full {
+            why.push(format!("{} {name} ({} waiting)", u.action_type, u.waiting));
+        }
+    }
+    why
+}
