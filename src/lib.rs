@@ -18,7 +18,7 @@ pub mod http;
 mod input;
 pub mod lease;
 pub mod limits;
-mod metrics;
+pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod rules;

@@ -161,6 +161,11 @@ impl Engine {
         &self.decider
     }
 
+    /// This process's executor: the claims, the preview, the conserving check.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
     /// A whole tick that writes nothing: no lease taken (it works while another instance holds
     /// it), no rescue, no decision applied, no action claimed.
     pub async fn dry_run(&self) -> Result<DryRunReport, StoreError> {

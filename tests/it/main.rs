@@ -27,6 +27,7 @@ mod partition_cap;
 mod pgbouncer;
 mod queue;
 mod runbook;
+mod services;
 mod startup;
 mod store;
 mod tick;
