@@ -69,6 +69,37 @@ pub async fn decide(
 ) -> Result<Decided, StoreError> {
     let mut out = Decided::default();
     let snap_json = serde_json::to_value(snap).unwrap_or(Value::Null);
+    let states = read_states(store, &mut out).await?;
+    let (decisions, new_states) = evaluate(rules, &snap_json, &states, metrics, &mut out);
+    let cooling: BTreeSet<(String, String, String)> = if config.rules.cooldown.is_zero() {
+        BTreeSet::new()
+    } else {
+        store.cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
+    };
+    let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
+
+    out.snapshot_json = snap_json.to_string();
+    out.rules_digest = rules.digest().to_string();
+    let mut record = DecideRecord { states: new_states, ..Default::default() };
+    for p in planned {
+        let report = settle(store, config, metrics, fence, p, &mut out, &mut record).await?;
+        out.decisions.push(report);
+    }
+    let applied = out.decisions.iter().filter(|d| d.outcome.is_applied()).count();
+    if !out.decisions.is_empty() {
+        out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
+    }
+    if let Some(fence) = fence {
+        let now = store.now();
+        record.decisions = out.decisions.iter().map(|d| d.row(fence.tick_id.unwrap_or(0), now)).collect();
+        store.record_decide(fence, &record).await?;
+        store.prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
+    }
+    Ok(out)
+}
+
+/// Each rule's persisted state; one that is not JSON starts empty, with a note.
+async fn read_states(store: &Store, out: &mut Decided) -> Result<BTreeMap<String, Value>, StoreError> {
     let mut states = BTreeMap::new();
     for (rule, text) in store.rule_states().await? {
         match serde_json::from_str::<Value>(&text) {
@@ -78,7 +109,20 @@ pub async fn decide(
             Err(e) => out.notes.push(format!("rule {rule}: stored state is not JSON ({e}); starting empty")),
         }
     }
-    let runs = rules.evaluate(&snap_json, &states);
+    Ok(states)
+}
+
+/// Runs every rule: their decisions, and the states that changed (checked for storage). A rule
+/// that fails, an invalid decision and decisions past the per-rule cap become notes and
+/// diagnostics, and are counted.
+fn evaluate(
+    rules: &RuleSet,
+    snap_json: &Value,
+    states: &BTreeMap<String, Value>,
+    metrics: &RuleMetrics,
+    out: &mut Decided,
+) -> (Vec<Decision>, BTreeMap<String, String>) {
+    let runs = rules.evaluate(snap_json, states);
     out.rules_evaluated = runs.len();
     let mut decisions = Vec::new();
     let mut new_states = BTreeMap::new();
@@ -119,78 +163,72 @@ pub async fn decide(
         }
         decisions.extend(r.decisions);
     }
+    (decisions, new_states)
+}
 
-    let cooling: BTreeSet<(String, String, String)> = if config.rules.cooldown.is_zero() {
-        BTreeSet::new()
-    } else {
-        store.cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
-    };
-    let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
-
-    out.snapshot_json = snap_json.to_string();
-    out.rules_digest = rules.digest().to_string();
-    let mut record = DecideRecord { states: new_states, ..Default::default() };
-    for p in planned {
-        let d = &p.decision;
-        let outcome = match (p.suppressed, fence) {
-            (Some(why), _) => DecisionOutcome::Suppressed(why),
-            (None, None) => {
-                // A dry run applies nothing, but its pick is capped and stopped as the tick's
-                // would be.
-                match d.kind {
-                    Kind::Throttle { n } => out.throttle = Some(out.throttle.map_or(n, |t| t.min(n))),
-                    Kind::Pause => out.paused = true,
-                    _ => {}
-                }
-                DecisionOutcome::Suppressed(Suppressed::DryRun)
+/// What becomes of one planned decision: suppressed by the pipeline, applied under `fence`
+/// (its cooldown recorded), refused, or, in a dry run, reported as it would cap or stop the
+/// tick's pick.
+async fn settle(
+    store: &Store,
+    config: &Config,
+    metrics: &RuleMetrics,
+    fence: Option<&Fence>,
+    p: pipeline::Planned,
+    out: &mut Decided,
+    record: &mut DecideRecord,
+) -> Result<DecisionReport, StoreError> {
+    let d = &p.decision;
+    let outcome = match (p.suppressed, fence) {
+        (Some(why), _) => DecisionOutcome::Suppressed(why),
+        (None, None) => {
+            // A dry run applies nothing, but its pick is capped and stopped as the tick's
+            // would be.
+            match d.kind {
+                Kind::Throttle { n } => out.throttle = Some(out.throttle.map_or(n, |t| t.min(n))),
+                Kind::Pause => out.paused = true,
+                _ => {}
             }
-            (None, Some(fence)) => match apply(store, fence, config, metrics, d, &mut out).await? {
-                Applied::Yes => {
-                    record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
-                    DecisionOutcome::Applied
-                }
-                Applied::Refused(why) => DecisionOutcome::Failed(why),
-            },
-        };
-        if fence.is_some() {
-            metrics.decisions_total.with_label_values(&[d.rule.as_str(), d.kind.name(), outcome.label()]).inc();
+            DecisionOutcome::Suppressed(Suppressed::DryRun)
         }
-        if let DecisionOutcome::Failed(_) = &outcome {
-            out.notes.push(format!("{} {} {} {outcome}", d.rule, d.kind.name(), d.kind.target()));
+        (None, Some(fence)) => match apply(store, fence, config, metrics, d, out).await? {
+            Applied::Yes => {
+                record.cooldowns.push((d.rule.clone(), d.kind.name().to_string(), d.kind.target()));
+                DecisionOutcome::Applied
+            }
+            Applied::Refused(why) => DecisionOutcome::Failed(why),
+        },
+    };
+    if fence.is_some() {
+        metrics.decisions_total.with_label_values(&[d.rule.as_str(), d.kind.name(), outcome.label()]).inc();
+    }
+    if let DecisionOutcome::Failed(_) = &outcome {
+        out.notes.push(format!("{} {} {} {outcome}", d.rule, d.kind.name(), d.kind.target()));
+    }
+    Ok(DecisionReport {
+        rule: d.rule.clone(),
+        kind: d.kind.decision_kind(),
+        target: d.kind.target(),
+        priority: d.priority,
+        reason: d.reason.clone(),
+        outcome,
+    })
+}
+
+impl DecisionReport {
+    /// The decision's row in tick `tick_id`'s record.
+    fn row(&self, tick_id: i64, now: chrono::DateTime<chrono::Utc>) -> DecisionRow {
+        DecisionRow {
+            tick_id,
+            rule: self.rule.clone(),
+            kind: self.kind,
+            target: self.target.clone(),
+            priority: i32::from(self.priority),
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
+            created_at: now,
         }
-        out.decisions.push(DecisionReport {
-            rule: d.rule.clone(),
-            kind: d.kind.decision_kind(),
-            target: d.kind.target(),
-            priority: d.priority,
-            reason: d.reason.clone(),
-            outcome,
-        });
     }
-    let applied = out.decisions.iter().filter(|d| d.outcome.is_applied()).count();
-    if !out.decisions.is_empty() {
-        out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
-    }
-    if let Some(fence) = fence {
-        let now = store.now();
-        record.decisions = out
-            .decisions
-            .iter()
-            .map(|d| DecisionRow {
-                tick_id: fence.tick_id.unwrap_or(0),
-                rule: d.rule.clone(),
-                kind: d.kind,
-                target: d.target.clone(),
-                priority: i32::from(d.priority),
-                reason: d.reason.clone(),
-                outcome: d.outcome.clone(),
-                created_at: now,
-            })
-            .collect();
-        store.record_decide(fence, &record).await?;
-        store.prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
-    }
-    Ok(out)
 }
 
 /// A throttle holds for the tick interval, and at least this long (an interval of 0 would

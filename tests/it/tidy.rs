@@ -505,7 +505,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
         167,
         "the limited pick's passes; to be split into named steps (issue 24, item 2)",
     ),
-    ("src/decide.rs", "decide", 133, "rules in, decisions recorded; to become the decider service (issue 24, item 1)"),
     ("src/rules/sandbox.rs", "register_constructors", 128, "one registration per decision constructor, a flat list"),
     ("src/snapshot.rs", "build_with", 123, "the snapshot's bounded queries in order; a flat list of reads"),
     ("src/decide.rs", "apply", 113, "one arm per decision kind, each a call of the state machine"),
