@@ -30,7 +30,40 @@ backend_tests!(
     deadline_returns_unstarted_claims_uncounted,
     follower_does_nothing,
     daemon_prunes_history_past_retention,
+    a_tick_that_dies_midway_leaves_its_row_as_fail,
+    ticks_on_one_engine_never_overlap,
 );
+
+/// The ledger row is opened first: a tick whose process stops before it closes the row shows as
+/// `FAIL` "did not finish", and the next tick gets a row of its own.
+async fn a_tick_that_dies_midway_leaves_its_row_as_fail(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let (_, tick_id) = engine.lease().begin_tick(db.store.now()).await.unwrap().expect("the lease is free");
+    let row = db.store.recent_ticks(1).await.unwrap().remove(0);
+    assert_eq!((row.id, row.status), (tick_id, TickStatus::Fail));
+    assert_eq!(row.notes.as_deref(), Some(orchestrator::store::UNFINISHED_NOTE));
+    let next = ran(&engine).await;
+    assert_eq!(next.tick_id, tick_id + 1);
+    let rows = db.store.recent_ticks(2).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [next.status, TickStatus::Fail]);
+}
+
+/// An API `run-once` and the daemon's tick on the same engine: the second waits for the first,
+/// so their rows never overlap in time.
+async fn ticks_on_one_engine_never_overlap(db: &TestDb) {
+    let engine = db.engine(db.config());
+    for i in 0..20 {
+        queue::enqueue(&db.store, &noop(&format!("n{i}")), 3).await.unwrap();
+    }
+    let (a, b) = tokio::join!(engine.tick(), engine.tick());
+    for outcome in [a, b] {
+        assert!(matches!(outcome.unwrap(), TickOutcome::Ran(_)));
+    }
+    let mut rows = db.store.recent_ticks(2).await.unwrap();
+    rows.sort_by_key(|r| r.id);
+    let first_end = rows[0].finished_at.expect("closed");
+    assert!(rows[1].started_at >= first_end, "tick {} started before tick {} ended: {rows:?}", rows[1].id, rows[0].id);
+}
 
 fn social(key: &str) -> EnqueueRequest {
     EnqueueRequest {

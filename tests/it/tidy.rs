@@ -461,6 +461,50 @@ fn code_map_entries(arch: &str) -> Result<Vec<(usize, String, bool)>, String> {
 
 /// The code map and the tree agree: every path it names exists (a `*` matches within a file
 /// name), and every `.rs` file under `src/` is named, itself or by a nested directory entry.
+/// Every bullet of ARCHITECTURE.md's "Invariants" section ends "Tested by `file::test`, ...",
+/// and each test it names is a function of `tests/it/<file>.rs` (`has_test` says).
+fn check_invariants(arch: &str, has_test: &dyn Fn(&str, &str) -> bool) -> Vec<Violation> {
+    let lines: Vec<&str> = arch.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim() == "## Invariants") else {
+        return vec![violation("ARCHITECTURE.md", 1, "no \"## Invariants\" section")];
+    };
+    let end = lines[start + 1..].iter().position(|l| l.starts_with("## ")).map_or(lines.len(), |e| start + 1 + e);
+    // Each bullet with its continuation lines joined, and the line it starts on.
+    let mut bullets: Vec<(usize, String)> = Vec::new();
+    for (i, l) in lines.iter().enumerate().take(end).skip(start) {
+        if l.starts_with("- **") {
+            bullets.push((i + 1, l.to_string()));
+        } else if let (Some(b), true) = (bullets.last_mut(), l.starts_with("  ")) {
+            b.1.push(' ');
+            b.1.push_str(l.trim());
+        }
+    }
+    let mut out = Vec::new();
+    for (at, text) in &bullets {
+        let title = text.trim_start_matches("- **").split("**").next().unwrap_or_default();
+        let named: Vec<&str> = match text.rsplit_once("Tested by ") {
+            Some((_, tail)) => tail.split('`').skip(1).step_by(2).collect(),
+            None => Vec::new(),
+        };
+        if named.is_empty() {
+            out.push(violation(
+                "ARCHITECTURE.md",
+                *at,
+                format!("the invariant \"{title}\" names no test (end it \"Tested by `file::test`.\")"),
+            ));
+        }
+        for name in named {
+            if !name.split_once("::").is_some_and(|(file, test)| has_test(file, test)) {
+                out.push(violation("ARCHITECTURE.md", *at, format!("`{name}` is not a test in tests/it/")));
+            }
+        }
+    }
+    if bullets.is_empty() {
+        out.push(violation("ARCHITECTURE.md", start + 1, "the Invariants section lists none"));
+    }
+    out
+}
+
 fn check_code_map(arch: &str, root: &Path, src_files: &[String]) -> Vec<Violation> {
     let entries = match code_map_entries(arch) {
         Ok(e) => e,
@@ -725,6 +769,38 @@ fn sql_text_lives_in_the_store() {
 #[test]
 fn test_files_share_helpers_only_through_support() {
     enforce(&["tests/it"], |f| !f.starts_with("tests/it/support/") && f != "tests/it/main.rs", check_test_imports);
+}
+
+#[test]
+fn every_invariant_names_a_test_that_exists() {
+    let root = Path::new(ROOT);
+    let arch = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let has_test = |file: &str, test: &str| {
+        let text = std::fs::read_to_string(root.join("tests/it").join(format!("{file}.rs"))).unwrap_or_default();
+        function_lengths(&text).iter().any(|(name, _, _)| name == test)
+    };
+    let found = check_invariants(&arch, &has_test);
+    let report: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
+}
+
+#[test]
+fn an_invariant_without_a_test_or_naming_a_missing_one_is_reported() {
+    let arch = "# A\n\n## Invariants\n\nProse naming `x::y` is not a bullet.\n\n\
+                - **Held.** Text\n  over two lines. Tested by `tick::real_one`.\n\
+                - **Untested.** Nothing names a test.\n\
+                - **Misnamed.** Tested by `tick::gone`, `nofile`.\n\n## Next\n\n- **Elsewhere.** Not checked.\n";
+    let has_test = |file: &str, test: &str| file == "tick" && test == "real_one";
+    let found: Vec<String> = check_invariants(arch, &has_test).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "ARCHITECTURE.md:9: the invariant \"Untested.\" names no test (end it \"Tested by `file::test`.\")",
+            "ARCHITECTURE.md:10: `tick::gone` is not a test in tests/it/",
+            "ARCHITECTURE.md:10: `nofile` is not a test in tests/it/",
+        ]
+    );
+    assert_eq!(check_invariants("# none", &has_test).len(), 1, "a missing section is reported");
 }
 
 #[test]
