@@ -8,6 +8,7 @@
 mod support;
 
 mod backup;
+mod bounds;
 mod chaos;
 mod cli;
 mod command;
@@ -18,7 +19,6 @@ mod execute;
 mod hostile;
 mod lease;
 mod limit_writes;
-mod limits;
 mod limits_surface;
 mod liveness;
 mod machine;

@@ -1,7 +1,9 @@
-//! What one writer stores every reader can read back (issue 16): the one validation of stored
-//! JSON (`queue::validate`) at its limits from both sides, through the rule writers (`enqueue`,
-//! `state`) and the queue, a property test that every accepted value round-trips through the
-//! store on both backends, and decision floods bounded per rule per tick.
+//! Every input is bounded (issue 16). What one writer stores every reader can read back: the
+//! one validation of stored JSON (`queue::validate`) at its limits from both sides, through the
+//! rule writers (`enqueue`, `state`) and the queue, and a property test that every accepted
+//! value round-trips through the store on both backends. Decision floods bounded per rule per
+//! tick; slow HTTP clients bounded by the read timeouts and the connection cap; a command's
+//! slot values bounded to one argument. (Per-type limits are `type_limits.rs`.)
 
 use std::path::PathBuf;
 
