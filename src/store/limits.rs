@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
-use super::machine::{Claimed, Claimer};
+use super::actions::{Claimed, Claimer};
 use super::{Backend, Context, Fence, Store, StoreError};
 use crate::limits::{BaseField, LimitField, LimitSpec, LimitValue, OVERFLOW_PARTITION, PayloadPath, Rate};
 
@@ -1209,8 +1209,8 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         let ids: Vec<i64> = chosen.iter().map(|(id, _, _)| *id).collect();
         let ids = serde_json::Value::from(ids).to_string();
-        let (sql, values) = self.claim_sql(claimer, token, super::machine::Pick::Ids(&ids));
-        super::machine::claimed_rows(self, txn, token, sql, values).await
+        let (sql, values) = self.claim_sql(claimer, token, super::actions::Pick::Ids(&ids));
+        super::actions::claimed_rows(self, txn, token, sql, values).await
     }
 
     /// Writes what a limited claim used: the window's starts, the day's budget, newly tracked
@@ -1345,7 +1345,7 @@ impl Store {
         let tokens: HashMap<i64, i64> = unstarted.iter().copied().collect();
         let sql = format!(
             "SELECT id, action_type, {part_sql} AS part FROM actions WHERE id IN ({}) AND action_type IN ({})",
-            super::machine::ids_in_json(self.backend, "$1"),
+            super::actions::ids_in_json(self.backend, "$1"),
             in_list(&refs)?
         );
         let rows = txn

@@ -11,16 +11,14 @@ mod actions;
 mod backup;
 pub use backup::{Backup, pg_dump_advice};
 mod decide;
-mod machine;
-pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
-pub use machine::{
-    Authority, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op,
-    RESCUED_ERROR, Refusal, Rescued, quarantine,
+pub use actions::{
+    Authority, BulkOutcome, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome,
+    MAX_BULK_IDS, NewAction, Op, RESCUED_ERROR, Refusal, Rescued, quarantine,
 };
+pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 mod entities;
 mod flags;
 pub use flags::FlagChange;
-pub use machine::{BulkOutcome, MAX_BULK_IDS};
 mod history;
 pub use history::{LogFilter, Pace, PruneCutoffs, Pruned};
 mod summary;
@@ -633,8 +631,8 @@ mod tests {
 
     #[test]
     fn status_lists_are_written_once() {
-        assert_eq!(OPEN_SQL, machine::status_in(ActionStatus::OPEN));
-        assert_eq!(CLAIMABLE_SQL, machine::status_in(Op::Claim.from()));
+        assert_eq!(OPEN_SQL, actions::status_in(ActionStatus::OPEN));
+        assert_eq!(CLAIMABLE_SQL, actions::status_in(Op::Claim.from()));
         // The migrations' partial indexes must carry the same predicates, or the planner will
         // not use them for the queries above.
         let core = include_str!("../../migrations/src/m20261123_000001_core.rs");
