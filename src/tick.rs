@@ -664,7 +664,7 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
 /// The due work of types that have nothing left of a limit (for a partitioned type: its
 /// tightest partition), and for each such type what holds it, e.g. `SLOW max_running 2 (7
 /// waiting)`.
-fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
+fn held_by_limits(usage: &[crate::limits::LimitUsage]) -> (i64, Vec<String>) {
     let mut why = Vec::new();
     for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
         let spec = &u.limit.effective;
@@ -679,7 +679,7 @@ fn held_by_limits(usage: &[crate::store::LimitUsage]) -> (i64, Vec<String>) {
             why.push(format!("{} {name} ({} waiting)", u.action_type, u.waiting));
         }
     }
-    (crate::store::held_waiting(usage), why)
+    (crate::limits::held_waiting(usage), why)
 }
 
 #[derive(Default)]

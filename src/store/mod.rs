@@ -22,6 +22,8 @@ pub use flags::FlagChange;
 mod history;
 pub use history::{LogFilter, Pace, PruneCutoffs, Pruned};
 mod summary;
+#[cfg(test)]
+mod testing;
 pub use lease::Acquired;
 pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};
 mod ledger;
@@ -31,10 +33,7 @@ mod limits;
 mod logs;
 mod notify;
 mod workers;
-pub use limits::{
-    ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit, LimitOverride, LimitSource,
-    LimitUsage, PartUsage, TypeLimit, held_waiting,
-};
+pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
 pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 

@@ -502,23 +502,11 @@ const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
     ("src/tick.rs", "body", 221, "the tick's stages in sequence; to be split into services (issue 24, item 1)"),
     ("src/cli/mod.rs", "dispatch", 221, "wires run, worker and serve; to move to a runtime module (issue 24, item 1)"),
     ("src/worker.rs", "run", 153, "the worker loop; to be split into services (issue 24, item 1)"),
-    (
-        "src/store/limits.rs",
-        "pick_limited",
-        167,
-        "the limited pick's passes; to be split into named steps (issue 24, item 2)",
-    ),
     ("src/decide.rs", "decide", 133, "rules in, decisions recorded; to become the decider service (issue 24, item 1)"),
     ("src/rules/sandbox.rs", "register_constructors", 128, "one registration per decision constructor, a flat list"),
     ("src/snapshot.rs", "build_with", 123, "the snapshot's bounded queries in order; a flat list of reads"),
     ("src/daemon.rs", "run", 122, "the run loop; to be split into services (issue 24, item 1)"),
     ("src/decide.rs", "apply", 113, "one arm per decision kind, each a call of the state machine"),
-    (
-        "src/store/limits.rs",
-        "record_starts",
-        104,
-        "the limited claim's writes; to be split with the claim (issue 24, item 2)",
-    ),
     ("src/rules/mod.rs", "decision_from_json", 103, "one arm per decision kind"),
     ("src/rules/fixtures.rs", "run_case", 103, "one `rules test` case: set up, run, compare"),
 ];

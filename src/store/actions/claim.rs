@@ -191,7 +191,7 @@ impl Store {
     }
 
     /// Up to `n` due actions under one fresh token: the one-statement claim when none of the
-    /// types the claimer serves is limited, else the limited claim (`limits.rs`). In dispatch
+    /// types the claimer serves is limited, else the limited claim (`limits/claim.rs`). In dispatch
     /// order.
     async fn claim_up_to(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
         let token = self.next_claim_token().await?;
@@ -343,7 +343,7 @@ impl Store {
             let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking due actions")?;
             rows.iter().map(|r| r.try_get::<i64>("", "id")).collect::<Result<_, _>>().doing("picking due actions")?
         } else {
-            let mut refs: Vec<&crate::store::TypeLimit> = limits.iter().collect();
+            let mut refs: Vec<&crate::limits::TypeLimit> = limits.iter().collect();
             refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
             let picked = self.pick_limited(&txn, claimer, n, &refs, claimer.limit_partitions).await?;
             picked.chosen.into_iter().map(|(id, _, _)| id).collect()
