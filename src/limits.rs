@@ -7,12 +7,19 @@
 //! - `daily_budget`: at most N attempt starts per UTC day;
 //! - `partition_by`: the same limits per value of one payload field.
 //!
-//! It parses and validates; enforcement is the claim's (`store/limits.rs`), and nothing here
-//! reads the database or the clock.
+//! It also holds what the database holds of them ([`TypeLimit`], its overrides, the usage view
+//! [`LimitUsage`]) and every judgement on them: what a limit leaves ([`LimitSpec::remaining`],
+//! [`LimitSpec::room`]), whether a type's work is held by its limits ([`LimitUsage::is_held`],
+//! [`held_waiting`]), whether a row is enforced ([`TypeLimit::enforced`]).
+//!
+//! It parses, validates and judges; enforcement is the claim's (`store/limits/`), and nothing
+//! here reads the database or the clock.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 /// The partition every value beyond the tracked cap shares.
 pub const OVERFLOW_PARTITION: &str = "(overflow)";
@@ -351,6 +358,150 @@ pub fn check_override_reason(reason: &str) -> Result<String, String> {
         return Err(format!("the reason must be 1 to {MAX_REASON_CHARS} characters, got {n}"));
     }
     Ok(t.to_string())
+}
+
+impl LimitSpec {
+    /// What each limit has left given what is in use (`running` attempts, `window` starts in
+    /// the rate's window, `budget_used` starts today), in [`LimitField::ALL`]'s order
+    /// (`max_running`, `rate`, `daily_budget`); `None` where it has no such limit.
+    pub fn remaining(&self, running: u64, window: u64, budget_used: u64) -> [Option<u64>; 3] {
+        [
+            self.max_running.map(|cap| cap.saturating_sub(running)),
+            self.rate.map(|r| r.count.saturating_sub(window)),
+            self.daily_budget.map(|cap| cap.saturating_sub(budget_used)),
+        ]
+    }
+
+    /// How many more starts it allows given what is in use: the smallest of
+    /// [`LimitSpec::remaining`], and which limit that is (`u64::MAX` and `None`: unlimited).
+    pub fn room(&self, running: u64, window: u64, budget_used: u64) -> (u64, Option<LimitField>) {
+        self.remaining(running, window, budget_used)
+            .into_iter()
+            .zip(LimitField::ALL)
+            .filter_map(|(left, field)| left.map(|l| (l, Some(field))))
+            .min_by_key(|(l, _)| *l)
+            .unwrap_or((u64::MAX, None))
+    }
+}
+
+/// Where a type's base limits came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitSource {
+    /// A config's `limits:` section: `run`'s, rewritten at its start and on SIGHUP, or that of
+    /// another claiming process for a type that had no base limit (see `store::ConfigLimits`).
+    Config,
+    /// `orchestrator limits set` or `/api/limits`.
+    Operator,
+    /// Only overrides (`set_limit`) on a type with no base limit.
+    Override,
+}
+
+impl LimitSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSource::Config => "config",
+            LimitSource::Operator => "operator",
+            LimitSource::Override => "override",
+        }
+    }
+
+    /// The source a stored `limits.source` names; anything else reads as `Override`.
+    pub fn parse(s: &str) -> LimitSource {
+        match s {
+            "config" => LimitSource::Config,
+            "operator" => LimitSource::Operator,
+            _ => LimitSource::Override,
+        }
+    }
+}
+
+/// A temporary value of one field, until `expires_at`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LimitOverride {
+    pub field: LimitField,
+    pub value: LimitValue,
+    pub expires_at: DateTime<Utc>,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+/// One limited type as the database holds it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TypeLimit {
+    pub action_type: String,
+    /// What was set (config or operator), without overrides.
+    pub base: LimitSpec,
+    pub source: LimitSource,
+    pub updated_at: DateTime<Utc>,
+    /// The overrides in force.
+    pub overrides: Vec<LimitOverride>,
+    /// What the claim enforces: `base` with the overrides in force applied.
+    pub effective: LimitSpec,
+    /// The row could not be read: the type is held (`max_running` 0) until it is set again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TypeLimit {
+    /// Something is limited, on a type name an action can have: what the claim enforces. A
+    /// row whose name is not one (planted past every writer) limits no action there is, and
+    /// is left out rather than let into SQL; `limits list` still shows it with its error.
+    pub fn enforced(&self) -> bool {
+        !self.effective.is_empty() && crate::model::validate_type(&self.action_type).is_ok()
+    }
+}
+
+/// What one (type, partition) has used and has left.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartUsage {
+    pub partition: String,
+    pub running: u64,
+    /// Starts in the current window of the rate.
+    pub rate_used: u64,
+    /// Starts today (UTC).
+    pub budget_used: u64,
+}
+
+/// One limited type's usage, as the snapshot, `status` and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LimitUsage {
+    pub action_type: String,
+    pub limit: TypeLimit,
+    /// Running attempts of the type (every partition).
+    pub running: u64,
+    /// Due actions of the type waiting to be claimed.
+    pub waiting: u64,
+    /// What the tightest partition has left of each limit (`None`: no such limit).
+    pub running_remaining: Option<u64>,
+    pub rate_remaining: Option<u64>,
+    pub budget_remaining: Option<u64>,
+    /// Since when the budget has been used up (today), if it is.
+    pub budget_exhausted_at: Option<DateTime<Utc>>,
+    /// Claims that held back due work of this type, by the limit that held it.
+    pub blocked_running: u64,
+    pub blocked_rate: u64,
+    pub blocked_budget: u64,
+    /// Partitioned types: the busiest partitions (by running, then window starts, then budget).
+    pub partitions: Vec<PartUsage>,
+    /// Partitioned types: how many partition values are tracked.
+    pub partitions_tracked: u64,
+}
+
+impl LimitUsage {
+    /// True when the type has nothing left of one of its limits (for a partitioned limit, its
+    /// tightest partition): its waiting work is held by the limit, by design.
+    pub fn is_held(&self) -> bool {
+        [self.running_remaining, self.rate_remaining, self.budget_remaining].contains(&Some(0))
+    }
+}
+
+/// The due work of the types whose work is held (see [`LimitUsage::is_held`]): waiting by
+/// design, which neither the workload score nor the work-conserving check counts against the
+/// queue.
+pub fn held_waiting(usage: &[LimitUsage]) -> i64 {
+    usage.iter().filter(|u| u.is_held()).map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX)).sum()
 }
 
 #[cfg(test)]

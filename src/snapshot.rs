@@ -69,7 +69,7 @@ pub struct LimitView {
     pub overrides: Vec<OverrideView>,
     /// The busiest partitions, for a partitioned limit.
     #[serde(default)]
-    pub partitions: Vec<crate::store::PartUsage>,
+    pub partitions: Vec<crate::limits::PartUsage>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -82,7 +82,7 @@ pub struct OverrideView {
 
 impl LimitView {
     /// The view of one type's usage at `now`.
-    pub fn of(u: &crate::store::LimitUsage, now: DateTime<Utc>) -> LimitView {
+    pub fn of(u: &crate::limits::LimitUsage, now: DateTime<Utc>) -> LimitView {
         let spec = &u.limit.effective;
         LimitView {
             running: u.running,
@@ -367,7 +367,7 @@ pub async fn build_with(
     let usage = store.limit_usage().await?;
     // Work a limit holds back waits by design, and says so in `limits`: it does not make the
     // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
-    let unheld = QueueView { pending: (queue.pending - crate::store::held_waiting(&usage)).max(0), ..queue.clone() };
+    let unheld = QueueView { pending: (queue.pending - crate::limits::held_waiting(&usage)).max(0), ..queue.clone() };
     let limits: BTreeMap<String, LimitView> =
         usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
     let health = crate::health::workload(&workload_facts(&unheld, &recent, &ledger), thresholds);

@@ -14,8 +14,9 @@ use serde::{Serialize, Serializer};
 
 use crate::config::HealthThresholds;
 use crate::health::{self, InstanceFacts, Judgement, LeaseSeen, LivenessPolicy, TickFault, WorkerSeen, WorkloadHealth};
+use crate::limits::LimitUsage;
 use crate::model::{self, ActionStatus, Flags, TickRow, seconds_between};
-use crate::store::{LimitUsage, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why `proof off` is refused by an instance with `proof_mode: enforced` (CLI, API, page).
 pub const PROOF_ENFORCED_REFUSAL: &str = "proof mode is enforced on this instance (proof_mode: enforced, \
@@ -160,7 +161,7 @@ async fn workload(
 ) -> Result<WorkloadHealth, StoreError> {
     let hour_ago = now - chrono::Duration::hours(1);
     // As the snapshot does: work a limit holds back waits by design and is not saturation.
-    let held = crate::store::held_waiting(limits);
+    let held = crate::limits::held_waiting(limits);
     let mut facts = health::WorkloadFacts {
         pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),

@@ -13,8 +13,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Subcommand};
 
 use super::{exit, fail, output};
-use crate::limits::{self, BaseField, LimitField, LimitSpec, LimitValue, PayloadPath, Rate};
-use crate::store::{EditRefusal, LimitEdit, Store, TypeLimit};
+use crate::limits::{self, BaseField, LimitField, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit};
+use crate::store::{EditRefusal, LimitEdit, Store};
 
 /// Who an override from the command line is recorded as set by.
 const SET_BY: &str = "operator";

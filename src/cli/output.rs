@@ -5,10 +5,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use super::stdio::Sink;
-use crate::limits::{LimitField, LimitSpec};
+use crate::limits::{LimitField, LimitSource, LimitSpec, LimitUsage, TypeLimit};
 use crate::model::{Action, ActionStatus, Flags, LogRow, TickRow};
 use crate::status::{LeaseStatus, StatusReport};
-use crate::store::{ActionsSummary, LimitSource, LimitUsage, PRIORITY_BANDS, TypeLimit};
+use crate::store::{ActionsSummary, PRIORITY_BANDS};
 use crate::tick::TickReport;
 
 /// How a command prints: `--json` or text, every line through one [`Sink`].

@@ -182,14 +182,14 @@ impl Dispatcher {
             return Ok(LeftIdle::default());
         }
         let usage = self.store.limit_usage().await?;
-        let held = crate::store::held_waiting(&usage).min(due);
+        let held = crate::limits::held_waiting(&usage).min(due);
         Ok(LeftIdle { held, held_by: held_by(&usage), unheld: due - held })
     }
 }
 
 /// For each type whose due work a full limit holds (for a partitioned type: its tightest
 /// partition), what holds it, e.g. `SLOW max_running 2 (7 waiting)`.
-fn held_by(usage: &[crate::store::LimitUsage]) -> Vec<String> {
+fn held_by(usage: &[crate::limits::LimitUsage]) -> Vec<String> {
     let mut why = Vec::new();
     for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
         let spec = &u.limit.effective;

@@ -1,6 +1,6 @@
 //! Queries of the DECIDE stage: the snapshot's aggregate counts and samples, rule state and
 //! cooldowns, the `decisions` table, the ledger's snapshot and digest, and the fenced flag
-//! write of `pause`/`resume`. Decisions that move actions go through `machine`.
+//! write of `pause`/`resume`. Decisions that move actions go through the state machine (`actions/`).
 //!
 //! Every write here is fenced: it lands only while the lease still carries the caller's epoch
 //! (`EXISTS (SELECT 1 FROM leases WHERE name = .. AND epoch = ..)`), so a deposed instance's

@@ -11,19 +11,19 @@ mod actions;
 mod backup;
 pub use backup::{Backup, pg_dump_advice};
 mod decide;
-mod machine;
-pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
-pub use machine::{
-    Authority, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome, NewAction, Op,
-    RESCUED_ERROR, Refusal, Rescued, quarantine,
+pub use actions::{
+    Authority, BulkOutcome, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome,
+    MAX_BULK_IDS, NewAction, Op, RESCUED_ERROR, Refusal, Rescued, quarantine,
 };
+pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 mod entities;
 mod flags;
 pub use flags::FlagChange;
-pub use machine::{BulkOutcome, MAX_BULK_IDS};
 mod history;
 pub use history::{LogFilter, Pace, PruneCutoffs, Pruned};
 mod summary;
+#[cfg(test)]
+mod testing;
 pub use lease::Acquired;
 pub use summary::{ActionsSummary, OldestDue, PRIORITY_BANDS, TypeCount};
 mod ledger;
@@ -33,10 +33,7 @@ mod limits;
 mod logs;
 mod notify;
 mod workers;
-pub use limits::{
-    ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit, LimitOverride, LimitSource,
-    LimitUsage, PartUsage, TypeLimit, held_waiting,
-};
+pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
 pub use notify::{WORK_CHANNEL, WorkListener};
 pub use workers::{Beat, NewWorker, WorkerRow};
 
@@ -633,8 +630,8 @@ mod tests {
 
     #[test]
     fn status_lists_are_written_once() {
-        assert_eq!(OPEN_SQL, machine::status_in(ActionStatus::OPEN));
-        assert_eq!(CLAIMABLE_SQL, machine::status_in(Op::Claim.from()));
+        assert_eq!(OPEN_SQL, actions::status_in(ActionStatus::OPEN));
+        assert_eq!(CLAIMABLE_SQL, actions::status_in(Op::Claim.from()));
         // The migrations' partial indexes must carry the same predicates, or the planner will
         // not use them for the queries above.
         let core = include_str!("../../migrations/src/m20261123_000001_core.rs");

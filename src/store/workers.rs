@@ -3,7 +3,7 @@
 //!
 //! A registration whose heartbeat is older than the TTL is dead for good: its claims are
 //! rescued, its heartbeat is refused, and its process must register again under a new id. The
-//! registry decides nothing about actions; the claim and the rescue read it (`machine.rs`).
+//! registry decides nothing about actions; the claim and the rescue read it (`actions/claim.rs`, `actions/sweep.rs`).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};

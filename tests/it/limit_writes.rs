@@ -13,7 +13,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use orchestrator::limits::{BaseField, LimitField, LimitSpec, LimitValue, Rate};
-use orchestrator::store::{Backend, ConfigLimits, EditRefusal, LimitEdit, LimitSource, Store, TypeLimit};
+use orchestrator::limits::{LimitSource, TypeLimit};
+use orchestrator::store::{Backend, ConfigLimits, EditRefusal, LimitEdit, Store};
 
 use crate::backend_tests;
 use crate::support::api::{admin, config, state};

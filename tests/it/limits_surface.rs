@@ -10,8 +10,9 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use orchestrator::limits::LimitSource;
 use orchestrator::limits::{LimitField, LimitValue};
-use orchestrator::store::{Claimer, LimitSource, Store, StoreError};
+use orchestrator::store::{Claimer, Store, StoreError};
 
 use crate::backend_tests;
 use crate::support::api::{BEARER, admin, call, config, get, sample, state};
@@ -375,7 +376,7 @@ async fn ending_one_override_lets_the_claims_it_held_flow(db: &TestDb) {
     enqueue(s, "COMMAND", 2, 0, |i| json!({"i": i})).await;
     assert_eq!(claimed(s, &w, 2).await, 0);
     assert!(s.clear_limit_override("COMMAND", LimitField::MaxRunning).await.unwrap());
-    let command = |l: Vec<orchestrator::store::TypeLimit>| l.into_iter().find(|l| l.action_type == "COMMAND");
+    let command = |l: Vec<orchestrator::limits::TypeLimit>| l.into_iter().find(|l| l.action_type == "COMMAND");
     let c = command(s.limits().await.unwrap()).expect("the rate override keeps the row");
     assert_eq!((c.source, c.overrides.len()), (LimitSource::Override, 1));
     assert!(s.clear_limit_override("COMMAND", LimitField::Rate).await.unwrap());

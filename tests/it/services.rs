@@ -207,7 +207,7 @@ async fn limits_writer_fills_or_replaces_as_asked(db: &TestDb) {
     let mut config = db.config();
     config.limits = Some(BTreeMap::from([("NOOP".to_string(), two.clone())]));
     let registry = orchestrator::adapters::Registry::builtin();
-    let base = |limits: Vec<orchestrator::store::TypeLimit>| {
+    let base = |limits: Vec<orchestrator::limits::TypeLimit>| {
         limits.into_iter().find(|l| l.action_type == "NOOP").map(|l| l.base)
     };
 

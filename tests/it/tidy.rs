@@ -543,21 +543,9 @@ const MAX_FUNCTION_LINES: usize = 100;
 /// why). The bound is each one's length when it was listed, so none of them grows; shorten one
 /// and lower its bound, split one and take it off.
 const LONG_FUNCTIONS: &[(&str, &str, usize, &str)] = &[
-    (
-        "src/store/limits.rs",
-        "pick_limited",
-        167,
-        "the limited pick's passes; to be split into named steps (issue 24, item 2)",
-    ),
     ("src/rules/sandbox.rs", "register_constructors", 128, "one registration per decision constructor, a flat list"),
     ("src/snapshot.rs", "build_with", 123, "the snapshot's bounded queries in order; a flat list of reads"),
     ("src/decide.rs", "apply", 113, "one arm per decision kind, each a call of the state machine"),
-    (
-        "src/store/limits.rs",
-        "record_starts",
-        104,
-        "the limited claim's writes; to be split with the claim (issue 24, item 2)",
-    ),
     ("src/rules/mod.rs", "decision_from_json", 103, "one arm per decision kind"),
     ("src/rules/fixtures.rs", "run_case", 103, "one `rules test` case: set up, run, compare"),
 ];
@@ -636,7 +624,19 @@ const ACTIONS_WRITES: &[&str] = &["UPDATE actions", "INSERT INTO actions", "DELE
 const ACTIONS_ENTITY_WRITES: &[&str] =
     &["actions::ActiveModel", "actions::Entity::insert", "actions::Entity::update", "actions::Entity::delete"];
 
-/// Only the state machine (`src/store/machine.rs`) writes to `actions`: every change of an
+/// The state machine's files (`src/store/actions/`, one per family of operations, the `Op`
+/// table in `mod.rs`). `read.rs` beside them reads `actions` and writes only log rows, so it is
+/// not among them.
+const STATE_MACHINE_FILES: &[&str] = &[
+    "src/store/actions/mod.rs",
+    "src/store/actions/enqueue.rs",
+    "src/store/actions/claim.rs",
+    "src/store/actions/complete.rs",
+    "src/store/actions/edit.rs",
+    "src/store/actions/sweep.rs",
+];
+
+/// Only the state machine ([`STATE_MACHINE_FILES`]) writes to `actions`: every change of an
 /// action is one of its named operations (ARCHITECTURE.md, "The action state machine").
 fn check_actions_writes(file: &str, text: &str) -> Vec<Violation> {
     let lexed = lex(text);
@@ -646,7 +646,7 @@ fn check_actions_writes(file: &str, text: &str) -> Vec<Violation> {
             out.push(violation(
                 file,
                 *line,
-                format!("`{w}` outside the state machine: make it an operation of store/machine.rs"),
+                format!("`{w}` outside the state machine: make it an operation of the state machine (store/actions/)"),
             ));
         }
     }
@@ -655,7 +655,7 @@ fn check_actions_writes(file: &str, text: &str) -> Vec<Violation> {
             out.push(violation(
                 file,
                 i + 1,
-                format!("`{w}` outside the state machine: make it an operation of store/machine.rs"),
+                format!("`{w}` outside the state machine: make it an operation of the state machine (store/actions/)"),
             ));
         }
     }
@@ -834,7 +834,11 @@ fn no_function_is_over_100_lines_but_the_listed_ones() {
 
 #[test]
 fn only_the_state_machine_writes_to_actions() {
-    enforce(&["src"], |f| f != "src/store/machine.rs", check_actions_writes);
+    enforce(&["src"], |f| !STATE_MACHINE_FILES.contains(&f), check_actions_writes);
+    // A file renamed or gone from the list would leave its successor unchecked or exempt.
+    for file in STATE_MACHINE_FILES {
+        assert!(Path::new(ROOT).join(file).exists(), "{file} is in STATE_MACHINE_FILES but does not exist");
+    }
 }
 
 #[test]
@@ -846,6 +850,8 @@ fn a_write_to_actions_outside_the_state_machine_is_reported() {
                 const C: &str = \"UPDATE action_log SET x = 1\";\n";
     let lines: Vec<usize> = check_actions_writes("src/x.rs", text).iter().map(|v| v.line).collect();
     assert_eq!(lines, [2, 4]);
+    // The reads beside the state machine are not exempt.
+    assert!(!STATE_MACHINE_FILES.contains(&"src/store/actions/read.rs"));
 }
 
 #[test]

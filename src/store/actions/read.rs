@@ -1,7 +1,8 @@
 //! Reads of the `actions` table (one action, listings, counts) and the helpers every write
 //! shares: log rows in the caller's transaction, timestamp and text encoding.
 //!
-//! It changes no action's state: every transition is an operation of `machine`.
+//! It changes no action's state: every transition is an operation of the state machine's
+//! families beside it (`enqueue`, `claim`, `complete`, `edit`, `sweep`).
 
 use std::collections::BTreeMap;
 
@@ -11,8 +12,8 @@ use sea_orm::{
     Value,
 };
 
-use super::entities::{self, actions};
-use super::{Context, OPEN_SQL, Store, StoreError, due_sql};
+use super::super::entities::{self, actions};
+use super::super::{Context, OPEN_SQL, Store, StoreError, due_sql};
 use crate::model::{Action, ActionStatus, NewLog};
 
 /// Filters for listing actions.
@@ -131,7 +132,7 @@ impl Store {
 }
 
 /// Inserts log rows inside the caller's transaction.
-pub(super) async fn insert_logs(
+pub(in crate::store) async fn insert_logs(
     txn: &DatabaseTransaction,
     tick_id: Option<i64>,
     logs: &[NewLog],
@@ -172,12 +173,12 @@ pub(super) async fn insert_logs(
 
 /// A timestamp as sqlx writes one to SQLite (which compares timestamps as text); PostgreSQL
 /// parses the same text.
-pub(super) fn timestamp_text(t: DateTime<Utc>) -> String {
+pub(in crate::store) fn timestamp_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
 /// Text as the database can store it: PostgreSQL text cannot hold NUL, and an adapter's output
 /// or error may carry one; it becomes U+FFFD rather than failing the write that records it.
-pub(super) fn db_text(s: &str) -> std::borrow::Cow<'_, str> {
+pub(in crate::store) fn db_text(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains('\0') { std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { std::borrow::Cow::Borrowed(s) }
 }

@@ -1,0 +1,288 @@
+//! The limited pick's and the limited claim's steps, each tested on its own on both backends
+//! (`testing::both_backends!`): the gates, the partition keys, the usage read, the room at the
+//! start, the walk, the keyed pick, the merge, the take and the claim's records. The whole
+//! claim is tested through its public surface in `tests/it/` (`type_limits.rs`,
+//! `partition_cap.rs`); these say which step broke.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+
+use super::claim::{starts_per_key, what_to_record};
+use super::pick::{Candidate, Picking, lock_gates, merge};
+use super::usage::read_usage;
+use crate::limits::{LimitField, LimitSpec, OVERFLOW_PARTITION, TypeLimit};
+use crate::store::testing::both_backends;
+use crate::store::{Claimer, NewAction, NewWorker, Store};
+
+fn spec(text: &str) -> LimitSpec {
+    let mut s = LimitSpec::default();
+    for pair in text.split_whitespace() {
+        let (field, value) = pair.split_once('=').unwrap();
+        match field {
+            "partition_by" => s.partition_by = Some(value.parse().unwrap()),
+            f => s.set(f.parse().unwrap(), value).unwrap(),
+        }
+    }
+    s
+}
+
+/// Sets the limits and returns them as the claim reads them, in type order.
+async fn limits(store: &Store, specs: &[(&str, &str)]) -> Vec<TypeLimit> {
+    for (t, s) in specs {
+        store.set_limit(t, &spec(s)).await.unwrap();
+    }
+    let mut out = store.limits().await.unwrap();
+    out.sort_by(|a, b| a.action_type.cmp(&b.action_type));
+    out
+}
+
+/// Enqueues `(type, key, priority)` rows (payload `{"k": key}`); returns their ids.
+async fn enqueue(store: &Store, rows: &[(&str, &str, i32)]) -> Vec<i64> {
+    let base = store.now() - chrono::Duration::seconds(60);
+    let mut ids = Vec::new();
+    for (n, (t, k, prio)) in rows.iter().enumerate() {
+        let new = NewAction {
+            action_type: t.to_string(),
+            payload_json: format!("{{\"k\":\"{k}\"}}"),
+            idempotency_key: format!("{t}-{k}-{n}-{}", fastrand::u64(..)),
+            priority: *prio,
+            not_before: base + chrono::Duration::milliseconds(n as i64),
+            max_attempts: 3,
+            expires_at: None,
+        };
+        ids.push(store.enqueue(crate::store::Authority::Operator, &new).await.unwrap().id);
+    }
+    ids
+}
+
+/// A registered worker's terms: every type, 1000 partitions tracked.
+async fn claimer(store: &Store) -> Claimer {
+    store
+        .register_worker(&NewWorker {
+            id: "w".into(),
+            host: "test".into(),
+            pid: 1,
+            version: "test".into(),
+            concurrency: 4,
+            types: Vec::new(),
+        })
+        .await
+        .unwrap();
+    Claimer {
+        worker: "w".into(),
+        worker_ttl: Duration::from_secs(60),
+        types: Vec::new(),
+        type_timeouts: Vec::new(),
+        default_timeout: Duration::from_secs(60),
+        start_within: Duration::ZERO,
+        proof_enforced: false,
+        epoch: None,
+        limit_partitions: 1000,
+    }
+}
+
+/// Gates, keys and usage, as the pick's first three steps leave them.
+async fn started<'a>(
+    store: &Store,
+    txn: &DatabaseTransaction,
+    refs: &'a [&'a TypeLimit],
+    n: u64,
+) -> (Picking<'a>, DateTime<Utc>) {
+    let (now, keyed_for) = lock_gates(store, txn, refs).await.unwrap();
+    store.key_partitions(txn, refs, &keyed_for).await.unwrap();
+    let usage = read_usage(store, txn, refs, now).await.unwrap();
+    (Picking::start(refs, usage, now, 1000, n), now)
+}
+
+async fn ints(txn: &DatabaseTransaction, store: &Store, sql: &str) -> Vec<i64> {
+    let rows = txn.query_all_raw(store.stmt(sql, [])).await.unwrap();
+    rows.iter().map(|r| r.try_get_by_index::<i64>(0).unwrap()).collect()
+}
+
+both_backends!(
+    lock_gates_creates_each_gate_and_reads_the_keyed_path,
+    key_partitions_keys_new_rows_and_records_the_path,
+    read_usage_counts_running_window_and_budget,
+    start_gives_each_partition_the_smallest_remainder,
+    walk_leaves_out_full_types_and_chosen_rows,
+    keyed_candidates_skip_a_full_partition,
+    take_fills_each_partition_until_full,
+    the_claim_records_starts_budget_blocked_and_tracked,
+);
+
+async fn lock_gates_creates_each_gate_and_reads_the_keyed_path(store: &Store) {
+    let l = limits(store, &[("a", "max_running=1"), ("b", "max_running=1 partition_by=payload.k")]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    store.execute_unprepared("DELETE FROM limit_state").await.unwrap();
+    let txn = store.begin_write().await.unwrap();
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    assert_eq!(keyed_for, HashMap::from([("a".to_string(), None), ("b".to_string(), None)]));
+    assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM limit_state WHERE part = ''").await, [2]);
+    store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    assert_eq!(keyed_for["b"].as_deref(), Some("payload.k"));
+    txn.rollback().await.unwrap();
+}
+
+async fn key_partitions_keys_new_rows_and_records_the_path(store: &Store) {
+    let l = limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    enqueue(store, &[("b", "x", 0), ("b", "y", 0)]).await;
+    let txn = store.begin_write().await.unwrap();
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM actions WHERE part_key IS NOT NULL").await, [0]);
+    store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
+    let keys = txn.query_all_raw(store.stmt("SELECT part_key FROM actions ORDER BY id", [])).await.unwrap();
+    let keys: Vec<String> = keys.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect();
+    assert_eq!(keys, ["x", "y"]);
+    txn.rollback().await.unwrap();
+}
+
+async fn read_usage_counts_running_window_and_budget(store: &Store) {
+    let l = limits(store, &[("a", "max_running=2 rate=10/1h daily_budget=5")]).await;
+    enqueue(store, &[("a", "x", 0), ("a", "x", 0), ("a", "x", 0)]).await;
+    assert_eq!(store.claim(&claimer(store).await, 1).await.unwrap().len(), 1);
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
+    let used = usage.used[&("a".to_string(), String::new())];
+    assert_eq!((used.running, used.window), (1, 1));
+    assert_eq!(usage.state[&("a".to_string(), String::new())].used, 1);
+}
+
+async fn start_gives_each_partition_the_smallest_remainder(store: &Store) {
+    let l = limits(store, &[("a", "max_running=2 rate=10/1h daily_budget=5"), ("b", "daily_budget=1")]).await;
+    enqueue(store, &[("a", "x", 0), ("b", "x", 0)]).await;
+    assert_eq!(store.claim(&claimer(store).await, 2).await.unwrap().len(), 2);
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let txn = store.begin_write().await.unwrap();
+    let (p, _) = started(store, &txn, &refs, 4).await;
+    // a: 2 - 1 running, 10 - 1 started, 5 - 1 spent; b: its budget spent.
+    assert_eq!(p.room(("a", "")), Some((1, Some(LimitField::MaxRunning))));
+    assert_eq!(p.room(("b", "")), Some((0, Some(LimitField::DailyBudget))));
+    txn.rollback().await.unwrap();
+}
+
+async fn walk_leaves_out_full_types_and_chosen_rows(store: &Store) {
+    let l = limits(store, &[("a", "max_running=1")]).await;
+    enqueue(store, &[("a", "x", 9)]).await;
+    let c = claimer(store).await;
+    assert_eq!(store.claim(&c, 1).await.unwrap().len(), 1);
+    // a is full; its next row comes first in claim order, and is left out.
+    let ids = enqueue(store, &[("a", "x", 9), ("c", "x", 1), ("c", "x", 5)]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let txn = store.begin_write().await.unwrap();
+    let (p, _) = started(store, &txn, &refs, 4).await;
+    let walked = store.walk(&txn, &c, &p, &[], 4, None).await.unwrap();
+    assert_eq!(walked.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[2], ids[1]]);
+    let due_types = ["a".to_string(), "c".to_string()];
+    let walked = store.walk(&txn, &c, &p, &[], 1, Some(&due_types)).await.unwrap();
+    assert_eq!(walked.iter().map(|c| c.id).collect::<Vec<_>>(), [ids[2]], "per type, as many as wanted");
+    txn.rollback().await.unwrap();
+}
+
+async fn keyed_candidates_skip_a_full_partition(store: &Store) {
+    let l = limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
+    enqueue(store, &[("b", "x", 9)]).await;
+    let c = claimer(store).await;
+    assert_eq!(store.claim(&c, 1).await.unwrap().len(), 1);
+    let ids = enqueue(store, &[("b", "x", 9), ("b", "x", 9), ("b", "y", 1), ("b", "z", 5)]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let txn = store.begin_write().await.unwrap();
+    let (p, _) = started(store, &txn, &refs, 4).await;
+    assert_eq!(p.keyed_types().len(), 1, "x is full");
+    let (found, bound) = store.keyed_candidates(&txn, refs[0], &p, 4).await.unwrap();
+    let mut found: Vec<(i64, String)> = found.into_iter().map(|c| (c.id, c.part)).collect();
+    found.sort();
+    assert_eq!(found, [(ids[2], "y".to_string()), (ids[3], "z".to_string())]);
+    assert_eq!(bound, None, "every key with room was read");
+    // Wanting one: two keys are read (one more than wanted), and the later one's first row
+    // bounds what is complete.
+    let (found, bound) = store.keyed_candidates(&txn, refs[0], &p, 1).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert_eq!(bound, found.iter().find(|c| c.id == ids[2]).map(Candidate::rank));
+    txn.rollback().await.unwrap();
+}
+
+async fn take_fills_each_partition_until_full(store: &Store) {
+    let l = limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let txn = store.begin_write().await.unwrap();
+    let (mut p, now) = started(store, &txn, &refs, 3).await;
+    let row = |id: i64, t: &str, part: &str| Candidate {
+        id,
+        action_type: t.into(),
+        part: part.into(),
+        priority: 0,
+        not_before: now,
+    };
+    let skipped = p.take(vec![row(1, "b", "x"), row(2, "b", "x"), row(3, "other", ""), row(4, "b", "y")]);
+    assert!(skipped, "x took one");
+    assert_eq!(
+        p.chosen(),
+        [(1, "b".into(), "x".into()), (3, "other".into(), String::new()), (4, "b".into(), "y".into())]
+    );
+    let pick = p.finish_for_test();
+    assert_eq!(pick.held_back, HashMap::from([("b".to_string(), LimitField::MaxRunning)]));
+    assert_eq!(pick.adding["b"], HashSet::from(["x".to_string(), "y".to_string()]));
+    txn.rollback().await.unwrap();
+}
+
+async fn the_claim_records_starts_budget_blocked_and_tracked(store: &Store) {
+    let l = limits(store, &[("b", "rate=5/1h daily_budget=2 partition_by=payload.k")]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let ids = enqueue(store, &[("b", "x", 0), ("b", "x", 0), ("b", "x", 0)]).await;
+    let c = claimer(store).await;
+    let claimed = store.claim(&c, 3).await.unwrap();
+    assert_eq!(claimed.len(), 2, "the budget of x is 2");
+    let txn = store.begin_write().await.unwrap();
+    let (p, now) = started(store, &txn, &refs, 1).await;
+    assert_eq!(p.room(("b", "x")), Some((0, Some(LimitField::DailyBudget))));
+    // What a claim of the third row (x, over budget today) would record.
+    let chosen = vec![(ids[2], "b".to_string(), "y".to_string())];
+    let per_key = starts_per_key(&refs, &chosen, &[]);
+    assert!(per_key.is_empty(), "nothing landed, nothing counts");
+    let per_key = BTreeMap::from([(("b".to_string(), "y".to_string()), 1)]);
+    let adding = HashMap::from([("b".to_string(), HashSet::from(["y".to_string(), "z".to_string()]))]);
+    let record = what_to_record(&refs, p.usage(), &per_key, &adding, 16, now);
+    assert_eq!(record.starts, [serde_json::json!(["b", "y", 16, 1])]);
+    let today = Some(now.date_naive().to_string());
+    assert_eq!(record.states, [("b".into(), "y".into(), today, 1, None), ("b".into(), "z".into(), None, 0, None)],);
+    store.record_starts(&txn, &record, now).await.unwrap();
+    store.count_blocked(&txn, &HashMap::from([("b".to_string(), LimitField::Rate)])).await.unwrap();
+    let sum = "SELECT CAST(SUM(n) AS BIGINT) FROM limit_starts WHERE action_type = 'b'";
+    assert_eq!(ints(&txn, store, sum).await, [3]);
+    let blocked = "SELECT blocked_rate FROM limit_state WHERE action_type = 'b' AND part = ''";
+    assert_eq!(ints(&txn, store, blocked).await, [1]);
+    let tracked = format!("SELECT COUNT(*) FROM limit_state WHERE part NOT IN ('', '{OVERFLOW_PARTITION}')");
+    assert_eq!(ints(&txn, store, &tracked).await, [3], "x, y and z");
+    // An hour on, every start has left the window; token 16 drops them.
+    store.drop_old_starts(&txn, &refs, 16, now + chrono::Duration::hours(2)).await.unwrap();
+    assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM limit_starts").await, [0]);
+    txn.rollback().await.unwrap();
+}
+
+#[test]
+fn merge_defers_keyed_rows_past_the_walk_and_rows_past_the_bound() {
+    let now = Utc::now();
+    let row = |id: i64, priority: i64| Candidate {
+        id,
+        action_type: "t".into(),
+        part: String::new(),
+        priority,
+        not_before: now,
+    };
+    let ids = |rows: &[Candidate]| rows.iter().map(|c| c.id).collect::<Vec<_>>();
+    // The walk stopped at priority 5 (more may follow): a keyed row at 1 waits, one at 7 merges.
+    let (rows, deferred) = merge(vec![row(1, 9), row(2, 5)], false, vec![row(3, 7), row(4, 1)], None);
+    assert_eq!((ids(&rows), deferred), (vec![1, 3, 2], true));
+    // The walk found all there was: nothing waits for it.
+    let (rows, deferred) = merge(vec![row(1, 9)], true, vec![row(4, 1)], None);
+    assert_eq!((ids(&rows), deferred), (vec![1, 4], false));
+    // A keyed type's candidates are incomplete from priority 6 on: everything after waits.
+    let bound = Some(row(0, 6).rank());
+    let (rows, deferred) = merge(vec![row(1, 9), row(2, 5)], true, vec![row(3, 7), row(4, 1)], bound);
+    assert_eq!((ids(&rows), deferred), (vec![1, 3], true));
+}
