@@ -65,7 +65,7 @@ pub struct RunSummary {
 /// and cooldowns older than theirs, in small batches.
 async fn purge(engine: &Engine) {
     let cutoff = crate::model::earlier_saturating(crate::model::now(), engine.config().retention());
-    match engine.store().purge(cutoff, PURGE_BATCH).await {
+    match engine.store().actions().purge(cutoff, PURGE_BATCH).await {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "purged finished actions past the retention")
@@ -73,7 +73,7 @@ async fn purge(engine: &Engine) {
         Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
     }
     let dead_since = crate::model::earlier_saturating(crate::model::now(), DEAD_WORKER_KEPT);
-    match engine.store().prune_workers(dead_since).await {
+    match engine.store().workers().prune_workers(dead_since).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "removed worker registrations dead for over a day"),
         Err(e) => tracing::warn!(error = %e, "pruning dead workers failed; it is retried next hour"),
@@ -104,7 +104,7 @@ pub fn history_cutoffs(config: &Config) -> PruneCutoffs {
 /// Prunes ledger rows, decisions and cooldowns past `config`'s retentions, [`PRUNE_BATCH`] rows
 /// at a time, resting between batches as `pace` says.
 pub async fn prune_history(store: &Store, config: &Config, pace: Pace) -> Result<Pruned, StoreError> {
-    store.prune_history(history_cutoffs(config), PRUNE_BATCH, pace).await
+    store.history().prune_history(history_cutoffs(config), PRUNE_BATCH, pace).await
 }
 
 /// Removes leftover `.tmp-*` files older than [`STALE_TMP_AGE`] under the artifacts dir and
@@ -138,7 +138,7 @@ pub async fn sync_limits(
         tracing::warn!("{w}");
     }
     let Some(limits) = &config.limits else { return Ok(()) };
-    let done = store.write_config_limits(limits, how).await?;
+    let done = store.limits().write_config_limits(limits, how).await?;
     let none = || "none".to_string();
     for d in &done.disagreements {
         let (t, field, source) = (&d.action_type, d.field, d.source.as_str());

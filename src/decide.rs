@@ -70,7 +70,7 @@ pub async fn decide(
     let mut out = Decided::default();
     let snap_json = serde_json::to_value(snap).unwrap_or(Value::Null);
     let mut states = BTreeMap::new();
-    for (rule, text) in store.rule_states().await? {
+    for (rule, text) in store.decisions().rule_states().await? {
         match serde_json::from_str::<Value>(&text) {
             Ok(v) => {
                 states.insert(rule, v);
@@ -123,7 +123,7 @@ pub async fn decide(
     let cooling: BTreeSet<(String, String, String)> = if config.rules.cooldown.is_zero() {
         BTreeSet::new()
     } else {
-        store.cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
+        store.decisions().cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
     };
     let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
 
@@ -187,8 +187,8 @@ pub async fn decide(
                 created_at: now,
             })
             .collect();
-        store.record_decide(fence, &record).await?;
-        store.prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
+        store.decisions().record_decide(fence, &record).await?;
+        store.decisions().prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
     }
     Ok(out)
 }
@@ -217,11 +217,11 @@ async fn apply(
     let by = format!("rule {}: {}", d.rule, d.reason);
     let auth = Authority::Lease(fence);
     let applied = match &d.kind {
-        Kind::Retry { id } => store.retry_now(auth, *id, &by).await,
-        Kind::Dlq { id } => store.dlq(auth, *id, &by).await,
-        Kind::Cancel { id } => store.cancel(auth, *id, Some(&by)).await,
-        Kind::ForceRun { id } => store.force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
-        Kind::Reprioritize { id, to } => store.reprioritize(auth, *id, *to, &by).await,
+        Kind::Retry { id } => store.actions().retry_now(auth, *id, &by).await,
+        Kind::Dlq { id } => store.actions().dlq(auth, *id, &by).await,
+        Kind::Cancel { id } => store.actions().cancel(auth, *id, Some(&by)).await,
+        Kind::ForceRun { id } => store.actions().force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
+        Kind::Reprioritize { id, to } => store.actions().reprioritize(auth, *id, *to, &by).await,
         Kind::Postpone { id, seconds } => {
             let now = store.now();
             let Some(until) =
@@ -229,37 +229,30 @@ async fn apply(
             else {
                 return Ok(Applied::Refused(format!("postpone by {seconds}s is out of range")));
             };
-            store.postpone(auth, *id, until, &by).await
+            store.actions().postpone(auth, *id, until, &by).await
         }
         Kind::Rebalance => {
             // Work-conserving: boosts old work and defers nothing (ARCHITECTURE.md).
             let old_before = ago(store.now(), config.rules.rebalance_age);
-            store.boost(fence, old_before).await.map(|boosted| out.notes.push(format!("rebalance: {boosted} boosted")))
+            let boosted = store.actions().boost(fence, old_before).await;
+            boosted.map(|boosted| out.notes.push(format!("rebalance: {boosted} boosted")))
         }
-        Kind::Pause => store.set_paused_fenced(fence, true).await.map(|()| out.paused = true),
-        Kind::Resume => store.set_paused_fenced(fence, false).await,
+        Kind::Pause => store.flags().set_paused_fenced(fence, true).await.map(|()| out.paused = true),
+        Kind::Resume => store.flags().set_paused_fenced(fence, false).await,
         Kind::Throttle { n } => {
             // In the database, so that every claimer on every host honours it until the next
             // tick decides again (or it runs out).
             let n = out.throttle.map_or(*n, |t| t.min(*n));
             out.throttle = Some(n);
             let until = model::later_saturating(store.now(), config.tick_interval.max(THROTTLE_AT_LEAST));
-            store.set_throttle(fence, Some(n), until).await
+            store.flags().set_throttle(fence, Some(n), until).await
         }
         Kind::SetLimit { action_type, field, value, seconds } => {
             let until = model::later_saturating(store.now(), Duration::from_secs(*seconds));
-            store
-                .set_limit_override(
-                    Some(fence),
-                    action_type,
-                    *field,
-                    *value,
-                    until,
-                    &d.reason,
-                    &format!("rule {}", d.rule),
-                )
-                .await
-                .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
+            let by_rule = format!("rule {}", d.rule);
+            let set =
+                store.limits().set_limit_override(Some(fence), action_type, *field, *value, until, &d.reason, &by_rule);
+            set.await.map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
         }
         Kind::Enqueue { action_type, payload, key } => {
             let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {
@@ -279,7 +272,7 @@ async fn apply(
                     .and_then(|d| chrono::Duration::from_std(*d).ok())
                     .and_then(|d| store.now().checked_add_signed(d)),
             };
-            store.enqueue(auth, &new).await.map(|done| {
+            store.actions().enqueue(auth, &new).await.map(|done| {
                 if done.duplicate {
                     out.notes.push(format!("enqueue {key}: key exists, nothing created"));
                 }
@@ -310,7 +303,7 @@ async fn apply(
                 max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
                 expires_at: None,
             };
-            store.enqueue(auth, &new).await.map(|_| ())
+            store.actions().enqueue(auth, &new).await.map(|_| ())
         }
     };
     match applied {

@@ -253,7 +253,7 @@ impl Engine {
             let cap =
                 decided.throttle.map_or(self.config.max_actions_per_tick, |t| t.min(self.config.max_actions_per_tick));
             let claimer = self.claimer(String::new(), None);
-            self.store.pick(&claimer, u64::from(cap), self.config.limits.as_ref()).await?
+            self.store.actions().pick(&claimer, u64::from(cap), self.config.limits.as_ref()).await?
         };
         Ok(DryRunReport { snapshot: snap, rules_digest: rules.digest().to_string(), decided, would_dispatch })
     }
@@ -279,9 +279,9 @@ impl Engine {
     /// and the flags it was built with. Reads only; takes no lease. `run-once --dry-run` and
     /// `GET /api/snapshot` show this.
     pub async fn snapshot_now(&self) -> Result<(Snapshot, crate::model::Flags), StoreError> {
-        let mut flags = self.store.flags().await?;
+        let mut flags = self.store.flags().get().await?;
         flags.proof_mode |= self.config.proof_enforced;
-        let term = match self.store.lease(crate::lease::LEASE_NAME).await? {
+        let term = match self.store.lease().get(crate::lease::LEASE_NAME).await? {
             Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
             None => Term {
                 lease_name: crate::lease::LEASE_NAME.to_string(),
@@ -340,7 +340,7 @@ impl Engine {
 
         match self.body(&term, tick_id, &heartbeat, started).await {
             Ok((close, report_extra)) => {
-                self.store.close_tick(tick_id, &close).await?;
+                self.store.ledger().close_tick(tick_id, &close).await?;
                 if close.status == TickStatus::Killed {
                     drop(heartbeat);
                     self.lease.release().await?;
@@ -368,7 +368,7 @@ impl Engine {
                     notes: Some(format!("tick failed: {e}")),
                     snapshot: None,
                 };
-                if let Err(close_err) = self.store.close_tick(tick_id, &close).await {
+                if let Err(close_err) = self.store.ledger().close_tick(tick_id, &close).await {
                     tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
                 }
                 Err(e)
@@ -386,7 +386,7 @@ impl Engine {
         let mut notes: Vec<String> = Vec::new();
         let mut extra = Extra::default();
 
-        let mut flags = self.store.flags().await?;
+        let mut flags = self.store.flags().get().await?;
         // An enforced instance runs every attempt in proof mode, whatever the flag says; the
         // snapshot (and so the rules) see the mode that applies.
         flags.proof_mode |= self.config.proof_enforced;
@@ -412,7 +412,7 @@ impl Engine {
         }
 
         let fence = Fence { lease_name: term.lease_name.clone(), epoch: term.epoch, tick_id: Some(tick_id) };
-        let rescued = self.store.rescue(&fence, &term.owner, self.config.workers.ttl, Some(tick_id)).await?;
+        let rescued = self.store.actions().rescue(&fence, &term.owner, self.config.workers.ttl, Some(tick_id)).await?;
         if !rescued.is_empty() {
             self.metrics.rescued_actions_total.inc_by(rescued.len() as u64);
             let mut workers: Vec<&str> = rescued.iter().filter_map(|r| r.worker.as_deref()).collect();
@@ -423,7 +423,7 @@ impl Engine {
         }
 
         // Deadlines: the claim never starts an expired action; here they become visible as DLQ.
-        let expired = self.store.expire_due(&term.lease_name, term.epoch, Some(tick_id)).await?;
+        let expired = self.store.actions().expire_due(&term.lease_name, term.epoch, Some(tick_id)).await?;
         if !expired.is_empty() {
             self.metrics.expired_actions_total.inc_by(expired.len() as u64);
             tracing::warn!(count = expired.len(), "expired actions moved to DLQ");
@@ -434,11 +434,11 @@ impl Engine {
 
         // Work that became due by time notifies no one: wake the workers.
         if snap.queue.due_now > 0 {
-            self.store.notify_work().await.unwrap_or_else(|e| tracing::debug!(error = %e, "cannot notify workers"));
+            self.wake_workers().await;
         }
 
         // A throttle lasts one tick: this tick's rules decide it afresh.
-        self.store.clear_throttle(&fence).await?;
+        self.store.flags().clear_throttle(&fence).await?;
 
         // DECIDE: the rules run on the snapshot; what they decide is applied (fenced) before
         // dispatch, which a `throttle` caps and a `pause` stops.
@@ -466,7 +466,7 @@ impl Engine {
             let claimer = self.claimer(worker.clone(), Some(term.epoch));
             while remaining > 0 && Instant::now() < deadline && !heartbeat.is_lost() {
                 let want = remaining.min(CLAIM_BATCH);
-                let claimed = self.store.claim(&claimer, u64::from(want)).await?;
+                let claimed = self.store.actions().claim(&claimer, u64::from(want)).await?;
                 if claimed.is_empty() {
                     break;
                 }
@@ -504,7 +504,7 @@ impl Engine {
             let upto = crate::model::earlier_saturating(self.store.now(), OUTCOME_LAG);
             let previous = self.last_started.lock().ok().and_then(|mut g| g.replace(upto));
             let since = previous.unwrap_or_else(|| crate::model::earlier_saturating(upto, self.config.tick_interval));
-            let (ok, failed) = self.store.outcomes_between(since, upto).await?;
+            let (ok, failed) = self.store.actions().outcomes_between(since, upto).await?;
             succeeded = u32::try_from(ok).unwrap_or(u32::MAX);
             attempted = succeeded.saturating_add(u32::try_from(failed).unwrap_or(u32::MAX));
             notes.push(format!(
@@ -550,9 +550,9 @@ impl Engine {
             && !heartbeat.is_lost()
             && snap.queue.due_now > 0
         {
-            let due = self.store.due_count().await?;
+            let due = self.store.actions().due_count().await?;
             // A type at its limit is a brake too: its due work waits, recorded here.
-            let (held, why) = if due > 0 { held_by_limits(&self.store.limit_usage().await?) } else { (0, Vec::new()) };
+            let (held, why) = if due > 0 { self.held_now().await? } else { (0, Vec::new()) };
             if held > 0 {
                 limits_held = true;
                 notes.push(format!("held by limits: {}", why.join(", ")));
@@ -658,6 +658,19 @@ fn paused_close(notes: &[String], decided: crate::decide::Decided) -> TickClose 
         succeeded: 0,
         notes: Some(notes.join("; ")),
         snapshot: Some((decided.snapshot_json, decided.rules_digest)),
+    }
+}
+
+impl Engine {
+    /// Wakes the workers (PostgreSQL's NOTIFY); a failure costs them at most a poll.
+    async fn wake_workers(&self) {
+        let woken = self.store.notify().notify_work().await;
+        woken.unwrap_or_else(|e| tracing::debug!(error = %e, "cannot notify workers"));
+    }
+
+    /// [`held_by_limits`] of the limits' usage now.
+    async fn held_now(&self) -> Result<(i64, Vec<String>), StoreError> {
+        Ok(held_by_limits(&self.store.limits().limit_usage().await?))
     }
 }
 

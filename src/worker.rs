@@ -104,7 +104,7 @@ impl Registration {
     pub async fn renew(&self) -> Result<bool, StoreError> {
         let Some(id) = self.id() else { return Ok(false) };
         let asked = Instant::now();
-        if self.store.worker_heartbeat(&id, self.ttl, self.beat()).await? {
+        if self.store.workers().worker_heartbeat(&id, self.ttl, self.beat()).await? {
             self.confirm(Some(asked));
             return Ok(true);
         }
@@ -126,7 +126,7 @@ impl Registration {
         self.done.store(0, Ordering::SeqCst);
         self.failed.store(0, Ordering::SeqCst);
         let asked = Instant::now();
-        self.store.register_worker(&new).await?;
+        self.store.workers().register_worker(&new).await?;
         tracing::info!(worker = %new.id, "worker registered");
         self.set_id(Some(new.id.clone()));
         self.confirm(Some(asked));
@@ -136,7 +136,7 @@ impl Registration {
     /// Removes the registration (a clean stop).
     pub async fn deregister(&self) -> Result<(), StoreError> {
         if let Some(id) = self.id() {
-            self.store.deregister_worker(&id).await?;
+            self.store.workers().deregister_worker(&id).await?;
             self.set_id(None);
             self.confirm(None);
         }
@@ -288,7 +288,7 @@ impl Worker {
         let (by_type, default) = self.settings.claim_timeouts();
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
-        let mut listener = match self.store.work_listener().await {
+        let mut listener = match self.store.notify().work_listener().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for work notifications; polling every workers.poll_seconds");
@@ -368,7 +368,7 @@ impl Worker {
                     limit_partitions: self.config.limit_partitions as usize,
                     epoch: None,
                 };
-                let claimed = match self.store.claim(&claimer, permits.len() as u64).await {
+                let claimed = match self.store.actions().claim(&claimer, permits.len() as u64).await {
                     Ok(c) => c,
                     Err(e) => {
                         drop(permits);
