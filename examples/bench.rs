@@ -402,7 +402,7 @@ async fn drain_beside(
     let db = Db::new(backend, pg).await?;
     db.due_noops(n).await?;
     for (t, spec) in &beside.limits {
-        db.store.set_limit(t, &limit(spec)).await?;
+        db.store.limits().set_limit(t, &limit(spec)).await?;
     }
     if beside.slow_backlog > 0 {
         let lines: String = (0..beside.slow_backlog)
@@ -410,7 +410,7 @@ async fn drain_beside(
             .collect();
         queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
     }
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
     let mut config = db.config();
     config.max_actions_per_tick = 1_000_000;
     config.dispatch_concurrency = concurrency;
@@ -438,6 +438,7 @@ async fn drain_beside(
     engine.release().await?;
     let noop = db
         .store
+        .actions()
         .list_actions(&orchestrator::store::ActionFilter {
             status: Some(ActionStatus::Success),
             action_type: Some("NOOP".into()),
@@ -446,7 +447,7 @@ async fn drain_beside(
         .await?
         .len();
     anyhow::ensure!(noop == n, "{noop} of {n} NOOP succeeded");
-    let logs = db.store.logs(None, 1).await?;
+    let logs = db.store.history().logs(None, 1).await?;
     anyhow::ensure!(!logs.is_empty(), "no log rows");
     db.drop_schema().await;
     Ok(n as f64 / secs)
@@ -577,6 +578,7 @@ async fn partner_backlog(store: &Store, n: usize) -> anyhow::Result<()> {
 /// A bench claimer of every type, registered as `id`.
 async fn bench_claimer(store: &Store, id: &str) -> anyhow::Result<orchestrator::store::Claimer> {
     store
+        .workers()
         .register_worker(&orchestrator::store::NewWorker {
             id: id.into(),
             host: "bench".into(),
@@ -602,7 +604,7 @@ async fn bench_claimer(store: &Store, id: &str) -> anyhow::Result<orchestrator::
 /// One claim of 64, timed in µs, and the batch unstarted again so the queue stays the same.
 async fn timed_claim(store: &Store, claimer: &orchestrator::store::Claimer) -> anyhow::Result<(f64, usize)> {
     let start = Instant::now();
-    let got = store.claim(claimer, 64).await?;
+    let got = store.actions().claim(claimer, 64).await?;
     let us = start.elapsed().as_secs_f64() * 1e6;
     let back: Vec<orchestrator::store::Completion> = got
         .iter()
@@ -614,7 +616,7 @@ async fn timed_claim(store: &Store, claimer: &orchestrator::store::Claimer) -> a
             logs: Vec::new(),
         })
         .collect();
-    store.complete(None, &back).await?;
+    store.actions().complete(None, &back).await?;
     Ok((us, got.len()))
 }
 
@@ -647,9 +649,9 @@ async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 if limited {
                     let mut spec = limit("max_running=3");
                     spec.partition_by = Some("payload.partner".parse().map_err(|e: String| anyhow::anyhow!(e))?);
-                    db.store.set_limit(PARTNER_TYPE, &spec).await?;
+                    db.store.limits().set_limit(PARTNER_TYPE, &spec).await?;
                 }
-                db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+                db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
                 let mut config = db.config();
                 config.tick_interval = Duration::ZERO;
                 config.max_tick = Duration::from_secs(600);
@@ -669,7 +671,7 @@ async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 tick().await?;
                 partner_backlog(&db.store, n).await?;
                 if limited {
-                    let usage = db.store.limit_usage().await?;
+                    let usage = db.store.limits().limit_usage().await?;
                     let tracked = usage.first().map_or(0, |u| u.partitions_tracked);
                     anyhow::ensure!(tracked == 1000, "{tracked} partitions tracked, not the cap");
                 }
@@ -694,7 +696,7 @@ async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
                     let holder = bench_claimer(&db.store, "bench-holder").await?;
                     let mut held = 0;
                     loop {
-                        let got = db.store.claim(&holder, 512).await?.len();
+                        let got = db.store.actions().claim(&holder, 512).await?.len();
                         if got == 0 {
                             break;
                         }
@@ -735,13 +737,14 @@ async fn claim_cost(backend: &str, pg: Option<&str>, k: usize) -> anyhow::Result
     let db = Db::new(backend, pg).await?;
     db.due_noops(5_000).await?;
     for (t, spec) in THREE_LIMITS.iter().take(k.min(3)) {
-        db.store.set_limit(t, &limit(spec)).await?;
+        db.store.limits().set_limit(t, &limit(spec)).await?;
     }
     for i in 3..k {
-        db.store.set_limit(&format!("TYPE{i}"), &limit("max_running=5,rate=100/1m")).await?;
+        db.store.limits().set_limit(&format!("TYPE{i}"), &limit("max_running=5,rate=100/1m")).await?;
     }
     let worker = "bench-claimer";
     db.store
+        .workers()
         .register_worker(&orchestrator::store::NewWorker {
             id: worker.into(),
             host: "bench".into(),
@@ -765,7 +768,7 @@ async fn claim_cost(backend: &str, pg: Option<&str>, k: usize) -> anyhow::Result
     let mut times = Vec::new();
     for _ in 0..200 {
         let start = Instant::now();
-        let got = db.store.claim(&claimer, 64).await?;
+        let got = db.store.actions().claim(&claimer, 64).await?;
         times.push(start.elapsed().as_secs_f64() * 1e6);
         anyhow::ensure!(got.len() == 64, "claimed {} of 64", got.len());
         let back: Vec<orchestrator::store::Completion> = got
@@ -778,7 +781,7 @@ async fn claim_cost(backend: &str, pg: Option<&str>, k: usize) -> anyhow::Result
                 logs: Vec::new(),
             })
             .collect();
-        db.store.complete(None, &back).await?;
+        db.store.actions().complete(None, &back).await?;
     }
     db.drop_schema().await;
     Ok(median(&mut times))
@@ -1103,7 +1106,7 @@ async fn workers_measure(
         .collect();
     let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
     anyhow::ensure!(report.created == n as u64, "created {} of {n}", report.created);
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
 
     // Every connection to the database now is the bench's own (its store names itself
     // `orchestrator`, as the processes do): the samples leave these out.
@@ -1148,7 +1151,7 @@ async fn workers_measure(
         .await?;
     let (secs, rows, claims, commits, by) = (v[0], v[1], v[2], v[3], v[4]);
     anyhow::ensure!(rows == n as f64 && by >= 1.0, "{rows} of {n} succeeded, by {by} workers");
-    anyhow::ensure!(!db.store.logs(None, 1).await?.is_empty(), "no log rows");
+    anyhow::ensure!(!db.store.history().logs(None, 1).await?.is_empty(), "no log rows");
     // One worker's cycle: claim, dispatch (the batch's last outcome written at finished_at, the
     // worker's clock when its completion transaction began), then the next claim.
     let cycle = db

@@ -45,12 +45,12 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("sqlite:{}", dir.path().join("bench.db").display());
     let store = Store::open(&url, &StoreOptions { sqlite_synchronous_full: false, ..StoreOptions::default() }).await?;
     // An open queue of 200 actions, some in each open state.
-    store.enqueue_many(&batch("open", 0, 200)).await?;
+    store.actions().enqueue_many(&batch("open", 0, 200)).await?;
     store.execute_unprepared("UPDATE actions SET status = 'RETRY', last_error = 'timeout' WHERE id % 4 = 1").await?;
     store.execute_unprepared("UPDATE actions SET status = 'DLQ', last_error = 'boom' WHERE id % 4 = 2").await?;
     let empty = per_build(&store, 200).await?;
     for chunk in (0..finished).step_by(10_000) {
-        store.enqueue_many(&batch("done", chunk, 10_000.min(finished - chunk))).await?;
+        store.actions().enqueue_many(&batch("done", chunk, 10_000.min(finished - chunk))).await?;
     }
     store
         .execute_unprepared(

@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
     // One tick in proof mode (the default): artifacts only.
     report(engine.tick().await?);
     // Then real mode.
-    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
+    store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await?;
     queue::enqueue(
         &store,
         &EnqueueRequest {
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     report(engine.tick().await?);
-    for log in store.logs(None, 10).await? {
+    for log in store.history().logs(None, 10).await? {
         println!("log: {} {}", log.level, log.message);
     }
     engine.release().await?;

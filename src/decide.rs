@@ -74,7 +74,7 @@ pub async fn decide(
     let cooling: BTreeSet<(String, String, String)> = if config.rules.cooldown.is_zero() {
         BTreeSet::new()
     } else {
-        store.cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
+        store.decisions().cooldowns_since(ago(snap.now, config.rules.cooldown)).await?.into_keys().collect()
     };
     let planned = pipeline::plan(decisions, config.rules.max_decisions_per_tick as usize, &cooling, snap.flags.paused);
 
@@ -92,8 +92,8 @@ pub async fn decide(
     if let Some(fence) = fence {
         let now = store.now();
         record.decisions = out.decisions.iter().map(|d| d.row(fence.tick_id.unwrap_or(0), now)).collect();
-        store.record_decide(fence, &record).await?;
-        store.prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
+        store.decisions().record_decide(fence, &record).await?;
+        store.decisions().prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
     }
     Ok(out)
 }
@@ -101,7 +101,7 @@ pub async fn decide(
 /// Each rule's persisted state; one that is not JSON starts empty, with a note.
 async fn read_states(store: &Store, out: &mut Decided) -> Result<BTreeMap<String, Value>, StoreError> {
     let mut states = BTreeMap::new();
-    for (rule, text) in store.rule_states().await? {
+    for (rule, text) in store.decisions().rule_states().await? {
         match serde_json::from_str::<Value>(&text) {
             Ok(v) => {
                 states.insert(rule, v);
@@ -255,11 +255,11 @@ async fn apply(
     let by = format!("rule {}: {}", d.rule, d.reason);
     let auth = Authority::Lease(fence);
     let applied = match &d.kind {
-        Kind::Retry { id } => store.retry_now(auth, *id, &by).await,
-        Kind::Dlq { id } => store.dlq(auth, *id, &by).await,
-        Kind::Cancel { id } => store.cancel(auth, *id, Some(&by)).await,
-        Kind::ForceRun { id } => store.force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
-        Kind::Reprioritize { id, to } => store.reprioritize(auth, *id, *to, &by).await,
+        Kind::Retry { id } => store.actions().retry_now(auth, *id, &by).await,
+        Kind::Dlq { id } => store.actions().dlq(auth, *id, &by).await,
+        Kind::Cancel { id } => store.actions().cancel(auth, *id, Some(&by)).await,
+        Kind::ForceRun { id } => store.actions().force_run(auth, *id, FORCE_RUN_BUMP, &by).await,
+        Kind::Reprioritize { id, to } => store.actions().reprioritize(auth, *id, *to, &by).await,
         Kind::Postpone { id, seconds } => {
             let now = store.now();
             let Some(until) =
@@ -267,26 +267,31 @@ async fn apply(
             else {
                 return Ok(Applied::Refused(format!("postpone by {seconds}s is out of range")));
             };
-            store.postpone(auth, *id, until, &by).await
+            store.actions().postpone(auth, *id, until, &by).await
         }
         Kind::Rebalance => {
             // Work-conserving: boosts old work and defers nothing (ARCHITECTURE.md).
             let old_before = ago(store.now(), config.rules.rebalance_age);
-            store.boost(fence, old_before).await.map(|boosted| out.notes.push(format!("rebalance: {boosted} boosted")))
+            store
+                .actions()
+                .boost(fence, old_before)
+                .await
+                .map(|boosted| out.notes.push(format!("rebalance: {boosted} boosted")))
         }
-        Kind::Pause => store.set_paused_fenced(fence, true).await.map(|()| out.paused = true),
-        Kind::Resume => store.set_paused_fenced(fence, false).await,
+        Kind::Pause => store.flags().set_paused_fenced(fence, true).await.map(|()| out.paused = true),
+        Kind::Resume => store.flags().set_paused_fenced(fence, false).await,
         Kind::Throttle { n } => {
             // In the database, so that every claimer on every host honours it until the next
             // tick decides again (or it runs out).
             let n = out.throttle.map_or(*n, |t| t.min(*n));
             out.throttle = Some(n);
             let until = model::later_saturating(store.now(), config.tick_interval.max(THROTTLE_AT_LEAST));
-            store.set_throttle(fence, Some(n), until).await
+            store.flags().set_throttle(fence, Some(n), until).await
         }
         Kind::SetLimit { action_type, field, value, seconds } => {
             let until = model::later_saturating(store.now(), Duration::from_secs(*seconds));
             store
+                .limits()
                 .set_limit_override(
                     Some(fence),
                     action_type,
@@ -299,56 +304,23 @@ async fn apply(
                 .await
                 .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
         }
-        Kind::Enqueue { action_type, payload, key } => {
-            let payload_json = match queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES) {
-                Ok(text) => text,
-                Err(e) => return Ok(Applied::Refused(e)),
-            };
-            let new = NewAction {
-                action_type: action_type.clone(),
-                payload_json,
-                idempotency_key: key.clone(),
-                priority: 0,
-                not_before: store.now(),
-                max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
-                expires_at: config
-                    .expire_after
-                    .get(action_type)
-                    .and_then(|d| chrono::Duration::from_std(*d).ok())
-                    .and_then(|d| store.now().checked_add_signed(d)),
-            };
-            store.enqueue(auth, &new).await.map(|done| {
+        Kind::Enqueue { action_type, payload, key } => match rule_enqueue(store, config, action_type, payload, key) {
+            Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
                 if done.duplicate {
                     out.notes.push(format!("enqueue {key}: key exists, nothing created"));
                 }
-            })
-        }
+            }),
+            Err(e) => return Ok(Applied::Refused(e)),
+        },
         Kind::Alert { severity, message, key } => {
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");
             out.notes.push(format!("ALERT [{severity}] {message} (rule {})", d.rule));
             let Some(action_type) = &config.rules.alert_action_type else { return Ok(Applied::Yes) };
-            let payload = serde_json::json!({
-                "severity": severity, "message": message, "key": key, "rule": d.rule, "tick_id": fence.tick_id,
-            });
-            let new = NewAction {
-                action_type: action_type.clone(),
-                idempotency_key: format!(
-                    "alert-{}-{}-{}",
-                    fence.tick_id.unwrap_or(0),
-                    d.rule,
-                    &queue::derive_key(severity.as_str(), key)[..16]
-                ),
-                payload_json: match queue::validate("alert payload", &payload, queue::MAX_PAYLOAD_BYTES) {
-                    Ok(text) => text,
-                    Err(e) => return Ok(Applied::Refused(e)),
-                },
-                priority: i32::from(d.priority),
-                not_before: store.now(),
-                max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
-                expires_at: None,
-            };
-            store.enqueue(auth, &new).await.map(|_| ())
+            match alert_action(store, config, fence, d, action_type, (severity.as_str(), message, key)) {
+                Ok(new) => store.actions().enqueue(auth, &new).await.map(|_| ()),
+                Err(e) => return Ok(Applied::Refused(e)),
+            }
         }
     };
     match applied {
@@ -356,6 +328,59 @@ async fn apply(
         Err(StoreError::Refused(why)) => Ok(Applied::Refused(why.to_string())),
         Err(e) => Err(e),
     }
+}
+
+/// The action a rule's `enqueue` asks for; the payload's refusal when it is not storable.
+fn rule_enqueue(
+    store: &Store,
+    config: &Config,
+    action_type: &str,
+    payload: &Value,
+    key: &str,
+) -> Result<NewAction, String> {
+    let payload_json = queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES)?;
+    Ok(NewAction {
+        action_type: action_type.to_string(),
+        payload_json,
+        idempotency_key: key.to_string(),
+        priority: 0,
+        not_before: store.now(),
+        max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+        expires_at: config
+            .expire_after
+            .get(action_type)
+            .and_then(|d| chrono::Duration::from_std(*d).ok())
+            .and_then(|d| store.now().checked_add_signed(d)),
+    })
+}
+
+/// The action an `alert` enqueues when `rules.alert_action_type` names one: keyed by tick,
+/// rule, severity and alert key, so a repeat within a tick is one action.
+fn alert_action(
+    store: &Store,
+    config: &Config,
+    fence: &Fence,
+    d: &Decision,
+    action_type: &str,
+    (severity, message, key): (&str, &str, &str),
+) -> Result<NewAction, String> {
+    let payload = serde_json::json!({
+        "severity": severity, "message": message, "key": key, "rule": d.rule, "tick_id": fence.tick_id,
+    });
+    Ok(NewAction {
+        action_type: action_type.to_string(),
+        idempotency_key: format!(
+            "alert-{}-{}-{}",
+            fence.tick_id.unwrap_or(0),
+            d.rule,
+            &queue::derive_key(severity, key)[..16]
+        ),
+        payload_json: queue::validate("alert payload", &payload, queue::MAX_PAYLOAD_BYTES)?,
+        priority: i32::from(d.priority),
+        not_before: store.now(),
+        max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
+        expires_at: None,
+    })
 }
 
 /// `now - d`, saturating at the earliest time instead of overflowing.

@@ -240,7 +240,7 @@ impl Executor {
         let started = Instant::now();
         let mut retries = 0u32;
         loop {
-            match store.complete(tick_id, completions).await {
+            match store.actions().complete(tick_id, completions).await {
                 Ok(r) => {
                     if retries > 0 {
                         tracing::info!(retries, count = completions.len(), "outcomes recorded after retrying");

@@ -20,9 +20,9 @@ pub struct Explain {
 
 /// `None` when the ledger has no such tick.
 pub async fn explain(store: &Store, tick_id: i64) -> Result<Option<Explain>, StoreError> {
-    let Some(tick) = store.tick(tick_id).await? else { return Ok(None) };
-    let decide = store.tick_decide(tick_id).await?;
-    let decisions = store.decisions(tick_id).await?;
+    let Some(tick) = store.ledger().tick(tick_id).await? else { return Ok(None) };
+    let decide = store.ledger().tick_decide(tick_id).await?;
+    let decisions = store.decisions().list(tick_id).await?;
     let snapshot = decide.as_ref().and_then(|d| d.snapshot_json.as_deref()).and_then(|t| serde_json::from_str(t).ok());
     let rules_digest = decide.and_then(|d| d.rules_digest);
     Ok(Some(Explain { tick, snapshot, rules_digest, decisions }))

@@ -77,17 +77,17 @@ impl Lease {
 
     /// Acquires or renews, in one atomic statement.
     pub async fn acquire(&self) -> Result<LeaseState, StoreError> {
-        Ok(match self.store.acquire_lease(&self.name, &self.owner, self.ttl).await? {
+        Ok(match self.store.lease().acquire_lease(&self.name, &self.owner, self.ttl).await? {
             Acquired::Held(row) => LeaseState::Held(row.into()),
             Acquired::HeldByOther(row) => LeaseState::HeldByOther(row),
         })
     }
 
     /// Acquires or renews and, while held, opens a tick's ledger row (see
-    /// [`Store::begin_tick`] for how the two writes are committed). Returns the term and the
+    /// `store.ledger().begin_tick` for how the two writes are committed). Returns the term and the
     /// row's id, or the row of the owner who holds the lease.
     pub async fn begin_tick(&self, started_at: DateTime<Utc>) -> Result<Result<(Term, i64), LeaseRow>, StoreError> {
-        Ok(match self.store.begin_tick(&self.name, &self.owner, self.ttl, started_at).await? {
+        Ok(match self.store.ledger().begin_tick(&self.name, &self.owner, self.ttl, started_at).await? {
             Begun::Held { lease, tick_id } => Ok((lease.into(), tick_id)),
             Begun::HeldByOther(row) => Err(row),
         })
@@ -95,7 +95,7 @@ impl Lease {
 
     /// Gives the lease up now, if this instance holds it.
     pub async fn release(&self) -> Result<bool, StoreError> {
-        self.store.release_lease(&self.name, Some(&self.owner)).await
+        self.store.lease().release_lease(&self.name, Some(&self.owner)).await
     }
 
     /// Starts renewing every `every` while a tick runs. The returned guard's flag turns true,

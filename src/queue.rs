@@ -241,7 +241,7 @@ pub async fn enqueue(
     defaults: impl Into<EnqueueDefaults>,
 ) -> Result<EnqueueOutcome, QueueError> {
     let new = prepare(req, &defaults.into(), store.now()).map_err(QueueError::Invalid)?;
-    Ok(store.enqueue(crate::store::Authority::Operator, &new).await?)
+    Ok(store.actions().enqueue(crate::store::Authority::Operator, &new).await?)
 }
 
 /// What a bulk enqueue did.
@@ -337,7 +337,7 @@ type Insert = tokio::task::JoinHandle<(u64, Result<u64, StoreError>)>;
 
 fn spawn_insert(store: &Store, batch: Vec<NewAction>) -> Insert {
     let store = store.clone();
-    tokio::spawn(async move { (batch.len() as u64, store.enqueue_many(&batch).await) })
+    tokio::spawn(async move { (batch.len() as u64, store.actions().enqueue_many(&batch).await) })
 }
 
 /// Waits for the batch being written, if any, and counts it.

@@ -305,7 +305,10 @@ pub async fn run(
     )
     .await?
     .with_clock(clock.clone());
-    store.set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None }).await?;
+    store
+        .flags()
+        .set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None })
+        .await?;
     seed(&store, &config, scenario).await?;
 
     let mut registry = Registry::empty();
@@ -334,13 +337,14 @@ pub async fn run(
             TickOutcome::NotLeader { owner, .. } => anyhow::bail!("tick {n}: the lease is held by {owner}"),
         };
         let applied: Vec<AppliedDecision> = store
-            .decisions(report.tick_id)
+            .decisions()
+            .list(report.tick_id)
             .await?
             .into_iter()
             .filter(|d| d.outcome.is_applied())
             .map(|d| AppliedDecision { rule: d.rule, kind: d.kind, target: d.target })
             .collect();
-        let open = store.open_counts().await?;
+        let open = store.actions().open_counts().await?;
         let open_after = [ActionStatus::Pending, ActionStatus::Retry, ActionStatus::Running]
             .iter()
             .map(|s| open.get(s).copied().unwrap_or(0))
@@ -411,7 +415,7 @@ async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Re
             };
             batch.push(queue::prepare(&req, &defaults, now).map_err(|e| anyhow::anyhow!("queue group {g}: {e}"))?);
         }
-        store.enqueue_many(&batch).await?;
+        store.actions().enqueue_many(&batch).await?;
         store.clock().advance(age);
     }
     Ok(())
@@ -462,7 +466,7 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
         }
     }
     if !expect.final_counts.is_empty() {
-        let counts = store.count_by_status().await?;
+        let counts = store.actions().count_by_status().await?;
         for (status, want) in &expect.final_counts {
             let s: ActionStatus = status.parse().map_err(|e: String| anyhow::anyhow!("final_counts: {e}"))?;
             let got = counts.get(&s).copied().unwrap_or(0);
@@ -473,6 +477,7 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
     }
     if !expect.final_dlq_errors.is_empty() {
         let dlq = store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Dlq), action_type: None, limit: 1_000_000 })
             .await?;
         for (error, want) in &expect.final_dlq_errors {

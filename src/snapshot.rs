@@ -212,6 +212,13 @@ pub struct LastTick {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl LastTick {
+    /// What the snapshot keeps of a ledger row.
+    fn of(t: model::TickRow) -> LastTick {
+        LastTick { id: t.id, status: t.status, finished_at: t.finished_at }
+    }
+}
+
 impl<'de> Deserialize<'de> for ActionStatus {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -275,16 +282,12 @@ pub async fn build_with(
 ) -> Result<Snapshot, StoreError> {
     let now = store.now();
     let hour_ago = now - chrono::Duration::hours(1);
-    let by_status_type = store.open_counts_by_type().await?;
-    let windowed = store.windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
-    let oldest = store.oldest_pending().await?;
-    let due_now = store.due_count().await?;
-    let stats = store.ledger_stats(tick_id, hour_ago, STREAK_LOOKBACK).await?;
-    let last_tick = store.recent_ticks(2).await?.into_iter().find(|t| Some(t.id) != tick_id).map(|t| LastTick {
-        id: t.id,
-        status: t.status,
-        finished_at: t.finished_at,
-    });
+    let by_status_type = store.actions().open_counts_by_type().await?;
+    let windowed = store.actions().windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
+    let oldest = store.actions().oldest_pending().await?;
+    let due_now = store.actions().due_count().await?;
+    let stats = store.ledger().ledger_stats(tick_id, hour_ago, STREAK_LOOKBACK).await?;
+    let last_tick = store.ledger().recent_ticks(2).await?.into_iter().find(|t| Some(t.id) != tick_id).map(LastTick::of);
     let sample = |actions: Vec<Action>| -> Vec<Sample> {
         actions
             .into_iter()
@@ -308,10 +311,10 @@ pub async fn build_with(
             .collect()
     };
     let samples = Samples {
-        stuck_pending: sample(store.oldest_in(ActionStatus::Pending, SAMPLE_SIZE).await?),
-        retry: sample(store.oldest_in(ActionStatus::Retry, SAMPLE_SIZE).await?),
-        dlq: sample(store.oldest_in(ActionStatus::Dlq, SAMPLE_SIZE).await?),
-        running_too_long: sample(store.oldest_in(ActionStatus::Running, SAMPLE_SIZE).await?),
+        stuck_pending: sample(store.actions().oldest_in(ActionStatus::Pending, SAMPLE_SIZE).await?),
+        retry: sample(store.actions().oldest_in(ActionStatus::Retry, SAMPLE_SIZE).await?),
+        dlq: sample(store.actions().oldest_in(ActionStatus::Dlq, SAMPLE_SIZE).await?),
+        running_too_long: sample(store.actions().oldest_in(ActionStatus::Running, SAMPLE_SIZE).await?),
     };
 
     let mut queue = QueueView {
@@ -364,7 +367,7 @@ pub async fn build_with(
         failed_ticks_1h: stats.failed_ticks_1h,
         partial_ticks_1h: stats.partial_ticks_1h,
     };
-    let usage = store.limit_usage().await?;
+    let usage = store.limits().limit_usage().await?;
     // Work a limit holds back waits by design, and says so in `limits`: it does not make the
     // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
     let unheld = QueueView { pending: (queue.pending - crate::limits::held_waiting(&usage)).max(0), ..queue.clone() };

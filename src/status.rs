@@ -53,7 +53,7 @@ pub struct StatusReport {
     /// This process enforces proof mode (`proof_mode: enforced`): every attempt it runs is in
     /// proof mode whatever `flags.proof_mode` says. Set by the caller, which knows its config.
     pub proof_enforced: bool,
-    /// Each limited type with what is running, waiting and left (`Store::limit_usage`), read
+    /// Each limited type with what is running, waiting and left (`store.limits().limit_usage`), read
     /// once here: the workload score leaves out the work it holds.
     pub limits: Vec<LimitUsage>,
 }
@@ -96,9 +96,9 @@ pub async fn read(
     worker_ttl: std::time::Duration,
     tick_fault: Option<&TickFault>,
 ) -> Result<StatusReport, StoreError> {
-    let flags = store.flags().await?;
+    let flags = store.flags().get().await?;
     let now = store.db_now().await?;
-    let lease = store.lease(lease_name).await?.map(|l| {
+    let lease = store.lease().get(lease_name).await?.map(|l| {
         let ttl = seconds_between(now, l.expires_at).max(0.0);
         LeaseStatus {
             name: l.name,
@@ -110,15 +110,15 @@ pub async fn read(
         }
     });
     let queue = match counts {
-        Counts::AllHistory => store.count_by_status().await?,
-        Counts::OpenOnly => store.open_counts().await?,
+        Counts::AllHistory => store.actions().count_by_status().await?,
+        Counts::OpenOnly => store.actions().open_counts().await?,
     };
-    let oldest_pending = store.oldest_pending().await?;
-    let last_tick = store.recent_ticks(1).await?.into_iter().next();
-    let registered = store.workers(worker_ttl).await?;
+    let oldest_pending = store.actions().oldest_pending().await?;
+    let last_tick = store.ledger().recent_ticks(1).await?.into_iter().next();
+    let registered = store.workers().list(worker_ttl).await?;
     let workers: Vec<WorkerSeen> =
         registered.iter().map(|w| WorkerSeen { live: w.live, types: w.types.clone() }).collect();
-    let due_types = if health::due_types_matter(&workers) { store.due_types(20).await? } else { Vec::new() };
+    let due_types = if health::due_types_matter(&workers) { store.actions().due_types(20).await? } else { Vec::new() };
     let clock = model::now();
     let liveness = health::instance(
         &InstanceFacts {
@@ -132,7 +132,7 @@ pub async fn read(
         },
         policy,
     );
-    let limits = store.limit_usage().await?;
+    let limits = store.limits().limit_usage().await?;
     let workload = workload(store, &queue, &limits, oldest_pending, clock, thresholds).await?;
     let live = workers.iter().filter(|w| w.live).count() as i64;
     Ok(StatusReport {
@@ -167,11 +167,11 @@ async fn workload(
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),
         ..health::WorkloadFacts::default()
     };
-    for w in store.windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await? {
+    for w in store.actions().windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await? {
         if matches!(w.status, ActionStatus::Retry | ActionStatus::Dlq) {
             facts.failures_1h += w.n_1h;
         }
     }
-    facts.failed_ticks_1h = store.ledger_stats(None, hour_ago, 1).await?.failed_ticks_1h;
+    facts.failed_ticks_1h = store.ledger().ledger_stats(None, hour_ago, 1).await?.failed_ticks_1h;
     Ok(health::workload(&facts, thresholds))
 }

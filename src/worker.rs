@@ -100,7 +100,7 @@ impl Worker {
         let lost = Arc::new(AtomicBool::new(false));
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
-        let listener = match self.store.work_listener().await {
+        let listener = match self.store.notify().work_listener().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for work notifications; polling every workers.poll_seconds");
@@ -182,7 +182,7 @@ impl Worker {
             }
             let Some(worker) = id.clone() else { continue };
             let Some(permits) = pool.room(&mut shutdown).await else { continue };
-            match self.store.claim(&terms.claimer(worker.clone(), None), permits.len() as u64).await {
+            match self.store.actions().claim(&terms.claimer(worker.clone(), None), permits.len() as u64).await {
                 Err(e) => {
                     drop(permits);
                     tracing::warn!(error = %e, "claim failed; trying again");

@@ -88,11 +88,11 @@ impl Stop {
 
 /// `logs --follow`.
 pub async fn logs(store: &Store, filter: &LogFilter, limit: u64, out: &Out) -> Result<(), StoreError> {
-    let mut last = store.logs_filtered(filter, limit).await?;
+    let mut last = store.history().logs_filtered(filter, limit).await?;
     last.reverse();
     let start = match last.last() {
         Some(l) => l.id,
-        None => store.logs(None, 1).await?.first().map_or(0, |l| l.id),
+        None => store.history().logs(None, 1).await?.first().map_or(0, |l| l.id),
     };
     let lines: Vec<String> = last.iter().map(|l| line(out, l, output::log_line)).collect();
     if !emit(out, &lines) {
@@ -102,7 +102,7 @@ pub async fn logs(store: &Store, filter: &LogFilter, limit: u64, out: &Out) -> R
     let mut stop = Stop::new();
     while !stop.wait(out).await {
         let gaps = cursor.gaps();
-        let rows = store.logs_after(cursor.after, &gaps, filter, PAGE).await?;
+        let rows = store.history().logs_after(cursor.after, &gaps, filter, PAGE).await?;
         let lines: Vec<String> = rows.iter().map(|l| line(out, l, output::log_line)).collect();
         for r in &rows {
             cursor.saw(r.id);
@@ -125,7 +125,7 @@ fn settled(rows: &[TickRow]) -> &[TickRow] {
 
 /// `ticks --follow`: a tick is printed once it has finished.
 pub async fn ticks(store: &Store, limit: u64, out: &Out) -> Result<(), StoreError> {
-    let mut last = store.recent_ticks(limit).await?;
+    let mut last = store.ledger().recent_ticks(limit).await?;
     last.reverse();
     let shown = settled(&last);
     let start = match (shown.last(), last.first()) {
@@ -140,7 +140,7 @@ pub async fn ticks(store: &Store, limit: u64, out: &Out) -> Result<(), StoreErro
     let mut after = start;
     let mut stop = Stop::new();
     while !stop.wait(out).await {
-        let rows = store.ticks_after(after, &[], PAGE).await?;
+        let rows = store.ledger().ticks_after(after, &[], PAGE).await?;
         let shown = settled(&rows);
         let lines: Vec<String> = shown.iter().map(|t| line(out, t, output::tick_line)).collect();
         if let Some(t) = shown.last() {

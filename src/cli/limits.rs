@@ -98,12 +98,12 @@ fn parse_type(s: &str) -> Result<String, String> {
 
 pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) -> anyhow::Result<()> {
     match cmd {
-        LimitsCommand::List => out.limits(&store.limit_usage().await?),
+        LimitsCommand::List => out.limits(&store.limits().limit_usage().await?),
         LimitsCommand::Set { action_type, max_running, rate, daily_budget, partition_by } => {
             // Merged into the row as it stands under its lock: a concurrent edit of another
             // field lands too.
             let given = LimitSpec { max_running, rate, daily_budget, partition_by };
-            if let Err(why) = store.edit_limit(&action_type, &LimitEdit::Merge(given)).await? {
+            if let Err(why) = store.limits().edit_limit(&action_type, &LimitEdit::Merge(given)).await? {
                 let text = match why {
                     EditRefusal::LimitsNothing => format!(
                         "{action_type} would have no limit: give --max-running, --rate or --daily-budget with --partition-by"
@@ -115,7 +115,7 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             written(store, &action_type, out, "set").await?;
         }
         LimitsCommand::Clear { action_type, field: None } => {
-            let cleared = store.clear_limit(&action_type).await?;
+            let cleared = store.limits().clear_limit(&action_type).await?;
             let text = if cleared {
                 format!("cleared the limits and overrides of {action_type}")
             } else {
@@ -124,7 +124,7 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             out.message(&serde_json::json!({"action_type": action_type, "cleared": cleared}), &text);
         }
         LimitsCommand::Clear { action_type, field: Some(field) } => {
-            if let Err(why) = store.edit_limit(&action_type, &LimitEdit::Remove(field)).await? {
+            if let Err(why) = store.limits().edit_limit(&action_type, &LimitEdit::Remove(field)).await? {
                 let text = match why {
                     EditRefusal::NoLimits => format!("{action_type} has no limits; nothing to clear"),
                     EditRefusal::NotSet => format!("{action_type} has no base {field}; nothing to clear"),
@@ -138,7 +138,7 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             written(store, &action_type, out, &format!("cleared {field} of")).await?;
         }
         LimitsCommand::Override { action_type, field, end: true, .. } => {
-            let ended = store.clear_limit_override(&action_type, field).await?;
+            let ended = store.limits().clear_limit_override(&action_type, field).await?;
             out.override_ended(&action_type, field, ended, base_of(store, &action_type).await?.as_ref());
         }
         LimitsCommand::Override {
@@ -152,7 +152,7 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
             let value = LimitValue::parse(field, &value).map_err(|e| fail(exit::USAGE, format!("VALUE: {e}")))?;
             let until = crate::model::later(store.db_now().await?, lasts)
                 .map_err(|e| fail(exit::USAGE, format!("--for: {e}")))?;
-            store.set_limit_override(None, &action_type, field, value, until, &reason, SET_BY).await?;
+            store.limits().set_limit_override(None, &action_type, field, value, until, &reason, SET_BY).await?;
             written(store, &action_type, out, &format!("overrode {field} of")).await?;
         }
         LimitsCommand::Override { .. } => {
@@ -165,7 +165,7 @@ pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) ->
 
 /// The type's row, if it has one.
 async fn base_of(store: &Store, action_type: &str) -> anyhow::Result<Option<TypeLimit>> {
-    Ok(store.limits().await?.into_iter().find(|l| l.action_type == action_type))
+    Ok(store.limits().list().await?.into_iter().find(|l| l.action_type == action_type))
 }
 
 /// Prints the type's limits as they now stand, after `what` was done.

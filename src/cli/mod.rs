@@ -528,7 +528,7 @@ async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
         _ => open_store(&config).await?,
     };
     if acts.is_some() && config.acting == config::Acting::Paused {
-        store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
+        store.flags().set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?;
         tracing::warn!("ORCHESTRATOR_MODE=PAUSED: the shared paused flag is set; `orchestrator resume` clears it");
     }
     let code = dispatch(cli.command, &config, &store, out, reload).await;
@@ -602,7 +602,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
         Command::Migrate => {
             out.message(&serde_json::json!({"migrated": true}), "database schema is up to date");
         }
-        Command::Workers => out.workers(&store.workers(config.workers.ttl).await?),
+        Command::Workers => out.workers(&store.workers().list(config.workers.ttl).await?),
         Command::Enqueue(args) => enqueue(args, config, store, out).await?,
         Command::Status => {
             let report = read_status(config, store).await?;
@@ -612,17 +612,24 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
                 return Ok(exit::UNHEALTHY);
             }
         }
-        Command::Pause => out.flags(&store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?),
+        Command::Pause => {
+            out.flags(&store.flags().set_flags(FlagChange { paused: Some(true), ..Default::default() }).await?)
+        }
         Command::Resume => out.flags(
-            &store.set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() }).await?,
+            &store
+                .flags()
+                .set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() })
+                .await?,
         ),
-        Command::Kill => out.flags(&store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await?),
+        Command::Kill => {
+            out.flags(&store.flags().set_flags(FlagChange { killed: Some(true), ..Default::default() }).await?)
+        }
         Command::Proof { mode } => {
             let on = matches!(mode, OnOff::On);
             if !on && config.proof_enforced {
                 return Err(fail(exit::ERROR, crate::status::PROOF_ENFORCED_REFUSAL));
             }
-            out.flags(&store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await?)
+            out.flags(&store.flags().set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await?)
         }
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
         Command::Limits(cmd) => limits::run(cmd, store, out).await?,
@@ -633,14 +640,14 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
             }
             LeaseCommand::Release { force } => release_lease(store, force, out).await?,
         },
-        Command::Ticks { limit, follow: false } => out.ticks(&store.recent_ticks(limit).await?),
+        Command::Ticks { limit, follow: false } => out.ticks(&store.ledger().recent_ticks(limit).await?),
         Command::Ticks { limit, follow: true } => follow::ticks(store, limit, out).await?,
         Command::Logs { action, action_type, level, limit, follow } => {
             let filter = LogFilter { action_id: action, action_type, min_level: level };
             if follow {
                 follow::logs(store, &filter, limit, out).await?;
             } else {
-                out.logs(&store.logs_filtered(&filter, limit).await?);
+                out.logs(&store.history().logs_filtered(&filter, limit).await?);
             }
         }
         Command::Rules(RulesCommand::Backtest { last, rules: dir }) => {
@@ -670,7 +677,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
             );
         }
         Command::Artifacts(ArtifactsCommand::Verify) => {
-            let rows = store.artifact_logs().await?;
+            let rows = store.history().artifact_logs().await?;
             let host = gethostname::gethostname().to_string_lossy().into_owned();
             let report = tokio::task::spawn_blocking(move || crate::artifacts::verify(&rows, &host)).await?;
             out.verify(&report);
@@ -684,7 +691,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
 
 /// `lease release`: a live lease only with `--force` (the holder's later writes are fenced).
 async fn release_lease(store: &Store, force: bool, out: &output::Out) -> anyhow::Result<()> {
-    let lease = store.lease(crate::lease::LEASE_NAME).await?;
+    let lease = store.lease().get(crate::lease::LEASE_NAME).await?;
     let now = store.db_now().await?;
     match lease {
         Some(l) if l.expires_at > now && !force => {
@@ -700,7 +707,7 @@ async fn release_lease(store: &Store, force: bool, out: &output::Out) -> anyhow:
             ));
         }
         _ => {
-            let released = store.release_lease(crate::lease::LEASE_NAME, None).await?;
+            let released = store.lease().release_lease(crate::lease::LEASE_NAME, None).await?;
             let msg = if released { "lease released" } else { "lease was not held; nothing to release" };
             out.message(&serde_json::json!({"released": released}), msg);
         }
@@ -817,42 +824,43 @@ async fn read_status(config: &Config, store: &Store) -> anyhow::Result<status::S
 async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &output::Out) -> anyhow::Result<()> {
     match cmd {
         ActionsCommand::List { status, action_type, limit } => {
-            out.actions(&store.list_actions(&ActionFilter { status, action_type, limit }).await?);
+            out.actions(&store.actions().list_actions(&ActionFilter { status, action_type, limit }).await?);
         }
         ActionsCommand::Show { id } => {
-            let action = store.action(id).await?.ok_or_else(|| fail(exit::ERROR, format!("action {id} not found")))?;
-            let logs = store.logs(Some(id), 1000).await?;
+            let action =
+                store.actions().action(id).await?.ok_or_else(|| fail(exit::ERROR, format!("action {id} not found")))?;
+            let logs = store.history().logs(Some(id), 1000).await?;
             out.action(&action, &logs);
         }
         ActionsCommand::Requeue { id, .. } => {
             let ids = match id {
-                Some(id) => store.requeue(Authority::Operator, id).await.map(|()| vec![id])?,
-                None => store.requeue_all().await?,
+                Some(id) => store.actions().requeue(Authority::Operator, id).await.map(|()| vec![id])?,
+                None => store.actions().requeue_all().await?,
             };
             out.message(&serde_json::json!({"requeued": ids}), &format!("requeued {} action(s): {:?}", ids.len(), ids));
         }
         ActionsCommand::Cancel { id: Some(id), .. } => {
-            store.cancel(Authority::Operator, id, None).await?;
+            store.actions().cancel(Authority::Operator, id, None).await?;
             out.message(&serde_json::json!({"cancelled": id}), &format!("cancelled action {id}"));
         }
         ActionsCommand::Cancel { id: None, .. } => {
             // The ids read first, then cancelled by id: a row that reaches DLQ in between stays.
-            let ids = store.dlq_ids().await?;
+            let ids = store.actions().dlq_ids().await?;
             let mut cancelled = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(crate::store::MAX_BULK_IDS) {
-                cancelled.extend(store.cancel_ids(chunk, &[ActionStatus::Dlq]).await?.changed);
+                cancelled.extend(store.actions().cancel_ids(chunk, &[ActionStatus::Dlq]).await?.changed);
             }
             out.message(
                 &serde_json::json!({"cancelled": cancelled}),
                 &format!("cancelled {} DLQ action(s): {:?}", cancelled.len(), cancelled),
             );
         }
-        ActionsCommand::Summary => out.summary(&store.actions_summary().await?),
+        ActionsCommand::Summary => out.summary(&store.actions().actions_summary().await?),
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());
             let cutoff =
                 model::earlier(model::now(), age).map_err(|e| fail(exit::ERROR, format!("--older-than: {e}")))?;
-            let n = store.purge(cutoff, crate::services::pruner::PURGE_BATCH).await?;
+            let n = store.actions().purge(cutoff, crate::services::pruner::PURGE_BATCH).await?;
             let history = crate::services::pruner::prune_history(store, config, crate::store::Pace::FLAT_OUT).await?;
             out.message(
                 &serde_json::json!({"purged": n, "before": cutoff, "history": history}),

@@ -127,7 +127,7 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
             return Err(fail(exit::ERROR, format!("{} rule error(s); nothing backtested", d.len())));
         }
     };
-    let mut ticks = store.recorded_ticks(last).await?;
+    let mut ticks = store.ledger().recorded_ticks(last).await?;
     ticks.reverse();
     let mut states: BTreeMap<String, Value> = BTreeMap::new();
     let mut report = Vec::new();
@@ -150,7 +150,8 @@ pub async fn backtest(store: &Store, dir: &Path, config: &Config, last: u64, out
             );
         }
         let then: Vec<String> = store
-            .decisions(t.tick_id)
+            .decisions()
+            .list(t.tick_id)
             .await?
             .iter()
             .map(|d| format!("{} {} {} [{}]", d.rule, d.kind, d.target, d.priority))

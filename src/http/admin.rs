@@ -272,7 +272,8 @@ async fn flags(
     if b.proof_mode == Some(false) && st.config.proof_enforced {
         return Err(ApiError::new(StatusCode::CONFLICT, crate::status::PROOF_ENFORCED_REFUSAL));
     }
-    let flags = st.store.set_flags(FlagChange { paused: b.paused, killed: b.killed, proof_mode: b.proof_mode }).await?;
+    let flags =
+        st.store.flags().set_flags(FlagChange { paused: b.paused, killed: b.killed, proof_mode: b.proof_mode }).await?;
     tracing::info!(
         who = %who.0,
         at = %model::now().to_rfc3339(),
@@ -347,7 +348,7 @@ async fn list_actions(
     };
     let action_type = q.get("type").filter(|s| !s.is_empty()).cloned();
     let limit = parse_limit(&q, 50, 1000)?;
-    let list = st.store.list_actions(&ActionFilter { status, action_type, limit }).await?;
+    let list = st.store.actions().list_actions(&ActionFilter { status, action_type, limit }).await?;
     Ok(axum::Json(list).into_response())
 }
 
@@ -357,7 +358,7 @@ async fn requeue(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    st.store.requeue(Authority::Operator, id).await?;
+    st.store.actions().requeue(Authority::Operator, id).await?;
     let ids = vec![id];
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action requeued");
     Ok(axum::Json(serde_json::json!({ "requeued": ids })).into_response())
@@ -369,7 +370,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    st.store.cancel(Authority::Operator, id, None).await?;
+    st.store.actions().cancel(Authority::Operator, id, None).await?;
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_id = id, "admin API: action cancelled");
     Ok(axum::Json(serde_json::json!({ "cancelled": id })).into_response())
 }
@@ -377,7 +378,7 @@ async fn cancel(
 async fn ticks(State(st): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
     only_params(&q, &["limit"])?;
     let limit = parse_limit(&q, 20, 1000)?;
-    Ok(axum::Json(st.store.recent_ticks(limit).await?).into_response())
+    Ok(axum::Json(st.store.ledger().recent_ticks(limit).await?).into_response())
 }
 
 /// `GET /api/decisions?tick=N`: that tick's decisions in the order written (404 if there is no
@@ -386,14 +387,14 @@ async fn decisions(State(st): State<AppState>, Query(q): Query<HashMap<String, S
     only_params(&q, &["tick", "limit"])?;
     let Some(tick) = q.get("tick") else {
         let limit = parse_limit(&q, 50, 1000)?;
-        return Ok(axum::Json(st.store.recent_decisions(limit).await?).into_response());
+        return Ok(axum::Json(st.store.decisions().recent_decisions(limit).await?).into_response());
     };
     let tick_id = tick.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_request(format!("query parameter tick must be a positive integer (a tick id), got '{tick}'"))
     })?;
     let limit = parse_limit(&q, u64::MAX, 1000)?;
-    let mut rows = st.store.decisions(tick_id).await?;
-    if rows.is_empty() && st.store.tick_decide(tick_id).await?.is_none() {
+    let mut rows = st.store.decisions().list(tick_id).await?;
+    if rows.is_empty() && st.store.ledger().tick_decide(tick_id).await?.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no tick {tick_id} in the ledger")));
     }
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -432,7 +433,7 @@ async fn dlq_requeue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(body)?;
-    let done = st.store.requeue_ids(&ids).await?;
+    let done = st.store.actions().requeue_ids(&ids).await?;
     tracing::info!(
         who = %who.0,
         at = %model::now().to_rfc3339(),
@@ -450,7 +451,7 @@ async fn dlq_cancel(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ids = parse_ids(body)?;
-    let done = st.store.cancel_ids(&ids, &[ActionStatus::Dlq]).await?;
+    let done = st.store.actions().cancel_ids(&ids, &[ActionStatus::Dlq]).await?;
     tracing::info!(
         who = %who.0,
         at = %model::now().to_rfc3339(),
@@ -484,16 +485,16 @@ async fn snapshot(State(st): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET /api/summary`: `orchestrator actions summary --json`.
 async fn workers(State(st): State<AppState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(st.store.workers(st.config.workers.ttl).await?).into_response())
+    Ok(axum::Json(st.store.workers().list(st.config.workers.ttl).await?).into_response())
 }
 
 async fn summary(State(st): State<AppState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(st.store.actions_summary().await?).into_response())
+    Ok(axum::Json(st.store.actions().actions_summary().await?).into_response())
 }
 
 /// `GET /api/limits`: `orchestrator limits list --json`, every limited type with its usage.
 async fn list_limits(State(st): State<AppState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(st.store.limit_usage().await?).into_response())
+    Ok(axum::Json(st.store.limits().limit_usage().await?).into_response())
 }
 
 fn parse_type(text: &str) -> Result<&str, ApiError> {
@@ -530,7 +531,7 @@ impl LimitBody {
 
 /// The type's limits as they now stand (after a write).
 async fn limit_of(st: &AppState, action_type: &str) -> Result<Response, ApiError> {
-    match st.store.limits().await?.into_iter().find(|l| l.action_type == action_type) {
+    match st.store.limits().list().await?.into_iter().find(|l| l.action_type == action_type) {
         Some(l) => Ok(axum::Json(l).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no limits for {action_type}"))),
     }
@@ -546,7 +547,7 @@ async fn put_limit(
 ) -> Result<Response, ApiError> {
     let t = parse_type(&action_type)?;
     let spec = parse_body::<LimitBody>(body)?.spec()?;
-    st.store.set_limit(t, &spec).await?;
+    st.store.limits().set_limit(t, &spec).await?;
     tracing::info!(
         who = %who.0,
         at = %model::now().to_rfc3339(),
@@ -564,7 +565,7 @@ async fn delete_limit(
     Path(action_type): Path<String>,
 ) -> Result<Response, ApiError> {
     let t = parse_type(&action_type)?;
-    if !st.store.clear_limit(t).await? {
+    if !st.store.limits().clear_limit(t).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no limits for {t}")));
     }
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), action_type = t, "admin API: limits cleared");
@@ -599,7 +600,7 @@ async fn override_limit(
     let reason = limits::check_override_reason(&b.reason).map_err(|e| bad("reason", e))?;
     let until = model::later(st.store.db_now().await?, lasts).map_err(|e| bad("seconds", e))?;
     let set_by = format!("operator:{}", who.0);
-    st.store.set_limit_override(None, t, field, value, until, &reason, &set_by).await?;
+    st.store.limits().set_limit_override(None, t, field, value, until, &reason, &set_by).await?;
     tracing::info!(
         who = %who.0,
         at = %model::now().to_rfc3339(),
@@ -622,7 +623,7 @@ async fn end_override(
 ) -> Result<Response, ApiError> {
     let t = parse_type(&action_type)?;
     let field: LimitField = field.parse().map_err(|e| ApiError::bad_request(format!("path: {e}")))?;
-    if !st.store.clear_limit_override(t, field).await? {
+    if !st.store.limits().clear_limit_override(t, field).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no {field} override of {t} in force")));
     }
     tracing::info!(
@@ -632,6 +633,6 @@ async fn end_override(
         field = %field,
         "admin API: limit override ended"
     );
-    let now = st.store.limits().await?.into_iter().find(|l| l.action_type == t);
+    let now = st.store.limits().list().await?.into_iter().find(|l| l.action_type == t);
     Ok(axum::Json(serde_json::json!({ "action_type": t, "field": field, "ended": true, "limit": now })).into_response())
 }

@@ -518,12 +518,14 @@ async fn status_page(
     // Open counts only: the page polls this every few seconds, so its cost must not grow with
     // finished history; the finished side is the last 24 hours, through the finished index.
     let report = st.status(Counts::OpenOnly, true).await?;
-    let finished_last_24h = st.store.finished_since(model::earlier_saturating(st.store.now(), FINISHED_WINDOW)).await?;
+    let finished_last_24h =
+        st.store.actions().finished_since(model::earlier_saturating(st.store.now(), FINISHED_WINDOW)).await?;
     let report = status::StatusReport { proof_enforced: st.config.proof_enforced, ..report };
-    let ticks = st.store.recent_ticks(n_ticks).await?;
-    let logs = st.store.logs(None, 10).await?;
+    let ticks = st.store.ledger().recent_ticks(n_ticks).await?;
+    let logs = st.store.history().logs(None, 10).await?;
     let dlq = st
         .store
+        .actions()
         .list_actions(&ActionFilter { status: Some(ActionStatus::Dlq), action_type: None, limit: 50 })
         .await?
         .into_iter()
@@ -552,9 +554,9 @@ async fn status_page(
         loaded: active.names().into_iter().map(String::from).collect(),
         diagnostics: st.engine.decider().diagnostics(),
     };
-    let decisions = st.store.recent_decisions(STATUS_DECISIONS).await?;
-    let waiting_by_type = st.store.waiting_by_type().await?;
-    let workers_list = st.store.workers(st.config.workers.ttl).await?;
+    let decisions = st.store.decisions().recent_decisions(STATUS_DECISIONS).await?;
+    let waiting_by_type = st.store.actions().waiting_by_type().await?;
+    let workers_list = st.store.workers().list(st.config.workers.ttl).await?;
     Ok(axum::Json(StatusBody {
         report,
         mode,

@@ -141,6 +141,6 @@ impl Decider {
     /// Ends the previous tick's throttle: a throttle lasts one tick, and this tick's rules
     /// decide it afresh.
     pub async fn clear_throttle(&self, fence: &Fence) -> Result<(), StoreError> {
-        self.store.clear_throttle(fence).await
+        self.store.flags().clear_throttle(fence).await
     }
 }

@@ -125,7 +125,7 @@ impl Dispatcher {
         cap: u32,
         config_limits: Option<&BTreeMap<String, LimitSpec>>,
     ) -> Result<Vec<Action>, StoreError> {
-        self.store.pick(&self.terms.claimer(String::new(), None), u64::from(cap), config_limits).await
+        self.store.actions().pick(&self.terms.claimer(String::new(), None), u64::from(cap), config_limits).await
     }
 
     /// Claims and runs up to `budget` actions in batches, until the queue has nothing due, the
@@ -148,7 +148,7 @@ impl Dispatcher {
         let mut out = Drained { remaining: budget, ..Drained::default() };
         while out.remaining > 0 && Instant::now() < deadline && !lease.is_lost() {
             let want = out.remaining.min(CLAIM_BATCH);
-            let claimed = self.store.claim(&claimer, u64::from(want)).await?;
+            let claimed = self.store.actions().claim(&claimer, u64::from(want)).await?;
             if claimed.is_empty() {
                 break;
             }
@@ -177,11 +177,11 @@ impl Dispatcher {
     /// The due work nobody runs now, split into what full limits hold (named, e.g. `SLOW
     /// max_running 2 (7 waiting)`) and the rest.
     pub async fn left_idle(&self) -> Result<LeftIdle, StoreError> {
-        let due = self.store.due_count().await?;
+        let due = self.store.actions().due_count().await?;
         if due == 0 {
             return Ok(LeftIdle::default());
         }
-        let usage = self.store.limit_usage().await?;
+        let usage = self.store.limits().limit_usage().await?;
         let held = crate::limits::held_waiting(&usage).min(due);
         Ok(LeftIdle { held, held_by: held_by(&usage), unheld: due - held })
     }

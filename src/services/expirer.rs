@@ -23,7 +23,7 @@ impl Expirer {
 
     /// Expires under `fence`; the ledger note when any expired.
     pub async fn run(&self, fence: &Fence) -> Result<Option<String>, StoreError> {
-        let expired = self.store.expire_due(&fence.lease_name, fence.epoch, fence.tick_id).await?;
+        let expired = self.store.actions().expire_due(&fence.lease_name, fence.epoch, fence.tick_id).await?;
         if expired.is_empty() {
             return Ok(None);
         }

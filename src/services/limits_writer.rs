@@ -19,7 +19,7 @@ pub async fn write(store: &Store, config: &Config, registry: &Registry, how: Con
         tracing::warn!("{w}");
     }
     let Some(limits) = &config.limits else { return Ok(()) };
-    let done = store.write_config_limits(limits, how).await?;
+    let done = store.limits().write_config_limits(limits, how).await?;
     let none = || "none".to_string();
     for d in &done.disagreements {
         let (t, field, source) = (&d.action_type, d.field, d.source.as_str());

@@ -21,7 +21,11 @@ impl Notifier {
     /// Wakes the workers when `due_now` actions are due.
     pub async fn wake_if_due(&self, due_now: i64) {
         if due_now > 0 {
-            self.store.notify_work().await.unwrap_or_else(|e| tracing::debug!(error = %e, "cannot notify workers"));
+            self.store
+                .notify()
+                .notify_work()
+                .await
+                .unwrap_or_else(|e| tracing::debug!(error = %e, "cannot notify workers"));
         }
     }
 }

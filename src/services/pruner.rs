@@ -48,7 +48,7 @@ impl Pruner {
     /// history. Each failure is logged and retried at the next pass.
     pub async fn run(&self) {
         let cutoff = crate::model::earlier_saturating(crate::model::now(), self.config.retention());
-        match self.store.purge(cutoff, PURGE_BATCH).await {
+        match self.store.actions().purge(cutoff, PURGE_BATCH).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(deleted = n, before = %cutoff.to_rfc3339(), "purged finished actions past the retention")
@@ -56,7 +56,7 @@ impl Pruner {
             Err(e) => tracing::warn!(error = %e, "retention purge failed; it is retried next hour"),
         }
         let dead_since = crate::model::earlier_saturating(crate::model::now(), DEAD_WORKER_KEPT);
-        match self.store.prune_workers(dead_since).await {
+        match self.store.workers().prune_workers(dead_since).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed worker registrations dead for over a day"),
             Err(e) => tracing::warn!(error = %e, "pruning dead workers failed; it is retried next hour"),
@@ -136,5 +136,5 @@ pub fn history_cutoffs(config: &Config) -> PruneCutoffs {
 /// Prunes ledger rows, decisions and cooldowns past `config`'s retentions, [`PRUNE_BATCH`] rows
 /// at a time, resting between batches as `pace` says.
 pub async fn prune_history(store: &Store, config: &Config, pace: Pace) -> Result<Pruned, StoreError> {
-    store.prune_history(history_cutoffs(config), PRUNE_BATCH, pace).await
+    store.history().prune_history(history_cutoffs(config), PRUNE_BATCH, pace).await
 }

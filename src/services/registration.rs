@@ -93,7 +93,7 @@ impl Registration {
     pub async fn renew(&self) -> Result<bool, StoreError> {
         let Some(id) = self.id() else { return Ok(false) };
         let asked = Instant::now();
-        if self.store.worker_heartbeat(&id, self.ttl, self.beat()).await? {
+        if self.store.workers().worker_heartbeat(&id, self.ttl, self.beat()).await? {
             self.confirm(Some(asked));
             return Ok(true);
         }
@@ -115,7 +115,7 @@ impl Registration {
         self.done.store(0, Ordering::SeqCst);
         self.failed.store(0, Ordering::SeqCst);
         let asked = Instant::now();
-        self.store.register_worker(&new).await?;
+        self.store.workers().register_worker(&new).await?;
         tracing::info!(worker = %new.id, "worker registered");
         self.set_id(Some(new.id.clone()));
         self.confirm(Some(asked));
@@ -125,7 +125,7 @@ impl Registration {
     /// Removes the registration (a clean stop).
     pub async fn deregister(&self) -> Result<(), StoreError> {
         if let Some(id) = self.id() {
-            self.store.deregister_worker(&id).await?;
+            self.store.workers().deregister_worker(&id).await?;
             self.set_id(None);
             self.confirm(None);
         }

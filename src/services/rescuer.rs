@@ -26,7 +26,7 @@ impl Rescuer {
 
     /// Rescues under `fence` (held by `owner`); the ledger note when it rescued any.
     pub async fn run(&self, fence: &Fence, owner: &str) -> Result<Option<String>, StoreError> {
-        let rescued = self.store.rescue(fence, owner, self.worker_ttl, fence.tick_id).await?;
+        let rescued = self.store.actions().rescue(fence, owner, self.worker_ttl, fence.tick_id).await?;
         if rescued.is_empty() {
             return Ok(None);
         }

@@ -107,12 +107,38 @@ fn fence_sql(name: usize, epoch: usize) -> String {
 }
 
 impl Store {
+    /// `UPDATE control_flags SET <set>` under `fence`; `values` bind `$1..`, the fence follows.
+    async fn set_flags_fenced(
+        &self,
+        fence: &Fence,
+        set: &str,
+        mut values: Vec<Value>,
+        doing: &'static str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE control_flags SET {set} WHERE id = 1 AND {}",
+            fence_sql(values.len() + 1, values.len() + 2)
+        );
+        values.extend([fence.lease_name.as_str().into(), fence.epoch.into()]);
+        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing(doing)?.rows_affected();
+        if n == 1 {
+            Ok(())
+        } else if !self.lease().fence_holds(fence).await? {
+            Err(super::Refusal::Fenced(fence.epoch).into())
+        } else {
+            Err(StoreError::Internal("the control_flags row is missing".into()))
+        }
+    }
+}
+
+impl crate::store::handles::Actions<'_> {
     /// Open actions counted by type and status (partial index; no finished history).
-    pub async fn open_counts_by_type(&self) -> Result<Vec<(String, ActionStatus, i64)>, StoreError> {
+    pub async fn open_counts_by_type(self) -> Result<Vec<(String, ActionStatus, i64)>, StoreError> {
         let sql = format!(
             "SELECT action_type, status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY action_type, status"
         );
-        let rows = self.db.query_all_raw(self.stmt(&sql, [])).await.doing("counting open actions by type")?;
+        let rows =
+            self.store.db.query_all_raw(self.store.stmt(&sql, [])).await.doing("counting open actions by type")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let t: String = r.try_get("", "action_type").doing("counting open actions by type")?;
@@ -127,7 +153,7 @@ impl Store {
 
     /// Windowed counts of finished and retried actions since `since_1h` (and since `since_15m`).
     pub async fn windowed_counts(
-        &self,
+        self,
         since_1h: DateTime<Utc>,
         since_15m: DateTime<Utc>,
     ) -> Result<Vec<WindowCount>, StoreError> {
@@ -138,8 +164,9 @@ impl Store {
                       OR (status = 'RETRY' AND updated_at >= $1) \
                    GROUP BY action_type, status";
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(sql, [since_1h.into(), since_15m.into()]))
+            .query_all_raw(self.store.stmt(sql, [since_1h.into(), since_15m.into()]))
             .await
             .doing("counting recent outcomes")?;
         let mut out = Vec::with_capacity(rows.len());
@@ -155,11 +182,27 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` of the oldest actions in an open `status` (by `claimed_at` for `RUNNING`,
+    /// else by `created_at`).
+    pub async fn oldest_in(self, status: ActionStatus, limit: u64) -> Result<Vec<Action>, StoreError> {
+        let order = if status == ActionStatus::Running { "claimed_at" } else { "created_at" };
+        let sql = format!("SELECT * FROM actions WHERE {OPEN_SQL} AND status = $1 ORDER BY {order}, id LIMIT $2");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = actions::Entity::find()
+            .from_raw_sql(self.store.stmt(&sql, [status.as_str().into(), limit.into()]))
+            .all(&self.store.db)
+            .await
+            .doing("sampling the oldest actions")?;
+        entities::convert_all(rows)
+    }
+}
+
+impl crate::store::handles::Ledger<'_> {
     /// The ledger's last tick status, how many of the latest ticks in a row failed (looking
     /// back at most `lookback`), and the failed ticks since `since`. `exclude` is the tick
     /// being run (its row is still open).
     pub async fn ledger_stats(
-        &self,
+        self,
         exclude: Option<i64>,
         since: DateTime<Utc>,
         lookback: u64,
@@ -167,8 +210,9 @@ impl Store {
         let exclude = exclude.unwrap_or(-1);
         let lookback = i64::try_from(lookback).unwrap_or(i64::MAX);
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 "SELECT status FROM tick_ledger WHERE id <> $1 ORDER BY id DESC LIMIT $2",
                 [exclude.into(), lookback.into()],
             ))
@@ -189,8 +233,9 @@ impl Store {
             }
         }
         let row = self
+            .store
             .db
-            .query_one_raw(self.stmt(
+            .query_one_raw(self.store.stmt(
                 "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'FAIL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS n, \
                  CAST(COALESCE(SUM(CASE WHEN status = 'PARTIAL' THEN 1 ELSE 0 END), 0) AS BIGINT) AS p \
                  FROM tick_ledger WHERE status IN ('FAIL', 'PARTIAL') AND started_at >= $1 AND id <> $2",
@@ -205,25 +250,59 @@ impl Store {
         Ok(stats)
     }
 
-    /// Up to `limit` of the oldest actions in an open `status` (by `claimed_at` for `RUNNING`,
-    /// else by `created_at`).
-    pub async fn oldest_in(&self, status: ActionStatus, limit: u64) -> Result<Vec<Action>, StoreError> {
-        let order = if status == ActionStatus::Running { "claimed_at" } else { "created_at" };
-        let sql = format!("SELECT * FROM actions WHERE {OPEN_SQL} AND status = $1 ORDER BY {order}, id LIMIT $2");
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(&sql, [status.as_str().into(), limit.into()]))
-            .all(&self.db)
+    /// The snapshot and rules digest a tick recorded (None if the tick does not exist).
+    pub async fn tick_decide(self, tick_id: i64) -> Result<Option<TickDecide>, StoreError> {
+        let row = self
+            .store
+            .db
+            .query_one_raw(
+                self.store
+                    .stmt("SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE id = $1", [tick_id.into()]),
+            )
             .await
-            .doing("sampling the oldest actions")?;
-        entities::convert_all(rows)
+            .doing("reading a tick's snapshot")?;
+        row.map(|r| {
+            Ok(TickDecide {
+                tick_id: r.try_get("", "id").doing("reading a tick's snapshot")?,
+                snapshot_json: r.try_get("", "snapshot_json").doing("reading a tick's snapshot")?,
+                rules_digest: r.try_get("", "rules_digest").doing("reading a tick's snapshot")?,
+            })
+        })
+        .transpose()
     }
 
-    /// Every rule's persisted state (JSON text), by rule name.
-    pub async fn rule_states(&self) -> Result<BTreeMap<String, String>, StoreError> {
+    /// The last `limit` ticks that recorded a snapshot, newest first.
+    pub async fn recorded_ticks(self, limit: u64) -> Result<Vec<TickDecide>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt("SELECT rule, state_json FROM rule_state", []))
+            .query_all_raw(self.store.stmt(
+                "SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE snapshot_json IS NOT NULL \
+                 ORDER BY id DESC LIMIT $1",
+                [limit.into()],
+            ))
+            .await
+            .doing("reading recorded ticks")?;
+        rows.iter()
+            .map(|r| {
+                Ok(TickDecide {
+                    tick_id: r.try_get("", "id").doing("reading recorded ticks")?,
+                    snapshot_json: r.try_get("", "snapshot_json").doing("reading recorded ticks")?,
+                    rules_digest: r.try_get("", "rules_digest").doing("reading recorded ticks")?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl crate::store::handles::Decisions<'_> {
+    /// Every rule's persisted state (JSON text), by rule name.
+    pub async fn rule_states(self) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows = self
+            .store
+            .db
+            .query_all_raw(self.store.stmt("SELECT rule, state_json FROM rule_state", []))
             .await
             .doing("reading rule state")?;
         let mut out = BTreeMap::new();
@@ -237,12 +316,13 @@ impl Store {
 
     /// Cooldowns that started at or after `since`: (rule, kind, target) -> when.
     pub async fn cooldowns_since(
-        &self,
+        self,
         since: DateTime<Utc>,
     ) -> Result<BTreeMap<(String, String, String), DateTime<Utc>>, StoreError> {
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 "SELECT rule, kind, target, applied_at FROM rule_cooldowns WHERE applied_at >= $1",
                 [since.into()],
             ))
@@ -261,11 +341,12 @@ impl Store {
     }
 
     /// Deletes cooldowns that started before `before` (expired), so the table stays small.
-    pub async fn prune_cooldowns(&self, fence: &Fence, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn prune_cooldowns(self, fence: &Fence, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let sql = format!("DELETE FROM rule_cooldowns WHERE applied_at < $1 AND {}", fence_sql(2, 3));
         let res = self
+            .store
             .db
-            .execute_raw(self.stmt(&sql, [before.into(), fence.lease_name.as_str().into(), fence.epoch.into()]))
+            .execute_raw(self.store.stmt(&sql, [before.into(), fence.lease_name.as_str().into(), fence.epoch.into()]))
             .await
             .doing("pruning expired cooldowns")?;
         Ok(res.rows_affected())
@@ -275,15 +356,15 @@ impl Store {
     /// rules digest go with the ledger row's close).
     /// Cooldowns and states are fenced by the lease epoch; a deposed writer leaves them as they
     /// were (the decisions and the ledger row, being the record of what happened, are kept).
-    pub async fn record_decide(&self, fence: &Fence, rec: &DecideRecord) -> Result<(), StoreError> {
+    pub async fn record_decide(self, fence: &Fence, rec: &DecideRecord) -> Result<(), StoreError> {
         if rec.decisions.is_empty() && rec.cooldowns.is_empty() && rec.states.is_empty() {
             // Nothing to write: an idle tick costs no transaction (and no fsync) here.
             return Ok(());
         }
-        let now = self.now();
-        let txn = self.begin_write().await?;
+        let now = self.store.now();
+        let txn = self.store.begin_write().await?;
         for d in &rec.decisions {
-            txn.execute_raw(self.stmt(
+            txn.execute_raw(self.store.stmt(
                 "INSERT INTO decisions (tick_id, rule, kind, target, priority, reason, outcome, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 [
@@ -314,7 +395,7 @@ impl Store {
                 fence.lease_name.as_str().into(),
                 fence.epoch.into(),
             ];
-            txn.execute_raw(self.stmt(&sql, values)).await.doing("recording a cooldown")?;
+            txn.execute_raw(self.store.stmt(&sql, values)).await.doing("recording a cooldown")?;
         }
         for (rule, state) in &rec.states {
             let sql = format!(
@@ -329,16 +410,17 @@ impl Store {
                 fence.lease_name.as_str().into(),
                 fence.epoch.into(),
             ];
-            txn.execute_raw(self.stmt(&sql, values)).await.doing("saving rule state")?;
+            txn.execute_raw(self.store.stmt(&sql, values)).await.doing("saving rule state")?;
         }
         txn.commit().await.doing("committing the tick's decisions")
     }
 
     /// The decisions recorded for a tick, in the order they were written.
-    pub async fn decisions(&self, tick_id: i64) -> Result<Vec<DecisionRow>, StoreError> {
+    pub async fn list(self, tick_id: i64) -> Result<Vec<DecisionRow>, StoreError> {
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 &format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE tick_id = $1 ORDER BY id"),
                 [tick_id.into()],
             ))
@@ -348,11 +430,12 @@ impl Store {
     }
 
     /// The last `limit` decisions of any tick, newest first (by primary key: no scan).
-    pub async fn recent_decisions(&self, limit: u64) -> Result<Vec<DecisionRow>, StoreError> {
+    pub async fn recent_decisions(self, limit: u64) -> Result<Vec<DecisionRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows =
-            self.db
-                .query_all_raw(self.stmt(
+            self.store
+                .db
+                .query_all_raw(self.store.stmt(
                     &format!("SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT $1"),
                     [limit.into()],
                 ))
@@ -360,54 +443,15 @@ impl Store {
                 .doing("reading recent decisions")?;
         rows.iter().map(decision_row).collect()
     }
+}
 
-    /// The snapshot and rules digest a tick recorded (None if the tick does not exist).
-    pub async fn tick_decide(&self, tick_id: i64) -> Result<Option<TickDecide>, StoreError> {
-        let row = self
-            .db
-            .query_one_raw(
-                self.stmt("SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE id = $1", [tick_id.into()]),
-            )
-            .await
-            .doing("reading a tick's snapshot")?;
-        row.map(|r| {
-            Ok(TickDecide {
-                tick_id: r.try_get("", "id").doing("reading a tick's snapshot")?,
-                snapshot_json: r.try_get("", "snapshot_json").doing("reading a tick's snapshot")?,
-                rules_digest: r.try_get("", "rules_digest").doing("reading a tick's snapshot")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// The last `limit` ticks that recorded a snapshot, newest first.
-    pub async fn recorded_ticks(&self, limit: u64) -> Result<Vec<TickDecide>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .db
-            .query_all_raw(self.stmt(
-                "SELECT id, snapshot_json, rules_digest FROM tick_ledger WHERE snapshot_json IS NOT NULL \
-                 ORDER BY id DESC LIMIT $1",
-                [limit.into()],
-            ))
-            .await
-            .doing("reading recorded ticks")?;
-        rows.iter()
-            .map(|r| {
-                Ok(TickDecide {
-                    tick_id: r.try_get("", "id").doing("reading recorded ticks")?,
-                    snapshot_json: r.try_get("", "snapshot_json").doing("reading recorded ticks")?,
-                    rules_digest: r.try_get("", "rules_digest").doing("reading recorded ticks")?,
-                })
-            })
-            .collect()
-    }
-
+impl crate::store::handles::Lease<'_> {
     /// True while the lease still carries the fence's epoch.
-    pub async fn fence_holds(&self, fence: &Fence) -> Result<bool, StoreError> {
+    pub async fn fence_holds(self, fence: &Fence) -> Result<bool, StoreError> {
         let row = self
+            .store
             .db
-            .query_one_raw(self.stmt(
+            .query_one_raw(self.store.stmt(
                 "SELECT COUNT(*) AS n FROM leases WHERE name = $1 AND epoch = $2",
                 [fence.lease_name.as_str().into(), fence.epoch.into()],
             ))
@@ -418,58 +462,37 @@ impl Store {
             None => false,
         })
     }
+}
 
+impl crate::store::handles::Flags<'_> {
     /// `pause` / `resume` decided by a rule: sets the paused flag, fenced.
-    pub async fn set_paused_fenced(&self, fence: &Fence, paused: bool) -> Result<(), StoreError> {
-        let values = vec![paused.into(), self.now().into()];
-        self.set_flags_fenced(fence, "paused = $1, updated_at = $2", values, "setting the paused flag").await
+    pub async fn set_paused_fenced(self, fence: &Fence, paused: bool) -> Result<(), StoreError> {
+        let values = vec![paused.into(), self.store.now().into()];
+        self.store.set_flags_fenced(fence, "paused = $1, updated_at = $2", values, "setting the paused flag").await
     }
 
     /// Sets the throttle every claimer honours: at most `n` attempts start until `until`
     /// (`None`: no throttle). Under the lease's fence, like every decision.
-    pub async fn set_throttle(&self, fence: &Fence, n: Option<u32>, until: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn set_throttle(self, fence: &Fence, n: Option<u32>, until: DateTime<Utc>) -> Result<(), StoreError> {
         let (remaining, until): (Option<i32>, Option<DateTime<Utc>>) = match n {
             Some(n) => (Some(i32::try_from(n).unwrap_or(i32::MAX)), Some(until)),
             None => (None, None),
         };
         let set = "throttle_remaining = $1, throttle_until = $2";
-        self.set_flags_fenced(fence, set, vec![remaining.into(), until.into()], "setting the throttle").await
+        self.store.set_flags_fenced(fence, set, vec![remaining.into(), until.into()], "setting the throttle").await
     }
 
     /// Clears the last tick's throttle, if one is set: the row is written only then, so an
     /// unthrottled tick pays no write (and no fsync) for it.
-    pub async fn clear_throttle(&self, fence: &Fence) -> Result<(), StoreError> {
+    pub async fn clear_throttle(self, fence: &Fence) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE control_flags SET throttle_remaining = NULL, throttle_until = NULL \
              WHERE id = 1 AND throttle_until IS NOT NULL AND {}",
             fence_sql(1, 2)
         );
         let values: [Value; 2] = [fence.lease_name.as_str().into(), fence.epoch.into()];
-        self.db.execute_raw(self.stmt(&sql, values)).await.doing("clearing the throttle")?;
+        self.store.db.execute_raw(self.store.stmt(&sql, values)).await.doing("clearing the throttle")?;
         Ok(())
-    }
-
-    /// `UPDATE control_flags SET <set>` under `fence`; `values` bind `$1..`, the fence follows.
-    async fn set_flags_fenced(
-        &self,
-        fence: &Fence,
-        set: &str,
-        mut values: Vec<Value>,
-        doing: &'static str,
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE control_flags SET {set} WHERE id = 1 AND {}",
-            fence_sql(values.len() + 1, values.len() + 2)
-        );
-        values.extend([fence.lease_name.as_str().into(), fence.epoch.into()]);
-        let n = self.db.execute_raw(self.stmt(&sql, values)).await.doing(doing)?.rows_affected();
-        if n == 1 {
-            Ok(())
-        } else if !self.fence_holds(fence).await? {
-            Err(super::Refusal::Fenced(fence.epoch).into())
-        } else {
-            Err(StoreError::Internal("the control_flags row is missing".into()))
-        }
     }
 }
 

@@ -69,92 +69,6 @@ impl Pace {
 }
 
 impl Store {
-    /// Log rows with `id` above `after` or in `also` (ids a poll saw skipped, whose transaction
-    /// may commit late), oldest first, at most `limit`, filtered.
-    pub async fn logs_after(
-        &self,
-        after: i64,
-        also: &[i64],
-        filter: &LogFilter,
-        limit: u64,
-    ) -> Result<Vec<LogRow>, StoreError> {
-        let rows = filtered_logs(filter)
-            .filter(after_or_in(execution_logs::Column::Id, after, also))
-            .order_by_asc(execution_logs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .doing("following execution logs")?;
-        entities::convert_all(rows)
-    }
-
-    /// The last `limit` log rows that pass `filter`, newest first.
-    pub async fn logs_filtered(&self, filter: &LogFilter, limit: u64) -> Result<Vec<LogRow>, StoreError> {
-        let rows = filtered_logs(filter)
-            .order_by_desc(execution_logs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .doing("reading execution logs")?;
-        entities::convert_all(rows)
-    }
-
-    /// Ledger rows with `id` above `after` or in `also`, oldest first, at most `limit`.
-    pub async fn ticks_after(&self, after: i64, also: &[i64], limit: u64) -> Result<Vec<TickRow>, StoreError> {
-        let rows = tick_ledger::Entity::find()
-            .filter(after_or_in(tick_ledger::Column::Id, after, also))
-            .order_by_asc(tick_ledger::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .doing("following the tick ledger")?;
-        entities::convert_all(rows)
-    }
-
-    /// Deletes ledger rows, decisions and cooldowns older than `cutoffs`, `batch` rows per
-    /// transaction, resting between batches as `pace` says so that ticks get the write lock (and
-    /// the CPU). Decisions go first, and never past the ledger's cutoff.
-    pub async fn prune_history(&self, cutoffs: PruneCutoffs, batch: u64, pace: Pace) -> Result<Pruned, StoreError> {
-        let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
-        let decisions_cutoff = cutoffs.decisions.min(cutoffs.ledger);
-        let mut pruned = Pruned::default();
-        // Decisions and ledger rows: ids grow with time, so the first young row's id bounds a
-        // primary-key range and each batch reads only the rows it deletes.
-        for (table, time_col, cutoff, count) in [
-            ("decisions", "created_at", decisions_cutoff, &mut pruned.decisions),
-            ("tick_ledger", "started_at", cutoffs.ledger, &mut pruned.ledger),
-        ] {
-            let bound = self.first_id_at_or_after(table, time_col, cutoff).await?;
-            let sql = format!(
-                "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id < $1 AND {time_col} < $2 \
-                 ORDER BY id LIMIT $3)"
-            );
-            loop {
-                let values: [Value; 3] = [bound.unwrap_or(i64::MAX).into(), cutoff.into(), batch.into()];
-                let busy = std::time::Instant::now();
-                let n = self.delete_batch(&sql, values, "pruning history").await?;
-                *count += n;
-                if n < batch as u64 {
-                    break;
-                }
-                tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
-            }
-        }
-        let sql = "DELETE FROM rule_cooldowns WHERE (rule, kind, target) IN (SELECT rule, kind, target \
-                   FROM rule_cooldowns WHERE applied_at < $1 LIMIT $2)";
-        loop {
-            let values: [Value; 2] = [cutoffs.cooldowns.into(), batch.into()];
-            let busy = std::time::Instant::now();
-            let n = self.delete_batch(sql, values, "pruning rule cooldowns").await?;
-            pruned.cooldowns += n;
-            if n < batch as u64 {
-                break;
-            }
-            tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
-        }
-        Ok(pruned)
-    }
-
     async fn delete_batch(
         &self,
         sql: &str,
@@ -189,6 +103,96 @@ impl Store {
             Some(r) => Ok(Some(r.try_get_by_index::<i64>(0).doing("finding the prune boundary")?)),
             None => Ok(None),
         }
+    }
+}
+
+impl crate::store::handles::History<'_> {
+    /// Log rows with `id` above `after` or in `also` (ids a poll saw skipped, whose transaction
+    /// may commit late), oldest first, at most `limit`, filtered.
+    pub async fn logs_after(
+        self,
+        after: i64,
+        also: &[i64],
+        filter: &LogFilter,
+        limit: u64,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let rows = filtered_logs(filter)
+            .filter(after_or_in(execution_logs::Column::Id, after, also))
+            .order_by_asc(execution_logs::Column::Id)
+            .limit(limit)
+            .all(&self.store.db)
+            .await
+            .doing("following execution logs")?;
+        entities::convert_all(rows)
+    }
+
+    /// The last `limit` log rows that pass `filter`, newest first.
+    pub async fn logs_filtered(self, filter: &LogFilter, limit: u64) -> Result<Vec<LogRow>, StoreError> {
+        let rows = filtered_logs(filter)
+            .order_by_desc(execution_logs::Column::Id)
+            .limit(limit)
+            .all(&self.store.db)
+            .await
+            .doing("reading execution logs")?;
+        entities::convert_all(rows)
+    }
+
+    /// Deletes ledger rows, decisions and cooldowns older than `cutoffs`, `batch` rows per
+    /// transaction, resting between batches as `pace` says so that ticks get the write lock (and
+    /// the CPU). Decisions go first, and never past the ledger's cutoff.
+    pub async fn prune_history(self, cutoffs: PruneCutoffs, batch: u64, pace: Pace) -> Result<Pruned, StoreError> {
+        let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
+        let decisions_cutoff = cutoffs.decisions.min(cutoffs.ledger);
+        let mut pruned = Pruned::default();
+        // Decisions and ledger rows: ids grow with time, so the first young row's id bounds a
+        // primary-key range and each batch reads only the rows it deletes.
+        for (table, time_col, cutoff, count) in [
+            ("decisions", "created_at", decisions_cutoff, &mut pruned.decisions),
+            ("tick_ledger", "started_at", cutoffs.ledger, &mut pruned.ledger),
+        ] {
+            let bound = self.store.first_id_at_or_after(table, time_col, cutoff).await?;
+            let sql = format!(
+                "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE id < $1 AND {time_col} < $2 \
+                 ORDER BY id LIMIT $3)"
+            );
+            loop {
+                let values: [Value; 3] = [bound.unwrap_or(i64::MAX).into(), cutoff.into(), batch.into()];
+                let busy = std::time::Instant::now();
+                let n = self.store.delete_batch(&sql, values, "pruning history").await?;
+                *count += n;
+                if n < batch as u64 {
+                    break;
+                }
+                tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
+            }
+        }
+        let sql = "DELETE FROM rule_cooldowns WHERE (rule, kind, target) IN (SELECT rule, kind, target \
+                   FROM rule_cooldowns WHERE applied_at < $1 LIMIT $2)";
+        loop {
+            let values: [Value; 2] = [cutoffs.cooldowns.into(), batch.into()];
+            let busy = std::time::Instant::now();
+            let n = self.store.delete_batch(sql, values, "pruning rule cooldowns").await?;
+            pruned.cooldowns += n;
+            if n < batch as u64 {
+                break;
+            }
+            tokio::time::sleep(pace.rest_after(busy.elapsed())).await;
+        }
+        Ok(pruned)
+    }
+}
+
+impl crate::store::handles::Ledger<'_> {
+    /// Ledger rows with `id` above `after` or in `also`, oldest first, at most `limit`.
+    pub async fn ticks_after(self, after: i64, also: &[i64], limit: u64) -> Result<Vec<TickRow>, StoreError> {
+        let rows = tick_ledger::Entity::find()
+            .filter(after_or_in(tick_ledger::Column::Id, after, also))
+            .order_by_asc(tick_ledger::Column::Id)
+            .limit(limit)
+            .all(&self.store.db)
+            .await
+            .doing("following the tick ledger")?;
+        entities::convert_all(rows)
     }
 }
 

@@ -59,11 +59,6 @@ pub enum Acquired {
 }
 
 impl Store {
-    /// Acquires or renews the named lease for `owner`, in one atomic statement.
-    pub async fn acquire_lease(&self, name: &str, owner: &str, ttl: Duration) -> Result<Acquired, StoreError> {
-        self.acquire_on(&self.db, name, owner, ttl).await
-    }
-
     /// The acquire-or-renew statement, run on `conn` (the pool or a transaction); when another
     /// owner holds the lease, its row is read on the same connection.
     pub(super) async fn acquire_on(
@@ -93,31 +88,6 @@ impl Store {
         }
     }
 
-    /// Ends `owner`'s hold on the lease now (or anyone's, with `force`). The epoch is kept, so
-    /// the next holder's epoch is higher. Returns whether a live lease was released.
-    pub async fn release_lease(&self, name: &str, owner: Option<&str>) -> Result<bool, StoreError> {
-        let (now_sql, mut values): (&str, Vec<Value>) = match self.backend {
-            Backend::Postgres => ("now()", vec![name.into()]),
-            Backend::Sqlite => ("$2", vec![name.into(), self.now().into()]),
-        };
-        let mut sql = format!(
-            "UPDATE leases SET expires_at = {now_sql}, renewed_at = {now_sql} \
-             WHERE name = $1 AND expires_at > {now_sql}"
-        );
-        if let Some(owner) = owner {
-            values.push(owner.into());
-            sql.push_str(&format!(" AND owner = ${}", values.len()));
-        }
-        let res = self.db.execute_raw(self.stmt(&sql, values)).await.doing("releasing the lease")?;
-        Ok(res.rows_affected() > 0)
-    }
-
-    /// The lease row, if one was ever taken.
-    pub async fn lease(&self, name: &str) -> Result<Option<LeaseRow>, StoreError> {
-        let row = leases::Entity::find_by_id(name.to_string()).one(&self.db).await.doing("reading the lease")?;
-        Ok(row.map(Into::into))
-    }
-
     /// The database's idea of now (PostgreSQL) or this machine's (SQLite).
     pub async fn db_now(&self) -> Result<DateTime<Utc>, StoreError> {
         match self.backend {
@@ -134,5 +104,37 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+impl crate::store::handles::Lease<'_> {
+    /// Acquires or renews the named lease for `owner`, in one atomic statement.
+    pub async fn acquire_lease(self, name: &str, owner: &str, ttl: Duration) -> Result<Acquired, StoreError> {
+        self.store.acquire_on(&self.store.db, name, owner, ttl).await
+    }
+
+    /// Ends `owner`'s hold on the lease now (or anyone's, with `force`). The epoch is kept, so
+    /// the next holder's epoch is higher. Returns whether a live lease was released.
+    pub async fn release_lease(self, name: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        let (now_sql, mut values): (&str, Vec<Value>) = match self.store.backend {
+            Backend::Postgres => ("now()", vec![name.into()]),
+            Backend::Sqlite => ("$2", vec![name.into(), self.store.now().into()]),
+        };
+        let mut sql = format!(
+            "UPDATE leases SET expires_at = {now_sql}, renewed_at = {now_sql} \
+             WHERE name = $1 AND expires_at > {now_sql}"
+        );
+        if let Some(owner) = owner {
+            values.push(owner.into());
+            sql.push_str(&format!(" AND owner = ${}", values.len()));
+        }
+        let res = self.store.db.execute_raw(self.store.stmt(&sql, values)).await.doing("releasing the lease")?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// The lease row, if one was ever taken.
+    pub async fn get(self, name: &str) -> Result<Option<LeaseRow>, StoreError> {
+        let row = leases::Entity::find_by_id(name.to_string()).one(&self.store.db).await.doing("reading the lease")?;
+        Ok(row.map(Into::into))
     }
 }

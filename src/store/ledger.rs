@@ -61,36 +61,6 @@ async fn open_tick_on(
 }
 
 impl Store {
-    /// Acquires or renews the lease and, if this owner holds it, opens the tick's ledger row.
-    ///
-    /// On PostgreSQL (and SQLite with `synchronous=NORMAL`) both writes are one transaction. On
-    /// SQLite with `synchronous=FULL` they are two autocommit statements on the relaxed
-    /// connection (`synchronous=NORMAL`: no fsync of their own), so an idle tick costs one
-    /// fsync, the close's, instead of three. What that gives up is durability against a power
-    /// cut, and only until the next fsynced commit (the close, or the first claim), which writes
-    /// the same WAL file and so makes these durable too. Nothing depends on them across a power
-    /// cut: a SQLite database lives on one machine, so every instance holding or waiting for the
-    /// lease stops with it, and the worst case is a tick that leaves no `FAIL` row for the cut. A
-    /// process crash loses nothing: the writes are in the WAL. Autocommit statements also leave
-    /// no transaction behind when a write fails (a full disk, say). Between the two statements
-    /// the lease is renewed with no ledger row yet; if the second fails, the tick fails before
-    /// doing anything.
-    pub async fn begin_tick(
-        &self,
-        lease_name: &str,
-        owner: &str,
-        ttl: Duration,
-        started_at: DateTime<Utc>,
-    ) -> Result<Begun, StoreError> {
-        if let Some(relaxed) = &self.relaxed {
-            return self.begin_tick_on(relaxed, lease_name, owner, ttl, started_at).await;
-        }
-        let txn = self.begin_write().await?;
-        let begun = self.begin_tick_on(&txn, lease_name, owner, ttl, started_at).await?;
-        txn.commit().await.doing("committing the lease renewal and the tick's ledger row")?;
-        Ok(begun)
-    }
-
     async fn begin_tick_on(
         &self,
         conn: &impl ConnectionTrait,
@@ -107,15 +77,47 @@ impl Store {
             Acquired::HeldByOther(row) => Begun::HeldByOther(row),
         })
     }
+}
+
+impl crate::store::handles::Ledger<'_> {
+    /// Acquires or renews the lease and, if this owner holds it, opens the tick's ledger row.
+    ///
+    /// On PostgreSQL (and SQLite with `synchronous=NORMAL`) both writes are one transaction. On
+    /// SQLite with `synchronous=FULL` they are two autocommit statements on the relaxed
+    /// connection (`synchronous=NORMAL`: no fsync of their own), so an idle tick costs one
+    /// fsync, the close's, instead of three. What that gives up is durability against a power
+    /// cut, and only until the next fsynced commit (the close, or the first claim), which writes
+    /// the same WAL file and so makes these durable too. Nothing depends on them across a power
+    /// cut: a SQLite database lives on one machine, so every instance holding or waiting for the
+    /// lease stops with it, and the worst case is a tick that leaves no `FAIL` row for the cut. A
+    /// process crash loses nothing: the writes are in the WAL. Autocommit statements also leave
+    /// no transaction behind when a write fails (a full disk, say). Between the two statements
+    /// the lease is renewed with no ledger row yet; if the second fails, the tick fails before
+    /// doing anything.
+    pub async fn begin_tick(
+        self,
+        lease_name: &str,
+        owner: &str,
+        ttl: Duration,
+        started_at: DateTime<Utc>,
+    ) -> Result<Begun, StoreError> {
+        if let Some(relaxed) = &self.store.relaxed {
+            return self.store.begin_tick_on(relaxed, lease_name, owner, ttl, started_at).await;
+        }
+        let txn = self.store.begin_write().await?;
+        let begun = self.store.begin_tick_on(&txn, lease_name, owner, ttl, started_at).await?;
+        txn.commit().await.doing("committing the lease renewal and the tick's ledger row")?;
+        Ok(begun)
+    }
 
     /// Closes a tick's ledger row with its figures (one statement).
-    pub async fn close_tick(&self, id: i64, close: &TickClose) -> Result<(), StoreError> {
+    pub async fn close_tick(self, id: i64, close: &TickClose) -> Result<(), StoreError> {
         let (snapshot, digest) = match &close.snapshot {
             Some((s, d)) => (Some(s.clone()), Some(d.clone())),
             None => (None, None),
         };
         let values: [Value; 8] = [
-            self.now().into(),
+            self.store.now().into(),
             close.status.as_str().into(),
             close.attempted.into(),
             close.succeeded.into(),
@@ -124,8 +126,9 @@ impl Store {
             digest.into(),
             id.into(),
         ];
-        self.db
-            .execute_raw(self.stmt(
+        self.store
+            .db
+            .execute_raw(self.store.stmt(
                 "UPDATE tick_ledger SET finished_at = $1, status = $2, actions_attempted = $3, \
                  actions_succeeded = $4, notes = $5, snapshot_json = COALESCE($6, snapshot_json), \
                  rules_digest = COALESCE($7, rules_digest) WHERE id = $8",
@@ -137,18 +140,18 @@ impl Store {
     }
 
     /// The last `limit` ticks, newest first.
-    pub async fn recent_ticks(&self, limit: u64) -> Result<Vec<TickRow>, StoreError> {
+    pub async fn recent_ticks(self, limit: u64) -> Result<Vec<TickRow>, StoreError> {
         let rows = tick_ledger::Entity::find()
             .order_by_desc(tick_ledger::Column::Id)
             .limit(limit)
-            .all(&self.db)
+            .all(&self.store.db)
             .await
             .doing("reading the tick ledger")?;
         entities::convert_all(rows)
     }
 
-    pub async fn tick(&self, id: i64) -> Result<Option<TickRow>, StoreError> {
-        let row = tick_ledger::Entity::find_by_id(id).one(&self.db).await.doing("reading a tick")?;
+    pub async fn tick(self, id: i64) -> Result<Option<TickRow>, StoreError> {
+        let row = tick_ledger::Entity::find_by_id(id).one(&self.store.db).await.doing("reading a tick")?;
         row.map(TickRow::try_from).transpose()
     }
 }

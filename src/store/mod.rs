@@ -5,6 +5,10 @@
 //! upsert, the `FOR UPDATE SKIP LOCKED` claim, fenced completions and partial-index counts.
 //! It decides nothing: which action to retry or when is the caller's business.
 //!
+//! Its surface is grouped by concern ([`handles`]): `store.actions()`, `store.limits()`,
+//! `store.ledger()`, `store.decisions()`, `store.flags()`, `store.lease()`, `store.workers()`,
+//! `store.history()`, `store.notify()`; [`Store`] itself keeps what belongs to the pool.
+//!
 //! Architecture invariant: no other module imports `sea_orm`.
 
 mod actions;
@@ -18,6 +22,7 @@ pub use actions::{
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
 mod entities;
 mod flags;
+pub mod handles;
 pub use flags::FlagChange;
 mod history;
 pub use history::{LogFilter, Pace, PruneCutoffs, Pruned};
@@ -312,7 +317,7 @@ impl Default for StoreOptions {
 pub struct Store {
     db: DatabaseConnection,
     /// SQLite with `synchronous=FULL` only: one connection with `synchronous=NORMAL` for the
-    /// writes whose durability a power cut cannot matter to (see [`Store::begin_tick`]).
+    /// writes whose durability a power cut cannot matter to (see `store.ledger().begin_tick`).
     relaxed: Option<DatabaseConnection>,
     backend: Backend,
     /// Every time this store writes or compares (on SQLite, all of them) comes from here.

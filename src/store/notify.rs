@@ -46,12 +46,22 @@ impl WorkListener {
 }
 
 impl Store {
+    /// `store.notify().notify_work` after a write that made work due; a failure only costs the
+    /// claimers a poll interval, so it is logged, not returned.
+    pub(super) async fn wake_claimers(&self) {
+        if let Err(e) = self.notify().notify_work().await {
+            tracing::debug!(error = %e, "could not notify claimers; they poll");
+        }
+    }
+}
+
+impl crate::store::handles::Notify<'_> {
     /// A subscription to work notifications (PostgreSQL), or `None` (SQLite).
-    pub async fn work_listener(&self) -> Result<Option<WorkListener>, StoreError> {
-        if self.backend != Backend::Postgres {
+    pub async fn work_listener(self) -> Result<Option<WorkListener>, StoreError> {
+        if self.store.backend != Backend::Postgres {
             return Ok(None);
         }
-        let pool = self.db.get_postgres_connection_pool();
+        let pool = self.store.db.get_postgres_connection_pool();
         let mut listener = PgListener::connect_with(pool).await.map_err(|e| StoreError::Db {
             doing: "listening for work",
             cause: DbCause::of(&sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal(e.to_string()))),
@@ -63,20 +73,16 @@ impl Store {
         Ok(Some(WorkListener(listener)))
     }
 
-    /// [`Store::notify_work`] after a write that made work due; a failure only costs the
-    /// claimers a poll interval, so it is logged, not returned.
-    pub(super) async fn wake_claimers(&self) {
-        if let Err(e) = self.notify_work().await {
-            tracing::debug!(error = %e, "could not notify claimers; they poll");
-        }
-    }
-
     /// Wakes the listening claimers (PostgreSQL; nothing on SQLite).
-    pub async fn notify_work(&self) -> Result<(), StoreError> {
-        if self.backend != Backend::Postgres {
+    pub async fn notify_work(self) -> Result<(), StoreError> {
+        if self.store.backend != Backend::Postgres {
             return Ok(());
         }
-        self.db.execute_unprepared(&format!("NOTIFY {WORK_CHANNEL}")).await.doing("notifying claimers of work")?;
+        self.store
+            .db
+            .execute_unprepared(&format!("NOTIFY {WORK_CHANNEL}"))
+            .await
+            .doing("notifying claimers of work")?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 use serde::Serialize;
 
-use super::{Context, Store, StoreError};
+use super::{Context, StoreError};
 use crate::model::ActionStatus;
 
 /// One type's count of one status.
@@ -46,13 +46,14 @@ pub struct ActionsSummary {
 /// The priority bands, in display order.
 pub const PRIORITY_BANDS: [&str; 4] = ["negative", "0", "1-9", "10+"];
 
-impl Store {
-    pub async fn actions_summary(&self) -> Result<ActionsSummary, StoreError> {
+impl crate::store::handles::Actions<'_> {
+    pub async fn actions_summary(self) -> Result<ActionsSummary, StoreError> {
         let doing = "summarising actions";
-        let now = self.now();
+        let now = self.store.now();
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 "SELECT action_type, status, COUNT(*) AS n FROM actions GROUP BY action_type, status \
                  ORDER BY action_type, status",
                 [],
@@ -75,8 +76,9 @@ impl Store {
         // The oldest due row of each type: the smallest (not_before, id) among due rows.
         let values: [Value; 1] = [now.into()];
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 &format!(
                     "SELECT a.action_type, a.id, a.not_before FROM actions a \
                      JOIN (SELECT action_type, MIN(not_before) AS nb FROM actions WHERE {due} GROUP BY action_type) m \
@@ -101,8 +103,9 @@ impl Store {
         }
 
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 "SELECT CASE WHEN priority < 0 THEN 'negative' WHEN priority = 0 THEN '0' \
                              WHEN priority < 10 THEN '1-9' ELSE '10+' END AS band, COUNT(*) AS n \
                  FROM actions WHERE status IN ('PENDING', 'RETRY', 'RUNNING') GROUP BY 1",
@@ -122,11 +125,12 @@ impl Store {
     }
 
     /// `PENDING` + `RETRY` actions per type: the work waiting (served by the open partial index).
-    pub async fn waiting_by_type(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+    pub async fn waiting_by_type(self) -> Result<BTreeMap<String, i64>, StoreError> {
         let doing = "counting waiting actions by type";
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(
+            .query_all_raw(self.store.stmt(
                 "SELECT action_type, COUNT(*) AS n FROM actions WHERE status IN ('PENDING', 'RETRY') \
                  GROUP BY action_type ORDER BY action_type",
                 [],

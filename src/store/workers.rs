@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::{Context, Store, StoreError};
+use super::{Context, StoreError};
 use crate::model;
 
 /// What a worker says of itself when it registers.
@@ -53,10 +53,10 @@ pub struct Beat {
     pub draining: bool,
 }
 
-impl Store {
+impl crate::store::handles::Workers<'_> {
     /// Registers a worker, its heartbeat now.
-    pub async fn register_worker(&self, w: &NewWorker) -> Result<(), StoreError> {
-        let now = self.db_now().await?;
+    pub async fn register_worker(self, w: &NewWorker) -> Result<(), StoreError> {
+        let now = self.store.db_now().await?;
         let sql = "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at, concurrency, types, \
                    in_flight, done, failed, draining) VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 0, 0, 0, $8)";
         let values: [Value; 8] = [
@@ -69,14 +69,14 @@ impl Store {
             w.types.join(",").into(),
             false.into(),
         ];
-        self.db.execute_raw(self.stmt(sql, values)).await.doing("registering a worker")?;
+        self.store.db.execute_raw(self.store.stmt(sql, values)).await.doing("registering a worker")?;
         Ok(())
     }
 
     /// Renews `id`'s heartbeat, if it is still live. `false`: the registration expired (or
     /// was removed); the worker must stop starting attempts and register anew.
-    pub async fn worker_heartbeat(&self, id: &str, ttl: std::time::Duration, beat: Beat) -> Result<bool, StoreError> {
-        let now = self.db_now().await?;
+    pub async fn worker_heartbeat(self, id: &str, ttl: std::time::Duration, beat: Beat) -> Result<bool, StoreError> {
+        let now = self.store.db_now().await?;
         let live_after = model::earlier_saturating(now, ttl);
         let sql = "UPDATE workers SET heartbeat_at = $1, in_flight = $2, draining = $3, done = $4, failed = $5 \
                    WHERE id = $6 AND heartbeat_at > $7";
@@ -89,47 +89,27 @@ impl Store {
             id.into(),
             live_after.into(),
         ];
-        let n = self.db.execute_raw(self.stmt(sql, values)).await.doing("renewing a worker's heartbeat")?;
+        let n = self.store.db.execute_raw(self.store.stmt(sql, values)).await.doing("renewing a worker's heartbeat")?;
         Ok(n.rows_affected() == 1)
     }
 
     /// Removes `id` (a clean stop). Any claim it still holds is rescued at the next tick.
-    pub async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
-        self.db
-            .execute_raw(self.stmt("DELETE FROM workers WHERE id = $1", [id.into()]))
+    pub async fn deregister_worker(self, id: &str) -> Result<(), StoreError> {
+        self.store
+            .db
+            .execute_raw(self.store.stmt("DELETE FROM workers WHERE id = $1", [id.into()]))
             .await
             .doing("deregistering a worker")?;
         Ok(())
     }
 
-    /// Outcomes recorded in `[since, upto)` (by any executor): SUCCESS and DLQ rows finished,
-    /// and RETRY rows changed, through the finished and retry indexes. What a leader that
-    /// executes nothing (`run --no-execute`) reports as its tick's counts.
-    pub async fn outcomes_between(&self, since: DateTime<Utc>, upto: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
-        let sql = "SELECT \
-                   (SELECT COUNT(*) FROM actions WHERE status = 'SUCCESS' AND finished_at >= $1 AND finished_at < $2) AS ok, \
-                   (SELECT COUNT(*) FROM actions WHERE status = 'DLQ' AND finished_at >= $1 AND finished_at < $2) \
-                   + (SELECT COUNT(*) FROM actions WHERE status = 'RETRY' AND updated_at >= $1 AND updated_at < $2) \
-                   AS failed";
-        let row = self
-            .db
-            .query_one_raw(self.stmt(sql, [since.into(), upto.into()]))
-            .await
-            .doing("counting recent outcomes")?;
-        let row = row.ok_or_else(|| StoreError::Internal("counting recent outcomes returned nothing".into()))?;
-        Ok((
-            row.try_get("", "ok").doing("counting recent outcomes")?,
-            row.try_get("", "failed").doing("counting recent outcomes")?,
-        ))
-    }
-
     /// Every registered worker, live first, then by id.
-    pub async fn workers(&self, ttl: std::time::Duration) -> Result<Vec<WorkerRow>, StoreError> {
-        let now = self.db_now().await?;
+    pub async fn list(self, ttl: std::time::Duration) -> Result<Vec<WorkerRow>, StoreError> {
+        let now = self.store.db_now().await?;
         let live_after = model::earlier_saturating(now, ttl);
         let sql = "SELECT id, host, pid, version, started_at, heartbeat_at, concurrency, types, in_flight, done, \
                    failed, draining FROM workers ORDER BY id";
-        let rows = self.db.query_all_raw(self.stmt(sql, [])).await.doing("listing workers")?;
+        let rows = self.store.db.query_all_raw(self.store.stmt(sql, [])).await.doing("listing workers")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let get = "listing workers";
@@ -156,12 +136,37 @@ impl Store {
     }
 
     /// Removes registrations dead for longer than `older_than` (the leader's hourly purge).
-    pub async fn prune_workers(&self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub async fn prune_workers(self, older_than: DateTime<Utc>) -> Result<u64, StoreError> {
         let n = self
+            .store
             .db
-            .execute_raw(self.stmt("DELETE FROM workers WHERE heartbeat_at < $1", [older_than.into()]))
+            .execute_raw(self.store.stmt("DELETE FROM workers WHERE heartbeat_at < $1", [older_than.into()]))
             .await
             .doing("pruning dead workers")?;
         Ok(n.rows_affected())
+    }
+}
+
+impl crate::store::handles::Actions<'_> {
+    /// Outcomes recorded in `[since, upto)` (by any executor): SUCCESS and DLQ rows finished,
+    /// and RETRY rows changed, through the finished and retry indexes. What a leader that
+    /// executes nothing (`run --no-execute`) reports as its tick's counts.
+    pub async fn outcomes_between(self, since: DateTime<Utc>, upto: DateTime<Utc>) -> Result<(i64, i64), StoreError> {
+        let sql = "SELECT \
+                   (SELECT COUNT(*) FROM actions WHERE status = 'SUCCESS' AND finished_at >= $1 AND finished_at < $2) AS ok, \
+                   (SELECT COUNT(*) FROM actions WHERE status = 'DLQ' AND finished_at >= $1 AND finished_at < $2) \
+                   + (SELECT COUNT(*) FROM actions WHERE status = 'RETRY' AND updated_at >= $1 AND updated_at < $2) \
+                   AS failed";
+        let row = self
+            .store
+            .db
+            .query_one_raw(self.store.stmt(sql, [since.into(), upto.into()]))
+            .await
+            .doing("counting recent outcomes")?;
+        let row = row.ok_or_else(|| StoreError::Internal("counting recent outcomes returned nothing".into()))?;
+        Ok((
+            row.try_get("", "ok").doing("counting recent outcomes")?,
+            row.try_get("", "failed").doing("counting recent outcomes")?,
+        ))
     }
 }

@@ -189,9 +189,9 @@ impl Engine {
     /// and the flags it was built with. Reads only; takes no lease. `run-once --dry-run` and
     /// `GET /api/snapshot` show this.
     pub async fn snapshot_now(&self) -> Result<(Snapshot, crate::model::Flags), StoreError> {
-        let mut flags = self.store.flags().await?;
+        let mut flags = self.store.flags().get().await?;
         flags.proof_mode |= self.config.proof_enforced;
-        let term = match self.store.lease(crate::lease::LEASE_NAME).await? {
+        let term = match self.store.lease().get(crate::lease::LEASE_NAME).await? {
             Some(l) => Term { lease_name: l.name, owner: l.owner, epoch: l.epoch, expires_at: l.expires_at },
             None => Term {
                 lease_name: crate::lease::LEASE_NAME.to_string(),
@@ -249,7 +249,7 @@ impl Engine {
 
         match self.body(&term, tick_id, &heartbeat, started).await {
             Ok((close, report_extra)) => {
-                self.store.close_tick(tick_id, &close).await?;
+                self.store.ledger().close_tick(tick_id, &close).await?;
                 if close.status == TickStatus::Killed {
                     drop(heartbeat);
                     self.lease.release().await?;
@@ -277,7 +277,7 @@ impl Engine {
                     notes: Some(format!("tick failed: {e}")),
                     snapshot: None,
                 };
-                if let Err(close_err) = self.store.close_tick(tick_id, &close).await {
+                if let Err(close_err) = self.store.ledger().close_tick(tick_id, &close).await {
                     tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
                 }
                 Err(e)
@@ -293,7 +293,7 @@ impl Engine {
         lease: &Heartbeat,
         started: Instant,
     ) -> Result<(TickClose, Extra), StoreError> {
-        let mut flags = self.store.flags().await?;
+        let mut flags = self.store.flags().get().await?;
         // An enforced instance runs every attempt in proof mode, whatever the flag says; the
         // snapshot (and so the rules) see the mode that applies.
         flags.proof_mode |= self.config.proof_enforced;
@@ -392,7 +392,7 @@ impl Engine {
         let upto = crate::model::earlier_saturating(self.store.now(), OUTCOME_LAG);
         let previous = self.last_started.lock().ok().and_then(|mut g| g.replace(upto));
         let since = previous.unwrap_or_else(|| crate::model::earlier_saturating(upto, self.config.tick_interval));
-        let (ok, failed) = self.store.outcomes_between(since, upto).await?;
+        let (ok, failed) = self.store.actions().outcomes_between(since, upto).await?;
         let succeeded = u32::try_from(ok).unwrap_or(u32::MAX);
         let attempted = succeeded.saturating_add(u32::try_from(failed).unwrap_or(u32::MAX));
         Ok(Drained { attempted, succeeded, remaining: budget, ..Drained::default() })

@@ -41,7 +41,7 @@ async fn a_backup_taken_during_a_drain_restores_into_a_fresh_directory() {
     let db = TestDb::sqlite().await;
     let dir = db.dir.path();
     std::fs::write(dir.join("orchestrator.yaml"), CONFIG).unwrap();
-    db.store.set_flags(FlagChange { proof_mode: Some(true), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(true), ..Default::default() }).await.unwrap();
     let n = 300;
     let lines: String = (0..n)
         .map(|i| {
@@ -56,16 +56,16 @@ async fn a_backup_taken_during_a_drain_restores_into_a_fresh_directory() {
     let (mut child, _logs, addr) = spawn_server(&mut daemon(dir, &db.url, &[]));
     wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
     let start = Instant::now();
-    while db.store.count_by_status().await.unwrap()[&ActionStatus::Success] < 10 {
+    while db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Success] < 10 {
         assert!(start.elapsed() < Duration::from_secs(60), "the daemon is not working");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let kept = tempfile::tempdir().unwrap();
     let copy = kept.path().join("orchestrator-backup.db");
-    let before = db.store.count_by_status().await.unwrap()[&ActionStatus::Success];
+    let before = db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Success];
     let o = run(bin(dir).args(["--database-url", &db.url, "--json", "backup"]).arg(&copy));
-    let after = db.store.count_by_status().await.unwrap()[&ActionStatus::Success];
+    let after = db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Success];
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let b = json(&o);
     assert_eq!(b["integrity"], "ok", "{b}");

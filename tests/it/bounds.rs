@@ -75,18 +75,18 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
         "{}",
         r.notes
     );
-    let rows = db.store.decisions(r.tick_id).await.unwrap();
+    let rows = db.store.decisions().list(r.tick_id).await.unwrap();
     let outcome = |rule: &str| rows.iter().find(|d| d.rule == rule).map(|d| d.outcome.clone());
     assert_eq!(outcome("a_enqueue_at"), Some(DecisionOutcome::Applied));
     assert_eq!(outcome("e_good"), Some(DecisionOutcome::Applied));
     assert_eq!(outcome("b_enqueue_over"), None);
 
     // The stored payload and state read back; the next tick runs everything.
-    let actions = db.store.list_actions(&ActionFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let actions = db.store.actions().list_actions(&ActionFilter { limit: 100, ..Default::default() }).await.unwrap();
     let deep = actions.iter().find(|a| a.idempotency_key == "deep-at").expect("the action at the limit is stored");
     assert_eq!(queue::json_depth(&deep.payload, usize::MAX), at);
     assert!(!actions.iter().any(|a| a.idempotency_key == "deep-over"));
-    let states = db.store.rule_states().await.unwrap();
+    let states = db.store.decisions().rule_states().await.unwrap();
     let c: Value = serde_json::from_str(&states["c_state_at"]).unwrap();
     assert_eq!(queue::json_depth(&c, usize::MAX), at);
     assert!(!states.contains_key("d_state_over"), "a state over the limit is never written");
@@ -94,7 +94,7 @@ async fn rule_writers_are_held_to_the_stored_value_limits(db: &TestDb) {
     let r2 = ran(&engine).await;
     assert!(!r2.notes.contains("starting empty"), "every stored state reads back: {}", r2.notes);
     assert!(r2.notes.contains("rule d_state_over failed"), "refused again, visibly, every tick: {}", r2.notes);
-    let done = db.store.list_actions(&ActionFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let done = db.store.actions().list_actions(&ActionFilter { limit: 100, ..Default::default() }).await.unwrap();
     assert!(done.iter().all(|a| a.status == ActionStatus::Success), "{done:?}");
     let m = engine.metrics().render();
     assert!(m.contains("orchestrator_rule_errors_total{rule=\"d_state_over\"} 2"), "{m}");
@@ -133,10 +133,11 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
     let strategy = (any_json(), 0usize..MAX_JSON_DEPTH + 2);
     let store = db.store.clone();
     // Rule state is written by the fenced decide record: hold the lease to write it.
-    let held = match store.acquire_lease("orchestrator", "limits-test", std::time::Duration::from_secs(600)).await {
-        Ok(orchestrator::store::Acquired::Held(row)) => row,
-        other => panic!("lease: {other:?}"),
-    };
+    let held =
+        match store.lease().acquire_lease("orchestrator", "limits-test", std::time::Duration::from_secs(600)).await {
+            Ok(orchestrator::store::Acquired::Held(row)) => row,
+            other => panic!("lease: {other:?}"),
+        };
     let fence = orchestrator::store::Fence { lease_name: "orchestrator".into(), epoch: held.epoch, tick_id: None };
     let counter = std::sync::atomic::AtomicU64::new(0);
     let (accepted, refused) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
@@ -158,7 +159,7 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
         let (stored, state) = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
                 let stored = match queue::enqueue(&store, &req, 3).await {
-                    Ok(o) => Some(store.action(o.id).await.expect("read back").expect("the row exists")),
+                    Ok(o) => Some(store.actions().action(o.id).await.expect("read back").expect("the row exists")),
                     Err(queue::QueueError::Invalid(_)) => None,
                     Err(e) => panic!("store error: {e}"),
                 };
@@ -169,8 +170,8 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
                             states: [("round_trip".to_string(), text.clone())].into_iter().collect(),
                             ..Default::default()
                         };
-                        store.record_decide(&fence, &rec).await.expect("state written");
-                        let back = store.rule_states().await.expect("states read")["round_trip"].clone();
+                        store.decisions().record_decide(&fence, &rec).await.expect("state written");
+                        let back = store.decisions().rule_states().await.expect("states read")["round_trip"].clone();
                         Some(serde_json::from_str::<Value>(&back).expect("a stored state parses"))
                     }
                     None => None,
@@ -226,7 +227,7 @@ async fn a_decision_flood_is_bounded_per_rule_and_counted(db: &TestDb) {
         ],
     ));
     let r = ran(&engine).await;
-    let rows = db.store.decisions(r.tick_id).await.unwrap();
+    let rows = db.store.decisions().list(r.tick_id).await.unwrap();
     assert_eq!(rows.len(), MAX_DECISIONS_PER_RULE, "one rule's decisions are bounded: {}", r.notes);
     let notes: Vec<&str> = r.notes.split("; ").collect();
     let invalid = notes.iter().filter(|n| n.contains("invalid decision")).count();

@@ -297,20 +297,20 @@ async fn operator_page_in_headless_chromium() {
         drv.wait_text("#confirm-text", |t| t.starts_with("Switch to REAL mode?"));
         drv.click("#confirm-no");
         drv.wait_text("#message", |t| t == "nothing done");
-        assert!(handle.block_on(db.flags()).unwrap().proof_mode, "no: still proof mode in the database");
+        assert!(handle.block_on(db.flags().get()).unwrap().proof_mode, "no: still proof mode in the database");
         drv.click("#btn-mode");
         drv.wait_text("#confirm-text", |t| t.starts_with("Switch to REAL mode?"));
         drv.click("#confirm-yes");
         drv.wait_text("#mode", |t| t == "REAL");
-        assert!(!handle.block_on(db.flags()).unwrap().proof_mode, "yes: real mode in the database");
+        assert!(!handle.block_on(db.flags().get()).unwrap().proof_mode, "yes: real mode in the database");
         drv.click("#btn-mode");
         drv.wait_text("#confirm-text", |t| t.starts_with("Switch to PROOF mode?"));
         drv.click("#confirm-yes");
         drv.wait_text("#mode", |t| t == "PROOF");
-        assert!(handle.block_on(db.flags()).unwrap().proof_mode);
+        assert!(handle.block_on(db.flags().get()).unwrap().proof_mode);
 
         // Bulk cancel of the one DLQ row shown.
-        let left = handle.block_on(db.dlq_ids()).unwrap();
+        let left = handle.block_on(db.actions().dlq_ids()).unwrap();
         assert_eq!(left.len(), 1);
         drv.wait_text("#dlq-cancel-shown", |t| t == "Cancel 1 shown");
         drv.click("#dlq-cancel-shown");
@@ -318,7 +318,7 @@ async fn operator_page_in_headless_chromium() {
         drv.click("#confirm-yes");
         drv.wait_text("#q-DLQ b", |t| t == "0");
         drv.wait_text("#message", |t| t == "cancelled 1 shown DLQ action(s)");
-        let cancelled = handle.block_on(db.action(left[0])).unwrap().unwrap();
+        let cancelled = handle.block_on(db.actions().action(left[0])).unwrap().unwrap();
         assert_eq!(cancelled.status, ActionStatus::Cancelled, "the click cancelled it in the database");
 
         // Bulk requeue of the two rows shown; a third reaches the DLQ while the question is open.
@@ -346,13 +346,17 @@ async fn operator_page_in_headless_chromium() {
         drv.click("#confirm-yes");
         drv.wait_text("#message", |t| t == "requeued 2 shown DLQ action(s)");
         for id in shown {
-            assert_eq!(handle.block_on(db.action(id)).unwrap().unwrap().status, ActionStatus::Pending, "{id}");
+            assert_eq!(
+                handle.block_on(db.actions().action(id)).unwrap().unwrap().status,
+                ActionStatus::Pending,
+                "{id}"
+            );
         }
-        let late = handle.block_on(db.action(late)).unwrap().unwrap();
+        let late = handle.block_on(db.actions().action(late)).unwrap().unwrap();
         assert_eq!(late.status, ActionStatus::Dlq, "a row that arrived after the page showed the DLQ is untouched");
 
         // Waiting per type: the page's numbers are the database's.
-        let waiting = handle.block_on(db.waiting_by_type()).unwrap();
+        let waiting = handle.block_on(db.actions().waiting_by_type()).unwrap();
         // The row appears at the next refresh (the message above comes first).
         let start = Instant::now();
         while drv.count("#waiting tr[data-type=GHOST]") == 0 {
@@ -365,7 +369,7 @@ async fn operator_page_in_headless_chromium() {
         }
 
         // Workers: the daemon's own executor is a registered worker, shown as the database has it.
-        let workers = handle.block_on(db.workers(Duration::from_secs(30))).unwrap();
+        let workers = handle.block_on(db.workers().list(Duration::from_secs(30))).unwrap();
         assert!(workers.iter().any(|w| w.live), "the daemon's executor registered: {workers:?}");
         for w in workers.iter().filter(|w| w.live) {
             drv.wait_text(&format!("#workers tr[data-worker=\"{}\"] td:nth-child(2)", w.id), |t| t == "yes");
@@ -380,7 +384,7 @@ async fn operator_page_in_headless_chromium() {
         );
         let first = titles[0].as_str().unwrap().to_string();
         let tick: i64 = first.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let recorded = handle.block_on(db.decisions(tick)).unwrap();
+        let recorded = handle.block_on(db.decisions().list(tick)).unwrap();
         assert!(recorded.iter().any(|d| first.contains(&format!("{}: {} {}", d.rule, d.kind, d.target))), "{first}");
 
         // The tick view: a click on a tick shows its explain, as the database has it.
@@ -403,8 +407,8 @@ async fn operator_page_in_headless_chromium() {
     .unwrap();
 
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
-    assert!(store.flags().await.unwrap().paused, "the click set the flag in the database");
-    let counts = store.count_by_status().await.unwrap();
+    assert!(store.flags().get().await.unwrap().paused, "the click set the flag in the database");
+    let counts = store.actions().count_by_status().await.unwrap();
     assert_eq!(
         (counts[&ActionStatus::Dlq], counts[&ActionStatus::Pending], counts[&ActionStatus::Cancelled]),
         (1, 3, 1),

@@ -161,7 +161,7 @@ fn spawn_run(dir: &Path, url: &str) -> Child {
 }
 
 async fn set_proof_mode(db: &TestDb, on: bool) {
-    db.store.set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(on), ..Default::default() }).await.unwrap();
 }
 
 /// Enqueues the actions numbered `indices`.
@@ -176,7 +176,7 @@ async fn wait_until_holder(db: &TestDb, child: &mut Child) {
     let pid = child.id().to_string();
     let start = Instant::now();
     loop {
-        if let Some(l) = db.store.lease("orchestrator").await.unwrap()
+        if let Some(l) = db.store.lease().get("orchestrator").await.unwrap()
             && l.owner.split(':').nth(1) == Some(pid.as_str())
             && l.expires_at > Utc::now()
         {
@@ -194,7 +194,7 @@ async fn wait_until_holder(db: &TestDb, child: &mut Child) {
 async fn wait_for_progress(db: &TestDb, child: &mut Child, n: usize, done: usize) {
     let start = Instant::now();
     loop {
-        let open: i64 = db.store.open_counts().await.unwrap().values().sum();
+        let open: i64 = db.store.actions().open_counts().await.unwrap().values().sum();
         if n as i64 - open >= done as i64 || open == 0 {
             return;
         }
@@ -210,7 +210,7 @@ async fn wait_for_progress(db: &TestDb, child: &mut Child, n: usize, done: usize
 async fn drain(db: &TestDb, mut child: Child, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let open = db.store.open_counts().await.unwrap();
+        let open = db.store.actions().open_counts().await.unwrap();
         let busy: i64 =
             [ActionStatus::Pending, ActionStatus::Running, ActionStatus::Retry].iter().map(|s| open[s]).sum();
         if busy == 0 {
@@ -223,19 +223,20 @@ async fn drain(db: &TestDb, mut child: Child, limit: Duration) -> Duration {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = start.elapsed();
-    db.store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while child.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "the daemon did not stop on the killed flag");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    db.store.set_flags(FlagChange { killed: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { killed: Some(false), ..Default::default() }).await.unwrap();
     took
 }
 
 /// Every action, by idempotency key.
 async fn actions_by_key(db: &TestDb, n: usize) -> BTreeMap<String, Action> {
-    let all = db.store.list_actions(&ActionFilter { limit: n as u64 + 10, ..Default::default() }).await.unwrap();
+    let all =
+        db.store.actions().list_actions(&ActionFilter { limit: n as u64 + 10, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), n, "every enqueued action is still there");
     all.into_iter().map(|a| (a.idempotency_key.clone(), a)).collect()
 }
@@ -424,13 +425,13 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     let chaos_time = start.elapsed();
 
     // Nothing lost, nothing stuck, nothing over its attempts.
-    let counts = db.store.count_by_status().await.unwrap();
+    let counts = db.store.actions().count_by_status().await.unwrap();
     assert_eq!(counts[&ActionStatus::Success], n as i64, "every action is SUCCESS: {counts:?}");
     assert_eq!(counts[&ActionStatus::Running], 0);
     let actions = actions_by_key(db, n).await;
     assert!(actions.values().all(|a| a.attempts <= a.max_attempts), "no attempt count over its max");
 
-    let mut ticks = db.store.recent_ticks(1_000_000).await.unwrap();
+    let mut ticks = db.store.ledger().recent_ticks(1_000_000).await.unwrap();
     ticks.reverse();
     assert!(ticks.windows(2).all(|w| w[0].epoch <= w[1].epoch), "ledger epochs never decrease");
     let epochs = ticks.last().map_or(0, |t| t.epoch);
@@ -443,7 +444,7 @@ async fn sigkill_chaos_loses_nothing(db: &TestDb) {
     assert!(out.status.success(), "artifacts verify: {}", stderr(&out));
     let verified = json(&out);
 
-    let logs = db.store.logs(None, 1_000_000).await.unwrap();
+    let logs = db.store.history().logs(None, 1_000_000).await.unwrap();
     let (successes, rescues) = successes_and_rescues(&logs);
     let requests = requests_by_key(&sink, &actions);
     let (proofs, temp_files) = artifacts_by_key(&artifacts, &actions);

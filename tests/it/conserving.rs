@@ -54,7 +54,7 @@ async fn a_backlog_drains_with_the_shipped_rules_and_no_idle_tick(db: &TestDb) {
         let r = ran(&engine).await;
         assert_conserving(&r);
         ticks.push(r);
-        if db.store.due_count().await.unwrap() == 0 {
+        if db.store.actions().due_count().await.unwrap() == 0 {
             break;
         }
     }
@@ -63,7 +63,7 @@ async fn a_backlog_drains_with_the_shipped_rules_and_no_idle_tick(db: &TestDb) {
     assert!(!first.notes.contains("deferred"), "rebalance defers nothing: {}", first.notes);
     assert_eq!(first.attempted, 1000, "the first tick ran a full default budget: {first:?}");
     assert!(first.budget_spent, "a tick that used its budget asks for the next one at once");
-    let counts = db.store.count_by_status().await.unwrap();
+    let counts = db.store.actions().count_by_status().await.unwrap();
     assert_eq!(counts[&ActionStatus::Success], 2000, "drained in {} tick(s): {ticks:?}", ticks.len());
     assert!(ticks.len() <= 2, "two ticks of 1000: {ticks:?}");
 }
@@ -79,7 +79,7 @@ async fn a_throttle_that_holds_work_back_is_recorded(db: &TestDb) {
     assert_eq!((r.status, r.attempted), (TickStatus::Throttled, 0), "{r:?}");
     assert!(r.notes.contains("throttled to 0 by rule brake (5 due at the snapshot)"), "{}", r.notes);
     assert!(!r.notes.contains("nothing due"), "{}", r.notes);
-    let row = db.store.tick(r.tick_id).await.unwrap().unwrap();
+    let row = db.store.ledger().tick(r.tick_id).await.unwrap().unwrap();
     assert_eq!(row.status, TickStatus::Throttled, "the ledger keeps the brake");
 
     // Another rule: the first one's throttle is cooling down for this target.
@@ -105,14 +105,14 @@ async fn postpone_delays_only_the_named_action(db: &TestDb) {
     engine.decider().set_rules(rule_set(&config, &[("p", r#"[postpone(params.id, 3600, "not yet", 3)]"#)]));
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Success, 1), "only the named action waits: {r:?}");
-    let row = db.store.action(later).await.unwrap().unwrap();
+    let row = db.store.actions().action(later).await.unwrap().unwrap();
     assert_eq!(row.status, ActionStatus::Pending);
     let wait = (row.not_before - db.store.now()).num_seconds();
     assert!((3500..=3600).contains(&wait), "postponed by an hour, {wait}s left");
-    assert_eq!(db.store.action(now).await.unwrap().unwrap().status, ActionStatus::Success);
-    let logs = db.store.logs(Some(later), 10).await.unwrap();
+    assert_eq!(db.store.actions().action(now).await.unwrap().unwrap().status, ActionStatus::Success);
+    let logs = db.store.history().logs(Some(later), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.contains("postpone decided (rule p: not yet)")), "{logs:?}");
-    let decisions = db.store.decisions(r.tick_id).await.unwrap();
+    let decisions = db.store.decisions().list(r.tick_id).await.unwrap();
     assert!(decisions.iter().any(|d| d.kind == DecisionKind::Postpone && d.outcome.is_applied()), "{decisions:?}");
 
     let r = ran(&engine).await;
@@ -125,40 +125,40 @@ async fn expired_one(db: &TestDb, key: &str) -> i64 {
     let past = db.store.now() - chrono::Duration::hours(2);
     let req = EnqueueRequest { expires_at: Some(past + chrono::Duration::hours(1)), ..noop(key) };
     let new = queue::prepare(&req, &3.into(), past).unwrap();
-    db.store.enqueue(orchestrator::store::Authority::Operator, &new).await.unwrap().id
+    db.store.actions().enqueue(orchestrator::store::Authority::Operator, &new).await.unwrap().id
 }
 
 async fn by_key(db: &TestDb, key: &str) -> Action {
-    let all = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     all.into_iter().find(|a| a.idempotency_key == key).unwrap_or_else(|| panic!("no action {key}"))
 }
 
 async fn expired_actions_never_start_and_go_to_dlq(db: &TestDb) {
     let stale = expired_one(db, "stale").await;
     let fresh = queue::enqueue(&db.store, &noop("fresh"), 3).await.unwrap().id;
-    assert_eq!(db.store.due_count().await.unwrap(), 1, "an expired action is not due");
+    assert_eq!(db.store.actions().due_count().await.unwrap(), 1, "an expired action is not due");
 
     // The claim alone never starts it, even before a tick has expired it.
     let me = crate::support::worker(&db.store, "me", Duration::from_secs(30)).await;
-    let claimed = db.store.claim(&me, 10).await.unwrap();
+    let claimed = db.store.actions().claim(&me, 10).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.action.id).collect::<Vec<_>>(), vec![fresh], "only the live one is claimed");
 
     let engine = db.engine(db.config());
     let r = ran(&engine).await;
     assert!(r.notes.contains("1 expired action(s) moved to DLQ"), "{}", r.notes);
-    let row = db.store.action(stale).await.unwrap().unwrap();
+    let row = db.store.actions().action(stale).await.unwrap().unwrap();
     assert_eq!((row.status, row.attempts, row.last_error.as_deref()), (ActionStatus::Dlq, 0, Some("expired")));
-    let logs = db.store.logs(Some(stale), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(stale), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.starts_with("expired")), "{logs:?}");
     // The JSON shape of `actions show`.
     let shown = serde_json::to_value(&row).unwrap();
     assert!(shown["expires_at"].is_string(), "{shown}");
-    let shown = serde_json::to_value(db.store.action(fresh).await.unwrap().unwrap()).unwrap();
+    let shown = serde_json::to_value(db.store.actions().action(fresh).await.unwrap().unwrap()).unwrap();
     assert!(shown["expires_at"].is_null(), "{shown}");
 
     // An operator's requeue drops the passed deadline: it asked for another run.
-    db.store.requeue(orchestrator::store::Authority::Operator, stale).await.unwrap();
-    assert_eq!(db.store.action(stale).await.unwrap().unwrap().expires_at, None);
+    db.store.actions().requeue(orchestrator::store::Authority::Operator, stale).await.unwrap();
+    assert_eq!(db.store.actions().action(stale).await.unwrap().unwrap().expires_at, None);
 }
 
 async fn expire_after_gives_new_actions_a_deadline(db: &TestDb) {
@@ -167,12 +167,12 @@ async fn expire_after_gives_new_actions_a_deadline(db: &TestDb) {
         expire_after: [("NOOP".to_string(), Duration::from_secs(7200))].into_iter().collect(),
     };
     let id = queue::enqueue(&db.store, &noop("with-default"), defaults.clone()).await.unwrap().id;
-    let row = db.store.action(id).await.unwrap().unwrap();
+    let row = db.store.actions().action(id).await.unwrap().unwrap();
     let left = (row.expires_at.unwrap() - db.store.now()).num_seconds();
     assert!((7100..=7200).contains(&left), "two hours from the enqueue: {left}s");
     let other = EnqueueRequest { action_type: "POST_SOCIAL".into(), ..noop("no-default") };
     let id = queue::enqueue(&db.store, &other, defaults.clone()).await.unwrap().id;
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().expires_at, None, "off for types not named");
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().expires_at, None, "off for types not named");
 
     // JSON Lines carry their own deadline, which wins; a deadline already passed is refused.
     let soon = (db.store.now() + chrono::Duration::minutes(5)).to_rfc3339();
@@ -213,7 +213,7 @@ impl Adapter for Guarded {
 }
 
 async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let id =
         queue::enqueue(&db.store, &EnqueueRequest { action_type: "GUARDED".into(), ..noop("g") }, 3).await.unwrap().id;
     let mut config = db.config();
@@ -224,8 +224,8 @@ async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
     let r = ran(&engine).await;
     assert_eq!((r.status, r.succeeded), (TickStatus::Success, 1), "{r:?}");
     assert!(r.snapshot.as_ref().unwrap().flags.proof_mode, "the rules see the mode that applies");
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Success);
-    assert!(!db.store.flags().await.unwrap().proof_mode, "the flag itself is untouched");
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Success);
+    assert!(!db.store.flags().get().await.unwrap().proof_mode, "the flag itself is untouched");
     let artifacts = support::artifacts_under(&config.artifacts_dir);
     assert!(artifacts.iter().any(|p| p.to_string_lossy().contains("guarded")), "a proof, not a run: {artifacts:?}");
 
@@ -270,7 +270,7 @@ async fn the_shipped_scenarios_pass() {
 async fn the_backlog_scenario_fails_against_the_old_rebalance() {
     let old_rebalance: orchestrator::scenario::BeforeTick = Arc::new(|store, _tick| {
         Box::pin(async move {
-            let counts = store.open_counts().await.unwrap();
+            let counts = store.actions().open_counts().await.unwrap();
             if counts[&ActionStatus::Pending] > 50 {
                 let now = store.now();
                 let until = (now + chrono::Duration::seconds(60)).to_rfc3339();

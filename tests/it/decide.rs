@@ -125,7 +125,7 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     assert!(r.notes.contains("ALERT [warning] something to look at"), "{}", r.notes);
     let act = |i: i64| {
         let store = db.store.clone();
-        async move { store.action(i).await.unwrap().unwrap() }
+        async move { store.actions().action(i).await.unwrap().unwrap() }
     };
     let a_row = act(a).await;
     assert_eq!((a_row.status, a_row.priority), (ActionStatus::Success, 11), "force_run +10, rebalance +1, dispatched");
@@ -142,25 +142,27 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     assert_eq!(act(g).await.priority, 1, "rebalance boosted an old pending action");
     let made = db
         .store
+        .actions()
         .list_actions(&ActionFilter { action_type: Some("NOOP".into()), limit: 100, ..Default::default() })
         .await
         .unwrap();
     assert!(made.iter().any(|x| x.idempotency_key == "made-by-rule"), "enqueue created the action");
     let sent = db
         .store
+        .actions()
         .list_actions(&ActionFilter { action_type: Some("ALERT_SINK".into()), limit: 10, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(sent.len(), 1, "the alert went to the configured alert action type");
     assert_eq!(sent[0].payload["message"], "something to look at");
     assert_eq!(sent[0].payload["severity"], "warning");
-    let rows = db.store.decisions(r.tick_id).await.unwrap();
+    let rows = db.store.decisions().list(r.tick_id).await.unwrap();
     let h_row = act(h).await;
     assert_eq!(
         (h_row.status, h_row.claimed_epoch, h_row.claim.is_none()),
         (ActionStatus::Retry, None, true),
         "a RUNNING action is returned: {h_row:?} {:?}",
-        db.store.logs(Some(h), 10).await.unwrap()
+        db.store.history().logs(Some(h), 10).await.unwrap()
     );
     assert!(h_row.last_error.unwrap_or_default().contains("running too long"));
     assert_eq!(rows.len(), 11);
@@ -170,16 +172,16 @@ async fn every_decision_kind_is_applied_and_recorded(db: &TestDb) {
     for k in [ForceRun, Reprioritize, Cancel, Dlq, Retry, Rebalance, Throttle, Enqueue, Alert] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
-    let logs = db.store.logs(Some(c), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(c), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.contains("cancel decided (rule all: obsolete)")), "{logs:?}");
 
     let r2 = ran(&engine).await;
     assert_eq!(r2.status.as_str(), "PAUSED");
-    assert!(db.store.flags().await.unwrap().paused, "pause set the flag");
+    assert!(db.store.flags().get().await.unwrap().paused, "pause set the flag");
     let r3 = ran(&engine).await;
     assert_eq!(r3.status.as_str(), "PAUSED", "the tick that resumes still dispatches nothing");
-    assert!(!db.store.flags().await.unwrap().paused, "resume cleared the flag while paused");
-    let rows = db.store.decisions(r3.tick_id).await.unwrap();
+    assert!(!db.store.flags().get().await.unwrap().paused, "resume cleared the flag while paused");
+    let rows = db.store.decisions().list(r3.tick_id).await.unwrap();
     let outcome = |k: DecisionKind| rows.iter().find(|x| x.kind == k).map(|x| x.outcome.clone()).unwrap();
     assert_eq!(outcome(DecisionKind::Resume), DecisionOutcome::Applied);
     assert_eq!(outcome(DecisionKind::Cancel), DecisionOutcome::Suppressed(Suppressed::Paused));
@@ -201,15 +203,18 @@ async fn decisions_of_a_deposed_holder_are_fenced(db: &TestDb) {
     // under our feet by rewriting the lease row after our acquire (the rule runs after it).
     let fence =
         orchestrator::store::Fence { lease_name: orchestrator::lease::LEASE_NAME.into(), epoch: 999, tick_id: None };
-    let res = db.store.cancel(orchestrator::store::Authority::Lease(&fence), a, Some("x")).await;
+    let res = db.store.actions().cancel(orchestrator::store::Authority::Lease(&fence), a, Some("x")).await;
     assert!(res.unwrap_err().to_string().contains("fenced"), "a write under a stale epoch is refused");
-    assert!(db.store.set_paused_fenced(&fence, true).await.is_err());
-    assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Pending);
-    assert!(!db.store.flags().await.unwrap().paused);
+    assert!(db.store.flags().set_paused_fenced(&fence, true).await.is_err());
+    assert_eq!(db.store.actions().action(a).await.unwrap().unwrap().status, ActionStatus::Pending);
+    assert!(!db.store.flags().get().await.unwrap().paused);
     // Under the live epoch the same rule applies.
     let r = ran(&engine).await;
-    assert_eq!(db.store.decisions(r.tick_id).await.unwrap().iter().filter(|d| d.outcome.is_applied()).count(), 2);
-    assert_eq!(db.store.action(a).await.unwrap().unwrap().status, ActionStatus::Cancelled);
+    assert_eq!(
+        db.store.decisions().list(r.tick_id).await.unwrap().iter().filter(|d| d.outcome.is_applied()).count(),
+        2
+    );
+    assert_eq!(db.store.actions().action(a).await.unwrap().unwrap().status, ActionStatus::Cancelled);
 }
 
 async fn state_and_cooldown_persist_across_run_once_processes(db: &TestDb) {
@@ -226,6 +231,7 @@ async fn state_and_cooldown_persist_across_run_once_processes(db: &TestDb) {
     }
     let keys: Vec<String> = db
         .store
+        .actions()
         .list_actions(&ActionFilter { limit: 10, ..Default::default() })
         .await
         .unwrap()
@@ -233,7 +239,7 @@ async fn state_and_cooldown_persist_across_run_once_processes(db: &TestDb) {
         .map(|a| a.idempotency_key)
         .collect();
     assert!(keys.contains(&"made-1".to_string()) && keys.contains(&"made-2".to_string()), "state persisted: {keys:?}");
-    let ticks = db.store.recent_ticks(2).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(2).await.unwrap();
     let second = ticks[0].id.to_string();
     let o = orch(db.dir.path(), &db.url, &rules_dir, &["--json", "explain", "--tick", &second]);
     assert!(o.status.success(), "{}", support::stderr(&o));
@@ -268,7 +274,7 @@ async fn runaway_rules_are_stopped_while_the_others_decide(db: &TestDb) {
         assert!(r.notes.contains(&format!("rule {rule} failed: rules/{rule}.rhai:")), "{rule}: {}", r.notes);
     }
     assert!(r.notes.contains("rules/a_loop.rhai:2:"), "the loop is located on line 2: {}", r.notes);
-    let rows = db.store.decisions(r.tick_id).await.unwrap();
+    let rows = db.store.decisions().list(r.tick_id).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].rule.as_str(), &rows[0].outcome), ("d_good", &DecisionOutcome::Applied));
     let m = engine.metrics().render();
@@ -280,23 +286,23 @@ async fn everything(store: &Store) -> String {
     let mut out = Vec::new();
     out.push(
         serde_json::to_string(
-            &store.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap(),
+            &store.actions().list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap(),
         )
         .unwrap(),
     );
-    out.push(serde_json::to_string(&store.flags().await.unwrap()).unwrap());
-    out.push(serde_json::to_string(&store.lease("orchestrator").await.unwrap()).unwrap());
-    let ticks = store.recent_ticks(1000).await.unwrap();
+    out.push(serde_json::to_string(&store.flags().get().await.unwrap()).unwrap());
+    out.push(serde_json::to_string(&store.lease().get("orchestrator").await.unwrap()).unwrap());
+    let ticks = store.ledger().recent_ticks(1000).await.unwrap();
     out.push(serde_json::to_string(&ticks).unwrap());
-    for t in store.recorded_ticks(1000).await.unwrap() {
+    for t in store.ledger().recorded_ticks(1000).await.unwrap() {
         out.push(format!("{} {:?} {:?}", t.tick_id, t.snapshot_json, t.rules_digest));
     }
     for t in &ticks {
-        out.push(serde_json::to_string(&store.decisions(t.id).await.unwrap()).unwrap());
+        out.push(serde_json::to_string(&store.decisions().list(t.id).await.unwrap()).unwrap());
     }
-    out.push(serde_json::to_string(&store.logs(None, 10_000).await.unwrap()).unwrap());
-    out.push(format!("{:?}", store.rule_states().await.unwrap()));
-    out.push(format!("{:?}", store.cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap()));
+    out.push(serde_json::to_string(&store.history().logs(None, 10_000).await.unwrap()).unwrap());
+    out.push(format!("{:?}", store.decisions().rule_states().await.unwrap()));
+    out.push(format!("{:?}", store.decisions().cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap()));
     out.join("\n")
 }
 
@@ -405,8 +411,8 @@ async fn dry_run_lists_what_the_next_tick_claims(db: &TestDb) {
     assert_eq!(j["throttle"], 20, "{j}");
     let mut would: Vec<i64> =
         j["would_dispatch"].as_array().unwrap().iter().map(|a| a["id"].as_i64().unwrap()).collect();
-    assert!(db.store.limits().await.unwrap().is_empty(), "the dry run wrote the config's limits");
-    let all = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(db.store.limits().list().await.unwrap().is_empty(), "the dry run wrote the config's limits");
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert!(all.iter().all(|a| a.attempts == 0 && a.status == ActionStatus::Pending), "the dry run claimed");
     let type_of = |id: i64| all.iter().find(|a| a.id == id).map(|a| a.action_type.clone()).unwrap();
     let count = |ids: &[i64], t: &str| ids.iter().filter(|id| type_of(**id) == t).count();
@@ -416,7 +422,7 @@ async fn dry_run_lists_what_the_next_tick_claims(db: &TestDb) {
 
     let o = cmd(&["run-once"]);
     assert!(o.status.success(), "{}", support::stderr(&o));
-    let after = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let after = db.store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     let mut claimed: Vec<i64> = after.iter().filter(|a| a.attempts > 0).map(|a| a.id).collect();
     claimed.sort_unstable();
     would.sort_unstable();
@@ -494,7 +500,7 @@ async fn snapshot_counts_by_type_windows_and_samples(db: &TestDb) {
     assert_eq!(s.ledger.last_tick_status.map(|t| t.as_str()), Some("PARTIAL"));
     // saturated (2 > 1): -20; failures in the last hour: -10
     assert_eq!((s.health.score, s.health.status.as_str()), (70, "degraded"));
-    let recorded = db.store.tick_decide(r.tick_id).await.unwrap().unwrap();
+    let recorded = db.store.ledger().tick_decide(r.tick_id).await.unwrap().unwrap();
     let snap: Value = serde_json::from_str(&recorded.snapshot_json.unwrap()).unwrap();
     assert_eq!(snap["queue"]["by_type"]["NOOP"]["pending"], 2, "the ledger keeps the snapshot");
 }
@@ -638,7 +644,7 @@ async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
     ));
     let outcome = |id: i64| {
         let store = db.store.clone();
-        async move { store.decisions(id).await.unwrap()[0].outcome.clone() }
+        async move { store.decisions().list(id).await.unwrap()[0].outcome.clone() }
     };
     let t1 = ran(&engine).await.tick_id;
     let t2 = ran(&engine).await.tick_id;
@@ -649,7 +655,7 @@ async fn cooldowns_expire_and_are_pruned(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let t3 = ran(&engine).await.tick_id;
     assert_eq!(outcome(t3).await, DecisionOutcome::Applied, "the cooldown expired");
-    let live = db.store.cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap();
+    let live = db.store.decisions().cooldowns_since(chrono::DateTime::UNIX_EPOCH).await.unwrap();
     let targets: Vec<&str> = live.keys().map(|(_, _, t)| t.as_str()).collect();
     assert_eq!(targets, vec!["again", "m3"], "m1 and m2 expired and were pruned");
 }
@@ -675,7 +681,7 @@ async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
     let read = |tick: i64| {
         let store = db.store.clone();
         async move {
-            let rows = store.decisions(tick).await.unwrap();
+            let rows = store.decisions().list(tick).await.unwrap();
             assert!(rows.iter().all(|d| d.tick_id == tick && d.rule == "mixed"), "{rows:#?}");
             rows.into_iter().map(|d| (d.kind, d.outcome)).collect::<Vec<_>>()
         }
@@ -705,7 +711,7 @@ async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
             (DecisionKind::Rebalance, DecisionOutcome::Suppressed(Suppressed::Cap)),
         ]
     );
-    let recent = db.store.recent_decisions(1).await.unwrap();
+    let recent = db.store.decisions().recent_decisions(1).await.unwrap();
     assert_eq!(
         (recent[0].kind, &recent[0].outcome),
         (DecisionKind::Rebalance, &DecisionOutcome::Suppressed(Suppressed::Cap))
@@ -718,7 +724,7 @@ async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
         ))
         .await
         .unwrap();
-    let e = db.store.decisions(first).await.unwrap_err().to_string();
+    let e = db.store.decisions().list(first).await.unwrap_err().to_string();
     assert!(e.starts_with("row decisions#") && e.contains("kind \"explode\": unknown decision kind"), "{e}");
     db.store
         .execute_unprepared(&format!(
@@ -726,6 +732,6 @@ async fn decisions_read_back_as_the_enums_they_were_written_from(db: &TestDb) {
         ))
         .await
         .unwrap();
-    let e = db.store.recent_decisions(10).await.unwrap_err().to_string();
+    let e = db.store.decisions().recent_decisions(10).await.unwrap_err().to_string();
     assert!(e.starts_with("row decisions#") && e.contains("outcome \"maybe\""), "{e}");
 }

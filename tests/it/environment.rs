@@ -282,7 +282,7 @@ async fn the_admin_api_run_once_honours_the_switches() {
         assert_eq!(r.status.as_u16(), code, "{acting:?}: {}", r.body);
         if code == 409 {
             assert!(r.error().contains("ORCHESTRATOR_ENABLED=false"), "{}", r.body);
-            assert!(db.store.recent_ticks(10).await.unwrap().is_empty(), "nothing ran");
+            assert!(db.store.ledger().recent_ticks(10).await.unwrap().is_empty(), "nothing ran");
         }
         engine.release().await.unwrap();
     }

@@ -82,7 +82,7 @@ async fn tick_once(db: &TestDb, adapters: AdaptersConfig) {
 }
 
 async fn real_mode(db: &TestDb) {
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
 }
 
 fn req(action_type: &str, key: &str, payload: serde_json::Value) -> EnqueueRequest {
@@ -106,20 +106,20 @@ fn hmac_hex(body: &[u8]) -> String {
 /// No secret in any log row, action error, ledger note or artifact.
 async fn assert_no_secrets(db: &TestDb) {
     let mut texts: Vec<String> = Vec::new();
-    for l in db.store.logs(None, 10_000).await.unwrap() {
+    for l in db.store.history().logs(None, 10_000).await.unwrap() {
         texts.push(l.message);
     }
     let all = ActionFilter { status: None, action_type: None, limit: 10_000 };
-    for a in db.store.list_actions(&all).await.unwrap() {
+    for a in db.store.actions().list_actions(&all).await.unwrap() {
         texts.extend(a.last_error);
     }
-    for t in db.store.recent_ticks(10_000).await.unwrap() {
+    for t in db.store.ledger().recent_ticks(10_000).await.unwrap() {
         texts.extend(t.notes);
     }
     for p in artifacts_under(&db.dir.path().join("artifacts")) {
         texts.push(String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned());
     }
-    for d in db.store.recent_decisions(10_000).await.unwrap() {
+    for d in db.store.decisions().recent_decisions(10_000).await.unwrap() {
         texts.push(d.reason);
     }
     // What /status shows (its logs, DLQ errors and samples), as served.
@@ -167,8 +167,8 @@ async fn webhook_body_and_signature_arrive_as_sent(db: &TestDb) {
     assert_eq!(g.header("x-orchestrator-idempotency-key"), Some("wh-1"));
     assert_eq!(g.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
     assert_eq!(g.header("content-type"), Some("application/json"));
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Success);
-    let log = &db.store.logs(Some(id), 10).await.unwrap()[0];
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Success);
+    let log = &db.store.history().logs(Some(id), 10).await.unwrap()[0];
     assert!(log.message.contains("201") && log.message.contains("{\"accepted\":true}"), "{}", log.message);
     assert!(!log.message.contains("x=1"), "the query string is not logged: {}", log.message);
     assert!(log.message.contains("echo: <redacted> <redacted>"), "{}", log.message);
@@ -194,7 +194,7 @@ async fn a_peer_that_echoes_the_request_is_quoted_without_any_secret_of_its_targ
     let got = peer.requests();
     assert_eq!(got[0].path, format!("/hook?api_key={QUERY_SECRET}&x=1"), "the peer did get the secrets");
     assert_eq!(got[0].header("x-partner"), Some(PARTNER_SECRET));
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry);
     let err = a.last_error.unwrap();
     for want in ["rejected: POST /hook?api_key=<redacted>&x=1 HTTP/1.1", "x-partner: <redacted>", "{\"a\":1}"] {
@@ -257,13 +257,13 @@ async fn webhook_5xx_is_retried_then_succeeds(db: &TestDb) {
         .unwrap()
         .id;
     ran(&engine).await;
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!((a.status, a.attempts), (ActionStatus::Retry, 1));
     let err = a.last_error.unwrap();
     assert!(err.contains("500") && err.contains("boom"), "{err}");
     let r = ran(&engine).await;
     assert_eq!(r.succeeded, 1);
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!((a.status, a.attempts), (ActionStatus::Success, 2));
     let got = peer.requests();
     assert_eq!(got.len(), 2);
@@ -286,7 +286,7 @@ async fn webhook_retry_after_sets_not_before(db: &TestDb) {
         .id;
     let before = chrono::Utc::now();
     ran(&engine).await;
-    let row = db.store.action(a).await.unwrap().unwrap();
+    let row = db.store.actions().action(a).await.unwrap().unwrap();
     assert_eq!(row.status, ActionStatus::Retry);
     let wait = (row.not_before - before).num_seconds();
     assert!((118..=125).contains(&wait), "Retry-After: 120 -> not_before in {wait}s");
@@ -296,7 +296,7 @@ async fn webhook_retry_after_sets_not_before(db: &TestDb) {
         .unwrap()
         .id;
     ran(&engine).await;
-    let row = db.store.action(b).await.unwrap().unwrap();
+    let row = db.store.actions().action(b).await.unwrap().unwrap();
     assert_eq!(row.status, ActionStatus::Retry);
     let wait = (row.not_before - before).num_seconds();
     assert!((295..=305).contains(&wait), "Retry-After as an HTTP date -> not_before in {wait}s");
@@ -313,7 +313,7 @@ async fn webhook_4xx_goes_to_dlq_at_once(db: &TestDb) {
         .unwrap()
         .id;
     ran(&engine).await;
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!((a.status, a.attempts), (ActionStatus::Dlq, 1), "a 404 is not retried");
     let err = a.last_error.unwrap();
     assert!(err.contains("404") && err.contains("no such hook"), "{err}");
@@ -335,11 +335,15 @@ async fn webhook_slow_peer_times_out_and_is_retried(db: &TestDb) {
     let started = std::time::Instant::now();
     ran(&engine).await;
     assert!(started.elapsed() < Duration::from_secs(4), "the tick did not wait for the slow peer");
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry);
     assert!(a.last_error.as_deref().unwrap().contains("timed out after 0.3s"), "{:?}", a.last_error);
     ran(&engine).await;
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Success, "the retry got through");
+    assert_eq!(
+        db.store.actions().action(id).await.unwrap().unwrap().status,
+        ActionStatus::Success,
+        "the retry got through"
+    );
 }
 
 async fn webhook_refused_connection_is_retryable(db: &TestDb) {
@@ -354,7 +358,7 @@ async fn webhook_refused_connection_is_retryable(db: &TestDb) {
         .unwrap()
         .id;
     ran(&engine).await;
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry, "{:?}", a.last_error);
     assert_no_secrets(db).await;
 }
@@ -365,7 +369,7 @@ async fn raw_urls_need_allow_raw_urls(db: &TestDb) {
     let payload = json!({"url": peer.url("/raw"), "method": "put", "body": {"k": "v"}});
     let refused = queue::enqueue(&db.store, &req("WEBHOOK", "raw-1", payload.clone()), 3).await.unwrap().id;
     tick_once(db, AdaptersConfig::default()).await;
-    let a = db.store.action(refused).await.unwrap().unwrap();
+    let a = db.store.actions().action(refused).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Dlq);
     assert!(a.last_error.unwrap().contains("allow_raw_urls"));
     assert_eq!(peer.connections(), 0);
@@ -374,14 +378,14 @@ async fn raw_urls_need_allow_raw_urls(db: &TestDb) {
     allowed.webhook.allow_raw_urls = true;
     let ok = queue::enqueue(&db.store, &req("WEBHOOK", "raw-2", payload), 3).await.unwrap().id;
     tick_once(db, allowed).await;
-    assert_eq!(db.store.action(ok).await.unwrap().unwrap().status, ActionStatus::Success);
+    assert_eq!(db.store.actions().action(ok).await.unwrap().unwrap().status, ActionStatus::Success);
     let got = peer.requests();
     assert_eq!((got.len(), got[0].method.as_str()), (1, "PUT"));
     assert_eq!(got[0].header("x-orchestrator-signature"), None, "raw URLs are unsigned");
     let unknown =
         queue::enqueue(&db.store, &req("WEBHOOK", "raw-3", json!({"target": "nope", "body": 1})), 3).await.unwrap().id;
     tick_once(db, AdaptersConfig::default()).await;
-    let a = db.store.action(unknown).await.unwrap().unwrap();
+    let a = db.store.actions().action(unknown).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Dlq);
     assert!(a.last_error.unwrap().contains("'nope' is not configured"));
 }
@@ -401,9 +405,9 @@ async fn social_and_alert_deliver_through_their_targets(db: &TestDb) {
     let alert = json!({"severity": "critical", "message": "queue is on fire", "rule": "fire"});
     let al = queue::enqueue(&db.store, &req("ALERT", "alert-1", alert.clone()), 3).await.unwrap().id;
     ran(&engine).await;
-    assert_eq!(db.store.action(p).await.unwrap().unwrap().status, ActionStatus::Success);
-    assert_eq!(db.store.action(al).await.unwrap().unwrap().status, ActionStatus::Success);
-    let un = db.store.action(u).await.unwrap().unwrap();
+    assert_eq!(db.store.actions().action(p).await.unwrap().unwrap().status, ActionStatus::Success);
+    assert_eq!(db.store.actions().action(al).await.unwrap().unwrap().status, ActionStatus::Success);
+    let un = db.store.actions().action(u).await.unwrap().unwrap();
     assert_eq!(un.status, ActionStatus::Retry);
     assert!(
         un.last_error.unwrap().starts_with("real run unconfigured"),
@@ -535,20 +539,23 @@ async fn command_output_is_recorded_and_nonzero_exit_classified(db: &TestDb) {
         queue::enqueue(&db.store, &req("COMMAND", "c-sh", json!({"command": "sh", "args": {}})), 3).await.unwrap().id;
     ran(&engine).await;
 
-    assert_eq!(db.store.action(ok).await.unwrap().unwrap().status, ActionStatus::Success);
-    let log = &db.store.logs(Some(ok), 10).await.unwrap()[0];
+    assert_eq!(db.store.actions().action(ok).await.unwrap().unwrap().status, ActionStatus::Success);
+    let log = &db.store.history().logs(Some(ok), 10).await.unwrap()[0];
     assert!(log.message.contains("hi world; rm -rf /"), "the value is one argument, never shell text: {}", log.message);
     let record = std::fs::read_to_string(log.artifact_ref.as_deref().expect("output recorded")).unwrap();
     assert!(record.contains("exit status 0") && record.contains("--- stdout") && record.contains("oops"), "{record}");
     assert_eq!(log.artifact_sha256.as_deref(), Some(orchestrator::artifacts::sha256_hex(record.as_bytes()).as_str()));
 
-    let r = db.store.action(retry).await.unwrap().unwrap();
+    let r = db.store.actions().action(retry).await.unwrap().unwrap();
     assert_eq!(r.status, ActionStatus::Retry);
     assert!(r.last_error.as_deref().unwrap().contains("exit status 3; stderr: oops"), "{:?}", r.last_error);
-    assert!(db.store.logs(Some(retry), 10).await.unwrap()[0].artifact_ref.is_some(), "a failure's output is kept too");
-    let d = db.store.action(dlq).await.unwrap().unwrap();
+    assert!(
+        db.store.history().logs(Some(retry), 10).await.unwrap()[0].artifact_ref.is_some(),
+        "a failure's output is kept too"
+    );
+    let d = db.store.actions().action(dlq).await.unwrap().unwrap();
     assert_eq!((d.status, d.attempts), (ActionStatus::Dlq, 1), "nonzero_exit: permanent");
-    let s = db.store.action(shell).await.unwrap().unwrap();
+    let s = db.store.actions().action(shell).await.unwrap().unwrap();
     assert_eq!(s.status, ActionStatus::Dlq);
     assert!(s.last_error.unwrap().contains("'sh' is not allowlisted"));
 }
@@ -579,7 +586,7 @@ async fn executor_enforces_the_type_timeout(db: &TestDb) {
         .unwrap()
         .id;
     ran(&engine).await;
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry);
     assert_eq!(a.last_error.as_deref(), Some("timed out after 1.0s (adapters.command.timeout_seconds)"));
     crate::support::command::assert_pids_gone(&pidfile).await;

@@ -32,7 +32,7 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
     let db = TestDb::sqlite().await;
     let dir = db.dir.path();
     std::fs::write(dir.join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let n = 150;
     let lines: String = (0..n)
         .map(|i| {
@@ -45,7 +45,7 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
     wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
     // Let it work a little, so that the lock lands in the middle of the drain.
     let start = Instant::now();
-    while db.store.count_by_status().await.unwrap()[&ActionStatus::Success] < 10 {
+    while db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Success] < 10 {
         assert!(start.elapsed() < Duration::from_secs(30), "the daemon is not working");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -54,7 +54,7 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
     let holder = Store::open(&db.url, &StoreOptions { max_connections: 1, ..StoreOptions::default() }).await.unwrap();
     holder.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
     let locked_at = Instant::now();
-    let done_at_lock = db.store.count_by_status().await.unwrap()[&ActionStatus::Success];
+    let done_at_lock = db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Success];
     // A write fails after the 5 s busy timeout and says why; the daemon retries it.
     let failed = logs.wait_for("database is locked", Duration::from_secs(15));
     assert!(failed.contains("retrying"), "the failure says it is retried: {failed}");
@@ -67,7 +67,7 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
 
     let start = Instant::now();
     loop {
-        let c = db.store.count_by_status().await.unwrap();
+        let c = db.store.actions().count_by_status().await.unwrap();
         if c[&ActionStatus::Success] == n {
             break;
         }
@@ -86,7 +86,7 @@ async fn sqlite_writer_lock_for_10s_is_survived_without_loss_or_duplicates() {
         "the recovery is logged: {lines:#?}"
     );
 
-    let all = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), n as usize, "nothing lost");
     let reruns: Vec<_> = all.iter().filter(|a| a.attempts != 1).map(|a| (a.id, a.attempts)).collect();
     assert!(reruns.is_empty(), "actions run more than once: {reruns:?}");
@@ -133,7 +133,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
     let url = format!("sqlite:{}", disk.0.join("o.db").display());
     std::fs::write(dir.join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
-    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let o = enqueue_line(dir, &url, &big_line("before", 100));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -142,7 +142,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
     // The daemon has run what was due before the disk fills: this test is about the enqueues
     // and the idle daemon; the completion commit on a full disk is the next tests' subject.
     let start = Instant::now();
-    while store.count_by_status().await.unwrap()[&ActionStatus::Success] < 1 {
+    while store.actions().count_by_status().await.unwrap()[&ActionStatus::Success] < 1 {
         assert!(start.elapsed() < Duration::from_secs(30), "the first action never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -155,7 +155,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
         while filler.write_all(&chunk).is_ok() {}
         filler.write_all(&[0u8; 1]).ok();
     }
-    let rows_before = store.count_by_status().await.unwrap().values().sum::<i64>();
+    let rows_before = store.actions().count_by_status().await.unwrap().values().sum::<i64>();
     let mut refused = None;
     for i in 0..10 {
         let o = enqueue_line(dir, &url, &big_line(&format!("full-{i}"), 900_000));
@@ -167,7 +167,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
     let refused = refused.expect("an enqueue on a full disk fails");
     assert!(refused.contains("full"), "the error says the disk is full: {refused}");
     assert!(!refused.contains("panicked"), "{refused}");
-    let rows_full = store.count_by_status().await.unwrap().values().sum::<i64>();
+    let rows_full = store.actions().count_by_status().await.unwrap().values().sum::<i64>();
     // Let the daemon tick against the full disk for a while.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(child.0.try_wait().unwrap().is_none(), "the daemon survived the full disk");
@@ -193,7 +193,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
     }
     let start = Instant::now();
     loop {
-        let c = store.count_by_status().await.unwrap();
+        let c = store.actions().count_by_status().await.unwrap();
         let open = c[&ActionStatus::Pending] + c[&ActionStatus::Running] + c[&ActionStatus::Retry];
         if open == 0 {
             break;
@@ -208,7 +208,7 @@ async fn sqlite_on_a_full_disk_fails_clearly_and_recovers_without_restart() {
     assert!(child.0.try_wait().unwrap().is_none(), "no restart");
     assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0));
     let lines = logs.drain().to_vec();
-    let all = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert!(all.iter().all(|a| a.status == ActionStatus::Success && a.attempts == 1), "{all:?}");
     assert_eq!(store.sqlite_pragma("integrity_check").await.unwrap().as_deref(), Some("ok"));
     let full_errors = lines.iter().filter(|l| l.contains("full")).count();
@@ -308,7 +308,7 @@ async fn postgres_cluster_stopped_for_20s_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
-    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let n = 150;
     let lines: String = (0..n)
         .map(|i| {
@@ -337,7 +337,7 @@ async fn postgres_cluster_stopped_for_20s_is_survived() {
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
     let start = Instant::now();
     loop {
-        let c = store.count_by_status().await.unwrap();
+        let c = store.actions().count_by_status().await.unwrap();
         if c[&ActionStatus::Success] == n {
             break;
         }
@@ -349,7 +349,7 @@ async fn postgres_cluster_stopped_for_20s_is_survived() {
     let lines = logs.drain().to_vec();
     let outages = lines.iter().filter(|l| l.contains("retrying with backoff")).count();
     assert!(outages <= 1, "the outage is logged once, not once per tick: {lines:#?}");
-    let all = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), n as usize, "nothing lost");
     let reruns: Vec<_> = all.iter().filter(|a| a.attempts != 1).map(|a| (a.id, a.attempts)).collect();
     assert!(reruns.is_empty(), "actions run more than once: {reruns:?}");
@@ -393,17 +393,17 @@ async fn a_commit_that_fails_on_a_full_disk_leaves_no_transaction_open() {
     for round in 0..20 {
         empty_the_wal(&store).await;
         fill(&disk.0);
-        let full = store.set_flags(FlagChange { paused: Some(round % 2 == 0), ..Default::default() }).await;
+        let full = store.flags().set_flags(FlagChange { paused: Some(round % 2 == 0), ..Default::default() }).await;
         let e = full.expect_err("a commit on a full disk fails (it is not nested in an older transaction)");
         assert!(e.to_string().contains("database or disk is full"), "round {round}: {e}");
         std::fs::remove_file(disk.0.join("filler")).unwrap();
         // Another writer gets the lock at once, and this store writes for real again.
         let other = Store::open(&url, &other_options).await.unwrap();
-        other.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await.unwrap_or_else(|e| {
+        other.flags().set_flags(FlagChange { paused: Some(true), ..Default::default() }).await.unwrap_or_else(|e| {
             panic!("round {round}: another writer after the failed commit: {e}");
         });
         other.close().await.ok();
-        let flags = store.set_flags(FlagChange { paused: Some(false), ..Default::default() }).await.unwrap();
+        let flags = store.flags().set_flags(FlagChange { paused: Some(false), ..Default::default() }).await.unwrap();
         assert!(!flags.paused);
     }
     store.close().await.ok();
@@ -424,7 +424,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
     let interval = Duration::from_millis(200);
     std::fs::write(dir.join("orchestrator.yaml"), LOCK_CONFIG).unwrap();
     let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
-    store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let (mut child, mut logs, addr) = spawn_server(&mut daemon(dir, &url, &[]));
     wait_for(addr, "/health", Duration::from_secs(30), |r| r.status == 200);
 
@@ -452,7 +452,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
         enqueued += ids.len();
         let long = ids[0];
         let start = Instant::now();
-        while store.action(long).await.unwrap().unwrap().status != ActionStatus::Running {
+        while store.actions().action(long).await.unwrap().unwrap().status != ActionStatus::Running {
             assert!(start.elapsed() < Duration::from_secs(30), "the long action never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -463,7 +463,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
         let back_at = chrono::Utc::now();
         let start = Instant::now();
         loop {
-            let open = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+            let open = store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
             if ids.iter().all(|id| open.iter().any(|a| a.id == *id && a.status == ActionStatus::Success)) {
                 break;
             }
@@ -479,7 +479,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
         hits += 1;
         // The tick that was stuck on the full disk and the one after it.
         let (stuck, next) = loop {
-            let ticks = store.recent_ticks(20).await.unwrap();
+            let ticks = store.ledger().recent_ticks(20).await.unwrap();
             let stuck = ticks.iter().filter(|t| t.started_at < back_at).max_by_key(|t| t.id).cloned();
             let next = ticks.iter().filter(|t| t.started_at >= back_at && t.finished_at.is_some()).min_by_key(|t| t.id);
             if let (Some(stuck), Some(next)) = (stuck, next)
@@ -506,7 +506,7 @@ async fn the_completion_commit_meeting_a_full_disk_20_times_loses_nothing_and_ho
     assert!(child.0.try_wait().unwrap().is_none(), "no restart");
     assert_eq!(get(addr, "/health").status, 200);
     assert_eq!(terminate(&mut child, Duration::from_secs(25)).code(), Some(0));
-    let all = store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), enqueued, "nothing lost");
     let wrong: Vec<_> = all
         .iter()

@@ -51,12 +51,12 @@ async fn state(dir: &Path) -> serde_json::Value {
     let url = format!("sqlite:{}", dir.join("orchestrator.db").display());
     let store = Store::connect(&url, &StoreOptions::default()).await.unwrap();
     let v = serde_json::json!({
-        "flags": store.flags().await.unwrap(),
-        "lease": store.lease("orchestrator").await.unwrap(),
-        "actions": store.list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
-        "ticks": store.recent_ticks(1_000_000).await.unwrap(),
-        "logs": store.logs(None, 1_000_000).await.unwrap(),
-        "limits": store.limits().await.unwrap(),
+        "flags": store.flags().get().await.unwrap(),
+        "lease": store.lease().get("orchestrator").await.unwrap(),
+        "actions": store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
+        "ticks": store.ledger().recent_ticks(1_000_000).await.unwrap(),
+        "logs": store.history().logs(None, 1_000_000).await.unwrap(),
+        "limits": store.limits().list().await.unwrap(),
     });
     store.close().await.unwrap();
     v

@@ -40,12 +40,12 @@ fn load() -> Vec<Case> {
 /// Everything an operator could see in the database, as one comparable value.
 async fn state(store: &Store) -> serde_json::Value {
     serde_json::json!({
-        "flags": store.flags().await.unwrap(),
-        "lease": store.lease("orchestrator").await.unwrap(),
-        "actions": store.list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
-        "ticks": store.recent_ticks(1_000_000).await.unwrap(),
-        "logs": store.logs(None, 1_000_000).await.unwrap(),
-        "limits": store.limits().await.unwrap(),
+        "flags": store.flags().get().await.unwrap(),
+        "lease": store.lease().get("orchestrator").await.unwrap(),
+        "actions": store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
+        "ticks": store.ledger().recent_ticks(1_000_000).await.unwrap(),
+        "logs": store.history().logs(None, 1_000_000).await.unwrap(),
+        "limits": store.limits().list().await.unwrap(),
     })
 }
 

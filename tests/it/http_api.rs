@@ -133,15 +133,19 @@ async fn health_turns_503_for_each_reason(db: &TestDb) {
     assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h.json()["reasons"][0], "no instance holds a live lease");
     // Paused: no lease needed; degraded but serving.
-    db.store.set_flags(FlagChange { paused: Some(true), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { paused: Some(true), ..Default::default() }).await.unwrap();
     let h = get(&st, "/health").await;
     assert_eq!((h.status, h.json()["status"].as_str()), (StatusCode::OK, Some("degraded")));
     // Killed.
-    db.store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
     let h = get(&st, "/health").await;
     assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(h.body.contains("killed flag is set"), "{}", h.body);
-    db.store.set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() }).await.unwrap();
+    db.store
+        .flags()
+        .set_flags(FlagChange { paused: Some(false), killed: Some(false), ..Default::default() })
+        .await
+        .unwrap();
     // A stale last tick: older than liveness.stale_unhealthy_seconds (300 s, or 10 intervals).
     ran(&engine).await;
     db.store
@@ -198,7 +202,7 @@ async fn admin_api_refuses_without_a_valid_token(db: &TestDb) {
         let a = call(&enabled, method, uri, Some("Basic dGVzdGVyOnRlc3Q="), Some("{}")).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
     }
-    assert!(!db.store.flags().await.unwrap().paused, "nothing changed");
+    assert!(!db.store.flags().get().await.unwrap().paused, "nothing changed");
 
     // The access model (docs/operations.md, Security): once a token is set, /status (it quotes logs, errors
     // and samples) needs it; /health*, /metrics and the page stay public. Without a token
@@ -224,7 +228,7 @@ async fn admin_api_changes_state_and_validates_input(db: &TestDb) {
     let a = admin(&st, "POST", "/api/flags", Some(r#"{"paused": true}"#)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.json()["paused"], true);
-    assert!(db.store.flags().await.unwrap().paused, "the flag is set in the database");
+    assert!(db.store.flags().get().await.unwrap().paused, "the flag is set in the database");
     let cases: &[(&str, StatusCode, &str)] = &[
         (
             r#"{"paused": "yes"}"#,
@@ -300,7 +304,7 @@ async fn admin_api_changes_state_and_validates_input(db: &TestDb) {
     assert!(a.error().contains("positive integer, got 'abc'"), "{}", a.body);
     let a = admin(&st, "POST", &format!("/api/actions/{id}/cancel"), None).await;
     assert_eq!((a.status, a.json()["cancelled"].as_i64()), (StatusCode::OK, Some(id)));
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Cancelled);
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Cancelled);
     let a = admin(&st, "POST", &format!("/api/actions/{id}/cancel"), None).await;
     assert_eq!(a.status, StatusCode::CONFLICT);
 
@@ -313,10 +317,10 @@ async fn admin_api_changes_state_and_validates_input(db: &TestDb) {
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let t = a.json();
     assert_eq!((t["status"].as_str(), t["attempted"].as_u64()), (Some("PARTIAL"), Some(1)));
-    assert_eq!(db.store.action(dead).await.unwrap().unwrap().status, ActionStatus::Dlq);
+    assert_eq!(db.store.actions().action(dead).await.unwrap().unwrap().status, ActionStatus::Dlq);
     let a = admin(&st, "POST", &format!("/api/actions/{dead}/requeue"), None).await;
     assert_eq!((a.status, a.json()["requeued"][0].as_i64()), (StatusCode::OK, Some(dead)));
-    assert_eq!(db.store.action(dead).await.unwrap().unwrap().status, ActionStatus::Pending);
+    assert_eq!(db.store.actions().action(dead).await.unwrap().unwrap().status, ActionStatus::Pending);
 
     // Ticks.
     let a = admin(&st, "GET", "/api/ticks?limit=1", None).await;
@@ -454,12 +458,12 @@ async fn enforced_proof_mode_refuses_proof_off_and_says_so(db: &TestDb) {
     let r = admin(&st, "POST", "/api/flags", Some(r#"{"proof_mode": false}"#)).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert!(r.error().contains("proof mode is enforced on this instance"), "{}", r.body);
-    assert!(db.store.flags().await.unwrap().proof_mode, "nothing changed");
+    assert!(db.store.flags().get().await.unwrap().proof_mode, "nothing changed");
     let r = admin(&st, "POST", "/api/flags", Some(r#"{"proof_mode": true, "paused": true}"#)).await;
     assert_eq!(r.status, StatusCode::OK, "proof on (and other flags) stay allowed: {}", r.body);
 
     // Even with the database flag off, /status says PROOF and that it is enforced.
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let s = admin(&st, "GET", "/status", None).await.json();
     assert_eq!((s["mode"].as_str(), s["proof_enforced"].as_bool()), (Some("PROOF"), Some(true)), "{s}");
     let page = get(&st, "/").await.body;

@@ -94,13 +94,13 @@ backend_tests!(sigterm_mid_tick_finishes_the_tick_and_releases_the_lease);
 
 async fn sigterm_mid_tick_finishes_the_tick_and_releases_the_lease(db: &TestDb) {
     // Real mode: NOOP's sleep_ms makes the attempt take 1.5 s.
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut slow = noop("slow");
     slow.payload = json!({"sleep_ms": 1500});
     let id = queue::enqueue(&db.store, &slow, 3).await.unwrap().id;
     let (mut child, mut logs, addr) = spawn_server(&mut daemon(db.dir.path(), &db.url, &["--interval", "0.2"]));
     let start = Instant::now();
-    while db.store.action(id).await.unwrap().unwrap().status != ActionStatus::Running {
+    while db.store.actions().action(id).await.unwrap().unwrap().status != ActionStatus::Running {
         assert!(start.elapsed() < Duration::from_secs(30), "the action never started: {:?}", logs.drain());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -111,14 +111,14 @@ async fn sigterm_mid_tick_finishes_the_tick_and_releases_the_lease(db: &TestDb) 
     assert_eq!(status.code(), Some(0), "{}", logs.drain().join("\n"));
     assert!(took < Duration::from_secs(20), "exit within max_tick_seconds: {took:?}");
 
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!((a.status, a.attempts), (ActionStatus::Success, 1), "the tick in flight was finished");
-    let ticks = db.store.recent_ticks(100).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(100).await.unwrap();
     let t = ticks.iter().find(|t| t.actions_attempted == 1).expect("the tick that ran the action");
     assert_eq!((t.status, t.actions_succeeded), (TickStatus::Success, 1));
     assert!(t.finished_at.is_some(), "the ledger row is closed");
     assert!(ticks.iter().all(|t| t.finished_at.is_some()), "no ledger row is left open");
-    let lease = db.store.lease("orchestrator").await.unwrap().unwrap();
+    let lease = db.store.lease().get("orchestrator").await.unwrap().unwrap();
     assert!(lease.expires_at <= db.store.db_now().await.unwrap(), "the lease was released");
     let lines = logs.drain();
     assert!(lines.iter().any(|l| l.contains("signal received")), "{lines:?}");

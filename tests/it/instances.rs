@@ -127,7 +127,7 @@ fn signal(pid: u32, sig: Signal) {
 async fn wait_for_holder(store: &Store, not: Option<&str>, limit: Duration) -> LeaseRow {
     let start = Instant::now();
     loop {
-        if let Some(l) = store.lease("orchestrator").await.unwrap()
+        if let Some(l) = store.lease().get("orchestrator").await.unwrap()
             && l.expires_at > Utc::now()
             && not != Some(l.owner.as_str())
         {
@@ -144,7 +144,7 @@ fn supply(store: Store, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            let open = store.open_counts().await.unwrap();
+            let open = store.actions().open_counts().await.unwrap();
             if open[&ActionStatus::Pending] + open[&ActionStatus::Retry] >= 20 {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -168,7 +168,7 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
     let rounds: usize = std::env::var("INSTANCES_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let dir = db.dir.path().to_path_buf();
     std::fs::write(dir.join("orchestrator.yaml"), CONFIG).unwrap();
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let supplier = supply(db.store.clone(), stop.clone());
 
@@ -189,14 +189,14 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
         wait_for_holder(&db.store, None, Duration::from_secs(30)).await;
         // Let it work a little so the kill lands mid-attempt.
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(0..500))).await;
-        let leader = db.store.lease("orchestrator").await.unwrap().unwrap();
+        let leader = db.store.lease().get("orchestrator").await.unwrap().unwrap();
         let victim = fleet.by_owner(&leader.owner);
         let killed_at = Utc::now();
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
         // PostgreSQL still runs a renewal the leader sent just before it died; let it land.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let last = db.store.lease("orchestrator").await.unwrap().unwrap();
+        let last = db.store.lease().get("orchestrator").await.unwrap().unwrap();
         assert_eq!(last.owner, leader.owner, "nobody took over before the dead leader's lease ran out");
         assert_eq!(last.expires_at - last.renewed_at, ttl, "a renewal grants the TTL, no more");
         let next = wait_for_holder(&db.store, Some(&leader.owner), Duration::from_secs(30)).await;
@@ -230,6 +230,7 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
         let l = wait_for_holder(&db.store, None, Duration::from_secs(30)).await;
         let running = db
             .store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
             .await
             .unwrap();
@@ -239,6 +240,7 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let running = db
                 .store
+                .actions()
                 .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
                 .await
                 .unwrap();
@@ -261,7 +263,7 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
     loop {
         let mut done = true;
         for id in &zombie_claims {
-            let a = db.store.action(*id).await.unwrap().unwrap();
+            let a = db.store.actions().action(*id).await.unwrap().unwrap();
             done &= a.status == ActionStatus::Success;
         }
         if done {
@@ -303,14 +305,14 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
     // The zombie's claims carry the heir's outcome: SUCCESS under a newer epoch, one attempt
     // more than the zombie's.
     for (id, attempts) in &zombie_attempts {
-        let a = db.store.action(*id).await.unwrap().unwrap();
+        let a = db.store.actions().action(*id).await.unwrap().unwrap();
         assert_eq!(a.status, ActionStatus::Success);
         assert!(a.claimed_epoch.unwrap() > zombie_lease.epoch, "action {id} finished under the zombie's epoch");
         assert_eq!(a.attempts, attempts + 1, "action {id}: the zombie's attempt {attempts}, then the heir's");
     }
 
     // The ledger: each epoch has one owner; the zombie ran no tick after it resumed.
-    let ticks = db.store.recent_ticks(1_000_000).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(1_000_000).await.unwrap();
     let mut owners: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     for t in &ticks {
         owners.entry(t.epoch).or_default().insert(t.owner.clone());
@@ -331,14 +333,14 @@ async fn three_instances_one_dispatcher_failover_and_fenced_zombie() {
 
     // The logs, in commit order, never go back to an older epoch: no interleaving dispatchers.
     let epoch_of: BTreeMap<i64, i64> = ticks.iter().map(|t| (t.id, t.epoch)).collect();
-    let mut logs = db.store.logs(None, 1_000_000).await.unwrap();
+    let mut logs = db.store.history().logs(None, 1_000_000).await.unwrap();
     logs.sort_by_key(|l| l.id);
     let epochs: Vec<i64> = logs.iter().filter_map(|l| l.tick_id.and_then(|t| epoch_of.get(&t).copied())).collect();
     assert!(!epochs.is_empty());
     for w in epochs.windows(2) {
         assert!(w[0] <= w[1], "a log row of epoch {} follows one of epoch {}", w[1], w[0]);
     }
-    let all = db.store.list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap();
     assert!(all.iter().all(|a| a.attempts <= a.max_attempts));
     let done = all.iter().filter(|a| a.status == ActionStatus::Success).count();
 

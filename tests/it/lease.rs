@@ -52,7 +52,7 @@ async fn renew_keeps_epoch_release_and_takeover_bump_it(db: &TestDb) {
     assert_eq!(t3.epoch, 2, "taking over a released lease bumps the epoch");
     assert_eq!(t3.owner, "b");
     // Forced release by an operator, then a re-take: the epoch still only goes up.
-    assert!(db.store.release_lease("orchestrator", None).await.unwrap());
+    assert!(db.store.lease().release_lease("orchestrator", None).await.unwrap());
     let t4 = held(a.acquire().await.unwrap());
     assert_eq!(t4.epoch, 3);
 }
@@ -65,7 +65,7 @@ async fn takeover_fences_the_old_holders_late_writes(db: &TestDb) {
     let id = queue::enqueue(&db.store, &noop("x"), 3).await.unwrap().id;
     let t_old = held(old.acquire().await.unwrap());
     let zombie = worker(&db.store, "zombie", Duration::from_millis(300)).await;
-    let claimed = db.store.claim(&zombie, 10).await.unwrap();
+    let claimed = db.store.actions().claim(&zombie, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let old_token = claimed[0].token;
 
@@ -74,7 +74,7 @@ async fn takeover_fences_the_old_holders_late_writes(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(450)).await;
     let t_new = held(new.acquire().await.unwrap());
     assert_eq!(t_new.epoch, t_old.epoch + 1);
-    let rescued = db.store.rescue(&fence(&t_new), "new", Duration::from_millis(300), None).await.unwrap();
+    let rescued = db.store.actions().rescue(&fence(&t_new), "new", Duration::from_millis(300), None).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(rescued[0].status, ActionStatus::Retry);
     assert_eq!(rescued[0].worker.as_deref(), Some("zombie"));
@@ -82,23 +82,23 @@ async fn takeover_fences_the_old_holders_late_writes(db: &TestDb) {
     // The zombie wakes up: its completion, its claims and its heartbeat all fail.
     let late =
         Completion { action_id: id, token: old_token, attempt: 1, outcome: CompletionOutcome::Success, logs: vec![] };
-    let report = db.store.complete(None, std::slice::from_ref(&late)).await.unwrap();
+    let report = db.store.actions().complete(None, std::slice::from_ref(&late)).await.unwrap();
     assert_eq!(report.rejected, vec![id], "the stale write is rejected");
     assert!(report.applied.is_empty());
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Retry, "the rescue stands");
-    assert!(db.store.claim(&zombie, 10).await.unwrap().is_empty(), "a dead registration claims nothing");
+    assert!(db.store.actions().claim(&zombie, 10).await.unwrap().is_empty(), "a dead registration claims nothing");
     let beat = orchestrator::store::Beat::default();
-    assert!(!db.store.worker_heartbeat("zombie", Duration::from_millis(300), beat).await.unwrap());
+    assert!(!db.store.workers().worker_heartbeat("zombie", Duration::from_millis(300), beat).await.unwrap());
     assert!(matches!(old.acquire().await.unwrap(), LeaseState::HeldByOther(_)));
 
     // Even with the action RUNNING again under a new claim, the old token cannot write.
     let fresh = worker(&db.store, "fresh", Duration::from_secs(30)).await;
-    let again = db.store.claim(&fresh, 10).await.unwrap();
+    let again = db.store.actions().claim(&fresh, 10).await.unwrap();
     assert_eq!(again[0].attempt, 2);
     assert!(again[0].token > old_token, "tokens only grow");
     let late = Completion { attempt: 2, ..late };
-    assert_eq!(db.store.complete(None, &[late]).await.unwrap().rejected, vec![id]);
+    assert_eq!(db.store.actions().complete(None, &[late]).await.unwrap().rejected, vec![id]);
     let good = Completion {
         action_id: id,
         token: again[0].token,
@@ -106,8 +106,8 @@ async fn takeover_fences_the_old_holders_late_writes(db: &TestDb) {
         outcome: CompletionOutcome::Success,
         logs: vec![],
     };
-    assert_eq!(db.store.complete(None, &[good]).await.unwrap().applied, vec![id]);
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Success);
+    assert_eq!(db.store.actions().complete(None, &[good]).await.unwrap().applied, vec![id]);
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Success);
 }
 
 async fn a_new_leader_leaves_live_workers_attempts_alone(db: &TestDb) {
@@ -115,13 +115,13 @@ async fn a_new_leader_leaves_live_workers_attempts_alone(db: &TestDb) {
     let id = queue::enqueue(&db.store, &noop("busy"), 3).await.unwrap().id;
     let t_old = held(old.acquire().await.unwrap());
     let w = worker(&db.store, "steady", Duration::from_secs(30)).await;
-    let claimed = db.store.claim(&w, 10).await.unwrap();
+    let claimed = db.store.actions().claim(&w, 10).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let heir = Lease::new(db.store.clone(), "orchestrator", "heir", Duration::from_secs(30));
     let t_new = held(heir.acquire().await.unwrap());
     assert!(t_new.epoch > t_old.epoch);
     assert!(
-        db.store.rescue(&fence(&t_new), "heir", Duration::from_secs(30), None).await.unwrap().is_empty(),
+        db.store.actions().rescue(&fence(&t_new), "heir", Duration::from_secs(30), None).await.unwrap().is_empty(),
         "the worker still beats: its attempt is not rescued by a change of leader"
     );
     let done = Completion {
@@ -131,7 +131,7 @@ async fn a_new_leader_leaves_live_workers_attempts_alone(db: &TestDb) {
         outcome: CompletionOutcome::Success,
         logs: vec![],
     };
-    assert_eq!(db.store.complete(None, &[done]).await.unwrap().applied, vec![id]);
+    assert_eq!(db.store.actions().complete(None, &[done]).await.unwrap().applied, vec![id]);
 }
 
 async fn crashed_running_action_is_rescued(db: &TestDb) {
@@ -142,40 +142,42 @@ async fn crashed_running_action_is_rescued(db: &TestDb) {
     let leader = Lease::new(db.store.clone(), "orchestrator", "leader", Duration::from_secs(30));
     let t = held(leader.acquire().await.unwrap());
     let crashed = worker(&db.store, "crashed", Duration::from_millis(200)).await;
-    assert_eq!(db.store.claim(&crashed, 10).await.unwrap().len(), 2);
+    assert_eq!(db.store.actions().claim(&crashed, 10).await.unwrap().len(), 2);
     // The worker still beats and the deadline is far: nothing to rescue.
-    assert!(db.store.rescue(&fence(&t), "leader", Duration::from_millis(200), None).await.unwrap().is_empty());
+    assert!(
+        db.store.actions().rescue(&fence(&t), "leader", Duration::from_millis(200), None).await.unwrap().is_empty()
+    );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let tick = orchestrator::store::Fence { tick_id: Some(1), ..fence(&t) };
-    let mut rescued = db.store.rescue(&tick, "leader", Duration::from_millis(200), Some(1)).await.unwrap();
+    let mut rescued = db.store.actions().rescue(&tick, "leader", Duration::from_millis(200), Some(1)).await.unwrap();
     rescued.sort_by_key(|r| r.id);
     assert_eq!(
         rescued.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
         vec![(retry_id, ActionStatus::Retry), (dlq_id, ActionStatus::Dlq)]
     );
-    let a = db.store.action(retry_id).await.unwrap().unwrap();
+    let a = db.store.actions().action(retry_id).await.unwrap().unwrap();
     assert_eq!(a.attempts, 1);
     assert!(a.last_error.unwrap().contains("rescued"));
-    let d = db.store.action(dlq_id).await.unwrap().unwrap();
+    let d = db.store.actions().action(dlq_id).await.unwrap().unwrap();
     assert!(d.finished_at.is_some(), "out of attempts: DLQ, finished");
-    let logs = db.store.logs(Some(retry_id), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(retry_id), 10).await.unwrap();
     assert!(logs[0].message.contains("rescued attempt 1: worker crashed is gone"), "{}", logs[0].message);
     assert_eq!(logs[0].tick_id, Some(1));
 
     // A claim past its deadline is rescued even though its worker still beats.
     let mut hasty = worker(&db.store, "hasty", Duration::from_secs(30)).await;
     hasty.default_timeout = Duration::from_millis(10);
-    let c = db.store.claim(&hasty, 10).await.unwrap();
+    let c = db.store.actions().claim(&hasty, 10).await.unwrap();
     assert_eq!(c.len(), 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let r = db.store.rescue(&fence(&t), "leader", Duration::from_secs(30), None).await.unwrap();
+    let r = db.store.actions().rescue(&fence(&t), "leader", Duration::from_secs(30), None).await.unwrap();
     assert_eq!(r.len(), 1);
-    let logs = db.store.logs(Some(retry_id), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(retry_id), 10).await.unwrap();
     assert!(logs[0].message.contains("worker hasty's claim passed its deadline"), "{}", logs[0].message);
     // Only the live holder can rescue.
     let stale = orchestrator::store::Fence { epoch: t.epoch - 1, ..fence(&t) };
-    assert!(db.store.rescue(&stale, "leader", Duration::ZERO, None).await.unwrap().is_empty());
+    assert!(db.store.actions().rescue(&stale, "leader", Duration::ZERO, None).await.unwrap().is_empty());
 }
 
 async fn concurrent_acquirers_elect_one_holder(db: &TestDb) {
@@ -215,7 +217,7 @@ async fn the_daemon_keeps_its_lease_and_epoch_between_ticks_longer_than_the_ttl(
     assert!(matches!(other.acquire().await.unwrap(), LeaseState::HeldByOther(_)), "the lease lapsed between ticks");
     let summary = daemon.await.unwrap();
     assert_eq!(summary.ticks, 4);
-    let ticks = db.store.recent_ticks(10).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(10).await.unwrap();
     assert_eq!(ticks.len(), 4);
     assert!(
         ticks.iter().all(|t| t.epoch == ticks[0].epoch),
@@ -240,17 +242,21 @@ async fn a_deleted_lease_row_brings_no_old_epoch_back(db: &TestDb) {
     let mut last = t_heir.epoch;
     for round in 0..3 {
         db.store.execute_unprepared("DELETE FROM leases").await.unwrap();
-        assert!(db.store.lease("orchestrator").await.unwrap().is_none());
+        assert!(db.store.lease().get("orchestrator").await.unwrap().is_none());
         let t = held(heir.acquire().await.unwrap());
         assert!(t.epoch > last, "round {round}: epoch {} after the delete, {last} before", t.epoch);
         last = t.epoch;
         // The deposed holder's epoch never comes back: its fenced writes are refused.
         let stale = fence(&t_old);
-        assert!(!db.store.fence_holds(&stale).await.unwrap(), "round {round}: epoch {} is live again", t_old.epoch);
-        let e = db.store.cancel(Authority::Lease(&stale), pending, Some("zombie")).await.unwrap_err();
+        assert!(
+            !db.store.lease().fence_holds(&stale).await.unwrap(),
+            "round {round}: epoch {} is live again",
+            t_old.epoch
+        );
+        let e = db.store.actions().cancel(Authority::Lease(&stale), pending, Some("zombie")).await.unwrap_err();
         assert!(e.to_string().contains("fenced"), "{e}");
     }
-    assert_eq!(db.store.action(pending).await.unwrap().unwrap().status, ActionStatus::Pending);
+    assert_eq!(db.store.actions().action(pending).await.unwrap().unwrap().status, ActionStatus::Pending);
     // A renewal keeps the epoch, as before.
     assert_eq!(held(heir.acquire().await.unwrap()).epoch, last);
     // The counter refuses to be deleted, and says what to do instead.
@@ -258,7 +264,7 @@ async fn a_deleted_lease_row_brings_no_old_epoch_back(db: &TestDb) {
     assert!(e.contains("lease release --force"), "{e}");
     // A hand edit that raised the row's epoch is followed by the counter, and survives a delete.
     db.store.execute_unprepared("UPDATE leases SET epoch = 40").await.unwrap();
-    assert!(db.store.release_lease("orchestrator", None).await.unwrap());
+    assert!(db.store.lease().release_lease("orchestrator", None).await.unwrap());
     db.store.execute_unprepared("DELETE FROM leases").await.unwrap();
     assert_eq!(held(old.acquire().await.unwrap()).epoch, 41);
 }
@@ -286,7 +292,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
          action_timeout_seconds: 30\nworkers:\n  heartbeat_seconds: 0.5\n  ttl_seconds: 2\n",
     )
     .unwrap();
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let n = 16;
     for i in 0..n {
         let req = queue::EnqueueRequest { payload: serde_json::json!({ "sleep_ms": 400 }), ..noop(&format!("d-{i}")) };
@@ -307,14 +313,14 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     let text = |log: &std::path::Path| std::fs::read_to_string(log).unwrap_or_default();
     let running = || async {
         let filter = ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() };
-        db.store.list_actions(&filter).await.unwrap()
+        db.store.actions().list_actions(&filter).await.unwrap()
     };
     let wait = |what: &str, start: Instant| assert!(start.elapsed() < Duration::from_secs(30), "{what}");
 
     let (mut zombie, zombie_log) = spawn("zombie");
     let start = Instant::now();
     let z_lease = loop {
-        if let Some(l) = db.store.lease("orchestrator").await.unwrap() {
+        if let Some(l) = db.store.lease().get("orchestrator").await.unwrap() {
             break l;
         }
         wait("the first daemon never took the lease", start);
@@ -346,7 +352,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
         tokio::time::sleep(Duration::from_millis(100)).await;
         signal(zombie.id(), Signal::SIGSTOP);
         let frozen: BTreeMap<i64, i32> = running().await.iter().map(|a| (a.id, a.attempts)).collect();
-        let stamped = db.store.recent_ticks(1000).await.unwrap().iter().map(|t| t.epoch).max().unwrap_or(0);
+        let stamped = db.store.ledger().recent_ticks(1000).await.unwrap().iter().map(|t| t.epoch).max().unwrap_or(0);
         if !frozen.is_empty() && probe.execute_unprepared("DELETE FROM leases").await.is_ok() {
             break (frozen, stamped);
         }
@@ -359,7 +365,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     // The live daemon takes the lease under a new epoch, above every epoch stamped so far.
     let start = Instant::now();
     let heir = loop {
-        if let Some(l) = db.store.lease("orchestrator").await.unwrap() {
+        if let Some(l) = db.store.lease().get("orchestrator").await.unwrap() {
             break l;
         }
         wait("nobody took the deleted lease", start);
@@ -377,7 +383,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     loop {
         let mut done = true;
         for id in &frozen_ids {
-            done &= db.store.action(*id).await.unwrap().unwrap().status == ActionStatus::Success;
+            done &= db.store.actions().action(*id).await.unwrap().unwrap().status == ActionStatus::Success;
         }
         if done {
             break;
@@ -402,6 +408,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     let start = Instant::now();
     while db
         .store
+        .actions()
         .list_actions(&ActionFilter { limit: 1000, ..Default::default() })
         .await
         .unwrap()
@@ -418,11 +425,12 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     }
 
     // Nothing stranded, and only the rescued attempts ran twice.
-    let all = db.store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), n);
     for a in &all {
         let rescued = db
             .store
+            .history()
             .logs_filtered(&LogFilter { action_id: Some(a.id), ..Default::default() }, 100)
             .await
             .unwrap()
@@ -438,7 +446,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
     }
     // The ledger: one owner per epoch, epochs never back in id order, no zombie tick after it
     // resumed.
-    let mut ticks = db.store.recent_ticks(10_000).await.unwrap();
+    let mut ticks = db.store.ledger().recent_ticks(10_000).await.unwrap();
     ticks.sort_by_key(|t| t.id);
     let mut owners: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
     for t in &ticks {
@@ -466,7 +474,7 @@ async fn deleting_the_lease_row_under_a_live_and_a_frozen_daemon_keeps_the_zombi
 async fn an_existing_database_carries_its_epochs_on_upwards(db: &TestDb) {
     let a = Lease::new(db.store.clone(), "orchestrator", "a", Duration::from_secs(30));
     held(a.acquire().await.unwrap());
-    db.store.begin_tick("orchestrator", "a", Duration::from_secs(30), db.store.now()).await.unwrap();
+    db.store.ledger().begin_tick("orchestrator", "a", Duration::from_secs(30), db.store.now()).await.unwrap();
     let id = queue::enqueue(&db.store, &noop("old"), 3).await.unwrap().id;
     // The database as the previous version left it: no counter, epochs stamped up to 9.
     let undo: &[&str] = match db.store.backend() {

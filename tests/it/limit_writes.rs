@@ -40,7 +40,7 @@ fn spawn(db: &TestDb, args: &[&str]) -> Child {
 }
 
 async fn limit_of(store: &Store, t: &str) -> Option<TypeLimit> {
-    store.limits().await.unwrap().into_iter().find(|l| l.action_type == t)
+    store.limits().list().await.unwrap().into_iter().find(|l| l.action_type == t)
 }
 
 /// The race, 20 times (`LIMIT_REPS`): 8 probes due, two workers of 4 slots started with
@@ -51,12 +51,13 @@ async fn workers_started_before_the_leader_hold_its_limits_from_their_first_clai
     let log = db.dir.path().join("probe.log");
     std::fs::write(db.dir.path().join("o.yaml"), limits_config(&log, 2)).unwrap();
     db.store
+        .flags()
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
         .await
         .unwrap();
     let n = 8;
     for rep in 0..reps {
-        db.store.clear_limit("COMMAND").await.unwrap();
+        db.store.limits().clear_limit("COMMAND").await.unwrap();
         let _ = std::fs::remove_file(&log);
         enqueue(&db.store, "COMMAND", n, rep, |_| json!({"command": "probe"})).await;
         let mut procs = crate::support::daemon::Procs(vec![
@@ -70,6 +71,7 @@ async fn workers_started_before_the_leader_hold_its_limits_from_their_first_clai
         loop {
             let done = db
                 .store
+                .actions()
                 .list_actions(&orchestrator::store::ActionFilter {
                     status: Some(orchestrator::model::ActionStatus::Success),
                     limit: 10_000,
@@ -127,11 +129,15 @@ limits:
         ("NOOP".to_string(), spec("max_running: '5'")),
         ("ALERT".to_string(), spec("max_running: '7'")),
     ]);
-    db.store.write_config_limits(&other, ConfigLimits::Replace).await.unwrap();
-    db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
+    db.store.limits().write_config_limits(&other, ConfigLimits::Replace).await.unwrap();
+    db.store.limits().set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
     let until = db.store.db_now().await.unwrap() + chrono::Duration::minutes(10);
     let narrow = LimitValue::Count(0);
-    db.store.set_limit_override(None, "WEBHOOK", LimitField::MaxRunning, narrow, until, "down", "op").await.unwrap();
+    db.store
+        .limits()
+        .set_limit_override(None, "WEBHOOK", LimitField::MaxRunning, narrow, until, "down", "op")
+        .await
+        .unwrap();
 
     let logs = worker_logs(db).join("\n");
     let command = limit_of(&db.store, "COMMAND").await.unwrap();
@@ -356,7 +362,7 @@ async fn race_writers(
             go.wait().await;
             match w {
                 Writer::Set(field) => {
-                    match store.edit_limit(&t, &LimitEdit::Merge(spec_of(k, &[field]))).await.unwrap() {
+                    match store.limits().edit_limit(&t, &LimitEdit::Merge(spec_of(k, &[field]))).await.unwrap() {
                         Ok(_) => Wrote::Base(vec![(field, field.value_in(&spec_of(k, &[field])))]),
                         Err(EditRefusal::LimitsNothing) if field == BaseField::PartitionBy => Wrote::Nothing,
                         Err(e) => panic!("writer {k} {w:?}: {e}"),
@@ -387,12 +393,20 @@ async fn race_writers(
                 }
                 Writer::RuleOverride(field) => {
                     let v = value_of(k, field);
-                    store.set_limit_override(Some(&fence), &t, field, v, until, "race", "rule race").await.unwrap();
+                    store
+                        .limits()
+                        .set_limit_override(Some(&fence), &t, field, v, until, "race", "rule race")
+                        .await
+                        .unwrap();
                     Wrote::Override(field, v.to_string())
                 }
                 Writer::Config(how, fields) => {
                     let s = spec_of(k, &fields);
-                    let done = store.write_config_limits(&BTreeMap::from([(t.clone(), s.clone())]), how).await.unwrap();
+                    let done = store
+                        .limits()
+                        .write_config_limits(&BTreeMap::from([(t.clone(), s.clone())]), how)
+                        .await
+                        .unwrap();
                     if done.written.contains(&t) {
                         Wrote::Base(BaseField::ALL.iter().map(|f| (*f, f.value_in(&s))).collect())
                     } else {

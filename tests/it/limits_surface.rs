@@ -2,7 +2,7 @@
 //! list|set|clear|override` through the real binary, `/api/limits` through the router (the
 //! token, and a 400 naming the field of each bad body), `status` and `/status`, and the four
 //! limit metrics on `/metrics`, on SQLite and PostgreSQL. Ending one override early
-//! (`Store::clear_limit_override`, `limits override TYPE FIELD --end`, `DELETE
+//! (`store.limits().clear_limit_override`, `limits override TYPE FIELD --end`, `DELETE
 //! /api/limits/TYPE/override/FIELD`) lets the claims it held back flow.
 
 use std::time::Duration;
@@ -123,7 +123,7 @@ async fn the_cli_sets_lists_overrides_and_clears_limits(db: &TestDb) {
     );
     assert_eq!(ok_json(db, &["limits", "clear", "POST_SOCIAL"])["cleared"], false);
     assert_eq!(ok_json(db, &["limits", "list"]), json!([]));
-    assert!(db.store.limits().await.unwrap().is_empty());
+    assert!(db.store.limits().list().await.unwrap().is_empty());
 
     // An override on a type with no limits gives it one until it lapses.
     let l = ok_json(db, &["limits", "override", "COMMAND", "rate", "5/1m", "--for", "1h", "--reason", "slow down"]);
@@ -186,7 +186,7 @@ async fn the_api_sets_lists_overrides_and_clears_limits(db: &TestDb) {
     // PUT replaces the base: what the body leaves out is no longer limited.
     let l = admin(&st, "PUT", "/api/limits/WEBHOOK", Some(r#"{"daily_budget": 100}"#)).await.json();
     assert_eq!(l["base"], json!({"max_running": null, "rate": null, "daily_budget": 100, "partition_by": null}));
-    let stored = db.store.limits().await.unwrap();
+    let stored = db.store.limits().list().await.unwrap();
     assert_eq!(stored[0].base, spec("daily_budget: '100'"));
 
     let over = r#"{"field": "max_running", "value": 0, "seconds": 60, "reason": "partner down"}"#;
@@ -208,7 +208,7 @@ async fn the_api_sets_lists_overrides_and_clears_limits(db: &TestDb) {
     let a = admin(&st, "DELETE", "/api/limits/WEBHOOK", None).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.json(), json!({"action_type": "WEBHOOK", "cleared": true}));
-    assert!(db.store.limits().await.unwrap().is_empty());
+    assert!(db.store.limits().list().await.unwrap().is_empty());
     let a = admin(&st, "DELETE", "/api/limits/WEBHOOK", None).await;
     assert_eq!((a.status, a.error().as_str()), (StatusCode::NOT_FOUND, "no limits for WEBHOOK"));
 }
@@ -235,7 +235,7 @@ async fn the_api_refuses_bad_limit_bodies_naming_the_field(db: &TestDb) {
         let a = call(&disabled, method, uri, Some(BEARER), body).await;
         assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {uri}: {}", a.body);
     }
-    assert!(db.store.limits().await.unwrap().is_empty(), "nothing was written without the token");
+    assert!(db.store.limits().list().await.unwrap().is_empty(), "nothing was written without the token");
 
     let puts: &[(&str, &str)] = &[
         (r#"{"max_running": -1}"#, "body field `max_running`: max_running -1 must be from 0 to"),
@@ -294,7 +294,7 @@ async fn the_api_refuses_bad_limit_bodies_naming_the_field(db: &TestDb) {
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
         assert!(a.error().contains(needle), "{body}: expected {needle:?} in {}", a.body);
     }
-    assert!(db.store.limits().await.unwrap().is_empty(), "no bad body wrote anything");
+    assert!(db.store.limits().list().await.unwrap().is_empty(), "no bad body wrote anything");
 }
 
 async fn metrics_and_status_show_each_limited_type(db: &TestDb) {
@@ -305,12 +305,12 @@ async fn metrics_and_status_show_each_limited_type(db: &TestDb) {
         "no limits, no series: {m}"
     );
 
-    db.store.set_limit("SLOW", &spec("{max_running: '1', daily_budget: '5'}")).await.unwrap();
-    db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
+    db.store.limits().set_limit("SLOW", &spec("{max_running: '1', daily_budget: '5'}")).await.unwrap();
+    db.store.limits().set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
     enqueue(&db.store, "SLOW", 3, 0, |i| json!({"i": i})).await;
     let w = crate::support::worker(&db.store, "w", Duration::from_secs(30)).await;
-    assert_eq!(db.store.claim(&w, 3).await.unwrap().len(), 1, "max_running 1");
-    assert!(db.store.claim(&w, 3).await.unwrap().is_empty(), "still full");
+    assert_eq!(db.store.actions().claim(&w, 3).await.unwrap().len(), 1, "max_running 1");
+    assert!(db.store.actions().claim(&w, 3).await.unwrap().is_empty(), "still full");
 
     let m = get(&st, "/metrics").await.body;
     assert_eq!(sample(&m, "orchestrator_limit_running{type=\"SLOW\"}"), 1.0);
@@ -338,27 +338,27 @@ async fn metrics_and_status_show_each_limited_type(db: &TestDb) {
 
 /// Claims `n` of whatever is due and returns how many it got.
 async fn claimed(store: &Store, w: &Claimer, n: u64) -> usize {
-    store.claim(w, n).await.unwrap().len()
+    store.actions().claim(w, n).await.unwrap().len()
 }
 
 /// An override for ten minutes, as a rule's `set_limit` or an operator writes it.
 async fn narrow(store: &Store, t: &str, field: LimitField, value: LimitValue, set_by: &str) {
     let until = store.db_now().await.unwrap() + chrono::Duration::minutes(10);
-    store.set_limit_override(None, t, field, value, until, "breaker open", set_by).await.unwrap();
+    store.limits().set_limit_override(None, t, field, value, until, "breaker open", set_by).await.unwrap();
 }
 
 async fn ending_one_override_lets_the_claims_it_held_flow(db: &TestDb) {
     let s = &db.store;
     let w = crate::support::worker(s, "w", Duration::from_secs(30)).await;
-    s.set_limit("SLOW", &spec("{max_running: '2', daily_budget: '100'}")).await.unwrap();
+    s.limits().set_limit("SLOW", &spec("{max_running: '2', daily_budget: '100'}")).await.unwrap();
     narrow(s, "SLOW", LimitField::MaxRunning, LimitValue::Count(0), "rule platform_breaker").await;
     narrow(s, "SLOW", LimitField::DailyBudget, LimitValue::Count(50), "operator").await;
     enqueue(s, "SLOW", 3, 0, |i| json!({"i": i})).await;
     assert_eq!(claimed(s, &w, 3).await, 0, "the override holds the type");
 
     // Ending one override leaves the base and the other override as they were.
-    assert!(s.clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap());
-    let l = s.limits().await.unwrap();
+    assert!(s.limits().clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap());
+    let l = s.limits().list().await.unwrap();
     assert_eq!(l.len(), 1);
     assert_eq!(
         (l[0].source, l[0].base.clone()),
@@ -367,34 +367,35 @@ async fn ending_one_override_lets_the_claims_it_held_flow(db: &TestDb) {
     assert_eq!(l[0].effective, spec("{max_running: '2', daily_budget: '50'}"));
     assert_eq!(l[0].overrides.iter().map(|o| o.field).collect::<Vec<_>>(), [LimitField::DailyBudget]);
     assert_eq!(claimed(s, &w, 3).await, 2, "the base max_running holds again");
-    assert!(!s.clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap(), "nothing left to end");
-    assert!(!s.clear_limit_override("SLOW", LimitField::Rate).await.unwrap(), "never overridden");
+    assert!(!s.limits().clear_limit_override("SLOW", LimitField::MaxRunning).await.unwrap(), "nothing left to end");
+    assert!(!s.limits().clear_limit_override("SLOW", LimitField::Rate).await.unwrap(), "never overridden");
 
     // A type with only overrides keeps its row while one is in force, and loses it with the last.
     narrow(s, "COMMAND", LimitField::MaxRunning, LimitValue::Count(0), "rule platform_breaker").await;
     narrow(s, "COMMAND", LimitField::Rate, LimitValue::Rate("5/1m".parse().unwrap()), "operator").await;
     enqueue(s, "COMMAND", 2, 0, |i| json!({"i": i})).await;
     assert_eq!(claimed(s, &w, 2).await, 0);
-    assert!(s.clear_limit_override("COMMAND", LimitField::MaxRunning).await.unwrap());
+    assert!(s.limits().clear_limit_override("COMMAND", LimitField::MaxRunning).await.unwrap());
     let command = |l: Vec<orchestrator::limits::TypeLimit>| l.into_iter().find(|l| l.action_type == "COMMAND");
-    let c = command(s.limits().await.unwrap()).expect("the rate override keeps the row");
+    let c = command(s.limits().list().await.unwrap()).expect("the rate override keeps the row");
     assert_eq!((c.source, c.overrides.len()), (LimitSource::Override, 1));
-    assert!(s.clear_limit_override("COMMAND", LimitField::Rate).await.unwrap());
-    assert!(command(s.limits().await.unwrap()).is_none(), "no empty type left behind");
-    assert!(s.limit_usage().await.unwrap().iter().all(|u| u.action_type != "COMMAND"));
+    assert!(s.limits().clear_limit_override("COMMAND", LimitField::Rate).await.unwrap());
+    assert!(command(s.limits().list().await.unwrap()).is_none(), "no empty type left behind");
+    assert!(s.limits().limit_usage().await.unwrap().iter().all(|u| u.action_type != "COMMAND"));
     assert_eq!(claimed(s, &w, 2).await, 2, "unlimited now");
 
     // An override past its expiry is not in force: there is nothing to end, and an override-only
     // type whose last override lapsed goes with it.
     let past = s.db_now().await.unwrap() - chrono::Duration::seconds(5);
-    s.set_limit_override(None, "GONE", LimitField::MaxRunning, LimitValue::Count(0), past, "old", "operator")
+    s.limits()
+        .set_limit_override(None, "GONE", LimitField::MaxRunning, LimitValue::Count(0), past, "old", "operator")
         .await
         .unwrap();
-    assert!(!s.clear_limit_override("GONE", LimitField::MaxRunning).await.unwrap());
-    assert!(s.limits().await.unwrap().iter().all(|l| l.action_type != "GONE"));
+    assert!(!s.limits().clear_limit_override("GONE", LimitField::MaxRunning).await.unwrap());
+    assert!(s.limits().list().await.unwrap().iter().all(|l| l.action_type != "GONE"));
 
     // A type that is not a checked name is the caller's fault.
-    let e = s.clear_limit_override("bad type", LimitField::Rate).await.unwrap_err();
+    let e = s.limits().clear_limit_override("bad type", LimitField::Rate).await.unwrap_err();
     assert!(matches!(e, StoreError::Invalid(_)), "{e}");
 }
 
@@ -485,14 +486,14 @@ async fn the_api_ends_one_override(db: &TestDb) {
 async fn an_override_set_while_the_last_one_ends_is_kept(db: &TestDb) {
     let s = &db.store;
     for round in 0..40 {
-        s.clear_limit("RACE").await.unwrap();
+        s.limits().clear_limit("RACE").await.unwrap();
         narrow(s, "RACE", LimitField::MaxRunning, LimitValue::Count(0), "operator").await;
         let rate = LimitValue::Rate("5/1m".parse().unwrap());
-        let (ended, ()) = tokio::join!(s.clear_limit_override("RACE", LimitField::MaxRunning), async {
+        let (ended, ()) = tokio::join!(s.limits().clear_limit_override("RACE", LimitField::MaxRunning), async {
             narrow(s, "RACE", LimitField::Rate, rate, "rule platform_breaker").await;
         });
         assert!(ended.unwrap(), "round {round}");
-        let l = s.limits().await.unwrap().into_iter().find(|l| l.action_type == "RACE");
+        let l = s.limits().list().await.unwrap().into_iter().find(|l| l.action_type == "RACE");
         let fields = l.map(|l| l.overrides.iter().map(|o| o.field).collect::<Vec<_>>());
         assert_eq!(fields, Some(vec![LimitField::Rate]), "round {round}: the rule's override is in force");
     }

@@ -84,9 +84,9 @@ impl<'a> Walk<'a> {
     }
 
     async fn take_lease(&mut self) {
-        self.store.release_lease(LEASE, None).await.unwrap();
+        self.store.lease().release_lease(LEASE, None).await.unwrap();
         self.owner = format!("walker-{}", self.n);
-        match self.store.acquire_lease(LEASE, &self.owner, Duration::from_secs(300)).await.unwrap() {
+        match self.store.lease().acquire_lease(LEASE, &self.owner, Duration::from_secs(300)).await.unwrap() {
             Acquired::Held(row) => self.epoch = row.epoch,
             Acquired::HeldByOther(row) => panic!("lease held by {}", row.owner),
         }
@@ -97,7 +97,7 @@ impl<'a> Walk<'a> {
     }
 
     async fn get(&self, id: i64) -> Option<Action> {
-        self.store.action(id).await.unwrap()
+        self.store.actions().action(id).await.unwrap()
     }
 
     /// A new action in `status`, claimed (if RUNNING) under the current lease.
@@ -114,7 +114,7 @@ impl<'a> Walk<'a> {
             max_attempts: 3,
             expires_at: None,
         };
-        let id = self.store.enqueue(Authority::Operator, &new).await.unwrap().id;
+        let id = self.store.actions().enqueue(Authority::Operator, &new).await.unwrap().id;
         match status {
             ActionStatus::Pending => {}
             ActionStatus::Running => {
@@ -126,7 +126,7 @@ impl<'a> Walk<'a> {
                 self.end(id, CompletionOutcome::Retry { not_before, error: "e".into() }).await
             }
             ActionStatus::Dlq => self.end(id, CompletionOutcome::Dlq { error: "e".into() }).await,
-            ActionStatus::Cancelled => self.store.cancel(Authority::Operator, id, None).await.unwrap(),
+            ActionStatus::Cancelled => self.store.actions().cancel(Authority::Operator, id, None).await.unwrap(),
         }
         assert_eq!(self.get(id).await.unwrap().status, status);
         id
@@ -135,11 +135,11 @@ impl<'a> Walk<'a> {
     async fn end(&self, id: i64, outcome: CompletionOutcome) {
         let (token, attempt) = self.claim_it(id).await;
         let done = Completion { action_id: id, token, attempt, outcome, logs: vec![] };
-        assert_eq!(self.store.complete(None, &[done]).await.unwrap().applied, vec![id]);
+        assert_eq!(self.store.actions().complete(None, &[done]).await.unwrap().applied, vec![id]);
     }
 
     async fn claim_it(&self, id: i64) -> (i64, i32) {
-        let claimed = self.store.claim(&self.worker, 1).await.unwrap();
+        let claimed = self.store.actions().claim(&self.worker, 1).await.unwrap();
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].action.id, id, "the walker's action is claimed first");
         (claimed[0].token, claimed[0].attempt)
@@ -163,7 +163,7 @@ impl<'a> Walk<'a> {
         match op {
             Op::Enqueue => unreachable!("enqueue has no starting status"),
             Op::Claim => {
-                let claimed = self.store.claim(&self.worker, 1).await?;
+                let claimed = self.store.actions().claim(&self.worker, 1).await?;
                 Ok(claimed.iter().any(|c| c.action.id == id))
             }
             Op::Unstart => self.complete(completion(CompletionOutcome::Unstarted)).await,
@@ -181,18 +181,18 @@ impl<'a> Walk<'a> {
             Op::Rescue => {
                 // A new holder rescues what a worker it counts as dead (a zero TTL) left RUNNING.
                 self.take_lease().await;
-                let rescued = self.store.rescue(&self.fence(), &self.owner, Duration::ZERO, None).await?;
+                let rescued = self.store.actions().rescue(&self.fence(), &self.owner, Duration::ZERO, None).await?;
                 Ok(rescued.iter().any(|r| r.id == id))
             }
-            Op::Requeue => refused(self.store.requeue(Authority::Operator, id).await),
-            Op::RetryNow => refused(self.store.retry_now(lease, id, "walk").await),
-            Op::Dlq => refused(self.store.dlq(lease, id, "walk").await),
-            Op::Cancel => refused(self.store.cancel(lease, id, None).await),
-            Op::ForceRun => refused(self.store.force_run(lease, id, 10, "walk").await),
-            Op::Reprioritize => refused(self.store.reprioritize(lease, id, 7, "walk").await),
-            Op::Postpone => refused(self.store.postpone(lease, id, far, "walk").await),
+            Op::Requeue => refused(self.store.actions().requeue(Authority::Operator, id).await),
+            Op::RetryNow => refused(self.store.actions().retry_now(lease, id, "walk").await),
+            Op::Dlq => refused(self.store.actions().dlq(lease, id, "walk").await),
+            Op::Cancel => refused(self.store.actions().cancel(lease, id, None).await),
+            Op::ForceRun => refused(self.store.actions().force_run(lease, id, 10, "walk").await),
+            Op::Reprioritize => refused(self.store.actions().reprioritize(lease, id, 7, "walk").await),
+            Op::Postpone => refused(self.store.actions().postpone(lease, id, far, "walk").await),
             Op::Boost => {
-                self.store.boost(&fence, far).await?;
+                self.store.actions().boost(&fence, far).await?;
                 Ok(self.get(id).await.unwrap().priority != before.priority)
             }
             Op::Expire => {
@@ -201,11 +201,11 @@ impl<'a> Walk<'a> {
                 self.store
                     .execute_unprepared(&format!("UPDATE actions SET expires_at = '{past}' WHERE id = {id}"))
                     .await?;
-                let expired = self.store.expire_due(LEASE, self.epoch, None).await?;
+                let expired = self.store.actions().expire_due(LEASE, self.epoch, None).await?;
                 Ok(expired.contains(&id))
             }
             Op::Purge => {
-                self.store.purge(far, 100).await?;
+                self.store.actions().purge(far, 100).await?;
                 Ok(self.get(id).await.is_none())
             }
         }
@@ -213,7 +213,7 @@ impl<'a> Walk<'a> {
 
     async fn complete(&self, c: Completion) -> Result<bool, StoreError> {
         let id = c.action_id;
-        Ok(self.store.complete(None, &[c]).await?.applied.contains(&id))
+        Ok(self.store.actions().complete(None, &[c]).await?.applied.contains(&id))
     }
 }
 
@@ -248,17 +248,17 @@ async fn refusals_name_the_state_found(db: &TestDb) {
     let mut walk = Walk::new(&db.store).await;
     walk.take_lease().await;
     let id = walk.action_in(ActionStatus::Success).await;
-    let e = db.store.requeue(Authority::Operator, id).await.unwrap_err().to_string();
+    let e = db.store.actions().requeue(Authority::Operator, id).await.unwrap_err().to_string();
     assert!(e.contains("it is SUCCESS; only DLQ actions can be requeued"), "{e}");
     let fence = walk.fence();
-    let e = db.store.dlq(Authority::Lease(&fence), id, "x").await.unwrap_err().to_string();
+    let e = db.store.actions().dlq(Authority::Lease(&fence), id, "x").await.unwrap_err().to_string();
     assert!(e.contains(&format!("cannot dlq action {id}: it is SUCCESS; dlq needs PENDING or RETRY")), "{e}");
     let stale = Fence { epoch: walk.epoch - 1, ..walk.fence() };
     let pending = walk.action_in(ActionStatus::Pending).await;
-    let e = db.store.cancel(Authority::Lease(&stale), pending, None).await.unwrap_err().to_string();
+    let e = db.store.actions().cancel(Authority::Lease(&stale), pending, None).await.unwrap_err().to_string();
     assert!(e.contains("fenced"), "{e}");
     assert!(matches!(
-        db.store.cancel(Authority::Operator, 987_654, None).await,
+        db.store.actions().cancel(Authority::Operator, 987_654, None).await,
         Err(StoreError::Refused(orchestrator::store::Refusal::NotFound(987_654)))
     ));
 }
@@ -269,9 +269,9 @@ async fn rule_retry_of_dlq_is_a_requeue(db: &TestDb) {
     let mut walk = Walk::new(&db.store).await;
     walk.take_lease().await;
     let (a, b) = (walk.action_in(ActionStatus::Dlq).await, walk.action_in(ActionStatus::Dlq).await);
-    db.store.requeue(Authority::Operator, a).await.unwrap();
+    db.store.actions().requeue(Authority::Operator, a).await.unwrap();
     let fence = walk.fence();
-    db.store.retry_now(Authority::Lease(&fence), b, "rule").await.unwrap();
+    db.store.actions().retry_now(Authority::Lease(&fence), b, "rule").await.unwrap();
     let (a, b) = (walk.get(a).await.unwrap(), walk.get(b).await.unwrap());
     for x in [&a, &b] {
         assert_eq!(x.status, ActionStatus::Pending);
@@ -304,7 +304,8 @@ async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb
         ))
         .await
         .unwrap();
-    let all = db.store.list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() }).await;
+    let all =
+        db.store.actions().list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() }).await;
     let all = all.expect("a listing does not fail on an undecodable row");
     let planted = all.iter().find(|a| a.idempotency_key == "planted").unwrap();
     assert!(planted.decode_error.as_deref().unwrap_or("").contains("payload_json cannot be read"), "{planted:?}");
@@ -314,17 +315,21 @@ async fn an_undecodable_row_is_quarantined_and_the_engine_carries_on(db: &TestDb
 
     let r = crate::support::ran(&engine).await;
     assert_eq!((r.attempted, r.succeeded), (3, 2), "{r:?}");
-    let after = db.store.action(planted.id).await.unwrap().unwrap();
+    let after = db.store.actions().action(planted.id).await.unwrap().unwrap();
     assert_eq!(after.status, ActionStatus::Dlq);
     assert!(after.last_error.as_deref().unwrap_or("").starts_with("quarantined: payload_json cannot be read"));
-    for a in
-        db.store.list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() }).await.unwrap()
+    for a in db
+        .store
+        .actions()
+        .list_actions(&orchestrator::store::ActionFilter { limit: 10, ..Default::default() })
+        .await
+        .unwrap()
     {
         if a.idempotency_key != "planted" {
             assert_eq!(a.status, ActionStatus::Success, "{a:?}");
         }
     }
-    let logs = db.store.logs(Some(planted.id), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(planted.id), 10).await.unwrap();
     assert!(logs.iter().any(|l| l.message.contains("-> DLQ (nothing ran)")), "{logs:?}");
     // The next tick is clean: nothing is left RUNNING, nothing fails.
     let r = crate::support::ran(&engine).await;

@@ -256,7 +256,7 @@ impl Sut {
     fn rows(&self) -> BTreeMap<u8, orchestrator::model::Action> {
         let all = self
             .rt
-            .block_on(self.db().store.list_actions(&ActionFilter { limit: 1000, ..Default::default() }))
+            .block_on(self.db().store.actions().list_actions(&ActionFilter { limit: 1000, ..Default::default() }))
             .unwrap();
         all.into_iter()
             .map(|a| (a.idempotency_key.trim_start_matches("m-").parse::<u8>().expect("a model key"), a))
@@ -300,7 +300,7 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                 }
             }
             Step::Takeover { owner } => {
-                sut.rt.block_on(store.release_lease("orchestrator", None)).unwrap();
+                sut.rt.block_on(store.lease().release_lease("orchestrator", None)).unwrap();
                 match sut.rt.block_on(sut.leases[owner].acquire()).unwrap() {
                     LeaseState::Held(t) => sut.terms[owner] = t.epoch,
                     LeaseState::HeldByOther(r) => panic!("takeover of a released lease refused: {r:?}"),
@@ -321,14 +321,14 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                     sut.rt.block_on(store.execute_unprepared(&sql)).unwrap();
                     let beat = orchestrator::store::Beat::default();
                     assert!(
-                        !sut.rt.block_on(store.worker_heartbeat(&c.worker, TTL, beat)).unwrap(),
+                        !sut.rt.block_on(store.workers().worker_heartbeat(&c.worker, TTL, beat)).unwrap(),
                         "a dead registration cannot beat again"
                     );
                 }
             }
             Step::Claim { worker } => {
                 if let Some(c) = &sut.workers[worker] {
-                    let claimed = sut.rt.block_on(store.claim(c, 100)).unwrap();
+                    let claimed = sut.rt.block_on(store.actions().claim(c, 100)).unwrap();
                     if !after.workers[worker].1 {
                         assert!(claimed.is_empty(), "a dead worker's claim was accepted");
                     }
@@ -349,7 +349,7 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                     }
                 };
                 let c = Completion { action_id: row.id, token, attempt: row.attempts, outcome, logs: vec![] };
-                let report = sut.rt.block_on(store.complete(None, &[c])).unwrap();
+                let report = sut.rt.block_on(store.actions().complete(None, &[c])).unwrap();
                 let landed = report.applied.contains(&row.id);
                 assert_ne!(landed, report.rejected.contains(&row.id), "each completion is applied or rejected");
                 if stale || row.status != ActionStatus::Running {
@@ -365,7 +365,7 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                     epoch: sut.terms[owner],
                     tick_id: None,
                 };
-                sut.rt.block_on(store.rescue(&fence, OWNERS[owner], TTL, None)).unwrap();
+                sut.rt.block_on(store.actions().rescue(&fence, OWNERS[owner], TTL, None)).unwrap();
                 if after.holds(owner) {
                     for a in sut.rows().values().filter(|a| a.status == ActionStatus::Running) {
                         let holder = a.claim.as_ref().map(|c| c.worker.clone());
@@ -380,14 +380,15 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
             }
             Step::Requeue { key } => {
                 if let Some(row) = before.get(&key) {
-                    let r = sut.rt.block_on(store.requeue(orchestrator::store::Authority::Operator, row.id));
+                    let r = sut.rt.block_on(store.actions().requeue(orchestrator::store::Authority::Operator, row.id));
                     assert_eq!(r.is_ok(), row.status == ActionStatus::Dlq, "requeue of a {} action: {r:?}", row.status);
                     requeued = Some(key);
                 }
             }
             Step::Cancel { key } => {
                 if let Some(row) = before.get(&key) {
-                    let r = sut.rt.block_on(store.cancel(orchestrator::store::Authority::Operator, row.id, None));
+                    let r =
+                        sut.rt.block_on(store.actions().cancel(orchestrator::store::Authority::Operator, row.id, None));
                     let allowed = matches!(row.status, ActionStatus::Pending | ActionStatus::Retry | ActionStatus::Dlq);
                     assert_eq!(r.is_ok(), allowed, "cancel of a {} action: {r:?}", row.status);
                 }
@@ -424,7 +425,7 @@ impl<const PG: bool> StateMachineTest for QueueModel<PG> {
                 row.max_attempts
             );
         }
-        let counts = sut.rt.block_on(sut.db().store.count_by_status()).unwrap();
+        let counts = sut.rt.block_on(sut.db().store.actions().count_by_status()).unwrap();
         let total: i64 = counts.values().sum();
         assert_eq!(total, rows.len() as i64, "counts by status sum to the rows: {counts:?}");
         for (status, n) in &counts {

@@ -61,7 +61,7 @@ async fn two_daemons_with_two_configs_on_one_database_are_one_leader_and_one_fol
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     let start = std::time::Instant::now();
-    while db.store.count_by_status().await.unwrap()[&orchestrator::model::ActionStatus::Success] < 5 {
+    while db.store.actions().count_by_status().await.unwrap()[&orchestrator::model::ActionStatus::Success] < 5 {
         assert!(start.elapsed() < Duration::from_secs(30), "the leader does not drain the queue");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -117,7 +117,7 @@ impl Follower {
 
 async fn follow_prints_rows_as_they_land(db: &TestDb) {
     let before = enqueue(db, "KEEP", "before", 0).await;
-    db.store.cancel(Authority::Operator, before, None).await.unwrap();
+    db.store.actions().cancel(Authority::Operator, before, None).await.unwrap();
     let engine = db.engine(db.config());
     ran(&engine).await;
 
@@ -129,9 +129,9 @@ async fn follow_prints_rows_as_they_land(db: &TestDb) {
     ticks.wait_for("IDLE");
 
     let other = enqueue(db, "SKIP", "other", 0).await;
-    db.store.cancel(Authority::Operator, other, None).await.unwrap();
+    db.store.actions().cancel(Authority::Operator, other, None).await.unwrap();
     let keep = enqueue(db, "KEEP", "after", 0).await;
-    db.store.cancel(Authority::Operator, keep, None).await.unwrap();
+    db.store.actions().cancel(Authority::Operator, keep, None).await.unwrap();
     let line = logs.wait_for(&format!("action {keep:<6}"));
     assert!(line.contains("cancelled by operator"), "{line}");
     logs.wait_for(&format!("action {other:<6}"));
@@ -196,21 +196,25 @@ async fn bulk_dlq_edits_touch_only_the_ids_given(db: &TestDb) {
     let pending = enqueue(db, "X", "p1", 0).await;
     to_dlq(db, &ids).await;
 
-    let done = db.store.requeue_ids(&[ids[0], pending, 999_999]).await.unwrap();
+    let done = db.store.actions().requeue_ids(&[ids[0], pending, 999_999]).await.unwrap();
     assert_eq!((done.changed, done.skipped), (vec![ids[0]], vec![pending, 999_999]), "only DLQ rows are requeued");
-    let done = db.store.cancel_ids(&[ids[1], pending], &[ActionStatus::Dlq]).await.unwrap();
+    let done = db.store.actions().cancel_ids(&[ids[1], pending], &[ActionStatus::Dlq]).await.unwrap();
     assert_eq!((done.changed, done.skipped), (vec![ids[1]], vec![pending]), "a DLQ bulk cancel leaves PENDING alone");
     let status = |a: Option<orchestrator::model::Action>| a.unwrap().status;
-    assert_eq!(status(db.store.action(ids[0]).await.unwrap()), ActionStatus::Pending);
-    assert_eq!(status(db.store.action(ids[1]).await.unwrap()), ActionStatus::Cancelled);
-    assert_eq!(status(db.store.action(ids[2]).await.unwrap()), ActionStatus::Dlq, "not among the ids: untouched");
-    let logs = db.store.logs(Some(ids[1]), 10).await.unwrap();
+    assert_eq!(status(db.store.actions().action(ids[0]).await.unwrap()), ActionStatus::Pending);
+    assert_eq!(status(db.store.actions().action(ids[1]).await.unwrap()), ActionStatus::Cancelled);
+    assert_eq!(
+        status(db.store.actions().action(ids[2]).await.unwrap()),
+        ActionStatus::Dlq,
+        "not among the ids: untouched"
+    );
+    let logs = db.store.history().logs(Some(ids[1]), 10).await.unwrap();
     assert_eq!(logs[0].message, "cancelled by operator", "a log row per changed action");
 
     let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--json", "actions", "cancel", "--all-dlq"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json_out(&o)["cancelled"], json!([ids[2]]));
-    assert_eq!(status(db.store.action(pending).await.unwrap()), ActionStatus::Pending);
+    assert_eq!(status(db.store.actions().action(pending).await.unwrap()), ActionStatus::Pending);
     let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "actions", "cancel"]));
     assert_eq!(o.status.code(), Some(2), "an id or --all-dlq is required: {}", stderr(&o));
 }
@@ -272,7 +276,7 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
     let term = hold(&db.store, "pruner").await;
     // Ledger rows opened at given times, by the lease holder.
     let open_tick = |at| async move {
-        match db.store.begin_tick("orchestrator", "pruner", Duration::from_secs(300), at).await.unwrap() {
+        match db.store.ledger().begin_tick("orchestrator", "pruner", Duration::from_secs(300), at).await.unwrap() {
             orchestrator::store::Begun::Held { tick_id, .. } => tick_id,
             orchestrator::store::Begun::HeldByOther(row) => panic!("lease held by {}", row.owner),
         }
@@ -286,7 +290,7 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
         cooldowns: vec![("r".into(), "alert".into(), "old".into()), ("r".into(), "alert".into(), "new".into())],
         ..Default::default()
     };
-    db.store.record_decide(&fence, &rec).await.unwrap();
+    db.store.decisions().record_decide(&fence, &rec).await.unwrap();
     db.store
         .execute_unprepared("UPDATE rule_cooldowns SET applied_at = '2000-01-01 00:00:00+00:00' WHERE target = 'old'")
         .await
@@ -301,17 +305,17 @@ async fn history_is_pruned_but_explain_keeps_its_rows(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!((pruned.ledger, pruned.decisions, pruned.cooldowns), (1, 1, 1), "{pruned:?}");
-    assert!(db.store.tick(old).await.unwrap().is_none());
+    assert!(db.store.ledger().tick(old).await.unwrap().is_none());
     for id in [kept, fresh] {
         let e = orchestrator::explain::explain(&db.store, id).await.unwrap().expect("tick still in the ledger");
         assert_eq!(e.decisions.len(), 1, "tick {id} keeps the decisions explain shows");
     }
-    let cooldowns = db.store.cooldowns_since(days(1)).await.unwrap();
+    let cooldowns = db.store.decisions().cooldowns_since(days(1)).await.unwrap();
     assert_eq!(cooldowns.len(), 1, "{cooldowns:?}");
 
     // A cutoff in the future for decisions never goes past the ledger's.
     let cut = PruneCutoffs { ledger: days(10), decisions: now + chrono::Duration::days(1), cooldowns: days(1) };
-    let pruned = db.store.prune_history(cut, 100, orchestrator::store::Pace::FLAT_OUT).await.unwrap();
+    let pruned = db.store.history().prune_history(cut, 100, orchestrator::store::Pace::FLAT_OUT).await.unwrap();
     assert_eq!(pruned.total(), 0, "{pruned:?}");
 
     // `actions purge` prunes history too.
@@ -354,27 +358,27 @@ async fn a_million_old_ledger_rows_are_pruned_while_the_daemon_ticks(db: &TestDb
     let daemon_engine = engine.clone();
     let daemon = tokio::spawn(async move { orchestrator::runtime::daemon::run(&daemon_engine, None, stopped).await });
     let start = Instant::now();
-    while db.store.tick(OLD_ROWS).await.unwrap().is_some() {
+    while db.store.ledger().tick(OLD_ROWS).await.unwrap().is_some() {
         assert!(start.elapsed() < Duration::from_secs(600), "the purge did not finish in 10 minutes");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pruned_in = start.elapsed();
     // The same daemon goes on ticking once the purge is done: the baseline for "during" (ticks
     // run by hand before it are not run the way the daemon runs them).
-    let last_during = db.store.recent_ticks(1).await.unwrap()[0].id;
-    while db.store.recent_ticks(1).await.unwrap()[0].id < last_during + 60 {
+    let last_during = db.store.ledger().recent_ticks(1).await.unwrap()[0].id;
+    while db.store.ledger().recent_ticks(1).await.unwrap()[0].id < last_during + 60 {
         assert!(start.elapsed() < Duration::from_secs(900), "the daemon stopped ticking after the purge");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.send(true).unwrap();
     let summary = daemon.await.unwrap();
-    assert!(db.store.tick(1).await.unwrap().is_none(), "every old row is gone");
+    assert!(db.store.ledger().tick(1).await.unwrap().is_none(), "every old row is gone");
 
     // Tick time as the ledger records it (finished - started), before and while the purge ran.
     let ms = |t: &orchestrator::model::TickRow| {
         t.finished_at.map(|f| (f - t.started_at).num_microseconds().unwrap_or(0) as f64 / 1000.0)
     };
-    let ticks = db.store.recent_ticks(100_000).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(100_000).await.unwrap();
     let before: Vec<f64> = ticks.iter().filter(|t| t.id > OLD_ROWS && t.id <= last_before).filter_map(ms).collect();
     let during: Vec<f64> = ticks.iter().filter(|t| t.id > last_before && t.id <= last_during).filter_map(ms).collect();
     let after: Vec<f64> = ticks.iter().filter(|t| t.id > last_during).filter_map(ms).collect();

@@ -343,6 +343,7 @@ async fn drain_with_stderr_closed(with_worker: bool) {
     loop {
         let done = db
             .store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Success), action_type: None, limit: 100_000 })
             .await
             .unwrap();
@@ -366,7 +367,12 @@ async fn drain_with_stderr_closed(with_worker: bool) {
         let status = terminate(&mut p, Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "each process stops cleanly on SIGTERM");
     }
-    let all = db.store.list_actions(&ActionFilter { status: None, action_type: None, limit: 100_000 }).await.unwrap();
+    let all = db
+        .store
+        .actions()
+        .list_actions(&ActionFilter { status: None, action_type: None, limit: 100_000 })
+        .await
+        .unwrap();
     assert_eq!(all.len(), ACTIONS);
     for a in &all {
         assert_eq!((a.status, a.attempts), (ActionStatus::Success, 1), "action {} ran once", a.id);
@@ -412,6 +418,7 @@ async fn a_daemon_whose_stderr_nobody_reads_does_not_wait_for_it() {
     loop {
         let done = db
             .store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Success), action_type: None, limit: 100_000 })
             .await
             .unwrap();

@@ -222,8 +222,8 @@ impl Bounced {
             self.spawn("worker-2", &["worker", "--concurrency", "4", "--no-http"]),
         ]);
         let start = Instant::now();
-        while self.direct.workers(Duration::from_secs(30)).await.unwrap().len() < 2
-            || self.direct.recent_ticks(1).await.unwrap().is_empty()
+        while self.direct.workers().list(Duration::from_secs(30)).await.unwrap().len() < 2
+            || self.direct.ledger().recent_ticks(1).await.unwrap().is_empty()
         {
             assert!(start.elapsed() < Duration::from_secs(30), "not started:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,7 +235,12 @@ impl Bounced {
     async fn wait_drained(&self, n: usize, limit: Duration) {
         let start = Instant::now();
         loop {
-            let all = self.direct.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+            let all = self
+                .direct
+                .actions()
+                .list_actions(&ActionFilter { limit: 10_000, ..Default::default() })
+                .await
+                .unwrap();
             if all.len() == n && all.iter().all(|a| a.status == ActionStatus::Success) {
                 assert!(all.iter().all(|a| a.attempts == 1), "{all:?}");
                 break;
@@ -243,7 +248,7 @@ impl Bounced {
             assert!(start.elapsed() < limit, "not drained within {limit:?}:\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let logs = self.direct.logs(None, 10_000).await.unwrap();
+        let logs = self.direct.history().logs(None, 10_000).await.unwrap();
         let ok: Vec<_> = logs.iter().filter(|l| l.message.contains("succeeded")).collect();
         assert_eq!(ok.len(), n, "{logs:?}");
         assert!(ok.iter().all(|l| l.message.contains("[worker ")), "every attempt ran on a worker: {logs:?}");

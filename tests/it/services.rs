@@ -39,14 +39,14 @@ async fn rescuer_returns_a_dead_workers_claims_and_counts_them(db: &TestDb) {
     let ttl = Duration::from_millis(200);
     let claimer = worker(&db.store, "gone", ttl).await;
     let id = queue::enqueue(&db.store, &noop("orphan"), 3).await.unwrap().id;
-    assert_eq!(db.store.claim(&claimer, 1).await.unwrap().len(), 1);
+    assert_eq!(db.store.actions().claim(&claimer, 1).await.unwrap().len(), 1);
     let metrics = Arc::new(Metrics::new());
     let rescuer = Rescuer::new(db.store.clone(), metrics.clone(), ttl);
     assert_eq!(rescuer.run(&fence(&term), "leader").await.unwrap(), None, "a live worker's claim stays");
     tokio::time::sleep(ttl * 2).await;
     let note = rescuer.run(&fence(&term), "leader").await.unwrap();
     assert_eq!(note.as_deref(), Some("rescued 1 orphaned action(s)"));
-    assert_ne!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Running);
+    assert_ne!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Running);
     assert_eq!(metrics.rescued_actions_total.get(), 1);
     assert_eq!(rescuer.run(&fence(&term), "leader").await.unwrap(), None, "nothing is rescued twice");
 }
@@ -55,15 +55,20 @@ async fn expirer_moves_what_passed_its_deadline_to_the_dlq(db: &TestDb) {
     let term = hold(&db.store, "leader").await;
     let past = db.store.now() - chrono::Duration::hours(2);
     let req = EnqueueRequest { expires_at: Some(past + chrono::Duration::hours(1)), ..noop("stale") };
-    let stale =
-        db.store.enqueue(Authority::Operator, &queue::prepare(&req, &3.into(), past).unwrap()).await.unwrap().id;
+    let stale = db
+        .store
+        .actions()
+        .enqueue(Authority::Operator, &queue::prepare(&req, &3.into(), past).unwrap())
+        .await
+        .unwrap()
+        .id;
     let fresh = queue::enqueue(&db.store, &noop("fresh"), 3).await.unwrap().id;
     let metrics = Arc::new(Metrics::new());
     let expirer = Expirer::new(db.store.clone(), metrics.clone());
     let note = expirer.run(&fence(&term)).await.unwrap();
     assert_eq!(note.as_deref(), Some("1 expired action(s) moved to DLQ"));
-    assert_eq!(db.store.action(stale).await.unwrap().unwrap().status, ActionStatus::Dlq);
-    assert_eq!(db.store.action(fresh).await.unwrap().unwrap().status, ActionStatus::Pending);
+    assert_eq!(db.store.actions().action(stale).await.unwrap().unwrap().status, ActionStatus::Dlq);
+    assert_eq!(db.store.actions().action(fresh).await.unwrap().unwrap().status, ActionStatus::Pending);
     assert_eq!(metrics.expired_actions_total.get(), 1);
     assert_eq!(expirer.run(&fence(&term)).await.unwrap(), None);
 }
@@ -73,7 +78,7 @@ async fn expirer_moves_what_passed_its_deadline_to_the_dlq(db: &TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifier_wakes_listening_workers_only_when_work_is_due() {
     let sqlite = TestDb::sqlite().await;
-    assert!(sqlite.store.work_listener().await.unwrap().is_none(), "SQLite workers poll: no notifications");
+    assert!(sqlite.store.notify().work_listener().await.unwrap().is_none(), "SQLite workers poll: no notifications");
     Notifier::new(sqlite.store.clone()).wake_if_due(1).await;
     sqlite.cleanup().await;
 
@@ -81,7 +86,7 @@ async fn notifier_wakes_listening_workers_only_when_work_is_due() {
     own.create().await;
     let store = Store::open(&own.url, &StoreOptions::default()).await.unwrap();
     let notifier = Notifier::new(store.clone());
-    let mut listener = store.work_listener().await.unwrap().expect("PostgreSQL listens for work");
+    let mut listener = store.notify().work_listener().await.unwrap().expect("PostgreSQL listens for work");
     notifier.wake_if_due(0).await;
     assert!(!listener.wait(Duration::from_millis(300)).await, "nothing due wakes no one");
     notifier.wake_if_due(3).await;
@@ -112,7 +117,7 @@ async fn decider_keeps_its_rules_when_a_reload_is_rejected_and_a_dry_decide_writ
     let (snap, _) = engine.snapshot_now().await.unwrap();
     let decided = decider.decide(&snap, None).await.unwrap();
     assert!(decided.paused, "the rule would pause");
-    assert!(!db.store.flags().await.unwrap().paused, "a decide without a fence writes nothing");
+    assert!(!db.store.flags().get().await.unwrap().paused, "a decide without a fence writes nothing");
     assert!(decider.diagnostics().last_tick.is_empty(), "a dry decide leaves the tick's diagnostics alone");
 
     std::fs::remove_file(dir.join("broken.rhai")).unwrap();
@@ -141,7 +146,7 @@ async fn dispatcher_runs_what_its_preview_lists_within_the_budget(db: &TestDb) {
     for (id, want) in
         [(preview[0], ActionStatus::Success), (preview[1], ActionStatus::Success), (preview[2], ActionStatus::Pending)]
     {
-        assert_eq!(db.store.action(id).await.unwrap().unwrap().status, want, "action {id}");
+        assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, want, "action {id}");
     }
 }
 
@@ -149,11 +154,11 @@ async fn dispatcher_tells_work_held_by_a_limit_from_work_left_idle(db: &TestDb) 
     let engine = db.engine(db.config());
     assert_eq!(engine.dispatcher().left_idle().await.unwrap().unheld, 0, "nothing due, nothing idle");
     queue::enqueue(&db.store, &noop("one"), 3).await.unwrap();
-    db.store.set_limit("NOOP", &LimitSpec { max_running: Some(0), ..LimitSpec::default() }).await.unwrap();
+    db.store.limits().set_limit("NOOP", &LimitSpec { max_running: Some(0), ..LimitSpec::default() }).await.unwrap();
     let held = engine.dispatcher().left_idle().await.unwrap();
     assert_eq!((held.held, held.unheld), (1, 0));
     assert_eq!(held.held_by, ["NOOP max_running 0 (1 waiting)"]);
-    db.store.clear_limit("NOOP").await.unwrap();
+    db.store.limits().clear_limit("NOOP").await.unwrap();
     let idle = engine.dispatcher().left_idle().await.unwrap();
     assert_eq!((idle.held, idle.unheld), (0, 1), "due work nothing holds is left idle");
 }
@@ -164,12 +169,12 @@ async fn registration_registers_renews_and_deregisters(db: &TestDb) {
     assert!(!registration.renew().await.unwrap(), "nothing to renew before the first ensure");
     let id = registration.ensure().await.unwrap();
     assert_eq!(registration.ensure().await.unwrap(), id, "a live registration is renewed, not replaced");
-    let listed = db.store.workers(ttl).await.unwrap();
+    let listed = db.store.workers().list(ttl).await.unwrap();
     assert!(listed.iter().any(|w| w.id == id && w.types == ["NOOP"]), "{listed:?}");
     assert_eq!(registration.seen().id.as_deref(), Some(id.as_str()));
     registration.deregister().await.unwrap();
     assert!(registration.id().is_none());
-    assert!(!db.store.workers(ttl).await.unwrap().iter().any(|w| w.id == id), "deregistered");
+    assert!(!db.store.workers().list(ttl).await.unwrap().iter().any(|w| w.id == id), "deregistered");
 }
 
 async fn pruner_removes_leftover_artifact_files_and_finished_history(db: &TestDb) {
@@ -196,8 +201,11 @@ async fn pruner_removes_leftover_artifact_files_and_finished_history(db: &TestDb
     let waiting = queue::enqueue(&db.store, &noop("waiting"), 3).await.unwrap().id;
     tokio::time::sleep(Duration::from_millis(20)).await;
     pruner.run().await;
-    assert!(db.store.action(done).await.unwrap().is_none(), "the finished action was purged");
-    assert!(db.store.action(waiting).await.unwrap().is_some(), "an action that can still run is never purged");
+    assert!(db.store.actions().action(done).await.unwrap().is_none(), "the finished action was purged");
+    assert!(
+        db.store.actions().action(waiting).await.unwrap().is_some(),
+        "an action that can still run is never purged"
+    );
     let cutoffs = pruner::history_cutoffs(&config);
     assert!(cutoffs.ledger < orchestrator::model::now());
 }
@@ -212,13 +220,13 @@ async fn limits_writer_fills_or_replaces_as_asked(db: &TestDb) {
     };
 
     limits_writer::write(&db.store, &config, &registry, ConfigLimits::Fill).await.unwrap();
-    assert_eq!(base(db.store.limits().await.unwrap()), Some(two.clone()), "fills a type with no limit");
+    assert_eq!(base(db.store.limits().list().await.unwrap()), Some(two.clone()), "fills a type with no limit");
     let five = LimitSpec { max_running: Some(5), ..LimitSpec::default() };
-    db.store.set_limit("NOOP", &five).await.unwrap();
+    db.store.limits().set_limit("NOOP", &five).await.unwrap();
     limits_writer::write(&db.store, &config, &registry, ConfigLimits::Fill).await.unwrap();
-    assert_eq!(base(db.store.limits().await.unwrap()), Some(five.clone()), "fill leaves the operator's limit");
+    assert_eq!(base(db.store.limits().list().await.unwrap()), Some(five.clone()), "fill leaves the operator's limit");
     limits_writer::rewrite(&db.store, || Err::<orchestrator::config::Config, _>("bad yaml")).await;
-    assert_eq!(base(db.store.limits().await.unwrap()), Some(five), "a rejected reload changes nothing");
+    assert_eq!(base(db.store.limits().list().await.unwrap()), Some(five), "a rejected reload changes nothing");
     limits_writer::write(&db.store, &config, &registry, ConfigLimits::Replace).await.unwrap();
-    assert_eq!(base(db.store.limits().await.unwrap()), Some(two), "replace puts the config's back");
+    assert_eq!(base(db.store.limits().list().await.unwrap()), Some(two), "replace puts the config's back");
 }

@@ -71,7 +71,7 @@ async fn run_worker_and_serve_wait_for_a_database_created_after_they_start() {
             let line = "{\"action_type\":\"NOOP\",\"payload\":{},\"idempotency_key\":\"late\"}\n";
             orchestrator::queue::enqueue_jsonl(&store, line.as_bytes(), 3).await.unwrap();
             let start = Instant::now();
-            while store.count_by_status().await.unwrap()[&ActionStatus::Success] < 1 {
+            while store.actions().count_by_status().await.unwrap()[&ActionStatus::Success] < 1 {
                 assert!(start.elapsed() < Duration::from_secs(30), "{cmd} never ran the action");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

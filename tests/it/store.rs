@@ -38,7 +38,7 @@ async fn concurrent_first_opens_migrate_once_on_postgres() {
         .collect();
     for o in opens {
         let store = o.await.unwrap().expect("every concurrent open succeeds");
-        assert!(store.flags().await.unwrap().proof_mode);
+        assert!(store.flags().get().await.unwrap().proof_mode);
         store.close().await.unwrap();
     }
     db.store.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();

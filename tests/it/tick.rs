@@ -39,12 +39,12 @@ backend_tests!(
 async fn a_tick_that_dies_midway_leaves_its_row_as_fail(db: &TestDb) {
     let engine = db.engine(db.config());
     let (_, tick_id) = engine.lease().begin_tick(db.store.now()).await.unwrap().expect("the lease is free");
-    let row = db.store.recent_ticks(1).await.unwrap().remove(0);
+    let row = db.store.ledger().recent_ticks(1).await.unwrap().remove(0);
     assert_eq!((row.id, row.status), (tick_id, TickStatus::Fail));
     assert_eq!(row.notes.as_deref(), Some(orchestrator::store::UNFINISHED_NOTE));
     let next = ran(&engine).await;
     assert_eq!(next.tick_id, tick_id + 1);
-    let rows = db.store.recent_ticks(2).await.unwrap();
+    let rows = db.store.ledger().recent_ticks(2).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [next.status, TickStatus::Fail]);
 }
 
@@ -59,7 +59,7 @@ async fn ticks_on_one_engine_never_overlap(db: &TestDb) {
     for outcome in [a, b] {
         assert!(matches!(outcome.unwrap(), TickOutcome::Ran(_)));
     }
-    let mut rows = db.store.recent_ticks(2).await.unwrap();
+    let mut rows = db.store.ledger().recent_ticks(2).await.unwrap();
     rows.sort_by_key(|r| r.id);
     let first_end = rows[0].finished_at.expect("closed");
     assert!(rows[1].started_at >= first_end, "tick {} started before tick {} ended: {rows:?}", rows[1].id, rows[0].id);
@@ -84,17 +84,17 @@ async fn enqueue_then_tick_succeeds_and_records_everything(db: &TestDb) {
     let id = queue::enqueue(&db.store, &noop("one"), 3).await.unwrap().id;
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted, r.succeeded, r.failed), (TickStatus::Success, 1, 1, 0));
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Success);
     assert_eq!(a.attempts, 1);
     assert!(a.finished_at.is_some());
-    let ticks = db.store.recent_ticks(10).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(10).await.unwrap();
     assert_eq!(ticks.len(), 2, "one ledger row per tick");
     let t = &ticks[0];
     assert_eq!((t.id, t.status, t.actions_attempted, t.actions_succeeded), (r.tick_id, TickStatus::Success, 1, 1));
     assert!(t.finished_at.is_some());
     assert_eq!(t.owner, engine.lease().owner());
-    let logs = db.store.logs(Some(id), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(id), 10).await.unwrap();
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0].tick_id, Some(r.tick_id));
     assert_eq!(logs[0].level, LogLevel::Info);
@@ -119,7 +119,7 @@ async fn proof_artifact_sha256_matches_its_bytes(db: &TestDb) {
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Partial, 2, 1));
 
-    let log = &db.store.logs(Some(id), 10).await.unwrap()[0];
+    let log = &db.store.history().logs(Some(id), 10).await.unwrap()[0];
     let path = std::path::PathBuf::from(log.artifact_ref.as_deref().expect("artifact recorded"));
     assert!(path.starts_with(db.dir.path().join("artifacts").join("proof_social")), "{path:?}");
     let bytes = std::fs::read(&path).expect("artifact exists");
@@ -129,27 +129,27 @@ async fn proof_artifact_sha256_matches_its_bytes(db: &TestDb) {
     let name = path.file_name().unwrap().to_str().unwrap();
     assert!(name.contains("_post_42__-"), "sanitized key in the name: {name}");
 
-    let b = db.store.action(bad).await.unwrap().unwrap();
+    let b = db.store.actions().action(bad).await.unwrap().unwrap();
     assert_eq!(b.status, ActionStatus::Dlq, "a missing field is permanent");
     assert_eq!(b.last_error.as_deref(), Some("POST_SOCIAL payload is missing the field 'audience'"));
     assert_eq!(b.attempts, 1);
 }
 
 async fn real_mode_retries_then_dlq_with_error_kept(db: &TestDb) {
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let engine = db.engine(db.config());
     let id = queue::enqueue(&db.store, &social("real"), 3).await.unwrap().id;
     for attempt in 1..=3 {
         let r = ran(&engine).await;
         assert_eq!((r.status, r.attempted, r.failed), (TickStatus::Partial, 1, 1), "attempt {attempt}");
-        let a = db.store.action(id).await.unwrap().unwrap();
+        let a = db.store.actions().action(id).await.unwrap().unwrap();
         assert_eq!(a.attempts, attempt);
         let expected = if attempt < 3 { ActionStatus::Retry } else { ActionStatus::Dlq };
         assert_eq!(a.status, expected);
         assert!(a.last_error.as_deref().unwrap().starts_with("real run unconfigured"), "{:?}", a.last_error);
     }
     assert_eq!(ran(&engine).await.status, TickStatus::Idle, "DLQ is not retried");
-    let logs = db.store.logs(Some(id), 10).await.unwrap();
+    let logs = db.store.history().logs(Some(id), 10).await.unwrap();
     assert_eq!(logs.len(), 3);
     assert_eq!(logs[0].level, LogLevel::Error);
     assert!(logs[0].message.contains("out of attempts -> DLQ"), "{}", logs[0].message);
@@ -163,7 +163,7 @@ async fn pause_set_by_sql_is_honoured(db: &TestDb) {
     db.store.execute_unprepared("UPDATE control_flags SET paused = true WHERE id = 1").await.unwrap();
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted), (TickStatus::Paused, 0));
-    assert_eq!(db.store.action(id).await.unwrap().unwrap().status, ActionStatus::Pending);
+    assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, ActionStatus::Pending);
     db.store.execute_unprepared("UPDATE control_flags SET paused = false WHERE id = 1").await.unwrap();
     assert_eq!(ran(&engine).await.status, TickStatus::Success);
 }
@@ -178,13 +178,13 @@ async fn kill_stops_run_and_releases_the_lease(db: &TestDb) {
         async move { daemon::run(&engine, None, rx).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    db.store.set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { killed: Some(true), ..Default::default() }).await.unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(10), runner).await.expect("run stops").unwrap();
     assert_eq!(summary.stopped_by, StopReason::Killed);
     assert!(summary.ticks >= 2);
-    let last = &db.store.recent_ticks(1).await.unwrap()[0];
+    let last = &db.store.ledger().recent_ticks(1).await.unwrap()[0];
     assert_eq!(last.status, TickStatus::Killed);
-    let lease = db.store.lease("orchestrator").await.unwrap().unwrap();
+    let lease = db.store.lease().get("orchestrator").await.unwrap().unwrap();
     assert!(lease.expires_at <= orchestrator::model::now(), "the lease was released");
 }
 
@@ -194,7 +194,7 @@ async fn unknown_type_goes_to_dlq(db: &TestDb) {
     r.action_type = "TELEPORT".into();
     let id = queue::enqueue(&db.store, &r, 3).await.unwrap().id;
     ran(&engine).await;
-    let a = db.store.action(id).await.unwrap().unwrap();
+    let a = db.store.actions().action(id).await.unwrap().unwrap();
     assert_eq!(a.status, ActionStatus::Dlq);
     assert_eq!(a.last_error.as_deref(), Some("no adapter for action type TELEPORT"));
 }
@@ -225,7 +225,7 @@ impl Adapter for Flaky {
 }
 
 async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
     // Long enough for a panic hook that prints a backtrace (RUST_BACKTRACE=1) to finish.
     config.action_timeout = Duration::from_secs(2);
@@ -248,18 +248,18 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
     let r = ran(&engine).await;
     assert_eq!((r.status, r.attempted, r.succeeded, r.failed), (TickStatus::Partial, 3, 1, 2));
     assert_eq!(calls.load(Ordering::SeqCst), 3, "the panic stopped neither the tick nor the others");
-    let pa = db.store.action(p).await.unwrap().unwrap();
+    let pa = db.store.actions().action(p).await.unwrap().unwrap();
     assert_eq!(pa.status, ActionStatus::Retry);
     assert_eq!(pa.last_error.as_deref(), Some("adapter panicked: flaky adapter exploded"));
-    let ha = db.store.action(h).await.unwrap().unwrap();
+    let ha = db.store.actions().action(h).await.unwrap().unwrap();
     assert_eq!(ha.status, ActionStatus::Retry);
     assert!(ha.last_error.as_deref().unwrap().starts_with("timed out after 2.0s"), "{:?}", ha.last_error);
-    assert_eq!(db.store.action(f).await.unwrap().unwrap().status, ActionStatus::Success);
+    assert_eq!(db.store.actions().action(f).await.unwrap().unwrap().status, ActionStatus::Success);
 }
 
 async fn deadline_returns_unstarted_claims_uncounted(db: &TestDb) {
     // Real mode: NOOP's sleep_ms only runs in execute (proof mode calls render_proof alone).
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
     config.max_tick = Duration::from_millis(300);
     config.dispatch_concurrency = 1;
@@ -276,7 +276,7 @@ async fn deadline_returns_unstarted_claims_uncounted(db: &TestDb) {
     assert!(r.notes.contains("returned to PENDING unstarted"), "{}", r.notes);
     let mut pending = 0;
     for id in ids {
-        let a = db.store.action(id).await.unwrap().unwrap();
+        let a = db.store.actions().action(id).await.unwrap().unwrap();
         match a.status {
             ActionStatus::Success => assert_eq!(a.attempts, 1),
             ActionStatus::Pending => {
@@ -302,8 +302,8 @@ async fn follower_does_nothing(db: &TestDb) {
         }
         TickOutcome::Ran(_) => panic!("the follower ran a tick"),
     }
-    assert_eq!(db.store.recent_ticks(10).await.unwrap().len(), 1, "a follower writes no ledger row");
-    assert_eq!(db.store.due_count().await.unwrap(), 1);
+    assert_eq!(db.store.ledger().recent_ticks(10).await.unwrap().len(), 1, "a follower writes no ledger row");
+    assert_eq!(db.store.actions().due_count().await.unwrap(), 1);
 }
 
 async fn daemon_prunes_history_past_retention(db: &TestDb) {
@@ -322,9 +322,9 @@ async fn daemon_prunes_history_past_retention(db: &TestDb) {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let summary = daemon::run(&engine, Some(1), rx).await;
     assert_eq!(summary.stopped_by, StopReason::TicksDone);
-    assert!(db.store.action(old).await.unwrap().is_none(), "finished past the retention: purged");
+    assert!(db.store.actions().action(old).await.unwrap().is_none(), "finished past the retention: purged");
     assert_eq!(
-        db.store.action(recent).await.unwrap().unwrap().status,
+        db.store.actions().action(recent).await.unwrap().unwrap().status,
         ActionStatus::Success,
         "within the retention: kept"
     );
@@ -366,7 +366,7 @@ async fn wait_for_count(n: &AtomicUsize, want: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_runs_concurrency_at_once_and_starts_at_most_max_unrecorded_unrecorded() {
     let db = TestDb::sqlite().await;
-    db.store.set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
     let mut config = db.config();
     config.dispatch_concurrency = 2;
     config.max_unrecorded = 5;
@@ -408,6 +408,6 @@ async fn dispatch_runs_concurrency_at_once_and_starts_at_most_max_unrecorded_unr
     let r = tick.await.unwrap();
     assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Success, 20, 20));
     assert_eq!(started.load(Ordering::SeqCst), 20, "each ran once");
-    let counts = db.store.count_by_status().await.unwrap();
+    let counts = db.store.actions().count_by_status().await.unwrap();
     assert_eq!(counts[&ActionStatus::Success], 20);
 }

@@ -34,79 +34,79 @@ async fn claimer(db: &TestDb) -> Claimer {
 }
 
 async fn a_full_type_waits_and_the_others_flow_past_it(db: &TestDb) {
-    db.store.set_limit("SLOW", &spec("max_running: '2'")).await.unwrap();
+    db.store.limits().set_limit("SLOW", &spec("max_running: '2'")).await.unwrap();
     enqueue(&db.store, "SLOW", 10, 10, |i| json!({"i": i})).await;
     enqueue(&db.store, "NOOP", 10, 0, |i| json!({"i": i})).await;
     let w = claimer(db).await;
-    let first = db.store.claim(&w, 5).await.unwrap();
+    let first = db.store.actions().claim(&w, 5).await.unwrap();
     assert_eq!(
         types(&first),
         BTreeMap::from([("NOOP".into(), 3), ("SLOW".into(), 2)]),
         "two SLOW, the rest of the batch NOOP"
     );
-    let second = db.store.claim(&w, 5).await.unwrap();
+    let second = db.store.actions().claim(&w, 5).await.unwrap();
     assert_eq!(
         types(&second),
         BTreeMap::from([("NOOP".into(), 5)]),
         "SLOW is full; NOOP flows past its higher priority"
     );
     let slow: Vec<&Claimed> = first.iter().filter(|c| c.action.action_type == "SLOW").collect();
-    db.store.complete(None, &[done(slow[0], CompletionOutcome::Success)]).await.unwrap();
-    let third = db.store.claim(&w, 5).await.unwrap();
+    db.store.actions().complete(None, &[done(slow[0], CompletionOutcome::Success)]).await.unwrap();
+    let third = db.store.actions().claim(&w, 5).await.unwrap();
     assert_eq!(
         types(&third),
         BTreeMap::from([("NOOP".into(), 2), ("SLOW".into(), 1)]),
         "a completion gives its slot back"
     );
-    let usage = db.store.limit_usage().await.unwrap();
+    let usage = db.store.limits().limit_usage().await.unwrap();
     let slow = usage.iter().find(|u| u.action_type == "SLOW").unwrap();
     assert_eq!((slow.running, slow.waiting, slow.running_remaining), (2, 7, Some(0)));
     assert!(slow.blocked_running >= 1, "the claims that held SLOW back are counted: {slow:?}");
     // Waiting never counts as an attempt.
-    let waiting = db.store.list_actions(&Default::default()).await.unwrap();
+    let waiting = db.store.actions().list_actions(&Default::default()).await.unwrap();
     assert!(
         waiting.iter().filter(|a| a.action_type == "SLOW" && a.status.as_str() == "PENDING").all(|a| a.attempts == 0)
     );
 }
 
 async fn partitions_are_limited_one_by_one(db: &TestDb) {
-    db.store.set_limit("WEBHOOK", &spec("{max_running: '1', partition_by: payload.partner}")).await.unwrap();
+    db.store.limits().set_limit("WEBHOOK", &spec("{max_running: '1', partition_by: payload.partner}")).await.unwrap();
     enqueue(&db.store, "WEBHOOK", 9, 0, |i| json!({"partner": format!("p{}", i % 3)})).await;
     enqueue(&db.store, "WEBHOOK", 1, 0, |_| json!({"other": 1})).await;
     let w = claimer(db).await;
-    let got = db.store.claim(&w, 20).await.unwrap();
+    let got = db.store.actions().claim(&w, 20).await.unwrap();
     let mut partners: Vec<String> = got
         .iter()
         .map(|c| c.action.payload.get("partner").and_then(|p| p.as_str()).unwrap_or("").to_string())
         .collect();
     partners.sort();
     assert_eq!(partners, ["", "p0", "p1", "p2"], "one at a time per partner, and one without the field");
-    assert!(db.store.claim(&w, 20).await.unwrap().is_empty());
-    let usage = db.store.limit_usage().await.unwrap();
+    assert!(db.store.actions().claim(&w, 20).await.unwrap().is_empty());
+    let usage = db.store.limits().limit_usage().await.unwrap();
     let u = &usage[0];
     assert_eq!((u.running, u.waiting, u.partitions_tracked), (4, 6, 3));
     assert_eq!(u.partitions.len(), 4);
 }
 
 async fn rate_and_budget_count_starts_and_an_unstart_gives_them_back(db: &TestDb) {
-    db.store.set_limit("POST", &spec("{rate: 3/1h}")).await.unwrap();
-    db.store.set_limit("MAIL", &spec("{daily_budget: '4'}")).await.unwrap();
+    db.store.limits().set_limit("POST", &spec("{rate: 3/1h}")).await.unwrap();
+    db.store.limits().set_limit("MAIL", &spec("{daily_budget: '4'}")).await.unwrap();
     enqueue(&db.store, "POST", 10, 0, |i| json!({"i": i})).await;
     enqueue(&db.store, "MAIL", 10, 0, |i| json!({"i": i})).await;
     let w = claimer(db).await;
-    let got = db.store.claim(&w, 20).await.unwrap();
+    let got = db.store.actions().claim(&w, 20).await.unwrap();
     assert_eq!(types(&got), BTreeMap::from([("MAIL".into(), 4), ("POST".into(), 3)]));
     // Completing frees nothing of a rate or a budget: a start is a start.
     let batch: Vec<Completion> = got.iter().map(|c| done(c, CompletionOutcome::Success)).collect();
-    db.store.complete(None, &batch[..2]).await.unwrap();
-    assert!(db.store.claim(&w, 20).await.unwrap().is_empty());
+    db.store.actions().complete(None, &batch[..2]).await.unwrap();
+    assert!(db.store.actions().claim(&w, 20).await.unwrap().is_empty());
     // An attempt that never started gives its start back.
     let rest: Vec<Completion> =
         batch[2..].iter().map(|c| Completion { outcome: CompletionOutcome::Unstarted, ..c.clone() }).collect();
-    db.store.complete(None, &rest).await.unwrap();
-    let again = db.store.claim(&w, 20).await.unwrap();
+    db.store.actions().complete(None, &rest).await.unwrap();
+    let again = db.store.actions().claim(&w, 20).await.unwrap();
     assert_eq!(again.len(), rest.len(), "each unstart gives back one start");
-    let usage = db.store.limit_usage().await.unwrap();
+    let usage = db.store.limits().limit_usage().await.unwrap();
     let mail = usage.iter().find(|u| u.action_type == "MAIL").unwrap();
     assert_eq!(mail.budget_remaining, Some(0));
     assert!(mail.budget_exhausted_at.is_some());
@@ -119,14 +119,15 @@ async fn an_override_narrows_a_type_until_it_expires(db: &TestDb) {
     let w = claimer(db).await;
     let soon = db.store.db_now().await.unwrap() + chrono::Duration::milliseconds(1500);
     db.store
+        .limits()
         .set_limit_override(None, "NOOP", LimitField::MaxRunning, LimitValue::Count(0), soon, "breaker", "test")
         .await
         .unwrap();
-    assert!(db.store.claim(&w, 4).await.unwrap().is_empty(), "narrowed to 0");
-    let listed = db.store.limits().await.unwrap();
+    assert!(db.store.actions().claim(&w, 4).await.unwrap().is_empty(), "narrowed to 0");
+    let listed = db.store.limits().list().await.unwrap();
     assert_eq!(listed[0].overrides[0].reason, "breaker");
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_eq!(db.store.claim(&w, 4).await.unwrap().len(), 4, "the override expired");
+    assert_eq!(db.store.actions().claim(&w, 4).await.unwrap().len(), 4, "the override expired");
 }
 
 // ---- property: four claimers racing never exceed a limit ---------------------------------------
@@ -242,10 +243,10 @@ async fn four_racing_claimers_never_exceed_a_limit(db: &TestDb) {
 async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::Fence, n: u32, scripts: Vec<Vec<Step>>) {
     let (run, rate, budget, part, free) =
         (format!("RUN{n}"), format!("RATE{n}"), format!("BUDGET{n}"), format!("PART{n}"), format!("FREE{n}"));
-    db.store.set_limit(&run, &spec("max_running: '2'")).await.unwrap();
-    db.store.set_limit(&rate, &spec("{rate: 5/1h, max_running: '3'}")).await.unwrap();
-    db.store.set_limit(&budget, &spec("daily_budget: '6'")).await.unwrap();
-    db.store.set_limit(&part, &spec("{max_running: '1', partition_by: payload.p}")).await.unwrap();
+    db.store.limits().set_limit(&run, &spec("max_running: '2'")).await.unwrap();
+    db.store.limits().set_limit(&rate, &spec("{rate: 5/1h, max_running: '3'}")).await.unwrap();
+    db.store.limits().set_limit(&budget, &spec("daily_budget: '6'")).await.unwrap();
+    db.store.limits().set_limit(&part, &spec("{max_running: '1', partition_by: payload.p}")).await.unwrap();
     let day = db.store.db_now().await.unwrap().date_naive();
     for t in [&run, &rate, &budget, &free] {
         enqueue(&db.store, t, 12, 0, |i| json!({"i": i})).await;
@@ -269,7 +270,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
             for step in script {
                 match step {
                     Step::Claim(want) => {
-                        let got = store.claim(&me, want).await.unwrap();
+                        let got = store.actions().claim(&me, want).await.unwrap();
                         let mut s = seen.lock().unwrap();
                         for c in got {
                             s.add(&c.action.action_type, &partition(&c));
@@ -296,7 +297,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
                                 *s.attempts.entry(c.action.id).or_default() -= 1;
                             }
                         }
-                        let r = store.complete(None, &[done(&c, outcome)]).await.unwrap();
+                        let r = store.actions().complete(None, &[done(&c, outcome)]).await.unwrap();
                         assert_eq!(r.applied, [c.action.id], "a live claim's end lands");
                     }
                     Step::Finish(..) => {}
@@ -307,8 +308,8 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
                                 s.remove(&c.action.action_type, &partition(&c));
                             }
                         }
-                        store.deregister_worker(&me.worker).await.unwrap();
-                        store.rescue(&fence, "leader", Duration::from_secs(600), None).await.unwrap();
+                        store.workers().deregister_worker(&me.worker).await.unwrap();
+                        store.actions().rescue(&fence, "leader", Duration::from_secs(600), None).await.unwrap();
                         generation += 1;
                         me =
                             crate::support::worker(&store, &format!("c{n}-{k}-{generation}"), Duration::from_secs(600))
@@ -344,6 +345,7 @@ async fn race_case(db: &TestDb, stores: &[Store], fence: &orchestrator::store::F
     // an attempt for waiting.
     let rows = db
         .store
+        .actions()
         .list_actions(&orchestrator::store::ActionFilter { limit: 10_000, ..Default::default() })
         .await
         .unwrap();
@@ -376,7 +378,7 @@ backend_tests!(a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why)
 /// then has only limited work left says so and is not an idle tick.
 async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &TestDb) {
     use orchestrator::model::{ActionStatus, TickStatus};
-    db.store.set_limit("POST_SOCIAL", &spec("rate: 3/1h")).await.unwrap();
+    db.store.limits().set_limit("POST_SOCIAL", &spec("rate: 3/1h")).await.unwrap();
     enqueue(&db.store, "POST_SOCIAL", 300, 5, |i| json!({"text": format!("post {i}")})).await;
     enqueue(&db.store, "NOOP", 150, 0, |i| json!({"i": i})).await;
     let mut config = db.config();
@@ -395,6 +397,7 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
         let store = db.store.clone();
         async move {
             store
+                .actions()
                 .list_actions(&orchestrator::store::ActionFilter {
                     status: Some(ActionStatus::Success),
                     action_type: Some(t),
@@ -408,6 +411,7 @@ async fn a_type_at_its_rate_does_not_delay_the_rest_and_the_tick_says_why(db: &T
     assert_eq!(done("NOOP").await, 150, "two ticks, as without the limited backlog");
     let posts = db
         .store
+        .actions()
         .list_actions(&orchestrator::store::ActionFilter {
             action_type: Some("POST_SOCIAL".into()),
             limit: 1000,
@@ -449,7 +453,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
         crate::support::daemon::Procs(vec![crate::support::daemon::spawn(&db, &["run", "--no-execute", "--no-http"])]);
     // The leader writes its config's limits at start; work comes only once they are in force.
     let start = std::time::Instant::now();
-    while !db.store.limits().await.unwrap().iter().any(|l| l.action_type == "COMMAND") {
+    while !db.store.limits().list().await.unwrap().iter().any(|l| l.action_type == "COMMAND") {
         assert!(start.elapsed() < Duration::from_secs(20), "the leader never wrote its limits");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -457,6 +461,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
         procs.0.push(crate::support::daemon::spawn(&db, &["worker", "--concurrency", "4"]));
     }
     db.store
+        .flags()
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
         .await
         .unwrap();
@@ -466,6 +471,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
     loop {
         let done = db
             .store
+            .actions()
             .list_actions(&orchestrator::store::ActionFilter {
                 status: Some(orchestrator::model::ActionStatus::Success),
                 limit: 1000,
@@ -489,7 +495,7 @@ async fn a_limit_holds_across_worker_processes_and_moves_on_sighup() {
     crate::support::daemon::signal(&procs.0[0], "-HUP");
     let start = std::time::Instant::now();
     loop {
-        let l = db.store.limits().await.unwrap();
+        let l = db.store.limits().list().await.unwrap();
         if l.iter().any(|l| l.action_type == "COMMAND" && l.base.max_running == Some(3)) {
             break;
         }
@@ -519,8 +525,8 @@ async fn the_window_slides_and_the_budget_turns_with_the_day() {
     let db = TestDb::sqlite().await;
     let clock = orchestrator::model::Clock::shifted();
     let store = db.store.clone().with_clock(clock.clone());
-    store.set_limit("POST", &spec("rate: 2/1h")).await.unwrap();
-    store.set_limit("MAIL", &spec("daily_budget: '3'")).await.unwrap();
+    store.limits().set_limit("POST", &spec("rate: 2/1h")).await.unwrap();
+    store.limits().set_limit("MAIL", &spec("daily_budget: '3'")).await.unwrap();
     enqueue(&store, "POST", 10, 0, |i| json!({"i": i})).await;
     enqueue(&store, "MAIL", 10, 0, |i| json!({"i": i})).await;
     let mut generation = 0;
@@ -531,9 +537,9 @@ async fn the_window_slides_and_the_budget_turns_with_the_day() {
             types: vec![t.to_string()],
             ..crate::support::worker(store, &format!("w{generation}"), Duration::from_secs(30)).await
         };
-        let got = store.claim(&me, 10).await.unwrap();
+        let got = store.actions().claim(&me, 10).await.unwrap();
         let batch: Vec<Completion> = got.iter().map(|c| done(c, CompletionOutcome::Success)).collect();
-        store.complete(None, &batch).await.unwrap();
+        store.actions().complete(None, &batch).await.unwrap();
         got.len()
     };
     assert_eq!(claim(&store, "POST").await, 2);
@@ -554,18 +560,25 @@ async fn the_window_slides_and_the_budget_turns_with_the_day() {
 backend_tests!(a_dead_workers_slot_comes_back_with_its_rescue_never_before);
 
 async fn a_dead_workers_slot_comes_back_with_its_rescue_never_before(db: &TestDb) {
-    db.store.set_limit("ONE", &spec("max_running: '1'")).await.unwrap();
+    db.store.limits().set_limit("ONE", &spec("max_running: '1'")).await.unwrap();
     enqueue(&db.store, "ONE", 3, 0, |i| json!({"i": i})).await;
     let term = crate::support::hold(&db.store, "leader").await;
     let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
     let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
-    assert_eq!(db.store.claim(&a, 3).await.unwrap().len(), 1);
-    db.store.deregister_worker("a").await.unwrap();
-    assert!(db.store.claim(&b, 3).await.unwrap().is_empty(), "a's attempt may still be running: its slot is held");
-    let rescued =
-        db.store.rescue(&crate::support::fence(&term), "leader", Duration::from_secs(30), None).await.unwrap();
+    assert_eq!(db.store.actions().claim(&a, 3).await.unwrap().len(), 1);
+    db.store.workers().deregister_worker("a").await.unwrap();
+    assert!(
+        db.store.actions().claim(&b, 3).await.unwrap().is_empty(),
+        "a's attempt may still be running: its slot is held"
+    );
+    let rescued = db
+        .store
+        .actions()
+        .rescue(&crate::support::fence(&term), "leader", Duration::from_secs(30), None)
+        .await
+        .unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!(db.store.claim(&b, 3).await.unwrap().len(), 1, "the rescue gave the slot back");
+    assert_eq!(db.store.actions().claim(&b, 3).await.unwrap().len(), 1, "the rescue gave the slot back");
 }
 
 /// A worker whose claim came back empty because of a limit claims again as soon as one of its
@@ -576,8 +589,9 @@ async fn a_worker_held_by_a_limit_claims_again_when_its_attempt_ends() {
     let Some(db) = TestDb::postgres().await else { return };
     let log = db.dir.path().join("probe.log");
     std::fs::write(db.dir.path().join("o.yaml"), limits_config_polling(&log, 1, 5.0)).unwrap();
-    db.store.set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
+    db.store.limits().set_limit("COMMAND", &spec("max_running: '1'")).await.unwrap();
     db.store
+        .flags()
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
         .await
         .unwrap();
@@ -605,7 +619,7 @@ backend_tests!(a_tick_keeps_a_limited_types_slots_busy);
 /// `max_running: 2` and 20 due: one tick runs all 20, two at a time, instead of stopping after
 /// its first short batch.
 async fn a_tick_keeps_a_limited_types_slots_busy(db: &TestDb) {
-    db.store.set_limit("NOOP", &spec("max_running: '2'")).await.unwrap();
+    db.store.limits().set_limit("NOOP", &spec("max_running: '2'")).await.unwrap();
     enqueue(&db.store, "NOOP", 20, 0, |i| json!({"i": i})).await;
     let engine = db.engine(db.config());
     let r = crate::support::ran(&engine).await;
@@ -633,9 +647,9 @@ async fn a_limits_row_no_reader_can_use_stops_nothing_else(db: &TestDb) {
     enqueue(&db.store, "NOOP", 3, 0, |i| json!({"i": i})).await;
     enqueue(&db.store, "WEIRD", 3, 0, |i| json!({"i": i})).await;
     let w = claimer(db).await;
-    let got = db.store.claim(&w, 10).await.unwrap();
+    let got = db.store.actions().claim(&w, 10).await.unwrap();
     assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 3)]), "NOOP runs; WEIRD is held by its unreadable row");
-    let usage = db.store.limit_usage().await.unwrap();
+    let usage = db.store.limits().limit_usage().await.unwrap();
     let error = |t: &str| usage.iter().find(|u| u.action_type == t).and_then(|u| u.limit.error.clone());
     assert!(error("bad'type").is_some_and(|e| e.contains("contains")), "{usage:?}");
     assert!(error("WEIRD").is_some_and(|e| e.contains("partition_by")), "{usage:?}");

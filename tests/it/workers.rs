@@ -27,7 +27,7 @@ adapters:
 ";
 
 async fn counts(db: &TestDb) -> Vec<(ActionStatus, usize)> {
-    let all = db.store.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
     ActionStatus::ALL
         .iter()
         .map(|s| (*s, all.iter().filter(|a| a.status == *s).count()))
@@ -93,7 +93,7 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     // so the drain never reads as idle, and the work-conserving check does not fire.
     // A tick still in flight reads as "did not finish" until it closes: only finished ones.
     let ticks: Vec<_> =
-        db.store.recent_ticks(10_000).await.unwrap().into_iter().filter(|t| t.finished_at.is_some()).collect();
+        db.store.ledger().recent_ticks(10_000).await.unwrap().into_iter().filter(|t| t.finished_at.is_some()).collect();
     assert!(!ticks.is_empty(), "the leader ticked");
     let notes = |t: &orchestrator::model::TickRow| t.notes.clone().unwrap_or_default();
     assert!(ticks.iter().all(|t| notes(t).contains("leader only (--no-execute)")), "{ticks:?}");
@@ -101,7 +101,7 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
     // Each outcome is counted once, by the tick whose window (ending 2 s back) holds it.
     let start = Instant::now();
     let counted = loop {
-        let ticks = db.store.recent_ticks(10_000).await.unwrap();
+        let ticks = db.store.ledger().recent_ticks(10_000).await.unwrap();
         let counted: i32 = ticks.iter().map(|t| t.actions_succeeded).sum();
         if counted >= 60 || start.elapsed() > Duration::from_secs(15) {
             break counted;
@@ -109,9 +109,9 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(counted, 60, "the ledger counts every outcome the workers recorded, once");
-    let ticks = db.store.recent_ticks(10_000).await.unwrap();
+    let ticks = db.store.ledger().recent_ticks(10_000).await.unwrap();
     assert!(ticks.iter().any(|t| t.status == orchestrator::model::TickStatus::Success), "{ticks:?}");
-    let logs = db.store.logs(None, 1000).await.unwrap();
+    let logs = db.store.history().logs(None, 1000).await.unwrap();
     assert!(logs.iter().all(|l| l.tick_id.is_none()), "no attempt ran inside a leader's tick");
     let o = run(bin(db.dir.path()).args(["--database-url", &db.url, "--config", "o.yaml", "--json", "status"]));
     assert_eq!(json(&o)["workers"], serde_json::json!({"live": 2, "dead": 0}), "{}", stderr(&o));
@@ -129,7 +129,7 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
         assert!(start.elapsed() < Duration::from_secs(20), "the workers' counts never reached 60: {listed}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let logs = db.store.logs(None, 1000).await.unwrap();
+    let logs = db.store.history().logs(None, 1000).await.unwrap();
     assert!(
         logs.iter().filter(|l| l.message.contains("succeeded")).all(|l| l.message.contains("[worker ")),
         "{logs:?}"
@@ -148,7 +148,7 @@ async fn workers_drain_beside_a_leader_that_does_not_execute() {
         };
         assert_eq!(status.code(), Some(0));
     }
-    let left = db.store.workers(Duration::from_secs(30)).await.unwrap();
+    let left = db.store.workers().list(Duration::from_secs(30)).await.unwrap();
     assert!(left.is_empty(), "stopped workers deregistered: {left:?}");
 }
 
@@ -162,9 +162,10 @@ async fn a_killed_workers_claims_are_rescued_and_nothing_is_lost() {
     // Let the first worker take claims, then kill it mid-attempt.
     let start = Instant::now();
     let victim = loop {
-        let live = db.store.workers(Duration::from_secs(30)).await.unwrap();
+        let live = db.store.workers().list(Duration::from_secs(30)).await.unwrap();
         let busy = db
             .store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
             .await
             .unwrap();
@@ -181,10 +182,10 @@ async fn a_killed_workers_claims_are_rescued_and_nothing_is_lost() {
     procs.0.push(spawn(&db, &["worker", "--concurrency", "4"]));
 
     wait_until_done(&db, 80, Duration::from_secs(90)).await;
-    let logs = db.store.logs(None, 10_000).await.unwrap();
+    let logs = db.store.history().logs(None, 10_000).await.unwrap();
     let rescued: Vec<_> = logs.iter().filter(|l| l.message.contains(&format!("worker {victim} is gone"))).collect();
     assert!(!rescued.is_empty(), "the leader rescued the killed worker's claims, naming it");
-    let listed = db.store.workers(Duration::from_secs(1)).await.unwrap();
+    let listed = db.store.workers().list(Duration::from_secs(1)).await.unwrap();
     assert!(listed.iter().any(|w| w.id == victim && !w.live), "the killed worker shows as dead: {listed:?}");
 }
 
@@ -239,10 +240,10 @@ async fn a_rolling_restart_of_every_worker_repeats_nothing() {
         assert_eq!(procs.0[i].try_wait().unwrap().and_then(|s| s.code()), Some(0), "worker {i} exits 0");
     }
     wait_until_done(&db, n, Duration::from_secs(90)).await;
-    let all = db.store.list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 10_000, ..Default::default() }).await.unwrap();
     let again: Vec<_> = all.iter().filter(|a| a.attempts != 1).map(|a| (&a.idempotency_key, a.attempts)).collect();
     assert!(again.is_empty(), "every action ran exactly once: {again:?}");
-    let logs = db.store.logs(None, 10_000).await.unwrap();
+    let logs = db.store.history().logs(None, 10_000).await.unwrap();
     assert!(logs.iter().all(|l| !l.message.starts_with("rescued")), "nothing was rescued");
     assert_eq!(logs.iter().filter(|l| l.message.contains(" succeeded (real")).count(), n, "one success row each");
 }
@@ -262,6 +263,7 @@ async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
     let frozen: Vec<i64> = loop {
         let running = db
             .store
+            .actions()
             .list_actions(&ActionFilter { status: Some(ActionStatus::Running), limit: 100, ..Default::default() })
             .await
             .unwrap();
@@ -300,10 +302,10 @@ async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
     };
     assert!(rejected >= frozen.len() as f64);
     for id in &frozen {
-        let a = db.store.action(*id).await.unwrap().unwrap();
+        let a = db.store.actions().action(*id).await.unwrap().unwrap();
         assert_eq!(a.status, ActionStatus::Success);
         assert!(a.attempts >= 2, "action {id} was rescued and run again: {a:?}");
-        let logs = db.store.logs(Some(*id), 100).await.unwrap();
+        let logs = db.store.history().logs(Some(*id), 100).await.unwrap();
         assert_eq!(logs.iter().filter(|l| l.message.contains(" succeeded (")).count(), 1, "{logs:?}");
         assert!(logs.iter().any(|l| l.message.starts_with("rescued attempt")), "{logs:?}");
     }
@@ -311,7 +313,7 @@ async fn a_worker_stopped_past_its_ttl_wakes_to_find_its_writes_rejected() {
     let health = crate::support::http::wait_for(addr, "/health", Duration::from_secs(10), |r| r.status == 200);
     let now_id = health.json()["worker"].as_str().unwrap().to_string();
     let old_ids: Vec<String> = {
-        let logs = db.store.logs(None, 10_000).await.unwrap();
+        let logs = db.store.history().logs(None, 10_000).await.unwrap();
         logs.iter()
             .filter(|l| frozen.contains(&l.action_id) && l.message.starts_with("rescued attempt"))
             .filter_map(|l| l.message.split("worker ").nth(1).map(|w| w.split(' ').next().unwrap_or("").to_string()))
@@ -334,47 +336,51 @@ async fn the_throttle_is_in_the_database_and_every_claimer_honours_it(db: &TestD
     let a = crate::support::worker(&db.store, "a", Duration::from_secs(30)).await;
     let b = crate::support::worker(&db.store, "b", Duration::from_secs(30)).await;
     let later = orchestrator::model::now() + chrono::Duration::seconds(60);
-    db.store.set_throttle(&fence, Some(3), later).await.unwrap();
-    assert_eq!(db.store.claim(&a, 2).await.unwrap().len(), 2);
-    assert_eq!(db.store.claim(&b, 10).await.unwrap().len(), 1, "the throttle is shared by every claimer");
-    assert!(db.store.claim(&a, 10).await.unwrap().is_empty(), "spent");
+    db.store.flags().set_throttle(&fence, Some(3), later).await.unwrap();
+    assert_eq!(db.store.actions().claim(&a, 2).await.unwrap().len(), 2);
+    assert_eq!(db.store.actions().claim(&b, 10).await.unwrap().len(), 1, "the throttle is shared by every claimer");
+    assert!(db.store.actions().claim(&a, 10).await.unwrap().is_empty(), "spent");
 
     // What a claim was granted and found no work for goes back.
-    db.store.set_throttle(&fence, Some(10), later).await.unwrap();
-    assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3, "the rest of the queue");
+    db.store.flags().set_throttle(&fence, Some(10), later).await.unwrap();
+    assert_eq!(db.store.actions().claim(&a, 10).await.unwrap().len(), 3, "the rest of the queue");
     for i in 0..12 {
         orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("u{i}")), 3).await.unwrap();
     }
-    assert_eq!(db.store.claim(&b, 20).await.unwrap().len(), 7, "10 granted, 3 used, 7 left");
+    assert_eq!(db.store.actions().claim(&b, 20).await.unwrap().len(), 7, "10 granted, 3 used, 7 left");
 
     // Cleared (each tick decides afresh) or expired: no cap.
-    db.store.set_throttle(&fence, Some(1), orchestrator::model::now() - chrono::Duration::seconds(1)).await.unwrap();
-    assert_eq!(db.store.claim(&a, 2).await.unwrap().len(), 2, "an expired throttle caps nothing");
-    db.store.set_throttle(&fence, None, later).await.unwrap();
-    assert_eq!(db.store.claim(&a, 10).await.unwrap().len(), 3);
+    db.store
+        .flags()
+        .set_throttle(&fence, Some(1), orchestrator::model::now() - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(db.store.actions().claim(&a, 2).await.unwrap().len(), 2, "an expired throttle caps nothing");
+    db.store.flags().set_throttle(&fence, None, later).await.unwrap();
+    assert_eq!(db.store.actions().claim(&a, 10).await.unwrap().len(), 3);
 
     // Only the lease holder sets it, or clears it (as each tick does before its rules decide).
     let stale = orchestrator::store::Fence { epoch: term.epoch + 1, ..fence.clone() };
-    assert!(db.store.set_throttle(&stale, Some(1), later).await.is_err());
+    assert!(db.store.flags().set_throttle(&stale, Some(1), later).await.is_err());
     orchestrator::queue::enqueue(&db.store, &crate::support::noop("v"), 3).await.unwrap();
-    db.store.set_throttle(&fence, Some(0), later).await.unwrap();
-    db.store.clear_throttle(&stale).await.unwrap();
-    assert!(db.store.claim(&a, 1).await.unwrap().is_empty(), "a stale fence clears nothing");
-    db.store.clear_throttle(&fence).await.unwrap();
-    db.store.clear_throttle(&fence).await.unwrap();
-    assert_eq!(db.store.claim(&a, 1).await.unwrap().len(), 1, "cleared by the holder");
+    db.store.flags().set_throttle(&fence, Some(0), later).await.unwrap();
+    db.store.flags().clear_throttle(&stale).await.unwrap();
+    assert!(db.store.actions().claim(&a, 1).await.unwrap().is_empty(), "a stale fence clears nothing");
+    db.store.flags().clear_throttle(&fence).await.unwrap();
+    db.store.flags().clear_throttle(&fence).await.unwrap();
+    assert_eq!(db.store.actions().claim(&a, 1).await.unwrap().len(), 1, "cleared by the holder");
 
     // Claimers racing on one throttle never exceed it together.
     for i in 0..200 {
         orchestrator::queue::enqueue(&db.store, &crate::support::noop(&format!("r{i}")), 3).await.unwrap();
     }
-    db.store.set_throttle(&crate::support::fence(&term), Some(50), later).await.unwrap();
+    db.store.flags().set_throttle(&crate::support::fence(&term), Some(50), later).await.unwrap();
     let other = db.another_store().await;
     let race = |store: orchestrator::store::Store, c: orchestrator::store::Claimer| {
         tokio::spawn(async move {
             let mut got = 0;
             for _ in 0..20 {
-                got += store.claim(&c, 7).await.unwrap().len();
+                got += store.actions().claim(&c, 7).await.unwrap().len();
             }
             got
         })
@@ -391,7 +397,7 @@ async fn an_idle_worker_wakes_on_notify_not_on_its_poll() {
     std::fs::write(db.dir.path().join("o.yaml"), slow_poll).unwrap();
     let mut procs = Procs(vec![spawn(&db, &["worker", "--concurrency", "2"])]);
     let start = Instant::now();
-    while db.store.workers(Duration::from_secs(30)).await.unwrap().is_empty() {
+    while db.store.workers().list(Duration::from_secs(30)).await.unwrap().is_empty() {
         assert!(start.elapsed() < Duration::from_secs(20), "the worker never registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -436,6 +442,7 @@ async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
         .collect();
     assert_eq!(orchestrator::queue::enqueue_jsonl(&db.store, lines.as_bytes(), 10).await.unwrap().created, n as u64);
     db.store
+        .flags()
         .set_flags(orchestrator::store::FlagChange { proof_mode: Some(false), ..Default::default() })
         .await
         .unwrap();
@@ -447,7 +454,8 @@ async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
     let done = |db: &TestDb| {
         let store = db.store.clone();
         async move {
-            let all = store.list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
+            let all =
+                store.actions().list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
             all.iter().filter(|a| a.status == ActionStatus::Success).count()
         }
     };
@@ -493,9 +501,9 @@ async fn workers_chaos_loses_nothing_and_repeats_only_what_a_kill_cut_short() {
     let drained_in = started.elapsed();
 
     // Nothing lost, nothing stuck; every success row written by the attempt's own claimant.
-    let all = db.store.list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
+    let all = db.store.actions().list_actions(&ActionFilter { limit: 100_000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), n);
-    let logs = db.store.logs(None, 1_000_000).await.unwrap();
+    let logs = db.store.history().logs(None, 1_000_000).await.unwrap();
     let mut rescued_by_action: std::collections::BTreeMap<i64, usize> = Default::default();
     for l in logs.iter().filter(|l| l.message.starts_with("rescued attempt")) {
         *rescued_by_action.entry(l.action_id).or_default() += 1;
@@ -542,16 +550,16 @@ async fn an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds(
         proof_enforced: true,
         ..crate::support::worker(&db.store, "enforced", Duration::from_secs(30)).await
     };
-    db.store.set_flags(mode(false)).await.unwrap();
-    let real = db.store.claim(&plain, 1).await.unwrap();
+    db.store.flags().set_flags(mode(false)).await.unwrap();
+    let real = db.store.actions().claim(&plain, 1).await.unwrap();
     assert!(!real[0].proof && !real[0].action.claim.as_ref().unwrap().proof, "real, as the flag says");
-    let held = db.store.claim(&enforced, 1).await.unwrap();
+    let held = db.store.actions().claim(&enforced, 1).await.unwrap();
     assert!(held[0].proof, "a worker configured for enforced proof claims in proof whatever the flag");
-    db.store.set_flags(mode(true)).await.unwrap();
-    let proof = db.store.claim(&plain, 1).await.unwrap();
+    db.store.flags().set_flags(mode(true)).await.unwrap();
+    let proof = db.store.actions().claim(&plain, 1).await.unwrap();
     assert!(proof[0].proof, "flipping proof on holds from the next claim");
     assert!(
-        !db.store.action(real[0].action.id).await.unwrap().unwrap().claim.unwrap().proof,
+        !db.store.actions().action(real[0].action.id).await.unwrap().unwrap().claim.unwrap().proof,
         "claimed real, stays real"
     );
 }

@@ -95,29 +95,6 @@ impl Store {
         row.try_get::<i64>("", "token").doing("taking a claim token")
     }
 
-    /// `claim`: up to `n` due actions for `claimer`, in one statement under one fresh claim
-    /// token, so two claimers can never take the same row. Each row is stamped with the token,
-    /// the worker, its deadline and the mode it runs in. Nothing is claimed while paused or
-    /// killed, or once the worker's registration is dead. Returns them in dispatch order.
-    /// A row whose stored values cannot be read is claimed like any other, with its
-    /// `decode_error` set, so that the caller can quarantine it.
-    pub async fn claim(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let Some(granted) = self.take_throttle(n).await? else {
-            return self.claim_up_to(claimer, n).await;
-        };
-        if granted == 0 {
-            return Ok(Vec::new());
-        }
-        let claimed = self.claim_up_to(claimer, granted).await;
-        // What the throttle granted and the claim did not use goes back to it.
-        let used = claimed.as_ref().map_or(0, |c| c.len() as u64);
-        self.give_back_throttle(granted - used).await?;
-        claimed
-    }
-
     /// Takes up to `n` starts from the throttle in force; `None` when there is none.
     async fn take_throttle(&self, n: u64) -> Result<Option<u64>, StoreError> {
         let want = i64::try_from(n).unwrap_or(i64::MAX);
@@ -300,6 +277,31 @@ impl Store {
         .replace("{n}", "$5");
         (sql, values)
     }
+}
+
+impl crate::store::handles::Actions<'_> {
+    /// `claim`: up to `n` due actions for `claimer`, in one statement under one fresh claim
+    /// token, so two claimers can never take the same row. Each row is stamped with the token,
+    /// the worker, its deadline and the mode it runs in. Nothing is claimed while paused or
+    /// killed, or once the worker's registration is dead. Returns them in dispatch order.
+    /// A row whose stored values cannot be read is claimed like any other, with its
+    /// `decode_error` set, so that the caller can quarantine it.
+    pub async fn claim(self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(granted) = self.store.take_throttle(n).await? else {
+            return self.store.claim_up_to(claimer, n).await;
+        };
+        if granted == 0 {
+            return Ok(Vec::new());
+        }
+        let claimed = self.store.claim_up_to(claimer, granted).await;
+        // What the throttle granted and the claim did not use goes back to it.
+        let used = claimed.as_ref().map_or(0, |c| c.len() as u64);
+        self.store.give_back_throttle(granted - used).await?;
+        claimed
+    }
 
     /// The rows `claim(claimer, n)` would take now, in claim order, claiming nothing: the
     /// claim's own pick ([`PICK_DUE`], or the limited pick), in a transaction that is rolled
@@ -309,7 +311,7 @@ impl Store {
     /// besides (the worker's registration, the paused and killed flags, a stored throttle) is
     /// the caller's to apply. `run-once --dry-run` lists these.
     pub async fn pick(
-        &self,
+        self,
         claimer: &Claimer,
         n: u64,
         config_limits: Option<&std::collections::BTreeMap<String, crate::limits::LimitSpec>>,
@@ -317,11 +319,11 @@ impl Store {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.begin_write().await?;
+        let txn = self.store.begin_write().await?;
         if let Some(limits) = config_limits {
-            self.write_config_limits_in(&txn, limits, crate::store::ConfigLimits::Fill).await?;
+            self.store.write_config_limits_in(&txn, limits, crate::store::ConfigLimits::Fill).await?;
         }
-        let mut limits = crate::store::limits::read_limits(self, &txn, self.now()).await?;
+        let mut limits = crate::store::limits::read_limits(self.store, &txn, self.store.now()).await?;
         limits.retain(|l| l.enforced() && claimer.serves(&l.action_type));
         let ids: Vec<i64> = if limits.is_empty() {
             let mut values: Vec<Value> = vec![i64::try_from(n).unwrap_or(i64::MAX).into()];
@@ -330,9 +332,9 @@ impl Store {
                 format!("${}", values.len())
             };
             let types = types_filter(claimer, &mut bind);
-            let now = match self.backend {
+            let now = match self.store.backend {
                 Backend::Postgres => "now()".to_string(),
-                Backend::Sqlite => bind(self.now().into()),
+                Backend::Sqlite => bind(self.store.now().into()),
             };
             let sql = PICK_DUE
                 .replace("{due}", &crate::store::due_sql(&now))
@@ -340,22 +342,22 @@ impl Store {
                 .replace("{types}", &types)
                 .replace("{n}", "$1")
                 .replace("{lock}", "");
-            let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking due actions")?;
+            let rows = txn.query_all_raw(self.store.stmt(&sql, values)).await.doing("picking due actions")?;
             rows.iter().map(|r| r.try_get::<i64>("", "id")).collect::<Result<_, _>>().doing("picking due actions")?
         } else {
             let mut refs: Vec<&crate::limits::TypeLimit> = limits.iter().collect();
             refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-            let picked = self.pick_limited(&txn, claimer, n, &refs, claimer.limit_partitions).await?;
+            let picked = self.store.pick_limited(&txn, claimer, n, &refs, claimer.limit_partitions).await?;
             picked.chosen.into_iter().map(|(id, _, _)| id).collect()
         };
         let ids = serde_json::Value::from(ids).to_string();
         let sql = format!(
             "SELECT * FROM actions WHERE id IN ({}) ORDER BY {}",
-            ids_in_json(self.backend, "$1"),
+            ids_in_json(self.store.backend, "$1"),
             crate::store::CLAIM_ORDER_SQL
         );
         let rows = actions::Entity::find()
-            .from_raw_sql(self.stmt(&sql, [ids.into()]))
+            .from_raw_sql(self.store.stmt(&sql, [ids.into()]))
             .all(&txn)
             .await
             .doing("reading the picked actions")?;

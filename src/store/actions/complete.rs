@@ -51,44 +51,6 @@ pub struct CompletionReport {
 const COMPLETE_CHUNK: usize = 1000;
 
 impl Store {
-    /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
-    /// uncounted) of a batch of claimed attempts, with their log rows, in one transaction: one
-    /// fenced UPDATE per chunk of rows (each row still `RUNNING` under its own claim token),
-    /// then the log rows of the ones that landed.
-    pub async fn complete(&self, tick_id: Option<i64>, batch: &[Completion]) -> Result<CompletionReport, StoreError> {
-        let mut report = CompletionReport::default();
-        if batch.is_empty() {
-            return Ok(report);
-        }
-        let now = self.now();
-        let txn = self.begin_write().await?;
-        let mut applied = HashSet::new();
-        for chunk in batch.chunks(COMPLETE_CHUNK) {
-            let stmt = self.complete_stmt(now, chunk);
-            for id in returned_ids(&txn, stmt, "recording action outcomes").await? {
-                applied.insert(id);
-            }
-        }
-        let unstarted: Vec<(i64, i64)> = batch
-            .iter()
-            .filter(|c| matches!(c.outcome, CompletionOutcome::Unstarted) && applied.contains(&c.action_id))
-            .map(|c| (c.action_id, c.token))
-            .collect();
-        self.give_back_starts(&txn, &unstarted, now).await?;
-        let mut logs = Vec::new();
-        for c in batch {
-            if applied.contains(&c.action_id) {
-                report.applied.push(c.action_id);
-                logs.extend(c.logs.iter().cloned());
-            } else {
-                report.rejected.push(c.action_id);
-            }
-        }
-        insert_logs(&txn, tick_id, &logs, now).await?;
-        txn.commit().await.doing("committing action outcomes")?;
-        Ok(report)
-    }
-
     fn complete_stmt(&self, now: DateTime<Utc>, chunk: &[Completion]) -> sea_orm::Statement {
         let rows: Vec<serde_json::Value> = chunk
             .iter()
@@ -139,8 +101,48 @@ impl Store {
     }
 }
 
+impl crate::store::handles::Actions<'_> {
+    /// `complete` (SUCCESS, RETRY or DLQ) and `unstart` (back to PENDING, the attempt
+    /// uncounted) of a batch of claimed attempts, with their log rows, in one transaction: one
+    /// fenced UPDATE per chunk of rows (each row still `RUNNING` under its own claim token),
+    /// then the log rows of the ones that landed.
+    pub async fn complete(self, tick_id: Option<i64>, batch: &[Completion]) -> Result<CompletionReport, StoreError> {
+        let mut report = CompletionReport::default();
+        if batch.is_empty() {
+            return Ok(report);
+        }
+        let now = self.store.now();
+        let txn = self.store.begin_write().await?;
+        let mut applied = HashSet::new();
+        for chunk in batch.chunks(COMPLETE_CHUNK) {
+            let stmt = self.store.complete_stmt(now, chunk);
+            for id in returned_ids(&txn, stmt, "recording action outcomes").await? {
+                applied.insert(id);
+            }
+        }
+        let unstarted: Vec<(i64, i64)> = batch
+            .iter()
+            .filter(|c| matches!(c.outcome, CompletionOutcome::Unstarted) && applied.contains(&c.action_id))
+            .map(|c| (c.action_id, c.token))
+            .collect();
+        self.store.give_back_starts(&txn, &unstarted, now).await?;
+        let mut logs = Vec::new();
+        for c in batch {
+            if applied.contains(&c.action_id) {
+                report.applied.push(c.action_id);
+                logs.extend(c.logs.iter().cloned());
+            } else {
+                report.rejected.push(c.action_id);
+            }
+        }
+        insert_logs(&txn, tick_id, &logs, now).await?;
+        txn.commit().await.doing("committing action outcomes")?;
+        Ok(report)
+    }
+}
+
 /// `quarantine`: the completion of a claimed attempt whose row cannot be decoded. It goes
-/// through [`Store::complete`]'s group commit like any completion, fenced by its claim: RUNNING
+/// through `store.actions().complete`'s group commit like any completion, fenced by its claim: RUNNING
 /// -> DLQ, with an error naming what could not be read and a log row. The attempt was counted
 /// at the claim; nothing ran.
 pub fn quarantine(claim: &Claimed, error: &str) -> Completion {

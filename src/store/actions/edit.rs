@@ -23,132 +23,6 @@ const REQUEUE_SET: &str = "status = 'PENDING', attempts = 0, not_before = {now},
      expires_at = CASE WHEN expires_at <= {now} THEN NULL ELSE expires_at END";
 
 impl Store {
-    /// `requeue`: DLQ -> PENDING with attempts reset and the old claim forgotten. Returns the
-    /// id requeued.
-    pub async fn requeue(&self, auth: Authority<'_>, id: i64) -> Result<(), StoreError> {
-        let log = match auth {
-            Authority::Operator => "requeued by operator: DLQ -> PENDING, attempts reset".to_string(),
-            Authority::Lease(_) => "requeued: DLQ -> PENDING, attempts reset".to_string(),
-        };
-        self.transition_one(auth, Op::Requeue, id, REQUEUE_SET, vec![], &log).await
-    }
-
-    /// `requeue` of every DLQ action, by an operator. Returns the ids requeued.
-    pub async fn requeue_all(&self) -> Result<Vec<i64>, StoreError> {
-        let now = self.now();
-        let sql = format!(
-            "UPDATE actions SET {} WHERE {} RETURNING id",
-            REQUEUE_SET.replace("{now}", "$1"),
-            Op::Requeue.status_in()
-        );
-        let txn = self.begin_write().await?;
-        let ids = returned_ids(&txn, self.stmt(&sql, [now.into()]), "requeueing actions").await?;
-        let logs: Vec<NewLog> = ids
-            .iter()
-            .map(|&i| NewLog::new(i, LogLevel::Info, "requeued by operator: DLQ -> PENDING, attempts reset"))
-            .collect();
-        insert_logs(&txn, None, &logs, now).await?;
-        txn.commit().await.doing("committing the requeue")?;
-        Ok(ids)
-    }
-
-    /// `retry_now`, one operation over three starting states, in one statement:
-    /// - RETRY: due now;
-    /// - DLQ: `requeue`'s change (PENDING, attempts reset, claim forgotten);
-    /// - RUNNING (a rule gave up on an attempt): the attempt is abandoned as a rescue would,
-    ///   to RETRY due now (or DLQ when out of attempts), the claim cleared so its late
-    ///   completion is refused.
-    pub async fn retry_now(&self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
-        // Every right-hand side reads the row as it was, on both backends.
-        let set = "status = CASE WHEN status = 'DLQ' THEN 'PENDING' \
-                        WHEN status = 'RUNNING' AND attempts >= max_attempts THEN 'DLQ' \
-                        WHEN status = 'RUNNING' THEN 'RETRY' ELSE status END, \
-                   attempts = CASE WHEN status = 'DLQ' THEN 0 ELSE attempts END, \
-                   last_error = CASE WHEN status = 'RUNNING' THEN $5 ELSE last_error END, \
-                   finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN {now} ELSE NULL END, \
-                   claimed_epoch = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_epoch END, \
-                   claimed_at = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_at END, \
-                   claim_token = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_token END, \
-                   claimed_by = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_by END, \
-                   claim_deadline = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_deadline END, \
-                   claim_proof = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_proof END, \
-                   expires_at = CASE WHEN status = 'DLQ' AND expires_at <= {now} THEN NULL ELSE expires_at END, \
-                   not_before = {now}, updated_at = {now}";
-        let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
-        let error = format!("running too long: returned by {why}");
-        self.transition_one(auth, Op::RetryNow, id, set, vec![error.into()], &log).await
-    }
-
-    /// `dlq`: PENDING or RETRY -> DLQ, its last error saying who moved it and why.
-    pub async fn dlq(&self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
-        let log = format!("dlq decided ({why})");
-        let error = format!("moved to DLQ by {why}");
-        self.transition_one(
-            auth,
-            Op::Dlq,
-            id,
-            "status = 'DLQ', last_error = $5, finished_at = {now}, updated_at = {now}",
-            vec![db_text(&error).into_owned().into()],
-            &log,
-        )
-        .await
-    }
-
-    /// `cancel`: PENDING, RETRY or DLQ -> CANCELLED.
-    pub async fn cancel(&self, auth: Authority<'_>, id: i64, why: Option<&str>) -> Result<(), StoreError> {
-        let log = match (auth, why) {
-            (_, Some(why)) => format!("cancel decided ({why})"),
-            (Authority::Operator, None) => "cancelled by operator".to_string(),
-            (Authority::Lease(_), None) => "cancelled".to_string(),
-        };
-        self.transition_one(
-            auth,
-            Op::Cancel,
-            id,
-            "status = 'CANCELLED', finished_at = {now}, updated_at = {now}",
-            vec![],
-            &log,
-        )
-        .await
-    }
-
-    /// `force_run`: a PENDING or RETRY action is due now, `bump` priority steps higher (never
-    /// past 1,000,000).
-    pub async fn force_run(&self, auth: Authority<'_>, id: i64, bump: i32, why: &str) -> Result<(), StoreError> {
-        let log = format!("force_run decided ({why}): due now, priority +{bump}");
-        self.transition_one(
-            auth,
-            Op::ForceRun,
-            id,
-            "not_before = {now}, updated_at = {now}, \
-             priority = CASE WHEN priority > 999000 THEN priority ELSE priority + $5 END",
-            vec![bump.into()],
-            &log,
-        )
-        .await
-    }
-
-    /// `reprioritize`: a PENDING, RETRY or DLQ action's priority becomes `to`.
-    pub async fn reprioritize(&self, auth: Authority<'_>, id: i64, to: i32, why: &str) -> Result<(), StoreError> {
-        let log = format!("reprioritize decided ({why}): priority {to}");
-        self.transition_one(auth, Op::Reprioritize, id, "priority = $5, updated_at = {now}", vec![to.into()], &log)
-            .await
-    }
-
-    /// `postpone`: a PENDING or RETRY action is not claimed before `until`; its priority and
-    /// attempts are kept. Never brings an action forward: a later `not_before` stays.
-    pub async fn postpone(
-        &self,
-        auth: Authority<'_>,
-        id: i64,
-        until: DateTime<Utc>,
-        why: &str,
-    ) -> Result<(), StoreError> {
-        let log = format!("postpone decided ({why}): not before {}", until.to_rfc3339());
-        let set = "not_before = CASE WHEN not_before > $5 THEN not_before ELSE $5 END, updated_at = {now}";
-        self.transition_one(auth, Op::Postpone, id, set, vec![until.into()], &log).await
-    }
-
     /// One fenced (or operator) update of one action in one of `op`'s starting statuses, with a
     /// log row in the same transaction. `set` may use `{now}` and `$5`.. for `extra`.
     async fn transition_one(
@@ -190,7 +64,7 @@ impl Store {
     /// Why `op` on `id` did not land: the fence, a missing row, or the status it found.
     async fn refusal(&self, op: Op, id: i64, fence: Option<&Fence>) -> Result<Refusal, StoreError> {
         if let Some(fence) = fence
-            && !self.fence_holds(fence).await?
+            && !self.lease().fence_holds(fence).await?
         {
             return Ok(Refusal::Fenced(fence.epoch));
         }
@@ -202,6 +76,138 @@ impl Store {
                 Err(reason) => return Err(StoreError::Corrupt { table: "actions", id, reason }),
             },
         })
+    }
+}
+
+impl crate::store::handles::Actions<'_> {
+    /// `requeue`: DLQ -> PENDING with attempts reset and the old claim forgotten. Returns the
+    /// id requeued.
+    pub async fn requeue(self, auth: Authority<'_>, id: i64) -> Result<(), StoreError> {
+        let log = match auth {
+            Authority::Operator => "requeued by operator: DLQ -> PENDING, attempts reset".to_string(),
+            Authority::Lease(_) => "requeued: DLQ -> PENDING, attempts reset".to_string(),
+        };
+        self.store.transition_one(auth, Op::Requeue, id, REQUEUE_SET, vec![], &log).await
+    }
+
+    /// `requeue` of every DLQ action, by an operator. Returns the ids requeued.
+    pub async fn requeue_all(self) -> Result<Vec<i64>, StoreError> {
+        let now = self.store.now();
+        let sql = format!(
+            "UPDATE actions SET {} WHERE {} RETURNING id",
+            REQUEUE_SET.replace("{now}", "$1"),
+            Op::Requeue.status_in()
+        );
+        let txn = self.store.begin_write().await?;
+        let ids = returned_ids(&txn, self.store.stmt(&sql, [now.into()]), "requeueing actions").await?;
+        let logs: Vec<NewLog> = ids
+            .iter()
+            .map(|&i| NewLog::new(i, LogLevel::Info, "requeued by operator: DLQ -> PENDING, attempts reset"))
+            .collect();
+        insert_logs(&txn, None, &logs, now).await?;
+        txn.commit().await.doing("committing the requeue")?;
+        Ok(ids)
+    }
+
+    /// `retry_now`, one operation over three starting states, in one statement:
+    /// - RETRY: due now;
+    /// - DLQ: `requeue`'s change (PENDING, attempts reset, claim forgotten);
+    /// - RUNNING (a rule gave up on an attempt): the attempt is abandoned as a rescue would,
+    ///   to RETRY due now (or DLQ when out of attempts), the claim cleared so its late
+    ///   completion is refused.
+    pub async fn retry_now(self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
+        // Every right-hand side reads the row as it was, on both backends.
+        let set = "status = CASE WHEN status = 'DLQ' THEN 'PENDING' \
+                        WHEN status = 'RUNNING' AND attempts >= max_attempts THEN 'DLQ' \
+                        WHEN status = 'RUNNING' THEN 'RETRY' ELSE status END, \
+                   attempts = CASE WHEN status = 'DLQ' THEN 0 ELSE attempts END, \
+                   last_error = CASE WHEN status = 'RUNNING' THEN $5 ELSE last_error END, \
+                   finished_at = CASE WHEN status = 'RUNNING' AND attempts >= max_attempts THEN {now} ELSE NULL END, \
+                   claimed_epoch = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_epoch END, \
+                   claimed_at = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_at END, \
+                   claim_token = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_token END, \
+                   claimed_by = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claimed_by END, \
+                   claim_deadline = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_deadline END, \
+                   claim_proof = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_proof END, \
+                   expires_at = CASE WHEN status = 'DLQ' AND expires_at <= {now} THEN NULL ELSE expires_at END, \
+                   not_before = {now}, updated_at = {now}";
+        let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
+        let error = format!("running too long: returned by {why}");
+        self.store.transition_one(auth, Op::RetryNow, id, set, vec![error.into()], &log).await
+    }
+
+    /// `dlq`: PENDING or RETRY -> DLQ, its last error saying who moved it and why.
+    pub async fn dlq(self, auth: Authority<'_>, id: i64, why: &str) -> Result<(), StoreError> {
+        let log = format!("dlq decided ({why})");
+        let error = format!("moved to DLQ by {why}");
+        self.store
+            .transition_one(
+                auth,
+                Op::Dlq,
+                id,
+                "status = 'DLQ', last_error = $5, finished_at = {now}, updated_at = {now}",
+                vec![db_text(&error).into_owned().into()],
+                &log,
+            )
+            .await
+    }
+
+    /// `cancel`: PENDING, RETRY or DLQ -> CANCELLED.
+    pub async fn cancel(self, auth: Authority<'_>, id: i64, why: Option<&str>) -> Result<(), StoreError> {
+        let log = match (auth, why) {
+            (_, Some(why)) => format!("cancel decided ({why})"),
+            (Authority::Operator, None) => "cancelled by operator".to_string(),
+            (Authority::Lease(_), None) => "cancelled".to_string(),
+        };
+        self.store
+            .transition_one(
+                auth,
+                Op::Cancel,
+                id,
+                "status = 'CANCELLED', finished_at = {now}, updated_at = {now}",
+                vec![],
+                &log,
+            )
+            .await
+    }
+
+    /// `force_run`: a PENDING or RETRY action is due now, `bump` priority steps higher (never
+    /// past 1,000,000).
+    pub async fn force_run(self, auth: Authority<'_>, id: i64, bump: i32, why: &str) -> Result<(), StoreError> {
+        let log = format!("force_run decided ({why}): due now, priority +{bump}");
+        self.store
+            .transition_one(
+                auth,
+                Op::ForceRun,
+                id,
+                "not_before = {now}, updated_at = {now}, \
+             priority = CASE WHEN priority > 999000 THEN priority ELSE priority + $5 END",
+                vec![bump.into()],
+                &log,
+            )
+            .await
+    }
+
+    /// `reprioritize`: a PENDING, RETRY or DLQ action's priority becomes `to`.
+    pub async fn reprioritize(self, auth: Authority<'_>, id: i64, to: i32, why: &str) -> Result<(), StoreError> {
+        let log = format!("reprioritize decided ({why}): priority {to}");
+        self.store
+            .transition_one(auth, Op::Reprioritize, id, "priority = $5, updated_at = {now}", vec![to.into()], &log)
+            .await
+    }
+
+    /// `postpone`: a PENDING or RETRY action is not claimed before `until`; its priority and
+    /// attempts are kept. Never brings an action forward: a later `not_before` stays.
+    pub async fn postpone(
+        self,
+        auth: Authority<'_>,
+        id: i64,
+        until: DateTime<Utc>,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        let log = format!("postpone decided ({why}): not before {}", until.to_rfc3339());
+        let set = "not_before = CASE WHEN not_before > $5 THEN not_before ELSE $5 END, updated_at = {now}";
+        self.store.transition_one(auth, Op::Postpone, id, set, vec![until.into()], &log).await
     }
 }
 
@@ -220,46 +226,6 @@ pub struct BulkOutcome {
 }
 
 impl Store {
-    /// `requeue` of the given ids only (the ids an operator saw): `requeue`'s change, with a log
-    /// row each, in one transaction; rows no longer in DLQ are skipped.
-    pub async fn requeue_ids(&self, ids: &[i64]) -> Result<BulkOutcome, StoreError> {
-        let now = self.now();
-        self.bulk_edit(
-            ids,
-            &format!("UPDATE actions SET {} WHERE {}", REQUEUE_SET.replace("{now}", "$1"), Op::Requeue.status_in()),
-            "requeued by operator: DLQ -> PENDING, attempts reset",
-            now,
-            "requeueing actions",
-        )
-        .await
-    }
-
-    /// `cancel` of the given ids among those in `from` (a subset of `cancel`'s starting
-    /// statuses; a `RUNNING` action must finish its attempt first).
-    pub async fn cancel_ids(&self, ids: &[i64], from: &[ActionStatus]) -> Result<BulkOutcome, StoreError> {
-        if from.is_empty() || from.iter().any(|s| !Op::Cancel.from().contains(s)) {
-            return Err(StoreError::Invalid(
-                "only PENDING, RETRY or DLQ actions can be cancelled; a RUNNING one must finish its attempt first"
-                    .to_string(),
-            ));
-        }
-        let sql = format!(
-            "UPDATE actions SET status = 'CANCELLED', updated_at = $1, finished_at = $1 WHERE {}",
-            status_in(from)
-        );
-        self.bulk_edit(ids, &sql, "cancelled by operator", self.now(), "cancelling actions").await
-    }
-
-    /// The ids of every `DLQ` action, oldest first (for `actions cancel --all-dlq`).
-    pub async fn dlq_ids(&self) -> Result<Vec<i64>, StoreError> {
-        let rows = self
-            .db
-            .query_all_raw(self.stmt("SELECT id FROM actions WHERE status = 'DLQ' ORDER BY id", []))
-            .await
-            .doing("listing DLQ actions")?;
-        rows.iter().map(|r| r.try_get::<i64>("", "id").doing("listing DLQ actions")).collect()
-    }
-
     /// Runs `update` (which ends in its status condition) for `ids` in chunks, in one
     /// transaction with a log row per changed action.
     async fn bulk_edit(
@@ -294,5 +260,49 @@ impl Store {
         txn.commit().await.doing("committing a bulk edit")?;
         let skipped = wanted.into_iter().filter(|id| changed.binary_search(id).is_err()).collect();
         Ok(BulkOutcome { changed, skipped })
+    }
+}
+
+impl crate::store::handles::Actions<'_> {
+    /// `requeue` of the given ids only (the ids an operator saw): `requeue`'s change, with a log
+    /// row each, in one transaction; rows no longer in DLQ are skipped.
+    pub async fn requeue_ids(self, ids: &[i64]) -> Result<BulkOutcome, StoreError> {
+        let now = self.store.now();
+        self.store
+            .bulk_edit(
+                ids,
+                &format!("UPDATE actions SET {} WHERE {}", REQUEUE_SET.replace("{now}", "$1"), Op::Requeue.status_in()),
+                "requeued by operator: DLQ -> PENDING, attempts reset",
+                now,
+                "requeueing actions",
+            )
+            .await
+    }
+
+    /// `cancel` of the given ids among those in `from` (a subset of `cancel`'s starting
+    /// statuses; a `RUNNING` action must finish its attempt first).
+    pub async fn cancel_ids(self, ids: &[i64], from: &[ActionStatus]) -> Result<BulkOutcome, StoreError> {
+        if from.is_empty() || from.iter().any(|s| !Op::Cancel.from().contains(s)) {
+            return Err(StoreError::Invalid(
+                "only PENDING, RETRY or DLQ actions can be cancelled; a RUNNING one must finish its attempt first"
+                    .to_string(),
+            ));
+        }
+        let sql = format!(
+            "UPDATE actions SET status = 'CANCELLED', updated_at = $1, finished_at = $1 WHERE {}",
+            status_in(from)
+        );
+        self.store.bulk_edit(ids, &sql, "cancelled by operator", self.store.now(), "cancelling actions").await
+    }
+
+    /// The ids of every `DLQ` action, oldest first (for `actions cancel --all-dlq`).
+    pub async fn dlq_ids(self) -> Result<Vec<i64>, StoreError> {
+        let rows = self
+            .store
+            .db
+            .query_all_raw(self.store.stmt("SELECT id FROM actions WHERE status = 'DLQ' ORDER BY id", []))
+            .await
+            .doing("listing DLQ actions")?;
+        rows.iter().map(|r| r.try_get::<i64>("", "id").doing("listing DLQ actions")).collect()
     }
 }

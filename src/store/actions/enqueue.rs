@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::super::entities::actions;
-use super::super::{Backend, Context, Store, StoreError};
+use super::super::{Backend, Context, StoreError};
 use super::{Authority, Refusal, fence_sql, timestamp_text};
 use crate::model::ActionStatus::{self, Pending};
 
@@ -59,16 +59,16 @@ SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::time
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
-impl Store {
+impl crate::store::handles::Actions<'_> {
     /// `enqueue`: inserts one action unless its key exists; either way returns the row's id and
     /// status. Under a lease fence (a rule's `enqueue`) nothing is written once the lease has
     /// moved on.
-    pub async fn enqueue(&self, auth: Authority<'_>, new: &NewAction) -> Result<EnqueueOutcome, StoreError> {
-        let now = self.now();
+    pub async fn enqueue(self, auth: Authority<'_>, new: &NewAction) -> Result<EnqueueOutcome, StoreError> {
+        let now = self.store.now();
         let inserted = match auth {
             Authority::Operator => actions::Entity::insert(active(new, now))
                 .on_conflict(OnConflict::column(actions::Column::IdempotencyKey).do_nothing().to_owned())
-                .exec_without_returning(&self.db)
+                .exec_without_returning(&self.store.db)
                 .await
                 .doing("inserting an action")?,
             Authority::Lease(fence) => {
@@ -91,9 +91,14 @@ impl Store {
                     fence.epoch.into(),
                     new.expires_at.into(),
                 ];
-                let n =
-                    self.db.execute_raw(self.stmt(&sql, values)).await.doing("enqueueing for a rule")?.rows_affected();
-                if n == 0 && !self.fence_holds(fence).await? {
+                let n = self
+                    .store
+                    .db
+                    .execute_raw(self.store.stmt(&sql, values))
+                    .await
+                    .doing("enqueueing for a rule")?
+                    .rows_affected();
+                if n == 0 && !self.store.lease().fence_holds(fence).await? {
                     return Err(Refusal::Fenced(fence.epoch).into());
                 }
                 n
@@ -101,7 +106,7 @@ impl Store {
         };
         let row = actions::Entity::find()
             .filter(actions::Column::IdempotencyKey.eq(&new.idempotency_key))
-            .one(&self.db)
+            .one(&self.store.db)
             .await
             .doing("reading the enqueued action")?
             .ok_or_else(|| {
@@ -110,7 +115,7 @@ impl Store {
         let status =
             row.status.parse().map_err(|reason| StoreError::Corrupt { table: "actions", id: row.id, reason })?;
         if inserted > 0 {
-            self.wake_claimers().await;
+            self.store.wake_claimers().await;
         }
         Ok(EnqueueOutcome { id: row.id, duplicate: inserted == 0, status })
     }
@@ -122,17 +127,17 @@ impl Store {
     /// The rows travel as one JSON array per statement, unpacked by the database
     /// (`json_each`, `json_array_elements`): one bound value instead of ten per row, and one
     /// statement text whatever the batch size, so it is prepared once.
-    pub async fn enqueue_many(&self, batch: &[NewAction]) -> Result<u64, StoreError> {
+    pub async fn enqueue_many(self, batch: &[NewAction]) -> Result<u64, StoreError> {
         if batch.is_empty() {
             return Ok(0);
         }
-        let now = self.now();
-        let sql = match self.backend {
+        let now = self.store.now();
+        let sql = match self.store.backend {
             Backend::Sqlite => INSERT_JSON_SQLITE,
             Backend::Postgres => INSERT_JSON_PG,
         };
-        let txn = self.begin_write().await?;
-        if self.backend == Backend::Sqlite {
+        let txn = self.store.begin_write().await?;
+        if self.store.backend == Backend::Sqlite {
             // A bulk import touches pages all over the key index (derived keys are hashes): a
             // 64 MiB cache keeps them from spilling mid-transaction, and a longer WAL between
             // checkpoints stops the import from copying the same pages back over and over.
@@ -161,14 +166,14 @@ impl Store {
             let rows = serde_json::to_string(&rows)
                 .map_err(|e| StoreError::Internal(format!("cannot encode a batch of actions: {e}")))?;
             created += txn
-                .execute_raw(self.stmt(sql, [rows.into(), now.into()]))
+                .execute_raw(self.store.stmt(sql, [rows.into(), now.into()]))
                 .await
                 .doing("inserting a batch of actions")?
                 .rows_affected();
         }
         txn.commit().await.doing("committing a batch of actions")?;
         if created > 0 {
-            self.wake_claimers().await;
+            self.store.wake_claimers().await;
         }
         Ok(created)
     }

@@ -28,62 +28,6 @@ pub struct ActionFilter {
 const LOG_CHUNK: usize = 1000;
 
 impl Store {
-    pub async fn action(&self, id: i64) -> Result<Option<Action>, StoreError> {
-        let row = actions::Entity::find_by_id(id).one(&self.db).await.doing("reading an action")?;
-        row.map(Action::try_from).transpose()
-    }
-
-    /// Actions matching the filter, newest first.
-    pub async fn list_actions(&self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
-        let mut q = actions::Entity::find();
-        if let Some(s) = filter.status {
-            q = q.filter(actions::Column::Status.eq(s.as_str()));
-            if ActionStatus::OPEN.contains(&s) {
-                // The open-status index's own predicate, so that the planner reads only that
-                // status's rows (the page's DLQ list) instead of scanning finished history.
-                q = q.filter(sea_orm::sea_query::Expr::cust(OPEN_SQL));
-            }
-        }
-        if let Some(t) = &filter.action_type {
-            q = q.filter(actions::Column::ActionType.eq(t.as_str()));
-        }
-        let rows =
-            q.order_by_desc(actions::Column::Id).limit(filter.limit).all(&self.db).await.doing("listing actions")?;
-        entities::convert_all(rows)
-    }
-
-    /// Count of every status (all history; for `status`, not for the tick's hot path).
-    pub async fn count_by_status(&self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
-        self.grouped_counts("SELECT status, COUNT(*) AS n FROM actions GROUP BY status").await
-    }
-
-    /// Counts of the open statuses only, served by the partial index: cost independent of
-    /// finished history.
-    pub async fn open_counts(&self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
-        let mut counts = self
-            .grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY status"))
-            .await?;
-        counts.retain(|s, _| ActionStatus::OPEN.contains(s));
-        Ok(counts)
-    }
-
-    /// SUCCESS and CANCELLED actions finished since `since`, through the finished index: a cost
-    /// that follows recent traffic, not history.
-    pub async fn finished_since(&self, since: DateTime<Utc>) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
-        let sql = "SELECT status, COUNT(*) AS n FROM actions WHERE status IN ('SUCCESS', 'CANCELLED') \
-                   AND finished_at >= $1 GROUP BY status";
-        let rows = self.db.query_all_raw(self.stmt(sql, [since.into()])).await.doing("counting finished actions")?;
-        let mut counts: BTreeMap<ActionStatus, i64> =
-            [(ActionStatus::Success, 0), (ActionStatus::Cancelled, 0)].into_iter().collect();
-        for r in rows {
-            let status: String = r.try_get("", "status").doing("counting finished actions")?;
-            if let Ok(s) = status.parse::<ActionStatus>() {
-                counts.insert(s, r.try_get("", "n").doing("counting finished actions")?);
-            }
-        }
-        Ok(counts)
-    }
-
     async fn grouped_counts(&self, sql: &str) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
         let rows = self.db.query_all_raw(self.stmt(sql, [])).await.doing("counting actions")?;
         let mut counts: BTreeMap<ActionStatus, i64> = ActionStatus::ALL.iter().map(|s| (*s, 0)).collect();
@@ -96,11 +40,80 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+impl crate::store::handles::Actions<'_> {
+    pub async fn action(self, id: i64) -> Result<Option<Action>, StoreError> {
+        let row = actions::Entity::find_by_id(id).one(&self.store.db).await.doing("reading an action")?;
+        row.map(Action::try_from).transpose()
+    }
+
+    /// Actions matching the filter, newest first.
+    pub async fn list_actions(self, filter: &ActionFilter) -> Result<Vec<Action>, StoreError> {
+        let mut q = actions::Entity::find();
+        if let Some(s) = filter.status {
+            q = q.filter(actions::Column::Status.eq(s.as_str()));
+            if ActionStatus::OPEN.contains(&s) {
+                // The open-status index's own predicate, so that the planner reads only that
+                // status's rows (the page's DLQ list) instead of scanning finished history.
+                q = q.filter(sea_orm::sea_query::Expr::cust(OPEN_SQL));
+            }
+        }
+        if let Some(t) = &filter.action_type {
+            q = q.filter(actions::Column::ActionType.eq(t.as_str()));
+        }
+        let rows = q
+            .order_by_desc(actions::Column::Id)
+            .limit(filter.limit)
+            .all(&self.store.db)
+            .await
+            .doing("listing actions")?;
+        entities::convert_all(rows)
+    }
+
+    /// Count of every status (all history; for `status`, not for the tick's hot path).
+    pub async fn count_by_status(self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
+        self.store.grouped_counts("SELECT status, COUNT(*) AS n FROM actions GROUP BY status").await
+    }
+
+    /// Counts of the open statuses only, served by the partial index: cost independent of
+    /// finished history.
+    pub async fn open_counts(self) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
+        let mut counts = self
+            .store
+            .grouped_counts(&format!("SELECT status, COUNT(*) AS n FROM actions WHERE {OPEN_SQL} GROUP BY status"))
+            .await?;
+        counts.retain(|s, _| ActionStatus::OPEN.contains(s));
+        Ok(counts)
+    }
+
+    /// SUCCESS and CANCELLED actions finished since `since`, through the finished index: a cost
+    /// that follows recent traffic, not history.
+    pub async fn finished_since(self, since: DateTime<Utc>) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
+        let sql = "SELECT status, COUNT(*) AS n FROM actions WHERE status IN ('SUCCESS', 'CANCELLED') \
+                   AND finished_at >= $1 GROUP BY status";
+        let rows = self
+            .store
+            .db
+            .query_all_raw(self.store.stmt(sql, [since.into()]))
+            .await
+            .doing("counting finished actions")?;
+        let mut counts: BTreeMap<ActionStatus, i64> =
+            [(ActionStatus::Success, 0), (ActionStatus::Cancelled, 0)].into_iter().collect();
+        for r in rows {
+            let status: String = r.try_get("", "status").doing("counting finished actions")?;
+            if let Ok(s) = status.parse::<ActionStatus>() {
+                counts.insert(s, r.try_get("", "n").doing("counting finished actions")?);
+            }
+        }
+        Ok(counts)
+    }
 
     /// When the oldest `PENDING` action was created, if any.
-    pub async fn oldest_pending(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub async fn oldest_pending(self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let sql = format!("SELECT MIN(created_at) AS t FROM actions WHERE {OPEN_SQL} AND status = 'PENDING'");
-        let row = self.db.query_one_raw(self.stmt(&sql, [])).await.doing("finding the oldest pending action")?;
+        let row =
+            self.store.db.query_one_raw(self.store.stmt(&sql, [])).await.doing("finding the oldest pending action")?;
         match row {
             Some(r) => r.try_get::<Option<DateTime<Utc>>>("", "t").doing("finding the oldest pending action"),
             None => Ok(None),
@@ -108,22 +121,28 @@ impl Store {
     }
 
     /// Up to `limit` action types that have due work now.
-    pub async fn due_types(&self, limit: u64) -> Result<Vec<String>, StoreError> {
+    pub async fn due_types(self, limit: u64) -> Result<Vec<String>, StoreError> {
         let sql =
             format!("SELECT DISTINCT action_type FROM actions WHERE {} ORDER BY action_type LIMIT $2", due_sql("$1"));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
+            .store
             .db
-            .query_all_raw(self.stmt(&sql, [self.now().into(), limit.into()]))
+            .query_all_raw(self.store.stmt(&sql, [self.store.now().into(), limit.into()]))
             .await
             .doing("listing due types")?;
         rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
     }
 
     /// How many actions are due now (`PENDING` or `RETRY`, `not_before` passed, not expired).
-    pub async fn due_count(&self) -> Result<i64, StoreError> {
+    pub async fn due_count(self) -> Result<i64, StoreError> {
         let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {}", due_sql("$1"));
-        let row = self.db.query_one_raw(self.stmt(&sql, [self.now().into()])).await.doing("counting due actions")?;
+        let row = self
+            .store
+            .db
+            .query_one_raw(self.store.stmt(&sql, [self.store.now().into()]))
+            .await
+            .doing("counting due actions")?;
         match row {
             Some(r) => r.try_get("", "n").doing("counting due actions"),
             None => Ok(0),

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::super::{Backend, Context, Fence, Store, StoreError};
+use super::super::{Backend, Context, Fence, StoreError};
 use super::{Op, Refusal, fence_sql, insert_logs, returned_ids};
 use crate::model::{self, ActionStatus, LogLevel, NewLog};
 
@@ -37,14 +37,14 @@ const ABANDON_SET: &str = "status = CASE WHEN attempts >= max_attempts THEN 'DLQ
 pub const RESCUED_ERROR: &str =
     "rescued: the claim was orphaned (its worker stopped or lost its heartbeat, or the deadline of its claim passed)";
 
-impl Store {
+impl crate::store::handles::Actions<'_> {
     /// `rescue`: returns to `RETRY` (or `DLQ` when out of attempts) every `RUNNING` action
     /// whose claim's deadline has passed, or whose worker is gone (no registration, or a
     /// heartbeat older than `worker_ttl`), and logs each with the worker it names. Only the
     /// live holder of the lease (the fence) can do this. A leader that changes does not touch
     /// attempts in flight: their workers still beat.
     pub async fn rescue(
-        &self,
+        self,
         fence: &Fence,
         owner: &str,
         worker_ttl: std::time::Duration,
@@ -55,7 +55,7 @@ impl Store {
                     AND EXISTS (SELECT 1 FROM leases WHERE name = $2 AND owner = $3 AND epoch = $1 AND expires_at > {now}) \
                     RETURNING id, status, claimed_by, attempts, claim_deadline";
         let set = ABANDON_SET.replace("{error}", &format!("'{RESCUED_ERROR}'"));
-        let (sql, values): (String, Vec<Value>) = match self.backend {
+        let (sql, values): (String, Vec<Value>) = match self.store.backend {
             Backend::Postgres => (
                 format!("UPDATE actions SET {set} {cond}")
                     .replace("{now}", "now()")
@@ -68,7 +68,7 @@ impl Store {
                 ],
             ),
             Backend::Sqlite => {
-                let now = self.now();
+                let now = self.store.now();
                 let live_after = model::earlier_saturating(now, worker_ttl);
                 (
                     format!("UPDATE actions SET {set} {cond}").replace("{now}", "$4").replace("{live_after}", "$5"),
@@ -82,11 +82,11 @@ impl Store {
                 )
             }
         };
-        let txn = self.begin_write().await?;
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("rescuing orphaned actions")?;
+        let txn = self.store.begin_write().await?;
+        let rows = txn.query_all_raw(self.store.stmt(&sql, values)).await.doing("rescuing orphaned actions")?;
         let mut rescued = Vec::with_capacity(rows.len());
         let mut logs = Vec::with_capacity(rows.len());
-        let now = self.now();
+        let now = self.store.now();
         for r in rows {
             let id: i64 = r.try_get("", "id").doing("reading rescued actions")?;
             let status: String = r.try_get("", "status").doing("reading rescued actions")?;
@@ -112,8 +112,8 @@ impl Store {
     /// first and nothing starves behind a stream of fresh work. It defers nothing and takes
     /// nothing out of the queue: the only change is the claim order. Fenced; returns how many
     /// were boosted.
-    pub async fn boost(&self, fence: &Fence, old_before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let now = self.now();
+    pub async fn boost(self, fence: &Fence, old_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let now = self.store.now();
         let boost = format!(
             "UPDATE actions SET priority = priority + 1, updated_at = $1 WHERE {} \
              AND created_at < $2 AND priority < 1000000 AND {}",
@@ -121,15 +121,16 @@ impl Store {
             fence_sql(3, 4),
         );
         let boosted =
-            self.db
-                .execute_raw(self.stmt(
+            self.store
+                .db
+                .execute_raw(self.store.stmt(
                     &boost,
                     [now.into(), old_before.into(), fence.lease_name.as_str().into(), fence.epoch.into()],
                 ))
                 .await
                 .doing("rebalancing: boosting old actions")?
                 .rows_affected();
-        if boosted == 0 && !self.fence_holds(fence).await? {
+        if boosted == 0 && !self.store.lease().fence_holds(fence).await? {
             return Err(Refusal::Fenced(fence.epoch).into());
         }
         Ok(boosted)
@@ -140,18 +141,21 @@ impl Store {
     /// starts such an action (it skips expired rows), so this only has to make the outcome
     /// visible; the tick runs it before its snapshot. Fenced by the lease epoch. Returns the
     /// ids expired.
-    pub async fn expire_due(&self, lease_name: &str, epoch: i64, tick_id: Option<i64>) -> Result<Vec<i64>, StoreError> {
-        let now = self.now();
+    pub async fn expire_due(self, lease_name: &str, epoch: i64, tick_id: Option<i64>) -> Result<Vec<i64>, StoreError> {
+        let now = self.store.now();
         let sql = format!(
             "UPDATE actions SET status = 'DLQ', last_error = 'expired', finished_at = $1, updated_at = $1 \
              WHERE {} AND expires_at IS NOT NULL AND expires_at <= $1 AND {} RETURNING id",
             Op::Expire.status_in(),
             fence_sql(2, 3),
         );
-        let txn = self.begin_write().await?;
-        let ids =
-            returned_ids(&txn, self.stmt(&sql, [now.into(), lease_name.into(), epoch.into()]), "expiring actions")
-                .await?;
+        let txn = self.store.begin_write().await?;
+        let ids = returned_ids(
+            &txn,
+            self.store.stmt(&sql, [now.into(), lease_name.into(), epoch.into()]),
+            "expiring actions",
+        )
+        .await?;
         if ids.is_empty() {
             return Ok(ids);
         }
@@ -167,7 +171,7 @@ impl Store {
     /// `purge`: deletes `SUCCESS` and `CANCELLED` actions (and their logs) finished before
     /// `before`, in small batches so that no transaction holds the write lock for long. `DLQ` is
     /// never deleted. Returns how many were deleted.
-    pub async fn purge(&self, before: DateTime<Utc>, batch: u64) -> Result<u64, StoreError> {
+    pub async fn purge(self, before: DateTime<Utc>, batch: u64) -> Result<u64, StoreError> {
         let sql = format!(
             "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE {} AND finished_at < $1 LIMIT $2)",
             Op::Purge.status_in()
@@ -176,9 +180,9 @@ impl Store {
         let mut total = 0;
         loop {
             // Their execution logs go by ON DELETE CASCADE.
-            let txn = self.begin_write().await?;
+            let txn = self.store.begin_write().await?;
             let n = txn
-                .execute_raw(self.stmt(&sql, [before.into(), batch.into()]))
+                .execute_raw(self.store.stmt(&sql, [before.into(), batch.into()]))
                 .await
                 .doing("purging finished actions")?
                 .rows_affected();

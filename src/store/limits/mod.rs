@@ -37,7 +37,7 @@ use chrono::{DateTime, Utc};
 use super::{Backend, StoreError};
 use crate::limits::{BaseField, LimitSource, LimitSpec, PayloadPath, TypeLimit};
 
-/// How a process writes its config's `limits:` section ([`Store::write_config_limits`]).
+/// How a process writes its config's `limits:` section (`store.limits().write_config_limits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigLimits {
     /// `run`, at start and on SIGHUP: each type named gets exactly the config's limits, whoever
@@ -72,7 +72,7 @@ pub struct ConfigLimitsWritten {
     pub disagreements: Vec<LimitDisagreement>,
 }
 
-/// An operator's change to a type's base limits ([`Store::edit_limit`]).
+/// An operator's change to a type's base limits (`store.limits().edit_limit`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum LimitEdit {
     /// The base becomes exactly this (`PUT /api/limits/TYPE`).

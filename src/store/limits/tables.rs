@@ -16,31 +16,12 @@ use super::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, L
 use crate::limits::{LimitField, LimitOverride, LimitSource, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit};
 
 impl Store {
-    /// Every type with a row in `limits`, with its overrides in force.
-    pub async fn limits(&self) -> Result<Vec<TypeLimit>, StoreError> {
-        read_limits(self, &self.db, self.now()).await
-    }
-
     /// The types whose limits are in force (something limited), for a claim.
     pub(in crate::store) async fn limits_in_force(&self) -> Result<Vec<TypeLimit>, StoreError> {
         Ok(read_limits(self, &self.db, self.now()).await?.into_iter().filter(TypeLimit::enforced).collect())
     }
 
-    /// Writes a config's `limits:` section, `how` says on what terms (see [`ConfigLimits`]), in
-    /// one transaction, each type's row under its lock. Types set by operators and not named
-    /// stay; overrides always stay.
-    pub async fn write_config_limits(
-        &self,
-        limits: &BTreeMap<String, LimitSpec>,
-        how: ConfigLimits,
-    ) -> Result<ConfigLimitsWritten, StoreError> {
-        let txn = self.begin_write().await?;
-        let out = self.write_config_limits_in(&txn, limits, how).await?;
-        txn.commit().await.doing("committing configured limits")?;
-        Ok(out)
-    }
-
-    /// [`Store::write_config_limits`] in `txn`, which the caller commits (or, for a dry run,
+    /// `store.limits().write_config_limits` in `txn`, which the caller commits (or, for a dry run,
     /// rolls back).
     pub(in crate::store) async fn write_config_limits_in(
         &self,
@@ -101,10 +82,31 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+impl crate::store::handles::Limits<'_> {
+    /// Every type with a row in `limits`, with its overrides in force.
+    pub async fn list(self) -> Result<Vec<TypeLimit>, StoreError> {
+        read_limits(self.store, &self.store.db, self.store.now()).await
+    }
+
+    /// Writes a config's `limits:` section, `how` says on what terms (see [`ConfigLimits`]), in
+    /// one transaction, each type's row under its lock. Types set by operators and not named
+    /// stay; overrides always stay.
+    pub async fn write_config_limits(
+        self,
+        limits: &BTreeMap<String, LimitSpec>,
+        how: ConfigLimits,
+    ) -> Result<ConfigLimitsWritten, StoreError> {
+        let txn = self.store.begin_write().await?;
+        let out = self.store.write_config_limits_in(&txn, limits, how).await?;
+        txn.commit().await.doing("committing configured limits")?;
+        Ok(out)
+    }
 
     /// Replaces a type's base limits (source `operator`); overrides stay. `edit_limit` with
     /// [`LimitEdit::Replace`], for callers that hold a whole spec.
-    pub async fn set_limit(&self, action_type: &str, spec: &LimitSpec) -> Result<(), StoreError> {
+    pub async fn set_limit(self, action_type: &str, spec: &LimitSpec) -> Result<(), StoreError> {
         spec.validate().map_err(|e| StoreError::Invalid(format!("limits.{action_type}: {e}")))?;
         match self.edit_limit(action_type, &LimitEdit::Replace(spec.clone())).await? {
             Ok(_) => Ok(()),
@@ -118,14 +120,14 @@ impl Store {
     /// operator's edit a moment before included) and the overrides stay. Returns the type's
     /// base as written, or why nothing was.
     pub async fn edit_limit(
-        &self,
+        self,
         action_type: &str,
         edit: &LimitEdit,
     ) -> Result<Result<LimitSpec, EditRefusal>, StoreError> {
         crate::model::validate_type(action_type).map_err(StoreError::Invalid)?;
-        let txn = self.begin_write().await?;
-        let now = self.now();
-        let held = lock_limit(self, &txn, action_type, LimitSource::Operator, now).await?.map(|(base, _)| base);
+        let txn = self.store.begin_write().await?;
+        let now = self.store.now();
+        let held = lock_limit(self.store, &txn, action_type, LimitSource::Operator, now).await?.map(|(base, _)| base);
         let next = match (edit, held) {
             (LimitEdit::Replace(spec), _) => spec.clone(),
             (LimitEdit::Merge(spec), held) => held.unwrap_or_default().merged(spec),
@@ -142,15 +144,15 @@ impl Store {
             return refuse(txn, EditRefusal::LimitsNothing).await;
         }
         next.validate().map_err(|e| StoreError::Invalid(format!("limits.{action_type}: {e}")))?;
-        upsert_limit(self, &txn, action_type, &next, LimitSource::Operator, now).await?;
+        upsert_limit(self.store, &txn, action_type, &next, LimitSource::Operator, now).await?;
         txn.commit().await.doing("committing a limit")?;
         Ok(Ok(next))
     }
 
     /// Removes a type's limits and overrides. Returns false when it had none.
-    pub async fn clear_limit(&self, action_type: &str) -> Result<bool, StoreError> {
-        let txn = self.begin_write().await?;
-        let n = delete_limit(self, &txn, action_type).await?;
+    pub async fn clear_limit(self, action_type: &str) -> Result<bool, StoreError> {
+        let txn = self.store.begin_write().await?;
+        let n = delete_limit(self.store, &txn, action_type).await?;
         txn.commit().await.doing("committing a cleared limit")?;
         Ok(n > 0)
     }
@@ -159,7 +161,7 @@ impl Store {
     /// `set_limit` under the lease's fence, or an operator's). The type needs no base limit.
     #[allow(clippy::too_many_arguments)]
     pub async fn set_limit_override(
-        &self,
+        self,
         fence: Option<&Fence>,
         action_type: &str,
         field: LimitField,
@@ -173,11 +175,11 @@ impl Store {
             LimitValue::Count(n) => (i(n), None),
             LimitValue::Rate(r) => (i(r.count), Some(i(r.period.as_secs()))),
         };
-        let now = self.now();
-        let txn = self.begin_write().await?;
+        let now = self.store.now();
+        let txn = self.store.begin_write().await?;
         if let Some(fence) = fence {
             let held = txn
-                .query_one_raw(self.stmt(
+                .query_one_raw(self.store.stmt(
                     "SELECT COUNT(*) AS n FROM leases WHERE name = $1 AND epoch = $2",
                     [fence.lease_name.as_str().into(), fence.epoch.into()],
                 ))
@@ -193,14 +195,14 @@ impl Store {
         }
         // A no-op update rather than DO NOTHING: it locks the row (on PostgreSQL), so that
         // `clear_limit_override` or `clear_limit` cannot delete it under the override written next.
-        txn.execute_raw(self.stmt(
+        txn.execute_raw(self.store.stmt(
             "INSERT INTO limits (action_type, source, updated_at) VALUES ($1, 'override', $2) \
              ON CONFLICT (action_type) DO UPDATE SET source = limits.source",
             [action_type.into(), now.into()],
         ))
         .await
         .doing("writing a limit override")?;
-        txn.execute_raw(self.stmt(
+        txn.execute_raw(self.store.stmt(
             "INSERT INTO limit_overrides (action_type, field, value, period_seconds, expires_at, reason, set_by, set_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (action_type, field) DO UPDATE SET value = excluded.value, \
@@ -230,26 +232,26 @@ impl Store {
     /// On PostgreSQL the type's `limits` row is locked first, and `set_limit_override` locks it
     /// too (its upsert), so an override set at the same moment is either ended here or kept
     /// with its row, never left without one (which `limits` would not read).
-    pub async fn clear_limit_override(&self, action_type: &str, field: LimitField) -> Result<bool, StoreError> {
+    pub async fn clear_limit_override(self, action_type: &str, field: LimitField) -> Result<bool, StoreError> {
         crate::model::validate_type(action_type).map_err(StoreError::Invalid)?;
-        let txn = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
+        let txn = self.store.begin_write().await?;
+        if self.store.backend == Backend::Postgres {
             txn.query_one_raw(
-                self.stmt("SELECT 1 FROM limits WHERE action_type = $1 FOR UPDATE", [action_type.into()]),
+                self.store.stmt("SELECT 1 FROM limits WHERE action_type = $1 FOR UPDATE", [action_type.into()]),
             )
             .await
             .doing("locking a limit")?;
         }
         // The database's clock decides what is in force, as `read_limits` does: `now()` on
         // PostgreSQL, the store's clock (parameter `$n`) on SQLite.
-        let (now_at, now): (fn(usize) -> String, Option<Value>) = match self.backend {
+        let (now_at, now): (fn(usize) -> String, Option<Value>) = match self.store.backend {
             Backend::Postgres => (|_| "now()".to_string(), None),
-            Backend::Sqlite => (|n| format!("${n}"), Some(self.now().into())),
+            Backend::Sqlite => (|n| format!("${n}"), Some(self.store.now().into())),
         };
         let mut values: Vec<Value> = vec![action_type.into(), field.as_str().into()];
         values.extend(now.clone());
         let ended = txn
-            .execute_raw(self.stmt(
+            .execute_raw(self.store.stmt(
                 &format!(
                     "DELETE FROM limit_overrides WHERE action_type = $1 AND field = $2 AND expires_at > {}",
                     now_at(3)
@@ -260,7 +262,7 @@ impl Store {
             .doing("ending a limit override")?
             .rows_affected();
         // An expired row of the field is in force no longer; it goes too.
-        txn.execute_raw(self.stmt(
+        txn.execute_raw(self.store.stmt(
             "DELETE FROM limit_overrides WHERE action_type = $1 AND field = $2",
             [action_type.into(), field.as_str().into()],
         ))
@@ -269,7 +271,7 @@ impl Store {
         let mut values: Vec<Value> = vec![action_type.into()];
         values.extend(now);
         let empty = txn
-            .query_one_raw(self.stmt(
+            .query_one_raw(self.store.stmt(
                 &format!(
                     "SELECT COUNT(*) AS n FROM limits l WHERE l.action_type = $1 AND l.source = 'override' \
                      AND l.max_running IS NULL AND l.rate_count IS NULL AND l.rate_seconds IS NULL \
@@ -286,7 +288,7 @@ impl Store {
             .doing("ending a limit override")?
             .unwrap_or(0);
         if empty > 0 {
-            delete_limit(self, &txn, action_type).await?;
+            delete_limit(self.store, &txn, action_type).await?;
         }
         txn.commit().await.doing("committing an ended limit override")?;
         Ok(ended > 0)

@@ -32,9 +32,9 @@ fn spec(text: &str) -> LimitSpec {
 /// Sets the limits and returns them as the claim reads them, in type order.
 async fn limits(store: &Store, specs: &[(&str, &str)]) -> Vec<TypeLimit> {
     for (t, s) in specs {
-        store.set_limit(t, &spec(s)).await.unwrap();
+        store.limits().set_limit(t, &spec(s)).await.unwrap();
     }
-    let mut out = store.limits().await.unwrap();
+    let mut out = store.limits().list().await.unwrap();
     out.sort_by(|a, b| a.action_type.cmp(&b.action_type));
     out
 }
@@ -53,7 +53,7 @@ async fn enqueue(store: &Store, rows: &[(&str, &str, i32)]) -> Vec<i64> {
             max_attempts: 3,
             expires_at: None,
         };
-        ids.push(store.enqueue(crate::store::Authority::Operator, &new).await.unwrap().id);
+        ids.push(store.actions().enqueue(crate::store::Authority::Operator, &new).await.unwrap().id);
     }
     ids
 }
@@ -61,6 +61,7 @@ async fn enqueue(store: &Store, rows: &[(&str, &str, i32)]) -> Vec<i64> {
 /// A registered worker's terms: every type, 1000 partitions tracked.
 async fn claimer(store: &Store) -> Claimer {
     store
+        .workers()
         .register_worker(&NewWorker {
             id: "w".into(),
             host: "test".into(),
@@ -144,7 +145,7 @@ async fn key_partitions_keys_new_rows_and_records_the_path(store: &Store) {
 async fn read_usage_counts_running_window_and_budget(store: &Store) {
     let l = limits(store, &[("a", "max_running=2 rate=10/1h daily_budget=5")]).await;
     enqueue(store, &[("a", "x", 0), ("a", "x", 0), ("a", "x", 0)]).await;
-    assert_eq!(store.claim(&claimer(store).await, 1).await.unwrap().len(), 1);
+    assert_eq!(store.actions().claim(&claimer(store).await, 1).await.unwrap().len(), 1);
     let refs: Vec<&TypeLimit> = l.iter().collect();
     let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
     let used = usage.used[&("a".to_string(), String::new())];
@@ -155,7 +156,7 @@ async fn read_usage_counts_running_window_and_budget(store: &Store) {
 async fn start_gives_each_partition_the_smallest_remainder(store: &Store) {
     let l = limits(store, &[("a", "max_running=2 rate=10/1h daily_budget=5"), ("b", "daily_budget=1")]).await;
     enqueue(store, &[("a", "x", 0), ("b", "x", 0)]).await;
-    assert_eq!(store.claim(&claimer(store).await, 2).await.unwrap().len(), 2);
+    assert_eq!(store.actions().claim(&claimer(store).await, 2).await.unwrap().len(), 2);
     let refs: Vec<&TypeLimit> = l.iter().collect();
     let txn = store.begin_write().await.unwrap();
     let (p, _) = started(store, &txn, &refs, 4).await;
@@ -169,7 +170,7 @@ async fn walk_leaves_out_full_types_and_chosen_rows(store: &Store) {
     let l = limits(store, &[("a", "max_running=1")]).await;
     enqueue(store, &[("a", "x", 9)]).await;
     let c = claimer(store).await;
-    assert_eq!(store.claim(&c, 1).await.unwrap().len(), 1);
+    assert_eq!(store.actions().claim(&c, 1).await.unwrap().len(), 1);
     // a is full; its next row comes first in claim order, and is left out.
     let ids = enqueue(store, &[("a", "x", 9), ("c", "x", 1), ("c", "x", 5)]).await;
     let refs: Vec<&TypeLimit> = l.iter().collect();
@@ -187,7 +188,7 @@ async fn keyed_candidates_skip_a_full_partition(store: &Store) {
     let l = limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
     enqueue(store, &[("b", "x", 9)]).await;
     let c = claimer(store).await;
-    assert_eq!(store.claim(&c, 1).await.unwrap().len(), 1);
+    assert_eq!(store.actions().claim(&c, 1).await.unwrap().len(), 1);
     let ids = enqueue(store, &[("b", "x", 9), ("b", "x", 9), ("b", "y", 1), ("b", "z", 5)]).await;
     let refs: Vec<&TypeLimit> = l.iter().collect();
     let txn = store.begin_write().await.unwrap();
@@ -235,7 +236,7 @@ async fn the_claim_records_starts_budget_blocked_and_tracked(store: &Store) {
     let refs: Vec<&TypeLimit> = l.iter().collect();
     let ids = enqueue(store, &[("b", "x", 0), ("b", "x", 0), ("b", "x", 0)]).await;
     let c = claimer(store).await;
-    let claimed = store.claim(&c, 3).await.unwrap();
+    let claimed = store.actions().claim(&c, 3).await.unwrap();
     assert_eq!(claimed.len(), 2, "the budget of x is 2");
     let txn = store.begin_write().await.unwrap();
     let (p, now) = started(store, &txn, &refs, 1).await;

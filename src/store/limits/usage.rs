@@ -87,88 +87,6 @@ impl Usage {
 }
 
 impl Store {
-    /// Every limited type's usage: what is running, waiting, and left of each limit.
-    pub async fn limit_usage(&self) -> Result<Vec<LimitUsage>, StoreError> {
-        let limits = read_limits(self, &self.db, self.now()).await?;
-        if limits.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = self.db_now().await?;
-        let refs: Vec<&TypeLimit> = limits.iter().filter(|l| l.enforced()).collect();
-        let (usage, waiting) = if refs.is_empty() {
-            (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, HashMap::new())
-        } else {
-            (read_usage(self, &self.db, &refs, now).await?, self.waiting_of(&refs, now).await?)
-        };
-        let today = day_of(now);
-        let mut out = Vec::with_capacity(limits.len());
-        for l in &limits {
-            let t = &l.action_type;
-            // Every partition with something in use, plus the one a new value would take.
-            let mut parts: BTreeMap<String, PartUsage> = BTreeMap::new();
-            for ((ty, p), used) in &usage.used {
-                if ty == t {
-                    let e = parts
-                        .entry(p.clone())
-                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
-                    e.running += used.running;
-                    e.rate_used += used.window;
-                }
-            }
-            for ((ty, p), s) in &usage.state {
-                if ty == t
-                    && s.day.as_deref() == Some(today.as_str())
-                    && (!p.is_empty() || l.effective.partition_by.is_none())
-                {
-                    let e = parts
-                        .entry(p.clone())
-                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
-                    e.budget_used = s.used;
-                }
-            }
-            // The tightest partition's remainder of each limit (a fresh one when none is in use).
-            let mut tightest: [Option<u64>; 3] = l.effective.remaining(0, 0, 0);
-            for p in parts.values() {
-                let left = l.effective.remaining(p.running, p.rate_used, p.budget_used);
-                for (t, l) in tightest.iter_mut().zip(left) {
-                    *t = t.zip(l).map(|(a, b)| a.min(b));
-                }
-            }
-            let gate = usage.state.get(&(t.clone(), String::new())).cloned().unwrap_or_default();
-            let exhausted = usage
-                .state
-                .iter()
-                .filter(|((ty, _), s)| ty == t && s.day.as_deref() == Some(today.as_str()))
-                .filter_map(|(_, s)| s.exhausted_at)
-                .min();
-            let mut list: Vec<PartUsage> = parts.into_values().collect();
-            list.sort_by(|a, b| {
-                (b.running, b.rate_used, b.budget_used)
-                    .cmp(&(a.running, a.rate_used, a.budget_used))
-                    .then(a.partition.cmp(&b.partition))
-            });
-            let running = list.iter().map(|p| p.running).sum();
-            let partitioned = l.effective.partition_by.is_some();
-            list.truncate(if partitioned { BUSIEST_PARTITIONS } else { 0 });
-            out.push(LimitUsage {
-                action_type: t.clone(),
-                limit: l.clone(),
-                running,
-                waiting: waiting.get(t).copied().unwrap_or(0),
-                running_remaining: tightest[0],
-                rate_remaining: tightest[1],
-                budget_remaining: tightest[2],
-                budget_exhausted_at: if tightest[2] == Some(0) { exhausted } else { None },
-                blocked_running: gate.blocked[0],
-                blocked_rate: gate.blocked[1],
-                blocked_budget: gate.blocked[2],
-                partitions: list,
-                partitions_tracked: usage.tracked.get(t).map_or(0, |s| s.len() as u64),
-            });
-        }
-        Ok(out)
-    }
-
     /// Due actions per limited type.
     async fn waiting_of(&self, limits: &[&TypeLimit], now: DateTime<Utc>) -> Result<HashMap<String, u64>, StoreError> {
         let sql = format!(
@@ -244,6 +162,90 @@ impl Store {
             .doing("giving back unstarted budget")?;
         }
         Ok(())
+    }
+}
+
+impl crate::store::handles::Limits<'_> {
+    /// Every limited type's usage: what is running, waiting, and left of each limit.
+    pub async fn limit_usage(self) -> Result<Vec<LimitUsage>, StoreError> {
+        let limits = read_limits(self.store, &self.store.db, self.store.now()).await?;
+        if limits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.store.db_now().await?;
+        let refs: Vec<&TypeLimit> = limits.iter().filter(|l| l.enforced()).collect();
+        let (usage, waiting) = if refs.is_empty() {
+            (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, HashMap::new())
+        } else {
+            (read_usage(self.store, &self.store.db, &refs, now).await?, self.store.waiting_of(&refs, now).await?)
+        };
+        let today = day_of(now);
+        let mut out = Vec::with_capacity(limits.len());
+        for l in &limits {
+            let t = &l.action_type;
+            // Every partition with something in use, plus the one a new value would take.
+            let mut parts: BTreeMap<String, PartUsage> = BTreeMap::new();
+            for ((ty, p), used) in &usage.used {
+                if ty == t {
+                    let e = parts
+                        .entry(p.clone())
+                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
+                    e.running += used.running;
+                    e.rate_used += used.window;
+                }
+            }
+            for ((ty, p), s) in &usage.state {
+                if ty == t
+                    && s.day.as_deref() == Some(today.as_str())
+                    && (!p.is_empty() || l.effective.partition_by.is_none())
+                {
+                    let e = parts
+                        .entry(p.clone())
+                        .or_insert_with(|| PartUsage { partition: p.clone(), ..Default::default() });
+                    e.budget_used = s.used;
+                }
+            }
+            // The tightest partition's remainder of each limit (a fresh one when none is in use).
+            let mut tightest: [Option<u64>; 3] = l.effective.remaining(0, 0, 0);
+            for p in parts.values() {
+                let left = l.effective.remaining(p.running, p.rate_used, p.budget_used);
+                for (t, l) in tightest.iter_mut().zip(left) {
+                    *t = t.zip(l).map(|(a, b)| a.min(b));
+                }
+            }
+            let gate = usage.state.get(&(t.clone(), String::new())).cloned().unwrap_or_default();
+            let exhausted = usage
+                .state
+                .iter()
+                .filter(|((ty, _), s)| ty == t && s.day.as_deref() == Some(today.as_str()))
+                .filter_map(|(_, s)| s.exhausted_at)
+                .min();
+            let mut list: Vec<PartUsage> = parts.into_values().collect();
+            list.sort_by(|a, b| {
+                (b.running, b.rate_used, b.budget_used)
+                    .cmp(&(a.running, a.rate_used, a.budget_used))
+                    .then(a.partition.cmp(&b.partition))
+            });
+            let running = list.iter().map(|p| p.running).sum();
+            let partitioned = l.effective.partition_by.is_some();
+            list.truncate(if partitioned { BUSIEST_PARTITIONS } else { 0 });
+            out.push(LimitUsage {
+                action_type: t.clone(),
+                limit: l.clone(),
+                running,
+                waiting: waiting.get(t).copied().unwrap_or(0),
+                running_remaining: tightest[0],
+                rate_remaining: tightest[1],
+                budget_remaining: tightest[2],
+                budget_exhausted_at: if tightest[2] == Some(0) { exhausted } else { None },
+                blocked_running: gate.blocked[0],
+                blocked_rate: gate.blocked[1],
+                blocked_budget: gate.blocked[2],
+                partitions: list,
+                partitions_tracked: usage.tracked.get(t).map_or(0, |s| s.len() as u64),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -118,7 +118,7 @@ macro_rules! backend_tests {
 
 /// Up to `n` actions the next claim would take, in claim order (claiming nothing).
 pub async fn due(store: &orchestrator::store::Store, n: u64) -> Vec<orchestrator::model::Action> {
-    store.pick(&claimer("", std::time::Duration::from_secs(60)), n, None).await.unwrap()
+    store.actions().pick(&claimer("", std::time::Duration::from_secs(60)), n, None).await.unwrap()
 }
 
 /// The terms a test claims on as worker `id`: every type, attempts due within a minute.
@@ -144,6 +144,7 @@ pub async fn worker(
     ttl: std::time::Duration,
 ) -> orchestrator::store::Claimer {
     store
+        .workers()
         .register_worker(&orchestrator::store::NewWorker {
             id: id.into(),
             host: "test".into(),
