@@ -24,6 +24,7 @@ pub mod model;
 pub mod queue;
 pub mod rules;
 pub mod scenario;
+pub mod settings;
 pub mod snapshot;
 mod status;
 pub mod store;
