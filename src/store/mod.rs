@@ -9,7 +9,9 @@
 
 mod actions;
 mod backup;
+mod bench;
 pub use backup::{Backup, pg_dump_advice};
+pub use bench::{Bench, DrainSample, DrainTotals};
 mod decide;
 mod machine;
 pub use decide::{DecideRecord, DecisionRow, Fence, LedgerStats, TickDecide, WindowCount};
