@@ -33,7 +33,7 @@ use orchestrator::adapters::Registry;
 use orchestrator::config::Config;
 use orchestrator::model::ActionStatus;
 use orchestrator::queue;
-use orchestrator::store::{Backend, FlagChange, Store, StoreOptions};
+use orchestrator::store::{FlagChange, Store, StoreOptions};
 use orchestrator::tick::{Engine, TickOutcome};
 
 struct Args {
@@ -139,7 +139,7 @@ impl Db {
                 let base = pg.ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL"))?;
                 let schema = format!("bench_{:016x}", fastrand::u64(..));
                 let admin = Store::connect(base, &StoreOptions::default()).await?;
-                admin.execute_unprepared(&format!("CREATE SCHEMA {schema}")).await?;
+                admin.bench().create_schema(&schema).await?;
                 admin.close().await?;
                 let sep = if base.contains('?') { '&' } else { '?' };
                 (format!("{base}{sep}options[search_path]={schema}"), Some((base.to_string(), schema)))
@@ -162,56 +162,15 @@ impl Db {
         if let Some((base, schema)) = self.pg
             && let Ok(admin) = Store::connect(&base, &StoreOptions::default()).await
         {
-            admin.execute_unprepared(&format!("DROP SCHEMA {schema} CASCADE")).await.ok();
+            admin.bench().drop_schema(&schema).await.ok();
             admin.close().await.ok();
         }
     }
 
-    /// `n` rows of finished history (90 % SUCCESS, 10 % CANCELLED) plus 100 open rows that are
-    /// scheduled for later (created now, so no rule calls them stuck), written with one
-    /// INSERT … SELECT per chunk.
+    /// `n` rows of finished history plus 100 open rows scheduled for later
+    /// ([`orchestrator::store::Bench::history`]).
     async fn history(&self, n: u64) -> anyhow::Result<()> {
-        let ts = "'2026-01-01T00:00:00+00:00'";
-        let far = "'2100-01-01T00:00:00+00:00'";
-        let now_text = orchestrator::model::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-        let now = format!("'{now_text}'");
-        let chunk = 200_000u64;
-        let mut start = 1u64;
-        while start <= n {
-            let end = (start + chunk - 1).min(n);
-            let status = "CASE WHEN i % 10 = 0 THEN 'CANCELLED' ELSE 'SUCCESS' END";
-            let sql = match self.store.backend() {
-                Backend::Sqlite => format!(
-                    "WITH RECURSIVE seq(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM seq WHERE i < {end}) \
-                     INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at, finished_at) \
-                     SELECT 'hist-' || i, 'NOOP', '{{}}', {status}, 0, {ts}, 1, 3, {ts}, {ts}, {ts} FROM seq"
-                ),
-                Backend::Postgres => format!(
-                    "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at, finished_at) \
-                     SELECT 'hist-' || i, 'NOOP', '{{}}', {status}, 0, {ts}, 1, 3, {ts}, {ts}, {ts} FROM generate_series({start}, {end}) AS i"
-                ),
-            };
-            self.store.execute_unprepared(&sql).await?;
-            start = end + 1;
-        }
-        let open = match self.store.backend() {
-            Backend::Sqlite => format!(
-                "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < 100) \
-                 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
-                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, {now}, {now} FROM seq"
-            ),
-            Backend::Postgres => format!(
-                "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts, max_attempts, created_at, updated_at) \
-                 SELECT 'open-' || i, 'NOOP', '{{}}', 'PENDING', 0, {far}, 0, 3, now(), now() FROM generate_series(1, 100) AS i"
-            ),
-        };
-        self.store.execute_unprepared(&open).await?;
-        let analyze = match self.store.backend() {
-            Backend::Sqlite => "ANALYZE",
-            Backend::Postgres => "ANALYZE actions",
-        };
-        self.store.execute_unprepared(analyze).await?;
-        Ok(())
+        Ok(self.store.bench().history(n).await?)
     }
 
     /// `n` due NOOP actions, through the real bulk path.
@@ -930,7 +889,8 @@ struct PgDatabase {
     name: String,
     url: String,
     store: Store,
-    stats: sea_orm::DatabaseConnection,
+    /// A connection of its own for the samples, opened before they begin.
+    stats: Store,
     dir: tempfile::TempDir,
 }
 
@@ -938,11 +898,11 @@ impl PgDatabase {
     async fn new(base: &str) -> anyhow::Result<PgDatabase> {
         let name = format!("bench_x_{}", fastrand::u32(..));
         let admin = Store::connect(base, &StoreOptions::default()).await?;
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        admin.bench().create_database(&name).await?;
         admin.close().await?;
         let url = pg_url(base, &name);
         let store = Store::open(&url, &StoreOptions::default()).await?;
-        let stats = sea_orm::Database::connect(url.as_str()).await?;
+        let stats = Store::connect(&url, &StoreOptions::default()).await?;
         Ok(PgDatabase { base: base.to_string(), name, url, store, stats, dir: tempfile::tempdir()? })
     }
 
@@ -950,29 +910,14 @@ impl PgDatabase {
         self.store.close().await.ok();
         self.stats.close().await.ok();
         if let Ok(admin) = Store::connect(&self.base, &StoreOptions::default()).await {
-            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await.ok();
+            admin.bench().drop_database(&self.name).await.ok();
             admin.close().await.ok();
         }
     }
 
-    /// The first `n` columns of the one row `sql` selects, each a float8.
-    async fn numbers(&self, sql: &str, n: usize) -> anyhow::Result<Vec<f64>> {
-        use sea_orm::ConnectionTrait;
-        let stmt = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
-        let row = self.stats.query_one_raw(stmt).await?.ok_or_else(|| anyhow::anyhow!("no row: {sql}"))?;
-        (0..n).map(|i| row.try_get_by_index::<f64>(i).map_err(Into::into)).collect()
-    }
-
     /// The pids of the connections to this database now, as an SQL list.
     async fn backends(&self) -> anyhow::Result<String> {
-        use sea_orm::ConnectionTrait;
-        let sql = format!(
-            "SELECT coalesce(string_agg(pid::text, ', '), '0') FROM pg_stat_activity WHERE datname = '{}'",
-            self.name
-        );
-        let stmt = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
-        let row = self.stats.query_one_raw(stmt).await?.ok_or_else(|| anyhow::anyhow!("no row"))?;
-        Ok(row.try_get_by_index::<String>(0)?)
+        Ok(self.stats.bench().connections(&self.name).await?)
     }
 
     /// The processes' stderr, for an error.
@@ -1115,21 +1060,15 @@ async fn workers_measure(
     for i in 0..workers {
         procs.0.push(db.spawn(bin, &format!("worker{i}.log"), &["worker", "--concurrency", "16", "--no-http"])?);
     }
-    let sample = format!(
-        "SELECT (SELECT count(*) FROM actions WHERE status = 'SUCCESS')::float8, \
-         (SELECT count(*) FROM actions WHERE status IN ('RETRY', 'DLQ'))::float8, \
-         (SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND pid NOT IN ({ours}))::float8",
-        db.name
-    );
     let start = Instant::now();
     let mut connections = 0.0f64;
     loop {
-        let v = db.numbers(&sample, 3).await?;
-        connections = connections.max(v[2]);
-        if v[0] as usize == n {
+        let v = db.stats.bench().drain_sample(&db.name, &ours).await?;
+        connections = connections.max(v.connections);
+        if v.succeeded as usize == n {
             break;
         }
-        anyhow::ensure!(v[1] == 0.0, "{} attempts failed; the processes' stderr:\n{}", v[1], db.logs());
+        anyhow::ensure!(v.failed == 0.0, "{} attempts failed; the processes' stderr:\n{}", v.failed, db.logs());
         anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "not drained within 600 s");
         for c in &mut procs.0 {
             if let Some(status) = c.try_wait()? {
@@ -1141,28 +1080,14 @@ async fn workers_measure(
     procs.stop()?;
     // From the rows: a claim stamps one token on every row it takes; a completion transaction
     // stamps one finished_at on every row of its group.
-    let v = db
-        .numbers(
-            "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(claimed_at))::float8, count(*)::float8, \
-             count(DISTINCT claim_token)::float8, count(DISTINCT (claimed_by, finished_at))::float8, \
-             count(DISTINCT claimed_by)::float8 FROM actions WHERE status = 'SUCCESS'",
-            5,
-        )
-        .await?;
-    let (secs, rows, claims, commits, by) = (v[0], v[1], v[2], v[3], v[4]);
+    let v = db.stats.bench().drain_totals().await?;
+    let (secs, rows, claims, commits, by) = (v.seconds, v.rows, v.claims, v.commits, v.workers);
     anyhow::ensure!(rows == n as f64 && by >= 1.0, "{rows} of {n} succeeded, by {by} workers");
     anyhow::ensure!(!db.store.history().logs(None, 1).await?.is_empty(), "no log rows");
-    // One worker's cycle: claim, dispatch (the batch's last outcome written at finished_at, the
-    // worker's clock when its completion transaction began), then the next claim.
-    let cycle = db
-        .numbers(
-            "WITH c AS (SELECT claimed_by, min(claimed_at) AS claimed, max(finished_at) AS finished                         FROM actions GROUP BY claimed_by, claim_token),                   g AS (SELECT claimed, finished,                         lead(claimed) OVER (PARTITION BY claimed_by ORDER BY claimed) AS next FROM c)              SELECT (1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM finished - claimed)))::float8,                     (1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM next - finished)))::float8              FROM g",
-            2,
-        )
-        .await?;
+    let (batch_ms, between_ms) = db.stats.bench().worker_cycle().await?;
     Ok(WorkersRun {
-        batch_ms: cycle[0],
-        between_ms: cycle[1],
+        batch_ms,
+        between_ms,
         rate: rows / secs,
         claims: claims / secs,
         rows_per_claim: rows / claims,

@@ -46,19 +46,13 @@ async fn main() -> anyhow::Result<()> {
     let store = Store::open(&url, &StoreOptions { sqlite_synchronous_full: false, ..StoreOptions::default() }).await?;
     // An open queue of 200 actions, some in each open state.
     store.actions().enqueue_many(&batch("open", 0, 200)).await?;
-    store.execute_unprepared("UPDATE actions SET status = 'RETRY', last_error = 'timeout' WHERE id % 4 = 1").await?;
-    store.execute_unprepared("UPDATE actions SET status = 'DLQ', last_error = 'boom' WHERE id % 4 = 2").await?;
+    store.bench().spread_open_states().await?;
     let empty = per_build(&store, 200).await?;
     for chunk in (0..finished).step_by(10_000) {
         store.actions().enqueue_many(&batch("done", chunk, 10_000.min(finished - chunk))).await?;
     }
-    store
-        .execute_unprepared(
-            "UPDATE actions SET status = 'SUCCESS', finished_at = '2020-01-01T00:00:00.000+00:00' \
-             WHERE idempotency_key LIKE 'done-%'",
-        )
-        .await?;
-    store.execute_unprepared("ANALYZE").await?;
+    store.bench().finish_old("done-").await?;
+    store.bench().analyze().await?;
     let full = per_build(&store, 200).await?;
     println!(
         "snapshot build on SQLite: {empty:.3} ms with 200 open actions and no history; {full:.3} ms with {finished} finished actions as well (mean of 200)"

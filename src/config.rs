@@ -16,21 +16,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod environment;
-pub mod key;
 
 pub use crate::adapters::AdaptersConfig;
 pub use crate::health::HealthThresholds;
 use crate::limits::{LimitField, LimitSpec};
 pub use environment::Acting;
-use key::KeyDefault::{Computed, Unset, Value};
-use key::{Key, KeyInfo, Origin, Raw, Retired, key};
+// The error every key reports and the duration syntax, declared with the key machinery in
+// `settings`; re-exported as the config's own, which they are to its callers.
+use crate::settings::MAX_SECONDS;
+use crate::settings::key::KeyDefault::{Computed, Unset, Value};
+use crate::settings::key::{self, Key, KeyInfo, Origin, Raw, Retired, key};
+pub use crate::settings::{ConfigError, Source, parse_duration};
 
 /// The file read when `--config` / `ORCHESTRATOR_CONFIG` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "orchestrator.yaml";
 /// The SQLite database used when no URL is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:orchestrator.db";
-/// The longest duration a `*_seconds` key takes: one year.
-const MAX_SECONDS: f64 = 365.0 * 86_400.0;
 
 /// The validated settings every command runs with.
 ///
@@ -196,35 +197,6 @@ impl AdminTokens {
     }
 }
 
-/// Where a setting's value came from, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    Default,
-    File { path: PathBuf, line: usize, column: usize },
-    Env(String),
-    Flag(String),
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Source::Default => f.write_str("the default"),
-            Source::File { path, line, column } => write!(f, "{}:{line}:{column}", path.display()),
-            Source::Env(name) => write!(f, "environment variable {name}"),
-            Source::Flag(name) => write!(f, "flag {name}"),
-        }
-    }
-}
-
-/// A configuration error; its message names the key and the source of the bad value.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("{source_}: {message}")]
-    Value { source_: Source, message: String },
-}
-
 /// Flags that override the other layers.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -270,6 +242,13 @@ pub struct Inputs<'a> {
     /// for [`Config::load`]; a test passes its own, or none to check nothing.
     pub env_names: &'a [String],
     pub overrides: Overrides,
+}
+
+/// The `adapters:` section, as [`crate::adapters::Registry::from_config`] takes it.
+impl AsRef<AdaptersConfig> for Config {
+    fn as_ref(&self) -> &AdaptersConfig {
+        &self.adapters
+    }
 }
 
 impl Config {
@@ -804,12 +783,7 @@ impl Default for RulesConfig {
             max_map_size: 10_000,
             rebalance_age: Duration::from_secs(600),
             alert_action_type: None,
-            health: HealthThresholds {
-                saturated_pending: 50,
-                old_pending: Duration::from_secs(1800),
-                healthy_at: 80,
-                degraded_at: 50,
-            },
+            health: HealthThresholds::default(),
         }
     }
 }
@@ -822,26 +796,6 @@ fn days(n: u32) -> Duration {
 /// records several rounds of attempts.
 pub fn default_max_unrecorded(dispatch_concurrency: u32) -> u32 {
     dispatch_concurrency.saturating_mul(4).min(65_536)
-}
-
-/// Parses a human duration such as `30s`, `5m`, `7d` or `1h30m`, at most
-/// [`model::MAX_DURATION`] (1,000 years), so that adding it to or taking it from any date the
-/// program meets cannot overflow.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let d = match t.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(t)
-            .map_err(|e| format!("'{}' is not a duration like 30s, 5m or 7d ({e})", t.escape_debug()))?,
-    };
-    if d > crate::model::MAX_DURATION {
-        return Err(format!(
-            "'{}' is longer than the maximum of {} days (1,000 years)",
-            t.escape_debug(),
-            crate::model::MAX_DURATION.as_secs() / 86_400
-        ));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]
@@ -1270,13 +1224,5 @@ limits:
         assert!(limits.len() >= 3 && limits.values().any(|l| l.partition_by.is_some()), "{block}");
         let registry = crate::adapters::Registry::from_config(&c).unwrap();
         assert!(c.unserved_limit_warnings(registry.types()).is_empty());
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86_400));
-        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
     }
 }

@@ -79,6 +79,18 @@ pub struct HealthThresholds {
     pub degraded_at: u64,
 }
 
+impl Default for HealthThresholds {
+    /// The `rules.health.*` keys' defaults (the config's tests hold them equal).
+    fn default() -> Self {
+        HealthThresholds {
+            saturated_pending: 50,
+            old_pending: Duration::from_secs(1800),
+            healthy_at: 80,
+            degraded_at: 50,
+        }
+    }
+}
+
 /// What the workload score is judged from, as plain numbers (the snapshot and `status` read
 /// them).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -411,7 +423,6 @@ pub fn readiness(database_reachable: bool, pending_migrations: Option<usize>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RulesConfig;
     use crate::model;
 
     fn tick(status: TickStatus, age_s: i64) -> TickRow {
@@ -577,7 +588,7 @@ mod tests {
 
     #[test]
     fn a_low_workload_score_is_not_a_liveness_failure() {
-        let t = RulesConfig::default().health;
+        let t = HealthThresholds::default();
         let busy = WorkloadFacts {
             pending: 10_000,
             oldest_pending_age_seconds: Some(99_999.0),

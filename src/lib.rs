@@ -25,6 +25,7 @@ pub mod rules;
 pub mod runtime;
 pub mod scenario;
 pub mod services;
+pub mod settings;
 pub mod snapshot;
 mod status;
 pub mod store;

@@ -57,7 +57,7 @@ impl FromStr for Rate {
         }
         let period =
             if period.starts_with(|c: char| c.is_ascii_digit()) { period.to_string() } else { format!("1{period}") };
-        let period = crate::config::parse_duration(&period).map_err(|e| bad(&format!("has a bad period: {e}")))?;
+        let period = crate::settings::parse_duration(&period).map_err(|e| bad(&format!("has a bad period: {e}")))?;
         if period.is_zero() || period > MAX_RATE_PERIOD || period.subsec_nanos() != 0 {
             return Err(bad("needs a period of whole seconds, from 1s to 1d (use daily_budget for a day's total)"));
         }

@@ -32,9 +32,9 @@ pub use social::{PostSocial, REAL_RUN_UNCONFIGURED};
 pub use webhook::Webhook;
 pub use webhook::config::{METHODS, Secret, WebhookConfig, WebhookTarget, check_url};
 
-use crate::config::key::{self, Key, KeyInfo, Raw};
-use crate::config::{Config, ConfigError};
 use crate::model::Action;
+use crate::settings::ConfigError;
+use crate::settings::key::{self, Key, KeyInfo, Raw};
 
 /// An adapter's own section under `adapters:`, declared in its module (`SECTION`).
 pub struct Section {
@@ -67,6 +67,12 @@ impl Default for AdaptersConfig {
     fn default() -> Self {
         AdaptersConfig::resolve(&Raw::default(), &|_| None)
             .unwrap_or_else(|e| unreachable!("the built-in defaults are valid (unit-tested): {e}"))
+    }
+}
+
+impl AsRef<AdaptersConfig> for AdaptersConfig {
+    fn as_ref(&self) -> &AdaptersConfig {
+        self
     }
 }
 
@@ -209,15 +215,16 @@ impl Registry {
         r
     }
 
-    /// Every adapter that ships with the binary, set up from the config's `adapters:` section:
-    /// `NOOP`, `POST_SOCIAL`, `WEBHOOK`, `COMMAND` and `ALERT`.
-    pub fn from_config(config: &Config) -> Result<Self, RegistryError> {
+    /// Every adapter that ships with the binary, set up from the `adapters:` section: `NOOP`,
+    /// `POST_SOCIAL`, `WEBHOOK`, `COMMAND` and `ALERT`. It takes the section alone (`Config`
+    /// hands it over as `AsRef<AdaptersConfig>`), so that adapters know nothing of `config`.
+    pub fn from_config(config: impl AsRef<AdaptersConfig>) -> Result<Self, RegistryError> {
         let http =
             Arc::new(http::Http::new().map_err(|e| RegistryError(format!("cannot set up the HTTP client: {e}")))?);
         let mut r = Registry::empty();
         r.register(Noop);
         for s in SECTIONS {
-            let adapter = (s.build)(&config.adapters, &http);
+            let adapter = (s.build)(config.as_ref(), &http);
             r.adapters.insert(adapter.action_type().to_string(), adapter);
         }
         Ok(r)

@@ -13,8 +13,8 @@
 
 use serde_yaml::Value;
 
-use super::key::{self, KeyInfo};
 use super::{ADMIN_TOKEN_ENV, ConfigError, Source};
+use crate::settings::key::{self, KeyInfo};
 
 /// Names under `ORCHESTRATOR_` that are no key and are read: `--config`'s variable and the admin
 /// token(s).

@@ -13,7 +13,9 @@
 
 mod actions;
 mod backup;
+mod bench;
 pub use backup::{Backup, pg_dump_advice};
+pub use bench::{Bench, DrainSample, DrainTotals};
 mod decide;
 pub use actions::{
     Authority, BulkOutcome, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome,

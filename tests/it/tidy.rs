@@ -1,8 +1,9 @@
 //! Invariants a program can see, checked over the source tree the way rust-analyzer's
 //! `xtask/src/tidy.rs` does: every source file opens with a `//!` paragraph, only `src/store/`
-//! speaks to the database library or holds SQL text, only `src/cli/` prints to stdout, and the
-//! README's command table names the commands `--help` has. ARCHITECTURE.md states these; a
-//! statement alone drifts, so each is a test here.
+//! speaks to the database library or holds SQL text (the examples included), only `src/cli/`
+//! prints to stdout, the README's command table names the commands `--help` has, no two
+//! modules import each other round a cycle, and ARCHITECTURE.md's module graph is the one the
+//! imports make. ARCHITECTURE.md states these; a statement alone drifts, so each is a test here.
 //!
 //! Each check is a function from a file's path and text to its violations (`file:line: what`),
 //! so that it can be run on a doctored input below and shown to fail. The checks read code with
@@ -265,6 +266,10 @@ const SQL_SHAPES: &[(&str, &str)] = &[
     ("CREATE", "INDEX"),
     ("ALTER", "TABLE"),
     ("DROP", "TABLE"),
+    ("CREATE", "SCHEMA"),
+    ("DROP", "SCHEMA"),
+    ("CREATE", "DATABASE"),
+    ("DROP", "DATABASE"),
 ];
 
 /// SQL text lives in `src/store/` (CONVENTIONS: "a caller never builds SQL text of its own").
@@ -423,7 +428,7 @@ fn check_test_imports(file: &str, text: &str) -> Vec<Violation> {
 
 /// The paths ARCHITECTURE.md's code map names, with their lines: a top-level entry (`src/x.rs`,
 /// `src/store/`, `tests/it/`) is a path from the crate root; an entry indented by two spaces
-/// (`  mod.rs`, `  config/key.rs`, `  ledger.rs, logs.rs`) names paths in the last top-level
+/// (`  mod.rs`, `  config/environment.rs`, `  ledger.rs, logs.rs`) names paths in the last top-level
 /// directory entry (or beside the last top-level file). The bool says whether the entry is
 /// such a nested directory, which stands for the files in it.
 fn code_map_entries(arch: &str) -> Result<Vec<(usize, String, bool)>, String> {
@@ -683,6 +688,222 @@ fn check_written_once(file: &str, text: &str) -> Vec<Violation> {
     out
 }
 
+/// The top-level module of the crate a file of `src/` belongs to: `src/x.rs` and every file
+/// under `src/x/` are module `x`. The crate root (`main.rs`, `lib.rs`) is no module.
+fn module_of(file: &str) -> Option<String> {
+    let rest = file.strip_prefix("src/")?;
+    let top = rest.split('/').next()?;
+    let name = top.strip_suffix(".rs").unwrap_or(top);
+    (rest.contains('/') || !matches!(name, "main" | "lib")).then(|| name.to_string())
+}
+
+/// The first segment of every `crate::` path in the code of `text` (a `crate::{a, b::c}` group
+/// gives each of its names), with its line. `super::` is left out: from a file of module `x`
+/// it names `x` or one of its files, never another module.
+fn crate_paths(text: &str) -> Vec<(String, usize)> {
+    let code = lex(text).code.join("\n");
+    let line_at = |at: usize| code[..at].matches('\n').count() + 1;
+    let ident = |s: &str| s.trim_start().chars().take_while(|c| is_ident(*c)).collect::<String>();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = find_token(&code[from..], "crate").map(|p| p + from) {
+        from = at + "crate".len();
+        let Some(path) = code[from..].trim_start().strip_prefix("::") else { continue };
+        let path = path.trim_start();
+        let Some(group) = path.strip_prefix('{') else {
+            out.push((ident(path), line_at(at)));
+            continue;
+        };
+        // The group's names at its own depth: each item's first segment.
+        let (mut depth, mut item_start) = (0usize, true);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => item_start = true,
+                c if item_start && is_ident(c) && depth == 0 => {
+                    item_start = false;
+                    out.push((ident(&group[i..]), line_at(at)));
+                }
+                _ => {}
+            }
+        }
+    }
+    out.retain(|(name, _)| !name.is_empty());
+    out
+}
+
+/// An import of one module by another: the first place it is made.
+type Edges = std::collections::BTreeMap<(String, String), (String, usize)>;
+
+/// The module graph of `files` (path, text): an edge `x -> y` wherever a file of module `x`
+/// names `crate::y`, `y` being a module of `files` other than `x`.
+fn module_graph(files: &[(String, String)]) -> Edges {
+    let modules: std::collections::BTreeSet<String> = files.iter().filter_map(|(f, _)| module_of(f)).collect();
+    let mut edges = Edges::new();
+    for (file, text) in files {
+        let Some(from) = module_of(file) else { continue };
+        for (to, line) in crate_paths(text) {
+            if to != from && modules.contains(&to) {
+                edges.entry((from.clone(), to)).or_insert_with(|| (file.clone(), line));
+            }
+        }
+    }
+    edges
+}
+
+/// The modules `from` reaches through the edges, `from` included.
+fn reach(edges: &Edges, from: &str) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::from([from.to_string()]);
+    let mut stack = vec![from.to_string()];
+    while let Some(m) = stack.pop() {
+        for (_, to) in edges.keys().filter(|(f, _)| *f == m) {
+            if seen.insert(to.clone()) {
+                stack.push(to.clone());
+            }
+        }
+    }
+    seen
+}
+
+/// No import cycle between modules: one violation per knot of modules that import each other,
+/// naming its shortest cycle through its first module (`config -> adapters -> config`) at the
+/// first import of that cycle.
+fn check_module_cycles(files: &[(String, String)]) -> Vec<Violation> {
+    let edges = module_graph(files);
+    let mut out = Vec::new();
+    let mut reported = std::collections::BTreeSet::new();
+    let modules: std::collections::BTreeSet<&String> = edges.keys().map(|(f, _)| f).collect();
+    for &start in &modules {
+        if reported.contains(start) {
+            continue;
+        }
+        // The shortest way back to `start`, breadth first.
+        let mut back: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([start.clone()]);
+        let mut closing = None;
+        while let Some(m) = queue.pop_front() {
+            for (_, to) in edges.keys().filter(|(f, _)| *f == m) {
+                if to == start {
+                    closing = Some(m.clone());
+                    break;
+                }
+                if !back.contains_key(to) {
+                    back.insert(to.clone(), m.clone());
+                    queue.push_back(to.clone());
+                }
+            }
+            if closing.is_some() {
+                break;
+            }
+        }
+        let Some(mut m) = closing else { continue };
+        let mut cycle = vec![m.clone()];
+        while m != *start {
+            m = back[&m].clone();
+            cycle.insert(0, m.clone());
+        }
+        cycle.push(start.clone());
+        let knot = reach(&edges, start);
+        reported.extend(knot.into_iter().filter(|k| reach(&edges, k).contains(start)));
+        let (file, line) = &edges[&(cycle[0].clone(), cycle[1].clone())];
+        out.push(violation(file, *line, format!("import cycle between modules: {}", cycle.join(" -> "))));
+    }
+    out
+}
+
+/// One module's line of the drawn graph: where, the module, and what it imports (each with
+/// the line naming it).
+type Drawn = (usize, String, Vec<(usize, String)>);
+
+/// ARCHITECTURE.md's module graph: the code block under `## Module graph`, one line per
+/// module, `x -> a, b` (what `x` imports; a line may continue indented) or `x` alone, listed
+/// top to bottom. Returns (line, module, what it imports with the line naming each).
+fn doc_graph(arch: &str) -> Result<Vec<Drawn>, String> {
+    let start = arch.find("## Module graph").ok_or("ARCHITECTURE.md has no `## Module graph`")?;
+    let first = arch[..start].lines().count();
+    let mut lines = arch[start..].lines().enumerate().map(|(i, l)| (first + i + 1, l));
+    lines.by_ref().find(|(_, l)| l.starts_with("```")).ok_or("the module graph has no code block")?;
+    let mut out: Vec<Drawn> = Vec::new();
+    let names = |at: usize, list: &str| -> Vec<(usize, String)> {
+        list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(|n| (at, n.to_string())).collect()
+    };
+    for (at, line) in lines {
+        if line.starts_with("```") {
+            return Ok(out);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with(' ') {
+            let last = out.last_mut().ok_or(format!("ARCHITECTURE.md:{at}: a continuation before any module"))?;
+            last.2.extend(names(at, line));
+            continue;
+        }
+        let (module, list) = line.split_once("->").unwrap_or((line, ""));
+        out.push((at, module.trim().to_string(), names(at, list)));
+    }
+    Err("the module graph's code block does not end".into())
+}
+
+/// ARCHITECTURE.md's module graph is the code's: every module has its line, every arrow it
+/// draws is an import and every import is drawn, and every arrow points down (to a module
+/// listed below), so that the list is the layering and a cycle cannot be drawn.
+fn check_module_graph(arch: &str, files: &[(String, String)]) -> Vec<Violation> {
+    const DOC: &str = "ARCHITECTURE.md";
+    let drawn = match doc_graph(arch) {
+        Ok(d) => d,
+        Err(e) => return vec![violation(DOC, 1, e)],
+    };
+    let edges = module_graph(files);
+    let heading = arch.lines().position(|l| l.starts_with("## Module graph")).map_or(1, |i| i + 1);
+    let modules: std::collections::BTreeSet<String> = files.iter().filter_map(|(f, _)| module_of(f)).collect();
+    let place = |m: &str| drawn.iter().position(|(_, name, _)| name == m);
+    let mut out = Vec::new();
+    for m in &modules {
+        if place(m).is_none() {
+            out.push(violation(DOC, heading, format!("module `{m}` has no line in the module graph")));
+        }
+    }
+    for (i, (at, from, tos)) in drawn.iter().enumerate() {
+        if !modules.contains(from) {
+            out.push(violation(DOC, *at, format!("the module graph names `{from}`, which is not a module of src/")));
+        }
+        for (at, to) in tos {
+            if !edges.contains_key(&(from.clone(), to.clone())) {
+                out.push(violation(
+                    DOC,
+                    *at,
+                    format!("the module graph draws `{from} -> {to}`, which no import makes"),
+                ));
+            } else if place(to).is_some_and(|j| j <= i) {
+                out.push(violation(DOC, *at, format!("`{from} -> {to}` points up: `{to}` is listed above `{from}`")));
+            }
+        }
+    }
+    for ((from, to), (file, line)) in &edges {
+        let named = drawn.iter().any(|(_, f, tos)| f == from && tos.iter().any(|(_, t)| t == to));
+        if !named {
+            out.push(violation(DOC, heading, format!("`{from} -> {to}` ({file}:{line}) is not in the module graph")));
+        }
+    }
+    out
+}
+
+/// Every `.rs` file under `src/` with its text, by path from the crate root.
+fn source_files() -> Vec<(String, String)> {
+    let root = Path::new(ROOT);
+    rust_files(&root.join("src"))
+        .iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            (rel, text)
+        })
+        .collect()
+}
+
 /// Every `.rs` file under `dir`, sorted.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -728,10 +949,14 @@ fn every_source_file_opens_with_a_doc_paragraph() {
     enforce(&["src", "migrations/src"], |_| true, check_module_doc);
 }
 
+/// The code that follows `src/`'s rules on the database: the library and the examples that
+/// embed it (an example is what a user copies).
+const CODE_DIRS: &[&str] = &["src", "examples"];
+
 #[test]
 fn only_the_store_uses_the_database_crates() {
     // migrations/ is the schema crate: sea-orm-migration is its whole point.
-    enforce(&["src"], |f| !f.starts_with("src/store/"), check_database_crates);
+    enforce(CODE_DIRS, |f| !f.starts_with("src/store/"), check_database_crates);
 }
 
 #[test]
@@ -762,7 +987,7 @@ fn a_print_macro_or_stream_handle_past_stdio_is_reported() {
 
 #[test]
 fn sql_text_lives_in_the_store() {
-    enforce(&["src"], |f| !f.starts_with("src/store/"), check_sql);
+    enforce(CODE_DIRS, |f| !f.starts_with("src/store/"), check_sql);
 }
 
 #[test]
@@ -833,7 +1058,9 @@ fn no_function_is_over_100_lines_but_the_listed_ones() {
 
 #[test]
 fn only_the_state_machine_writes_to_actions() {
-    enforce(&["src"], |f| !STATE_MACHINE_FILES.contains(&f), check_actions_writes);
+    // src/store/bench.rs fabricates the benchmarks' history in bulk, which no operation could
+    // in a bench's time; the program never calls it (its module doc).
+    enforce(CODE_DIRS, |f| !STATE_MACHINE_FILES.contains(&f) && f != "src/store/bench.rs", check_actions_writes);
     // A file renamed or gone from the list would leave its successor unchecked or exempt.
     for file in STATE_MACHINE_FILES {
         assert!(Path::new(ROOT).join(file).exists(), "{file} is in STATE_MACHINE_FILES but does not exist");
@@ -856,6 +1083,23 @@ fn a_write_to_actions_outside_the_state_machine_is_reported() {
 #[test]
 fn the_due_condition_and_the_claim_order_are_written_once() {
     enforce(&["src"], |f| f != "src/store/mod.rs", check_written_once);
+}
+
+#[test]
+fn no_import_cycle_between_modules() {
+    let files = source_files();
+    assert!(module_graph(&files).len() > 20, "the graph is read");
+    let found = check_module_cycles(&files);
+    let report: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
+}
+
+#[test]
+fn the_module_graph_in_architecture_is_the_code_s() {
+    let arch = std::fs::read_to_string(Path::new(ROOT).join("ARCHITECTURE.md")).unwrap();
+    let found = check_module_graph(&arch, &source_files());
+    let report: Vec<String> = found.iter().map(Violation::to_string).collect();
+    assert!(found.is_empty(), "{} violation(s):\n{}", found.len(), report.join("\n"));
 }
 
 #[test]
@@ -926,6 +1170,23 @@ fn sql_text_outside_the_store_is_reported() {
 }
 
 #[test]
+fn an_example_speaking_sql_or_sea_orm_is_reported() {
+    let text = "//! A bench: `CREATE DATABASE` in a doc is prose.\n\
+                async fn f(stats: &sea_orm::DatabaseConnection, admin: &Store) {\n\
+                \x20   admin.execute_unprepared(&format!(\"CREATE DATABASE {name}\")).await;\n\
+                \x20   let sql = format!(\"SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'\", n);\n\
+                \x20   admin.bench().create_database(&name).await; // DROP SCHEMA x in a comment\n\
+                }\n";
+    let sql: Vec<usize> = check_sql("examples/bench.rs", text).iter().map(|v| v.line).collect();
+    assert_eq!(sql, [3, 4]);
+    let crates: Vec<String> =
+        check_database_crates("examples/bench.rs", text).iter().map(Violation::to_string).collect();
+    assert_eq!(crates, ["examples/bench.rs:2: `sea_orm` is used outside src/store/"]);
+    // And the examples are among the files checked.
+    assert!(rust_files(&Path::new(ROOT).join(CODE_DIRS[1])).iter().any(|p| p.ends_with("bench.rs")));
+}
+
+#[test]
 fn a_test_file_importing_another_is_reported() {
     let text = "//! x\n\
                 use crate::support::{TestDb, noop};\n\
@@ -945,7 +1206,7 @@ fn a_code_map_that_disagrees_with_the_tree_is_reported() {
                 \x20 gone.rs, lease.rs  one missing, one there\n\
                 \x20                    a continuation line: mod.rs is prose here\n\
                 src/config.rs        config\n\
-                \x20 config/key.rs      nested beside the file\n\
+                \x20 config/environment.rs  nested beside the file\n\
                 src/adapters/        adapters\n\
                 \x20 webhook/           a directory stands for its files\n\
                 tests/it/            tests\n\
@@ -957,7 +1218,7 @@ fn a_code_map_that_disagrees_with_the_tree_is_reported() {
         "src/store/lease.rs",
         "src/store/notify.rs",
         "src/config.rs",
-        "src/config/key.rs",
+        "src/config/environment.rs",
         "src/adapters/webhook/mod.rs",
         "src/adapters/mod.rs",
     ]
@@ -1042,4 +1303,84 @@ fn a_readme_command_table_that_disagrees_with_help_is_reported() {
         ]
     );
     assert_eq!(check_readme_commands("README.md", "# no table\n", &cmd).len(), 1);
+}
+
+/// A small crate for the graph checks: `config` and `adapters` import each other (once through
+/// a group spread over lines), `limits` imports `config`, and what is not an import is there
+/// too (a comment, a string, `pub(crate)`, `super::`, a name that is no module).
+fn synthetic_crate() -> Vec<(String, String)> {
+    [
+        ("src/lib.rs", "//! root\npub mod config;\npub mod adapters;\n"),
+        ("src/main.rs", "//! main\nuse crate::config::Config;\n"),
+        ("src/model.rs", "//! bottom\npub(crate) fn f() {} // crate::config in a comment\n"),
+        ("src/config.rs", "//! x\nuse crate::{\n    adapters::Registry,\n    model,\n};\nuse crate::VERSION;\n"),
+        ("src/config/key.rs", "//! x\nuse super::Config;\nconst S: &str = \"crate::limits\";\n"),
+        ("src/adapters/mod.rs", "//! x\nmod webhook;\n"),
+        ("src/adapters/webhook.rs", "//! x\n\nfn f() { let _ = crate::config::key::Key; }\n"),
+        ("src/limits.rs", "//! x\nuse crate::config::parse_duration;\nuse crate::model::{self, Clock};\n"),
+    ]
+    .map(|(f, t)| (f.to_string(), t.to_string()))
+    .to_vec()
+}
+
+#[test]
+fn the_module_graph_is_read_from_code_only() {
+    assert_eq!(module_of("src/config/key.rs").as_deref(), Some("config"));
+    assert_eq!(module_of("src/limits.rs").as_deref(), Some("limits"));
+    assert_eq!(module_of("src/lib.rs"), None);
+    let edges: Vec<String> = module_graph(&synthetic_crate())
+        .iter()
+        .map(|((from, to), (file, line))| format!("{from} -> {to} ({file}:{line})"))
+        .collect();
+    assert_eq!(
+        edges,
+        [
+            "adapters -> config (src/adapters/webhook.rs:3)",
+            "config -> adapters (src/config.rs:2)",
+            "config -> model (src/config.rs:2)",
+            "limits -> config (src/limits.rs:2)",
+            "limits -> model (src/limits.rs:3)",
+        ]
+    );
+}
+
+#[test]
+fn an_import_cycle_between_modules_is_reported_naming_it() {
+    let found: Vec<String> = check_module_cycles(&synthetic_crate()).iter().map(Violation::to_string).collect();
+    assert_eq!(found, ["src/adapters/webhook.rs:3: import cycle between modules: adapters -> config -> adapters"]);
+    // A longer cycle is named whole, once.
+    let mut files = synthetic_crate();
+    files.retain(|(f, _)| f != "src/adapters/webhook.rs");
+    files.push(("src/model.rs".into(), "//! x\nuse crate::limits::Rate;\n".into()));
+    let found: Vec<String> = check_module_cycles(&files).iter().map(Violation::to_string).collect();
+    assert_eq!(found, ["src/config.rs:2: import cycle between modules: config -> model -> limits -> config"]);
+}
+
+#[test]
+fn a_module_graph_that_disagrees_with_the_code_is_reported() {
+    let files = synthetic_crate();
+    let good = "# A\n\n## Module graph\n\n```\nlimits -> config,\n    model\nconfig -> adapters, model\nadapters\nmodel\n```\n";
+    // The drawing of a cycle: the arrow back up is refused, whatever the imports.
+    let found: Vec<String> = check_module_graph(good, &files).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        ["ARCHITECTURE.md:3: `adapters -> config` (src/adapters/webhook.rs:3) is not in the module graph",]
+    );
+    let up = good.replace("adapters\nmodel", "adapters -> config\nmodel");
+    let found: Vec<String> = check_module_graph(&up, &files).iter().map(Violation::to_string).collect();
+    assert_eq!(found, ["ARCHITECTURE.md:9: `adapters -> config` points up: `config` is listed above `adapters`"]);
+    let wrong =
+        good.replace("config -> adapters, model\n", "config -> adapters, limits, rules\n").replace("model\n```", "```");
+    let found: Vec<String> = check_module_graph(&wrong, &files).iter().map(Violation::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "ARCHITECTURE.md:3: module `model` has no line in the module graph",
+            "ARCHITECTURE.md:8: the module graph draws `config -> limits`, which no import makes",
+            "ARCHITECTURE.md:8: the module graph draws `config -> rules`, which no import makes",
+            "ARCHITECTURE.md:3: `adapters -> config` (src/adapters/webhook.rs:3) is not in the module graph",
+            "ARCHITECTURE.md:3: `config -> model` (src/config.rs:2) is not in the module graph",
+        ]
+    );
+    assert_eq!(check_module_graph("# no graph\n", &files).len(), 1);
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::adapters::AdaptersConfig;
-use crate::config::key::KeyDefault::{Unset, Value};
-use crate::config::key::{Key, key};
+use crate::settings::key::KeyDefault::{Unset, Value};
+use crate::settings::key::{Key, key};
 
 /// The validated `adapters.alert` section. `Default` is blank: the keys fill it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::adapters::{AdaptersConfig, NAME_RULE, is_name};
-use crate::config::key::KeyDefault::{Computed, Required, Value};
-use crate::config::key::{Found, Key, key};
+use crate::settings::key::KeyDefault::{Computed, Required, Value};
+use crate::settings::key::{Found, Key, key};
 
 /// The validated `adapters.command` section. `Default` is blank: the keys fill it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::adapters::AdaptersConfig;
-use crate::config::key::KeyDefault::{Unset, Value};
-use crate::config::key::{Key, key};
+use crate::settings::key::KeyDefault::{Unset, Value};
+use crate::settings::key::{Key, key};
 
 /// The validated `adapters.social` section. `Default` is blank: the keys fill it.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -11,8 +11,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::adapters::{AdaptersConfig, NAME_RULE, is_name};
-use crate::config::key::KeyDefault::{Computed, Required, Unset, Value};
-use crate::config::key::{Found, Key, key};
+use crate::settings::key::KeyDefault::{Computed, Required, Unset, Value};
+use crate::settings::key::{Found, Key, key};
 
 /// HTTP methods a webhook target may use.
 pub const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];

@@ -6,7 +6,7 @@
 //! and values of the wrong type; applies each key's final value (or its default) in declaration
 //! order; renders the key table of `docs/operations.md`; and checks that table and
 //! `orchestrator.example.yaml` against the declarations. It knows no particular key: those are
-//! declared in `config.rs` and in each adapter's `config.rs`.
+//! declared by the components (each adapter's `config.rs`, `limits.rs`) and by `config.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -32,8 +32,8 @@ pub enum KeyDefault {
 }
 
 /// One key: what the key table says about it, and how its value is checked and stored into a
-/// `T` (the [`Config`](super::Config), or for an adapter's keys the
-/// [`AdaptersConfig`](crate::adapters::AdaptersConfig)).
+/// `T`: the config of the component that declares it (`Config` for the top level,
+/// `AdaptersConfig` for an adapter's keys).
 pub struct Key<T: 'static> {
     /// Dotted, below the section that declares it; `<name>` stands for an entry of a map whose
     /// names the user picks (`targets.<name>.url`).
@@ -57,15 +57,15 @@ pub struct Key<T: 'static> {
 /// source and the checks that name the key.
 macro_rules! key {
     (text $name:literal : $ty:ty = $default:expr, $doc:literal, |$c:ident, $v:ident, $at:ident| $body:expr $(,)?) => {
-        $crate::config::key::Key { text: true, ..$crate::config::key::key!($name: $ty = $default, $doc, |$c, $v, $at| $body) }
+        $crate::settings::key::Key { text: true, ..$crate::settings::key::key!($name: $ty = $default, $doc, |$c, $v, $at| $body) }
     };
     ($name:literal : $ty:ty = $default:expr, $doc:literal, |$c:ident, $v:ident, $at:ident| $body:expr $(,)?) => {
-        $crate::config::key::Key {
+        $crate::settings::key::Key {
             name: $name,
             default: $default,
             doc: $doc,
             text: false,
-            check: $crate::config::key::check_type::<$ty>,
+            check: $crate::settings::key::check_type::<$ty>,
             apply: |$c, $at| {
                 let $v: $ty = $at.value()?;
                 $body;
