@@ -1,8 +1,8 @@
 //! Configuration: defaults, then `orchestrator.yaml`, then `ORCHESTRATOR_<KEY>` environment
 //! variables, then command-line flags, folded into one validated [`Config`].
 //!
-//! Each key is declared once, in [`KEYS`] and [`LIMIT_KEYS`] (an adapter's in its own
-//! `config.rs`): name, default, one line of doc, and how its value is checked and stored.
+//! Each key is declared once, in [`KEYS`] (a component's with the component: the limits'
+//! in [`LIMIT_KEYS`], an adapter's in its own `config.rs`): name, default, one line of doc, and how its value is checked and stored.
 //! Everything else (the layers, the key table in `docs/operations.md`, the check of
 //! `orchestrator.example.yaml`) comes from the declarations through [`key`]. Every error names the key and where its value came from: the
 //! file with line and column, the environment variable, or the flag. Unknown keys are errors,
@@ -19,7 +19,7 @@ pub mod environment;
 
 pub use crate::adapters::AdaptersConfig;
 pub use crate::health::HealthThresholds;
-use crate::limits::{LimitField, LimitSpec};
+use crate::limits::{LIMIT_KEYS, LimitSpec};
 pub use environment::Acting;
 // The error every key reports and the duration syntax, declared with the key machinery in
 // `settings`; re-exported as the config's own, which they are to its callers.
@@ -617,77 +617,6 @@ pub const KEYS: &[Key<Config>] = &[
         c.rules.health.degraded_at = degraded_at;
     }),
 ];
-
-/// `limits:`, file only like `adapters:` so that every error points at the line and column of
-/// its own value. Parsing and checking are [`crate::limits`]'s; these keys place the errors.
-/// The keys of one entry apply in this order, so the last one sees the whole entry.
-pub const LIMIT_KEYS: &[Key<BTreeMap<String, LimitSpec>>] = &[
-    key!("limits.<type>.max_running": serde_yaml::Value = Unset,
-    "At most this many attempts of the type `RUNNING` at once, across every instance and worker",
-    |m, v, at| {
-        let spec = limit_entry(m, at)?;
-        spec.max_running = limit_field(v, at, |t| crate::limits::whole(LimitField::MaxRunning, t))?;
-    }),
-    key!("limits.<type>.rate": serde_yaml::Value = Unset,
-    "At most N attempt starts in any window of the period: `N/PERIOD`, e.g. `300/1h` or `50/1s`",
-    |m, v, at| {
-        let spec = limit_entry(m, at)?;
-        spec.rate = limit_field(v, at, str::parse)?;
-    }),
-    key!("limits.<type>.daily_budget": serde_yaml::Value = Unset,
-    "At most this many attempt starts per UTC day",
-    |m, v, at| {
-        let spec = limit_entry(m, at)?;
-        spec.daily_budget = limit_field(v, at, |t| crate::limits::whole(LimitField::DailyBudget, t))?;
-    }),
-    key!("limits.<type>.partition_by": serde_yaml::Value = Unset,
-    "`payload.FIELD`: the type's limits hold per value of that payload field",
-    |m, v, at| {
-        let spec = limit_entry(m, at)?;
-        spec.partition_by = limit_field(v, at, str::parse)?;
-        // The entry's last key: the entry is whole.
-        spec.validate().map_err(|e| at.entry_error(e))?;
-    }),
-];
-
-/// The limits of `at`'s entry, added on its first key once the name is checked as an action type.
-fn limit_entry<'m>(
-    limits: &'m mut BTreeMap<String, LimitSpec>,
-    at: &key::Found<'_>,
-) -> Result<&'m mut LimitSpec, ConfigError> {
-    let action_type = at.entry();
-    if !limits.contains_key(action_type) {
-        crate::queue::validate_type(action_type).map_err(|e| at.entry_error(format!("is not an action type: {e}")))?;
-    }
-    Ok(limits.entry(action_type.to_string()).or_default())
-}
-
-/// One limit field's value (unset: `None`), parsed by `parse` from its text. The messages of
-/// [`crate::limits`] begin with the field's name (`rate 'fifty' has no '/'`), which becomes the
-/// full key (`limits.WEBHOOK.rate 'fifty' has no '/'`).
-fn limit_field<V>(
-    value: serde_yaml::Value,
-    at: &key::Found<'_>,
-    parse: impl FnOnce(&str) -> Result<V, String>,
-) -> Result<Option<V>, ConfigError> {
-    use serde_yaml::Value as Y;
-    let text = match value {
-        Y::Null => return Ok(None),
-        Y::String(s) => s,
-        Y::Number(n) => n.to_string(),
-        Y::Bool(b) => b.to_string(),
-        Y::Sequence(_) | Y::Mapping(_) | Y::Tagged(_) => {
-            return Err(at.invalid("must be one plain value, not a list, a map or a tagged value"));
-        }
-    };
-    parse(&text).map(Some).map_err(|e| {
-        let field = at.key.rsplit('.').next().unwrap_or_default();
-        match e.strip_prefix(field) {
-            Some(rest) => at.fail(format!("{}{rest}", at.key)),
-            None => at.invalid(e),
-        }
-    })
-}
 
 /// `expire_after`: each entry an action type and a deadline, in seconds or as a duration.
 fn expire_after(

@@ -12,12 +12,18 @@
 //! [`LimitSpec::room`]), whether a type's work is held by its limits ([`LimitUsage::is_held`],
 //! [`held_waiting`]), whether a row is enforced ([`TypeLimit::enforced`]).
 //!
-//! It parses, validates and judges; enforcement is the claim's (`store/limits/`), and nothing
-//! here reads the database or the clock.
+//! It parses, validates and judges, and declares the config's `limits:` keys ([`LIMIT_KEYS`],
+//! which `config` assembles); enforcement is the claim's (`store/limits/`), and nothing here
+//! reads the database or the clock.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::settings::ConfigError;
+use crate::settings::key::KeyDefault::Unset;
+use crate::settings::key::{Found, Key, key};
 
 use chrono::{DateTime, Utc};
 
@@ -502,6 +508,77 @@ impl LimitUsage {
 /// queue.
 pub fn held_waiting(usage: &[LimitUsage]) -> i64 {
     usage.iter().filter(|u| u.is_held()).map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX)).sum()
+}
+
+/// `limits:`, file only like `adapters:` so that every error points at the line and column of
+/// its own value. Parsing and checking are this module's; these keys place the errors.
+/// The keys of one entry apply in this order, so the last one sees the whole entry.
+pub const LIMIT_KEYS: &[Key<BTreeMap<String, LimitSpec>>] = &[
+    key!("limits.<type>.max_running": serde_yaml::Value = Unset,
+    "At most this many attempts of the type `RUNNING` at once, across every instance and worker",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.max_running = limit_field(v, at, |t| whole(LimitField::MaxRunning, t))?;
+    }),
+    key!("limits.<type>.rate": serde_yaml::Value = Unset,
+    "At most N attempt starts in any window of the period: `N/PERIOD`, e.g. `300/1h` or `50/1s`",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.rate = limit_field(v, at, str::parse)?;
+    }),
+    key!("limits.<type>.daily_budget": serde_yaml::Value = Unset,
+    "At most this many attempt starts per UTC day",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.daily_budget = limit_field(v, at, |t| whole(LimitField::DailyBudget, t))?;
+    }),
+    key!("limits.<type>.partition_by": serde_yaml::Value = Unset,
+    "`payload.FIELD`: the type's limits hold per value of that payload field",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.partition_by = limit_field(v, at, str::parse)?;
+        // The entry's last key: the entry is whole.
+        spec.validate().map_err(|e| at.entry_error(e))?;
+    }),
+];
+
+/// The limits of `at`'s entry, added on its first key once the name is checked as an action type.
+fn limit_entry<'m>(
+    limits: &'m mut BTreeMap<String, LimitSpec>,
+    at: &Found<'_>,
+) -> Result<&'m mut LimitSpec, ConfigError> {
+    let action_type = at.entry();
+    if !limits.contains_key(action_type) {
+        crate::model::validate_type(action_type).map_err(|e| at.entry_error(format!("is not an action type: {e}")))?;
+    }
+    Ok(limits.entry(action_type.to_string()).or_default())
+}
+
+/// One limit field's value (unset: `None`), parsed by `parse` from its text. The messages of this
+/// module begin with the field's name (`rate 'fifty' has no '/'`), which becomes the
+/// full key (`limits.WEBHOOK.rate 'fifty' has no '/'`).
+fn limit_field<V>(
+    value: serde_yaml::Value,
+    at: &Found<'_>,
+    parse: impl FnOnce(&str) -> Result<V, String>,
+) -> Result<Option<V>, ConfigError> {
+    use serde_yaml::Value as Y;
+    let text = match value {
+        Y::Null => return Ok(None),
+        Y::String(s) => s,
+        Y::Number(n) => n.to_string(),
+        Y::Bool(b) => b.to_string(),
+        Y::Sequence(_) | Y::Mapping(_) | Y::Tagged(_) => {
+            return Err(at.invalid("must be one plain value, not a list, a map or a tagged value"));
+        }
+    };
+    parse(&text).map(Some).map_err(|e| {
+        let field = at.key.rsplit('.').next().unwrap_or_default();
+        match e.strip_prefix(field) {
+            Some(rest) => at.fail(format!("{}{rest}", at.key)),
+            None => at.invalid(e),
+        }
+    })
 }
 
 #[cfg(test)]
