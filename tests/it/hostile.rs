@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use orchestrator::store::{ActionFilter, Store, StoreOptions};
+use orchestrator::store::{Store, StoreOptions};
 use serde::Deserialize;
 
-use crate::support::hostile::{expand, hex, load_cases};
+use crate::support::hostile::{expand, hex, load_cases, visible_state};
 use crate::support::{bin, run, stderr};
 
 #[derive(Debug, Deserialize)]
@@ -50,14 +50,7 @@ const CASE_DEADLINE: Duration = Duration::from_secs(60);
 async fn state(dir: &Path) -> serde_json::Value {
     let url = format!("sqlite:{}", dir.join("orchestrator.db").display());
     let store = Store::connect(&url, &StoreOptions::default()).await.unwrap();
-    let v = serde_json::json!({
-        "flags": store.flags().get().await.unwrap(),
-        "lease": store.lease().get("orchestrator").await.unwrap(),
-        "actions": store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
-        "ticks": store.ledger().recent_ticks(1_000_000).await.unwrap(),
-        "logs": store.history().logs(None, 1_000_000).await.unwrap(),
-        "limits": store.limits().list().await.unwrap(),
-    });
+    let v = visible_state(&store).await;
     store.close().await.unwrap();
     v
 }

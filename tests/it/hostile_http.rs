@@ -7,13 +7,12 @@ use axum::body::Body;
 use axum::http::Request;
 use orchestrator::config::AdminTokens;
 use orchestrator::http::{AppState, router};
-use orchestrator::store::{ActionFilter, Store};
 use serde::Deserialize;
 use tower::ServiceExt;
 
 use crate::backend_tests;
 use crate::support::TestDb;
-use crate::support::hostile::{expand, hex};
+use crate::support::hostile::{expand, hex, visible_state};
 use crate::support::noop;
 
 const TOKEN: &str = "0123456789abcdef-hostile";
@@ -37,18 +36,6 @@ fn load() -> Vec<Case> {
     crate::support::hostile::load_cases::<Case>("hostile/http").into_iter().map(|(_, c)| c).collect()
 }
 
-/// Everything an operator could see in the database, as one comparable value.
-async fn state(store: &Store) -> serde_json::Value {
-    serde_json::json!({
-        "flags": store.flags().get().await.unwrap(),
-        "lease": store.lease().get("orchestrator").await.unwrap(),
-        "actions": store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
-        "ticks": store.ledger().recent_ticks(1_000_000).await.unwrap(),
-        "logs": store.history().logs(None, 1_000_000).await.unwrap(),
-        "limits": store.limits().list().await.unwrap(),
-    })
-}
-
 backend_tests!(every_hostile_request_gets_a_4xx_and_changes_nothing);
 
 async fn every_hostile_request_gets_a_4xx_and_changes_nothing(db: &TestDb) {
@@ -64,7 +51,7 @@ async fn every_hostile_request_gets_a_4xx_and_changes_nothing(db: &TestDb) {
 
     let mut failures = Vec::new();
     for case in &cases {
-        let before = state(&db.store).await;
+        let before = visible_state(&db.store).await;
         let mut req = Request::builder().method(case.method.as_str()).uri(case.path.as_str());
         match case.auth.as_str() {
             "none" => {}
@@ -84,7 +71,7 @@ async fn every_hostile_request_gets_a_4xx_and_changes_nothing(db: &TestDb) {
         let status = res.status().as_u16();
         let bytes = axum::body::to_bytes(res.into_body(), 10 << 20).await.unwrap();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let after = state(&db.store).await;
+        let after = visible_state(&db.store).await;
         if status != case.status || !(400..500).contains(&status) {
             failures.push(format!("{}: status {status}, expected {}: {text}", case.name, case.status));
         } else if !text.contains(&case.error) {

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use orchestrator::store::{ActionFilter, Store};
+
 /// Expands the corpus' generators: `@big:N`, `@nested:N`, `@long:N`, `@types:N` (N distinct
 /// action types, comma-separated: `T0,T1,...`; `@types:N:FROM` starts at `T<FROM>`, so that a
 /// long list can be split over arguments, each under the kernel's 128 KiB).
@@ -46,4 +48,17 @@ pub fn load_cases<T: serde::de::DeserializeOwned>(dir: &str) -> Vec<(String, T)>
         cases.extend(list.into_iter().map(|c| (file.clone(), c)));
     }
     cases
+}
+
+/// Everything an operator could see in the database, as one comparable value: a hostile input
+/// is refused when this is the same before and after it.
+pub async fn visible_state(store: &Store) -> serde_json::Value {
+    serde_json::json!({
+        "flags": store.flags().get().await.unwrap(),
+        "lease": store.lease().get("orchestrator").await.unwrap(),
+        "actions": store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await.unwrap(),
+        "ticks": store.ledger().recent_ticks(1_000_000).await.unwrap(),
+        "logs": store.history().logs(None, 1_000_000).await.unwrap(),
+        "limits": store.limits().list().await.unwrap(),
+    })
 }
