@@ -6,9 +6,9 @@
 
 use std::path::PathBuf;
 
-use orchestrator::config::RulesConfig;
 use orchestrator::decide;
 use orchestrator::rules::RuleSet;
+use orchestrator::rules::RulesConfig;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

@@ -6,9 +6,9 @@
 
 use std::time::Instant;
 
-use orchestrator::config::RulesConfig;
 use orchestrator::lease::Term;
 use orchestrator::model::{self, Flags};
+use orchestrator::rules::RulesConfig;
 use orchestrator::snapshot;
 use orchestrator::store::{NewAction, Store, StoreOptions};
 

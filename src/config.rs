@@ -1,8 +1,11 @@
 //! Configuration: defaults, then `orchestrator.yaml`, then `ORCHESTRATOR_<KEY>` environment
 //! variables, then command-line flags, folded into one validated [`Config`].
 //!
-//! Each key is declared once, in [`KEYS`] (a component's with the component: the limits'
-//! in [`LIMIT_KEYS`], an adapter's in its own `config.rs`): name, default, one line of doc, and how its value is checked and stored.
+//! Each key is declared once: the top level in [`KEYS`], a component's section with the
+//! component (`rules.*` in `rules`, `rules.health.*` and `liveness.*` in `health`, `limits.*`
+//! in `limits`, an adapter's in its own `config.rs`; `http.*` and `workers.*` in this folder's
+//! `http.rs` and `workers.rs`, as their components read the whole `Config`): name, default,
+//! one line of doc, and how its value is checked and stored. This file assembles them.
 //! Everything else (the layers, the key table in `docs/operations.md`, the check of
 //! `orchestrator.example.yaml`) comes from the declarations through [`key`]. Every error names the key and where its value came from: the
 //! file with line and column, the environment variable, or the flag. Unknown keys are errors,
@@ -11,20 +14,24 @@
 //! Nothing else in the crate reads the environment or the config file.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod environment;
+mod http;
+mod workers;
 
 pub use crate::adapters::AdaptersConfig;
-pub use crate::health::HealthThresholds;
+use crate::health::{LIVENESS_KEYS, WORKLOAD_KEYS};
 use crate::limits::{LIMIT_KEYS, LimitSpec};
+use crate::rules::{RULES_KEYS, RulesConfig};
 pub use environment::Acting;
+pub use http::{ADMIN_TOKEN_ENV, AdminTokens, DEFAULT_HTTP_LISTEN, HTTP_KEYS, HttpConfig, MIN_ADMIN_TOKEN_LEN};
+pub use workers::{WORKERS_KEYS, WorkersConfig};
 // The error every key reports and the duration syntax, declared with the key machinery in
 // `settings`; re-exported as the config's own, which they are to its callers.
 use crate::settings::MAX_SECONDS;
-use crate::settings::key::KeyDefault::{Computed, Unset, Value};
+use crate::settings::key::KeyDefault::{Computed, Value};
 use crate::settings::key::{self, Key, KeyInfo, Origin, Raw, Retired, key};
 pub use crate::settings::{ConfigError, Source, parse_duration};
 
@@ -97,104 +104,6 @@ pub struct Config {
     /// One line per earlier system's variable honoured, naming what to set instead: the CLI
     /// logs them at start.
     pub deprecations: Vec<String>,
-}
-
-/// `workers:` settings: how executors register and stay alive (`orchestrator worker`, and the
-/// `run` process's own executor).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WorkersConfig {
-    /// How often a worker renews its heartbeat.
-    pub heartbeat: Duration,
-    /// A worker whose heartbeat is older than this is dead: its claims are rescued.
-    pub ttl: Duration,
-    /// How often an idle worker looks for due work when no notification wakes it.
-    pub poll: Duration,
-    /// How long a stopping worker lets its attempts in flight finish.
-    pub shutdown_grace: Duration,
-}
-
-/// The default HTTP listen address: loopback only.
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9464";
-/// The environment variable that holds the admin API token(s).
-pub const ADMIN_TOKEN_ENV: &str = "ORCHESTRATOR_ADMIN_TOKEN";
-/// The shortest admin token accepted.
-pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
-
-/// `http:` settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpConfig {
-    /// Where `run` and `serve` listen.
-    pub listen: std::net::SocketAddr,
-    /// A connection that has not sent a request's headers within this is closed (an idle
-    /// keep-alive connection too).
-    pub header_read_timeout: Duration,
-    /// A request whose body has not arrived within this gets 408.
-    pub body_read_timeout: Duration,
-    /// Connections served at once; further ones wait in the listen backlog until one closes.
-    pub max_connections: u32,
-}
-
-impl Default for HttpConfig {
-    /// Blank, like `Config::default()`: the `http.*` keys fill it.
-    fn default() -> Self {
-        HttpConfig {
-            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            header_read_timeout: Duration::ZERO,
-            body_read_timeout: Duration::ZERO,
-            max_connections: 0,
-        }
-    }
-}
-
-/// Named admin tokens. `Debug` never shows a token.
-#[derive(Clone, Default, PartialEq)]
-pub struct AdminTokens(Vec<(String, String)>);
-
-impl fmt::Debug for AdminTokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.0.iter().map(|(n, _)| n.as_str()).collect();
-        write!(f, "AdminTokens({names:?})")
-    }
-}
-
-impl AdminTokens {
-    /// Parses `ORCHESTRATOR_ADMIN_TOKEN`: comma-separated entries, each `NAME:TOKEN` (NAME of
-    /// letters, digits, `_.-`, up to 64) or a bare `TOKEN` (named `admin`). Tokens are at least
-    /// [`MIN_ADMIN_TOKEN_LEN`] characters with no whitespace.
-    pub fn parse(text: &str) -> Result<AdminTokens, String> {
-        let mut tokens = Vec::new();
-        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (name, token) = match entry.split_once(':') {
-                Some((n, t))
-                    if !n.is_empty()
-                        && n.len() <= 64
-                        && n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) =>
-                {
-                    (n.to_string(), t.to_string())
-                }
-                _ => ("admin".to_string(), entry.to_string()),
-            };
-            if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
-                return Err(format!(
-                    "the token named '{name}' must be at least {MIN_ADMIN_TOKEN_LEN} characters with no whitespace"
-                ));
-            }
-            tokens.push((name, token));
-        }
-        if tokens.is_empty() {
-            return Err("no token given (unset the variable to disable the admin API)".to_string());
-        }
-        Ok(AdminTokens(tokens))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `(name, token)` pairs.
-    pub fn entries(&self) -> &[(String, String)] {
-        &self.0
-    }
 }
 
 /// Flags that override the other layers.
@@ -342,10 +251,16 @@ impl Config {
     }
 }
 
-/// Every key: [`KEYS`], then [`LIMIT_KEYS`] and each adapter's under `adapters.<section>.`
-/// (these two file only).
+/// Every key: [`KEYS`], each component's section that the environment may set too (http,
+/// workers, liveness, rules, the workload score's), then [`LIMIT_KEYS`] and each adapter's
+/// under `adapters.<section>.` (these two file only).
 pub fn keys() -> Vec<KeyInfo> {
     let mut keys = KeyInfo::of(KEYS, "", true);
+    keys.extend(KeyInfo::of(HTTP_KEYS, "", true));
+    keys.extend(KeyInfo::of(WORKERS_KEYS, "", true));
+    keys.extend(KeyInfo::of(LIVENESS_KEYS, "", true));
+    keys.extend(KeyInfo::of(RULES_KEYS, "", true));
+    keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
@@ -360,6 +275,11 @@ pub fn key_table() -> String {
 fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let mut config = Config::default();
     key::apply(KEYS, "", raw, env, &mut config)?;
+    key::apply(HTTP_KEYS, "", raw, env, &mut config.http)?;
+    key::apply(WORKERS_KEYS, "", raw, env, &mut config.workers)?;
+    key::apply(LIVENESS_KEYS, "", raw, env, &mut config.liveness)?;
+    key::apply(RULES_KEYS, "", raw, env, &mut config.rules)?;
+    key::apply(WORKLOAD_KEYS, "", raw, env, &mut config.rules.health)?;
     if raw.has_entries("limits") {
         let mut limits = BTreeMap::new();
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;
@@ -386,8 +306,8 @@ const RETIRED: &[Retired] = &[
     },
 ];
 
-/// Every key but the adapters', in the order they apply (a key checked against another comes
-/// after it) and the key table lists them.
+/// The top-level keys, in the order they apply (a key checked against another comes after it)
+/// and the key table lists them.
 pub const KEYS: &[Key<Config>] = &[
     key!(text "database_url": String = Value(DEFAULT_DATABASE_URL),
     "Where the state lives: a path or `sqlite:PATH` (SQLite), or `postgres://USER@HOST/DB`",
@@ -506,116 +426,6 @@ pub const KEYS: &[Key<Config>] = &[
             other => return Err(at.fail(format!("proof_mode must be 'flag' or 'enforced', not '{other}'"))),
         };
     }),
-    key!("http.listen": String = Value(DEFAULT_HTTP_LISTEN),
-    "Where `run` and `serve` listen (a non-loopback address needs an admin token)",
-    |c, v, at| {
-        c.http.listen = v.trim().parse().map_err(|e| {
-            at.fail(format!("http.listen '{v}' is not an address like 127.0.0.1:9464 ({e})"))
-        })?;
-    }),
-    key!("http.header_read_timeout_seconds": f64 = Value("10"),
-        "A connection that sends no complete request headers within this is closed",
-        |c, v, at| c.http.header_read_timeout = at.seconds(v, false)?),
-    key!("http.body_read_timeout_seconds": f64 = Value("30"),
-        "A request body not received within this gets 408",
-        |c, v, at| c.http.body_read_timeout = at.seconds(v, false)?),
-    key!("http.max_connections": u32 = Value("512"),
-        "Connections served at once; more wait in the listen backlog",
-        |c, v, at| c.http.max_connections = at.range(v, 1, 65_536)?),
-    key!("workers.heartbeat_seconds": f64 = Value("5"),
-        "How often a worker (and `run`'s own executor) renews its registration",
-        |c, v, at| c.workers.heartbeat = at.seconds(v, false)?),
-    key!("workers.ttl_seconds": f64 = Value("30"),
-    "A worker not renewed for this long is dead: its claims are rescued (longer than the heartbeat)",
-    |c, v, at| {
-        let ttl = at.seconds(v, false)?;
-        at.check(ttl > c.workers.heartbeat, || {
-            "workers.ttl_seconds must be longer than workers.heartbeat_seconds".into()
-        })?;
-        c.workers.ttl = ttl;
-    }),
-    key!("workers.poll_seconds": f64 = Value("1"),
-        "How often an idle worker looks for due work when no notification wakes it",
-        |c, v, at| c.workers.poll = at.seconds(v, false)?),
-    key!("workers.shutdown_grace_seconds": f64 = Value("60"),
-        "On SIGTERM a worker finishes its attempts in flight for at most this long",
-        |c, v, at| c.workers.shutdown_grace = at.seconds(v, true)?),
-    key!("liveness.stale_degraded_seconds": f64 = Value("60"),
-        "Liveness is degraded past this last-tick age (or 2 tick intervals, if longer)",
-        |c, v, at| c.liveness.degraded = at.seconds(v, false)?),
-    key!("liveness.stale_unhealthy_seconds": f64 = Value("300"),
-    "Liveness is unhealthy (`/health` 503) past this last-tick age (or 10 intervals)",
-    |c, v, at| {
-        let unhealthy = at.seconds(v, false)?;
-        at.check(unhealthy >= c.liveness.degraded, || {
-            "liveness.stale_unhealthy_seconds must be at least liveness.stale_degraded_seconds".into()
-        })?;
-        c.liveness.unhealthy = unhealthy;
-    }),
-    key!("rules.params.<rule>": serde_yaml::Value = Unset,
-    "A rule's settings (a map), seen by the rule file of that stem as `params`",
-    |c, v, at| {
-        let rule = at.entry();
-        at.check(v.is_mapping() || v.is_null(), || format!("rules.params.{rule} must be a map of settings"))?;
-        let json = serde_json::to_value(&v).map_err(|e| at.fail(format!("rules.params.{rule}: {e}")))?;
-        c.rules.params.insert(rule.to_string(), json);
-    }),
-    key!("rules.max_decisions_per_tick": u64 = Value("10"),
-        "Decisions applied per tick at most, after dedupe (the rest: `suppressed:cap`)",
-        |c, v, at| c.rules.max_decisions_per_tick = at.range(v, 1, 10_000)? as u32),
-    key!("rules.cooldown_seconds": f64 = Value("300"),
-        "The same decision by the same rule on the same target is suppressed this long",
-        |c, v, at| c.rules.cooldown = at.seconds(v, true)?),
-    key!("rules.budget_ms": u64 = Value("50"),
-        "Wall-clock budget of one rule's evaluation",
-        |c, v, at| c.rules.budget = Duration::from_millis(at.range(v, 1, 60_000)?)),
-    key!("rules.max_operations": u64 = Value("1000000"),
-        "Rhai operations per rule evaluation at most",
-        |c, v, at| c.rules.max_operations = at.range(v, 1_000, 1_000_000_000)?),
-    key!("rules.max_call_depth": u64 = Value("64"),
-        "Rhai call depth at most",
-        |c, v, at| c.rules.max_call_depth = at.range(v, 1, 1_000)? as usize),
-    key!("rules.max_string_size": u64 = Value("65536"),
-        "A Rhai string's length at most",
-        |c, v, at| c.rules.max_string_size = at.range(v, 64, 1 << 30)? as usize),
-    key!("rules.max_array_size": u64 = Value("10000"),
-        "A Rhai array's length at most",
-        |c, v, at| c.rules.max_array_size = at.range(v, 16, 1 << 30)? as usize),
-    key!("rules.max_map_size": u64 = Value("10000"),
-        "A Rhai map's size at most",
-        |c, v, at| c.rules.max_map_size = at.range(v, 16, 1 << 30)? as usize),
-    key!("rules.rebalance_age_seconds": f64 = Value("600"),
-        "`rebalance` gives waiting actions older than this one priority step",
-        |c, v, at| c.rules.rebalance_age = at.seconds(v, true)?),
-    key!("rules.alert_action_type": Option<String> = Unset,
-    "Also enqueue each applied alert as an action of this type (e.g. `ALERT`)",
-    |c, v, at| {
-        if let Some(t) = &v {
-            crate::queue::validate_type(t).map_err(|e| at.fail(format!("rules.alert_action_type: {e}")))?;
-        }
-        c.rules.alert_action_type = v;
-    }),
-    key!("rules.health.saturated_pending": u64 = Value("50"),
-        "The workload score loses 20 above this many pending actions",
-        |c, v, at| c.rules.health.saturated_pending = at.range(v, 0, u64::from(u32::MAX))?),
-    key!("rules.health.old_pending_seconds": f64 = Value("1800"),
-        "The workload score loses 15 when the oldest pending action is older than this",
-        |c, v, at| c.rules.health.old_pending = at.seconds(v, true)?),
-    key!("rules.health.healthy_at": u64 = Value("80"),
-        "The workload is `healthy` at this score or more",
-        |c, v, at| c.rules.health.healthy_at = at.range(v, 1, 100)?),
-    key!("rules.health.degraded_at": u64 = Value("50"),
-    "The workload is `degraded` at this score or more (below: `critical`)",
-    |c, v, at| {
-        let degraded_at = at.range(v, 0, 100)?;
-        let healthy_at = c.rules.health.healthy_at;
-        at.check(degraded_at <= healthy_at, || {
-            format!(
-                "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
-            )
-        })?;
-        c.rules.health.degraded_at = degraded_at;
-    }),
 ];
 
 /// `expire_after`: each entry an action type and a deadline, in seconds or as a duration.
@@ -669,50 +479,6 @@ fn parse_file(path: &Path, text: &str) -> Result<serde_yaml::Value, ConfigError>
                 },
                 None => ConfigError::File { path: path.to_path_buf(), message },
             })
-        }
-    }
-}
-
-/// The DECIDE stage's settings (`rules:` in the config file).
-#[derive(Clone, Debug, PartialEq)]
-pub struct RulesConfig {
-    /// `rules.params.<rule>`: each rule's settings, seen by the rule as `params`.
-    pub params: BTreeMap<String, serde_json::Value>,
-    /// Decisions applied per tick at most, after dedupe (the rest: `suppressed:cap`).
-    pub max_decisions_per_tick: u32,
-    /// A (rule, kind, target) applied once is suppressed for this long (`suppressed:cooldown`).
-    pub cooldown: Duration,
-    /// Wall-clock budget of one rule's evaluation.
-    pub budget: Duration,
-    pub max_operations: u64,
-    pub max_call_depth: usize,
-    pub max_string_size: usize,
-    pub max_array_size: usize,
-    pub max_map_size: usize,
-    /// `rebalance` boosts waiting actions older than this by one priority step. It defers
-    /// nothing: a rule that wants work later names it (`postpone`).
-    pub rebalance_age: Duration,
-    /// When set, every applied `alert` is also enqueued as an action of this type (payload
-    /// `{severity, message, rule, tick_id}`), for the adapter that handles it to deliver.
-    pub alert_action_type: Option<String>,
-    pub health: HealthThresholds,
-}
-
-impl Default for RulesConfig {
-    fn default() -> Self {
-        RulesConfig {
-            params: BTreeMap::new(),
-            max_decisions_per_tick: 10,
-            cooldown: Duration::from_secs(300),
-            budget: Duration::from_millis(50),
-            max_operations: 1_000_000,
-            max_call_depth: 64,
-            max_string_size: 65_536,
-            max_array_size: 10_000,
-            max_map_size: 10_000,
-            rebalance_age: Duration::from_secs(600),
-            alert_action_type: None,
-            health: HealthThresholds::default(),
         }
     }
 }

@@ -15,12 +15,16 @@
 //!
 //! Every function here takes plain facts that its caller gathered (`status::read`, the HTTP
 //! handlers, the worker's registration); nothing here touches the database or knows HTTP.
+//! The thresholds' config keys are declared here too ([`WORKLOAD_KEYS`], [`LIVENESS_KEYS`]),
+//! and `config` assembles them.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Flags, TickRow, TickStatus, seconds_between};
+use crate::settings::key::KeyDefault::Value;
+use crate::settings::key::{Key, key};
 
 /// The workload score's band.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +68,7 @@ impl Default for WorkloadHealth {
     }
 }
 
-/// The workload score: 100, less 20 for a saturated queue, 15 for an old pending action, 10 for
-/// failures in the last hour and 5 per failed tick in the last hour; never below 0.
-/// Thresholds of the workload score (`rules.health.*` in the config).
+/// Thresholds of the workload score (`rules.health.*` in the config: [`WORKLOAD_KEYS`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthThresholds {
     /// The queue is saturated above this many pending actions (-20).
@@ -80,7 +82,7 @@ pub struct HealthThresholds {
 }
 
 impl Default for HealthThresholds {
-    /// The `rules.health.*` keys' defaults (the config's tests hold them equal).
+    /// The defaults of [`WORKLOAD_KEYS`] (the config's tests hold them equal).
     fn default() -> Self {
         HealthThresholds {
             saturated_pending: 50,
@@ -104,7 +106,35 @@ pub struct WorkloadFacts {
     pub failed_ticks_1h: i64,
 }
 
-/// The workload score of `facts`.
+/// The `rules.health.*` keys, in the order they apply (`degraded_at` is checked against
+/// `healthy_at`).
+pub const WORKLOAD_KEYS: &[Key<HealthThresholds>] = &[
+    key!("rules.health.saturated_pending": u64 = Value("50"),
+        "The workload score loses 20 above this many pending actions",
+        |t, v, at| t.saturated_pending = at.range(v, 0, u64::from(u32::MAX))?),
+    key!("rules.health.old_pending_seconds": f64 = Value("1800"),
+        "The workload score loses 15 when the oldest pending action is older than this",
+        |t, v, at| t.old_pending = at.seconds(v, true)?),
+    key!("rules.health.healthy_at": u64 = Value("80"),
+        "The workload is `healthy` at this score or more",
+        |t, v, at| t.healthy_at = at.range(v, 1, 100)?),
+    key!("rules.health.degraded_at": u64 = Value("50"),
+    "The workload is `degraded` at this score or more (below: `critical`)",
+    |t, v, at| {
+        let degraded_at = at.range(v, 0, 100)?;
+        let healthy_at = t.healthy_at;
+        at.check(degraded_at <= healthy_at, || {
+            format!(
+                "rules.health.degraded_at ({degraded_at}) must not be above rules.health.healthy_at ({healthy_at})"
+            )
+        })?;
+        t.degraded_at = degraded_at;
+    }),
+];
+
+/// The workload score of `facts`: 100, less 20 for a saturated queue, 15 for an old pending
+/// action, 10 for failures in the last hour and 5 per failed tick in the last hour; never
+/// below 0.
 pub fn workload(facts: &WorkloadFacts, t: &HealthThresholds) -> WorkloadHealth {
     let WorkloadFacts { pending, oldest_pending_age_seconds, failures_1h, failed_ticks_1h } = facts.clone();
     let mut score: i64 = 100;
@@ -204,7 +234,7 @@ pub const STALE_UNHEALTHY: Duration = Duration::from_secs(300);
 const STALE_DEGRADED_INTERVALS: u32 = 2;
 const STALE_UNHEALTHY_INTERVALS: u32 = 10;
 
-/// The staleness thresholds (`liveness:` in the config).
+/// The staleness thresholds (`liveness:` in the config: [`LIVENESS_KEYS`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StaleThresholds {
     pub degraded: Duration,
@@ -216,6 +246,22 @@ impl Default for StaleThresholds {
         StaleThresholds { degraded: STALE_DEGRADED, unhealthy: STALE_UNHEALTHY }
     }
 }
+
+/// The `liveness.*` keys (`stale_unhealthy_seconds` is checked against the degraded one).
+pub const LIVENESS_KEYS: &[Key<StaleThresholds>] = &[
+    key!("liveness.stale_degraded_seconds": f64 = Value("60"),
+        "Liveness is degraded past this last-tick age (or 2 tick intervals, if longer)",
+        |t, v, at| t.degraded = at.seconds(v, false)?),
+    key!("liveness.stale_unhealthy_seconds": f64 = Value("300"),
+    "Liveness is unhealthy (`/health` 503) past this last-tick age (or 10 intervals)",
+    |t, v, at| {
+        let unhealthy = at.seconds(v, false)?;
+        at.check(unhealthy >= t.degraded, || {
+            "liveness.stale_unhealthy_seconds must be at least liveness.stale_degraded_seconds".into()
+        })?;
+        t.unhealthy = unhealthy;
+    }),
+];
 
 /// How an instance's liveness is judged.
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::HealthThresholds;
+use crate::health::HealthThresholds;
 use crate::health::WorkloadHealth;
 use crate::lease::Term;
 use crate::model::{self, Action, ActionStatus, Flags, TickStatus};
@@ -412,13 +412,12 @@ pub(crate) fn workload_facts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RulesConfig;
 
     #[test]
     fn health_score_follows_the_seed() {
         let health =
             |q: &QueueView, r: &RecentView, l: &LedgerView, t| crate::health::workload(&workload_facts(q, r, l), t);
-        let t = RulesConfig::default().health;
+        let t = HealthThresholds::default();
         let mut q = QueueView::default();
         let mut r = RecentView::default();
         let mut l = LedgerView::default();

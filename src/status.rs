@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::config::HealthThresholds;
+use crate::health::HealthThresholds;
 use crate::health::{self, InstanceFacts, Judgement, LeaseSeen, LivenessPolicy, TickFault, WorkerSeen, WorkloadHealth};
 use crate::limits::LimitUsage;
 use crate::model::{self, ActionStatus, Flags, TickRow, seconds_between};

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::RulesConfig;
 use super::{Decision, RuleSet};
-use crate::config::RulesConfig;
 
 /// A fixture file.
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@
 //! Architecture invariant: rules never touch the store. This module does no I/O but reading
 //! the rule files when asked to load them.
 
+mod config;
 pub(crate) mod convert;
 pub mod fixtures;
 pub(crate) mod pipeline;
@@ -26,8 +27,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::RulesConfig;
 use crate::model::DecisionKind;
+pub use config::{RULES_KEYS, RulesConfig};
 
 /// Decisions carry a priority from 0 to 10; this is the one a constructor gives by default.
 pub const DEFAULT_PRIORITY: u8 = 5;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, EvalAltResult, INT, ImmutableString, Map};
 
-use crate::config::RulesConfig;
+use super::RulesConfig;
 
 thread_local! {
     /// The deadline of the rule being evaluated on this thread.
