@@ -100,16 +100,10 @@ impl Worker {
         let lost = Arc::new(AtomicBool::new(false));
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
-        let listener = match self.store.notify().work_listener().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for work notifications; polling every workers.poll_seconds");
-                None
-            }
-        };
+        let mut waiter = self.store.notify().waiter().await;
         let mut pool = Pool::new(&self.settings);
         let terms = self.claim_terms(&pool);
-        let mut work = Box::pin(self.claim_loop(&terms, &mut pool, listener, &lost, shutdown));
+        let mut work = Box::pin(self.claim_loop(&terms, &mut pool, &mut waiter, &lost, shutdown));
         // SIGTERM: the loop stops claiming; the dispatches in progress get the grace period,
         // after which their attempts are left to the rescue.
         let grace = self.config.workers.shutdown_grace;
@@ -152,7 +146,7 @@ impl Worker {
         &self,
         terms: &ClaimTerms,
         pool: &mut Pool,
-        mut listener: Option<crate::store::WorkListener>,
+        waiter: &mut crate::store::WorkWaiter,
         lost: &Arc<AtomicBool>,
         mut shutdown: watch::Receiver<bool>,
     ) {
@@ -190,7 +184,7 @@ impl Worker {
                 }
                 Ok(claimed) if claimed.is_empty() => {
                     drop(permits);
-                    pool.idle(listener.as_mut(), poll, &mut shutdown, &self.registration).await;
+                    pool.idle(waiter, poll, &mut shutdown, &self.registration).await;
                 }
                 Ok(claimed) => {
                     let scope = (self.store.clone(), self.executor.clone(), worker, lost.clone());
@@ -270,25 +264,18 @@ impl Pool {
         Some(permits)
     }
 
-    /// Nothing was due: waits for a notification (PostgreSQL), a finished dispatch (its slot,
-    /// and a limit's slot of its type, are free again), the poll, or `shutdown`.
+    /// Nothing was due: waits for a wake-up (new work, [`crate::store::WorkWaiter`]), a
+    /// finished dispatch (its slot, and a limit's slot of its type, are free again), the poll,
+    /// or `shutdown`.
     async fn idle(
         &mut self,
-        listener: Option<&mut crate::store::WorkListener>,
+        waiter: &mut crate::store::WorkWaiter,
         poll: Duration,
         shutdown: &mut watch::Receiver<bool>,
         registration: &Registration,
     ) {
-        let notified = async {
-            match listener {
-                Some(l) => {
-                    l.wait(poll).await;
-                }
-                None => tokio::time::sleep(poll).await,
-            }
-        };
         tokio::select! {
-            _ = notified => {}
+            _ = waiter.wait(poll) => {}
             Some(done) = self.running.join_next(), if !self.running.is_empty() => self.account(registration, done),
             _ = shutdown.wait_for(|s| *s) => {}
         }

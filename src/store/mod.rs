@@ -41,7 +41,7 @@ mod logs;
 mod notify;
 mod workers;
 pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
-pub use notify::{WORK_CHANNEL, WorkListener};
+pub use notify::{CHANGE_POLL, WORK_CHANNEL, WorkListener, WorkWaiter};
 pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;
@@ -324,6 +324,10 @@ pub struct Store {
     backend: Backend,
     /// Every time this store writes or compares (on SQLite, all of them) comes from here.
     clock: Clock,
+    /// Wakes this process's own claimer when a write of this process made work due (an API
+    /// enqueue, say), on either backend; other processes hear a `NOTIFY` (PostgreSQL) or
+    /// see the change at their next look ([`WorkWaiter`]).
+    local_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -529,7 +533,7 @@ impl Store {
         } else {
             None
         };
-        Ok(Store { db, relaxed, backend, clock: Clock::real() })
+        Ok(Store { db, relaxed, backend, clock: Clock::real(), local_wake: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,12 +1,21 @@
-//! Wake-ups for claimers on PostgreSQL: a `NOTIFY` on [`WORK_CHANNEL`] when work arrives (an
-//! enqueue) or has become due by time (the leader's tick, since a `not_before` passing notifies
-//! no one), and a `LISTEN` in each worker. Polling stays the fallback: a notification only
-//! shortens a wait, it is never needed for correctness. SQLite has neither; its workers poll.
+//! Wake-ups for claimers. A claimer (a worker, or `run` between its ticks) waits on a
+//! [`WorkWaiter`], which wakes it when:
+//! - a write of this same process made work due (an enqueue through the API): on both
+//!   backends, in memory;
+//! - on PostgreSQL, a `NOTIFY` on [`WORK_CHANNEL`] came: sent when work arrives (an enqueue by
+//!   any process) or has become due by time (the leader's tick, since a `not_before` passing
+//!   notifies no one);
+//! - without a listener (SQLite; PostgreSQL behind a transaction pooler): a look at the newest
+//!   action id every [`CHANGE_POLL`] found a new one (an enqueue by another process, such as
+//!   the CLI).
+//!
+//! A wake-up only shortens a wait; it is never needed for correctness: the claimer also claims
+//! again at its poll (`workers.poll_seconds`).
 //!
 //! Behind PgBouncer in transaction mode `LISTEN` does not hold (the session is not kept), so
-//! the listener fails or hears nothing and the worker polls (`workers.poll_seconds`).
+//! the listener fails or hears nothing, and the newest-id look stands in for it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::postgres::PgListener;
@@ -16,7 +25,11 @@ use super::{Backend, Context, DbCause, Store, StoreError};
 /// The channel claimers listen on.
 pub const WORK_CHANNEL: &str = "orchestrator_work";
 
-/// A worker's subscription to [`WORK_CHANNEL`].
+/// How often a waiter without notifications looks at the newest action id: a query of one
+/// index entry, 20 a second while idle.
+pub const CHANGE_POLL: Duration = Duration::from_millis(50);
+
+/// A subscription to [`WORK_CHANNEL`].
 pub struct WorkListener(PgListener);
 
 impl std::fmt::Debug for WorkListener {
@@ -45,10 +58,64 @@ impl WorkListener {
     }
 }
 
+/// What a claimer waits on when it found nothing to claim (see the module's doc).
+pub struct WorkWaiter {
+    store: Store,
+    listener: Option<WorkListener>,
+    /// The newest action id seen, when no listener tells of enqueues.
+    seen: i64,
+}
+
+impl std::fmt::Debug for WorkWaiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkWaiter").field("listens", &self.listener.is_some()).field("seen", &self.seen).finish()
+    }
+}
+
+impl WorkWaiter {
+    /// Whether it hears `NOTIFY` (PostgreSQL with a session kept).
+    pub fn listens(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// Waits at most `timeout` for a wake-up; `true` when one came.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let local = self.store.local_wake.clone();
+        tokio::select! {
+            () = local.notified() => true,
+            woke = self.external(timeout) => woke,
+        }
+    }
+
+    async fn external(&mut self, timeout: Duration) -> bool {
+        if let Some(listener) = &mut self.listener {
+            return listener.wait(timeout).await;
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            tokio::time::sleep(left.min(CHANGE_POLL)).await;
+            // A failed look is a missed wake-up only: the poll claims anyway.
+            if let Ok(newest) = self.store.actions().newest_id().await {
+                let new = newest > self.seen;
+                self.seen = newest;
+                if new {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
 impl Store {
-    /// `store.notify().notify_work` after a write that made work due; a failure only costs the
-    /// claimers a poll interval, so it is logged, not returned.
+    /// Wakes the claimers after a write that made work due: this process's own at once,
+    /// others by `NOTIFY` (PostgreSQL). A failed `NOTIFY` only costs them a look, so it is
+    /// logged, not returned.
     pub(super) async fn wake_claimers(&self) {
+        self.local_wake.notify_one();
         if let Err(e) = self.notify().notify_work().await {
             tracing::debug!(error = %e, "could not notify claimers; they poll");
         }
@@ -56,6 +123,21 @@ impl Store {
 }
 
 impl crate::store::handles::Notify<'_> {
+    /// What a claimer of this process waits on: with a `LISTEN` on PostgreSQL when it can be
+    /// had (a failure to listen is logged, and the newest-id look stands in). Never fails: a
+    /// database that does not answer yet costs at most one early wake-up.
+    pub async fn waiter(self) -> WorkWaiter {
+        let listener = match self.work_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for work notifications; looking for new work every 50 ms");
+                None
+            }
+        };
+        let seen = self.store.actions().newest_id().await.unwrap_or(0);
+        WorkWaiter { store: self.store.clone(), listener, seen }
+    }
+
     /// A subscription to work notifications (PostgreSQL), or `None` (SQLite).
     pub async fn work_listener(self) -> Result<Option<WorkListener>, StoreError> {
         if self.store.backend != Backend::Postgres {

@@ -134,6 +134,17 @@ impl crate::store::handles::Actions<'_> {
         rows.iter().map(|r| r.try_get::<String>("", "action_type").doing("listing due types")).collect()
     }
 
+    /// The newest action's id (0 when there is none): what a claimer without notifications
+    /// watches for enqueues by other processes.
+    pub async fn newest_id(self) -> Result<i64, StoreError> {
+        let sql = "SELECT COALESCE(MAX(id), 0) AS n FROM actions";
+        let row = self.store.db.query_one_raw(self.store.stmt(sql, [])).await.doing("reading the newest action id")?;
+        match row {
+            Some(r) => r.try_get("", "n").doing("reading the newest action id"),
+            None => Ok(0),
+        }
+    }
+
     /// How many actions are due now (`PENDING` or `RETRY`, `not_before` passed, not expired).
     pub async fn due_count(self) -> Result<i64, StoreError> {
         let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {}", due_sql("$1"));
