@@ -5,7 +5,9 @@
 //! A failing database is logged once per change of state and retried with a backoff from 1 s
 //! doubling to 30 s, without a restart. It never busy-loops. Once an hour, after a tick it ran as
 //! the holder, it starts the pruner in the background; at start, the pruner removes leftover
-//! artifact files. Between ticks it keeps the lease and its executor's registration renewed.
+//! artifact files. Between ticks it keeps the lease and its executor's registration renewed,
+//! and runs new work as soon as it arrives (`Engine::between_ticks`): an enqueue does not wait
+//! for the next tick.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
     let mut state = Loop::default();
     let pruner = Pruner::new(engine.store().clone(), Arc::new(engine.config().clone()), engine.metrics().clone());
     pruner.remove_stale_tmp().await;
+    let mut waiter = engine.store().notify().waiter().await;
     let stopped_by = loop {
         if *shutdown.borrow() {
             break StopReason::Signal;
@@ -59,7 +62,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
         // Renews the lease (and this executor's registration) while the daemon waits for its
         // next tick (dropped when the wait ends), so that an interval longer than the TTL does
         // not hand leadership to another instance, or to a new epoch of this one, every tick.
-        let mut _holding: Option<(Heartbeat, KeepAlive)> = None;
+        let mut holding: Option<(i64, Heartbeat, KeepAlive)> = None;
         let wait = match outcome {
             Ok(TickOutcome::Ran(r)) => {
                 if r.status == TickStatus::Killed {
@@ -67,7 +70,7 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
                     break StopReason::Killed;
                 }
                 state.hourly.start_if_due(&pruner);
-                _holding = Some((engine.hold_lease_between_ticks(r.epoch), engine.keep_registration_alive()));
+                holding = Some((r.epoch, engine.hold_lease_between_ticks(r.epoch), engine.keep_registration_alive()));
                 state.ran(engine, &r)
             }
             Ok(TickOutcome::NotLeader { owner, expires_at, .. }) => state.following(engine, owner, expires_at),
@@ -76,9 +79,23 @@ pub async fn run(engine: &Engine, max_ticks: Option<u64>, mut shutdown: watch::R
         if max_ticks.is_some_and(|n| state.ticks >= n) {
             break StopReason::TicksDone;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+        match &holding {
+            Some((epoch, lease, _)) => {
+                let picked = engine.between_ticks(wait, *epoch, lease, &mut waiter, &mut shutdown).await;
+                if picked.attempted > 0 {
+                    tracing::info!(
+                        attempted = picked.attempted,
+                        succeeded = picked.succeeded,
+                        "ran new work between ticks"
+                    );
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
     };
     state.hourly.stop().await;

@@ -1,6 +1,8 @@
 //! The dispatcher: claims due actions, runs them through the executor, records each outcome.
 //!
-//! The lease holder's tick calls [`Dispatcher::drain`] with the tick's budget; a dry run calls
+//! The lease holder's tick calls [`Dispatcher::drain`] with the tick's budget, and between its
+//! ticks the daemon calls [`Dispatcher::pick_up`], which drains again each time new work wakes
+//! it, so an enqueue runs within milliseconds rather than at the next tick; a dry run calls
 //! [`Dispatcher::preview`], which is the claim's own pick, written nowhere, so what it lists is
 //! what the next claim takes. [`ClaimTerms`] are the terms every claimer states, the `worker`
 //! process's too. After a tick that ran nothing with work due, [`Dispatcher::left_idle`] checks
@@ -15,7 +17,7 @@ use crate::heartbeat::Heartbeat;
 use crate::limits::LimitSpec;
 use crate::model::Action;
 use crate::services::registration::Registration;
-use crate::store::{Claimer, Store, StoreError};
+use crate::store::{Claimer, Store, StoreError, WorkWaiter};
 
 /// Rows claimed per claim statement; a tick loops claims up to its budget.
 pub const CLAIM_BATCH: u32 = 512;
@@ -80,6 +82,19 @@ pub struct Drained {
     pub remaining: u32,
 }
 
+impl Drained {
+    /// Adds what another drain did.
+    fn add(&mut self, d: Drained) {
+        self.attempted += d.attempted;
+        self.succeeded += d.succeeded;
+        self.unstarted += d.unstarted;
+        self.rejected_writes += d.rejected_writes;
+        if self.store_error.is_none() {
+            self.store_error = d.store_error;
+        }
+    }
+}
+
 /// Due work a tick left idle: what per-type limits hold (and why), and the rest.
 #[derive(Clone, Debug, Default)]
 pub struct LeftIdle {
@@ -136,7 +151,7 @@ impl Dispatcher {
         &self,
         budget: u32,
         deadline: Instant,
-        tick_id: i64,
+        tick_id: Option<i64>,
         epoch: i64,
         lease: &Heartbeat,
         limited: bool,
@@ -156,7 +171,7 @@ impl Dispatcher {
             // A short batch means nothing else was due; claiming again would only re-take what
             // this tick just failed and made due again, unless a limit cut the batch.
             let drained = (claimed.len() as u32) < want && !limited;
-            let scope = Scope { store: &self.store, worker: &worker, tick_id: Some(tick_id), deadline, lost: &lost };
+            let scope = Scope { store: &self.store, worker: &worker, tick_id, deadline, lost: &lost };
             let r = self.executor.dispatch(&scope, claimed).await;
             self.registration.count(r.succeeded, r.failed);
             out.attempted += r.attempted;
@@ -172,6 +187,50 @@ impl Dispatcher {
             }
         }
         Ok(out)
+    }
+
+    /// Between two ticks of the holder at `epoch`: each time `waiter` wakes (new work), drains
+    /// what is due as a tick would, with no tick of its own (its log rows name none), up to
+    /// `budget` a wake-up; until `until`, the lease is lost or `stop` turns true. A wait that
+    /// ends with no wake-up claims nothing: work due by time alone waits for the next tick.
+    /// A store error ends it (logged): the next tick meets the same database and says so.
+    pub async fn pick_up(
+        &self,
+        until: Instant,
+        epoch: i64,
+        lease: &Heartbeat,
+        waiter: &mut WorkWaiter,
+        budget: u32,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Drained {
+        let mut total = Drained::default();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || lease.is_lost() || *stop.borrow() {
+                return total;
+            }
+            let woke = tokio::select! {
+                woke = waiter.wait(left) => woke,
+                // A stop whose sender is gone never comes: wait for the waiter alone.
+                Ok(()) = stop.changed() => false,
+            };
+            if !woke || Instant::now() >= until {
+                continue;
+            }
+            match self.drain(budget, until, None, epoch, lease, true).await {
+                Ok(d) => {
+                    let failed = d.store_error.is_some();
+                    total.add(d);
+                    if failed {
+                        return total;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "picking up work between ticks failed; the next tick tries again");
+                    return total;
+                }
+            }
+        }
     }
 
     /// The due work nobody runs now, split into what full limits hold (named, e.g. `SLOW

@@ -362,7 +362,7 @@ impl Engine {
         let drained = if !self.execute {
             self.workers_outcomes(budget).await?
         } else if budget > 0 && due {
-            self.dispatcher.drain(budget, deadline, tick_id, epoch, lease, !snap.limits.is_empty()).await?
+            self.dispatcher.drain(budget, deadline, Some(tick_id), epoch, lease, !snap.limits.is_empty()).await?
         } else {
             Drained { remaining: budget, ..Drained::default() }
         };
@@ -408,14 +408,36 @@ impl Engine {
         snapshot::build_with(&self.store, term, flags, tick_id, &self.config.rules.health).await
     }
 
-    /// Keeps renewing the lease held at `epoch` until the returned guard is dropped (the daemon
-    /// holds one while it waits between ticks).
     /// Keeps this process's executor registration alive while the daemon waits between ticks,
     /// so that `workers` and the rescue see it live (nothing when it is not registered).
     pub fn keep_registration_alive(&self) -> crate::services::registration::KeepAlive {
         self.dispatcher.registration().keep_alive(self.config.workers.heartbeat)
     }
 
+    /// Waits `wait` for the next tick as the holder at `epoch`; meanwhile, unless this engine
+    /// executes nothing, runs new work as it arrives ([`Dispatcher::pick_up`]). Returns early
+    /// when `stop` turns true or `lease` is lost; what it ran.
+    pub async fn between_ticks(
+        &self,
+        wait: Duration,
+        epoch: i64,
+        lease: &Heartbeat,
+        waiter: &mut crate::store::WorkWaiter,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Drained {
+        let until = Instant::now() + wait;
+        if !self.execute {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                Ok(_) = stop.wait_for(|s| *s) => {}
+            }
+            return Drained::default();
+        }
+        self.dispatcher.pick_up(until, epoch, lease, waiter, self.config.max_actions_per_tick, stop).await
+    }
+
+    /// Keeps renewing the lease held at `epoch` until the returned guard is dropped (the daemon
+    /// holds one while it waits between ticks).
     pub fn hold_lease_between_ticks(&self, epoch: i64) -> Heartbeat {
         let term = Term {
             lease_name: self.lease.name().to_string(),

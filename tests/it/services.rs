@@ -29,6 +29,7 @@ backend_tests!(
     decider_keeps_its_rules_when_a_reload_is_rejected_and_a_dry_decide_writes_nothing,
     dispatcher_runs_what_its_preview_lists_within_the_budget,
     dispatcher_tells_work_held_by_a_limit_from_work_left_idle,
+    dispatcher_picks_up_new_work_as_it_arrives_and_holds_to_the_brakes,
     registration_registers_renews_and_deregisters,
     pruner_removes_leftover_artifact_files_and_finished_history,
     limits_writer_fills_or_replaces_as_asked,
@@ -140,7 +141,7 @@ async fn dispatcher_runs_what_its_preview_lists_within_the_budget(db: &TestDb) {
     let lease = Lease::new(db.store.clone(), "orchestrator", "leader", Duration::from_secs(30));
     let beat = lease.heartbeat(&term, Duration::from_secs(1));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let drained = engine.dispatcher().drain(2, deadline, 0, term.epoch, &beat, false).await.unwrap();
+    let drained = engine.dispatcher().drain(2, deadline, Some(0), term.epoch, &beat, false).await.unwrap();
     assert_eq!((drained.attempted, drained.succeeded, drained.remaining), (2, 2, 0));
     assert!(drained.store_error.is_none());
     for (id, want) in
@@ -148,6 +149,55 @@ async fn dispatcher_runs_what_its_preview_lists_within_the_budget(db: &TestDb) {
     {
         assert_eq!(db.store.actions().action(id).await.unwrap().unwrap().status, want, "action {id}");
     }
+}
+
+/// Between ticks, an enqueue by another process (only the database can tell: `NOTIFY`, or the
+/// newest id) and one by this process (the in-memory wake) each run without a tick; a pause
+/// holds what arrives after it; nothing runs after `stop`.
+async fn dispatcher_picks_up_new_work_as_it_arrives_and_holds_to_the_brakes(db: &TestDb) {
+    let engine = db.engine(db.config());
+    let term = hold(&db.store, "leader").await;
+    let lease = Lease::new(db.store.clone(), "orchestrator", "leader", Duration::from_secs(30));
+    let beat = lease.heartbeat(&term, Duration::from_secs(1));
+    let other = Store::open(&db.url, &StoreOptions::default()).await.unwrap();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let dispatcher = engine.dispatcher().clone();
+    let mut waiter = db.store.notify().waiter().await;
+    let epoch = term.epoch;
+    let picking = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(120);
+        dispatcher.pick_up(until, epoch, &beat, &mut waiter, 100, &mut stop).await
+    });
+    let settled = |id: i64| {
+        let store = db.store.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let status = store.actions().action(id).await.unwrap().unwrap().status;
+                if status != ActionStatus::Pending || start.elapsed() > Duration::from_secs(20) {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let from_other = queue::enqueue(&other, &noop("from-other"), 3).await.unwrap().id;
+    assert_eq!(settled(from_other).await, ActionStatus::Success, "another process's enqueue ran");
+    let from_own = queue::enqueue(&db.store, &noop("from-own"), 3).await.unwrap().id;
+    assert_eq!(settled(from_own).await, ActionStatus::Success, "this process's enqueue ran");
+    let logs = db.store.history().logs(Some(from_other), 10).await.unwrap();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0].tick_id, None, "run between ticks: no tick's");
+
+    let pause = orchestrator::store::FlagChange { paused: Some(true), ..Default::default() };
+    db.store.flags().set_flags(pause).await.unwrap();
+    let held = queue::enqueue(&other, &noop("held"), 3).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop_tx.send(true).unwrap();
+    let drained = picking.await.unwrap();
+    assert_eq!((drained.attempted, drained.succeeded), (2, 2));
+    assert_eq!(db.store.actions().action(held).await.unwrap().unwrap().status, ActionStatus::Pending, "paused");
+    other.close().await.ok();
 }
 
 async fn dispatcher_tells_work_held_by_a_limit_from_work_left_idle(db: &TestDb) {

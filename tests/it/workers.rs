@@ -563,3 +563,35 @@ async fn an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds(
         "claimed real, stays real"
     );
 }
+
+crate::backend_tests!(run_runs_an_enqueue_at_once_not_at_its_next_tick);
+
+/// `run` with a minute between ticks: what the CLI enqueues (another process: a `NOTIFY`, or
+/// the newest id on SQLite) runs within seconds, with no tick of its own.
+async fn run_runs_an_enqueue_at_once_not_at_its_next_tick(db: &TestDb) {
+    std::fs::write(db.dir.path().join("o.yaml"), "tick_interval_seconds: 60\n").unwrap();
+    let _procs = Procs(vec![spawn(db, &["run", "--no-http"])]);
+    let start = Instant::now();
+    while db.store.ledger().recent_ticks(10).await.unwrap().iter().all(|t| t.finished_at.is_none()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the first tick never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for key in ["a", "b", "c"] {
+        let args = ["--database-url", &db.url, "--config", "o.yaml", "--json", "enqueue", "NOOP", "--key", key];
+        let o = run(bin(db.dir.path()).args(args));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let id = json(&o)["id"].as_i64().unwrap();
+        let start = Instant::now();
+        loop {
+            let status = db.store.actions().action(id).await.unwrap().unwrap().status;
+            if status == ActionStatus::Success {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "action {key} still {status} (the next tick is a minute away)");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let logs = db.store.history().logs(Some(id), 10).await.unwrap();
+        assert_eq!(logs.iter().map(|l| l.tick_id).collect::<Vec<_>>(), [None], "ran between ticks");
+    }
+    assert_eq!(db.store.ledger().recent_ticks(10).await.unwrap().len(), 1, "no tick ran them");
+}
