@@ -17,7 +17,9 @@
 //! off; what PostgreSQL carried with four; and NOOP drains by one and four workers against the single
 //! process of `drain`), and `limits` (the claim's cost with 0, 3 and 20 limited types, the 50k
 //! drain with three limited types that do not bind, and an unlimited type's drain beside a
-//! backlog held by a rate limit). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
+//! backlog held by a rate limit), and `pickup` (the time from an enqueue to its action's finish
+//! on an idle `run` in the default configuration, p50/p99/max of 200, and the idle daemon's CPU
+//! and PostgreSQL transactions per second). PostgreSQL figures need `ORCHESTRATOR_BENCH_PG_URL` (or
 //! `ORCHESTRATOR_TEST_PG_URL`; `--only workers_scaling` falls back to
 //! postgres://postgres@127.0.0.1:5432/test); each run uses a fresh schema, or for the workers a
 //! fresh database (`CREATE DATABASE`), so `pg_stat_activity` counts only its processes.
@@ -44,6 +46,9 @@ struct Args {
     /// `--no-pg`: not even the workers figures' default URL.
     no_pg: bool,
     out: PathBuf,
+    /// `--bin PATH`: the binary the process figures (`cold_run_once`, `pickup`, the workers)
+    /// run, e.g. an earlier build's, for a before and after in one run.
+    bin: Option<PathBuf>,
 }
 
 /// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
@@ -64,6 +69,7 @@ fn args() -> anyhow::Result<Args> {
         pg: std::env::var("ORCHESTRATOR_BENCH_PG_URL").or_else(|_| std::env::var("ORCHESTRATOR_TEST_PG_URL")).ok(),
         no_pg: false,
         out: PathBuf::from("target/bench"),
+        bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -72,6 +78,7 @@ fn args() -> anyhow::Result<Args> {
             "--quick" => a.quick = true,
             "--only" => a.only = it.next(),
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
+            "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--bin needs PATH"))?)),
             "--no-pg" => {
                 a.pg = None;
                 a.no_pg = true;
@@ -82,7 +89,7 @@ fn args() -> anyhow::Result<Args> {
                 _ => anyhow::bail!("--sqlite-sync takes full or normal"),
             },
             other => anyhow::bail!(
-                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal)"
+                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH)"
             ),
         }
     }
@@ -191,9 +198,13 @@ fn wanted(a: &Args, name: &str) -> bool {
     a.only.as_deref().is_none_or(|o| o == name)
 }
 
-/// The release binary beside this example (`<target>/release/orchestrator`, wherever
-/// `CARGO_TARGET_DIR` put it), else `target/release/orchestrator`.
-fn release_binary() -> anyhow::Result<PathBuf> {
+/// `--bin`'s binary, else the release binary beside this example (`<target>/release/orchestrator`,
+/// wherever `CARGO_TARGET_DIR` put it), else `target/release/orchestrator`.
+fn release_binary(a: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = &a.bin {
+        anyhow::ensure!(bin.exists(), "--bin {}: no such file", bin.display());
+        return Ok(bin.clone());
+    }
     let beside =
         std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(|d| d.join("orchestrator")));
     let p = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("target/release/orchestrator"));
@@ -222,7 +233,7 @@ fn timed(bin: &Path, args: &[&str], cwd: &Path) -> anyhow::Result<(f64, f64)> {
 }
 
 fn cold_run_once(a: &Args) -> anyhow::Result<Vec<Figure>> {
-    let bin = release_binary()?;
+    let bin = release_binary(a)?;
     let (mut walls, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..a.runs.max(5) {
         let dir = tempfile::tempdir()?;
@@ -805,7 +816,7 @@ fn rss_kib(pid: u32) -> Option<f64> {
 }
 
 fn memory(a: &Args) -> anyhow::Result<Vec<Figure>> {
-    let bin = release_binary()?;
+    let bin = release_binary(a)?;
     let ticks = if a.quick { 2_000 } else { 10_000 };
     let dir = tempfile::tempdir()?;
     let mut child = Command::new(&bin)
@@ -881,6 +892,119 @@ fn pg_url(base: &str, db: &str) -> String {
     let authority = head.find("://").map_or(0, |i| i + 3);
     let root = head[authority..].find('/').map_or(head, |i| &head[..authority + i]);
     format!("{root}/{db}{query}")
+}
+
+/// Process CPU seconds so far (user + system) of `pid`, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// `p` (0..=1) of sorted `v`, nearest rank.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+/// `pickup`: the release binary's `run` in the default configuration (shipped rules, the 5 s
+/// tick interval, proof mode as shipped), idle; then 200 single NOOP enqueues by this process
+/// (another process, as the CLI is), each 0-50 ms after the previous one ran. The latency is
+/// the action's `finished_at` less its `created_at` (both stamped by the database's clock
+/// on PostgreSQL, by the machine's on SQLite): p50, p99 and max in ms. Before them, the idle
+/// daemon's cost over 20 s: its CPU (`/proc/<pid>/stat`), and on PostgreSQL its database's
+/// transactions per second (`pg_stat_database`, its own database).
+async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let bin = release_binary(a)?;
+    let n = if a.quick { 50 } else { 200 };
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        let pg = match backend {
+            "postgres" => Some(PgDatabase::new(a.pg.as_deref().expect("a PostgreSQL URL")).await?),
+            _ => None,
+        };
+        let dir = tempfile::tempdir()?;
+        let (url, cwd) = match &pg {
+            Some(db) => (db.url.clone(), db.dir.path().to_path_buf()),
+            None => (format!("sqlite:{}", dir.path().join("pickup.db").display()), dir.path().to_path_buf()),
+        };
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        std::fs::write(cwd.join("o.yaml"), format!("rules_dir: {}\n", rules.display()))?;
+        let store = Store::open(&url, &store_options()).await?;
+        let log = std::fs::File::create(cwd.join("run.log"))?;
+        let mut procs = Procs(vec![Command::new(&bin)
+            .args(["--database-url", &url, "--config", "o.yaml", "run", "--no-http"])
+            .current_dir(&cwd)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?]);
+        let pid = procs.0[0].id();
+        while store.ledger().recent_ticks(1).await?.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = Duration::from_secs(if a.quick { 5 } else { 20 });
+        let (cpu0, tx0) = (cpu_seconds(pid), transactions(&pg).await?);
+        tokio::time::sleep(idle).await;
+        let (cpu1, tx1) = (cpu_seconds(pid), transactions(&pg).await?);
+        let mut figures = vec![("pickup_idle_cpu", "%", (cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0)) * 100.0 / idle.as_secs_f64())];
+        if let (Some(t0), Some(t1)) = (tx0, tx1) {
+            figures.push(("pickup_idle_tx", "tx/s", (t1 - t0) / idle.as_secs_f64()));
+        }
+        let mut ms = Vec::new();
+        for i in 0..n {
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..50))).await;
+            let req = queue::EnqueueRequest {
+                action_type: "NOOP".into(),
+                payload: serde_json::json!({"i": i}),
+                idempotency_key: None,
+                priority: 0,
+                not_before: None,
+                max_attempts: None,
+                expires_at: None,
+            };
+            let id = queue::enqueue(&store, &req, 3).await?.id;
+            let start = Instant::now();
+            let action = loop {
+                let action = store.actions().action(id).await?.ok_or_else(|| anyhow::anyhow!("action {id} vanished"))?;
+                if action.finished_at.is_some() {
+                    break action;
+                }
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "action {id} not run within 60 s");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            anyhow::ensure!(action.status == ActionStatus::Success, "action {id} ended {}", action.status);
+            let finished = action.finished_at.expect("finished");
+            ms.push((finished - action.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        procs.stop()?;
+        ms.sort_by(f64::total_cmp);
+        figures.push(("pickup_p50", "ms", percentile(&ms, 0.50)));
+        figures.push(("pickup_p99", "ms", percentile(&ms, 0.99)));
+        figures.push(("pickup_max", "ms", percentile(&ms, 1.0)));
+        for (name, unit, value) in figures {
+            let f = Figure { name: name.into(), backend: backend.into(), param: format!("n={n}"), value, unit, runs: vec![value] };
+            emit(&f);
+            out.push(f);
+        }
+        store.close().await.ok();
+        if let Some(db) = pg {
+            db.drop_database().await;
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL: the database's transaction count so far; `None` on SQLite.
+async fn transactions(pg: &Option<PgDatabase>) -> anyhow::Result<Option<f64>> {
+    match pg {
+        Some(db) => Ok(Some(db.stats.bench().transactions(&db.name).await?)),
+        None => Ok(None),
+    }
 }
 
 /// A fresh PostgreSQL database (`CREATE DATABASE bench_x_<n>`), dropped after the run.
@@ -1110,7 +1234,7 @@ async fn workers_scaling(a: &Args) -> anyhow::Result<Vec<Figure>> {
         (None, true) if !a.no_pg => DEFAULT_PG.to_string(),
         (None, _) => return Ok(Vec::new()),
     };
-    let bin = release_binary()?;
+    let bin = release_binary(a)?;
     let (hook, hits) = slow_receiver(Duration::from_millis(200)).await?;
     let n = if a.quick { 200 } else { 800 };
     let counts = [1usize, 2, 4];
@@ -1282,6 +1406,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(&a, "workers_scaling") {
         all.extend(workers_scaling(&a).await?);
+    }
+    if wanted(&a, "pickup") {
+        all.extend(pickup(&a).await?);
     }
     for (figure, file, title, x, y, log_x) in [
         (

@@ -224,4 +224,14 @@ impl Bench<'_> {
             .await?;
         Ok((v[0], v[1]))
     }
+
+    /// PostgreSQL: transactions committed and rolled back in `database` so far, as the
+    /// statistics have them (a backend reports at most once a second, an idle one within 10 s).
+    pub async fn transactions(&self, database: &str) -> Result<f64, StoreError> {
+        let sql = format!(
+            "SELECT (xact_commit + xact_rollback)::float8 FROM pg_stat_database WHERE datname = '{}'",
+            identifier(database)?
+        );
+        Ok(self.numbers(&sql, 1).await?[0])
+    }
 }
