@@ -174,7 +174,8 @@ async fn dispatcher_picks_up_new_work_as_it_arrives_and_holds_to_the_brakes(db: 
             let start = Instant::now();
             loop {
                 let status = store.actions().action(id).await.unwrap().unwrap().status;
-                if status != ActionStatus::Pending || start.elapsed() > Duration::from_secs(20) {
+                let open = [ActionStatus::Pending, ActionStatus::Running].contains(&status);
+                if !open || start.elapsed() > Duration::from_secs(20) {
                     return status;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
