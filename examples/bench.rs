@@ -935,13 +935,15 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
         std::fs::write(cwd.join("o.yaml"), format!("rules_dir: {}\n", rules.display()))?;
         let store = Store::open(&url, &store_options()).await?;
         let log = std::fs::File::create(cwd.join("run.log"))?;
-        let mut procs = Procs(vec![Command::new(&bin)
-            .args(["--database-url", &url, "--config", "o.yaml", "run", "--no-http"])
-            .current_dir(&cwd)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()?]);
+        let mut procs = Procs(vec![
+            Command::new(&bin)
+                .args(["--database-url", &url, "--config", "o.yaml", "run", "--no-http"])
+                .current_dir(&cwd)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        ]);
         let pid = procs.0[0].id();
         while store.ledger().recent_ticks(1).await?.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -951,7 +953,8 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
         let (cpu0, tx0) = (cpu_seconds(pid), transactions(&pg).await?);
         tokio::time::sleep(idle).await;
         let (cpu1, tx1) = (cpu_seconds(pid), transactions(&pg).await?);
-        let mut figures = vec![("pickup_idle_cpu", "%", (cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0)) * 100.0 / idle.as_secs_f64())];
+        let mut figures =
+            vec![("pickup_idle_cpu", "%", (cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0)) * 100.0 / idle.as_secs_f64())];
         if let (Some(t0), Some(t1)) = (tx0, tx1) {
             figures.push(("pickup_idle_tx", "tx/s", (t1 - t0) / idle.as_secs_f64()));
         }
@@ -970,7 +973,8 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
             let id = queue::enqueue(&store, &req, 3).await?.id;
             let start = Instant::now();
             let action = loop {
-                let action = store.actions().action(id).await?.ok_or_else(|| anyhow::anyhow!("action {id} vanished"))?;
+                let action =
+                    store.actions().action(id).await?.ok_or_else(|| anyhow::anyhow!("action {id} vanished"))?;
                 if action.finished_at.is_some() {
                     break action;
                 }
@@ -987,7 +991,14 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
         figures.push(("pickup_p99", "ms", percentile(&ms, 0.99)));
         figures.push(("pickup_max", "ms", percentile(&ms, 1.0)));
         for (name, unit, value) in figures {
-            let f = Figure { name: name.into(), backend: backend.into(), param: format!("n={n}"), value, unit, runs: vec![value] };
+            let f = Figure {
+                name: name.into(),
+                backend: backend.into(),
+                param: format!("n={n}"),
+                value,
+                unit,
+                runs: vec![value],
+            };
             emit(&f);
             out.push(f);
         }

@@ -587,7 +587,10 @@ async fn run_runs_an_enqueue_at_once_not_at_its_next_tick(db: &TestDb) {
             if status == ActionStatus::Success {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(20), "action {key} still {status} (the next tick is a minute away)");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "action {key} still {status} (the next tick is a minute away)"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let logs = db.store.history().logs(Some(id), 10).await.unwrap();
