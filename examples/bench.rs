@@ -8,7 +8,9 @@
 //! `tick_overhead` (a tick with nothing due, with the shipped rules, against 1k..1M rows of
 //! history, SQLite and PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
 //! completion fenced, durable and logged; twice: bare, with no rules, and `drain_default`, in the
-//! default configuration with the shipped rules loaded, which is what users run),
+//! default configuration with the shipped rules loaded, which is what users run; each also as
+//! CPU per action, `_cpu` of this process and `_pg_cpu` of PostgreSQL's server processes, from
+//! `/proc/<pid>/stat`; on PostgreSQL each drain gets a database of its own),
 //! `drain_concurrency` (drain rate against
 //! concurrency), `bulk_enqueue` (JSON Lines into SQLite) and `memory` (RSS of `run` over
 //! 10,000 ticks) and `workers_scaling` (PostgreSQL only: a leader `run --no-execute --no-http`
@@ -143,13 +145,13 @@ impl Db {
         let (url, pg) = match backend {
             "sqlite" => (format!("sqlite:{}", dir.path().join("bench.db").display()), None),
             _ => {
+                // A database of its own, so that `pg_stat_activity` names its server processes.
                 let base = pg.ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL"))?;
-                let schema = format!("bench_{:016x}", fastrand::u64(..));
+                let name = format!("bench_{:016x}", fastrand::u64(..));
                 let admin = Store::connect(base, &StoreOptions::default()).await?;
-                admin.bench().create_schema(&schema).await?;
+                admin.bench().create_database(&name).await?;
                 admin.close().await?;
-                let sep = if base.contains('?') { '&' } else { '?' };
-                (format!("{base}{sep}options[search_path]={schema}"), Some((base.to_string(), schema)))
+                (pg_url(base, &name), Some((base.to_string(), name)))
             }
         };
         let store = Store::open(&url, &store_options()).await?;
@@ -164,14 +166,29 @@ impl Db {
         c
     }
 
-    async fn drop_schema(self) {
+    async fn drop(self) {
         self.store.close().await.ok();
-        if let Some((base, schema)) = self.pg
+        if let Some((base, name)) = self.pg
             && let Ok(admin) = Store::connect(&base, &StoreOptions::default()).await
         {
-            admin.bench().drop_schema(&schema).await.ok();
+            admin.bench().drop_database(&name).await.ok();
             admin.close().await.ok();
         }
+    }
+
+    /// CPU seconds so far of this process and, on PostgreSQL, of each server process connected
+    /// to the database (by pid).
+    async fn cpu(&self) -> anyhow::Result<(f64, BTreeMap<u32, f64>)> {
+        let own = cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let mut server = BTreeMap::new();
+        if let Some((_, name)) = &self.pg {
+            for pid in self.store.bench().connections(name).await?.split(", ").filter_map(|p| p.parse().ok()) {
+                if let Some(s) = cpu_seconds(pid) {
+                    server.insert(pid, s);
+                }
+            }
+        }
+        Ok((own, server))
     }
 
     /// `n` rows of finished history plus 100 open rows scheduled for later
@@ -297,7 +314,7 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 runs: per_run,
             });
             emit(out.last().expect("just pushed"));
-            db.drop_schema().await;
+            db.drop().await;
         }
     }
     Ok(out)
@@ -356,11 +373,18 @@ async fn drain_once(
     concurrency: u32,
     shipped_rules: bool,
 ) -> anyhow::Result<f64> {
-    drain_beside(backend, pg, n, concurrency, shipped_rules, &Beside::default()).await
+    Ok(drain_run(backend, pg, n, concurrency, shipped_rules, &Beside::default()).await?.rate)
 }
 
-/// NOOP actions drained per second; with `beside`'s limits and `SLOW` backlog, which must not
-/// slow the NOOP drain (the backlog is left as its limits leave it).
+/// What one drain measured: actions per second, and the CPU each action cost this process and
+/// (PostgreSQL) the database's server processes, in µs, from `/proc/<pid>/stat` before and
+/// after the drain (a server process that connected during it counts whole).
+struct DrainRun {
+    rate: f64,
+    process_us: f64,
+    server_us: Option<f64>,
+}
+
 async fn drain_beside(
     backend: &str,
     pg: Option<&str>,
@@ -369,6 +393,19 @@ async fn drain_beside(
     shipped_rules: bool,
     beside: &Beside,
 ) -> anyhow::Result<f64> {
+    Ok(drain_run(backend, pg, n, concurrency, shipped_rules, beside).await?.rate)
+}
+
+/// NOOP actions drained per second; with `beside`'s limits and `SLOW` backlog, which must not
+/// slow the NOOP drain (the backlog is left as its limits leave it).
+async fn drain_run(
+    backend: &str,
+    pg: Option<&str>,
+    n: usize,
+    concurrency: u32,
+    shipped_rules: bool,
+    beside: &Beside,
+) -> anyhow::Result<DrainRun> {
     let db = Db::new(backend, pg).await?;
     db.due_noops(n).await?;
     for (t, spec) in &beside.limits {
@@ -396,6 +433,7 @@ async fn drain_beside(
     if shipped_rules {
         anyhow::ensure!(engine.decider().load_rules()? >= 7, "the shipped rules did not load");
     }
+    let (process0, server0) = db.cpu().await?;
     let start = Instant::now();
     loop {
         match engine.tick().await? {
@@ -405,6 +443,13 @@ async fn drain_beside(
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let (process1, server1) = db.cpu().await?;
+    let per_action = |seconds: f64| seconds * 1e6 / n as f64;
+    let process_us = per_action(process1 - process0);
+    let server_us = db
+        .pg
+        .is_some()
+        .then(|| per_action(server1.iter().map(|(pid, s)| s - server0.get(pid).copied().unwrap_or(0.0)).sum::<f64>()));
     engine.release().await?;
     let noop = db
         .store
@@ -419,8 +464,8 @@ async fn drain_beside(
     anyhow::ensure!(noop == n, "{noop} of {n} NOOP succeeded");
     let logs = db.store.history().logs(None, 1).await?;
     anyhow::ensure!(!logs.is_empty(), "no log rows");
-    db.drop_schema().await;
-    Ok(n as f64 / secs)
+    db.drop().await;
+    Ok(DrainRun { rate: n as f64 / secs, process_us, server_us })
 }
 
 async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
@@ -428,19 +473,27 @@ async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let mut out = Vec::new();
     for backend in backends(a) {
         for (name, shipped) in [("drain", false), ("drain_default", true)] {
-            let mut rates = Vec::new();
+            let (mut rates, mut process, mut server) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..a.runs {
-                rates.push(drain_once(backend, a.pg.as_deref(), n, 16, shipped).await?);
+                let run = drain_run(backend, a.pg.as_deref(), n, 16, shipped, &Beside::default()).await?;
+                rates.push(run.rate);
+                process.push(run.process_us);
+                server.extend(run.server_us);
             }
-            out.push(Figure {
-                name: name.into(),
-                backend: backend.into(),
-                param: format!("n={n},c=16"),
-                value: median(&mut rates.clone()),
-                unit: "actions/s",
-                runs: rates,
-            });
-            emit(out.last().expect("just pushed"));
+            let cpu = [(format!("{name}_cpu"), process), (format!("{name}_pg_cpu"), server)];
+            for (name, unit, runs) in std::iter::once((name.to_string(), "actions/s", rates))
+                .chain(cpu.into_iter().filter(|(_, r)| !r.is_empty()).map(|(n, r)| (n, "µs/action", r)))
+            {
+                out.push(Figure {
+                    name,
+                    backend: backend.into(),
+                    param: format!("n={n},c=16"),
+                    value: median(&mut runs.clone()),
+                    unit,
+                    runs,
+                });
+                emit(out.last().expect("just pushed"));
+            }
         }
     }
     Ok(out)
@@ -689,7 +742,7 @@ async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
                     push(figure_on(backend, "pcap_held_tick", param, "ms/tick", ticks));
                 }
                 engine.release().await?;
-                db.drop_schema().await;
+                db.drop().await;
             }
         }
     }
@@ -753,7 +806,7 @@ async fn claim_cost(backend: &str, pg: Option<&str>, k: usize) -> anyhow::Result
             .collect();
         db.store.actions().complete(None, &back).await?;
     }
-    db.drop_schema().await;
+    db.drop().await;
     Ok(median(&mut times))
 }
 
@@ -793,7 +846,7 @@ async fn bulk_enqueue(a: &Args) -> anyhow::Result<Vec<Figure>> {
         let secs = start.elapsed().as_secs_f64();
         anyhow::ensure!(report.created == n as u64, "created {}", report.created);
         rates.push(n as f64 / secs);
-        db.drop_schema().await;
+        db.drop().await;
     }
     let f = Figure {
         name: "bulk_enqueue".into(),

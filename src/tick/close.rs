@@ -26,6 +26,9 @@ pub struct Facts {
     /// `max_tick_seconds`, when the tick ran into it.
     pub deadline_reached: Option<Duration>,
     pub lease_lost: bool,
+    /// Attempts this instance ran between its previous tick and this one, as new work woke it
+    /// (attempted, succeeded): in no tick's counts, so the note says them.
+    pub ran_between: (u32, u32),
 }
 
 impl Facts {
@@ -71,6 +74,11 @@ impl Facts {
         }
         if d.unstarted > 0 {
             notes.push(format!("{} claimed action(s) returned to PENDING unstarted", d.unstarted));
+        }
+        let (between, between_ok) = self.ran_between;
+        if between > 0 {
+            notes
+                .push(format!("{between} attempt(s) ran since the last tick as work arrived ({between_ok} succeeded)"));
         }
         if let Some(max) = self.deadline_reached {
             notes.push(format!("max_tick_seconds ({:.1}s) reached", max.as_secs_f64()));
@@ -162,6 +170,18 @@ mod tests {
             ]
         );
         assert!(!leader.needs_conserving_check(), "a leader that executes nothing leaves due work to the workers");
+        let between = Facts { ran_between: (3, 2), ..facts(0, ran(0, 0)) };
+        assert_eq!(
+            between.judge(&none, vec![]),
+            (
+                TickStatus::Idle,
+                vec![
+                    "nothing due".to_string(),
+                    "3 attempt(s) ran since the last tick as work arrived (2 succeeded)".into()
+                ]
+            ),
+            "what ran between ticks is in no tick's counts: the next one says it"
+        );
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct Engine {
     /// Why this engine's last tick failed, until one succeeds (liveness reads it: a tick that
     /// cannot write is not in the ledger).
     tick_fault: Arc<std::sync::Mutex<Option<crate::health::TickFault>>>,
+    /// What [`Engine::between_ticks`] ran since the last tick (attempted, succeeded), for that
+    /// tick's note.
+    ran_between: Arc<std::sync::Mutex<(u32, u32)>>,
 }
 
 impl Engine {
@@ -136,6 +139,7 @@ impl Engine {
             metrics,
             tick_gate: Arc::default(),
             tick_fault: Arc::default(),
+            ran_between: Arc::default(),
         }
     }
 
@@ -381,6 +385,7 @@ impl Engine {
             throttled_by,
             deadline_reached: (Instant::now() >= deadline).then_some(self.config.max_tick),
             lease_lost: lease.is_lost(),
+            ran_between: self.ran_between.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default(),
         })
     }
 
@@ -433,7 +438,12 @@ impl Engine {
             }
             return Drained::default();
         }
-        self.dispatcher.pick_up(until, epoch, lease, waiter, self.config.max_actions_per_tick, stop).await
+        let ran = self.dispatcher.pick_up(until, epoch, lease, waiter, self.config.max_actions_per_tick, stop).await;
+        if let Ok(mut g) = self.ran_between.lock() {
+            g.0 += ran.attempted;
+            g.1 += ran.succeeded;
+        }
+        ran
     }
 
     /// Keeps renewing the lease held at `epoch` until the returned guard is dropped (the daemon

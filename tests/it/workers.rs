@@ -564,7 +564,7 @@ async fn an_attempt_runs_in_the_mode_it_was_claimed_in_and_enforced_proof_holds(
     );
 }
 
-crate::backend_tests!(run_runs_an_enqueue_at_once_not_at_its_next_tick);
+crate::backend_tests!(run_runs_an_enqueue_at_once_not_at_its_next_tick, the_next_tick_notes_what_ran_between_ticks);
 
 /// `run` with a minute between ticks: what the CLI enqueues (another process: a `NOTIFY`, or
 /// the newest id on SQLite) runs within seconds, with no tick of its own.
@@ -597,4 +597,29 @@ async fn run_runs_an_enqueue_at_once_not_at_its_next_tick(db: &TestDb) {
         assert_eq!(logs.iter().map(|l| l.tick_id).collect::<Vec<_>>(), [None], "ran between ticks");
     }
     assert_eq!(db.store.ledger().recent_ticks(10).await.unwrap().len(), 1, "no tick ran them");
+}
+
+/// The tick after work ran between ticks says so in its note: what `ticks` shows accounts for
+/// every attempt of the leader.
+async fn the_next_tick_notes_what_ran_between_ticks(db: &TestDb) {
+    std::fs::write(db.dir.path().join("o.yaml"), "tick_interval_seconds: 2\n").unwrap();
+    let _procs = Procs(vec![spawn(db, &["run", "--no-http"])]);
+    let start = Instant::now();
+    while db.store.ledger().recent_ticks(10).await.unwrap().iter().all(|t| t.finished_at.is_none()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the first tick never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let args = ["--database-url", &db.url, "--config", "o.yaml", "enqueue", "NOOP", "--key", "between"];
+    let o = run(bin(db.dir.path()).args(args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start = Instant::now();
+    let note = loop {
+        let ticks = db.store.ledger().recent_ticks(10).await.unwrap();
+        if let Some(n) = ticks.iter().filter_map(|t| t.notes.clone()).find(|n| n.contains("since the last tick")) {
+            break n;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no tick noted it: {ticks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(note.contains("1 attempt(s) ran since the last tick as work arrived (1 succeeded)"), "{note}");
 }
