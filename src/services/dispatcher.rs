@@ -105,6 +105,16 @@ pub struct LeftIdle {
     pub unheld: i64,
 }
 
+/// Who a drain claims as, and under what: the lease's epoch, the tick (if any), the time after
+/// which it starts nothing.
+struct Shift<'a> {
+    worker: String,
+    epoch: i64,
+    tick_id: Option<i64>,
+    deadline: Instant,
+    lease: &'a Heartbeat,
+}
+
 /// The lease holder's executor: claims and runs within a tick's budget.
 #[derive(Clone, Debug)]
 pub struct Dispatcher {
@@ -158,6 +168,13 @@ impl Dispatcher {
     ) -> Result<Drained, StoreError> {
         let worker = self.registration.ensure().await?;
         let _alive = self.registration.keep_alive(self.heartbeat);
+        self.shift(&Shift { worker, epoch, tick_id, deadline, lease }, budget, limited).await
+    }
+
+    /// The claims and runs of [`Dispatcher::drain`] as `shift.worker`, registered already.
+    async fn shift(&self, shift: &Shift<'_>, budget: u32, limited: bool) -> Result<Drained, StoreError> {
+        let Shift { worker, epoch, tick_id, deadline, lease } = shift;
+        let (epoch, tick_id, deadline) = (*epoch, *tick_id, *deadline);
         let claimer = self.terms.claimer(worker.clone(), Some(epoch));
         let lost = lease.lost_flag();
         let mut out = Drained { remaining: budget, ..Drained::default() };
@@ -171,7 +188,7 @@ impl Dispatcher {
             // A short batch means nothing else was due; claiming again would only re-take what
             // this tick just failed and made due again, unless a limit cut the batch.
             let drained = (claimed.len() as u32) < want && !limited;
-            let scope = Scope { store: &self.store, worker: &worker, tick_id, deadline, lost: &lost };
+            let scope = Scope { store: &self.store, worker, tick_id, deadline, lost: &lost };
             let r = self.executor.dispatch(&scope, claimed).await;
             self.registration.count(r.succeeded, r.failed);
             out.attempted += r.attempted;
@@ -217,7 +234,18 @@ impl Dispatcher {
             if !woke || Instant::now() >= until {
                 continue;
             }
-            match self.drain(budget, until, None, epoch, lease, true).await {
+            // The daemon keeps the registration alive between ticks: a wake-up does not renew it
+            // (a durable write) unless it has none.
+            let worker = match self.registration.id() {
+                Some(id) => Ok(id),
+                None => self.registration.ensure().await,
+            };
+            let shift = worker.map(|worker| Shift { worker, epoch, tick_id: None, deadline: until, lease });
+            let ran = match shift {
+                Ok(shift) => self.shift(&shift, budget, true).await,
+                Err(e) => Err(e),
+            };
+            match ran {
                 Ok(d) => {
                     let failed = d.store_error.is_some();
                     total.add(d);
