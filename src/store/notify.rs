@@ -7,7 +7,8 @@
 //!   notifies no one);
 //! - without a listener (SQLite; PostgreSQL behind a transaction pooler): a look at the newest
 //!   action id every [`CHANGE_POLL`] found a new one (an enqueue by another process, such as
-//!   the CLI).
+//!   the CLI). On SQLite the look is a `stat` of the write-ahead log, and the id is read only
+//!   when the log changed: a commit by any process writes to it.
 //!
 //! A wake-up only shortens a wait; it is never needed for correctness: the claimer also claims
 //! again at its poll (`workers.poll_seconds`).
@@ -15,7 +16,8 @@
 //! Behind PgBouncer in transaction mode `LISTEN` does not hold (the session is not kept), so
 //! the listener fails or hears nothing, and the newest-id look stands in for it.
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use sea_orm::ConnectionTrait;
 use sea_orm::sqlx::postgres::PgListener;
@@ -64,6 +66,8 @@ pub struct WorkWaiter {
     listener: Option<WorkListener>,
     /// The newest action id seen, when no listener tells of enqueues.
     seen: i64,
+    /// SQLite: the write-ahead log, and its length and time of change when last seen.
+    wal: Option<(PathBuf, Option<(u64, Option<SystemTime>)>)>,
 }
 
 impl std::fmt::Debug for WorkWaiter {
@@ -98,6 +102,9 @@ impl WorkWaiter {
                 return false;
             }
             tokio::time::sleep(left.min(CHANGE_POLL)).await;
+            if !self.wal_changed() {
+                continue;
+            }
             // A failed look is a missed wake-up only: the poll claims anyway.
             if let Ok(newest) = self.store.actions().newest_id().await {
                 let new = newest > self.seen;
@@ -107,6 +114,18 @@ impl WorkWaiter {
                 }
             }
         }
+    }
+}
+
+impl WorkWaiter {
+    /// Whether the write-ahead log changed since the last look (true when there is none to
+    /// look at, or it cannot be read: the id is read then).
+    fn wal_changed(&mut self) -> bool {
+        let Some((path, last)) = &mut self.wal else { return true };
+        let now = std::fs::metadata(path).ok().map(|m| (m.len(), m.modified().ok()));
+        let changed = now.is_none() || *last != now;
+        *last = now;
+        changed
     }
 }
 
@@ -135,7 +154,18 @@ impl crate::store::handles::Notify<'_> {
             }
         };
         let seen = self.store.actions().newest_id().await.unwrap_or(0);
-        WorkWaiter { store: self.store.clone(), listener, seen }
+        let wal = match self.store.backend {
+            Backend::Sqlite => self.database_file().await.map(|f| (PathBuf::from(format!("{f}-wal")), None)),
+            Backend::Postgres => None,
+        };
+        WorkWaiter { store: self.store.clone(), listener, seen, wal }
+    }
+
+    /// SQLite: the main database's file, if it has one.
+    async fn database_file(self) -> Option<String> {
+        let sql = "SELECT file FROM pragma_database_list WHERE name = 'main'";
+        let row = self.store.db.query_one_raw(self.store.stmt(sql, [])).await.ok()??;
+        row.try_get::<String>("", "file").ok().filter(|f| !f.is_empty())
     }
 
     /// A subscription to work notifications (PostgreSQL), or `None` (SQLite).
