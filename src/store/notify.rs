@@ -66,9 +66,12 @@ pub struct WorkWaiter {
     listener: Option<WorkListener>,
     /// The newest action id seen, when no listener tells of enqueues.
     seen: i64,
-    /// SQLite: the write-ahead log, and its length and time of change when last seen.
-    wal: Option<(PathBuf, Option<(u64, Option<SystemTime>)>)>,
+    /// SQLite: the write-ahead log, and what it looked like last time.
+    wal: Option<(PathBuf, Option<WalLook>)>,
 }
+
+/// A write-ahead log's length and time of change.
+type WalLook = (u64, Option<SystemTime>);
 
 impl std::fmt::Debug for WorkWaiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
