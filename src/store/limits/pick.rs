@@ -372,10 +372,10 @@ impl Store {
         if per_key == 0 {
             return Ok((Vec::new(), None));
         }
-        if p.walk_tracked {
-            if let Some(found) = self.tracked_walk(txn, l, p, &full, want, per_key).await? {
-                return Ok(found);
-            }
+        if p.walk_tracked
+            && let Some(found) = self.tracked_walk(txn, l, p, &full, want, per_key).await?
+        {
+            return Ok(found);
         }
         let keys_wanted = want.saturating_add(1);
         let mut values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into()];
