@@ -11,6 +11,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, EntityTrait, Value};
 use super::super::entities::{self, actions};
 use super::super::{Backend, Context, Store, StoreError};
 use super::Op;
+use crate::limits::OVERFLOW_PARTITION;
 use crate::model::{self, Action};
 
 /// Who claims, and on what terms.
@@ -186,9 +187,12 @@ impl Store {
 
     /// Sets the partition key (`part_key`, `expr` computing it from the payload) of the waiting
     /// rows of `action_type` that have none, or of all of them with `all` (the type's
-    /// `partition_by` changed); how many were keyed. Not a status change, but a write to
-    /// `actions`, so it is here with the others: the limited claim calls it under the type's
-    /// gate.
+    /// `partition_by` changed), and with it whether the key counts in the overflow partition
+    /// (`part_overflow`: 1 unless the key is `''` or a value `limit_state` tracks); how many were
+    /// keyed. A row gets its key back to `NULL` each time it becomes waiting again (the
+    /// transitions into `PENDING` and `RETRY`), so it is keyed against the partitions tracked
+    /// then. Not a status change, but a write to `actions`, so it is here with the others: the
+    /// limited claim calls it under the type's gate.
     pub(in crate::store) async fn key_waiting_rows(
         &self,
         txn: &DatabaseTransaction,
@@ -199,14 +203,44 @@ impl Store {
         let which = if all { "" } else { " AND part_key IS NULL" };
         // The rows without a key are found through the index, not among all the type's.
         let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
+        // The gate row (partition `''`) is always there: `''` counts in its own partition.
+        let overflow = format!(
+            "CASE WHEN {expr} <> '{OVERFLOW_PARTITION}' AND EXISTS (SELECT 1 FROM limit_state s \
+             WHERE s.action_type = $1 AND s.part = {expr}) THEN 0 ELSE 1 END"
+        );
         let sql = format!(
-            "UPDATE actions{hint} SET part_key = {expr} WHERE action_type = $1 AND {}{which}",
+            "UPDATE actions{hint} SET part_key = {expr}, part_overflow = {overflow} WHERE action_type = $1 AND {}{which}",
             Op::Claim.status_in()
         );
         Ok(txn
             .execute_raw(self.stmt(&sql, [action_type.into()]))
             .await
             .doing("computing partition keys")?
+            .rows_affected())
+    }
+
+    /// The waiting rows of `action_type` keyed with a value of `values` (a JSON array) that a
+    /// claim has just started to track: they no longer count in the overflow partition.
+    pub(in crate::store) async fn mark_tracked_rows(
+        &self,
+        txn: &DatabaseTransaction,
+        action_type: &str,
+        values: &str,
+    ) -> Result<u64, StoreError> {
+        let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
+        let elems = match self.backend {
+            Backend::Sqlite => "(SELECT value FROM json_each($2))",
+            Backend::Postgres => "(SELECT json_array_elements_text($2::json))",
+        };
+        let sql = format!(
+            "UPDATE actions{hint} SET part_overflow = 0 WHERE action_type = $1 AND {} AND part_key IN {elems} \
+             AND part_overflow = 1",
+            Op::Claim.status_in()
+        );
+        Ok(txn
+            .execute_raw(self.stmt(&sql, [action_type.into(), values.into()]))
+            .await
+            .doing("marking tracked partition keys")?
             .rows_affected())
     }
 

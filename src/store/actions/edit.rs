@@ -19,7 +19,7 @@ use crate::model::{ActionStatus, LogLevel, NewLog};
 /// A deadline that has passed is dropped: someone asked for another run.
 const REQUEUE_SET: &str = "status = 'PENDING', attempts = 0, not_before = {now}, updated_at = {now}, \
      finished_at = NULL, claimed_epoch = NULL, claimed_at = NULL, claim_token = NULL, claimed_by = NULL, \
-     claim_deadline = NULL, claim_proof = NULL, \
+     claim_deadline = NULL, claim_proof = NULL, part_key = NULL, part_overflow = NULL, \
      expires_at = CASE WHEN expires_at <= {now} THEN NULL ELSE expires_at END";
 
 impl Store {
@@ -130,7 +130,7 @@ impl crate::store::handles::Actions<'_> {
                    claim_deadline = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_deadline END, \
                    claim_proof = CASE WHEN status IN ('DLQ', 'RUNNING') THEN NULL ELSE claim_proof END, \
                    expires_at = CASE WHEN status = 'DLQ' AND expires_at <= {now} THEN NULL ELSE expires_at END, \
-                   not_before = {now}, updated_at = {now}";
+                   not_before = {now}, updated_at = {now}, part_key = NULL, part_overflow = NULL";
         let log = format!("retry decided ({why}): due now (DLQ is requeued, RUNNING returned to RETRY)");
         let error = format!("running too long: returned by {why}");
         self.store.transition_one(auth, Op::RetryNow, id, set, vec![error.into()], &log).await

@@ -31,7 +31,7 @@ pub struct Rescued {
 const ABANDON_SET: &str = "status = CASE WHEN attempts >= max_attempts THEN 'DLQ' ELSE 'RETRY' END, \
      last_error = {error}, \
      finished_at = CASE WHEN attempts >= max_attempts THEN {now} ELSE NULL END, \
-     not_before = {now}, updated_at = {now}";
+     not_before = {now}, updated_at = {now}, part_key = NULL, part_overflow = NULL";
 
 /// The error a rescued attempt is left with.
 pub const RESCUED_ERROR: &str =

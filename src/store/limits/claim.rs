@@ -1,7 +1,7 @@
 //! The limited claim: one transaction that takes the gates and picks (`pick.rs`), claims
 //! exactly the rows picked through the state machine's claim statement, and records what they
-//! used: the window's starts, the day's budget, newly tracked partitions and the counters of
-//! work held back.
+//! used: the window's starts, the day's budget, newly tracked partitions (and their waiting
+//! rows marked out of the overflow) and the counters of work held back.
 //!
 //! It must not write `actions` itself (the claim of the ids is `actions/claim.rs`'s), nor judge
 //! a limit: it records what the pick counted.
@@ -54,6 +54,7 @@ impl Store {
         let per_key = starts_per_key(&refs, &pick.chosen, &claimed);
         let record = what_to_record(&refs, &pick.usage, &per_key, &pick.adding, token, pick.now);
         self.record_starts(&txn, &record, pick.now).await?;
+        self.mark_tracked(&txn, &pick.adding).await?;
         self.count_blocked(&txn, &held_back).await?;
         self.drop_old_starts(&txn, &refs, token, pick.now).await?;
         txn.commit().await.doing("committing a limited claim")?;
@@ -172,6 +173,22 @@ impl Store {
             let values: [Value; 5] =
                 [t.as_str().into(), part.as_str().into(), day.clone().into(), i(*used).into(), (*exhausted).into()];
             txn.execute_raw(self.stmt(sql, values)).await.doing("recording the budget")?;
+        }
+        Ok(())
+    }
+
+    /// The waiting rows of the partitions this claim started to track (`adding`) leave the
+    /// overflow: from now on the walk of the tracked rows (`ix_actions_due_tracked`) finds them.
+    pub(super) async fn mark_tracked(
+        &self,
+        txn: &DatabaseTransaction,
+        adding: &HashMap<String, HashSet<String>>,
+    ) -> Result<(), StoreError> {
+        for (t, values) in adding {
+            if !values.is_empty() {
+                let values: Vec<String> = values.iter().cloned().collect();
+                self.mark_tracked_rows(txn, t, &serde_json::Value::from(values).to_string()).await?;
+            }
         }
         Ok(())
     }

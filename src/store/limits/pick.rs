@@ -69,6 +69,9 @@ pub(super) struct Picking<'a> {
     adding: HashMap<String, HashSet<String>>,
     chosen: Vec<Chosen>,
     held_back: HashMap<String, LimitField>,
+    /// At the partition cap, walk the tracked partitions' rows in claim order
+    /// ([`Store::tracked_walk`]) before probing each tracked value (off in tests, to compare).
+    pub(super) walk_tracked: bool,
 }
 
 impl<'a> Picking<'a> {
@@ -104,6 +107,7 @@ impl<'a> Picking<'a> {
             adding: HashMap::new(),
             chosen: Vec::new(),
             held_back: HashMap::new(),
+            walk_tracked: true,
         }
     }
 
@@ -233,7 +237,17 @@ impl Store {
         let (now, keyed_for) = lock_gates(self, txn, refs).await?;
         self.key_partitions(txn, refs, &keyed_for).await?;
         let usage = super::usage::read_usage(self, txn, refs, now).await?;
-        let mut p = Picking::start(refs, usage, now, partitions_cap, n);
+        self.pick_passes(txn, claimer, Picking::start(refs, usage, now, partitions_cap, n)).await
+    }
+
+    /// Steps 5 to 8 from pick `p` as step 4 left it: the passes, until the batch is full or a
+    /// pass leaves nothing out.
+    pub(super) async fn pick_passes(
+        &self,
+        txn: &DatabaseTransaction,
+        claimer: &Claimer,
+        mut p: Picking<'_>,
+    ) -> Result<LimitedPick, StoreError> {
         let full_at_start = p.full();
         let mut due_types: Option<Vec<String>> = None;
         for _pass in 0..PICK_PASSES {
@@ -358,6 +372,11 @@ impl Store {
         if per_key == 0 {
             return Ok((Vec::new(), None));
         }
+        if p.walk_tracked
+            && let Some(found) = self.tracked_walk(txn, l, p, &full, want, per_key).await?
+        {
+            return Ok(found);
+        }
         let keys_wanted = want.saturating_add(1);
         let mut values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into()];
         let keys = self.keys_with_room(full, &mut values);
@@ -400,6 +419,87 @@ impl Store {
         }
         let bound = if firsts.len() >= keys_wanted { firsts.into_values().max() } else { None };
         Ok((rows, bound))
+    }
+
+    /// Step 5, by keys at the partition cap: the overflow is full and no value can be tracked,
+    /// so the keys that may take a row are the tracked values (and `''`) that are not full, and
+    /// their waiting rows are the type's rows marked out of the overflow (`part_overflow = 0`,
+    /// `ix_actions_due_tracked`). Those are walked in claim order, at most `2 × want + 8` of
+    /// them: the rows of full partitions are passed over, and each key gives at most `per_key`,
+    /// as the probes would. The candidates are complete up to the last row read (the bound)
+    /// when the walk stopped at its limit. `None` (the probes then) when the walk does not
+    /// apply: below the cap, with values tracked by this very claim (their rows are marked when
+    /// it records them), with few keys to probe, or when the walk met too many rows it could
+    /// not take to fill the batch.
+    async fn tracked_walk(
+        &self,
+        txn: &DatabaseTransaction,
+        l: &TypeLimit,
+        p: &Picking<'_>,
+        full: &FullParts,
+        want: usize,
+        per_key: usize,
+    ) -> Result<Option<(Vec<Candidate>, Option<Rank>)>, StoreError> {
+        let Some(known) = &full.overflow_known else { return Ok(None) };
+        if p.adding.get(&l.action_type).is_some_and(|a| !a.is_empty()) {
+            return Ok(None);
+        }
+        let mut with_room: HashSet<&str> = known.iter().map(String::as_str).collect();
+        with_room.insert("");
+        for v in &full.values {
+            with_room.remove(v.as_str());
+        }
+        if with_room.len() <= want {
+            return Ok(None);
+        }
+        let limit = want.saturating_mul(2).saturating_add(8);
+        let values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into(), i(limit as u64).into()];
+        let hint = match self.backend {
+            Backend::Sqlite => " INDEXED BY ix_actions_due_tracked",
+            Backend::Postgres => "",
+        };
+        let sql = format!(
+            "SELECT id, action_type, part_key AS part, CAST(priority AS BIGINT) AS prio, not_before \
+             FROM actions{hint} WHERE action_type = $1 AND part_overflow = 0 AND {}{} ORDER BY {} LIMIT $3",
+            super::super::due_sql("$2"),
+            chosen_sql(&p.chosen),
+            super::super::CLAIM_ORDER_SQL
+        );
+        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking tracked partitions")?;
+        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        let bound = if rows.len() >= limit { rows.last().map(Candidate::rank) } else { None };
+        let mut per: HashMap<String, usize> = HashMap::new();
+        let mut found = Vec::new();
+        for c in rows {
+            if !with_room.contains(c.part.as_str()) {
+                continue;
+            }
+            let n = per.entry(c.part.clone()).or_default();
+            if *n < per_key {
+                *n += 1;
+                found.push(c);
+            }
+        }
+        let before_bound = found.iter().filter(|c| bound.as_ref().is_none_or(|b| c.rank() < *b)).count();
+        if bound.is_some() && before_bound < want {
+            return Ok(None);
+        }
+        Ok(Some((found, bound)))
+    }
+
+    /// Whether [`Store::keyed_candidates`] of `l` takes the walk of the tracked rows now.
+    #[cfg(test)]
+    pub(super) async fn walks_tracked(
+        &self,
+        txn: &DatabaseTransaction,
+        l: &TypeLimit,
+        p: &Picking<'_>,
+        want: usize,
+    ) -> Result<bool, StoreError> {
+        let Some(full) = p.full_parts(l) else { return Ok(false) };
+        let fresh = l.effective.remaining(0, 0, 0).into_iter().flatten().min().unwrap_or(u64::MAX);
+        let per_key = usize::try_from(fresh).unwrap_or(usize::MAX).min(want);
+        Ok(self.tracked_walk(txn, l, p, &full, want, per_key).await?.is_some())
     }
 
     /// SQLite is told the partition key index; PostgreSQL's statistics are kept current for it

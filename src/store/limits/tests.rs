@@ -92,10 +92,32 @@ async fn started<'a>(
     refs: &'a [&'a TypeLimit],
     n: u64,
 ) -> (Picking<'a>, DateTime<Utc>) {
+    started_at_cap(store, txn, refs, n, 1000).await
+}
+
+/// The same, with at most `cap` partition values tracked per type.
+async fn started_at_cap<'a>(
+    store: &Store,
+    txn: &DatabaseTransaction,
+    refs: &'a [&'a TypeLimit],
+    n: u64,
+    cap: usize,
+) -> (Picking<'a>, DateTime<Utc>) {
     let (now, keyed_for) = lock_gates(store, txn, refs).await.unwrap();
     store.key_partitions(txn, refs, &keyed_for).await.unwrap();
     let usage = read_usage(store, txn, refs, now).await.unwrap();
-    (Picking::start(refs, usage, now, 1000, n), now)
+    (Picking::start(refs, usage, now, cap, n), now)
+}
+
+/// `(part_key, part_overflow)` of each row of `ids`, in that order.
+async fn keys_of<C: ConnectionTrait>(conn: &C, store: &Store, ids: &[i64]) -> Vec<(Option<String>, Option<i64>)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let sql = format!("SELECT part_key, CAST(part_overflow AS BIGINT) AS o FROM actions WHERE id = {id}");
+        let r = conn.query_one_raw(store.stmt(&sql, [])).await.unwrap().unwrap();
+        out.push((r.try_get("", "part_key").unwrap(), r.try_get("", "o").unwrap()));
+    }
+    out
 }
 
 async fn ints(txn: &DatabaseTransaction, store: &Store, sql: &str) -> Vec<i64> {
@@ -112,6 +134,9 @@ both_backends!(
     keyed_candidates_skip_a_full_partition,
     take_fills_each_partition_until_full,
     the_claim_records_starts_budget_blocked_and_tracked,
+    keys_say_which_rows_count_in_the_overflow,
+    a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_is_keyed_again,
+    at_the_cap_the_walk_of_tracked_rows_picks_what_the_probes_pick,
 );
 
 async fn lock_gates_creates_each_gate_and_reads_the_keyed_path(store: &Store) {
@@ -263,6 +288,105 @@ async fn the_claim_records_starts_budget_blocked_and_tracked(store: &Store) {
     store.drop_old_starts(&txn, &refs, 16, now + chrono::Duration::hours(2)).await.unwrap();
     assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM limit_starts").await, [0]);
     txn.rollback().await.unwrap();
+}
+
+async fn keys_say_which_rows_count_in_the_overflow(store: &Store) {
+    let l = limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
+    enqueue(store, &[("b", "x", 0)]).await;
+    let c = Claimer { limit_partitions: 1, ..claimer(store).await };
+    assert_eq!(store.actions().claim(&c, 1).await.unwrap().len(), 1, "x is tracked, the cap reached");
+    let ids = enqueue(store, &[("b", "x", 0), ("b", "y", 0), ("b", "", 0), ("b", OVERFLOW_PARTITION, 0)]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let txn = store.begin_write().await.unwrap();
+    assert_eq!(keys_of(&txn, store, &ids).await, vec![(None, None); 4], "not keyed before a claim");
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
+    let key = |k: &str, o: i64| (Some(k.to_string()), Some(o));
+    assert_eq!(
+        keys_of(&txn, store, &ids).await,
+        [key("x", 0), key("y", 1), key("", 0), key(OVERFLOW_PARTITION, 1)],
+        "a tracked value and the missing one count on their own, the rest in the overflow"
+    );
+    txn.rollback().await.unwrap();
+}
+
+async fn a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_is_keyed_again(store: &Store) {
+    limits(store, &[("b", "max_running=5 partition_by=payload.k")]).await;
+    let ids = enqueue(store, &[("b", "x", 9), ("b", "y", 5), ("b", "y", 5)]).await;
+    let one = Claimer { limit_partitions: 1, ..claimer(store).await };
+    let x = store.actions().claim(&one, 1).await.unwrap();
+    assert_eq!(x.iter().map(|c| c.action.id).collect::<Vec<_>>(), [ids[0]]);
+    let key = |k: &str, o: i64| (Some(k.to_string()), Some(o));
+    assert_eq!(keys_of(&store.db, store, &ids[1..]).await, [key("y", 1), key("y", 1)], "keyed before x was tracked");
+    // A claim that may track one more value tracks y: its waiting row leaves the overflow.
+    let two = Claimer { limit_partitions: 2, ..one.clone() };
+    let y = store.actions().claim(&two, 1).await.unwrap();
+    assert_eq!(y.iter().map(|c| c.action.id).collect::<Vec<_>>(), [ids[1]]);
+    assert_eq!(keys_of(&store.db, store, &ids[2..]).await, [key("y", 0)]);
+    // x comes back to PENDING: its key is computed again by the next claim.
+    let back = crate::store::Completion {
+        action_id: x[0].action.id,
+        token: x[0].token,
+        attempt: x[0].attempt,
+        outcome: crate::store::CompletionOutcome::Unstarted,
+        logs: Vec::new(),
+    };
+    store.actions().complete(None, &[back]).await.unwrap();
+    assert_eq!(keys_of(&store.db, store, &ids[..1]).await, [(None, None)]);
+}
+
+/// At the cap (the overflow full, no room to track another value), a pick that walks the
+/// tracked partitions' rows chooses exactly what the probe of each tracked value chooses.
+async fn at_the_cap_the_walk_of_tracked_rows_picks_what_the_probes_pick(store: &Store) {
+    let l = limits(store, &[("b", "max_running=2 partition_by=payload.k")]).await;
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let cap = 10;
+    // Ten tracked values; the untracked ones (the overflow) lead the queue.
+    let mut rows: Vec<(String, i32)> = (0..10).map(|i| (format!("v{i}"), 0)).collect();
+    for i in 0..90 {
+        let (k, prio) = match i % 9 {
+            0 | 4 => (format!("u{}", i % 7), 5),
+            3 => (String::new(), i % 3),
+            _ => (format!("v{}", (i * 7) % 10), i % 4),
+        };
+        rows.push((k, prio));
+    }
+    let rows: Vec<(&str, &str, i32)> = rows.iter().map(|(k, p)| ("b", k.as_str(), *p)).collect();
+    enqueue(store, &rows[..10]).await;
+    let c = Claimer { limit_partitions: cap, ..claimer(store).await };
+    let first = store.actions().claim(&c, 10).await.unwrap();
+    assert_eq!(first.len(), 10, "every tracked value's first row");
+    let done: Vec<crate::store::Completion> = first
+        .iter()
+        .map(|x| crate::store::Completion {
+            action_id: x.action.id,
+            token: x.token,
+            attempt: x.attempt,
+            outcome: crate::store::CompletionOutcome::Success,
+            logs: Vec::new(),
+        })
+        .collect();
+    store.actions().complete(None, &done).await.unwrap();
+    enqueue(store, &rows[10..]).await;
+    // The overflow's two slots and a few tracked partitions taken and held.
+    assert_eq!(store.actions().claim(&c, 8).await.unwrap().len(), 8);
+    for n in [1, 2, 4, 6, 9] {
+        let mut picks = Vec::new();
+        for walk in [true, false] {
+            let txn = store.begin_write().await.unwrap();
+            let (mut p, _) = started_at_cap(store, &txn, &refs, n, cap).await;
+            p.walk_tracked = walk;
+            if walk {
+                assert_eq!(p.keyed_types().len(), 1, "the overflow is full");
+                assert!(store.walks_tracked(&txn, refs[0], &p, n as usize).await.unwrap(), "a pick of {n} walks");
+            }
+            let pick = store.pick_passes(&txn, &c, p).await.unwrap();
+            picks.push((pick.chosen, pick.held_back));
+            txn.rollback().await.unwrap();
+        }
+        assert!(!picks[0].0.is_empty(), "a pick of {n}");
+        assert_eq!(picks[0], picks[1], "a pick of {n}: the walk, then the probes");
+    }
 }
 
 #[test]
