@@ -385,17 +385,6 @@ struct DrainRun {
     server_us: Option<f64>,
 }
 
-async fn drain_beside(
-    backend: &str,
-    pg: Option<&str>,
-    n: usize,
-    concurrency: u32,
-    shipped_rules: bool,
-    beside: &Beside,
-) -> anyhow::Result<f64> {
-    Ok(drain_run(backend, pg, n, concurrency, shipped_rules, beside).await?.rate)
-}
-
 /// NOOP actions drained per second; with `beside`'s limits and `SLOW` backlog, which must not
 /// slow the NOOP drain (the backlog is left as its limits leave it).
 async fn drain_run(
@@ -532,9 +521,9 @@ async fn limits(a: &Args) -> anyhow::Result<Vec<Figure>> {
         let n = if a.quick { 10_000 } else { 50_000 };
         let (mut bare, mut limited) = (Vec::new(), Vec::new());
         for _ in 0..a.runs {
-            bare.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &Beside::default()).await?);
+            bare.push(drain_run(backend, a.pg.as_deref(), n, 16, true, &Beside::default()).await?.rate);
             let beside = Beside { limits: THREE_LIMITS.to_vec(), slow_backlog: 0 };
-            limited.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside).await?);
+            limited.push(drain_run(backend, a.pg.as_deref(), n, 16, true, &beside).await?.rate);
         }
         push(figure_on(backend, "drain_default", format!("n={n},c=16"), "actions/s", bare));
         push(figure_on(backend, "drain_limited", format!("n={n},c=16"), "actions/s", limited));
@@ -542,8 +531,8 @@ async fn limits(a: &Args) -> anyhow::Result<Vec<Figure>> {
         let (mut alone, mut mixed) = (Vec::new(), Vec::new());
         for _ in 0..a.runs.min(3) {
             let beside = |slow_backlog| Beside { limits: vec![("SLOW", "rate=10/1h")], slow_backlog };
-            alone.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside(0)).await?);
-            mixed.push(drain_beside(backend, a.pg.as_deref(), n, 16, true, &beside(5_000)).await?);
+            alone.push(drain_run(backend, a.pg.as_deref(), n, 16, true, &beside(0)).await?.rate);
+            mixed.push(drain_run(backend, a.pg.as_deref(), n, 16, true, &beside(5_000)).await?.rate);
         }
         push(figure_on(backend, "mixed_alone", format!("n={n}"), "NOOP/s", alone));
         push(figure_on(backend, "mixed_queue", format!("n={n},slow=5000"), "NOOP/s", mixed));
