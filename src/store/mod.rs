@@ -314,6 +314,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// How soon an open that met a new SQLite file locked by another opener tries again.
+const OPEN_RETRY: Duration = Duration::from_millis(50);
+
 /// A connected, migrated database.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -477,10 +480,25 @@ async fn probe(backend: Backend, url: &str, target: &str) -> Result<(), StoreErr
 
 impl Store {
     /// Connects (creating a SQLite file if missing) and applies pending migrations.
+    ///
+    /// Two processes opening a new SQLite file at once (a worker and the leader started
+    /// together) race to switch it to WAL, which SQLite settles by answering one of them
+    /// "database is locked" at once, without its busy timeout: such an open is tried again,
+    /// every [`OPEN_RETRY`], for as long as the busy timeout.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
-        let store = Store::connect(url, options).await?;
-        store.migrate().await?;
-        Ok(store)
+        let started = std::time::Instant::now();
+        loop {
+            let opened = match Store::connect(url, options).await {
+                Ok(store) => store.migrate().await.map(|()| store),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Err(e) if e.storage_fault() == "database locked" && started.elapsed() < options.busy_timeout => {
+                    tokio::time::sleep(OPEN_RETRY).await;
+                }
+                opened => return opened,
+            }
+        }
     }
 
     /// Connects without migrating.

@@ -45,6 +45,28 @@ async fn concurrent_first_opens_migrate_once_on_postgres() {
     db.cleanup().await;
 }
 
+/// Two processes that open a new SQLite file at once (a worker and the leader started
+/// together) race to switch it to WAL; SQLite answers one of them "database is locked" at once.
+/// Every open must still succeed: 20 new files, four openers each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_opens_of_a_new_sqlite_file_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let url = format!("sqlite:{}", dir.path().join(format!("new{round}.db")).display());
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::open(&url, &StoreOptions::default()).await })
+            })
+            .collect();
+        for o in opens {
+            let store = o.await.unwrap().unwrap_or_else(|e| panic!("round {round}: an open failed: {e}"));
+            assert!(store.flags().get().await.unwrap().proof_mode);
+            store.close().await.unwrap();
+        }
+    }
+}
+
 #[test]
 fn an_unreachable_database_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
