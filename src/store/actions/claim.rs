@@ -177,12 +177,36 @@ impl Store {
         limits.retain(|l| claimer.serves(&l.action_type));
         let mut claimed = if limits.is_empty() {
             let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n));
-            claimed_rows(self, &self.db, token, sql, values).await?
+            match self.backend {
+                Backend::Postgres => {
+                    let txn = self.begin_write().await?;
+                    self.walk_due_in_order(&txn).await?;
+                    let rows = claimed_rows(self, &txn, token, sql, values).await?;
+                    txn.commit().await.doing("committing a claim")?;
+                    rows
+                }
+                Backend::Sqlite => claimed_rows(self, &self.db, token, sql, values).await?,
+            }
         } else {
             self.claim_limited(claimer, n, token, &limits, claimer.limit_partitions).await?
         };
         claimed.sort_by_key(|c| crate::store::claim_rank(c.action.priority.into(), c.action.not_before, c.action.id));
         Ok(claimed)
+    }
+
+    /// PostgreSQL: the statements that follow in `txn` walk the due indexes in claim order
+    /// instead of sorting the due set. The planner chooses between the two from its statistics,
+    /// and the due set can grow from nothing to millions of rows between two of autovacuum's
+    /// analyses: a plan made from the old ones sorts every due row on every claim (20 ms a claim
+    /// of 512 at 50k due, against 0.5 ms for the walk, and growing with the backlog).
+    /// Nothing on SQLite, whose planner takes the index for `ORDER BY … LIMIT`.
+    pub(in crate::store) async fn walk_due_in_order(&self, txn: &DatabaseTransaction) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            txn.execute_unprepared("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+                .await
+                .doing("choosing the claim's plan")?;
+        }
+        Ok(())
     }
 
     /// Sets the partition key (`part_key`, `expr` computing it from the payload) of the waiting
@@ -360,6 +384,7 @@ impl crate::store::handles::Actions<'_> {
         let mut limits = crate::store::limits::read_limits(self.store, &txn, self.store.now()).await?;
         limits.retain(|l| l.enforced() && claimer.serves(&l.action_type));
         let ids: Vec<i64> = if limits.is_empty() {
+            self.store.walk_due_in_order(&txn).await?;
             let mut values: Vec<Value> = vec![i64::try_from(n).unwrap_or(i64::MAX).into()];
             let mut bind = |v: Value| {
                 values.push(v);
