@@ -822,31 +822,37 @@ async fn drain_concurrency(a: &Args) -> anyhow::Result<Vec<Figure>> {
     Ok(out)
 }
 
+/// `bulk_enqueue`: `n` JSON Lines through `queue::enqueue_jsonl` (the CLI's `enqueue --file`
+/// path, keys derived), into a fresh database per run, on each backend.
 async fn bulk_enqueue(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let n = if a.quick { 20_000 } else { 100_000 };
     let lines: String = (0..n)
         .map(|i| format!("{{\"action_type\":\"POST_SOCIAL\",\"payload\":{{\"platform\":\"x\",\"content\":\"post {i}\",\"audience\":\"all\"}},\"priority\":{}}}\n", i % 10))
         .collect();
-    let mut rates = Vec::new();
-    for _ in 0..a.runs {
-        let db = Db::new("sqlite", None).await?;
-        let start = Instant::now();
-        let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
-        let secs = start.elapsed().as_secs_f64();
-        anyhow::ensure!(report.created == n as u64, "created {}", report.created);
-        rates.push(n as f64 / secs);
-        db.drop().await;
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        let mut rates = Vec::new();
+        for _ in 0..a.runs {
+            let db = Db::new(backend, a.pg.as_deref()).await?;
+            let start = Instant::now();
+            let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await?;
+            let secs = start.elapsed().as_secs_f64();
+            anyhow::ensure!(report.created == n as u64, "created {}", report.created);
+            rates.push(n as f64 / secs);
+            db.drop().await;
+        }
+        let f = Figure {
+            name: "bulk_enqueue".into(),
+            backend: backend.into(),
+            param: format!("n={n}"),
+            value: median(&mut rates.clone()),
+            unit: "actions/s",
+            runs: rates,
+        };
+        emit(&f);
+        out.push(f);
     }
-    let f = Figure {
-        name: "bulk_enqueue".into(),
-        backend: "sqlite".into(),
-        param: format!("n={n}"),
-        value: median(&mut rates.clone()),
-        unit: "actions/s",
-        runs: rates,
-    };
-    emit(&f);
-    Ok(vec![f])
+    Ok(out)
 }
 
 fn rss_kib(pid: u32) -> Option<f64> {
@@ -964,37 +970,13 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let n = if a.quick { 50 } else { 200 };
     let mut out = Vec::new();
     for backend in backends(a) {
-        let pg = match backend {
-            "postgres" => Some(PgDatabase::new(a.pg.as_deref().expect("a PostgreSQL URL")).await?),
-            _ => None,
-        };
-        let dir = tempfile::tempdir()?;
-        let (url, cwd) = match &pg {
-            Some(db) => (db.url.clone(), db.dir.path().to_path_buf()),
-            None => (format!("sqlite:{}", dir.path().join("pickup.db").display()), dir.path().to_path_buf()),
-        };
-        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-        std::fs::write(cwd.join("o.yaml"), format!("rules_dir: {}\n", rules.display()))?;
-        let store = Store::open(&url, &store_options()).await?;
-        let log = std::fs::File::create(cwd.join("run.log"))?;
-        let mut procs = Procs(vec![
-            Command::new(&bin)
-                .args(["--database-url", &url, "--config", "o.yaml", "run", "--no-http"])
-                .current_dir(&cwd)
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()?,
-        ]);
-        let pid = procs.0[0].id();
-        while store.ledger().recent_ticks(1).await?.is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), None).await?;
+        let (store, pid, pg) = (&daemon.store, daemon.pid, &daemon.pg);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = Duration::from_secs(if a.quick { 5 } else { 20 });
-        let (cpu0, tx0) = (cpu_seconds(pid), transactions(&pg).await?);
+        let (cpu0, tx0) = (cpu_seconds(pid), transactions(pg).await?);
         tokio::time::sleep(idle).await;
-        let (cpu1, tx1) = (cpu_seconds(pid), transactions(&pg).await?);
+        let (cpu1, tx1) = (cpu_seconds(pid), transactions(pg).await?);
         let mut figures =
             vec![("pickup_idle_cpu", "%", (cpu1.unwrap_or(0.0) - cpu0.unwrap_or(0.0)) * 100.0 / idle.as_secs_f64())];
         if let (Some(t0), Some(t1)) = (tx0, tx1) {
@@ -1012,7 +994,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 max_attempts: None,
                 expires_at: None,
             };
-            let id = queue::enqueue(&store, &req, 3).await?.id;
+            let id = queue::enqueue(store, &req, 3).await?.id;
             let start = Instant::now();
             let action = loop {
                 let action =
@@ -1027,7 +1009,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
             let finished = action.finished_at.expect("finished");
             ms.push((finished - action.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
-        procs.stop()?;
+        daemon.stop().await?;
         ms.sort_by(f64::total_cmp);
         figures.push(("pickup_p50", "ms", percentile(&ms, 0.50)));
         figures.push(("pickup_p99", "ms", percentile(&ms, 0.99)));
@@ -1044,12 +1026,177 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
             emit(&f);
             out.push(f);
         }
-        store.close().await.ok();
-        if let Some(db) = pg {
+    }
+    Ok(out)
+}
+
+/// The release binary's `run` in the default configuration (shipped rules, 5 s between ticks,
+/// HTTP off) on a fresh database, proof mode as given, stopped by `stop` (or killed if dropped).
+struct Daemon {
+    procs: Procs,
+    pid: u32,
+    store: Store,
+    pg: Option<PgDatabase>,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    async fn start(bin: &Path, backend: &str, pg_base: Option<&str>, proof: Option<bool>) -> anyhow::Result<Daemon> {
+        let pg = match backend {
+            "postgres" => Some(PgDatabase::new(pg_base.ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL"))?).await?),
+            _ => None,
+        };
+        let dir = tempfile::tempdir()?;
+        let (url, cwd) = match &pg {
+            Some(db) => (db.url.clone(), db.dir.path().to_path_buf()),
+            None => (format!("sqlite:{}", dir.path().join("daemon.db").display()), dir.path().to_path_buf()),
+        };
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        std::fs::write(cwd.join("o.yaml"), format!("rules_dir: {}\n", rules.display()))?;
+        let store = Store::open(&url, &store_options()).await?;
+        if let Some(proof) = proof {
+            store.flags().set_flags(FlagChange { proof_mode: Some(proof), ..Default::default() }).await?;
+        }
+        let log = std::fs::File::create(cwd.join("run.log"))?;
+        let procs = Procs(vec![
+            Command::new(bin)
+                .args(["--database-url", &url, "--config", "o.yaml", "run", "--no-http"])
+                .current_dir(&cwd)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()?,
+        ]);
+        let pid = procs.0[0].id();
+        let started = Instant::now();
+        while store.ledger().recent_ticks(1).await?.is_empty() {
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "`run` recorded no tick within 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Daemon { procs, pid, store, pg, _dir: dir })
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        self.procs.stop()?;
+        self.store.close().await.ok();
+        if let Some(db) = self.pg {
             db.drop_database().await;
+        }
+        Ok(())
+    }
+}
+
+/// `steady`: NOOP actions arrive at a fixed rate (2,000/s, then 5,000/s, for 60 s each; 10 s
+/// with `--quick`) at the release binary's `run` in the default configuration (shipped rules,
+/// the 5 s tick interval; proof mode off), enqueued by this process (another process, as the
+/// CLI or a service is) in a batch every 10 ms. Figures per rate: the rate offered and the rate
+/// done over the window, each action's enqueue-to-finish latency (p50, p99, max), the queue depth
+/// (open actions) sampled each second (its maximum, and the series), and the daemon's CPU.
+async fn steady(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    let bin = release_binary(a)?;
+    let window = Duration::from_secs(if a.quick { 10 } else { 60 });
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        for rate in [2_000u64, 5_000] {
+            let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), Some(false)).await?;
+            let run = steady_run(&daemon, rate, window).await;
+            daemon.stop().await?;
+            let run = run?;
+            let param = format!("{rate}/s,{}s", window.as_secs());
+            println!("steady_depth       {backend:<9} {param:<14} per second: {:?}", run.depth);
+            println!(
+                "{}",
+                serde_json::json!({"figure": "steady_depth_series", "backend": backend, "param": param, "unit": "actions", "series": run.depth})
+            );
+            for (name, unit, value) in [
+                ("steady_offered", "actions/s", run.offered),
+                ("steady_done", "actions/s", run.done),
+                ("steady_p50", "ms", percentile(&run.latency_ms, 0.50)),
+                ("steady_p99", "ms", percentile(&run.latency_ms, 0.99)),
+                ("steady_max", "ms", percentile(&run.latency_ms, 1.0)),
+                ("steady_depth_max", "actions", run.depth.iter().copied().fold(0.0, f64::max)),
+                ("steady_cpu", "%", run.cpu_percent),
+            ] {
+                let f = Figure {
+                    name: name.into(),
+                    backend: backend.into(),
+                    param: param.clone(),
+                    value,
+                    unit,
+                    runs: vec![value],
+                };
+                emit(&f);
+                out.push(f);
+            }
         }
     }
     Ok(out)
+}
+
+/// What one steady run measured.
+struct SteadyRun {
+    offered: f64,
+    /// Actions finished within the window, per second.
+    done: f64,
+    /// Every action's enqueue to finish, sorted.
+    latency_ms: Vec<f64>,
+    /// Open actions (waiting or running), once a second.
+    depth: Vec<f64>,
+    /// The daemon's CPU over the window, in % of a core.
+    cpu_percent: f64,
+}
+
+async fn steady_run(daemon: &Daemon, rate: u64, window: Duration) -> anyhow::Result<SteadyRun> {
+    let store = &daemon.store;
+    let mut sent = 0u64;
+    let mut depth = Vec::new();
+    let cpu0 = cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let mut every = tokio::time::interval(Duration::from_millis(10));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let mut next_sample = Duration::from_secs(1);
+    while start.elapsed() < window {
+        every.tick().await;
+        let due = (rate as f64 * start.elapsed().min(window).as_secs_f64()) as u64;
+        if due > sent {
+            let lines: String =
+                (sent..due).map(|i| format!("{{\"action_type\":\"NOOP\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+            let report = queue::enqueue_jsonl(store, lines.as_bytes(), 3).await?;
+            anyhow::ensure!(report.created == due - sent, "created {} of {}", report.created, due - sent);
+            sent = due;
+        }
+        if start.elapsed() >= next_sample {
+            depth.push(store.bench().open_actions().await?);
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let open_at_end = store.bench().open_actions().await?;
+    let finishing = Instant::now();
+    while store.bench().open_actions().await? > 0.0 {
+        anyhow::ensure!(finishing.elapsed() < Duration::from_secs(300), "the backlog did not drain within 300 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let filter = orchestrator::store::ActionFilter {
+        status: Some(ActionStatus::Success),
+        action_type: Some("NOOP".into()),
+        limit: sent + 1,
+    };
+    let done = store.actions().list_actions(&filter).await?;
+    anyhow::ensure!(done.len() as u64 == sent, "{} of {sent} NOOP succeeded", done.len());
+    let mut latency_ms: Vec<f64> = done
+        .iter()
+        .filter_map(|a| a.finished_at.map(|f| (f - a.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0))
+        .collect();
+    latency_ms.sort_by(f64::total_cmp);
+    Ok(SteadyRun {
+        offered: sent as f64 / elapsed,
+        done: (sent as f64 - open_at_end) / elapsed,
+        latency_ms,
+        depth,
+        cpu_percent: (cpu1 - cpu0) * 100.0 / elapsed,
+    })
 }
 
 /// PostgreSQL: the database's transaction count so far; `None` on SQLite.
@@ -1462,6 +1609,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(&a, "pickup") {
         all.extend(pickup(&a).await?);
+    }
+    if wanted(&a, "steady") {
+        all.extend(steady(&a).await?);
     }
     for (figure, file, title, x, y, log_x) in [
         (

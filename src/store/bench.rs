@@ -225,6 +225,13 @@ impl Bench<'_> {
         Ok((v[0], v[1]))
     }
 
+    /// Actions waiting or running now (read through the open-status index).
+    pub async fn open_actions(&self) -> Result<f64, StoreError> {
+        let sql =
+            "SELECT CAST(count(*) AS DOUBLE PRECISION) FROM actions WHERE status IN ('PENDING', 'RETRY', 'RUNNING')";
+        Ok(self.numbers(sql, 1).await?[0])
+    }
+
     /// PostgreSQL: transactions committed and rolled back in `database` so far, as the
     /// statistics have them (a backend reports at most once a second, an idle one within 10 s).
     pub async fn transactions(&self, database: &str) -> Result<f64, StoreError> {
