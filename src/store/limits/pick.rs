@@ -75,9 +75,12 @@ pub(super) struct Picking<'a> {
 }
 
 impl<'a> Picking<'a> {
-    /// Step 4: what each (type, partition) known to `usage` has left at `now` (every type's
-    /// `''`, and a partitioned type's overflow, among them), for a pick of up to `n` rows with
-    /// at most `cap` partition values tracked per type.
+    /// Step 4: what each (type, partition) with something in use in `usage` has left at `now`
+    /// (every type's `''`, and a partitioned type's overflow, among them), for a pick of up to
+    /// `n` rows with at most `cap` partition values tracked per type. A tracked value with
+    /// nothing in use has a fresh partition's room, computed when a row of it is taken; it is
+    /// listed here only when that room is none (then it is full from the start). At the cap
+    /// that leaves a thousand rooms uncomputed at every claim.
     pub(super) fn start(refs: &'a [&'a TypeLimit], usage: Usage, now: DateTime<Utc>, cap: usize, n: u64) -> Self {
         let today = day_of(now);
         let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
@@ -88,6 +91,10 @@ impl<'a> Picking<'a> {
             known.push((l.action_type.clone(), String::new()));
             if l.effective.partition_by.is_some() {
                 known.push((l.action_type.clone(), OVERFLOW_PARTITION.to_string()));
+                if l.effective.room(0, 0, 0).0 == 0 {
+                    let tracked = usage.tracked.get(&l.action_type).into_iter().flatten();
+                    known.extend(tracked.map(|p| (l.action_type.clone(), p.clone())));
+                }
             }
         }
         for key in known {
@@ -206,7 +213,8 @@ impl<'a> Picking<'a> {
 impl Picking<'_> {
     /// What (type, partition) has left now.
     pub(super) fn room(&self, (t, p): (&str, &str)) -> Option<(u64, Option<LimitField>)> {
-        self.left.get(&(t.to_string(), p.to_string())).copied()
+        let listed = self.left.get(&(t.to_string(), p.to_string())).copied();
+        listed.or_else(|| self.by_type.get(t).map(|l| self.usage.left(l, p, &self.today)))
     }
 
     pub(super) fn chosen(&self) -> &[Chosen] {
