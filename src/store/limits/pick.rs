@@ -334,8 +334,37 @@ impl Store {
             "SELECT id, action_type, {part_sql} AS part, CAST(priority AS BIGINT) AS prio, not_before \
              FROM actions WHERE {pick} ORDER BY {order} LIMIT {limit_at}{lock}"
         );
-        let found = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
-        found.iter().map(Candidate::read).collect()
+        self.candidates(txn, &sql, values, "picking limited work").await
+    }
+
+    /// The candidates that `sql` selects (`id, action_type, part, prio, not_before`), in claim
+    /// order. SQLite's driver hands rows over one at a time, about 3 µs each, three times what
+    /// SQLite takes to find them (130 rows of the walk of the tracked partitions: 0.55 ms
+    /// against 0.14): there they come as one JSON array, in claim order, unless a `not_before`
+    /// is not RFC 3339 text (then as rows, which the driver reads in every form it takes).
+    async fn candidates(
+        &self,
+        txn: &DatabaseTransaction,
+        sql: &str,
+        values: Vec<Value>,
+        doing: &'static str,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            let packed = format!(
+                "SELECT json_group_array(json_array(id, action_type, part, prio, not_before) \
+                 ORDER BY prio DESC, not_before, id) AS rows FROM ({sql})"
+            );
+            let row = txn.query_one_raw(self.stmt(&packed, values.clone())).await.doing(doing)?;
+            let text = match row {
+                Some(r) => r.try_get::<Option<String>>("", "rows").doing(doing)?,
+                None => None,
+            };
+            if let Some(found) = Candidate::unpack(text.as_deref().unwrap_or("[]")) {
+                return Ok(found);
+            }
+        }
+        let rows = txn.query_all_raw(self.stmt(sql, values)).await.doing(doing)?;
+        rows.iter().map(Candidate::read).collect()
     }
 
     /// The types with claimable rows, up to one more than [`PER_TYPE_PICK_MAX`]: a skip scan of
@@ -414,8 +443,7 @@ impl Store {
                    (SELECT id FROM actions{by_key} WHERE part_key = k.x AND {due} {order} LIMIT {per_key})"
             ),
         };
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking partitioned work")?;
-        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        let rows = self.candidates(txn, &sql, values, "picking partitioned work").await?;
         // Each key's first row; with more keys than `want`, the first row of the last one bounds
         // what is complete.
         let mut firsts: HashMap<&str, Rank> = HashMap::new();
@@ -473,8 +501,7 @@ impl Store {
             chosen_sql(&p.chosen),
             super::super::CLAIM_ORDER_SQL
         );
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking tracked partitions")?;
-        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        let rows = self.candidates(txn, &sql, values, "picking tracked partitions").await?;
         let bound = if rows.len() >= limit { rows.last().map(Candidate::rank) } else { None };
         let mut per: HashMap<String, usize> = HashMap::new();
         let mut found = Vec::new();
@@ -726,6 +753,18 @@ impl Candidate {
             priority: r.try_get("", "prio").doing(doing)?,
             not_before: r.try_get("", "not_before").doing(doing)?,
         })
+    }
+
+    /// The candidates of a JSON array of `[id, action_type, part, prio, not_before]`; `None`
+    /// when it does not read so (a `not_before` that is not RFC 3339 text among them).
+    fn unpack(text: &str) -> Option<Vec<Candidate>> {
+        let rows: Vec<(i64, String, Option<String>, i64, String)> = serde_json::from_str(text).ok()?;
+        rows.into_iter()
+            .map(|(id, action_type, part, priority, not_before)| {
+                let not_before = DateTime::parse_from_rfc3339(&not_before).ok()?.with_timezone(&Utc);
+                Some(Candidate { id, action_type, part: part.unwrap_or_default(), priority, not_before })
+            })
+            .collect()
     }
 
     /// Its place in the claim order.
