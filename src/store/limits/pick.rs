@@ -757,7 +757,7 @@ impl Candidate {
 
     /// The candidates of a JSON array of `[id, action_type, part, prio, not_before]`; `None`
     /// when it does not read so (a `not_before` that is not RFC 3339 text among them).
-    fn unpack(text: &str) -> Option<Vec<Candidate>> {
+    pub(super) fn unpack(text: &str) -> Option<Vec<Candidate>> {
         let rows: Vec<(i64, String, Option<String>, i64, String)> = serde_json::from_str(text).ok()?;
         rows.into_iter()
             .map(|(id, action_type, part, priority, not_before)| {

@@ -418,3 +418,32 @@ fn merge_defers_keyed_rows_past_the_walk_and_rows_past_the_bound() {
     let (rows, deferred) = merge(vec![row(1, 9), row(2, 5)], true, vec![row(3, 7), row(4, 1)], bound);
     assert_eq!((ids(&rows), deferred), (vec![1, 3], true));
 }
+
+#[test]
+fn packed_candidates_read_as_rows_or_not_at_all() {
+    let text = r#"[[7,"t","x",5,"2026-12-04T13:40:58.123456+00:00"],[8,"t",null,0,"2026-12-04T13:40:59Z"]]"#;
+    let found = Candidate::unpack(text).unwrap();
+    let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    assert_eq!(
+        found,
+        [
+            Candidate {
+                id: 7,
+                action_type: "t".into(),
+                part: "x".into(),
+                priority: 5,
+                not_before: t("2026-12-04T13:40:58.123456Z")
+            },
+            Candidate {
+                id: 8,
+                action_type: "t".into(),
+                part: String::new(),
+                priority: 0,
+                not_before: t("2026-12-04T13:40:59Z")
+            },
+        ]
+    );
+    assert_eq!(Candidate::unpack("[]"), Some(Vec::new()));
+    // A `not_before` in another form the driver reads: the rows are read as rows instead.
+    assert_eq!(Candidate::unpack(r#"[[7,"t","x",5,"2026-12-04 13:40:58"]]"#), None);
+}
