@@ -210,13 +210,15 @@ impl Store {
     }
 
     /// Sets the partition key (`part_key`, `expr` computing it from the payload) of the waiting
-    /// rows of `action_type` that have none, or of all of them with `all` (the type's
-    /// `partition_by` changed), and with it whether the key counts in the overflow partition
-    /// (`part_overflow`: 1 unless the key is `''` or a value `limit_state` tracks); how many were
-    /// keyed. A row gets its key back to `NULL` each time it becomes waiting again (the
-    /// transitions into `PENDING` and `RETRY`), so it is keyed against the partitions tracked
-    /// then. Not a status change, but a write to `actions`, so it is here with the others: the
-    /// limited claim calls it under the type's gate.
+    /// rows of `action_type` that have none, or with `all` (the type's `partition_by` changed)
+    /// of all its waiting and running rows, and with it whether the key counts in the overflow
+    /// partition (`part_overflow`: 1 unless the key is `''` or a value `limit_state` tracks);
+    /// how many were keyed. A running row keeps its key and mark, kept true by this and by
+    /// [`Store::mark_tracked_rows`], and takes them back with it when a completion returns it
+    /// to waiting (`RETRY`, an unstart); the other ways back (a rescue, a requeue) set them to
+    /// `NULL`, and the next claim keys the row against the partitions tracked then. Not a
+    /// status change, but a write to `actions`, so it is here with the others: the limited
+    /// claim calls it under the type's gate.
     pub(in crate::store) async fn key_waiting_rows(
         &self,
         txn: &DatabaseTransaction,
@@ -224,18 +226,28 @@ impl Store {
         expr: &str,
         all: bool,
     ) -> Result<u64, StoreError> {
-        let which = if all { "" } else { " AND part_key IS NULL" };
-        // The rows without a key are found through the index, not among all the type's.
+        // The rows without a key are found through the index, not among all the type's. A new
+        // path keys every row that can come back to waiting, waiting or running, in one
+        // statement: on PostgreSQL a row that a completion returns meanwhile is found in either
+        // state and keyed all the same.
         let hint = if self.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
+        let waiting = format!("action_type = $1 AND {}", Op::Claim.status_in());
+        let which = if all {
+            format!(
+                "id IN (SELECT id FROM actions{hint} WHERE {waiting} \
+                 UNION ALL SELECT id FROM actions WHERE status = 'RUNNING' AND action_type = $1) \
+                 AND status IN ('PENDING', 'RETRY', 'RUNNING')"
+            )
+        } else {
+            format!("{waiting} AND part_key IS NULL")
+        };
+        let hint = if all { "" } else { hint };
         // The gate row (partition `''`) is always there: `''` counts in its own partition.
         let overflow = format!(
             "CASE WHEN {expr} <> '{OVERFLOW_PARTITION}' AND EXISTS (SELECT 1 FROM limit_state s \
              WHERE s.action_type = $1 AND s.part = {expr}) THEN 0 ELSE 1 END"
         );
-        let sql = format!(
-            "UPDATE actions{hint} SET part_key = {expr}, part_overflow = {overflow} WHERE action_type = $1 AND {}{which}",
-            Op::Claim.status_in()
-        );
+        let sql = format!("UPDATE actions{hint} SET part_key = {expr}, part_overflow = {overflow} WHERE {which}");
         Ok(txn
             .execute_raw(self.stmt(&sql, [action_type.into()]))
             .await
@@ -243,8 +255,9 @@ impl Store {
             .rows_affected())
     }
 
-    /// The waiting rows of `action_type` keyed with a value of `values` (a JSON array) that a
-    /// claim has just started to track: they no longer count in the overflow partition.
+    /// The waiting and running rows of `action_type` keyed with a value of `values` (a JSON
+    /// array) that a claim has just started to track: they no longer count in the overflow
+    /// partition (a running row keeps its mark for when it comes back to waiting).
     pub(in crate::store) async fn mark_tracked_rows(
         &self,
         txn: &DatabaseTransaction,
@@ -256,9 +269,15 @@ impl Store {
             Backend::Sqlite => "(SELECT value FROM json_each($2))",
             Backend::Postgres => "(SELECT json_array_elements_text($2::json))",
         };
+        // One statement over both (the waiting ones through `ix_actions_due_part`, the running
+        // ones among the type's running rows): on PostgreSQL a row that a completion returns to
+        // waiting meanwhile is found in either state and marked all the same.
+        let marked = "action_type = $1 AND part_key IN {elems} AND part_overflow = 1".replace("{elems}", elems);
         let sql = format!(
-            "UPDATE actions{hint} SET part_overflow = 0 WHERE action_type = $1 AND {} AND part_key IN {elems} \
-             AND part_overflow = 1",
+            "UPDATE actions SET part_overflow = 0 WHERE id IN \
+             (SELECT id FROM actions{hint} WHERE {} AND {marked} \
+              UNION ALL SELECT id FROM actions WHERE status = 'RUNNING' AND {marked}) \
+             AND status IN ('PENDING', 'RETRY', 'RUNNING') AND part_overflow = 1",
             Op::Claim.status_in()
         );
         Ok(txn

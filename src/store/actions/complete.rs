@@ -91,7 +91,9 @@ impl Store {
                claimed_by = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claimed_by END, \
                claim_deadline = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claim_deadline END, \
                claim_proof = CASE WHEN v.unstart = 1 THEN NULL ELSE actions.claim_proof END, \
-               updated_at = $2, part_key = NULL, part_overflow = NULL, \
+               updated_at = $2, \
+               part_key = CASE WHEN v.status IN ('PENDING', 'RETRY') THEN actions.part_key END, \
+               part_overflow = CASE WHEN v.status IN ('PENDING', 'RETRY') THEN actions.part_overflow END, \
                finished_at = CASE WHEN v.status IN ('SUCCESS', 'DLQ') THEN $2 ELSE actions.finished_at END \
              FROM v \
              WHERE actions.id = v.id AND actions.status = 'RUNNING' AND actions.claim_token = v.token \

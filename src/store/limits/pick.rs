@@ -75,9 +75,12 @@ pub(super) struct Picking<'a> {
 }
 
 impl<'a> Picking<'a> {
-    /// Step 4: what each (type, partition) known to `usage` has left at `now` (every type's
-    /// `''`, and a partitioned type's overflow, among them), for a pick of up to `n` rows with
-    /// at most `cap` partition values tracked per type.
+    /// Step 4: what each (type, partition) with something in use in `usage` has left at `now`
+    /// (every type's `''`, and a partitioned type's overflow, among them), for a pick of up to
+    /// `n` rows with at most `cap` partition values tracked per type. A tracked value with
+    /// nothing in use has a fresh partition's room, computed when a row of it is taken; it is
+    /// listed here only when that room is none (then it is full from the start). At the cap
+    /// that leaves a thousand rooms uncomputed at every claim.
     pub(super) fn start(refs: &'a [&'a TypeLimit], usage: Usage, now: DateTime<Utc>, cap: usize, n: u64) -> Self {
         let today = day_of(now);
         let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
@@ -88,6 +91,10 @@ impl<'a> Picking<'a> {
             known.push((l.action_type.clone(), String::new()));
             if l.effective.partition_by.is_some() {
                 known.push((l.action_type.clone(), OVERFLOW_PARTITION.to_string()));
+                if l.effective.room(0, 0, 0).0 == 0 {
+                    let tracked = usage.tracked.get(&l.action_type).into_iter().flatten();
+                    known.extend(tracked.map(|p| (l.action_type.clone(), p.clone())));
+                }
             }
         }
         for key in known {
@@ -206,7 +213,8 @@ impl<'a> Picking<'a> {
 impl Picking<'_> {
     /// What (type, partition) has left now.
     pub(super) fn room(&self, (t, p): (&str, &str)) -> Option<(u64, Option<LimitField>)> {
-        self.left.get(&(t.to_string(), p.to_string())).copied()
+        let listed = self.left.get(&(t.to_string(), p.to_string())).copied();
+        listed.or_else(|| self.by_type.get(t).map(|l| self.usage.left(l, p, &self.today)))
     }
 
     pub(super) fn chosen(&self) -> &[Chosen] {
@@ -326,8 +334,37 @@ impl Store {
             "SELECT id, action_type, {part_sql} AS part, CAST(priority AS BIGINT) AS prio, not_before \
              FROM actions WHERE {pick} ORDER BY {order} LIMIT {limit_at}{lock}"
         );
-        let found = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking limited work")?;
-        found.iter().map(Candidate::read).collect()
+        self.candidates(txn, &sql, values, "picking limited work").await
+    }
+
+    /// The candidates that `sql` selects (`id, action_type, part, prio, not_before`), in claim
+    /// order. SQLite's driver hands rows over one at a time, about 3 µs each, three times what
+    /// SQLite takes to find them (130 rows of the walk of the tracked partitions: 0.55 ms
+    /// against 0.14): there they come as one JSON array, in claim order, unless a `not_before`
+    /// is not RFC 3339 text (then as rows, which the driver reads in every form it takes).
+    async fn candidates(
+        &self,
+        txn: &DatabaseTransaction,
+        sql: &str,
+        values: Vec<Value>,
+        doing: &'static str,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            let packed = format!(
+                "SELECT json_group_array(json_array(id, action_type, part, prio, not_before) \
+                 ORDER BY prio DESC, not_before, id) AS rows FROM ({sql})"
+            );
+            let row = txn.query_one_raw(self.stmt(&packed, values.clone())).await.doing(doing)?;
+            let text = match row {
+                Some(r) => r.try_get::<Option<String>>("", "rows").doing(doing)?,
+                None => None,
+            };
+            if let Some(found) = Candidate::unpack(text.as_deref().unwrap_or("[]")) {
+                return Ok(found);
+            }
+        }
+        let rows = txn.query_all_raw(self.stmt(sql, values)).await.doing(doing)?;
+        rows.iter().map(Candidate::read).collect()
     }
 
     /// The types with claimable rows, up to one more than [`PER_TYPE_PICK_MAX`]: a skip scan of
@@ -406,8 +443,7 @@ impl Store {
                    (SELECT id FROM actions{by_key} WHERE part_key = k.x AND {due} {order} LIMIT {per_key})"
             ),
         };
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking partitioned work")?;
-        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        let rows = self.candidates(txn, &sql, values, "picking partitioned work").await?;
         // Each key's first row; with more keys than `want`, the first row of the last one bounds
         // what is complete.
         let mut firsts: HashMap<&str, Rank> = HashMap::new();
@@ -465,8 +501,7 @@ impl Store {
             chosen_sql(&p.chosen),
             super::super::CLAIM_ORDER_SQL
         );
-        let rows = txn.query_all_raw(self.stmt(&sql, values)).await.doing("picking tracked partitions")?;
-        let rows: Vec<Candidate> = rows.iter().map(Candidate::read).collect::<Result<_, _>>()?;
+        let rows = self.candidates(txn, &sql, values, "picking tracked partitions").await?;
         let bound = if rows.len() >= limit { rows.last().map(Candidate::rank) } else { None };
         let mut per: HashMap<String, usize> = HashMap::new();
         let mut found = Vec::new();
@@ -718,6 +753,18 @@ impl Candidate {
             priority: r.try_get("", "prio").doing(doing)?,
             not_before: r.try_get("", "not_before").doing(doing)?,
         })
+    }
+
+    /// The candidates of a JSON array of `[id, action_type, part, prio, not_before]`; `None`
+    /// when it does not read so (a `not_before` that is not RFC 3339 text among them).
+    pub(super) fn unpack(text: &str) -> Option<Vec<Candidate>> {
+        let rows: Vec<(i64, String, Option<String>, i64, String)> = serde_json::from_str(text).ok()?;
+        rows.into_iter()
+            .map(|(id, action_type, part, priority, not_before)| {
+                let not_before = DateTime::parse_from_rfc3339(&not_before).ok()?.with_timezone(&Utc);
+                Some(Candidate { id, action_type, part: part.unwrap_or_default(), priority, not_before })
+            })
+            .collect()
     }
 
     /// Its place in the claim order.

@@ -135,7 +135,7 @@ both_backends!(
     take_fills_each_partition_until_full,
     the_claim_records_starts_budget_blocked_and_tracked,
     keys_say_which_rows_count_in_the_overflow,
-    a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_is_keyed_again,
+    a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_keeps_its_mark,
     at_the_cap_the_walk_of_tracked_rows_picks_what_the_probes_pick,
 );
 
@@ -310,29 +310,36 @@ async fn keys_say_which_rows_count_in_the_overflow(store: &Store) {
     txn.rollback().await.unwrap();
 }
 
-async fn a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_is_keyed_again(store: &Store) {
+async fn a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_keeps_its_mark(store: &Store) {
     limits(store, &[("b", "max_running=5 partition_by=payload.k")]).await;
-    let ids = enqueue(store, &[("b", "x", 9), ("b", "y", 5), ("b", "y", 5)]).await;
-    let one = Claimer { limit_partitions: 1, ..claimer(store).await };
-    let x = store.actions().claim(&one, 1).await.unwrap();
-    assert_eq!(x.iter().map(|c| c.action.id).collect::<Vec<_>>(), [ids[0]]);
+    let ids = enqueue(store, &[("b", "x", 9), ("b", "y", 5), ("b", "y", 5), ("b", "y", 5)]).await;
+    let of = |c: &[crate::store::Claimed]| c.iter().map(|c| c.action.id).collect::<Vec<_>>();
     let key = |k: &str, o: i64| (Some(k.to_string()), Some(o));
-    assert_eq!(keys_of(&store.db, store, &ids[1..]).await, [key("y", 1), key("y", 1)], "keyed before x was tracked");
-    // A claim that may track one more value tracks y: its waiting row leaves the overflow.
+    // x is tracked (the cap is one value), the first y counts in the overflow; x's row, keyed
+    // before x was tracked, is marked while it runs.
+    let one = Claimer { limit_partitions: 1, ..claimer(store).await };
+    let first = store.actions().claim(&one, 2).await.unwrap();
+    assert_eq!(of(&first), [ids[0], ids[1]]);
+    assert_eq!(keys_of(&store.db, store, &ids).await, [key("x", 0), key("y", 1), key("y", 1), key("y", 1)]);
+    // A claim that may track one more value tracks y: its rows leave the overflow, the waiting
+    // one and the running ones alike.
     let two = Claimer { limit_partitions: 2, ..one.clone() };
-    let y = store.actions().claim(&two, 1).await.unwrap();
-    assert_eq!(y.iter().map(|c| c.action.id).collect::<Vec<_>>(), [ids[1]]);
-    assert_eq!(keys_of(&store.db, store, &ids[2..]).await, [key("y", 0)]);
-    // x comes back to PENDING: its key is computed again by the next claim.
-    let back = crate::store::Completion {
-        action_id: x[0].action.id,
-        token: x[0].token,
-        attempt: x[0].attempt,
-        outcome: crate::store::CompletionOutcome::Unstarted,
-        logs: Vec::new(),
-    };
-    store.actions().complete(None, &[back]).await.unwrap();
-    assert_eq!(keys_of(&store.db, store, &ids[..1]).await, [(None, None)]);
+    assert_eq!(of(&store.actions().claim(&two, 1).await.unwrap()), [ids[2]]);
+    assert_eq!(keys_of(&store.db, store, &ids[1..]).await, [key("y", 0), key("y", 0), key("y", 0)]);
+    // x and the first y come back to PENDING with their keys and marks: no claim computes them
+    // again.
+    let back: Vec<crate::store::Completion> = first
+        .iter()
+        .map(|c| crate::store::Completion {
+            action_id: c.action.id,
+            token: c.token,
+            attempt: c.attempt,
+            outcome: crate::store::CompletionOutcome::Unstarted,
+            logs: Vec::new(),
+        })
+        .collect();
+    store.actions().complete(None, &back).await.unwrap();
+    assert_eq!(keys_of(&store.db, store, &ids[..2]).await, [key("x", 0), key("y", 0)]);
 }
 
 /// At the cap (the overflow full, no room to track another value), a pick that walks the
@@ -410,4 +417,33 @@ fn merge_defers_keyed_rows_past_the_walk_and_rows_past_the_bound() {
     let bound = Some(row(0, 6).rank());
     let (rows, deferred) = merge(vec![row(1, 9), row(2, 5)], true, vec![row(3, 7), row(4, 1)], bound);
     assert_eq!((ids(&rows), deferred), (vec![1, 3], true));
+}
+
+#[test]
+fn packed_candidates_read_as_rows_or_not_at_all() {
+    let text = r#"[[7,"t","x",5,"2026-12-04T13:40:58.123456+00:00"],[8,"t",null,0,"2026-12-04T13:40:59Z"]]"#;
+    let found = Candidate::unpack(text).unwrap();
+    let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+    assert_eq!(
+        found,
+        [
+            Candidate {
+                id: 7,
+                action_type: "t".into(),
+                part: "x".into(),
+                priority: 5,
+                not_before: t("2026-12-04T13:40:58.123456Z")
+            },
+            Candidate {
+                id: 8,
+                action_type: "t".into(),
+                part: String::new(),
+                priority: 0,
+                not_before: t("2026-12-04T13:40:59Z")
+            },
+        ]
+    );
+    assert_eq!(Candidate::unpack("[]"), Some(Vec::new()));
+    // A `not_before` in another form the driver reads: the rows are read as rows instead.
+    assert_eq!(Candidate::unpack(r#"[[7,"t","x",5,"2026-12-04 13:40:58"]]"#), None);
 }

@@ -28,7 +28,8 @@ pub(super) struct Usage {
     pub(super) used: HashMap<(String, String), Used>,
     /// Per partitioned type: the tracked partition values.
     pub(super) tracked: HashMap<String, HashSet<String>>,
-    /// Per (type, partition) with a `limit_state` row: its budget and blocked counters.
+    /// Per (type, partition) whose `limit_state` row holds something (a budget, a counter):
+    /// its budget and blocked counters. A row without one holds nothing.
     pub(super) state: HashMap<(String, String), StateRow>,
 }
 
@@ -283,9 +284,10 @@ pub(super) async fn read_usage<C: ConnectionTrait>(
     let by_type: HashMap<&str, &TypeLimit> = refs.iter().map(|l| (l.action_type.as_str(), *l)).collect();
     let types = in_list(refs)?;
     // One statement, four parts (`k`): the state rows that hold something (budgets, counters),
-    // per type the other rows' partitions as one JSON array (tracked partitions with nothing
-    // else: at the cap, a thousand of them, read at every claim), the running attempts by
-    // partition value, and the starts in each rated type's window.
+    // per type every row's partition as one JSON array (the tracked partitions: at the cap, a
+    // thousand of them, read at every claim, from the primary key alone), the running attempts
+    // by partition value, and the starts in each rated type's window. A row with nothing in it
+    // is only a tracked value: it gets no `StateRow` (its room is a fresh partition's).
     let held = "(budget_day IS NOT NULL OR budget_used <> 0 OR budget_exhausted_at IS NOT NULL \
                 OR blocked_running <> 0 OR blocked_rate <> 0 OR blocked_budget <> 0)";
     let parts = match store.backend {
@@ -297,7 +299,7 @@ pub(super) async fn read_usage<C: ConnectionTrait>(
            blocked_running, blocked_rate, blocked_budget FROM limit_state WHERE action_type IN ({types}) AND {held} \
          UNION ALL \
          SELECT 'p', action_type, {parts}, 0, NULL, 0, NULL, 0, 0, 0 FROM limit_state \
-           WHERE action_type IN ({types}) AND NOT {held} GROUP BY action_type \
+           WHERE action_type IN ({types}) GROUP BY action_type \
          UNION ALL \
          SELECT 'r', action_type, part, COUNT(*), NULL, 0, NULL, 0, 0, 0 FROM (SELECT action_type, {} AS part \
            FROM actions WHERE status = 'RUNNING' AND action_type IN ({types})) r GROUP BY action_type, part",
@@ -326,11 +328,9 @@ pub(super) async fn read_usage<C: ConnectionTrait>(
             "p" => {
                 let parts: Vec<String> = serde_json::from_str(&p)
                     .map_err(|e| StoreError::Internal(format!("reading the tracked partitions of {t}: {e}")))?;
-                for p in parts {
-                    if partitioned && !p.is_empty() && p != OVERFLOW_PARTITION {
-                        usage.tracked.entry(t.clone()).or_default().insert(p.clone());
-                    }
-                    usage.state.insert((t.clone(), p), StateRow::default());
+                if partitioned {
+                    let tracked = usage.tracked.entry(t).or_default();
+                    tracked.extend(parts.into_iter().filter(|p| !p.is_empty() && p != OVERFLOW_PARTITION));
                 }
             }
             _ => {
