@@ -362,7 +362,6 @@ async fn dry_run_lists_what_the_next_tick_claims(db: &TestDb) {
     .unwrap();
     let rules_dir =
         write_rules(d, &[("brake", "if snap.queue.due_now > 10 { [throttle(20, \"too much at once\")] } else { [] }")]);
-    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(700);
     let enqueue = |t: &str, key: String, payload: Value, priority: i32| {
         let mut r = noop(&key);
         r.action_type = t.into();
@@ -385,17 +384,26 @@ async fn dry_run_lists_what_the_next_tick_claims(db: &TestDb) {
     for i in 0..30 {
         let mut r = enqueue("NOOP", format!("n{i}"), json!({"n": i}), i % 4);
         if i % 6 == 0 {
-            r.expires_at = Some(soon);
+            // Set again just before its enqueue, below.
+            r.expires_at = Some(chrono::Utc::now());
         }
         if i % 10 == 1 {
             r.not_before = Some(chrono::Utc::now() + chrono::Duration::hours(1));
         }
         reqs.push(r);
     }
-    for r in &reqs {
+    // Each deadline is set just before its enqueue, which refuses one already past: on a slow
+    // machine the 48 enqueues can take longer than any fixed margin.
+    let mut last_deadline = chrono::Utc::now();
+    for r in &mut reqs {
+        if r.expires_at.is_some() {
+            last_deadline = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+            r.expires_at = Some(last_deadline);
+        }
         queue::enqueue(&db.store, r, 3).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let past = last_deadline + chrono::Duration::milliseconds(200) - chrono::Utc::now();
+    tokio::time::sleep(past.to_std().unwrap_or_default()).await;
 
     let cmd = |args: &[&str]| {
         support::run(
