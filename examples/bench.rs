@@ -51,6 +51,9 @@ struct Args {
     /// `--bin PATH`: the binary the process figures (`cold_run_once`, `pickup`, the workers)
     /// run, e.g. an earlier build's, for a before and after in one run.
     bin: Option<PathBuf>,
+    /// `--rules DIR`: the rules the daemon figures (`pickup`, `steady`) load instead of the
+    /// shipped ones, e.g. an empty directory to see what the rules cost.
+    rules: Option<PathBuf>,
 }
 
 /// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
@@ -72,6 +75,7 @@ fn args() -> anyhow::Result<Args> {
         no_pg: false,
         out: PathBuf::from("target/bench"),
         bin: None,
+        rules: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -81,6 +85,7 @@ fn args() -> anyhow::Result<Args> {
             "--only" => a.only = it.next(),
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
             "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--bin needs PATH"))?)),
+            "--rules" => a.rules = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--rules needs DIR"))?)),
             "--no-pg" => {
                 a.pg = None;
                 a.no_pg = true;
@@ -91,7 +96,7 @@ fn args() -> anyhow::Result<Args> {
                 _ => anyhow::bail!("--sqlite-sync takes full or normal"),
             },
             other => anyhow::bail!(
-                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH)"
+                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH, --rules DIR)"
             ),
         }
     }
@@ -970,7 +975,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let n = if a.quick { 50 } else { 200 };
     let mut out = Vec::new();
     for backend in backends(a) {
-        let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), None).await?;
+        let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), a.rules.as_deref(), None).await?;
         let (store, pid, pg) = (&daemon.store, daemon.pid, &daemon.pg);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let idle = Duration::from_secs(if a.quick { 5 } else { 20 });
@@ -1030,8 +1035,9 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
     Ok(out)
 }
 
-/// The release binary's `run` in the default configuration (shipped rules, 5 s between ticks,
-/// HTTP off) on a fresh database, proof mode as given, stopped by `stop` (or killed if dropped).
+/// The release binary's `run` in the default configuration (the shipped rules, or `--rules`;
+/// 5 s between ticks; HTTP off) on a fresh database, proof mode as given, stopped by `stop` (or
+/// killed if dropped).
 struct Daemon {
     procs: Procs,
     pid: u32,
@@ -1041,7 +1047,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(bin: &Path, backend: &str, pg_base: Option<&str>, proof: Option<bool>) -> anyhow::Result<Daemon> {
+    /// `rules`: the rules directory, else the shipped rules.
+    async fn start(
+        bin: &Path,
+        backend: &str,
+        pg_base: Option<&str>,
+        rules: Option<&Path>,
+        proof: Option<bool>,
+    ) -> anyhow::Result<Daemon> {
         let pg = match backend {
             "postgres" => Some(PgDatabase::new(pg_base.ok_or_else(|| anyhow::anyhow!("no PostgreSQL URL"))?).await?),
             _ => None,
@@ -1051,7 +1064,8 @@ impl Daemon {
             Some(db) => (db.url.clone(), db.dir.path().to_path_buf()),
             None => (format!("sqlite:{}", dir.path().join("daemon.db").display()), dir.path().to_path_buf()),
         };
-        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let rules = std::fs::canonicalize(rules.unwrap_or(&shipped))?;
         std::fs::write(cwd.join("o.yaml"), format!("rules_dir: {}\n", rules.display()))?;
         let store = Store::open(&url, &store_options()).await?;
         if let Some(proof) = proof {
@@ -1098,7 +1112,7 @@ async fn steady(a: &Args) -> anyhow::Result<Vec<Figure>> {
     let mut out = Vec::new();
     for backend in backends(a) {
         for rate in [2_000u64, 5_000] {
-            let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), Some(false)).await?;
+            let daemon = Daemon::start(&bin, backend, a.pg.as_deref(), a.rules.as_deref(), Some(false)).await?;
             let run = steady_run(&daemon, rate, window).await;
             daemon.stop().await?;
             let run = run?;
