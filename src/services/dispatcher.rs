@@ -240,9 +240,10 @@ impl Dispatcher {
                 Some(id) => Ok(id),
                 None => self.registration.ensure().await,
             };
-            let shift = worker.map(|worker| Shift { worker, epoch, tick_id: None, deadline: until, lease });
-            let ran = match shift {
-                Ok(shift) => self.shift(&shift, budget, true).await,
+            let ran = match worker {
+                Ok(worker) => {
+                    self.shift(&Shift { worker, epoch, tick_id: None, deadline: until, lease }, budget, true).await
+                }
                 Err(e) => Err(e),
             };
             match ran {
