@@ -85,13 +85,14 @@ fn case_of_type(whens: &str, default: &str) -> String {
 
 impl Store {
     /// A claim token unique for all time: PostgreSQL's `claim_tokens` sequence, or SQLite's
-    /// counter row (one writer, so the increment is atomic).
-    async fn next_claim_token(&self) -> Result<i64, StoreError> {
+    /// counter row (one writer, so the increment is atomic), taken on `conn` (in a claim's own
+    /// transaction on SQLite, the increment commits with the claim, one commit fewer).
+    pub(in crate::store) async fn next_claim_token<C: ConnectionTrait>(&self, conn: &C) -> Result<i64, StoreError> {
         let sql = match self.backend {
             Backend::Postgres => "SELECT nextval('claim_tokens') AS token",
             Backend::Sqlite => "UPDATE claim_tokens SET last = last + 1 RETURNING last AS token",
         };
-        let row = self.db.query_one_raw(self.stmt(sql, [])).await.doing("taking a claim token")?;
+        let row = conn.query_one_raw(self.stmt(sql, [])).await.doing("taking a claim token")?;
         let row = row.ok_or_else(|| StoreError::Internal("the claim token sequence returned nothing".into()))?;
         row.try_get::<i64>("", "token").doing("taking a claim token")
     }
@@ -172,10 +173,10 @@ impl Store {
     /// types the claimer serves is limited, else the limited claim (`limits/claim.rs`). In dispatch
     /// order.
     async fn claim_up_to(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
-        let token = self.next_claim_token().await?;
         let mut limits = self.limits_in_force().await?;
         limits.retain(|l| claimer.serves(&l.action_type));
         let mut claimed = if limits.is_empty() {
+            let token = self.next_claim_token(&self.db).await?;
             let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n));
             match self.backend {
                 Backend::Postgres => {
@@ -188,7 +189,7 @@ impl Store {
                 Backend::Sqlite => claimed_rows(self, &self.db, token, sql, values).await?,
             }
         } else {
-            self.claim_limited(claimer, n, token, &limits, claimer.limit_partitions).await?
+            self.claim_limited(claimer, n, &limits, claimer.limit_partitions).await?
         };
         claimed.sort_by_key(|c| crate::store::claim_rank(c.action.priority.into(), c.action.not_before, c.action.id));
         Ok(claimed)

@@ -37,11 +37,11 @@ impl Store {
         &self,
         claimer: &Claimer,
         n: u64,
-        token: i64,
         limits: &[TypeLimit],
         partitions_cap: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let txn = self.begin_write().await?;
+        let token = self.next_claim_token(&txn).await?;
         let mut refs: Vec<&TypeLimit> = limits.iter().collect();
         refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
         let pick = self.pick_limited(&txn, claimer, n, &refs, partitions_cap).await?;

@@ -133,14 +133,17 @@ impl<'a> Picking<'a> {
         self.want_total - self.chosen.len()
     }
 
-    /// The partitioned types with a full partition: picked by their keys, never walked.
+    /// The partitioned types picked by their keys, never walked: those with a full partition,
+    /// and those at the partition cap whose overflow has less room than the batch wants (a
+    /// walk would step over the overflow's backlog past what it can take).
     pub(super) fn keyed_types(&self) -> Vec<&'a TypeLimit> {
-        self.refs.iter().copied().filter(|l| self.full_parts(l).is_some_and(|f| f.any())).collect()
+        let want = self.want();
+        self.refs.iter().copied().filter(|l| self.full_parts(l).is_some_and(|f| f.keyed(want))).collect()
     }
 
     /// The full partitions of partitioned type `l` (`None` for an unpartitioned type): the
-    /// tracked values (and `''`) with nothing left, and whether the overflow partition is full
-    /// with no room to track another value (then every untracked value is full).
+    /// tracked values (and `''`) with nothing left and, when there is no room to track another
+    /// value, the tracked values and what the overflow partition has left.
     fn full_parts(&self, l: &TypeLimit) -> Option<FullParts> {
         l.effective.partition_by.as_ref()?;
         let t = &l.action_type;
@@ -159,9 +162,9 @@ impl<'a> Picking<'a> {
             .chain(self.adding.get(t).into_iter().flatten())
             .cloned()
             .collect();
-        let overflow_full = self.left.get(&(t.clone(), OVERFLOW_PARTITION.to_string())).is_some_and(|(n, _)| *n == 0)
-            && tracked.len() >= self.cap;
-        Some(FullParts { values, overflow_known: overflow_full.then_some(tracked) })
+        let overflow = self.left.get(&(t.clone(), OVERFLOW_PARTITION.to_string())).map_or(0, |(n, _)| *n);
+        let at_cap = (tracked.len() >= self.cap).then_some((tracked, overflow));
+        Some(FullParts { values, at_cap })
     }
 
     /// Whether the walk leaves type `t` out: picked by its keys, or unpartitioned and full.
@@ -261,7 +264,7 @@ impl Store {
         for _pass in 0..PICK_PASSES {
             let want = p.want();
             let keyed = p.keyed_types();
-            if p.any_full() && due_types.is_none() {
+            if (p.any_full() || !keyed.is_empty()) && due_types.is_none() {
                 due_types = Some(self.due_type_list(txn).await?);
             }
             let walked = self.walk(txn, claimer, &p, &keyed, want, due_types.as_deref()).await?;
@@ -284,9 +287,9 @@ impl Store {
 
     /// Step 5, the walk: the first `want` due rows, in claim order, of the types the claimer
     /// serves, leaving out the unpartitioned types that are full, the types picked by their
-    /// keys (`keyed`) and the ids already chosen. With something full, one walk in claim order
-    /// would step over every row of it (a held backlog of a higher priority: all of it, at
-    /// every claim); instead each due type (`due_types`, when there are few) gives its first
+    /// keys (`keyed`) and the ids already chosen. With something full or keyed, one walk in
+    /// claim order would step over every row of it (a held backlog of a higher priority: all of
+    /// it, at every claim); instead each due type (`due_types`, when there are few) gives its first
     /// rows through its own index, and the claim order is taken over those.
     pub(super) async fn walk(
         &self,
@@ -308,7 +311,9 @@ impl Store {
         let due = format!("{}{types}{exclude}", super::super::due_sql(&now_at));
         let order = super::super::CLAIM_ORDER_SQL;
         let pick = match due_types {
-            Some(list) if p.any_full() && !list.is_empty() && list.len() <= PER_TYPE_PICK_MAX => {
+            Some(list)
+                if (p.any_full() || !keyed.is_empty()) && !list.is_empty() && list.len() <= PER_TYPE_PICK_MAX =>
+            {
                 let mut parts = Vec::new();
                 // SQLite's planner, seeing few types, would rather walk the due index.
                 let index_hint = match self.backend {
@@ -457,16 +462,18 @@ impl Store {
         Ok((rows, bound))
     }
 
-    /// Step 5, by keys at the partition cap: the overflow is full and no value can be tracked,
-    /// so the keys that may take a row are the tracked values (and `''`) that are not full, and
-    /// their waiting rows are the type's rows marked out of the overflow (`part_overflow = 0`,
-    /// `ix_actions_due_tracked`). Those are walked in claim order, at most `2 × want + 8` of
-    /// them: the rows of full partitions are passed over, and each key gives at most `per_key`,
-    /// as the probes would. The candidates are complete up to the last row read (the bound)
-    /// when the walk stopped at its limit. `None` (the probes then) when the walk does not
-    /// apply: below the cap, with values tracked by this very claim (their rows are marked when
-    /// it records them), with few keys to probe, or when the walk met too many rows it could
-    /// not take to fill the batch.
+    /// Step 5, by keys at the partition cap: no value can be tracked, so the keys that may take
+    /// a row are the tracked values (and `''`) that are not full, and the untracked values,
+    /// which share the overflow partition. The tracked values' waiting rows are the type's rows
+    /// marked out of the overflow (`part_overflow = 0`, `ix_actions_due_tracked`); they are
+    /// walked in claim order, at most `2 × want + 8` of them: the rows of full partitions are
+    /// passed over, and each key gives at most `per_key`, as the probes would. The overflow's
+    /// rows (`part_overflow = 1`, the same index) give the first of them it has room for, and
+    /// the next: no later one can be taken. The candidates are complete up to the last tracked row read
+    /// (the bound) when the walk stopped at its limit. `None` (the probes then) when the walk
+    /// does not apply: below the cap, with values tracked by this very claim (their rows are
+    /// marked when it records them), with few keys to probe, or when the walk met too many rows
+    /// it could not take to fill the batch.
     async fn tracked_walk(
         &self,
         txn: &DatabaseTransaction,
@@ -476,7 +483,7 @@ impl Store {
         want: usize,
         per_key: usize,
     ) -> Result<Option<(Vec<Candidate>, Option<Rank>)>, StoreError> {
-        let Some(known) = &full.overflow_known else { return Ok(None) };
+        let Some((known, overflow_room)) = &full.at_cap else { return Ok(None) };
         if p.adding.get(&l.action_type).is_some_and(|a| !a.is_empty()) {
             return Ok(None);
         }
@@ -489,23 +496,47 @@ impl Store {
             return Ok(None);
         }
         let limit = want.saturating_mul(2).saturating_add(8);
-        let values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into(), i(limit as u64).into()];
+        // The overflow's first rows while it has room, and the one after, which the take holds
+        // back (and counts so) when it reaches it; none when it is full (`held_back` probes it).
+        let overflow_limit = match usize::try_from(*overflow_room).unwrap_or(usize::MAX) {
+            0 => 0,
+            room => room.min(want).saturating_add(1),
+        };
+        let mut values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into(), i(limit as u64).into()];
         let hint = match self.backend {
             Backend::Sqlite => " INDEXED BY ix_actions_due_tracked",
             Backend::Postgres => "",
         };
-        let sql = format!(
-            "SELECT id, action_type, part_key AS part, CAST(priority AS BIGINT) AS prio, not_before \
-             FROM actions{hint} WHERE action_type = $1 AND part_overflow = 0 AND {}{} ORDER BY {} LIMIT $3",
-            super::super::due_sql("$2"),
-            chosen_sql(&p.chosen),
-            super::super::CLAIM_ORDER_SQL
-        );
-        let rows = self.candidates(txn, &sql, values, "picking tracked partitions").await?;
-        let bound = if rows.len() >= limit { rows.last().map(Candidate::rank) } else { None };
+        let walk = |overflow: u8, limit_at: &str| {
+            format!(
+                "SELECT * FROM (SELECT id, action_type, part_key AS part, CAST(priority AS BIGINT) AS prio, not_before \
+                 FROM actions{hint} WHERE action_type = $1 AND part_overflow = {overflow} AND {}{} \
+                 ORDER BY {} LIMIT {limit_at}) w{overflow}",
+                super::super::due_sql("$2"),
+                chosen_sql(&p.chosen),
+                super::super::CLAIM_ORDER_SQL
+            )
+        };
+        let sql = if overflow_limit == 0 {
+            walk(0, "$3")
+        } else {
+            values.push(i(overflow_limit as u64).into());
+            format!("{} UNION ALL {}", walk(0, "$3"), walk(1, "$4"))
+        };
+        let mut rows = self.candidates(txn, &sql, values, "picking tracked partitions").await?;
+        rows.sort_by_key(Candidate::rank);
+        let known: HashSet<&str> = known.iter().map(String::as_str).collect();
+        let is_tracked = |c: &Candidate| c.part.is_empty() || known.contains(c.part.as_str());
+        let tracked_read: Vec<Rank> = rows.iter().filter(|c| is_tracked(c)).map(Candidate::rank).collect();
+        let bound = if tracked_read.len() >= limit { tracked_read.last().copied() } else { None };
         let mut per: HashMap<String, usize> = HashMap::new();
         let mut found = Vec::new();
         for c in rows {
+            if !is_tracked(&c) {
+                // The overflow's: no more of them than it has room for.
+                found.push(c);
+                continue;
+            }
             if !with_room.contains(c.part.as_str()) {
                 continue;
             }
@@ -549,15 +580,15 @@ impl Store {
     /// The `v(x)` of [`Store::keyed_candidates`] (type at `$1`): the keys of the type that may
     /// take a row, its lists bound into `values`.
     fn keys_with_room(&self, full: FullParts, values: &mut Vec<Value>) -> String {
-        match full.overflow_known {
+        match full.at_cap {
             // Every untracked value is full: the keys with room are among the tracked ones.
-            Some(mut known) => {
+            Some((mut known, 0)) => {
                 known.push(String::new());
                 known.retain(|k| !full.values.contains(k));
                 values.push(serde_json::Value::from(known).to_string().into());
                 format!("v(x) AS {}", json_elems(self.backend, values.len()))
             }
-            None => {
+            _ => {
                 let mut cond = String::new();
                 if !full.values.is_empty() {
                     values.push(serde_json::Value::from(full.values).to_string().into());
@@ -578,18 +609,23 @@ impl Store {
     }
 
     /// Step 2: computes the partition key of the waiting rows of each partitioned type that
-    /// have none (new rows), or of all of them when the type's `partition_by` is not the path
-    /// its keys were computed for (`keyed_for`, read with the gates); then records that path.
+    /// have none (new rows; nothing when the gates saw none), or of all of them when the type's
+    /// `partition_by` is not the path its keys were computed for (`keyed_for`, read with the
+    /// gates); then records that path.
     pub(super) async fn key_partitions(
         &self,
         txn: &DatabaseTransaction,
         refs: &[&TypeLimit],
-        keyed_for: &HashMap<String, Option<String>>,
+        keyed_for: &KeyedFor,
     ) -> Result<(), StoreError> {
         for l in refs {
             let Some(path) = &l.effective.partition_by else { continue };
             let path_text = path.to_string();
-            let current = keyed_for.get(&l.action_type).is_some_and(|p| p.as_deref() == Some(path_text.as_str()));
+            let (keyed_path, unkeyed) = keyed_for.get(&l.action_type).cloned().unwrap_or((None, true));
+            let current = keyed_path.as_deref() == Some(path_text.as_str());
+            if current && !unkeyed {
+                continue;
+            }
             let keyed = self.key_waiting_rows(txn, &l.action_type, &part_expr(self.backend, path), !current).await?;
             // PostgreSQL plans the keyed pick by its statistics: read while the keys were not
             // there (a backlog just enqueued, the column just added), they make a walk of the
@@ -673,22 +709,25 @@ fn claimer_types(claimer: &Claimer, values: &mut Vec<Value>) -> String {
 
 /// Step 1: locks the gate row of each type (creating the missing ones), in type order so that
 /// two claimers never wait on each other in a cycle. Returns the time the claim counts by (the
-/// database's on PostgreSQL, read in the same statement) and, per type, the `partition_by` its
-/// keys were computed for.
+/// database's on PostgreSQL, read in the same statement) and, per type, what [`KeyedFor`] says.
 pub(super) async fn lock_gates(
     store: &Store,
     txn: &DatabaseTransaction,
     refs: &[&TypeLimit],
-) -> Result<(DateTime<Utc>, HashMap<String, Option<String>>), StoreError> {
+) -> Result<(DateTime<Utc>, KeyedFor), StoreError> {
     // PostgreSQL's clock, read in the same statement (the transaction's time), decides the
     // window and the day, as it does for every claim; SQLite's store clock likewise.
     let (lock, now) = match store.backend {
         Backend::Postgres => (" FOR UPDATE", "now()"),
         Backend::Sqlite => ("", "NULL"),
     };
+    // Whether a waiting row has no key yet: one probe of the partition key index.
+    let hint = if store.backend == Backend::Sqlite { " INDEXED BY ix_actions_due_part" } else { "" };
     let select = format!(
-        "SELECT action_type, part_path, {now} AS now FROM limit_state WHERE part = '' AND action_type IN ({}) \
-         ORDER BY action_type{lock}",
+        "SELECT action_type, part_path, {now} AS now, CASE WHEN EXISTS (SELECT 1 FROM actions a{hint} \
+           WHERE a.action_type = limit_state.action_type AND a.{} AND a.part_key IS NULL) THEN 1 ELSE 0 END AS unkeyed \
+         FROM limit_state WHERE part = '' AND action_type IN ({}) ORDER BY action_type{lock}",
+        super::super::CLAIMABLE_SQL,
         in_list(refs)?
     );
     let mut rows = txn.query_all_raw(store.stmt(&select, [])).await.doing("locking limit gates")?;
@@ -706,7 +745,9 @@ pub(super) async fn lock_gates(
     let mut keyed_for = HashMap::new();
     for r in &rows {
         let t: String = r.try_get("", "action_type").doing("locking limit gates")?;
-        keyed_for.insert(t, r.try_get::<Option<String>>("", "part_path").doing("locking limit gates")?);
+        let path = r.try_get::<Option<String>>("", "part_path").doing("locking limit gates")?;
+        let unkeyed = r.try_get::<i32>("", "unkeyed").doing("locking limit gates")? != 0;
+        keyed_for.insert(t, (path, unkeyed));
     }
     let now = match (store.backend, rows.first()) {
         (Backend::Postgres, Some(r)) => r.try_get::<DateTime<Utc>>("", "now").doing("locking limit gates")?,
@@ -715,18 +756,25 @@ pub(super) async fn lock_gates(
     Ok((now, keyed_for))
 }
 
+/// Per limited type, read with its gate: the `partition_by` its keys were computed for, and
+/// whether a waiting row has no key yet.
+pub(super) type KeyedFor = HashMap<String, (Option<String>, bool)>;
+
 /// The full partitions of a partitioned type (see [`Picking::full_parts`]).
 struct FullParts {
     /// Tracked values (and `''`) with nothing left.
     values: Vec<String>,
-    /// When the overflow partition is full and no value can be tracked: the tracked values
-    /// (every other value is full).
-    overflow_known: Option<Vec<String>>,
+    /// When no value can be tracked: the tracked values, and how many more rows the overflow
+    /// partition, where every other value counts, may take (none: every other value is full).
+    at_cap: Option<(Vec<String>, u64)>,
 }
 
 impl FullParts {
-    fn any(&self) -> bool {
-        !self.values.is_empty() || self.overflow_known.is_some()
+    /// Whether the type is picked by its keys in a pass that wants `want` rows: a partition is
+    /// full, or the overflow cannot take them all at the cap.
+    fn keyed(&self, want: usize) -> bool {
+        !self.values.is_empty()
+            || self.at_cap.as_ref().is_some_and(|(_, room)| usize::try_from(*room).unwrap_or(usize::MAX) < want)
     }
 }
 

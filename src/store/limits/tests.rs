@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use super::claim::{starts_per_key, what_to_record};
-use super::pick::{Candidate, Picking, lock_gates, merge};
+use super::pick::{Candidate, Chosen, Picking, lock_gates, merge};
 use super::usage::read_usage;
 use crate::limits::{LimitField, LimitSpec, OVERFLOW_PARTITION, TypeLimit};
 use crate::store::testing::both_backends;
@@ -145,11 +145,11 @@ async fn lock_gates_creates_each_gate_and_reads_the_keyed_path(store: &Store) {
     store.execute_unprepared("DELETE FROM limit_state").await.unwrap();
     let txn = store.begin_write().await.unwrap();
     let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
-    assert_eq!(keyed_for, HashMap::from([("a".to_string(), None), ("b".to_string(), None)]));
+    assert_eq!(keyed_for, HashMap::from([("a".to_string(), (None, false)), ("b".to_string(), (None, false))]));
     assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM limit_state WHERE part = ''").await, [2]);
     store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
     let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
-    assert_eq!(keyed_for["b"].as_deref(), Some("payload.k"));
+    assert_eq!(keyed_for["b"].0.as_deref(), Some("payload.k"));
     txn.rollback().await.unwrap();
 }
 
@@ -164,6 +164,17 @@ async fn key_partitions_keys_new_rows_and_records_the_path(store: &Store) {
     let keys = txn.query_all_raw(store.stmt("SELECT part_key FROM actions ORDER BY id", [])).await.unwrap();
     let keys: Vec<String> = keys.iter().map(|r| r.try_get_by_index::<String>(0).unwrap()).collect();
     assert_eq!(keys, ["x", "y"]);
+    // The gates see when every waiting row has its key (then step 2 writes nothing), and when
+    // a new one has none.
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    assert_eq!(keyed_for["b"], (Some("payload.k".to_string()), false));
+    txn.execute_unprepared("UPDATE actions SET part_key = NULL WHERE id = (SELECT MIN(id) FROM actions)")
+        .await
+        .unwrap();
+    let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
+    assert_eq!(keyed_for["b"], (Some("payload.k".to_string()), true));
+    store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
+    assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM actions WHERE part_key IS NULL").await, [0]);
     txn.rollback().await.unwrap();
 }
 
@@ -342,8 +353,44 @@ async fn a_newly_tracked_value_leaves_the_overflow_and_a_returning_row_keeps_its
     assert_eq!(keys_of(&store.db, store, &ids[..2]).await, [key("x", 0), key("y", 0)]);
 }
 
-/// At the cap (the overflow full, no room to track another value), a pick that walks the
-/// tracked partitions' rows chooses exactly what the probe of each tracked value chooses.
+/// Picks of each size of `ns` at the cap, made twice in a transaction rolled back: by the walk of
+/// the tracked partitions' rows, then by the probe of each key. Asserts that the type is picked
+/// by its keys and walks (when `keyed`) and that both choose the same; returns the walk's picks.
+async fn walk_and_probes_agree(
+    store: &Store,
+    refs: &[&TypeLimit],
+    c: &Claimer,
+    cap: usize,
+    ns: &[u64],
+    keyed: bool,
+) -> Vec<Vec<Chosen>> {
+    let mut out = Vec::new();
+    for &n in ns {
+        let mut picks = Vec::new();
+        for walk in [true, false] {
+            let txn = store.begin_write().await.unwrap();
+            let (mut p, _) = started_at_cap(store, &txn, refs, n, cap).await;
+            p.walk_tracked = walk;
+            if walk {
+                assert_eq!(p.keyed_types().len(), usize::from(keyed), "a pick of {n} by keys");
+                if keyed {
+                    assert!(store.walks_tracked(&txn, refs[0], &p, n as usize).await.unwrap(), "a pick of {n} walks");
+                }
+            }
+            let pick = store.pick_passes(&txn, c, p).await.unwrap();
+            picks.push((pick.chosen, pick.held_back));
+            txn.rollback().await.unwrap();
+        }
+        assert!(!picks[0].0.is_empty(), "a pick of {n}");
+        assert_eq!(picks[0], picks[1], "a pick of {n}: the walk, then the probes");
+        out.push(picks.swap_remove(0).0);
+    }
+    out
+}
+
+/// At the cap (no room to track another value), a pick that walks the tracked partitions' rows,
+/// and the overflow's first rows while it has room, chooses exactly what the probe of each key
+/// chooses: with the overflow's room short of the batch, and with the overflow full.
 async fn at_the_cap_the_walk_of_tracked_rows_picks_what_the_probes_pick(store: &Store) {
     let l = limits(store, &[("b", "max_running=2 partition_by=payload.k")]).await;
     let refs: Vec<&TypeLimit> = l.iter().collect();
@@ -375,25 +422,19 @@ async fn at_the_cap_the_walk_of_tracked_rows_picks_what_the_probes_pick(store: &
         .collect();
     store.actions().complete(None, &done).await.unwrap();
     enqueue(store, &rows[10..]).await;
+    // The overflow has room for two, its backlog first in the queue: a pick of more takes those
+    // two and fills up from the tracked partitions, walking past none of the rest.
+    let picks = walk_and_probes_agree(store, &refs, &c, cap, &[3, 6, 9], true).await;
+    for pick in &picks {
+        let overflow: Vec<&Chosen> = pick.iter().filter(|(_, _, part)| part == OVERFLOW_PARTITION).collect();
+        assert_eq!(overflow.len(), 2, "the overflow's room, taken first: {pick:?}");
+        assert_eq!(pick[..2].iter().collect::<Vec<_>>(), overflow);
+    }
+    // A pick the overflow has room for is the walk of the queue.
+    walk_and_probes_agree(store, &refs, &c, cap, &[1, 2], false).await;
     // The overflow's two slots and a few tracked partitions taken and held.
     assert_eq!(store.actions().claim(&c, 8).await.unwrap().len(), 8);
-    for n in [1, 2, 4, 6, 9] {
-        let mut picks = Vec::new();
-        for walk in [true, false] {
-            let txn = store.begin_write().await.unwrap();
-            let (mut p, _) = started_at_cap(store, &txn, &refs, n, cap).await;
-            p.walk_tracked = walk;
-            if walk {
-                assert_eq!(p.keyed_types().len(), 1, "the overflow is full");
-                assert!(store.walks_tracked(&txn, refs[0], &p, n as usize).await.unwrap(), "a pick of {n} walks");
-            }
-            let pick = store.pick_passes(&txn, &c, p).await.unwrap();
-            picks.push((pick.chosen, pick.held_back));
-            txn.rollback().await.unwrap();
-        }
-        assert!(!picks[0].0.is_empty(), "a pick of {n}");
-        assert_eq!(picks[0], picks[1], "a pick of {n}: the walk, then the probes");
-    }
+    walk_and_probes_agree(store, &refs, &c, cap, &[1, 2, 4, 6, 9], true).await;
 }
 
 #[test]
