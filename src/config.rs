@@ -736,6 +736,68 @@ adapters:
     }
 
     #[test]
+    fn alertmanager_settings_are_read_or_refused_by_name() {
+        let am = |body: &str| load(Some(&format!("adapters:\n  alert:\n    alertmanager:\n{body}")), &[]);
+        let c = am("      url: http://127.0.0.1:9093/\n      generator_base_url: https://o.example:9464/\n      \
+                    resolve_after_seconds: 60\n      labels: {env: prod}\n")
+        .unwrap();
+        let a = c.adapters.alert.alertmanager.expect("the url turns Alertmanager on");
+        assert_eq!(a.url, "http://127.0.0.1:9093", "no trailing /");
+        assert_eq!(a.generator_base_url.as_deref(), Some("https://o.example:9464"));
+        assert_eq!(a.resolve_after, Duration::from_secs(60));
+        assert_eq!(a.labels["env"], "prod");
+        assert!(load(None, &[]).unwrap().adapters.alert.alertmanager.is_none(), "off by default");
+        let cases = [
+            (
+                "      generator_base_url: https://o.example\n",
+                "adapters.alert.alertmanager.generator_base_url",
+                "is set but adapters.alert.alertmanager.url is not",
+            ),
+            (
+                "      resolve_after_seconds: 60\n",
+                "adapters.alert.alertmanager.resolve_after_seconds",
+                "is set but adapters.alert.alertmanager.url is not",
+            ),
+            (
+                "      labels: {env: prod}\n",
+                "adapters.alert.alertmanager.labels",
+                "is set but adapters.alert.alertmanager.url is not",
+            ),
+            ("      url: http://am:9093/api/v2/alerts\n", "adapters.alert.alertmanager.url", "/api/v2/alerts is added"),
+            ("      url: am:9093\n", "adapters.alert.alertmanager.url", "must use http or https"),
+            (
+                "      url: http://am:9093\n      labels: {severity: x}\n",
+                "adapters.alert.alertmanager.labels",
+                "'severity' is set by each alert itself",
+            ),
+            (
+                "      url: http://am:9093\n      labels: {a-b: x}\n",
+                "adapters.alert.alertmanager.labels",
+                "'a-b' is not a label name",
+            ),
+            (
+                "      url: http://am:9093\n      resolve_after_seconds: 0\n",
+                "adapters.alert.alertmanager.resolve_after_seconds",
+                "",
+            ),
+            (
+                "      url: http://am:9093\n      generator_base_url: http://o/?t=1\n",
+                "adapters.alert.alertmanager.generator_base_url",
+                "without a query",
+            ),
+            (
+                "      url: http://am:9093\n      resolve_after: 60\n",
+                "unknown field `resolve_after`",
+                "resolve_after_seconds",
+            ),
+        ];
+        for (body, key, why) in cases {
+            let e = am(body).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(why) && e.contains("o.yaml:"), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn adapter_errors_name_the_full_key_and_its_line() {
         let cases = [
             ("url: https://example.com/hook", "url: ftp://example.com", "adapters.webhook.targets.hook.url", 6),

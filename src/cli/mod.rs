@@ -65,8 +65,19 @@ fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
     Failure { code, message: message.into() }.into()
 }
 
+/// What `orchestrator --version` prints after the name: the version, the git commit it was built
+/// from (`unknown` outside a repository) and the enabled cargo features (`none`), from build.rs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ORCHESTRATOR_GIT_COMMIT"),
+    ", features: ",
+    env!("ORCHESTRATOR_FEATURES"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "orchestrator", version, about = "Monitor-decide-execute rule engine over a durable action queue")]
+#[command(name = "orchestrator", version = VERSION, about = "Monitor-decide-execute rule engine over a durable action queue")]
 pub struct Cli {
     /// Database URL: sqlite:PATH (default sqlite:orchestrator.db) or postgres://USER@HOST/DB.
     #[arg(long, global = true, value_name = "URL")]

@@ -204,6 +204,27 @@ fn run_once_on_a_fresh_directory_creates_the_default_sqlite_database() {
     assert_eq!(json(&o)["last_tick"]["status"], "IDLE");
 }
 
+/// `--version`: the version, the commit this checkout is at (build.rs asked git; `unknown`
+/// without one) and the features, on one line.
+#[test]
+fn version_names_the_commit_and_the_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(bin(dir.path()).arg("--version"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".to_string(), |o| stdout(&o).trim().to_string());
+    assert_eq!(
+        stdout(&o),
+        format!("orchestrator {} (commit {git}, features: none)\n", env!("CARGO_PKG_VERSION")),
+        "the crate has no cargo features yet: when one comes, list the enabled ones here"
+    );
+}
+
 #[test]
 fn bad_inputs_give_one_clear_line_and_the_right_exit_code() {
     let dir = tempfile::tempdir().unwrap();

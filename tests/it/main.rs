@@ -34,6 +34,7 @@ mod tick;
 mod type_limits;
 mod verify;
 
+mod alertmanager;
 mod browser;
 mod faults;
 mod grafana;

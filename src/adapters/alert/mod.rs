@@ -2,19 +2,25 @@
 //!
 //! The payload is `{"severity": "info" | "warning" | "critical", "message": "...", ...}`
 //! (`severity` defaults to `warning`; other fields travel along). Real mode writes the alert to
-//! the log and, when `adapters.alert.target` names a webhook target, sends the whole payload
-//! there as JSON. The proof shows both under `alert/`.
+//! the log; when `adapters.alert.target` names a webhook target it sends the whole payload there
+//! as JSON, and when `adapters.alert.alertmanager.url` is set it posts the alert to
+//! Alertmanager's API v2 ([`alertmanager`]). The proof shows each under `alert/`.
+//!
+//! Delivery is all this does: an Alertmanager silence mutes notifications, never the queue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod alertmanager;
 pub mod config;
 
 use super::http::{self, Http};
 use super::{Adapter, AdapterError, AdaptersConfig, ExecContext, Outcome, Proof, Section, WebhookTarget};
 use crate::model::{Action, Severity};
+use alertmanager::Alertmanager;
 
-/// `adapters.alert`, and the `ALERT` adapter built from it (through a webhook target).
+/// `adapters.alert`, and the `ALERT` adapter built from it (through a webhook target and
+/// Alertmanager).
 pub const SECTION: Section = Section {
     name: "alert",
     action_type: "ALERT",
@@ -25,6 +31,7 @@ pub const SECTION: Section = Section {
 
 pub struct Alert {
     target: Option<WebhookTarget>,
+    alertmanager: Option<Alertmanager>,
     http: Arc<Http>,
     timeout: Duration,
 }
@@ -32,7 +39,8 @@ pub struct Alert {
 impl Alert {
     pub fn new(config: &AdaptersConfig, http: Arc<Http>) -> Self {
         let target = config.alert.target.as_ref().and_then(|t| config.webhook.targets.get(t)).cloned();
-        Alert { target, http, timeout: config.alert.timeout }
+        let alertmanager = config.alert.alertmanager.clone().map(Alertmanager::new);
+        Alert { target, alertmanager, http, timeout: config.alert.timeout }
     }
 }
 
@@ -76,11 +84,22 @@ impl Adapter for Alert {
             }
             None => text.push_str(" (no adapters.alert.target) ---\n"),
         }
+        if let Some(am) = &self.alertmanager {
+            // As if sent when it was enqueued: a proof reads no clock, and shows the times' shape.
+            let request = am.request(action, None, severity, message, action.created_at)?;
+            text.push_str("\n--- would post it to Alertmanager ---\n");
+            text.push_str(&http::render_request(am.target(), &action.idempotency_key, &request));
+        }
         Ok(Some(Proof { subdir: "alert".into(), extension: "txt".into(), body: text.into_bytes() }))
     }
 
-    async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
+    async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
         let (severity, message) = parse(action)?;
+        // Checked before anything is logged or sent: a payload Alertmanager cannot take fails whole.
+        let am_request = match &self.alertmanager {
+            Some(am) => Some(am.request(action, ctx.tick_id, severity, message, chrono::Utc::now())?),
+            None => None,
+        };
         let key = action.idempotency_key.as_str();
         let level = severity.as_str();
         match severity {
@@ -90,12 +109,15 @@ impl Adapter for Alert {
             Severity::Warning => tracing::warn!(action_id = action.id, key, severity = level, alert = message, "ALERT"),
             Severity::Info => tracing::info!(action_id = action.id, key, severity = level, alert = message, "ALERT"),
         }
-        match &self.target {
-            None => Ok(Outcome { message: format!("alert ({severity}) logged") }),
-            Some(t) => {
-                let sent = self.http.send(t, key, body(action), self.timeout).await?;
-                Ok(Outcome { message: format!("alert ({severity}) logged and sent: {sent}") })
-            }
+        let mut done = format!("alert ({severity}) logged");
+        if let Some(t) = &self.target {
+            let sent = self.http.send(t, key, body(action), self.timeout).await?;
+            done.push_str(&format!(" and sent: {sent}"));
         }
+        if let (Some(am), Some(request)) = (&self.alertmanager, am_request) {
+            let sent = self.http.send(am.target(), key, request, self.timeout).await?;
+            done.push_str(&format!("; Alertmanager: {sent}"));
+        }
+        Ok(Outcome { message: done })
     }
 }
