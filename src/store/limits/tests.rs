@@ -168,9 +168,9 @@ async fn key_partitions_keys_new_rows_and_records_the_path(store: &Store) {
     // a new one has none.
     let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
     assert_eq!(keyed_for["b"], (Some("payload.k".to_string()), false));
-    txn.execute_unprepared("UPDATE actions SET part_key = NULL WHERE id = (SELECT MIN(id) FROM actions)")
-        .await
-        .unwrap();
+    txn.commit().await.unwrap();
+    enqueue(store, &[("b", "z", 0)]).await;
+    let txn = store.begin_write().await.unwrap();
     let (_, keyed_for) = lock_gates(store, &txn, &refs).await.unwrap();
     assert_eq!(keyed_for["b"], (Some("payload.k".to_string()), true));
     store.key_partitions(&txn, &refs, &keyed_for).await.unwrap();
