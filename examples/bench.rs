@@ -998,6 +998,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 not_before: None,
                 max_attempts: None,
                 expires_at: None,
+                traceparent: None,
             };
             let id = queue::enqueue(store, &req, 3).await?.id;
             let start = Instant::now();

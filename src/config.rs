@@ -25,6 +25,7 @@ pub use crate::adapters::AdaptersConfig;
 use crate::health::{LIVENESS_KEYS, WORKLOAD_KEYS};
 use crate::limits::{LIMIT_KEYS, LimitSpec};
 use crate::rules::{RULES_KEYS, RulesConfig};
+use crate::telemetry::{TRACING_KEYS, TracingConfig};
 pub use environment::Acting;
 pub use http::{ADMIN_TOKEN_ENV, AdminTokens, DEFAULT_HTTP_LISTEN, HTTP_KEYS, HttpConfig, MIN_ADMIN_TOKEN_LEN};
 pub use workers::{WORKERS_KEYS, WorkersConfig};
@@ -95,6 +96,8 @@ pub struct Config {
     pub liveness: crate::health::StaleThresholds,
     /// Worker registration, heartbeat and shutdown (`workers:`).
     pub workers: WorkersConfig,
+    /// Traces (`tracing:` and the `OTEL_*` variables): off unless an endpoint is given.
+    pub tracing: TracingConfig,
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
@@ -261,6 +264,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(LIVENESS_KEYS, "", true));
     keys.extend(KeyInfo::of(RULES_KEYS, "", true));
     keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
+    keys.extend(KeyInfo::of(TRACING_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
@@ -280,6 +284,7 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     key::apply(LIVENESS_KEYS, "", raw, env, &mut config.liveness)?;
     key::apply(RULES_KEYS, "", raw, env, &mut config.rules)?;
     key::apply(WORKLOAD_KEYS, "", raw, env, &mut config.rules.health)?;
+    key::apply(TRACING_KEYS, "", raw, env, &mut config.tracing)?;
     if raw.has_entries("limits") {
         let mut limits = BTreeMap::new();
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;

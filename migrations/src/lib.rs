@@ -17,6 +17,7 @@ mod m20261129_000009_limits;
 mod m20261203_000010_lease_epochs;
 mod m20261203_000011_partition_keys;
 mod m20261204_000012_tracked_keys;
+mod m20261205_000014_traceparent;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_lease_epochs::Migration),
             Box::new(m20261203_000011_partition_keys::Migration),
             Box::new(m20261204_000012_tracked_keys::Migration),
+            Box::new(m20261205_000014_traceparent::Migration),
         ]
     }
 }

@@ -40,6 +40,7 @@ fn req(action_type: &str, key: &str, priority: i32) -> EnqueueRequest {
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     }
 }
 
