@@ -360,27 +360,4 @@ mod tests {
             assert!(traces_url(bad, true).is_err(), "{bad}");
         }
     }
-
-    /// A build without the exporter refuses what asks for traces, naming it (run by
-    /// `cargo test --no-default-features`).
-    #[cfg(not(feature = "otel"))]
-    #[test]
-    fn a_build_without_otel_refuses_a_config_that_asks_for_traces() {
-        use crate::config::{Config, Inputs, Overrides};
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("o.yaml");
-        std::fs::write(&file, "tracing:\n  otlp_endpoint: http://127.0.0.1:4318\n").unwrap();
-        let load = |file: Option<&std::path::Path>, env: &dyn Fn(&str) -> Option<String>| {
-            let inputs = Inputs { config_file: file, env, env_names: &[], overrides: Overrides::default() };
-            Config::load_from(inputs).map(|c| c.tracing).map_err(|e| e.to_string())
-        };
-        let e = load(Some(&file), &|_| None).unwrap_err();
-        assert!(e.contains("tracing.otlp_endpoint") && e.contains("cargo feature `otel`"), "{e}");
-        let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4318".to_string());
-        let empty = dir.path().join("empty.yaml");
-        std::fs::write(&empty, "").unwrap();
-        let e = load(Some(&empty), &env).unwrap_err();
-        assert!(e.contains("environment variable OTEL_EXPORTER_OTLP_ENDPOINT") && e.contains("`otel`"), "{e}");
-        assert_eq!(load(Some(&empty), &|_| None).unwrap().export, None, "off: nothing to refuse");
-    }
 }

@@ -265,6 +265,41 @@ async fn a_ticks_spans_hold_its_stages_and_a_rules_enqueue_continues_the_tick() 
     assert_eq!(attempt.parent_span_id, apply.span_id, "the enqueued action's attempt is a child of the apply");
 }
 
+#[cfg(feature = "otel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_refuses_spans_holds_up_nothing_and_the_drops_are_counted() {
+    let db = TestDb::sqlite().await;
+    let collector = Peer::answering(Reply::status(503)).await;
+    let hook = Peer::answering(Reply::status(200)).await;
+    write_config(&db, &hook, &tracing_to(&collector));
+    let ids: Vec<i64> = (0..20).map(|i| enqueue(&db, &format!("k{i}"), &["--traceparent", &traceparent()])).collect();
+    proof_off(&db);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut procs = Procs(vec![start(&db, "run", &["run", "--listen", &listen], &[])]);
+    for id in ids {
+        wait_for_status(&db, id, ActionStatus::Success, Duration::from_secs(30)).await;
+    }
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    let dropped = |r: &crate::support::http::Reply| {
+        r.body.lines().find_map(|l| l.strip_prefix("orchestrator_trace_spans_dropped_total ")?.parse::<f64>().ok())
+    };
+    let metrics = crate::support::http::wait_for(addr, "/metrics", Duration::from_secs(20), |r| {
+        dropped(r).is_some_and(|n| n >= 20.0)
+    });
+    assert!(!collector.requests().is_empty(), "the exporter tried");
+    assert!(dropped(&metrics).unwrap() >= 20.0, "every refused span is counted: {}", metrics.body);
+    // Stopping waits for the exporter at most its bound, not for a collector that never takes.
+    let child = &mut procs.0[0];
+    let stopping = Instant::now();
+    crate::support::daemon::signal(child, "-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", logs(db.dir.path()));
+    assert!(stopping.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopping.elapsed());
+    let log = logs(db.dir.path());
+    assert!(log.contains("the collector did not take a batch of spans"), "one warning when it starts failing:\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_exported_when_traces_are_off_and_the_context_still_reaches_the_peer() {
     let db = TestDb::sqlite().await;
