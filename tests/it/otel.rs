@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use orchestrator::model::ActionStatus;
 use prost::Message;
 
+use crate::backend_tests;
 use crate::support::daemon::Procs;
 use crate::support::peer::{Peer, Reply};
 use crate::support::{TestDb, bin, json, run, stderr};
@@ -160,6 +161,44 @@ fn attempts(spans: &[Span], id: i64) -> Vec<Span> {
         spans.iter().filter(|s| s.name == "attempt" && attr(s, "action_id") == Some(id.to_string())).cloned().collect();
     out.sort_by_key(|s| attr(s, "attempt"));
     out
+}
+
+backend_tests!(every_enqueue_stores_the_traceparent_and_the_claim_reads_it_back);
+
+/// The one-action, bulk and lease (a rule's) enqueues each store the context; a claim reads it
+/// back for the attempt; a bad one in a JSON Lines row stops the import at its line.
+async fn every_enqueue_stores_the_traceparent_and_the_claim_reads_it_back(db: &TestDb) {
+    use orchestrator::queue;
+    let tp = traceparent();
+    let one = queue::EnqueueRequest { traceparent: Some(tp.clone()), ..crate::support::noop("one") };
+    let one = queue::enqueue(&db.store, &one, 3).await.unwrap().id;
+    let lines = format!(
+        "{{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"bulk\",\"traceparent\":\"{tp}\"}}\n\
+         {{\"action_type\":\"NOOP\",\"payload\":{{}},\"idempotency_key\":\"plain\"}}\n"
+    );
+    let report = queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await.unwrap();
+    assert_eq!(report.created, 2);
+    let term = crate::support::hold(&db.store, "leader").await;
+    let mut rule = queue::prepare(&crate::support::noop("rule"), &3.into(), db.store.now()).unwrap();
+    rule.traceparent = Some(tp.clone());
+    db.store
+        .actions()
+        .enqueue(orchestrator::store::Authority::Lease(&crate::support::fence(&term)), &rule)
+        .await
+        .unwrap();
+
+    let bad = "{\"action_type\":\"NOOP\",\"payload\":{},\"traceparent\":\"00-zz\"}\n";
+    let e = queue::enqueue_jsonl(&db.store, bad.as_bytes(), 3).await.unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("not a W3C trace context"), "{e}");
+
+    let me = crate::support::worker(&db.store, "w", Duration::from_secs(30)).await;
+    let claimed = db.store.actions().claim(&me, 10).await.unwrap();
+    let mut got: Vec<(String, Option<String>)> =
+        claimed.iter().map(|c| (c.action.idempotency_key.clone(), c.action.traceparent.clone())).collect();
+    got.sort();
+    let want = [("bulk", Some(&tp)), ("one", Some(&tp)), ("plain", None), ("rule", Some(&tp))];
+    assert_eq!(got, want.map(|(k, t)| (k.to_string(), t.cloned())).to_vec());
+    assert_eq!(db.store.actions().action(one).await.unwrap().unwrap().traceparent, Some(tp));
 }
 
 #[cfg(feature = "otel")]
