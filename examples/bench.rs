@@ -25,6 +25,8 @@
 //! `ORCHESTRATOR_TEST_PG_URL`; `--only workers_scaling` falls back to
 //! postgres://postgres@127.0.0.1:5432/test); each run uses a fresh schema, or for the workers a
 //! fresh database (`CREATE DATABASE`), so `pg_stat_activity` counts only its processes.
+//! `--traces off|on` runs the figures under `run`'s own log subscriber, with traces off, or on
+//! and exported to an OTLP/HTTP receiver in this process (BENCHMARKS.md, Traces).
 //! Timings are medians over `--runs`.
 //! This is a measuring tool, not a test: it asserts only that the work it timed was done.
 
@@ -54,6 +56,10 @@ struct Args {
     /// `--rules DIR`: the rules the daemon figures (`pickup`, `steady`) load instead of the
     /// shipped ones, e.g. an empty directory to see what the rules cost.
     rules: Option<PathBuf>,
+    /// `--traces off|on`: this process logs as `run` does (its subscriber, `info`, lines to a
+    /// sink) with traces off, or on and exported to a receiver in this process; absent, no
+    /// subscriber at all, as before.
+    traces: Option<bool>,
 }
 
 /// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
@@ -76,6 +82,7 @@ fn args() -> anyhow::Result<Args> {
         out: PathBuf::from("target/bench"),
         bin: None,
         rules: None,
+        traces: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -86,6 +93,11 @@ fn args() -> anyhow::Result<Args> {
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
             "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--bin needs PATH"))?)),
             "--rules" => a.rules = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--rules needs DIR"))?)),
+            "--traces" => match it.next().as_deref() {
+                Some("off") => a.traces = Some(false),
+                Some("on") => a.traces = Some(true),
+                _ => anyhow::bail!("--traces takes off or on"),
+            },
             "--no-pg" => {
                 a.pg = None;
                 a.no_pg = true;
@@ -96,7 +108,7 @@ fn args() -> anyhow::Result<Args> {
                 _ => anyhow::bail!("--sqlite-sync takes full or normal"),
             },
             other => anyhow::bail!(
-                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH, --rules DIR)"
+                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH, --rules DIR, --traces off|on)"
             ),
         }
     }
@@ -998,6 +1010,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 not_before: None,
                 max_attempts: None,
                 expires_at: None,
+                traceparent: None,
             };
             let id = queue::enqueue(store, &req, 3).await?.id;
             let start = Instant::now();
@@ -1589,6 +1602,10 @@ fn param_num(p: &str) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     std::fs::create_dir_all(&a.out)?;
+    let traces = match a.traces {
+        Some(on) => Some(traces::install(on)?),
+        None => None,
+    };
     println!("{:<18} {:<9} {:<14} {:>12} {:<8}", "FIGURE", "BACKEND", "PARAM", "MEDIAN", "UNIT");
     let mut all = Vec::new();
     if wanted(&a, "cold_run_once") {
@@ -1627,6 +1644,9 @@ async fn main() -> anyhow::Result<()> {
     if wanted(&a, "steady") {
         all.extend(steady(&a).await?);
     }
+    if let Some(t) = traces {
+        t.report();
+    }
     for (figure, file, title, x, y, log_x) in [
         (
             "tick_overhead",
@@ -1664,4 +1684,125 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--traces`: the subscriber `run` installs (src/main.rs), with the exporter when on, and an
+/// OTLP/HTTP receiver in this process (its own thread and runtime) that decodes and counts the
+/// spans it is sent, so the figures say how many left and how many the bounded queue dropped.
+mod traces {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use orchestrator::telemetry::{self, Export, Traces, TracingConfig};
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    pub struct Installed {
+        traces: Traces,
+        spans: Arc<AtomicU64>,
+        on: bool,
+    }
+
+    pub fn install(on: bool) -> anyhow::Result<Installed> {
+        let spans = Arc::new(AtomicU64::new(0));
+        let mut config = TracingConfig { service_name: "bench".into(), sample_ratio: 1.0, export: None };
+        if on {
+            anyhow::ensure!(cfg!(feature = "otel"), "--traces on needs the otel feature");
+            let addr = receiver(spans.clone())?;
+            config.export = Some(Export { endpoint: format!("http://{addr}/v1/traces"), from: "bench".into() });
+        }
+        let traces = Traces::start(&config).map_err(|e| anyhow::anyhow!(e))?;
+        let mut filter = tracing_subscriber::EnvFilter::new("info,sqlx=warn,sea_orm=warn");
+        if traces.on() {
+            for d in telemetry::TRACE_DIRECTIVES.split(',').filter_map(|d| d.parse().ok()) {
+                filter = filter.add_directive(d);
+            }
+        }
+        tracing_subscriber::registry()
+            .with(traces.layer())
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+            .init();
+        Ok(Installed { traces, spans, on })
+    }
+
+    impl Installed {
+        /// Sends what is queued, then prints what the receiver decoded and what was dropped.
+        pub fn report(self) {
+            self.traces.shutdown();
+            if self.on {
+                let received = self.spans.load(Ordering::Relaxed);
+                let failed = orchestrator::metrics::trace_spans_dropped().get();
+                println!(
+                    "{}",
+                    serde_json::json!({"traces": "on", "spans_received": received, "spans_failed_export": failed})
+                );
+            }
+        }
+    }
+
+    /// A minimal OTLP/HTTP receiver: HTTP/1.1 keep-alive, `Content-Length` bodies decoded as
+    /// `ExportTraceServiceRequest`, answered 200.
+    fn receiver(spans: Arc<AtomicU64>) -> anyhow::Result<std::net::SocketAddr> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    let spans = spans.clone();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        loop {
+                            let Some(end) = find(&buf, b"\r\n\r\n") else {
+                                let mut chunk = [0u8; 65536];
+                                match sock.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                                continue;
+                            };
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            while buf.len() < end + 4 + len {
+                                let mut chunk = [0u8; 65536];
+                                match sock.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                            if let Ok(req) =
+                                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                                    body.as_slice(),
+                                )
+                            {
+                                let n: usize =
+                                    req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                                spans.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            let reply =
+                                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+                            if sock.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        Ok(addr)
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
 }

@@ -34,6 +34,7 @@ fn batch(prefix: &str, from: usize, n: usize) -> Vec<NewAction> {
             not_before: model::now(),
             max_attempts: 3,
             expires_at: None,
+            traceparent: None,
         })
         .collect()
 }

@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             not_before: None,
             max_attempts: None,
             expires_at: None,
+            traceparent: None,
         };
         queue::enqueue(&store, &req, config.max_attempts).await?;
     }
@@ -85,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             not_before: None,
             max_attempts: None,
             expires_at: None,
+            traceparent: None,
         },
         config.max_attempts,
     )

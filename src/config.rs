@@ -25,6 +25,7 @@ pub use crate::adapters::AdaptersConfig;
 use crate::health::{LIVENESS_KEYS, WORKLOAD_KEYS};
 use crate::limits::{LIMIT_KEYS, LimitSpec};
 use crate::rules::{RULES_KEYS, RulesConfig};
+use crate::telemetry::{TRACING_KEYS, TracingConfig};
 pub use environment::Acting;
 pub use http::{ADMIN_TOKEN_ENV, AdminTokens, DEFAULT_HTTP_LISTEN, HTTP_KEYS, HttpConfig, MIN_ADMIN_TOKEN_LEN};
 pub use workers::{WORKERS_KEYS, WorkersConfig};
@@ -95,6 +96,8 @@ pub struct Config {
     pub liveness: crate::health::StaleThresholds,
     /// Worker registration, heartbeat and shutdown (`workers:`).
     pub workers: WorkersConfig,
+    /// Traces (`tracing:` and the `OTEL_*` variables): off unless an endpoint is given.
+    pub tracing: TracingConfig,
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
@@ -261,6 +264,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(LIVENESS_KEYS, "", true));
     keys.extend(KeyInfo::of(RULES_KEYS, "", true));
     keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
+    keys.extend(KeyInfo::of(TRACING_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
@@ -280,6 +284,7 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     key::apply(LIVENESS_KEYS, "", raw, env, &mut config.liveness)?;
     key::apply(RULES_KEYS, "", raw, env, &mut config.rules)?;
     key::apply(WORKLOAD_KEYS, "", raw, env, &mut config.rules.health)?;
+    key::apply(TRACING_KEYS, "", raw, env, &mut config.tracing)?;
     if raw.has_entries("limits") {
         let mut limits = BTreeMap::new();
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;
@@ -981,5 +986,27 @@ limits:
         assert!(limits.len() >= 3 && limits.values().any(|l| l.partition_by.is_some()), "{block}");
         let registry = crate::adapters::Registry::from_config(&c).unwrap();
         assert!(c.unserved_limit_warnings(registry.types()).is_empty());
+    }
+
+    /// A build without the exporter refuses what asks for traces, naming it (run by
+    /// `cargo test --no-default-features`; a `tracing:` section is checked in telemetry).
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn a_build_without_otel_refuses_a_config_that_asks_for_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("o.yaml");
+        std::fs::write(&file, "tracing:\n  otlp_endpoint: http://127.0.0.1:4318\n").unwrap();
+        let load = |file: Option<&std::path::Path>, env: &dyn Fn(&str) -> Option<String>| {
+            let inputs = Inputs { config_file: file, env, env_names: &[], overrides: Overrides::default() };
+            Config::load_from(inputs).map(|c| c.tracing).map_err(|e| e.to_string())
+        };
+        let e = load(Some(&file), &|_| None).unwrap_err();
+        assert!(e.contains("tracing.otlp_endpoint") && e.contains("cargo feature `otel`"), "{e}");
+        let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4318".to_string());
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, "").unwrap();
+        let e = load(Some(&empty), &env).unwrap_err();
+        assert!(e.contains("environment variable OTEL_EXPORTER_OTLP_ENDPOINT") && e.contains("`otel`"), "{e}");
+        assert_eq!(load(Some(&empty), &|_| None).unwrap().export, None, "off: nothing to refuse");
     }
 }

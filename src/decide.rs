@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::metrics::RuleMetrics;
@@ -81,20 +82,26 @@ pub async fn decide(
     out.snapshot_json = snap_json.to_string();
     out.rules_digest = rules.digest().to_string();
     let mut record = DecideRecord { states: new_states, ..Default::default() };
-    for p in planned {
-        let report = settle(store, config, metrics, fence, p, &mut out, &mut record).await?;
-        out.decisions.push(report);
+    let apply = tracing::info_span!(target: crate::telemetry::TARGET, "apply", decisions = planned.len());
+    async {
+        for p in planned {
+            let report = settle(store, config, metrics, fence, p, &mut out, &mut record).await?;
+            out.decisions.push(report);
+        }
+        let applied = out.decisions.iter().filter(|d| d.outcome.is_applied()).count();
+        if !out.decisions.is_empty() {
+            out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
+        }
+        if let Some(fence) = fence {
+            let now = store.now();
+            record.decisions = out.decisions.iter().map(|d| d.row(fence.tick_id.unwrap_or(0), now)).collect();
+            store.decisions().record_decide(fence, &record).await?;
+            store.decisions().prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
+        }
+        Ok::<(), StoreError>(())
     }
-    let applied = out.decisions.iter().filter(|d| d.outcome.is_applied()).count();
-    if !out.decisions.is_empty() {
-        out.notes.push(format!("{} decision(s), {applied} applied", out.decisions.len()));
-    }
-    if let Some(fence) = fence {
-        let now = store.now();
-        record.decisions = out.decisions.iter().map(|d| d.row(fence.tick_id.unwrap_or(0), now)).collect();
-        store.decisions().record_decide(fence, &record).await?;
-        store.decisions().prune_cooldowns(fence, ago(snap.now, config.rules.cooldown)).await?;
-    }
+    .instrument(apply)
+    .await?;
     Ok(out)
 }
 
@@ -351,6 +358,8 @@ fn rule_enqueue(
             .get(action_type)
             .and_then(|d| chrono::Duration::from_std(*d).ok())
             .and_then(|d| store.now().checked_add_signed(d)),
+        // The tick's trace: the action's first attempt continues it.
+        traceparent: crate::telemetry::current_traceparent(),
     })
 }
 
@@ -380,6 +389,7 @@ fn alert_action(
         not_before: store.now(),
         max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
         expires_at: None,
+        traceparent: crate::telemetry::current_traceparent(),
     })
 }
 

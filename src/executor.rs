@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tracing::Instrument;
 
 use crate::adapters::{AdapterError, ExecContext, Registry};
 use crate::artifacts::{self, Artifact};
 use crate::metrics::Metrics;
-use crate::model::{self, Action, LogLevel, NewLog};
+use crate::model::{self, Action, LogLevel, NewLog, TraceParent};
 use crate::queue;
 use crate::store::{Claimed, Completion, CompletionOutcome, Store};
+use crate::telemetry;
 
 /// The pause between two tries at writing a group of outcomes.
 const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(250);
@@ -266,13 +268,17 @@ impl Executor {
         let action = Arc::new(claim.action.clone());
         let registry = self.registry.clone();
         let artifacts_dir = self.settings.artifacts_dir.clone();
-        let ctx = ExecContext::new(tick_id, claim.attempt);
+        let span = attempt_span(&claim, worker, self.registry.adapter_name(&claim.action.action_type));
+        // The peer hears of this attempt's span; with traces off, of the context the action
+        // was enqueued under, passed on as it came.
+        let traceparent = telemetry::traceparent_of(&span).map(|t| t.to_string()).or(action.traceparent.clone());
+        let ctx = ExecContext::new(tick_id, claim.attempt).with_traceparent(traceparent);
         let task_ctx = ctx.clone();
         let task_action = action.clone();
-        let inner =
-            tokio::spawn(
-                async move { run_adapter(&registry, &task_ctx, &task_action, proof_mode, &artifacts_dir).await },
-            );
+        let inner = tokio::spawn(
+            async move { run_adapter(&registry, &task_ctx, &task_action, proof_mode, &artifacts_dir).await }
+                .instrument(span.clone()),
+        );
         let abort = inner.abort_handle();
         let (timeout, timeout_key) = self.timeout_for(&action.action_type);
         let result = match tokio::time::timeout(timeout, inner).await {
@@ -303,6 +309,10 @@ impl Executor {
             CompletionOutcome::Unstarted => "unstarted",
         };
         self.metrics.actions_total.with_label_values(&[action.action_type.as_str(), outcome]).inc();
+        span.record("outcome", outcome);
+        if outcome != "success" {
+            span.record("otel.status_code", "ERROR");
+        }
         done
     }
 
@@ -438,6 +448,50 @@ async fn run_adapter(
                 .map_err(|e| AdapterError::retryable(format!("artifact writer failed: {e}")))?
                 .map_err(|e| AdapterError::retryable(format!("cannot write proof artifact: {e}")))?;
             Ok((format!("proof artifact written: {}", written.path.display()), Some(written)))
+        }
+    }
+}
+
+/// The span of one attempt. The first attempt of an action enqueued under a trace context is a
+/// child of it; every later attempt starts a trace of its own, linked to that context (the
+/// first attempt's trace), so one trace does not grow for as long as an action keeps retrying.
+/// An action with no context starts a trace (in a tick, below its dispatch).
+fn attempt_span(claim: &Claimed, worker: &str, adapter: &str) -> tracing::Span {
+    let action = &claim.action;
+    let context = action.traceparent.as_deref().and_then(|t| match t.parse::<TraceParent>() {
+        Ok(tp) => Some(tp),
+        Err(e) => {
+            tracing::warn!(action_id = action.id, error = %e, "the stored traceparent is ignored");
+            None
+        }
+    });
+    macro_rules! span {
+        ($($parent:tt)*) => {
+            tracing::info_span!(
+                target: telemetry::TARGET,
+                $($parent)*
+                "attempt",
+                action_id = action.id,
+                action_type = %action.action_type,
+                attempt = claim.attempt,
+                adapter,
+                worker,
+                proof_mode = claim.proof,
+                outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        };
+    }
+    match context {
+        None => span!(),
+        Some(tp) => {
+            let span = span!(parent: None,);
+            if claim.attempt <= 1 {
+                telemetry::join(&span, &tp);
+            } else {
+                telemetry::link(&span, &tp);
+            }
+            span
         }
     }
 }

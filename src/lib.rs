@@ -29,5 +29,6 @@ pub mod settings;
 pub mod snapshot;
 mod status;
 pub mod store;
+pub mod telemetry;
 pub mod tick;
 pub mod worker;

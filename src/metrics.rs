@@ -24,6 +24,8 @@ pub mod names {
     pub const ARTIFACT_TMP_REMOVED_TOTAL: &str = "orchestrator_artifact_tmp_removed_total";
     /// Log lines this process could not write (stderr closed or failing); the work went on.
     pub const LOG_LINES_DROPPED_TOTAL: &str = "orchestrator_log_lines_dropped_total";
+    /// Spans the OTLP collector did not take (traces on); the work went on.
+    pub const TRACE_SPANS_DROPPED_TOTAL: &str = "orchestrator_trace_spans_dropped_total";
 
     // Gauges of database state, computed on every scrape (see [`super::DbGauges`]).
     pub const QUEUE_ACTIONS: &str = "orchestrator_queue_actions";
@@ -190,6 +192,19 @@ pub fn log_lines_dropped() -> &'static IntCounter {
     &DROPPED
 }
 
+/// Spans the OTLP exporter could not deliver (the collector down or refusing), one counter per
+/// process like [`log_lines_dropped`]; 0 while traces are off.
+pub fn trace_spans_dropped() -> &'static IntCounter {
+    static DROPPED: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+        IntCounter::new(
+            names::TRACE_SPANS_DROPPED_TOTAL,
+            "Spans the OTLP collector did not take (traces on); dropped, the work went on.",
+        )
+        .expect("valid metric")
+    });
+    &DROPPED
+}
+
 /// This process's metrics.
 #[derive(Clone)]
 pub struct Metrics {
@@ -292,6 +307,7 @@ impl Metrics {
             Box::new(instance_lease_held.clone()),
             Box::new(artifact_tmp_removed_total.clone()),
             Box::new(log_lines_dropped().clone()),
+            Box::new(trace_spans_dropped().clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");

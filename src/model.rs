@@ -443,6 +443,10 @@ pub struct Action {
     /// requeue, and for rows claimed before claims had tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub claim: Option<ClaimInfo>,
+    /// The W3C `traceparent` it was enqueued under (`null`: none): its first attempt's trace
+    /// is a child of it, a retry's trace links to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One attempt's claim: who holds it, under which token, until when, in which mode.
@@ -540,11 +544,103 @@ pub fn validate_type(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A W3C trace context `traceparent` (version `00`): the trace an action's first attempt joins.
+/// Parsed once where it enters (`enqueue --traceparent`, the API's `traceparent` header, a
+/// body's or a JSON Lines row's field, a tick's own context) and stored as its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceParent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+impl TraceParent {
+    /// From its parts; `None` when either id is all zeros (the spec's invalid ids).
+    pub fn new(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Option<TraceParent> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(TraceParent { trace_id, span_id, flags })
+    }
+
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    pub fn span_id(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+}
+
+impl FromStr for TraceParent {
+    type Err = String;
+
+    /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower case, as the W3C
+    /// recommendation writes it; anything else is refused with what was wrong.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let shown = if text.len() > 80 {
+            format!("{:?}...", &text[..text.floor_char_boundary(80)])
+        } else {
+            format!("{text:?}")
+        };
+        let bad = |why: &str| format!("traceparent {shown} is not a W3C trace context: {why}");
+        let parts: Vec<&str> = text.split('-').collect();
+        let [version, trace, span, flags] = parts[..] else {
+            return Err(bad("expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>"));
+        };
+        if version != "00" {
+            return Err(bad(&format!("version {version:?} is not supported (only 00)")));
+        }
+        fn hex<const N: usize>(part: &str, what: &str) -> Result<[u8; N], String> {
+            if part.len() != 2 * N || !part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err(format!("the {what} must be {} lower-case hex digits, got {part:?}", 2 * N));
+            }
+            let mut out = [0u8; N];
+            hex::decode_to_slice(part, &mut out).map_err(|e| format!("the {what}: {e}"))?;
+            Ok(out)
+        }
+        let trace_id = hex::<16>(trace, "trace id").map_err(|e| bad(&e))?;
+        let span_id = hex::<8>(span, "parent id").map_err(|e| bad(&e))?;
+        let [flags] = hex::<1>(flags, "flags").map_err(|e| bad(&e))?;
+        TraceParent::new(trace_id, span_id, flags).ok_or_else(|| bad("an all-zero trace id or parent id is invalid"))
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{}-{}-{:02x}", hex::encode(self.trace_id), hex::encode(self.span_id), self.flags)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_traceparent_reads_back_as_written_and_a_bad_one_says_why() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp: TraceParent = text.parse().unwrap();
+        assert_eq!(tp.to_string(), text);
+        assert_eq!(tp.flags(), 1);
+        for (bad, why) in [
+            ("", "expected 00-"),
+            ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "version \"01\""),
+            ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "32 lower-case hex"),
+            ("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", "trace id must be 32"),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01", "parent id must be 16"),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1", "flags must be 2"),
+            ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", "all-zero"),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", "all-zero"),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", "expected 00-"),
+        ] {
+            let e = bad.parse::<TraceParent>().unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn decision_kinds_and_outcomes_read_back_as_written() {

@@ -47,7 +47,7 @@ pub enum QueueError {
 
 /// An enqueue request as it arrives from the CLI, the API or a rule. Deserialized as is from a
 /// JSON Lines row or an API body: `{"action_type", "payload", "idempotency_key"?, "priority"?,
-/// "not_before"?, "max_attempts"?, "expires_at"?}`, unknown fields refused.
+/// "not_before"?, "max_attempts"?, "expires_at"?, "traceparent"?}`, unknown fields refused.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
@@ -61,6 +61,10 @@ pub struct EnqueueRequest {
     /// The deadline; without one, the type's `expire_after` from the config, if any.
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// A W3C trace context for the action's first attempt to continue (`enqueue
+    /// --traceparent`, the API's `traceparent` header); checked by [`prepare`].
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// What the config fills in for a request that leaves it out.
@@ -223,6 +227,10 @@ pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<U
     {
         return Err(format!("expires_at {} is not in the future", t.to_rfc3339()));
     }
+    let traceparent = match &req.traceparent {
+        Some(t) => Some(t.parse::<crate::model::TraceParent>()?.to_string()),
+        None => None,
+    };
     Ok(NewAction {
         action_type: req.action_type.clone(),
         payload_json,
@@ -231,6 +239,7 @@ pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<U
         not_before: req.not_before.unwrap_or(now),
         max_attempts: max_attempts as i32,
         expires_at,
+        traceparent,
     })
 }
 
@@ -382,6 +391,7 @@ mod tests {
             not_before: None,
             max_attempts: None,
             expires_at: None,
+            traceparent: None,
         }
     }
 

@@ -18,6 +18,7 @@ mod m20261203_000010_lease_epochs;
 mod m20261203_000011_partition_keys;
 mod m20261204_000012_tracked_keys;
 mod m20261205_000013_overflow_walk;
+mod m20261205_000014_traceparent;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000011_partition_keys::Migration),
             Box::new(m20261204_000012_tracked_keys::Migration),
             Box::new(m20261205_000013_overflow_walk::Migration),
+            Box::new(m20261205_000014_traceparent::Migration),
         ]
     }
 }

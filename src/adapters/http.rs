@@ -25,6 +25,8 @@ use super::{Secret, WebhookTarget};
 pub const IDEMPOTENCY_HEADER: &str = "X-Orchestrator-Idempotency-Key";
 /// The request header with the body's signature.
 pub const SIGNATURE_HEADER: &str = "X-Orchestrator-Signature";
+/// The W3C trace context of the attempt (ExecContext::traceparent), when there is one.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// How much of a response body is kept for the log.
 pub const RESPONSE_LOG_BYTES: usize = 1024;
 /// The longest `Retry-After` honoured; a peer cannot park an action for longer.
@@ -43,13 +45,15 @@ impl Http {
     }
 
     /// Sends `body` to `target` for the action with idempotency key `key`. `timeout` applies
-    /// when the target sets none. Returns a one-line summary for the execution log.
+    /// when the target sets none; `traceparent` is sent as the W3C header. Returns a one-line
+    /// summary for the execution log.
     pub async fn send(
         &self,
         target: &WebhookTarget,
         key: &str,
         body: Vec<u8>,
         timeout: Duration,
+        traceparent: Option<&str>,
     ) -> Result<String, AdapterError> {
         let shown = format!("{} {}", target.method, loggable_url(&target.url));
         let signature = match (&target.secret_env, &target.secret) {
@@ -78,6 +82,12 @@ impl Http {
         req = req.header(IDEMPOTENCY_HEADER, key_value);
         if let Some(sig) = signature {
             req = req.header(SIGNATURE_HEADER, sig);
+        }
+        // The W3C trace context, unless the target sets the header itself.
+        if let Some(tp) = traceparent
+            && !target.headers.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT_HEADER))
+        {
+            req = req.header(TRACEPARENT_HEADER, tp);
         }
 
         let started = Instant::now();

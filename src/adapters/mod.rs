@@ -156,12 +156,21 @@ pub struct ExecContext {
     pub tick_id: Option<i64>,
     /// This attempt's number, from 1.
     pub attempt: i32,
+    /// The W3C `traceparent` to send the peer (the attempt's span, or the context the action
+    /// was enqueued under when traces are off); `None`: no header.
+    pub traceparent: Option<String>,
     record: Arc<Mutex<Option<Proof>>>,
 }
 
 impl ExecContext {
     pub fn new(tick_id: Option<i64>, attempt: i32) -> Self {
-        ExecContext { tick_id, attempt, record: Arc::default() }
+        ExecContext { tick_id, attempt, traceparent: None, record: Arc::default() }
+    }
+
+    /// With the `traceparent` the peer is sent.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// Leaves a record of what a real attempt did (a command's output, say). The executor writes
@@ -234,6 +243,17 @@ impl Registry {
     pub fn register(&mut self, adapter: impl Adapter) -> &mut Self {
         self.adapters.insert(adapter.action_type().to_string(), Arc::new(adapter));
         self
+    }
+
+    /// The name of the adapter serving `action_type`, for an attempt's span: its section's
+    /// (`webhook`), `noop`, `custom` for one a program registered, `none` without one.
+    pub fn adapter_name(&self, action_type: &str) -> &'static str {
+        match (self.get(action_type), SECTIONS.iter().find(|s| s.action_type == action_type)) {
+            (None, _) => "none",
+            (Some(_), Some(section)) => section.name,
+            (Some(_), None) if action_type == "NOOP" => "noop",
+            (Some(_), None) => "custom",
+        }
     }
 
     pub fn get(&self, action_type: &str) -> Option<Arc<dyn Adapter>> {

@@ -303,13 +303,21 @@ pub struct EnqueueArgs {
     /// (default: the type's expire_after in the config, if any).
     #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
     pub expires_in: Option<Duration>,
+    /// A W3C trace context (`00-<trace id>-<parent id>-<flags>`): the action's first attempt
+    /// continues that trace (traces: docs/operations.md).
+    #[arg(long, value_name = "TRACEPARENT", value_parser = parse_traceparent)]
+    pub traceparent: Option<String>,
     /// JSON Lines file of actions (`-` for stdin).
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["key", "delay", "not_before", "max_attempts", "expires_in"]
+        conflicts_with_all = ["key", "delay", "not_before", "max_attempts", "expires_in", "traceparent"]
     )]
     pub file: Option<PathBuf>,
+}
+
+fn parse_traceparent(s: &str) -> Result<String, String> {
+    s.parse::<model::TraceParent>().map(|t| t.to_string())
 }
 
 fn parse_delay(s: &str) -> Result<Duration, String> {
@@ -456,6 +464,18 @@ pub fn usage(e: &clap::Error) -> u8 {
     }
 }
 
+/// The `tracing:` settings of a command that runs work (`run`, `worker`, `run-once`), for
+/// `main` to start the exporter with before the runtime; `None` for the others, and when the
+/// config cannot be read (the command itself then says why).
+pub fn tracing_config(cli: &Cli) -> Option<crate::telemetry::TracingConfig> {
+    match &cli.command {
+        Command::Run { .. } | Command::Worker { .. } | Command::RunOnce { dry_run: false } => {
+            Config::load(cli.config.as_deref(), Overrides::default()).ok().map(|c| c.tracing)
+        }
+        _ => None,
+    }
+}
+
 async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
     // Generated from the clap types alone: no config, no database. Generated into memory first:
     // clap_complete panics on a write error.
@@ -493,6 +513,9 @@ async fn run_with(cli: Cli, out: &output::Out) -> anyhow::Result<u8> {
     let config = Config::load(cli.config.as_deref(), overrides.clone())?;
     for line in &config.deprecations {
         tracing::warn!("{line}");
+    }
+    if let Some(export) = &config.tracing.export {
+        tracing::info!(endpoint = %export.endpoint, from = %export.from, "traces exported over OTLP/HTTP");
     }
     // What SIGHUP reads again: the same file and flags.
     let config_file = cli.config.clone();
@@ -811,6 +834,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
                     .ok_or_else(|| fail(exit::ERROR, "--expires-in is too long"))
             })
             .transpose()?,
+        traceparent: args.traceparent,
     };
     let outcome = queue::enqueue(store, &req, config.enqueue_defaults()).await?;
     let text = if outcome.duplicate {

@@ -316,9 +316,11 @@ async fn run_once(
 async fn enqueue(
     State(st): State<AppState>,
     axum::Extension(who): axum::Extension<Who>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: EnqueueRequest = parse_body(body)?;
+    let mut req: EnqueueRequest = parse_body(body)?;
+    req.traceparent = traceparent(&headers, req.traceparent)?;
     let outcome = queue::enqueue(&st.store, &req, st.config.enqueue_defaults()).await.map_err(|e| match e {
         QueueError::Invalid(m) => ApiError::bad_request(m),
         QueueError::Store(e) => e.into(),
@@ -333,6 +335,25 @@ async fn enqueue(
     );
     let code = if outcome.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     Ok((code, axum::Json(outcome)).into_response())
+}
+
+/// The trace context of an enqueue: the W3C `traceparent` header (checked here, so a bad one
+/// is named as the header), or the body's `traceparent`; both must agree when both are given.
+fn traceparent(headers: &HeaderMap, body: Option<String>) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("traceparent").iter();
+    let Some(value) = values.next() else { return Ok(body) };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request("header traceparent: given more than once".to_string()));
+    }
+    let text =
+        value.to_str().map_err(|_| ApiError::bad_request("header traceparent: not visible ASCII".to_string()))?;
+    let tp = text.trim().parse::<model::TraceParent>().map_err(|e| ApiError::bad_request(format!("header {e}")))?;
+    match body {
+        Some(b) if b != tp.to_string() => Err(ApiError::bad_request(format!(
+            "header traceparent ({tp}) and the body's traceparent ({b:?}) differ; give one"
+        ))),
+        _ => Ok(Some(tp.to_string())),
+    }
 }
 
 async fn list_actions(

@@ -389,6 +389,8 @@ impl RuleSet {
     }
 
     fn run_rule(&self, rule: &Rule, snap: &Dynamic, state: Option<&Value>) -> RuleRun {
+        // One span per rule, a child of the tick's when traces are on (evaluation is synchronous).
+        let _span = tracing::info_span!(target: crate::telemetry::TARGET, "rule", rule = %rule.name).entered();
         let started = Instant::now();
         let state_in = match state {
             Some(v @ Value::Object(_)) => v.clone(),

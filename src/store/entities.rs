@@ -79,6 +79,7 @@ pub mod actions {
         pub claimed_by: Option<String>,
         pub claim_deadline: Option<DateTimeUtc>,
         pub claim_proof: Option<bool>,
+        pub traceparent: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -176,6 +177,7 @@ impl TryFrom<actions::Model> for model::Action {
                 }
                 _ => None,
             },
+            traceparent: m.traceparent,
         })
     }
 }

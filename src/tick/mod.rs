@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::adapters::Registry;
 use crate::config::Config;
@@ -27,6 +28,7 @@ use crate::services::registration::Registration;
 use crate::services::rescuer::Rescuer;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{Fence, Store, StoreError, TickClose};
+use crate::telemetry;
 
 mod close;
 
@@ -248,45 +250,59 @@ impl Engine {
             }
         };
         let heartbeat = self.lease.heartbeat(&term, self.config.heartbeat);
-        let span = tracing::info_span!("tick", tick_id, epoch = term.epoch);
-        let _enter = span.enter();
-
-        match self.body(&term, tick_id, &heartbeat, started).await {
-            Ok((close, report_extra)) => {
-                self.store.ledger().close_tick(tick_id, &close).await?;
-                if close.status == TickStatus::Killed {
-                    drop(heartbeat);
-                    self.lease.release().await?;
+        // The tick's span: its children are the snapshot, each rule, the decisions' apply and
+        // the dispatch; a rule's `enqueue` stores its context (`telemetry`).
+        let span = tracing::info_span!(
+            target: telemetry::TARGET,
+            "tick",
+            tick_id,
+            epoch = term.epoch,
+            status = tracing::field::Empty
+        );
+        let ran = async {
+            match self.body(&term, tick_id, &heartbeat, started).await {
+                Ok((close, report_extra)) => {
+                    self.store.ledger().close_tick(tick_id, &close).await?;
+                    if close.status == TickStatus::Killed {
+                        drop(heartbeat);
+                        self.lease.release().await?;
+                    }
+                    Ok(TickOutcome::Ran(TickReport {
+                        tick_id,
+                        status: close.status,
+                        attempted: close.attempted as u32,
+                        succeeded: close.succeeded as u32,
+                        failed: (close.attempted - close.succeeded) as u32,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        notes: close.notes.unwrap_or_default(),
+                        epoch: term.epoch,
+                        rejected_writes: report_extra.rejected_writes,
+                        snapshot: report_extra.snapshot,
+                        budget_spent: report_extra.budget_spent,
+                        left_due: report_extra.left_due,
+                    }))
                 }
-                Ok(TickOutcome::Ran(TickReport {
-                    tick_id,
-                    status: close.status,
-                    attempted: close.attempted as u32,
-                    succeeded: close.succeeded as u32,
-                    failed: (close.attempted - close.succeeded) as u32,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    notes: close.notes.unwrap_or_default(),
-                    epoch: term.epoch,
-                    rejected_writes: report_extra.rejected_writes,
-                    snapshot: report_extra.snapshot,
-                    budget_spent: report_extra.budget_spent,
-                    left_due: report_extra.left_due,
-                }))
-            }
-            Err(e) => {
-                let close = TickClose {
-                    status: TickStatus::Fail,
-                    attempted: 0,
-                    succeeded: 0,
-                    notes: Some(format!("tick failed: {e}")),
-                    snapshot: None,
-                };
-                if let Err(close_err) = self.store.ledger().close_tick(tick_id, &close).await {
-                    tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
+                Err(e) => {
+                    let close = TickClose {
+                        status: TickStatus::Fail,
+                        attempted: 0,
+                        succeeded: 0,
+                        notes: Some(format!("tick failed: {e}")),
+                        snapshot: None,
+                    };
+                    if let Err(close_err) = self.store.ledger().close_tick(tick_id, &close).await {
+                        tracing::warn!(error = %close_err, "could not close the failed tick's ledger row");
+                    }
+                    Err(e)
                 }
-                Err(e)
             }
         }
+        .instrument(span.clone())
+        .await;
+        if let Ok(TickOutcome::Ran(r)) = &ran {
+            span.record("status", r.status.as_str());
+        }
+        ran
     }
 
     /// The tick as the holder, from the flags to the ledger row's close.
@@ -312,7 +328,10 @@ impl Engine {
             notes.extend(self.rescuer.run(&fence, &term.owner).await?);
             notes.extend(self.expirer.run(&fence).await?);
         }
-        let snap = self.snapshot(term, flags, Some(tick_id)).await?;
+        let snap = self
+            .snapshot(term, flags, Some(tick_id))
+            .instrument(tracing::info_span!(target: telemetry::TARGET, "snapshot"))
+            .await?;
         if flags.paused {
             // Rules still run while paused (a breaker must be able to resume); only pause,
             // resume and alert act.
@@ -326,7 +345,10 @@ impl Engine {
             return Ok(paused("paused by a rule: nothing dispatched", notes, decided, snap));
         }
         notes.extend(decided.notes.iter().cloned());
-        let facts = self.dispatch(term.epoch, tick_id, lease, started, &snap, &decided).await?;
+        let facts = self
+            .dispatch(term.epoch, tick_id, lease, started, &snap, &decided)
+            .instrument(tracing::info_span!(target: telemetry::TARGET, "dispatch"))
+            .await?;
         let idle =
             if facts.needs_conserving_check() { self.dispatcher.left_idle().await? } else { LeftIdle::default() };
         let (status, notes) = facts.judge(&idle, notes);

@@ -331,6 +331,7 @@ async fn operator_page_in_headless_chromium() {
                 not_before: None,
                 max_attempts: None,
                 expires_at: None,
+                traceparent: None,
             };
             let id = handle.block_on(queue::enqueue(&db, &req, 3)).unwrap().id;
             handle

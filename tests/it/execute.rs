@@ -94,6 +94,7 @@ fn req(action_type: &str, key: &str, payload: serde_json::Value) -> EnqueueReque
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     }
 }
 

@@ -113,6 +113,7 @@ impl<'a> Walk<'a> {
             not_before: orchestrator::model::now(),
             max_attempts: 3,
             expires_at: None,
+            traceparent: None,
         };
         let id = self.store.actions().enqueue(Authority::Operator, &new).await.unwrap().id;
         match status {

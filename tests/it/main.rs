@@ -44,6 +44,7 @@ mod http_live;
 mod instances;
 mod model;
 mod operator;
+mod otel;
 mod output;
 mod tidy;
 mod workers;

@@ -74,6 +74,7 @@ fn social(key: &str) -> EnqueueRequest {
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     }
 }
 
@@ -241,6 +242,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     };
     let p = queue::enqueue(&db.store, &enq("p", "panic"), 3).await.unwrap().id;
     let h = queue::enqueue(&db.store, &enq("h", "hang"), 3).await.unwrap().id;

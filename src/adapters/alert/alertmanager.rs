@@ -189,6 +189,7 @@ mod tests {
             updated_at: at,
             finished_at: None,
             decode_error: None,
+            traceparent: None,
             expires_at: None,
             claim: None,
         }

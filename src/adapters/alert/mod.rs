@@ -111,11 +111,11 @@ impl Adapter for Alert {
         }
         let mut done = format!("alert ({severity}) logged");
         if let Some(t) = &self.target {
-            let sent = self.http.send(t, key, body(action), self.timeout).await?;
+            let sent = self.http.send(t, key, body(action), self.timeout, ctx.traceparent.as_deref()).await?;
             done.push_str(&format!(" and sent: {sent}"));
         }
         if let (Some(am), Some(request)) = (&self.alertmanager, am_request) {
-            let sent = self.http.send(am.target(), key, request, self.timeout).await?;
+            let sent = self.http.send(am.target(), key, request, self.timeout, ctx.traceparent.as_deref()).await?;
             done.push_str(&format!("; Alertmanager: {sent}"));
         }
         Ok(Outcome { message: done })

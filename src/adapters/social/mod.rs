@@ -117,7 +117,7 @@ impl Adapter for PostSocial {
         Ok(Some(Proof { subdir: "proof_social".into(), extension: "txt".into(), body: text.into_bytes() }))
     }
 
-    async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
+    async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
         let post = parse(action)?;
         let (Some(target), Some(http)) = (self.routes.get(post.platform), &self.http) else {
             return Err(AdapterError::retryable(format!(
@@ -125,7 +125,8 @@ impl Adapter for PostSocial {
                 post.platform
             )));
         };
-        let message = http.send(target, &action.idempotency_key, body(&post), self.timeout).await?;
+        let message =
+            http.send(target, &action.idempotency_key, body(&post), self.timeout, ctx.traceparent.as_deref()).await?;
         Ok(Outcome { message })
     }
 }

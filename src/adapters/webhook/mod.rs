@@ -144,9 +144,10 @@ impl Adapter for Webhook {
         Ok(Some(Proof { subdir: "webhook".into(), extension: "http".into(), body: text.into_bytes() }))
     }
 
-    async fn execute(&self, _ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
+    async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {
         let (target, body) = self.plan(action)?;
-        let message = self.http.send(&target, &action.idempotency_key, body, self.timeout).await?;
+        let trace = ctx.traceparent.as_deref();
+        let message = self.http.send(&target, &action.idempotency_key, body, self.timeout, trace).await?;
         Ok(Outcome { message })
     }
 }

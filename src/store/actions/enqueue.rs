@@ -27,6 +27,8 @@ pub struct NewAction {
     pub max_attempts: i32,
     /// The deadline (`None`: none): never started after it, moved to `DLQ` as `expired`.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` it is enqueued under, checked ([`crate::model::TraceParent`]).
+    pub traceparent: Option<String>,
 }
 
 /// What an enqueue did.
@@ -42,20 +44,20 @@ pub struct EnqueueOutcome {
 const INSERT_CHUNK: usize = 5000;
 
 // Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts,
-// expires_at] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
+// expires_at, traceparent] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
 const INSERT_JSON_SQLITE: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at, expires_at)
+                     max_attempts, created_at, updated_at, expires_at, traceparent)
 SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2,
-       value ->> 6
+       value ->> 6, value ->> 7
 FROM json_each(jsonb($1)) WHERE true
 ON CONFLICT (idempotency_key) DO NOTHING";
 
 const INSERT_JSON_PG: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at, expires_at)
+                     max_attempts, created_at, updated_at, expires_at, traceparent)
 SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
-       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz
+       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz, r ->> 7
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
@@ -74,12 +76,12 @@ impl crate::store::handles::Actions<'_> {
             Authority::Lease(fence) => {
                 let sql = format!(
                     "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
-                     attempts, max_attempts, created_at, updated_at, expires_at) \
-                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10 WHERE {} \
+                     attempts, max_attempts, created_at, updated_at, expires_at, traceparent) \
+                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10, $11 WHERE {} \
                      ON CONFLICT (idempotency_key) DO NOTHING",
                     fence_sql(8, 9)
                 );
-                let values: [Value; 10] = [
+                let values: [Value; 11] = [
                     new.idempotency_key.as_str().into(),
                     new.action_type.as_str().into(),
                     new.payload_json.as_str().into(),
@@ -90,6 +92,7 @@ impl crate::store::handles::Actions<'_> {
                     fence.lease_name.as_str().into(),
                     fence.epoch.into(),
                     new.expires_at.into(),
+                    new.traceparent.clone().into(),
                 ];
                 let n = self
                     .store
@@ -149,7 +152,7 @@ impl crate::store::handles::Actions<'_> {
         let mut created = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
             #[allow(clippy::type_complexity)]
-            let rows: Vec<(&str, &str, &str, i32, String, i32, Option<String>)> = chunk
+            let rows: Vec<(&str, &str, &str, i32, String, i32, Option<String>, Option<&str>)> = chunk
                 .iter()
                 .map(|n| {
                     (
@@ -160,6 +163,7 @@ impl crate::store::handles::Actions<'_> {
                         timestamp_text(n.not_before),
                         n.max_attempts,
                         n.expires_at.map(timestamp_text),
+                        n.traceparent.as_deref(),
                     )
                 })
                 .collect();
@@ -201,5 +205,6 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         claimed_by: Set(None),
         claim_deadline: Set(None),
         claim_proof: Set(None),
+        traceparent: Set(n.traceparent.clone()),
     }
 }

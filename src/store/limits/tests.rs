@@ -52,6 +52,7 @@ async fn enqueue(store: &Store, rows: &[(&str, &str, i32)]) -> Vec<i64> {
             not_before: base + chrono::Duration::milliseconds(n as i64),
             max_attempts: 3,
             expires_at: None,
+            traceparent: None,
         };
         ids.push(store.actions().enqueue(crate::store::Authority::Operator, &new).await.unwrap().id);
     }

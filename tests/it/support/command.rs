@@ -29,6 +29,7 @@ pub fn action(key: &str, payload: serde_json::Value) -> Action {
         decode_error: None,
         expires_at: None,
         claim: None,
+        traceparent: None,
     }
 }
 

@@ -20,6 +20,7 @@ pub fn noop(key: &str) -> EnqueueRequest {
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     }
 }
 

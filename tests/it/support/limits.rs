@@ -16,6 +16,7 @@ pub fn action(t: &str, key: &str, priority: i32, payload: serde_json::Value) -> 
         not_before: None,
         max_attempts: None,
         expires_at: None,
+        traceparent: None,
     }
 }
 

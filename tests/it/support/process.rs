@@ -15,7 +15,8 @@ pub fn bin(cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     cmd.current_dir(cwd);
     for (k, _) in std::env::vars() {
-        if k.starts_with("ORCHESTRATOR_") || k.starts_with("AOL_") || k == "DATABASE_URL" || k == "RUST_LOG" {
+        let otel = k.starts_with("OTEL_");
+        if k.starts_with("ORCHESTRATOR_") || k.starts_with("AOL_") || otel || k == "DATABASE_URL" || k == "RUST_LOG" {
             cmd.env_remove(k);
         }
     }
