@@ -1,5 +1,8 @@
 //! Build facts for `orchestrator --version`: the git commit the binary was built from and the
-//! cargo features it was built with, as `ORCHESTRATOR_GIT_COMMIT` and `ORCHESTRATOR_FEATURES`.
+//! cargo features it was built with, as `BUILD_GIT_COMMIT` and `BUILD_FEATURES`.
+//! Not `ORCHESTRATOR_*`: cargo also sets these in the environment of `cargo run` and
+//! `cargo test`, and the binary reads `ORCHESTRATOR_<KEY>` as config (refusing keys it does
+//! not know), so the README's `cargo run --release -- run-once` would fail.
 //!
 //! Never fails the build: without git, or outside a repository (a release tarball, a vendored
 //! copy), the commit is `unknown`. It reads the repository; it writes nothing but cargo's lines.
@@ -10,7 +13,7 @@ use std::process::Command;
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
-    println!("cargo::rustc-env=ORCHESTRATOR_GIT_COMMIT={commit}");
+    println!("cargo::rustc-env=BUILD_GIT_COMMIT={commit}");
     for file in watched() {
         println!("cargo::rerun-if-changed={}", file.display());
     }
@@ -22,7 +25,7 @@ fn main() {
         .collect();
     features.sort();
     let features = if features.is_empty() { "none".to_string() } else { features.join(",") };
-    println!("cargo::rustc-env=ORCHESTRATOR_FEATURES={features}");
+    println!("cargo::rustc-env=BUILD_FEATURES={features}");
 }
 
 /// The trimmed output of a successful `git` command run in the package's directory.

@@ -70,9 +70,9 @@ fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("ORCHESTRATOR_GIT_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ", features: ",
-    env!("ORCHESTRATOR_FEATURES"),
+    env!("BUILD_FEATURES"),
     ")"
 );
 

@@ -226,6 +226,21 @@ fn version_names_the_commit_and_the_features() {
     );
 }
 
+/// What cargo sets for `cargo run` and `cargo test` from the build script (its `rustc-env`
+/// lines) is no config to the binary: the README's `cargo run --release -- run-once` gets it
+/// all, and a name the binary read as `ORCHESTRATOR_<KEY>` would be refused as an unknown key.
+#[test]
+fn the_build_scripts_variables_are_not_config() {
+    for name in ["BUILD_GIT_COMMIT", "BUILD_FEATURES"] {
+        assert!(std::env::var(name).is_ok(), "cargo sets {name} for the tests as for `cargo run`");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = bin(dir.path());
+    cmd.env("BUILD_GIT_COMMIT", env!("BUILD_GIT_COMMIT")).env("BUILD_FEATURES", env!("BUILD_FEATURES"));
+    let o = run(cmd.arg("run-once"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_inputs_give_one_clear_line_and_the_right_exit_code() {
     let dir = tempfile::tempdir().unwrap();

@@ -427,8 +427,7 @@ fn log_lines_are_coloured_only_on_a_terminal() {
         line.push_str(" run --ticks 1 --no-http --interval 0");
         let mut cmd = std::process::Command::new("script");
         cmd.current_dir(d).env_remove("NO_COLOR").env_remove("RUST_LOG").env("TERM", "xterm");
-        // As `bin` does: cargo hands the test build.rs's ORCHESTRATOR_GIT_COMMIT and
-        // ORCHESTRATOR_FEATURES, which the binary would refuse as unknown keys.
+        // As `bin` does: no ORCHESTRATOR_* of the test's own environment reaches the daemon.
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORCHESTRATOR_")) {
             cmd.env_remove(k);
         }
