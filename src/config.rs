@@ -25,6 +25,7 @@ pub use crate::adapters::AdaptersConfig;
 use crate::health::{LIVENESS_KEYS, WORKLOAD_KEYS};
 use crate::limits::{LIMIT_KEYS, LimitSpec};
 use crate::rules::{RULES_KEYS, RulesConfig};
+use crate::schedules::{SCHEDULE_KEYS, ScheduleSpec};
 use crate::telemetry::{TRACING_KEYS, TracingConfig};
 pub use environment::Acting;
 pub use http::{ADMIN_TOKEN_ENV, AdminTokens, DEFAULT_HTTP_LISTEN, HTTP_KEYS, HttpConfig, MIN_ADMIN_TOKEN_LEN};
@@ -82,6 +83,9 @@ pub struct Config {
     /// section, so `run` leaves the limits table as it is; `Some` when it has one, even
     /// `limits: {}`.
     pub limits: Option<BTreeMap<String, LimitSpec>>,
+    /// `schedules:` (file only): the named schedules the leader fires. `None` without the
+    /// section (`run` leaves the schedules table as it is), `Some` with it, even `schedules: {}`.
+    pub schedules: Option<BTreeMap<String, ScheduleSpec>>,
     /// Per partitioned limit, how many partition values are tracked; the values beyond share
     /// [`crate::limits::OVERFLOW_PARTITION`].
     pub limit_partitions: u32,
@@ -266,6 +270,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
     keys.extend(KeyInfo::of(TRACING_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
+    keys.extend(KeyInfo::of(SCHEDULE_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
 }
@@ -289,6 +294,11 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         let mut limits = BTreeMap::new();
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;
         config.limits = Some(limits);
+    }
+    if raw.has_entries("schedules") {
+        let mut schedules = BTreeMap::new();
+        key::apply(SCHEDULE_KEYS, "", raw, env, &mut schedules)?;
+        config.schedules = Some(schedules);
     }
     config.adapters = AdaptersConfig::resolve(raw, env)?;
     Ok(config)

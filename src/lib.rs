@@ -24,6 +24,7 @@ pub mod queue;
 pub mod rules;
 pub mod runtime;
 pub mod scenario;
+pub mod schedules;
 pub mod services;
 pub mod settings;
 pub mod snapshot;

@@ -20,6 +20,7 @@ mod follow;
 mod limits;
 mod output;
 mod rules;
+mod schedules;
 pub mod stdio;
 
 use std::path::PathBuf;
@@ -179,6 +180,10 @@ pub enum Command {
     /// Limits per action type, held in the database for every host: list, set, clear, override.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// Schedules the leader fires (cron in a time zone, exactly once per slot): list, add,
+    /// remove, pause, resume, run-now.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// The tick ledger, newest first; with --follow, the last --limit oldest first, then each
     /// tick as it finishes, until Ctrl-C.
     Ticks {
@@ -667,6 +672,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
         }
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
         Command::Limits(cmd) => limits::run(cmd, store, out).await?,
+        Command::Schedules(cmd) => schedules::run(cmd, config, store, out).await?,
         Command::Lease(cmd) => match cmd {
             LeaseCommand::Show => {
                 let report = read_status(config, store).await?;

@@ -243,6 +243,55 @@ impl Out {
         }
     }
 
+    /// `schedules list` (and an added schedule): one row each, its state and fires.
+    pub fn schedules(&self, list: &[crate::schedules::ScheduleView]) {
+        if self.json {
+            return self.print_json(&list);
+        }
+        if list.is_empty() {
+            say!(self, "no schedules");
+            return;
+        }
+        let at = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or_else(|| "-".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        };
+        say!(
+            self,
+            "{:<20} {:<8} {:<16} {:<16} {:<14} {:<21} {:<21} {:>6} {:>8}  SOURCE",
+            "NAME",
+            "STATE",
+            "CRON",
+            "TIMEZONE",
+            "TYPE",
+            "LAST SLOT",
+            "NEXT FIRE",
+            "FIRES",
+            "MISFIRES"
+        );
+        for v in list {
+            let (d, r) = (&v.row.def, &v.row);
+            say!(
+                self,
+                "{:<20} {:<8} {:<16} {:<16} {:<14} {:<21} {:<21} {:>6} {:>8}  {}",
+                d.name,
+                v.state,
+                d.cron,
+                d.timezone,
+                d.action_type,
+                at(r.last_slot),
+                at(v.next_fire),
+                r.fires,
+                r.misfires,
+                r.source
+            );
+            if let Some(why) = &r.paused_reason
+                && r.paused
+            {
+                say!(self, "  paused: {why}");
+            }
+        }
+    }
+
     /// `limits list`: one row per limited type, the details under it.
     pub fn limits(&self, list: &[LimitUsage]) {
         if self.json {

@@ -268,9 +268,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::NotFound(_) | StoreError::Refused(Refusal::NotFound(_)) => {
-                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
-            }
+            StoreError::NotFound(_)
+            | StoreError::Refused(Refusal::NotFound(_))
+            | StoreError::Refused(Refusal::NoSchedule(_)) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Refused(r) => ApiError::new(StatusCode::CONFLICT, r.to_string()),
             StoreError::Invalid(m) => ApiError::bad_request(m.clone()),
             _ if e.is_unavailable() => {

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::adapters::{Registry, RegistryError};
 use crate::config::Config;
-use crate::services::limits_writer;
+use crate::services::{limits_writer, scheduler};
 use crate::store::{ConfigLimits, Store, StoreError};
 use crate::tick::{DryRunReport, Engine, TickOutcome};
 use crate::worker::{Worker, WorkerOptions, WorkerSummary};
@@ -73,7 +73,8 @@ pub async fn run(
     let stop = stop_on_signal("signal received: finishing the current tick, then releasing the lease");
     reload::watch_rules(engine.clone(), config.rules_dir.clone());
     limits_writer::write(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
-    reload::rewrite_limits_on_hangup(store.clone(), reload);
+    scheduler::write(store, config).await?;
+    reload::rewrite_on_hangup(store.clone(), reload);
     let server = if options.http { Some(http::start_instance(&engine, config, true).await?) } else { None };
     tracing::info!(
         owner = engine.lease().owner(),
@@ -133,6 +134,7 @@ pub async fn serve(store: &Store, config: &Config) -> Result<(), StartError> {
 pub async fn run_once(store: &Store, config: &Config) -> Result<TickOutcome, StartError> {
     let engine = engine(store, config)?;
     limits_writer::write(store, config, &Registry::from_config(config)?, ConfigLimits::Fill).await?;
+    scheduler::write(store, config).await?;
     let outcome = engine.tick().await;
     if let Err(e) = engine.release().await {
         tracing::warn!(error = %e, "could not release the lease; it expires by itself");

@@ -69,13 +69,19 @@ pub fn watch_rules(engine: Engine, dir: PathBuf) {
     });
 }
 
-/// On SIGHUP, `run` reads its config again and writes its `limits:` section into the
-/// database; a config that no longer loads is logged and changes nothing.
-pub fn rewrite_limits_on_hangup(store: Store, reload: Reload) {
+/// On SIGHUP, `run` reads its config again and writes its `limits:` and `schedules:` sections
+/// into the database; a config that no longer loads is logged and changes nothing.
+pub fn rewrite_on_hangup(store: Store, reload: Reload) {
     let mut hup = signals::hangups();
     tokio::spawn(async move {
         while signals::next_hangup(&mut hup).await {
             crate::services::limits_writer::rewrite(&store, &*reload).await;
+            // A rejected config was named by the limits' rewrite; the schedules stay too.
+            if let Ok(config) = reload()
+                && let Err(e) = crate::services::scheduler::write(&store, &config).await
+            {
+                tracing::error!(error = %e, "could not write the schedules on SIGHUP; they stay as they were");
+            }
         }
     });
 }

@@ -13,6 +13,7 @@
 //! - [`registration`]: this process's row in `workers`, kept alive by a heartbeat.
 //! - [`pruner`]: removes history past its retention, and leftover artifact files.
 //! - [`limits_writer`]: writes the config's `limits:` into the database.
+//! - [`scheduler`]: enqueues the schedules' due slots as the holder; writes the config's `schedules:`.
 
 pub mod decider;
 pub mod dispatcher;
@@ -22,3 +23,4 @@ pub mod notifier;
 pub mod pruner;
 pub mod registration;
 pub mod rescuer;
+pub mod scheduler;

@@ -51,4 +51,6 @@ handles! {
     history => History;
     /// PostgreSQL wake-ups: NOTIFY and a worker's LISTEN.
     notify => Notify;
+    /// Schedules: the config's and an operator's, paused and resumed, and a leader's fenced fire.
+    schedules => Schedules;
 }

@@ -39,9 +39,13 @@ mod lease;
 mod limits;
 mod logs;
 mod notify;
+mod schedules;
 mod workers;
 pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
 pub use notify::{CHANGE_POLL, WORK_CHANNEL, WorkListener, WorkWaiter};
+pub use schedules::{
+    ConfigSchedulesWritten, FROM_CONFIG, FROM_OPERATOR, Fire, NewSchedule, NewScheduleView, ScheduleRow,
+};
 pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;

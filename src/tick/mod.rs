@@ -26,6 +26,7 @@ use crate::services::expirer::Expirer;
 use crate::services::notifier::Notifier;
 use crate::services::registration::Registration;
 use crate::services::rescuer::Rescuer;
+use crate::services::scheduler;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{Fence, Store, StoreError, TickClose};
 use crate::telemetry;
@@ -327,6 +328,8 @@ impl Engine {
         if !flags.paused {
             notes.extend(self.rescuer.run(&fence, &term.owner).await?);
             notes.extend(self.expirer.run(&fence).await?);
+            // Slots fall due while paused are left to each schedule's misfire policy at resume.
+            notes.extend(scheduler::run(&self.store, &fence).await?.notes);
         }
         let snap = self
             .snapshot(term, flags, Some(tick_id))

@@ -27,6 +27,7 @@ mod partition_cap;
 mod pgbouncer;
 mod queue;
 mod runbook;
+mod schedules;
 mod services;
 mod startup;
 mod store;

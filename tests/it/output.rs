@@ -110,6 +110,13 @@ fn printing_commands(rules: &str) -> Vec<Vec<String>> {
         &["limits", "override", "NOOP", "max_running", "3", "--for", "10m", "--reason", "test"],
         &["limits", "override", "NOOP", "max_running", "--end"],
         &["limits", "clear", "NOOP"],
+        &["schedules", "list"],
+        // `s` exists (seeded): the add is refused each time, the others succeed each time.
+        &["schedules", "add", "s", "--cron", "@daily", "--type", "NOOP"],
+        &["schedules", "pause", "s"],
+        &["schedules", "resume", "s"],
+        &["schedules", "run-now", "s"],
+        &["schedules", "remove", "no-such-schedule"],
         &["ticks"],
         &["ticks", "--follow"],
         &["logs"],
@@ -163,11 +170,13 @@ fn the_table_names_every_command() {
     assert!(missing.is_empty(), "commands with no closed-pipe and /dev/full case: {missing:?}");
 }
 
-/// A database with an action run (tick 1, a log row, an artifact) and a JSON Lines file.
+/// A database with an action run (tick 1, a log row, an artifact), a schedule and a JSON Lines
+/// file.
 async fn seeded() -> TestDb {
     let db = TestDb::sqlite().await;
     std::fs::write(db.dir.path().join("more.jsonl"), "{\"action_type\":\"NOOP\",\"payload\":{\"n\":1}}\n").unwrap();
-    for args in [&["enqueue", "NOOP"][..], &["run-once"]] {
+    let schedule = ["schedules", "add", "s", "--cron", "@daily", "--type", "NOOP"];
+    for args in [&["enqueue", "NOOP"][..], &["run-once"], &schedule] {
         let o = run(&mut orch(&db, args));
         assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
     }

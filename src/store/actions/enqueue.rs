@@ -40,6 +40,39 @@ pub struct EnqueueOutcome {
     pub status: ActionStatus,
 }
 
+/// Inserts `new` on `conn` (the pool, or a transaction it joins) unless its key exists, only
+/// while the lease still carries `fence`'s epoch. Rows created: 0 for a key that exists or a
+/// fence that no longer holds (the caller tells which).
+pub(in crate::store) async fn insert_fenced<C: ConnectionTrait>(
+    store: &crate::store::Store,
+    conn: &C,
+    fence: &crate::store::Fence,
+    new: &NewAction,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let sql = format!(
+        "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
+         attempts, max_attempts, created_at, updated_at, expires_at, traceparent) \
+         SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10, $11 WHERE {} \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+        fence_sql(8, 9)
+    );
+    let values: [Value; 11] = [
+        new.idempotency_key.as_str().into(),
+        new.action_type.as_str().into(),
+        new.payload_json.as_str().into(),
+        new.priority.into(),
+        new.not_before.into(),
+        new.max_attempts.into(),
+        now.into(),
+        fence.lease_name.as_str().into(),
+        fence.epoch.into(),
+        new.expires_at.into(),
+        new.traceparent.clone().into(),
+    ];
+    Ok(conn.execute_raw(store.stmt(&sql, values)).await.doing("enqueueing under the lease")?.rows_affected())
+}
+
 /// Rows per bulk INSERT statement.
 const INSERT_CHUNK: usize = 5000;
 
@@ -74,33 +107,7 @@ impl crate::store::handles::Actions<'_> {
                 .await
                 .doing("inserting an action")?,
             Authority::Lease(fence) => {
-                let sql = format!(
-                    "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
-                     attempts, max_attempts, created_at, updated_at, expires_at, traceparent) \
-                     SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10, $11 WHERE {} \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                    fence_sql(8, 9)
-                );
-                let values: [Value; 11] = [
-                    new.idempotency_key.as_str().into(),
-                    new.action_type.as_str().into(),
-                    new.payload_json.as_str().into(),
-                    new.priority.into(),
-                    new.not_before.into(),
-                    new.max_attempts.into(),
-                    now.into(),
-                    fence.lease_name.as_str().into(),
-                    fence.epoch.into(),
-                    new.expires_at.into(),
-                    new.traceparent.clone().into(),
-                ];
-                let n = self
-                    .store
-                    .db
-                    .execute_raw(self.store.stmt(&sql, values))
-                    .await
-                    .doing("enqueueing for a rule")?
-                    .rows_affected();
+                let n = insert_fenced(self.store, &self.store.db, fence, new, now).await?;
                 if n == 0 && !self.store.lease().fence_holds(fence).await? {
                     return Err(Refusal::Fenced(fence.epoch).into());
                 }

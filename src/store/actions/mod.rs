@@ -28,6 +28,7 @@ pub use claim::{Claimed, Claimer};
 pub(in crate::store) use claim::{Pick, claimed_rows, ids_in_json};
 pub use complete::{Completion, CompletionOutcome, CompletionReport, quarantine};
 pub use edit::{BulkOutcome, MAX_BULK_IDS};
+pub(in crate::store) use enqueue::insert_fenced;
 pub use enqueue::{EnqueueOutcome, NewAction};
 pub use read::ActionFilter;
 pub(in crate::store) use read::{db_text, insert_logs, timestamp_text};
@@ -182,6 +183,12 @@ pub enum Refusal {
     Status { op: Op, id: i64, found: ActionStatus },
     #[error("fenced: the lease is no longer at epoch {0}")]
     Fenced(i64),
+    /// No schedule of that name.
+    #[error("schedule '{0}' not found")]
+    NoSchedule(String),
+    /// A schedule's state or origin does not allow the change (the message says which).
+    #[error("{0}")]
+    Schedule(String),
 }
 
 impl From<Refusal> for StoreError {
@@ -190,7 +197,7 @@ impl From<Refusal> for StoreError {
     }
 }
 
-fn fence_sql(name: usize, epoch: usize) -> String {
+pub(in crate::store) fn fence_sql(name: usize, epoch: usize) -> String {
     format!("EXISTS (SELECT 1 FROM leases WHERE name = ${name} AND epoch = ${epoch})")
 }
 
