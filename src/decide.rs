@@ -319,6 +319,8 @@ async fn apply(
             }),
             Err(e) => return Ok(Applied::Refused(e)),
         },
+        Kind::PauseSchedule { name } => store.schedules().set_paused(auth, name, true, Some(&by)).await.map(|_| ()),
+        Kind::ResumeSchedule { name } => store.schedules().set_paused(auth, name, false, None).await.map(|_| ()),
         Kind::Alert { severity, message, key } => {
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");

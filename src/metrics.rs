@@ -45,6 +45,12 @@ pub mod names {
     /// A counter kept in the database (every claimer adds to it), so every process reports the
     /// same value; exposed at scrape like the gauges.
     pub const LIMIT_BLOCKED_TOTAL: &str = "orchestrator_limit_blocked_total";
+    // Per schedule, from the database on every scrape (so every process reports the leaders'
+    // fires, across failovers); absent while no schedule exists.
+    pub const SCHEDULE_FIRES_TOTAL: &str = "orchestrator_schedule_fires_total";
+    pub const SCHEDULE_MISFIRES_TOTAL: &str = "orchestrator_schedule_misfires_total";
+    pub const SCHEDULE_LAG_SECONDS: &str = "orchestrator_schedule_lag_seconds";
+    pub const SCHEDULE_NEXT_FIRE_TIMESTAMP_SECONDS: &str = "orchestrator_schedule_next_fire_timestamp_seconds";
 
     pub const RULE_EVALUATIONS_TOTAL: &str = "orchestrator_rule_evaluations_total";
     pub const RULE_ERRORS_TOTAL: &str = "orchestrator_rule_errors_total";
@@ -76,6 +82,21 @@ pub struct DbGauges {
     /// One entry per limited type; empty while no limit is set (and then no limit metric is
     /// shown).
     pub limits: Vec<LimitGauges>,
+    /// One entry per schedule; empty while none exists (and then no schedule metric is shown).
+    pub schedules: Vec<ScheduleGauges>,
+}
+
+/// One schedule's numbers on a scrape.
+#[derive(Clone, Debug, Default)]
+pub struct ScheduleGauges {
+    pub name: String,
+    /// Actions its slots enqueued, and slots not fired (late under its policy), since it was made.
+    pub fires: u64,
+    pub misfires: u64,
+    /// Seconds between its last fired slot and the fire; `None` before its first.
+    pub lag_seconds: Option<f64>,
+    /// Unix time of its next slot; `None` while paused or off.
+    pub next_fire_timestamp_seconds: Option<f64>,
 }
 
 /// One limited type's numbers on a scrape.
@@ -408,7 +429,51 @@ fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result
     if !db.limits.is_empty() {
         register_limit_metrics(r, &db.limits)?;
     }
+    if !db.schedules.is_empty() {
+        register_schedule_metrics(r, &db.schedules)?;
+    }
     Ok(())
+}
+
+fn register_schedule_metrics(r: &Registry, schedules: &[ScheduleGauges]) -> prometheus::Result<()> {
+    use prometheus::GaugeVec;
+    let fires = IntCounterVec::new(
+        Opts::new(
+            names::SCHEDULE_FIRES_TOTAL,
+            "Actions a schedule's slots enqueued (counted in the database, across leaders).",
+        ),
+        &["schedule"],
+    )?;
+    let misfires = IntCounterVec::new(
+        Opts::new(
+            names::SCHEDULE_MISFIRES_TOTAL,
+            "Slots of a schedule not fired: seen late under its misfire policy, or past their deadline.",
+        ),
+        &["schedule"],
+    )?;
+    let lag = GaugeVec::new(
+        Opts::new(names::SCHEDULE_LAG_SECONDS, "Seconds between a schedule's last fired slot and its fire."),
+        &["schedule"],
+    )?;
+    let next = GaugeVec::new(
+        Opts::new(names::SCHEDULE_NEXT_FIRE_TIMESTAMP_SECONDS, "Unix time of a running schedule's next slot."),
+        &["schedule"],
+    )?;
+    for s in schedules {
+        let n = s.name.as_str();
+        fires.with_label_values(&[n]).inc_by(s.fires);
+        misfires.with_label_values(&[n]).inc_by(s.misfires);
+        if let Some(l) = s.lag_seconds {
+            lag.with_label_values(&[n]).set(l);
+        }
+        if let Some(t) = s.next_fire_timestamp_seconds {
+            next.with_label_values(&[n]).set(t);
+        }
+    }
+    r.register(Box::new(fires))?;
+    r.register(Box::new(misfires))?;
+    r.register(Box::new(lag))?;
+    r.register(Box::new(next))
 }
 
 fn register_limit_metrics(r: &Registry, limits: &[LimitGauges]) -> prometheus::Result<()> {

@@ -322,6 +322,8 @@ exact_text_enum!(
         Throttle => "throttle",
         SetLimit => "set_limit",
         Enqueue => "enqueue",
+        PauseSchedule => "pause_schedule",
+        ResumeSchedule => "resume_schedule",
         Alert => "alert",
     }
 );

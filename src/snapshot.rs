@@ -43,6 +43,47 @@ pub struct Snapshot {
     /// Per limited type: what is running and waiting, and what is left of each limit.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitView>,
+    /// Per schedule, by name: its state, when it fires next and how late its last fire was.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleSnap>,
+}
+
+/// One schedule as rules see it (`snap.schedules.NAME`). A time it does not have is `()`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ScheduleSnap {
+    /// `running`, `paused` or `off`.
+    pub state: String,
+    #[serde(rename = "type")]
+    pub action_type: String,
+    pub cron: String,
+    pub timezone: String,
+    /// Its next slot (RFC 3339), and the seconds until it (negative: due and not fired yet).
+    pub next_fire: Option<DateTime<Utc>>,
+    pub next_fire_in_seconds: Option<f64>,
+    /// Its last fired slot, and how late that fire was.
+    pub last_fire: Option<DateTime<Utc>>,
+    pub lag_seconds: Option<f64>,
+    pub fires: i64,
+    pub misfires: i64,
+    pub paused_reason: Option<String>,
+}
+
+impl ScheduleSnap {
+    pub fn of(v: crate::schedules::ScheduleView, now: DateTime<Utc>) -> ScheduleSnap {
+        ScheduleSnap {
+            state: v.state.to_string(),
+            next_fire_in_seconds: v.next_fire.map(|t| seconds_between(now, t)),
+            next_fire: v.next_fire,
+            last_fire: v.row.last_slot,
+            lag_seconds: v.lag_seconds,
+            fires: v.row.fires,
+            misfires: v.row.misfires,
+            paused_reason: v.row.paused_reason.filter(|_| v.row.paused),
+            action_type: v.row.def.action_type,
+            cron: v.row.def.cron,
+            timezone: v.row.def.timezone,
+        }
+    }
 }
 
 /// One limited type as rules see it (`snap.limits.TYPE`). A limit the type does not have is
@@ -268,6 +309,7 @@ impl Snapshot {
             health: WorkloadHealth::default(),
             samples: Samples::default(),
             limits: BTreeMap::new(),
+            schedules: BTreeMap::new(),
         }
     }
 }
@@ -367,12 +409,10 @@ pub async fn build_with(
         failed_ticks_1h: stats.failed_ticks_1h,
         partial_ticks_1h: stats.partial_ticks_1h,
     };
-    let usage = store.limits().limit_usage().await?;
+    let (usage, limits, schedules) = limits_and_schedules(store, now).await?;
     // Work a limit holds back waits by design, and says so in `limits`: it does not make the
     // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
     let unheld = QueueView { pending: (queue.pending - crate::limits::held_waiting(&usage)).max(0), ..queue.clone() };
-    let limits: BTreeMap<String, LimitView> =
-        usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
     let health = crate::health::workload(&workload_facts(&unheld, &recent, &ledger), thresholds);
     Ok(Snapshot {
         now,
@@ -390,7 +430,21 @@ pub async fn build_with(
         health,
         samples,
         limits,
+        schedules,
     })
+}
+
+/// The limits' usage and views, and the schedules' views, by type and by name.
+async fn limits_and_schedules(
+    store: &Store,
+    now: DateTime<Utc>,
+) -> Result<(Vec<crate::limits::LimitUsage>, BTreeMap<String, LimitView>, BTreeMap<String, ScheduleSnap>), StoreError> {
+    let usage = store.limits().limit_usage().await?;
+    let limits = usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
+    let schedules = store.schedules().list().await?;
+    let schedules =
+        schedules.into_iter().map(|r| (r.def.name.clone(), ScheduleSnap::of(crate::schedules::view(r), now))).collect();
+    Ok((usage, limits, schedules))
 }
 
 pub use crate::model::seconds_between;

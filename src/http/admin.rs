@@ -1,7 +1,7 @@
 //! The admin API under `/api/`: flags, run-once, enqueue, list, requeue, cancel (one, or the
 //! DLQ rows a page showed, by id), ticks and a tick's explain, decisions, the live snapshot,
-//! the actions summary, and the per-type limits (list with usage, set, clear, override, end an
-//! override).
+//! the actions summary, the per-type limits (list with usage, set, clear, override, end an
+//! override), and the schedules (`schedules.rs`).
 //!
 //! Every route, reads included (actions carry payloads, which can hold secrets), needs
 //! `Authorization: Bearer <token>` matching one of `ORCHESTRATOR_ADMIN_TOKEN`'s tokens,
@@ -34,7 +34,7 @@ use crate::tick::TickOutcome;
 
 /// The name of the token a request was authorised by.
 #[derive(Clone, Debug)]
-struct Who(String);
+pub(super) struct Who(pub(super) String);
 
 pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -55,6 +55,11 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/limits/{type}", put(put_limit).delete(delete_limit))
         .route("/api/limits/{type}/override", post(override_limit))
         .route("/api/limits/{type}/override/{field}", delete(end_override))
+        .route("/api/schedules", get(super::schedules::list).post(super::schedules::add))
+        .route("/api/schedules/{name}", delete(super::schedules::remove))
+        .route("/api/schedules/{name}/pause", post(super::schedules::pause))
+        .route("/api/schedules/{name}/resume", post(super::schedules::resume))
+        .route("/api/schedules/{name}/run-now", post(super::schedules::run_now))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -119,7 +124,7 @@ fn authorise(st: &AppState, headers: &HeaderMap) -> Result<Who, ApiError> {
 }
 
 /// Parses a JSON body into `T`, naming the field that is wrong.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), format!("body: {}", e.body_text())))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body: expected a JSON object, got nothing"));

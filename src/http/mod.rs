@@ -14,6 +14,7 @@
 //! calls the store and the queue like the CLI does.
 
 mod admin;
+mod schedules;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use serde::Serialize;
 use crate::config::{AdminTokens, Config};
 use crate::health::{Judgement, Liveness, LivenessPolicy};
 use crate::limits::LimitField;
-use crate::metrics::{DbGauges, LimitGauges};
+use crate::metrics::{DbGauges, LimitGauges, ScheduleGauges};
 use crate::model::{self, ActionStatus, LogRow, TickRow};
 use crate::snapshot::seconds_between;
 use crate::status::{self, Counts, StatusReport};
@@ -345,6 +346,21 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             action_type: u.action_type.clone(),
         })
         .collect();
+    let schedules = st
+        .store
+        .schedules()
+        .list()
+        .await?
+        .into_iter()
+        .map(crate::schedules::view)
+        .map(|v| ScheduleGauges {
+            fires: u64::try_from(v.row.fires).unwrap_or(0),
+            misfires: u64::try_from(v.row.misfires).unwrap_or(0),
+            lag_seconds: v.lag_seconds,
+            next_fire_timestamp_seconds: v.next_fire.map(|t| t.timestamp_millis() as f64 / 1000.0),
+            name: v.row.def.name,
+        })
+        .collect();
     Ok(DbGauges {
         queue: ActionStatus::OPEN
             .iter()
@@ -366,6 +382,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             .as_ref()
             .map(|t| t.finished_at.unwrap_or(t.started_at).timestamp_millis() as f64 / 1000.0),
         limits,
+        schedules,
     })
 }
 

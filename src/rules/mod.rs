@@ -107,6 +107,14 @@ pub enum Kind {
         payload: Value,
         key: String,
     },
+    /// Stop firing a schedule until resumed (a breaker); its reason is shown by `schedules list`.
+    PauseSchedule {
+        name: String,
+    },
+    /// Fire a paused schedule again, from its next slot.
+    ResumeSchedule {
+        name: String,
+    },
     /// Cooled down and deduplicated by its rule and `key`, never by its message (whose text
     /// may carry a count that changes every tick).
     Alert {
@@ -132,6 +140,8 @@ impl Kind {
             Kind::Throttle { .. } => DecisionKind::Throttle,
             Kind::SetLimit { .. } => DecisionKind::SetLimit,
             Kind::Enqueue { .. } => DecisionKind::Enqueue,
+            Kind::PauseSchedule { .. } => DecisionKind::PauseSchedule,
+            Kind::ResumeSchedule { .. } => DecisionKind::ResumeSchedule,
             Kind::Alert { .. } => DecisionKind::Alert,
         }
     }
@@ -152,6 +162,7 @@ impl Kind {
             Kind::Throttle { .. } => "dispatch".into(),
             Kind::SetLimit { action_type, field, .. } => format!("{action_type}.{field}"),
             Kind::Enqueue { key, .. } => key.clone(),
+            Kind::PauseSchedule { name } | Kind::ResumeSchedule { name } => format!("schedule:{name}"),
             Kind::Alert { key, .. } => key.clone(),
         }
     }
@@ -503,6 +514,19 @@ fn collect(
 }
 
 /// Validates one decision as a rule returned it (a map with `kind`).
+/// `pause_schedule` and `resume_schedule` with their schedule's `name`; any other kind is
+/// refused by name.
+fn schedule_kind(kind: &str, name: impl FnOnce() -> Result<String, String>) -> Result<Kind, String> {
+    let make: fn(String) -> Kind = match kind {
+        "pause_schedule" => |name| Kind::PauseSchedule { name },
+        "resume_schedule" => |name| Kind::ResumeSchedule { name },
+        other => return Err(format!("unknown decision kind {other:?}")),
+    };
+    let name = name()?;
+    crate::schedules::validate_name(&name).map_err(|e| format!("{kind}: {e}"))?;
+    Ok(make(name))
+}
+
 pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
     let obj = v.as_object().ok_or_else(|| format!("expected a decision map, got {v}"))?;
     let kind = obj.get("kind").and_then(Value::as_str).ok_or("it has no kind")?;
@@ -586,7 +610,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             }
             Kind::Alert { severity, message: text("message")?, key }
         }
-        other => return Err(format!("unknown decision kind {other:?}")),
+        other => schedule_kind(other, || text("name"))?,
     };
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => DEFAULT_PRIORITY,

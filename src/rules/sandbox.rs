@@ -74,7 +74,20 @@ pub fn engine(cfg: &RulesConfig) -> rhai::Engine {
         None
     });
     register_constructors(&mut e);
+    register_schedule_constructors(&mut e);
     e
+}
+
+/// pause_schedule(name, reason[, priority]) and resume_schedule(name, reason[, priority]).
+fn register_schedule_constructors(e: &mut rhai::Engine) {
+    for kind in ["pause_schedule", "resume_schedule"] {
+        e.register_fn(kind, move |name: ImmutableString, reason: ImmutableString| {
+            decision(kind, vec![("name", name.into()), ("reason", reason.into())])
+        });
+        e.register_fn(kind, move |name: ImmutableString, reason: ImmutableString, priority: INT| {
+            decision(kind, vec![("name", name.into()), ("reason", reason.into()), ("priority", priority.into())])
+        });
+    }
 }
 
 fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {

@@ -22,6 +22,8 @@ backend_tests!(
     a_leader_down_for_three_slots_fires_per_the_misfire_policy,
     pause_resume_run_now_and_the_config_own_their_parts,
     the_tick_fires_a_configured_schedule_and_says_so,
+    a_rule_sees_snap_schedules_and_pauses_one_under_the_fence,
+    the_api_adds_lists_pauses_runs_and_removes_schedules_and_metrics_count_them,
 );
 
 fn hourly(action_type: &str, misfire: Misfire) -> ScheduleSpec {
@@ -210,4 +212,89 @@ async fn the_tick_fires_a_configured_schedule_and_says_so(db: &TestDb) {
     );
     let again = ran(&engine).await;
     assert!(!again.notes.contains("schedule"), "{}", again.notes);
+}
+
+async fn a_rule_sees_snap_schedules_and_pauses_one_under_the_fence(db: &TestDb) {
+    use crate::support::fixtures::ran;
+    let (store, clock) = shifted(&db.store);
+    let rules = db.dir.path().join("schedule-rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let breaker = r#"
+let out = [];
+if "sync" in snap.schedules {
+    let s = snap.schedules["sync"];
+    if s.state == "running" && s.fires > 0 && s.lag_seconds < 60.0 && s.next_fire_in_seconds > 0.0 {
+        out.push(pause_schedule("sync", `peer down after ${s.fires} fire(s)`));
+    }
+}
+out
+"#;
+    std::fs::write(rules.join("breaker.rhai"), breaker).unwrap();
+    let mut config = db.config();
+    config.rules_dir = rules;
+    config.schedules = Some(BTreeMap::from([("sync".to_string(), hourly("NOOP", Misfire::Once))]));
+    scheduler::write(&store, &config).await.unwrap();
+    let engine = orchestrator::tick::Engine::new(store.clone(), config, orchestrator::adapters::Registry::builtin());
+    engine.decider().load_rules().unwrap();
+    clock.advance(chrono::Duration::seconds(90));
+    let report = ran(&engine).await;
+    assert!(report.notes.contains("schedule sync: 1 enqueued"), "{}", report.notes);
+    let row = store.schedules().get("sync").await.unwrap();
+    assert!(row.paused, "the rule saw the fire in the same tick's snapshot and paused it");
+    assert_eq!(row.paused_reason.as_deref(), Some("rule breaker: peer down after 1 fire(s)"));
+    let (snap, _) = engine.snapshot_now().await.unwrap();
+    assert_eq!(snap.schedules["sync"].state, "paused");
+    assert_eq!(snap.schedules["sync"].next_fire, None);
+    clock.advance(chrono::Duration::hours(1));
+    let report = ran(&engine).await;
+    assert!(!report.notes.contains("schedule sync"), "paused: {}", report.notes);
+    assert_eq!(keys_of(&store, "NOOP").await.len(), 1);
+}
+
+async fn the_api_adds_lists_pauses_runs_and_removes_schedules_and_metrics_count_them(db: &TestDb) {
+    use crate::support::api::{self, admin, call};
+    let engine = db.engine(api::config(db, true));
+    let st = api::state(&engine);
+    let anonymous = call(&st, "GET", "/api/schedules", None, None).await;
+    assert!(anonymous.status.is_client_error(), "{}", anonymous.body);
+    let body = r#"{"name": "n", "cron": "@hourly", "type": "NOOP", "payload": {"a": 1}, "misfire": "all"}"#;
+    let added = admin(&st, "POST", "/api/schedules", Some(body)).await;
+    assert_eq!(added.status.as_u16(), 201, "{}", added.body);
+    assert_eq!(added.json()["state"], "running");
+    assert_eq!(added.json()["misfire"], "all");
+    assert!(added.json()["next_fire"].is_string(), "{}", added.body);
+    let again = admin(&st, "POST", "/api/schedules", Some(body)).await;
+    assert_eq!((again.status.as_u16(), again.error().contains("schedule 'n' exists")), (409, true), "{}", again.body);
+    let bad =
+        admin(&st, "POST", "/api/schedules", Some(r#"{"name": "b", "cron": "61 * * * *", "type": "NOOP"}"#)).await;
+    assert_eq!(bad.status.as_u16(), 400);
+    assert!(bad.error().starts_with("cron '61 * * * *' is not a valid five-field cron expression"), "{}", bad.body);
+    let zone = admin(
+        &st,
+        "POST",
+        "/api/schedules",
+        Some(r#"{"name": "z", "cron": "@daily", "timezone": "Mars/Base", "type": "NOOP"}"#),
+    )
+    .await;
+    assert!(zone.error().contains("timezone 'Mars/Base'"), "{}", zone.body);
+    let unknown =
+        admin(&st, "POST", "/api/schedules", Some(r#"{"name": "u", "cron": "@daily", "type": "NOOP", "every": 5}"#))
+            .await;
+    assert!(unknown.status.as_u16() == 400 && unknown.error().contains("every"), "{}", unknown.body);
+    let paused = admin(&st, "POST", "/api/schedules/n/pause", Some(r#"{"reason": "deploy"}"#)).await;
+    assert_eq!(paused.json()["changed"], true, "{}", paused.body);
+    let list = admin(&st, "GET", "/api/schedules", None).await.json();
+    assert_eq!((list[0]["state"].as_str(), list[0]["paused_reason"].as_str()), (Some("paused"), Some("deploy")));
+    assert_eq!(admin(&st, "POST", "/api/schedules/n/resume", None).await.json()["changed"], true);
+    let now = admin(&st, "POST", "/api/schedules/n/run-now", None).await;
+    assert_eq!(now.status.as_u16(), 201, "{}", now.body);
+    assert_eq!(now.json()["duplicate"], false);
+    let metrics = call(&st, "GET", "/metrics", None, None).await.body;
+    assert_eq!(api::sample(&metrics, "orchestrator_schedule_fires_total{schedule=\"n\"}"), 0.0);
+    assert!(api::sample(&metrics, "orchestrator_schedule_next_fire_timestamp_seconds{schedule=\"n\"}") > 1.7e9);
+    assert_eq!(admin(&st, "DELETE", "/api/schedules/n", None).await.json()["removed"], true);
+    let gone = admin(&st, "DELETE", "/api/schedules/n", None).await;
+    assert_eq!((gone.status.as_u16(), gone.error()), (404, "schedule 'n' not found".to_string()));
+    let missing = admin(&st, "POST", "/api/schedules/nope/run-now", None).await;
+    assert_eq!(missing.status.as_u16(), 404, "{}", missing.body);
 }
