@@ -485,6 +485,8 @@ struct StatusBody {
     waiting_by_type: std::collections::BTreeMap<String, i64>,
     /// The registered executors (`orchestrator workers`).
     workers_list: Vec<crate::store::WorkerRow>,
+    /// The schedules (`orchestrator schedules list`), with their next and last fires.
+    schedules: Vec<crate::schedules::ScheduleView>,
     /// SUCCESS and CANCELLED actions finished in the last 24 hours (`queue` counts the open
     /// statuses only).
     finished_last_24h: std::collections::BTreeMap<ActionStatus, i64>,
@@ -574,6 +576,7 @@ async fn status_page(
     let decisions = st.store.decisions().recent_decisions(STATUS_DECISIONS).await?;
     let waiting_by_type = st.store.actions().waiting_by_type().await?;
     let workers_list = st.store.workers().list(st.config.workers.ttl).await?;
+    let schedules = st.store.schedules().list().await?.into_iter().map(crate::schedules::view).collect();
     Ok(axum::Json(StatusBody {
         report,
         mode,
@@ -585,6 +588,7 @@ async fn status_page(
         decisions,
         waiting_by_type,
         workers_list,
+        schedules,
         finished_last_24h,
     })
     .into_response())

@@ -200,6 +200,9 @@ async fn operator_page_in_headless_chromium() {
         let o = run(bin(d).args(["--database-url", &url, "enqueue", t, "--payload", payload, "--key", key]));
         assert_eq!(o.status.code(), Some(0));
     }
+    let nightly =
+        ["schedules", "add", "nightly", "--cron", "30 2 * * *", "--timezone", "Europe/Madrid", "--type", "NOOP"];
+    assert_eq!(run(bin(d).args(["--database-url", &url]).args(nightly)).status.code(), Some(0));
     // A tiny rule that raises an alert every tick (a new key each time, so no cooldown).
     std::fs::create_dir(d.join("rules")).unwrap();
     std::fs::write(
@@ -248,6 +251,11 @@ async fn operator_page_in_headless_chromium() {
         assert_eq!(drv.text("#flag-paused"), "false");
         assert_eq!(drv.text("#health"), s["liveness"].as_str().unwrap().to_uppercase());
         assert_eq!(drv.count("#dlq tbody tr"), 2);
+        // Schedules: the one added, running, with its next fire.
+        drv.wait_text("#schedules tr[data-schedule=nightly] td:nth-child(2)", |t| t == "running");
+        assert_eq!(drv.text("#schedules tr[data-schedule=nightly] td:nth-child(3)"), "30 2 * * *");
+        assert_eq!(drv.text("#schedules tr[data-schedule=nightly] td:nth-child(4)"), "Europe/Madrid");
+        assert_ne!(drv.text("#schedules tr[data-schedule=nightly] td:nth-child(7)"), "-", "a next fire is shown");
         assert!(drv.text("#dlq").contains("no adapter for action type TELEPORT"));
         assert!(drv.count("#ticks tbody tr") >= 1);
         assert!(drv.count("#chart-duration polyline") == 1, "the tick duration chart is drawn");
