@@ -298,3 +298,68 @@ async fn the_api_adds_lists_pauses_runs_and_removes_schedules_and_metrics_count_
     let missing = admin(&st, "POST", "/api/schedules/nope/run-now", None).await;
     assert_eq!(missing.status.as_u16(), 404, "{}", missing.body);
 }
+
+/// Through the binary on PostgreSQL: a `run --no-execute` leader fires a config's every-minute
+/// schedule and a worker runs it; after the leader is stopped, a new leader fires the next slot
+/// and not the first again. Up to two minutes: it waits for two real slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_fires_and_a_worker_runs_real_slots_and_a_new_leader_goes_on() {
+    use crate::support::daemon::{Procs, signal, spawn};
+    use crate::support::{bin, json, run};
+    let Some(db) = TestDb::postgres().await else { return };
+    let config = "tick_interval_seconds: 0.3\nlease_ttl_seconds: 3\nheartbeat_seconds: 1\n\
+                  schedules:\n  every-minute:\n    cron: '* * * * *'\n    type: NOOP\n    payload: {job: beat}\n";
+    std::fs::write(db.dir.path().join("o.yaml"), config).unwrap();
+    let list = || {
+        let o = run(bin(db.dir.path()).args([
+            "--database-url",
+            &db.url,
+            "--config",
+            "o.yaml",
+            "--json",
+            "schedules",
+            "list",
+        ]));
+        json(&o)[0].clone()
+    };
+    let mut procs = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"]), spawn(&db, &["worker"])]);
+    let succeeded = |n: usize| {
+        let db = &db;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let filter = ActionFilter { action_type: Some("NOOP".into()), limit: 10, ..ActionFilter::default() };
+                let rows = db.store.actions().list_actions(&filter).await.unwrap();
+                let done = rows.iter().filter(|a| a.status == orchestrator::model::ActionStatus::Success).count();
+                if done >= n {
+                    return rows;
+                }
+                assert!(start.elapsed() < Duration::from_secs(80), "{n} scheduled action(s) not run: {rows:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let first = succeeded(1).await;
+    assert_eq!(first.len(), 1);
+    let row = list();
+    assert_eq!((row["fires"].as_i64(), row["source"].as_str()), (Some(1), Some("config")), "{row}");
+    let slot = row["last_slot"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+    assert_eq!(first[0].idempotency_key, orchestrator::schedules::slot_key("every-minute", slot));
+    // The leader stops (releasing the lease); another takes over and fires the next slot only.
+    signal(&procs.0[0], "-TERM");
+    let _ = procs.0[0].wait();
+    procs.0.push(spawn(&db, &["run", "--no-execute", "--no-http"]));
+    let both = succeeded(2).await;
+    let mut keys: Vec<&str> = both.iter().map(|a| a.idempotency_key.as_str()).collect();
+    keys.sort();
+    let next = slot + chrono::Duration::minutes(1);
+    assert_eq!(
+        keys,
+        [
+            orchestrator::schedules::slot_key("every-minute", slot),
+            orchestrator::schedules::slot_key("every-minute", next)
+        ]
+    );
+    let row = list();
+    assert_eq!((row["fires"].as_i64(), row["misfires"].as_i64()), (Some(2), Some(0)), "{row}");
+}
