@@ -47,6 +47,14 @@ pub struct Scenario {
     /// Virtual seconds between two ticks.
     #[serde(default = "one")]
     pub every_seconds: f64,
+    /// When the first tick runs (RFC 3339): a schedule across a DST change needs its date.
+    /// Default: 01:00 UTC tomorrow, so that a run never depends on when it runs.
+    #[serde(default)]
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// From this tick (1-based) a new instance ticks: the old one stops without releasing its
+    /// lease, as a crashed leader does, so `every_seconds` must outlast `lease_ttl_seconds`.
+    #[serde(default)]
+    pub failover_at_tick: Option<u32>,
     pub expect: Expect,
 }
 
@@ -132,6 +140,12 @@ pub struct Expect {
     /// How many `DLQ` actions end with each `last_error`.
     #[serde(default)]
     pub final_dlq_errors: BTreeMap<String, i64>,
+    /// Per schedule (of `config: schedules:`): the actions its slots enqueued over the run.
+    #[serde(default)]
+    pub schedule_fires: BTreeMap<String, i64>,
+    /// Per schedule: its slots not fired (late under its misfire policy) over the run.
+    #[serde(default)]
+    pub schedule_misfires: BTreeMap<String, i64>,
 }
 
 /// Matches an applied decision: kind, and rule and target when given.
@@ -296,8 +310,10 @@ pub async fn run(
     // Every run starts at the same time of day (01:00 UTC, tomorrow): what a rule keys on the
     // hour or the day (`reconcile-<hour>`, a daily budget) must not depend on when it runs.
     let real = clock.now();
-    let start = (real.date_naive() + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN).and_utc()
-        + chrono::Duration::hours(1);
+    let start = scenario.start_at.unwrap_or_else(|| {
+        (real.date_naive() + chrono::Days::new(1)).and_time(chrono::NaiveTime::MIN).and_utc()
+            + chrono::Duration::hours(1)
+    });
     clock.advance(start - real);
     let store = Store::open(
         &config.database_url,
@@ -310,18 +326,8 @@ pub async fn run(
         .set_flags(FlagChange { proof_mode: Some(false), paused: Some(scenario.flags.paused), killed: None })
         .await?;
     seed(&store, &config, scenario).await?;
-
-    let mut registry = Registry::empty();
-    let mut types: Vec<&str> = scenario.queue.iter().map(|g| g.action_type.as_str()).collect();
-    types.extend(scenario.adapters.keys().map(String::as_str));
-    if let Some(t) = &config.rules.alert_action_type {
-        types.push(t);
-    }
-    for t in types {
-        registry.register(Scripted { action_type: t.to_string(), script: scenario.adapters.get(t).cloned() });
-    }
-    let engine = Engine::new(store.clone(), config, registry);
-    engine.decider().load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
+    crate::services::scheduler::write(&store, &config).await?;
+    let mut engine = instance(&store, &config, scenario)?;
 
     let step = chrono::Duration::milliseconds((scenario.every_seconds.max(0.0) * 1000.0) as i64);
     let mut timeline = Vec::new();
@@ -331,6 +337,9 @@ pub async fn run(
         }
         if let Some(hook) = &before_tick {
             hook(store.clone(), n).await;
+        }
+        if scenario.failover_at_tick == Some(n) {
+            engine = instance(&store, &config, scenario)?;
         }
         let report = match engine.tick().await? {
             TickOutcome::Ran(r) => r,
@@ -366,6 +375,26 @@ pub async fn run(
     let failures = check(&scenario.expect, &timeline, &store).await?;
     store.close().await?;
     Ok((timeline, failures))
+}
+
+/// An instance of the scenario: an engine with its own owner id, the rules loaded, and a scripted
+/// adapter for every type the scenario names (its queue, its adapters, its schedules, alerts).
+fn instance(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Result<Engine> {
+    let mut registry = Registry::empty();
+    let mut types: Vec<&str> = scenario.queue.iter().map(|g| g.action_type.as_str()).collect();
+    types.extend(scenario.adapters.keys().map(String::as_str));
+    types.extend(config.schedules.iter().flat_map(|s| s.values().map(|s| s.action_type.as_str())));
+    if let Some(t) = &config.rules.alert_action_type {
+        types.push(t);
+    }
+    types.sort_unstable();
+    types.dedup();
+    for t in types {
+        registry.register(Scripted { action_type: t.to_string(), script: scenario.adapters.get(t).cloned() });
+    }
+    let engine = Engine::new(store.clone(), config.clone(), registry);
+    engine.decider().load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
+    Ok(engine)
 }
 
 fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow::Result<Config> {
@@ -485,6 +514,23 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             let got = dlq.iter().filter(|a| a.last_error.as_deref() == Some(error.as_str())).count() as i64;
             if got != *want {
                 failures.push(format!("DLQ actions with error {error:?}: expected {want}, got {got}"));
+            }
+        }
+    }
+    if !expect.schedule_fires.is_empty() || !expect.schedule_misfires.is_empty() {
+        let rows = store.schedules().list().await?;
+        for (what, expected) in [("fires", &expect.schedule_fires), ("misfires", &expect.schedule_misfires)] {
+            for (name, want) in expected {
+                let got = rows
+                    .iter()
+                    .find(|r| r.def.name == *name)
+                    .map(|r| if what == "fires" { r.fires } else { r.misfires });
+                if got != Some(*want) {
+                    failures.push(format!(
+                        "schedule {name} {what}: expected {want}, got {}",
+                        got.map_or("no such schedule".into(), |g| g.to_string())
+                    ));
+                }
             }
         }
     }
