@@ -6,7 +6,8 @@
 //!
 //! Figures: `cold_run_once` (the whole release binary, start to exit, wall time and peak RSS),
 //! `tick_overhead` (a tick with nothing due, with the shipped rules, against 1k..1M rows of
-//! history, SQLite and PostgreSQL), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
+//! history, SQLite and PostgreSQL), `schedules_tick` (that idle tick over 1k rows, with no
+//! schedule and with 1,000 defined), `drain` (50k NOOP actions, concurrency 16, SQLite and PostgreSQL; every
 //! completion fenced, durable and logged; twice: bare, with no rules, and `drain_default`, in the
 //! default configuration with the shipped rules loaded, which is what users run; each also as
 //! CPU per action, `_cpu` of this process and `_pg_cpu` of PostgreSQL's server processes, from
@@ -330,6 +331,50 @@ async fn tick_overhead(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 unit: "ms",
                 runs: per_run,
             });
+            emit(out.last().expect("just pushed"));
+            db.drop().await;
+        }
+    }
+    Ok(out)
+}
+
+/// The idle tick (shipped rules, 1,000 rows of history) with no schedule and with 1,000 defined,
+/// daily at times spread over the day: what the schedules cost a tick (the claim reads nothing
+/// of theirs).
+async fn schedules(a: &Args) -> anyhow::Result<Vec<Figure>> {
+    use orchestrator::schedules::ScheduleSpec;
+    let ticks = if a.quick { 50 } else { 200 };
+    let mut out = Vec::new();
+    for backend in backends(a) {
+        for defined in [0usize, 1000] {
+            let db = Db::new(backend, a.pg.as_deref()).await?;
+            db.history(1000).await?;
+            let defs = (0..defined)
+                .map(|i| {
+                    let spec = ScheduleSpec {
+                        cron: format!("{} {} * * *", i % 60, (i / 60) % 24),
+                        action_type: "NOOP".into(),
+                        ..ScheduleSpec::default()
+                    };
+                    orchestrator::services::scheduler::stored(&format!("s{i}"), &spec, 3)
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(anyhow::Error::msg)?;
+            db.store.schedules().write_config(&defs).await?;
+            let engine = Engine::new(db.store.clone(), db.config(), Registry::builtin());
+            anyhow::ensure!(engine.decider().load_rules()? > 0, "no rules loaded from rules/");
+            let mut per_run = Vec::new();
+            for _ in 0..a.runs {
+                let mut samples = Vec::with_capacity(ticks);
+                for _ in 0..ticks {
+                    let t = Instant::now();
+                    anyhow::ensure!(matches!(engine.tick().await?, TickOutcome::Ran(_)), "lost the lease");
+                    samples.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                per_run.push(median(&mut samples));
+            }
+            engine.release().await?;
+            out.push(figure_on(backend, "schedules_tick", format!("defined={defined}"), "ms", per_run));
             emit(out.last().expect("just pushed"));
             db.drop().await;
         }
@@ -1619,6 +1664,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted(&a, "drain") {
         all.extend(drain(&a).await?);
+    }
+    if wanted(&a, "schedules") {
+        all.extend(schedules(&a).await?);
     }
     if wanted(&a, "drain_concurrency") {
         all.extend(drain_concurrency(&a).await?);
