@@ -891,6 +891,37 @@ limits:
 ";
 
     #[test]
+    fn schedules_are_read_and_a_bad_one_is_refused_where_it_is() {
+        let yaml = "schedules:\n  nightly:\n    cron: 30 2 * * *\n    timezone: Europe/Madrid\n    type: WEBHOOK\n    \
+                    payload: {target: reconcile}\n    deadline: 1h\n    misfire: all\n";
+        let c = load(Some(yaml), &[]).unwrap();
+        let nightly = &c.schedules.as_ref().unwrap()["nightly"];
+        assert_eq!((nightly.cron.as_str(), nightly.timezone.as_str()), ("30 2 * * *", "Europe/Madrid"));
+        assert_eq!(nightly.payload, serde_json::json!({"target": "reconcile"}));
+        assert_eq!(
+            (nightly.deadline, nightly.misfire),
+            (Some(Duration::from_secs(3600)), crate::schedules::Misfire::All)
+        );
+        assert_eq!(nightly.max_attempts, None, "unset: the top-level max_attempts");
+        assert_eq!(load(None, &[]).unwrap().schedules, None, "no section: the table is left alone");
+        assert_eq!(load(Some("schedules: {}\n"), &[]).unwrap().schedules, Some(BTreeMap::new()));
+        let err = |yaml: &str| load(Some(yaml), &[]).unwrap_err().to_string();
+        let bad_cron = err("schedules:\n  n:\n    cron: 61 * * * *\n    type: NOOP\n");
+        assert!(
+            bad_cron.contains("o.yaml:2:5: ") && bad_cron.contains("schedules.n: cron '61 * * * *' is not a valid"),
+            "{bad_cron}"
+        );
+        let unknown = err("schedules:\n  n:\n    cron: '@daily'\n    type: NOOP\n    every: 5\n");
+        assert!(unknown.contains("unknown field `every`"), "{unknown}");
+        let missing = err("schedules:\n  n:\n    type: NOOP\n");
+        assert!(missing.contains("schedules.n: missing field `cron`"), "{missing}");
+        let misfire = err("schedules:\n  n:\n    cron: '@daily'\n    type: NOOP\n    misfire: later\n");
+        assert!(misfire.contains("schedules.n.misfire: misfire 'later' is not one of skip, once, all"), "{misfire}");
+        let name = err("schedules:\n  'a b':\n    cron: '@daily'\n    type: NOOP\n");
+        assert!(name.contains("schedule name 'a b'"), "{name}");
+    }
+
+    #[test]
     fn limits_are_read_per_action_type() {
         let c = load(Some(LIMITS), &[]).unwrap();
         let limits = c.limits.as_ref().unwrap();
