@@ -311,14 +311,16 @@ async fn apply(
                 .await
                 .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
         }
-        Kind::Enqueue { action_type, payload, key } => match rule_enqueue(store, config, action_type, payload, key) {
-            Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
-                if done.duplicate {
-                    out.notes.push(format!("enqueue {key}: key exists, nothing created"));
-                }
-            }),
-            Err(e) => return Ok(Applied::Refused(e)),
-        },
+        Kind::Enqueue { action_type, payload, key, approval } => {
+            match rule_enqueue(store, config, action_type, payload, (key, *approval)) {
+                Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
+                    if done.duplicate {
+                        out.notes.push(format!("enqueue {key}: key exists, nothing created"));
+                    }
+                }),
+                Err(e) => return Ok(Applied::Refused(e)),
+            }
+        }
         Kind::Alert { severity, message, key } => {
             metrics.alerts_total.with_label_values(&[severity.as_str()]).inc();
             tracing::warn!(rule = %d.rule, severity = %severity, message = %message, "ALERT");
@@ -343,9 +345,10 @@ fn rule_enqueue(
     config: &Config,
     action_type: &str,
     payload: &Value,
-    key: &str,
+    (key, approval): (&str, bool),
 ) -> Result<NewAction, String> {
     let payload_json = queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES)?;
+    let approval_expires_at = queue::approval_deadline(&config.enqueue_defaults(), action_type, approval, store.now())?;
     Ok(NewAction {
         action_type: action_type.to_string(),
         payload_json,
@@ -360,6 +363,7 @@ fn rule_enqueue(
             .and_then(|d| store.now().checked_add_signed(d)),
         // The tick's trace: the action's first attempt continues it.
         traceparent: crate::telemetry::current_traceparent(),
+        approval_expires_at,
     })
 }
 
@@ -390,6 +394,7 @@ fn alert_action(
         max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
         expires_at: None,
         traceparent: crate::telemetry::current_traceparent(),
+        approval_expires_at: queue::approval_deadline(&config.enqueue_defaults(), action_type, false, store.now())?,
     })
 }
 

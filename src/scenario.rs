@@ -413,6 +413,7 @@ async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Re
                 max_attempts: group.max_attempts,
                 expires_at: group.expires_in_seconds.map(|s| start + secs(s)),
                 traceparent: None,
+                require_approval: false,
             };
             batch.push(queue::prepare(&req, &defaults, now).map_err(|e| anyhow::anyhow!("queue group {g}: {e}"))?);
         }

@@ -34,7 +34,7 @@ use crate::tick::TickOutcome;
 
 /// The name of the token a request was authorised by.
 #[derive(Clone, Debug)]
-struct Who(String);
+pub(super) struct Who(pub(super) String);
 
 pub(super) fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -55,6 +55,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/limits/{type}", put(put_limit).delete(delete_limit))
         .route("/api/limits/{type}/override", post(override_limit))
         .route("/api/limits/{type}/override/{field}", delete(end_override))
+        .merge(super::approvals::routes())
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -119,7 +120,7 @@ fn authorise(st: &AppState, headers: &HeaderMap) -> Result<Who, ApiError> {
 }
 
 /// Parses a JSON body into `T`, naming the field that is wrong.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| ApiError::new(e.status(), format!("body: {}", e.body_text())))?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body: expected a JSON object, got nothing"));
@@ -225,7 +226,7 @@ impl<'de> serde::de::Visitor<'de> for UnambiguousVisitor {
     }
 }
 
-fn parse_id(text: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)

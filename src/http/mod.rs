@@ -14,6 +14,7 @@
 //! calls the store and the queue like the CLI does.
 
 mod admin;
+mod approvals;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -330,6 +331,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     let report = st.status(Counts::OpenOnly, false).await?;
     let now = st.store.db_now().await?;
+    let (awaiting, oldest_awaiting) = st.store.actions().awaiting_approval().await?;
     let limits = report
         .limits
         .iter()
@@ -366,6 +368,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             .as_ref()
             .map(|t| t.finished_at.unwrap_or(t.started_at).timestamp_millis() as f64 / 1000.0),
         limits,
+        approvals: (awaiting, oldest_awaiting.map_or(0.0, |t| seconds_between(t, now).max(0.0))),
     })
 }
 

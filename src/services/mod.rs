@@ -7,6 +7,7 @@
 //!
 //! - [`rescuer`]: RUNNING actions whose worker died go back to the queue.
 //! - [`expirer`]: actions past their deadline move to the DLQ.
+//! - [`approvals`]: renders what waiting approvals will send; cancels the overdue ones.
 //! - [`notifier`]: wakes idle workers when work became due by time alone.
 //! - [`decider`]: the live rule set, the rules run on a snapshot, their decisions applied.
 //! - [`dispatcher`]: claims due actions, runs them through the executor, records outcomes.
@@ -14,6 +15,7 @@
 //! - [`pruner`]: removes history past its retention, and leftover artifact files.
 //! - [`limits_writer`]: writes the config's `limits:` into the database.
 
+pub mod approvals;
 pub mod decider;
 pub mod dispatcher;
 pub mod expirer;

@@ -332,6 +332,7 @@ async fn operator_page_in_headless_chromium() {
                 max_attempts: None,
                 expires_at: None,
                 traceparent: None,
+                require_approval: false,
             };
             let id = handle.block_on(queue::enqueue(&db, &req, 3)).unwrap().id;
             handle

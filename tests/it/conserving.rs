@@ -165,6 +165,7 @@ async fn expire_after_gives_new_actions_a_deadline(db: &TestDb) {
     let defaults = EnqueueDefaults {
         max_attempts: 3,
         expire_after: [("NOOP".to_string(), Duration::from_secs(7200))].into_iter().collect(),
+        ..Default::default()
     };
     let id = queue::enqueue(&db.store, &noop("with-default"), defaults.clone()).await.unwrap().id;
     let row = db.store.actions().action(id).await.unwrap().unwrap();
