@@ -1,7 +1,7 @@
 //! `actions approve` and `actions reject`: an operator's decision on actions awaiting approval,
 //! one or many ids at once. Each id is decided on its own (one transaction each), so one that
 //! is refused (not found, not waiting, not rendered yet) leaves the others decided; the command
-//! then says which and why, and exits 1.
+//! then says which and why on stderr, and exits 1.
 //!
 //! It decides nothing itself: the state machine's `approve` and `reject` do, and record who
 //! (`--by`, else `cli:$USER`) and why.
@@ -101,20 +101,24 @@ pub async fn reject(args: RejectArgs, store: &Store, out: &Out) -> anyhow::Resul
     report(out, "rejected", &done)
 }
 
-/// One line per id; exit 1 when any was refused.
+/// What was decided goes to stdout, one line per id (nothing when nothing was); what was
+/// refused goes into the error, one line per id, and the command exits 1.
 fn report(out: &Out, verb: &str, done: &[Outcome]) -> anyhow::Result<()> {
-    let lines: Vec<String> = done
-        .iter()
-        .map(|o| match (&o.refused, &o.sha256) {
-            (Some(why), _) => format!("action {}: refused: {why}", o.id),
-            (None, Some(sha)) => format!("action {}: {verb} (request sha256 {sha})", o.id),
-            (None, None) => format!("action {}: {verb}", o.id),
-        })
-        .collect();
-    out.message(&serde_json::json!({ verb: done }), &lines.join("\n"));
-    let refused = done.iter().filter(|o| o.refused.is_some()).count();
-    if refused > 0 {
-        return Err(fail(exit::ERROR, format!("{refused} of {} action(s) not {verb}", done.len())));
+    let (ok, refused): (Vec<&Outcome>, Vec<&Outcome>) = done.iter().partition(|o| o.refused.is_none());
+    if !ok.is_empty() {
+        let lines: Vec<String> = ok
+            .iter()
+            .map(|o| match &o.sha256 {
+                Some(sha) => format!("action {}: {verb} (request sha256 {sha})", o.id),
+                None => format!("action {}: {verb}", o.id),
+            })
+            .collect();
+        out.message(&serde_json::json!({ verb: ok, "refused": refused }), &lines.join("\n"));
     }
-    Ok(())
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<String> =
+        refused.iter().map(|o| format!("action {}: {}", o.id, o.refused.as_deref().unwrap_or_default())).collect();
+    Err(fail(exit::ERROR, format!("{} of {} action(s) not {verb}:\n{}", refused.len(), done.len(), why.join("\n"))))
 }

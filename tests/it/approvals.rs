@@ -289,7 +289,52 @@ async fn the_api_approves_and_rejects_under_the_token(db: &TestDb) {
     e.release().await.unwrap();
 }
 
+fn orch(db: &TestDb, args: &[&str]) -> std::process::Output {
+    crate::support::run(crate::support::bin(db.dir.path()).arg("--database-url").arg(&db.url).args(args))
+}
+
+/// The CLI: `enqueue --require-approval`, `actions show` with the request, `actions approve`
+/// and `reject` of one or many ids (bad ids refused by name, refusals on stderr, exit 1).
+async fn the_cli_shows_approves_and_rejects(db: &TestDb) {
+    for k in ["cli-1", "cli-2", "cli-3"] {
+        let o = orch(db, &["enqueue", "NOOP", "--key", k, "--payload", r#"{"n":1}"#, "--require-approval"]);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::support::stderr(&o));
+        assert!(crate::support::stdout(&o).contains("AWAITING_APPROVAL"), "{}", crate::support::stdout(&o));
+    }
+    let o = orch(db, &["actions", "approve", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(crate::support::stderr(&o).contains("not rendered yet"), "{}", crate::support::stderr(&o));
+    let o = orch(db, &["run-once"]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::support::stderr(&o));
+    let shown = crate::support::stdout(&orch(db, &["actions", "show", "1"]));
+    assert!(shown.contains("AWAITING_APPROVAL") && shown.contains("request sha256:"), "{shown}");
+    let o = orch(db, &["actions", "approve", "1", "x2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(crate::support::stderr(&o).contains("'x2'"), "{}", crate::support::stderr(&o));
+    let o = orch(db, &["actions", "reject", "3"]);
+    assert_eq!(o.status.code(), Some(2), "a rejection needs --reason");
+    let o = orch(db, &["actions", "approve", "1", "2", "999999", "--reason", "looks right", "--by", "carol"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (out, err) = (crate::support::stdout(&o), crate::support::stderr(&o));
+    assert!(out.contains("action 1: approved") && out.contains("action 2: approved"), "{out}");
+    assert!(err.contains("1 of 3 action(s) not approved") && err.contains("action 999999 not found"), "{err}");
+    let o = orch(db, &["--json", "actions", "reject", "3", "--reason", "wrong channel"]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::support::stderr(&o));
+    assert_eq!(crate::support::json(&o)["rejected"][0]["id"], 3);
+    let a = status(db, 1).await;
+    assert_eq!(a.status, ActionStatus::Pending);
+    let ap = a.approval.unwrap();
+    assert_eq!((ap.decided_by.as_deref(), ap.reason.as_deref()), (Some("carol"), Some("looks right")));
+    let expected = format!("rejected by cli:{}: wrong channel", whoami());
+    assert_eq!(status(db, 3).await.last_error.as_deref(), Some(expected.as_str()));
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+}
+
 backend_tests!(
+    the_cli_shows_approves_and_rejects,
     an_approved_action_sends_the_request_it_was_approved_with,
     a_target_changed_after_approval_is_refused,
     a_payload_changed_after_approval_is_refused,
