@@ -289,6 +289,44 @@ async fn the_api_approves_and_rejects_under_the_token(db: &TestDb) {
     e.release().await.unwrap();
 }
 
+/// A rule's enqueue asks for an approval two ways: `enqueue_for_approval`, or `approval: true`
+/// on an `enqueue` decision; either action waits. A non-boolean `approval` is the rule's error.
+async fn a_rules_enqueue_can_wait_for_approval(db: &TestDb) {
+    let dir = db.dir.path().join("rules");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rule = r#"
+        let d = enqueue("NOOP", #{n: 2}, "rule-map", "by map");
+        d.approval = true;
+        [enqueue_for_approval("NOOP", #{n: 1}, "rule-fn", "needs review"), d]
+    "#;
+    std::fs::write(dir.join("ask.rhai"), rule).unwrap();
+    let mut c = db.config();
+    c.rules_dir = dir;
+    let e = engine(db, c);
+    assert_eq!(e.decider().load_rules().unwrap(), 1);
+    // The first tick enqueues (after its approvals step); the second renders what they send.
+    ran(&e).await;
+    ran(&e).await;
+    e.release().await.unwrap();
+    let waiting = db
+        .store
+        .actions()
+        .list_actions(&orchestrator::store::ActionFilter {
+            status: Some(ActionStatus::AwaitingApproval),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut keys: Vec<&str> = waiting.iter().map(|a| a.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["rule-fn", "rule-map"]);
+    assert!(waiting.iter().all(|a| a.approval.as_ref().is_some_and(|ap| ap.preview_sha256.is_some())));
+    let bad = json!({"kind": "enqueue", "type": "NOOP", "key": "k", "reason": "r", "approval": "yes"});
+    let e = orchestrator::rules::decision_from_json("r", &bad).unwrap_err();
+    assert!(e.contains("`approval` must be true or false"), "{e}");
+}
+
 fn orch(db: &TestDb, args: &[&str]) -> std::process::Output {
     crate::support::run(crate::support::bin(db.dir.path()).arg("--database-url").arg(&db.url).args(args))
 }
@@ -334,6 +372,7 @@ fn whoami() -> String {
 }
 
 backend_tests!(
+    a_rules_enqueue_can_wait_for_approval,
     the_cli_shows_approves_and_rejects,
     an_approved_action_sends_the_request_it_was_approved_with,
     a_target_changed_after_approval_is_refused,
