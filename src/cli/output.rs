@@ -526,6 +526,9 @@ impl Out {
             (Some(body), Some(sha)) => {
                 say!(self, "    request sha256: {sha}");
                 say!(self, "    request (exactly what will be sent, secrets redacted):");
+                if body.is_empty() {
+                    say!(self, "      (this action sends nothing)");
+                }
                 for line in body.lines() {
                     // A control character would act on the terminal: shown as U+FFFD.
                     let shown: String =
