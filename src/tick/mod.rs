@@ -332,8 +332,8 @@ impl Engine {
         if !flags.paused {
             notes.extend(self.rescuer.run(&fence, &term.owner).await?);
             notes.extend(self.expirer.run(&fence).await?);
+            notes.extend(self.approvals.run(&fence).await?);
         }
-        notes.extend(self.approvals.run(&fence).await?);
         let snap = self
             .snapshot(term, flags, Some(tick_id))
             .instrument(tracing::info_span!(target: telemetry::TARGET, "snapshot"))
