@@ -327,6 +327,47 @@ async fn a_rules_enqueue_can_wait_for_approval(db: &TestDb) {
     assert!(e.contains("`approval` must be true or false"), "{e}");
 }
 
+/// Leader `run --no-execute` and a `worker` process on PostgreSQL: the worker runs the work
+/// beside an action awaiting approval and never claims that one; once approved (after the
+/// leader rendered it), the worker runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_postgres_never_claims_an_awaiting_action() {
+    use crate::support::daemon::{Procs, spawn};
+    let Some(db) = TestDb::postgres().await else { return };
+    std::fs::write(db.dir.path().join("o.yaml"), "tick_interval_seconds: 0.5\nworkers:\n  poll_seconds: 0.2\n")
+        .unwrap();
+    let mut waiting = crate::support::noop("pg-waits");
+    waiting.require_approval = true;
+    waiting.priority = 100;
+    let held = queue::enqueue(&db.store, &waiting, 3).await.unwrap().id;
+    for i in 0..5 {
+        queue::enqueue(&db.store, &crate::support::noop(&format!("pg-free-{i}")), 3).await.unwrap();
+    }
+    let _procs = Procs(vec![spawn(&db, &["run", "--no-execute", "--no-http"]), spawn(&db, &["worker"])]);
+    let start = std::time::Instant::now();
+    loop {
+        let counts = db.store.actions().count_by_status().await.unwrap();
+        if counts[&ActionStatus::Success] == 5 && status(&db, held).await.approval.unwrap().preview_sha256.is_some() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the free work never ran: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = status(&db, held).await;
+    assert_eq!((a.status, a.attempts), (ActionStatus::AwaitingApproval, 0), "never claimed");
+    db.store.actions().approve(held, "op", None, None).await.unwrap();
+    while status(&db, held).await.status != ActionStatus::Success {
+        assert!(start.elapsed() < Duration::from_secs(60), "the approved action never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ran_by = status(&db, held).await.claim.unwrap().worker;
+    let workers = db.store.workers().list(Duration::from_secs(30)).await.unwrap();
+    assert!(workers.iter().any(|w| w.id == ran_by), "{ran_by} is a registered worker: {workers:?}");
+    drop(_procs);
+    db.cleanup().await;
+}
+
 fn orch(db: &TestDb, args: &[&str]) -> std::process::Output {
     crate::support::run(crate::support::bin(db.dir.path()).arg("--database-url").arg(&db.url).args(args))
 }
