@@ -1056,6 +1056,7 @@ async fn pickup(a: &Args) -> anyhow::Result<Vec<Figure>> {
                 max_attempts: None,
                 expires_at: None,
                 traceparent: None,
+                require_approval: false,
             };
             let id = queue::enqueue(store, &req, 3).await?.id;
             let start = Instant::now();

@@ -35,6 +35,7 @@ fn batch(prefix: &str, from: usize, n: usize) -> Vec<NewAction> {
             max_attempts: 3,
             expires_at: None,
             traceparent: None,
+            approval_expires_at: None,
         })
         .collect()
 }

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
             max_attempts: None,
             expires_at: None,
             traceparent: None,
+            require_approval: false,
         };
         queue::enqueue(&store, &req, config.max_attempts).await?;
     }
@@ -87,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             max_attempts: None,
             expires_at: None,
             traceparent: None,
+            require_approval: false,
         },
         config.max_attempts,
     )

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod approvals;
 pub mod environment;
 mod http;
 mod workers;
@@ -27,6 +28,7 @@ use crate::limits::{LIMIT_KEYS, LimitSpec};
 use crate::rules::{RULES_KEYS, RulesConfig};
 use crate::schedules::{SCHEDULE_KEYS, ScheduleSpec};
 use crate::telemetry::{TRACING_KEYS, TracingConfig};
+pub use approvals::{APPROVALS_KEYS, ApprovalsConfig};
 pub use environment::Acting;
 pub use http::{ADMIN_TOKEN_ENV, AdminTokens, DEFAULT_HTTP_LISTEN, HTTP_KEYS, HttpConfig, MIN_ADMIN_TOKEN_LEN};
 pub use workers::{WORKERS_KEYS, WorkersConfig};
@@ -102,6 +104,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// Traces (`tracing:` and the `OTEL_*` variables): off unless an endpoint is given.
     pub tracing: TracingConfig,
+    /// Which types wait for an approval, and for how long (`approvals:`).
+    pub approvals: ApprovalsConfig,
     /// Admin API tokens from `ORCHESTRATOR_ADMIN_TOKEN` (never from the file); empty: the
     /// admin API is disabled.
     pub admin_tokens: AdminTokens,
@@ -207,7 +211,12 @@ impl Config {
 
     /// What an enqueue fills in from the config: `max_attempts` and `expire_after`.
     pub fn enqueue_defaults(&self) -> crate::queue::EnqueueDefaults {
-        crate::queue::EnqueueDefaults { max_attempts: self.max_attempts, expire_after: self.expire_after.clone() }
+        crate::queue::EnqueueDefaults {
+            max_attempts: self.max_attempts,
+            expire_after: self.expire_after.clone(),
+            approval_types: self.approvals.types.clone(),
+            approval_expiry: Some(self.approvals.expire_after),
+        }
     }
 
     /// One warning line per action type in `limits:` that no type of `served` (the adapter
@@ -269,6 +278,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(RULES_KEYS, "", true));
     keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
     keys.extend(KeyInfo::of(TRACING_KEYS, "", true));
+    keys.extend(KeyInfo::of(APPROVALS_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(KeyInfo::of(SCHEDULE_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
@@ -290,6 +300,7 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
     key::apply(RULES_KEYS, "", raw, env, &mut config.rules)?;
     key::apply(WORKLOAD_KEYS, "", raw, env, &mut config.rules.health)?;
     key::apply(TRACING_KEYS, "", raw, env, &mut config.tracing)?;
+    key::apply(APPROVALS_KEYS, "", raw, env, &mut config.approvals)?;
     if raw.has_entries("limits") {
         let mut limits = BTreeMap::new();
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;

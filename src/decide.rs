@@ -311,14 +311,16 @@ async fn apply(
                 .await
                 .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
         }
-        Kind::Enqueue { action_type, payload, key } => match rule_enqueue(store, config, action_type, payload, key) {
-            Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
-                if done.duplicate {
-                    out.notes.push(format!("enqueue {key}: key exists, nothing created"));
-                }
-            }),
-            Err(e) => return Ok(Applied::Refused(e)),
-        },
+        Kind::Enqueue { action_type, payload, key, approval } => {
+            match rule_enqueue(store, config, action_type, payload, (key, *approval)) {
+                Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
+                    if done.duplicate {
+                        out.notes.push(format!("enqueue {key}: key exists, nothing created"));
+                    }
+                }),
+                Err(e) => return Ok(Applied::Refused(e)),
+            }
+        }
         Kind::PauseSchedule { name } => store.schedules().set_paused(auth, name, true, Some(&by)).await.map(|_| ()),
         Kind::ResumeSchedule { name } => store.schedules().set_paused(auth, name, false, None).await.map(|_| ()),
         Kind::Alert { severity, message, key } => {
@@ -345,9 +347,10 @@ fn rule_enqueue(
     config: &Config,
     action_type: &str,
     payload: &Value,
-    key: &str,
+    (key, approval): (&str, bool),
 ) -> Result<NewAction, String> {
     let payload_json = queue::validate("enqueue payload", payload, queue::MAX_PAYLOAD_BYTES)?;
+    let approval_expires_at = queue::approval_deadline(&config.enqueue_defaults(), action_type, approval, store.now())?;
     Ok(NewAction {
         action_type: action_type.to_string(),
         payload_json,
@@ -362,6 +365,7 @@ fn rule_enqueue(
             .and_then(|d| store.now().checked_add_signed(d)),
         // The tick's trace: the action's first attempt continues it.
         traceparent: crate::telemetry::current_traceparent(),
+        approval_expires_at,
     })
 }
 
@@ -392,6 +396,7 @@ fn alert_action(
         max_attempts: i32::try_from(config.max_attempts).unwrap_or(3),
         expires_at: None,
         traceparent: crate::telemetry::current_traceparent(),
+        approval_expires_at: queue::approval_deadline(&config.enqueue_defaults(), action_type, false, store.now())?,
     })
 }
 

@@ -431,6 +431,7 @@ async fn run_adapter(
         return Err(AdapterError::permanent(format!("no adapter for action type {}", action.action_type)));
     };
     if !proof_mode {
+        check_approved(adapter.as_ref(), action)?;
         return adapter.execute(ctx, action).await.map(|o| (o.message, None));
     }
     match adapter.render_proof(action)? {
@@ -450,6 +451,36 @@ async fn run_adapter(
             Ok((format!("proof artifact written: {}", written.path.display()), Some(written)))
         }
     }
+}
+
+/// What an approver is shown of `action`: the exact request, as proof mode renders it (empty
+/// when the adapter records nothing), and the sha256 of those bytes. The approval preview and
+/// the real attempt's check both call this, so what was approved is byte for byte what is
+/// compared.
+pub fn approval_rendering(
+    adapter: &dyn crate::adapters::Adapter,
+    action: &Action,
+) -> Result<(Vec<u8>, String), AdapterError> {
+    let body = adapter.render_proof(action)?.map(|p| p.body).unwrap_or_default();
+    let sha256 = artifacts::sha256_hex(&body);
+    Ok((body, sha256))
+}
+
+/// A real attempt of an approved action runs only if its request still renders to the digest
+/// approved; otherwise (its payload or its adapter's target changed since) it is refused,
+/// permanently, saying both digests.
+fn check_approved(adapter: &dyn crate::adapters::Adapter, action: &Action) -> Result<(), AdapterError> {
+    let Some(approved) = action.approval.as_ref().and_then(|a| a.approved_sha256.as_deref()) else {
+        return Ok(());
+    };
+    let (_, now) = approval_rendering(adapter, action)?;
+    if now == approved {
+        return Ok(());
+    }
+    Err(AdapterError::permanent(format!(
+        "refused: the request differs from the one approved (approved sha256 {approved}, it now renders as \
+         sha256 {now}): its payload or its adapter's target changed after approval; nothing was sent"
+    )))
 }
 
 /// The span of one attempt. The first attempt of an action enqueued under a trace context is a

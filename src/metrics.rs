@@ -17,6 +17,11 @@ pub mod names {
     pub const FENCED_WRITES_REJECTED_TOTAL: &str = "orchestrator_fenced_writes_rejected_total";
     pub const RESCUED_ACTIONS_TOTAL: &str = "orchestrator_rescued_actions_total";
     pub const EXPIRED_ACTIONS_TOTAL: &str = "orchestrator_expired_actions_total";
+    /// Actions whose approval deadline passed, cancelled.
+    pub const APPROVALS_EXPIRED_TOTAL: &str = "orchestrator_approvals_expired_total";
+    /// Actions waiting in `AWAITING_APPROVAL`, and the oldest one's age (scrape-time gauges).
+    pub const ACTIONS_AWAITING_APPROVAL: &str = "orchestrator_actions_awaiting_approval";
+    pub const APPROVAL_OLDEST_WAITING_SECONDS: &str = "orchestrator_approval_oldest_waiting_seconds";
     pub const TICK_ERRORS_TOTAL: &str = "orchestrator_tick_errors_total";
     pub const BUILD_INFO: &str = "orchestrator_build_info";
     pub const DATABASE_OUTAGES_TOTAL: &str = "orchestrator_database_outages_total";
@@ -84,6 +89,8 @@ pub struct DbGauges {
     pub limits: Vec<LimitGauges>,
     /// One entry per schedule; empty while none exists (and then no schedule metric is shown).
     pub schedules: Vec<ScheduleGauges>,
+    /// Actions awaiting approval, and the oldest one's age in seconds (0 when none).
+    pub approvals: (i64, f64),
 }
 
 /// One schedule's numbers on a scrape.
@@ -240,6 +247,8 @@ pub struct Metrics {
     pub rescued_actions_total: IntCounter,
     /// Waiting actions whose deadline passed, moved to DLQ as `expired`.
     pub expired_actions_total: IntCounter,
+    /// Actions whose approval deadline passed, cancelled.
+    pub approvals_expired_total: IntCounter,
     /// Ticks that failed with an error (database unreachable and the like).
     pub tick_errors_total: IntCounter,
     /// Times the daemon found the database unreachable after it had been reachable.
@@ -295,6 +304,11 @@ impl Metrics {
         let expired_actions_total =
             IntCounter::new(names::EXPIRED_ACTIONS_TOTAL, "Waiting actions whose deadline passed, moved to DLQ.")
                 .expect("valid metric");
+        let approvals_expired_total = IntCounter::new(
+            names::APPROVALS_EXPIRED_TOTAL,
+            "Actions not approved before their approval deadline, cancelled.",
+        )
+        .expect("valid metric");
         let tick_errors_total =
             IntCounter::new(names::TICK_ERRORS_TOTAL, "Ticks that failed with an error.").expect("valid metric");
         let database_outages_total = IntCounter::new(
@@ -323,6 +337,7 @@ impl Metrics {
             Box::new(fenced_writes_rejected_total.clone()),
             Box::new(rescued_actions_total.clone()),
             Box::new(expired_actions_total.clone()),
+            Box::new(approvals_expired_total.clone()),
             Box::new(tick_errors_total.clone()),
             Box::new(database_outages_total.clone()),
             Box::new(instance_lease_held.clone()),
@@ -342,6 +357,7 @@ impl Metrics {
             fenced_writes_rejected_total,
             rescued_actions_total,
             expired_actions_total,
+            approvals_expired_total,
             tick_errors_total,
             database_outages_total,
             instance_lease_held,
@@ -432,6 +448,15 @@ fn register_db_gauges(r: &Registry, db: Option<&DbGauges>) -> prometheus::Result
     if !db.schedules.is_empty() {
         register_schedule_metrics(r, &db.schedules)?;
     }
+    let awaiting = IntGauge::new(names::ACTIONS_AWAITING_APPROVAL, "Actions waiting for an operator's approval.")?;
+    awaiting.set(db.approvals.0);
+    r.register(Box::new(awaiting))?;
+    let oldest = Gauge::new(
+        names::APPROVAL_OLDEST_WAITING_SECONDS,
+        "How long the oldest action awaiting approval has waited, since its enqueue; 0 when none.",
+    )?;
+    oldest.set(db.approvals.1);
+    r.register(Box::new(oldest))?;
     Ok(())
 }
 

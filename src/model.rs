@@ -200,6 +200,7 @@ string_enum!(
         Retry => "RETRY",
         Dlq => "DLQ",
         Cancelled => "CANCELLED",
+        AwaitingApproval => "AWAITING_APPROVAL",
     }
     earlier {
         "READY" => "PENDING",
@@ -449,6 +450,29 @@ pub struct Action {
     /// is a child of it, a retry's trace links to it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Its approval, when one is (or was) required: the preview the approver sees and who
+    /// decided (absent for an action that never needed one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// An action's approval: the exact request it will send, rendered once in proof mode while it
+/// waits (`AWAITING_APPROVAL`), and the decision on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    /// Past this a waiting action is cancelled (`approval expired`).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The proof-mode rendering of the request (lossy UTF-8 for display); `None`: not rendered yet.
+    pub preview: Option<String>,
+    /// The sha256 of the preview's bytes.
+    pub preview_sha256: Option<String>,
+    /// The sha256 approved: the real attempt renders the request again and runs only if it
+    /// still has this digest.
+    pub approved_sha256: Option<String>,
+    /// Who approved or rejected it.
+    pub decided_by: Option<String>,
+    /// Why (as given).
+    pub reason: Option<String>,
 }
 
 /// One attempt's claim: who holds it, under which token, until when, in which mode.

@@ -65,11 +65,22 @@ pub struct EnqueueRequest {
     /// --traceparent`, the API's `traceparent` header); checked by [`prepare`].
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// True: the action waits in `AWAITING_APPROVAL` until an operator approves it (a type
+    /// named in `approvals.types` always does).
+    #[serde(default)]
+    pub require_approval: bool,
 }
+
+/// How long an action waits for its approval when the config says nothing (24 h).
+pub const DEFAULT_APPROVAL_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// What the config fills in for a request that leaves it out.
 #[derive(Clone, Debug, Default)]
 pub struct EnqueueDefaults {
+    /// `approvals.types`: the action types that always need an approval.
+    pub approval_types: std::collections::BTreeSet<String>,
+    /// `approvals.expire_after_seconds` (`None`: [`DEFAULT_APPROVAL_EXPIRY`]).
+    pub approval_expiry: Option<Duration>,
     /// `max_attempts`.
     pub max_attempts: u32,
     /// `expire_after`: the deadline of a new action of that type, from its enqueue (off, i.e.
@@ -231,6 +242,7 @@ pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<U
         Some(t) => Some(t.parse::<crate::model::TraceParent>()?.to_string()),
         None => None,
     };
+    let approval_expires_at = approval_deadline(defaults, &req.action_type, req.require_approval, now)?;
     Ok(NewAction {
         action_type: req.action_type.clone(),
         payload_json,
@@ -240,7 +252,27 @@ pub fn prepare(req: &EnqueueRequest, defaults: &EnqueueDefaults, now: DateTime<U
         max_attempts: max_attempts as i32,
         expires_at,
         traceparent,
+        approval_expires_at,
     })
+}
+
+/// When an action enqueued now stops waiting for its approval, if it needs one (asked for, or
+/// its type is named in `approvals.types`).
+pub fn approval_deadline(
+    defaults: &EnqueueDefaults,
+    action_type: &str,
+    asked: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    if !asked && !defaults.approval_types.contains(action_type) {
+        return Ok(None);
+    }
+    let wait = defaults.approval_expiry.unwrap_or(DEFAULT_APPROVAL_EXPIRY);
+    chrono::Duration::from_std(wait)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .map(Some)
+        .ok_or_else(|| "approvals.expire_after_seconds is too long".to_string())
 }
 
 /// Enqueues one action. A duplicate key returns the existing action with `duplicate: true`.
@@ -392,6 +424,7 @@ mod tests {
             max_attempts: None,
             expires_at: None,
             traceparent: None,
+            require_approval: false,
         }
     }
 

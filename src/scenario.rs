@@ -15,6 +15,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,9 @@ pub struct Scenario {
     /// How attempts of each action type end; a type not named here always succeeds.
     #[serde(default)]
     pub adapters: BTreeMap<String, Script>,
+    /// What an operator does between ticks (approve, reject, change an adapter's target).
+    #[serde(default)]
+    pub operator: Vec<OperatorStep>,
     /// How many ticks to run.
     pub ticks: u32,
     /// Virtual seconds between two ticks.
@@ -91,6 +95,28 @@ pub struct Group {
     /// Extra payload fields (each action also gets `n`, its number in the group).
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The group's actions wait for an approval (as `approvals.types` in `config:` does).
+    #[serde(default)]
+    pub require_approval: bool,
+}
+
+/// An operator's step, taken just before tick `before_tick` (1-based).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorStep {
+    pub before_tick: u32,
+    /// Approve every action of this type awaiting approval (those rendered by then).
+    #[serde(default)]
+    pub approve: Option<String>,
+    /// Reject every action of this type awaiting approval, with `reason`.
+    #[serde(default)]
+    pub reject: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The scripted adapter of this type now sends to another target (a config change): what
+    /// its actions render to changes.
+    #[serde(default)]
+    pub change_target: Option<String>,
 }
 
 /// How a scripted action type behaves.
@@ -146,6 +172,9 @@ pub struct Expect {
     /// Per schedule: its slots not fired (late under its misfire policy) over the run.
     #[serde(default)]
     pub schedule_misfires: BTreeMap<String, i64>,
+    /// How many actions, in any status, end with a `last_error` that starts with each text.
+    #[serde(default)]
+    pub final_error_prefixes: BTreeMap<String, i64>,
 }
 
 /// Matches an applied decision: kind, and rule and target when given.
@@ -327,7 +356,8 @@ pub async fn run(
         .await?;
     seed(&store, &config, scenario).await?;
     crate::services::scheduler::write(&store, &config).await?;
-    let mut engine = instance(&store, &config, scenario)?;
+    let targets = scripted_targets(scenario, &config);
+    let mut engine = instance(&store, &config, scenario, &targets)?;
 
     let step = chrono::Duration::milliseconds((scenario.every_seconds.max(0.0) * 1000.0) as i64);
     let mut timeline = Vec::new();
@@ -339,8 +369,9 @@ pub async fn run(
             hook(store.clone(), n).await;
         }
         if scenario.failover_at_tick == Some(n) {
-            engine = instance(&store, &config, scenario)?;
+            engine = instance(&store, &config, scenario, &targets)?;
         }
+        operate(&store, scenario.operator.iter().filter(|s| s.before_tick == n), &targets).await?;
         let report = match engine.tick().await? {
             TickOutcome::Ran(r) => r,
             TickOutcome::NotLeader { owner, .. } => anyhow::bail!("tick {n}: the lease is held by {owner}"),
@@ -377,24 +408,65 @@ pub async fn run(
     Ok((timeline, failures))
 }
 
-/// An instance of the scenario: an engine with its own owner id, the rules loaded, and a scripted
-/// adapter for every type the scenario names (its queue, its adapters, its schedules, alerts).
-fn instance(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Result<Engine> {
-    let mut registry = Registry::empty();
+/// One target counter per scripted type (the operator's `change_target` moves it): every type
+/// the scenario names, in its queue, its adapters, its schedules, and the alerts' type.
+fn scripted_targets(scenario: &Scenario, config: &Config) -> BTreeMap<String, Arc<AtomicU32>> {
     let mut types: Vec<&str> = scenario.queue.iter().map(|g| g.action_type.as_str()).collect();
     types.extend(scenario.adapters.keys().map(String::as_str));
     types.extend(config.schedules.iter().flat_map(|s| s.values().map(|s| s.action_type.as_str())));
     if let Some(t) = &config.rules.alert_action_type {
         types.push(t);
     }
-    types.sort_unstable();
-    types.dedup();
-    for t in types {
-        registry.register(Scripted { action_type: t.to_string(), script: scenario.adapters.get(t).cloned() });
+    types.into_iter().map(|t| (t.to_string(), Arc::default())).collect()
+}
+
+/// An instance of the scenario: an engine with its own owner id, the rules loaded, and a scripted
+/// adapter for every type of `targets`.
+fn instance(
+    store: &Store,
+    config: &Config,
+    scenario: &Scenario,
+    targets: &BTreeMap<String, Arc<AtomicU32>>,
+) -> anyhow::Result<Engine> {
+    let mut registry = Registry::empty();
+    for (t, target) in targets {
+        let script = scenario.adapters.get(t).cloned();
+        registry.register(Scripted { action_type: t.clone(), script, target: target.clone() });
     }
     let engine = Engine::new(store.clone(), config.clone(), registry);
     engine.decider().load_rules().map_err(|e| anyhow::anyhow!("the rules do not load: {e}"))?;
     Ok(engine)
+}
+
+/// The operator's steps before one tick: approvals and rejections by type (each recorded as
+/// the scenario's), a target changed.
+async fn operate<'a>(
+    store: &Store,
+    steps: impl Iterator<Item = &'a OperatorStep>,
+    targets: &BTreeMap<String, Arc<AtomicU32>>,
+) -> anyhow::Result<()> {
+    for step in steps {
+        if let Some(t) = &step.change_target {
+            targets.get(t).ok_or_else(|| anyhow::anyhow!("change_target: no action type {t}"))?.fetch_add(1, SeqCst);
+        }
+        for (t, approve) in [(&step.approve, true), (&step.reject, false)] {
+            let Some(t) = t else { continue };
+            let filter = ActionFilter {
+                status: Some(ActionStatus::AwaitingApproval),
+                action_type: Some(t.clone()),
+                limit: 1_000_000,
+            };
+            for a in store.actions().list_actions(&filter).await? {
+                let reason = step.reason.as_deref();
+                if approve {
+                    store.actions().approve(a.id, "scenario", reason, None).await?;
+                } else {
+                    store.actions().reject(a.id, "scenario", reason.unwrap_or("rejected by the scenario")).await?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn scenario_config(scenario: &Scenario, rules_dir: &Path, tmp: &Path) -> anyhow::Result<Config> {
@@ -442,6 +514,7 @@ async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Re
                 max_attempts: group.max_attempts,
                 expires_at: group.expires_in_seconds.map(|s| start + secs(s)),
                 traceparent: None,
+                require_approval: group.require_approval,
             };
             batch.push(queue::prepare(&req, &defaults, now).map_err(|e| anyhow::anyhow!("queue group {g}: {e}"))?);
         }
@@ -505,6 +578,15 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             }
         }
     }
+    if !expect.final_error_prefixes.is_empty() {
+        let all = store.actions().list_actions(&ActionFilter { limit: 1_000_000, ..Default::default() }).await?;
+        for (prefix, want) in &expect.final_error_prefixes {
+            let got = all.iter().filter(|a| a.last_error.as_deref().is_some_and(|e| e.starts_with(prefix))).count();
+            if got as i64 != *want {
+                failures.push(format!("actions whose error starts with {prefix:?}: expected {want}, got {got}"));
+            }
+        }
+    }
     if !expect.final_dlq_errors.is_empty() {
         let dlq = store
             .actions()
@@ -537,10 +619,13 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
     Ok(failures)
 }
 
-/// The scenario's adapter: succeeds, or fails a repeatable fraction of attempts.
+/// The scenario's adapter: succeeds, or fails a repeatable fraction of attempts. What it
+/// would send (its proof) is its type, its target's generation and the payload, so an operator
+/// step that changes the target changes what its actions render to.
 struct Scripted {
     action_type: String,
     script: Option<Script>,
+    target: Arc<AtomicU32>,
 }
 
 impl Scripted {
@@ -566,8 +651,9 @@ impl Adapter for Scripted {
         &self.action_type
     }
 
-    fn render_proof(&self, _action: &Action) -> Result<Option<Proof>, AdapterError> {
-        Ok(None)
+    fn render_proof(&self, action: &Action) -> Result<Option<Proof>, AdapterError> {
+        let body = format!("{} to target {}\n{}", self.action_type, self.target.load(SeqCst), action.payload);
+        Ok(Some(Proof { subdir: "scripted".into(), extension: "txt".into(), body: body.into_bytes() }))
     }
 
     async fn execute(&self, ctx: &ExecContext, action: &Action) -> Result<Outcome, AdapterError> {

@@ -380,7 +380,8 @@ pub async fn build_with(
                 queue.dlq += n;
                 ty.dlq += n;
             }
-            ActionStatus::Success | ActionStatus::Cancelled => {}
+            // Not an open status: the queue's reads never return them.
+            ActionStatus::Success | ActionStatus::Cancelled | ActionStatus::AwaitingApproval => {}
         }
     }
     let mut recent = RecentView::default();
@@ -398,7 +399,7 @@ pub async fn build_with(
                 recent.failures_15m += w.n_15m;
                 ty.failures_1h += w.n_1h;
             }
-            ActionStatus::Pending | ActionStatus::Running => {}
+            ActionStatus::Pending | ActionStatus::Running | ActionStatus::AwaitingApproval => {}
         }
     }
     let outcomes = recent.failures_1h + recent.successes_1h;

@@ -16,6 +16,7 @@ macro_rules! say {
     }};
 }
 
+mod approvals;
 mod follow;
 mod limits;
 mod output;
@@ -312,11 +313,15 @@ pub struct EnqueueArgs {
     /// continues that trace (traces: docs/operations.md).
     #[arg(long, value_name = "TRACEPARENT", value_parser = parse_traceparent)]
     pub traceparent: Option<String>,
+    /// The action waits in AWAITING_APPROVAL until `actions approve` (a type in
+    /// approvals.types always does).
+    #[arg(long)]
+    pub require_approval: bool,
     /// JSON Lines file of actions (`-` for stdin).
     #[arg(
         long,
         value_name = "FILE",
-        conflicts_with_all = ["key", "delay", "not_before", "max_attempts", "expires_in", "traceparent"]
+        conflicts_with_all = ["key", "delay", "not_before", "max_attempts", "expires_in", "traceparent", "require_approval"]
     )]
     pub file: Option<PathBuf>,
 }
@@ -364,6 +369,11 @@ pub enum ActionsCommand {
         #[arg(long)]
         all_dlq: bool,
     },
+    /// Approve actions awaiting approval: each may then send exactly the request `actions show`
+    /// displays (its sha256 is recorded).
+    Approve(approvals::ApproveArgs),
+    /// Reject actions awaiting approval (-> CANCELLED), with a reason.
+    Reject(approvals::RejectArgs),
     /// Counts by type and status, the oldest due action per type, open actions by priority.
     Summary,
     /// Delete SUCCESS and CANCELLED actions older than the retention (DLQ is kept), and tick
@@ -841,6 +851,7 @@ async fn enqueue(args: EnqueueArgs, config: &Config, store: &Store, out: &output
             })
             .transpose()?,
         traceparent: args.traceparent,
+        require_approval: args.require_approval,
     };
     let outcome = queue::enqueue(store, &req, config.enqueue_defaults()).await?;
     let text = if outcome.duplicate {
@@ -896,6 +907,8 @@ async fn actions(cmd: ActionsCommand, config: &Config, store: &Store, out: &outp
                 &format!("cancelled {} DLQ action(s): {:?}", cancelled.len(), cancelled),
             );
         }
+        ActionsCommand::Approve(args) => approvals::approve(args, store, out).await?,
+        ActionsCommand::Reject(args) => approvals::reject(args, store, out).await?,
         ActionsCommand::Summary => out.summary(&store.actions().actions_summary().await?),
         ActionsCommand::Purge { older_than } => {
             let age = older_than.unwrap_or_else(|| config.retention());

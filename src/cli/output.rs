@@ -554,8 +554,39 @@ impl Out {
             say!(self, "  last_error:   {}", one_line(e, 200));
         }
         say!(self, "  payload:      {}", one_line(&a.payload.to_string(), 200));
+        if let Some(ap) = &a.approval {
+            self.approval(ap);
+        }
         say!(self, "  logs:");
         self.log_lines(logs);
+    }
+
+    /// An action's approval: its deadline, the decision, and the exact request it will send.
+    fn approval(&self, ap: &crate::model::Approval) {
+        say!(self, "  approval:");
+        say!(self, "    expires_at:     {}", opt_ts(&ap.expires_at));
+        if let Some(by) = &ap.decided_by {
+            say!(self, "    decided_by:     {by}{}", ap.reason.as_deref().map_or(String::new(), |r| format!(" ({r})")));
+        }
+        if let Some(sha) = &ap.approved_sha256 {
+            say!(self, "    approved:       sha256 {sha}");
+        }
+        match (&ap.preview, &ap.preview_sha256) {
+            (Some(body), Some(sha)) => {
+                say!(self, "    request sha256: {sha}");
+                say!(self, "    request (exactly what will be sent, secrets redacted):");
+                if body.is_empty() {
+                    say!(self, "      (this action sends nothing)");
+                }
+                for line in body.lines() {
+                    // A control character would act on the terminal: shown as U+FFFD.
+                    let shown: String =
+                        line.chars().map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c }).collect();
+                    say!(self, "      | {shown}");
+                }
+            }
+            _ => say!(self, "    request:        not rendered yet (the leader renders it at its next tick)"),
+        }
     }
 
     fn log_lines(&self, logs: &[LogRow]) {

@@ -133,7 +133,7 @@ pub(super) async fn run(
             out.message(&serde_json::json!({ "name": name, "paused": false, "changed": changed }), &text);
         }
         SchedulesCommand::RunNow { name } => {
-            let done = scheduler::run_now(store, &name).await.map_err(refused)?;
+            let done = scheduler::run_now(store, &name, &config.enqueue_defaults()).await.map_err(refused)?;
             let text = format!("schedule {name}: enqueued action {} ({})", done.id, done.status);
             out.message(&done, &text);
         }

@@ -60,6 +60,7 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/schedules/{name}/pause", post(super::schedules::pause))
         .route("/api/schedules/{name}/resume", post(super::schedules::resume))
         .route("/api/schedules/{name}/run-now", post(super::schedules::run_now))
+        .merge(super::approvals::routes())
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -230,7 +231,7 @@ impl<'de> serde::de::Visitor<'de> for UnambiguousVisitor {
     }
 }
 
-fn parse_id(text: &str) -> Result<i64, ApiError> {
+pub(super) fn parse_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)

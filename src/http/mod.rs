@@ -14,6 +14,7 @@
 //! calls the store and the queue like the CLI does.
 
 mod admin;
+mod approvals;
 mod schedules;
 
 use std::future::Future;
@@ -331,6 +332,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
     let report = st.status(Counts::OpenOnly, false).await?;
     let now = st.store.db_now().await?;
+    let (awaiting, oldest_awaiting) = st.store.actions().awaiting_approval().await?;
     let limits = report
         .limits
         .iter()
@@ -383,6 +385,7 @@ async fn db_gauges(st: &AppState) -> Result<DbGauges, StoreError> {
             .map(|t| t.finished_at.unwrap_or(t.started_at).timestamp_millis() as f64 / 1000.0),
         limits,
         schedules,
+        approvals: (awaiting, oldest_awaiting.map_or(0.0, |t| seconds_between(t, now).max(0.0))),
     })
 }
 

@@ -128,7 +128,7 @@ pub(super) async fn run_now(
     axum::Extension(who): axum::Extension<Who>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let done = scheduler::run_now(&st.store, &name).await?;
+    let done = scheduler::run_now(&st.store, &name, &st.config.enqueue_defaults()).await?;
     tracing::info!(who = %who.0, at = %model::now().to_rfc3339(), schedule = %name, action_id = done.id, "admin API: schedule run now");
     Ok((StatusCode::CREATED, axum::Json(done)).into_response())
 }

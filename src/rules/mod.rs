@@ -106,6 +106,10 @@ pub enum Kind {
         action_type: String,
         payload: Value,
         key: String,
+        /// True: the action waits for an operator's approval (`approval: true` in the
+        /// decision, or `enqueue_for_approval`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        approval: bool,
     },
     /// Stop firing a schedule until resumed (a breaker); its reason is shown by `schedules list`.
     PauseSchedule {
@@ -513,7 +517,6 @@ fn collect(
     (decisions, invalid, overflow)
 }
 
-/// Validates one decision as a rule returned it (a map with `kind`).
 /// `pause_schedule` and `resume_schedule` with their schedule's `name`; any other kind is
 /// refused by name.
 fn schedule_kind(kind: &str, name: impl FnOnce() -> Result<String, String>) -> Result<Kind, String> {
@@ -527,6 +530,16 @@ fn schedule_kind(kind: &str, name: impl FnOnce() -> Result<String, String>) -> R
     Ok(make(name))
 }
 
+/// An enqueue decision's `approval` (absent: none needed).
+fn approval_of(obj: &serde_json::Map<String, Value>) -> Result<bool, String> {
+    match obj.get("approval") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!("enqueue `approval` must be true or false, got {other}")),
+    }
+}
+
+/// Validates one decision as a rule returned it (a map with `kind`).
 pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
     let obj = v.as_object().ok_or_else(|| format!("expected a decision map, got {v}"))?;
     let kind = obj.get("kind").and_then(Value::as_str).ok_or("it has no kind")?;
@@ -593,7 +606,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
                 return Err("enqueue needs a map `payload`".into());
             }
             crate::queue::validate("enqueue payload", &payload, crate::queue::MAX_PAYLOAD_BYTES)?;
-            Kind::Enqueue { action_type, payload, key }
+            Kind::Enqueue { action_type, payload, key, approval: approval_of(obj)? }
         }
         "alert" => {
             let severity: crate::model::Severity = text("severity")?.parse().map_err(|e| format!("alert {e}"))?;

@@ -75,6 +75,7 @@ pub fn engine(cfg: &RulesConfig) -> rhai::Engine {
     });
     register_constructors(&mut e);
     register_schedule_constructors(&mut e);
+    register_enqueue_for_approval(&mut e);
     e
 }
 
@@ -97,6 +98,26 @@ fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {
         m.insert(k.into(), v);
     }
     m
+}
+
+/// enqueue_for_approval(type, payload, key, reason): an enqueue whose action waits for an
+/// operator's approval (`actions approve`) before it can run.
+fn register_enqueue_for_approval(e: &mut rhai::Engine) {
+    e.register_fn(
+        "enqueue_for_approval",
+        |t: ImmutableString, payload: Map, key: ImmutableString, reason: ImmutableString| {
+            decision(
+                "enqueue",
+                vec![
+                    ("type", t.into()),
+                    ("payload", payload.into()),
+                    ("key", key.into()),
+                    ("reason", reason.into()),
+                    ("approval", true.into()),
+                ],
+            )
+        },
+    );
 }
 
 fn register_constructors(e: &mut rhai::Engine) {

@@ -7,6 +7,7 @@
 //!
 //! - [`rescuer`]: RUNNING actions whose worker died go back to the queue.
 //! - [`expirer`]: actions past their deadline move to the DLQ.
+//! - [`approvals`]: renders what waiting approvals will send; cancels the overdue ones.
 //! - [`notifier`]: wakes idle workers when work became due by time alone.
 //! - [`decider`]: the live rule set, the rules run on a snapshot, their decisions applied.
 //! - [`dispatcher`]: claims due actions, runs them through the executor, records outcomes.
@@ -15,6 +16,7 @@
 //! - [`limits_writer`]: writes the config's `limits:` into the database.
 //! - [`scheduler`]: enqueues the schedules' due slots as the holder; writes the config's `schedules:`.
 
+pub mod approvals;
 pub mod decider;
 pub mod dispatcher;
 pub mod expirer;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
+use crate::queue::EnqueueDefaults;
 use crate::schedules::{Misfire, ScheduleSpec, Timing, slot_key};
 use crate::store::{
     Authority, EnqueueOutcome, Fence, Fire, NewAction, NewSchedule, Refusal, ScheduleRow, Store, StoreError,
@@ -27,10 +28,11 @@ pub struct Scheduled {
     pub notes: Vec<String>,
 }
 
-/// Enqueues the due slots of every running schedule under `fence`. A schedule whose stored
-/// definition no longer parses is skipped and named; a fire another leader made first is left
-/// to it; a lost fence stops the round.
-pub async fn run(store: &Store, fence: &Fence) -> Result<Scheduled, StoreError> {
+/// Enqueues the due slots of every running schedule under `fence` (a type `defaults` says needs
+/// an approval waits for one, as any action of it does). A schedule whose stored definition no
+/// longer parses is skipped and named; a fire another leader made first is left to it; a lost
+/// fence stops the round.
+pub async fn run(store: &Store, fence: &Fence, defaults: &EnqueueDefaults) -> Result<Scheduled, StoreError> {
     let mut done = Scheduled::default();
     let rows = store.schedules().list().await?;
     let now = store.now();
@@ -48,10 +50,17 @@ pub async fn run(store: &Store, fence: &Fence) -> Result<Scheduled, StoreError> 
         let cap = row.def.catch_up_cap.max(1) as u32;
         let plan = timing.plan(row.after(), now, misfire, cap, grace);
         let Some(mark) = plan.latest else { continue };
+        let approval = match crate::queue::approval_deadline(defaults, &row.def.action_type, false, now) {
+            Ok(a) => a,
+            Err(e) => {
+                done.notes.push(format!("schedule {name}: skipped ({e})"));
+                continue;
+            }
+        };
         let mut missed = plan.missed;
         let mut actions = Vec::with_capacity(plan.fire.len());
         for slot in &plan.fire {
-            match slot_action(row, *slot, now) {
+            match slot_action(row, *slot, now, approval) {
                 Some(a) => actions.push(a),
                 None => missed += 1,
             }
@@ -81,10 +90,12 @@ pub async fn run(store: &Store, fence: &Fence) -> Result<Scheduled, StoreError> 
 
 /// Enqueues one action of `name` now, outside its slots, as an operator (`schedules run-now`):
 /// its own key, so it never stands in for a slot and a slot never stands in for it.
-pub async fn run_now(store: &Store, name: &str) -> Result<EnqueueOutcome, StoreError> {
+pub async fn run_now(store: &Store, name: &str, defaults: &EnqueueDefaults) -> Result<EnqueueOutcome, StoreError> {
     let row = store.schedules().get(name).await?;
     let now = store.now();
-    let mut new = slot_action(&row, now, now).ok_or_else(|| {
+    let approval = crate::queue::approval_deadline(defaults, &row.def.action_type, false, now)
+        .map_err(|e| StoreError::Refused(Refusal::Schedule(format!("schedule '{name}': {e}"))))?;
+    let mut new = slot_action(&row, now, now, approval).ok_or_else(|| {
         StoreError::Refused(Refusal::Schedule(format!("schedule '{name}': its deadline has no room from now")))
     })?;
     new.idempotency_key =
@@ -92,9 +103,14 @@ pub async fn run_now(store: &Store, name: &str) -> Result<EnqueueOutcome, StoreE
     store.actions().enqueue(Authority::Operator, &new).await
 }
 
-/// The action `row` enqueues for `slot`, due now; `None` when its deadline (from the slot) has
-/// already passed.
-fn slot_action(row: &ScheduleRow, slot: DateTime<Utc>, now: DateTime<Utc>) -> Option<NewAction> {
+/// The action `row` enqueues for `slot`, due now (waiting for an approval until
+/// `approval_expires_at`, if given); `None` when its deadline (from the slot) has already passed.
+fn slot_action(
+    row: &ScheduleRow,
+    slot: DateTime<Utc>,
+    now: DateTime<Utc>,
+    approval_expires_at: Option<DateTime<Utc>>,
+) -> Option<NewAction> {
     let expires_at = match row.def.deadline_seconds {
         Some(s) => {
             let at = slot.checked_add_signed(chrono::Duration::seconds(s))?;
@@ -114,6 +130,7 @@ fn slot_action(row: &ScheduleRow, slot: DateTime<Utc>, now: DateTime<Utc>) -> Op
         max_attempts: row.def.max_attempts,
         expires_at,
         traceparent: None,
+        approval_expires_at,
     })
 }
 

@@ -80,6 +80,14 @@ pub mod actions {
         pub claim_deadline: Option<DateTimeUtc>,
         pub claim_proof: Option<bool>,
         pub traceparent: Option<String>,
+        pub approval_expires_at: Option<DateTimeUtc>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub approval_preview: Option<String>,
+        pub approval_preview_sha256: Option<String>,
+        pub approval_sha256: Option<String>,
+        pub approval_by: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub approval_reason: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -142,6 +150,19 @@ fn corrupt(table: &'static str, id: i64, reason: String) -> StoreError {
     StoreError::Corrupt { table, id, reason }
 }
 
+/// An action's approval columns as one value; `None` when none was ever asked for.
+fn approval(
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    preview: Option<String>,
+    preview_sha256: Option<String>,
+    approved_sha256: Option<String>,
+    decided_by: Option<String>,
+    reason: Option<String>,
+) -> Option<model::Approval> {
+    let any = expires_at.is_some() || preview.is_some() || approved_sha256.is_some() || decided_by.is_some();
+    any.then_some(model::Approval { expires_at, preview, preview_sha256, approved_sha256, decided_by, reason })
+}
+
 impl TryFrom<actions::Model> for model::Action {
     type Error = StoreError;
 
@@ -178,6 +199,14 @@ impl TryFrom<actions::Model> for model::Action {
                 _ => None,
             },
             traceparent: m.traceparent,
+            approval: approval(
+                m.approval_expires_at,
+                m.approval_preview,
+                m.approval_preview_sha256,
+                m.approval_sha256,
+                m.approval_by,
+                m.approval_reason,
+            ),
         })
     }
 }

@@ -17,6 +17,7 @@ mod bench;
 pub use backup::{Backup, pg_dump_advice};
 pub use bench::{Bench, DrainSample, DrainTotals};
 mod decide;
+pub use actions::{APPROVAL_EXPIRED, Approved};
 pub use actions::{
     Authority, BulkOutcome, Claimed, Claimer, Completion, CompletionOutcome, CompletionReport, EnqueueOutcome,
     MAX_BULK_IDS, NewAction, Op, RESCUED_ERROR, Refusal, Rescued, quarantine,

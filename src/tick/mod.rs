@@ -20,6 +20,7 @@ use crate::heartbeat::Heartbeat;
 use crate::lease::{Lease, Term};
 use crate::metrics::Metrics;
 use crate::model::{DecisionKind, TickStatus};
+use crate::services::approvals::Approvals;
 use crate::services::decider::Decider;
 use crate::services::dispatcher::{ClaimTerms, Dispatcher, Drained, LeftIdle};
 use crate::services::expirer::Expirer;
@@ -87,6 +88,7 @@ pub struct Engine {
     lease: Lease,
     rescuer: Rescuer,
     expirer: Expirer,
+    approvals: Approvals,
     notifier: Notifier,
     decider: Decider,
     /// This process's own executor, registered as a worker like any other.
@@ -127,8 +129,11 @@ impl Engine {
             limit_partitions: config.limit_partitions as usize,
             ..ClaimTerms::new(&settings, config.workers.ttl, config.max_tick)
         };
-        let executor = Executor::new(Arc::new(registry), settings, metrics.clone());
+        let registry = Arc::new(registry);
+        let approvals = Approvals::new(store.clone(), registry.clone(), config.artifacts_dir.clone(), metrics.clone());
+        let executor = Executor::new(registry, settings, metrics.clone());
         Engine {
+            approvals,
             rescuer: Rescuer::new(store.clone(), metrics.clone(), config.workers.ttl),
             expirer: Expirer::new(store.clone(), metrics.clone()),
             notifier: Notifier::new(store.clone()),
@@ -329,7 +334,8 @@ impl Engine {
             notes.extend(self.rescuer.run(&fence, &term.owner).await?);
             notes.extend(self.expirer.run(&fence).await?);
             // Slots fall due while paused are left to each schedule's misfire policy at resume.
-            notes.extend(scheduler::run(&self.store, &fence).await?.notes);
+            notes.extend(scheduler::run(&self.store, &fence, &self.config.enqueue_defaults()).await?.notes);
+            notes.extend(self.approvals.run(&fence).await?);
         }
         let snap = self
             .snapshot(term, flags, Some(tick_id))

@@ -154,6 +154,7 @@ async fn every_value_validation_accepts_round_trips_through_the_store(db: &TestD
             max_attempts: None,
             expires_at: None,
             traceparent: None,
+            require_approval: false,
         };
         let valid = queue::validate("payload", &payload, queue::MAX_PAYLOAD_BYTES);
         let state_text = queue::validate("state", &payload, queue::MAX_STATE_BYTES).ok();

@@ -4,8 +4,9 @@
 //! database, requeues a DLQ row, switches proof/real through the confirmation, cancels and
 //! requeues the DLQ rows shown in bulk (a row arriving while the question is open stays), opens a
 //! tick's explain, reads the decisions timeline and the waiting counts, each checked against the
-//! database, and saves screenshots at 1280 px and at phone width under `target/`. Skips, saying
-//! why, when Chromium or chromedriver is absent.
+//! database, and saves screenshots at 1280 px and at phone width under `target/`; a second test
+//! clicks Approve on an action awaiting approval and sees it approved (the sha256 shown) and run.
+//! Skips, saying why, when Chromium or chromedriver is absent.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -340,6 +341,7 @@ async fn operator_page_in_headless_chromium() {
                 max_attempts: None,
                 expires_at: None,
                 traceparent: None,
+                require_approval: false,
             };
             let id = handle.block_on(queue::enqueue(&db, &req, 3)).unwrap().id;
             handle
@@ -426,5 +428,78 @@ async fn operator_page_in_headless_chromium() {
     store.close().await.ok();
     logs.wait_for("admin API: flags changed", Duration::from_secs(10));
     eprintln!("screenshots: {} and {}", checks.0.display(), checks.1.display());
+    assert_eq!(terminate(&mut server, Duration::from_secs(25)).code(), Some(0));
+}
+
+/// Approvals on the page: an action awaiting approval is listed with the request it will send,
+/// Approve asks for confirmation, and the click approves it in the database (who: the token's
+/// name, the sha256 shown), after which the daemon runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_on_the_page_in_headless_chromium() {
+    let (Some(chromium), Some(chromedriver)) =
+        (find_tool(&["chromium", "chromium-browser"]), find_tool(&["chromedriver"]))
+    else {
+        eprintln!(
+            "skipped: chromium and chromedriver are needed (Debian packages chromium, chromium-driver), so the browser test did not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!("sqlite:{}", d.join("o.db").display());
+    let o = run(bin(d).args(["--database-url", &url, "enqueue", "NOOP", "--key", "needs-ok", "--require-approval"]));
+    assert_eq!(o.status.code(), Some(0));
+    let (mut server, _logs, addr) =
+        spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
+    let db = Store::open(&url, &StoreOptions::default()).await.unwrap();
+    let start = Instant::now();
+    let sha = loop {
+        let a = db.actions().action(1).await.unwrap().unwrap();
+        if let Some(sha) = a.approval.and_then(|ap| ap.preview_sha256) {
+            break sha;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the preview was never rendered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let profile = tempfile::tempdir().unwrap();
+    let page = format!("http://{addr}/");
+    let shown_sha = sha.clone();
+    tokio::task::spawn_blocking(move || {
+        let drv = start_driver(&chromium, &chromedriver, profile.path());
+        drv.call("POST", "/url", Some(json!({"url": page})));
+        drv.wait_text("#updated", |t| t.contains("enter the admin token"));
+        drv.type_into("#token", TOKEN.split_once(':').unwrap().1);
+        drv.click("#token-save");
+        let start = Instant::now();
+        while drv.count("#approvals tr[data-id=\"1\"]") == 0 {
+            assert!(start.elapsed() < Duration::from_secs(20), "the waiting action never shown");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drv.wait_text("#approvals tr[data-id=\"1\"]", |t| t.contains(&shown_sha) && t.contains("sends nothing"));
+        let start = Instant::now();
+        while !drv.enabled("#approvals button.approve") {
+            assert!(start.elapsed() < Duration::from_secs(20), "Approve never enabled");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drv.click("#approvals button.approve");
+        drv.wait_text("#confirm-text", |t| t.starts_with("Approve action 1?") && t.contains(&shown_sha));
+        drv.click("#confirm-yes");
+        drv.wait_text("#message", |t| t == "approved action 1");
+        drv.wait_text("#approvals", |t| t.contains("nothing awaits approval"));
+    })
+    .await
+    .unwrap();
+
+    let a = db.actions().action(1).await.unwrap().unwrap();
+    let ap = a.approval.unwrap();
+    assert_eq!(ap.approved_sha256.as_deref(), Some(sha.as_str()), "the click approved the request shown");
+    assert_eq!(ap.decided_by.as_deref(), Some("api:tester"));
+    let start = Instant::now();
+    while db.actions().action(1).await.unwrap().unwrap().status != ActionStatus::Success {
+        assert!(start.elapsed() < Duration::from_secs(20), "the approved action never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.close().await.ok();
     assert_eq!(terminate(&mut server, Duration::from_secs(25)).code(), Some(0));
 }

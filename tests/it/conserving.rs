@@ -165,6 +165,7 @@ async fn expire_after_gives_new_actions_a_deadline(db: &TestDb) {
     let defaults = EnqueueDefaults {
         max_attempts: 3,
         expire_after: [("NOOP".to_string(), Duration::from_secs(7200))].into_iter().collect(),
+        ..Default::default()
     };
     let id = queue::enqueue(&db.store, &noop("with-default"), defaults.clone()).await.unwrap().id;
     let row = db.store.actions().action(id).await.unwrap().unwrap();
@@ -257,7 +258,7 @@ async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
 async fn the_shipped_scenarios_pass() {
     let results = orchestrator::scenario::run_dir(&shipped_rules()).await;
     let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(results.len(), 9, "{names:?}");
+    assert_eq!(results.len(), 13, "{names:?}");
     for r in &results {
         let timeline: Vec<String> = r.timeline.iter().map(|t| t.to_string()).collect();
         assert!(r.passed, "{}: {:?}\n{}", r.name, r.failures, timeline.join("\n"));

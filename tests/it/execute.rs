@@ -95,6 +95,7 @@ fn req(action_type: &str, key: &str, payload: serde_json::Value) -> EnqueueReque
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     }
 }
 

@@ -179,7 +179,7 @@ fn promtool_accepts_the_shipped_files_and_a_live_metrics_page() {
     }
     promtool_ok(&["check", "config", "examples/prometheus/prometheus.yml"], None);
     let out = promtool_ok(&["check", "rules", "examples/prometheus/alerts.yml"], None);
-    assert!(out.contains("SUCCESS: 4 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
     let out = promtool_ok(&["test", "rules", "examples/prometheus/alerts_test.yml"], None);
     assert!(out.contains("SUCCESS"), "{out}");
 

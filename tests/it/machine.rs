@@ -14,13 +14,15 @@ use crate::backend_tests;
 use crate::support::TestDb;
 
 const LEASE: &str = "orchestrator";
+/// The digest the walker's previews record.
+const WALK_SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What the table says an operation does from a status: the status it leads to (the first one
 /// the `to` column names; `unchanged` is the starting status), or `None` for "deleted".
 type Table = BTreeMap<(String, ActionStatus), Option<ActionStatus>>;
 
 fn statuses_in(text: &str) -> Vec<ActionStatus> {
-    text.split(|c: char| !c.is_ascii_alphabetic()).filter_map(|w| w.parse::<ActionStatus>().ok()).collect()
+    text.split(|c: char| !c.is_ascii_alphabetic() && c != '_').filter_map(|w| w.parse::<ActionStatus>().ok()).collect()
 }
 
 fn table() -> Table {
@@ -114,6 +116,8 @@ impl<'a> Walk<'a> {
             max_attempts: 3,
             expires_at: None,
             traceparent: None,
+            approval_expires_at: (status == ActionStatus::AwaitingApproval)
+                .then(|| orchestrator::model::now() + chrono::Duration::days(1)),
         };
         let id = self.store.actions().enqueue(Authority::Operator, &new).await.unwrap().id;
         match status {
@@ -128,6 +132,7 @@ impl<'a> Walk<'a> {
             }
             ActionStatus::Dlq => self.end(id, CompletionOutcome::Dlq { error: "e".into() }).await,
             ActionStatus::Cancelled => self.store.actions().cancel(Authority::Operator, id, None).await.unwrap(),
+            ActionStatus::AwaitingApproval => {}
         }
         assert_eq!(self.get(id).await.unwrap().status, status);
         id
@@ -208,6 +213,20 @@ impl<'a> Walk<'a> {
             Op::Purge => {
                 self.store.actions().purge(far, 100).await?;
                 Ok(self.get(id).await.is_none())
+            }
+            Op::Preview => refused(self.store.actions().record_preview(&fence, id, "GET /", WALK_SHA, None).await),
+            Op::Approve => {
+                // An approval needs the request rendered: the holder's preview comes first.
+                let _ = self.store.actions().record_preview(&fence, id, "GET /", WALK_SHA, None).await;
+                refused(self.store.actions().approve(id, "walker", Some("walk"), None).await.map(drop))
+            }
+            Op::Reject => refused(self.store.actions().reject(id, "walker", "walk").await),
+            Op::ExpireApproval => {
+                let past = "2000-01-01T00:00:00Z";
+                self.store
+                    .execute_unprepared(&format!("UPDATE actions SET approval_expires_at = '{past}' WHERE id = {id}"))
+                    .await?;
+                Ok(self.store.actions().expire_approvals(&fence).await?.contains(&id))
             }
         }
     }

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod approvals;
 mod backup;
 mod bounds;
 mod chaos;

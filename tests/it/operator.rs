@@ -41,6 +41,7 @@ fn req(action_type: &str, key: &str, priority: i32) -> EnqueueRequest {
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     }
 }
 

@@ -101,6 +101,8 @@ fn printing_commands(rules: &str) -> Vec<Vec<String>> {
         &["actions", "show", "999999"],
         &["actions", "requeue", "--all-dlq"],
         &["actions", "cancel", "--all-dlq"],
+        &["actions", "approve", "999999"],
+        &["actions", "reject", "999999", "--reason", "no"],
         &["actions", "summary"],
         &["actions", "purge", "--older-than", "30d"],
         &["lease", "show"],

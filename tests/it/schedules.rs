@@ -26,6 +26,9 @@ backend_tests!(
     the_api_adds_lists_pauses_runs_and_removes_schedules_and_metrics_count_them,
 );
 
+/// No type needs an approval.
+static D: std::sync::LazyLock<orchestrator::queue::EnqueueDefaults> = std::sync::LazyLock::new(|| 3.into());
+
 fn hourly(action_type: &str, misfire: Misfire) -> ScheduleSpec {
     ScheduleSpec {
         cron: "0 * * * *".into(),
@@ -69,27 +72,27 @@ async fn each_slot_fires_once_across_restarts_leader_changes_and_a_deposed_leade
     let (store, clock) = shifted(&db.store);
     write(&store, &[("sync", hourly("SCHED_A", Misfire::Once))]).await;
     let a = hold(&db.store, "leader-a").await;
-    assert_eq!(scheduler::run(&store, &fence(&a)).await.unwrap().fired, 0, "no slot yet");
+    assert_eq!(scheduler::run(&store, &fence(&a), &D).await.unwrap().fired, 0, "no slot yet");
     clock.advance(chrono::Duration::seconds(90));
     let first = hour(store.now());
-    let done = scheduler::run(&store, &fence(&a)).await.unwrap();
+    let done = scheduler::run(&store, &fence(&a), &D).await.unwrap();
     assert_eq!((done.fired, done.missed), (1, 0), "{:?}", done.notes);
     // Run again, as a restarted leader would with the same database: nothing more.
-    assert_eq!(scheduler::run(&store, &fence(&a)).await.unwrap().fired, 0);
+    assert_eq!(scheduler::run(&store, &fence(&a), &D).await.unwrap().fired, 0);
     // The lease moves to B: A is fenced, B finds the slot fired.
     db.store.lease().release_lease("orchestrator", None).await.unwrap();
     let b = hold(&db.store, "leader-b").await;
     assert!(b.epoch > a.epoch);
-    let fenced = scheduler::run(&store, &fence(&a)).await;
+    let fenced = scheduler::run(&store, &fence(&a), &D).await;
     let row = store.schedules().get("sync").await.unwrap();
     assert_eq!(row.last_slot, Some(first));
     clock.advance(chrono::Duration::hours(1));
-    let fenced_after = scheduler::run(&store, &fence(&a)).await.unwrap();
+    let fenced_after = scheduler::run(&store, &fence(&a), &D).await.unwrap();
     assert_eq!(fenced_after.fired, 0, "a deposed leader enqueues nothing: {:?} {:?}", fenced_after.notes, fenced);
     assert!(fenced_after.notes.iter().any(|n| n.contains("fenced")), "{:?}", fenced_after.notes);
     // A deposed leader that read the mark before B fired: its fire does not land.
     let stale = store.schedules().get("sync").await.unwrap();
-    assert_eq!(scheduler::run(&store, &fence(&b)).await.unwrap().fired, 1);
+    assert_eq!(scheduler::run(&store, &fence(&b), &D).await.unwrap().fired, 1);
     let second = hour(store.now());
     let late = Fire { name: "sync", read_mark: stale.last_slot, mark: second, actions: &[], missed: 0 };
     let refused = store.schedules().fire(&fence(&a), &late).await.unwrap_err();
@@ -99,7 +102,7 @@ async fn each_slot_fires_once_across_restarts_leader_changes_and_a_deposed_leade
     for _ in 0..5 {
         clock.advance(chrono::Duration::hours(1));
         let (fa, fb) = (fence(&a), fence(&b));
-        let (x, y) = tokio::join!(scheduler::run(&store, &fa), scheduler::run(&store, &fb));
+        let (x, y) = tokio::join!(scheduler::run(&store, &fa, &D), scheduler::run(&store, &fb, &D));
         assert_eq!(x.unwrap().fired + y.unwrap().fired, 1);
     }
     let keys = keys_of(&store, "SCHED_A").await;
@@ -127,7 +130,7 @@ async fn a_leader_down_for_three_slots_fires_per_the_misfire_policy(db: &TestDb)
     let term = hold(&db.store, "leader").await;
     // Down from a minute before the hour to 30 minutes past the third: three slots late.
     clock.advance(chrono::Duration::minutes(2 * 60 + 31));
-    let done = scheduler::run(&store, &fence(&term)).await.unwrap();
+    let done = scheduler::run(&store, &fence(&term), &D).await.unwrap();
     assert_eq!(done.fired, 1 + 3 + 2, "{:?}", done.notes);
     assert_eq!(keys_of(&store, "SCHED_SKIP").await.len(), 0);
     assert_eq!(keys_of(&store, "SCHED_ONCE").await.len(), 1);
@@ -142,7 +145,7 @@ async fn a_leader_down_for_three_slots_fires_per_the_misfire_policy(db: &TestDb)
     assert!(done.notes.iter().any(|n| n == "schedule skip: 0 enqueued, 3 slot(s) missed (skip)"), "{:?}", done.notes);
     // Back on time: the next slot fires under every policy.
     clock.advance(chrono::Duration::minutes(30));
-    assert_eq!(scheduler::run(&store, &fence(&term)).await.unwrap().fired, 4);
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 4);
 }
 
 async fn pause_resume_run_now_and_the_config_own_their_parts(db: &TestDb) {
@@ -163,18 +166,18 @@ async fn pause_resume_run_now_and_the_config_own_their_parts(db: &TestDb) {
     assert!(!store.schedules().set_paused(Authority::Operator, "declared", true, None).await.unwrap());
     let term = hold(&db.store, "leader").await;
     clock.advance(chrono::Duration::seconds(90));
-    assert_eq!(scheduler::run(&store, &fence(&term)).await.unwrap().fired, 1, "only `mine` fires");
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 1, "only `mine` fires");
     assert!(store.schedules().set_paused(Authority::Operator, "declared", false, None).await.unwrap());
-    assert_eq!(scheduler::run(&store, &fence(&term)).await.unwrap().fired, 0, "the paused slot is not caught up");
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 0, "the paused slot is not caught up");
     clock.advance(chrono::Duration::hours(1));
-    assert_eq!(scheduler::run(&store, &fence(&term)).await.unwrap().fired, 2);
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 2);
     // A rule's pause under a fence that has moved does not land.
     let stale = orchestrator::store::Fence { epoch: term.epoch - 1, ..fence(&term) };
     let fenced = store.schedules().set_paused(Authority::Lease(&stale), "mine", true, None).await.unwrap_err();
     assert!(matches!(fenced, StoreError::Refused(Refusal::Fenced(_))), "{fenced}");
     // run-now: a key of its own; the slots' marks stay.
     let before = store.schedules().get("mine").await.unwrap();
-    let now = scheduler::run_now(&store, "mine").await.unwrap();
+    let now = scheduler::run_now(&store, "mine", &D).await.unwrap();
     assert!(!now.duplicate);
     assert!(keys_of(&store, "SCHED_MINE").await.iter().any(|k| k.starts_with("schedule:mine:run-now:")));
     assert_eq!(store.schedules().get("mine").await.unwrap().last_slot, before.last_slot);
@@ -187,7 +190,7 @@ async fn pause_resume_run_now_and_the_config_own_their_parts(db: &TestDb) {
     // Switched off by its definition: not fired, and `resume` says why it cannot.
     write(&store, &[("mine", ScheduleSpec { enabled: false, ..hourly("SCHED_MINE", Misfire::Once) })]).await;
     clock.advance(chrono::Duration::hours(1));
-    assert_eq!(scheduler::run(&store, &fence(&term)).await.unwrap().fired, 0);
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 0);
     let off = store.schedules().set_paused(Authority::Operator, "mine", false, None).await.unwrap_err();
     assert!(off.to_string().contains("switched off by its definition (enabled: false)"), "{off}");
 }

@@ -75,6 +75,7 @@ fn social(key: &str) -> EnqueueRequest {
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     }
 }
 
@@ -243,6 +244,7 @@ async fn panics_and_timeouts_are_retryable_failures(db: &TestDb) {
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     };
     let p = queue::enqueue(&db.store, &enq("p", "panic"), 3).await.unwrap().id;
     let h = queue::enqueue(&db.store, &enq("h", "hang"), 3).await.unwrap().id;

@@ -638,6 +638,7 @@ const STATE_MACHINE_FILES: &[&str] = &[
     "src/store/actions/complete.rs",
     "src/store/actions/edit.rs",
     "src/store/actions/sweep.rs",
+    "src/store/actions/approval.rs",
 ];
 
 /// Only the state machine ([`STATE_MACHINE_FILES`]) writes to `actions`: every change of an

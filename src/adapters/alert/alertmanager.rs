@@ -190,6 +190,7 @@ mod tests {
             finished_at: None,
             decode_error: None,
             traceparent: None,
+            approval: None,
             expires_at: None,
             claim: None,
         }

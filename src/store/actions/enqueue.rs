@@ -1,4 +1,5 @@
-//! Enqueue: a new action enters the queue as `PENDING`, one at a time (an operator's or a
+//! Enqueue: a new action enters the queue as `PENDING` (or `AWAITING_APPROVAL` when it needs
+//! an approval), one at a time (an operator's or a
 //! rule's, fenced) or in bulk; an idempotency key that exists is not inserted again.
 //!
 //! It must not change an action that exists: every other transition is another family's.
@@ -13,7 +14,7 @@ use sea_orm::{
 use super::super::entities::actions;
 use super::super::{Backend, Context, StoreError};
 use super::{Authority, Refusal, fence_sql, timestamp_text};
-use crate::model::ActionStatus::{self, Pending};
+use crate::model::ActionStatus::{self, AwaitingApproval, Pending};
 
 /// A validated action ready to insert (see `queue::enqueue` for the validation).
 #[derive(Clone, Debug)]
@@ -29,6 +30,16 @@ pub struct NewAction {
     pub expires_at: Option<DateTime<Utc>>,
     /// The W3C `traceparent` it is enqueued under, checked ([`crate::model::TraceParent`]).
     pub traceparent: Option<String>,
+    /// `Some`: the action needs an approval and waits in `AWAITING_APPROVAL` until this time
+    /// (then it is cancelled); `None`: it enters as `PENDING`.
+    pub approval_expires_at: Option<DateTime<Utc>>,
+}
+
+impl NewAction {
+    /// The status it enters the queue in.
+    pub fn status(&self) -> ActionStatus {
+        if self.approval_expires_at.is_some() { AwaitingApproval } else { Pending }
+    }
 }
 
 /// What an enqueue did.
@@ -52,12 +63,12 @@ pub(in crate::store) async fn insert_fenced<C: ConnectionTrait>(
 ) -> Result<u64, StoreError> {
     let sql = format!(
         "INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, \
-         attempts, max_attempts, created_at, updated_at, expires_at, traceparent) \
-         SELECT $1, $2, $3, 'PENDING', $4, $5, 0, $6, $7, $7, $10, $11 WHERE {} \
+         attempts, max_attempts, created_at, updated_at, expires_at, traceparent, approval_expires_at) \
+         SELECT $1, $2, $3, $12, $4, $5, 0, $6, $7, $7, $10, $11, $13 WHERE {} \
          ON CONFLICT (idempotency_key) DO NOTHING",
         fence_sql(8, 9)
     );
-    let values: [Value; 11] = [
+    let values: [Value; 13] = [
         new.idempotency_key.as_str().into(),
         new.action_type.as_str().into(),
         new.payload_json.as_str().into(),
@@ -69,6 +80,8 @@ pub(in crate::store) async fn insert_fenced<C: ConnectionTrait>(
         fence.epoch.into(),
         new.expires_at.into(),
         new.traceparent.clone().into(),
+        new.status().as_str().into(),
+        new.approval_expires_at.into(),
     ];
     Ok(conn.execute_raw(store.stmt(&sql, values)).await.doing("enqueueing under the lease")?.rows_affected())
 }
@@ -77,20 +90,20 @@ pub(in crate::store) async fn insert_fenced<C: ConnectionTrait>(
 const INSERT_CHUNK: usize = 5000;
 
 // Bulk inserts: `$1` is a JSON array of [key, type, payload, priority, not_before, max_attempts,
-// expires_at, traceparent] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
+// expires_at, traceparent, status, approval_expires_at] rows, `$2` the creation time. `WHERE true` lets SQLite parse the upsert after a SELECT.
 const INSERT_JSON_SQLITE: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at, expires_at, traceparent)
-SELECT value ->> 0, value ->> 1, value ->> 2, 'PENDING', value ->> 3, value ->> 4, 0, value ->> 5, $2, $2,
-       value ->> 6, value ->> 7
+                     max_attempts, created_at, updated_at, expires_at, traceparent, approval_expires_at)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 8, value ->> 3, value ->> 4, 0, value ->> 5, $2, $2,
+       value ->> 6, value ->> 7, value ->> 9
 FROM json_each(jsonb($1)) WHERE true
 ON CONFLICT (idempotency_key) DO NOTHING";
 
 const INSERT_JSON_PG: &str = "\
 INSERT INTO actions (idempotency_key, action_type, payload_json, status, priority, not_before, attempts,
-                     max_attempts, created_at, updated_at, expires_at, traceparent)
-SELECT r ->> 0, r ->> 1, r ->> 2, 'PENDING', (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
-       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz, r ->> 7
+                     max_attempts, created_at, updated_at, expires_at, traceparent, approval_expires_at)
+SELECT r ->> 0, r ->> 1, r ->> 2, r ->> 8, (r ->> 3)::integer, (r ->> 4)::timestamptz, 0,
+       (r ->> 5)::integer, $2, $2, (r ->> 6)::timestamptz, r ->> 7, (r ->> 9)::timestamptz
 FROM json_array_elements($1::json) AS r
 ON CONFLICT (idempotency_key) DO NOTHING";
 
@@ -159,7 +172,18 @@ impl crate::store::handles::Actions<'_> {
         let mut created = 0;
         for chunk in batch.chunks(INSERT_CHUNK) {
             #[allow(clippy::type_complexity)]
-            let rows: Vec<(&str, &str, &str, i32, String, i32, Option<String>, Option<&str>)> = chunk
+            let rows: Vec<(
+                &str,
+                &str,
+                &str,
+                i32,
+                String,
+                i32,
+                Option<String>,
+                Option<&str>,
+                &str,
+                Option<String>,
+            )> = chunk
                 .iter()
                 .map(|n| {
                     (
@@ -171,6 +195,8 @@ impl crate::store::handles::Actions<'_> {
                         n.max_attempts,
                         n.expires_at.map(timestamp_text),
                         n.traceparent.as_deref(),
+                        n.status().as_str(),
+                        n.approval_expires_at.map(timestamp_text),
                     )
                 })
                 .collect();
@@ -196,7 +222,7 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         idempotency_key: Set(n.idempotency_key.clone()),
         action_type: Set(n.action_type.clone()),
         payload_json: Set(n.payload_json.clone()),
-        status: Set(Pending.as_str().to_string()),
+        status: Set(n.status().as_str().to_string()),
         priority: Set(n.priority),
         not_before: Set(n.not_before),
         attempts: Set(0),
@@ -213,5 +239,11 @@ fn active(n: &NewAction, now: DateTime<Utc>) -> actions::ActiveModel {
         claim_deadline: Set(None),
         claim_proof: Set(None),
         traceparent: Set(n.traceparent.clone()),
+        approval_expires_at: Set(n.approval_expires_at),
+        approval_preview: Set(None),
+        approval_preview_sha256: Set(None),
+        approval_sha256: Set(None),
+        approval_by: Set(None),
+        approval_reason: Set(None),
     }
 }

@@ -11,12 +11,14 @@
 //!
 //! The operations are grouped by family, one file each: `enqueue`, `claim` (and the dry pick),
 //! `complete` (completion, unstart, quarantine), `edit` (an operator's or a rule's edits of
-//! actions it names) and `sweep` (rescue, expiry, boost, purge over the whole queue). `read`
+//! actions it names), `sweep` (rescue, expiry, boost, purge over the whole queue) and
+//! `approval` (preview, approve, reject, the expiry of a waiting approval). `read`
 //! holds the reads of `actions` and the log-row writer they share; it changes no action.
 //!
 //! It does not decide which action to move or when: that is the rules' and the executor's
 //! business.
 
+mod approval;
 mod claim;
 mod complete;
 mod edit;
@@ -24,6 +26,7 @@ mod enqueue;
 mod read;
 mod sweep;
 
+pub use approval::{APPROVAL_EXPIRED, Approved};
 pub use claim::{Claimed, Claimer};
 pub(in crate::store) use claim::{Pick, claimed_rows, ids_in_json};
 pub use complete::{Completion, CompletionOutcome, CompletionReport, quarantine};
@@ -41,7 +44,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use super::{Context, Fence, StoreError};
 use crate::model::ActionStatus;
 
-use ActionStatus::{Cancelled, Dlq, Pending, Retry, Running, Success};
+use ActionStatus::{AwaitingApproval, Cancelled, Dlq, Pending, Retry, Running, Success};
 
 /// Every operation of the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +65,10 @@ pub enum Op {
     Purge,
     Quarantine,
     Expire,
+    Preview,
+    Approve,
+    Reject,
+    ExpireApproval,
 }
 
 impl Op {
@@ -82,6 +89,10 @@ impl Op {
         Op::Purge,
         Op::Quarantine,
         Op::Expire,
+        Op::Preview,
+        Op::Approve,
+        Op::Reject,
+        Op::ExpireApproval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +113,10 @@ impl Op {
             Op::Purge => "purge",
             Op::Quarantine => "quarantine",
             Op::Expire => "expire",
+            Op::Preview => "preview",
+            Op::Approve => "approve",
+            Op::Reject => "reject",
+            Op::ExpireApproval => "expire_approval",
         }
     }
 
@@ -119,6 +134,7 @@ impl Op {
             Op::Reprioritize => &[Pending, Retry, Dlq],
             Op::Boost => &[Pending, Retry],
             Op::Purge => &[Success, Cancelled],
+            Op::Preview | Op::Approve | Op::Reject | Op::ExpireApproval => &[AwaitingApproval],
         }
     }
 
@@ -189,6 +205,15 @@ pub enum Refusal {
     /// A schedule's state or origin does not allow the change (the message says which).
     #[error("{0}")]
     Schedule(String),
+    #[error(
+        "cannot approve action {0}: the request it will send is not rendered yet (the leader renders it at its next tick); \
+         approve it once `actions show {0}` shows it"
+    )]
+    NotRendered(i64),
+    #[error("cannot approve action {id}: its request is sha256 {found}, not the {expected} given")]
+    PreviewChanged { id: i64, expected: String, found: String },
+    #[error("action {0} already has its preview: it is rendered once")]
+    Rendered(i64),
 }
 
 impl From<Refusal> for StoreError {

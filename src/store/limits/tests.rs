@@ -53,6 +53,7 @@ async fn enqueue(store: &Store, rows: &[(&str, &str, i32)]) -> Vec<i64> {
             max_attempts: 3,
             expires_at: None,
             traceparent: None,
+            approval_expires_at: None,
         };
         ids.push(store.actions().enqueue(crate::store::Authority::Operator, &new).await.unwrap().id);
     }

@@ -30,6 +30,7 @@ pub fn action(key: &str, payload: serde_json::Value) -> Action {
         expires_at: None,
         claim: None,
         traceparent: None,
+        approval: None,
     }
 }
 

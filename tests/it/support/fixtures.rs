@@ -21,6 +21,7 @@ pub fn noop(key: &str) -> EnqueueRequest {
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     }
 }
 

@@ -17,6 +17,7 @@ pub fn action(t: &str, key: &str, priority: i32, payload: serde_json::Value) -> 
         max_attempts: None,
         expires_at: None,
         traceparent: None,
+        require_approval: false,
     }
 }
 
