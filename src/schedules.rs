@@ -118,7 +118,7 @@ impl Default for ScheduleSpec {
 impl ScheduleSpec {
     /// Checks every field (the cron, the zone, the action it enqueues); the first fault, named.
     pub fn validate(&self) -> Result<Timing, String> {
-        let timing = Timing::parse(&self.cron, &self.timezone)?;
+        let timing = Timing::checked(&self.cron, &self.timezone)?;
         crate::model::validate_type(&self.action_type).map_err(|e| format!("type: {e}"))?;
         if !self.payload.is_object() {
             return Err("payload must be a JSON object".into());
@@ -197,7 +197,12 @@ impl Timing {
         let tz = timezone.parse::<chrono_tz::Tz>().map_err(|_| {
             format!("timezone '{}' is not an IANA time zone (e.g. UTC, Europe/Madrid)", timezone.escape_debug())
         })?;
-        let timing = Timing { cron: parsed, tz };
+        Ok(Timing { cron: parsed, tz })
+    }
+
+    /// [`Timing::parse`], and refused if it never fires: the check of a new definition.
+    pub fn checked(cron: &str, timezone: &str) -> Result<Timing, String> {
+        let timing = Timing::parse(cron, timezone)?;
         if timing.next_after(Utc::now()).is_none() {
             return Err(format!("cron '{}' never fires", cron.escape_debug()));
         }
@@ -283,10 +288,11 @@ pub fn view(row: crate::store::ScheduleRow) -> ScheduleView {
         (true, true) => "paused",
         (true, false) => "running",
     };
-    let next_fire = if state == "running" {
-        Timing::parse(&row.def.cron, &row.def.timezone).ok().and_then(|t| t.next_after(row.after()))
-    } else {
-        None
+    // The leader keeps the next slot; computed here only while it does not know it yet.
+    let next_fire = match (state, row.next_slot) {
+        ("running", Some(t)) if t > row.after() => Some(t),
+        ("running", _) => Timing::parse(&row.def.cron, &row.def.timezone).ok().and_then(|t| t.next_after(row.after())),
+        _ => None,
     };
     let lag_seconds = match (row.last_slot, row.last_fired_at) {
         (Some(slot), Some(fired)) => Some(crate::model::seconds_between(slot, fired).max(0.0)),
@@ -428,7 +434,7 @@ mod tests {
 
     #[test]
     fn bad_definitions_are_refused_by_name() {
-        let bad = |cron: &str, tz: &str| Timing::parse(cron, tz).unwrap_err();
+        let bad = |cron: &str, tz: &str| Timing::checked(cron, tz).unwrap_err();
         assert!(
             bad("61 * * * *", "UTC").starts_with("cron '61 * * * *' is not a valid five-field cron"),
             "{}",

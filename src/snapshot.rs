@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub schedules: BTreeMap<String, ScheduleSnap>,
 }
 
+/// Schedules in a snapshot, the first by name: the snapshot is recorded with every tick.
+pub const SNAPSHOT_SCHEDULES: i64 = 100;
+
 /// One schedule as rules see it (`snap.schedules.NAME`). A time it does not have is `()`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ScheduleSnap {
@@ -442,7 +445,7 @@ async fn limits_and_schedules(
 ) -> Result<(Vec<crate::limits::LimitUsage>, BTreeMap<String, LimitView>, BTreeMap<String, ScheduleSnap>), StoreError> {
     let usage = store.limits().limit_usage().await?;
     let limits = usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
-    let schedules = store.schedules().list().await?;
+    let schedules = store.schedules().first(SNAPSHOT_SCHEDULES).await?;
     let schedules =
         schedules.into_iter().map(|r| (r.def.name.clone(), ScheduleSnap::of(crate::schedules::view(r), now))).collect();
     Ok((usage, limits, schedules))

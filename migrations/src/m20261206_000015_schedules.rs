@@ -2,7 +2,8 @@
 //! operator): its cron expression and time zone, the action it enqueues, its misfire policy,
 //! the on/off switches (`enabled` from its definition, `paused` by an operator or a rule), and
 //! what the leader fired: the last slot (the exactly-once mark every fire moves forward under
-//! the lease's fence) and the counts. A new table only; never edits an earlier migration.
+//! the lease's fence), the next slot (a lower bound: the leader looks at a schedule only once it
+//! is due, `NULL` meaning "look now") and the counts. A new table only; never edits an earlier migration.
 
 use sea_orm_migration::prelude::*;
 
@@ -35,6 +36,7 @@ enum Schedules {
     Since,
     LastSlot,
     LastFiredAt,
+    NextSlot,
     Fires,
     Misfires,
     CreatedAt,
@@ -67,10 +69,22 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Schedules::Since).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(Schedules::LastSlot).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(Schedules::LastFiredAt).timestamp_with_time_zone().null())
+                    .col(ColumnDef::new(Schedules::NextSlot).timestamp_with_time_zone().null())
                     .col(ColumnDef::new(Schedules::Fires).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Schedules::Misfires).big_integer().not_null().default(0))
                     .col(ColumnDef::new(Schedules::CreatedAt).timestamp_with_time_zone().not_null())
                     .col(ColumnDef::new(Schedules::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        // The leader's look for due schedules: `next_slot IS NULL OR next_slot <= now`.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_schedules_next_slot")
+                    .table(Schedules::Table)
+                    .col(Schedules::NextSlot)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await

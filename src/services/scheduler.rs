@@ -34,9 +34,11 @@ pub struct Scheduled {
 /// fence stops the round.
 pub async fn run(store: &Store, fence: &Fence, defaults: &EnqueueDefaults) -> Result<Scheduled, StoreError> {
     let mut done = Scheduled::default();
-    let rows = store.schedules().list().await?;
     let now = store.now();
-    for row in rows.iter().filter(|r| r.def.enabled && !r.paused) {
+    // Only the schedules whose next slot has come (or is not known yet): an idle tick reads
+    // none, whatever the number defined.
+    let rows = store.schedules().due(now).await?;
+    for row in &rows {
         let name = &row.def.name;
         let (timing, misfire) = match timing_of(row) {
             Ok(t) => t,
@@ -49,7 +51,10 @@ pub async fn run(store: &Store, fence: &Fence, defaults: &EnqueueDefaults) -> Re
         let grace = std::time::Duration::from_secs(row.def.misfire_grace_seconds.max(1) as u64);
         let cap = row.def.catch_up_cap.max(1) as u32;
         let plan = timing.plan(row.after(), now, misfire, cap, grace);
-        let Some(mark) = plan.latest else { continue };
+        let Some(mark) = plan.latest else {
+            store.schedules().set_next(row, timing.next_after(row.after())).await?;
+            continue;
+        };
         let approval = match crate::queue::approval_deadline(defaults, &row.def.action_type, false, now) {
             Ok(a) => a,
             Err(e) => {
@@ -65,7 +70,16 @@ pub async fn run(store: &Store, fence: &Fence, defaults: &EnqueueDefaults) -> Re
                 None => missed += 1,
             }
         }
-        let fire = Fire { name, read_mark: row.last_slot, mark, actions: &actions, missed };
+        let fire = Fire {
+            name,
+            read_mark: row.last_slot,
+            mark,
+            next_slot: timing.next_after(mark),
+            cron: &row.def.cron,
+            timezone: &row.def.timezone,
+            actions: &actions,
+            missed,
+        };
         match store.schedules().fire(fence, &fire).await {
             Ok(Some(created)) => {
                 done.fired += created;

@@ -49,6 +49,8 @@ pub struct ScheduleRow {
     /// The last slot fired or passed over: the exactly-once mark.
     pub last_slot: Option<DateTime<Utc>>,
     pub last_fired_at: Option<DateTime<Utc>>,
+    /// Not due before this (a lower bound the leader keeps); `None`: not known yet.
+    pub next_slot: Option<DateTime<Utc>>,
     pub fires: i64,
     pub misfires: i64,
     pub created_at: DateTime<Utc>,
@@ -98,20 +100,61 @@ pub struct Fire<'a> {
     pub read_mark: Option<DateTime<Utc>>,
     /// The new mark: the latest due slot.
     pub mark: DateTime<Utc>,
+    /// The slot after `mark`.
+    pub next_slot: Option<DateTime<Utc>>,
+    /// The definition's timing as the leader read it: the fire lands only if it still is.
+    pub cron: &'a str,
+    pub timezone: &'a str,
     pub actions: &'a [NewAction],
     pub missed: u64,
 }
 
 const COLUMNS: &str = "name, source, cron, timezone, action_type, payload_json, priority, max_attempts, \
                        deadline_seconds, misfire, catch_up_cap, misfire_grace_seconds, enabled, paused, \
-                       paused_reason, since, last_slot, last_fired_at, fires, misfires, created_at, updated_at";
+                       paused_reason, since, last_slot, last_fired_at, next_slot, fires, misfires, created_at, updated_at";
 
 impl crate::store::handles::Schedules<'_> {
     /// Every schedule, by name.
     pub async fn list(self) -> Result<Vec<ScheduleRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM schedules ORDER BY name");
-        let rows = self.store.db.query_all_raw(self.store.stmt(&sql, [])).await.doing("listing schedules")?;
+        self.first(i64::MAX).await
+    }
+
+    /// The first `n` schedules by name.
+    pub async fn first(self, n: i64) -> Result<Vec<ScheduleRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM schedules ORDER BY name LIMIT $1");
+        let rows = self.store.db.query_all_raw(self.store.stmt(&sql, [n.into()])).await.doing("listing schedules")?;
         rows.iter().map(row).collect()
+    }
+
+    /// The running schedules that may have a slot due at `now`: their next slot is not after it,
+    /// or not known yet.
+    pub async fn due(self, now: DateTime<Utc>) -> Result<Vec<ScheduleRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM schedules WHERE (next_slot IS NULL OR next_slot <= $1) AND enabled AND NOT paused \
+             ORDER BY name"
+        );
+        let rows =
+            self.store.db.query_all_raw(self.store.stmt(&sql, [now.into()])).await.doing("reading due schedules")?;
+        rows.iter().map(row).collect()
+    }
+
+    /// Records `name`'s next slot, found with no slot due, if its timing and mark are still
+    /// `read`'s: a later change (a new cron, a resume, a fire) is never overwritten with a
+    /// bound computed before it.
+    pub async fn set_next(self, read: &ScheduleRow, next_slot: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        let sql = "UPDATE schedules SET next_slot = $1 WHERE name = $2 AND cron = $3 AND timezone = $4 AND since = $5 \
+                   AND (last_slot = $6 OR (last_slot IS NULL AND $7))";
+        let values: [Value; 7] = [
+            next_slot.into(),
+            read.def.name.as_str().into(),
+            read.def.cron.as_str().into(),
+            read.def.timezone.as_str().into(),
+            read.since.into(),
+            read.last_slot.into(),
+            read.last_slot.is_none().into(),
+        ];
+        self.store.db.execute_raw(self.store.stmt(sql, values)).await.doing("noting a schedule's next slot")?;
+        Ok(())
     }
 
     /// One schedule by name.
@@ -142,7 +185,7 @@ impl crate::store::handles::Schedules<'_> {
                         || old.def.timezone != def.timezone
                         || (def.enabled && !old.def.enabled);
                     let since = if retimed { now } else { old.since };
-                    update_def(self.store, &txn, def, FROM_CONFIG, since, now).await?;
+                    update_def(self.store, &txn, def, FROM_CONFIG, (since, retimed), now).await?;
                 }
             }
             done.written.push(def.name.clone());
@@ -222,7 +265,8 @@ impl crate::store::handles::Schedules<'_> {
         let since = if paused { old.since } else { now };
         let (fence_sql, fence_values) = fence_clause(auth, 5);
         let sql = format!(
-            "UPDATE schedules SET paused = $1, paused_reason = $2, since = $3, updated_at = $4 WHERE name = $5{fence_sql}"
+            "UPDATE schedules SET paused = $1, paused_reason = $2, since = $3, updated_at = $4, next_slot = NULL \
+             WHERE name = $5{fence_sql}"
         );
         let mut values: Vec<Value> =
             vec![paused.into(), reason.map(str::to_string).into(), since.into(), now.into(), name.into()];
@@ -247,8 +291,9 @@ impl crate::store::handles::Schedules<'_> {
         // The mark first: on PostgreSQL its row lock orders two leaders that read the same mark.
         let sql = format!(
             "UPDATE schedules SET last_slot = $1, last_fired_at = $2, fires = fires + $3, misfires = misfires + $4, \
-             updated_at = $2 WHERE name = $5 AND (last_slot = $6 OR (last_slot IS NULL AND $7)){}",
-            fence_clause(Authority::Lease(fence), 7).0
+             updated_at = $2, next_slot = $8 WHERE name = $5 AND (last_slot = $6 OR (last_slot IS NULL AND $7)) \
+             AND cron = $9 AND timezone = $10{}",
+            fence_clause(Authority::Lease(fence), 10).0
         );
         let mut values: Vec<Value> = vec![
             fire.mark.into(),
@@ -258,8 +303,11 @@ impl crate::store::handles::Schedules<'_> {
             fire.name.into(),
             fire.read_mark.into(),
             fire.read_mark.is_none().into(),
+            fire.next_slot.into(),
+            fire.cron.into(),
+            fire.timezone.into(),
         ];
-        values.extend(fence_clause(Authority::Lease(fence), 7).1);
+        values.extend(fence_clause(Authority::Lease(fence), 10).1);
         let moved = txn.execute_raw(self.store.stmt(&sql, values)).await.doing("marking a schedule's slot")?;
         if moved.rows_affected() == 0 {
             drop(txn);
@@ -310,7 +358,7 @@ async fn insert<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO schedules ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, false, \
-         NULL, $14, NULL, NULL, 0, 0, $14, $14)"
+         NULL, $14, NULL, NULL, NULL, 0, 0, $14, $14)"
     );
     let mut values = def_values(def, source);
     values.push(now.into());
@@ -318,20 +366,24 @@ async fn insert<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Rewrites a schedule's definition; `retimed` (a new cron or zone, or switched back on) forgets
+/// its next slot, so the leader looks at it at its next tick.
 async fn update_def<C: ConnectionTrait>(
     store: &super::Store,
     conn: &C,
     def: &NewSchedule,
     source: &str,
-    since: DateTime<Utc>,
+    (since, retimed): (DateTime<Utc>, bool),
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let sql = "UPDATE schedules SET source = $2, cron = $3, timezone = $4, action_type = $5, payload_json = $6, \
                priority = $7, max_attempts = $8, deadline_seconds = $9, misfire = $10, catch_up_cap = $11, \
-               misfire_grace_seconds = $12, enabled = $13, since = $14, updated_at = $15 WHERE name = $1";
+               misfire_grace_seconds = $12, enabled = $13, since = $14, updated_at = $15, \
+               next_slot = CASE WHEN $16 THEN NULL ELSE next_slot END WHERE name = $1";
     let mut values = def_values(def, source);
     values.push(since.into());
     values.push(now.into());
+    values.push(retimed.into());
     conn.execute_raw(store.stmt(sql, values)).await.doing("writing a schedule")?;
     Ok(())
 }
@@ -382,6 +434,7 @@ fn row(r: &sea_orm::QueryResult) -> Result<ScheduleRow, StoreError> {
         since: r.try_get("", "since").doing(get)?,
         last_slot: r.try_get("", "last_slot").doing(get)?,
         last_fired_at: r.try_get("", "last_fired_at").doing(get)?,
+        next_slot: r.try_get("", "next_slot").doing(get)?,
         fires: r.try_get("", "fires").doing(get)?,
         misfires: r.try_get("", "misfires").doing(get)?,
         created_at: r.try_get("", "created_at").doing(get)?,

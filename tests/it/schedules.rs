@@ -23,6 +23,7 @@ backend_tests!(
     pause_resume_run_now_and_the_config_own_their_parts,
     the_tick_fires_a_configured_schedule_and_says_so,
     a_rule_sees_snap_schedules_and_pauses_one_under_the_fence,
+    an_idle_tick_reads_no_schedule_and_a_new_cron_is_looked_at_at_once,
     the_api_adds_lists_pauses_runs_and_removes_schedules_and_metrics_count_them,
 );
 
@@ -94,7 +95,16 @@ async fn each_slot_fires_once_across_restarts_leader_changes_and_a_deposed_leade
     let stale = store.schedules().get("sync").await.unwrap();
     assert_eq!(scheduler::run(&store, &fence(&b), &D).await.unwrap().fired, 1);
     let second = hour(store.now());
-    let late = Fire { name: "sync", read_mark: stale.last_slot, mark: second, actions: &[], missed: 0 };
+    let late = Fire {
+        name: "sync",
+        read_mark: stale.last_slot,
+        mark: second,
+        next_slot: None,
+        cron: &stale.def.cron,
+        timezone: &stale.def.timezone,
+        actions: &[],
+        missed: 0,
+    };
     let refused = store.schedules().fire(&fence(&a), &late).await.unwrap_err();
     assert!(matches!(refused, StoreError::Refused(Refusal::Fenced(_))), "{refused}");
     assert_eq!(store.schedules().fire(&fence(&b), &late).await.unwrap(), None, "the mark moved: nothing lands");
@@ -365,4 +375,27 @@ async fn a_leader_fires_and_a_worker_runs_real_slots_and_a_new_leader_goes_on() 
     );
     let row = list();
     assert_eq!((row["fires"].as_i64(), row["misfires"].as_i64()), (Some(2), Some(0)), "{row}");
+}
+
+async fn an_idle_tick_reads_no_schedule_and_a_new_cron_is_looked_at_at_once(db: &TestDb) {
+    let (store, clock) = shifted(&db.store);
+    write(&store, &[("sync", hourly("SCHED_N", Misfire::Once))]).await;
+    let term = hold(&db.store, "leader").await;
+    assert_eq!(store.schedules().due(store.now()).await.unwrap().len(), 1, "a new schedule is looked at once");
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 0);
+    let row = store.schedules().get("sync").await.unwrap();
+    assert_eq!(row.next_slot, Some(hour(store.now()) + chrono::Duration::hours(1)), "the next slot is kept");
+    assert!(store.schedules().due(store.now()).await.unwrap().is_empty(), "until then no tick reads it");
+    let view = orchestrator::schedules::view(row.clone());
+    assert_eq!(view.next_fire, row.next_slot);
+    // A new cron in the config: looked at the next tick, not at the old next slot.
+    write(&store, &[("sync", ScheduleSpec { cron: "*/5 * * * *".into(), ..hourly("SCHED_N", Misfire::Once) })]).await;
+    assert_eq!(store.schedules().get("sync").await.unwrap().next_slot, None);
+    // A bound computed from the old definition does not land over the new one.
+    store.schedules().set_next(&row, row.next_slot).await.unwrap();
+    assert_eq!(store.schedules().get("sync").await.unwrap().next_slot, None);
+    clock.advance(chrono::Duration::minutes(6));
+    assert_eq!(scheduler::run(&store, &fence(&term), &D).await.unwrap().fired, 1, "the 5-minute slot fired");
+    let row = store.schedules().get("sync").await.unwrap();
+    assert_eq!(row.next_slot, row.last_slot.map(|t| t + chrono::Duration::minutes(5)));
 }
