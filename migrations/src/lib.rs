@@ -19,6 +19,7 @@ mod m20261203_000011_partition_keys;
 mod m20261204_000012_tracked_keys;
 mod m20261205_000013_overflow_walk;
 mod m20261205_000014_traceparent;
+mod m20261206_000016_windows;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000012_tracked_keys::Migration),
             Box::new(m20261205_000013_overflow_walk::Migration),
             Box::new(m20261205_000014_traceparent::Migration),
+            Box::new(m20261206_000016_windows::Migration),
         ]
     }
 }

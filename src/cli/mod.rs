@@ -21,6 +21,7 @@ mod limits;
 mod output;
 mod rules;
 pub mod stdio;
+mod windows;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -179,6 +180,9 @@ pub enum Command {
     /// Limits per action type, held in the database for every host: list, set, clear, override.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// Maintenance windows, held in the database for every host: list, add, end.
+    #[command(subcommand)]
+    Windows(windows::WindowsCommand),
     /// The tick ledger, newest first; with --follow, the last --limit oldest first, then each
     /// tick as it finishes, until Ctrl-C.
     Ticks {
@@ -667,6 +671,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
         }
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
         Command::Limits(cmd) => limits::run(cmd, store, out).await?,
+        Command::Windows(cmd) => windows::run(cmd, store, out).await?,
         Command::Lease(cmd) => match cmd {
             LeaseCommand::Show => {
                 let report = read_status(config, store).await?;

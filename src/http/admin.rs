@@ -32,6 +32,8 @@ use crate::queue::{self, EnqueueRequest, QueueError};
 use crate::store::{ActionFilter, Authority, FlagChange};
 use crate::tick::TickOutcome;
 
+mod windows;
+
 /// The name of the token a request was authorised by.
 #[derive(Clone, Debug)]
 struct Who(String);
@@ -55,6 +57,8 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/limits/{type}", put(put_limit).delete(delete_limit))
         .route("/api/limits/{type}/override", post(override_limit))
         .route("/api/limits/{type}/override/{field}", delete(end_override))
+        .route("/api/windows", get(windows::list).post(windows::add))
+        .route("/api/windows/{id}/end", post(windows::end))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 

@@ -51,4 +51,6 @@ handles! {
     history => History;
     /// PostgreSQL wake-ups: NOTIFY and a worker's LISTEN.
     notify => Notify;
+    /// Maintenance windows: open, list, end.
+    windows => Windows;
 }

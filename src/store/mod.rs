@@ -39,9 +39,11 @@ mod lease;
 mod limits;
 mod logs;
 mod notify;
+mod windows;
 mod workers;
 pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
 pub use notify::{CHANGE_POLL, WORK_CHANNEL, WorkListener, WorkWaiter};
+pub use windows::WindowEnd;
 pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;

@@ -1,0 +1,215 @@
+//! The `windows` rows: open (add), list, end; and what the claim leaves out while windows are
+//! open ([`Store::held_filter`]), one indexed read of the rows not yet past per claim.
+//!
+//! When no window is open the filter is empty and every claim statement is exactly what it is
+//! without windows. It decides nothing of what a window means (`crate::windows` says when one
+//! is open); it turns the open ones into a condition on the due rows, so that held rows are
+//! stepped over in claim order and never block the rows behind them.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, Value};
+
+use super::{Backend, Context, Store, StoreError};
+use crate::windows::{self, Matcher, Recurrence, Window, WindowSpec};
+
+/// What `end` did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowEnd {
+    /// It is ended now.
+    Ended(Window),
+    /// It was already ended, or past its end.
+    AlreadyOver(Window),
+    /// No window has that id.
+    NotFound,
+}
+
+const COLUMNS: &str = "id, action_types, field_path, field_value, starts_at, ends_at, cron, duration_seconds, \
+                       time_zone, reason, opened_by, created_at, ended_at";
+
+impl crate::store::handles::Windows<'_> {
+    /// Opens a window (checked whole first); the stored row.
+    pub async fn add(self, spec: &WindowSpec) -> Result<Window, StoreError> {
+        spec.check().map_err(StoreError::Internal)?;
+        let now = self.store.now();
+        let types = serde_json::to_string(&spec.matcher.types).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (path, value) = match &spec.matcher.field {
+            Some(f) => (Some(f.path.to_string()), Some(f.value.clone())),
+            None => (None, None),
+        };
+        let r = spec.recurrence.as_ref();
+        let values: Vec<Value> = vec![
+            types.into(),
+            path.into(),
+            value.into(),
+            spec.starts_at.into(),
+            spec.ends_at.into(),
+            r.map(|r| r.cron().to_string()).into(),
+            r.map(|r| i64::try_from(r.duration.as_secs()).unwrap_or(i64::MAX)).into(),
+            r.map(|r| r.time_zone.name().to_string()).into(),
+            spec.reason.as_str().into(),
+            spec.opened_by.as_str().into(),
+            now.into(),
+        ];
+        let sql = format!(
+            "INSERT INTO windows (action_types, field_path, field_value, starts_at, ends_at, cron, duration_seconds, \
+             time_zone, reason, opened_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             RETURNING {COLUMNS}"
+        );
+        let row = self.store.db.query_one_raw(self.store.stmt(&sql, values)).await.doing("opening a window")?;
+        let row = row.ok_or_else(|| StoreError::Internal("opening a window returned no row".into()))?;
+        read_window(&row)
+    }
+
+    /// The windows not yet over (not ended, and not past their end), or with `all` every
+    /// window ever opened; newest first.
+    pub async fn list(self, all: bool) -> Result<Vec<Window>, StoreError> {
+        let (sql, values): (String, Vec<Value>) = if all {
+            (format!("SELECT {COLUMNS} FROM windows ORDER BY id DESC"), vec![])
+        } else {
+            (format!("SELECT {COLUMNS} FROM windows WHERE {LIVE} ORDER BY id DESC"), vec![self.store.now().into()])
+        };
+        let rows = self.store.db.query_all_raw(self.store.stmt(&sql, values)).await.doing("listing windows")?;
+        rows.iter().map(read_window).collect()
+    }
+
+    /// Ends window `id` now (it holds nothing from the next claim on).
+    pub async fn end(self, id: i64) -> Result<WindowEnd, StoreError> {
+        let now = self.store.now();
+        let sql = format!(
+            "UPDATE windows SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL \
+             AND (ends_at IS NULL OR ends_at > $2) RETURNING {COLUMNS}"
+        );
+        let row = self
+            .store
+            .db
+            .query_one_raw(self.store.stmt(&sql, [id.into(), now.into()]))
+            .await
+            .doing("ending a window")?;
+        if let Some(row) = row {
+            return Ok(WindowEnd::Ended(read_window(&row)?));
+        }
+        let sql = format!("SELECT {COLUMNS} FROM windows WHERE id = $1");
+        let row = self.store.db.query_one_raw(self.store.stmt(&sql, [id.into()])).await.doing("ending a window")?;
+        Ok(match row {
+            Some(r) => WindowEnd::AlreadyOver(read_window(&r)?),
+            None => WindowEnd::NotFound,
+        })
+    }
+
+    /// Each window open now with the due actions it holds (a row two windows hold counts in
+    /// both): what a tick that left due work idle names in its ledger note.
+    pub async fn held_due(self) -> Result<Vec<(Window, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for w in self.open_now().await? {
+            let cond = matcher_sql(self.store.backend, &w.spec.matcher)?;
+            let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {} AND {cond}", super::due_sql("$1"));
+            let row = self
+                .store
+                .db
+                .query_one_raw(self.store.stmt(&sql, [self.store.now().into()]))
+                .await
+                .doing("counting held actions")?;
+            let n: i64 = match row {
+                Some(r) => r.try_get("", "n").doing("counting held actions")?,
+                None => 0,
+            };
+            out.push((w, n));
+        }
+        Ok(out)
+    }
+
+    /// The windows open now, by the store's clock.
+    pub async fn open_now(self) -> Result<Vec<Window>, StoreError> {
+        let now = self.store.now();
+        Ok(self.store.live_windows(&self.store.db).await?.into_iter().filter(|w| w.open_at(now).is_some()).collect())
+    }
+}
+
+/// The rows that may be open at `$1`: not ended, not past their end (`ix_windows_live`).
+const LIVE: &str = "ended_at IS NULL AND (ends_at IS NULL OR ends_at > $1)";
+
+impl Store {
+    /// The windows not yet over, read on `conn`.
+    async fn live_windows<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<Window>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM windows WHERE {LIVE}");
+        let rows = conn.query_all_raw(self.stmt(&sql, [self.now().into()])).await.doing("reading open windows")?;
+        rows.iter().map(read_window).collect()
+    }
+
+    /// The condition a claim adds to its due rows while windows are open (` AND NOT (...)`),
+    /// or nothing when none is: then the claim's statement is exactly what it is without
+    /// windows. Read on `conn` (inside the claim's transaction where it has one).
+    pub(in crate::store) async fn held_filter<C: ConnectionTrait>(&self, conn: &C) -> Result<String, StoreError> {
+        let now = self.now();
+        let open: Vec<Window> =
+            self.live_windows(conn).await?.into_iter().filter(|w| w.open_at(now).is_some()).collect();
+        held_sql(self.backend, open.iter().map(|w| &w.spec.matcher))
+    }
+}
+
+/// ` AND NOT (m1 OR m2 ...)` over `matchers`, or `""` for none.
+pub(in crate::store) fn held_sql<'a>(
+    backend: Backend,
+    matchers: impl Iterator<Item = &'a Matcher>,
+) -> Result<String, StoreError> {
+    let conds: Vec<String> = matchers.map(|m| matcher_sql(backend, m)).collect::<Result<_, _>>()?;
+    Ok(if conds.is_empty() { String::new() } else { format!(" AND NOT ({})", conds.join(" OR ")) })
+}
+
+/// The condition on a row of `actions` that `m` holds, with its values as literals.
+fn matcher_sql(backend: Backend, m: &Matcher) -> Result<String, StoreError> {
+    let types: Result<Vec<String>, StoreError> = m.types.iter().map(|t| super::limits::lit(t)).collect();
+    let cond = format!("action_type IN ({})", types?.join(", "));
+    Ok(match &m.field {
+        None => cond,
+        Some(f) => {
+            // The value was checked when the window was read (no control characters); a quote
+            // is doubled, the one escape an SQL string literal has on both backends.
+            let value = f.value.replace('\'', "''");
+            format!("({cond} AND {} = '{value}')", super::limits::part_expr(backend, &f.path))
+        }
+    })
+}
+
+/// A row of `windows`, each stored value checked again as the CLI checks it: a row edited by
+/// hand into something a window cannot be is an error naming the window, never a guess.
+fn read_window(r: &sea_orm::QueryResult) -> Result<Window, StoreError> {
+    let get = "reading a window";
+    let id: i64 = r.try_get("", "id").doing(get)?;
+    let bad = |what: String| StoreError::Internal(format!("window {id}: {what}"));
+    let types: String = r.try_get("", "action_types").doing(get)?;
+    let types: Vec<String> = serde_json::from_str(&types).map_err(|e| bad(format!("action_types: {e}")))?;
+    windows::check_types(&types).map_err(bad)?;
+    let path: Option<String> = r.try_get("", "field_path").doing(get)?;
+    let value: Option<String> = r.try_get("", "field_value").doing(get)?;
+    let field = match (path, value) {
+        (Some(p), Some(v)) => Some(windows::field_match(&p, &v).map_err(bad)?),
+        (None, None) => None,
+        _ => return Err(bad("field_path and field_value must be set together".into())),
+    };
+    let cron: Option<String> = r.try_get("", "cron").doing(get)?;
+    let secs: Option<i64> = r.try_get("", "duration_seconds").doing(get)?;
+    let tz: Option<String> = r.try_get("", "time_zone").doing(get)?;
+    let recurrence = match (cron, secs, tz) {
+        (Some(c), Some(s), Some(z)) => {
+            let d = std::time::Duration::from_secs(u64::try_from(s).unwrap_or(0));
+            Some(Recurrence::parse(&c, d, &z).map_err(bad)?)
+        }
+        (None, None, None) => None,
+        _ => return Err(bad("cron, duration_seconds and time_zone must be set together".into())),
+    };
+    let ends_at: Option<DateTime<Utc>> = r.try_get("", "ends_at").doing(get)?;
+    Ok(Window {
+        id,
+        spec: WindowSpec {
+            matcher: Matcher { types, field },
+            starts_at: r.try_get("", "starts_at").doing(get)?,
+            ends_at,
+            recurrence,
+            reason: r.try_get("", "reason").doing(get)?,
+            opened_by: r.try_get("", "opened_by").doing(get)?,
+        },
+        created_at: r.try_get("", "created_at").doing(get)?,
+        ended_at: r.try_get("", "ended_at").doing(get)?,
+    })
+}

@@ -1,0 +1,303 @@
+//! Maintenance windows (issue 25, part 2), on SQLite and PostgreSQL: a window holds the actions
+//! it matches while the others flow past them (the plain claim and the limited pick), the dry
+//! run picks what the claim picks, a payload-field matcher holds only its value, a recurring
+//! window opens and closes with the store's shifted clock in its time zone, a held action's
+//! deadline still sends it to the DLQ, and the CLI and `/api/windows` round trips refuse bad
+//! input by name.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Timelike, Utc};
+use orchestrator::model::Clock;
+use orchestrator::queue;
+use orchestrator::store::{Claimed, Claimer, Store, WindowEnd};
+use orchestrator::windows::{Matcher, Recurrence, WindowSpec};
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::support::TestDb;
+use crate::support::api::{admin, call, config, state};
+use crate::support::limits::{action, enqueue, spec};
+use crate::support::{bin, json, run, stderr};
+
+backend_tests!(
+    a_window_holds_webhook_while_noop_flows,
+    the_limited_pick_leaves_held_rows_out,
+    a_payload_field_matcher_holds_only_its_value,
+    a_recurring_window_opens_and_closes_with_the_clock,
+    a_held_action_still_expires_to_the_dlq,
+    the_cli_adds_lists_and_ends_windows,
+    the_api_adds_lists_and_ends_windows,
+    a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so,
+);
+
+fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for x in c {
+        *m.entry(x.action.action_type.clone()).or_default() += 1;
+    }
+    m
+}
+
+async fn claimer(store: &Store) -> Claimer {
+    crate::support::worker(store, "w", Duration::from_secs(30)).await
+}
+
+fn window(types: &[&str], field: Option<(&str, &str)>, starts_at: DateTime<Utc>, lasts: Duration) -> WindowSpec {
+    WindowSpec {
+        matcher: Matcher {
+            types: types.iter().map(|t| t.to_string()).collect(),
+            field: field.map(|(p, v)| orchestrator::windows::field_match(p, v).unwrap()),
+        },
+        starts_at,
+        ends_at: Some(orchestrator::model::later(starts_at, lasts).unwrap()),
+        recurrence: None,
+        reason: "deploy".into(),
+        opened_by: "test".into(),
+    }
+}
+
+async fn a_window_holds_webhook_while_noop_flows(db: &TestDb) {
+    // WEBHOOK first in claim order: a held backlog ahead of NOOP must not block it.
+    enqueue(&db.store, "WEBHOOK", 5, 10, |i| json!({"i": i})).await;
+    enqueue(&db.store, "NOOP", 5, 0, |i| json!({"i": i})).await;
+    let w =
+        db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(1800))).await.unwrap();
+    assert_eq!(db.store.windows().open_now().await.unwrap().len(), 1);
+    let c = claimer(&db.store).await;
+    let preview = db.store.actions().pick(&c, 3, None).await.unwrap();
+    assert!(preview.iter().all(|a| a.action_type == "NOOP"), "the dry run picks what the claim picks: {preview:?}");
+    let got = db.store.actions().claim(&c, 3).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 3)]));
+    assert_eq!(preview.iter().map(|a| a.id).collect::<Vec<_>>(), got.iter().map(|c| c.action.id).collect::<Vec<_>>());
+    let got = db.store.actions().claim(&c, 10).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 2)]), "NOOP drains; WEBHOOK waits");
+    assert!(matches!(db.store.windows().end(w.id).await.unwrap(), WindowEnd::Ended(_)));
+    assert!(matches!(db.store.windows().end(w.id).await.unwrap(), WindowEnd::AlreadyOver(_)));
+    assert_eq!(db.store.windows().end(w.id + 100).await.unwrap(), WindowEnd::NotFound);
+    let got = db.store.actions().claim(&c, 10).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("WEBHOOK".into(), 5)]), "ended: WEBHOOK is claimed again");
+    // Waiting in a window is not an attempt.
+    assert!(got.iter().all(|c| c.attempt == 1));
+}
+
+async fn the_limited_pick_leaves_held_rows_out(db: &TestDb) {
+    db.store.limits().set_limit("WEBHOOK", &spec("{max_running: '1', partition_by: payload.partner}")).await.unwrap();
+    enqueue(&db.store, "WEBHOOK", 6, 10, |i| json!({"partner": format!("p{}", i % 3)})).await;
+    enqueue(&db.store, "NOOP", 4, 0, |i| json!({"i": i})).await;
+    let held = window(&["WEBHOOK"], Some(("payload.partner", "p0")), db.store.now(), Duration::from_secs(600));
+    db.store.windows().add(&held).await.unwrap();
+    let c = claimer(&db.store).await;
+    let preview = db.store.actions().pick(&c, 20, None).await.unwrap();
+    let got = db.store.actions().claim(&c, 20).await.unwrap();
+    assert_eq!(
+        preview.iter().map(|a| a.id).collect::<Vec<_>>(),
+        got.iter().map(|c| c.action.id).collect::<Vec<_>>(),
+        "the dry run picks what the limited claim picks"
+    );
+    let partners: Vec<&str> =
+        got.iter().filter_map(|c| c.action.payload.get("partner").and_then(Value::as_str)).collect();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 4), ("WEBHOOK".into(), 2)]), "{partners:?}");
+    assert!(!partners.contains(&"p0"), "p0 is held: {partners:?}");
+}
+
+async fn a_payload_field_matcher_holds_only_its_value(db: &TestDb) {
+    // A value with a quote and a placeholder-looking text is matched as itself.
+    for (i, partner) in ["o'brien {n} $1", "acme", "o'brien {n} $1"].iter().enumerate() {
+        let a = action("WEBHOOK", &format!("k{i}"), 0, json!({"partner": partner}));
+        queue::enqueue(&db.store, &a, 3).await.unwrap();
+    }
+    queue::enqueue(&db.store, &action("WEBHOOK", "num", 0, json!({"partner": 7})), 3).await.unwrap();
+    let spec =
+        window(&["WEBHOOK"], Some(("payload.partner", "o'brien {n} $1")), db.store.now(), Duration::from_secs(60));
+    db.store.windows().add(&spec).await.unwrap();
+    let seven = window(&["WEBHOOK"], Some(("payload.partner", "7")), db.store.now(), Duration::from_secs(60));
+    db.store.windows().add(&seven).await.unwrap();
+    let got = db.store.actions().claim(&claimer(&db.store).await, 10).await.unwrap();
+    let partners: Vec<Value> = got.iter().map(|c| c.action.payload["partner"].clone()).collect();
+    assert_eq!(partners, vec![json!("acme")], "a number is matched by its text, like partition_by");
+}
+
+/// `t` moved forward to the next `minute` past an hour.
+fn at_minute(t: DateTime<Utc>, minute: u32) -> chrono::Duration {
+    let base = t.with_minute(minute).unwrap().with_second(0).unwrap().with_nanosecond(0).unwrap();
+    let target = if base > t { base } else { base + chrono::Duration::hours(1) };
+    target - t
+}
+
+async fn a_recurring_window_opens_and_closes_with_the_clock(db: &TestDb) {
+    enqueue(&db.store, "WEBHOOK", 3, 0, |i| json!({"i": i})).await;
+    enqueue(&db.store, "NOOP", 30, 0, |i| json!({"i": i})).await;
+    let clock = Clock::shifted();
+    let shifted = db.store.clone().with_clock(clock.clone());
+    // Open for 20 minutes from each hour's :00, read in Madrid (an hour is an hour in any zone;
+    // the zone is parsed and carried).
+    let every = Recurrence::parse("0 * * * *", Duration::from_secs(1200), "Europe/Madrid").unwrap();
+    let start = db.store.now() - chrono::Duration::days(1);
+    let spec =
+        WindowSpec { ends_at: None, recurrence: Some(every), ..window(&["WEBHOOK"], None, start, Duration::ZERO) };
+    db.store.windows().add(&spec).await.unwrap();
+    // :05 past an hour: open.
+    clock.advance(at_minute(shifted.now(), 5));
+    // Registered on the shifted clock after each move, so its heartbeat is live by it.
+    let c = crate::support::worker(&shifted, "w5", Duration::from_secs(30)).await;
+    let got = shifted.actions().claim(&c, 2).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 2)]), "open at {}", shifted.now());
+    assert_eq!(shifted.windows().open_now().await.unwrap().len(), 1);
+    // :25: closed until the next hour.
+    clock.advance(at_minute(shifted.now(), 25));
+    let c = crate::support::worker(&shifted, "w25", Duration::from_secs(30)).await;
+    let got = shifted.actions().claim(&c, 2).await.unwrap();
+    assert_eq!(types(&got).get("WEBHOOK"), Some(&2), "closed at {}: {:?}", shifted.now(), types(&got));
+    assert!(shifted.windows().open_now().await.unwrap().is_empty());
+    // The next hour's :01: open again.
+    clock.advance(at_minute(shifted.now(), 1));
+    let c = crate::support::worker(&shifted, "w61", Duration::from_secs(30)).await;
+    let got = shifted.actions().claim(&c, 5).await.unwrap();
+    assert_eq!(types(&got), BTreeMap::from([("NOOP".into(), 5)]), "open again at {}", shifted.now());
+}
+
+async fn a_held_action_still_expires_to_the_dlq(db: &TestDb) {
+    let mut a = action("WEBHOOK", "deadline", 0, json!({}));
+    a.expires_at = Some(db.store.now() + chrono::Duration::minutes(10));
+    let id = queue::enqueue(&db.store, &a, 3).await.unwrap().id;
+    db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(7200))).await.unwrap();
+    let clock = Clock::shifted();
+    let shifted = db.store.clone().with_clock(clock.clone());
+    let term = crate::support::hold(&shifted, "me").await;
+    assert!(shifted.actions().claim(&claimer(&shifted).await, 5).await.unwrap().is_empty());
+    clock.advance(chrono::Duration::minutes(11));
+    let expired = shifted.actions().expire_due(&term.lease_name, term.epoch, None).await.unwrap();
+    assert_eq!(expired, vec![id], "the window holds it; its deadline still applies");
+    let row = db.store.actions().action(id).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "DLQ");
+}
+
+fn orch(db: &TestDb, args: &[&str]) -> std::process::Output {
+    run(bin(db.dir.path()).arg("--database-url").arg(&db.url).args(args))
+}
+
+async fn the_cli_adds_lists_and_ends_windows(db: &TestDb) {
+    let o = orch(db, &["windows", "add", "--type", "WEBHOOK", "--for", "30m", "--reason", "deploy", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let w = json(&o);
+    assert_eq!((w["open"].clone(), w["matcher"]["types"].clone()), (json!(true), json!(["WEBHOOK"])));
+    let id = w["id"].as_i64().unwrap();
+    let o = orch(
+        db,
+        &[
+            "windows",
+            "add",
+            "--type",
+            "POST_SOCIAL",
+            "--field",
+            "payload.partner=acme",
+            "--cron",
+            "0 2 * * SUN",
+            "--duration",
+            "2h",
+            "--tz",
+            "Europe/Madrid",
+            "--reason",
+            "weekly",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = json(&o);
+    assert_eq!(r["recurrence"], json!({"cron": "0 2 * * SUN", "duration_seconds": 7200, "time_zone": "Europe/Madrid"}));
+    assert_eq!(r["matcher"]["field"], json!({"path": "payload.partner", "value": "acme"}));
+    let list = json(&orch(db, &["windows", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let o = orch(db, &["windows", "end", &id.to_string(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(json(&orch(db, &["windows", "list", "--json"])).as_array().unwrap().len(), 1);
+    assert_eq!(json(&orch(db, &["windows", "list", "--all", "--json"])).as_array().unwrap().len(), 2);
+    let o = orch(db, &["windows", "end", &id.to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already over"), "{}", stderr(&o));
+    // Bad input, refused by name before anything is written.
+    for (args, named) in [
+        (vec!["--type", "WEBHOOK", "--cron", "0 2 * *", "--duration", "1h", "--reason", "x"], "cron"),
+        (
+            vec!["--type", "WEBHOOK", "--cron", "0 2 * * *", "--duration", "1h", "--tz", "Mars/Base", "--reason", "x"],
+            "--tz",
+        ),
+        (vec!["--type", "bad type", "--for", "1h", "--reason", "x"], "--type"),
+        (vec!["--type", "WEBHOOK", "--field", "partner=acme", "--for", "1h", "--reason", "x"], "--field"),
+        (vec!["--type", "WEBHOOK", "--reason", "x"], "--until"),
+        (vec!["--type", "WEBHOOK", "--for", "1h", "--reason", " "], "--reason"),
+        (vec!["--type", "WEBHOOK", "--from", "yesterday", "--for", "1h", "--reason", "x"], "--from"),
+    ] {
+        let mut all = vec!["windows", "add"];
+        all.extend(args.iter());
+        let o = orch(db, &all);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(named), "{all:?} should name {named}: {}", stderr(&o));
+    }
+    assert_eq!(json(&orch(db, &["windows", "list", "--all", "--json"])).as_array().unwrap().len(), 2);
+}
+
+async fn the_api_adds_lists_and_ends_windows(db: &TestDb) {
+    let engine = db.engine(config(db, true));
+    let st = state(&engine);
+    let body = r#"{"types": ["WEBHOOK"], "for": "30m", "reason": "deploy"}"#;
+    assert_eq!(call(&st, "POST", "/api/windows", None, Some(body)).await.status, StatusCode::UNAUTHORIZED);
+    let a = admin(&st, "POST", "/api/windows", Some(body)).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let w = a.json();
+    assert_eq!(w["opened_by"], "api:tester");
+    let id = w["id"].as_i64().unwrap();
+    let list = admin(&st, "GET", "/api/windows", None).await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    for (body, named) in [
+        (r#"{"types": [], "for": "1h", "reason": "x"}"#, "`types`"),
+        (r#"{"types": ["WEBHOOK"], "cron": "0 2 * *", "duration": "1h", "reason": "x"}"#, "`cron`"),
+        (
+            r#"{"types": ["WEBHOOK"], "cron": "0 2 * * *", "duration": "1h", "time_zone": "Nowhere", "reason": "x"}"#,
+            "`time_zone`",
+        ),
+        (r#"{"types": ["WEBHOOK"], "field": "payload.p", "for": "1h", "reason": "x"}"#, "`value`"),
+        (r#"{"types": ["WEBHOOK"], "for": "1h", "reason": "x", "extra": 1}"#, "extra"),
+        (r#"{"types": ["WEBHOOK"], "reason": "x"}"#, "needs an end"),
+    ] {
+        let a = admin(&st, "POST", "/api/windows", Some(body)).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{body}: {}", a.body);
+        assert!(a.error().contains(named), "{body} should name {named}: {}", a.error());
+    }
+    let a = admin(&st, "POST", &format!("/api/windows/{id}/end"), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(admin(&st, "POST", &format!("/api/windows/{id}/end"), None).await.status, StatusCode::CONFLICT);
+    assert_eq!(admin(&st, "POST", "/api/windows/999/end", None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(admin(&st, "GET", "/api/windows?all=true", None).await.json().as_array().unwrap().len(), 1);
+    assert_eq!(admin(&st, "GET", "/api/windows", None).await.json().as_array().unwrap().len(), 0);
+}
+
+/// The deploy window, ticked by the real Engine with the shipped rules: NOOP keeps flowing
+/// while WEBHOOK (ahead of it in claim order) waits; the tick left with only held work says so
+/// (`THROTTLED`, `held by windows: ...`) and is work-conserving.
+async fn a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so(db: &TestDb) {
+    use orchestrator::model::TickStatus;
+    enqueue(&db.store, "WEBHOOK", 4, 5, |i| json!({"i": i})).await;
+    enqueue(&db.store, "NOOP", 150, 0, |i| json!({"i": i})).await;
+    let w =
+        db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(1800))).await.unwrap();
+    let mut config = db.config();
+    config.rules_dir = crate::support::fixtures::shipped_rules();
+    let engine = db.engine(config);
+    engine.decider().load_rules().unwrap();
+    let first = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&first);
+    assert_eq!(first.attempted, 100, "a full tick of NOOP: {first:?}");
+    let second = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&second);
+    assert_eq!(second.attempted, 50, "the rest of the NOOP: {second:?}");
+    let held = crate::support::ran(&engine).await;
+    crate::support::fixtures::assert_conserving(&held);
+    assert_eq!((held.status, held.attempted), (TickStatus::Throttled, 0), "{held:?}");
+    let note = format!("held by windows: window {} WEBHOOK (4 waiting)", w.id);
+    assert!(held.notes.contains(&note), "{}", held.notes);
+    assert!(!held.notes.contains("held by limits"), "{}", held.notes);
+}
