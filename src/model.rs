@@ -323,6 +323,7 @@ exact_text_enum!(
         SetLimit => "set_limit",
         Enqueue => "enqueue",
         Alert => "alert",
+        OpenWindow => "open_window",
     }
 );
 

@@ -43,6 +43,9 @@ pub struct Snapshot {
     /// Per limited type: what is running and waiting, and what is left of each limit.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitView>,
+    /// The maintenance windows open now (`snap.windows`).
+    #[serde(default)]
+    pub windows: Vec<crate::windows::OpenWindow>,
 }
 
 /// One limited type as rules see it (`snap.limits.TYPE`). A limit the type does not have is
@@ -268,6 +271,7 @@ impl Snapshot {
             health: WorkloadHealth::default(),
             samples: Samples::default(),
             limits: BTreeMap::new(),
+            windows: Vec::new(),
         }
     }
 }
@@ -390,7 +394,13 @@ pub async fn build_with(
         health,
         samples,
         limits,
+        windows: open_windows(store, now).await?,
     })
+}
+
+/// The windows open at `now`, as rules see them.
+async fn open_windows(store: &Store, now: DateTime<Utc>) -> Result<Vec<crate::windows::OpenWindow>, StoreError> {
+    Ok(store.windows().open_now().await?.iter().filter_map(|w| crate::windows::OpenWindow::of(w, now)).collect())
 }
 
 pub use crate::model::seconds_between;

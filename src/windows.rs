@@ -154,6 +154,38 @@ pub struct WindowView {
     pub next_open: Option<DateTime<Utc>>,
 }
 
+/// An open window as rules see it (`snap.windows`): what it holds, for how much longer, why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpenWindow {
+    pub id: i64,
+    pub types: Vec<String>,
+    /// `payload.FIELD` and its value, when it holds only those.
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    pub closes_in_seconds: f64,
+    pub reason: String,
+    pub opened_by: String,
+}
+
+impl OpenWindow {
+    /// `w` as rules see it at `now`, if it is open then.
+    pub fn of(w: &Window, now: DateTime<Utc>) -> Option<OpenWindow> {
+        let (_, until) = w.open_at(now)?;
+        let f = w.spec.matcher.field.as_ref();
+        Some(OpenWindow {
+            id: w.id,
+            types: w.spec.matcher.types.clone(),
+            field: f.map(|f| f.path.to_string()),
+            value: f.map(|f| f.value.clone()),
+            closes_in_seconds: crate::model::seconds_between(now, until).max(0.0),
+            reason: w.spec.reason.clone(),
+            opened_by: w.spec.opened_by.clone(),
+        })
+    }
+}
+
 impl Window {
     /// The start and end of the stretch in which it is open at `now`, if it is.
     pub fn open_at(&self, now: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {

@@ -15,6 +15,7 @@ pub(crate) mod convert;
 pub mod fixtures;
 pub(crate) mod pipeline;
 mod sandbox;
+mod windows;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -114,6 +115,14 @@ pub enum Kind {
         message: String,
         key: String,
     },
+    /// A maintenance window opened for `seconds` from now (at most
+    /// `crate::windows::MAX_RULE_WINDOW`), in the database, fenced: a breaker that holds a
+    /// type after a peer fails (`windows.rs` below).
+    OpenWindow {
+        types: Vec<String>,
+        field: Option<crate::windows::FieldMatch>,
+        seconds: u64,
+    },
 }
 
 impl Kind {
@@ -133,6 +142,7 @@ impl Kind {
             Kind::SetLimit { .. } => DecisionKind::SetLimit,
             Kind::Enqueue { .. } => DecisionKind::Enqueue,
             Kind::Alert { .. } => DecisionKind::Alert,
+            Kind::OpenWindow { .. } => DecisionKind::OpenWindow,
         }
     }
 
@@ -153,6 +163,7 @@ impl Kind {
             Kind::SetLimit { action_type, field, .. } => format!("{action_type}.{field}"),
             Kind::Enqueue { key, .. } => key.clone(),
             Kind::Alert { key, .. } => key.clone(),
+            Kind::OpenWindow { types, field, .. } => windows::target(types, field.as_ref()),
         }
     }
 
@@ -586,7 +597,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             }
             Kind::Alert { severity, message: text("message")?, key }
         }
-        other => return Err(format!("unknown decision kind {other:?}")),
+        other => windows::kind_from_json(other, obj)?,
     };
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => DEFAULT_PRIORITY,

@@ -74,10 +74,11 @@ pub fn engine(cfg: &RulesConfig) -> rhai::Engine {
         None
     });
     register_constructors(&mut e);
+    super::windows::register(&mut e);
     e
 }
 
-fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {
+pub(super) fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {
     let mut m = Map::new();
     m.insert("kind".into(), kind.into());
     for (k, v) in fields {

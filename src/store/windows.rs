@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
-use super::{Backend, Context, Store, StoreError};
+use super::{Backend, Context, Fence, Store, StoreError};
 use crate::windows::{self, Matcher, Recurrence, Window, WindowSpec};
 
 /// What `end` did.
@@ -29,6 +29,16 @@ const COLUMNS: &str = "id, action_types, field_path, field_value, starts_at, end
 impl crate::store::handles::Windows<'_> {
     /// Opens a window (checked whole first); the stored row.
     pub async fn add(self, spec: &WindowSpec) -> Result<Window, StoreError> {
+        self.insert(spec, None).await
+    }
+
+    /// A rule's window: written only while `fence`'s lease epoch holds, in the same statement
+    /// (refused as fenced otherwise).
+    pub async fn add_fenced(self, fence: &Fence, spec: &WindowSpec) -> Result<Window, StoreError> {
+        self.insert(spec, Some(fence)).await
+    }
+
+    async fn insert(self, spec: &WindowSpec, fence: Option<&Fence>) -> Result<Window, StoreError> {
         spec.check().map_err(StoreError::Internal)?;
         let now = self.store.now();
         let types = serde_json::to_string(&spec.matcher.types).map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -37,7 +47,7 @@ impl crate::store::handles::Windows<'_> {
             None => (None, None),
         };
         let r = spec.recurrence.as_ref();
-        let values: Vec<Value> = vec![
+        let mut values: Vec<Value> = vec![
             types.into(),
             path.into(),
             value.into(),
@@ -50,14 +60,25 @@ impl crate::store::handles::Windows<'_> {
             spec.opened_by.as_str().into(),
             now.into(),
         ];
+        let fenced = match fence {
+            None => String::new(),
+            Some(f) => {
+                values.push(f.lease_name.as_str().into());
+                values.push(f.epoch.into());
+                " WHERE EXISTS (SELECT 1 FROM leases WHERE name = $12 AND epoch = $13)".to_string()
+            }
+        };
         let sql = format!(
             "INSERT INTO windows (action_types, field_path, field_value, starts_at, ends_at, cron, duration_seconds, \
-             time_zone, reason, opened_by, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             time_zone, reason, opened_by, created_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11{fenced} \
              RETURNING {COLUMNS}"
         );
         let row = self.store.db.query_one_raw(self.store.stmt(&sql, values)).await.doing("opening a window")?;
-        let row = row.ok_or_else(|| StoreError::Internal("opening a window returned no row".into()))?;
-        read_window(&row)
+        match (row, fence) {
+            (Some(row), _) => read_window(&row),
+            (None, Some(f)) => Err(super::Refusal::Fenced(f.epoch).into()),
+            (None, None) => Err(StoreError::Internal("opening a window returned no row".into())),
+        }
     }
 
     /// The windows not yet over (not ended, and not past their end), or with `all` every

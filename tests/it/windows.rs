@@ -31,6 +31,7 @@ backend_tests!(
     the_cli_adds_lists_and_ends_windows,
     the_api_adds_lists_and_ends_windows,
     a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so,
+    a_breaker_rule_opens_a_capped_window_fenced,
 );
 
 fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
@@ -300,4 +301,44 @@ async fn a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so(db: &Te
     let note = format!("held by windows: window {} WEBHOOK (4 waiting)", w.id);
     assert!(held.notes.contains(&note), "{}", held.notes);
     assert!(!held.notes.contains("held by limits"), "{}", held.notes);
+}
+
+/// A breaker: a rule that sees no open window (`snap.windows`) opens one holding WEBHOOK for
+/// 30 minutes. The tick applies it (fenced) before it executes, so WEBHOOK waits and NOOP runs;
+/// the next tick sees the window and opens no other. A deposed holder's window is refused.
+async fn a_breaker_rule_opens_a_capped_window_fenced(db: &TestDb) {
+    let rules = db.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("breaker.rhai"),
+        "if snap.windows.len() == 0 && snap.queue.pending > 0 { [open_window(\"WEBHOOK\", 1800, \"peer down\")] } else { [] }",
+    )
+    .unwrap();
+    enqueue(&db.store, "WEBHOOK", 2, 5, |i| json!({"i": i})).await;
+    enqueue(&db.store, "NOOP", 3, 0, |i| json!({"i": i})).await;
+    let mut config = db.config();
+    config.rules_dir = rules;
+    let engine = db.engine(config);
+    assert_eq!(engine.decider().load_rules().unwrap(), 1);
+    let first = crate::support::ran(&engine).await;
+    assert_eq!(first.attempted, 3, "NOOP runs, WEBHOOK waits: {first:?}");
+    assert!(first.notes.contains("open_window window:WEBHOOK for 1800s"), "{}", first.notes);
+    let open = db.store.windows().open_now().await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].spec.opened_by, "rule breaker");
+    assert_eq!(open[0].spec.reason, "peer down");
+    let lasts = open[0].spec.ends_at.unwrap() - open[0].spec.starts_at;
+    assert_eq!(lasts.num_seconds(), 1800);
+    let second = crate::support::ran(&engine).await;
+    assert!(second.notes.contains("held by windows"), "{}", second.notes);
+    assert_eq!(db.store.windows().list(true).await.unwrap().len(), 1, "the rule saw its window in snap.windows");
+    let snap = second.snapshot.as_ref().unwrap();
+    assert_eq!(snap.windows.len(), 1);
+    assert_eq!(snap.windows[0].types, vec!["WEBHOOK".to_string()]);
+    // Fenced: a window from an epoch that no longer holds the lease is refused.
+    let stale = orchestrator::store::Fence { lease_name: "orchestrator".into(), epoch: 999_999, tick_id: None };
+    let spec = window(&["NOOP"], None, db.store.now(), Duration::from_secs(60));
+    let refused = db.store.windows().add_fenced(&stale, &spec).await;
+    assert!(matches!(refused, Err(orchestrator::store::StoreError::Refused(_))), "{refused:?}");
+    assert_eq!(db.store.windows().list(true).await.unwrap().len(), 1);
 }
