@@ -39,6 +39,9 @@ pub struct Scenario {
     pub flags: StartFlags,
     /// The starting queue, group by group.
     pub queue: Vec<Group>,
+    /// Maintenance windows opened before the first tick (a deploy window).
+    #[serde(default)]
+    pub windows: Vec<ScenarioWindow>,
     /// How attempts of each action type end; a type not named here always succeeds.
     #[serde(default)]
     pub adapters: BTreeMap<String, Script>,
@@ -83,6 +86,27 @@ pub struct Group {
     /// Extra payload fields (each action also gets `n`, its number in the group).
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+}
+
+/// A maintenance window of a scenario: it holds `types` (and with `field`, only the actions
+/// whose payload has `value` there) from `from_seconds` after the first tick for `for_seconds`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioWindow {
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub from_seconds: f64,
+    pub for_seconds: f64,
+    #[serde(default = "scenario_reason")]
+    pub reason: String,
+}
+
+fn scenario_reason() -> String {
+    "scenario".into()
 }
 
 /// How a scripted action type behaves.
@@ -132,6 +156,9 @@ pub struct Expect {
     /// How many `DLQ` actions end with each `last_error`.
     #[serde(default)]
     pub final_dlq_errors: BTreeMap<String, i64>,
+    /// Per tick (1-based), a text its ledger notes contain (e.g. `held by windows`).
+    #[serde(default)]
+    pub notes: BTreeMap<u32, String>,
 }
 
 /// Matches an applied decision: kind, and rule and target when given.
@@ -419,6 +446,26 @@ async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Re
         store.actions().enqueue_many(&batch).await?;
         store.clock().advance(age);
     }
+    for (i, w) in scenario.windows.iter().enumerate() {
+        let field = match (&w.field, &w.value) {
+            (Some(f), Some(v)) => {
+                Some(crate::windows::field_match(f, v).map_err(|e| anyhow::anyhow!("window {i}: {e}"))?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("window {i}: `field` and `value` go together"),
+        };
+        let at = |s: f64| start + chrono::Duration::milliseconds((s.max(0.0) * 1000.0) as i64);
+        let spec = crate::windows::WindowSpec {
+            matcher: crate::windows::Matcher { types: w.types.clone(), field },
+            starts_at: at(w.from_seconds),
+            ends_at: Some(at(w.from_seconds + w.for_seconds)),
+            recurrence: None,
+            reason: w.reason.clone(),
+            opened_by: "scenario".into(),
+        };
+        spec.check().map_err(|e| anyhow::anyhow!("window {i}: {e}"))?;
+        store.windows().add(&spec).await?;
+    }
     Ok(())
 }
 
@@ -474,6 +521,13 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             if got != *want {
                 failures.push(format!("final count of {s}: expected {want}, got {got}"));
             }
+        }
+    }
+    for (tick, text) in &expect.notes {
+        match timeline.iter().find(|t| t.tick == *tick) {
+            Some(t) if t.notes.contains(text.as_str()) => {}
+            Some(t) => failures.push(format!("tick {tick}'s notes should contain {text:?}: {:?}", t.notes)),
+            None => failures.push(format!("notes of tick {tick}: the run has {} tick(s)", timeline.len())),
         }
     }
     if !expect.final_dlq_errors.is_empty() {

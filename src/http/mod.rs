@@ -471,6 +471,8 @@ struct StatusBody {
     /// SUCCESS and CANCELLED actions finished in the last 24 hours (`queue` counts the open
     /// statuses only).
     finished_last_24h: std::collections::BTreeMap<ActionStatus, i64>,
+    /// The maintenance windows not yet over (`windows list`).
+    windows: Vec<crate::windows::WindowView>,
 }
 
 /// The window of `/status`'s `finished_last_24h`.
@@ -557,6 +559,8 @@ async fn status_page(
     let decisions = st.store.decisions().recent_decisions(STATUS_DECISIONS).await?;
     let waiting_by_type = st.store.actions().waiting_by_type().await?;
     let workers_list = st.store.workers().list(st.config.workers.ttl).await?;
+    let now = st.store.now();
+    let windows = st.store.windows().list(false).await?.into_iter().map(|w| w.view(now)).collect();
     Ok(axum::Json(StatusBody {
         report,
         mode,
@@ -569,6 +573,7 @@ async fn status_page(
         waiting_by_type,
         workers_list,
         finished_last_24h,
+        windows,
     })
     .into_response())
 }

@@ -72,13 +72,36 @@ pub(super) fn register(e: &mut rhai::Engine) {
             vec![("types", types), ("seconds", seconds.into()), ("reason", reason.into())],
         )
     }
+    fn on_field(
+        types: Dynamic,
+        field: ImmutableString,
+        value: Dynamic,
+        seconds: INT,
+        reason: ImmutableString,
+    ) -> rhai::Map {
+        let mut d = open(types, seconds, reason);
+        d.insert("field".into(), field.into());
+        d.insert("value".into(), value);
+        d
+    }
     e.register_fn("open_window", open);
+    e.register_fn("open_window", on_field);
+    // Each with an optional last argument, its priority.
+    e.register_fn("open_window", |types: Dynamic, seconds: INT, reason: ImmutableString, priority: INT| {
+        let mut d = open(types, seconds, reason);
+        d.insert("priority".into(), priority.into());
+        d
+    });
     e.register_fn(
         "open_window",
-        |types: Dynamic, field: ImmutableString, value: Dynamic, seconds: INT, reason: ImmutableString| {
-            let mut d = open(types, seconds, reason);
-            d.insert("field".into(), field.into());
-            d.insert("value".into(), value);
+        |types: Dynamic,
+         field: ImmutableString,
+         value: Dynamic,
+         seconds: INT,
+         reason: ImmutableString,
+         priority: INT| {
+            let mut d = on_field(types, field, value, seconds, reason);
+            d.insert("priority".into(), priority.into());
             d
         },
     );
