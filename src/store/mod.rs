@@ -333,6 +333,9 @@ pub struct Store {
     /// enqueue, say), on either backend; other processes hear a `NOTIFY` (PostgreSQL) or
     /// see the change at their next look ([`WorkWaiter`]).
     local_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The windows not yet over as last read, and the signature they were read under
+    /// (`windows.rs`): a claim re-reads them only when the signature changes.
+    windows_seen: std::sync::Arc<std::sync::Mutex<windows::Seen>>,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -553,7 +556,14 @@ impl Store {
         } else {
             None
         };
-        Ok(Store { db, relaxed, backend, clock: Clock::real(), local_wake: Default::default() })
+        Ok(Store {
+            db,
+            relaxed,
+            backend,
+            clock: Clock::real(),
+            local_wake: Default::default(),
+            windows_seen: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

@@ -6,6 +6,8 @@
 //! is open); it turns the open ones into a condition on the due rows, so that held rows are
 //! stepped over in claim order and never block the rows behind them.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
@@ -142,19 +144,60 @@ impl crate::store::handles::Windows<'_> {
     /// The windows open now, by the store's clock.
     pub async fn open_now(self) -> Result<Vec<Window>, StoreError> {
         let now = self.store.now();
-        Ok(self.store.live_windows(&self.store.db).await?.into_iter().filter(|w| w.open_at(now).is_some()).collect())
+        Ok(self
+            .store
+            .live_windows(&self.store.db)
+            .await?
+            .iter()
+            .filter(|w| w.open_at(now).is_some())
+            .cloned()
+            .collect())
     }
 }
 
 /// The rows that may be open at `$1`: not ended, not past their end (`ix_windows_live`).
 const LIVE: &str = "ended_at IS NULL AND (ends_at IS NULL OR ends_at > $1)";
 
+/// The windows not yet over as a process last read them, with the signature they were read
+/// under: the newest id (a window added) and how many are not yet over (one ended, deleted, or
+/// past its end). A claim reads the signature (two index reads) and the rows only when it
+/// changed, so a thousand windows cost a claim no more than a few.
+#[derive(Debug, Default)]
+pub(in crate::store) struct Seen {
+    signature: Option<(i64, i64)>,
+    live: Arc<Vec<Window>>,
+    /// The claim's condition over `live`, and the stretch of time it holds for: from when it
+    /// was computed until the first time a window of `live` opens or closes.
+    held: Option<(DateTime<Utc>, DateTime<Utc>, String)>,
+}
+
 impl Store {
-    /// The windows not yet over, read on `conn`.
-    async fn live_windows<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<Window>, StoreError> {
+    /// The windows not yet over, read on `conn` (or as last read, when nothing changed since).
+    async fn live_windows<C: ConnectionTrait>(&self, conn: &C) -> Result<Arc<Vec<Window>>, StoreError> {
+        let doing = "reading open windows";
+        let now: Value = self.now().into();
+        let sig = format!(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM windows) AS top, \
+             (SELECT COUNT(*) FROM windows WHERE {LIVE}) AS live"
+        );
+        let row = conn.query_one_raw(self.stmt(&sig, [now.clone()])).await.doing(doing)?;
+        let signature = match row {
+            Some(r) => Some((r.try_get::<i64>("", "top").doing(doing)?, r.try_get::<i64>("", "live").doing(doing)?)),
+            None => None,
+        };
+        if let Ok(seen) = self.windows_seen.lock()
+            && signature.is_some()
+            && seen.signature == signature
+        {
+            return Ok(seen.live.clone());
+        }
         let sql = format!("SELECT {COLUMNS} FROM windows WHERE {LIVE}");
-        let rows = conn.query_all_raw(self.stmt(&sql, [self.now().into()])).await.doing("reading open windows")?;
-        rows.iter().map(read_window).collect()
+        let rows = conn.query_all_raw(self.stmt(&sql, [now])).await.doing(doing)?;
+        let live: Arc<Vec<Window>> = Arc::new(rows.iter().map(read_window).collect::<Result<_, _>>()?);
+        if let Ok(mut seen) = self.windows_seen.lock() {
+            *seen = Seen { signature, live: live.clone(), held: None };
+        }
+        Ok(live)
     }
 
     /// The condition a claim adds to its due rows while windows are open (` AND NOT (...)`),
@@ -162,9 +205,28 @@ impl Store {
     /// windows. Read on `conn` (inside the claim's transaction where it has one).
     pub(in crate::store) async fn held_filter<C: ConnectionTrait>(&self, conn: &C) -> Result<String, StoreError> {
         let now = self.now();
-        let open: Vec<Window> =
-            self.live_windows(conn).await?.into_iter().filter(|w| w.open_at(now).is_some()).collect();
-        held_sql(self.backend, open.iter().map(|w| &w.spec.matcher))
+        let live = self.live_windows(conn).await?;
+        if let Ok(seen) = self.windows_seen.lock()
+            && Arc::ptr_eq(&seen.live, &live)
+            && let Some((from, until, sql)) = &seen.held
+            && *from <= now
+            && now < *until
+        {
+            return Ok(sql.clone());
+        }
+        let sql = held_sql(self.backend, live.iter().filter(|w| w.open_at(now).is_some()).map(|w| &w.spec.matcher))?;
+        // The first time any of them opens or closes: until then the condition stands.
+        let until = live
+            .iter()
+            .filter_map(|w| w.open_at(now).map(|(_, until)| until).or_else(|| w.next_open(now)))
+            .min()
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        if let Ok(mut seen) = self.windows_seen.lock()
+            && Arc::ptr_eq(&seen.live, &live)
+        {
+            seen.held = Some((now, until, sql.clone()));
+        }
+        Ok(sql)
     }
 }
 
@@ -173,7 +235,22 @@ pub(in crate::store) fn held_sql<'a>(
     backend: Backend,
     matchers: impl Iterator<Item = &'a Matcher>,
 ) -> Result<String, StoreError> {
-    let conds: Vec<String> = matchers.map(|m| matcher_sql(backend, m)).collect::<Result<_, _>>()?;
+    // The types held whole go in one `IN` list, however many windows name them: a thousand
+    // open windows of a few types make one short condition.
+    let mut whole: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    let mut conds: Vec<String> = Vec::new();
+    for m in matchers {
+        match m.field {
+            None => whole.extend(m.types.iter().map(String::as_str)),
+            Some(_) => conds.push(matcher_sql(backend, m)?),
+        }
+    }
+    if !whole.is_empty() {
+        let types = Matcher { types: whole.into_iter().map(str::to_string).collect(), field: None };
+        conds.insert(0, matcher_sql(backend, &types)?);
+    }
+    conds.sort();
+    conds.dedup();
     Ok(if conds.is_empty() { String::new() } else { format!(" AND NOT ({})", conds.join(" OR ")) })
 }
 

@@ -32,6 +32,7 @@ backend_tests!(
     the_api_adds_lists_and_ends_windows,
     a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so,
     a_breaker_rule_opens_a_capped_window_fenced,
+    another_process_s_window_holds_from_the_next_claim,
 );
 
 fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
@@ -341,4 +342,27 @@ async fn a_breaker_rule_opens_a_capped_window_fenced(db: &TestDb) {
     let refused = db.store.windows().add_fenced(&stale, &spec).await;
     assert!(matches!(refused, Err(orchestrator::store::StoreError::Refused(_))), "{refused:?}");
     assert_eq!(db.store.windows().list(true).await.unwrap().len(), 1);
+}
+
+/// A claimer in another process (its own pool, its own cache of windows) sees a window opened
+/// or ended elsewhere at its next claim, and one that closes by time as soon as it closes.
+async fn another_process_s_window_holds_from_the_next_claim(db: &TestDb) {
+    enqueue(&db.store, "WEBHOOK", 20, 5, |i| json!({"i": i})).await;
+    let other = db.another_store().await;
+    let clock = Clock::shifted();
+    let other = other.with_clock(clock.clone());
+    let c = claimer(&other).await;
+    assert_eq!(types(&other.actions().claim(&c, 1).await.unwrap()), BTreeMap::from([("WEBHOOK".into(), 1)]));
+    let w = db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(60))).await.unwrap();
+    assert!(other.actions().claim(&c, 1).await.unwrap().is_empty(), "opened elsewhere: held at the next claim");
+    assert!(other.actions().claim(&c, 1).await.unwrap().is_empty(), "and at the one after (cached)");
+    db.store.windows().end(w.id).await.unwrap();
+    assert_eq!(other.actions().claim(&c, 1).await.unwrap().len(), 1, "ended elsewhere: claimed at the next claim");
+    db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(60))).await.unwrap();
+    assert!(other.actions().claim(&c, 1).await.unwrap().is_empty());
+    // Past its end by the claimer's clock: claimed again, with nothing written.
+    clock.advance(chrono::Duration::seconds(61));
+    let c = crate::support::worker(&other, "w-later", Duration::from_secs(30)).await;
+    assert_eq!(other.actions().claim(&c, 1).await.unwrap().len(), 1, "closed by time");
+    other.close().await.ok();
 }
