@@ -366,3 +366,49 @@ async fn another_process_s_window_holds_from_the_next_claim(db: &TestDb) {
     assert_eq!(other.actions().claim(&c, 1).await.unwrap().len(), 1, "closed by time");
     other.close().await.ok();
 }
+
+/// The claim's cost with windows, for BENCHMARKS.md (ignored: a figure, not a check): 300
+/// claims of one from 3,000 NOOP, with no window, then with 1,000 defined (500 one-off ones
+/// open on WEBHOOK, 10 of them on a payload field, and 500 recurring ones on POST_SOCIAL, shut).
+/// `cargo nextest run --run-ignored only --no-capture -E 'test(/claim_cost_with_windows/)'`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn claim_cost_with_windows() {
+    for backend in ["sqlite", "postgres"] {
+        let db = match backend {
+            "sqlite" => TestDb::sqlite().await,
+            _ => match TestDb::postgres().await {
+                Some(d) => d,
+                None => continue,
+            },
+        };
+        enqueue(&db.store, "NOOP", 3000, 0, |i| json!({"i": i})).await;
+        let c = claimer(&db.store).await;
+        let per_claim = || async {
+            let t = std::time::Instant::now();
+            for _ in 0..300 {
+                db.store.actions().claim(&c, 1).await.unwrap();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / 300.0
+        };
+        let none = per_claim().await;
+        let now = db.store.now();
+        for i in 0..500 {
+            let mut spec = window(&["WEBHOOK"], None, now, Duration::from_secs(3600));
+            if i % 50 == 0 {
+                spec.matcher.field = Some(orchestrator::windows::field_match("payload.p", &format!("v{i}")).unwrap());
+            }
+            db.store.windows().add(&spec).await.unwrap();
+            let every = Recurrence::parse("0 2 * * *", Duration::from_secs(600), "Europe/Madrid").unwrap();
+            let spec = WindowSpec {
+                ends_at: None,
+                recurrence: Some(every),
+                ..window(&["POST_SOCIAL"], None, now, Duration::ZERO)
+            };
+            db.store.windows().add(&spec).await.unwrap();
+        }
+        let many = per_claim().await;
+        eprintln!("{backend}: {none:.0} µs per claim without windows, {many:.0} µs with 1,000 (500 open)");
+        db.cleanup().await;
+    }
+}
