@@ -82,6 +82,9 @@ pub struct Config {
     /// section, so `run` leaves the limits table as it is; `Some` when it has one, even
     /// `limits: {}`.
     pub limits: Option<BTreeMap<String, LimitSpec>>,
+    /// `windows:` (file only): recurring maintenance windows by name, which `run` writes into
+    /// the database at start (those of an earlier config it no longer names are ended).
+    pub windows: BTreeMap<String, crate::windows::ConfigWindow>,
     /// Per partitioned limit, how many partition values are tracked; the values beyond share
     /// [`crate::limits::OVERFLOW_PARTITION`].
     pub limit_partitions: u32,
@@ -266,6 +269,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(WORKLOAD_KEYS, "", true));
     keys.extend(KeyInfo::of(TRACING_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
+    keys.extend(KeyInfo::of(crate::windows::WINDOW_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
 }
@@ -290,6 +294,7 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         key::apply(LIMIT_KEYS, "", raw, env, &mut limits)?;
         config.limits = Some(limits);
     }
+    key::apply(crate::windows::WINDOW_KEYS, "", raw, env, &mut config.windows)?;
     config.adapters = AdaptersConfig::resolve(raw, env)?;
     Ok(config)
 }

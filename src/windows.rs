@@ -15,6 +15,7 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 
 use crate::limits::PayloadPath;
+use crate::settings::key::{Found, Key, KeyDefault, key};
 
 /// The longest reason kept.
 pub const MAX_REASON: usize = 500;
@@ -321,6 +322,76 @@ impl WindowSpec {
         text == f.value
     }
 }
+
+/// A recurring window declared in the config (`windows.<name>`), as its keys give it; `run`
+/// writes it into the database at start (`store.windows().replace_config`), opened by
+/// `config <name>`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigWindow {
+    pub types: Vec<String>,
+    pub field: Option<String>,
+    pub value: Option<String>,
+    pub cron: String,
+    pub duration: Duration,
+    pub time_zone: String,
+    pub reason: String,
+}
+
+impl ConfigWindow {
+    /// The window `name` declares, applying from `now`; each error names its field.
+    pub fn spec(&self, name: &str, now: DateTime<Utc>) -> Result<WindowSpec, String> {
+        check_types(&self.types)?;
+        let field = match (&self.field, &self.value) {
+            (Some(f), Some(v)) => Some(field_match(f, v)?),
+            (None, None) => None,
+            _ => return Err("field and value go together".into()),
+        };
+        let spec = WindowSpec {
+            matcher: Matcher { types: self.types.clone(), field },
+            starts_at: now,
+            ends_at: None,
+            recurrence: Some(Recurrence::parse(&self.cron, self.duration, &self.time_zone)?),
+            reason: check_reason(&self.reason)?,
+            opened_by: format!("config {name}"),
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+}
+
+fn entry<'m>(m: &'m mut std::collections::BTreeMap<String, ConfigWindow>, at: &Found<'_>) -> &'m mut ConfigWindow {
+    m.entry(at.entry().to_string()).or_default()
+}
+
+/// The config's `windows:` keys (file only): recurring windows, each under a name.
+pub const WINDOW_KEYS: &[Key<std::collections::BTreeMap<String, ConfigWindow>>] = &[
+    key!("windows.<name>.types": Vec<String> = KeyDefault::Required,
+    "The action types a recurring maintenance window holds, e.g. `[WEBHOOK]`",
+    |m, v, _at| entry(m, _at).types = v),
+    key!("windows.<name>.field": Option<String> = KeyDefault::Unset,
+    "`payload.FIELD`: hold only the actions whose payload has `value` there",
+    |m, v, _at| entry(m, _at).field = v),
+    key!("windows.<name>.value": Option<String> = KeyDefault::Unset,
+    "The payload field's value (with `field`)",
+    |m, v, _at| entry(m, _at).value = v),
+    key!("windows.<name>.cron": String = KeyDefault::Required,
+    "When it opens: a five-field cron expression read in `time_zone`, e.g. `0 2 * * SUN`",
+    |m, v, _at| entry(m, _at).cron = v),
+    key!("windows.<name>.duration_seconds": f64 = KeyDefault::Required,
+    "How long each occurrence stays open (at most 7 days)",
+    |m, v, at| entry(m, at).duration = at.seconds(v, false)?),
+    key!("windows.<name>.time_zone": String = KeyDefault::Value("UTC"),
+    "The IANA time zone the cron expression is read in, e.g. `Europe/Madrid`",
+    |m, v, _at| entry(m, _at).time_zone = v),
+    key!("windows.<name>.reason": String = KeyDefault::Required,
+    "Why, shown beside it (1 to 500 characters)",
+    |m, v, at| {
+        let w = entry(m, at);
+        w.reason = v;
+        // The entry's last key: the entry is whole.
+        w.spec(at.entry(), crate::model::now()).map_err(|e| at.entry_error(e))?;
+    }),
+];
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
-//! The `windows` rows: open (add), list, end; and what the claim leaves out while windows are
-//! open ([`Store::held_filter`]), one indexed read of the rows not yet past per claim.
+//! The `windows` rows: open (add, or fenced for a rule), list, end, the config's written whole
+//! (`replace_config`); and what the claim leaves out while windows are open
+//! ([`Store::held_filter`]): the rows not yet over, re-read only when their signature changes.
 //!
 //! When no window is open the filter is empty and every claim statement is exactly what it is
 //! without windows. It decides nothing of what a window means (`crate::windows` says when one
@@ -139,6 +140,45 @@ impl crate::store::handles::Windows<'_> {
             out.push((w, n));
         }
         Ok(out)
+    }
+
+    /// Writes the config's recurring windows (`run`, at start): a window of the config that a
+    /// live `config <name>` row already says exactly is kept; one that differs replaces it (the
+    /// old row is ended); a `config <name>` row whose name the config no longer has is ended.
+    /// Returns (opened, ended).
+    pub async fn replace_config(
+        self,
+        declared: &std::collections::BTreeMap<String, windows::ConfigWindow>,
+    ) -> Result<(usize, usize), StoreError> {
+        let now = self.store.now();
+        let live = self.list(false).await?;
+        let ours: Vec<&Window> = live.iter().filter(|w| w.spec.opened_by.starts_with("config ")).collect();
+        let (mut opened, mut ended) = (0, 0);
+        let mut keep = std::collections::BTreeSet::new();
+        for (name, cw) in declared {
+            let spec = cw.spec(name, now).map_err(|e| StoreError::Internal(format!("windows.{name}: {e}")))?;
+            let same = |w: &&&Window| {
+                w.spec.opened_by == spec.opened_by
+                    && w.spec.matcher == spec.matcher
+                    && w.spec.recurrence == spec.recurrence
+                    && w.spec.reason == spec.reason
+            };
+            match ours.iter().find(same) {
+                Some(w) => {
+                    keep.insert(w.id);
+                }
+                None => {
+                    keep.insert(self.add(&spec).await?.id);
+                    opened += 1;
+                }
+            }
+        }
+        for w in ours.iter().filter(|w| !keep.contains(&w.id)) {
+            if matches!(self.end(w.id).await?, WindowEnd::Ended(_)) {
+                ended += 1;
+            }
+        }
+        Ok((opened, ended))
     }
 
     /// The windows open now, by the store's clock.

@@ -33,6 +33,8 @@ backend_tests!(
     a_deploy_window_holds_webhook_across_ticks_and_the_tick_says_so,
     a_breaker_rule_opens_a_capped_window_fenced,
     another_process_s_window_holds_from_the_next_claim,
+    the_config_s_recurring_windows_are_written_and_replaced,
+    run_writes_the_config_s_windows_at_start,
 );
 
 fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
@@ -411,4 +413,67 @@ async fn claim_cost_with_windows() {
         eprintln!("{backend}: {none:.0} µs per claim without windows, {many:.0} µs with 1,000 (500 open)");
         db.cleanup().await;
     }
+}
+
+fn config_from(db: &TestDb, yaml: &str) -> Result<orchestrator::config::Config, String> {
+    let path = db.dir.path().join("windows.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let none = |_: &str| None;
+    orchestrator::config::Config::load_from(orchestrator::config::Inputs {
+        config_file: Some(&path),
+        env: &none,
+        env_names: &[],
+        overrides: Default::default(),
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `windows:` in the config: checked by name when read; written by `run` at start as windows
+/// opened by `config <name>`, kept when unchanged, replaced when changed, ended when gone.
+async fn the_config_s_recurring_windows_are_written_and_replaced(db: &TestDb) {
+    let yaml = "windows:\n  deploys:\n    types: [WEBHOOK]\n    cron: \"0 2 * * SUN\"\n    duration_seconds: 7200\n    \
+                time_zone: Europe/Madrid\n    reason: weekly\n";
+    let config = config_from(db, yaml).unwrap();
+    assert_eq!(db.store.windows().replace_config(&config.windows).await.unwrap(), (1, 0));
+    let first = db.store.windows().list(false).await.unwrap();
+    assert_eq!((first.len(), first[0].spec.opened_by.as_str()), (1, "config deploys"));
+    assert_eq!(first[0].spec.recurrence.as_ref().unwrap().cron(), "0 2 * * SUN");
+    assert_eq!(db.store.windows().replace_config(&config.windows).await.unwrap(), (0, 0), "unchanged: kept");
+    let changed = config_from(db, &yaml.replace("weekly", "weekly, longer")).unwrap();
+    assert_eq!(db.store.windows().replace_config(&changed.windows).await.unwrap(), (1, 1), "changed: replaced");
+    let none = config_from(db, "tick_interval_seconds: 5\n").unwrap();
+    assert_eq!(db.store.windows().replace_config(&none.windows).await.unwrap(), (0, 1), "gone: ended");
+    assert!(db.store.windows().list(false).await.unwrap().is_empty());
+    // An operator's window is never the config's to end.
+    db.store.windows().add(&window(&["NOOP"], None, db.store.now(), Duration::from_secs(60))).await.unwrap();
+    assert_eq!(db.store.windows().replace_config(&none.windows).await.unwrap(), (0, 0));
+    for (bad, named) in [
+        (yaml.replace("0 2 * * SUN", "0 2 * *"), "windows.deploys"),
+        (yaml.replace("Europe/Madrid", "Mars/Base"), "time_zone"),
+        (yaml.replace("[WEBHOOK]", "[\"bad type\"]"), "windows.deploys"),
+        (yaml.replace("    reason: weekly\n", ""), "reason"),
+        (yaml.replace("cron:", "crn:"), "crn"),
+    ] {
+        let e = config_from(db, &bad).unwrap_err();
+        assert!(e.contains(named), "{bad} should name {named}: {e}");
+    }
+}
+
+/// `orchestrator run` writes its config's windows before its first tick.
+async fn run_writes_the_config_s_windows_at_start(db: &TestDb) {
+    let yaml = "tick_interval_seconds: 1\nwindows:\n  nightly:\n    types: [WEBHOOK]\n    cron: \"0 2 * * *\"\n    \
+                duration_seconds: 3600\n    reason: nightly backups\n";
+    std::fs::write(db.dir.path().join("o.yaml"), yaml).unwrap();
+    let _daemon = crate::support::process::Server(crate::support::daemon::spawn(db, &["run", "--no-http"]));
+    let start = std::time::Instant::now();
+    let found = loop {
+        let list = db.store.windows().list(false).await.unwrap();
+        if !list.is_empty() {
+            break list;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "run never wrote the config's window");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found[0].spec.opened_by, "config nightly");
+    assert_eq!(found[0].spec.reason, "nightly backups");
 }
