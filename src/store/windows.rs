@@ -301,10 +301,14 @@ fn matcher_sql(backend: Backend, m: &Matcher) -> Result<String, StoreError> {
     Ok(match &m.field {
         None => cond,
         Some(f) => {
-            // The value was checked when the window was read (no control characters); a quote
-            // is doubled, the one escape an SQL string literal has on both backends.
-            let value = f.value.replace('\'', "''");
-            format!("({cond} AND {} = '{value}')", super::limits::part_expr(backend, &f.path))
+            // The value goes in as hex, which no quoting rule of either backend (nor a
+            // PostgreSQL without standard_conforming_strings) can read as anything but text.
+            let hex = hex::encode(f.value.as_bytes());
+            let value = match backend {
+                Backend::Sqlite => format!("CAST(X'{hex}' AS TEXT)"),
+                Backend::Postgres => format!("convert_from(decode('{hex}', 'hex'), 'UTF8')"),
+            };
+            format!("({cond} AND {} = {value})", super::limits::part_expr(backend, &f.path))
         }
     })
 }

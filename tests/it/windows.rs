@@ -108,14 +108,14 @@ async fn the_limited_pick_leaves_held_rows_out(db: &TestDb) {
 }
 
 async fn a_payload_field_matcher_holds_only_its_value(db: &TestDb) {
-    // A value with a quote and a placeholder-looking text is matched as itself.
-    for (i, partner) in ["o'brien {n} $1", "acme", "o'brien {n} $1"].iter().enumerate() {
+    // A value with a quote, a backslash and a placeholder-looking text is matched as itself.
+    for (i, partner) in ["o'brien \\' {n} $1", "acme", "o'brien \\' {n} $1"].iter().enumerate() {
         let a = action("WEBHOOK", &format!("k{i}"), 0, json!({"partner": partner}));
         queue::enqueue(&db.store, &a, 3).await.unwrap();
     }
     queue::enqueue(&db.store, &action("WEBHOOK", "num", 0, json!({"partner": 7})), 3).await.unwrap();
     let spec =
-        window(&["WEBHOOK"], Some(("payload.partner", "o'brien {n} $1")), db.store.now(), Duration::from_secs(60));
+        window(&["WEBHOOK"], Some(("payload.partner", "o'brien \\' {n} $1")), db.store.now(), Duration::from_secs(60));
     db.store.windows().add(&spec).await.unwrap();
     let seven = window(&["WEBHOOK"], Some(("payload.partner", "7")), db.store.now(), Duration::from_secs(60));
     db.store.windows().add(&seven).await.unwrap();
