@@ -88,6 +88,9 @@ pub struct Config {
     /// `schedules:` (file only): the named schedules the leader fires. `None` without the
     /// section (`run` leaves the schedules table as it is), `Some` with it, even `schedules: {}`.
     pub schedules: Option<BTreeMap<String, ScheduleSpec>>,
+    /// `windows:` (file only): recurring maintenance windows by name, which `run` writes into
+    /// the database at start (those of an earlier config it no longer names are ended).
+    pub windows: BTreeMap<String, crate::windows::ConfigWindow>,
     /// Per partitioned limit, how many partition values are tracked; the values beyond share
     /// [`crate::limits::OVERFLOW_PARTITION`].
     pub limit_partitions: u32,
@@ -281,6 +284,7 @@ pub fn keys() -> Vec<KeyInfo> {
     keys.extend(KeyInfo::of(APPROVALS_KEYS, "", true));
     keys.extend(KeyInfo::of(LIMIT_KEYS, "", false));
     keys.extend(KeyInfo::of(SCHEDULE_KEYS, "", false));
+    keys.extend(KeyInfo::of(crate::windows::WINDOW_KEYS, "", false));
     keys.extend(AdaptersConfig::keys());
     keys
 }
@@ -311,6 +315,7 @@ fn resolve(raw: &Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Co
         key::apply(SCHEDULE_KEYS, "", raw, env, &mut schedules)?;
         config.schedules = Some(schedules);
     }
+    key::apply(crate::windows::WINDOW_KEYS, "", raw, env, &mut config.windows)?;
     config.adapters = AdaptersConfig::resolve(raw, env)?;
     Ok(config)
 }

@@ -311,6 +311,11 @@ async fn apply(
                 .await
                 .map(|()| out.notes.push(format!("set_limit {action_type}.{field} = {value} for {seconds}s")))
         }
+        Kind::OpenWindow { types, field, seconds } => {
+            let spec = rule_window(store, d, types, field.as_ref(), *seconds);
+            let opened = store.windows().add_fenced(fence, &spec).await;
+            opened.map(|w| out.notes.push(format!("open_window {} for {seconds}s (window {})", d.kind.target(), w.id)))
+        }
         Kind::Enqueue { action_type, payload, key, approval } => {
             match rule_enqueue(store, config, action_type, payload, (key, *approval)) {
                 Ok(new) => store.actions().enqueue(auth, &new).await.map(|done| {
@@ -338,6 +343,25 @@ async fn apply(
         Ok(()) => Ok(Applied::Yes),
         Err(StoreError::Refused(why)) => Ok(Applied::Refused(why.to_string())),
         Err(e) => Err(e),
+    }
+}
+
+/// The window a rule's `open_window` asks for: from now, for `seconds`, opened by `rule R`.
+fn rule_window(
+    store: &Store,
+    d: &Decision,
+    types: &[String],
+    field: Option<&crate::windows::FieldMatch>,
+    seconds: u64,
+) -> crate::windows::WindowSpec {
+    let now = store.now();
+    crate::windows::WindowSpec {
+        matcher: crate::windows::Matcher { types: types.to_vec(), field: field.cloned() },
+        starts_at: now,
+        ends_at: Some(model::later_saturating(now, Duration::from_secs(seconds))),
+        recurrence: None,
+        reason: d.reason.clone(),
+        opened_by: format!("rule {}", d.rule),
     }
 }
 

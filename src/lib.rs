@@ -32,4 +32,5 @@ mod status;
 pub mod store;
 pub mod telemetry;
 pub mod tick;
+pub mod windows;
 pub mod worker;

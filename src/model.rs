@@ -326,6 +326,7 @@ exact_text_enum!(
         PauseSchedule => "pause_schedule",
         ResumeSchedule => "resume_schedule",
         Alert => "alert",
+        OpenWindow => "open_window",
     }
 );
 

@@ -40,6 +40,9 @@ pub struct Scenario {
     pub flags: StartFlags,
     /// The starting queue, group by group.
     pub queue: Vec<Group>,
+    /// Maintenance windows opened before the first tick (a deploy window).
+    #[serde(default)]
+    pub windows: Vec<ScenarioWindow>,
     /// How attempts of each action type end; a type not named here always succeeds.
     #[serde(default)]
     pub adapters: BTreeMap<String, Script>,
@@ -119,6 +122,27 @@ pub struct OperatorStep {
     pub change_target: Option<String>,
 }
 
+/// A maintenance window of a scenario: it holds `types` (and with `field`, only the actions
+/// whose payload has `value` there) from `from_seconds` after the first tick for `for_seconds`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioWindow {
+    pub types: Vec<String>,
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub from_seconds: f64,
+    pub for_seconds: f64,
+    #[serde(default = "scenario_reason")]
+    pub reason: String,
+}
+
+fn scenario_reason() -> String {
+    "scenario".into()
+}
+
 /// How a scripted action type behaves.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +199,9 @@ pub struct Expect {
     /// How many actions, in any status, end with a `last_error` that starts with each text.
     #[serde(default)]
     pub final_error_prefixes: BTreeMap<String, i64>,
+    /// Per tick (1-based), a text its ledger notes contain (e.g. `held by windows`).
+    #[serde(default)]
+    pub notes: BTreeMap<u32, String>,
 }
 
 /// Matches an applied decision: kind, and rule and target when given.
@@ -521,6 +548,26 @@ async fn seed(store: &Store, config: &Config, scenario: &Scenario) -> anyhow::Re
         store.actions().enqueue_many(&batch).await?;
         store.clock().advance(age);
     }
+    for (i, w) in scenario.windows.iter().enumerate() {
+        let field = match (&w.field, &w.value) {
+            (Some(f), Some(v)) => {
+                Some(crate::windows::field_match(f, v).map_err(|e| anyhow::anyhow!("window {i}: {e}"))?)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("window {i}: `field` and `value` go together"),
+        };
+        let at = |s: f64| start + chrono::Duration::milliseconds((s.max(0.0) * 1000.0) as i64);
+        let spec = crate::windows::WindowSpec {
+            matcher: crate::windows::Matcher { types: w.types.clone(), field },
+            starts_at: at(w.from_seconds),
+            ends_at: Some(at(w.from_seconds + w.for_seconds)),
+            recurrence: None,
+            reason: w.reason.clone(),
+            opened_by: "scenario".into(),
+        };
+        spec.check().map_err(|e| anyhow::anyhow!("window {i}: {e}"))?;
+        store.windows().add(&spec).await?;
+    }
     Ok(())
 }
 
@@ -587,6 +634,13 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             }
         }
     }
+    for (tick, text) in &expect.notes {
+        match timeline.iter().find(|t| t.tick == *tick) {
+            Some(t) if t.notes.contains(text.as_str()) => {}
+            Some(t) => failures.push(format!("tick {tick}'s notes should contain {text:?}: {:?}", t.notes)),
+            None => failures.push(format!("notes of tick {tick}: the run has {} tick(s)", timeline.len())),
+        }
+    }
     if !expect.final_dlq_errors.is_empty() {
         let dlq = store
             .actions()
@@ -599,6 +653,13 @@ async fn check(expect: &Expect, timeline: &[TickLine], store: &Store) -> anyhow:
             }
         }
     }
+    failures.extend(check_schedules(expect, store).await?);
+    Ok(failures)
+}
+
+/// Each schedule's fires and misfires against `expect`'s.
+async fn check_schedules(expect: &Expect, store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut failures = Vec::new();
     if !expect.schedule_fires.is_empty() || !expect.schedule_misfires.is_empty() {
         let rows = store.schedules().list().await?;
         for (what, expected) in [("fires", &expect.schedule_fires), ("misfires", &expect.schedule_misfires)] {

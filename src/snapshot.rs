@@ -46,6 +46,9 @@ pub struct Snapshot {
     /// Per schedule, by name: its state, when it fires next and how late its last fire was.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleSnap>,
+    /// The maintenance windows open now (`snap.windows`).
+    #[serde(default)]
+    pub windows: Vec<crate::windows::OpenWindow>,
 }
 
 /// Schedules in a snapshot, the first by name: the snapshot is recorded with every tick.
@@ -313,6 +316,7 @@ impl Snapshot {
             samples: Samples::default(),
             limits: BTreeMap::new(),
             schedules: BTreeMap::new(),
+            windows: Vec::new(),
         }
     }
 }
@@ -435,7 +439,13 @@ pub async fn build_with(
         samples,
         limits,
         schedules,
+        windows: open_windows(store, now).await?,
     })
+}
+
+/// The windows open at `now`, as rules see them.
+async fn open_windows(store: &Store, now: DateTime<Utc>) -> Result<Vec<crate::windows::OpenWindow>, StoreError> {
+    Ok(store.windows().open_now().await?.iter().filter_map(|w| crate::windows::OpenWindow::of(w, now)).collect())
 }
 
 /// The limits' usage and views, and the schedules' views, by type and by name.

@@ -20,6 +20,7 @@ mod m20261204_000012_tracked_keys;
 mod m20261205_000013_overflow_walk;
 mod m20261205_000014_traceparent;
 mod m20261206_000015_schedules;
+mod m20261206_000016_windows;
 mod m20261206_000017_approvals;
 
 /// The ordered list of migrations.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000013_overflow_walk::Migration),
             Box::new(m20261205_000014_traceparent::Migration),
             Box::new(m20261206_000015_schedules::Migration),
+            Box::new(m20261206_000016_windows::Migration),
             Box::new(m20261206_000017_approvals::Migration),
         ]
     }

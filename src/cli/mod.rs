@@ -23,6 +23,7 @@ mod output;
 mod rules;
 mod schedules;
 pub mod stdio;
+mod windows;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -185,6 +186,9 @@ pub enum Command {
     /// remove, pause, resume, run-now.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// Maintenance windows, held in the database for every host: list, add, end.
+    #[command(subcommand)]
+    Windows(windows::WindowsCommand),
     /// The tick ledger, newest first; with --follow, the last --limit oldest first, then each
     /// tick as it finishes, until Ctrl-C.
     Ticks {
@@ -683,6 +687,7 @@ async fn operate(command: Command, config: &Config, store: &Store, out: &output:
         Command::Actions(cmd) => actions(cmd, config, store, out).await?,
         Command::Limits(cmd) => limits::run(cmd, store, out).await?,
         Command::Schedules(cmd) => schedules::run(cmd, config, store, out).await?,
+        Command::Windows(cmd) => windows::run(cmd, store, out).await?,
         Command::Lease(cmd) => match cmd {
             LeaseCommand::Show => {
                 let report = read_status(config, store).await?;

@@ -32,6 +32,8 @@ use crate::queue::{self, EnqueueRequest, QueueError};
 use crate::store::{ActionFilter, Authority, FlagChange};
 use crate::tick::TickOutcome;
 
+mod windows;
+
 /// The name of the token a request was authorised by.
 #[derive(Clone, Debug)]
 pub(super) struct Who(pub(super) String);
@@ -61,6 +63,8 @@ pub(super) fn routes(state: AppState) -> Router<AppState> {
         .route("/api/schedules/{name}/resume", post(super::schedules::resume))
         .route("/api/schedules/{name}/run-now", post(super::schedules::run_now))
         .merge(super::approvals::routes())
+        .route("/api/windows", get(windows::list).post(windows::add))
+        .route("/api/windows/{id}/end", post(windows::end))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 

@@ -493,6 +493,8 @@ struct StatusBody {
     /// SUCCESS and CANCELLED actions finished in the last 24 hours (`queue` counts the open
     /// statuses only).
     finished_last_24h: std::collections::BTreeMap<ActionStatus, i64>,
+    /// The maintenance windows not yet over (`windows list`).
+    windows: Vec<crate::windows::WindowView>,
 }
 
 /// The window of `/status`'s `finished_last_24h`.
@@ -580,6 +582,8 @@ async fn status_page(
     let waiting_by_type = st.store.actions().waiting_by_type().await?;
     let workers_list = st.store.workers().list(st.config.workers.ttl).await?;
     let schedules = st.store.schedules().list().await?.into_iter().map(crate::schedules::view).collect();
+    let now = st.store.now();
+    let windows = st.store.windows().list(false).await?.into_iter().map(|w| w.view(now)).collect();
     Ok(axum::Json(StatusBody {
         report,
         mode,
@@ -593,6 +597,7 @@ async fn status_page(
         workers_list,
         schedules,
         finished_last_24h,
+        windows,
     })
     .into_response())
 }

@@ -15,6 +15,7 @@ pub(crate) mod convert;
 pub mod fixtures;
 pub(crate) mod pipeline;
 mod sandbox;
+mod windows;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -126,6 +127,14 @@ pub enum Kind {
         message: String,
         key: String,
     },
+    /// A maintenance window opened for `seconds` from now (at most
+    /// `crate::windows::MAX_RULE_WINDOW`), in the database, fenced: a breaker that holds a
+    /// type after a peer fails (`windows.rs` below).
+    OpenWindow {
+        types: Vec<String>,
+        field: Option<crate::windows::FieldMatch>,
+        seconds: u64,
+    },
 }
 
 impl Kind {
@@ -147,6 +156,7 @@ impl Kind {
             Kind::PauseSchedule { .. } => DecisionKind::PauseSchedule,
             Kind::ResumeSchedule { .. } => DecisionKind::ResumeSchedule,
             Kind::Alert { .. } => DecisionKind::Alert,
+            Kind::OpenWindow { .. } => DecisionKind::OpenWindow,
         }
     }
 
@@ -168,6 +178,7 @@ impl Kind {
             Kind::Enqueue { key, .. } => key.clone(),
             Kind::PauseSchedule { name } | Kind::ResumeSchedule { name } => format!("schedule:{name}"),
             Kind::Alert { key, .. } => key.clone(),
+            Kind::OpenWindow { types, field, .. } => windows::target(types, field.as_ref()),
         }
     }
 
@@ -517,13 +528,17 @@ fn collect(
     (decisions, invalid, overflow)
 }
 
-/// `pause_schedule` and `resume_schedule` with their schedule's `name`; any other kind is
-/// refused by name.
-fn schedule_kind(kind: &str, name: impl FnOnce() -> Result<String, String>) -> Result<Kind, String> {
+/// `pause_schedule` and `resume_schedule` with their schedule's `name`; the window kinds
+/// (`windows.rs`), which refuse any other kind by name.
+fn schedule_or_window_kind(
+    kind: &str,
+    obj: &serde_json::Map<String, Value>,
+    name: impl FnOnce() -> Result<String, String>,
+) -> Result<Kind, String> {
     let make: fn(String) -> Kind = match kind {
         "pause_schedule" => |name| Kind::PauseSchedule { name },
         "resume_schedule" => |name| Kind::ResumeSchedule { name },
-        other => return Err(format!("unknown decision kind {other:?}")),
+        other => return windows::kind_from_json(other, obj),
     };
     let name = name()?;
     crate::schedules::validate_name(&name).map_err(|e| format!("{kind}: {e}"))?;
@@ -623,7 +638,7 @@ pub fn decision_from_json(rule: &str, v: &Value) -> Result<Decision, String> {
             }
             Kind::Alert { severity, message: text("message")?, key }
         }
-        other => schedule_kind(other, || text("name"))?,
+        other => schedule_or_window_kind(other, obj, || text("name"))?,
     };
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => DEFAULT_PRIORITY,

@@ -76,6 +76,7 @@ pub fn engine(cfg: &RulesConfig) -> rhai::Engine {
     register_constructors(&mut e);
     register_schedule_constructors(&mut e);
     register_enqueue_for_approval(&mut e);
+    super::windows::register(&mut e);
     e
 }
 
@@ -91,7 +92,7 @@ fn register_schedule_constructors(e: &mut rhai::Engine) {
     }
 }
 
-fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {
+pub(super) fn decision(kind: &str, fields: Vec<(&str, Dynamic)>) -> Map {
     let mut m = Map::new();
     m.insert("kind".into(), kind.into());
     for (k, v) in fields {

@@ -74,6 +74,8 @@ pub async fn run(
     reload::watch_rules(engine.clone(), config.rules_dir.clone());
     limits_writer::write(store, config, &Registry::from_config(config)?, ConfigLimits::Replace).await?;
     scheduler::write(store, config).await?;
+    let (opened, ended) = store.windows().replace_config(&config.windows).await?;
+    tracing::info!(opened, ended, declared = config.windows.len(), "windows written from the config");
     reload::rewrite_on_hangup(store.clone(), reload);
     let server = if options.http { Some(http::start_instance(&engine, config, true).await?) } else { None };
     tracing::info!(

@@ -69,18 +69,21 @@ pub fn watch_rules(engine: Engine, dir: PathBuf) {
     });
 }
 
-/// On SIGHUP, `run` reads its config again and writes its `limits:` and `schedules:` sections
-/// into the database; a config that no longer loads is logged and changes nothing.
+/// On SIGHUP, `run` reads its config again and writes its `limits:`, `schedules:` and
+/// `windows:` sections into the database; a config that no longer loads is logged and changes nothing.
 pub fn rewrite_on_hangup(store: Store, reload: Reload) {
     let mut hup = signals::hangups();
     tokio::spawn(async move {
         while signals::next_hangup(&mut hup).await {
             crate::services::limits_writer::rewrite(&store, &*reload).await;
-            // A rejected config was named by the limits' rewrite; the schedules stay too.
-            if let Ok(config) = reload()
-                && let Err(e) = crate::services::scheduler::write(&store, &config).await
-            {
+            // A rejected config was named by the limits' rewrite; the schedules and windows stay too.
+            let Ok(config) = reload() else { continue };
+            if let Err(e) = crate::services::scheduler::write(&store, &config).await {
                 tracing::error!(error = %e, "could not write the schedules on SIGHUP; they stay as they were");
+            }
+            match store.windows().replace_config(&config.windows).await {
+                Ok((opened, ended)) => tracing::info!(opened, ended, "windows written from the config on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "could not write the windows on SIGHUP; they stay as they were"),
             }
         }
     });

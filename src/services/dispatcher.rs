@@ -101,6 +101,9 @@ pub struct LeftIdle {
     /// Due actions held by a full limit, and each limit that holds them.
     pub held: i64,
     pub held_by: Vec<String>,
+    /// Each open maintenance window that holds due work, e.g. `window 3 WEBHOOK (5 waiting)`
+    /// (its actions are counted in `held`).
+    pub held_by_windows: Vec<String>,
     /// Due actions nothing holds: 0 unless the work-conserving invariant is broken.
     pub unheld: i64,
 }
@@ -270,8 +273,15 @@ impl Dispatcher {
             return Ok(LeftIdle::default());
         }
         let usage = self.store.limits().limit_usage().await?;
-        let held = crate::limits::held_waiting(&usage).min(due);
-        Ok(LeftIdle { held, held_by: held_by(&usage), unheld: due - held })
+        let windows = self.store.windows().held_due().await?;
+        let by_windows: i64 = windows.iter().map(|(_, n)| n).sum();
+        let held = crate::limits::held_waiting(&usage).saturating_add(by_windows).min(due);
+        let held_by_windows = windows
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(w, n)| format!("window {} {} ({n} waiting)", w.id, w.spec.matcher.types.join(",")))
+            .collect();
+        Ok(LeftIdle { held, held_by: held_by(&usage), held_by_windows, unheld: due - held })
     }
 }
 

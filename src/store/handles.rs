@@ -53,4 +53,6 @@ handles! {
     notify => Notify;
     /// Schedules: the config's and an operator's, paused and resumed, and a leader's fenced fire.
     schedules => Schedules;
+    /// Maintenance windows: open, list, end.
+    windows => Windows;
 }

@@ -41,12 +41,14 @@ mod limits;
 mod logs;
 mod notify;
 mod schedules;
+mod windows;
 mod workers;
 pub use limits::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit};
 pub use notify::{CHANGE_POLL, WORK_CHANNEL, WorkListener, WorkWaiter};
 pub use schedules::{
     ConfigSchedulesWritten, FROM_CONFIG, FROM_OPERATOR, Fire, NewSchedule, NewScheduleView, ScheduleRow,
 };
+pub use windows::WindowEnd;
 pub use workers::{Beat, NewWorker, WorkerRow};
 
 use std::time::Duration;
@@ -336,6 +338,9 @@ pub struct Store {
     /// enqueue, say), on either backend; other processes hear a `NOTIFY` (PostgreSQL) or
     /// see the change at their next look ([`WorkWaiter`]).
     local_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The windows not yet over as last read, and the signature they were read under
+    /// (`windows.rs`): a claim re-reads them only when the signature changes.
+    windows_seen: std::sync::Arc<std::sync::Mutex<windows::Seen>>,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -556,7 +561,14 @@ impl Store {
         } else {
             None
         };
-        Ok(Store { db, relaxed, backend, clock: Clock::real(), local_wake: Default::default() })
+        Ok(Store {
+            db,
+            relaxed,
+            backend,
+            clock: Clock::real(),
+            local_wake: Default::default(),
+            windows_seen: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

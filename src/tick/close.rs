@@ -94,8 +94,11 @@ impl Facts {
             let by = self.throttled_by.join(", ");
             notes.insert(0, format!("throttled to {n} by rule {by} ({} due at the snapshot)", self.due_now));
         }
-        if idle.held > 0 {
+        if idle.held > 0 && (idle.held_by_windows.is_empty() || !idle.held_by.is_empty()) {
             notes.push(format!("held by limits: {}", idle.held_by.join(", ")));
+        }
+        if !idle.held_by_windows.is_empty() {
+            notes.push(format!("held by windows: {}", idle.held_by_windows.join(", ")));
         }
         if idle.unheld > 0 {
             tracing::error!(due = idle.unheld, "work-conserving invariant broken: due work left idle");
@@ -194,7 +197,12 @@ mod tests {
 
         let idle = facts(7, ran(0, 0));
         assert!(idle.needs_conserving_check());
-        let held = LeftIdle { held: 7, held_by: vec!["SLOW max_running 2 (7 waiting)".into()], unheld: 0 };
+        let held = LeftIdle {
+            held: 7,
+            held_by: vec!["SLOW max_running 2 (7 waiting)".into()],
+            unheld: 0,
+            ..Default::default()
+        };
         let (status, notes) = idle.judge(&held, vec![]);
         assert_eq!(status, TickStatus::Throttled);
         assert_eq!(notes, ["held by limits: SLOW max_running 2 (7 waiting)"]);
@@ -202,7 +210,7 @@ mod tests {
 
     #[test]
     fn due_work_left_idle_with_no_brake_is_a_broken_invariant() {
-        let left = LeftIdle { held: 0, held_by: vec![], unheld: 3 };
+        let left = LeftIdle { held: 0, held_by: vec![], unheld: 3, ..Default::default() };
         let (status, notes) = facts(3, ran(0, 0)).judge(&left, vec![]);
         assert_eq!(status, TickStatus::Idle);
         assert_eq!(notes, ["nothing due", "work-conserving invariant broken: 3 due action(s) left idle"]);

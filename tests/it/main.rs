@@ -35,6 +35,7 @@ mod store;
 mod tick;
 mod type_limits;
 mod verify;
+mod windows;
 
 mod alertmanager;
 mod browser;

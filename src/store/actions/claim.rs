@@ -176,8 +176,10 @@ impl Store {
         let mut limits = self.limits_in_force().await?;
         limits.retain(|l| claimer.serves(&l.action_type));
         let mut claimed = if limits.is_empty() {
+            // Open windows leave their rows out of the pick; none open: the statement is as ever.
+            let held = self.held_filter(&self.db).await?;
             let token = self.next_claim_token(&self.db).await?;
-            let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n));
+            let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n), &held);
             match self.backend {
                 Backend::Postgres => {
                     let txn = self.begin_write().await?;
@@ -288,8 +290,15 @@ impl Store {
             .rows_affected())
     }
 
-    /// The claim statement for `claimer` under `token`, of what `pick` says.
-    pub(in crate::store) fn claim_sql(&self, claimer: &Claimer, token: i64, pick: Pick<'_>) -> (String, Vec<Value>) {
+    /// The claim statement for `claimer` under `token`, of what `pick` says, leaving out what
+    /// `held` (the open windows' condition, or nothing) holds.
+    pub(in crate::store) fn claim_sql(
+        &self,
+        claimer: &Claimer,
+        token: i64,
+        pick: Pick<'_>,
+        held: &str,
+    ) -> (String, Vec<Value>) {
         let n = match pick {
             Pick::Due(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Pick::Ids(_) => 0,
@@ -351,8 +360,9 @@ impl Store {
             }
         }
         .replace("{from}", &Op::Claim.status_in())
-        .replace("{types}", &types)
-        .replace("{n}", "$5");
+        .replace("{n}", "$5")
+        // Last: `held` holds literals, which no later replacement may touch.
+        .replace("{types}", &format!("{types}{held}"));
         (sql, values)
     }
 }
@@ -415,12 +425,13 @@ impl crate::store::handles::Actions<'_> {
                 Backend::Postgres => "now()".to_string(),
                 Backend::Sqlite => bind(self.store.now().into()),
             };
+            let held = self.store.held_filter(&txn).await?;
             let sql = PICK_DUE
                 .replace("{due}", &crate::store::due_sql(&now))
                 .replace("{order}", crate::store::CLAIM_ORDER_SQL)
-                .replace("{types}", &types)
                 .replace("{n}", "$1")
-                .replace("{lock}", "");
+                .replace("{lock}", "")
+                .replace("{types}", &format!("{types}{held}"));
             let rows = txn.query_all_raw(self.store.stmt(&sql, values)).await.doing("picking due actions")?;
             rows.iter().map(|r| r.try_get::<i64>("", "id")).collect::<Result<_, _>>().doing("picking due actions")?
         } else {

@@ -130,7 +130,7 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         let ids: Vec<i64> = chosen.iter().map(|(id, _, _)| *id).collect();
         let ids = serde_json::Value::from(ids).to_string();
-        let (sql, values) = self.claim_sql(claimer, token, Pick::Ids(&ids));
+        let (sql, values) = self.claim_sql(claimer, token, Pick::Ids(&ids), "");
         claimed_rows(self, txn, token, sql, values).await
     }
 

@@ -102,7 +102,7 @@ pub const BUSIEST_PARTITIONS: usize = 5;
 
 /// A type name as an SQL literal. Types pass `model::validate_type` (letters, digits, `_.:-`)
 /// before they reach here; anything else is refused rather than quoted.
-fn lit(t: &str) -> Result<String, StoreError> {
+pub(in crate::store) fn lit(t: &str) -> Result<String, StoreError> {
     crate::model::validate_type(t).map_err(|e| StoreError::Internal(format!("not a checked type name: {e}")))?;
     Ok(format!("'{t}'"))
 }
@@ -110,7 +110,7 @@ fn lit(t: &str) -> Result<String, StoreError> {
 /// A payload path's value as text, `''` when it is missing or the payload does not parse (a
 /// row that cannot be read is claimed and quarantined like any other, never an error here).
 /// Path segments are checked by `PayloadPath` (letters, digits, `_`, `-`).
-fn part_expr(backend: Backend, path: &PayloadPath) -> String {
+pub(in crate::store) fn part_expr(backend: Backend, path: &PayloadPath) -> String {
     match backend {
         Backend::Sqlite => {
             let p: String = path.segments().iter().map(|s| format!(".\"{s}\"")).collect();

@@ -72,6 +72,9 @@ pub(super) struct Picking<'a> {
     /// At the partition cap, walk the tracked partitions' rows in claim order
     /// ([`Store::tracked_walk`]) before probing each tracked value (off in tests, to compare).
     pub(super) walk_tracked: bool,
+    /// What open maintenance windows hold (`store/windows.rs`, ` AND NOT (...)`), added to
+    /// every due condition of the pick; empty when none is open.
+    pub(super) held: String,
 }
 
 impl<'a> Picking<'a> {
@@ -115,6 +118,7 @@ impl<'a> Picking<'a> {
             chosen: Vec::new(),
             held_back: HashMap::new(),
             walk_tracked: true,
+            held: String::new(),
         }
     }
 
@@ -248,7 +252,9 @@ impl Store {
         let (now, keyed_for) = lock_gates(self, txn, refs).await?;
         self.key_partitions(txn, refs, &keyed_for).await?;
         let usage = super::usage::read_usage(self, txn, refs, now).await?;
-        self.pick_passes(txn, claimer, Picking::start(refs, usage, now, partitions_cap, n)).await
+        let mut picking = Picking::start(refs, usage, now, partitions_cap, n);
+        picking.held = self.held_filter(txn).await?;
+        self.pick_passes(txn, claimer, picking).await
     }
 
     /// Steps 5 to 8 from pick `p` as step 4 left it: the passes, until the batch is full or a
@@ -308,7 +314,7 @@ impl Store {
         values.push(i(want as u64).into());
         let limit_at = format!("${}", values.len());
         let lock = if self.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-        let due = format!("{}{types}{exclude}", super::super::due_sql(&now_at));
+        let due = format!("{}{types}{exclude}{}", super::super::due_sql(&now_at), p.held);
         let order = super::super::CLAIM_ORDER_SQL;
         let pick = match due_types {
             Some(list)
@@ -422,7 +428,7 @@ impl Store {
         let keys_wanted = want.saturating_add(1);
         let mut values: Vec<Value> = vec![l.action_type.as_str().into(), p.now.into()];
         let keys = self.keys_with_room(full, &mut values);
-        let due = format!("action_type = $1 AND {}{}", super::super::due_sql("$2"), chosen_sql(&p.chosen));
+        let due = format!("action_type = $1 AND {}{}{}", super::super::due_sql("$2"), chosen_sql(&p.chosen), p.held);
         let order = format!("ORDER BY {}", super::super::CLAIM_ORDER_SQL);
         let f_order = super::super::claim_order_of("f");
         let by_key = self.by_key_hint();
@@ -510,10 +516,11 @@ impl Store {
         let walk = |overflow: u8, limit_at: &str| {
             format!(
                 "SELECT * FROM (SELECT id, action_type, part_key AS part, CAST(priority AS BIGINT) AS prio, not_before \
-                 FROM actions{hint} WHERE action_type = $1 AND part_overflow = {overflow} AND {}{} \
+                 FROM actions{hint} WHERE action_type = $1 AND part_overflow = {overflow} AND {}{}{} \
                  ORDER BY {} LIMIT {limit_at}) w{overflow}",
                 super::super::due_sql("$2"),
                 chosen_sql(&p.chosen),
+                p.held,
                 super::super::CLAIM_ORDER_SQL
             )
         };
