@@ -461,15 +461,21 @@ impl Out {
             }
         }
         match &s.last_tick {
-            Some(t) => say!(
-                self,
-                "last:    tick #{} {} at {} ({} attempted, {} succeeded)",
-                t.id,
-                t.status,
-                opt_ts(&t.finished_at),
-                t.actions_attempted,
-                t.actions_succeeded
-            ),
+            Some(t) => {
+                say!(
+                    self,
+                    "last:    tick #{} {} at {} ({} attempted, {} succeeded)",
+                    t.id,
+                    t.status,
+                    opt_ts(&t.finished_at),
+                    t.actions_attempted,
+                    t.actions_succeeded
+                );
+                // Why it ran what it ran: a brake, a window, a schedule's fire.
+                if let Some(notes) = t.notes.as_deref().filter(|n| !n.is_empty()) {
+                    say!(self, "         {notes}");
+                }
+            }
             None => say!(self, "last:    no tick yet"),
         }
     }
