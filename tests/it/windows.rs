@@ -20,7 +20,7 @@ use crate::backend_tests;
 use crate::support::TestDb;
 use crate::support::api::{admin, call, config, state};
 use crate::support::limits::{action, enqueue, spec};
-use crate::support::{bin, json, run, stderr};
+use crate::support::{bin, json, run, stderr, stdout};
 
 backend_tests!(
     a_window_holds_webhook_while_noop_flows,
@@ -189,6 +189,11 @@ async fn the_cli_adds_lists_and_ends_windows(db: &TestDb) {
     let w = json(&o);
     assert_eq!((w["open"].clone(), w["matcher"]["types"].clone()), (json!(true), json!(["WEBHOOK"])));
     let id = w["id"].as_i64().unwrap();
+    // A tick that only the window holds says so, and `status` prints its notes under it.
+    assert_eq!(orch(db, &["enqueue", "WEBHOOK", "--payload", r#"{"target":"hook"}"#]).status.code(), Some(0));
+    assert_eq!(orch(db, &["run-once"]).status.code(), Some(0));
+    let status = stdout(&orch(db, &["status"]));
+    assert!(status.contains("THROTTLED") && status.contains("held by windows: window"), "{status}");
     let o = orch(
         db,
         &[
