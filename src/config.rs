@@ -956,6 +956,9 @@ limits:
         let block = "limits:\n  NOOP:\n    max_running: 0\n    rate: '5/m'\n    partition_by: payload.a.b\n";
         let noop = &load(Some(block), &[]).unwrap().limits.unwrap()["NOOP"];
         assert_eq!((noop.max_running, noop.partition_by.as_ref().map(|p| p.segments().len())), (Some(0), Some(2)));
+        let block = "limits:\n  POST_SOCIAL: {allowed_hours: '09:00-21:00 Europe/Madrid'}\n";
+        let social = &load(Some(block), &[]).unwrap().limits.unwrap()["POST_SOCIAL"];
+        assert_eq!(social.allowed_hours.map(|h| h.to_string()).as_deref(), Some("09:00-21:00 Europe/Madrid"));
 
         assert_eq!(load(None, &[]).unwrap().limits, None, "no section: `run` leaves the table alone");
         assert_eq!(load(Some("limits:\n"), &[]).unwrap().limits, None, "null is not given, as for every key");
@@ -977,7 +980,16 @@ limits:
                 "partition_by: partner",
                 "o.yaml:5:61: limits.WEBHOOK.partition_by 'partner' is not a payload path (write payload.FIELD",
             ),
-            ("{max_running: 1}", "{}", "o.yaml:4:16: limits.COMMAND: names no limit (give max_running, rate or"),
+            (
+                "{max_running: 1}",
+                "{}",
+                "o.yaml:4:16: limits.COMMAND: names no limit (give max_running, rate, daily_budget or allowed_hours)",
+            ),
+            (
+                "{max_running: 1}",
+                "{allowed_hours: '9-17 UTC'}",
+                "limits.COMMAND.allowed_hours '9-17 UTC' has '9', not a time of day HH:MM",
+            ),
             ("{max_running: 1}", "{partition_by: payload.x}", "o.yaml:4:16: limits.COMMAND: names no limit"),
             (
                 "{max_running: 1}",
@@ -989,7 +1001,7 @@ limits:
                 "daily_budget: 2000",
                 "daily_budjet: 2000",
                 "o.yaml:3:47: limits.POST_SOCIAL: unknown field `daily_budjet`, expected one of `max_running`, \
-                 `rate`, `daily_budget`, `partition_by`",
+                 `rate`, `daily_budget`, `allowed_hours`, `partition_by`",
             ),
             ("COMMAND:", "'COM MAND':", "o.yaml:4:19: limits.COM MAND: is not an action type: action type"),
         ];

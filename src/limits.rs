@@ -1,11 +1,12 @@
 //! Limits per action type: what `limits:` in the config, `orchestrator limits set`,
 //! `/api/limits` and a rule's `set_limit` say, checked once here. A [`LimitSpec`] holds at most
-//! three limits and an optional partition:
+//! three limits, an optional partition and allowed hours:
 //! - `max_running`: at most N attempts of the type `RUNNING` at once, on every host;
 //! - `rate`: at most N attempt starts in any window of the period (a sliding window, see
 //!   ARCHITECTURE.md "Limits");
 //! - `daily_budget`: at most N attempt starts per UTC day;
-//! - `partition_by`: the same limits per value of one payload field.
+//! - `partition_by`: the same limits per value of one payload field;
+//! - `allowed_hours`: the times of day the type's actions may start ([`AllowedHours`]).
 //!
 //! It also holds what the database holds of them ([`TypeLimit`], its overrides, the usage view
 //! [`LimitUsage`]) and every judgement on them: what a limit leaves ([`LimitSpec::remaining`],
@@ -130,6 +131,74 @@ impl serde::Serialize for PayloadPath {
     }
 }
 
+/// Allowed hours, `HH:MM-HH:MM ZONE` (`09:00-21:00 Europe/Madrid`): the times of day, on the
+/// zone's wall clock, when a type's actions may start. Outside them its due work is held, as an
+/// open window holds it: not claimed, blocking nothing else, deadlines still running. An end
+/// before the start spans midnight (`22:00-06:00 UTC`); `24:00` ends at midnight. A start that
+/// falls in a skipped hour (spring forward) opens at the first time after it; in a repeated
+/// hour the wall clock says when, so a window covering it covers both passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowedHours {
+    pub from: chrono::NaiveTime,
+    pub to: chrono::NaiveTime,
+    pub tz: chrono_tz::Tz,
+}
+
+impl AllowedHours {
+    /// True when an action of the type may start at `at`.
+    pub fn is_open(&self, at: DateTime<Utc>) -> bool {
+        let t = at.with_timezone(&self.tz).time();
+        if self.from < self.to { self.from <= t && t < self.to } else { t >= self.from || t < self.to }
+    }
+}
+
+impl FromStr for AllowedHours {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AllowedHours, String> {
+        let t = s.trim();
+        let bad = |why: &str| {
+            format!(
+                "allowed_hours '{}' {why} (write HH:MM-HH:MM ZONE, e.g. 09:00-21:00 Europe/Madrid)",
+                t.escape_debug()
+            )
+        };
+        let (span, zone) = t.split_once(char::is_whitespace).ok_or_else(|| bad("names no time zone"))?;
+        let (from, to) = span.split_once('-').ok_or_else(|| bad("has no '-' between its start and end"))?;
+        let time = |text: &str, end: bool| -> Result<chrono::NaiveTime, String> {
+            if end && text == "24:00" {
+                return Ok(chrono::NaiveTime::MIN);
+            }
+            match chrono::NaiveTime::parse_from_str(text, "%H:%M") {
+                Ok(v) if text.len() == 5 => Ok(v),
+                _ => Err(bad(&format!("has '{}', not a time of day HH:MM", text.escape_debug()))),
+            }
+        };
+        let (from, to) = (time(from, false)?, time(to, true)?);
+        if from == to {
+            return Err(bad("starts where it ends (leave allowed_hours out to allow every hour)"));
+        }
+        let tz = zone.trim().parse::<chrono_tz::Tz>().map_err(|_| {
+            bad(&format!("has '{}', not an IANA time zone (e.g. UTC, Europe/Madrid)", zone.trim().escape_debug()))
+        })?;
+        Ok(AllowedHours { from, to, tz })
+    }
+}
+
+impl fmt::Display for AllowedHours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let to =
+            if self.to == chrono::NaiveTime::MIN { "24:00".to_string() } else { self.to.format("%H:%M").to_string() };
+        write!(f, "{}-{to} {}", self.from.format("%H:%M"), self.tz.name())
+    }
+}
+
+impl serde::Serialize for AllowedHours {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// The limits of one action type. Every field `None`: no limit of that kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LimitSpec {
@@ -137,12 +206,24 @@ pub struct LimitSpec {
     pub rate: Option<Rate>,
     pub daily_budget: Option<u64>,
     pub partition_by: Option<PayloadPath>,
+    pub allowed_hours: Option<AllowedHours>,
 }
 
 impl LimitSpec {
     /// True when it limits nothing.
     pub fn is_empty(&self) -> bool {
-        self.max_running.is_none() && self.rate.is_none() && self.daily_budget.is_none()
+        !self.counts() && self.allowed_hours.is_none()
+    }
+
+    /// True when it counts something (running attempts, starts in a window, starts a day):
+    /// what the limited claim keeps track of. Allowed hours alone count nothing.
+    pub fn counts(&self) -> bool {
+        self.max_running.is_some() || self.rate.is_some() || self.daily_budget.is_some()
+    }
+
+    /// True when allowed hours hold the type at `at`.
+    pub fn closed_at(&self, at: DateTime<Utc>) -> bool {
+        self.allowed_hours.is_some_and(|h| !h.is_open(at))
     }
 
     /// Checks the numbers: each limit from 0 (nothing starts) to [`MAX_LIMIT`].
@@ -155,7 +236,7 @@ impl LimitSpec {
             }
         }
         if self.is_empty() {
-            return Err("names no limit (give max_running, rate or daily_budget)".into());
+            return Err("names no limit (give max_running, rate, daily_budget or allowed_hours)".into());
         }
         Ok(())
     }
@@ -171,7 +252,7 @@ impl LimitSpec {
     }
 }
 
-/// A field of a type's base limits: the three limits and the partition.
+/// A field of a type's base limits: the three limits, the partition and the allowed hours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BaseField {
     #[value(name = "max_running")]
@@ -182,11 +263,18 @@ pub enum BaseField {
     DailyBudget,
     #[value(name = "partition_by")]
     PartitionBy,
+    #[value(name = "allowed_hours")]
+    AllowedHours,
 }
 
 impl BaseField {
-    pub const ALL: [BaseField; 4] =
-        [BaseField::MaxRunning, BaseField::Rate, BaseField::DailyBudget, BaseField::PartitionBy];
+    pub const ALL: [BaseField; 5] = [
+        BaseField::MaxRunning,
+        BaseField::Rate,
+        BaseField::DailyBudget,
+        BaseField::PartitionBy,
+        BaseField::AllowedHours,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -194,6 +282,7 @@ impl BaseField {
             BaseField::Rate => "rate",
             BaseField::DailyBudget => "daily_budget",
             BaseField::PartitionBy => "partition_by",
+            BaseField::AllowedHours => "allowed_hours",
         }
     }
 
@@ -204,6 +293,7 @@ impl BaseField {
             BaseField::Rate => spec.rate.map(|r| r.to_string()),
             BaseField::DailyBudget => spec.daily_budget.map(|n| n.to_string()),
             BaseField::PartitionBy => spec.partition_by.as_ref().map(|p| p.to_string()),
+            BaseField::AllowedHours => spec.allowed_hours.map(|h| h.to_string()),
         }
     }
 
@@ -214,6 +304,7 @@ impl BaseField {
             BaseField::Rate => spec.rate = None,
             BaseField::DailyBudget => spec.daily_budget = None,
             BaseField::PartitionBy => spec.partition_by = None,
+            BaseField::AllowedHours => spec.allowed_hours = None,
         }
     }
 }
@@ -232,6 +323,7 @@ impl LimitSpec {
         self.rate = other.rate.or(self.rate);
         self.daily_budget = other.daily_budget.or(self.daily_budget);
         self.partition_by = other.partition_by.clone().or(self.partition_by);
+        self.allowed_hours = other.allowed_hours.or(self.allowed_hours);
         self
     }
 
@@ -459,6 +551,15 @@ impl TypeLimit {
     }
 }
 
+/// Takes the types whose allowed hours hold them at `now` out of `limits` and returns them (the
+/// claim leaves their rows out, as an open window's), and with them the types limited by
+/// allowed hours alone: the limited claim counts only what the others count.
+pub fn outside_hours(limits: &mut Vec<TypeLimit>, now: DateTime<Utc>) -> Vec<String> {
+    let closed = limits.iter().filter(|l| l.effective.closed_at(now)).map(|l| l.action_type.clone()).collect();
+    limits.retain(|l| l.effective.counts() && !l.effective.closed_at(now));
+    closed
+}
+
 /// What one (type, partition) has used and has left.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PartUsage {
@@ -493,13 +594,17 @@ pub struct LimitUsage {
     pub partitions: Vec<PartUsage>,
     /// Partitioned types: how many partition values are tracked.
     pub partitions_tracked: u64,
+    /// Its allowed hours hold it now.
+    pub outside_allowed_hours: bool,
 }
 
 impl LimitUsage {
     /// True when the type has nothing left of one of its limits (for a partitioned limit, its
-    /// tightest partition): its waiting work is held by the limit, by design.
+    /// tightest partition), or is outside its allowed hours: its waiting work is held by the
+    /// limit, by design.
     pub fn is_held(&self) -> bool {
-        [self.running_remaining, self.rate_remaining, self.budget_remaining].contains(&Some(0))
+        self.outside_allowed_hours
+            || [self.running_remaining, self.rate_remaining, self.budget_remaining].contains(&Some(0))
     }
 }
 
@@ -508,6 +613,11 @@ impl LimitUsage {
 /// queue.
 pub fn held_waiting(usage: &[LimitUsage]) -> i64 {
     usage.iter().filter(|u| u.is_held()).map(|u| i64::try_from(u.waiting).unwrap_or(i64::MAX)).sum()
+}
+
+/// The types whose work is held (see [`LimitUsage::is_held`]).
+pub fn held_types(usage: &[LimitUsage]) -> Vec<String> {
+    usage.iter().filter(|u| u.is_held()).map(|u| u.action_type.clone()).collect()
 }
 
 /// `limits:`, file only like `adapters:` so that every error points at the line and column of
@@ -531,6 +641,12 @@ pub const LIMIT_KEYS: &[Key<BTreeMap<String, LimitSpec>>] = &[
     |m, v, at| {
         let spec = limit_entry(m, at)?;
         spec.daily_budget = limit_field(v, at, |t| whole(LimitField::DailyBudget, t))?;
+    }),
+    key!("limits.<type>.allowed_hours": serde_yaml::Value = Unset,
+    "The times of day the type's actions may start, `HH:MM-HH:MM ZONE` (e.g. `09:00-21:00 Europe/Madrid`); outside them its due work waits, blocking nothing else",
+    |m, v, at| {
+        let spec = limit_entry(m, at)?;
+        spec.allowed_hours = limit_field(v, at, str::parse)?;
     }),
     key!("limits.<type>.partition_by": serde_yaml::Value = Unset,
     "`payload.FIELD`: the type's limits hold per value of that payload field",
@@ -621,6 +737,70 @@ mod tests {
         assert!(spec.validate().unwrap_err().contains("names no limit"));
         spec.set(LimitField::Rate, "3/1s").unwrap();
         spec.validate().unwrap();
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn allowed_hours_read_the_zone_s_wall_clock() {
+        let h: AllowedHours = " 09:00-21:00 Europe/Madrid ".parse().unwrap();
+        assert_eq!(h.to_string(), "09:00-21:00 Europe/Madrid");
+        // Winter, UTC+1: 08:00 UTC is 09:00 in Madrid, open; 20:00 UTC is 21:00, closed.
+        assert!(!h.is_open(utc("2027-01-15T07:59:59Z")));
+        assert!(h.is_open(utc("2027-01-15T08:00:00Z")));
+        assert!(h.is_open(utc("2027-01-15T19:59:59Z")));
+        assert!(!h.is_open(utc("2027-01-15T20:00:00Z")));
+        // Summer, UTC+2: 07:00 UTC is 09:00.
+        assert!(h.is_open(utc("2027-07-15T07:00:00Z")));
+        assert!(!h.is_open(utc("2027-07-15T19:00:00Z")));
+        // Across midnight, and to the end of the day.
+        let night: AllowedHours = "22:00-06:00 UTC".parse().unwrap();
+        assert!(night.is_open(utc("2027-01-15T23:30:00Z")) && night.is_open(utc("2027-01-16T05:59:00Z")));
+        assert!(!night.is_open(utc("2027-01-16T06:00:00Z")) && !night.is_open(utc("2027-01-16T12:00:00Z")));
+        let evening: AllowedHours = "18:00-24:00 UTC".parse().unwrap();
+        assert_eq!(evening.to_string(), "18:00-24:00 UTC");
+        assert!(evening.is_open(utc("2027-01-15T23:59:59Z")) && !evening.is_open(utc("2027-01-16T00:00:00Z")));
+    }
+
+    #[test]
+    fn allowed_hours_across_daylight_saving() {
+        // Madrid springs forward on 2027-03-28: 02:00 becomes 03:00. Hours from 02:30 open at
+        // 03:00 local (01:00 UTC), the first time past their start.
+        let h: AllowedHours = "02:30-04:00 Europe/Madrid".parse().unwrap();
+        assert!(!h.is_open(utc("2027-03-28T00:59:59Z")), "01:59:59 local");
+        assert!(h.is_open(utc("2027-03-28T01:00:00Z")), "03:00 local, after the skipped hour");
+        assert!(!h.is_open(utc("2027-03-28T02:00:00Z")), "04:00 local");
+        // It falls back on 2027-10-31: 03:00 becomes 02:00, and 02:00-03:00 comes twice. Hours
+        // covering it are open on both passes.
+        let h: AllowedHours = "02:00-03:00 Europe/Madrid".parse().unwrap();
+        assert!(h.is_open(utc("2027-10-31T00:30:00Z")), "02:30 local, first pass (UTC+2)");
+        assert!(h.is_open(utc("2027-10-31T01:30:00Z")), "02:30 local, second pass (UTC+1)");
+        assert!(!h.is_open(utc("2027-10-31T02:00:00Z")), "03:00 local");
+    }
+
+    #[test]
+    fn allowed_hours_refuse_what_they_cannot_read_by_name() {
+        for (bad, says) in [
+            ("09:00-21:00", "names no time zone"),
+            ("09:00 UTC", "no '-'"),
+            ("9:00-21:00 UTC", "'9:00', not a time of day"),
+            ("09:00-21:60 UTC", "'21:60', not a time of day"),
+            ("24:00-06:00 UTC", "'24:00', not a time of day"),
+            ("09:00-09:00 UTC", "starts where it ends"),
+            ("09:00-21:00 Europe/Atlantis", "not an IANA time zone"),
+        ] {
+            let e = bad.parse::<AllowedHours>().unwrap_err();
+            assert!(
+                e.starts_with("allowed_hours '") && e.contains(says) && e.contains("HH:MM-HH:MM ZONE"),
+                "{bad}: {e}"
+            );
+        }
+        let spec = LimitSpec { allowed_hours: Some("09:00-21:00 UTC".parse().unwrap()), ..LimitSpec::default() };
+        spec.validate().unwrap();
+        assert!(!spec.counts() && !spec.is_empty());
+        assert!(spec.closed_at(utc("2027-01-15T22:00:00Z")) && !spec.closed_at(utc("2027-01-15T10:00:00Z")));
     }
 
     #[test]

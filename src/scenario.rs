@@ -309,6 +309,10 @@ pub struct ScenarioResult {
 /// the engine's surroundings (e.g. emulate a past behaviour).
 pub type BeforeTick = Arc<dyn Fn(Store, u32) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// The longest a scenario's tick may take in real time (a tick of a scenario takes well under
+/// a second): past it the scenario fails, naming what its tick left running.
+const TICK_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Runs every `*.yaml` in `rules_dir/tests/scenarios` against the rules of `rules_dir`. A
 /// missing directory is no scenarios.
 pub async fn run_dir(rules_dir: &Path) -> Vec<ScenarioResult> {
@@ -383,6 +387,10 @@ pub async fn run(
         .await?;
     seed(&store, &config, scenario).await?;
     crate::services::scheduler::write(&store, &config).await?;
+    // The config's limits, as `run` writes them at its start.
+    if let Some(limits) = &config.limits {
+        store.limits().write_config_limits(limits, crate::store::ConfigLimits::Replace).await?;
+    }
     let targets = scripted_targets(scenario, &config);
     let mut engine = instance(&store, &config, scenario, &targets)?;
 
@@ -399,7 +407,7 @@ pub async fn run(
             engine = instance(&store, &config, scenario, &targets)?;
         }
         operate(&store, scenario.operator.iter().filter(|s| s.before_tick == n), &targets).await?;
-        let report = match engine.tick().await? {
+        let report = match watched_tick(&engine, &store, n).await? {
             TickOutcome::Ran(r) => r,
             TickOutcome::NotLeader { owner, .. } => anyhow::bail!("tick {n}: the lease is held by {owner}"),
         };
@@ -433,6 +441,28 @@ pub async fn run(
     let failures = check(&scenario.expect, &timeline, &store).await?;
     store.close().await?;
     Ok((timeline, failures))
+}
+
+/// Tick `n` of `engine`. A tick that never ends fails its scenario, saying what it left
+/// RUNNING, rather than hang the run that checks it.
+async fn watched_tick(engine: &Engine, store: &Store, n: u32) -> anyhow::Result<TickOutcome> {
+    if let Ok(ran) = tokio::time::timeout(TICK_WATCHDOG, engine.tick()).await {
+        return Ok(ran?);
+    }
+    let running = ActionFilter { status: Some(ActionStatus::Running), action_type: None, limit: 50 };
+    let left: Vec<String> = store
+        .actions()
+        .list_actions(&running)
+        .await?
+        .iter()
+        .map(|a| format!("{} {} attempt {}", a.id, a.action_type, a.attempts))
+        .collect();
+    anyhow::bail!(
+        "tick {n}: not over after {} s; RUNNING: [{}]; counts: {:?}",
+        TICK_WATCHDOG.as_secs(),
+        left.join(", "),
+        store.actions().open_counts().await?
+    )
 }
 
 /// One target counter per scripted type (the operator's `change_target` moves it): every type

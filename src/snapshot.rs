@@ -117,6 +117,12 @@ pub struct LimitView {
     /// The busiest partitions, for a partitioned limit.
     #[serde(default)]
     pub partitions: Vec<crate::limits::PartUsage>,
+    /// `HH:MM-HH:MM ZONE`, the times of day it may start; `()` for every hour.
+    #[serde(default)]
+    pub allowed_hours: Option<String>,
+    /// Its allowed hours hold it now (then `held` too).
+    #[serde(default)]
+    pub outside_allowed_hours: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -156,6 +162,8 @@ impl LimitView {
                 })
                 .collect(),
             partitions: u.partitions.clone(),
+            allowed_hours: spec.allowed_hours.map(|h| h.to_string()),
+            outside_allowed_hours: u.outside_allowed_hours,
         }
     }
 }
@@ -418,9 +426,12 @@ pub async fn build_with(
         partial_ticks_1h: stats.partial_ticks_1h,
     };
     let (usage, limits, schedules) = limits_and_schedules(store, now).await?;
-    // Work a limit holds back waits by design, and says so in `limits`: it does not make the
-    // queue saturated (the shipped `budget_blocked` rule is what alerts on a used-up budget).
-    let unheld = QueueView { pending: (queue.pending - crate::limits::held_waiting(&usage)).max(0), ..queue.clone() };
+    // Work a limit or a window holds back waits by design, and says so in `limits` and
+    // `windows`: it does not make the queue saturated (the shipped `budget_blocked` rule is what
+    // alerts on a used-up budget).
+    let by_windows = store.windows().held_count(&crate::limits::held_types(&usage)).await?;
+    let held = crate::limits::held_waiting(&usage).saturating_add(by_windows);
+    let unheld = QueueView { pending: (queue.pending - held).max(0), ..queue.clone() };
     let health = crate::health::workload(&workload_facts(&unheld, &recent, &ledger), thresholds);
     Ok(Snapshot {
         now,

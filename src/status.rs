@@ -160,8 +160,10 @@ async fn workload(
     thresholds: &HealthThresholds,
 ) -> Result<WorkloadHealth, StoreError> {
     let hour_ago = now - chrono::Duration::hours(1);
-    // As the snapshot does: work a limit holds back waits by design and is not saturation.
-    let held = crate::limits::held_waiting(limits);
+    // As the snapshot does: work a limit or a window holds back waits by design and is not
+    // saturation.
+    let by_windows = store.windows().held_count(&crate::limits::held_types(limits)).await?;
+    let held = crate::limits::held_waiting(limits).saturating_add(by_windows);
     let mut facts = health::WorkloadFacts {
         pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),
         oldest_pending_age_seconds: oldest_pending.map(|t| seconds_between(t, now).max(0.0)),

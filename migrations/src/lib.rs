@@ -22,6 +22,7 @@ mod m20261205_000014_traceparent;
 mod m20261206_000015_schedules;
 mod m20261206_000016_windows;
 mod m20261206_000017_approvals;
+mod m20261207_000018_allowed_hours;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000015_schedules::Migration),
             Box::new(m20261206_000016_windows::Migration),
             Box::new(m20261206_000017_approvals::Migration),
+            Box::new(m20261207_000018_allowed_hours::Migration),
         ]
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Subcommand};
 
 use super::{exit, fail, output};
-use crate::limits::{self, BaseField, LimitField, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit};
+use crate::limits::{self, AllowedHours, BaseField, LimitField, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit};
 use crate::store::{EditRefusal, LimitEdit, Store};
 
 /// Who an override from the command line is recorded as set by.
@@ -53,13 +53,19 @@ pub enum LimitsCommand {
         #[arg(long, value_name = "payload.FIELD", group = "fields",
               value_parser = |s: &str| s.parse::<PayloadPath>())]
         partition_by: Option<PayloadPath>,
+        /// The times of day the type's actions may start, HH:MM-HH:MM ZONE, e.g.
+        /// "09:00-21:00 Europe/Madrid"; outside them its work waits, blocking nothing else.
+        #[arg(long, value_name = "HH:MM-HH:MM ZONE", group = "fields",
+              value_parser = |s: &str| s.parse::<AllowedHours>())]
+        allowed_hours: Option<AllowedHours>,
     },
     /// Remove a type's limits and overrides, or with FIELD one field of its base limits.
     Clear {
         /// Action type, e.g. POST_SOCIAL.
         #[arg(value_parser = parse_type)]
         action_type: String,
-        /// Only this field of the base limits: max_running, rate, daily_budget or partition_by.
+        /// Only this field of the base limits: max_running, rate, daily_budget, partition_by or
+        /// allowed_hours.
         #[arg(value_enum)]
         field: Option<BaseField>,
     },
@@ -99,14 +105,14 @@ fn parse_type(s: &str) -> Result<String, String> {
 pub(super) async fn run(cmd: LimitsCommand, store: &Store, out: &output::Out) -> anyhow::Result<()> {
     match cmd {
         LimitsCommand::List => out.limits(&store.limits().limit_usage().await?),
-        LimitsCommand::Set { action_type, max_running, rate, daily_budget, partition_by } => {
+        LimitsCommand::Set { action_type, max_running, rate, daily_budget, partition_by, allowed_hours } => {
             // Merged into the row as it stands under its lock: a concurrent edit of another
             // field lands too.
-            let given = LimitSpec { max_running, rate, daily_budget, partition_by };
+            let given = LimitSpec { max_running, rate, daily_budget, partition_by, allowed_hours };
             if let Err(why) = store.limits().edit_limit(&action_type, &LimitEdit::Merge(given)).await? {
                 let text = match why {
                     EditRefusal::LimitsNothing => format!(
-                        "{action_type} would have no limit: give --max-running, --rate or --daily-budget with --partition-by"
+                        "{action_type} would have no limit: give --max-running, --rate, --daily-budget or --allowed-hours with --partition-by"
                     ),
                     other => format!("{action_type}: {other}"),
                 };

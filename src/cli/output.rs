@@ -116,6 +116,9 @@ fn spec_words(spec: &LimitSpec) -> String {
     if let Some(p) = &spec.partition_by {
         parts.push(format!("partition_by {p}"));
     }
+    if let Some(h) = &spec.allowed_hours {
+        parts.push(format!("allowed_hours {h}"));
+    }
     if parts.is_empty() { "no limit".to_string() } else { parts.join(", ") }
 }
 
@@ -153,6 +156,10 @@ fn usage_details(u: &LimitUsage, indent: &str) -> Vec<String> {
             one_line(&o.set_by, 40),
             one_line(&o.reason, 120)
         ));
+    }
+    if let Some(h) = &u.limit.effective.allowed_hours {
+        let now = if u.outside_allowed_hours { "outside them now: its due work waits" } else { "open now" };
+        lines.push(format!("{indent}allowed hours {h} ({now})"));
     }
     if let Some(t) = &u.budget_exhausted_at {
         lines.push(format!("{indent}daily budget used up since {}", ts(t)));

@@ -541,6 +541,7 @@ struct LimitBody {
     rate: Option<String>,
     daily_budget: Option<i64>,
     partition_by: Option<String>,
+    allowed_hours: Option<String>,
 }
 
 impl LimitBody {
@@ -554,6 +555,7 @@ impl LimitBody {
             rate: self.rate.map(|r| r.parse().map_err(|e| field("rate", e))).transpose()?,
             daily_budget: count(LimitField::DailyBudget, self.daily_budget)?,
             partition_by: self.partition_by.map(|p| p.parse().map_err(|e| field("partition_by", e))).transpose()?,
+            allowed_hours: self.allowed_hours.map(|h| h.parse().map_err(|e| field("allowed_hours", e))).transpose()?,
         };
         spec.validate().map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
         Ok(spec)
@@ -568,7 +570,8 @@ async fn limit_of(st: &AppState, action_type: &str) -> Result<Response, ApiError
     }
 }
 
-/// `PUT /api/limits/{type} {"max_running"?, "rate"?, "daily_budget"?, "partition_by"?}`:
+/// `PUT /api/limits/{type} {"max_running"?, "rate"?, "daily_budget"?, "partition_by"?,
+/// "allowed_hours"?}`:
 /// replaces the type's base limits (overrides in force stay); answers the type's limits.
 async fn put_limit(
     State(st): State<AppState>,

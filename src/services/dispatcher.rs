@@ -274,7 +274,11 @@ impl Dispatcher {
         }
         let usage = self.store.limits().limit_usage().await?;
         let windows = self.store.windows().held_due().await?;
-        let by_windows: i64 = windows.iter().map(|(_, n)| n).sum();
+        let by_windows = if windows.iter().any(|(_, n)| *n > 0) {
+            self.store.windows().held_count(&crate::limits::held_types(&usage)).await?
+        } else {
+            0
+        };
         let held = crate::limits::held_waiting(&usage).saturating_add(by_windows).min(due);
         let held_by_windows = windows
             .iter()
@@ -286,11 +290,16 @@ impl Dispatcher {
 }
 
 /// For each type whose due work a full limit holds (for a partitioned type: its tightest
-/// partition), what holds it, e.g. `SLOW max_running 2 (7 waiting)`.
+/// partition) or its allowed hours hold, what holds it, e.g. `SLOW max_running 2 (7 waiting)`,
+/// `POST_SOCIAL allowed_hours 09:00-21:00 Europe/Madrid (3 waiting)`.
 fn held_by(usage: &[crate::limits::LimitUsage]) -> Vec<String> {
     let mut why = Vec::new();
     for u in usage.iter().filter(|u| u.waiting > 0 && u.is_held()) {
         let spec = &u.limit.effective;
+        if let Some(hours) = spec.allowed_hours.filter(|_| u.outside_allowed_hours) {
+            why.push(format!("{} allowed_hours {hours} ({} waiting)", u.action_type, u.waiting));
+            continue;
+        }
         let full = [
             (u.running_remaining, spec.max_running.map(|n| format!("max_running {n}"))),
             (u.rate_remaining, spec.rate.map(|r| format!("rate {r}"))),

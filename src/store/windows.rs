@@ -142,6 +142,33 @@ impl crate::store::handles::Windows<'_> {
         Ok(out)
     }
 
+    /// The due actions the windows open now hold (each counted once, however many hold it),
+    /// leaving out those of `except` (types a full limit holds already, counted there): work
+    /// that waits by design, which the workload score does not count as saturation.
+    pub async fn held_count(self, except: &[String]) -> Result<i64, StoreError> {
+        let open = self.open_now().await?;
+        let Some(cond) = any_held_sql(self.store.backend, open.iter().map(|w| &w.spec.matcher))? else {
+            return Ok(0);
+        };
+        let mut values: Vec<Value> = vec![self.store.now().into()];
+        let mut sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {} AND {cond}", super::due_sql("$1"));
+        if !except.is_empty() {
+            let list: Vec<String> = except
+                .iter()
+                .map(|t| {
+                    values.push(t.as_str().into());
+                    format!("${}", values.len())
+                })
+                .collect();
+            sql.push_str(&format!(" AND action_type NOT IN ({})", list.join(", ")));
+        }
+        let row = self.store.db.query_one_raw(self.store.stmt(&sql, values)).await.doing("counting held actions")?;
+        match row {
+            Some(r) => r.try_get("", "n").doing("counting held actions"),
+            None => Ok(0),
+        }
+    }
+
     /// Writes the config's recurring windows (`run`, at start): a window of the config that a
     /// live `config <name>` row already says exactly is kept; one that differs replaces it (the
     /// old row is ended); a `config <name>` row whose name the config no longer has is ended.
@@ -240,12 +267,23 @@ impl Store {
         Ok(live)
     }
 
-    /// The condition a claim adds to its due rows while windows are open (` AND NOT (...)`),
-    /// or nothing when none is: then the claim's statement is exactly what it is without
-    /// windows. Read on `conn` (inside the claim's transaction where it has one).
-    pub(in crate::store) async fn held_filter<C: ConnectionTrait>(&self, conn: &C) -> Result<String, StoreError> {
+    /// The condition a claim adds to its due rows while windows are open or `closed` types are
+    /// outside their allowed hours (` AND NOT (...)`), or nothing when none is: then the claim's
+    /// statement is exactly what it is without windows. Read on `conn` (inside the claim's
+    /// transaction where it has one).
+    pub(in crate::store) async fn held_filter<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        closed: &[String],
+    ) -> Result<String, StoreError> {
         let now = self.now();
         let live = self.live_windows(conn).await?;
+        let open = live.iter().filter(|w| w.open_at(now).is_some()).map(|w| &w.spec.matcher);
+        if !closed.is_empty() {
+            // Allowed hours change with the limits a claim reads each time: not kept.
+            let hours = Matcher { types: closed.to_vec(), field: None };
+            return held_sql(self.backend, open.chain([&hours]));
+        }
         if let Ok(seen) = self.windows_seen.lock()
             && Arc::ptr_eq(&seen.live, &live)
             && let Some((from, until, sql)) = &seen.held
@@ -254,7 +292,7 @@ impl Store {
         {
             return Ok(sql.clone());
         }
-        let sql = held_sql(self.backend, live.iter().filter(|w| w.open_at(now).is_some()).map(|w| &w.spec.matcher))?;
+        let sql = held_sql(self.backend, open)?;
         // The first time any of them opens or closes: until then the condition stands.
         let until = live
             .iter()
@@ -275,6 +313,14 @@ pub(in crate::store) fn held_sql<'a>(
     backend: Backend,
     matchers: impl Iterator<Item = &'a Matcher>,
 ) -> Result<String, StoreError> {
+    Ok(any_held_sql(backend, matchers)?.map(|c| format!(" AND NOT {c}")).unwrap_or_default())
+}
+
+/// `(m1 OR m2 ...)`: a row any of `matchers` holds; `None` for none.
+fn any_held_sql<'a>(
+    backend: Backend,
+    matchers: impl Iterator<Item = &'a Matcher>,
+) -> Result<Option<String>, StoreError> {
     // The types held whole go in one `IN` list, however many windows name them: a thousand
     // open windows of a few types make one short condition.
     let mut whole: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
@@ -291,7 +337,7 @@ pub(in crate::store) fn held_sql<'a>(
     }
     conds.sort();
     conds.dedup();
-    Ok(if conds.is_empty() { String::new() } else { format!(" AND NOT ({})", conds.join(" OR ")) })
+    Ok(if conds.is_empty() { None } else { Some(format!("({})", conds.join(" OR "))) })
 }
 
 /// The condition on a row of `actions` that `m` holds, with its values as literals.

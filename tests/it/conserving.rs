@@ -258,7 +258,7 @@ async fn enforced_proof_mode_overrides_the_flag(db: &TestDb) {
 async fn the_shipped_scenarios_pass() {
     let results = orchestrator::scenario::run_dir(&shipped_rules()).await;
     let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(results.len(), 15, "{names:?}");
+    assert_eq!(results.len(), 16, "{names:?}");
     for r in &results {
         let timeline: Vec<String> = r.timeline.iter().map(|t| t.to_string()).collect();
         assert!(r.passed, "{}: {:?}\n{}", r.name, r.failures, timeline.join("\n"));

@@ -232,6 +232,7 @@ async fn thirty_concurrent_limit_sets_all_land(db: &TestDb) {
             rate: Some(Rate { count: i as u64 + 1, period: Duration::from_secs(3600) }),
             daily_budget: Some(100 + i as u64),
             partition_by: None,
+            allowed_hours: None,
         };
         assert_eq!((l.base, l.source), (want, LimitSource::Operator), "TYPE{i}");
     }
@@ -260,7 +261,8 @@ fn writer() -> impl proptest::strategy::Strategy<Value = Writer> {
         Just(BaseField::MaxRunning),
         Just(BaseField::Rate),
         Just(BaseField::DailyBudget),
-        Just(BaseField::PartitionBy)
+        Just(BaseField::PartitionBy),
+        Just(BaseField::AllowedHours)
     ];
     let limit = prop_oneof![Just(LimitField::MaxRunning), Just(LimitField::Rate), Just(LimitField::DailyBudget)];
     // A whole base: one limit at least, and any of the others.
@@ -296,6 +298,9 @@ fn spec_of(k: usize, fields: &[BaseField]) -> LimitSpec {
             BaseField::Rate => s.rate = Some(Rate { count: k as u64 + 1, period: Duration::from_secs(3600) }),
             BaseField::DailyBudget => s.daily_budget = Some(1000 + k as u64),
             BaseField::PartitionBy => s.partition_by = Some(format!("payload.f{k}").parse().unwrap()),
+            BaseField::AllowedHours => {
+                s.allowed_hours = Some(format!("{:02}:00-{:02}:30 UTC", k % 24, k % 24).parse().unwrap())
+            }
         }
     }
     s
@@ -375,6 +380,7 @@ async fn race_writers(
                         "rate": s.rate.map(|r| format!("{}/1h", r.count)),
                         "daily_budget": s.daily_budget,
                         "partition_by": s.partition_by.as_ref().map(|p| p.to_string()),
+                        "allowed_hours": s.allowed_hours.map(|h| h.to_string()),
                     });
                     let a = admin(&api, "PUT", &format!("/api/limits/{t}"), Some(&body.to_string())).await;
                     assert_eq!(a.status, StatusCode::OK, "writer {k}: {}", a.body);

@@ -48,11 +48,17 @@ async fn the_cli_sets_lists_overrides_and_clears_limits(db: &TestDb) {
     assert!(stdout(&orch(db, &["limits", "list"])).contains("no limits set"));
 
     let l = ok_json(db, &["limits", "set", "POST_SOCIAL", "--max-running", "2", "--rate", "300/1h"]);
-    assert_eq!(l["base"], json!({"max_running": 2, "rate": "300/1h", "daily_budget": null, "partition_by": null}));
+    assert_eq!(
+        l["base"],
+        json!({"max_running": 2, "rate": "300/1h", "daily_budget": null, "partition_by": null, "allowed_hours": null})
+    );
     assert_eq!(l["source"], "operator");
     // `set` merges: the fields not given keep their value.
     let l = ok_json(db, &["limits", "set", "POST_SOCIAL", "--daily-budget", "2000"]);
-    assert_eq!(l["base"], json!({"max_running": 2, "rate": "300/1h", "daily_budget": 2000, "partition_by": null}));
+    assert_eq!(
+        l["base"],
+        json!({"max_running": 2, "rate": "300/1h", "daily_budget": 2000, "partition_by": null, "allowed_hours": null})
+    );
 
     let before = db.store.db_now().await.unwrap();
     let l = ok_json(
@@ -103,7 +109,10 @@ async fn the_cli_sets_lists_overrides_and_clears_limits(db: &TestDb) {
 
     // clear TYPE FIELD removes one field of the base; never the last one.
     let l = ok_json(db, &["limits", "clear", "POST_SOCIAL", "rate"]);
-    assert_eq!(l["base"], json!({"max_running": 2, "rate": null, "daily_budget": 2000, "partition_by": null}));
+    assert_eq!(
+        l["base"],
+        json!({"max_running": 2, "rate": null, "daily_budget": 2000, "partition_by": null, "allowed_hours": null})
+    );
     assert_eq!(l["overrides"].as_array().unwrap().len(), 1, "the override stays");
     ok_json(db, &["limits", "clear", "POST_SOCIAL", "max_running"]);
     let o = orch(db, &["limits", "clear", "POST_SOCIAL", "daily_budget"]);
@@ -180,12 +189,15 @@ async fn the_api_sets_lists_overrides_and_clears_limits(db: &TestDb) {
     let l = a.json();
     assert_eq!(
         l["base"],
-        json!({"max_running": 10, "rate": "50/1s", "daily_budget": null, "partition_by": "payload.partner"})
+        json!({"max_running": 10, "rate": "50/1s", "daily_budget": null, "partition_by": "payload.partner", "allowed_hours": null})
     );
     assert_eq!(l["source"], "operator");
     // PUT replaces the base: what the body leaves out is no longer limited.
     let l = admin(&st, "PUT", "/api/limits/WEBHOOK", Some(r#"{"daily_budget": 100}"#)).await.json();
-    assert_eq!(l["base"], json!({"max_running": null, "rate": null, "daily_budget": 100, "partition_by": null}));
+    assert_eq!(
+        l["base"],
+        json!({"max_running": null, "rate": null, "daily_budget": 100, "partition_by": null, "allowed_hours": null})
+    );
     let stored = db.store.limits().list().await.unwrap();
     assert_eq!(stored[0].base, spec("daily_budget: '100'"));
 

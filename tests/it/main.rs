@@ -7,6 +7,7 @@
 
 mod support;
 
+mod allowed_hours;
 mod approvals;
 mod backup;
 mod bounds;

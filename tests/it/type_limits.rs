@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::backend_tests;
 use crate::support::TestDb;
-use crate::support::limits::{done, enqueue, limits_config, limits_config_polling, most_at_once, spec};
+use crate::support::limits::{done, enqueue, limits_config, limits_config_polling, most_at_once, spec, types};
 
 backend_tests!(
     a_full_type_waits_and_the_others_flow_past_it,
@@ -20,14 +20,6 @@ backend_tests!(
     rate_and_budget_count_starts_and_an_unstart_gives_them_back,
     an_override_narrows_a_type_until_it_expires,
 );
-
-fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for x in c {
-        *m.entry(x.action.action_type.clone()).or_default() += 1;
-    }
-    m
-}
 
 async fn claimer(db: &TestDb) -> Claimer {
     crate::support::worker(&db.store, "w", Duration::from_secs(30)).await

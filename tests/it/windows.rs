@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::backend_tests;
 use crate::support::TestDb;
 use crate::support::api::{admin, call, config, state};
-use crate::support::limits::{action, enqueue, spec};
+use crate::support::limits::{action, enqueue, spec, types};
 use crate::support::{bin, json, run, stderr, stdout};
 
 backend_tests!(
@@ -35,15 +35,8 @@ backend_tests!(
     another_process_s_window_holds_from_the_next_claim,
     the_config_s_recurring_windows_are_written_and_replaced,
     run_writes_the_config_s_windows_at_start,
+    work_a_window_holds_is_not_saturation,
 );
-
-fn types(c: &[Claimed]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for x in c {
-        *m.entry(x.action.action_type.clone()).or_default() += 1;
-    }
-    m
-}
 
 async fn claimer(store: &Store) -> Claimer {
     crate::support::worker(store, "w", Duration::from_secs(30)).await
@@ -481,4 +474,23 @@ async fn run_writes_the_config_s_windows_at_start(db: &TestDb) {
     };
     assert_eq!(found[0].spec.opened_by, "config nightly");
     assert_eq!(found[0].spec.reason, "nightly backups");
+}
+
+/// 60 WEBHOOK pending (over the default 50 of `saturated_pending`): saturation, until a window
+/// holds them; then the tick's snapshot and `status` count only what is free to run.
+async fn work_a_window_holds_is_not_saturation(db: &TestDb) {
+    enqueue(&db.store, "WEBHOOK", 60, 0, |i| json!({"i": i})).await;
+    let saturated = |reasons: &str| reasons.contains("queue saturated");
+    let status = || json(&orch(db, &["--json", "status"]))["workload"]["reasons"].to_string();
+    assert!(saturated(&status()), "{}", status());
+    let w =
+        db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(1800))).await.unwrap();
+    assert!(!saturated(&status()), "held by the window: {}", status());
+    let engine = db.engine(db.config());
+    let held = crate::support::ran(&engine).await;
+    let health = &held.snapshot.as_ref().unwrap().health;
+    assert!(!health.reasons.iter().any(|r| saturated(r)), "{health:?}");
+    assert_eq!(held.attempted, 0);
+    db.store.windows().end(w.id).await.unwrap();
+    assert!(saturated(&status()), "ended: {}", status());
 }

@@ -175,9 +175,11 @@ impl Store {
     async fn claim_up_to(&self, claimer: &Claimer, n: u64) -> Result<Vec<Claimed>, StoreError> {
         let mut limits = self.limits_in_force().await?;
         limits.retain(|l| claimer.serves(&l.action_type));
+        let closed = crate::limits::outside_hours(&mut limits, self.now());
         let mut claimed = if limits.is_empty() {
-            // Open windows leave their rows out of the pick; none open: the statement is as ever.
-            let held = self.held_filter(&self.db).await?;
+            // Open windows and allowed hours leave their rows out of the pick; none: the
+            // statement is as ever.
+            let held = self.held_filter(&self.db, &closed).await?;
             let token = self.next_claim_token(&self.db).await?;
             let (sql, values) = self.claim_sql(claimer, token, Pick::Due(n), &held);
             match self.backend {
@@ -191,7 +193,7 @@ impl Store {
                 Backend::Sqlite => claimed_rows(self, &self.db, token, sql, values).await?,
             }
         } else {
-            self.claim_limited(claimer, n, &limits, claimer.limit_partitions).await?
+            self.claim_limited(claimer, n, &limits, &closed, claimer.limit_partitions).await?
         };
         claimed.sort_by_key(|c| crate::store::claim_rank(c.action.priority.into(), c.action.not_before, c.action.id));
         Ok(claimed)
@@ -413,6 +415,7 @@ impl crate::store::handles::Actions<'_> {
         }
         let mut limits = crate::store::limits::read_limits(self.store, &txn, self.store.now()).await?;
         limits.retain(|l| l.enforced() && claimer.serves(&l.action_type));
+        let closed = crate::limits::outside_hours(&mut limits, self.store.now());
         let ids: Vec<i64> = if limits.is_empty() {
             self.store.walk_due_in_order(&txn).await?;
             let mut values: Vec<Value> = vec![i64::try_from(n).unwrap_or(i64::MAX).into()];
@@ -425,7 +428,7 @@ impl crate::store::handles::Actions<'_> {
                 Backend::Postgres => "now()".to_string(),
                 Backend::Sqlite => bind(self.store.now().into()),
             };
-            let held = self.store.held_filter(&txn).await?;
+            let held = self.store.held_filter(&txn, &closed).await?;
             let sql = PICK_DUE
                 .replace("{due}", &crate::store::due_sql(&now))
                 .replace("{order}", crate::store::CLAIM_ORDER_SQL)
@@ -437,7 +440,7 @@ impl crate::store::handles::Actions<'_> {
         } else {
             let mut refs: Vec<&crate::limits::TypeLimit> = limits.iter().collect();
             refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-            let picked = self.store.pick_limited(&txn, claimer, n, &refs, claimer.limit_partitions).await?;
+            let picked = self.store.pick_limited(&txn, claimer, n, &refs, &closed, claimer.limit_partitions).await?;
             picked.chosen.into_iter().map(|(id, _, _)| id).collect()
         };
         let ids = serde_json::Value::from(ids).to_string();

@@ -38,13 +38,14 @@ impl Store {
         claimer: &Claimer,
         n: u64,
         limits: &[TypeLimit],
+        closed: &[String],
         partitions_cap: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let txn = self.begin_write().await?;
         let token = self.next_claim_token(&txn).await?;
         let mut refs: Vec<&TypeLimit> = limits.iter().collect();
         refs.sort_by(|a, b| a.action_type.cmp(&b.action_type));
-        let pick = self.pick_limited(&txn, claimer, n, &refs, partitions_cap).await?;
+        let pick = self.pick_limited(&txn, claimer, n, &refs, closed, partitions_cap).await?;
         let held_back = self.held_back(&txn, &refs, &pick).await?;
         let claimed = if pick.chosen.is_empty() {
             Vec::new()

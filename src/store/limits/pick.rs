@@ -239,7 +239,8 @@ impl Picking<'_> {
 
 impl Store {
     /// The rows a limited claim of `n` for `claimer` takes now, in claim order, with what it
-    /// read to choose them; claims nothing. In `txn`, which takes the gates of `refs` (sorted
+    /// read to choose them, leaving out the rows of the `closed` types (outside their allowed
+    /// hours) and those open windows hold; claims nothing. In `txn`, which takes the gates of `refs` (sorted
     /// by type) and computes the partition keys of new rows. The steps are the module doc's.
     pub(in crate::store) async fn pick_limited(
         &self,
@@ -247,13 +248,14 @@ impl Store {
         claimer: &Claimer,
         n: u64,
         refs: &[&TypeLimit],
+        closed: &[String],
         partitions_cap: usize,
     ) -> Result<LimitedPick, StoreError> {
         let (now, keyed_for) = lock_gates(self, txn, refs).await?;
         self.key_partitions(txn, refs, &keyed_for).await?;
         let usage = super::usage::read_usage(self, txn, refs, now).await?;
         let mut picking = Picking::start(refs, usage, now, partitions_cap, n);
-        picking.held = self.held_filter(txn).await?;
+        picking.held = self.held_filter(txn, closed).await?;
         self.pick_passes(txn, claimer, picking).await
     }
 

@@ -13,7 +13,9 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::super::{Backend, Context, Fence, Store, StoreError};
 use super::{ConfigLimits, ConfigLimitsWritten, EditRefusal, LimitDisagreement, LimitEdit, i, u};
-use crate::limits::{LimitField, LimitOverride, LimitSource, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit};
+use crate::limits::{
+    AllowedHours, LimitField, LimitOverride, LimitSource, LimitSpec, LimitValue, PayloadPath, Rate, TypeLimit,
+};
 
 impl Store {
     /// The types whose limits are in force (something limited), for a claim.
@@ -275,7 +277,7 @@ impl crate::store::handles::Limits<'_> {
                 &format!(
                     "SELECT COUNT(*) AS n FROM limits l WHERE l.action_type = $1 AND l.source = 'override' \
                      AND l.max_running IS NULL AND l.rate_count IS NULL AND l.rate_seconds IS NULL \
-                     AND l.daily_budget IS NULL AND l.partition_by IS NULL AND NOT EXISTS \
+                     AND l.daily_budget IS NULL AND l.partition_by IS NULL AND l.allowed_hours IS NULL AND NOT EXISTS \
                      (SELECT 1 FROM limit_overrides o WHERE o.action_type = l.action_type AND o.expires_at > {})",
                     now_at(2)
                 ),
@@ -309,7 +311,7 @@ pub(in crate::store) async fn read_limits<C: ConnectionTrait>(
     };
     let sql = format!(
         "SELECT l.action_type, l.max_running, l.rate_count, l.rate_seconds, l.daily_budget, l.partition_by, \
-         l.source, l.updated_at, o.field, o.value, o.period_seconds, o.expires_at, o.reason, o.set_by, o.set_at \
+         l.allowed_hours, l.source, l.updated_at, o.field, o.value, o.period_seconds, o.expires_at, o.reason, o.set_by, o.set_at \
          FROM limits l LEFT JOIN limit_overrides o ON o.action_type = l.action_type AND o.expires_at > {now_sql} \
          ORDER BY l.action_type, o.field"
     );
@@ -406,16 +408,13 @@ fn base_spec(r: &sea_orm::QueryResult, errors: &mut Vec<String>) -> Result<Limit
             None
         }
     };
-    let partition: Option<String> = r.try_get("", "partition_by")?;
-    let partition_by = match partition.map(|p| p.parse::<PayloadPath>()) {
-        Some(Ok(p)) => Some(p),
-        Some(Err(e)) => {
-            errors.push(e);
-            None
-        }
-        None => None,
-    };
-    Ok(LimitSpec { max_running, rate, daily_budget, partition_by })
+    // A text field that does not parse is named in `errors` and read as unset.
+    fn parsed<T: std::str::FromStr<Err = String>>(text: Option<String>, errors: &mut Vec<String>) -> Option<T> {
+        text.and_then(|t| t.parse().map_err(|e| errors.push(e)).ok())
+    }
+    let partition_by: Option<PayloadPath> = parsed(r.try_get("", "partition_by")?, errors);
+    let allowed_hours: Option<AllowedHours> = parsed(r.try_get("", "allowed_hours")?, errors);
+    Ok(LimitSpec { max_running, rate, daily_budget, partition_by, allowed_hours })
 }
 
 /// Locks type `t`'s `limits` row for a read-modify-write and returns its base and source, or
@@ -433,7 +432,7 @@ async fn lock_limit(
     let doing = "locking a limit";
     let lock = if store.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
     let select = format!(
-        "SELECT max_running, rate_count, rate_seconds, daily_budget, partition_by, source FROM limits \
+        "SELECT max_running, rate_count, rate_seconds, daily_budget, partition_by, allowed_hours, source FROM limits \
          WHERE action_type = $1{lock}"
     );
     // A row deleted between the two statements (a `limits clear` at that moment) is created
@@ -484,11 +483,12 @@ async fn upsert_limit(
     .await
     .doing("resetting partitions")?;
     txn.execute_raw(store.stmt(
-        "INSERT INTO limits (action_type, max_running, rate_count, rate_seconds, daily_budget, partition_by, source, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (action_type) DO UPDATE SET \
+        "INSERT INTO limits (action_type, max_running, rate_count, rate_seconds, daily_budget, partition_by, \
+         allowed_hours, source, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (action_type) DO UPDATE SET \
          max_running = excluded.max_running, rate_count = excluded.rate_count, rate_seconds = excluded.rate_seconds, \
-         daily_budget = excluded.daily_budget, partition_by = excluded.partition_by, source = excluded.source, \
-         updated_at = excluded.updated_at",
+         daily_budget = excluded.daily_budget, partition_by = excluded.partition_by, \
+         allowed_hours = excluded.allowed_hours, source = excluded.source, updated_at = excluded.updated_at",
         [
             t.into(),
             spec.max_running.map(i).into(),
@@ -496,6 +496,7 @@ async fn upsert_limit(
             spec.rate.map(|r| i(r.period.as_secs())).into(),
             spec.daily_budget.map(i).into(),
             spec.partition_by.as_ref().map(|p| p.to_string()).into(),
+            spec.allowed_hours.map(|h| h.to_string()).into(),
             source.as_str().into(),
             now.into(),
         ],

@@ -244,6 +244,8 @@ impl crate::store::handles::Limits<'_> {
                 blocked_budget: gate.blocked[2],
                 partitions: list,
                 partitions_tracked: usage.tracked.get(t).map_or(0, |s| s.len() as u64),
+                // The store's clock, as the claim's: what it shows is what the claim does.
+                outside_allowed_hours: l.enforced() && l.effective.closed_at(self.store.now()),
             });
         }
         Ok(out)

@@ -21,12 +21,23 @@ pub fn action(t: &str, key: &str, priority: i32, payload: serde_json::Value) -> 
     }
 }
 
+/// How many of `claimed` are of each type.
+pub fn types(claimed: &[Claimed]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in claimed {
+        *m.entry(c.action.action_type.clone()).or_default() += 1;
+    }
+    m
+}
+
 pub fn spec(yaml: &str) -> LimitSpec {
     let v: BTreeMap<String, String> = serde_yaml::from_str(yaml).unwrap();
     let mut s = LimitSpec::default();
     for (k, v) in v {
         if k == "partition_by" {
             s.partition_by = Some(v.parse().unwrap());
+        } else if k == "allowed_hours" {
+            s.allowed_hours = Some(v.parse().unwrap());
         } else {
             s.set(k.parse().unwrap(), &v).unwrap();
         }
