@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Timelike, Utc};
 use orchestrator::model::Clock;
 use orchestrator::queue;
-use orchestrator::store::{Claimed, Claimer, Store, WindowEnd};
+use orchestrator::store::{Claimer, Store, WindowEnd};
 use orchestrator::windows::{Matcher, Recurrence, WindowSpec};
 use serde_json::{Value, json};
 
