@@ -36,6 +36,7 @@ backend_tests!(
     the_config_s_recurring_windows_are_written_and_replaced,
     run_writes_the_config_s_windows_at_start,
     work_a_window_holds_is_not_saturation,
+    work_a_window_holds_is_not_counted_as_held_back_by_a_limit,
 );
 
 async fn claimer(store: &Store) -> Claimer {
@@ -493,4 +494,23 @@ async fn work_a_window_holds_is_not_saturation(db: &TestDb) {
     assert_eq!(held.attempted, 0);
     db.store.windows().end(w.id).await.unwrap();
     assert!(saturated(&status()), "ended: {}", status());
+}
+
+/// A type at its `max_running` with due work counts each claim that held it back; while a window
+/// holds that work, the limit holds nothing back and the counter stays.
+async fn work_a_window_holds_is_not_counted_as_held_back_by_a_limit(db: &TestDb) {
+    db.store.limits().set_limit("WEBHOOK", &spec("{max_running: '1'}")).await.unwrap();
+    enqueue(&db.store, "WEBHOOK", 3, 0, |i| json!({"i": i})).await;
+    let c = claimer(&db.store).await;
+    assert_eq!(db.store.actions().claim(&c, 10).await.unwrap().len(), 1, "one runs; max_running holds the rest");
+    let blocked = || async {
+        let usage = db.store.limits().limit_usage().await.unwrap();
+        usage.iter().find(|u| u.action_type == "WEBHOOK").map(|u| u.blocked_running).unwrap()
+    };
+    let before = blocked().await;
+    assert!(db.store.actions().claim(&c, 10).await.unwrap().is_empty());
+    assert_eq!(blocked().await, before + 1, "the full limit held back due work");
+    db.store.windows().add(&window(&["WEBHOOK"], None, db.store.now(), Duration::from_secs(600))).await.unwrap();
+    assert!(db.store.actions().claim(&c, 10).await.unwrap().is_empty());
+    assert_eq!(blocked().await, before + 1, "the window holds it, not the limit");
 }

@@ -13,7 +13,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::super::actions::{Claimed, Claimer, Pick, claimed_rows};
 use super::super::{Backend, Context, Store, StoreError};
-use super::pick::{Chosen, LimitedPick, Room};
+use super::pick::{Chosen, LimitedPick};
 use super::usage::Usage;
 use super::{day_of, i, json_elems, lit, part_expr, window_conds};
 use crate::limits::{LimitField, OVERFLOW_PARTITION, PayloadPath, TypeLimit};
@@ -80,25 +80,24 @@ impl Store {
             if full.is_empty() {
                 continue;
             }
-            if let Some(f) = self.blocked_probe(txn, l, &full, &pick.left, &pick.usage, pick.now).await? {
+            if let Some(f) = self.blocked_probe(txn, l, &full, pick).await? {
                 held_back.insert(l.action_type.clone(), f);
             }
         }
         Ok(held_back)
     }
 
-    /// Whether type `l` has due work in a partition that was full at the start; the limit that
-    /// held it when so.
+    /// Whether type `l` has due work in a partition that was full at the start, which no open
+    /// window holds; the limit that held it when so.
     async fn blocked_probe(
         &self,
         txn: &DatabaseTransaction,
         l: &TypeLimit,
         full: &[&(String, String)],
-        left: &Room,
-        usage: &Usage,
-        now: DateTime<Utc>,
+        pick: &LimitedPick,
     ) -> Result<Option<LimitField>, StoreError> {
-        let mut values: Vec<Value> = vec![now.into()];
+        let LimitedPick { left, usage, now, held, .. } = pick;
+        let mut values: Vec<Value> = vec![(*now).into()];
         let cond = match &l.effective.partition_by {
             None => String::new(),
             Some(path) => {
@@ -113,7 +112,7 @@ impl Store {
             }
         };
         let sql = format!(
-            "SELECT 1 AS one FROM actions WHERE {} AND action_type = {}{cond} LIMIT 1",
+            "SELECT 1 AS one FROM actions WHERE {} AND action_type = {}{cond}{held} LIMIT 1",
             super::super::due_sql("$1"),
             lit(&l.action_type)?
         );

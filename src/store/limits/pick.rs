@@ -54,6 +54,8 @@ pub(in crate::store) struct LimitedPick {
     pub(super) left: Room,
     pub(super) full_at_start: HashSet<(String, String)>,
     pub(super) now: DateTime<Utc>,
+    /// The condition the pick added for open windows and allowed hours (see [`Picking::held`]).
+    pub(super) held: String,
 }
 
 /// A pick in progress: what the types use and have left, and what the passes chose so far.
@@ -211,8 +213,8 @@ impl<'a> Picking<'a> {
     }
 
     fn finish(self, full_at_start: HashSet<(String, String)>) -> LimitedPick {
-        let Picking { chosen, held_back, usage, adding, left, now, .. } = self;
-        LimitedPick { chosen, held_back, usage, adding, left, full_at_start, now }
+        let Picking { chosen, held_back, usage, adding, left, now, held, .. } = self;
+        LimitedPick { chosen, held_back, usage, adding, left, full_at_start, now, held }
     }
 }
 
