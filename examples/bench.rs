@@ -73,6 +73,25 @@ fn store_options() -> StoreOptions {
     }
 }
 
+const USAGE: &str = "usage: bench [--runs N] [--quick] [--only NAME] [--out DIR] [--no-pg] \
+     [--sqlite-sync full|normal] [--bin PATH] [--rules DIR] [--traces off|on]";
+
+/// What `--only` takes: each group of figures by the name `main` runs it under.
+const ONLY: &[&str] = &[
+    "cold_run_once",
+    "tick_overhead",
+    "schedules",
+    "drain",
+    "drain_concurrency",
+    "bulk_enqueue",
+    "memory",
+    "workers_scaling",
+    "limits",
+    "partition_cap",
+    "pickup",
+    "steady",
+];
+
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         runs: 5,
@@ -108,12 +127,17 @@ fn args() -> anyhow::Result<Args> {
                 Some("normal") => SQLITE_FULL.store(false, std::sync::atomic::Ordering::Relaxed),
                 _ => anyhow::bail!("--sqlite-sync takes full or normal"),
             },
-            other => anyhow::bail!(
-                "unknown argument {other} (use --runs N, --quick, --only NAME, --out DIR, --no-pg, --sqlite-sync full|normal, --bin PATH, --rules DIR, --traces off|on)"
-            ),
+            "--help" | "-h" => {
+                println!("{USAGE}\nNAME: {}", ONLY.join(", "));
+                std::process::exit(0);
+            }
+            other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+    if let Some(name) = &a.only {
+        anyhow::ensure!(ONLY.contains(&name.as_str()), "--only {name}: no such figure (one of {})", ONLY.join(", "));
+    }
     Ok(a)
 }
 
