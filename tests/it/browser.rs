@@ -5,7 +5,8 @@
 //! requeues the DLQ rows shown in bulk (a row arriving while the question is open stays), opens a
 //! tick's explain, reads the decisions timeline and the waiting counts, each checked against the
 //! database, and saves screenshots at 1280 px and at phone width under `target/`; a second test
-//! clicks Approve on an action awaiting approval and sees it approved (the sha256 shown) and run.
+//! clicks Approve on an action awaiting approval and sees it approved (the sha256 shown) and run,
+//! and Reject on another, answering its prompt, and sees it cancelled with that reason.
 //! Skips, saying why, when Chromium or chromedriver is absent.
 
 use std::net::SocketAddr;
@@ -433,7 +434,8 @@ async fn operator_page_in_headless_chromium() {
 
 /// Approvals on the page: an action awaiting approval is listed with the request it will send,
 /// Approve asks for confirmation, and the click approves it in the database (who: the token's
-/// name, the sha256 shown), after which the daemon runs it.
+/// name, the sha256 shown), after which the daemon runs it; Reject asks why in a prompt and
+/// cancels the other one with that reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_on_the_page_in_headless_chromium() {
     let (Some(chromium), Some(chromedriver)) =
@@ -447,8 +449,10 @@ async fn approve_on_the_page_in_headless_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let url = format!("sqlite:{}", d.join("o.db").display());
-    let o = run(bin(d).args(["--database-url", &url, "enqueue", "NOOP", "--key", "needs-ok", "--require-approval"]));
-    assert_eq!(o.status.code(), Some(0));
+    for key in ["needs-ok", "needs-no"] {
+        let o = run(bin(d).args(["--database-url", &url, "enqueue", "NOOP", "--key", key, "--require-approval"]));
+        assert_eq!(o.status.code(), Some(0));
+    }
     let (mut server, _logs, addr) =
         spawn_server(daemon(d, &url, &["--interval", "0.5"]).env("ORCHESTRATOR_ADMIN_TOKEN", TOKEN));
     let db = Store::open(&url, &StoreOptions::default()).await.unwrap();
@@ -482,10 +486,19 @@ async fn approve_on_the_page_in_headless_chromium() {
             assert!(start.elapsed() < Duration::from_secs(20), "Approve never enabled");
             std::thread::sleep(Duration::from_millis(100));
         }
-        drv.click("#approvals button.approve");
+        drv.click("#approvals tr[data-id=\"1\"] button.approve");
         drv.wait_text("#confirm-text", |t| t.starts_with("Approve action 1?") && t.contains(&shown_sha));
         drv.click("#confirm-yes");
         drv.wait_text("#message", |t| t == "approved action 1");
+        // Reject asks why in a prompt; the answer is the reason recorded.
+        drv.click("#approvals tr[data-id=\"2\"] button.reject");
+        let start = Instant::now();
+        while drv.try_call("POST", "/alert/text", Some(json!({"text": "not tonight"}))).0 != 200 {
+            assert!(start.elapsed() < Duration::from_secs(10), "the reject prompt never opened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drv.call("POST", "/alert/accept", Some(json!({})));
+        drv.wait_text("#message", |t| t == "rejected action 2");
         drv.wait_text("#approvals", |t| t.contains("nothing awaits approval"));
     })
     .await
@@ -495,6 +508,10 @@ async fn approve_on_the_page_in_headless_chromium() {
     let ap = a.approval.unwrap();
     assert_eq!(ap.approved_sha256.as_deref(), Some(sha.as_str()), "the click approved the request shown");
     assert_eq!(ap.decided_by.as_deref(), Some("api:tester"));
+    let rejected = db.actions().action(2).await.unwrap().unwrap();
+    assert_eq!(rejected.status, ActionStatus::Cancelled, "the click on Reject cancelled it");
+    let why = rejected.approval.unwrap();
+    assert_eq!((why.decided_by.as_deref(), why.reason.as_deref()), (Some("api:tester"), Some("not tonight")));
     let start = Instant::now();
     while db.actions().action(1).await.unwrap().unwrap().status != ActionStatus::Success {
         assert!(start.elapsed() < Duration::from_secs(20), "the approved action never ran");
