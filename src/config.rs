@@ -77,6 +77,8 @@ pub struct Config {
     /// Rule cooldown rows are pruned after this many days, but never within `rules.cooldown`.
     pub cooldown_retention_days: u32,
     pub sqlite_synchronous_full: bool,
+    /// PostgreSQL: claimers wait on `LISTEN orchestrator_work` (off behind a transaction pooler).
+    pub postgres_listen: bool,
     pub rules: RulesConfig,
     /// `expire_after`: per action type, the deadline a new action gets from its enqueue when it
     /// names none. Empty by default: no action expires unless asked to.
@@ -442,6 +444,9 @@ pub const KEYS: &[Key<Config>] = &[
             other => return Err(at.fail(format!("sqlite_synchronous must be 'full' or 'normal', not '{other}'"))),
         };
     }),
+    key!("postgres_listen": bool = Value("true"),
+    "PostgreSQL only: claimers wait on `LISTEN orchestrator_work` for new work; set false behind a pooler in transaction mode (PgBouncer), where a LISTEN stays on a pooled server connection and its notifications reach other clients mid-query",
+    |c, v, _at| c.postgres_listen = v),
     key!("expire_after": BTreeMap<String, serde_yaml::Value> = Value("{}"),
         "Per action type, the deadline of a new action that names none (seconds or a duration like `2h`)",
         |c, v, at| c.expire_after = expire_after(v, at)?),
@@ -564,6 +569,7 @@ mod tests {
         assert_eq!((c.ledger_retention_days, c.decisions_retention_days, c.cooldown_retention_days), (14, 14, 7));
         assert_eq!((c.dispatch_concurrency, c.max_unrecorded), (4, 16));
         assert!(c.sqlite_synchronous_full);
+        assert!(c.postgres_listen);
         assert_eq!(c.limits, None, "no limits section: `run` leaves the limits table alone");
         assert_eq!(c.limit_partitions, crate::limits::DEFAULT_PARTITIONS);
     }

@@ -10,7 +10,11 @@ use crate::store::{Store, StoreOptions};
 
 /// The connection settings `config` asks for.
 pub fn store_options(config: &Config) -> StoreOptions {
-    StoreOptions { sqlite_synchronous_full: config.sqlite_synchronous_full, ..StoreOptions::default() }
+    StoreOptions {
+        sqlite_synchronous_full: config.sqlite_synchronous_full,
+        listen: config.postgres_listen,
+        ..StoreOptions::default()
+    }
 }
 
 /// Connects and migrates, naming the database on failure.

@@ -313,11 +313,18 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// Pool size.
     pub max_connections: u32,
+    /// PostgreSQL: whether claimers may `LISTEN` for work (`postgres_listen`).
+    pub listen: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { sqlite_synchronous_full: true, busy_timeout: Duration::from_secs(5), max_connections: 8 }
+        StoreOptions {
+            sqlite_synchronous_full: true,
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 8,
+            listen: true,
+        }
     }
 }
 
@@ -341,6 +348,8 @@ pub struct Store {
     /// The windows not yet over as last read, and the signature they were read under
     /// (`windows.rs`): a claim re-reads them only when the signature changes.
     windows_seen: std::sync::Arc<std::sync::Mutex<windows::Seen>>,
+    /// PostgreSQL: whether a claimer may `LISTEN` ([`StoreOptions::listen`]).
+    listen: bool,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -568,6 +577,7 @@ impl Store {
             clock: Clock::real(),
             local_wake: Default::default(),
             windows_seen: Default::default(),
+            listen: options.listen,
         })
     }
 

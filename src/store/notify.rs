@@ -13,8 +13,11 @@
 //! A wake-up only shortens a wait; it is never needed for correctness: the claimer also claims
 //! again at its poll (`workers.poll_seconds`).
 //!
-//! Behind PgBouncer in transaction mode `LISTEN` does not hold (the session is not kept), so
-//! the listener fails or hears nothing, and the newest-id look stands in for it.
+//! Behind PgBouncer in transaction mode `LISTEN` does not hold (the session is not kept): the
+//! `LISTEN` stays on whichever server connection ran it, and that connection's notifications
+//! then reach another client in the middle of its query, which fails ("expected ReadyForQuery,
+//! got NotificationResponse"). `postgres_listen: false` is for that: no `LISTEN`, and the
+//! newest-id look stands in for it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -171,9 +174,10 @@ impl crate::store::handles::Notify<'_> {
         row.try_get::<String>("", "file").ok().filter(|f| !f.is_empty())
     }
 
-    /// A subscription to work notifications (PostgreSQL), or `None` (SQLite).
+    /// A subscription to work notifications (PostgreSQL), or `None` (SQLite, or
+    /// `postgres_listen: false`).
     pub async fn work_listener(self) -> Result<Option<WorkListener>, StoreError> {
-        if self.store.backend != Backend::Postgres {
+        if self.store.backend != Backend::Postgres || !self.store.listen {
             return Ok(None);
         }
         let pool = self.store.db.get_postgres_connection_pool();

@@ -165,7 +165,10 @@ async fn bounced(mode: &str, poll: &str, binary: fn() -> PathBuf) -> Option<Boun
     }
     let direct_url = format!("postgres://{auth}@{host_port}/{name}");
     let direct = Store::connect(&direct_url, &StoreOptions::default()).await.unwrap();
-    std::fs::write(d.join("o.yaml"), CONFIG.replace("POLL", poll)).unwrap();
+    // Transaction pooling keeps no session: a LISTEN would stay on a pooled server connection
+    // and its notifications reach other clients mid-query (docs/SCALING.md).
+    let listen = if mode == "transaction" { "postgres_listen: false\n" } else { "" };
+    std::fs::write(d.join("o.yaml"), format!("{listen}{}", CONFIG.replace("POLL", poll))).unwrap();
     let url = format!("postgres://{auth}@127.0.0.1:{port}/{name}");
     Some(Bounced { dir, url, direct, admin_url, name, bouncer, version })
 }

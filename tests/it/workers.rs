@@ -419,6 +419,21 @@ async fn an_idle_worker_wakes_on_notify_not_on_its_poll() {
     assert!(after_due < Duration::from_secs(5), "the leader's tick woke the worker {after_due:?} after it was due");
 }
 
+/// `postgres_listen: false` (for a pooler in transaction mode) opens no `LISTEN`: the waiter
+/// looks for new work instead; by default it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_listen_false_opens_no_listen() {
+    let Some(db) = pg().await else { return };
+    assert!(db.store.notify().waiter().await.listens(), "listens by default");
+    let config = orchestrator::config::Config { postgres_listen: false, ..db.config() };
+    let quiet = orchestrator::store::Store::open(&db.url, &orchestrator::runtime::startup::store_options(&config))
+        .await
+        .unwrap();
+    assert!(quiet.notify().work_listener().await.unwrap().is_none());
+    assert!(!quiet.notify().waiter().await.listens(), "no LISTEN with postgres_listen: false");
+    quiet.close().await.ok();
+}
+
 /// `kill -9` of random workers during a drain, one worker `SIGSTOP`ped past its TTL and woken,
 /// and the leader killed once, with every side effect counted at a recording server. Sizes:
 /// `WORKERS_CHAOS_ACTIONS` (default 300; the full run: 2000) and `WORKERS_CHAOS_KILLS`
