@@ -209,7 +209,10 @@ async fn the_tick_fires_a_configured_schedule_and_says_so(db: &TestDb) {
     use crate::support::fixtures::ran;
     let (store, clock) = shifted(&db.store);
     let mut config = db.config();
-    let spec = ScheduleSpec { deadline: Some(Duration::from_secs(3600)), ..hourly("NOOP", Misfire::Once) };
+    // A deadline past PostgreSQL's own clock, which the claim reads: the shifted clock runs up
+    // to 65 minutes behind it (an hour's deadline expired on PostgreSQL when this ran in the
+    // first five minutes of an hour).
+    let spec = ScheduleSpec { deadline: Some(Duration::from_secs(3 * 3600)), ..hourly("NOOP", Misfire::Once) };
     config.schedules = Some(BTreeMap::from([("sync".to_string(), spec)]));
     scheduler::write(&store, &config).await.unwrap();
     let engine = orchestrator::tick::Engine::new(store.clone(), config, orchestrator::adapters::Registry::builtin());
@@ -220,7 +223,7 @@ async fn the_tick_fires_a_configured_schedule_and_says_so(db: &TestDb) {
     let action = &store.actions().list_actions(&ActionFilter { limit: 10, ..Default::default() }).await.unwrap()[0];
     assert_eq!(
         action.expires_at,
-        Some(hour(store.now()) + chrono::Duration::hours(1)),
+        Some(hour(store.now()) + chrono::Duration::hours(3)),
         "the deadline is from the slot"
     );
     let again = ran(&engine).await;
