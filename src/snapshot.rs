@@ -429,7 +429,8 @@ pub async fn build_with(
     // Work a limit or a window holds back waits by design, and says so in `limits` and
     // `windows`: it does not make the queue saturated (the shipped `budget_blocked` rule is what
     // alerts on a used-up budget).
-    let by_windows = store.windows().held_count(&crate::limits::held_types(&usage)).await?;
+    let open = store.windows().open_now().await?;
+    let by_windows = store.windows().held_count(&open, &crate::limits::held_types(&usage)).await?;
     let held = crate::limits::held_waiting(&usage).saturating_add(by_windows);
     let unheld = QueueView { pending: (queue.pending - held).max(0), ..queue.clone() };
     let health = crate::health::workload(&workload_facts(&unheld, &recent, &ledger), thresholds);
@@ -450,13 +451,8 @@ pub async fn build_with(
         samples,
         limits,
         schedules,
-        windows: open_windows(store, now).await?,
+        windows: open.iter().filter_map(|w| crate::windows::OpenWindow::of(w, now)).collect(),
     })
-}
-
-/// The windows open at `now`, as rules see them.
-async fn open_windows(store: &Store, now: DateTime<Utc>) -> Result<Vec<crate::windows::OpenWindow>, StoreError> {
-    Ok(store.windows().open_now().await?.iter().filter_map(|w| crate::windows::OpenWindow::of(w, now)).collect())
 }
 
 /// The limits' usage and views, and the schedules' views, by type and by name.

@@ -162,7 +162,8 @@ async fn workload(
     let hour_ago = now - chrono::Duration::hours(1);
     // As the snapshot does: work a limit or a window holds back waits by design and is not
     // saturation.
-    let by_windows = store.windows().held_count(&crate::limits::held_types(limits)).await?;
+    let open = store.windows().open_now().await?;
+    let by_windows = store.windows().held_count(&open, &crate::limits::held_types(limits)).await?;
     let held = crate::limits::held_waiting(limits).saturating_add(by_windows);
     let mut facts = health::WorkloadFacts {
         pending: (counts.get(&ActionStatus::Pending).copied().unwrap_or(0) - held).max(0),

@@ -275,7 +275,8 @@ impl Dispatcher {
         let usage = self.store.limits().limit_usage().await?;
         let windows = self.store.windows().held_due().await?;
         let by_windows = if windows.iter().any(|(_, n)| *n > 0) {
-            self.store.windows().held_count(&crate::limits::held_types(&usage)).await?
+            let open = windows.iter().map(|(w, _)| w);
+            self.store.windows().held_count(open, &crate::limits::held_types(&usage)).await?
         } else {
             0
         };

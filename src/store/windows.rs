@@ -142,12 +142,16 @@ impl crate::store::handles::Windows<'_> {
         Ok(out)
     }
 
-    /// The due actions the windows open now hold (each counted once, however many hold it),
-    /// leaving out those of `except` (types a full limit holds already, counted there): work
-    /// that waits by design, which the workload score does not count as saturation.
-    pub async fn held_count(self, except: &[String]) -> Result<i64, StoreError> {
-        let open = self.open_now().await?;
-        let Some(cond) = any_held_sql(self.store.backend, open.iter().map(|w| &w.spec.matcher))? else {
+    /// The due actions the windows `open` (as [`Self::open_now`] read them) hold, each counted
+    /// once however many hold it, leaving out those of `except` (types a full limit holds
+    /// already, counted there): work that waits by design, which the workload score does not
+    /// count as saturation. No window: no query.
+    pub async fn held_count<'w>(
+        self,
+        open: impl IntoIterator<Item = &'w Window>,
+        except: &[String],
+    ) -> Result<i64, StoreError> {
+        let Some(cond) = any_held_sql(self.store.backend, open.into_iter().map(|w| &w.spec.matcher))? else {
             return Ok(0);
         };
         let mut values: Vec<Value> = vec![self.store.now().into()];
