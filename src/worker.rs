@@ -75,9 +75,12 @@ impl Worker {
     pub fn new(store: Store, config: Config, registry: Registry, options: WorkerOptions) -> Self {
         let metrics = Arc::new(Metrics::new());
         let mut settings = ExecSettings::from_config(&config, store.clock().clone(), options.concurrency);
-        // The window scales with the worker's own concurrency, as `run`'s does with its.
-        settings.max_unrecorded =
-            settings.max_unrecorded.max(crate::config::default_max_unrecorded(options.concurrency) as usize);
+        // A worker's window is also what it claims ahead of its run slots, its share of the
+        // queue: unless the config sets it, 4 × its own `--concurrency`, not `run`'s floor of a
+        // claim's batch, which would let the first worker to claim take a small queue whole
+        // while the others idle.
+        let own = options.concurrency.saturating_mul(4) as usize;
+        settings.max_unrecorded = if config.max_unrecorded_given { settings.max_unrecorded.max(own) } else { own };
         let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone()).with_shared_concurrency();
         let registration =
             Arc::new(Registration::new(store.clone(), config.workers.ttl, options.concurrency, options.types.clone()));
