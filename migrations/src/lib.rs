@@ -23,6 +23,7 @@ mod m20261206_000015_schedules;
 mod m20261206_000016_windows;
 mod m20261206_000017_approvals;
 mod m20261207_000018_allowed_hours;
+mod m20261208_000019_log_rows_unreferenced;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_windows::Migration),
             Box::new(m20261206_000017_approvals::Migration),
             Box::new(m20261207_000018_allowed_hours::Migration),
+            Box::new(m20261208_000019_log_rows_unreferenced::Migration),
         ]
     }
 }

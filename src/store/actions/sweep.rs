@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Value};
 
 use super::super::{Backend, Context, Fence, StoreError};
-use super::{Op, Refusal, fence_sql, insert_logs, returned_ids};
+use super::{Op, Refusal, fence_sql, ids_in_json, insert_logs, returned_ids};
 use crate::model::{self, ActionStatus, LogLevel, NewLog};
 
 /// An action returned to `RETRY` or `DLQ` by rescue.
@@ -173,19 +173,26 @@ impl crate::store::handles::Actions<'_> {
     /// never deleted. Returns how many were deleted.
     pub async fn purge(self, before: DateTime<Utc>, batch: u64) -> Result<u64, StoreError> {
         let sql = format!(
-            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE {} AND finished_at < $1 LIMIT $2)",
+            "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE {} AND finished_at < $1 LIMIT $2) RETURNING id",
             Op::Purge.status_in()
+        );
+        // Their log rows go in the same transaction: on PostgreSQL no foreign key cascades to
+        // them (migration `m20261208_000019_log_rows_unreferenced`).
+        let logs = format!(
+            "DELETE FROM execution_logs WHERE action_id IN ({})",
+            ids_in_json(self.store.backend, "$1")
         );
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            // Their execution logs go by ON DELETE CASCADE.
             let txn = self.store.begin_write().await?;
-            let n = txn
-                .execute_raw(self.store.stmt(&sql, [before.into(), batch.into()]))
-                .await
-                .doing("purging finished actions")?
-                .rows_affected();
+            let stmt = self.store.stmt(&sql, [before.into(), batch.into()]);
+            let ids = returned_ids(&txn, stmt, "purging finished actions").await?;
+            let n = ids.len() as u64;
+            if n > 0 {
+                let ids = serde_json::Value::from(ids).to_string();
+                txn.execute_raw(self.store.stmt(&logs, [ids.into()])).await.doing("purging their log rows")?;
+            }
             txn.commit().await.doing("committing a purge batch")?;
             total += n;
             if n < batch as u64 {
