@@ -32,6 +32,7 @@ backend_tests!(
     daemon_prunes_history_past_retention,
     a_tick_that_dies_midway_leaves_its_row_as_fail,
     ticks_on_one_engine_never_overlap,
+    claims_taken_ahead_start_nothing_past_the_deadline,
 );
 
 /// The ledger row is opened first: a tick whose process stops before it closes the row shows as
@@ -414,4 +415,48 @@ async fn dispatch_runs_concurrency_at_once_and_starts_at_most_max_unrecorded_unr
     assert_eq!(started.load(Ordering::SeqCst), 20, "each ran once");
     let counts = db.store.actions().count_by_status().await.unwrap();
     assert_eq!(counts[&ActionStatus::Success], 20);
+}
+
+/// On PostgreSQL the next batch is claimed while the one before it runs; on SQLite only once it
+/// is done. Either way, past the tick's deadline nothing claimed starts: the rest of the running
+/// batch and the batch claimed ahead go back to PENDING uncounted, and no row is left RUNNING.
+async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
+    db.store.flags().set_flags(FlagChange { proof_mode: Some(false), ..Default::default() }).await.unwrap();
+    let mut config = db.config();
+    config.dispatch_concurrency = 1;
+    config.max_actions_per_tick = 1000;
+    config.max_tick = Duration::from_millis(1500);
+    let started = Arc::new(AtomicUsize::new(0));
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let mut registry = Registry::builtin();
+    registry.register(Gated { started: started.clone(), go });
+    let engine = Engine::new(db.store.clone(), config, registry);
+    let lines: String = (0..600).map(|i| format!("{{\"action_type\":\"GATED\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+    queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await.unwrap();
+    let begun = std::time::Instant::now();
+    let tick = tokio::spawn({
+        let engine = engine.clone();
+        async move { ran(&engine).await }
+    });
+
+    wait_for_count(&started, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = db.store.actions().count_by_status().await.unwrap().get(&ActionStatus::Running).copied();
+    let ahead = db.store.backend() == orchestrator::store::Backend::Postgres;
+    assert_eq!(running, Some(if ahead { 600 } else { 512 }), "a batch of 512, and on PostgreSQL the rest claimed ahead");
+
+    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(begun.elapsed())).await;
+    go_tx.send(true).unwrap();
+    let r = tick.await.unwrap();
+    assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Success, 1, 1), "{}", r.notes);
+    assert_eq!(started.load(Ordering::SeqCst), 1, "nothing started past the deadline");
+    let counts = db.store.actions().count_by_status().await.unwrap();
+    assert_eq!(counts[&ActionStatus::Running], 0, "nothing is left claimed: {counts:?}");
+    assert_eq!((counts[&ActionStatus::Success], counts[&ActionStatus::Pending]), (1, 599));
+    let waiting = db.store.actions().list_actions(&orchestrator::store::ActionFilter {
+        status: Some(ActionStatus::Pending),
+        action_type: None,
+        limit: 1000,
+    });
+    assert!(waiting.await.unwrap().iter().all(|a| a.attempts == 0 && a.claimed_epoch.is_none()), "unstarted: uncounted");
 }
