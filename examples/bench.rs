@@ -61,6 +61,37 @@ struct Args {
     /// sink) with traces off, or on and exported to a receiver in this process; absent, no
     /// subscriber at all, as before.
     traces: Option<bool>,
+    /// `--peer DIR`: a copy of `shared/peers/graphile-bench` with its `node_modules`
+    /// (`npm ci`): the PostgreSQL drains run graphile-worker's batched mode on the same
+    /// database server just before each of ours, and print our rate over its.
+    peer: Option<PathBuf>,
+}
+
+/// graphile-worker's batched drain of `n` no-op jobs at concurrency 16 (`node bench.js n 16
+/// batched URL` in `peer`, which makes and drops a database of its own through `pg`), in jobs/s,
+/// read from the one line it prints: `… drained in S s = R/s (…)`.
+fn peer_rate(peer: &Path, pg: &str, n: usize) -> anyhow::Result<f64> {
+    let out = std::process::Command::new("node")
+        .current_dir(peer)
+        .args(["bench.js", &n.to_string(), "16", "batched", pg])
+        .output()
+        .map_err(|e| anyhow::anyhow!("--peer {}: cannot run node: {e}", peer.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("graphile-worker batched")).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--peer {}: no result line ({}): {}",
+            peer.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let rate = line.split(" = ").nth(1).and_then(|r| r.split("/s").next()).and_then(|r| r.parse::<f64>().ok());
+    rate.ok_or_else(|| anyhow::anyhow!("--peer: cannot read the rate in {line:?}"))
+}
+
+/// Our rates over the peer's, run by run.
+fn over_peer(ours: &[f64], peer: &[f64]) -> Vec<f64> {
+    ours.iter().zip(peer).map(|(o, p)| o / p).collect()
 }
 
 /// `--sqlite-sync normal` measures SQLite with `synchronous=NORMAL` instead of FULL.
@@ -74,7 +105,7 @@ fn store_options() -> StoreOptions {
 }
 
 const USAGE: &str = "usage: bench [--runs N] [--quick] [--only NAME] [--out DIR] [--no-pg] \
-     [--sqlite-sync full|normal] [--bin PATH] [--rules DIR] [--traces off|on]";
+     [--sqlite-sync full|normal] [--bin PATH] [--rules DIR] [--traces off|on] [--peer DIR]";
 
 /// What `--only` takes: each group of figures by the name `main` runs it under.
 const ONLY: &[&str] = &[
@@ -103,6 +134,7 @@ fn args() -> anyhow::Result<Args> {
         bin: None,
         rules: None,
         traces: None,
+        peer: std::env::var_os("ORCHESTRATOR_BENCH_PEER").map(PathBuf::from),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -113,6 +145,7 @@ fn args() -> anyhow::Result<Args> {
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
             "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--bin needs PATH"))?)),
             "--rules" => a.rules = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--rules needs DIR"))?)),
+            "--peer" => a.peer = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--peer needs DIR"))?)),
             "--traces" => match it.next().as_deref() {
                 Some("off") => a.traces = Some(false),
                 Some("on") => a.traces = Some(true),
@@ -549,15 +582,22 @@ async fn drain(a: &Args) -> anyhow::Result<Vec<Figure>> {
     for backend in backends(a) {
         for (name, shipped) in [("drain", false), ("drain_default", true)] {
             let (mut rates, mut process, mut server) = (Vec::new(), Vec::new(), Vec::new());
+            let mut peer = Vec::new();
             for _ in 0..a.runs {
+                if let (Some(dir), Some(pg), "postgres") = (&a.peer, &a.pg, backend) {
+                    peer.push(peer_rate(dir, pg, n)?);
+                }
                 let run = drain_run(backend, a.pg.as_deref(), n, 16, shipped, &Beside::default()).await?;
                 rates.push(run.rate);
                 process.push(run.process_us);
                 server.extend(run.server_us);
             }
+            let ratio = over_peer(&rates, &peer);
             let cpu = [(format!("{name}_cpu"), process), (format!("{name}_pg_cpu"), server)];
+            let peer = [(format!("{name}_peer"), "jobs/s", peer), (format!("{name}_vs_peer"), "x", ratio)];
             for (name, unit, runs) in std::iter::once((name.to_string(), "actions/s", rates))
                 .chain(cpu.into_iter().filter(|(_, r)| !r.is_empty()).map(|(n, r)| (n, "µs/action", r)))
+                .chain(peer.into_iter().filter(|(_, _, r)| !r.is_empty()))
             {
                 out.push(Figure {
                     name,
@@ -1580,21 +1620,34 @@ async fn workers_scaling(a: &Args) -> anyhow::Result<Vec<Figure>> {
         of(4, |r| r.connections).iter().zip(of(1, |r| r.connections)).map(|(c4, c1)| (c4 - c1) / 3.0).collect();
     out.push(figure("workers_pg", "per extra worker".into(), "conns", extra));
 
-    // NOOP on PostgreSQL: one worker beside a leader against the single process (`run`
-    // executing itself, as `drain` measures it), concurrency 16 both.
-    let n = if a.quick { 5_000 } else { 20_000 };
-    // Four NOOP workers: the most this machine's PostgreSQL was asked to carry.
-    let (mut one, mut four, mut single) = (Vec::new(), Vec::new(), Vec::new());
+    // NOOP on PostgreSQL: 1, 2 and 4 workers beside a leader against the single process (`run`
+    // executing itself, as `drain` measures it), concurrency 16 all, and with `--peer`
+    // graphile-worker's batched drain of as many jobs just before.
+    let n = if a.quick { 5_000 } else { 50_000 };
+    let (mut one, mut two, mut four, mut single, mut peer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.runs {
+        if let Some(dir) = &a.peer {
+            peer.push(peer_rate(dir, &base, n)?);
+        }
         one.push(workers_once(&bin, &base, Work::Noop, n, 1, &hook).await?);
+        two.push(workers_once(&bin, &base, Work::Noop, n, 2, &hook).await?);
         four.push(workers_once(&bin, &base, Work::Noop, n, 4, &hook).await?);
         single.push(drain_once("postgres", Some(&base), n, 16, false).await?);
     }
     let get = |v: &[WorkersRun], f: fn(&WorkersRun) -> f64| v.iter().map(f).collect::<Vec<_>>();
-    out.push(figure("workers_noop", format!("n={n},1 worker"), "actions/s", get(&one, |r| r.rate)));
-    out.push(figure("workers_noop", format!("n={n},4 workers"), "actions/s", get(&four, |r| r.rate)));
+    for (w, runs) in [(1, &one), (2, &two), (4, &four)] {
+        let rates = get(runs, |r| r.rate);
+        if !peer.is_empty() {
+            out.push(figure("workers_noop_vs_peer", format!("n={n},{w} worker(s)"), "x", over_peer(&rates, &peer)));
+        }
+        out.push(figure("workers_noop", format!("n={n},{w} worker(s)"), "actions/s", rates));
+    }
     out.push(figure("workers_noop", format!("n={n},single"), "actions/s", single));
-    for (w, runs) in [(1, &one), (4, &four)] {
+    if !peer.is_empty() {
+        out.push(figure("workers_noop", format!("n={n},peer batched"), "jobs/s", peer));
+    }
+    for (w, runs) in [(1, &one), (2, &two), (4, &four)] {
         out.push(figure("workers_pg", format!("noop,w={w},claims"), "claims/s", get(runs, |r| r.claims)));
         out.push(figure("workers_pg", format!("noop,w={w},commits"), "commits/s", get(runs, |r| r.commits)));
         out.push(figure("workers_cycle", format!("noop,w={w},batch"), "ms", get(runs, |r| r.batch_ms)));

@@ -532,7 +532,7 @@ fn days(n: u32) -> Duration {
 /// about two rounds (32 outcomes at concurrency 16); with this one a commit records whatever
 /// finished while the one before it was in flight: the 50k NOOP drain at concurrency 16 went
 /// from 5,000 to 8,300 /s on PostgreSQL and from 10,100 to 12,700 /s on SQLite (BENCHMARKS.md,
-/// "The group commit window"). Slow actions never fill it: it bounds fast bursts only.
+/// "Round 2"). Slow actions never fill it: it bounds fast bursts only.
 const UNRECORDED_FLOOR: u32 = 512;
 
 /// `max_unrecorded` when it is not set: [`UNRECORDED_FLOOR`], or four times

@@ -75,12 +75,15 @@ impl Worker {
     pub fn new(store: Store, config: Config, registry: Registry, options: WorkerOptions) -> Self {
         let metrics = Arc::new(Metrics::new());
         let mut settings = ExecSettings::from_config(&config, store.clock().clone(), options.concurrency);
-        // A worker's window is also what it claims ahead of its run slots, its share of the
-        // queue: unless the config sets it, 4 × its own `--concurrency`, not `run`'s floor of a
-        // claim's batch, which would let the first worker to claim take a small queue whole
-        // while the others idle.
+        // The window scales with the worker's own concurrency, as `run`'s does with its, unless
+        // the config sets it (at least 4 × `--concurrency`). What a worker claims of it is its
+        // share of the queue: [`Pool`] fills a default window only while its attempts are fast.
         let own = options.concurrency.saturating_mul(4) as usize;
-        settings.max_unrecorded = if config.max_unrecorded_given { settings.max_unrecorded.max(own) } else { own };
+        settings.max_unrecorded = if config.max_unrecorded_given {
+            settings.max_unrecorded.max(own)
+        } else {
+            crate::config::default_max_unrecorded(options.concurrency) as usize
+        };
         let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone()).with_shared_concurrency();
         let registration =
             Arc::new(Registration::new(store.clone(), config.workers.ttl, options.concurrency, options.types.clone()));
@@ -104,7 +107,8 @@ impl Worker {
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
         let mut waiter = self.store.notify().waiter().await;
-        let mut pool = Pool::new(&self.settings);
+        let given = if self.config.max_unrecorded_given { self.settings.max_unrecorded } else { 0 };
+        let mut pool = Pool::new(&self.settings, given);
         let terms = self.claim_terms(&pool);
         let mut work = Box::pin(self.claim_loop(&terms, &mut pool, &mut waiter, &lost, shutdown));
         // SIGTERM: the loop stops claiming; the dispatches in progress get the grace period,
@@ -178,7 +182,7 @@ impl Worker {
                 }
             }
             let Some(worker) = id.clone() else { continue };
-            let Some(permits) = pool.room(&mut shutdown).await else { continue };
+            let Some(permits) = pool.room(&mut shutdown, &self.registration).await else { continue };
             match self.store.actions().claim(&terms.claimer(worker.clone(), None), permits.len() as u64).await {
                 Err(e) => {
                     drop(permits);
@@ -200,27 +204,42 @@ impl Worker {
     }
 }
 
+/// How far ahead of its run slots a worker claims: what it can start within this long, judged
+/// by how fast its last dispatches went, and at least [`Pool::floor`].
+const CLAIM_AHEAD: Duration = Duration::from_millis(100);
+
 /// A worker's dispatches in flight. Up to `window` attempts are claimed and not yet recorded
 /// (at least `concurrency`), and `concurrency` run at once across every dispatch: each claim
 /// takes as many rows as the window has room for, and its dispatch runs beside the others, so a
-/// slow attempt never holds the next claim back.
+/// slow attempt never holds the next claim back. Of the window it fills only `target`: what its
+/// attempts, at the pace of the last dispatch, start within [`CLAIM_AHEAD`], and at least
+/// `floor`. Claimed rows wait for this worker's slots while another worker may be idle, so a
+/// worker of slow attempts holds a few rounds (`floor`), while one of fast attempts claims and
+/// commits hundreds at once (a 20k NOOP drain: see BENCHMARKS.md "Workers on PostgreSQL").
 struct Pool {
     concurrency: usize,
     window: usize,
+    /// 4 × `concurrency`, or `max_unrecorded` when the config sets it (then the whole window).
+    floor: usize,
+    target: usize,
     slots: Arc<tokio::sync::Semaphore>,
-    running: tokio::task::JoinSet<(i32, DispatchReport)>,
+    running: tokio::task::JoinSet<(i32, DispatchReport, Duration)>,
     summary: WorkerSummary,
 }
 
 type Permits = Vec<tokio::sync::OwnedSemaphorePermit>;
 
 impl Pool {
-    fn new(settings: &ExecSettings) -> Self {
+    /// `given`: the window the config sets (0: none).
+    fn new(settings: &ExecSettings, given: usize) -> Self {
         let concurrency = settings.concurrency.max(1);
         let window = settings.max_unrecorded.max(concurrency);
+        let floor = given.max(concurrency.saturating_mul(4)).min(window);
         Pool {
             concurrency,
             window,
+            floor,
+            target: floor,
             slots: Arc::new(tokio::sync::Semaphore::new(window)),
             running: tokio::task::JoinSet::new(),
             summary: WorkerSummary::default(),
@@ -228,9 +247,14 @@ impl Pool {
     }
 
     /// Counts a finished dispatch.
-    fn account(&mut self, registration: &Registration, done: Result<(i32, DispatchReport), tokio::task::JoinError>) {
+    fn account(
+        &mut self,
+        registration: &Registration,
+        done: Result<(i32, DispatchReport, Duration), tokio::task::JoinError>,
+    ) {
         match done {
-            Ok((n, r)) => {
+            Ok((n, r, took)) => {
+                self.target = claim_target(n, took, self.floor, self.window);
                 registration.in_flight.fetch_sub(n, Ordering::SeqCst);
                 registration.count(r.succeeded, r.failed);
                 self.summary.attempted += u64::from(r.attempted);
@@ -253,15 +277,24 @@ impl Pool {
         }
     }
 
-    /// Every free slot of the window, at least one (waiting for it); `None` when `shutdown`
-    /// turned true first. The semaphore is never closed.
-    async fn room(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Permits> {
+    /// Free slots of the window up to the target, at least one (waiting for a dispatch to
+    /// finish while the target is reached); `None` when `shutdown` turned true first. The
+    /// semaphore is never closed.
+    async fn room(&mut self, shutdown: &mut watch::Receiver<bool>, registration: &Registration) -> Option<Permits> {
+        while self.window - self.slots.available_permits() >= self.target && !self.running.is_empty() {
+            tokio::select! {
+                Some(done) = self.running.join_next() => self.account(registration, done),
+                _ = shutdown.wait_for(|s| *s) => return None,
+            }
+        }
         let first = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.ok()?,
             _ = shutdown.wait_for(|s| *s) => return None,
         };
         let mut permits = vec![first];
-        while let Ok(p) = self.slots.clone().try_acquire_owned() {
+        while self.window - self.slots.available_permits() < self.target
+            && let Ok(p) = self.slots.clone().try_acquire_owned()
+        {
             permits.push(p);
         }
         Some(permits)
@@ -298,11 +331,20 @@ impl Pool {
         self.running.spawn(async move {
             let far = Instant::now() + Duration::from_secs(365 * 86_400);
             let scope = Scope { store: &store, worker: &worker, tick_id: None, deadline: far, lost: &lost };
+            let began = Instant::now();
             let r = executor.dispatch(&scope, claimed).await;
             drop(permits);
-            (n, r)
+            (n, r, began.elapsed())
         });
     }
+}
+
+/// How much of its window a pool fills after a dispatch of `n` attempts took `took`: at that
+/// pace it starts n × [`CLAIM_AHEAD`] / took of them within `CLAIM_AHEAD`; at least `floor`,
+/// at most `window`.
+fn claim_target(n: i32, took: Duration, floor: usize, window: usize) -> usize {
+    let pace = f64::from(n.max(1)) * CLAIM_AHEAD.as_secs_f64() / took.as_secs_f64().max(1e-6);
+    (pace.min(window as f64) as usize).clamp(floor.min(window), window)
 }
 
 /// Sleeps `d`, or less if `shutdown` turns true.
@@ -313,6 +355,18 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fast attempts fill the window; slow ones keep the floor, so a worker of slow work holds a
+    /// few rounds claimed while others may be idle.
+    #[test]
+    fn a_pool_claims_ahead_what_it_starts_within_claim_ahead() {
+        let ms = Duration::from_millis;
+        assert_eq!(claim_target(64, ms(2), 64, 512), 512, "64 NOOPs in 2 ms: the whole window");
+        assert_eq!(claim_target(64, ms(20), 64, 512), 320, "64 in 20 ms: 320 start within 100 ms");
+        assert_eq!(claim_target(64, ms(800), 64, 512), 64, "200 ms webhooks: the floor");
+        assert_eq!(claim_target(0, Duration::ZERO, 64, 512), 512, "nothing timed: no division by zero");
+        assert_eq!(claim_target(64, ms(1), 600, 512), 512, "never past the window");
+    }
 
     #[test]
     fn served_types_are_checked_deduplicated_and_capped() {

@@ -1,6 +1,6 @@
 //! PostgreSQL: `execution_logs` no longer declares its foreign key to `actions`. The key cost
 //! every log row a trigger and a `SELECT … FOR KEY SHARE` of its action, about 12 % of a 50k
-//! NOOP drain (8,200 against 9,300 /s, BENCHMARKS.md "Log rows without the foreign key"),
+//! NOOP drain (8,200 against 9,300 /s, BENCHMARKS.md "Round 2"),
 //! for nothing the code needs: a log row is only ever written in the transaction that has just
 //! changed its action, under the claim's fence, and the purge deletes an action's log rows
 //! itself. SQLite keeps the key (dropping it means rebuilding the table); its check is a

@@ -431,7 +431,8 @@ async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
     let mut registry = Registry::builtin();
     registry.register(Gated { started: started.clone(), go });
     let engine = Engine::new(db.store.clone(), config, registry);
-    let lines: String = (0..600).map(|i| format!("{{\"action_type\":\"GATED\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
+    let lines: String =
+        (0..600).map(|i| format!("{{\"action_type\":\"GATED\",\"payload\":{{\"i\":{i}}}}}\n")).collect();
     queue::enqueue_jsonl(&db.store, lines.as_bytes(), 3).await.unwrap();
     let begun = std::time::Instant::now();
     let tick = tokio::spawn({
@@ -443,7 +444,11 @@ async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let running = db.store.actions().count_by_status().await.unwrap().get(&ActionStatus::Running).copied();
     let ahead = db.store.backend() == orchestrator::store::Backend::Postgres;
-    assert_eq!(running, Some(if ahead { 600 } else { 512 }), "a batch of 512, and on PostgreSQL the rest claimed ahead");
+    assert_eq!(
+        running,
+        Some(if ahead { 600 } else { 512 }),
+        "a batch of 512, and on PostgreSQL the rest claimed ahead"
+    );
 
     tokio::time::sleep(Duration::from_millis(1600).saturating_sub(begun.elapsed())).await;
     go_tx.send(true).unwrap();
@@ -458,5 +463,8 @@ async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
         action_type: None,
         limit: 1000,
     });
-    assert!(waiting.await.unwrap().iter().all(|a| a.attempts == 0 && a.claimed_epoch.is_none()), "unstarted: uncounted");
+    assert!(
+        waiting.await.unwrap().iter().all(|a| a.attempts == 0 && a.claimed_epoch.is_none()),
+        "unstarted: uncounted"
+    );
 }

@@ -178,10 +178,7 @@ impl crate::store::handles::Actions<'_> {
         );
         // Their log rows go in the same transaction: on PostgreSQL no foreign key cascades to
         // them (migration `m20261208_000019_log_rows_unreferenced`).
-        let logs = format!(
-            "DELETE FROM execution_logs WHERE action_id IN ({})",
-            ids_in_json(self.store.backend, "$1")
-        );
+        let logs = format!("DELETE FROM execution_logs WHERE action_id IN ({})", ids_in_json(self.store.backend, "$1"));
         let batch = i64::try_from(batch.max(1)).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
