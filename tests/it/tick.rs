@@ -425,7 +425,7 @@ async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
     let mut config = db.config();
     config.dispatch_concurrency = 1;
     config.max_actions_per_tick = 1000;
-    config.max_tick = Duration::from_millis(1500);
+    config.max_tick = Duration::from_secs(4);
     let started = Arc::new(AtomicUsize::new(0));
     let (go_tx, go) = tokio::sync::watch::channel(false);
     let mut registry = Registry::builtin();
@@ -441,16 +441,20 @@ async fn claims_taken_ahead_start_nothing_past_the_deadline(db: &TestDb) {
     });
 
     wait_for_count(&started, 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let running = db.store.actions().count_by_status().await.unwrap().get(&ActionStatus::Running).copied();
     let ahead = db.store.backend() == orchestrator::store::Backend::Postgres;
-    assert_eq!(
-        running,
-        Some(if ahead { 600 } else { 512 }),
-        "a batch of 512, and on PostgreSQL the rest claimed ahead"
-    );
+    let want = if ahead { 600 } else { 512 };
+    let running = || async { db.store.actions().count_by_status().await.unwrap()[&ActionStatus::Running] };
+    for _ in 0..40 {
+        if running().await >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(running().await, want, "a batch of 512, and on PostgreSQL the rest claimed ahead");
 
-    tokio::time::sleep(Duration::from_millis(1600).saturating_sub(begun.elapsed())).await;
+    // Past the tick's deadline (the tick began after `begun`): only then may the first attempt end.
+    tokio::time::sleep(Duration::from_millis(4200).saturating_sub(begun.elapsed())).await;
     go_tx.send(true).unwrap();
     let r = tick.await.unwrap();
     assert_eq!((r.status, r.attempted, r.succeeded), (TickStatus::Success, 1, 1), "{}", r.notes);
