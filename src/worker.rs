@@ -215,7 +215,7 @@ const CLAIM_AHEAD: Duration = Duration::from_millis(100);
 /// attempts, at the pace of the last dispatch, start within [`CLAIM_AHEAD`], and at least
 /// `floor`. Claimed rows wait for this worker's slots while another worker may be idle, so a
 /// worker of slow attempts holds a few rounds (`floor`), while one of fast attempts claims and
-/// commits hundreds at once (a 20k NOOP drain: see BENCHMARKS.md "Workers on PostgreSQL").
+/// commits hundreds at once (the 50k NOOP drain with workers: BENCHMARKS.md "Round 2").
 struct Pool {
     concurrency: usize,
     window: usize,

@@ -186,9 +186,9 @@ impl Dispatcher {
     /// 12,100–15,400 with). A claim ahead follows a full batch only, while budget, time and the
     /// lease remain; one that comes back empty ends the shift, unless a limit may have cut it
     /// (the slots the running batch holds are free once it is done: the claim is taken again
-    /// then). SQLite
-    /// claims after the batch is done: its claim and the batch's group commits share one write
-    /// lock, and claiming ahead there slowed the same drain from 13,000 to 10,500 /s.
+    /// then). SQLite claims after the batch is done: its claim and the batch's group commits
+    /// share one write lock, and claiming ahead there slowed the same drain from 13,000 to
+    /// 10,500 /s.
     async fn shift(&self, shift: &Shift<'_>, budget: u32, limited: bool) -> Result<Drained, StoreError> {
         let Shift { worker, epoch, tick_id, deadline, lease } = shift;
         let (epoch, tick_id, deadline) = (*epoch, *tick_id, *deadline);
