@@ -65,6 +65,8 @@ struct Args {
     /// (`npm ci`): the PostgreSQL drains run graphile-worker's batched mode on the same
     /// database server just before each of ours, and print our rate over its.
     peer: Option<PathBuf>,
+    /// `--rows N`: `partition_cap` at this backlog only, instead of its three sizes.
+    rows: Option<usize>,
 }
 
 /// graphile-worker's batched drain of `n` no-op jobs at concurrency 16 (`node bench.js n 16
@@ -105,7 +107,7 @@ fn store_options() -> StoreOptions {
 }
 
 const USAGE: &str = "usage: bench [--runs N] [--quick] [--only NAME] [--out DIR] [--no-pg] \
-     [--sqlite-sync full|normal] [--bin PATH] [--rules DIR] [--traces off|on] [--peer DIR]";
+     [--sqlite-sync full|normal] [--bin PATH] [--rules DIR] [--traces off|on] [--peer DIR] [--rows N]";
 
 /// What `--only` takes: each group of figures by the name `main` runs it under.
 const ONLY: &[&str] = &[
@@ -135,12 +137,14 @@ fn args() -> anyhow::Result<Args> {
         rules: None,
         traces: None,
         peer: std::env::var_os("ORCHESTRATOR_BENCH_PEER").map(PathBuf::from),
+        rows: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--runs" => a.runs = it.next().ok_or_else(|| anyhow::anyhow!("--runs needs N"))?.parse()?,
             "--quick" => a.quick = true,
+            "--rows" => a.rows = Some(it.next().ok_or_else(|| anyhow::anyhow!("--rows needs N"))?.parse()?),
             "--only" => a.only = it.next(),
             "--out" => a.out = PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--out needs DIR"))?),
             "--bin" => a.bin = Some(PathBuf::from(it.next().ok_or_else(|| anyhow::anyhow!("--bin needs PATH"))?)),
@@ -768,7 +772,11 @@ async fn timed_claim(store: &Store, claimer: &orchestrator::store::Claimer) -> a
 ///   could and holds it (3 running in each tracked value that has that many and in the
 ///   overflow): the claim finds nothing.
 async fn partition_cap(a: &Args) -> anyhow::Result<Vec<Figure>> {
-    let sizes: &[usize] = if a.quick { &[10_000] } else { &[10_000, 30_000, 100_000] };
+    let sizes: &[usize] = match (a.rows, a.quick) {
+        (Some(n), _) => &[n],
+        (None, true) => &[10_000],
+        (None, false) => &[10_000, 30_000, 100_000],
+    };
     let mut out = Vec::new();
     let mut push = |f: Figure| {
         emit(&f);

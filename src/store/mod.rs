@@ -350,6 +350,9 @@ pub struct Store {
     windows_seen: std::sync::Arc<std::sync::Mutex<windows::Seen>>,
     /// PostgreSQL: whether a claimer may `LISTEN` ([`StoreOptions::listen`]).
     listen: bool,
+    /// PostgreSQL: set while a `VACUUM` this process started after a burst of partition keys
+    /// runs (`limits/claim.rs`), so that bursts close together start one.
+    vacuuming: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Turns what a user typed into (backend, URL sqlx understands). A bare path means SQLite.
@@ -578,6 +581,7 @@ impl Store {
             local_wake: Default::default(),
             windows_seen: Default::default(),
             listen: options.listen,
+            vacuuming: Default::default(),
         })
     }
 

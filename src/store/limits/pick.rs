@@ -56,6 +56,8 @@ pub(in crate::store) struct LimitedPick {
     pub(super) now: DateTime<Utc>,
     /// The condition the pick added for open windows and allowed hours (see [`Picking::held`]).
     pub(super) held: String,
+    /// How many partition keys step 2 computed.
+    pub(super) keyed: u64,
 }
 
 /// A pick in progress: what the types use and have left, and what the passes chose so far.
@@ -214,7 +216,7 @@ impl<'a> Picking<'a> {
 
     fn finish(self, full_at_start: HashSet<(String, String)>) -> LimitedPick {
         let Picking { chosen, held_back, usage, adding, left, now, held, .. } = self;
-        LimitedPick { chosen, held_back, usage, adding, left, full_at_start, now, held }
+        LimitedPick { chosen, held_back, usage, adding, left, full_at_start, now, held, keyed: 0 }
     }
 }
 
@@ -254,11 +256,12 @@ impl Store {
         partitions_cap: usize,
     ) -> Result<LimitedPick, StoreError> {
         let (now, keyed_for) = lock_gates(self, txn, refs).await?;
-        self.key_partitions(txn, refs, &keyed_for).await?;
+        let keyed = self.key_partitions(txn, refs, &keyed_for).await?;
         let usage = super::usage::read_usage(self, txn, refs, now).await?;
         let mut picking = Picking::start(refs, usage, now, partitions_cap, n);
         picking.held = self.held_filter(txn, closed).await?;
-        self.pick_passes(txn, claimer, picking).await
+        let picked = self.pick_passes(txn, claimer, picking).await?;
+        Ok(LimitedPick { keyed, ..picked })
     }
 
     /// Steps 5 to 8 from pick `p` as step 4 left it: the passes, until the batch is full or a
@@ -622,13 +625,14 @@ impl Store {
     /// Step 2: computes the partition key of the waiting rows of each partitioned type that
     /// have none (new rows; nothing when the gates saw none), or of all of them when the type's
     /// `partition_by` is not the path its keys were computed for (`keyed_for`, read with the
-    /// gates); then records that path.
+    /// gates); then records that path. Returns how many keys it computed.
     pub(super) async fn key_partitions(
         &self,
         txn: &DatabaseTransaction,
         refs: &[&TypeLimit],
         keyed_for: &KeyedFor,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
         for l in refs {
             let Some(path) = &l.effective.partition_by else { continue };
             let path_text = path.to_string();
@@ -638,6 +642,7 @@ impl Store {
                 continue;
             }
             let keyed = self.key_waiting_rows(txn, &l.action_type, &part_expr(self.backend, path), !current).await?;
+            total += keyed;
             // PostgreSQL plans the keyed pick by its statistics: read while the keys were not
             // there (a backlog just enqueued, the column just added), they make a walk of the
             // type's rows per key look cheap. A burst of new keys is counted before it is used
@@ -654,7 +659,7 @@ impl Store {
                 .doing("computing partition keys")?;
             }
         }
-        Ok(())
+        Ok(total)
     }
 }
 

@@ -490,3 +490,42 @@ fn packed_candidates_read_as_rows_or_not_at_all() {
     // A `not_before` in another form the driver reads: the rows are read as rows instead.
     assert_eq!(Candidate::unpack(r#"[[7,"t","x",5,"2026-12-04 13:40:58"]]"#), None);
 }
+
+/// PostgreSQL: a claim that computes a burst of partition keys vacuums `actions` after it
+/// commits, so that the entries the keys left behind are not passed by every later claim; a
+/// claim that keys a few rows does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_partition_keys_is_vacuumed_on_postgres() {
+    let Some(db) = crate::store::testing::TestStore::postgres().await else { return };
+    let store = &db.store;
+    limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
+    let n = super::claim::VACUUM_AFTER_KEYS;
+    let lines: String = (0..n).map(|i| format!("{{\"action_type\":\"b\",\"payload\":{{\"k\":\"v{i}\"}}}}\n")).collect();
+    let report = crate::queue::enqueue_jsonl(store, lines.as_bytes(), 3).await.unwrap();
+    assert_eq!(report.created, n);
+    let vacuums = || async {
+        let txn = store.begin_write().await.unwrap();
+        let sql = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'actions'::regclass";
+        let count = ints(&txn, store, sql).await;
+        txn.rollback().await.unwrap();
+        count
+    };
+    let before = vacuums().await;
+    let w = claimer(store).await;
+    assert_eq!(store.actions().claim(&w, 1).await.unwrap().len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while vacuums().await == before {
+        assert!(std::time::Instant::now() < deadline, "no VACUUM within 20 s of keying {n} rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(vacuums().await, [before[0] + 1]);
+    // A few new rows keyed: no vacuum for them.
+    enqueue(store, &[("b", "x", 0), ("b", "y", 0)]).await;
+    assert_eq!(store.actions().claim(&w, 1).await.unwrap().len(), 1);
+    let txn = store.begin_write().await.unwrap();
+    assert_eq!(ints(&txn, store, "SELECT COUNT(*) FROM actions WHERE part_key IS NULL").await, [0]);
+    txn.rollback().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(vacuums().await, [before[0] + 1]);
+    db.cleanup().await;
+}
