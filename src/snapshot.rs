@@ -342,7 +342,9 @@ pub async fn build_with(
     let by_status_type = store.actions().open_counts_by_type().await?;
     let windowed = store.actions().windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
     let oldest = store.actions().oldest_pending().await?;
-    let due_now = store.actions().due_count().await?;
+    // Counted once per type: the queue's total and each limited type's waiting.
+    let due_by_type = store.actions().due_counts_by_type().await?;
+    let due_now = i64::try_from(due_by_type.values().sum::<u64>()).unwrap_or(i64::MAX);
     let stats = store.ledger().ledger_stats(tick_id, hour_ago, STREAK_LOOKBACK).await?;
     let last_tick = store.ledger().recent_ticks(2).await?.into_iter().find(|t| Some(t.id) != tick_id).map(LastTick::of);
     let sample = |actions: Vec<Action>| -> Vec<Sample> {
@@ -425,7 +427,7 @@ pub async fn build_with(
         failed_ticks_1h: stats.failed_ticks_1h,
         partial_ticks_1h: stats.partial_ticks_1h,
     };
-    let (usage, limits, schedules) = limits_and_schedules(store, now).await?;
+    let (usage, limits, schedules) = limits_and_schedules(store, now, &due_by_type).await?;
     // Work a limit or a window holds back waits by design, and says so in `limits` and
     // `windows`: it does not make the queue saturated (the shipped `budget_blocked` rule is what
     // alerts on a used-up budget).
@@ -459,8 +461,9 @@ pub async fn build_with(
 async fn limits_and_schedules(
     store: &Store,
     now: DateTime<Utc>,
+    due_by_type: &BTreeMap<String, u64>,
 ) -> Result<(Vec<crate::limits::LimitUsage>, BTreeMap<String, LimitView>, BTreeMap<String, ScheduleSnap>), StoreError> {
-    let usage = store.limits().limit_usage().await?;
+    let usage = store.limits().limit_usage_counted(due_by_type).await?;
     let limits = usage.iter().map(|u| (u.action_type.clone(), LimitView::of(u, now))).collect();
     let schedules = store.schedules().first(SNAPSHOT_SCHEDULES).await?;
     let schedules =

@@ -145,6 +145,21 @@ impl crate::store::handles::Actions<'_> {
         }
     }
 
+    /// How many actions of each type are due now, as [`due_count`](Self::due_count) counts them
+    /// (types with none left out).
+    pub async fn due_counts_by_type(self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let doing = "counting due actions";
+        let sql =
+            format!("SELECT action_type, COUNT(*) AS n FROM actions WHERE {} GROUP BY action_type", due_sql("$1"));
+        let rows = self.store.db.query_all_raw(self.store.stmt(&sql, [self.store.now().into()])).await.doing(doing)?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let n: i64 = r.try_get("", "n").doing(doing)?;
+            out.insert(r.try_get("", "action_type").doing(doing)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
     /// How many actions are due now (`PENDING` or `RETRY`, `not_before` passed, not expired).
     pub async fn due_count(self) -> Result<i64, StoreError> {
         let sql = format!("SELECT COUNT(*) AS n FROM actions WHERE {}", due_sql("$1"));

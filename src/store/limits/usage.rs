@@ -169,6 +169,18 @@ impl Store {
 impl crate::store::handles::Limits<'_> {
     /// Every limited type's usage: what is running, waiting, and left of each limit.
     pub async fn limit_usage(self) -> Result<Vec<LimitUsage>, StoreError> {
+        self.usage(None).await
+    }
+
+    /// [`limit_usage`](Self::limit_usage), with the due actions of each type already counted
+    /// (`due_by_type`, as `actions().due_counts_by_type()` counts them): the snapshot counts
+    /// the due rows once for the queue and the limits, not a second time per limited type (at
+    /// the partition cap with 100k rows waiting, 45 ms of a 280 ms SQLite tick).
+    pub async fn limit_usage_counted(self, due_by_type: &BTreeMap<String, u64>) -> Result<Vec<LimitUsage>, StoreError> {
+        self.usage(Some(due_by_type)).await
+    }
+
+    async fn usage(self, due_by_type: Option<&BTreeMap<String, u64>>) -> Result<Vec<LimitUsage>, StoreError> {
         let limits = read_limits(self.store, &self.store.db, self.store.now()).await?;
         if limits.is_empty() {
             return Ok(Vec::new());
@@ -178,7 +190,13 @@ impl crate::store::handles::Limits<'_> {
         let (usage, waiting) = if refs.is_empty() {
             (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, HashMap::new())
         } else {
-            (read_usage(self.store, &self.store.db, &refs, now).await?, self.store.waiting_of(&refs, now).await?)
+            let waiting = match due_by_type {
+                Some(due) => {
+                    refs.iter().filter_map(|l| Some((l.action_type.clone(), *due.get(&l.action_type)?))).collect()
+                }
+                None => self.store.waiting_of(&refs, now).await?,
+            };
+            (read_usage(self.store, &self.store.db, &refs, now).await?, waiting)
         };
         let today = day_of(now);
         let mut out = Vec::with_capacity(limits.len());
