@@ -126,10 +126,36 @@ pub(in crate::store) fn part_expr(backend: Backend, path: &PayloadPath) -> Strin
 
 /// `CASE action_type WHEN 'T' THEN <T's partition> ... ELSE '' END` over the partitioned types.
 fn part_case(backend: Backend, limits: &[&TypeLimit]) -> Result<String, StoreError> {
+    case_by_type(limits, |_, path| part_expr(backend, path))
+}
+
+/// [`part_case`] for rows that keep their partition key (the running ones: see
+/// `key_waiting_rows`): the key, where the row has one and its type's keys were computed for
+/// the `partition_by` in force (the path on the gate row, read in the same statement, once),
+/// else the payload read again. With every slot held at the partition cap, reading the
+/// payloads of 3,000 running rows was 9 to 14 ms of a 16 ms claim on PostgreSQL.
+fn kept_part_case(backend: Backend, limits: &[&TypeLimit]) -> Result<String, StoreError> {
+    case_by_type(limits, |t, path| {
+        let expr = part_expr(backend, path);
+        let text = path.to_string();
+        if text.contains('\'') {
+            return expr;
+        }
+        format!(
+            "COALESCE(CASE WHEN (SELECT part_path FROM limit_state WHERE action_type = {t} AND part = '') = '{text}' \
+             THEN part_key END, {expr})"
+        )
+    })
+}
+
+/// `(CASE action_type WHEN <type> THEN <value> ... ELSE '' END)` over the partitioned types of
+/// `limits`, `value` given each type (a literal) and its path; `''` when none is partitioned.
+fn case_by_type(limits: &[&TypeLimit], value: impl Fn(&str, &PayloadPath) -> String) -> Result<String, StoreError> {
     let mut whens = String::new();
     for l in limits {
         if let Some(path) = &l.effective.partition_by {
-            whens.push_str(&format!(" WHEN {} THEN {}", lit(&l.action_type)?, part_expr(backend, path)));
+            let t = lit(&l.action_type)?;
+            whens.push_str(&format!(" WHEN {t} THEN {}", value(&t, path)));
         }
     }
     Ok(if whens.is_empty() { "''".to_string() } else { format!("(CASE action_type{whens} ELSE '' END)") })

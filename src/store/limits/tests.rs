@@ -131,6 +131,7 @@ both_backends!(
     lock_gates_creates_each_gate_and_reads_the_keyed_path,
     key_partitions_keys_new_rows_and_records_the_path,
     read_usage_counts_running_window_and_budget,
+    read_usage_counts_running_rows_by_their_kept_key,
     start_gives_each_partition_the_smallest_remainder,
     walk_leaves_out_full_types_and_chosen_rows,
     keyed_candidates_skip_a_full_partition,
@@ -189,6 +190,34 @@ async fn read_usage_counts_running_window_and_budget(store: &Store) {
     let used = usage.used[&("a".to_string(), String::new())];
     assert_eq!((used.running, used.window), (1, 1));
     assert_eq!(usage.state[&("a".to_string(), String::new())].used, 1);
+}
+
+/// A running row counts under the key it keeps while its type's keys are computed for the
+/// `partition_by` in force (the payload is not read again), and under its payload's value once
+/// the gate's path says they are not.
+async fn read_usage_counts_running_rows_by_their_kept_key(store: &Store) {
+    let l = limits(store, &[("b", "max_running=5 partition_by=payload.k")]).await;
+    let ids = enqueue(store, &[("b", "x", 0)]).await;
+    assert_eq!(store.actions().claim(&claimer(store).await, 1).await.unwrap().len(), 1);
+    let refs: Vec<&TypeLimit> = l.iter().collect();
+    let running = |usage: &super::usage::Usage| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> =
+            usage.used.iter().filter(|(_, u)| u.running > 0).map(|((_, p), u)| (p.clone(), u.running)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(running(&read_usage(store, &store.db, &refs, store.now()).await.unwrap()), [("x".to_string(), 1)]);
+    // The key is what counts: planted apart from the payload, it is the one read.
+    store.execute_unprepared(&format!("UPDATE actions SET part_key = 'kept' WHERE id = {}", ids[0])).await.unwrap();
+    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
+    assert_eq!(running(&usage), [(OVERFLOW_PARTITION.to_string(), 1)], "'kept' is not tracked: the overflow");
+    store.execute_unprepared("INSERT INTO limit_state (action_type, part) VALUES ('b', 'kept')").await.unwrap();
+    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
+    assert_eq!(running(&usage), [("kept".to_string(), 1)]);
+    // Keys computed for another path: the payload again.
+    store.execute_unprepared("UPDATE limit_state SET part_path = 'payload.other' WHERE part = ''").await.unwrap();
+    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
+    assert_eq!(running(&usage), [("x".to_string(), 1)]);
 }
 
 async fn start_gives_each_partition_the_smallest_remainder(store: &Store) {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
 
 use super::super::{Backend, Context, Store, StoreError};
-use super::{BUSIEST_PARTITIONS, day_of, in_list, part_case, read_limits, u, window_conds};
+use super::{BUSIEST_PARTITIONS, day_of, in_list, kept_part_case, part_case, read_limits, u, window_conds};
 use crate::limits::{LimitField, LimitUsage, OVERFLOW_PARTITION, PartUsage, TypeLimit};
 
 /// Per (type, partition): what is in use.
@@ -323,7 +323,7 @@ pub(super) async fn read_usage<C: ConnectionTrait>(
          UNION ALL \
          SELECT 'r', action_type, part, COUNT(*), NULL, 0, NULL, 0, 0, 0 FROM (SELECT action_type, {} AS part \
            FROM actions WHERE status = 'RUNNING' AND action_type IN ({types})) r GROUP BY action_type, part",
-        part_case(store.backend, refs)?
+        kept_part_case(store.backend, refs)?
     );
     let mut values: Vec<Value> = Vec::new();
     let conds = window_conds(refs, now, ">", &mut values)?;
