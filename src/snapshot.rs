@@ -342,9 +342,7 @@ pub async fn build_with(
     let by_status_type = store.actions().open_counts_by_type().await?;
     let windowed = store.actions().windowed_counts(hour_ago, now - chrono::Duration::minutes(15)).await?;
     let oldest = store.actions().oldest_pending().await?;
-    // Counted once per type: the queue's total and each limited type's waiting.
     let due_by_type = store.actions().due_counts_by_type().await?;
-    let due_now = i64::try_from(due_by_type.values().sum::<u64>()).unwrap_or(i64::MAX);
     let stats = store.ledger().ledger_stats(tick_id, hour_ago, STREAK_LOOKBACK).await?;
     let last_tick = store.ledger().recent_ticks(2).await?.into_iter().find(|t| Some(t.id) != tick_id).map(LastTick::of);
     let sample = |actions: Vec<Action>| -> Vec<Sample> {
@@ -377,7 +375,7 @@ pub async fn build_with(
     };
 
     let mut queue = QueueView {
-        due_now,
+        due_now: i64::try_from(due_by_type.values().sum::<u64>()).unwrap_or(i64::MAX),
         oldest_pending_age_seconds: oldest.map(|t| seconds_between(t, now).max(0.0)),
         ..QueueView::default()
     };
@@ -457,7 +455,9 @@ pub async fn build_with(
     })
 }
 
-/// The limits' usage and views, and the schedules' views, by type and by name.
+/// The limits' usage and views, and the schedules' views, by type and by name. The limited
+/// types' waiting work is `due_by_type`'s, the count the queue's `due_now` sums: the due rows
+/// are counted once per tick.
 async fn limits_and_schedules(
     store: &Store,
     now: DateTime<Utc>,

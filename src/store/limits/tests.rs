@@ -193,31 +193,28 @@ async fn read_usage_counts_running_window_and_budget(store: &Store) {
 }
 
 /// A running row counts under the key it keeps while its type's keys are computed for the
-/// `partition_by` in force (the payload is not read again), and under its payload's value once
-/// the gate's path says they are not.
+/// `partition_by` in force (the gate's path), not under its payload's value read again.
 async fn read_usage_counts_running_rows_by_their_kept_key(store: &Store) {
-    let l = limits(store, &[("b", "max_running=5 partition_by=payload.k")]).await;
-    let ids = enqueue(store, &[("b", "x", 0)]).await;
+    let by_k = limits(store, &[("b", "max_running=5 partition_by=payload.k")]).await;
+    enqueue(store, &[("b", "x", 0)]).await;
     assert_eq!(store.actions().claim(&claimer(store).await, 1).await.unwrap().len(), 1);
-    let refs: Vec<&TypeLimit> = l.iter().collect();
-    let running = |usage: &super::usage::Usage| -> Vec<(String, u64)> {
+    let running = |usage: super::usage::Usage| -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> =
-            usage.used.iter().filter(|(_, u)| u.running > 0).map(|((_, p), u)| (p.clone(), u.running)).collect();
+            usage.used.into_iter().filter(|(_, u)| u.running > 0).map(|((_, p), u)| (p, u.running)).collect();
         v.sort();
         v
     };
-    assert_eq!(running(&read_usage(store, &store.db, &refs, store.now()).await.unwrap()), [("x".to_string(), 1)]);
-    // The key is what counts: planted apart from the payload, it is the one read.
-    store.execute_unprepared(&format!("UPDATE actions SET part_key = 'kept' WHERE id = {}", ids[0])).await.unwrap();
+    let refs: Vec<&TypeLimit> = by_k.iter().collect();
+    assert_eq!(running(read_usage(store, &store.db, &refs, store.now()).await.unwrap()), [("x".to_string(), 1)]);
+    // A new path the keys were not computed for: the payload is read, and has no `j`.
+    let by_j = limits(store, &[("b", "max_running=5 partition_by=payload.j")]).await;
+    let refs: Vec<&TypeLimit> = by_j.iter().collect();
+    assert_eq!(running(read_usage(store, &store.db, &refs, store.now()).await.unwrap()), [(String::new(), 1)]);
+    // The gate says the keys are for `payload.j`: the kept key `x` counts (untracked since the
+    // path changed: in the overflow), not the payload.
+    store.execute_unprepared("UPDATE limit_state SET part_path = 'payload.j' WHERE part = ''").await.unwrap();
     let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
-    assert_eq!(running(&usage), [(OVERFLOW_PARTITION.to_string(), 1)], "'kept' is not tracked: the overflow");
-    store.execute_unprepared("INSERT INTO limit_state (action_type, part) VALUES ('b', 'kept')").await.unwrap();
-    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
-    assert_eq!(running(&usage), [("kept".to_string(), 1)]);
-    // Keys computed for another path: the payload again.
-    store.execute_unprepared("UPDATE limit_state SET part_path = 'payload.other' WHERE part = ''").await.unwrap();
-    let usage = read_usage(store, &store.db, &refs, store.now()).await.unwrap();
-    assert_eq!(running(&usage), [("x".to_string(), 1)]);
+    assert_eq!(running(usage), [(OVERFLOW_PARTITION.to_string(), 1)]);
 }
 
 async fn start_gives_each_partition_the_smallest_remainder(store: &Store) {
@@ -529,9 +526,25 @@ async fn a_burst_of_partition_keys_is_vacuumed_on_postgres() {
     let store = &db.store;
     limits(store, &[("b", "max_running=1 partition_by=payload.k")]).await;
     let n = super::claim::VACUUM_AFTER_KEYS;
-    let lines: String = (0..n).map(|i| format!("{{\"action_type\":\"b\",\"payload\":{{\"k\":\"v{i}\"}}}}\n")).collect();
-    let report = crate::queue::enqueue_jsonl(store, lines.as_bytes(), 3).await.unwrap();
-    assert_eq!(report.created, n);
+    let base = NewAction {
+        action_type: "b".into(),
+        payload_json: String::new(),
+        idempotency_key: String::new(),
+        priority: 0,
+        not_before: store.now() - chrono::Duration::seconds(60),
+        max_attempts: 3,
+        expires_at: None,
+        traceparent: None,
+        approval_expires_at: None,
+    };
+    let batch: Vec<NewAction> = (0..n)
+        .map(|i| NewAction {
+            payload_json: format!("{{\"k\":\"v{i}\"}}"),
+            idempotency_key: format!("b-{i}"),
+            ..base.clone()
+        })
+        .collect();
+    assert_eq!(store.actions().enqueue_many(&batch).await.unwrap(), n);
     let vacuums = || async {
         let txn = store.begin_write().await.unwrap();
         let sql = "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'actions'::regclass";
