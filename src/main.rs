@@ -32,8 +32,10 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::exit::ERROR);
         }
     };
-    let default_level =
-        if matches!(cli.command, Command::Run { .. } | Command::Serve { .. }) { "info" } else { "warn" };
+    // The long-running commands say at info when they start, reach their database again or
+    // stop; a one-shot command prints only warnings and errors besides its output.
+    let long_running = matches!(cli.command, Command::Run { .. } | Command::Serve { .. } | Command::Worker { .. });
+    let default_level = if long_running { "info" } else { "warn" };
     let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},sqlx=warn,sea_orm=warn")));
     if traces.on() {

@@ -87,6 +87,27 @@ async fn run_worker_and_serve_wait_for_a_database_created_after_they_start() {
     }
 }
 
+/// Without `RUST_LOG`, `run`, `worker` and `serve` log at info: a worker that logged its waits
+/// for the database also says when it reached it, and where it serves HTTP.
+#[test]
+fn run_worker_and_serve_log_their_start_at_info_by_default() {
+    for cmd in ["run", "worker", "serve"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Server(
+            bin(dir.path())
+                .args(["--log-format", "json", cmd, "--listen", "127.0.0.1:0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut logs = LogLines::new(child.stderr.take().unwrap());
+        let line = logs.wait_for("HTTP server listening", Duration::from_secs(30));
+        assert!(line.contains("\"level\":\"INFO\""), "{cmd}: {line}");
+        assert_eq!(terminate(&mut child, Duration::from_secs(30)).code(), Some(0), "{cmd} stops cleanly");
+    }
+}
+
 #[test]
 fn a_database_that_never_answers_is_given_up_after_startup_timeout_with_exit_69() {
     let dir = tempfile::tempdir().unwrap();
