@@ -28,6 +28,27 @@ pub struct ActionFilter {
 const LOG_CHUNK: usize = 1000;
 
 impl Store {
+    /// How many actions of each type are due at `now`, of the types `only` lists when it is not
+    /// empty (` AND action_type IN (...)`, checked names); types with none left out.
+    pub(in crate::store) async fn due_per_type(
+        &self,
+        only: &str,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let doing = "counting due actions";
+        let sql = format!(
+            "SELECT action_type, COUNT(*) AS n FROM actions WHERE {}{only} GROUP BY action_type",
+            due_sql("$1")
+        );
+        let rows = self.db.query_all_raw(self.stmt(&sql, [now.into()])).await.doing(doing)?;
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let n: i64 = r.try_get("", "n").doing(doing)?;
+            out.insert(r.try_get("", "action_type").doing(doing)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out)
+    }
+
     async fn grouped_counts(&self, sql: &str) -> Result<BTreeMap<ActionStatus, i64>, StoreError> {
         let rows = self.db.query_all_raw(self.stmt(sql, [])).await.doing("counting actions")?;
         let mut counts: BTreeMap<ActionStatus, i64> = ActionStatus::ALL.iter().map(|s| (*s, 0)).collect();
@@ -148,16 +169,7 @@ impl crate::store::handles::Actions<'_> {
     /// How many actions of each type are due now, as [`due_count`](Self::due_count) counts them
     /// (types with none left out).
     pub async fn due_counts_by_type(self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let doing = "counting due actions";
-        let sql =
-            format!("SELECT action_type, COUNT(*) AS n FROM actions WHERE {} GROUP BY action_type", due_sql("$1"));
-        let rows = self.store.db.query_all_raw(self.store.stmt(&sql, [self.store.now().into()])).await.doing(doing)?;
-        let mut out = BTreeMap::new();
-        for r in rows {
-            let n: i64 = r.try_get("", "n").doing(doing)?;
-            out.insert(r.try_get("", "action_type").doing(doing)?, u64::try_from(n).unwrap_or(0));
-        }
-        Ok(out)
+        self.store.due_per_type("", self.store.now()).await
     }
 
     /// How many actions are due now (`PENDING` or `RETRY`, `not_before` passed, not expired).

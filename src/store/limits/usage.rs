@@ -89,20 +89,8 @@ impl Usage {
 
 impl Store {
     /// Due actions per limited type.
-    async fn waiting_of(&self, limits: &[&TypeLimit], now: DateTime<Utc>) -> Result<HashMap<String, u64>, StoreError> {
-        let sql = format!(
-            "SELECT action_type, COUNT(*) AS n FROM actions WHERE {} AND action_type IN ({}) GROUP BY action_type",
-            crate::store::due_sql("$1"),
-            in_list(limits)?
-        );
-        let rows = self.db.query_all_raw(self.stmt(&sql, [now.into()])).await.doing("counting limited work")?;
-        let mut out = HashMap::new();
-        for r in rows {
-            let t: String = r.try_get("", "action_type").doing("counting limited work")?;
-            let n: i64 = r.try_get("", "n").doing("counting limited work")?;
-            out.insert(t, u(n));
-        }
-        Ok(out)
+    async fn waiting_of(&self, limits: &[&TypeLimit], now: DateTime<Utc>) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.due_per_type(&format!(" AND action_type IN ({})", in_list(limits)?), now).await
     }
 
     /// Gives back the rate and budget of attempts that never started (`unstart`): `ids` are
@@ -188,7 +176,7 @@ impl crate::store::handles::Limits<'_> {
         let now = self.store.db_now().await?;
         let refs: Vec<&TypeLimit> = limits.iter().filter(|l| l.enforced()).collect();
         let (usage, waiting) = if refs.is_empty() {
-            (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, HashMap::new())
+            (Usage { used: HashMap::new(), tracked: HashMap::new(), state: HashMap::new() }, BTreeMap::new())
         } else {
             let waiting = match due_by_type {
                 Some(due) => {
