@@ -66,6 +66,8 @@ pub struct Worker {
     config: Arc<Config>,
     executor: Executor,
     settings: ExecSettings,
+    /// The least its pool keeps claimed ([`Pool::floor`]).
+    claim_floor: usize,
     registration: Arc<Registration>,
     options: WorkerOptions,
     metrics: Arc<Metrics>,
@@ -79,15 +81,17 @@ impl Worker {
         // the config sets it (at least 4 × `--concurrency`). What a worker claims of it is its
         // share of the queue: [`Pool`] fills a default window only while its attempts are fast.
         let own = options.concurrency.saturating_mul(4) as usize;
-        settings.max_unrecorded = if config.max_unrecorded_given {
-            settings.max_unrecorded.max(own)
+        let (window, claim_floor) = if config.max_unrecorded_given {
+            let given = settings.max_unrecorded.max(own);
+            (given, given)
         } else {
-            crate::config::default_max_unrecorded(options.concurrency) as usize
+            (crate::config::default_max_unrecorded(options.concurrency) as usize, own)
         };
+        settings.max_unrecorded = window;
         let executor = Executor::new(Arc::new(registry), settings.clone(), metrics.clone()).with_shared_concurrency();
         let registration =
             Arc::new(Registration::new(store.clone(), config.workers.ttl, options.concurrency, options.types.clone()));
-        Worker { store, config: Arc::new(config), executor, settings, registration, options, metrics }
+        Worker { store, config: Arc::new(config), executor, settings, claim_floor, registration, options, metrics }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -107,8 +111,7 @@ impl Worker {
         // The heartbeat runs beside the claims: a failed or refused renewal sets `lost`.
         let beating = self.registration.heartbeat(self.config.workers.heartbeat, self.config.workers.ttl, lost.clone());
         let mut waiter = self.store.notify().waiter().await;
-        let given = if self.config.max_unrecorded_given { self.settings.max_unrecorded } else { 0 };
-        let mut pool = Pool::new(&self.settings, given);
+        let mut pool = Pool::new(&self.settings, self.claim_floor);
         let terms = self.claim_terms(&pool);
         let mut work = Box::pin(self.claim_loop(&terms, &mut pool, &mut waiter, &lost, shutdown));
         // SIGTERM: the loop stops claiming; the dispatches in progress get the grace period,
@@ -230,11 +233,11 @@ struct Pool {
 type Permits = Vec<tokio::sync::OwnedSemaphorePermit>;
 
 impl Pool {
-    /// `given`: the window the config sets (0: none).
-    fn new(settings: &ExecSettings, given: usize) -> Self {
+    /// `floor`: the least it keeps claimed (at least 4 × `concurrency`, at most the window).
+    fn new(settings: &ExecSettings, floor: usize) -> Self {
         let concurrency = settings.concurrency.max(1);
         let window = settings.max_unrecorded.max(concurrency);
-        let floor = given.max(concurrency.saturating_mul(4)).min(window);
+        let floor = floor.max(concurrency.saturating_mul(4)).min(window);
         Pool {
             concurrency,
             window,
