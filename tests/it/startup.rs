@@ -29,6 +29,13 @@ fn command(dir: &Path, url: &str, command: &str, extra: &[&str]) -> Command {
     cmd
 }
 
+/// `cmd` started with its stderr read line by line.
+fn spawn_logged(mut cmd: Command) -> (Server, LogLines) {
+    let mut child = Server(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let logs = LogLines::new(child.stderr.take().unwrap());
+    (child, logs)
+}
+
 fn waits_logged(o: &Output) -> usize {
     stderr(o).lines().filter(|l| l.contains(WAITING)).count()
 }
@@ -43,14 +50,7 @@ async fn run_worker_and_serve_wait_for_a_database_created_after_they_start() {
             "startup_timeout_seconds: 60\ntick_interval_seconds: 0.2\nworkers:\n  poll_seconds: 0.2\n",
         )
         .unwrap();
-        let mut child = Server(
-            command(dir.path(), &db.url, cmd, &["--listen", "127.0.0.1:0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut logs = LogLines::new(child.stderr.take().unwrap());
+        let (mut child, mut logs) = spawn_logged(command(dir.path(), &db.url, cmd, &["--listen", "127.0.0.1:0"]));
         // It waits: three tries logged, each saying why, and the process still there.
         let third = logs.wait_for("\"attempt\":3", Duration::from_secs(30));
         assert!(third.contains(WAITING) && third.contains("does not exist"), "{cmd}: {third}");
@@ -93,15 +93,9 @@ async fn run_worker_and_serve_wait_for_a_database_created_after_they_start() {
 fn run_worker_and_serve_log_their_start_at_info_by_default() {
     for cmd in ["run", "worker", "serve"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Server(
-            bin(dir.path())
-                .args(["--log-format", "json", cmd, "--listen", "127.0.0.1:0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut logs = LogLines::new(child.stderr.take().unwrap());
+        let mut cmd_line = bin(dir.path());
+        cmd_line.args(["--log-format", "json", cmd, "--listen", "127.0.0.1:0"]);
+        let (mut child, mut logs) = spawn_logged(cmd_line);
         let line = logs.wait_for("HTTP server listening", Duration::from_secs(30));
         assert!(line.contains("\"level\":\"INFO\""), "{cmd}: {line}");
         assert_eq!(terminate(&mut child, Duration::from_secs(30)).code(), Some(0), "{cmd} stops cleanly");
